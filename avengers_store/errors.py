@@ -1,0 +1,50 @@
+"""One exception family: everything the library raises on purpose is an ``AvengersError``."""
+
+from __future__ import annotations
+
+
+class AvengersError(Exception):
+    """Base class. The message is meant for a person: it says what failed and what to do."""
+
+
+class ConfigurationError(AvengersError):
+    """A setting, argument or environment variable is missing or invalid."""
+
+
+class ConnectionFailed(AvengersError):
+    """The database could not be reached."""
+
+
+class ExtensionMissing(AvengersError):
+    """The target database lacks pgvector."""
+
+
+class SchemaOutOfDate(AvengersError):
+    """The database schema revision does not match this version of the library."""
+
+
+class InputError(AvengersError):
+    """A file, row, column or argument supplied by the user is invalid.
+
+    ``location`` names where (e.g. ``"data.csv row 17 column 'score'"``) so it can be shown alone.
+    """
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(f"{location}: {message}" if location else message)
+        self.location = location
+
+
+class NotFound(AvengersError):
+    """A named object (model, dataset, clustering) does not exist."""
+
+
+class StoreStateError(AvengersError):
+    """The store is not in a state that allows the operation (e.g. no active clustering)."""
+
+
+class EndpointError(AvengersError):
+    """A model endpoint failed (connection refused, timeout, 5xx, malformed response)."""
+
+
+class AllEndpointsFailed(EndpointError):
+    """Every candidate model endpoint failed for one request."""

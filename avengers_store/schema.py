@@ -1,0 +1,278 @@
+"""Bringing a database to this library's schema: alembic migrations, then the ``sql/`` definitions.
+
+Migrations (tables, indexes) run once each. ``sql/`` files (views, materialized views, functions,
+procedures) are rerunnable: on every change they are dropped and re-created, in file-name order,
+inside the same transaction as the migrations, so a failed upgrade changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool
+
+from . import db
+from .errors import AvengersError, ExtensionMissing, SchemaOutOfDate
+
+SCHEMA = "avengers"
+VERSION_TABLE = "avengers_alembic_version"
+SQL_HASH_KEY = "sql_definitions_sha256"
+
+
+def migrations_dir() -> Path:
+    return Path(str(resources.files("avengers_store.migrations")))
+
+
+def sql_files() -> list[tuple[str, str]]:
+    """(name, text) of every ``sql/*.sql`` file, in the order they are applied."""
+    root = resources.files("avengers_store.sql")
+    files = sorted(p for p in root.iterdir() if p.name.endswith(".sql"))
+    return [(p.name, p.read_text(encoding="utf-8")) for p in files]
+
+
+def sql_hash() -> str:
+    digest = hashlib.sha256()
+    for name, text in sql_files():
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("version_locations", str(migrations_dir() / "versions"))
+    return cfg
+
+
+def head_revision() -> str:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    return heads[0]
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    from_revision: str | None
+    to_revision: str
+    sql_reapplied: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.sql_reapplied or self.from_revision != self.to_revision
+
+
+def _engine(url: str):
+    # One psycopg connection made our way (same URL resolution and errors as everything else).
+    return create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: db.connect(url, vector=False),
+        poolclass=pool.NullPool,
+    )
+
+
+def _raw(sa_conn) -> psycopg.Connection:
+    return sa_conn.connection.driver_connection
+
+
+def current_revision(conn: psycopg.Connection) -> str | None:
+    exists = conn.execute("SELECT to_regclass(%s)", (f"public.{VERSION_TABLE}",)).fetchone()[0]
+    if not exists:
+        return None
+    row = conn.execute(f"SELECT version_num FROM public.{VERSION_TABLE}").fetchone()
+    return row[0] if row else None
+
+
+def applied_sql_hash(conn: psycopg.Connection) -> str | None:
+    if conn.execute("SELECT to_regclass('avengers.meta')").fetchone()[0] is None:
+        return None
+    row = conn.execute("SELECT value FROM avengers.meta WHERE key = %s", (SQL_HASH_KEY,)).fetchone()
+    return row[0] if row else None
+
+
+def drop_definitions(conn: psycopg.Connection) -> None:
+    """Drop every view, materialized view, function and procedure in the schema.
+
+    Migrations own tables and indexes only; everything dropped here is re-created from ``sql/``.
+    """
+    if conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,)).fetchone()[0] is None:
+        return
+    rows = conn.execute(
+        """
+        SELECT format('DROP %%s IF EXISTS %%I.%%I CASCADE',
+                      CASE c.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
+                      n.nspname, c.relname)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %(s)s AND c.relkind IN ('v', 'm')
+        UNION ALL
+        SELECT format('DROP ROUTINE IF EXISTS %%s CASCADE', p.oid::regprocedure)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = %(s)s
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.objid = p.oid AND d.deptype = 'e')
+        """,
+        {"s": SCHEMA},
+    ).fetchall()
+    for (statement,) in rows:
+        conn.execute(statement)
+
+
+def apply_definitions(conn: psycopg.Connection) -> None:
+    # BEGIN ATOMIC bodies bind names when created: resolve pgvector's type and operators from the
+    # schema the extension lives in (public, or e.g. "extensions" on managed services).
+    conn.execute(
+        """SELECT set_config('search_path',
+                             quote_ident(extnamespace::regnamespace::text) || ', pg_catalog', true)
+           FROM pg_extension WHERE extname = 'vector'"""
+    )
+    for name, text in sql_files():
+        try:
+            conn.execute(text)
+        except psycopg.Error as exc:
+            raise AvengersError(f"sql/{name} failed to apply: {exc}") from exc
+    conn.execute(
+        """INSERT INTO avengers.meta (key, value) VALUES (%s, %s)
+           ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()""",
+        (SQL_HASH_KEY, sql_hash()),
+    )
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
+    """Migrate to ``revision`` and (re)apply ``sql/`` in one transaction. A no-op when current."""
+    target_url = db.resolve_url(url)
+    target = head_revision() if revision == "head" else revision
+    engine = _engine(target_url)
+    with engine.begin() as sa_conn:
+        raw = _raw(sa_conn)
+        before = current_revision(raw)
+        stale_sql = applied_sql_hash(raw) != sql_hash()
+        if before == target and not stale_sql:
+            return UpgradeResult(before, target, sql_reapplied=False)
+        try:
+            raw.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.errors.FeatureNotSupported as exc:  # pragma: no cover - server-specific
+            raise ExtensionMissing(str(exc)) from exc
+        except psycopg.errors.UndefinedFile as exc:
+            raise ExtensionMissing(
+                f"the server at {db.redact(target_url)} has no pgvector extension: install pgvector "
+                "on it (e.g. the pgvector/pgvector image from docker-compose.yml), then rerun "
+                "`avengers db upgrade`."
+            ) from exc
+        drop_definitions(raw)
+        cfg = alembic_config()
+        cfg.attributes["connection"] = sa_conn
+        command.upgrade(cfg, target)
+        apply_definitions(raw)
+    return UpgradeResult(before, target, sql_reapplied=True)
+
+
+def downgrade(url: str | None = None, revision: str = "base") -> str | None:
+    """Migrate down to ``revision`` (``base`` removes the schema). Returns the new revision."""
+    target_url = db.resolve_url(url)
+    engine = _engine(target_url)
+    with engine.begin() as sa_conn:
+        raw = _raw(sa_conn)
+        drop_definitions(raw)
+        cfg = alembic_config()
+        cfg.attributes["connection"] = sa_conn
+        command.downgrade(cfg, revision)
+        after = current_revision(raw)
+        if after is not None:
+            apply_definitions(raw)
+    return after
+
+
+def check_revision(conn: psycopg.Connection) -> None:
+    """Raise ``SchemaOutOfDate`` naming the fix when the database does not match this library."""
+    current = current_revision(conn)
+    head = head_revision()
+    if current == head and applied_sql_hash(conn) == sql_hash():
+        return
+    if current is None:
+        raise SchemaOutOfDate(
+            "this database has no avengers schema yet: run `avengers db upgrade`."
+        )
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise SchemaOutOfDate(
+            f"the database is at revision {current}, newer than this library knows (head {head}): "
+            "upgrade avengers-store."
+        )
+    raise SchemaOutOfDate(
+        f"the database schema is behind this library (revision {current}, head {head}): "
+        "run `avengers db upgrade`."
+    )
+
+
+TABLES = (
+    "models",
+    "datasets",
+    "queries",
+    "embedding_spaces",
+    "query_embeddings",
+    "clusterings",
+    "centroids",
+    "assignments",
+    "outcomes",
+    "route_log",
+)
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    url: str
+    embedded: bool
+    server_version: str
+    pgvector_version: str | None
+    revision: str | None
+    head: str
+    sql_current: bool
+    active_clustering: int | None
+    counts: dict[str, int]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.revision == self.head and self.sql_current
+
+
+def status(url: str | None = None) -> StoreStatus:
+    """Revision, versions and row counts; works on an empty database too."""
+    from . import config
+
+    embedded = url is None and config.database_url() is None
+    target = db.resolve_url(url)
+    with db.connect(target, vector=False) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        installed, _ = db.pgvector_version(conn)
+        revision = current_revision(conn)
+        counts: dict[str, int] = {}
+        active = None
+        if revision is not None:
+            for table in TABLES:
+                if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{table}",)).fetchone()[0]:
+                    counts[table] = conn.execute(
+                        f"SELECT count(*) FROM {SCHEMA}.{table}"
+                    ).fetchone()[0]
+            row = conn.execute(
+                "SELECT id FROM avengers.clusterings WHERE status = 'active'"
+            ).fetchone()
+            active = row[0] if row else None
+        sql_current = applied_sql_hash(conn) == sql_hash()
+    return StoreStatus(
+        url=db.redact(target),
+        embedded=embedded,
+        server_version=version,
+        pgvector_version=installed,
+        revision=revision,
+        head=head_revision(),
+        sql_current=sql_current,
+        active_clustering=active,
+        counts=counts,
+    )

@@ -1,0 +1,106 @@
+"""``avengers db``: create, inspect and stop the store's database."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from avengers_store import config, embedded, schema
+from avengers_store.cli.output import echo_json
+
+
+@click.group("db")
+def command() -> None:
+    """Create, migrate, inspect and stop the store's database.
+
+    \b
+    Example:
+      avengers db upgrade
+      avengers db status --json
+    """
+
+
+@command.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to reach.")
+def upgrade_cmd(revision: str) -> None:
+    """Apply migrations and the sql/ definitions (idempotent: a no-op when current).
+
+    \b
+    Example:
+      AVENGERS_DATABASE_URL=postgresql://avengers@db:5432/avengers avengers db upgrade
+    """
+    result = schema.upgrade(revision=revision)
+    if not result.changed:
+        click.echo(f"already up to date (revision {result.to_revision})")
+    else:
+        click.echo(f"upgraded {result.from_revision or 'empty'} -> {result.to_revision}")
+
+
+@command.command("downgrade")
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def downgrade_cmd(revision: str, yes: bool) -> None:
+    """Migrate down to REVISION; `base` removes the avengers schema and all its data.
+
+    \b
+    Example:
+      avengers db downgrade base --yes && avengers db upgrade
+    """
+    if not yes:
+        click.confirm(f"Downgrade to {revision}? Data in dropped tables is lost", abort=True)
+    after = schema.downgrade(revision=revision)
+    click.echo(f"now at {after or 'base (no avengers schema)'}")
+
+
+@command.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_cmd(as_json: bool) -> None:
+    """Schema revision, server and pgvector versions, row counts per table.
+
+    \b
+    Example:
+      avengers db status --json
+    """
+    st = schema.status()
+    if as_json:
+        echo_json({**dataclasses.asdict(st), "up_to_date": st.up_to_date})
+        return
+    click.echo(f"url:               {st.url}{'  (embedded)' if st.embedded else ''}")
+    click.echo(f"server:            PostgreSQL {st.server_version}")
+    click.echo(f"pgvector:          {st.pgvector_version or 'not installed'}")
+    behind = "" if st.up_to_date else "  (behind: run `avengers db upgrade`)"
+    click.echo(f"revision:          {st.revision or 'none'} (head {st.head}){behind}")
+    click.echo(f"active clustering: {st.active_clustering or 'none'}")
+    for table, count in st.counts.items():
+        click.echo(f"  {table:<18} {count:>10,}")
+
+
+@command.command("url")
+def url_cmd() -> None:
+    """Print the database URL in use (starting the embedded server if it is the default).
+
+    \b
+    Example:
+      psql "$(avengers db url)" -c '\\d+ avengers.cluster_profiles'
+    """
+    from avengers_store.db import resolve_url
+
+    click.echo(resolve_url() or "(libpq PG* environment variables)")
+
+
+@command.command("stop")
+def stop_cmd() -> None:
+    """Stop the embedded server (no effect when AVENGERS_DATABASE_URL is set).
+
+    \b
+    Example:
+      avengers db stop
+    """
+    if config.database_url() is not None:
+        click.echo(f"{config.DATABASE_URL_ENV} is set: nothing embedded to stop")
+        return
+    stopped = embedded.stop()
+    click.echo(
+        f"stopped the embedded server in {embedded.data_dir()}" if stopped else "not running"
+    )

@@ -1,0 +1,90 @@
+-- Capability profiles: how well each model does on the calibration queries of each cluster.
+
+-- Every clustering version, computed on read (analysts comparing versions; not on the hot path).
+CREATE VIEW avengers.cluster_profile_stats AS
+SELECT a.clustering_id,
+       a.cluster,
+       o.model_id,
+       count(*)::integer   AS n,
+       avg(o.score)        AS mean_score,
+       sum(o.score)        AS score_sum
+FROM avengers.assignments a
+JOIN avengers.outcomes o ON o.query_id = a.query_id
+GROUP BY a.clustering_id, a.cluster, o.model_id;
+COMMENT ON VIEW avengers.cluster_profile_stats IS
+  'Per clustering version, cluster and model: number of scored calibration queries and mean score. Computed on read; the served copy is cluster_profiles.';
+
+-- Wilson score interval at 95% for a mean of n outcomes in [0,1].
+CREATE FUNCTION avengers.wilson_bound(mean double precision, n integer, upper boolean)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN n IS NULL OR n <= 0 THEN NULL ELSE
+  greatest(0.0, least(1.0,
+    (mean + 1.96^2 / (2 * n)
+       + (CASE WHEN upper THEN 1 ELSE -1 END)
+         * 1.96 * sqrt(greatest(mean * (1 - mean), 0) / n + 1.96^2 / (4.0 * n * n)))
+    / (1 + 1.96^2 / n)))
+END;
+COMMENT ON FUNCTION avengers.wilson_bound(double precision, integer, boolean) IS
+  'Wilson 95% score interval bound (upper => true) for a mean of n outcomes in [0,1].';
+
+-- The served profiles: the active clustering only, with ranks precomputed so routing is a lookup.
+-- rank: among all models (model selection); active_rank: among active models (routing).
+-- Ties are broken by the overall calibration score, then by name, so ranks are deterministic.
+CREATE MATERIALIZED VIEW avengers.cluster_profiles AS
+WITH active AS (
+  SELECT id FROM avengers.clusterings WHERE status = 'active'
+),
+stats AS (
+  SELECT s.*
+  FROM avengers.cluster_profile_stats s
+  JOIN active ON active.id = s.clustering_id
+),
+overall AS (
+  SELECT model_id, sum(score_sum) / sum(n) AS overall_score, sum(n)::integer AS overall_n
+  FROM stats GROUP BY model_id
+)
+SELECT s.clustering_id,
+       s.cluster,
+       c.size                                         AS cluster_size,
+       s.model_id,
+       m.name                                         AS model,
+       m.active,
+       s.n,
+       s.mean_score,
+       avengers.wilson_bound(s.mean_score, s.n, false) AS wilson_low,
+       avengers.wilson_bound(s.mean_score, s.n, true)  AS wilson_high,
+       o.overall_score,
+       o.overall_n,
+       row_number() OVER (PARTITION BY s.cluster
+                          ORDER BY s.mean_score DESC, o.overall_score DESC, m.name)::integer AS rank,
+       CASE WHEN m.active THEN
+         row_number() OVER (PARTITION BY s.cluster, m.active
+                            ORDER BY s.mean_score DESC, o.overall_score DESC, m.name)::integer
+       END                                            AS active_rank
+FROM stats s
+JOIN avengers.models m    ON m.id = s.model_id
+JOIN overall o            ON o.model_id = s.model_id
+JOIN avengers.centroids c ON c.clustering_id = s.clustering_id AND c.cluster = s.cluster
+WITH DATA;
+
+CREATE UNIQUE INDEX cluster_profiles_key ON avengers.cluster_profiles (cluster, model_id);
+CREATE INDEX cluster_profiles_route_idx ON avengers.cluster_profiles (cluster, active_rank)
+  WHERE active_rank IS NOT NULL;
+
+COMMENT ON MATERIALIZED VIEW avengers.cluster_profiles IS
+  'Capability profiles served for routing: active clustering x cluster x model. Refreshed (CONCURRENTLY) after outcome imports, model changes and clustering switches: CALL avengers.refresh_profiles().';
+COMMENT ON COLUMN avengers.cluster_profiles.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.cluster_profiles.cluster IS 'Cluster index.';
+COMMENT ON COLUMN avengers.cluster_profiles.cluster_size IS 'Calibration queries in the cluster.';
+COMMENT ON COLUMN avengers.cluster_profiles.model_id IS 'Model id.';
+COMMENT ON COLUMN avengers.cluster_profiles.model IS 'Model name.';
+COMMENT ON COLUMN avengers.cluster_profiles.active IS 'Whether the model was active at the last refresh.';
+COMMENT ON COLUMN avengers.cluster_profiles.n IS 'Calibration queries of the cluster with an outcome for the model.';
+COMMENT ON COLUMN avengers.cluster_profiles.mean_score IS 'Mean outcome of the model on them: the capability profile entry.';
+COMMENT ON COLUMN avengers.cluster_profiles.wilson_low IS 'Lower Wilson 95% bound of mean_score.';
+COMMENT ON COLUMN avengers.cluster_profiles.wilson_high IS 'Upper Wilson 95% bound of mean_score.';
+COMMENT ON COLUMN avengers.cluster_profiles.overall_score IS 'Mean outcome of the model over all clustered calibration queries (tie-breaker).';
+COMMENT ON COLUMN avengers.cluster_profiles.overall_n IS 'Number of outcomes behind overall_score.';
+COMMENT ON COLUMN avengers.cluster_profiles.rank IS 'Rank of the model in the cluster among all models (1 = best).';
+COMMENT ON COLUMN avengers.cluster_profiles.active_rank IS 'Rank among active models; NULL for inactive ones. Routing takes active_rank <= top_n.';

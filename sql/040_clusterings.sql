@@ -1,0 +1,35 @@
+-- Operating procedures: refresh profiles, switch the served clustering (and roll back from psql).
+
+CREATE PROCEDURE avengers.refresh_profiles()
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_profiles;
+END
+$$;
+COMMENT ON PROCEDURE avengers.refresh_profiles() IS
+  'Recompute cluster_profiles from outcomes and the active clustering; readers keep the old rows until commit.';
+
+CREATE PROCEDURE avengers.activate_clustering(clustering integer)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  found_status text;
+BEGIN
+  -- Serialises concurrent switches; routers keep reading the committed version meanwhile.
+  LOCK TABLE avengers.clusterings IN SHARE ROW EXCLUSIVE MODE;
+  SELECT status INTO found_status FROM avengers.clusterings WHERE id = clustering;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'clustering % does not exist', clustering
+      USING HINT = 'SELECT id, status FROM avengers.clusterings ORDER BY id';
+  END IF;
+  IF found_status NOT IN ('ready', 'active') THEN
+    RAISE EXCEPTION 'clustering % is %, only a ready clustering can be activated', clustering, found_status;
+  END IF;
+  UPDATE avengers.clusterings SET status = 'ready' WHERE status = 'active' AND id <> clustering;
+  UPDATE avengers.clusterings SET status = 'active', activated_at = now() WHERE id = clustering;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_profiles;
+END
+$$;
+COMMENT ON PROCEDURE avengers.activate_clustering(integer) IS
+  'Make a clustering version the served one and refresh profiles, atomically: CALL avengers.activate_clustering(7).';

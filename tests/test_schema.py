@@ -1,0 +1,109 @@
+"""Migrations and sql/ definitions against a real PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from avengers_store import schema
+from avengers_store.errors import SchemaOutOfDate
+
+
+def test_template_is_at_head(conn):
+    assert schema.current_revision(conn) == schema.head_revision()
+    assert schema.applied_sql_hash(conn) == schema.sql_hash()
+    schema.check_revision(conn)  # does not raise
+
+
+def test_every_table_exists(conn):
+    rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'avengers'").fetchall()
+    assert set(schema.TABLES) <= {r[0] for r in rows}
+
+
+def test_every_table_column_and_view_is_commented(conn):
+    missing = conn.execute(
+        """
+        SELECT c.relname || coalesce('.' || a.attname, '')
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'avengers'
+        LEFT JOIN pg_attribute a
+          ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'm')
+        WHERE c.relkind IN ('r', 'v', 'm')
+          AND (obj_description(c.oid, 'pg_class') IS NULL
+               OR (a.attname IS NOT NULL AND col_description(c.oid, a.attnum) IS NULL))
+        """
+    ).fetchall()
+    assert missing == []
+
+
+def test_upgrade_twice_is_a_noop(db_url):
+    result = schema.upgrade(db_url)
+    assert not result.changed
+
+
+def test_downgrade_to_base_and_back(db_url):
+    assert schema.downgrade(db_url, "base") is None
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT to_regnamespace('avengers')").fetchone()[0] is None
+        with pytest.raises(SchemaOutOfDate, match="avengers db upgrade"):
+            schema.check_revision(c)
+    result = schema.upgrade(db_url)
+    assert result.from_revision is None and result.to_revision == schema.head_revision()
+    with psycopg.connect(db_url) as c:
+        schema.check_revision(c)
+
+
+def test_stale_sql_definitions_are_reported(db_url):
+    with psycopg.connect(db_url) as c:
+        c.execute("UPDATE avengers.meta SET value = 'stale' WHERE key = %s", (schema.SQL_HASH_KEY,))
+        c.commit()
+        with pytest.raises(SchemaOutOfDate, match="avengers db upgrade"):
+            schema.check_revision(c)
+    assert schema.upgrade(db_url).sql_reapplied
+    with psycopg.connect(db_url) as c:
+        schema.check_revision(c)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO avengers.models (name, cost_in_per_m) VALUES ('m', -1)",
+        "INSERT INTO avengers.models (name) VALUES ('  ')",
+        "INSERT INTO avengers.datasets (name, calibration_fraction) VALUES ('d', 1.5)",
+    ],
+)
+def test_check_constraints_reject_bad_rows(conn, statement):
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(statement)
+
+
+def test_outcome_score_must_be_in_unit_interval(conn):
+    m = conn.execute("INSERT INTO avengers.models (name) VALUES ('m1') RETURNING id").fetchone()[0]
+    d = conn.execute("INSERT INTO avengers.datasets (name) VALUES ('d1') RETURNING id").fetchone()[
+        0
+    ]
+    q = conn.execute(
+        "INSERT INTO avengers.queries (dataset_id, text, split, content_hash) "
+        "VALUES (%s, 'q', 'calibration', repeat('a', 64)) RETURNING id",
+        (d,),
+    ).fetchone()[0]
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO avengers.outcomes (query_id, model_id, score) VALUES (%s, %s, 1.5)", (q, m)
+        )
+
+
+def test_only_one_active_clustering(conn):
+    space = conn.execute(
+        "INSERT INTO avengers.embedding_spaces (embedder, dimension, active) VALUES ('e', 3, true) RETURNING id"
+    ).fetchone()[0]
+    for _ in range(2):
+        conn.execute(
+            "INSERT INTO avengers.clusterings (space_id, algorithm, k, status) VALUES (%s, 'kmeans', 2, 'ready')",
+            (space,),
+        )
+    conn.execute(
+        "UPDATE avengers.clusterings SET status = 'active' WHERE id = (SELECT min(id) FROM avengers.clusterings)"
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("UPDATE avengers.clusterings SET status = 'active'")
