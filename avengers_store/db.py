@@ -4,8 +4,8 @@ then the embedded server. Driver errors become ``AvengersError``s here, once."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import psycopg
 

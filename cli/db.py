@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import click
+from avengers_store.cli.output import echo_json
 
 from avengers_store import config, embedded, schema
-from avengers_store.cli.output import echo_json
 
 
 @click.group("db")
