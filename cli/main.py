@@ -12,9 +12,11 @@ import psycopg
 from avengers_store import __version__
 from avengers_store.errors import AvengersError
 
-# Command modules; each defines a click command or group named ``command``.
+# Command modules, imported in this order. A module either defines a click command or group
+# named ``command`` (added to the top level) or attaches subcommands to another module's group.
 COMMAND_MODULES = [
     "avengers_store.cli.db",
+    "avengers_store.cli.models",
 ]
 
 
@@ -38,7 +40,9 @@ def cli(verbose: int) -> None:
 
 
 for _name in COMMAND_MODULES:
-    cli.add_command(importlib.import_module(_name).command)
+    _command = getattr(importlib.import_module(_name), "command", None)
+    if _command is not None:
+        cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
