@@ -143,6 +143,23 @@ def apply_definitions(conn: psycopg.Connection) -> None:
     )
 
 
+def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile) as exc:
+        raise ExtensionMissing(
+            f"the server at {db.redact(url)} has no pgvector extension: install pgvector on it "
+            "(e.g. the pgvector/pgvector image from docker-compose.yml), then rerun "
+            "`avengers db upgrade`."
+        ) from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ExtensionMissing(
+            f"pgvector is not enabled in {db.redact(url)} and this user may not enable it: "
+            "ask an administrator to run CREATE EXTENSION vector in that database, then rerun "
+            "`avengers db upgrade`."
+        ) from exc
+
+
 def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
     """Migrate to ``revision`` and (re)apply ``sql/`` in one transaction. A no-op when current."""
     target_url = db.resolve_url(url)
@@ -154,16 +171,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
         stale_sql = applied_sql_hash(raw) != sql_hash()
         if before == target and not stale_sql:
             return UpgradeResult(before, target, sql_reapplied=False)
-        try:
-            raw.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except psycopg.errors.FeatureNotSupported as exc:  # pragma: no cover - server-specific
-            raise ExtensionMissing(str(exc)) from exc
-        except psycopg.errors.UndefinedFile as exc:
-            raise ExtensionMissing(
-                f"the server at {db.redact(target_url)} has no pgvector extension: install pgvector "
-                "on it (e.g. the pgvector/pgvector image from docker-compose.yml), then rerun "
-                "`avengers db upgrade`."
-            ) from exc
+        _create_vector_extension(raw, target_url)
         drop_definitions(raw)
         cfg = alembic_config()
         cfg.attributes["connection"] = sa_conn

@@ -1,0 +1,161 @@
+"""`avengers db ...` as a user runs it: a real process, real servers, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from avengers_store import schema
+
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def avengers(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "avengers_store.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_status_json_lists_every_table(cli_env):
+    result = avengers("db", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["pgvector_version"]
+    assert status["revision"] == schema.head_revision()
+    assert status["up_to_date"] is True
+    assert set(status["counts"]) == set(schema.TABLES)
+
+
+def test_upgrade_is_a_noop_when_current(cli_env):
+    result = avengers("db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert "already up to date" in result.stdout
+
+
+def test_closed_port_is_one_line_naming_the_url():
+    port = free_port()
+    url = f"postgresql://nobody:secret@127.0.0.1:{port}/nothing"
+    result = avengers("db", "status", env={"AVENGERS_DATABASE_URL": url})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"127.0.0.1:{port}/nothing" in lines[0]
+    assert "secret" not in lines[0]
+    assert "AVENGERS_DATABASE_URL" in lines[0]
+
+
+def test_embedded_home_is_created_and_stopped(tmp_path):
+    env = {"AVENGERS_HOME": str(tmp_path / "home")}
+    env_clean = {k: v for k, v in os.environ.items() if not k.startswith(("AVENGERS_", "PG"))}
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "avengers_store.cli.main", *a],
+        capture_output=True,
+        text=True,
+        env={**env_clean, **env},
+        timeout=120,
+    )
+    assert run("db", "upgrade").returncode == 0
+    status = json.loads(run("db", "status", "--json").stdout)
+    assert status["embedded"] is True and status["revision"] == schema.head_revision()
+    assert str(tmp_path / "home" / "pgdata") in run("db", "url").stdout
+    stopped = run("db", "stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert "not running" in run("db", "stop").stdout
+
+
+@pytest.fixture(scope="module")
+def postgres_without_pgvector(pg_admin_url):
+    """A real PostgreSQL 15 (Debian's) that has no pgvector, on a free loopback port."""
+    if not (PG15_BIN / "initdb").exists():
+        pytest.skip("Debian's PostgreSQL 15 server binaries are not installed")
+    base = Path(tempfile.mkdtemp(prefix="avengers-pg15-"))
+    data = base / "data"
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        # initdb refuses root; the embedded server's unprivileged user exists by now.
+        user = "embedded_postgres"
+        shutil.chown(base, user=user)
+        base.chmod(0o755)
+        prefix = ["runuser", "-u", user, "--"]
+    port = free_port()
+    subprocess.run(
+        [*prefix, str(PG15_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *prefix,
+            str(PG15_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(base / "log"),
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {base}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*prefix, str(PG15_BIN / "pg_ctl"), "-D", str(data), "-w", "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_server_without_pgvector_is_one_line_with_the_fix(postgres_without_pgvector):
+    result = avengers("db", "upgrade", env={"AVENGERS_DATABASE_URL": postgres_without_pgvector})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert postgres_without_pgvector in lines[0]
+    assert "pgvector" in lines[0] and "install" in lines[0]
+    # The failed upgrade left nothing behind.
+    status = avengers(
+        "db", "status", "--json", env={"AVENGERS_DATABASE_URL": postgres_without_pgvector}
+    )
+    assert json.loads(status.stdout)["revision"] is None
+
+
+def test_every_command_has_help_with_an_example():
+    from avengers_store.cli.main import cli
+    from click.testing import CliRunner
+
+    def walk(group, path):
+        for name, cmd in group.commands.items():
+            yield [*path, name], cmd
+            if hasattr(cmd, "commands"):
+                yield from walk(cmd, [*path, name])
+
+    missing = []
+    for path, _cmd in walk(cli, []):
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        if result.exit_code != 0 or "Example" not in result.stdout:
+            missing.append(" ".join(path))
+    assert missing == []
