@@ -27,12 +27,12 @@ demo: install
 	$(BIN)/avengers demo
 
 test: install-test
-	$(BIN)/ruff check avengers_store cli tests bench migrations
+	$(BIN)/ruff check .
 	$(TEST_CMD)
 
 lint: install-test
-	$(BIN)/ruff check avengers_store cli tests bench migrations
-	$(BIN)/ruff format --check avengers_store cli tests bench migrations
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)
