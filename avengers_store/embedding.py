@@ -1,0 +1,279 @@
+"""Filling an embedding space: embed queries that have no vector yet, or import precomputed ones.
+
+Only missing vectors are ever computed, so adding a dataset and re-embedding costs just the new
+queries, and an interrupted ``embed`` resumes where it stopped (each batch commits on its own).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from . import db, spaces
+from .embedders import Embedder, embedder_for_space, get_embedder, normalize_rows
+from .errors import InputError, NotFound
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    space_id: int
+    embedder: str
+    dimension: int
+    embedded: int
+    already: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    space_id: int
+    embedder: str
+    dimension: int
+    source_file: str
+    file_rows: int
+    imported: int
+    already: int
+    seconds: float
+
+
+def store_vectors(
+    conn: psycopg.Connection, space_id: int, query_ids: Sequence[int], vectors: np.ndarray
+) -> int:
+    """Insert vectors by binary COPY; rows a concurrent writer stored first are kept as they are.
+    Returns the number of rows inserted."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(query_ids) != len(vectors):
+        raise ValueError(f"{len(query_ids)} query ids for {len(vectors)} vectors")
+    if not np.isfinite(vectors).all():
+        raise InputError("vectors contain NaN or infinite values")
+    conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS avengers_embedding_load AS
+           SELECT space_id, query_id, embedding FROM avengers.query_embeddings WITH NO DATA"""
+    )
+    conn.execute("TRUNCATE avengers_embedding_load")
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY avengers_embedding_load (space_id, query_id, embedding) "
+            "FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(["integer", "bigint", "vector"])
+        for qid, vec in zip(query_ids, vectors, strict=True):
+            copy.write_row((space_id, int(qid), vec))
+    inserted = conn.execute(
+        """INSERT INTO avengers.query_embeddings (space_id, query_id, embedding)
+           SELECT space_id, query_id, embedding FROM avengers_embedding_load
+           ON CONFLICT (space_id, query_id) DO NOTHING"""
+    ).rowcount
+    conn.execute("TRUNCATE avengers_embedding_load")
+    return inserted
+
+
+def _resolve_embedder(conn: psycopg.Connection, embedder: str | Embedder | None) -> Embedder:
+    if isinstance(embedder, Embedder):
+        return embedder
+    if embedder is None:
+        space = spaces.active_space(conn)
+        if space is not None:
+            return embedder_for_space(space)
+        return get_embedder()
+    space = spaces.get_space(conn, embedder)
+    return embedder_for_space(space) if space is not None else get_embedder(embedder)
+
+
+def _space_for(conn: psycopg.Connection, emb: Embedder, dimension: int) -> spaces.Space:
+    space = spaces.get_or_create_space(conn, emb.name, dimension, emb.params)
+    return spaces.activate_space(conn, space.id)
+
+
+def _missing_count(conn: psycopg.Connection, space_id: int) -> tuple[int, int]:
+    total, have = conn.execute(
+        """SELECT (SELECT count(*) FROM avengers.queries),
+                  (SELECT count(*) FROM avengers.query_embeddings WHERE space_id = %s)""",
+        (space_id,),
+    ).fetchone()
+    return total - have, have
+
+
+def embed_queries(
+    embedder: str | Embedder | None = None,
+    *,
+    batch_size: int = 64,
+    url: str | None = None,
+    conn: psycopg.Connection | None = None,
+    progress: bool = False,
+) -> EmbedResult:
+    """Embed every query that has no vector in the embedder's space, which becomes the active
+    space. ``embedder`` defaults to the active space's embedder, else ``$AVENGERS_EMBEDDER``.
+
+    On its own connection each batch commits as it finishes (an interrupted run resumes); with
+    ``conn`` everything stays in the caller's transaction.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise InputError(
+            f"batch size must be at least 1, got {batch_size}", location="--batch-size"
+        )
+    started = time.perf_counter()
+    own = conn is None
+    with db.connection(url, conn=conn) as c:
+        emb = _resolve_embedder(c, embedder)
+        space = _space_for(c, emb, emb.dimension)
+        missing, already = _missing_count(c, space.id)
+        if own:
+            c.commit()
+        done = 0
+        last_id = 0
+        with tqdm(
+            total=missing,
+            desc=f"embed {emb.name}",
+            unit="q",
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar:
+            while True:
+                rows = c.execute(
+                    """SELECT q.id, q.text FROM avengers.queries q
+                       WHERE q.id > %s AND NOT EXISTS (
+                           SELECT 1 FROM avengers.query_embeddings e
+                           WHERE e.space_id = %s AND e.query_id = q.id)
+                       ORDER BY q.id LIMIT %s""",
+                    (last_id, space.id, batch_size),
+                ).fetchall()
+                if not rows:
+                    break
+                vectors = emb.embed([r[1] for r in rows], batch_size=batch_size)
+                if vectors.shape != (len(rows), space.dimension):
+                    raise InputError(
+                        f"embedder {emb.name} returned shape {vectors.shape}, expected "
+                        f"({len(rows)}, {space.dimension})"
+                    )
+                done += store_vectors(c, space.id, [r[0] for r in rows], vectors)
+                if own:
+                    c.commit()
+                last_id = rows[-1][0]
+                bar.update(len(rows))
+    return EmbedResult(
+        space_id=space.id,
+        embedder=space.embedder,
+        dimension=space.dimension,
+        embedded=done,
+        already=already,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def import_npy(
+    npy_path: str | Path,
+    source_file: str | Path,
+    *,
+    embedder: str | None = None,
+    url: str | None = None,
+    conn: psycopg.Connection | None = None,
+    progress: bool = False,
+) -> ImportResult:
+    """Import precomputed vectors for the queries loaded from ``source_file``: row i of the
+    ``.npy`` file is the vector of row i of that file. Checked: the row count equals the loaded
+    file's, the dimension equals the space's. float16 input is fine; rows are L2-normalised.
+    Queries that already have a vector in the space keep it. One transaction.
+
+    ``embedder`` names the space the vectors belong to (default: the active space's embedder,
+    else ``$AVENGERS_EMBEDDER``); that space becomes active.
+    """
+    started = time.perf_counter()
+    npy = Path(npy_path)
+    source = str(Path(source_file).expanduser().resolve())
+    try:
+        matrix = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read vectors: {exc}", location=str(npy)) from exc
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise InputError(
+            f"expected a 2-d array (rows x dimension), got shape {matrix.shape}", location=str(npy)
+        )
+    if not np.issubdtype(matrix.dtype, np.floating):
+        raise InputError(f"expected floating-point vectors, got {matrix.dtype}", location=str(npy))
+    file_rows, dimension = int(matrix.shape[0]), int(matrix.shape[1])
+    with db.connection(url, conn=conn) as c, c.transaction():
+        datasets = c.execute(
+            """SELECT name, metadata->>'source_file_rows' FROM avengers.datasets
+               WHERE metadata->>'source_file' = %s ORDER BY name""",
+            (source,),
+        ).fetchall()
+        if not datasets:
+            raise NotFound(
+                f"no dataset was loaded from {source}: load it first (`avengers load-table` or "
+                "`avengers dataset add`) and pass the same file to --source"
+            )
+        for name, rows in datasets:
+            if rows is None or int(rows) != file_rows:
+                raise InputError(
+                    f"{file_rows} vectors but dataset {name!r} was loaded from a file of "
+                    f"{rows} rows ({source}); the .npy must have one row per row of that file",
+                    location=str(npy),
+                )
+        emb = _resolve_embedder(c, embedder)
+        existing = spaces.get_space(c, emb.name)
+        if existing is not None and existing.dimension != dimension:
+            raise InputError(
+                f"{dimension}-d vectors, but space {existing.id} ({existing.embedder}) is "
+                f"{existing.dimension}-d; pass --embedder naming the model that made them",
+                location=str(npy),
+            )
+        space = _space_for(c, emb, dimension)
+        rows = c.execute(
+            """SELECT q.id, (q.metadata->>'source_row')::bigint
+               FROM avengers.queries q
+               WHERE q.metadata->>'source_file' = %s
+                 AND NOT EXISTS (SELECT 1 FROM avengers.query_embeddings e
+                                 WHERE e.space_id = %s AND e.query_id = q.id)
+               ORDER BY q.id""",
+            (source, space.id),
+        ).fetchall()
+        total = c.execute(
+            "SELECT count(*) FROM avengers.queries WHERE metadata->>'source_file' = %s", (source,)
+        ).fetchone()[0]
+        bad = [qid for qid, row in rows if row is None or not 0 <= row < file_rows]
+        if bad:
+            raise InputError(
+                f"{len(bad)} queries from {source} have no valid metadata.source_row "
+                f"(first query ids: {bad[:5]}); reload the file",
+                location=str(npy),
+            )
+        imported = 0
+        step = 8192
+        from tqdm import tqdm
+
+        with tqdm(
+            total=len(rows),
+            desc="import vectors",
+            unit="q",
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar:
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                positions = np.fromiter((r[1] for r in chunk), dtype=np.int64, count=len(chunk))
+                block = normalize_rows(np.asarray(matrix[positions], dtype=np.float32))
+                if not np.isfinite(block).all():
+                    raise InputError("vectors contain NaN or infinite values", location=str(npy))
+                imported += store_vectors(c, space.id, [r[0] for r in chunk], block)
+                bar.update(len(chunk))
+    return ImportResult(
+        space_id=space.id,
+        embedder=space.embedder,
+        dimension=space.dimension,
+        source_file=source,
+        file_rows=file_rows,
+        imported=imported,
+        already=total - len(rows),
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,203 @@
+"""Re-clustering against a real PostgreSQL on small synthetic vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+
+from avengers_store import clustering, db
+from avengers_store.clustering import recluster
+from avengers_store.errors import AvengersError, InputError, NotFound, StoreStateError
+from tests.calibration_data import seed_store
+
+
+@pytest.fixture(scope="module")
+def seeded(db_url):
+    with db.connect(db_url) as c:
+        syn = seed_store(c)
+        c.commit()
+    return syn
+
+
+def _profile_rows(c):
+    return c.execute(
+        "SELECT clustering_id, cluster, model, n, mean_score, rank FROM avengers.cluster_profiles "
+        "ORDER BY cluster, model"
+    ).fetchall()
+
+
+def test_recluster_writes_an_active_version(conn, seeded):
+    result = recluster(k=4, seed=1, conn=conn)
+    assert result.status == "active" and result.k == 4 and result.algorithm == "kmeans"
+    n_cal = sum(1 for d in ("alpha", "beta") for _ in seeded.query_ids[d]) * 0.7
+    assert result.n_queries == round(n_cal)
+    assert result.params["n_init"] == clustering.KMEANS_N_INIT
+    assert result.params["datasets"] == {"alpha": 42, "beta": 42}
+    sizes = conn.execute(
+        "SELECT size FROM avengers.centroids WHERE clustering_id = %s ORDER BY cluster",
+        (result.id,),
+    ).fetchall()
+    assert [s[0] for s in sizes] == sorted((s[0] for s in sizes), reverse=True)
+    assert sum(s[0] for s in sizes) == result.n_queries
+    # OOD and test queries are never clustered.
+    leaked = conn.execute(
+        """SELECT count(*) FROM avengers.assignments a JOIN avengers.queries q ON q.id = a.query_id
+           JOIN avengers.datasets d ON d.id = q.dataset_id
+           WHERE a.clustering_id = %s AND (d.is_ood OR q.split <> 'calibration')""",
+        (result.id,),
+    ).fetchone()[0]
+    assert leaked == 0
+    # Each blob is one cluster and its best model ranks first there.
+    winners = conn.execute(
+        """SELECT a.cluster, min(p.model) FILTER (WHERE p.rank = 1)
+           FROM avengers.assignments a JOIN avengers.cluster_profiles p USING (cluster)
+           WHERE a.clustering_id = %s GROUP BY a.cluster""",
+        (result.id,),
+    ).fetchall()
+    blob_of_cluster = {}
+    for qid, cl in conn.execute(
+        "SELECT query_id, cluster FROM avengers.assignments WHERE clustering_id = %s", (result.id,)
+    ).fetchall():
+        blob_of_cluster.setdefault(cl, set()).add(seeded.blob_of[qid])
+    assert all(len(b) == 1 for b in blob_of_cluster.values())
+    for cl, winner in winners:
+        (blob,) = blob_of_cluster[cl]
+        assert winner == seeded.best_model[blob]
+
+
+@pytest.mark.parametrize("algorithm", clustering.ALGORITHMS)
+def test_assignments_are_nearest_stored_centroid(conn, seeded, algorithm):
+    result = recluster(k=6, algorithm=algorithm, seed=3, conn=conn)
+    assert result.algorithm == algorithm and 1 <= result.k <= 6
+    mismatched = conn.execute(
+        """SELECT count(*) FROM avengers.assignments a
+           JOIN avengers.query_embeddings e ON e.query_id = a.query_id
+           CROSS JOIN LATERAL (
+               SELECT c.cluster, c.centroid <-> e.embedding AS d FROM avengers.centroids c
+               WHERE c.clustering_id = a.clustering_id ORDER BY c.centroid <-> e.embedding LIMIT 1
+           ) nearest
+           WHERE a.clustering_id = %s
+             AND (nearest.cluster <> a.cluster OR abs(nearest.d - a.distance) > 1e-4)""",
+        (result.id,),
+    ).fetchone()[0]
+    assert mismatched == 0
+    # Centroids are member means of the algorithm's clusters; here (well-separated blobs) they
+    # are also the means of the final members.
+    rows = conn.execute(
+        "SELECT cluster, centroid FROM avengers.centroids WHERE clustering_id = %s",
+        (result.id,),
+    ).fetchall()
+    members = conn.execute(
+        "SELECT cluster, query_id FROM avengers.assignments WHERE clustering_id = %s",
+        (result.id,),
+    ).fetchall()
+    for cl, centroid in rows:
+        centroid = clustering._as_array(centroid)
+        ids = [q for c, q in members if c == cl]
+        mean = np.mean([seeded.vectors[q] for q in ids], axis=0)
+        if algorithm in ("kmeans", "minibatch-kmeans"):
+            assert np.allclose(centroid, mean, atol=1e-5)
+        assert len(ids) > 0
+
+
+def test_partition_reassigns_and_drops_empty_clusters():
+    vectors = np.array([[0.0, 1.0], [0.0, 0.9], [1.0, 0.0], [0.9, 0.0], [0.6, 0.5]], np.float32)
+    # Label 2 owns only a point that is closer to the mean of label 0: it empties and goes away.
+    labels = np.array([0, 0, 1, 1, 2])
+    part = clustering.partition(vectors, np.array([0, 0, 1, 1, 1]))
+    assert part.labels.tolist() == [1, 1, 0, 0, 0]  # renumbered: largest first
+    part = clustering.partition(vectors[:4], labels[:4])
+    assert len(part.centroids) == 2 and part.sizes.tolist() == [2, 2]
+
+
+def test_failure_after_centroids_keeps_previous_version(db_url, seeded, monkeypatch):
+    before = recluster(k=4, seed=1, url=db_url)
+    with db.connect(db_url) as c:
+        profiles_before = _profile_rows(c)
+        count_before = c.execute("SELECT count(*) FROM avengers.clusterings").fetchone()[0]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full while writing assignments")
+
+    monkeypatch.setattr(clustering, "_write_assignments", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        recluster(k=3, seed=2, url=db_url)
+    with db.connect(db_url) as c:
+        assert clustering.active_clustering(conn=c).id == before.id
+        assert _profile_rows(c) == profiles_before
+        assert c.execute("SELECT count(*) FROM avengers.clusterings").fetchone()[0] == count_before
+
+
+def test_fit_failure_keeps_previous_version(db_url, seeded, monkeypatch):
+    before = clustering.active_clustering(url=db_url) or recluster(k=4, seed=1, url=db_url)
+
+    def bad_fit(*args, **kwargs):
+        raise ValueError("singular matrix")
+
+    monkeypatch.setattr(clustering, "fit_labels", bad_fit)
+    with pytest.raises(AvengersError, match="kmeans fit failed on 84 vectors: singular matrix"):
+        recluster(k=4, url=db_url)
+    assert clustering.active_clustering(url=db_url).id == before.id
+
+
+def test_no_activate_keep_and_rollback(db_url, seeded):
+    first = recluster(k=4, seed=1, url=db_url)
+    second = recluster(k=5, seed=1, url=db_url, activate=False)
+    assert second.status == "ready"
+    assert clustering.active_clustering(url=db_url).id == first.id
+    third = recluster(k=3, seed=1, url=db_url, keep=1)
+    kept = {c.id: c.status for c in clustering.list_clusterings(url=db_url)}
+    assert kept == {third.id: "active", second.id: "ready"}
+    # Roll back to the previous version, from the library (same procedure as psql).
+    back = clustering.activate_clustering(second.id, url=db_url)
+    assert back.status == "active"
+    with db.connect(db_url) as c:
+        served = {r[0] for r in c.execute("SELECT clustering_id FROM avengers.cluster_profiles")}
+    assert served == {second.id}
+    with pytest.raises(StoreStateError, match="active"):
+        clustering.remove_clustering(second.id, url=db_url)
+    clustering.remove_clustering(third.id, url=db_url)
+    with pytest.raises(NotFound):
+        clustering.activate_clustering(third.id, url=db_url)
+
+
+def test_clear_errors(conn, seeded):
+    with pytest.raises(InputError, match="larger than the number of calibration queries"):
+        recluster(k=500, conn=conn)
+    with pytest.raises(InputError, match="unknown algorithm"):
+        recluster(k=4, algorithm="dbscan", conn=conn)
+
+
+def test_errors_on_missing_embeddings_and_outcomes(empty_store_url):
+    with db.connect(empty_store_url) as c:
+        with pytest.raises(StoreStateError, match="no embedding space"):
+            recluster(k=2, conn=c)
+        c.rollback()
+        seed_store(c, embed=False)
+        from avengers_store import spaces
+
+        space = spaces.get_or_create_space(c, "synthetic-16", 16, {})
+        spaces.activate_space(c, space.id)
+        with pytest.raises(StoreStateError, match="no embeddings"):
+            recluster(k=2, conn=c)
+        c.rollback()
+        seed_store(c)
+        c.execute("DELETE FROM avengers.outcomes")
+        with pytest.raises(StoreStateError, match="no outcomes"):
+            recluster(k=2, conn=c)
+        c.rollback()
+
+
+@pytest.fixture(scope="module")
+def empty_store_url(pg_admin_url, template_db):
+    import uuid
+
+    from psycopg.conninfo import make_conninfo
+
+    name = f"avengers_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield make_conninfo(pg_admin_url, dbname=name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORMAT)'.replace("FORMAT", "FORCE"))
