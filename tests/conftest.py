@@ -22,7 +22,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROUTERDC = SHARED_DATA / "routerdc_7models"
 LLMROUTER = SHARED_DATA / "llmrouter_9models"
 
-pytest_plugins: list[str] = []  # fixture modules, e.g. "tests.llm_server"
+pytest_plugins: list[str] = ["tests.llm_server"]  # fixture modules
 
 
 @pytest.fixture(scope="session")
