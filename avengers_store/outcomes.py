@@ -51,10 +51,32 @@ class OutcomeRow:
 
 def _check(row: OutcomeRow) -> None:
     where = f"outcome of query {row.query_id} for model {row.model_id}"
-    if not (isinstance(row.score, (int, float)) and 0.0 <= row.score <= 1.0):
+    try:
+        score = float(row.score)
+    except (TypeError, ValueError):
+        score = math.nan
+    if not 0.0 <= score <= 1.0:
         raise InputError(f"score must be in [0, 1], got {row.score!r}", location=where)
     if row.samples < 1:
         raise InputError(f"samples must be >= 1, got {row.samples!r}", location=where)
+
+
+def _text(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    return (
+        str(value)
+        .replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
+
+
+def _num(value, cast) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\\N"
+    return repr(cast(value))
 
 
 def upsert_outcomes(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int:
@@ -65,6 +87,14 @@ def upsert_outcomes(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int
     not refreshed: call ``profiles.refresh_profiles(conn)`` once after the last batch. Returns the
     number of (query, model) rows written.
     """
+    if conn.autocommit:
+        # The staging table lives until commit: give it a transaction to live in.
+        with conn.transaction():
+            return _upsert(conn, rows)
+    return _upsert(conn, rows)
+
+
+def _upsert(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int:
     conn.execute(
         """CREATE TEMP TABLE IF NOT EXISTS avengers_outcomes_in (
              ord bigint GENERATED ALWAYS AS IDENTITY,
@@ -75,30 +105,29 @@ def upsert_outcomes(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int
     )
     conn.execute("TRUNCATE avengers_outcomes_in")
     n_in = 0
+    buffer: list[str] = []
     with (
         conn.cursor() as cur,
         cur.copy(
             """COPY avengers_outcomes_in (query_id, model_id, score, samples, answer, tokens_in,
-                                          tokens_out, cost, latency_ms, source) FROM STDIN"""
+                                      tokens_out, cost, latency_ms, source) FROM STDIN"""
         ) as copy,
     ):
+        # COPY text lines built here: several times faster than write_row for 100k+ rows.
         for row in rows:
             _check(row)
-            copy.write_row(
-                (
-                    row.query_id,
-                    row.model_id,
-                    float(row.score),
-                    row.samples,
-                    row.answer,
-                    row.tokens_in,
-                    row.tokens_out,
-                    row.cost,
-                    row.latency_ms,
-                    row.source,
-                )
+            buffer.append(
+                f"{int(row.query_id)}\t{int(row.model_id)}\t{float(row.score)!r}\t"
+                f"{int(row.samples)}\t{_text(row.answer)}\t{_num(row.tokens_in, int)}\t"
+                f"{_num(row.tokens_out, int)}\t{_num(row.cost, float)}\t"
+                f"{_num(row.latency_ms, float)}\t{_text(row.source)}\n"
             )
             n_in += 1
+            if len(buffer) >= 10_000:
+                copy.write("".join(buffer))
+                buffer.clear()
+        if buffer:
+            copy.write("".join(buffer))
     if n_in == 0:
         return 0
     try:

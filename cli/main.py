@@ -17,6 +17,10 @@ from avengers_store.errors import AvengersError
 COMMAND_MODULES = [
     "avengers_store.cli.db",
     "avengers_store.cli.models",
+    "avengers_store.cli.models_admin",
+    "avengers_store.cli.datasets",
+    "avengers_store.cli.outcomes",
+    "avengers_store.cli.load_table",
 ]
 
 

@@ -1,0 +1,151 @@
+"""``avengers dataset add | list | remove``: query collections and their calibration/test split."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+from avengers_store.cli.output import echo_json, emit, format_options
+
+from avengers_store import datasets
+
+
+@click.group("dataset")
+def command() -> None:
+    """Load, list and remove datasets (benchmarks or query collections).
+
+    \b
+    Example:
+      avengers dataset add gsm8k gsm8k.jsonl --text-col question --answer-col answer \\
+          --task-type math --category math
+      avengers dataset list
+    """
+
+
+@command.command("add")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--text-col", default="text", show_default=True, help="Column holding the query.")
+@click.option("--id-col", help="Column holding each query's id (kept as external_id).")
+@click.option("--answer-col", help="Column holding the reference answer.")
+@click.option(
+    "--task-type",
+    default="text",
+    show_default=True,
+    help="math, multiple_choice (or mc), code or text: picks prompt, extractor and grader.",
+)
+@click.option("--category", help="Free-form grouping, e.g. math, code, knowledge.")
+@click.option(
+    "--ood", is_flag=True, help="Out-of-distribution: routed and evaluated, never clustered."
+)
+@click.option("--split-col", help="Column holding each row's split (else a seeded split is drawn).")
+@click.option(
+    "--split-map",
+    help="Split values to calibration, test or skip, e.g. train=calibration,dev=skip,test=test "
+    "(default: train=calibration,calibration=calibration,test=test).",
+)
+@click.option(
+    "--calibration-fraction",
+    type=float,
+    default=0.7,
+    show_default=True,
+    help="Share of distinct queries drawn for calibration when there is no split column.",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the drawn split.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Reload NAME if it exists (drops its queries, embeddings and outcomes).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def add_cmd(
+    name,
+    file,
+    text_col,
+    id_col,
+    answer_col,
+    task_type,
+    category,
+    ood,
+    split_col,
+    split_map,
+    calibration_fraction,
+    seed,
+    replace,
+    as_json,
+) -> None:
+    """Load the queries of FILE (JSONL, CSV or Parquet) as dataset NAME, in one transaction.
+
+    Rows with the same normalised text become one query. A bad row (missing text, wrong type,
+    unknown split value) stops the load with the file, row and column, and changes nothing.
+
+    \b
+    Example:
+      avengers dataset add mmlu mmlu.parquet --text-col question --id-col id \\
+          --task-type mc --split-col split --split-map train=calibration,test=test
+      avengers dataset add faq faq.csv --calibration-fraction 0.7 --seed 42
+    """
+    report = datasets.add_dataset(
+        name,
+        file,
+        text_col=text_col,
+        id_col=id_col,
+        answer_col=answer_col,
+        task_type=task_type,
+        category=category,
+        ood=ood,
+        split_col=split_col,
+        split_map=split_map,
+        calibration_fraction=calibration_fraction,
+        seed=seed,
+        replace=replace,
+    )
+    if as_json:
+        echo_json(report)
+        return
+    d = report.dataset
+    click.echo(
+        f"dataset {d.name}: {d.queries} queries ({d.calibration} calibration, {d.test} test) "
+        f"from {report.rows_read} rows; {d.merged_rows} duplicate row(s) merged"
+        + "".join(f"; skipped {n} row(s) with {k}" for k, n in report.rows_skipped.items())
+        + f" [{report.seconds:.1f}s]"
+    )
+
+
+@command.command("list")
+@format_options
+def list_cmd(fmt: str) -> None:
+    """List datasets with their query counts per split.
+
+    \b
+    Example:
+      avengers dataset list --csv > datasets.csv
+    """
+    rows = [dataclasses.asdict(d) for d in datasets.list_datasets()]
+    columns = [
+        "name",
+        "n_queries",
+        "n_calibration",
+        "n_test",
+        "is_ood",
+        "category",
+        "split_seed",
+        "source",
+    ]
+    emit(rows, fmt, None if fmt == "json" else columns)
+
+
+@command.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def remove_cmd(name: str, yes: bool) -> None:
+    """Delete dataset NAME with its queries, embeddings and outcomes (profiles are refreshed).
+
+    \b
+    Example:
+      avengers dataset remove faq --yes
+    """
+    if not yes:
+        click.confirm(f"Delete dataset {name} with its queries and outcomes?", abort=True)
+    deleted = datasets.remove_dataset(name)
+    click.echo(f"removed dataset {name} and its {deleted} queries")

@@ -1,0 +1,153 @@
+"""``avengers load-table``: a wide research table (query, dataset, split, one outcome column per
+model) as datasets, queries and outcomes in one go."""
+
+from __future__ import annotations
+
+import click
+from avengers_store.cli.output import echo_json, echo_table
+
+from avengers_store.load_table import load_table
+
+
+@click.command("load-table")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dataset-col", required=True, help="Column naming each row's dataset.")
+@click.option("--text-col", required=True, help="Column holding the query.")
+@click.option(
+    "--outcome-prefix", required=True, help="Outcome columns are <prefix><model>, e.g. 'acc|'."
+)
+@click.option(
+    "--split-col", help="Column holding the split (else each dataset draws a seeded one)."
+)
+@click.option(
+    "--split-map",
+    help="Split values to calibration, test or skip, e.g. "
+    "train=calibration,test=test,extra=skip. Every value must be mapped.",
+)
+@click.option(
+    "--ood-split",
+    "ood_splits",
+    multiple=True,
+    help="Split value marking out-of-distribution rows (repeatable): a dataset all of "
+    "whose rows have it is never clustered.",
+)
+@click.option("--id-col", help="Column holding each query's id (kept as external_id).")
+@click.option("--answer-col", help="Column holding the reference answer.")
+@click.option("--task-type", help="Task type of rows not otherwise typed [default: text].")
+@click.option(
+    "--task-type-col", help="Column whose values are task types (or mapped by --task-type-map)."
+)
+@click.option(
+    "--task-type-map",
+    help="Values of --task-type-col to task types, e.g. mc=multiple_choice,gen=math.",
+)
+@click.option(
+    "--dataset-task-type",
+    "dataset_task_types",
+    help="Task type per dataset, e.g. gsm8k=math,humaneval=code,mmlu=mc (wins over the others).",
+)
+@click.option(
+    "--calibration-fraction",
+    type=float,
+    default=0.7,
+    show_default=True,
+    help="Without --split-col: share of each dataset drawn for calibration.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=42,
+    show_default=True,
+    help="Without --split-col: seed of the drawn split.",
+)
+@click.option(
+    "--create-models/--no-create-models",
+    default=True,
+    show_default=True,
+    help="Fail on models not in the pool instead of adding them.",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Reload datasets that already exist (drops their queries, embeddings and outcomes).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def command(
+    file,
+    dataset_col,
+    text_col,
+    outcome_prefix,
+    split_col,
+    split_map,
+    ood_splits,
+    id_col,
+    answer_col,
+    task_type,
+    task_type_col,
+    task_type_map,
+    dataset_task_types,
+    calibration_fraction,
+    seed,
+    create_models,
+    replace,
+    as_json,
+) -> None:
+    """Load FILE (JSONL, CSV or Parquet; one row per query, one outcome column per model) as
+    datasets, queries and outcomes, in one transaction.
+
+    Empty or NaN outcome cells are "not evaluated" (no row, never 0); a value outside [0,1], a
+    missing text or an unmapped split value stops the load, names the row and column, and
+    changes nothing. Duplicate texts within a dataset become one query (outcomes averaged).
+
+    \b
+    Example:
+      avengers load-table routerdc_7models.parquet --dataset-col benchmark \\
+        --text-col question --outcome-prefix 'acc|' --split-col split \\
+        --split-map train=calibration,test=test,ood_test=test,extra_train=skip,extra_test=skip \\
+        --ood-split ood_test --dataset-task-type \\
+        mmlu=mc,cmmlu=mc,arc_challenge=mc,ceval=mc,gsm8k=math,math_prealgebra=math,humaneval=code,mbpp=code,humanevalpack_js=code
+    """
+    report = load_table(
+        file,
+        dataset_col=dataset_col,
+        text_col=text_col,
+        split_col=split_col,
+        split_map=split_map,
+        ood_splits=ood_splits,
+        outcome_prefix=outcome_prefix,
+        id_col=id_col,
+        answer_col=answer_col,
+        task_type=task_type,
+        task_type_col=task_type_col,
+        task_type_map=task_type_map,
+        dataset_task_types=dataset_task_types,
+        calibration_fraction=calibration_fraction,
+        seed=seed,
+        create_models=create_models,
+        replace=replace,
+    )
+    if as_json:
+        echo_json(report)
+        return
+    echo_table(
+        [
+            {
+                "dataset": d.name,
+                "rows": d.rows,
+                "queries": d.queries,
+                "calibration": d.calibration,
+                "test": d.test,
+                "merged": d.merged_rows,
+                "ood": d.is_ood,
+            }
+            for d in report.datasets
+        ]
+    )
+    skipped = "".join(f"; skipped {n} with {k}" for k, n in report.rows_skipped.items())
+    click.echo(
+        f"\n{report.rows_read} rows read{skipped}; {report.queries_inserted} queries in "
+        f"{len(report.datasets)} datasets ({report.merged_duplicates} duplicate rows merged); "
+        f"{report.outcomes_written} outcomes for {len(report.models)} models "
+        f"({len(report.models_created)} new); {report.not_evaluated} cells not evaluated "
+        f"[{report.seconds:.1f}s]"
+    )
