@@ -70,6 +70,7 @@ def load_table(
     seed: int = 42,
     create_models: bool = True,
     replace: bool = False,
+    dataset_prefix: str = "",
     url: str | None = None,
     conn: psycopg.Connection | None = None,
 ) -> LoadReport:
@@ -86,6 +87,10 @@ def load_table(
     Outcomes: every column ``<outcome_prefix><model>``; empty/NaN = not evaluated (no row),
     values outside [0, 1] are an error naming the row and column. Duplicate texts within a dataset
     become one query whose outcomes average its rows'. Profiles are refreshed before commit.
+
+    ``dataset_prefix`` is put before every dataset name (e.g. ``llmrouter/``) so two tables that
+    share benchmark names can live in one store; ``dataset_task_types`` keys are the column's
+    values, without it. ``replace`` reloads datasets that already exist.
     """
     started = time.perf_counter()
     if not outcome_prefix:
@@ -180,7 +185,7 @@ def load_table(
         if bad.size:
             i = int(bad[0])
             raise InputError(
-                f"outcome {values[i]!r} is outside [0, 1]"
+                f"outcome {float(values[i])!r} is outside [0, 1]"
                 + (f" ({bad.size} such cells in the column)" if bad.size > 1 else ""),
                 location=table.where(i, column),
             )
@@ -188,7 +193,7 @@ def load_table(
     rows_by_dataset: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         if splits is None or splits[i] != SKIP:
-            rows_by_dataset.setdefault(name, []).append(i)
+            rows_by_dataset.setdefault(dataset_prefix + name, []).append(i)
     if not rows_by_dataset:
         raise InputError("no rows left to load (every row was skipped)", location=str(table.path))
     options = {

@@ -320,7 +320,7 @@ def _score_check(table: Table, column: str, values: np.ndarray) -> None:
     if bad.size:
         i = int(bad[0])
         raise InputError(
-            f"score {values[i]!r} is outside [0, 1]"
+            f"score {float(values[i])!r} is outside [0, 1]"
             + (f" ({bad.size} such cells in the column)" if bad.size > 1 else ""),
             location=table.where(i, column),
         )
@@ -394,7 +394,7 @@ def _long_rows(
         if bad.size:
             i = int(bad[0])
             raise InputError(
-                f"{key} must be >= {1 if key == 'samples' else 0}, got {values[i]!r}",
+                f"{key} must be >= {1 if key == 'samples' else 0}, got {float(values[i])!r}",
                 location=table.where(i, extra[key]),
             )
     names = list(dict.fromkeys(models))

@@ -64,12 +64,18 @@ from avengers_store.load_table import load_table
     "--create-models/--no-create-models",
     default=True,
     show_default=True,
-    help="Fail on models not in the pool instead of adding them.",
+    help="Add models not yet in the pool (outcomes only until `models add` gives an endpoint).",
 )
 @click.option(
     "--replace",
     is_flag=True,
     help="Reload datasets that already exist (drops their queries, embeddings and outcomes).",
+)
+@click.option(
+    "--dataset-prefix",
+    default="",
+    help="Put before every dataset name, e.g. 'llmrouter/', when another table already loaded "
+    "datasets of the same names.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def command(
@@ -90,6 +96,7 @@ def command(
     seed,
     create_models,
     replace,
+    dataset_prefix,
     as_json,
 ) -> None:
     """Load FILE (JSONL, CSV or Parquet; one row per query, one outcome column per model) as
@@ -125,6 +132,7 @@ def command(
         seed=seed,
         create_models=create_models,
         replace=replace,
+        dataset_prefix=dataset_prefix,
     )
     if as_json:
         echo_json(report)
