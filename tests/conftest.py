@@ -8,6 +8,8 @@ Set AVENGERS_TEST_DATABASE_URL to run against another server (it needs pgvector 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,16 +28,21 @@ pytest_plugins: list[str] = ["tests.llm_server"]  # fixture modules
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """Admin URL of the test server (database ``postgres``)."""
     external = os.environ.get("AVENGERS_TEST_DATABASE_URL")
     if external:
         yield make_conninfo(external, dbname="postgres")
         return
-    home = tmp_path_factory.mktemp("avengers-home")
+    # Not under pytest's basetemp: pytest resets its root to mode 0700 whenever a session starts,
+    # which would lock out the unprivileged user the embedded server runs as (when we are root).
+    home = Path(tempfile.mkdtemp(prefix="avengers-test-home-"))
     url = embedded.start(home)
-    yield make_conninfo(url, dbname="postgres")
-    embedded.stop(home)
+    try:
+        yield make_conninfo(url, dbname="postgres")
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _create_database(admin_url: str, name: str, template: str | None = None) -> str:
