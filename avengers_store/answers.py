@@ -134,6 +134,7 @@ def normalize_math(answer: str) -> str | None:
     value = to_fraction(s)
     if value is not None:
         return format_number(value)
+    s = re.sub(r"\\sqrt\s*([0-9a-zA-Z])", r"\\sqrt{\1}", s)  # \sqrt2 = \sqrt{2}
     s = re.sub(r"\s+", "", s)
     return s or None
 
