@@ -64,7 +64,9 @@ def test_closed_port_is_one_line_naming_the_url():
     assert "AVENGERS_DATABASE_URL" in lines[0]
 
 
-def test_embedded_home_is_created_and_stopped(tmp_path):
+def test_embedded_home_is_created_and_stopped():
+    # A home outside pytest's basetemp (see conftest.pg_admin_url).
+    tmp_path = Path(tempfile.mkdtemp(prefix="avengers-cli-home-"))
     env = {"AVENGERS_HOME": str(tmp_path / "home")}
     env_clean = {k: v for k, v in os.environ.items() if not k.startswith(("AVENGERS_", "PG"))}
     run = lambda *a: subprocess.run(  # noqa: E731
@@ -81,6 +83,7 @@ def test_embedded_home_is_created_and_stopped(tmp_path):
     stopped = run("db", "stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert "not running" in run("db", "stop").stdout
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
