@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from avengers_store.answers import ExtractedAnswer, extract_answer
 from avengers_store.errors import AllEndpointsFailed, ConfigurationError, EndpointError
@@ -79,6 +79,28 @@ class Answer:
     @property
     def tokens_out(self) -> int:
         return sum(u.tokens_out for u in self.usage)
+
+    def to_dict(self, *, include_samples: bool = False) -> dict[str, object]:
+        """JSON-ready fields (for ``--json`` output and logs); ``decision`` is left to the caller."""
+        out: dict[str, object] = {
+            "question": self.question,
+            "answer": self.answer,
+            "text": self.text,
+            "votes": dict(self.votes),
+            "share": self.share,
+            "valid": self.valid,
+            "strategy": self.strategy,
+            "task_type": self.task_type,
+            "models": list(self.models),
+            "usage": [asdict(u) for u in self.usage],
+            "fallbacks": [asdict(f) for f in self.fallbacks],
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "latency_ms": round(self.latency_ms, 1),
+        }
+        if include_samples:
+            out["samples"] = [asdict(s) for s in self.samples]
+        return out
 
 
 def answer(

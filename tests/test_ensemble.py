@@ -3,6 +3,8 @@ real sampling."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from avengers_store.ensemble import answer, answer_many
@@ -43,6 +45,9 @@ def test_self_consistency_votes_over_one_model(scripted_server, client):
     assert result.text == r"work... \boxed{42}"
     assert [u.samples for u in result.usage] == [5]
     assert result.fallbacks == () and result.decision is None
+    as_json = json.loads(json.dumps(result.to_dict(include_samples=True)))
+    assert as_json["answer"] == "42" and as_json["usage"][0]["model"] == "m1"
+    assert len(as_json["samples"]) == 5 and as_json["samples"][0]["value"] == "42"
     assert scripted_server.requests_for("m2") == []
     sent = scripted_server.requests_for("m1")[0]["body"]
     assert sent["n"] == 5 and sent["temperature"] == 0.7
