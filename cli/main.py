@@ -21,6 +21,11 @@ COMMAND_MODULES = [
     "avengers_store.cli.datasets",
     "avengers_store.cli.outcomes",
     "avengers_store.cli.load_table",
+    "avengers_store.cli.embed",
+    "avengers_store.cli.recluster",
+    "avengers_store.cli.clusterings",
+    "avengers_store.cli.profile",
+    "avengers_store.cli.model_select",
 ]
 
 

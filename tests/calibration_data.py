@@ -4,10 +4,14 @@ and unit vectors in well separated blobs, so clusters and the best model per blo
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from avengers_store import spaces
 from avengers_store.embedding import store_vectors
@@ -136,3 +140,39 @@ def seed_store(
         store_vectors(conn, space.id, all_ids, np.stack(all_vecs))
         syn.space_id = space.id
     return syn
+
+
+def run_cli(*args: str):
+    """Run ``avengers ARGS`` in-process; raises with the output when it fails."""
+    from avengers_store.cli.main import cli
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    if result.exit_code != 0:
+        raise AssertionError(
+            f"avengers {' '.join(args)} exited {result.exit_code}: {result.output}"
+        ) from result.exception
+    return result
+
+
+def run_cli_error(*args: str):
+    """Run ``avengers ARGS`` in-process expecting failure; returns the exception raised."""
+    from avengers_store.cli.main import cli
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    assert result.exit_code != 0, result.output
+    return result.exception
+
+
+@contextmanager
+def fresh_database(admin_url: str, template: str) -> Iterator[str]:
+    """A migrated database of its own (for a second store in one test module)."""
+    name = f"avengers_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield make_conninfo(admin_url, dbname=name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,52 @@
+"""``avengers profile``: the capability profiles served for routing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+from avengers_store.cli.output import emit, format_options
+
+from avengers_store.profiles import get_profiles, plot_profiles
+
+COLUMNS = [
+    "cluster",
+    "cluster_size",
+    "model",
+    "n",
+    "mean_score",
+    "wilson_low",
+    "wilson_high",
+    "rank",
+    "active_rank",
+    "active",
+]
+
+
+@click.command("profile")
+@click.option("--cluster", type=int, help="Only this cluster.")
+@click.option("--model", help="Only this model.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Also write the cluster x model heatmap to this PNG file.",
+)
+@format_options
+def command(cluster, model, plot, fmt) -> None:
+    """Per cluster of the active clustering and per model: number of scored calibration
+    queries, mean score, Wilson 95% bounds and rank (1 = best; active_rank among active models).
+
+    \b
+    Example:
+      avengers profile --cluster 3
+      avengers profile --model qwen2.5-7b-instruct --csv > qwen.csv
+      avengers profile --json > profiles.json
+      avengers profile --plot profiles.png
+    """
+    entries = get_profiles(cluster, model)
+    rows = [dataclasses.asdict(e) for e in entries]
+    if plot:
+        # The heatmap always shows every cluster and model; filters apply to the printed rows.
+        path = plot_profiles(plot)
+        click.echo(f"heatmap written to {path}", err=fmt != "table")
+    emit(rows, fmt, None if fmt == "json" else COLUMNS)

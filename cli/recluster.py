@@ -1,0 +1,79 @@
+"""``avengers recluster``: fit a new clustering version and serve it."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from avengers_store.cli.output import echo_json
+
+from avengers_store.clustering import ALGORITHMS, active_clustering, recluster
+
+
+@click.command("recluster")
+@click.option("--k", type=int, default=64, show_default=True, help="Number of clusters.")
+@click.option(
+    "--algorithm",
+    type=click.Choice(ALGORITHMS),
+    default="kmeans",
+    show_default=True,
+    help="scikit-learn algorithm; centroids are member means for all of them.",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Random seed of the fit.")
+@click.option(
+    "--keep",
+    type=int,
+    help="Afterwards keep only the N newest non-active versions (older ones are deleted).",
+)
+@click.option(
+    "--no-activate",
+    "no_activate",
+    is_flag=True,
+    help="Store the version as ready without serving it (activate later with "
+    "`avengers clusterings activate ID`).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def command(k, algorithm, seed, keep, no_activate, as_json) -> None:
+    """Cluster the calibration queries of non-OOD datasets in the active embedding space.
+
+    Writes a new clustering version (centroids = member means; every query assigned to its
+    nearest centroid, the rule routing uses), refreshes profiles and switches the served
+    version in one transaction: routers see the old or the new version, never a mix, and a
+    failure leaves the previous one serving. Above 50,000 vectors kmeans runs as MiniBatchKMeans.
+
+    \b
+    Example:
+      avengers recluster --k 64
+      avengers recluster --k 32 --algorithm ward --no-activate
+      avengers recluster --keep 3
+    """
+    previous = active_clustering()
+    result = recluster(
+        k=k,
+        algorithm=algorithm,
+        seed=seed,
+        keep=keep,
+        activate=not no_activate,
+        progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        echo_json({**result.__dict__, "previous_active": previous.id if previous else None})
+        return
+    note = result.params.get("fit")
+    shrunk = (
+        f" ({result.params['requested_k'] - result.k} empty clusters dropped)"
+        if result.k < result.params.get("requested_k", result.k)
+        else ""
+    )
+    click.echo(
+        f"clustering {result.id}: {algorithm} k={result.k}{shrunk} on {result.n_queries:,} "
+        f"calibration queries, inertia {result.inertia:.2f}"
+        + (f"; fitted as {note}" if note else "")
+    )
+    if result.status == "active":
+        click.echo(
+            f"now active (was {previous.id if previous else 'none'}); profiles refreshed"
+            + (f". Roll back: avengers clusterings activate {previous.id}" if previous else "")
+        )
+    else:
+        click.echo(f"stored as ready; serve it with: avengers clusterings activate {result.id}")
