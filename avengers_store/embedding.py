@@ -228,6 +228,13 @@ def import_npy(
                 f"{existing.dimension}-d; pass --embedder naming the model that made them",
                 location=str(npy),
             )
+        declared = getattr(emb, "_dimension", None)  # known without running the model
+        if declared is not None and declared != dimension:
+            raise InputError(
+                f"{dimension}-d vectors, but {emb.name} makes {declared}-d ones; pass "
+                "--embedder naming the model that made them",
+                location=str(npy),
+            )
         space = _space_for(c, emb, dimension)
         rows = c.execute(
             """SELECT q.id, (q.metadata->>'source_row')::bigint
