@@ -364,7 +364,11 @@ def _write_assignments(
 
 
 def _prepare_routing(conn: psycopg.Connection, clustering_id: int) -> None:
-    """Hook for routing-side structures over the new centroids (none needed yet)."""
+    """Routing-side structures over the new centroids (an HNSW index for very large k), built
+    in the same transaction so the version is servable the moment it is active."""
+    from .routing import prepare_centroid_index
+
+    prepare_centroid_index(conn, clustering_id)
 
 
 class _Phases:
