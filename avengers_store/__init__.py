@@ -1,8 +1,25 @@
 """avengers-store: a Postgres + pgvector capability-profile store and thin routing client for
 a pool of models served by vLLM (the Avengers recipe: embed, cluster, profile, route, vote)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .errors import AvengersError
+
+if TYPE_CHECKING:
+    from .client import AvengersClient
 
 __version__ = "0.1.0"
 
-__all__ = ["AvengersError", "__version__"]
+__all__ = ["AvengersClient", "AvengersError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the client pulls in the HTTP and embedding stacks, which plain
+    # store commands (db upgrade, load-table) do not need.
+    if name == "AvengersClient":
+        from .client import AvengersClient
+
+        return AvengersClient
+    raise AttributeError(f"module 'avengers_store' has no attribute {name!r}")

@@ -1,0 +1,354 @@
+"""``AvengersClient``: route a query to the models that are best on its cluster, then ask them.
+
+Sync and thread-safe. The constructor connects to nothing; the first call opens one
+``psycopg_pool.ConnectionPool`` (pgvector registered on each connection) and checks the schema
+revision once. With a read replica (``read_url`` or ``AVENGERS_READ_DATABASE_URL``) routing reads
+go to it and writes (the route log) to the primary. Every method takes ``conn=`` to run in the
+caller's connection and transaction instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from . import config, db, ensemble, route_log, routing, schema, spaces
+from .embedders import Embedder, embedder_for_space
+from .errors import AvengersError, InputError, StoreStateError
+from .llm import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
+from .prompts import PromptSet
+from .routing import RouteDecision
+
+# Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
+# are only fallbacks when its endpoint is down. Model-Switch may pool all of them.
+DEFAULT_TOP_N = {"self-consistency": 3, "model-switch": 3, "direct": 3}
+
+Query = str | Sequence[float] | np.ndarray
+
+
+class AvengersClient:
+    """Route and answer queries with the store at ``url`` (default: the configured database).
+
+    ``chat`` is the ChatClient used to call the models (default: one made and closed by this
+    client); ``max_tokens`` caps each sampled completion; ``embedder`` overrides the embedder of the serving space (it must produce vectors of
+    that space). ``pool_size`` bounds database connections per pool.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        read_url: str | None = None,
+        chat: ChatClient | None = None,
+        embedder: Embedder | None = None,
+        prompts: PromptSet | None = None,
+        threshold: float = ensemble.DEFAULT_THRESHOLD,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        pool_size: int = 4,
+        max_concurrency: int = 4,
+    ) -> None:
+        if pool_size < 1:
+            raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
+        if max_concurrency < 1:
+            raise InputError(
+                f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
+            )
+        self.url = url
+        self.read_url = read_url if read_url is not None else config.read_database_url()
+        self.prompts = prompts
+        self.threshold = threshold
+        self.max_tokens = max_tokens
+        self.pool_size = pool_size
+        self.max_concurrency = max_concurrency
+        self._chat = chat
+        self._own_chat = chat is None
+        self._embedder_override = embedder
+        self._embedders: dict[int, Embedder] = {}
+        self._serving_cache: tuple[int | None, Embedder] | None = None
+        self._pools: dict[str, ConnectionPool] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _open_pool(self, role: str) -> ConnectionPool:
+        with self._lock:
+            if self._closed:
+                raise AvengersError("this AvengersClient is closed: make a new one")
+            pool = self._pools.get(role)
+            if pool is not None:
+                return pool
+            if role == "read" and self.read_url is None:
+                pool = self._pools.get("write") or self._new_pool(db.resolve_url(self.url))
+                self._pools["write"] = pool
+            else:
+                target = self.read_url if role == "read" else db.resolve_url(self.url)
+                pool = self._new_pool(target)
+            self._pools[role] = pool
+            return pool
+
+    def _new_pool(self, target: str) -> ConnectionPool:
+        # One probe connection first: clear errors (unreachable server, no pgvector) and the
+        # schema check, before a pool starts retrying in the background.
+        with db.connect(target) as probe:
+            schema.check_revision(probe)
+        pool = ConnectionPool(
+            target,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            configure=lambda c: db.register_vector(c, target),
+            open=False,
+            name=f"avengers-{db.redact(target)}",
+        )
+        pool.open(wait=True, timeout=30)
+        return pool
+
+    @contextmanager
+    def _connection(
+        self, conn: psycopg.Connection | None, role: str
+    ) -> Iterator[psycopg.Connection]:
+        if conn is not None:
+            yield conn
+            return
+        with self._open_pool(role).connection() as pooled:
+            yield pooled
+
+    @property
+    def chat(self) -> ChatClient:
+        with self._lock:
+            if self._chat is None:
+                self._chat = ChatClient(max_concurrency=max(self.max_concurrency, 4))
+            return self._chat
+
+    def close(self) -> None:
+        """Close the pools (and the ChatClient this client made). Idempotent."""
+        with self._lock:
+            self._closed = True
+            pools, self._pools = {id(p): p for p in self._pools.values()}, {}
+            chat, self._chat = (self._chat if self._own_chat else None), None
+        for pool in pools.values():
+            pool.close()
+        if chat is not None:
+            chat.close()
+
+    def __enter__(self) -> AvengersClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- embedding -------------------------------------------------------------------------
+
+    def embedder(self, conn: psycopg.Connection | None = None) -> Embedder:
+        """The embedder of the serving space (the active clustering's), cached per client."""
+        return self._serving(conn)[1]
+
+    def _serving(
+        self, conn: psycopg.Connection | None, *, refresh: bool = False
+    ) -> tuple[int | None, Embedder]:
+        """(active clustering id when cached, embedder of its space)."""
+        if self._embedder_override is not None:
+            return None, self._embedder_override
+        with self._lock:
+            cached = self._serving_cache
+        if cached is not None and not refresh:
+            return cached
+        with self._connection(conn, "read") as c:
+            space = spaces.serving_space(c)
+            row = c.execute(
+                "SELECT id FROM avengers.clusterings WHERE status = 'active'"
+            ).fetchone()
+        if space is None:
+            raise StoreStateError(
+                "the store has no embedding space yet: run `avengers embed` and "
+                "`avengers recluster` before routing text."
+            )
+        with self._lock:
+            embedder = self._embedders.get(space.id)
+        if embedder is None:
+            embedder = embedder_for_space(space)
+        state = (row[0] if row else None, embedder)
+        with self._lock:
+            self._embedders[space.id] = embedder
+            self._serving_cache = state
+        return state
+
+    def _vectors(
+        self, queries: Sequence[Query], conn: psycopg.Connection | None, *, refresh: bool = False
+    ) -> tuple[list[Any], int | None]:
+        """Texts embedded, vectors passed through; and the clustering the embedder serves."""
+        out: list[Any] = list(queries)
+        texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+        if not texts:
+            return out, None
+        for i, q in texts:
+            if not q.strip():
+                raise InputError("the query text is empty", location=f"query {i + 1}")
+        clustering_id, embedder = self._serving(conn, refresh=refresh)
+        vectors = embedder.embed([q for _, q in texts])
+        for (i, _), v in zip(texts, vectors, strict=True):
+            out[i] = v
+        return out, clustering_id
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def route(
+        self,
+        query: Query,
+        top_n: int = 1,
+        *,
+        require_endpoint: bool = False,
+        conn: psycopg.Connection | None = None,
+    ) -> RouteDecision:
+        """Route a text (embedded in the serving space) or a vector: one SQL round trip."""
+        return self.route_many([query], top_n, require_endpoint=require_endpoint, conn=conn)[0]
+
+    def route_many(
+        self,
+        queries: Sequence[Query],
+        top_n: int = 1,
+        *,
+        require_endpoint: bool = False,
+        conn: psycopg.Connection | None = None,
+    ) -> list[RouteDecision]:
+        """Route many texts and/or vectors in one statement (one snapshot); input order kept."""
+        if isinstance(queries, str):
+            raise InputError("route_many takes a list of queries; use route() for one text")
+        vectors, served = self._vectors(list(queries), conn)
+        with self._connection(conn, "read") as c:
+            decisions = routing.route_vectors(c, vectors, top_n, require_endpoint=require_endpoint)
+        if served is not None and any(d.clustering_id != served for d in decisions):
+            # The served clustering changed since the embedder was chosen (maybe to another
+            # embedding space): look it up again and route once more.
+            vectors, _ = self._vectors(list(queries), conn, refresh=True)
+            with self._connection(conn, "read") as c:
+                decisions = routing.route_vectors(
+                    c, vectors, top_n, require_endpoint=require_endpoint
+                )
+        return decisions
+
+    # -- answering -------------------------------------------------------------------------
+
+    def ask(
+        self,
+        text: str,
+        samples: int = ensemble.DEFAULT_SAMPLES,
+        strategy: str = "self-consistency",
+        task_type: str | None = None,
+        top_n: int | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> ensemble.Answer:
+        """Embed, route to the top models with endpoints, sample and vote, log, return the
+        Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included)."""
+        return self.ask_many(
+            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
+        )[0]  # type: ignore[return-value]
+
+    def ask_many(
+        self,
+        texts: Sequence[str],
+        samples: int = ensemble.DEFAULT_SAMPLES,
+        strategy: str = "self-consistency",
+        task_type: str | None = None,
+        top_n: int | None = None,
+        *,
+        max_concurrency: int | None = None,
+        return_exceptions: bool = False,
+        conn: psycopg.Connection | None = None,
+    ) -> list[ensemble.Answer | AvengersError]:
+        """``ask`` for many texts: one embedding batch, one routing statement, then at most
+        ``max_concurrency`` questions sampled at a time. Every question writes a route_log row
+        (failed ones too, with the error). With ``return_exceptions`` a failed question yields
+        its AvengersError in place of an Answer."""
+        if isinstance(texts, str):
+            raise InputError("ask_many takes a list of texts; use ask() for one")
+        if strategy not in ensemble.STRATEGIES:
+            raise InputError(
+                f"unknown strategy {strategy!r}; expected one of {', '.join(ensemble.STRATEGIES)}",
+                location="strategy",
+            )
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError("expected a non-empty question text", location=f"question {i + 1}")
+        if not texts:
+            return []
+        started = time.perf_counter()
+        n = top_n or DEFAULT_TOP_N[strategy]
+        decisions = self.route_many(list(texts), n, require_endpoint=True, conn=conn)
+        routed_ms = (time.perf_counter() - started) * 1000.0
+        options = {
+            "samples": samples,
+            "strategy": strategy,
+            "task_type": task_type,
+            "threshold": self.threshold,
+            "prompts": self.prompts,
+            "max_tokens": self.max_tokens,
+        }
+
+        def one(i: int) -> tuple[ensemble.Answer | None, AvengersError | None, float]:
+            began = time.perf_counter()
+            try:
+                result = self._answer_one(texts[i], decisions[i], options)
+                return result, None, (time.perf_counter() - began) * 1000.0
+            except AvengersError as exc:
+                return None, exc, (time.perf_counter() - began) * 1000.0
+
+        workers = max(1, min(max_concurrency or self.max_concurrency, len(texts)))
+        if workers == 1:
+            results = [one(i) for i in range(len(texts))]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                results = list(pool.map(one, range(len(texts))))
+
+        out: list[ensemble.Answer | AvengersError] = []
+        rows = []
+        for text, decision, (ans, err, ms) in zip(texts, decisions, results, strict=True):
+            total = routed_ms / len(texts) + ms
+            if ans is not None:
+                ans = dataclasses.replace(ans, decision=decision, latency_ms=total)
+            rows.append(
+                route_log.entry(
+                    text,
+                    decision=decision,
+                    answer=ans,
+                    strategy=strategy,
+                    latency_ms=total,
+                    error=str(err) if err is not None else None,
+                    extra={"route_ms": round(routed_ms / len(texts), 3), "top_n": n},
+                )
+            )
+            out.append(ans if ans is not None else err)  # type: ignore[arg-type]
+        with self._connection(conn, "write") as c:
+            route_log.write(c, rows)
+        if not return_exceptions:
+            for item in out:
+                if isinstance(item, AvengersError):
+                    raise item
+        return out
+
+    def _answer_one(
+        self, text: str, decision: RouteDecision, options: dict[str, Any]
+    ) -> ensemble.Answer:
+        if not decision.candidates:
+            raise StoreStateError(
+                f"no active model with an endpoint has a profile for cluster {decision.cluster} "
+                f"of clustering {decision.clustering_id}: give a model an endpoint "
+                "(`avengers models add NAME --endpoint URL`) or activate one "
+                "(`avengers models activate NAME`)."
+            )
+        endpoints = [
+            Endpoint(c.model, c.endpoint, c.served_name or c.model, c.api_key_env)
+            for c in decision.candidates
+        ]
+        return ensemble.answer(text, endpoints, client=self.chat, **options)

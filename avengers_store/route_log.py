@@ -1,0 +1,73 @@
+"""The route log: one ``avengers.route_log`` row per answered request (the decision and the vote).
+
+The query text itself is never logged, only its content hash (``textnorm.content_hash``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .textnorm import content_hash
+
+INSERT_SQL = """
+INSERT INTO avengers.route_log (query_hash, clustering_id, cluster, distance, models, strategy,
+                                final_answer, vote_share, samples, latency_ms, metadata)
+VALUES (%(query_hash)s, %(clustering_id)s, %(cluster)s, %(distance)s, %(models)s, %(strategy)s,
+        %(final_answer)s, %(vote_share)s, %(samples)s, %(latency_ms)s, %(metadata)s)
+RETURNING id
+"""
+
+
+def entry(
+    question: str,
+    *,
+    decision: Any,
+    answer: Any | None,
+    strategy: str,
+    latency_ms: float,
+    error: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The row for one request. ``answer`` is an ensemble Answer, or None when it failed
+    (``error`` then says why)."""
+    metadata: dict[str, Any] = {
+        "candidates": [c.model for c in decision.candidates] if decision else [],
+        **(extra or {}),
+    }
+    if answer is not None:
+        metadata.update(
+            task_type=answer.task_type,
+            votes=dict(answer.votes),
+            valid=answer.valid,
+            usage=[asdict(u) for u in answer.usage],
+            fallbacks=[asdict(f) for f in answer.fallbacks],
+        )
+    if error is not None:
+        metadata["error"] = error
+    return {
+        "query_hash": content_hash(question),
+        "clustering_id": decision.clustering_id if decision else None,
+        "cluster": decision.cluster if decision else None,
+        "distance": decision.distance if decision else None,
+        "models": list(answer.models) if answer is not None else [],
+        "strategy": strategy,
+        "final_answer": answer.answer if answer is not None else None,
+        "vote_share": answer.share if answer is not None else None,
+        "samples": len(answer.samples) if answer is not None else 0,
+        "latency_ms": max(0.0, latency_ms),
+        "metadata": Jsonb(metadata),
+    }
+
+
+def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert rows made by ``entry`` in the caller's transaction; returns their ids."""
+    ids: list[int] = []
+    with conn.cursor() as cur:
+        for row in rows:
+            ids.append(cur.execute(INSERT_SQL, row).fetchone()[0])
+    return ids

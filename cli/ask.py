@@ -1,0 +1,80 @@
+"""``avengers ask``: route a question, sample the routed models, vote, log, print the answer."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from avengers_store.cli.output import echo_json
+from avengers_store.cli.route import read_jsonl
+
+from avengers_store.client import AvengersClient
+from avengers_store.ensemble import DEFAULT_SAMPLES, STRATEGIES
+from avengers_store.errors import AvengersError
+from avengers_store.prompts import TASK_TYPES
+
+
+def answer_dict(answer, *, samples: bool = False) -> dict:
+    out = answer.to_dict(include_samples=samples)
+    out["decision"] = answer.decision.to_dict() if answer.decision is not None else None
+    return out
+
+
+@click.command("ask")
+@click.argument("text", required=False)
+@click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES, show_default=True,
+              help="Completions to sample per model.")  # fmt: skip
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="self-consistency",
+              show_default=True, help="How samples become one answer.")  # fmt: skip
+@click.option("--top-n", type=click.IntRange(min=1),
+              help="Ranked models to hand to the ensemble (default 3: the first answers, the "
+              "rest are fallbacks, or switch targets for model-switch).")  # fmt: skip
+@click.option("--task-type", type=click.Choice(TASK_TYPES),
+              help="Prompt and answer extractor (default: guessed from the text).")  # fmt: skip
+@click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True),
+              help='JSONL of {"text": ...} per line (- for stdin); one JSON answer per line out.')  # fmt: skip
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Questions in flight at once with --file.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the samples).")
+def command(text, samples, strategy, top_n, task_type, file_, concurrency, as_json) -> None:
+    """Answer TEXT with the models routed for it; every answer writes a route_log row.
+
+    \b
+    Example:
+      avengers ask "What is 7*6?" --samples 5 --json
+      avengers ask "Which planet is largest? A) Mars B) Jupiter" --task-type multiple_choice
+      avengers ask "Prove that ..." --strategy model-switch --top-n 2
+      avengers ask --file questions.jsonl --samples 5 > answers.jsonl
+    """
+    if (text is None) == (file_ is None):
+        raise click.UsageError("give either TEXT or --file")
+    with AvengersClient(max_concurrency=concurrency) as client:
+        if file_ is not None:
+            texts = read_jsonl(file_, allow_vectors=False)
+            results = client.ask_many(
+                texts, samples, strategy, task_type, top_n, return_exceptions=True
+            )
+            failed = 0
+            for i, item in enumerate(results):
+                if isinstance(item, AvengersError):
+                    failed += 1
+                    record = {"line": i + 1, "error": str(item)}
+                else:
+                    record = {"line": i + 1, **answer_dict(item)}
+                click.echo(json.dumps(record, ensure_ascii=False, default=str))
+            if failed:
+                raise click.ClickException(f"{failed} of {len(results)} questions failed")
+            return
+        answer = client.ask(text, samples, strategy, task_type, top_n)
+    if as_json:
+        echo_json(answer_dict(answer, samples=True))
+        return
+    click.echo(answer.answer if answer.answer is not None else "(no valid answer)")
+    votes = ", ".join(f"{k}: {v}" for k, v in answer.votes.items())
+    click.echo(
+        f"share {answer.share:.2f} of {answer.valid} valid votes ({votes}); "
+        f"models {', '.join(answer.models)}; {answer.latency_ms:.0f} ms",
+        err=True,
+    )
+    for fb in answer.fallbacks:
+        click.echo(f"fallback: {fb.model} failed ({fb.error}); used {fb.replaced_by}", err=True)
