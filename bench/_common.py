@@ -1,0 +1,350 @@
+"""Shared pieces of the benchmarks: a throwaway store, synthetic data, timers, percentiles and the
+result line.
+
+Where the store lives: ``AVENGERS_DATABASE_URL`` names a server (it needs pgvector and CREATEDB);
+otherwise an embedded server under ``AVENGERS_BENCH_HOME`` (started if needed and left running,
+so ``run_all.py`` starts one server for every script), else under a fresh temporary home that is
+stopped and removed at exit. Each script works in a fresh database that it drops at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from avengers_store import config, db, embedded, schema, spaces
+from avengers_store.embedding import store_vectors
+from avengers_store.outcomes import OutcomeRow, upsert_outcomes
+from avengers_store.textnorm import content_hash
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+SHARED_DATA = REPO.parent / "shared" / "data"
+DIM = 384
+SPACE = "all-MiniLM-L6-v2"  # the default embedder's space; vectors here are synthetic
+HOME_ENV = "AVENGERS_BENCH_HOME"
+
+
+# --- where the store lives ---------------------------------------------------------------------
+
+
+@contextmanager
+def server() -> Iterator[str]:
+    """Admin URL (database ``postgres``) of the server the benchmarks use."""
+    configured = config.database_url()
+    if configured is not None:
+        yield make_conninfo(configured, dbname="postgres")
+        return
+    shared_home = os.environ.get(HOME_ENV)
+    if shared_home:
+        yield make_conninfo(embedded.start(Path(shared_home)), dbname="postgres")
+        return
+    # Not under a 0700 directory: the embedded server runs as its own user when we are root.
+    home = Path(tempfile.mkdtemp(prefix="avengers-bench-"))
+    home.chmod(0o755)
+    try:
+        yield make_conninfo(embedded.start(home), dbname="postgres")
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(name: str) -> Iterator[str]:
+    """URL of a new database migrated to head (``schema.upgrade``), dropped afterwards."""
+    with server() as admin:
+        dbname = f"avengers_bench_{name}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        url = make_conninfo(admin, dbname=dbname)
+        try:
+            schema.upgrade(url)
+            yield url
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def describe_server(url: str) -> dict[str, str]:
+    with db.connect(url, vector=False) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        vector = db.pgvector_version(conn)[0]
+    host = conninfo_to_dict(url).get("host") or ""
+    return {
+        "postgres": version,
+        "pgvector": vector or "",
+        "transport": "unix socket" if host.startswith("/") or not host else "tcp",
+    }
+
+
+# --- synthetic data ----------------------------------------------------------------------------
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    a = rng.standard_normal((n, dim), dtype=np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    return a
+
+
+def blob_vectors(
+    rng: np.random.Generator, centres: np.ndarray, n: int, spread: float = 0.6
+) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, their blob) scattered around unit ``centres``, like embeddings of topics."""
+    labels = rng.integers(0, len(centres), n)
+    out = np.empty((n, centres.shape[1]), dtype=np.float32)
+    step = 65536
+    for start in range(0, n, step):
+        lab = labels[start : start + step]
+        noise = rng.standard_normal((len(lab), centres.shape[1]), dtype=np.float32)
+        noise *= spread / np.sqrt(centres.shape[1])
+        block = centres[lab] + noise
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + step] = block
+    return out, labels
+
+
+def active_space(conn: psycopg.Connection, embedder: str = SPACE, dim: int = DIM) -> int:
+    space = spaces.get_or_create_space(conn, embedder, dim, {"synthetic": True})
+    return spaces.activate_space(conn, space.id).id
+
+
+def add_queries(
+    conn: psycopg.Connection, dataset: str, n: int, split: str = "calibration"
+) -> np.ndarray:
+    """A dataset of ``n`` synthetic queries (COPY; setup, not measured); their ids in order."""
+    dataset_id = conn.execute(
+        "INSERT INTO avengers.datasets (name, source) VALUES (%s, 'synthetic') RETURNING id",
+        (dataset,),
+    ).fetchone()[0]
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY avengers.queries (dataset_id, external_id, text, split, content_hash) FROM STDIN"
+        ) as copy,
+    ):
+        buffer: list[str] = []
+        for i in range(n):
+            text = f"{dataset} synthetic query {i}"
+            buffer.append(f"{dataset_id}\t{i}\t{text}\t{split}\t{content_hash(text)}\n")
+            if len(buffer) >= 20_000:
+                copy.write("".join(buffer))
+                buffer.clear()
+        copy.write("".join(buffer))
+    rows = conn.execute(
+        "SELECT id FROM avengers.queries WHERE dataset_id = %s ORDER BY id", (dataset_id,)
+    ).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def add_models(conn: psycopg.Connection, n: int, prefix: str = "model") -> list[int]:
+    rows = conn.execute(
+        """INSERT INTO avengers.models (name, endpoint, served_name)
+           SELECT format('%%s-%%s', %s::text, i), 'http://127.0.0.1:9/v1', format('m%%s', i)
+           FROM generate_series(1, %s) AS i RETURNING id""",
+        (prefix, n),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def outcome_rows(
+    rng: np.random.Generator,
+    query_ids: np.ndarray,
+    model_ids: Sequence[int],
+    blobs: np.ndarray,
+    source: str = "synthetic",
+) -> Iterator[OutcomeRow]:
+    """0/1 outcomes whose success rate depends on (blob, model), so profiles differ by cluster."""
+    skill = rng.uniform(0.2, 0.9, (int(blobs.max()) + 1, len(model_ids)))
+    for j, model_id in enumerate(model_ids):
+        wins = rng.random(len(query_ids)) < skill[blobs, j]
+        for qid, win in zip(query_ids.tolist(), wins.tolist(), strict=True):
+            yield OutcomeRow(qid, model_id, 1.0 if win else 0.0, source=source)
+
+
+@dataclass(frozen=True)
+class SyntheticStore:
+    space_id: int
+    query_ids: np.ndarray
+    vectors: np.ndarray
+    blobs: np.ndarray
+    centres: np.ndarray
+    model_ids: list[int]
+
+
+def build_store(
+    conn: psycopg.Connection,
+    *,
+    n_queries: int,
+    n_blobs: int,
+    n_models: int = 8,
+    scored: int | None = None,
+    seed: int = 0,
+    spread: float = 0.6,
+) -> SyntheticStore:
+    """Calibration queries with vectors around ``n_blobs`` topics, models, and outcomes of every
+    model on the first ``scored`` queries (all by default). Inside the caller's transaction."""
+    rng = np.random.default_rng(seed)
+    space_id = active_space(conn)
+    centres = unit_rows(rng, n_blobs)
+    vectors, blobs = blob_vectors(rng, centres, n_queries, spread)
+    query_ids = add_queries(conn, "calibration", n_queries)
+    step = 100_000
+    for start in range(0, n_queries, step):
+        store_vectors(
+            conn, space_id, query_ids[start : start + step], vectors[start : start + step]
+        )
+    model_ids = add_models(conn, n_models)
+    scored = n_queries if scored is None else min(scored, n_queries)
+    upsert_outcomes(conn, outcome_rows(rng, query_ids[:scored], model_ids, blobs[:scored]))
+    return SyntheticStore(space_id, query_ids, vectors, blobs, centres, model_ids)
+
+
+def install_clustering(
+    conn: psycopg.Connection, space_id: int, query_ids: np.ndarray, part, *, algorithm: str
+) -> int:
+    """Store a computed partition (``clustering.partition``) as a new version and serve it
+    (``CALL avengers.activate_clustering``): the write half of ``recluster`` without the fit."""
+    from avengers_store import clustering
+
+    clustering_id = conn.execute(
+        """INSERT INTO avengers.clusterings (space_id, algorithm, k, seed, status, n_queries,
+                                             inertia, params)
+           VALUES (%s, %s, %s, 0, 'building', %s, %s, '{"synthetic": true}') RETURNING id""",
+        (space_id, algorithm, len(part.centroids), len(query_ids), part.inertia),
+    ).fetchone()[0]
+    clustering._write_centroids(conn, clustering_id, part)
+    clustering._write_assignments(conn, clustering_id, query_ids, part)
+    clustering._prepare_routing(conn, clustering_id)
+    conn.execute("UPDATE avengers.clusterings SET status = 'ready' WHERE id = %s", (clustering_id,))
+    conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
+    return clustering_id
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
+
+
+def summary_us(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p90 / p99 / mean of durations given in seconds, in microseconds."""
+    us = np.asarray(samples_s, dtype=np.float64) * 1e6
+    return {
+        "p50_us": round(float(np.percentile(us, 50)), 1),
+        "p90_us": round(float(np.percentile(us, 90)), 1),
+        "p99_us": round(float(np.percentile(us, 99)), 1),
+        "mean_us": round(float(us.mean()), 1),
+        "n": int(len(us)),
+    }
+
+
+def interleaved(
+    fns: dict[str, Callable[[int], object]], n: int, warmup: int = 50
+) -> dict[str, list[float]]:
+    """Time each function ``n`` times, round-robin (a, b, c, a, b, c, ...), so that machine noise
+    falls on all of them alike. ``fn(i)`` gets the iteration number."""
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(i)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    clock = time.perf_counter
+    for i in range(n):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn(i)
+            times[name].append(clock() - t0)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def environment() -> dict[str, object]:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    return {
+        "commit": commit,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg": load,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def finish(name: str, figures: dict[str, object], *, write: bool = True) -> None:
+    """Write ``bench/results/<name>.json`` and print the figures as the last line, one JSON
+    object, so runs can be compared across commits."""
+    record = {"bench": name, **figures, "env": environment()}
+    line = json.dumps(record, sort_keys=False, default=_plain)
+    if write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(
+            json.dumps(record, indent=2, default=_plain) + "\n", encoding="utf-8"
+        )
+    sys.stdout.flush()
+    print(line, flush=True)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,215 @@
+"""Single-route latency (vector in, decision out; embedding excluded) against two floors measured
+in the same process and run: numpy's argmin over the same centroids, and a bare ``SELECT 1`` round
+trip on the same connection. ratio = route p50 / (numpy p50 + SELECT 1 p50).
+
+The three (four, with the bare SQL) are timed round-robin per iteration so machine noise falls on
+all of them alike; each repeat is a full round, and the reported figure is the median over repeats.
+
+Example:
+    /work/venv/bin/python bench/route_latency.py --k 64
+    /work/venv/bin/python bench/route_latency.py --k 64 1024 4096 --n 2000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from _common import (
+    Timer,
+    build_store,
+    describe_server,
+    finish,
+    fresh_database,
+    install_clustering,
+    interleaved,
+    median,
+    parser,
+    say,
+    summary_us,
+    unit_rows,
+)
+from pgvector import Vector
+
+from avengers_store import clustering, db, routing
+
+TARGET_RATIO = 2.0
+
+
+def numpy_router(centroids: np.ndarray, best_model: np.ndarray):
+    """The fastest honest in-process router: float32, squared norms precomputed, one matvec."""
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    c_sq = np.einsum("ij,ij->i", c, c)
+
+    def route(q: np.ndarray) -> int:
+        u = q / np.sqrt(q @ q)
+        return int(best_model[int(np.argmin(c_sq - 2.0 * (c @ u)))])
+
+    return route, c, c_sq
+
+
+def activate_k(conn, store, k: int, seed: int) -> tuple[int, str]:
+    """Serve a k-cluster version of the calibration set. k = 64 goes through the library's
+    re-cluster; bigger k (where a full K-means fit would take minutes) through one K-means step
+    from random unit seeds, stored with the same write path and activated with the same CALL."""
+    if k <= 256:
+        found = clustering.recluster(k=k, seed=seed, conn=conn)
+        return found.id, f"clustering.recluster (kmeans, k={k})"
+    rng = np.random.default_rng(seed + k)
+    seeds = unit_rows(rng, k)
+    labels, _ = clustering.nearest_centroids(store.vectors, seeds)
+    part = clustering.partition(store.vectors, labels)
+    cid = install_clustering(conn, store.space_id, store.query_ids, part, algorithm="kmeans")
+    return cid, "one K-means step from random unit seeds + CALL avengers.activate_clustering"
+
+
+def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
+    with db.connect(url) as conn, Timer() as took:
+        cid, how = activate_k(conn, store, k, seed)
+        conn.commit()
+        centroids = np.stack(
+            [
+                np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
+                for (v,) in conn.execute(
+                    "SELECT centroid FROM avengers.centroids WHERE clustering_id = %s "
+                    "ORDER BY cluster",
+                    (cid,),
+                ).fetchall()
+            ]
+        ).astype(np.float32)
+        best = np.asarray(
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT model_id FROM avengers.cluster_profiles WHERE active_rank = 1 "
+                    "ORDER BY cluster"
+                ).fetchall()
+            ]
+        )
+    k_stored = len(centroids)
+    say(f"k={k}: {k_stored} centroids served (clustering {cid}; {how}; {took.seconds:.1f} s)")
+    route_np, c, c_sq = numpy_router(centroids, best)
+    rng = np.random.default_rng(seed + 1)
+    # Queries drawn like the calibration set: near the topics, then routed.
+    picks = rng.integers(0, len(store.vectors), n)
+    noise = rng.standard_normal((n, store.vectors.shape[1]), dtype=np.float32) * 0.02
+    queries = store.vectors[picks] + noise
+
+    conn = db.connect(url, autocommit=True)  # each route its own statement and snapshot
+    try:
+        # Agreement with numpy's argmin (the same rule), on all queries, before timing.
+        decisions = routing.route_vectors(conn, list(queries))
+        u = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        argmin = np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1)
+        agree = float(np.mean([d.cluster == a for d, a in zip(decisions, argmin, strict=True)]))
+        vectors = [Vector(q) for q in queries]
+
+        def route(i: int) -> object:
+            return routing.route_vector(conn, queries[i])
+
+        def route_sql(i: int) -> object:
+            return conn.execute(routing.ROUTE_MANY_SQL, ([vectors[i]], 1, False)).fetchall()
+
+        def numpy_argmin(i: int) -> object:
+            return route_np(queries[i])
+
+        def select1(i: int) -> object:
+            return conn.execute("SELECT 1").fetchone()
+
+        rounds = []
+        for r in range(repeat):
+            times = interleaved(
+                {
+                    "route": route,
+                    "route_sql": route_sql,
+                    "numpy": numpy_argmin,
+                    "select1": select1,
+                },
+                n,
+                warmup=50 if r == 0 else 10,
+            )
+            stats = {name: summary_us(t) for name, t in times.items()}
+            floor = stats["numpy"]["p50_us"] + stats["select1"]["p50_us"]
+            stats["ratio"] = round(stats["route"]["p50_us"] / floor, 2)
+            stats["ratio_sql"] = round(stats["route_sql"]["p50_us"] / floor, 2)
+            rounds.append(stats)
+            say(
+                f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
+                f"(p99 {stats['route']['p99_us']:.0f}), bare SQL {stats['route_sql']['p50_us']:.0f}"
+                f", numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
+                f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
+            )
+    finally:
+        conn.close()
+
+    def med(name: str, field: str) -> float:
+        return round(median([s[name][field] for s in rounds]), 1)
+
+    result = {
+        "k": k,
+        "k_served": k_stored,
+        "clustering": how,
+        "agreement_with_numpy": agree,
+        **{
+            f"{name}_{field}": med(name, field)
+            for name in ("route", "route_sql", "numpy", "select1")
+            for field in ("p50_us", "p99_us")
+        },
+        "ratio": round(median([s["ratio"] for s in rounds]), 2),
+        "ratio_sql": round(median([s["ratio_sql"] for s in rounds]), 2),
+        "ratios": [s["ratio"] for s in rounds],
+    }
+    say(
+        f"k={k}: route p50 {result['route_p50_us']:.0f} µs p99 {result['route_p99_us']:.0f} µs | "
+        f"numpy p50 {result['numpy_p50_us']:.1f} µs | SELECT 1 p50 {result['select1_p50_us']:.0f}"
+        f" µs | ratio {result['ratio']:.2f} (target <= {TARGET_RATIO}; bare SQL "
+        f"{result['ratio_sql']:.2f}) | agreement with numpy {agree:.1%}"
+    )
+    return result
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--k", type=int, nargs="+", default=[64, 1024, 4096], help="centroid counts")
+    ap.add_argument("--n", type=int, default=2000, help="timed routes per repeat (default 2000)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--models", type=int, default=8, help="models in the pool (default 8)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    n_queries = max(10_000, 8 * max(args.k))
+    results = []
+    with fresh_database("route") as url:
+        server = describe_server(url)
+        say(
+            f"server: PostgreSQL {server['postgres']}, pgvector {server['pgvector']}, "
+            f"{server['transport']}"
+        )
+        with db.connect(url) as conn, Timer() as took:
+            store = build_store(
+                conn, n_queries=n_queries, n_blobs=64, n_models=args.models, seed=args.seed
+            )
+            conn.commit()
+        say(
+            f"store: {n_queries:,} calibration queries x {args.models} models (synthetic, 384-d; "
+            f"built in {took.seconds:.1f} s)"
+        )
+        for k in args.k:
+            results.append(measure_k(url, store, k, args.n, args.repeat, args.seed))
+    head = next((r for r in results if r["k"] == 64), results[0])
+    finish(
+        "route_latency",
+        {
+            "target_ratio": TARGET_RATIO,
+            "ratio_k64": head["ratio"] if head["k"] == 64 else None,
+            "met": head["ratio"] <= TARGET_RATIO if head["k"] == 64 else None,
+            "calibration_queries": n_queries,
+            "models": args.models,
+            "n": args.n,
+            "repeat": args.repeat,
+            "server": server,
+            "by_k": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
