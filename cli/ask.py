@@ -11,6 +11,7 @@ from avengers_store.cli.route import read_jsonl
 from avengers_store.client import AvengersClient
 from avengers_store.ensemble import DEFAULT_SAMPLES, STRATEGIES
 from avengers_store.errors import AvengersError
+from avengers_store.llm import DEFAULT_MAX_TOKENS
 from avengers_store.prompts import TASK_TYPES
 
 
@@ -35,8 +36,12 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
               help='JSONL of {"text": ...} per line (- for stdin); one JSON answer per line out.')  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="Questions in flight at once with --file.")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS,
+              show_default=True, help="Cap on each sampled completion.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with the samples).")
-def command(text, samples, strategy, top_n, task_type, file_, concurrency, as_json) -> None:
+def command(
+    text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, as_json
+) -> None:
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
 
     \b
@@ -48,7 +53,7 @@ def command(text, samples, strategy, top_n, task_type, file_, concurrency, as_js
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
-    with AvengersClient(max_concurrency=concurrency) as client:
+    with AvengersClient(max_concurrency=concurrency, max_tokens=max_tokens) as client:
         if file_ is not None:
             texts = read_jsonl(file_, allow_vectors=False)
             results = client.ask_many(
