@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "avengers_store.cli.clusterings",
     "avengers_store.cli.profile",
     "avengers_store.cli.model_select",
+    "avengers_store.cli.demo",
     "avengers_store.cli.route",
     "avengers_store.cli.ask",
     "avengers_store.cli.model_eval",

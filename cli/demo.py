@@ -1,0 +1,108 @@
+"""``avengers demo``: the offline recipe end to end on the bundled real sample."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import click
+from avengers_store.cli.output import echo_json, echo_table
+
+from avengers_store.demo import DEFAULT_BUDGET, DEFAULT_K, EMBEDDER, run_demo
+
+
+def _short(model: str) -> str:
+    return model.rsplit("/", 1)[-1]
+
+
+@click.command("demo")
+@click.option("--k", type=int, default=DEFAULT_K, show_default=True, help="Number of clusters.")
+@click.option(
+    "--budget",
+    type=int,
+    default=DEFAULT_BUDGET,
+    show_default=True,
+    help="Models to select by s(m).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Where to write the heatmap [default: $AVENGERS_HOME/demo/profiles.png].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def command(k, budget, plot, as_json) -> None:
+    """Load a bundled real sample (LLMRouter: 14 tasks, 9 models, 1,508 queries, MIT licensed),
+    import its precomputed embeddings, cluster, and print the capability profiles and the
+    models chosen by the paper's s(m). Uses the embedded store unless AVENGERS_DATABASE_URL
+    is set; a rerun reuses what is already there.
+
+    \b
+    Example:
+      avengers demo
+      avengers demo --k 32 --budget 4 --plot profiles.png
+    """
+    started = time.perf_counter()
+    result = run_demo(k=k, budget=budget, plot=plot, progress=sys.stderr.isatty())
+    if as_json:
+        echo_json(dataclasses.asdict(result))
+        return
+    click.echo(f"store:      {result.url}")
+    click.echo(
+        f"data:       {'loaded' if result.loaded else 'already loaded:'} {result.datasets} "
+        f"datasets, {result.queries:,} queries (LLMRouter sample, MIT; see "
+        "avengers_store/data/README.md)"
+    )
+    click.echo(
+        f"embeddings: {result.vectors_imported:,} precomputed {EMBEDDER} vectors imported"
+        if result.vectors_imported
+        else f"embeddings: every query already has a vector ({EMBEDDER})"
+    )
+    c = result.clustering
+    click.echo(
+        f"clustering: {c.id} ({c.algorithm}, k={c.k}, seed {c.seed}) on {c.n_queries:,} "
+        f"calibration queries{' (reused)' if result.reused_clustering else ''}"
+    )
+    click.echo("")
+    click.echo("Capability profiles: mean score of each model on a cluster's calibration queries")
+    rows = []
+    for s in result.clusters:
+        total = sum(n for _, n in s.top_datasets) or 1
+        tasks = ", ".join(
+            f"{name.removeprefix('llmrouter/')} {100 * n // total}%"
+            for name, n in s.top_datasets[:2]
+        )
+        best, second = s.ranking[0], s.ranking[1] if len(s.ranking) > 1 else ("", float("nan"))
+        rows.append(
+            {
+                "cluster": s.cluster,
+                "n": s.size,
+                "main tasks": tasks,
+                "best model": f"{_short(best[0])} {best[1]:.2f}",
+                "runner-up": f"{_short(second[0])} {second[1]:.2f}" if second[0] else "",
+            }
+        )
+    echo_table(rows)
+    click.echo("")
+    sel = result.selection
+    click.echo(f"Model-set selection, budget {sel.budget}: s(m) = sum over clusters of 1/rank")
+    echo_table(
+        [
+            {
+                "rank": s.selection_rank,
+                "model": s.model,
+                "s(m)": s.selection_score,
+                "clusters won": s.clusters_won,
+                "overall": s.overall_score,
+                "selected": "yes" if s.selected else "",
+            }
+            for s in sel.scores
+        ]
+    )
+    click.echo(f"selected:   {', '.join(sel.selected)}")
+    click.echo(f"heatmap:    {result.plot}")
+    click.echo(
+        "next:       avengers profile --cluster 0; "
+        f"avengers models select --budget {sel.budget} --apply"
+    )
+    click.echo(f"done in {time.perf_counter() - started:.1f}s")
