@@ -201,3 +201,29 @@ def empty_store_url(pg_admin_url, template_db):
     yield make_conninfo(pg_admin_url, dbname=name)
     with psycopg.connect(pg_admin_url, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORMAT)'.replace("FORMAT", "FORCE"))
+
+
+def test_cli_recluster_list_activate_remove(cli_env, seeded):
+    import json
+
+    from tests.calibration_data import run_cli, run_cli_error
+
+    first = json.loads(run_cli("recluster", "--k", "4", "--json").stdout)
+    assert first["status"] == "active" and first["k"] == 4
+    text = run_cli("recluster", "--k", "3", "--seed", "7").stdout
+    assert f"now active (was {first['id']})" in text
+    assert f"avengers clusterings activate {first['id']}" in text
+    second_id = clustering.active_clustering(url=cli_env).id
+    listed = json.loads(run_cli("clusterings", "list", "--json").stdout)
+    assert [c["id"] for c in listed][:2] == [second_id, first["id"]]
+    assert "requested_k" in listed[0]["params"]
+    assert "is active" in run_cli("clusterings", "activate", str(first["id"])).stdout
+    assert clustering.active_clustering(url=cli_env).id == first["id"]
+    assert isinstance(
+        run_cli_error("clusterings", "remove", str(first["id"]), "--yes"), StoreStateError
+    )
+    run_cli("clusterings", "remove", str(second_id), "--yes")
+    assert isinstance(run_cli_error("clusterings", "activate", "9999"), NotFound)
+    assert isinstance(run_cli_error("recluster", "--k", "1000"), InputError)
+    ready = run_cli("recluster", "--k", "2", "--no-activate").stdout
+    assert "stored as ready" in ready
