@@ -8,10 +8,10 @@ import json
 import numpy as np
 import psycopg
 import pytest
+from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
 from avengers_store import AvengersClient, db
-from avengers_store.cli.main import cli
 from avengers_store.embedders import MINILM
 from tests.routing_store import activate, add_clustering, add_profiles, ensure_model, unit_rows
 

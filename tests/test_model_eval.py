@@ -8,10 +8,10 @@ import json
 import numpy as np
 import psycopg
 import pytest
+from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
 from avengers_store import db
-from avengers_store.cli.main import cli
 from avengers_store.errors import ConfigurationError, NotFound
 from avengers_store.model_eval import evaluate_model
 from tests.routing_store import activate, add_clustering, add_profiles, ensure_model
