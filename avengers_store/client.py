@@ -39,8 +39,9 @@ class AvengersClient:
     """Route and answer queries with the store at ``url`` (default: the configured database).
 
     ``chat`` is the ChatClient used to call the models (default: one made and closed by this
-    client); ``max_tokens`` caps each sampled completion; ``embedder`` overrides the embedder of the serving space (it must produce vectors of
-    that space). ``pool_size`` bounds database connections per pool.
+    client); ``max_tokens`` caps each sampled completion; ``embedder`` overrides the embedder of
+    the serving space (it must produce vectors of that space); ``pool_size`` bounds database
+    connections per pool; ``max_concurrency`` bounds questions in flight in ``ask_many``.
     """
 
     def __init__(

@@ -67,7 +67,8 @@ def entry(
 def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
     """Insert rows made by ``entry`` in the caller's transaction; returns their ids."""
     ids: list[int] = []
-    with conn.cursor() as cur:
+    # One transaction for a batch (a savepoint inside the caller's, if one is open).
+    with conn.transaction(), conn.cursor() as cur:
         for row in rows:
             ids.append(cur.execute(INSERT_SQL, row).fetchone()[0])
     return ids

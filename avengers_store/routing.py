@@ -21,14 +21,16 @@ from psycopg.adapt import PyFormat
 from . import db
 from .errors import InputError, NotFound, StoreStateError
 
-# Nearest-centroid search is an exact scan (≈ 0.3 µs per centroid per query at 384 dimensions on
-# 2 shared cores: ≈ 0.6 ms at k = 2,048, ≈ 5 ms at k = 16,384), always equal to numpy's argmin.
-# An HNSW index costs ≈ 1.4-7 ms per query whatever k is, and is approximate, so it is built only
-# from k = HNSW_MIN_K, where the exact scan stops being cheaper.
+# Nearest-centroid search is an exact scan: ≈ 0.3-0.6 µs per centroid per query at 384
+# dimensions on 2 shared cores (route_many: ≈ 1.2 ms per query at k = 2,048; ≈ 5-10 ms expected at
+# k = 16,384), always equal to numpy's argmin. The HNSW path costs ≈ 5-11 ms per query at
+# k = 2,048 (ef_search 1,000) and is approximate, so an index is built only from k = HNSW_MIN_K,
+# where the exact scan stops being cheaper. Below it routing is exact by construction.
 HNSW_MIN_K = 16384
 # The HNSW path re-ranks the index's 1,000 nearest candidates (nearest_centroids' `candidates`,
-# pgvector's maximum ef_search) exactly: 1,000 random unit queries against 2,048 centroids (random
-# points, or means of random unit vectors) matched numpy's argmin 100%; with 200, 98.9-99.8%.
+# pgvector's maximum ef_search) by exact distance: 1,000 random unit queries against 2,048
+# centroids (random points, or means of random unit vectors) matched numpy's argmin on 99.9-100%
+# of queries; with 200 candidates on 98.9-99.8%.
 # pgvector indexes vector columns of up to 2,000 dimensions with HNSW.
 HNSW_MAX_DIMENSION = 2000
 

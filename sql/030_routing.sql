@@ -15,10 +15,11 @@
 -- default). When it exists, nearest_centroids takes the index's `candidates` nearest centroids
 -- (hnsw.ef_search, at most 1,000) and re-ranks them by the exact distance; otherwise it scans the
 -- clustering's centroids exactly. Measured here (384 dimensions, 1,000 random unit queries, 2
--- shared cores): exact scan ≈ 0.6 ms per query at k = 2,048 (≈ 0.3 µs per centroid) and always
--- equal to numpy's argmin; HNSW at k = 2,048 is slower (1.4-7 ms per query) and agreed with the
--- argmin on 98.9-99.8% of queries with 200 candidates, 100% with 1,000. HNSW cannot promise the
--- true nearest is among its candidates, so it is used only where the exact scan gets slow.
+-- shared and busy cores): exact scan ≈ 1.2 ms per query inside route_many at k = 2,048 (≈ 0.3-0.6
+-- µs per centroid) and always equal to numpy's argmin; the HNSW path at k = 2,048 is slower (≈ 6.7
+-- ms per query) and agreed with the argmin on 98.9-99.8% of queries with 200 candidates and
+-- 99.9-100% with 1,000. HNSW cannot promise the true nearest is among its candidates, so it is
+-- used only where the exact scan gets slow, and is then approximate.
 
 CREATE FUNCTION avengers.nearest_centroids(
   queries vector[], neighbours integer DEFAULT 1, candidates integer DEFAULT 1000)

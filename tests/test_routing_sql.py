@@ -43,7 +43,10 @@ def test_exact_scan_equals_numpy_argmin(conn, k):
     _agreement(conn, unit_rows(rng, 1000, DIM), centroids)
 
 
-def test_hnsw_path_equals_numpy_argmin_at_k_2048(conn):
+def test_hnsw_path_at_k_2048_is_used_and_reranked(conn):
+    # Production builds no index below HNSW_MIN_K (16,384), so k = 2,048 routes by the exact scan
+    # above. Forced here to exercise the index path: HNSW may miss the true nearest centroid, so
+    # agreement is measured, not promised (99.9-100% seen with 1,000 candidates).
     rng = np.random.default_rng(7)
     centroids = unit_rows(rng, 2048, DIM)  # random points: the hard case for a graph index
     cid = add_clustering(conn, centroids)
@@ -53,13 +56,21 @@ def test_hnsw_path_equals_numpy_argmin_at_k_2048(conn):
     assert routing.prepare_centroid_index(conn, cid, min_k=1) == index  # idempotent
     scans = "SELECT pg_stat_get_xact_numscans(%s::regclass)"
     before = conn.execute(scans, (f"avengers.{index.index}",)).fetchone()[0]
-    _agreement(conn, unit_rows(rng, 1000, DIM), centroids)
-    assert conn.execute(scans, (f"avengers.{index.index}",)).fetchone()[0] >= before + 2000
-    # Raising the threshold drops the index again: routing falls back to the exact scan.
+    queries = unit_rows(rng, 1000, DIM)
+    truth = exact_argmin(queries, centroids)
+    batch = np.array([d.cluster for d in routing.route_vectors(conn, queries)])
+    singles = np.array([routing.route_vector(conn, q).cluster for q in queries[:100]])
+    assert (batch == truth).mean() >= 0.99 and (singles == truth[:100]).mean() >= 0.99
+    assert conn.execute(scans, (f"avengers.{index.index}",)).fetchone()[0] >= before + 1100
+    # The re-rank is exact: whatever candidate wins, its distance is the true distance.
+    d = routing.route_vector(conn, queries[0])
+    assert d.distance == pytest.approx(float(np.linalg.norm(queries[0] - centroids[d.cluster])))
+    # The default threshold drops the index again: routing falls back to the exact scan.
     assert routing.prepare_centroid_index(conn, cid).index is None
     assert (
         conn.execute("SELECT to_regclass(%s)", (f"avengers.{index.index}",)).fetchone()[0] is None
     )
+    assert [d.cluster for d in routing.route_vectors(conn, queries[:100])] == truth[:100].tolist()
 
 
 def test_route_many_keeps_input_order_and_clustering(conn):
