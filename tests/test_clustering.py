@@ -227,3 +227,11 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
     assert isinstance(run_cli_error("recluster", "--k", "1000"), InputError)
     ready = run_cli("recluster", "--k", "2", "--no-activate").stdout
     assert "stored as ready" in ready
+
+
+def test_large_inputs_fit_kmeans_as_minibatch(conn, seeded, monkeypatch):
+    monkeypatch.setattr(clustering, "MINIBATCH_THRESHOLD", 50)
+    result = recluster(k=4, conn=conn)
+    assert result.algorithm == "kmeans"
+    assert result.params["fit"] == "minibatch-kmeans (more than 50 vectors)"
+    assert "batch_size" in result.params and result.k == 4
