@@ -235,3 +235,32 @@ def test_large_inputs_fit_kmeans_as_minibatch(conn, seeded, monkeypatch):
     assert result.algorithm == "kmeans"
     assert result.params["fit"] == "minibatch-kmeans (more than 50 vectors)"
     assert "batch_size" in result.params and result.k == 4
+
+
+def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, monkeypatch):
+    old = recluster(k=4, seed=1, url=db_url)
+    seen = {}
+    real_prepare = clustering._prepare_routing
+
+    def observe(c, clustering_id):
+        real_prepare(c, clustering_id)
+        with db.connect(db_url) as reader:
+            seen["active"] = reader.execute(
+                "SELECT id FROM avengers.clusterings WHERE status = 'active'"
+            ).fetchone()[0]
+            seen["profiles"] = {
+                r[0] for r in reader.execute("SELECT clustering_id FROM avengers.cluster_profiles")
+            }
+            seen["centroids"] = reader.execute(
+                "SELECT count(*) FROM avengers.centroids WHERE clustering_id = %s",
+                (clustering_id,),
+            ).fetchone()[0]
+
+    monkeypatch.setattr(clustering, "_prepare_routing", observe)
+    new = recluster(k=3, seed=2, url=db_url)
+    assert seen == {"active": old.id, "profiles": {old.id}, "centroids": 0}
+    with db.connect(db_url) as reader:
+        served = {
+            r[0] for r in reader.execute("SELECT clustering_id FROM avengers.cluster_profiles")
+        }
+    assert served == {new.id}
