@@ -122,7 +122,10 @@ def blob_vectors(
 
 
 def active_space(conn: psycopg.Connection, embedder: str = SPACE, dim: int = DIM) -> int:
-    space = spaces.get_or_create_space(conn, embedder, dim, {"synthetic": True})
+    # The default embedder's own params, so the client can rebuild it for text queries.
+    space = spaces.get_or_create_space(
+        conn, embedder, dim, {"max_seq_length": 128, "normalize": True}
+    )
     return spaces.activate_space(conn, space.id).id
 
 
@@ -236,6 +239,31 @@ def install_clustering(
     conn.execute("UPDATE avengers.clusterings SET status = 'ready' WHERE id = %s", (clustering_id,))
     conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
     return clustering_id
+
+
+def serve_k(
+    conn: psycopg.Connection,
+    store: SyntheticStore,
+    k: int,
+    seed: int = 0,
+    *,
+    fit: bool | None = None,
+) -> tuple[int, str]:
+    """Serve a k-cluster version of the calibration set. With ``fit`` (default: k <= 256) through
+    the library's re-cluster; otherwise (where a full K-means fit takes minutes, or the clustering
+    is only setup) through one K-means step from k calibration vectors as seeds, stored with the
+    same write path and activated with the same CALL avengers.activate_clustering."""
+    from avengers_store import clustering
+
+    if fit if fit is not None else k <= 256:
+        found = clustering.recluster(k=k, seed=seed, conn=conn)
+        return found.id, f"clustering.recluster (kmeans, k={k})"
+    rng = np.random.default_rng(seed + k)
+    seeds = store.vectors[rng.choice(len(store.vectors), k, replace=False)]
+    labels, _ = clustering.nearest_centroids(store.vectors, seeds)
+    part = clustering.partition(store.vectors, labels)
+    cid = install_clustering(conn, store.space_id, store.query_ids, part, algorithm="kmeans")
+    return cid, "one K-means step from k calibration vectors + CALL avengers.activate_clustering"
 
 
 # --- measuring ---------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 in the same process and run: numpy's argmin over the same centroids, and a bare ``SELECT 1`` round
 trip on the same connection. ratio = route p50 / (numpy p50 + SELECT 1 p50).
 
-The three (four, with the bare SQL) are timed round-robin per iteration so machine noise falls on
-all of them alike; each repeat is a full round, and the reported figure is the median over repeats.
+"route" is ``AvengersClient.route(vector, conn=conn)``: the client's code path on the same
+connection as the floors (one round trip: ``avengers.route_many`` with one vector). Also timed:
+the same call through the client's pool ("route_pooled") and the bare SQL statement without the
+Python around it ("route_sql"). All five are timed round-robin per iteration so machine noise
+falls on all of them alike; each repeat is a full round; reported figures are medians over repeats.
 
 Example:
     /work/venv/bin/python bench/route_latency.py --k 64
@@ -19,17 +22,17 @@ from _common import (
     describe_server,
     finish,
     fresh_database,
-    install_clustering,
     interleaved,
     median,
     parser,
     say,
+    serve_k,
     summary_us,
-    unit_rows,
 )
 from pgvector import Vector
 
-from avengers_store import clustering, db, routing
+from avengers_store import db, routing
+from avengers_store.client import AvengersClient
 
 TARGET_RATIO = 2.0
 
@@ -46,24 +49,9 @@ def numpy_router(centroids: np.ndarray, best_model: np.ndarray):
     return route, c, c_sq
 
 
-def activate_k(conn, store, k: int, seed: int) -> tuple[int, str]:
-    """Serve a k-cluster version of the calibration set. k = 64 goes through the library's
-    re-cluster; bigger k (where a full K-means fit would take minutes) through one K-means step
-    from random unit seeds, stored with the same write path and activated with the same CALL."""
-    if k <= 256:
-        found = clustering.recluster(k=k, seed=seed, conn=conn)
-        return found.id, f"clustering.recluster (kmeans, k={k})"
-    rng = np.random.default_rng(seed + k)
-    seeds = unit_rows(rng, k)
-    labels, _ = clustering.nearest_centroids(store.vectors, seeds)
-    part = clustering.partition(store.vectors, labels)
-    cid = install_clustering(conn, store.space_id, store.query_ids, part, algorithm="kmeans")
-    return cid, "one K-means step from random unit seeds + CALL avengers.activate_clustering"
-
-
 def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
     with db.connect(url) as conn, Timer() as took:
-        cid, how = activate_k(conn, store, k, seed)
+        cid, how = serve_k(conn, store, k, seed)
         conn.commit()
         centroids = np.stack(
             [
@@ -93,17 +81,24 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
     noise = rng.standard_normal((n, store.vectors.shape[1]), dtype=np.float32) * 0.02
     queries = store.vectors[picks] + noise
 
-    conn = db.connect(url, autocommit=True)  # each route its own statement and snapshot
+    # Autocommit, like the client's pooled connections: each route is its own statement and
+    # snapshot. The ratio uses the client on this same connection (conn=), so route, bare SQL and
+    # SELECT 1 share one connection; the pooled call (checkout + return) is reported beside it.
+    conn = db.connect(url, autocommit=True)
+    client = AvengersClient(url, pool_size=1)
     try:
         # Agreement with numpy's argmin (the same rule), on all queries, before timing.
-        decisions = routing.route_vectors(conn, list(queries))
+        decisions = client.route_many(list(queries), conn=conn)
         u = queries / np.linalg.norm(queries, axis=1, keepdims=True)
         argmin = np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1)
         agree = float(np.mean([d.cluster == a for d, a in zip(decisions, argmin, strict=True)]))
         vectors = [Vector(q) for q in queries]
 
         def route(i: int) -> object:
-            return routing.route_vector(conn, queries[i])
+            return client.route(queries[i], conn=conn)
+
+        def route_pooled(i: int) -> object:
+            return client.route(queries[i])
 
         def route_sql(i: int) -> object:
             return conn.execute(routing.ROUTE_MANY_SQL, ([vectors[i]], 1, False)).fetchall()
@@ -119,6 +114,7 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
             times = interleaved(
                 {
                     "route": route,
+                    "route_pooled": route_pooled,
                     "route_sql": route_sql,
                     "numpy": numpy_argmin,
                     "select1": select1,
@@ -130,14 +126,16 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
             floor = stats["numpy"]["p50_us"] + stats["select1"]["p50_us"]
             stats["ratio"] = round(stats["route"]["p50_us"] / floor, 2)
             stats["ratio_sql"] = round(stats["route_sql"]["p50_us"] / floor, 2)
+            stats["ratio_pooled"] = round(stats["route_pooled"]["p50_us"] / floor, 2)
             rounds.append(stats)
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
-                f"(p99 {stats['route']['p99_us']:.0f}), bare SQL {stats['route_sql']['p50_us']:.0f}"
-                f", numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
+                f"(p99 {stats['route']['p99_us']:.0f}), pooled {stats['route_pooled']['p50_us']:.0f}"
+                f", bare SQL {stats['route_sql']['p50_us']:.0f}, numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
     finally:
+        client.close()
         conn.close()
 
     def med(name: str, field: str) -> float:
@@ -150,18 +148,19 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
         "agreement_with_numpy": agree,
         **{
             f"{name}_{field}": med(name, field)
-            for name in ("route", "route_sql", "numpy", "select1")
+            for name in ("route", "route_pooled", "route_sql", "numpy", "select1")
             for field in ("p50_us", "p99_us")
         },
         "ratio": round(median([s["ratio"] for s in rounds]), 2),
         "ratio_sql": round(median([s["ratio_sql"] for s in rounds]), 2),
+        "ratio_pooled": round(median([s["ratio_pooled"] for s in rounds]), 2),
         "ratios": [s["ratio"] for s in rounds],
     }
     say(
         f"k={k}: route p50 {result['route_p50_us']:.0f} µs p99 {result['route_p99_us']:.0f} µs | "
         f"numpy p50 {result['numpy_p50_us']:.1f} µs | SELECT 1 p50 {result['select1_p50_us']:.0f}"
         f" µs | ratio {result['ratio']:.2f} (target <= {TARGET_RATIO}; bare SQL "
-        f"{result['ratio_sql']:.2f}) | agreement with numpy {agree:.1%}"
+        f"{result['ratio_sql']:.2f}, pooled client {result['ratio_pooled']:.2f}) | agreement with numpy {agree:.1%}"
     )
     return result
 
@@ -175,7 +174,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    n_queries = max(10_000, 8 * max(args.k))
+    n_queries = max(10_000, 4 * max(args.k))
     results = []
     with fresh_database("route") as url:
         server = describe_server(url)

