@@ -62,13 +62,13 @@ def measure(client: AvengersClient, chat: ChatClient, endpoint, samples: int, n:
         ask_q, direct_q = f"{base} (#{2 * i})", f"{base} (#{2 * i + 1})"
         messages = DEFAULT_PROMPTS.messages(TASK, direct_q)
 
-        def ask() -> float:
+        def ask(ask_q: str = ask_q) -> float:
             t0 = time.perf_counter()
             answer = client.ask(ask_q, samples=samples, strategy=strategy, task_type=TASK)
             assert len(answer.samples) == samples
             return (time.perf_counter() - t0) * 1000
 
-        def direct() -> float:
+        def direct(messages: list = messages) -> float:
             t0 = time.perf_counter()
             batch = chat.sample(endpoint, messages, samples, temperature=temperature, max_tokens=mt)
             assert len(batch.texts) == samples
