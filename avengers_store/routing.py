@@ -35,7 +35,7 @@ HNSW_MIN_K = 16384
 HNSW_MAX_DIMENSION = 2000
 
 NO_ACTIVE_CLUSTERING = (
-    "no clustering is active, so nothing can be routed: build one with `avengers cluster` "
+    "no clustering is active, so nothing can be routed: build one with `avengers recluster` "
     "(or activate a ready one: CALL avengers.activate_clustering(id))."
 )
 
