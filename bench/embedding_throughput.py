@@ -1,7 +1,7 @@
 """Embedding throughput of the default embedder (all-MiniLM-L6-v2 via
 ``embedders.get_embedder()``, CPU, max_seq_length 128): texts/s for short (~10 words) and long
 (~120 words) texts in batches, and the latency of embedding one short text (what ``ask`` pays per
-question). Texts are real questions from ../shared/data when present, synthetic otherwise.
+question), with torch's default thread count and with 1 thread. Texts are real questions from ../shared/data when present, synthetic otherwise.
 
 Example:
     /work/venv/bin/python bench/embedding_throughput.py
@@ -77,7 +77,10 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=128, help="long texts per run")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--single", type=int, default=100, help="one-text calls timed")
+    ap.add_argument("--single", type=int, default=50, help="one-text calls timed")
+    ap.add_argument(
+        "--threads", type=int, nargs="*", default=[1], help="torch thread counts also measured"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -89,29 +92,49 @@ def main() -> None:
     say(f"{embedder.name}: loaded in {load.seconds:.1f} s")
     import torch
 
-    threads = torch.get_num_threads()
-    short_fig = throughput(embedder, short, args.repeat, args.batch_size)
-    say(f"short (~{short_fig['mean_words']:.0f} words): {short_fig['texts_per_s']:,.0f} texts/s")
-    long_fig = throughput(embedder, long, args.repeat, args.batch_size)
-    say(f"long (~{long_fig['mean_words']:.0f} words): {long_fig['texts_per_s']:,.0f} texts/s")
-    single = []
-    for i in range(args.single):
-        t0 = time.perf_counter()
-        embedder.embed([short[i % len(short)]])
-        single.append(time.perf_counter() - t0)
-    one = summary_us(single)
-    say(f"one short text: p50 {one['p50_us'] / 1000:.1f} ms, p99 {one['p99_us'] / 1000:.1f} ms")
+    default_threads = torch.get_num_threads()
+    by_threads = []
+    for threads in dict.fromkeys([default_threads, *args.threads]):
+        # torch's intra-op threads spin-wait: on a shared 2-core machine fewer can be faster.
+        torch.set_num_threads(threads)
+        short_fig = throughput(embedder, short, args.repeat, args.batch_size)
+        long_fig = throughput(embedder, long, args.repeat, args.batch_size)
+        single = []
+        for i in range(args.single):
+            t0 = time.perf_counter()
+            embedder.embed([short[i % len(short)]])
+            single.append(time.perf_counter() - t0)
+        one = summary_us(single)
+        by_threads.append(
+            {
+                "torch_threads": threads,
+                "short": short_fig,
+                "long": long_fig,
+                "single_short_ms": {
+                    k.removesuffix("_us"): round(v / 1000, 2) for k, v in one.items() if k != "n"
+                },
+            }
+        )
+        say(
+            f"torch threads {threads}: short (~{short_fig['mean_words']:.0f} words) "
+            f"{short_fig['texts_per_s']:,.0f} texts/s, long (~{long_fig['mean_words']:.0f} words) "
+            f"{long_fig['texts_per_s']:,.0f} texts/s, one short text p50 "
+            f"{one['p50_us'] / 1000:.1f} ms (p99 {one['p99_us'] / 1000:.1f} ms)"
+        )
+    torch.set_num_threads(default_threads)
+    head = by_threads[0]
     finish(
         "embedding_throughput",
         {
             "embedder": embedder.name,
             "texts_source": source,
-            "torch_threads": threads,
             "batch_size": args.batch_size,
             "load_seconds": round(load.seconds, 2),
-            "short": short_fig,
-            "long": long_fig,
-            "single_short_ms": {k: round(v / 1000, 2) for k, v in one.items() if k != "n"},
+            "default_threads": default_threads,
+            "short_texts_per_s": head["short"]["texts_per_s"],
+            "long_texts_per_s": head["long"]["texts_per_s"],
+            "single_short_ms_p50": head["single_short_ms"]["p50"],
+            "by_threads": by_threads,
         },
     )
 

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from _common import (
     Timer,
@@ -49,7 +51,7 @@ def numpy_router(centroids: np.ndarray, best_model: np.ndarray):
     return route, c, c_sq
 
 
-def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
+def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s: float) -> dict:
     with db.connect(url) as conn, Timer() as took:
         cid, how = serve_k(conn, store, k, seed)
         conn.commit()
@@ -109,6 +111,13 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
         def select1(i: int) -> object:
             return conn.execute("SELECT 1").fetchone()
 
+        # Large k routes slowly: fewer timed iterations there, so a run stays within its budget.
+        t0 = time.perf_counter()
+        for i in range(20):
+            route(i)
+            route_pooled(i)
+        per_iteration = (time.perf_counter() - t0) / 20
+        n = max(100, min(n, int(budget_s / repeat / per_iteration)))
         rounds = []
         for r in range(repeat):
             times = interleaved(
@@ -144,6 +153,7 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int) -> dict:
     result = {
         "k": k,
         "k_served": k_stored,
+        "n": n,
         "clustering": how,
         "agreement_with_numpy": agree,
         **{
@@ -170,6 +180,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[64, 1024, 4096], help="centroid counts")
     ap.add_argument("--n", type=int, default=2000, help="timed routes per repeat (default 2000)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds of timing per k; fewer iterations (at least 100) where routes are slow",
+    )
     ap.add_argument("--models", type=int, default=8, help="models in the pool (default 8)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -192,7 +208,7 @@ def main() -> None:
             f"built in {took.seconds:.1f} s)"
         )
         for k in args.k:
-            results.append(measure_k(url, store, k, args.n, args.repeat, args.seed))
+            results.append(measure_k(url, store, k, args.n, args.repeat, args.seed, args.budget))
     head = next((r for r in results if r["k"] == 64), results[0])
     finish(
         "route_latency",

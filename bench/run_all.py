@@ -1,0 +1,189 @@
+"""Run every benchmark with its default sizes (about 10 minutes on 2 idle cores), one embedded
+server for all of them, then print the results table (markdown) from bench/results/*.json.
+
+Example:
+    /work/venv/bin/python bench/run_all.py
+    /work/venv/bin/python bench/run_all.py --big            # growth up to 1M queries (slow)
+    /work/venv/bin/python bench/run_all.py --only route_latency batch_routing
+    /work/venv/bin/python bench/run_all.py --table          # only print the table
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BENCH, HOME_ENV, RESULTS, parser, say
+
+from avengers_store import config, embedded
+
+SCRIPTS = [
+    "route_latency",
+    "batch_routing",
+    "onboarding",
+    "growth",
+    "embedding_throughput",
+    "ask_overhead",
+]
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def mark(met: bool | None) -> str:
+    return "—" if met is None else ("met" if met else "**missed**")
+
+
+def table() -> str:
+    rows: list[tuple[str, str, str, str]] = []
+    r = load("route_latency")
+    if r:
+        for b in r["by_k"]:
+            rows.append(
+                (
+                    f"Single route, k = {b['k']:,} (client, vector in)",
+                    f"p50 {b['route_p50_us'] / 1000:.2f} ms, p99 {b['route_p99_us'] / 1000:.2f} ms;"
+                    f" numpy {b['numpy_p50_us']:.0f} µs, SELECT 1 {b['select1_p50_us']:.0f} µs; "
+                    f"**ratio {b['ratio']:.2f}** (bare SQL {b['ratio_sql']:.2f}, pooled "
+                    f"{b['ratio_pooled']:.2f})",
+                    "ratio ≤ 2" if b["k"] == 64 else "",
+                    mark(b["ratio"] <= 2.0) if b["k"] == 64 else "",
+                )
+            )
+    r = load("batch_routing")
+    if r:
+        for b in r["by_k"]:
+            rows.append(
+                (
+                    f"Batch routing, 10k vectors in one statement, k = {b['k']:,}",
+                    f"**{b['client_qps']:,} queries/s** (bare SQL {b['sql_qps']:,}; numpy "
+                    f"{b['numpy_qps']:,})",
+                    "≥ 20,000/s" if b["k"] == 64 else "",
+                    mark(b["client_qps"] >= 20_000) if b["k"] == 64 else "",
+                )
+            )
+    r = load("onboarding")
+    if r:
+        lib, f, d = r["new_model_library"], r["new_model_file"], r["new_dataset"]
+        rows.append(
+            (
+                f"New model: {lib['outcomes']:,} outcomes + profile refresh "
+                f"(store of {r['base_queries']:,} queries x {r['base_models']} models)",
+                f"**{lib['total_s']:.1f} s** library (upsert {lib['upsert_s']:.1f} + refresh "
+                f"{lib['refresh_s']:.1f}); **{f['total_s']:.1f} s** `outcomes import` from a file",
+                "≤ 10 s",
+                mark(r["outcomes_met"]),
+            )
+        )
+        rows.append(
+            (
+                f"New dataset: {d['queries']:,} queries + precomputed vectors, then re-cluster "
+                f"k = 64 over {d['calibration_vectors']:,} vectors ({d['recluster_algorithm']})",
+                f"add {d['add_dataset_s']:.1f} s, vectors (COPY) {d['import_vectors_s']:.1f} s, "
+                f"**re-cluster {d['recluster_s']:.1f} s**",
+                "re-cluster ≤ 60 s",
+                mark(r["recluster_met"]),
+            )
+        )
+    r = load("growth")
+    if r:
+        pts = r["points"]
+        rows.append(
+            (
+                "Growth, re-cluster k = 64 "
+                + " / ".join(f"{p['queries'] // 1000:,}k" for p in pts),
+                " / ".join(f"{p['recluster_s']:.1f} s" for p in pts)
+                + f"; log-log slope {r['slopes'].get('recluster', float('nan')):.2f}",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "Growth, route p50 " + " / ".join(f"{p['queries'] // 1000:,}k" for p in pts),
+                " / ".join(f"{p['route_p50_us'] / 1000:.2f} ms" for p in pts)
+                + f"; log-log slope {r['slopes'].get('route_p50', float('nan')):.2f}",
+                "",
+                "",
+            )
+        )
+    r = load("embedding_throughput")
+    if r:
+        for b in r["by_threads"]:
+            rows.append(
+                (
+                    f"Embedding, all-MiniLM-L6-v2, torch threads = {b['torch_threads']}",
+                    f"short (~{b['short']['mean_words']:.0f} words) "
+                    f"{b['short']['texts_per_s']:,.0f} texts/s, long "
+                    f"(~{b['long']['mean_words']:.0f} words) {b['long']['texts_per_s']:,.0f} "
+                    f"texts/s; one short text {b['single_short_ms']['p50']:.0f} ms",
+                    "reported",
+                    "",
+                )
+            )
+    r = load("ask_overhead")
+    if r:
+        for b in r["by_samples"]:
+            rows.append(
+                (
+                    f"`ask` overhead over a direct call, n = {b['samples']} ({b['strategy']}, "
+                    f"SmolLM2, max_tokens {r['max_tokens']})",
+                    f"**+{b['added_ms']:.0f} ms** (ask {b['ask_ms_p50']:.0f} ms vs direct "
+                    f"{b['direct_ms_p50']:.0f} ms); of which embedding "
+                    f"{r['embed_one_ms_p50']:.0f} ms, vector route "
+                    f"{r['route_vector_ms_p50']:.2f} ms",
+                    "reported",
+                    "",
+                )
+            )
+    lines = ["| Measure | Figure | Target | |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--only", nargs="+", choices=SCRIPTS, help="run only these")
+    ap.add_argument("--big", action="store_true", help="growth up to 1M calibration queries")
+    ap.add_argument("--table", action="store_true", help="print the table of stored results")
+    args = ap.parse_args()
+    if args.table:
+        print(table())
+        return
+    env = dict(os.environ)
+    home = None
+    if config.database_url() is None and not env.get(HOME_ENV):
+        home = Path(tempfile.mkdtemp(prefix="avengers-bench-"))
+        home.chmod(0o755)
+        env[HOME_ENV] = str(home)
+    started = time.perf_counter()
+    failed = []
+    try:
+        for name in args.only or SCRIPTS:
+            extra = ["--max", "1000000"] if name == "growth" and args.big else []
+            say(f"== {name} {' '.join(extra)}".rstrip())
+            t0 = time.perf_counter()
+            done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *extra], env=env)
+            say(f"== {name}: {time.perf_counter() - t0:.0f} s (exit {done.returncode})")
+            if done.returncode:
+                failed.append(name)
+    finally:
+        if home is not None:
+            embedded.stop(home)
+            shutil.rmtree(home, ignore_errors=True)
+    say(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
+    print(table())
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
