@@ -122,28 +122,26 @@ RETURNS TABLE (
   endpoint text, served_name text, api_key_env text)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  WITH nearest AS (
-    SELECT nc.ord, nc.clustering_id, nc.cluster, nc.distance
-    FROM avengers.nearest_centroids(queries, 1) AS nc
-  ),
-  ranked AS (
-    SELECT nr.ord, p.active_rank, p.model_id, p.model, p.mean_score, p.n, p.wilson_low,
-           p.wilson_high, p.overall_score, m.endpoint, coalesce(m.served_name, m.name) AS served_name,
-           m.api_key_env,
-           row_number() OVER (PARTITION BY nr.ord ORDER BY p.active_rank) AS position
-    FROM nearest nr
-    JOIN avengers.cluster_profiles p
-      ON p.clustering_id = nr.clustering_id AND p.cluster = nr.cluster
-     AND p.active_rank IS NOT NULL
-    JOIN avengers.models m ON m.id = p.model_id
-    WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
-  )
+  -- The models of each query's cluster come from a LATERAL probe of cluster_profiles_route_idx
+  -- (cluster, active_rank), LIMIT top_n. A plain join made the planner (which expects 1,000 rows
+  -- from nearest_centroids) sort the whole profile table on every call: ≈ 7 ms per single route
+  -- at k = 1,024 with 8 models, against ≈ 0.5 ms for the probe (bench/route_latency.py).
   SELECT q.ord::integer, nr.clustering_id, nr.cluster, nr.distance, rk.position::integer,
          rk.model_id, rk.model, rk.mean_score, rk.n, rk.wilson_low, rk.wilson_high,
          rk.overall_score, rk.endpoint, rk.served_name, rk.api_key_env
   FROM generate_subscripts(queries, 1) AS q(ord)
-  LEFT JOIN nearest nr ON nr.ord = q.ord
-  LEFT JOIN ranked rk ON rk.ord = q.ord AND rk.position <= top_n
+  LEFT JOIN avengers.nearest_centroids(queries, 1) AS nr ON nr.ord = q.ord
+  LEFT JOIN LATERAL (
+    SELECT p.model_id, p.model, p.mean_score, p.n, p.wilson_low, p.wilson_high, p.overall_score,
+           m.endpoint, coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
+           row_number() OVER (ORDER BY p.active_rank) AS position
+    FROM avengers.cluster_profiles p
+    JOIN avengers.models m ON m.id = p.model_id
+    WHERE p.cluster = nr.cluster AND p.clustering_id = nr.clustering_id
+      AND p.active_rank IS NOT NULL
+      AND m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
+    ORDER BY p.active_rank
+    LIMIT top_n) AS rk ON true
   ORDER BY q.ord, rk.position;
 END;
 COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean) IS
