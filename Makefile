@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TEST_CMD := $(BIN)/python -m pytest -q
 
-.PHONY: demo test install install-test lint clean-venv
+.PHONY: demo test install install-test lint bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install-test
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Reported figures, not tests: about 10 minutes; bench/README.md explains each script.
+bench: install-test
+	$(BIN)/python bench/run_all.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -101,7 +101,12 @@ def table() -> str:
                 "Growth, re-cluster k = 64 "
                 + " / ".join(f"{p['queries'] // 1000:,}k" for p in pts),
                 " / ".join(f"{p['recluster_s']:.1f} s" for p in pts)
-                + f"; log-log slope {r['slopes'].get('recluster', float('nan')):.2f}",
+                + f"; log-log slope {r['slopes'].get('recluster', float('nan')):.2f}"
+                + (
+                    f" ({r['slopes']['recluster_minibatch']:.2f} in the MiniBatchKMeans range)"
+                    if "recluster_minibatch" in r["slopes"]
+                    else ""
+                ),
                 "",
                 "",
             )
