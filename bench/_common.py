@@ -335,14 +335,33 @@ def environment() -> dict[str, object]:
             text=True,
             timeout=10,
         ).stdout.strip()
+        # The store is built from the working tree: name library files that differ from HEAD.
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "status",
+                "--porcelain",
+                "--",
+                "avengers_store",
+                "sql",
+                "migrations",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
+        modified = sorted(line[3:] for line in dirty if line.strip())
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        commit, modified = "", []
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = []
     return {
         "commit": commit,
+        "uncommitted_library_files": modified,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_avg": load,

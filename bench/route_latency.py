@@ -32,6 +32,7 @@ from _common import (
     summary_us,
 )
 from pgvector import Vector
+from threadpoolctl import threadpool_limits
 
 from avengers_store import db, routing
 from avengers_store.client import AvengersClient
@@ -120,17 +121,20 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
         n = max(100, min(n, int(budget_s / repeat / per_iteration)))
         rounds = []
         for r in range(repeat):
-            times = interleaved(
-                {
-                    "route": route,
-                    "route_pooled": route_pooled,
-                    "route_sql": route_sql,
-                    "numpy": numpy_argmin,
-                    "select1": select1,
-                },
-                n,
-                warmup=50 if r == 0 else 10,
-            )
+            # One BLAS thread: a single matrix-vector product gains nothing from more, and on a
+            # shared machine OpenBLAS's spinning threads made it 20x slower at k=4096.
+            with threadpool_limits(limits=1, user_api="blas"):
+                times = interleaved(
+                    {
+                        "route": route,
+                        "route_pooled": route_pooled,
+                        "route_sql": route_sql,
+                        "numpy": numpy_argmin,
+                        "select1": select1,
+                    },
+                    n,
+                    warmup=50 if r == 0 else 10,
+                )
             stats = {name: summary_us(t) for name, t in times.items()}
             floor = stats["numpy"]["p50_us"] + stats["select1"]["p50_us"]
             stats["ratio"] = round(stats["route"]["p50_us"] / floor, 2)
