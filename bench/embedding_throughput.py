@@ -73,11 +73,11 @@ def throughput(embedder, texts: list[str], repeat: int, batch_size: int) -> dict
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--short", type=int, default=512, help="short texts per run")
-    ap.add_argument("--long", type=int, default=128, help="long texts per run")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--short", type=int, default=256, help="short texts per run")
+    ap.add_argument("--long", type=int, default=64, help="long texts per run")
+    ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--single", type=int, default=50, help="one-text calls timed")
+    ap.add_argument("--single", type=int, default=30, help="one-text calls timed")
     ap.add_argument(
         "--threads", type=int, nargs="*", default=[1], help="torch thread counts also measured"
     )
