@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument(
         "--budget",
         type=float,
-        default=60.0,
+        default=40.0,
         help="seconds of timing per k; fewer iterations (at least 100) where routes are slow",
     )
     ap.add_argument("--models", type=int, default=8, help="models in the pool (default 8)")
