@@ -41,7 +41,9 @@ class AvengersClient:
     ``chat`` is the ChatClient used to call the models (default: one made and closed by this
     client); ``max_tokens`` caps each sampled completion; ``embedder`` overrides the embedder of
     the serving space (it must produce vectors of that space); ``pool_size`` bounds database
-    connections per pool; ``max_concurrency`` bounds questions in flight in ``ask_many``.
+    connections per pool; ``max_concurrency`` bounds questions in flight in ``ask_many``;
+    ``method`` is the routing rule (a ``routing.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
+    default ``routing.AVENGERS``).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class AvengersClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         pool_size: int = 4,
         max_concurrency: int = 4,
+        method: str | routing.RoutingMethod | None = None,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -63,6 +66,7 @@ class AvengersClient:
             raise InputError(
                 f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
             )
+        self.method = routing.routing_method(method)
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
         self.prompts = prompts
@@ -227,14 +231,16 @@ class AvengersClient:
             raise InputError("route_many takes a list of queries; use route() for one text")
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
-            decisions = routing.route_vectors(c, vectors, top_n, require_endpoint=require_endpoint)
+            decisions = routing.route_vectors(
+                c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
+            )
         if served is not None and any(d.clustering_id != served for d in decisions):
             # The served clustering changed since the embedder was chosen (maybe to another
             # embedding space): look it up again and route once more.
             vectors, _ = self._vectors(list(queries), conn, refresh=True)
             with self._connection(conn, "read") as c:
                 decisions = routing.route_vectors(
-                    c, vectors, top_n, require_endpoint=require_endpoint
+                    c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
                 )
         return decisions
 

@@ -368,9 +368,7 @@ def route_vector(
     method: str | RoutingMethod | None = None,
 ) -> RouteDecision:
     """Route one vector: its nearest cluster and the top_n active models by routing score."""
-    return route_vectors(
-        conn, [vector], top_n, require_endpoint=require_endpoint, method=method
-    )[0]
+    return route_vectors(conn, [vector], top_n, require_endpoint=require_endpoint, method=method)[0]
 
 
 def decisions_from_rows(rows: Sequence[Sequence[Any]], count: int) -> list[RouteDecision]:
@@ -385,7 +383,17 @@ def decisions_from_rows(rows: Sequence[Sequence[Any]], count: int) -> list[Route
         if model is not None:
             picks.setdefault(ord_, []).append(
                 Candidate(
-                    model, rank, mean, n, lo, hi, endpoint, served, overall, model_id, key_env,
+                    model,
+                    rank,
+                    mean,
+                    n,
+                    lo,
+                    hi,
+                    endpoint,
+                    served,
+                    overall,
+                    model_id,
+                    key_env,
                     score,
                 )
             )

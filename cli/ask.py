@@ -13,6 +13,7 @@ from avengers_store.ensemble import DEFAULT_SAMPLES, STRATEGIES
 from avengers_store.errors import AvengersError
 from avengers_store.llm import DEFAULT_MAX_TOKENS
 from avengers_store.prompts import TASK_TYPES
+from avengers_store.routing import METHODS
 
 
 def answer_dict(answer, *, samples: bool = False) -> dict:
@@ -38,9 +39,11 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
               help="Questions in flight at once with --file.")  # fmt: skip
 @click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS,
               show_default=True, help="Cap on each sampled completion.")  # fmt: skip
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="avengers",
+              show_default=True, help="Routing rule (see `avengers route --help`).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with the samples).")
 def command(
-    text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, as_json
+    text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, method, as_json
 ) -> None:
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
 
@@ -53,7 +56,9 @@ def command(
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
-    with AvengersClient(max_concurrency=concurrency, max_tokens=max_tokens) as client:
+    with AvengersClient(
+        max_concurrency=concurrency, max_tokens=max_tokens, method=method
+    ) as client:
         if file_ is not None:
             texts = read_jsonl(file_, allow_vectors=False)
             results = client.ask_many(

@@ -12,6 +12,7 @@ from avengers_store.cli.output import echo_json
 
 from avengers_store.client import AvengersClient
 from avengers_store.errors import InputError
+from avengers_store.routing import METHODS
 
 
 def read_jsonl(path: str, *, allow_vectors: bool) -> list[Any]:
@@ -52,9 +53,13 @@ def read_jsonl(path: str, *, allow_vectors: bool) -> list[Any]:
     help='JSONL of {"text": ...} or {"vector": [...]} per line (- for stdin): routed in one '
     "statement, one JSON decision per line out.",
 )
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="avengers",
+              show_default=True,
+              help="Routing rule: avengers (16 nearest clusters, weighted, shrunk toward each "
+              "model's prior) or paper (the nearest cluster's means).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def command(text: str | None, top_n: int, file_: str | None, as_json: bool) -> None:
-    """Route TEXT: nearest cluster of the active clustering and its best active models.
+def command(text: str | None, top_n: int, file_: str | None, method: str, as_json: bool) -> None:
+    """Route TEXT: nearest cluster of the active clustering and the best active models.
 
     Text is embedded with the serving space's embedder; nothing is sent to a model.
 
@@ -62,11 +67,12 @@ def command(text: str | None, top_n: int, file_: str | None, as_json: bool) -> N
     Example:
       avengers route "What is the derivative of x^3?" --top-n 3
       avengers route "Who wrote Hamlet?" --json
+      avengers route "Who wrote Hamlet?" --method paper
       avengers route --file questions.jsonl > decisions.jsonl
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
-    with AvengersClient() as client:
+    with AvengersClient(method=method) as client:
         if file_ is not None:
             queries = read_jsonl(file_, allow_vectors=True)
             for i, decision in enumerate(client.route_many(queries, top_n)):

@@ -52,6 +52,7 @@ SELECT s.clustering_id,
        m.active,
        s.n,
        s.mean_score,
+       s.score_sum,
        avengers.wilson_bound(s.mean_score, s.n, false) AS wilson_low,
        avengers.wilson_bound(s.mean_score, s.n, true)  AS wilson_high,
        o.overall_score,
@@ -82,6 +83,7 @@ COMMENT ON COLUMN avengers.cluster_profiles.model IS 'Model name.';
 COMMENT ON COLUMN avengers.cluster_profiles.active IS 'Whether the model was active at the last refresh.';
 COMMENT ON COLUMN avengers.cluster_profiles.n IS 'Calibration queries of the cluster with an outcome for the model.';
 COMMENT ON COLUMN avengers.cluster_profiles.mean_score IS 'Mean outcome of the model on them: the capability profile entry.';
+COMMENT ON COLUMN avengers.cluster_profiles.score_sum IS 'Sum of those outcomes (routing pools the sums of the nearest clusters; score_sum / n = mean_score exactly).';
 COMMENT ON COLUMN avengers.cluster_profiles.wilson_low IS 'Lower Wilson 95% bound of mean_score.';
 COMMENT ON COLUMN avengers.cluster_profiles.wilson_high IS 'Upper Wilson 95% bound of mean_score.';
 COMMENT ON COLUMN avengers.cluster_profiles.overall_score IS 'Mean outcome of the model over all clustered calibration queries (tie-breaker).';

@@ -1,4 +1,5 @@
--- Routing: nearest centroid of the active clustering, then the top-n active models of that cluster.
+-- Routing: the nearest centroids of the active clustering, then the top-n active models by a score
+-- pooled over them (route_many below; the paper's nearest-cluster rule is one setting of it).
 --
 -- Distance rule, everywhere: Euclidean (<->) between the L2-normalised query and the stored
 -- centroid (the mean of its members' unit vectors, not renormalised). That is exactly the rule
@@ -110,56 +111,129 @@ $$;
 COMMENT ON FUNCTION avengers.nearest_centroids(vector[], integer, integer) IS
   'For each query vector (ord = its 1-based position): the `neighbours` nearest centroids of the active clustering by Euclidean distance of the normalised query (exact; with a centroids_hnsw_<id> index, the index''s `candidates` nearest re-ranked exactly). No rows when no clustering is active.';
 
--- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query whose
--- cluster has no eligible model still gets one row (model NULL); with no active clustering every
--- query gets one row with cluster NULL.
+-- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
+-- eligible model still gets one row (model NULL); with no active clustering every query gets one
+-- row with cluster NULL.
+--
+-- The score of model m for a query (the default "avengers" method):
+--   take the `neighbours` (L) nearest centroids c_1..c_L, distances d_1 <= ... <= d_L;
+--   w_j = exp(-(d_j^2 - d_1^2) / (temperature * rho))         (rho: avengers.clustering_scale)
+--   score = (sum_j w_j S[c_j,m] + shrinkage * prior[m] + dataset_prior * dprior[m])
+--         / (sum_j w_j n[c_j,m] + shrinkage + dataset_prior)
+-- with S and n the outcome sum and count of m in the cluster (cluster_profiles), prior[m] the
+-- model's dataset-balanced calibration mean (model_priors) and dprior[m] the mean of m's
+-- per-dataset means (dataset_profiles) weighted by the neighbourhood's dataset make-up
+-- pi_D = sum_j w_j count(c_j, D) / sum_j w_j size(c_j)  (cluster_datasets; renormalised over the
+-- datasets m has outcomes on). Models rank by score, then overall calibration score, then name.
+-- neighbours = 1, shrinkage = 0, dataset_prior = 0 is the paper's rule exactly: score =
+-- score_sum / n of the nearest cluster = its mean_score, the order of active_rank.
+-- w_1 = 1, so the weights never all underflow; exp's argument is floored at -700 (Postgres
+-- raises on underflow; e^-700 is 1e-304, nothing next to w_1). With rho = 0 (every calibration
+-- query on its centroid) or temperature = 0 only the centroids at distance d_1 count.
+-- Cost over the paper rule: L rows per query from the same ORDER BY ... LIMIT scan, and a join
+-- to at most L x (models) profile rows by their (cluster, model_id) key.
 CREATE FUNCTION avengers.route_many(
-  queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false)
+  queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
+  neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
+  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
 RETURNS TABLE (
   ord integer, clustering_id integer, cluster integer, distance double precision, rank integer,
   model_id integer, model text, mean_score double precision, n integer,
   wilson_low double precision, wilson_high double precision, overall_score double precision,
-  endpoint text, served_name text, api_key_env text)
+  endpoint text, served_name text, api_key_env text, score double precision)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  -- The models of each query's cluster come from a LATERAL probe of cluster_profiles_route_idx
-  -- (cluster, active_rank), LIMIT top_n. A plain join made the planner (which expects 1,000 rows
-  -- from nearest_centroids) sort the whole profile table on every call: ≈ 7 ms per single route
-  -- at k = 1,024 with 8 models, against ≈ 0.5 ms for the probe (bench/route_latency.py).
-  SELECT q.ord::integer, nr.clustering_id, nr.cluster, nr.distance, rk.position::integer,
-         rk.model_id, rk.model, rk.mean_score, rk.n, rk.wilson_low, rk.wilson_high,
-         rk.overall_score, rk.endpoint, rk.served_name, rk.api_key_env
+  WITH near AS MATERIALIZED (
+    SELECT nc.ord, nc.clustering_id, nc.cluster, nc.distance, nc.neighbour
+    FROM avengers.nearest_centroids(queries, greatest(neighbours, 1)) AS nc
+  ),
+  head AS (
+    SELECT h.ord, h.clustering_id, h.cluster, h.distance FROM near h WHERE h.neighbour = 1
+  ),
+  weights AS (
+    SELECT nb.ord, nb.clustering_id, nb.cluster,
+           CASE WHEN nb.neighbour = 1 THEN 1.0::double precision
+                WHEN s.rho > 0 AND temperature > 0 THEN
+                  exp(greatest(-700.0,
+                      -(nb.distance ^ 2 - h.distance ^ 2) / (temperature * s.rho)))
+                WHEN nb.distance = h.distance THEN 1.0::double precision
+                ELSE 0.0::double precision END AS w
+    FROM near nb
+    JOIN head h ON h.ord = nb.ord
+    LEFT JOIN avengers.clustering_scale s ON s.clustering_id = nb.clustering_id
+  ),
+  pooled AS (
+    SELECT wt.ord, p.model_id, sum(wt.w * p.score_sum) AS ws, sum(wt.w * p.n) AS wn
+    FROM weights wt
+    JOIN avengers.cluster_profiles p ON p.cluster = wt.cluster AND p.clustering_id = wt.clustering_id
+    GROUP BY wt.ord, p.model_id
+  ),
+  mixture AS (
+    SELECT wt.ord, cd.dataset_id, sum(wt.w * cd.n) AS wd
+    FROM weights wt
+    JOIN avengers.cluster_datasets cd
+      ON cd.cluster = wt.cluster AND cd.clustering_id = wt.clustering_id
+    WHERE dataset_prior <> 0
+    GROUP BY wt.ord, cd.dataset_id
+  ),
+  mixed AS (
+    SELECT mx.ord, dp.model_id, sum(mx.wd * dp.mean_score) / nullif(sum(mx.wd), 0) AS dprior
+    FROM mixture mx
+    JOIN avengers.dataset_profiles dp ON dp.dataset_id = mx.dataset_id
+    GROUP BY mx.ord, dp.model_id
+  ),
+  scored AS (
+    SELECT h.ord, mp.model_id, m.name AS model, mp.overall_score, m.endpoint,
+           coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
+           (coalesce(pl.ws, 0) + shrinkage * mp.prior_score
+              + dataset_prior * coalesce(mx.dprior, mp.prior_score))
+           / nullif(coalesce(pl.wn, 0) + shrinkage + dataset_prior, 0) AS score,
+           coalesce(pl.wn, 0) AS wn
+    FROM head h
+    JOIN avengers.model_priors mp ON mp.clustering_id = h.clustering_id
+    JOIN avengers.models m ON m.id = mp.model_id
+    LEFT JOIN pooled pl ON pl.ord = h.ord AND pl.model_id = mp.model_id
+    LEFT JOIN mixed mx ON mx.ord = h.ord AND mx.model_id = mp.model_id
+    WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
+  ),
+  ranked AS (
+    SELECT sc.*, row_number() OVER (PARTITION BY sc.ord
+                                    ORDER BY sc.score DESC, sc.overall_score DESC, sc.model)
+                   AS position
+    FROM scored sc
+    -- Without a prior (shrinkage = dataset_prior = 0) a model needs outcomes near the query.
+    WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage + dataset_prior > 0)
+  )
+  SELECT q.ord::integer, h.clustering_id, h.cluster, h.distance, r.position::integer,
+         r.model_id, r.model, p.mean_score, p.n, p.wilson_low, p.wilson_high, r.overall_score,
+         r.endpoint, r.served_name, r.api_key_env, r.score
   FROM generate_subscripts(queries, 1) AS q(ord)
-  LEFT JOIN avengers.nearest_centroids(queries, 1) AS nr ON nr.ord = q.ord
-  LEFT JOIN LATERAL (
-    SELECT p.model_id, p.model, p.mean_score, p.n, p.wilson_low, p.wilson_high, p.overall_score,
-           m.endpoint, coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
-           row_number() OVER (ORDER BY p.active_rank) AS position
-    FROM avengers.cluster_profiles p
-    JOIN avengers.models m ON m.id = p.model_id
-    WHERE p.cluster = nr.cluster AND p.clustering_id = nr.clustering_id
-      AND p.active_rank IS NOT NULL
-      AND m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
-    ORDER BY p.active_rank
-    LIMIT top_n) AS rk ON true
-  ORDER BY q.ord, rk.position;
+  LEFT JOIN head h ON h.ord = q.ord
+  LEFT JOIN ranked r ON r.ord = q.ord AND r.position <= top_n
+  LEFT JOIN avengers.cluster_profiles p
+    ON p.cluster = h.cluster AND p.model_id = r.model_id AND p.clustering_id = h.clustering_id
+  ORDER BY q.ord, r.position;
 END;
-COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean) IS
-  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering and its top_n active models by profile (rank 1 = best; ties: overall calibration score, then name). require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
+COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
+  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (see sql/030_routing.sql; neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
 
 CREATE FUNCTION avengers.route(
-  query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false)
+  query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
+  neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
+  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
 RETURNS TABLE (
   clustering_id integer, cluster integer, distance double precision, rank integer,
   model_id integer, model text, mean_score double precision, n integer,
   wilson_low double precision, wilson_high double precision, overall_score double precision,
-  endpoint text, served_name text, api_key_env text)
+  endpoint text, served_name text, api_key_env text, score double precision)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT r.clustering_id, r.cluster, r.distance, r.rank, r.model_id, r.model, r.mean_score, r.n,
-         r.wilson_low, r.wilson_high, r.overall_score, r.endpoint, r.served_name, r.api_key_env
-  FROM avengers.route_many(ARRAY[query], top_n, require_endpoint) AS r
+         r.wilson_low, r.wilson_high, r.overall_score, r.endpoint, r.served_name, r.api_key_env,
+         r.score
+  FROM avengers.route_many(ARRAY[query], top_n, require_endpoint, neighbours, temperature,
+                           shrinkage, dataset_prior) AS r
   ORDER BY r.rank;
 END;
-COMMENT ON FUNCTION avengers.route(vector, integer, boolean) IS
-  'Route one query vector: nearest centroid of the active clustering (Euclidean on the normalised query) and its top_n active models by profile score, one row per model (model NULL when the cluster has no eligible model; cluster NULL when no clustering is active).';
+COMMENT ON FUNCTION avengers.route(vector, integer, boolean, integer, double precision, double precision, double precision) IS
+  'Route one query vector (see route_many): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';

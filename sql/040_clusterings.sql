@@ -4,11 +4,16 @@ CREATE PROCEDURE avengers.refresh_profiles()
 LANGUAGE plpgsql
 AS $$
 BEGIN
+  -- model_priors reads cluster_profiles and dataset_profiles: refreshed last.
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_profiles;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.clustering_scale;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.dataset_profiles;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_datasets;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_priors;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_profiles() IS
-  'Recompute cluster_profiles from outcomes and the active clustering; readers keep the old rows until commit.';
+  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors) from outcomes and the active clustering; readers keep the old rows until commit.';
 
 CREATE PROCEDURE avengers.activate_clustering(clustering integer)
 LANGUAGE plpgsql
@@ -28,7 +33,7 @@ BEGIN
   END IF;
   UPDATE avengers.clusterings SET status = 'ready' WHERE status = 'active' AND id <> clustering;
   UPDATE avengers.clusterings SET status = 'active', activated_at = now() WHERE id = clustering;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_profiles;
+  CALL avengers.refresh_profiles();
 END
 $$;
 COMMENT ON PROCEDURE avengers.activate_clustering(integer) IS
