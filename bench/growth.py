@@ -95,10 +95,15 @@ def plot(points: list[dict], path) -> None:
     ax.loglog(sizes, recluster, "o-", label="re-cluster k=64 (s)")
     ax.loglog(sizes, route, "s-", label="route p50 (ms)")
     ax.loglog(sizes, [p["select1_p50_us"] / 1000 for p in points], ":", label="SELECT 1 p50 (ms)")
-    for p in points:
-        if "minibatch" in p["fit"]:
-            ax.annotate("MiniBatchKMeans", (p["queries"], p["recluster_s"]), fontsize=7,
-                        xytext=(4, -10), textcoords="offset points")  # fmt: skip
+    ax.axvline(clustering.MINIBATCH_THRESHOLD, color="grey", linewidth=0.8, linestyle="--")
+    ax.annotate(
+        f"above {clustering.MINIBATCH_THRESHOLD:,}: MiniBatchKMeans",
+        (clustering.MINIBATCH_THRESHOLD, max(recluster)),
+        xytext=(4, 0),
+        textcoords="offset points",
+        fontsize=7,
+        color="grey",
+    )
     ax.set_xlabel("calibration queries in the store")
     ax.set_ylabel("time")
     ax.set_title("Growth: re-cluster time and single-route latency (384-d, k=64)", fontsize=10)
