@@ -9,10 +9,11 @@ from .errors import AvengersError
 
 if TYPE_CHECKING:
     from .client import AvengersClient
+    from .evaluation import evaluate
 
 __version__ = "0.1.0"
 
-__all__ = ["AvengersClient", "AvengersError", "__version__"]
+__all__ = ["AvengersClient", "AvengersError", "__version__", "evaluate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +23,9 @@ def __getattr__(name: str) -> Any:
         from .client import AvengersClient
 
         return AvengersClient
+    if name == "evaluate":
+        # The replay harness (numpy, scikit-learn through re-clustering).
+        from .evaluation import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'avengers_store' has no attribute {name!r}")

@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "avengers_store.cli.route",
     "avengers_store.cli.ask",
     "avengers_store.cli.model_eval",
+    "avengers_store.cli.evaluate",
 ]
 
 

@@ -1,0 +1,198 @@
+"""Reading an ``Evaluation``: text tables for people, PNG plots of the sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .evaluation import Evaluation, Stat, Sweep
+
+GROUP_TITLES = {"id": "ID macro", "ood": "OOD macro", "ood_all": "OOD macro (all)"}
+
+
+def _short(model: str) -> str:
+    return model.rsplit("/", 1)[-1]
+
+
+def _pm(stat: Stat | None) -> str:
+    return "" if stat is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
+
+
+def format_tables(result: Evaluation) -> str:
+    """Per-dataset rows, the macro rows, the chosen single models and the per-seed values."""
+    header = (
+        "dataset",
+        "n",
+        "routed",
+        "single(cal,q)",
+        "single(cal,ds)",
+        "max expert",
+        "oracle",
+        "random",
+    )
+    lines = []
+    body = []
+    for d in result.datasets:
+        body.append(
+            (
+                d.dataset + (" (OOD)" if d.is_ood else ""),
+                str(d.queries),
+                _pm(d.routed),
+                f"{d.best_single_cal_weighted:.2f}",
+                f"{d.best_single_cal_balanced:.2f}",
+                f"{d.max_expert.score:.2f}",
+                f"{d.oracle:.2f}",
+                f"{d.random:.2f}",
+            )
+        )
+    for name, g in result.groups.items():
+        body.append(
+            (
+                GROUP_TITLES.get(name, name),
+                str(len(g.datasets)),
+                _pm(g.routed),
+                f"{g.best_single_cal_weighted.score:.2f}",
+                f"{g.best_single_cal_balanced.score:.2f}",
+                f"{g.max_expert:.2f}",
+                f"{g.oracle:.2f}",
+                f"{g.random:.2f}",
+            )
+        )
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    for i, r in enumerate(body):
+        if i == len(result.datasets):
+            lines.append("  ".join("-" * w for w in widths))
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    lines.append("")
+    m = result.method
+    lines.append(
+        f"method {m.name} (neighbours {m.neighbours}, temperature {m.temperature}, shrinkage "
+        f"{m.shrinkage}, dataset prior {m.dataset_prior}); {result.algorithm} k={result.k} "
+        f"(clusters kept: {', '.join(map(str, result.clusters))}); seeds "
+        f"{', '.join(map(str, result.seeds))}; top-{result.top_n}, strategy {result.strategy}"
+    )
+    for name, g in result.groups.items():
+        lines.append(
+            f"{GROUP_TITLES.get(name, name)} over {', '.join(g.datasets)}: routed {_pm(g.routed)} "
+            f"(per seed {', '.join(f'{v:.2f}' for v in g.routed.values)}); best single chosen "
+            f"on calibration: query-weighted {_short(g.best_single_cal_weighted.model)} "
+            f"{g.best_single_cal_weighted.score:.2f}, dataset-balanced "
+            f"{_short(g.best_single_cal_balanced.model)} {g.best_single_cal_balanced.score:.2f}; "
+            f"chosen on test {_short(g.best_single_test.model)} {g.best_single_test.score:.2f}; "
+            f"gap best single (cal., balanced) -> oracle closed {100 * g.gap_closed.mean:.1f}% "
+            f"(vs query-weighted {100 * g.gap_closed_weighted.mean:.1f}%)"
+            + (
+                f"; best of top-{result.top_n} {_pm(g.routed_top_n_best)}"
+                if g.routed_top_n_best
+                else ""
+            )
+        )
+    lines.append(
+        f"calibration queries routed (macro over calibration datasets): {_pm(result.calibration_macro)}"
+    )
+    lines.append(
+        f"routed picks without a recorded outcome (scored 0): {result.missing_outcomes}; "
+        f"queries no active model could take: {result.unrouted}; {result.seconds:.1f} s"
+    )
+    for sweep in result.sweeps.values():
+        lines.append("")
+        lines.append(format_sweep(sweep))
+    return "\n".join(lines)
+
+
+def format_sweep(sweep: Sweep) -> str:
+    lines = [f"sweep over {sweep.parameter}" + (f" (plot: {sweep.plot})" if sweep.plot else "")]
+    for p in sweep.points:
+        extra = ""
+        if "models" in p.details:
+            extra = "  models: " + ", ".join(_short(m) for m in p.details["models"][0])
+        lines.append(
+            f"  {p.parameter}={p.value}: test ID {_pm(p.id_macro)}"
+            + (f", OOD {_pm(p.ood_macro)}" if p.ood_macro else "")
+            + f", calibration {_pm(p.calibration_macro)} (seeds {', '.join(map(str, p.seeds))})"
+            + extra
+        )
+    return "\n".join(lines)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+_TITLES = {
+    "k": ("number of clusters k", "Routed accuracy vs k"),
+    "algorithm": ("clustering algorithm", "Routed accuracy by clustering algorithm"),
+    "budget": ("number of models kept by s(m)", "Routed accuracy vs model budget"),
+    "calibration_fraction": ("calibration fraction", "Routed accuracy vs calibration fraction"),
+}
+
+
+def plot_sweep(sweep: Sweep, path: str | Path, *, title: str | None = None) -> Path:
+    """One PNG: test ID / OOD macro and calibration macro (mean ± std over seeds) per point,
+    with the best single model (dataset-balanced choice) and the oracle where known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    points = sweep.points
+    categorical = sweep.parameter == "algorithm"
+    x = np.arange(len(points)) if categorical else np.array([float(p.value) for p in points])
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    series = [
+        ("test, ID macro", [p.id_macro for p in points], "tab:blue", "o"),
+        ("calibration queries", [p.calibration_macro for p in points], "tab:gray", "s"),
+    ]
+    if all(p.ood_macro is not None for p in points):
+        series.insert(1, ("test, OOD macro", [p.ood_macro for p in points], "tab:orange", "^"))
+    for label, stats, color, marker in series:
+        mean = np.array([s.mean for s in stats])
+        std = np.array([s.std for s in stats])
+        ax.plot(x, mean, marker=marker, color=color, label=label)
+        if std.any():
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
+    # Reference lines: constant over the sweep unless the sweep changes them (budget, fraction).
+    for key, label, style in (
+        ("best_single_cal_balanced_id", "best single (cal.), ID", ":"),
+        ("oracle_id", "oracle, ID", "--"),
+    ):
+        values = [p.details.get(key) for p in points]
+        if all(v is not None for v in values):
+            if len(set(values)) == 1:
+                ax.axhline(values[0], color="tab:blue", linestyle=style, linewidth=1, label=label)
+            else:
+                ax.plot(x, values, color="tab:blue", linestyle=style, linewidth=1, label=label)
+    xlabel, default_title = _TITLES.get(sweep.parameter, (sweep.parameter, sweep.parameter))
+    if categorical:
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(p.value) for p in points])
+    elif sweep.parameter == "k":
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(p.value) for p in points])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (macro over datasets, ×100)")
+    seeds = points[0].seeds if points else ()
+    ax.set_title((title or default_title) + f"  (seeds: {', '.join(map(str, seeds))})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_sweeps(result: Evaluation, directory: str | Path) -> dict[str, Path]:
+    """Every sweep of ``result`` as ``<directory>/sweep_<parameter>.png``."""
+    out = {}
+    for name, sweep in result.sweeps.items():
+        out[name] = plot_sweep(
+            sweep,
+            Path(directory) / f"sweep_{name}.png",
+            title=f"{_TITLES.get(name, (name, name))[1]}, method {result.method.name}",
+        )
+    return out

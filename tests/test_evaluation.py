@@ -1,0 +1,213 @@
+"""Replay evaluation: hand-computable numbers on a tiny store, the rollback, the CLI JSON shape,
+and the baselines against pandas on a real RouterDC slice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import avengers_store
+from avengers_store import clustering, db, evaluation, spaces
+from avengers_store.embedding import store_vectors
+from avengers_store.errors import InputError
+from tests.calibration_data import add_dataset, add_models, add_outcomes, run_cli
+from tests.conftest import ROUTERDC
+
+# Outcomes per dataset, split and model (one list entry per query). alpha and gamma (OOD) sit on
+# e1, beta on e2, so k = 2 separates alpha from beta and gamma routes like alpha.
+PLAN = {
+    ("alpha", "calibration"): {"m1": [1, 1, 1, 1, 1], "m2": [0, 0, 0, 0, 0], "m3": [1, 1, 0, 0, 0]},
+    ("beta", "calibration"): {"m1": [0, 0], "m2": [1, 1], "m3": [1, 1]},
+    ("alpha", "test"): {"m1": [1, None], "m2": [1, 1], "m3": [0, 0]},  # None: not evaluated
+    ("beta", "test"): {"m1": [1, 1], "m2": [0, 1], "m3": [1, 0]},
+    ("gamma", "test"): {"m1": [0, 0], "m2": [1, 0], "m3": [1, 1]},
+}
+AXIS = {"alpha": 0, "beta": 1, "gamma": 0}
+
+
+def _build(conn) -> None:
+    ids = add_models(conn, ["m1", "m2", "m3"])
+    rng = np.random.default_rng(0)
+    all_ids, vectors, outcomes = [], [], []
+    for name in ("alpha", "beta", "gamma"):
+        parts = [(split, PLAN[(n, split)]) for (n, split) in PLAN if n == name]
+        texts, splits, cells = [], [], []
+        for split, per_model in parts:
+            for i in range(len(per_model["m1"])):
+                texts.append(f"{name} {split} question {i}")
+                splits.append(split)
+                cells.append({m: per_model[m][i] for m in per_model})
+        qids = add_dataset(conn, name, texts, splits, is_ood=name == "gamma")
+        for qid, cell in zip(qids, cells, strict=True):
+            v = np.zeros(4)
+            v[AXIS[name]] = 1.0
+            v += 0.01 * rng.normal(size=4)
+            vectors.append(v / np.linalg.norm(v))
+            all_ids.append(qid)
+            outcomes += [(qid, ids[m], float(s)) for m, s in cell.items() if s is not None]
+    add_outcomes(conn, outcomes)
+    space = spaces.get_or_create_space(conn, "tiny-4", 4, {})
+    spaces.activate_space(conn, space.id)
+    store_vectors(conn, space.id, all_ids, np.stack(vectors).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def tiny(db_url) -> str:
+    with db.connect(db_url) as c:
+        _build(c)
+        clustering.recluster(k=1, seed=0, conn=c)  # a served version the replay must not touch
+        c.commit()
+    return db_url
+
+
+def _state(conn) -> tuple:
+    return (
+        conn.execute("SELECT id, status FROM avengers.clusterings ORDER BY id").fetchall(),
+        conn.execute("SELECT * FROM avengers.cluster_profiles ORDER BY cluster, model").fetchall(),
+        conn.execute("SELECT * FROM avengers.model_priors ORDER BY model_id").fetchall(),
+        conn.execute("SELECT name, active FROM avengers.models ORDER BY name").fetchall(),
+        conn.execute("SELECT id, split FROM avengers.queries ORDER BY id").fetchall(),
+    )
+
+
+@pytest.mark.parametrize("method", ["avengers", "paper"])
+def test_hand_computed_numbers(tiny, method):
+    result = avengers_store.evaluate(k=2, seeds=(1, 2), method=method, url=tiny)
+    rows = {d.dataset: d for d in result.datasets}
+    # alpha: routed m1 (1, missing -> 0); beta: routed m3 (m2 and m3 tie at 1.0 on beta's
+    # calibration, m3 has the better overall score 4/7 > 2/7; shrunk, m3 wins outright);
+    # gamma (OOD) routes like alpha: m1 (0, 0).
+    assert [rows[n].routed.mean for n in ("alpha", "beta", "gamma")] == [50.0, 50.0, 0.0]
+    assert rows["alpha"].routed.values == (50.0, 50.0) and rows["alpha"].routed.std == 0
+    assert rows["alpha"].missing_outcomes == 2  # one per seed
+    assert result.missing_outcomes == 2 and result.unrouted == 0
+    # Chosen on calibration: query-weighted m1 (5/7), dataset-balanced m3 ((0.4 + 1) / 2).
+    id_ = result.groups["id"]
+    assert id_.best_single_cal_weighted.model == "m1"
+    assert id_.best_single_cal_balanced.model == "m3"
+    assert rows["alpha"].best_single_cal_weighted == 50.0  # m1 on alpha test; missing = 0
+    assert rows["alpha"].best_single_cal_balanced == 0.0
+    assert rows["beta"].best_single_cal_weighted == 100.0
+    assert rows["beta"].best_single_cal_balanced == 50.0
+    assert (rows["alpha"].max_expert.model, rows["alpha"].max_expert.score) == ("m2", 100.0)
+    assert (rows["gamma"].max_expert.model, rows["gamma"].max_expert.score) == ("m3", 100.0)
+    assert [rows[n].oracle for n in ("alpha", "beta", "gamma")] == [100.0, 100.0, 100.0]
+    assert rows["alpha"].random == 50.0 and rows["beta"].random == pytest.approx(200 / 3)
+    assert id_.routed.mean == 50.0 and result.id_macro == 50.0
+    assert id_.best_single_cal_weighted.score == 75.0
+    assert id_.best_single_cal_balanced.score == 25.0
+    # Chosen on test: m1 and m2 tie at 75; the name decides.
+    assert (id_.best_single_test.model, id_.best_single_test.score) == ("m1", 75.0)
+    assert id_.max_expert == 100.0 and id_.oracle == 100.0
+    assert id_.random == pytest.approx((50 + 200 / 3) / 2)
+    assert id_.gap_closed.mean == pytest.approx(1 / 3)  # (50 - 25) / (100 - 25)
+    ood = result.groups["ood"]
+    assert ood.datasets == ("gamma",) and result.ood_macro == 0.0
+    assert ood.best_single_cal_balanced.score == 100.0 and ood.best_single_test.model == "m3"
+    assert result.calibration_macro.mean == 100.0
+    assert result.clusters == (2, 2)
+    d = result.to_dict()
+    assert d["id_macro"] == 50.0 and d["ood_macro"] == 0.0
+    assert d["datasets"][0]["dataset"] == "alpha" and d["method"]["name"] == method
+
+
+def test_rollback_leaves_the_store_unchanged(tiny):
+    with db.connect(tiny) as c:
+        before = _state(c)
+        c.rollback()
+        evaluation.evaluate(k=2, seeds=(1,), budgets=(1, 2), calibration_fractions=(0.5,), conn=c)
+        assert _state(c) == before
+        c.rollback()
+    with db.connect(tiny) as c:
+        assert _state(c) == before
+
+
+def test_top_n_and_refusals(tiny):
+    result = evaluation.evaluate(k=2, seeds=(1,), top_n=2, url=tiny)
+    alpha = next(d for d in result.datasets if d.dataset == "alpha")
+    # alpha's top-2 are m1 and m3 (shrunk: (5 + .5) / 6 > (2 + .7) / 6 > (0 + .5) / 6): best of
+    # the two per query is 1 then 0 (m1 missing, m3 0).
+    assert alpha.routed.mean == 50.0 and alpha.routed_top_n_best.mean == 50.0
+    with pytest.raises(InputError, match="avengers ask"):
+        evaluation.evaluate(strategy="model-switch", url=tiny)
+    with pytest.raises(InputError, match="--ood-macro"):
+        evaluation.evaluate(k=2, seeds=(1,), ood_macro="alpha", url=tiny)
+    with pytest.raises(InputError, match="--datasets"):
+        evaluation.evaluate(k=2, seeds=(1,), datasets="nope", url=tiny)
+
+
+def test_cli_json_with_sweeps_and_plots(tiny, cli_env, tmp_path):
+    out = run_cli(
+        "evaluate", "--k", "2", "--seeds", "1,2", "--sweep-k", "1,2", "--budgets", "1,3",
+        "--calibration-fractions", "0.3,0.7", "--plot", str(tmp_path), "--json",
+    )  # fmt: skip
+    data = json.loads(out.output)
+    assert data["id_macro"] == 50.0 and data["ood_macro"] == 0.0
+    assert {d["dataset"] for d in data["datasets"]} == {"alpha", "beta", "gamma"}
+    ks = data["sweeps"]["k"]["points"]
+    assert [p["value"] for p in ks] == [1, 2] and all(p["seeds"] == [1] for p in ks)
+    assert ks[1]["id_macro"]["mean"] == 50.0 and ks[1]["calibration_macro"]["mean"] == 100.0
+    budget = data["sweeps"]["budget"]["points"]
+    assert [len(p["details"]["models"][0]) for p in budget] == [1, 3]
+    assert len(data["sweeps"]["calibration_fraction"]["points"]) == 2
+    for name in ("k", "budget", "calibration_fraction"):
+        png = tmp_path / f"sweep_{name}.png"
+        assert data["sweeps"][name]["plot"] == str(png)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = run_cli("evaluate", "--k", "2", "--seeds", "1", "--method", "paper").output
+    assert "ID macro" in table and "alpha" in table and "OOD macro" in table
+
+
+@pytest.mark.skipif(not (ROUTERDC / "routerdc_7models.parquet").exists(), reason="no shared data")
+def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, tmp_path):
+    import pandas as pd
+
+    from avengers_store.embedding import import_npy
+    from avengers_store.load_table import load_table
+    from tests.calibration_data import fresh_database
+
+    df = pd.read_parquet(ROUTERDC / "routerdc_7models.parquet")
+    keep = df["benchmark"].isin(["humaneval", "gsm8k", "humanevalpack_js"]).to_numpy()
+    keep = keep & df["split"].isin(["train", "test", "ood_test"]).to_numpy()
+    part = df[keep].reset_index(drop=True)
+    path = tmp_path / "slice.parquet"
+    part.to_parquet(path)
+    vectors = np.load(ROUTERDC / "embeddings_minilm.npy")[keep]
+    np.save(tmp_path / "slice.npy", vectors)
+    with fresh_database(pg_admin_url, template_db) as url:
+        report = load_table(
+            path,
+            dataset_col="benchmark",
+            text_col="question",
+            split_col="split",
+            split_map="train=calibration,test=test,ood_test=test",
+            ood_splits=["ood_test"],
+            outcome_prefix="acc|",
+            url=url,
+        )
+        assert sum(d.merged_rows for d in report.datasets) == 0  # no duplicates to reconcile
+        import_npy(tmp_path / "slice.npy", path, embedder="all-MiniLM-L6-v2", url=url)
+        result = evaluation.evaluate(k=8, seeds=(42,), url=url)
+    cols = [c for c in part.columns if c.startswith("acc|")]
+    models = [c.split("|", 1)[1] for c in cols]
+    cal = part[part["split"] == "train"]
+    test = part[part["split"] != "train"]
+    weighted = models[int(np.argmax(cal[cols].mean().to_numpy()))]
+    balanced = models[int(np.argmax(cal.groupby("benchmark")[cols].mean().mean().to_numpy()))]
+    rows = {d.dataset: d for d in result.datasets}
+    for bench, group in test.groupby("benchmark"):
+        means = group[cols].mean() * 100
+        row = rows[bench]
+        assert row.queries == len(group)
+        assert row.oracle == pytest.approx(group[cols].max(axis=1).mean() * 100)
+        assert row.random == pytest.approx(group[cols].to_numpy().mean() * 100)
+        assert row.max_expert.score == pytest.approx(means.max())
+        assert row.best_single_cal_weighted == pytest.approx(means["acc|" + weighted])
+        assert row.best_single_cal_balanced == pytest.approx(means["acc|" + balanced])
+        for m in models:
+            assert row.per_model[m] == pytest.approx(means["acc|" + m])
+    assert result.groups["id"].datasets == ("gsm8k", "humaneval")
+    assert result.groups["ood"].datasets == ("humanevalpack_js",)
+    assert 0 < result.id_macro <= result.groups["id"].oracle
