@@ -1,7 +1,8 @@
 """Batch routing throughput: 10k query vectors routed in one statement (``avengers.route_many``).
 
-Timed three ways, round-robin per repeat: the client (``AvengersClient.route_many(vectors,
-conn=conn)``: vectors checked, sent in binary, decisions built), the bare statement
+Timed four ways, round-robin per repeat: the client with its default routing method
+(``AvengersClient.route_many(vectors, conn=conn)``: vectors checked, sent in binary, decisions
+built), the same with method "paper" (nearest cluster only), the bare statement
 (``routing.ROUTE_MANY_SQL`` with pgvector ``Vector``s already made), and numpy's argmin over the
 same centroids as the floor. queries/s = batch size / median seconds over repeats.
 
@@ -62,48 +63,63 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
     c_sq = np.einsum("ij,ij->i", c, c)
 
     conn = db.connect(url, autocommit=True)
-    client = AvengersClient(url, pool_size=1)
+    client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
+    paper = AvengersClient(url, pool_size=1, method="paper")
+    sql_args = routing.routing_method(client.method).sql_args()
     try:
         vectors = [Vector(q) for q in queries]
 
         def run_client() -> int:
             return len(client.route_many(list(queries), conn=conn))
 
+        def run_paper() -> int:
+            return len(paper.route_many(list(queries), conn=conn))
+
         def run_sql() -> int:
-            return len(conn.execute(routing.ROUTE_MANY_SQL, (vectors, 1, False)).fetchall())
+            rows = conn.execute(routing.ROUTE_MANY_SQL, (vectors, 1, False, *sql_args)).fetchall()
+            return len(rows)
 
         def run_numpy() -> int:
             u = queries / np.linalg.norm(queries, axis=1, keepdims=True)
             return len(np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1))
 
         run_client()  # warm-up: plans, caches
-        times: dict[str, list[float]] = {"client": [], "sql": [], "numpy": []}
+        times: dict[str, list[float]] = {"client": [], "paper": [], "sql": [], "numpy": []}
         for r in range(repeat):
-            for name, fn in (("client", run_client), ("sql", run_sql), ("numpy", run_numpy)):
+            for name, fn in (
+                ("client", run_client),
+                ("paper", run_paper),
+                ("sql", run_sql),
+                ("numpy", run_numpy),
+            ):
                 t0 = time.perf_counter()
                 assert fn() == batch
                 times[name].append(time.perf_counter() - t0)
             say(
                 f"  repeat {r + 1}: client {batch / times['client'][-1]:,.0f} q/s, "
+                f"method paper {batch / times['paper'][-1]:,.0f} q/s, "
                 f"bare SQL {batch / times['sql'][-1]:,.0f} q/s, "
                 f"numpy {batch / times['numpy'][-1]:,.0f} q/s"
             )
     finally:
         client.close()
+        paper.close()
         conn.close()
     result = {
         "k": k,
         "k_served": k_served,
         "batch": batch,
         "client_qps": round(batch / median(times["client"])),
+        "paper_qps": round(batch / median(times["paper"])),
         "sql_qps": round(batch / median(times["sql"])),
+        "method": client.method.name,
         "numpy_qps": round(batch / median(times["numpy"])),
         "client_seconds": [round(t, 4) for t in times["client"]],
         "sql_seconds": [round(t, 4) for t in times["sql"]],
     }
     say(
-        f"k={k}: {result['client_qps']:,} queries/s through the client, {result['sql_qps']:,} "
-        f"bare SQL, {result['numpy_qps']:,} numpy (target >= {TARGET_QPS:,} at k=64)"
+        f"k={k}: {result['client_qps']:,} queries/s through the client ({client.method.name}), "
+        f"{result['paper_qps']:,} with method paper, {result['sql_qps']:,} bare SQL, {result['numpy_qps']:,} numpy (target >= {TARGET_QPS:,} at k=64)"
     )
     return result
 

@@ -2,8 +2,10 @@
 in the same process and run: numpy's argmin over the same centroids, and a bare ``SELECT 1`` round
 trip on the same connection. ratio = route p50 / (numpy p50 + SELECT 1 p50).
 
-"route" is ``AvengersClient.route(vector, conn=conn)``: the client's code path on the same
-connection as the floors (one round trip: ``avengers.route_many`` with one vector). Also timed:
+"route" is ``AvengersClient.route(vector, conn=conn)``: the client's code path with its default
+routing method ("avengers": 16 nearest centroids pooled) on the same connection as the floors
+(one round trip: ``avengers.route_many`` with one vector). Also timed: the "paper" method (the
+nearest cluster only),
 the same call through the client's pool ("route_pooled") and the bare SQL statement without the
 Python around it ("route_sql"). All five are timed round-robin per iteration so machine noise
 falls on all of them alike; each repeat is a full round; reported figures are medians over repeats.
@@ -88,7 +90,9 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
     # snapshot. The ratio uses the client on this same connection (conn=), so route, bare SQL and
     # SELECT 1 share one connection; the pooled call (checkout + return) is reported beside it.
     conn = db.connect(url, autocommit=True)
-    client = AvengersClient(url, pool_size=1)
+    client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
+    paper = AvengersClient(url, pool_size=1, method="paper")  # the nearest-cluster rule only
+    sql_args = routing.routing_method(client.method).sql_args()
     try:
         # Agreement with numpy's argmin (the same rule), on all queries, before timing.
         decisions = client.route_many(list(queries), conn=conn)
@@ -100,11 +104,16 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
         def route(i: int) -> object:
             return client.route(queries[i], conn=conn)
 
+        def route_paper(i: int) -> object:
+            return paper.route(queries[i], conn=conn)
+
         def route_pooled(i: int) -> object:
             return client.route(queries[i])
 
         def route_sql(i: int) -> object:
-            return conn.execute(routing.ROUTE_MANY_SQL, ([vectors[i]], 1, False)).fetchall()
+            return conn.execute(
+                routing.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args)
+            ).fetchall()
 
         def numpy_argmin(i: int) -> object:
             return route_np(queries[i])
@@ -127,6 +136,7 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
                 times = interleaved(
                     {
                         "route": route,
+                        "route_paper": route_paper,
                         "route_pooled": route_pooled,
                         "route_sql": route_sql,
                         "numpy": numpy_argmin,
@@ -140,15 +150,17 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
             stats["ratio"] = round(stats["route"]["p50_us"] / floor, 2)
             stats["ratio_sql"] = round(stats["route_sql"]["p50_us"] / floor, 2)
             stats["ratio_pooled"] = round(stats["route_pooled"]["p50_us"] / floor, 2)
+            stats["ratio_paper"] = round(stats["route_paper"]["p50_us"] / floor, 2)
             rounds.append(stats)
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
-                f"(p99 {stats['route']['p99_us']:.0f}), pooled {stats['route_pooled']['p50_us']:.0f}"
+                f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, pooled {stats['route_pooled']['p50_us']:.0f}"
                 f", bare SQL {stats['route_sql']['p50_us']:.0f}, numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
     finally:
         client.close()
+        paper.close()
         conn.close()
 
     def med(name: str, field: str) -> float:
@@ -162,19 +174,22 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
         "agreement_with_numpy": agree,
         **{
             f"{name}_{field}": med(name, field)
-            for name in ("route", "route_pooled", "route_sql", "numpy", "select1")
+            for name in ("route", "route_paper", "route_pooled", "route_sql", "numpy", "select1")
             for field in ("p50_us", "p99_us")
         },
         "ratio": round(median([s["ratio"] for s in rounds]), 2),
         "ratio_sql": round(median([s["ratio_sql"] for s in rounds]), 2),
         "ratio_pooled": round(median([s["ratio_pooled"] for s in rounds]), 2),
+        "ratio_paper": round(median([s["ratio_paper"] for s in rounds]), 2),
+        "method": client.method.name,
         "ratios": [s["ratio"] for s in rounds],
     }
     say(
         f"k={k}: route p50 {result['route_p50_us']:.0f} µs p99 {result['route_p99_us']:.0f} µs | "
         f"numpy p50 {result['numpy_p50_us']:.1f} µs | SELECT 1 p50 {result['select1_p50_us']:.0f}"
         f" µs | ratio {result['ratio']:.2f} (target <= {TARGET_RATIO}; bare SQL "
-        f"{result['ratio_sql']:.2f}, pooled client {result['ratio_pooled']:.2f}) | agreement with numpy {agree:.1%}"
+        f"{result['ratio_sql']:.2f}, pooled client {result['ratio_pooled']:.2f}, method paper "
+        f"{result['ratio_paper']:.2f}) | agreement with numpy {agree:.1%}"
     )
     return result
 
