@@ -665,7 +665,17 @@ def _sweep(rp: _Replay, parameter: str, values: list, seeds: Sequence[int], fit)
                 bar.set_postfix_str(f"{parameter}={value} seed {seed}")
                 runs.append(fit(value, seed))
                 bar.update(1)
-            points.append(_point(rp, parameter, value, runs, seeds, clusters=[r.k for r in runs]))
+            points.append(
+                _point(
+                    rp,
+                    parameter,
+                    value,
+                    runs,
+                    seeds,
+                    clusters=[r.k for r in runs],
+                    **_anchor_details(rp),
+                )
+            )
     return Sweep(parameter, tuple(points))
 
 
