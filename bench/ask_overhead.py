@@ -12,6 +12,7 @@ route-log write.
 Example:
     /work/venv/bin/python bench/ask_overhead.py
     /work/venv/bin/python bench/ask_overhead.py --n 20 --samples 1 4 --max-tokens 8
+    /work/venv/bin/python bench/ask_overhead.py --torch-threads 1   # -> ask_overhead_torch1.json
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def main() -> None:
                     f"{r['added_minus_embedding_ms']:.1f} ms"
                 )
     finish(
-        "ask_overhead",
+        f"ask_overhead_torch{args.torch_threads}" if args.torch_threads else "ask_overhead",
         {
             "llm": "SmolLM2-135M-Instruct Q4_1 via xllamacpp, 1 thread, 4 slots",
             "max_tokens": args.max_tokens,

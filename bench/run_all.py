@@ -134,16 +134,18 @@ def table() -> str:
                     "",
                 )
             )
-    r = load("ask_overhead")
-    if r:
-        for b in r["by_samples"]:
+    for name in ("ask_overhead", "ask_overhead_torch1"):
+        r = load(name)
+        for b in r["by_samples"] if r else []:
             rows.append(
                 (
                     f"`ask` overhead over a direct call, n = {b['samples']} ({b['strategy']}, "
-                    f"SmolLM2, max_tokens {r['max_tokens']})",
+                    f"SmolLM2, max_tokens {r['max_tokens']}, torch threads "
+                    f"{r.get('torch_threads', '?')})",
                     f"**+{b['added_ms']:.0f} ms** (ask {b['ask_ms_p50']:.0f} ms vs direct "
                     f"{b['direct_ms_p50']:.0f} ms); of which embedding "
-                    f"{r['embed_one_ms_p50']:.0f} ms, vector route "
+                    f"{b.get('embed_after_generation_ms_p50', r['embed_one_ms_p50']):.0f} ms "
+                    f"(alone {r['embed_one_ms_p50']:.0f} ms), vector route "
                     f"{r['route_vector_ms_p50']:.2f} ms",
                     "reported",
                     "",
