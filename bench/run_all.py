@@ -49,7 +49,7 @@ def table() -> str:
         for b in r["by_k"]:
             rows.append(
                 (
-                    f"Single route, k = {b['k']:,} (client, vector in)",
+                    f"Single route, k = {b['k']:,} (client, default method {b.get('method', '?')}, vector in)",
                     f"p50 {b['route_p50_us'] / 1000:.2f} ms, p99 {b['route_p99_us'] / 1000:.2f} ms;"
                     f" numpy {b['numpy_p50_us']:.0f} µs, SELECT 1 {b['select1_p50_us']:.0f} µs; "
                     f"**ratio {b['ratio']:.2f}** (bare SQL {b['ratio_sql']:.2f}, pooled "
