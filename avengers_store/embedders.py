@@ -79,7 +79,10 @@ def _load_sentence_transformer(path: str, max_seq_length: int):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
 
+            # A weight-loading bar on every CLI call is noise; our own progress bars stay.
+            transformers_logging.disable_progress_bar()
             try:
                 model = SentenceTransformer(path, device="cpu")
             except (OSError, ValueError) as exc:

@@ -213,6 +213,11 @@ def check_revision(conn: psycopg.Connection) -> None:
             f"the database is at revision {current}, newer than this library knows (head {head}): "
             "upgrade avengers-store."
         )
+    if current == head:
+        raise SchemaOutOfDate(
+            "the database's views and routing functions (sql/) differ from this library's: "
+            "run `avengers db upgrade`."
+        )
     raise SchemaOutOfDate(
         f"the database schema is behind this library (revision {current}, head {head}): "
         "run `avengers db upgrade`."

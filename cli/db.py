@@ -33,6 +33,8 @@ def upgrade_cmd(revision: str) -> None:
     result = schema.upgrade(revision=revision)
     if not result.changed:
         click.echo(f"already up to date (revision {result.to_revision})")
+    elif result.from_revision == result.to_revision:
+        click.echo(f"re-applied the sql/ definitions (revision {result.to_revision})")
     else:
         click.echo(f"upgraded {result.from_revision or 'empty'} -> {result.to_revision}")
 
