@@ -215,8 +215,21 @@ class AvengersClient:
         require_endpoint: bool = False,
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
-        """Route a text (embedded in the serving space) or a vector: one SQL round trip."""
-        return self.route_many([query], top_n, require_endpoint=require_endpoint, conn=conn)[0]
+        """Route a text (embedded in the serving space) or a vector: one SQL round trip
+        (``avengers.route``)."""
+        vectors, served = self._vectors([query], conn)
+        with self._connection(conn, "read") as c:
+            decision = routing.route_vector(
+                c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
+            )
+        if served is not None and decision.clustering_id != served:
+            # As in route_many: the served clustering changed since the embedder was chosen.
+            vectors, _ = self._vectors([query], conn, refresh=True)
+            with self._connection(conn, "read") as c:
+                decision = routing.route_vector(
+                    c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
+                )
+        return decision
 
     def route_many(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgvector import Vector
+from pgvector.psycopg.vector import VectorBinaryDumper
 from psycopg import sql
 from psycopg.adapt import Dumper, PyFormat
 from psycopg.pq import Format
@@ -258,19 +259,61 @@ def as_query_vector(value: Any, *, location: str = "query vector") -> Vector:
 
 def _ensure_vector_types(conn: psycopg.Connection) -> None:
     try:
+        conn.adapters.get_dumper(_QueryVector, PyFormat.BINARY)
+        return  # registered together with the two below
+    except psycopg.ProgrammingError:
+        pass
+    try:
         conn.adapters.get_dumper(Vector, PyFormat.BINARY)
     except psycopg.ProgrammingError:
         db.register_vector(conn)
+    info = conn.adapters.types.get("vector")
+    dumper = type(
+        "VectorBatchDumper",
+        (_VectorBatchDumper,),
+        {"oid": info.array_oid, "vector_oid": info.oid},
+    )
+    conn.adapters.register_dumper(_VectorBatch, dumper)
+    conn.adapters.register_dumper(
+        _QueryVector, type("QueryVectorDumper", (_QueryVectorDumper,), {"oid": info.oid})
+    )
+
+
+class _QueryVector:
+    """One checked float32 query vector, sent as a binary ``vector`` without a pgvector
+    ``Vector`` object in between."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+class _QueryVectorDumper(VectorBinaryDumper):
+    # Registered with the vector oid, so it also serves binary COPY's set_types(["vector"]):
+    # anything but a _QueryVector goes to pgvector's own dumper.
+    def dump(self, obj: Any) -> bytes | None:
+        if not isinstance(obj, _QueryVector):
+            return super().dump(obj)
+        # pgvector's binary vector: int16 dimension, int16 unused, big-endian float32s.
+        return struct.pack(">hh", obj.array.size, 0) + obj.array.astype(">f4").tobytes()
+
+
+def _query_vector(value: Any, *, location: str = "query vector") -> _QueryVector:
+    """``as_query_vector`` for the single-vector path: the same checks and errors."""
+    if isinstance(value, Vector):
+        value = value.to_numpy()
     try:
-        conn.adapters.get_dumper(_VectorBatch, PyFormat.BINARY)
-    except psycopg.ProgrammingError:
-        info = conn.adapters.types.get("vector")
-        dumper = type(
-            "VectorBatchDumper",
-            (_VectorBatchDumper,),
-            {"oid": info.array_oid, "vector_oid": info.oid},
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"not a vector of numbers ({exc})", location=location) from exc
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError(
+            f"expected a flat list of numbers, got shape {arr.shape}", location=location
         )
-        conn.adapters.register_dumper(_VectorBatch, dumper)
+    if not np.isfinite(arr).all() or not arr.any():
+        raise InputError("the vector must be finite and non-zero", location=location)
+    return _QueryVector(arr)
 
 
 class _VectorBatch:
@@ -359,6 +402,13 @@ def route_vectors(
     return decisions_from_rows(rows, len(vectors))
 
 
+ROUTE_SQL = """
+SELECT clustering_id, cluster, distance, rank, model_id, model, mean_score, n,
+       wilson_low, wilson_high, overall_score, endpoint, served_name, api_key_env, score
+FROM avengers.route(%b::vector, %s, %s, %s, %s, %s, %s)
+"""
+
+
 def route_vector(
     conn: psycopg.Connection,
     vector: Any,
@@ -367,8 +417,47 @@ def route_vector(
     require_endpoint: bool = False,
     method: str | RoutingMethod | None = None,
 ) -> RouteDecision:
-    """Route one vector: its nearest cluster and the top_n active models by routing score."""
-    return route_vectors(conn, [vector], top_n, require_endpoint=require_endpoint, method=method)[0]
+    """Route one vector: its nearest cluster and the top_n active models by routing score.
+    One ``avengers.route`` call (the single-vector form of ``route_many``, same decisions)."""
+    chosen = routing_method(method)
+    if top_n < 1:
+        raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
+    query = _query_vector(vector)
+    _ensure_vector_types(conn)
+    try:
+        rows = conn.execute(
+            ROUTE_SQL, (query, top_n, require_endpoint, *chosen.sql_args())
+        ).fetchall()
+    except psycopg.errors.DataException as exc:
+        raise InputError(
+            f"{exc.diag.message_primary}; {exc.diag.message_hint or ''}".strip("; "),
+            location="query vector",
+        ) from exc
+    if not rows or rows[0][0] is None:
+        raise StoreStateError(NO_ACTIVE_CLUSTERING)
+    clustering_id, cluster, distance = rows[0][0], rows[0][1], rows[0][2]
+    candidates = tuple(
+        Candidate(model, rank, mean, n, lo, hi, endpoint, served, overall, model_id, key_env, score)
+        for (
+            _,
+            _,
+            _,
+            rank,
+            model_id,
+            model,
+            mean,
+            n,
+            lo,
+            hi,
+            overall,
+            endpoint,
+            served,
+            key_env,
+            score,
+        ) in rows  # fmt: skip
+        if model is not None
+    )
+    return RouteDecision(clustering_id, cluster, distance, candidates)
 
 
 def decisions_from_rows(rows: Sequence[Sequence[Any]], count: int) -> list[RouteDecision]:

@@ -4,7 +4,7 @@ trip on the same connection. ratio = route p50 / (numpy p50 + SELECT 1 p50).
 
 "route" is ``AvengersClient.route(vector, conn=conn)``: the client's code path with its default
 routing method ("avengers": 16 nearest centroids pooled) on the same connection as the floors
-(one round trip: ``avengers.route_many`` with one vector). Also timed: the "paper" method (the
+(one round trip: ``avengers.route``, the single-vector form of ``avengers.route_many``). Also timed: the "paper" method (the
 nearest cluster only),
 the same call through the client's pool ("route_pooled") and the bare SQL statement without the
 Python around it ("route_sql"). All five are timed round-robin per iteration so machine noise
@@ -111,9 +111,7 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
             return client.route(queries[i])
 
         def route_sql(i: int) -> object:
-            return conn.execute(
-                routing.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args)
-            ).fetchall()
+            return conn.execute(routing.ROUTE_SQL, (vectors[i], 1, False, *sql_args)).fetchall()
 
         def numpy_argmin(i: int) -> object:
             return route_np(queries[i])

@@ -224,6 +224,53 @@ END;
 COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
   'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (see sql/030_routing.sql; neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
 
+-- The score rule of route_many for one vector, as plain SQL (no plpgsql, so no per-call SPI
+-- statements): the active clustering and its HNSW flag in one small lookup, the L nearest
+-- centroids by one exact ORDER BY ... LIMIT scan (the query normalised once), then the same
+-- pooling, priors and ranking as route_many, with the same expressions, so both give the same
+-- decision. A clustering with a centroids_hnsw_<id> index (k >= 16,384) goes through route_many
+-- and nearest_centroids' index path instead: the two branches are gated by one-time filters, so
+-- only one runs. The dimension check stays in SQL (avengers.query_dimension_error raises only
+-- when it fails). Measured at k = 64 (bench/route_latency.py): see bench/README.md.
+CREATE FUNCTION avengers.query_dimension_error(dim integer, clustering integer)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+  RAISE EXCEPTION 'query vector 1 is NULL or does not have the % dimensions of the active clustering %',
+    dim, clustering
+    USING ERRCODE = 'data_exception',
+          HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.spaces.active_space).';
+END
+$$;
+COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer) IS
+  'Raises the routing error for a query vector that is NULL or of the wrong dimension (called by avengers.route only when the check fails).';
+
+-- route's branch for a clustering with an HNSW index: route_many with one vector. plpgsql only so
+-- that it is not inlined: inlined, route_many's whole plan would be initialised on every route
+-- call even though a one-time filter skips it (measured: +60-100 µs per call at k = 64).
+CREATE FUNCTION avengers.route_indexed(
+  query vector, top_n integer, require_endpoint boolean, neighbours integer,
+  temperature double precision, shrinkage double precision, dataset_prior double precision)
+RETURNS TABLE (
+  clustering_id integer, cluster integer, distance double precision, rank integer,
+  model_id integer, model text, mean_score double precision, n integer,
+  wilson_low double precision, wilson_high double precision, overall_score double precision,
+  endpoint text, served_name text, api_key_env text, score double precision)
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+  RETURN QUERY
+    SELECT r.clustering_id, r.cluster, r.distance, r.rank, r.model_id, r.model, r.mean_score,
+           r.n, r.wilson_low, r.wilson_high, r.overall_score, r.endpoint, r.served_name,
+           r.api_key_env, r.score
+    FROM avengers.route_many(ARRAY[query], top_n, require_endpoint, neighbours, temperature,
+                             shrinkage, dataset_prior) AS r;
+END
+$$;
+COMMENT ON FUNCTION avengers.route_indexed(vector, integer, boolean, integer, double precision, double precision, double precision) IS
+  'avengers.route through route_many (used by route when the active clustering has a centroids_hnsw_<id> index).';
+
 CREATE FUNCTION avengers.route(
   query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
@@ -235,12 +282,99 @@ RETURNS TABLE (
   endpoint text, served_name text, api_key_env text, score double precision)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
+  WITH act AS MATERIALIZED (
+    SELECT k.id,
+           to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed,
+           l2_normalize(query) AS u
+    FROM avengers.clusterings k
+    JOIN avengers.embedding_spaces s ON s.id = k.space_id
+    WHERE k.status = 'active'
+      AND CASE WHEN query IS NOT NULL AND vector_dims(query) = s.dimension THEN true
+               ELSE avengers.query_dimension_error(s.dimension, k.id) END
+  ),
+  near AS MATERIALIZED (
+    SELECT c.clustering_id, c.cluster, c.centroid <-> (SELECT a.u FROM act a) AS distance
+    FROM avengers.centroids c
+    WHERE c.clustering_id = (SELECT a.id FROM act a)
+    ORDER BY 3, 2
+    LIMIT greatest(neighbours, 1)
+  ),
+  head AS MATERIALIZED (
+    SELECT h.clustering_id, h.cluster, h.distance FROM near h ORDER BY 3, 2 LIMIT 1
+  ),
+  weights AS (
+    SELECT nb.clustering_id, nb.cluster,
+           CASE WHEN nb.cluster = h.cluster THEN 1.0::double precision
+                WHEN s.rho > 0 AND temperature > 0 THEN
+                  exp(greatest(-700.0,
+                      -(nb.distance ^ 2 - h.distance ^ 2) / (temperature * s.rho)))
+                WHEN nb.distance = h.distance THEN 1.0::double precision
+                ELSE 0.0::double precision END AS w
+    FROM near nb
+    CROSS JOIN head h
+    LEFT JOIN avengers.clustering_scale s ON s.clustering_id = nb.clustering_id
+  ),
+  pooled AS (
+    SELECT p.model_id, sum(wt.w * p.score_sum) AS ws, sum(wt.w * p.n) AS wn
+    FROM weights wt
+    CROSS JOIN LATERAL (
+      SELECT cp.model_id, cp.score_sum, cp.n FROM avengers.cluster_profiles cp
+      WHERE cp.cluster = wt.cluster AND cp.clustering_id = wt.clustering_id OFFSET 0) AS p
+    GROUP BY p.model_id
+  ),
+  mixture AS (
+    SELECT cd.dataset_id, sum(wt.w * cd.n) AS wd
+    FROM weights wt
+    JOIN avengers.cluster_datasets cd
+      ON cd.cluster = wt.cluster AND cd.clustering_id = wt.clustering_id
+    WHERE dataset_prior <> 0
+    GROUP BY cd.dataset_id
+  ),
+  mixed AS (
+    SELECT dp.model_id, sum(mx.wd * dp.mean_score) / nullif(sum(mx.wd), 0) AS dprior
+    FROM mixture mx
+    JOIN avengers.dataset_profiles dp ON dp.dataset_id = mx.dataset_id
+    GROUP BY dp.model_id
+  ),
+  scored AS (
+    SELECT mp.model_id, m.name AS model, mp.overall_score, m.endpoint,
+           coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
+           (coalesce(pl.ws, 0) + shrinkage * mp.prior_score
+              + dataset_prior * coalesce(mx.dprior, mp.prior_score))
+           / nullif(coalesce(pl.wn, 0) + shrinkage + dataset_prior, 0) AS score,
+           coalesce(pl.wn, 0) AS wn
+    FROM head h
+    JOIN avengers.model_priors mp ON mp.clustering_id = h.clustering_id
+    JOIN avengers.models m ON m.id = mp.model_id
+    LEFT JOIN pooled pl ON pl.model_id = mp.model_id
+    LEFT JOIN mixed mx ON mx.model_id = mp.model_id
+    WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
+  ),
+  ranked AS (
+    SELECT sc.*, row_number() OVER (ORDER BY sc.score DESC, sc.overall_score DESC, sc.model)
+                   AS position
+    FROM scored sc
+    WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage + dataset_prior > 0)
+  )
+  SELECT h.clustering_id, h.cluster, h.distance, r.position::integer,
+         r.model_id, r.model, p.mean_score, p.n, p.wilson_low, p.wilson_high, r.overall_score,
+         r.endpoint, r.served_name, r.api_key_env, r.score
+  FROM (VALUES (1)) AS one(x)
+  LEFT JOIN head h ON true
+  LEFT JOIN ranked r ON r.position <= top_n
+  LEFT JOIN LATERAL (
+    SELECT cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high FROM avengers.cluster_profiles cp
+    WHERE cp.cluster = h.cluster AND cp.model_id = r.model_id
+      AND cp.clustering_id = h.clustering_id OFFSET 0) AS p ON true
+  WHERE NOT coalesce((SELECT a.indexed FROM act a), false)
+  UNION ALL
   SELECT r.clustering_id, r.cluster, r.distance, r.rank, r.model_id, r.model, r.mean_score, r.n,
          r.wilson_low, r.wilson_high, r.overall_score, r.endpoint, r.served_name, r.api_key_env,
          r.score
-  FROM avengers.route_many(ARRAY[query], top_n, require_endpoint, neighbours, temperature,
-                           shrinkage, dataset_prior) AS r
-  ORDER BY r.rank;
+  FROM avengers.route_indexed(query, top_n, require_endpoint, neighbours, temperature,
+                              shrinkage, dataset_prior) AS r
+  WHERE coalesce((SELECT a.indexed FROM act a), false)
+  ORDER BY 4;
 END;
 COMMENT ON FUNCTION avengers.route(vector, integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route one query vector (see route_many): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';
+  'Route one query vector (the rule of route_many, in plain SQL): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';

@@ -163,6 +163,45 @@ def test_full_ranking_and_the_dataset_mixture_prior(store, conn):
     _check_against_reference(conn, store[:120], no_prior, top_n=3)
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        routing.AVENGERS,
+        routing.PAPER,
+        routing.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0),
+        routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
+    ],
+    ids=lambda m: m.name,
+)
+def test_single_route_equals_the_batch_form(store, conn, method):
+    # avengers.route is its own SQL function (the single-vector path): same rule, same decisions.
+    queries = store[:60]
+    batch = routing.route_vectors(conn, queries, top_n=len(MODELS), method=method)
+    for q, expected in zip(queries, batch, strict=True):
+        got = routing.route_vector(conn, q, top_n=len(MODELS), method=method)
+        assert (got.clustering_id, got.cluster) == (expected.clustering_id, expected.cluster)
+        assert got.distance == pytest.approx(expected.distance, abs=1e-12)
+        assert [(c.model, c.rank) for c in got.candidates] == [
+            (c.model, c.rank) for c in expected.candidates
+        ]
+        for a, b in zip(got.candidates, expected.candidates, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-12)
+            assert (a.mean_score, a.n, a.wilson_low, a.wilson_high, a.overall_score) == (
+                b.mean_score,
+                b.n,
+                b.wilson_low,
+                b.wilson_high,
+                b.overall_score,
+            )
+            assert (a.endpoint, a.served_name, a.model_id) == (
+                b.endpoint,
+                b.served_name,
+                b.model_id,
+            )
+    one = routing.route_vector(conn, queries[0], top_n=2, method=method)
+    assert [c.rank for c in one.candidates] == [1, 2]
+
+
 def test_paper_method_is_the_nearest_clusters_argmax(store, conn):
     ref, expected, _ = _check_against_reference(conn, store, routing.PAPER, top_n=len(MODELS))
     rows = conn.execute(

@@ -183,10 +183,16 @@ def test_no_active_clustering_is_a_clear_error(conn):
 def test_bad_vectors_are_input_errors(conn):
     cid = add_clustering(conn, np.eye(4, dtype=np.float32))
     activate(conn, cid)
-    with pytest.raises(InputError, match="query vector 2.*4 dimensions"):
+    with pytest.raises(InputError, match="query vector 2.*4 dimensions"), conn.transaction():
         routing.route_vectors(conn, [[1, 0, 0, 0], [1, 0, 0]])
+    with pytest.raises(InputError, match="query vector 1.*4 dimensions"), conn.transaction():
+        routing.route_vector(conn, [1, 0, 0])
     with pytest.raises(InputError, match="finite and non-zero"):
         routing.route_vector(conn, [0, 0, 0, 0])
+    with pytest.raises(InputError, match="finite and non-zero"):
+        routing.route_vector(conn, [1, float("nan"), 0, 0])
+    with pytest.raises(InputError, match="flat list"):
+        routing.route_vector(conn, [[1, 0], [0, 1]])
     with pytest.raises(InputError, match="top_n"):
         routing.route_vector(conn, [1, 0, 0, 0], top_n=0)
     assert routing.route_vectors(conn, []) == []
