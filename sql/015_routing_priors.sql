@@ -84,3 +84,34 @@ COMMENT ON COLUMN avengers.model_priors.prior_score IS 'Mean over calibration da
 COMMENT ON COLUMN avengers.model_priors.datasets IS 'Calibration datasets with an outcome for the model.';
 COMMENT ON COLUMN avengers.model_priors.overall_score IS 'Mean outcome over all clustered calibration queries (= cluster_profiles.overall_score).';
 COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind overall_score.';
+
+-- What avengers.route reads per neighbour, in one row per cluster: the centroid and, over a fixed
+-- model order (model_priors' models by id), the outcome sums and counts of cluster_profiles
+-- (0 where a model has no outcome in the cluster, which adds nothing to a pooled sum). One
+-- ORDER BY ... LIMIT L scan of this view gives the L nearest clusters with everything the pooled
+-- score needs, instead of L index probes of cluster_profiles per query. Built from
+-- cluster_profiles and model_priors, so refreshed after them.
+CREATE MATERIALIZED VIEW avengers.cluster_scores AS
+SELECT c.clustering_id, c.cluster, c.centroid, s.model_ids, s.score_sums, s.ns
+FROM avengers.centroids c
+JOIN avengers.clusterings k ON k.id = c.clustering_id AND k.status = 'active'
+CROSS JOIN LATERAL (
+  SELECT array_agg(mp.model_id ORDER BY mp.model_id) AS model_ids,
+         array_agg(coalesce(cp.score_sum, 0)::double precision ORDER BY mp.model_id) AS score_sums,
+         array_agg(coalesce(cp.n, 0)::double precision ORDER BY mp.model_id) AS ns
+  FROM avengers.model_priors mp
+  LEFT JOIN avengers.cluster_profiles cp
+    ON cp.clustering_id = mp.clustering_id AND cp.cluster = c.cluster
+       AND cp.model_id = mp.model_id
+  WHERE mp.clustering_id = c.clustering_id
+) AS s
+WITH DATA;
+CREATE UNIQUE INDEX cluster_scores_key ON avengers.cluster_scores (cluster);
+COMMENT ON MATERIALIZED VIEW avengers.cluster_scores IS
+  'Per cluster of the active clustering: its centroid and, over model_priors'' models in id order, the outcome sums and counts of cluster_profiles (0 without outcomes): the rows avengers.route pools.';
+COMMENT ON COLUMN avengers.cluster_scores.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.cluster_scores.cluster IS 'Cluster index.';
+COMMENT ON COLUMN avengers.cluster_scores.centroid IS 'The cluster''s centroid (= centroids.centroid).';
+COMMENT ON COLUMN avengers.cluster_scores.model_ids IS 'Models of model_priors, ascending id: the order of the two arrays below (the same in every row).';
+COMMENT ON COLUMN avengers.cluster_scores.score_sums IS 'cluster_profiles.score_sum of each model in the cluster (0 without outcomes).';
+COMMENT ON COLUMN avengers.cluster_scores.ns IS 'cluster_profiles.n of each model in the cluster (0 without outcomes).';

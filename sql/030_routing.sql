@@ -293,8 +293,9 @@ BEGIN ATOMIC
                ELSE avengers.query_dimension_error(s.dimension, k.id) END
   ),
   near AS MATERIALIZED (
-    SELECT c.clustering_id, c.cluster, c.centroid <-> (SELECT a.u FROM act a) AS distance
-    FROM avengers.centroids c
+    SELECT c.clustering_id, c.cluster, c.centroid <-> (SELECT a.u FROM act a) AS distance,
+           c.model_ids, c.score_sums, c.ns
+    FROM avengers.cluster_scores c
     WHERE c.clustering_id = (SELECT a.id FROM act a)
     ORDER BY 3, 2
     LIMIT greatest(neighbours, 1)
@@ -303,7 +304,7 @@ BEGIN ATOMIC
     SELECT h.clustering_id, h.cluster, h.distance FROM near h ORDER BY 3, 2 LIMIT 1
   ),
   weights AS (
-    SELECT nb.clustering_id, nb.cluster,
+    SELECT nb.clustering_id, nb.cluster, nb.model_ids, nb.score_sums, nb.ns,
            CASE WHEN nb.cluster = h.cluster THEN 1.0::double precision
                 WHEN s.rho > 0 AND temperature > 0 THEN
                   exp(greatest(-700.0,
@@ -314,12 +315,12 @@ BEGIN ATOMIC
     CROSS JOIN head h
     LEFT JOIN avengers.clustering_scale s ON s.clustering_id = nb.clustering_id
   ),
+  -- The L neighbours' per-model sums, pooled element by element (cluster_scores: one array
+  -- entry per model, 0 where the model has no outcome, which adds exactly nothing).
   pooled AS (
     SELECT p.model_id, sum(wt.w * p.score_sum) AS ws, sum(wt.w * p.n) AS wn
     FROM weights wt
-    CROSS JOIN LATERAL (
-      SELECT cp.model_id, cp.score_sum, cp.n FROM avengers.cluster_profiles cp
-      WHERE cp.cluster = wt.cluster AND cp.clustering_id = wt.clustering_id OFFSET 0) AS p
+    CROSS JOIN LATERAL unnest(wt.model_ids, wt.score_sums, wt.ns) AS p(model_id, score_sum, n)
     GROUP BY p.model_id
   ),
   mixture AS (

@@ -262,7 +262,8 @@ def test_sql_defaults_are_the_avengers_preset(conn):
 
 
 def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, conn):
-    views = ["clustering_scale", "dataset_profiles", "cluster_datasets", "model_priors"]
+    views = ["clustering_scale", "dataset_profiles", "cluster_datasets", "model_priors",
+             "cluster_scores"]  # fmt: skip
     for view in views:
         assert conn.execute(
             "SELECT obj_description(%s::regclass, 'pg_class')", (f"avengers.{view}",)
@@ -284,3 +285,11 @@ def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, con
         ids = conn.execute(f"SELECT DISTINCT clustering_id FROM avengers.{view}").fetchall()
         assert ids == [(new.id,)]
     assert Reference(conn).k == 5
+    # cluster_scores (what avengers.route pools) follows the switch: route = route_many.
+    queries = unit(np.random.default_rng(5).standard_normal((20, store.shape[1])))
+    batch = routing.route_vectors(conn, queries, top_n=3)
+    singles = [routing.route_vector(conn, q, top_n=3) for q in queries]
+    assert [(d.clustering_id, d.cluster) for d in singles] == [(new.id, d.cluster) for d in batch]
+    assert [[c.model for c in d.candidates] for d in singles] == [
+        [c.model for c in d.candidates] for d in batch
+    ]
