@@ -85,14 +85,15 @@ COMMENT ON COLUMN avengers.model_priors.datasets IS 'Calibration datasets with a
 COMMENT ON COLUMN avengers.model_priors.overall_score IS 'Mean outcome over all clustered calibration queries (= cluster_profiles.overall_score).';
 COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind overall_score.';
 
--- What avengers.route reads per neighbour, in one row per cluster: the centroid and, over a fixed
--- model order (model_priors' models by id), the outcome sums and counts of cluster_profiles
--- (0 where a model has no outcome in the cluster, which adds nothing to a pooled sum). One
--- ORDER BY ... LIMIT L scan of this view gives the L nearest clusters with everything the pooled
--- score needs, instead of L index probes of cluster_profiles per query. Built from
--- cluster_profiles and model_priors, so refreshed after them.
+-- What avengers.route reads per neighbour, in one row per cluster: over a fixed model order
+-- (model_priors' models by id), the outcome sums and counts of cluster_profiles (0 where a model
+-- has no outcome in the cluster, which adds nothing to a pooled sum): one probe per neighbour
+-- instead of one per (neighbour, model) row. The centroid is not copied here: with it a row
+-- passes Postgres' 2 kB TOAST threshold (384 float32 + the arrays), the vector goes out of line,
+-- and the exact scan fetched every centroid from TOAST (single route at k = 4,096: 1.8 -> 4.8 ms).
+-- Built from cluster_profiles and model_priors, so refreshed after them.
 CREATE MATERIALIZED VIEW avengers.cluster_scores AS
-SELECT c.clustering_id, c.cluster, c.centroid, s.model_ids, s.score_sums, s.ns
+SELECT c.clustering_id, c.cluster, s.model_ids, s.score_sums, s.ns
 FROM avengers.centroids c
 JOIN avengers.clusterings k ON k.id = c.clustering_id AND k.status = 'active'
 CROSS JOIN LATERAL (
@@ -108,10 +109,9 @@ CROSS JOIN LATERAL (
 WITH DATA;
 CREATE UNIQUE INDEX cluster_scores_key ON avengers.cluster_scores (cluster);
 COMMENT ON MATERIALIZED VIEW avengers.cluster_scores IS
-  'Per cluster of the active clustering: its centroid and, over model_priors'' models in id order, the outcome sums and counts of cluster_profiles (0 without outcomes): the rows avengers.route pools.';
+  'Per cluster of the active clustering, over model_priors'' models in id order: the outcome sums and counts of cluster_profiles (0 without outcomes), the rows avengers.route pools.';
 COMMENT ON COLUMN avengers.cluster_scores.clustering_id IS 'The active clustering version.';
 COMMENT ON COLUMN avengers.cluster_scores.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.cluster_scores.centroid IS 'The cluster''s centroid (= centroids.centroid).';
 COMMENT ON COLUMN avengers.cluster_scores.model_ids IS 'Models of model_priors, ascending id: the order of the two arrays below (the same in every row).';
 COMMENT ON COLUMN avengers.cluster_scores.score_sums IS 'cluster_profiles.score_sum of each model in the cluster (0 without outcomes).';
 COMMENT ON COLUMN avengers.cluster_scores.ns IS 'cluster_profiles.n of each model in the cluster (0 without outcomes).';
