@@ -88,9 +88,8 @@ COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind 
 -- What avengers.route reads per neighbour, in one row per cluster: over a fixed model order
 -- (model_priors' models by id), the outcome sums and counts of cluster_profiles (0 where a model
 -- has no outcome in the cluster, which adds nothing to a pooled sum): one probe per neighbour
--- instead of one per (neighbour, model) row. The centroid is not copied here: with it a row
--- passes Postgres' 2 kB TOAST threshold (384 float32 + the arrays), the vector goes out of line,
--- and the exact scan fetched every centroid from TOAST (single route at k = 4,096: 1.8 -> 4.8 ms).
+-- instead of one per (neighbour, model) row. The centroid stays in avengers.centroids (route
+-- scans it there): copied here, a 384-d row would sit near Postgres' 2 kB TOAST threshold.
 -- Built from cluster_profiles and model_priors, so refreshed after them.
 CREATE MATERIALIZED VIEW avengers.cluster_scores AS
 SELECT c.clustering_id, c.cluster, s.model_ids, s.score_sums, s.ns
