@@ -6,8 +6,9 @@ trip on the same connection. ratio = route p50 / (numpy p50 + SELECT 1 p50).
 routing method ("avengers": 16 nearest centroids pooled) on the same connection as the floors
 (one round trip: ``avengers.route``, the single-vector form of ``avengers.route_many``). Also timed: the "paper" method (the
 nearest cluster only),
-the same call through the client's pool ("route_pooled") and the bare SQL statement without the
-Python around it ("route_sql"). All five are timed round-robin per iteration so machine noise
+the same call through the client's pool ("route_pooled"), the bare SQL statement without the
+Python around it ("route_sql"), and the same vector through ``avengers.route_many``
+("route_many_sql", the single-route path before ``avengers.route`` had its own body). All of them are timed round-robin per iteration so machine noise
 falls on all of them alike; each repeat is a full round; reported figures are medians over repeats.
 
 Example:
@@ -113,6 +114,12 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
         def route_sql(i: int) -> object:
             return conn.execute(routing.ROUTE_SQL, (vectors[i], 1, False, *sql_args)).fetchall()
 
+        def route_many_one(i: int) -> object:
+            # The single route before avengers.route had its own body: route_many, one vector.
+            return conn.execute(
+                routing.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args)
+            ).fetchall()
+
         def numpy_argmin(i: int) -> object:
             return route_np(queries[i])
 
@@ -137,6 +144,7 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
                         "route_paper": route_paper,
                         "route_pooled": route_pooled,
                         "route_sql": route_sql,
+                        "route_many_sql": route_many_one,
                         "numpy": numpy_argmin,
                         "select1": select1,
                     },
@@ -149,11 +157,12 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
             stats["ratio_sql"] = round(stats["route_sql"]["p50_us"] / floor, 2)
             stats["ratio_pooled"] = round(stats["route_pooled"]["p50_us"] / floor, 2)
             stats["ratio_paper"] = round(stats["route_paper"]["p50_us"] / floor, 2)
+            stats["ratio_route_many_sql"] = round(stats["route_many_sql"]["p50_us"] / floor, 2)
             rounds.append(stats)
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
                 f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, pooled {stats['route_pooled']['p50_us']:.0f}"
-                f", bare SQL {stats['route_sql']['p50_us']:.0f}, numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
+                f", bare SQL {stats['route_sql']['p50_us']:.0f} (route_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
     finally:
@@ -172,13 +181,22 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
         "agreement_with_numpy": agree,
         **{
             f"{name}_{field}": med(name, field)
-            for name in ("route", "route_paper", "route_pooled", "route_sql", "numpy", "select1")
+            for name in (
+                "route",
+                "route_paper",
+                "route_pooled",
+                "route_sql",
+                "route_many_sql",
+                "numpy",
+                "select1",
+            )
             for field in ("p50_us", "p99_us")
         },
         "ratio": round(median([s["ratio"] for s in rounds]), 2),
         "ratio_sql": round(median([s["ratio_sql"] for s in rounds]), 2),
         "ratio_pooled": round(median([s["ratio_pooled"] for s in rounds]), 2),
         "ratio_paper": round(median([s["ratio_paper"] for s in rounds]), 2),
+        "ratio_route_many_sql": round(median([s["ratio_route_many_sql"] for s in rounds]), 2),
         "method": client.method.name,
         "ratios": [s["ratio"] for s in rounds],
     }
