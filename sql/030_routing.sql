@@ -248,7 +248,8 @@ COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer) IS
 
 -- route's branch for a clustering with an HNSW index: route_many with one vector. plpgsql only so
 -- that it is not inlined: inlined, route_many's whole plan would be initialised on every route
--- call even though a one-time filter skips it (measured: +60-100 µs per call at k = 64).
+-- call even though a one-time filter skips it (one diagnostic run at k = 64: 600 -> 390 µs per
+-- route once it was not inlined).
 CREATE FUNCTION avengers.route_indexed(
   query vector, top_n integer, require_endpoint boolean, neighbours integer,
   temperature double precision, shrinkage double precision, dataset_prior double precision)
@@ -283,7 +284,8 @@ RETURNS TABLE (
 LANGUAGE sql STABLE
 -- Not inlined (a SET clause prevents it), so the body's plan is cached with the function and kept
 -- generic: inlined into the caller's statement, Postgres re-planned it on every call whenever the
--- custom plan looked cheaper (≈ 1.5-2 ms of planning per route at k = 4,096).
+-- custom plan looked cheaper (planning costs ≈ 1.5-2 ms; at k = 4,096 the inlined route took
+-- about twice route_many's time, on par with this setting).
 SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
   WITH act AS MATERIALIZED (
@@ -317,8 +319,8 @@ BEGIN ATOMIC
     FROM near nb
     CROSS JOIN head h
     LEFT JOIN avengers.clustering_scale s ON s.clustering_id = nb.clustering_id
-    -- LATERAL ... OFFSET 0: one index probe per neighbour; as a plain join the planner, not
-    -- knowing L, hashed the whole of cluster_scores (k rows) on every call (3 ms at k = 4,096).
+    -- LATERAL ... OFFSET 0: one index probe per neighbour whatever the planner guesses for L
+    -- (as route_many does for cluster_profiles), never a hash of all k rows.
     LEFT JOIN LATERAL (
       SELECT x.model_ids, x.score_sums, x.ns FROM avengers.cluster_scores x
       WHERE x.cluster = nb.cluster AND x.clustering_id = nb.clustering_id OFFSET 0) AS cs ON true
