@@ -12,7 +12,8 @@ nearest-cluster rule.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -390,16 +391,24 @@ def route_vectors(
             as_query_vector(v, location=f"query vector {i + 1}") for i, v in enumerate(vectors)
         ]
     _ensure_vector_types(conn)
-    try:
+    with _vector_errors("query vectors"):
         rows = conn.execute(
             ROUTE_MANY_SQL, (queries, top_n, require_endpoint, *chosen.sql_args())
         ).fetchall()
+    return decisions_from_rows(rows, len(vectors))
+
+
+@contextmanager
+def _vector_errors(location: str) -> Iterator[None]:
+    """The routing functions reject bad vectors (wrong dimension, NaN) with a data exception:
+    surface its message and hint as an InputError naming the argument."""
+    try:
+        yield
     except psycopg.errors.DataException as exc:
         raise InputError(
             f"{exc.diag.message_primary}; {exc.diag.message_hint or ''}".strip("; "),
-            location="query vectors",
+            location=location,
         ) from exc
-    return decisions_from_rows(rows, len(vectors))
 
 
 ROUTE_SQL = """
@@ -424,15 +433,10 @@ def route_vector(
         raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
     query = _query_vector(vector)
     _ensure_vector_types(conn)
-    try:
+    with _vector_errors("query vector"):
         rows = conn.execute(
             ROUTE_SQL, (query, top_n, require_endpoint, *chosen.sql_args())
         ).fetchall()
-    except psycopg.errors.DataException as exc:
-        raise InputError(
-            f"{exc.diag.message_primary}; {exc.diag.message_hint or ''}".strip("; "),
-            location="query vector",
-        ) from exc
     if not rows or rows[0][0] is None:
         raise StoreStateError(NO_ACTIVE_CLUSTERING)
     clustering_id, cluster, distance = rows[0][0], rows[0][1], rows[0][2]
