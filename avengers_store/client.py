@@ -239,9 +239,15 @@ class AvengersClient:
         require_endpoint: bool = False,
         conn: psycopg.Connection | None = None,
     ) -> list[RouteDecision]:
-        """Route many texts and/or vectors in one statement (one snapshot); input order kept."""
+        """Route many texts and/or vectors in one statement (one snapshot); input order kept.
+        A 2-D numpy array is taken as one vector per row, as is."""
         if isinstance(queries, str):
             raise InputError("route_many takes a list of queries; use route() for one text")
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            with self._connection(conn, "read") as c:
+                return routing.route_vectors(
+                    c, queries, top_n, require_endpoint=require_endpoint, method=self.method
+                )
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
             decisions = routing.route_vectors(

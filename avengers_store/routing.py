@@ -11,10 +11,12 @@ nearest-cluster rule.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -208,6 +210,7 @@ def prepare_centroid_index(
     wanted = max(k, stored) >= min_k and dimension <= HNSW_MAX_DIMENSION
     if not wanted:
         conn.execute(sql.SQL("DROP INDEX IF EXISTS avengers.{}").format(sql.Identifier(name)))
+        _refresh_routing_state(conn, clustering_id)
         return CentroidIndex(clustering_id, k, dimension, None)
     # Partial (this clustering's rows only) expression index: the column is dimensionless, so the
     # cast fixes the dimension HNSW needs. A small graph, so a generous build costs little.
@@ -231,6 +234,7 @@ def prepare_centroid_index(
             ),
         )
     )
+    _refresh_routing_state(conn, clustering_id)
     return CentroidIndex(clustering_id, k, dimension, name)
 
 
@@ -241,6 +245,19 @@ def drop_centroid_index(conn: psycopg.Connection, clustering_id: int) -> None:
             sql.Identifier(index_name(clustering_id))
         )
     )
+    _refresh_routing_state(conn, clustering_id)
+
+
+def _refresh_routing_state(conn: psycopg.Connection, clustering_id: int) -> None:
+    """routing_state records whether the served clustering has an index (route and route_many
+    read it there instead of looking the index up on every call): an index built or dropped on
+    the active clustering refreshes it, and routing_models, which is built only without one."""
+    active = conn.execute(
+        "SELECT 1 FROM avengers.clusterings WHERE id = %s AND status = 'active'", (clustering_id,)
+    ).fetchone()
+    if active:
+        conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state")
+        conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models")
 
 
 def as_query_vector(value: Any, *, location: str = "query vector") -> Vector:
@@ -312,7 +329,10 @@ def _query_vector(value: Any, *, location: str = "query vector") -> _QueryVector
         raise InputError(
             f"expected a flat list of numbers, got shape {arr.shape}", location=location
         )
-    if not np.isfinite(arr).all() or not arr.any():
+    # One dot product checks both on the common path (finite and non-zero iff 0 < sum of
+    # squares < inf); the element-wise test decides only when that fails (or overflows).
+    square = float(np.dot(arr, arr))
+    if not 0.0 < square < math.inf and (not np.isfinite(arr).all() or not arr.any()):
         raise InputError("the vector must be finite and non-zero", location=location)
     return _QueryVector(arr)
 
@@ -393,7 +413,7 @@ def route_vectors(
     _ensure_vector_types(conn)
     with _vector_errors("query vectors"):
         rows = conn.execute(
-            ROUTE_MANY_SQL, (queries, top_n, require_endpoint, *chosen.sql_args())
+            ROUTE_MANY_SQL, (queries, top_n, require_endpoint, *chosen.sql_args()), binary=True
         ).fetchall()
     return decisions_from_rows(rows, len(vectors))
 
@@ -411,11 +431,51 @@ def _vector_errors(location: str) -> Iterator[None]:
         ) from exc
 
 
-ROUTE_SQL = """
-SELECT clustering_id, cluster, distance, rank, model_id, model, mean_score, n,
-       wilson_low, wilson_high, overall_score, endpoint, served_name, api_key_env, score
-FROM avengers.route(%b::vector, %s, %s, %s, %s, %s, %s)
-"""
+_ROUTE_COLUMNS = """clustering_id, cluster, distance, rank, model_id, model, mean_score, n,
+       wilson_low, wilson_high, overall_score, endpoint, served_name, api_key_env, score"""
+ROUTE_SQL = (
+    "SELECT " + _ROUTE_COLUMNS + "\nFROM avengers.route(%b::vector, {top_n}, {require_endpoint}, "
+    "{neighbours}, {temperature}::float8, {shrinkage}::float8, {dataset_prior}::float8)"
+)
+ROUTE_POOLED_SQL = (
+    "SELECT " + _ROUTE_COLUMNS + "\nFROM avengers.route_pooled(%b::vector, {top_n}, "
+    "{require_endpoint}, {neighbours}, {temperature}::float8, {shrinkage}::float8)"
+)
+
+
+@lru_cache(maxsize=256)
+def _route_sql(
+    template: str,
+    top_n: int,
+    require_endpoint: bool,
+    neighbours: int,
+    temperature: float,
+    shrinkage: float,
+    dataset_prior: float,
+) -> str:
+    return template.format(
+        top_n=int(top_n),
+        require_endpoint="true" if require_endpoint else "false",
+        neighbours=int(neighbours),
+        temperature=_float_literal(temperature),
+        shrinkage=_float_literal(shrinkage),
+        dataset_prior=_float_literal(dataset_prior),
+    )
+
+
+def _float_literal(value: float) -> str:
+    return "'" + repr(float(value)) + "'"
+
+
+def route_sql(
+    top_n: int, require_endpoint: bool, method: RoutingMethod, *, pooled: bool = False
+) -> str:
+    """The ``avengers.route`` (or, with ``pooled``, ``avengers.route_pooled``) statement for one
+    method, top_n and require_endpoint, the vector its only parameter: binding the six settings
+    as parameters costs ~20 µs more per route (most of it in the driver), and each distinct text
+    is one prepared statement on the connection."""
+    template = ROUTE_POOLED_SQL if pooled else ROUTE_SQL
+    return _route_sql(template, top_n, bool(require_endpoint), *method.sql_args())
 
 
 def route_vector(
@@ -426,17 +486,24 @@ def route_vector(
     require_endpoint: bool = False,
     method: str | RoutingMethod | None = None,
 ) -> RouteDecision:
-    """Route one vector: its nearest cluster and the top_n active models by routing score.
-    One ``avengers.route`` call (the single-vector form of ``route_many``, same decisions)."""
+    """Route one vector: its nearest cluster and the top_n active models by routing score, in
+    one round trip: ``avengers.route_pooled`` (the served path), or ``avengers.route`` when the
+    method has a dataset-mixture prior or route_pooled returned nothing (a clustering it does
+    not serve, or none active). Same decisions as ``route_many``."""
     chosen = routing_method(method)
     if top_n < 1:
         raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
     query = _query_vector(vector)
     _ensure_vector_types(conn)
+    rows: list[Any] = []
     with _vector_errors("query vector"):
-        rows = conn.execute(
-            ROUTE_SQL, (query, top_n, require_endpoint, *chosen.sql_args())
-        ).fetchall()
+        if not chosen.dataset_prior:
+            pooled = route_sql(top_n, require_endpoint, chosen, pooled=True)
+            rows = conn.execute(pooled, (query,), binary=True).fetchall()
+        if not rows:
+            rows = conn.execute(
+                route_sql(top_n, require_endpoint, chosen), (query,), binary=True
+            ).fetchall()
     if not rows or rows[0][0] is None:
         raise StoreStateError(NO_ACTIVE_CLUSTERING)
     clustering_id, cluster, distance = rows[0][0], rows[0][1], rows[0][2]

@@ -85,32 +85,83 @@ COMMENT ON COLUMN avengers.model_priors.datasets IS 'Calibration datasets with a
 COMMENT ON COLUMN avengers.model_priors.overall_score IS 'Mean outcome over all clustered calibration queries (= cluster_profiles.overall_score).';
 COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind overall_score.';
 
--- What avengers.route reads per neighbour, in one row per cluster: over a fixed model order
--- (model_priors' models by id), the outcome sums and counts of cluster_profiles (0 where a model
--- has no outcome in the cluster, which adds nothing to a pooled sum): one probe per neighbour
--- instead of one per (neighbour, model) row. The centroid stays in avengers.centroids (route
--- scans it there): copied here, a 384-d row would sit near Postgres' 2 kB TOAST threshold.
--- Built from cluster_profiles and model_priors, so refreshed after them.
-CREATE MATERIALIZED VIEW avengers.cluster_scores AS
-SELECT c.clustering_id, c.cluster, s.model_ids, s.score_sums, s.ns
+-- What avengers.route and avengers.route_many read on every call (sql/030_routing.sql), shaped
+-- so that a route is one scan of k centroids plus one pass over the models, with no per-(cluster,
+-- model) rows: the pooled sums over a query's neighbours are inner products, computed by pgvector
+-- in C, of a per-query weight vector over clusters with each model's per-cluster outcome sums and
+-- counts stored as sparse vectors (index = cluster + 1). pgvector works in float32, so pooled
+-- scores carry ~1e-7 relative rounding; the counts and sums of 0/1 outcomes are exact integers.
+-- A sparsevec holds at most 16,000 non-zero entries, so routing_models is built only for
+-- clusterings of at most 16,000 clusters; larger ones (and the HNSW-indexed ones, built from
+-- k = 16,384) are routed by avengers.route_many_general.
+
+-- One row, the active clustering: what a route checks and scales by.
+CREATE MATERIALIZED VIEW avengers.routing_state AS
+SELECT k.id AS clustering_id,
+       s.dimension,
+       (SELECT max(c.cluster) + 1 FROM avengers.centroids c WHERE c.clustering_id = k.id)
+         AS clusters,
+       sc.rho,
+       to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed,
+       coalesce((SELECT max(c.cluster) + 1 FROM avengers.centroids c
+                 WHERE c.clustering_id = k.id) <= 16000, false)
+         AND to_regclass('avengers.centroids_hnsw_' || k.id) IS NULL AS pooled
+FROM avengers.clusterings k
+JOIN avengers.embedding_spaces s ON s.id = k.space_id
+LEFT JOIN avengers.clustering_scale sc ON sc.clustering_id = k.id
+WHERE k.status = 'active'
+WITH DATA;
+CREATE UNIQUE INDEX routing_state_key ON avengers.routing_state (clustering_id);
+COMMENT ON MATERIALIZED VIEW avengers.routing_state IS
+  'The served clustering as routing sees it: dimension, number of clusters, scale, whether it has an HNSW centroid index, and whether route / route_many serve it from routing_centroids and routing_models (pooled) or through route_many_general. Refreshed with the profiles; an HNSW index is built before a clustering is activated.';
+COMMENT ON COLUMN avengers.routing_state.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.routing_state.dimension IS 'Dimension of its embedding space (query vectors must match).';
+COMMENT ON COLUMN avengers.routing_state.clusters IS 'Highest cluster index + 1: the dimension of the sparse vectors in routing_models.';
+COMMENT ON COLUMN avengers.routing_state.rho IS 'clustering_scale.rho (NULL without assignments).';
+COMMENT ON COLUMN avengers.routing_state.indexed IS 'Whether avengers.centroids_hnsw_<id> exists (very large k).';
+COMMENT ON COLUMN avengers.routing_state.pooled IS 'At most 16,000 clusters and no HNSW index: routing_models is built and route / route_many use it.';
+
+-- The active clustering's centroids with the sparse-vector key of each cluster, scanned once per
+-- routed query (a copy, so the scan reads no other version's rows and formats no integers).
+CREATE MATERIALIZED VIEW avengers.routing_centroids AS
+SELECT c.clustering_id, c.cluster, c.centroid, (c.cluster + 1)::text || ':' AS weight_key
 FROM avengers.centroids c
 JOIN avengers.clusterings k ON k.id = c.clustering_id AND k.status = 'active'
-CROSS JOIN LATERAL (
-  SELECT array_agg(mp.model_id ORDER BY mp.model_id) AS model_ids,
-         array_agg(coalesce(cp.score_sum, 0)::double precision ORDER BY mp.model_id) AS score_sums,
-         array_agg(coalesce(cp.n, 0)::double precision ORDER BY mp.model_id) AS ns
-  FROM avengers.model_priors mp
-  LEFT JOIN avengers.cluster_profiles cp
-    ON cp.clustering_id = mp.clustering_id AND cp.cluster = c.cluster
-       AND cp.model_id = mp.model_id
-  WHERE mp.clustering_id = c.clustering_id
-) AS s
 WITH DATA;
-CREATE UNIQUE INDEX cluster_scores_key ON avengers.cluster_scores (cluster);
-COMMENT ON MATERIALIZED VIEW avengers.cluster_scores IS
-  'Per cluster of the active clustering, over model_priors'' models in id order: the outcome sums and counts of cluster_profiles (0 without outcomes), the rows avengers.route pools.';
-COMMENT ON COLUMN avengers.cluster_scores.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.cluster_scores.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.cluster_scores.model_ids IS 'Models of model_priors, ascending id: the order of the two arrays below (the same in every row).';
-COMMENT ON COLUMN avengers.cluster_scores.score_sums IS 'cluster_profiles.score_sum of each model in the cluster (0 without outcomes).';
-COMMENT ON COLUMN avengers.cluster_scores.ns IS 'cluster_profiles.n of each model in the cluster (0 without outcomes).';
+CREATE UNIQUE INDEX routing_centroids_key ON avengers.routing_centroids (cluster);
+COMMENT ON MATERIALIZED VIEW avengers.routing_centroids IS
+  'Centroids of the active clustering, as routing scans them.';
+COMMENT ON COLUMN avengers.routing_centroids.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.routing_centroids.cluster IS 'Cluster index.';
+COMMENT ON COLUMN avengers.routing_centroids.centroid IS 'The centroid (avengers.centroids.centroid).';
+COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', the cluster''s entry key in a sparsevec literal.';
+
+-- Per model of model_priors: its outcome sums and counts in every cluster as sparse vectors
+-- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum).
+-- Sums below 1e-30 are left out too: float32 cannot hold them and they add nothing visible.
+-- Built from cluster_profiles, model_priors and routing_state, so refreshed after them.
+CREATE MATERIALIZED VIEW avengers.routing_models AS
+SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, v.score_sums, v.ns
+FROM avengers.model_priors mp
+JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id AND st.pooled
+CROSS JOIN LATERAL (
+  SELECT format('{%s}/%s',
+                string_agg((cp.cluster + 1)::text || ':' || cp.score_sum::text, ',')
+                  FILTER (WHERE cp.score_sum >= 1e-30),
+                st.clusters)::sparsevec AS score_sums,
+         format('{%s}/%s',
+                string_agg((cp.cluster + 1)::text || ':' || cp.n::text, ',') FILTER (WHERE cp.n > 0),
+                st.clusters)::sparsevec AS ns
+  FROM avengers.cluster_profiles cp
+  WHERE cp.clustering_id = mp.clustering_id AND cp.model_id = mp.model_id
+) AS v
+WITH DATA;
+CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (model_id);
+COMMENT ON MATERIALIZED VIEW avengers.routing_models IS
+  'Per model of the active clustering (when routing_state.pooled): the prior and tie-break scores of model_priors and, as sparse vectors over clusters (entry cluster + 1), the outcome sums and counts of cluster_profiles: what route / route_many pool with one inner product each.';
+COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.routing_models.model_id IS 'Model.';
+COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score.';
+COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score (the tie-breaker).';
+COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum per cluster (float32; entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n per cluster (entry cluster + 1).';

@@ -111,10 +111,6 @@ $$;
 COMMENT ON FUNCTION avengers.nearest_centroids(vector[], integer, integer) IS
   'For each query vector (ord = its 1-based position): the `neighbours` nearest centroids of the active clustering by Euclidean distance of the normalised query (exact; with a centroids_hnsw_<id> index, the index''s `candidates` nearest re-ranked exactly). No rows when no clustering is active.';
 
--- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
--- eligible model still gets one row (model NULL); with no active clustering every query gets one
--- row with cluster NULL.
---
 -- The score of model m for a query (the default "avengers" method):
 --   take the `neighbours` (L) nearest centroids c_1..c_L, distances d_1 <= ... <= d_L;
 --   w_j = exp(-(d_j^2 - d_1^2) / (temperature * rho))         (rho: avengers.clustering_scale)
@@ -130,9 +126,43 @@ COMMENT ON FUNCTION avengers.nearest_centroids(vector[], integer, integer) IS
 -- w_1 = 1, so the weights never all underflow; exp's argument is floored at -700 (Postgres
 -- raises on underflow; e^-700 is 1e-304, nothing next to w_1). With rho = 0 (every calibration
 -- query on its centroid) or temperature = 0 only the centroids at distance d_1 count.
--- Cost over the paper rule: L rows per query from the same ORDER BY ... LIMIT scan, and a join
--- to at most L x (models) profile rows by their (cluster, model_id) key.
-CREATE FUNCTION avengers.route_many(
+--
+-- Two implementations of that one rule, sharing the two expressions below (inlined where used):
+-- * route_many / route (the served path): the L nearest centroids from one exact ORDER BY ...
+--   LIMIT scan of routing_centroids per query, their weights written as one sparse vector over
+--   clusters, and each model's pooled sums as pgvector inner products with its sparse per-cluster
+--   sums and counts (routing_models): one row per model, no per-(neighbour, model) rows. pgvector
+--   computes in float32, so scores carry ~1e-7 relative rounding (decisions differ from exact
+--   arithmetic only between models within that distance). Weights below 1e-30 are dropped.
+-- * route_many_general: the same rule in double precision over cluster_profiles rows, with the
+--   dataset-mixture prior and the HNSW index path of nearest_centroids. The served path hands over
+--   to it when routing_state.pooled is false (HNSW-indexed clusterings, more than 16,000
+--   clusters) or dataset_prior <> 0, behind one-time filters, so only one of them runs.
+
+CREATE FUNCTION avengers.neighbour_weight(
+  distance double precision, nearest double precision, temperature double precision,
+  rho double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN rho > 0 AND temperature > 0 THEN
+              exp(greatest(-700.0, -(distance ^ 2 - nearest ^ 2) / (temperature * rho)))
+            WHEN distance = nearest THEN 1.0::double precision
+            ELSE 0.0::double precision END;
+COMMENT ON FUNCTION avengers.neighbour_weight(double precision, double precision, double precision, double precision) IS
+  'Weight of a neighbour centroid at `distance` when the nearest is at `nearest`: exp(-(d^2 - d_1^2) / (temperature * rho)); only the nearest distance counts when temperature or rho is 0.';
+
+CREATE FUNCTION avengers.pooled_score(
+  ws double precision, wn double precision, prior double precision,
+  shrinkage double precision, dataset_prior double precision, dprior double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (ws + shrinkage * prior + dataset_prior * coalesce(dprior, prior))
+       / nullif(wn + shrinkage + dataset_prior, 0);
+COMMENT ON FUNCTION avengers.pooled_score(double precision, double precision, double precision, double precision, double precision, double precision) IS
+  'Routing score from the weighted outcome sum ws and count wn over the neighbours, shrunk toward the model''s prior (and the dataset-mixture prior dprior, the prior when NULL).';
+
+-- The general path: route_many's rule in double precision (see above), over cluster_profiles.
+CREATE FUNCTION avengers.route_many_general(
   queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
   shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
@@ -142,6 +172,9 @@ RETURNS TABLE (
   wilson_low double precision, wilson_high double precision, overall_score double precision,
   endpoint text, served_name text, api_key_env text, score double precision)
 LANGUAGE sql STABLE
+-- A SET clause keeps it from being inlined into route / route_many, whose plans would otherwise
+-- initialise all of it on every call, also when a one-time filter skips it.
+SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
   WITH near AS MATERIALIZED (
     SELECT nc.ord, nc.clustering_id, nc.cluster, nc.distance, nc.neighbour
@@ -152,12 +185,7 @@ BEGIN ATOMIC
   ),
   weights AS (
     SELECT nb.ord, nb.clustering_id, nb.cluster,
-           CASE WHEN nb.neighbour = 1 THEN 1.0::double precision
-                WHEN s.rho > 0 AND temperature > 0 THEN
-                  exp(greatest(-700.0,
-                      -(nb.distance ^ 2 - h.distance ^ 2) / (temperature * s.rho)))
-                WHEN nb.distance = h.distance THEN 1.0::double precision
-                ELSE 0.0::double precision END AS w
+           avengers.neighbour_weight(nb.distance, h.distance, temperature, s.rho) AS w
     FROM near nb
     JOIN head h ON h.ord = nb.ord
     LEFT JOIN avengers.clustering_scale s ON s.clustering_id = nb.clustering_id
@@ -190,9 +218,8 @@ BEGIN ATOMIC
   scored AS (
     SELECT h.ord, mp.model_id, m.name AS model, mp.overall_score, m.endpoint,
            coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
-           (coalesce(pl.ws, 0) + shrinkage * mp.prior_score
-              + dataset_prior * coalesce(mx.dprior, mp.prior_score))
-           / nullif(coalesce(pl.wn, 0) + shrinkage + dataset_prior, 0) AS score,
+           avengers.pooled_score(coalesce(pl.ws, 0), coalesce(pl.wn, 0), mp.prior_score, shrinkage,
+                                 dataset_prior, mx.dprior) AS score,
            coalesce(pl.wn, 0) AS wn
     FROM head h
     JOIN avengers.model_priors mp ON mp.clustering_id = h.clustering_id
@@ -221,57 +248,176 @@ BEGIN ATOMIC
       AND cp.clustering_id = h.clustering_id OFFSET 0) AS p ON true
   ORDER BY q.ord, r.position;
 END;
-COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (see sql/030_routing.sql; neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
+COMMENT ON FUNCTION avengers.route_many_general(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
+  'route_many in double precision over cluster_profiles rows, with the dataset-mixture prior and the HNSW centroid index: what route and route_many hand over to when routing_state.pooled is false or dataset_prior <> 0. Same arguments and rows as route_many.';
 
--- The score rule of route_many for one vector, as plain SQL (no plpgsql, so no per-call SPI
--- statements): the active clustering and its HNSW flag in one small lookup, the L nearest
--- centroids by one exact ORDER BY ... LIMIT scan (the query normalised once), then the same
--- pooling, priors and ranking as route_many, with the same expressions, so both give the same
--- decision. A clustering with a centroids_hnsw_<id> index (k >= 16,384) goes through route_many
--- and nearest_centroids' index path instead: the two branches are gated by one-time filters, so
--- only one runs. The dimension check stays in SQL (avengers.query_dimension_error raises only
--- when it fails). Measured at k = 64 (bench/route_latency.py): see bench/README.md.
-CREATE FUNCTION avengers.query_dimension_error(dim integer, clustering integer)
+CREATE FUNCTION avengers.query_dimension_error(dim integer, clustering integer, ord integer DEFAULT 1)
 RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-  RAISE EXCEPTION 'query vector 1 is NULL or does not have the % dimensions of the active clustering %',
-    dim, clustering
+  RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
+    ord, dim, clustering
     USING ERRCODE = 'data_exception',
           HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.spaces.active_space).';
 END
 $$;
-COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer) IS
-  'Raises the routing error for a query vector that is NULL or of the wrong dimension (called by avengers.route only when the check fails).';
+COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer, integer) IS
+  'Raises the routing error for a query vector that is NULL or of the wrong dimension (called by route / route_many only when the check fails).';
 
--- route's branch for a clustering with an HNSW index: route_many with one vector. plpgsql only so
--- that it is not inlined: inlined, route_many's whole plan would be initialised on every route
--- call even though a one-time filter skips it (one diagnostic run at k = 64: 600 -> 390 µs per
--- route once it was not inlined).
-CREATE FUNCTION avengers.route_indexed(
-  query vector, top_n integer, require_endpoint boolean, neighbours integer,
-  temperature double precision, shrinkage double precision, dataset_prior double precision)
+-- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
+-- eligible model still gets one row (model NULL); with no active clustering every query gets one
+-- row with cluster NULL. work_mem: the ranking sorts (query x model) rows, 80,000 for 10,000
+-- vectors and 8 models; at the default 4 MB that sort spills to disk.
+CREATE FUNCTION avengers.route_many(
+  queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
+  neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
+  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
+RETURNS TABLE (
+  ord integer, clustering_id integer, cluster integer, distance double precision, rank integer,
+  model_id integer, model text, mean_score double precision, n integer,
+  wilson_low double precision, wilson_high double precision, overall_score double precision,
+  endpoint text, served_name text, api_key_env text, score double precision)
+LANGUAGE sql STABLE
+SET plan_cache_mode = force_generic_plan
+SET work_mem = '64MB'
+BEGIN ATOMIC
+  WITH st AS MATERIALIZED (
+    SELECT s.clustering_id, s.dimension, s.clusters, s.rho
+    FROM avengers.routing_state s
+    WHERE s.pooled AND dataset_prior = 0
+  ),
+  -- MATERIALIZED: each query checked and normalised once, not once per centroid.
+  q AS MATERIALIZED (
+    SELECT x.ord::integer AS ord, l2_normalize(x.v) AS u
+    FROM st CROSS JOIN unnest(queries) WITH ORDINALITY AS x(v, ord)
+    WHERE CASE WHEN x.v IS NOT NULL AND vector_dims(x.v) = st.dimension THEN true
+               ELSE avengers.query_dimension_error(st.dimension, st.clustering_id, x.ord::integer)
+          END
+  ),
+  -- Per query, in one pass over its L nearest centroids: the nearest (ties: lower cluster) and
+  -- the neighbours' weights as one sparsevec literal.
+  routed AS MATERIALIZED (
+    SELECT q.ord, p.cluster, p.distance, p.weights
+    FROM q CROSS JOIN st
+    CROSS JOIN LATERAL (
+      SELECT min(nb.cluster) FILTER (WHERE nb.distance = nb.nearest) AS cluster,
+             min(nb.nearest) AS distance,
+             format('{%s}/%s', string_agg(nb.weight_key || nb.w::text, ',') FILTER (WHERE nb.w >= 1e-30),
+                    st.clusters)::sparsevec AS weights
+      FROM (
+        SELECT o.cluster, o.weight_key, o.distance, o.nearest,
+               avengers.neighbour_weight(o.distance, o.nearest, temperature, st.rho) AS w
+        FROM (
+          SELECT l.*, first_value(l.distance) OVER (ORDER BY l.distance, l.cluster) AS nearest
+          FROM (
+            SELECT c.cluster, c.weight_key, c.centroid <-> q.u AS distance
+            FROM avengers.routing_centroids c
+            ORDER BY 3, 1
+            LIMIT greatest(neighbours, 1)) AS l) AS o) AS nb) AS p
+  ),
+  scored AS (
+    SELECT rt.ord, rm.model_id, m.name AS model, rm.overall_score,
+           avengers.pooled_score(-(rm.score_sums <#> rt.weights), -(rm.ns <#> rt.weights),
+                                 rm.prior_score, shrinkage, 0, NULL) AS score,
+           -(rm.ns <#> rt.weights) AS wn
+    FROM routed rt
+    CROSS JOIN avengers.routing_models rm
+    JOIN avengers.models m ON m.id = rm.model_id
+    WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
+  ),
+  ranked AS (
+    SELECT w.* FROM (
+      SELECT sc.ord, sc.model_id, sc.overall_score, sc.score,
+             row_number() OVER (PARTITION BY sc.ord
+                                ORDER BY sc.score DESC, sc.overall_score DESC, sc.model) AS rank
+      FROM scored sc
+      -- Without a prior (shrinkage = 0) a model needs outcomes near the query.
+      WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage > 0)) AS w
+    WHERE w.rank <= top_n
+  )
+  SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
+         r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
+         m.endpoint, coalesce(m.served_name, m.name), m.api_key_env, r.score
+  FROM routed rt
+  CROSS JOIN st
+  LEFT JOIN (ranked r JOIN avengers.models m ON m.id = r.model_id) ON r.ord = rt.ord
+  LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
+  UNION ALL
+  SELECT g.ord, g.clustering_id, g.cluster, g.distance, g.rank, g.model_id, g.model, g.mean_score,
+         g.n, g.wilson_low, g.wilson_high, g.overall_score, g.endpoint, g.served_name,
+         g.api_key_env, g.score
+  FROM avengers.route_many_general(queries, top_n, require_endpoint, neighbours, temperature,
+                                   shrinkage, dataset_prior) AS g
+  WHERE NOT EXISTS (SELECT FROM st)
+  ORDER BY 1, 5;
+END;
+COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
+  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (see sql/030_routing.sql; neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
+
+-- One vector: route_many's served path written for a single query, without the CTEs a batch
+-- needs (each materialises a tuplestore) and with the query normalised once (an InitPlan). No
+-- rows when the served path does not apply (routing_state.pooled false, or no clustering
+-- active); avengers.route below adds the hand-over to route_many_general, and the Python client
+-- calls route_pooled first and route only when it returned nothing, which keeps the hand-over's
+-- extra scan and plan nodes (≈ 15 µs of a ≈ 250 µs round trip at k = 64) off the common path.
+-- Not inlined (a SET clause prevents it), so the body's plan is cached with the function and kept
+-- generic: inlined into the caller's statement, Postgres re-planned it on every call whenever the
+-- custom plan looked cheaper (planning costs ≈ 1.5-2 ms). The dimension check raises through
+-- avengers.query_dimension_error only when it fails. Measured at k = 64: bench/README.md.
+CREATE FUNCTION avengers.route_pooled(
+  query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
+  neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
+  shrinkage double precision DEFAULT 1)
 RETURNS TABLE (
   clustering_id integer, cluster integer, distance double precision, rank integer,
   model_id integer, model text, mean_score double precision, n integer,
   wilson_low double precision, wilson_high double precision, overall_score double precision,
   endpoint text, served_name text, api_key_env text, score double precision)
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-  RETURN QUERY
-    SELECT r.clustering_id, r.cluster, r.distance, r.rank, r.model_id, r.model, r.mean_score,
-           r.n, r.wilson_low, r.wilson_high, r.overall_score, r.endpoint, r.served_name,
-           r.api_key_env, r.score
-    FROM avengers.route_many(ARRAY[query], top_n, require_endpoint, neighbours, temperature,
-                             shrinkage, dataset_prior) AS r;
-END
-$$;
-COMMENT ON FUNCTION avengers.route_indexed(vector, integer, boolean, integer, double precision, double precision, double precision) IS
-  'avengers.route through route_many (used by route when the active clustering has a centroids_hnsw_<id> index).';
+LANGUAGE sql STABLE
+SET plan_cache_mode = force_generic_plan
+BEGIN ATOMIC
+  SELECT st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
+         cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
+         r.endpoint, r.served_name, r.api_key_env, r.score
+  FROM avengers.routing_state st
+  CROSS JOIN LATERAL (
+    SELECT min(nb.cluster) FILTER (WHERE nb.distance = nb.nearest) AS cluster,
+           min(nb.nearest) AS distance,
+           format('{%s}/%s', string_agg(nb.weight_key || nb.w::text, ',') FILTER (WHERE nb.w >= 1e-30),
+                  st.clusters)::sparsevec AS weights
+    FROM (
+      SELECT o.cluster, o.weight_key, o.distance, o.nearest,
+             avengers.neighbour_weight(o.distance, o.nearest, temperature, st.rho) AS w
+      FROM (
+        SELECT l.*, first_value(l.distance) OVER (ORDER BY l.distance, l.cluster) AS nearest
+        FROM (
+          SELECT c.cluster, c.weight_key, c.centroid <-> (SELECT l2_normalize(query)) AS distance
+          FROM avengers.routing_centroids c
+          ORDER BY 3, 1
+          LIMIT greatest(neighbours, 1)) AS l) AS o) AS nb) AS p
+  LEFT JOIN LATERAL (
+    SELECT sc.*, row_number() OVER (ORDER BY sc.score DESC, sc.overall_score DESC, sc.model) AS rank
+    FROM (
+      SELECT rm.model_id, m.name AS model, rm.overall_score, m.endpoint,
+             coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
+             avengers.pooled_score(-(rm.score_sums <#> p.weights), -(rm.ns <#> p.weights),
+                                   rm.prior_score, shrinkage, 0, NULL) AS score,
+             -(rm.ns <#> p.weights) AS wn
+      FROM avengers.routing_models rm
+      JOIN avengers.models m ON m.id = rm.model_id
+      WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)) AS sc
+    WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage > 0)) AS r ON r.rank <= top_n
+  LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = p.cluster AND cp.model_id = r.model_id
+  WHERE st.pooled
+    AND CASE WHEN query IS NOT NULL AND vector_dims(query) = st.dimension THEN true
+             ELSE avengers.query_dimension_error(st.dimension, st.clustering_id) END
+  ORDER BY 4;
+END;
+COMMENT ON FUNCTION avengers.route_pooled(vector, integer, boolean, integer, double precision, double precision) IS
+  'avengers.route''s served path without the dataset-mixture prior: the same rows when routing_state.pooled, no rows otherwise (then call avengers.route).';
 
+-- Any clustering and any settings: route_pooled where it applies, else route_many_general.
 CREATE FUNCTION avengers.route(
   query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
@@ -282,110 +428,26 @@ RETURNS TABLE (
   wilson_low double precision, wilson_high double precision, overall_score double precision,
   endpoint text, served_name text, api_key_env text, score double precision)
 LANGUAGE sql STABLE
--- Not inlined (a SET clause prevents it), so the body's plan is cached with the function and kept
--- generic: inlined into the caller's statement, Postgres re-planned it on every call whenever the
--- custom plan looked cheaper (planning costs ≈ 1.5-2 ms; at k = 4,096 the inlined route took
--- about twice route_many's time, on par with this setting).
 SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
-  WITH act AS MATERIALIZED (
-    SELECT k.id,
-           to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed,
-           l2_normalize(query) AS u
-    FROM avengers.clusterings k
-    JOIN avengers.embedding_spaces s ON s.id = k.space_id
-    WHERE k.status = 'active'
-      AND CASE WHEN query IS NOT NULL AND vector_dims(query) = s.dimension THEN true
-               ELSE avengers.query_dimension_error(s.dimension, k.id) END
-  ),
-  near AS MATERIALIZED (
-    SELECT c.clustering_id, c.cluster, c.centroid <-> (SELECT a.u FROM act a) AS distance
-    FROM avengers.centroids c
-    WHERE c.clustering_id = (SELECT a.id FROM act a)
-    ORDER BY 3, 2
-    LIMIT greatest(neighbours, 1)
-  ),
-  head AS MATERIALIZED (
-    SELECT h.clustering_id, h.cluster, h.distance FROM near h ORDER BY 3, 2 LIMIT 1
-  ),
-  weights AS (
-    SELECT nb.clustering_id, nb.cluster, cs.model_ids, cs.score_sums, cs.ns,
-           CASE WHEN nb.cluster = h.cluster THEN 1.0::double precision
-                WHEN s.rho > 0 AND temperature > 0 THEN
-                  exp(greatest(-700.0,
-                      -(nb.distance ^ 2 - h.distance ^ 2) / (temperature * s.rho)))
-                WHEN nb.distance = h.distance THEN 1.0::double precision
-                ELSE 0.0::double precision END AS w
-    FROM near nb
-    CROSS JOIN head h
-    LEFT JOIN avengers.clustering_scale s ON s.clustering_id = nb.clustering_id
-    -- LATERAL ... OFFSET 0: one index probe per neighbour whatever the planner guesses for L
-    -- (as route_many does for cluster_profiles), never a hash of all k rows.
-    LEFT JOIN LATERAL (
-      SELECT x.model_ids, x.score_sums, x.ns FROM avengers.cluster_scores x
-      WHERE x.cluster = nb.cluster AND x.clustering_id = nb.clustering_id OFFSET 0) AS cs ON true
-  ),
-  -- The L neighbours' per-model sums, pooled element by element (cluster_scores: one array
-  -- entry per model, 0 where the model has no outcome, which adds exactly nothing).
-  pooled AS (
-    SELECT p.model_id, sum(wt.w * p.score_sum) AS ws, sum(wt.w * p.n) AS wn
-    FROM weights wt
-    CROSS JOIN LATERAL unnest(wt.model_ids, wt.score_sums, wt.ns) AS p(model_id, score_sum, n)
-    GROUP BY p.model_id
-  ),
-  mixture AS (
-    SELECT cd.dataset_id, sum(wt.w * cd.n) AS wd
-    FROM weights wt
-    JOIN avengers.cluster_datasets cd
-      ON cd.cluster = wt.cluster AND cd.clustering_id = wt.clustering_id
-    WHERE dataset_prior <> 0
-    GROUP BY cd.dataset_id
-  ),
-  mixed AS (
-    SELECT dp.model_id, sum(mx.wd * dp.mean_score) / nullif(sum(mx.wd), 0) AS dprior
-    FROM mixture mx
-    JOIN avengers.dataset_profiles dp ON dp.dataset_id = mx.dataset_id
-    GROUP BY dp.model_id
-  ),
-  scored AS (
-    SELECT mp.model_id, m.name AS model, mp.overall_score, m.endpoint,
-           coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
-           (coalesce(pl.ws, 0) + shrinkage * mp.prior_score
-              + dataset_prior * coalesce(mx.dprior, mp.prior_score))
-           / nullif(coalesce(pl.wn, 0) + shrinkage + dataset_prior, 0) AS score,
-           coalesce(pl.wn, 0) AS wn
-    FROM head h
-    JOIN avengers.model_priors mp ON mp.clustering_id = h.clustering_id
-    JOIN avengers.models m ON m.id = mp.model_id
-    LEFT JOIN pooled pl ON pl.model_id = mp.model_id
-    LEFT JOIN mixed mx ON mx.model_id = mp.model_id
-    WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
-  ),
-  ranked AS (
-    SELECT sc.*, row_number() OVER (ORDER BY sc.score DESC, sc.overall_score DESC, sc.model)
-                   AS position
-    FROM scored sc
-    WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage + dataset_prior > 0)
+  WITH served AS MATERIALIZED (
+    SELECT coalesce((SELECT s.pooled FROM avengers.routing_state s), false)
+           AND dataset_prior = 0 AS pooled
   )
-  SELECT h.clustering_id, h.cluster, h.distance, r.position::integer,
-         r.model_id, r.model, p.mean_score, p.n, p.wilson_low, p.wilson_high, r.overall_score,
-         r.endpoint, r.served_name, r.api_key_env, r.score
-  FROM (VALUES (1)) AS one(x)
-  LEFT JOIN head h ON true
-  LEFT JOIN ranked r ON r.position <= top_n
-  LEFT JOIN LATERAL (
-    SELECT cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high FROM avengers.cluster_profiles cp
-    WHERE cp.cluster = h.cluster AND cp.model_id = r.model_id
-      AND cp.clustering_id = h.clustering_id OFFSET 0) AS p ON true
-  WHERE NOT coalesce((SELECT a.indexed FROM act a), false)
-  UNION ALL
   SELECT r.clustering_id, r.cluster, r.distance, r.rank, r.model_id, r.model, r.mean_score, r.n,
          r.wilson_low, r.wilson_high, r.overall_score, r.endpoint, r.served_name, r.api_key_env,
          r.score
-  FROM avengers.route_indexed(query, top_n, require_endpoint, neighbours, temperature,
-                              shrinkage, dataset_prior) AS r
-  WHERE coalesce((SELECT a.indexed FROM act a), false)
+  FROM avengers.route_pooled(query, top_n, require_endpoint, neighbours, temperature,
+                             shrinkage) AS r
+  WHERE (SELECT v.pooled FROM served v)
+  UNION ALL
+  SELECT g.clustering_id, g.cluster, g.distance, g.rank, g.model_id, g.model, g.mean_score, g.n,
+         g.wilson_low, g.wilson_high, g.overall_score, g.endpoint, g.served_name, g.api_key_env,
+         g.score
+  FROM avengers.route_many_general(ARRAY[query], top_n, require_endpoint, neighbours,
+                                   temperature, shrinkage, dataset_prior) AS g
+  WHERE NOT (SELECT v.pooled FROM served v)
   ORDER BY 4;
 END;
 COMMENT ON FUNCTION avengers.route(vector, integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route one query vector (the rule of route_many, in plain SQL): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';
+  'Route one query vector (the rule of route_many): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';

@@ -10,12 +10,14 @@ BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.dataset_profiles;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_datasets;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_priors;
-  -- cluster_scores reads cluster_profiles and model_priors.
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_scores;
+  -- The routing tables read the views above (routing_models reads routing_state).
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_centroids;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_profiles() IS
-  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, cluster_scores) from outcomes and the active clustering; readers keep the old rows until commit.';
+  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, routing_state, routing_centroids, routing_models) from outcomes and the active clustering; readers keep the old rows until commit.';
 
 CREATE PROCEDURE avengers.activate_clustering(clustering integer)
 LANGUAGE plpgsql
