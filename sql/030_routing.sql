@@ -145,7 +145,8 @@ CREATE FUNCTION avengers.neighbour_weight(
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN rho > 0 AND temperature > 0 THEN
-              exp(greatest(-700.0, -(distance ^ 2 - nearest ^ 2) / (temperature * rho)))
+              -- d * d, not d ^ 2: the same double (both round once) without a call to pow().
+              exp(greatest(-700.0, -(distance * distance - nearest * nearest) / (temperature * rho)))
             WHEN distance = nearest THEN 1.0::double precision
             ELSE 0.0::double precision END;
 COMMENT ON FUNCTION avengers.neighbour_weight(double precision, double precision, double precision, double precision) IS
