@@ -70,10 +70,10 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
         vectors = [Vector(q) for q in queries]
 
         def run_client() -> int:
-            return len(client.route_many(list(queries), conn=conn))
+            return len(client.route_many(queries, conn=conn))
 
         def run_paper() -> int:
-            return len(paper.route_many(list(queries), conn=conn))
+            return len(paper.route_many(queries, conn=conn))
 
         def run_sql() -> int:
             rows = conn.execute(routing.ROUTE_MANY_SQL, (vectors, 1, False, *sql_args)).fetchall()

@@ -3,13 +3,16 @@ in the same process and run: numpy's argmin over the same centroids, and a bare 
 trip on the same connection. ratio = route p50 / (numpy p50 + SELECT 1 p50).
 
 "route" is ``AvengersClient.route(vector, conn=conn)``: the client's code path with its default
-routing method ("avengers": 16 nearest centroids pooled) on the same connection as the floors
-(one round trip: ``avengers.route``, the single-vector form of ``avengers.route_many``). Also timed: the "paper" method (the
-nearest cluster only),
-the same call through the client's pool ("route_pooled"), the bare SQL statement without the
-Python around it ("route_sql"), and the same vector through ``avengers.route_many``
-("route_many_sql", the single-route path before ``avengers.route`` had its own body). All of them are timed round-robin per iteration so machine noise
-falls on all of them alike; each repeat is a full round; reported figures are medians over repeats.
+routing method ("avengers": 16 nearest centroids pooled) on the same connection as the floors (one
+round trip: ``avengers.route_pooled``). The three are timed round-robin per iteration, so machine
+noise falls on all of them alike. A second interleaved pass, with its own two floors, times the
+variants: the "paper" method (the nearest cluster only), the same call through the client's pool
+("route_pooled"), the bare statement without the Python around it ("route_sql"), the
+``avengers.route`` function SQL users call (with the hand-over to ``route_many_general``;
+"route_dispatch") and the same vector through ``avengers.route_many`` ("route_many_sql"). Kept out
+of the ratio's pass: a router repeats one statement, and five other statements between two routes
+evict the caches the route would find warm. Each repeat runs both passes; reported figures are
+medians over repeats.
 
 Example:
     /work/venv/bin/python bench/route_latency.py --k 64
@@ -94,6 +97,8 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")  # the nearest-cluster rule only
     sql_args = routing.routing_method(client.method).sql_args()
+    route_statement = routing.route_sql(1, False, client.method, pooled=True)
+    dispatch_statement = routing.route_sql(1, False, client.method)
     try:
         # Agreement with numpy's argmin (the same rule), on all queries, before timing.
         decisions = client.route_many(list(queries), conn=conn)
@@ -112,7 +117,10 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
             return client.route(queries[i])
 
         def route_sql(i: int) -> object:
-            return conn.execute(routing.ROUTE_SQL, (vectors[i], 1, False, *sql_args)).fetchall()
+            return conn.execute(route_statement, (vectors[i],)).fetchall()
+
+        def route_dispatch(i: int) -> object:
+            return conn.execute(dispatch_statement, (vectors[i],)).fetchall()
 
         def route_many_one(i: int) -> object:
             # The single route before avengers.route had its own body: route_many, one vector.
@@ -139,11 +147,16 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
             # shared machine OpenBLAS's spinning threads made it 20x slower at k=4096.
             with threadpool_limits(limits=1, user_api="blas"):
                 times = interleaved(
+                    {"route": route, "numpy": numpy_argmin, "select1": select1},
+                    n,
+                    warmup=50 if r == 0 else 10,
+                )
+                variants = interleaved(
                     {
-                        "route": route,
                         "route_paper": route_paper,
                         "route_pooled": route_pooled,
                         "route_sql": route_sql,
+                        "route_dispatch": route_dispatch,
                         "route_many_sql": route_many_one,
                         "numpy": numpy_argmin,
                         "select1": select1,
@@ -154,15 +167,21 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
             stats = {name: summary_us(t) for name, t in times.items()}
             floor = stats["numpy"]["p50_us"] + stats["select1"]["p50_us"]
             stats["ratio"] = round(stats["route"]["p50_us"] / floor, 2)
-            stats["ratio_sql"] = round(stats["route_sql"]["p50_us"] / floor, 2)
-            stats["ratio_pooled"] = round(stats["route_pooled"]["p50_us"] / floor, 2)
-            stats["ratio_paper"] = round(stats["route_paper"]["p50_us"] / floor, 2)
-            stats["ratio_route_many_sql"] = round(stats["route_many_sql"]["p50_us"] / floor, 2)
+            diag = {name: summary_us(t) for name, t in variants.items()}
+            floor_v = diag["numpy"]["p50_us"] + diag["select1"]["p50_us"]
+            for name in ("route_paper", "route_pooled", "route_sql", "route_dispatch",
+                         "route_many_sql"):  # fmt: skip
+                stats[name] = diag[name]
+                stats["ratio_" + name.removeprefix("route_")] = round(
+                    diag[name]["p50_us"] / floor_v, 2
+                )
+            stats["numpy_variants"] = diag["numpy"]
+            stats["select1_variants"] = diag["select1"]
             rounds.append(stats)
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
                 f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, pooled {stats['route_pooled']['p50_us']:.0f}"
-                f", bare SQL {stats['route_sql']['p50_us']:.0f} (route_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
+                f", bare SQL {stats['route_sql']['p50_us']:.0f} (avengers.route {stats['route_dispatch']['p50_us']:.0f}, route_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
     finally:
@@ -186,9 +205,12 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
                 "route_paper",
                 "route_pooled",
                 "route_sql",
+                "route_dispatch",
                 "route_many_sql",
                 "numpy",
                 "select1",
+                "numpy_variants",
+                "select1_variants",
             )
             for field in ("p50_us", "p99_us")
         },
@@ -196,7 +218,8 @@ def measure_k(url: str, store, k: int, n: int, repeat: int, seed: int, budget_s:
         "ratio_sql": round(median([s["ratio_sql"] for s in rounds]), 2),
         "ratio_pooled": round(median([s["ratio_pooled"] for s in rounds]), 2),
         "ratio_paper": round(median([s["ratio_paper"] for s in rounds]), 2),
-        "ratio_route_many_sql": round(median([s["ratio_route_many_sql"] for s in rounds]), 2),
+        "ratio_route_many_sql": round(median([s["ratio_many_sql"] for s in rounds]), 2),
+        "ratio_dispatch": round(median([s["ratio_dispatch"] for s in rounds]), 2),
         "method": client.method.name,
         "ratios": [s["ratio"] for s in rounds],
     }
