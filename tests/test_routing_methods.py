@@ -179,6 +179,8 @@ def test_full_ranking_and_the_dataset_mixture_prior(store, conn):
         routing.PAPER,
         routing.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0),
         routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
+        # Sent as literals by the single-route path: 1e-06 must survive the round trip.
+        routing.RoutingMethod("sharp", neighbours=16, temperature=1e-6),
     ],
     ids=lambda m: m.name,
 )
