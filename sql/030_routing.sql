@@ -333,8 +333,9 @@ BEGIN ATOMIC
              row_number() OVER (PARTITION BY sc.ord
                                 ORDER BY sc.score DESC, sc.overall_score DESC, sc.model) AS rank
       FROM scored sc
-      -- Without a prior (shrinkage = 0) a model needs outcomes near the query.
-      WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage > 0)) AS w
+      -- Without a prior (shrinkage = 0) a model needs outcomes near the query (tested first,
+      -- so that wn's inner product is computed only then).
+      WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS w
     WHERE w.rank <= top_n
   )
   SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
@@ -408,7 +409,7 @@ BEGIN ATOMIC
       FROM avengers.routing_models rm
       JOIN avengers.models m ON m.id = rm.model_id
       WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)) AS sc
-    WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage > 0)) AS r ON r.rank <= top_n
+    WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS r ON r.rank <= top_n
   LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = p.cluster AND cp.model_id = r.model_id
   WHERE st.pooled
     AND CASE WHEN query IS NOT NULL AND vector_dims(query) = st.dimension THEN true
