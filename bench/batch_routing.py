@@ -28,6 +28,7 @@ from _common import (
     serve_k,
 )
 from pgvector import Vector
+from threadpoolctl import threadpool_limits
 
 from avengers_store import db, routing
 from avengers_store.client import AvengersClient
@@ -80,8 +81,11 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
             return len(rows)
 
         def run_numpy() -> int:
-            u = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-            return len(np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1))
+            # One BLAS thread: OpenBLAS's idle threads spin after a call, and on 2 cores they
+            # slowed the statement timed next by ~20%.
+            with threadpool_limits(limits=1, user_api="blas"):
+                u = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+                return len(np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1))
 
         run_client()  # warm-up: plans, caches
         times: dict[str, list[float]] = {"client": [], "paper": [], "sql": [], "numpy": []}
