@@ -410,7 +410,11 @@ BEGIN ATOMIC
       JOIN avengers.models m ON m.id = rm.model_id
       WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)) AS sc
     WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS r ON r.rank <= top_n
-  LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = p.cluster AND cp.model_id = r.model_id
+  -- LATERAL ... OFFSET 0: one index probe for each of the top_n rows, whatever the statistics
+  -- (without them the planner hashed all of cluster_profiles on every call).
+  LEFT JOIN LATERAL (
+    SELECT x.mean_score, x.n, x.wilson_low, x.wilson_high FROM avengers.cluster_profiles x
+    WHERE x.cluster = p.cluster AND x.model_id = r.model_id OFFSET 0) AS cp ON true
   WHERE st.pooled
     AND CASE WHEN query IS NOT NULL AND vector_dims(query) = st.dimension THEN true
              ELSE avengers.query_dimension_error(st.dimension, st.clustering_id) END

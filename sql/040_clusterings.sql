@@ -14,6 +14,10 @@ BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_centroids;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
+  -- Fresh statistics for what routing reads: a refresh leaves none, and the routing functions'
+  -- cached plans are built from them (and replanned when ANALYZE changes them).
+  ANALYZE avengers.cluster_profiles, avengers.routing_state, avengers.routing_centroids,
+          avengers.routing_models;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_profiles() IS
