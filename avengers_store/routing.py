@@ -105,7 +105,7 @@ def routing_method(method: str | RoutingMethod | None) -> RoutingMethod:
     return found
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """One model proposed for a query, best first (rank 1). ``score`` is the routing score;
     ``mean_score``, ``n`` and the Wilson bounds describe the model on the nearest cluster (None
@@ -125,7 +125,7 @@ class Candidate:
     score: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteDecision:
     """Why a query goes where it goes: its cluster in a clustering version and the ranked models."""
 
