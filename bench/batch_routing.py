@@ -21,6 +21,7 @@ from _common import (
     build_store,
     describe_server,
     finish,
+    freeze_setup_heap,
     fresh_database,
     median,
     parser,
@@ -88,6 +89,7 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
                 return len(np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1))
 
         run_client()  # warm-up: plans, caches
+        freeze_setup_heap()
         times: dict[str, list[float]] = {"client": [], "paper": [], "sql": [], "numpy": []}
         for r in range(repeat):
             for name, fn in (
