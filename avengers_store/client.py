@@ -216,7 +216,12 @@ class AvengersClient:
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
         """Route a text (embedded in the serving space) or a vector: one SQL round trip
-        (``avengers.route``)."""
+        (``avengers.route_pooled``, else ``avengers.route``)."""
+        if conn is not None and not isinstance(query, str):
+            # A vector on the caller's connection: nothing to embed, no pool to check out.
+            return routing.route_vector(
+                conn, query, top_n, require_endpoint=require_endpoint, method=self.method
+            )
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
             decision = routing.route_vector(
