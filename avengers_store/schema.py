@@ -16,6 +16,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from psycopg import sql
 from sqlalchemy import create_engine, pool
 
 from . import db
@@ -136,6 +137,12 @@ def apply_definitions(conn: psycopg.Connection) -> None:
             conn.execute(text)
         except psycopg.Error as exc:
             raise AvengersError(f"sql/{name} failed to apply: {exc}") from exc
+    # Re-created materialized views start without statistics; the routing functions' cached
+    # plans are built from them (see refresh_profiles in sql/040_clusterings.sql).
+    for (view,) in conn.execute(
+        "SELECT matviewname FROM pg_matviews WHERE schemaname = 'avengers' ORDER BY 1"
+    ).fetchall():
+        conn.execute(sql.SQL("ANALYZE avengers.{}").format(sql.Identifier(view)))
     conn.execute(
         """INSERT INTO avengers.meta (key, value) VALUES (%s, %s)
            ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()""",
