@@ -296,6 +296,13 @@ def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, con
         ids = conn.execute(f"SELECT DISTINCT clustering_id FROM avengers.{view}").fetchall()
         assert ids == [(new.id,)]
     assert Reference(conn).k == 5
+    # ... and analyzes what routing reads: its cached plans are built from these statistics.
+    analyzed = conn.execute(
+        """SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = 'avengers'
+           AND tablename IN ('cluster_profiles', 'routing_state', 'routing_centroids',
+                             'routing_models')"""
+    ).fetchall()
+    assert len(analyzed) == 4
     # The routing tables follow the switch: route = route_many.
     queries = unit(np.random.default_rng(5).standard_normal((20, store.shape[1])))
     batch = routing.route_vectors(conn, queries, top_n=3)
