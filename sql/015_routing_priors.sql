@@ -139,11 +139,18 @@ COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', 
 -- Per model of model_priors: its outcome sums and counts in every cluster as sparse vectors
 -- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum).
 -- Sums below 1e-30 are left out too: float32 cannot hold them and they add nothing visible.
+-- The model's row of avengers.models is copied in, so a route reads one relation for its
+-- candidates (a join to models cost ≈ 13 µs of a ≈ 250 µs route); a statement trigger on
+-- avengers.models (sql/040_clusterings.sql) refreshes this view in the same transaction as any
+-- change there, so routing never sees an outdated flag or endpoint.
 -- Built from cluster_profiles, model_priors and routing_state, so refreshed after them.
 CREATE MATERIALIZED VIEW avengers.routing_models AS
-SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, v.score_sums, v.ns
+SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, v.score_sums, v.ns,
+       m.name, m.active, m.endpoint, coalesce(m.served_name, m.name) AS served_name,
+       m.api_key_env
 FROM avengers.model_priors mp
 JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id AND st.pooled
+JOIN avengers.models m ON m.id = mp.model_id
 CROSS JOIN LATERAL (
   SELECT format('{%s}/%s',
                 string_agg((cp.cluster + 1)::text || ':' || cp.score_sum::text, ',')
@@ -158,10 +165,15 @@ CROSS JOIN LATERAL (
 WITH DATA;
 CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (model_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_models IS
-  'Per model of the active clustering (when routing_state.pooled): the prior and tie-break scores of model_priors and, as sparse vectors over clusters (entry cluster + 1), the outcome sums and counts of cluster_profiles: what route / route_many pool with one inner product each.';
+  'Per model of the active clustering (when routing_state.pooled): the prior and tie-break scores of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles (what route / route_many pool with one inner product each), and the model''s row of avengers.models, kept current by a trigger on that table.';
 COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The active clustering version.';
 COMMENT ON COLUMN avengers.routing_models.model_id IS 'Model.';
 COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score.';
 COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score (the tie-breaker).';
 COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum per cluster (float32; entry cluster + 1).';
 COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n per cluster (entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.name IS 'models.name.';
+COMMENT ON COLUMN avengers.routing_models.active IS 'models.active (routing skips inactive models).';
+COMMENT ON COLUMN avengers.routing_models.endpoint IS 'models.endpoint.';
+COMMENT ON COLUMN avengers.routing_models.served_name IS 'models.served_name, else the name.';
+COMMENT ON COLUMN avengers.routing_models.api_key_env IS 'models.api_key_env.';

@@ -318,14 +318,13 @@ BEGIN ATOMIC
             LIMIT greatest(neighbours, 1)) AS l) AS o) AS nb) AS p
   ),
   scored AS (
-    SELECT rt.ord, rm.model_id, m.name AS model, rm.overall_score,
+    SELECT rt.ord, rm.model_id, rm.name AS model, rm.overall_score,
            avengers.pooled_score(-(rm.score_sums <#> rt.weights), -(rm.ns <#> rt.weights),
                                  rm.prior_score, shrinkage, 0, NULL) AS score,
            -(rm.ns <#> rt.weights) AS wn
     FROM routed rt
     CROSS JOIN avengers.routing_models rm
-    JOIN avengers.models m ON m.id = rm.model_id
-    WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
+    WHERE rm.active AND (NOT require_endpoint OR rm.endpoint IS NOT NULL)
   ),
   ranked AS (
     SELECT w.* FROM (
@@ -340,10 +339,10 @@ BEGIN ATOMIC
   )
   SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
          r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
-         m.endpoint, coalesce(m.served_name, m.name), m.api_key_env, r.score
+         m.endpoint, m.served_name, m.api_key_env, r.score
   FROM routed rt
   CROSS JOIN st
-  LEFT JOIN (ranked r JOIN avengers.models m ON m.id = r.model_id) ON r.ord = rt.ord
+  LEFT JOIN (ranked r JOIN avengers.routing_models m ON m.model_id = r.model_id) ON r.ord = rt.ord
   LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
   UNION ALL
   SELECT g.ord, g.clustering_id, g.cluster, g.distance, g.rank, g.model_id, g.model, g.mean_score,
@@ -401,14 +400,13 @@ BEGIN ATOMIC
   LEFT JOIN LATERAL (
     SELECT sc.*, row_number() OVER (ORDER BY sc.score DESC, sc.overall_score DESC, sc.model) AS rank
     FROM (
-      SELECT rm.model_id, m.name AS model, rm.overall_score, m.endpoint,
-             coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
+      SELECT rm.model_id, rm.name AS model, rm.overall_score, rm.endpoint, rm.served_name,
+             rm.api_key_env,
              avengers.pooled_score(-(rm.score_sums <#> p.weights), -(rm.ns <#> p.weights),
                                    rm.prior_score, shrinkage, 0, NULL) AS score,
              -(rm.ns <#> p.weights) AS wn
       FROM avengers.routing_models rm
-      JOIN avengers.models m ON m.id = rm.model_id
-      WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)) AS sc
+      WHERE rm.active AND (NOT require_endpoint OR rm.endpoint IS NOT NULL)) AS sc
     WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS r ON r.rank <= top_n
   -- LATERAL ... OFFSET 0: one index probe for each of the top_n rows, whatever the statistics
   -- (without them the planner hashed all of cluster_profiles on every call).

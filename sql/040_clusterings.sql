@@ -46,3 +46,22 @@ END
 $$;
 COMMENT ON PROCEDURE avengers.activate_clustering(integer) IS
   'Make a clustering version the served one and refresh profiles, atomically: CALL avengers.activate_clustering(7).';
+
+-- routing_models carries each model's row of avengers.models (name, active, endpoint, ...): any
+-- change to the table refreshes it in the same transaction. CONCURRENTLY: routers keep reading
+-- the previous rows until the change commits.
+CREATE FUNCTION avengers.refresh_routing_models() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
+  RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION avengers.refresh_routing_models() IS
+  'Trigger function: refresh avengers.routing_models after a change to avengers.models.';
+CREATE TRIGGER models_refresh_routing
+  AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON avengers.models
+  FOR EACH STATEMENT EXECUTE FUNCTION avengers.refresh_routing_models();
+COMMENT ON TRIGGER models_refresh_routing ON avengers.models IS
+  'Keeps the model columns of avengers.routing_models current.';

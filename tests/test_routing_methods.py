@@ -253,6 +253,12 @@ def test_inactive_models_and_endpoints_in_the_soft_rule(store, conn):
                  (MODELS[6],))  # fmt: skip
     only = routing.route_vectors(conn, store[:20], top_n=3, require_endpoint=True)
     assert all([c.model for c in d.candidates] == [MODELS[6]] for d in only)
+    # The single route reads the model columns from routing_models, which a trigger on
+    # avengers.models keeps current within the transaction.
+    one = routing.route_vector(conn, store[0], top_n=3, require_endpoint=True)
+    assert [(c.model, c.endpoint) for c in one.candidates] == [(MODELS[6], "http://127.0.0.1:1/v1")]
+    conn.execute("UPDATE avengers.models SET active = false WHERE name = %s", (MODELS[6],))
+    assert routing.route_vector(conn, store[0], require_endpoint=True).candidates == ()
 
 
 def test_sql_defaults_are_the_avengers_preset(conn):
