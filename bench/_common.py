@@ -315,6 +315,13 @@ def interleaved(
     return times
 
 
+def settle(url: str) -> None:
+    """VACUUM (ANALYZE) the freshly built store before timing: otherwise autovacuum starts on the
+    new tables during the first minute of measurements and takes one of the two cores."""
+    with db.connect(url, autocommit=True, vector=False) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+
+
 def freeze_setup_heap() -> None:
     """Move every object alive now out of the garbage collector's view (``gc.freeze``). Called
     after setup, before timing: the store build imports scikit-learn and the scripts keep

@@ -27,6 +27,7 @@ from _common import (
     parser,
     say,
     serve_k,
+    settle,
 )
 from pgvector import Vector
 from threadpoolctl import threadpool_limits
@@ -89,6 +90,7 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
                 return len(np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1))
 
         run_client()  # warm-up: plans, caches
+        settle(url)
         freeze_setup_heap()
         times: dict[str, list[float]] = {"client": [], "paper": [], "sql": [], "numpy": []}
         for r in range(repeat):
