@@ -266,6 +266,35 @@ $$;
 COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer, integer) IS
   'Raises the routing error for a query vector that is NULL or of the wrong dimension (called by route / route_many only when the check fails).';
 
+-- The served path's neighbourhood of one normalised query u: the nearest centroid (ties: lower
+-- cluster) and its distance, and the `neighbours` nearest centroids' weights as one sparsevec
+-- over clusters (entry cluster + 1; weights below 1e-30 left out, float32 cannot hold them),
+-- in one pass over routing_centroids. Plain SQL, no SET clause: inlined where route_pooled and
+-- route_many call it (once per query in a batch), so both run the same expressions.
+CREATE FUNCTION avengers.neighbourhood(
+  u vector, neighbours integer, temperature double precision, rho double precision,
+  clusters integer)
+RETURNS TABLE (cluster integer, distance double precision, weights sparsevec)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT min(nb.cluster) FILTER (WHERE nb.distance = nb.nearest),
+         min(nb.nearest),
+         format('{%s}/%s', string_agg(nb.weight_key || nb.w::text, ',') FILTER (WHERE nb.w >= 1e-30),
+                clusters)::sparsevec
+  FROM (
+    SELECT o.cluster, o.weight_key, o.distance, o.nearest,
+           avengers.neighbour_weight(o.distance, o.nearest, temperature, rho) AS w
+    FROM (
+      SELECT l.*, first_value(l.distance) OVER (ORDER BY l.distance, l.cluster) AS nearest
+      FROM (
+        SELECT c.cluster, c.weight_key, c.centroid <-> u AS distance
+        FROM avengers.routing_centroids c
+        ORDER BY 3, 1
+        LIMIT greatest(neighbours, 1)) AS l) AS o) AS nb;
+END;
+COMMENT ON FUNCTION avengers.neighbourhood(vector, integer, double precision, double precision, integer) IS
+  'Nearest centroid, its distance and the neighbours'' weights (sparsevec over clusters) of a normalised query in the active clustering''s routing_centroids: the part route_pooled and route_many share.';
+
 -- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
 -- eligible model still gets one row (model NULL); with no active clustering every query gets one
 -- row with cluster NULL. work_mem: the ranking sorts (query x model) rows, 80,000 for 10,000
@@ -301,21 +330,7 @@ BEGIN ATOMIC
   routed AS MATERIALIZED (
     SELECT q.ord, p.cluster, p.distance, p.weights
     FROM q CROSS JOIN st
-    CROSS JOIN LATERAL (
-      SELECT min(nb.cluster) FILTER (WHERE nb.distance = nb.nearest) AS cluster,
-             min(nb.nearest) AS distance,
-             format('{%s}/%s', string_agg(nb.weight_key || nb.w::text, ',') FILTER (WHERE nb.w >= 1e-30),
-                    st.clusters)::sparsevec AS weights
-      FROM (
-        SELECT o.cluster, o.weight_key, o.distance, o.nearest,
-               avengers.neighbour_weight(o.distance, o.nearest, temperature, st.rho) AS w
-        FROM (
-          SELECT l.*, first_value(l.distance) OVER (ORDER BY l.distance, l.cluster) AS nearest
-          FROM (
-            SELECT c.cluster, c.weight_key, c.centroid <-> q.u AS distance
-            FROM avengers.routing_centroids c
-            ORDER BY 3, 1
-            LIMIT greatest(neighbours, 1)) AS l) AS o) AS nb) AS p
+    CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
   ),
   scored AS (
     SELECT rt.ord, rm.model_id, rm.name AS model, rm.overall_score,
@@ -382,21 +397,9 @@ BEGIN ATOMIC
          cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
          r.endpoint, r.served_name, r.api_key_env, r.score
   FROM avengers.routing_state st
-  CROSS JOIN LATERAL (
-    SELECT min(nb.cluster) FILTER (WHERE nb.distance = nb.nearest) AS cluster,
-           min(nb.nearest) AS distance,
-           format('{%s}/%s', string_agg(nb.weight_key || nb.w::text, ',') FILTER (WHERE nb.w >= 1e-30),
-                  st.clusters)::sparsevec AS weights
-    FROM (
-      SELECT o.cluster, o.weight_key, o.distance, o.nearest,
-             avengers.neighbour_weight(o.distance, o.nearest, temperature, st.rho) AS w
-      FROM (
-        SELECT l.*, first_value(l.distance) OVER (ORDER BY l.distance, l.cluster) AS nearest
-        FROM (
-          SELECT c.cluster, c.weight_key, c.centroid <-> (SELECT l2_normalize(query)) AS distance
-          FROM avengers.routing_centroids c
-          ORDER BY 3, 1
-          LIMIT greatest(neighbours, 1)) AS l) AS o) AS nb) AS p
+  -- OFFSET 0: normalised once, not once per centroid compared with.
+  CROSS JOIN LATERAL (SELECT l2_normalize(query) AS u OFFSET 0) AS q
+  CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
   LEFT JOIN LATERAL (
     SELECT sc.*, row_number() OVER (ORDER BY sc.score DESC, sc.overall_score DESC, sc.model) AS rank
     FROM (
