@@ -128,10 +128,11 @@ COMMENT ON FUNCTION avengers.nearest_centroids(vector[], integer, integer) IS
 -- query on its centroid) or temperature = 0 only the centroids at distance d_1 count.
 --
 -- Two implementations of that one rule, sharing the two expressions below (inlined where used):
--- * route_many / route (the served path): the L nearest centroids from one exact ORDER BY ...
---   LIMIT scan of routing_centroids per query, their weights written as one sparse vector over
---   clusters, and each model's pooled sums as pgvector inner products with its sparse per-cluster
---   sums and counts (routing_models): one row per model, no per-(neighbour, model) rows. pgvector
+-- * route_many / route_pooled (the served path): the L nearest centroids from one exact ORDER BY
+--   ... LIMIT scan of routing_centroids per query, their weights written as one sparse vector over
+--   clusters (both in avengers.neighbourhood), and each model's pooled sums as pgvector inner
+--   products with its sparse per-cluster sums and counts (routing_models): one row per model, no
+--   per-(neighbour, model) rows. pgvector
 --   computes in float32, so scores carry ~1e-7 relative rounding (decisions differ from exact
 --   arithmetic only between models within that distance). Weights below 1e-30 are dropped.
 -- * route_many_general: the same rule in double precision over cluster_profiles rows, with the
