@@ -150,7 +150,7 @@ def table() -> str:
                     f"`ask` overhead over a direct call, n = {b['samples']} ({b['strategy']}, "
                     f"SmolLM2, max_tokens {r['max_tokens']}, torch threads "
                     f"{r.get('torch_threads', '?')})",
-                    f"**+{b['added_ms']:.0f} ms** (ask {b['ask_ms_p50']:.0f} ms vs direct "
+                    f"**{b['added_ms']:+.0f} ms** (ask {b['ask_ms_p50']:.0f} ms vs direct "
                     f"{b['direct_ms_p50']:.0f} ms); of which embedding "
                     f"{b.get('embed_after_generation_ms_p50', r['embed_one_ms_p50']):.0f} ms "
                     f"(alone {r['embed_one_ms_p50']:.0f} ms), vector route "
