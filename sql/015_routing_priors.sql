@@ -99,16 +99,18 @@ COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind 
 CREATE MATERIALIZED VIEW avengers.routing_state AS
 SELECT k.id AS clustering_id,
        s.dimension,
-       (SELECT max(c.cluster) + 1 FROM avengers.centroids c WHERE c.clustering_id = k.id)
-         AS clusters,
+       x.clusters,
        sc.rho,
-       to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed,
-       coalesce((SELECT max(c.cluster) + 1 FROM avengers.centroids c
-                 WHERE c.clustering_id = k.id) <= 16000, false)
-         AND to_regclass('avengers.centroids_hnsw_' || k.id) IS NULL AS pooled
+       x.indexed,
+       coalesce(x.clusters <= 16000, false) AND NOT x.indexed AS pooled
 FROM avengers.clusterings k
 JOIN avengers.embedding_spaces s ON s.id = k.space_id
 LEFT JOIN avengers.clustering_scale sc ON sc.clustering_id = k.id
+CROSS JOIN LATERAL (
+  SELECT (SELECT max(c.cluster) + 1 FROM avengers.centroids c WHERE c.clustering_id = k.id)
+           AS clusters,
+         to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed
+) AS x
 WHERE k.status = 'active'
 WITH DATA;
 CREATE UNIQUE INDEX routing_state_key ON avengers.routing_state (clustering_id);
