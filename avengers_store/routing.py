@@ -491,9 +491,10 @@ def route_vector(
     method: str | RoutingMethod | None = None,
 ) -> RouteDecision:
     """Route one vector: its nearest cluster and the top_n active models by routing score, in
-    one round trip: ``avengers.route_pooled`` (the served path), or ``avengers.route`` when the
-    method has a dataset-mixture prior or route_pooled returned nothing (a clustering it does
-    not serve, or none active). Same decisions as ``route_many``."""
+    one round trip: ``avengers.route_pooled`` (the served path, a prepared statement), or
+    ``avengers.route`` when the method has a dataset-mixture prior, the connection does not
+    prepare statements, or route_pooled returned nothing (a clustering it does not serve, or
+    none active). Same decisions as ``route_many``."""
     chosen = routing_method(method)
     if top_n < 1:
         raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
@@ -501,9 +502,13 @@ def route_vector(
     _ensure_vector_types(conn)
     rows: list[Any] = []
     try:  # not _vector_errors: a generator context manager costs µs on this path
-        if not chosen.dataset_prior:
+        # route_pooled's body is inlined into this statement, which pays off once the statement
+        # is prepared, so it is prepared on first use; a connection that prepares nothing
+        # (prepare_threshold None, e.g. behind a transaction-mode pooler) would plan the whole
+        # body per call and uses avengers.route, which caches its plan, instead.
+        if not chosen.dataset_prior and conn.prepare_threshold is not None:
             pooled = route_sql(top_n, require_endpoint, chosen, pooled=True)
-            rows = conn.execute(pooled, (query,), binary=True).fetchall()
+            rows = conn.execute(pooled, (query,), prepare=True, binary=True).fetchall()
         if not rows:
             rows = conn.execute(
                 route_sql(top_n, require_endpoint, chosen), (query,), binary=True

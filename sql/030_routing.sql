@@ -392,7 +392,10 @@ RETURNS TABLE (
   wilson_low double precision, wilson_high double precision, overall_score double precision,
   endpoint text, served_name text, api_key_env text, score double precision)
 LANGUAGE sql STABLE
-SET plan_cache_mode = force_generic_plan
+-- No SET clause, so that the planner inlines the body into the calling statement: the client's
+-- prepared statement runs it as one plan, ≈ 12 µs per route less than calling a function with
+-- its own plan (and avengers.route caches it inlined). The price: a statement that is not
+-- prepared plans the whole body on every call (≈ 0.5 ms); such callers use avengers.route.
 BEGIN ATOMIC
   SELECT st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
          cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
@@ -423,7 +426,7 @@ BEGIN ATOMIC
   ORDER BY 4;
 END;
 COMMENT ON FUNCTION avengers.route_pooled(vector, integer, boolean, integer, double precision, double precision) IS
-  'avengers.route''s served path without the dataset-mixture prior: the same rows when routing_state.pooled, no rows otherwise (then call avengers.route).';
+  'avengers.route''s served path without the dataset-mixture prior: the same rows when routing_state.pooled, no rows otherwise (then call avengers.route). Inlined into the calling statement: prepare that statement, or call avengers.route, which caches its plan.';
 
 -- Any clustering and any settings: route_pooled where it applies, else route_many_general.
 CREATE FUNCTION avengers.route(

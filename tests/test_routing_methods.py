@@ -361,3 +361,33 @@ def test_served_path_equals_the_general_path(store, conn, method):
                 assert (x.mean_score, x.n, x.wilson_low, x.wilson_high) == (
                     y.mean_score, y.n, y.wilson_low, y.wilson_high)  # fmt: skip
     assert flipped <= 4
+
+
+def test_single_route_inlines_the_served_body_or_falls_back_unprepared(store, conn):
+    # route_pooled has no SET clause, so the client's statement plans its body as one plan
+    # (no function scan), prepared on first use.
+    queries = store[:20]
+    prepared = [routing.route_vector(conn, q, top_n=3) for q in queries]
+    statement = routing.route_sql(3, False, routing.AVENGERS, pooled=True)
+    plan = conn.execute(
+        "EXPLAIN (COSTS OFF) " + statement, (routing._query_vector(store[0]),), binary=True
+    ).fetchall()
+    assert any("routing_centroids" in line for (line,) in plan)
+    assert not any("route_pooled" in line for (line,) in plan)
+    names = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    assert any("avengers.route_pooled(" in s for (s,) in names)
+    # A connection that prepares nothing would plan that body on every call: it is routed
+    # through avengers.route (its plan cached in the function), with the same decisions.
+    threshold = conn.prepare_threshold
+    conn.prepare_threshold = None
+    try:
+        unprepared = [routing.route_vector(conn, q, top_n=3) for q in queries]
+    finally:
+        conn.prepare_threshold = threshold
+    for a, b in zip(prepared, unprepared, strict=True):
+        assert (a.clustering_id, a.cluster) == (b.clustering_id, b.cluster)
+        assert [(c.model, c.rank) for c in a.candidates] == [
+            (c.model, c.rank) for c in b.candidates
+        ]
+        for x, y in zip(a.candidates, b.candidates, strict=True):
+            assert x.score == pytest.approx(y.score, abs=1e-12)
