@@ -43,7 +43,9 @@ class AvengersClient:
     the serving space (it must produce vectors of that space); ``pool_size`` bounds database
     connections per pool; ``max_concurrency`` bounds questions in flight in ``ask_many``;
     ``method`` is the routing rule (a ``routing.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
-    default ``routing.AVENGERS``).
+    default ``routing.AVENGERS``); ``prepared_statements=False`` keeps the pools' connections
+    from preparing statements (for a transaction-mode pooler that cannot keep them; single
+    routes then go through ``avengers.route``, whose plan the server caches).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class AvengersClient:
         pool_size: int = 4,
         max_concurrency: int = 4,
         method: str | routing.RoutingMethod | None = None,
+        prepared_statements: bool = True,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -74,6 +77,7 @@ class AvengersClient:
         self.max_tokens = max_tokens
         self.pool_size = pool_size
         self.max_concurrency = max_concurrency
+        self.prepared_statements = prepared_statements
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -110,7 +114,9 @@ class AvengersClient:
             target,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True}
+            if self.prepared_statements
+            else {"autocommit": True, "prepare_threshold": None},
             configure=lambda c: db.register_vector(c, target),
             open=False,
             name=f"avengers-{db.redact(target)}",

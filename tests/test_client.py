@@ -102,6 +102,29 @@ def test_route_and_route_many(store):
         assert client._pools == {}
 
 
+def test_routes_without_prepared_statements(store):
+    # For a transaction-mode pooler: same decisions, nothing prepared on the pool's connections.
+    queries = [[1, 0.1, 0, 0], [0, 1, 0, 0], [0.3, 1, 0, 0], [1, 0, 0, 0]]
+    with (
+        AvengersClient(store) as prepared,
+        AvengersClient(store, prepared_statements=False) as plain,
+    ):
+        for q in queries:
+            a, b = prepared.route(q, top_n=3), plain.route(q, top_n=3)
+            assert (a.cluster, [(c.model, c.score) for c in a.candidates]) == (
+                b.cluster,
+                [(c.model, c.score) for c in b.candidates],
+            )
+        count = (
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%avengers.route%'"
+        )
+        with plain._pools["read"].connection() as c:
+            assert c.prepare_threshold is None
+            assert c.execute(count).fetchone()[0] == 0
+        with prepared._pools["read"].connection() as c:
+            assert c.execute(count).fetchone()[0] >= 1
+
+
 def test_reads_go_to_the_read_replica(store, monkeypatch):
     replica = make_conninfo(store, application_name="avengers-replica")
     monkeypatch.setenv("AVENGERS_READ_DATABASE_URL", replica)
