@@ -395,7 +395,7 @@ LANGUAGE sql STABLE
 -- No SET clause, so that the planner inlines the body into the calling statement: the client's
 -- prepared statement runs it as one plan, ≈ 12 µs per route less than calling a function with
 -- its own plan (and avengers.route caches it inlined). The price: a statement that is not
--- prepared plans the whole body on every call (≈ 0.5 ms); such callers use avengers.route.
+-- prepared plans the whole body on every call (≈ 0.5–0.8 ms); such callers use avengers.route.
 BEGIN ATOMIC
   SELECT st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
          cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
