@@ -8,6 +8,13 @@ few border queries move). Clusters left empty by that reassignment are dropped, 
 numbered by size, largest first, so ``k`` of a version can be below the requested k (the request
 is kept in ``params.requested_k``).
 
+By default the fit is stratified by dataset (``stratify="dataset"``): each calibration dataset is
+clustered on its own with a share of k proportional to its size, and the centroids are pooled
+before the reassignment above. A plain fit over everything lets a large dataset's queries dominate
+the clusters it shares with a smaller, similar one (MMLU and ARC-Challenge), and such a mixed
+cluster ranks the large dataset's best model first for both; docs/evaluation.md has the
+measurements. ``stratify="none"`` is one fit over all calibration queries (the paper's recipe).
+
 The whole switch — the new version row, its centroids and assignments, the activation and the
 profile refresh — is one transaction: a concurrent router sees the old version or the new one,
 never a mix, and a failure anywhere leaves the previous version serving.
@@ -32,6 +39,7 @@ ALGORITHMS = ("kmeans", "minibatch-kmeans", "ward", "gmm", "spectral", "birch")
 # Above this many vectors "kmeans" runs as MiniBatchKMeans: full Lloyd passes get slow on 2 cores.
 MINIBATCH_THRESHOLD = 50_000
 KMEANS_N_INIT = 4
+STRATIFY = ("dataset", "none")
 # Ward keeps an n x n distance matrix; spectral an eigensolve of an n-node graph.
 MAX_VECTORS = {"ward": 20_000, "spectral": 50_000}
 
@@ -152,11 +160,14 @@ def _as_array(value) -> np.ndarray:
     return value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value, np.float32)
 
 
-def calibration_vectors(conn: psycopg.Connection, space_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(query ids, float32 vectors) of calibration queries of non-OOD datasets in a space."""
+def calibration_vectors(
+    conn: psycopg.Connection, space_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query ids, float32 vectors, dataset names) of calibration queries of non-OOD datasets
+    in a space."""
     with conn.cursor(binary=True) as cur:
         cur.execute(
-            """SELECT q.id, e.embedding
+            """SELECT q.id, e.embedding, d.name
                FROM avengers.queries q
                JOIN avengers.datasets d ON d.id = q.dataset_id AND NOT d.is_ood
                JOIN avengers.query_embeddings e ON e.query_id = q.id AND e.space_id = %s
@@ -166,10 +177,12 @@ def calibration_vectors(conn: psycopg.Connection, space_id: int) -> tuple[np.nda
         )
         rows = cur.fetchall()
     if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros((0, 0), dtype=np.float32), empty.astype(object)
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     vectors = np.stack([_as_array(r[1]) for r in rows]).astype(np.float32, copy=False)
-    return ids, vectors
+    names = np.array([r[2] for r in rows], dtype=object)
+    return ids, vectors, names
 
 
 def _check_calibration_set(conn: psycopg.Connection, space: spaces.Space) -> dict[str, int]:
@@ -279,6 +292,52 @@ def fit_labels(
     return np.asarray(labels, dtype=np.int64), params
 
 
+def stratum_sizes(sizes: dict[str, int], k: int) -> dict[str, int]:
+    """Split k over datasets in proportion to their sizes (largest remainder), at least one
+    cluster each while k allows and never more clusters than a dataset has queries."""
+    names = sorted(sizes)
+    n = np.array([sizes[name] for name in names], dtype=np.float64)
+    share = n / n.sum() * k
+    ks = np.minimum(np.maximum(np.floor(share), 1), n).astype(np.int64)
+    while ks.sum() > k:  # more datasets than k: the ones with the least share give way
+        ks[int(np.argmax(np.where(ks > 0, ks - share, -np.inf)))] -= 1
+    while ks.sum() < k and (ks < n).any():
+        ks[int(np.argmax(np.where(ks < n, share - ks, -np.inf)))] += 1
+    return {name: int(kd) for name, kd in zip(names, ks, strict=True)}
+
+
+def fit_stratified(
+    vectors: np.ndarray, groups: np.ndarray, k: int, algorithm: str, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One fit per group (dataset) with k split by :func:`stratum_sizes`; labels are offset so
+    the groups' clusters stay distinct. A group given no cluster (more groups than k) keeps label
+    -1: :func:`partition` places its queries at their nearest centroid."""
+    names, counts = np.unique(groups, return_counts=True)
+    per = stratum_sizes(dict(zip(names.tolist(), counts.tolist(), strict=True)), k)
+    labels = np.full(len(vectors), -1, dtype=np.int64)
+    params: dict[str, Any] = {"stratify": "dataset", "k_per_dataset": per}
+    offset = 0
+    for name in sorted(per):
+        if per[name] == 0:
+            continue
+        rows = np.flatnonzero(groups == name)
+        if per[name] == 1:  # one cluster: the dataset's mean, whatever the algorithm
+            labels[rows] = offset
+            offset += 1
+            continue
+        sub, sub_params = fit_labels(vectors[rows], per[name], algorithm, seed)
+        labels[rows] = sub + offset
+        offset += per[name]
+        note = sub_params.pop("fit", None)
+        if note:
+            params.setdefault("fit_notes", {}).setdefault(note, []).append(name)
+        params.update(sub_params)
+    notes = params.pop("fit_notes", {})
+    if notes:
+        params["fit"] = "; ".join(f"{note} in {', '.join(sets)}" for note, sets in notes.items())
+    return labels, params
+
+
 def nearest_centroids(
     vectors: np.ndarray, centroids: np.ndarray, chunk: int = 8192
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -311,9 +370,10 @@ class Partition:
 
 
 def partition(vectors: np.ndarray, labels: np.ndarray) -> Partition:
-    """Member means of ``labels``, then nearest-centroid reassignment; empty clusters dropped and
-    clusters renumbered by size (largest first)."""
-    found = np.unique(labels)
+    """Member means of ``labels`` (-1: no cluster of its own), then nearest-centroid
+    reassignment of every vector; empty clusters dropped and clusters renumbered by size (largest
+    first)."""
+    found = np.unique(labels[labels >= 0])
     means = np.stack([vectors[labels == lab].astype(np.float64).mean(axis=0) for lab in found])
     # Assign against the float32 values that will be stored, as the database will compare them.
     means = means.astype(np.float32)
@@ -399,6 +459,7 @@ def recluster(
     seed: int = 42,
     keep: int | None = None,
     *,
+    stratify: str = "dataset",
     activate: bool = True,
     url: str | None = None,
     conn: psycopg.Connection | None = None,
@@ -407,8 +468,15 @@ def recluster(
     """Fit a new clustering version on the calibration queries of non-OOD datasets in the active
     space, store it and (unless ``activate=False``) serve it, all in one transaction.
 
+    ``stratify``: ``"dataset"`` fits each calibration dataset on its own with k split in
+    proportion to dataset size (see the module docstring); ``"none"`` fits all queries at once.
     ``keep``: afterwards delete all but the ``keep`` newest non-active versions.
     """
+    if stratify not in STRATIFY:
+        raise InputError(
+            f"unknown stratify {stratify!r}; choose one of {', '.join(STRATIFY)}",
+            location="--stratify",
+        )
     if algorithm not in ALGORITHMS:
         raise InputError(
             f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}",
@@ -428,7 +496,7 @@ def recluster(
                 )
             counts = _check_calibration_set(c, space)
             phases.start("read vectors")
-            query_ids, vectors = calibration_vectors(c, space.id)
+            query_ids, vectors, dataset_names = calibration_vectors(c, space.id)
             phases.done()
             n = len(query_ids)
             if k > n:
@@ -437,9 +505,13 @@ def recluster(
                     f"choose --k {max(1, min(64, n // 10 or 1))} or load more data",
                     location="--k",
                 )
-            phases.start(f"fit {algorithm} k={k} on {n:,} vectors")
+            phases.start(f"fit {algorithm} k={k} on {n:,} vectors, stratify={stratify}")
             try:
-                labels, fit_params = fit_labels(vectors, k, algorithm, seed)
+                if stratify == "dataset":
+                    labels, fit_params = fit_stratified(vectors, dataset_names, k, algorithm, seed)
+                else:
+                    labels, fit_params = fit_labels(vectors, k, algorithm, seed)
+                    fit_params["stratify"] = "none"
             except AvengersError:
                 raise
             except (ValueError, MemoryError, np.linalg.LinAlgError) as exc:

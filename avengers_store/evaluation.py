@@ -141,6 +141,7 @@ class Evaluation:
 
     k: int
     algorithm: str
+    stratify: str  # "dataset" or "none" (see clustering.recluster)
     seeds: tuple[int, ...]
     method: RoutingMethod
     strategy: str
@@ -195,6 +196,7 @@ class _Replay:
         conn: psycopg.Connection,
         *,
         method: RoutingMethod,
+        stratify: str,
         top_n: int,
         datasets: Sequence[str] | None,
         ood_macro: Sequence[str] | None,
@@ -202,6 +204,7 @@ class _Replay:
     ) -> None:
         self.conn = conn
         self.method = method
+        self.stratify = stratify
         self.top_n = top_n
         self.progress = progress
         self.cache: dict[tuple, _Run] = {}
@@ -340,7 +343,7 @@ class _Replay:
         key = (k, algorithm, seed, *tag)
         if key in self.cache:
             return self.cache[key]
-        fitted = clustering.recluster(k, algorithm, seed, conn=self.conn)
+        fitted = clustering.recluster(k, algorithm, seed, stratify=self.stratify, conn=self.conn)
         result = self.route_current(fitted.id, fitted.k)
         self.cache[key] = result
         return result
@@ -538,6 +541,7 @@ def evaluate(
     top_n: int = 1,
     strategy: str = "best",
     method: str | RoutingMethod | None = None,
+    stratify: str | None = None,
     datasets: Sequence[str] | str | None = None,
     ood_macro: Sequence[str] | str | None = None,
     sweep_k: Sequence[int] | None = None,
@@ -558,7 +562,9 @@ def evaluate(
     datasets averaged into ``ood_macro`` (default: all OOD ones; the rest are then reported as
     ``ood_all`` too). Sweeps (``sweep_k``, ``algorithms``, ``budgets`` = numbers of models chosen
     by s(m), ``calibration_fractions``) run on ``sweep_seeds`` (default: the first seed);
-    ``plot_dir`` receives one PNG per sweep.
+    ``plot_dir`` receives one PNG per sweep. ``stratify``: how each seed's clustering is fitted
+    (``clustering.recluster``); default ``"dataset"``, and ``"none"`` for the paper method, whose
+    recipe is one K-means over all calibration queries.
     """
     started = time.perf_counter()
     if strategy not in STRATEGIES:
@@ -590,17 +596,25 @@ def evaluate(
         if b < 1:
             raise InputError(f"budgets must be >= 1, got {b}", location="--budgets")
     chosen = routing.routing_method(method)
+    if stratify is None:
+        stratify = "none" if chosen == routing.PAPER else "dataset"
+    if stratify not in clustering.STRATIFY:
+        raise InputError(
+            f"unknown stratify {stratify!r}; choose one of {', '.join(clustering.STRATIFY)}",
+            location="--stratify",
+        )
     with db.connection(url, conn=conn) as c, c.transaction() as tx:
         rp = _Replay(
             c,
             method=chosen,
+            stratify=stratify,
             top_n=top_n,
             datasets=_names(datasets),
             ood_macro=_names(ood_macro),
             progress=progress,
         )
         runs = []
-        with _bar(len(seeds), f"evaluate k={k} {algorithm}", progress) as bar:
+        with _bar(len(seeds), f"evaluate k={k} {algorithm} stratify={stratify}", progress) as bar:
             for seed in seeds:
                 bar.set_postfix_str(f"seed {seed}")
                 runs.append(rp.run(k, algorithm, seed))
@@ -624,6 +638,7 @@ def evaluate(
         result = Evaluation(
             k=k,
             algorithm=algorithm,
+            stratify=stratify,
             seeds=seeds,
             method=chosen,
             strategy=strategy,

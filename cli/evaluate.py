@@ -7,7 +7,7 @@ import sys
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store.clustering import ALGORITHMS
+from avengers_store.clustering import ALGORITHMS, STRATIFY
 from avengers_store.errors import InputError
 from avengers_store.evaluation import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation_report import format_tables
@@ -30,6 +30,9 @@ def _list(kind, option: str):
 @click.option("--k", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clusters per calibration.")  # fmt: skip
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), default="kmeans", show_default=True)
+@click.option("--stratify", type=click.Choice(STRATIFY),
+              help="Fit each calibration dataset on its own (dataset) or all at once (none). "
+              "Default: dataset; none with --method paper.")  # fmt: skip
 @click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), show_default=True,
               callback=_list(int, "--seeds"), help="One calibration per seed.")  # fmt: skip
 @click.option("--top-n", type=click.IntRange(min=1), default=1, show_default=True,
@@ -60,8 +63,8 @@ def _list(kind, option: str):
               help="Write one PNG per sweep into this directory.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def command(
-    k, algorithm, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k, algorithms,
-    budgets, calibration_fractions, sweep_seeds, plot_dir, as_json,
+    k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
+    algorithms, budgets, calibration_fractions, sweep_seeds, plot_dir, as_json,
 ) -> None:  # fmt: skip
     """Replay the stored outcomes: per seed, calibrate (cluster + profile) on the calibration
     split, route every test query through the routing SQL the client uses, score the routed
@@ -90,6 +93,7 @@ def command(
         top_n=top_n,
         strategy=strategy,
         method=method,
+        stratify=stratify,
         datasets=datasets,
         ood_macro=ood_macro,
         sweep_k=sweep_k,

@@ -7,7 +7,7 @@ import sys
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store.clustering import ALGORITHMS, active_clustering, recluster
+from avengers_store.clustering import ALGORITHMS, STRATIFY, active_clustering, recluster
 
 
 @click.command("recluster")
@@ -18,6 +18,14 @@ from avengers_store.clustering import ALGORITHMS, active_clustering, recluster
     default="kmeans",
     show_default=True,
     help="scikit-learn algorithm; centroids are member means for all of them.",
+)
+@click.option(
+    "--stratify",
+    type=click.Choice(STRATIFY),
+    default="dataset",
+    show_default=True,
+    help="dataset: fit each calibration dataset on its own, k split in proportion to size, so no "
+    "cluster mixes datasets at fit time; none: one fit over all queries (the paper's recipe).",
 )
 @click.option("--seed", type=int, default=42, show_default=True, help="Random seed of the fit.")
 @click.option(
@@ -33,7 +41,7 @@ from avengers_store.clustering import ALGORITHMS, active_clustering, recluster
     "`avengers clusterings activate ID`).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def command(k, algorithm, seed, keep, no_activate, as_json) -> None:
+def command(k, algorithm, stratify, seed, keep, no_activate, as_json) -> None:
     """Cluster the calibration queries of non-OOD datasets in the active embedding space.
 
     Writes a new clustering version (centroids = member means; every query assigned to its
@@ -44,6 +52,7 @@ def command(k, algorithm, seed, keep, no_activate, as_json) -> None:
     \b
     Example:
       avengers recluster --k 64
+      avengers recluster --k 64 --stratify none
       avengers recluster --k 32 --algorithm ward --no-activate
       avengers recluster --keep 3
     """
@@ -51,6 +60,7 @@ def command(k, algorithm, seed, keep, no_activate, as_json) -> None:
     result = recluster(
         k=k,
         algorithm=algorithm,
+        stratify=stratify,
         seed=seed,
         keep=keep,
         activate=not no_activate,
@@ -67,7 +77,7 @@ def command(k, algorithm, seed, keep, no_activate, as_json) -> None:
     )
     click.echo(
         f"clustering {result.id}: {algorithm} k={result.k}{shrunk} on {result.n_queries:,} "
-        f"calibration queries, inertia {result.inertia:.2f}"
+        f"calibration queries (stratify={stratify}), inertia {result.inertia:.2f}"
         + (f"; fitted as {note}" if note else "")
     )
     if result.status == "active":

@@ -230,11 +230,16 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
 
 
 def test_large_inputs_fit_kmeans_as_minibatch(conn, seeded, monkeypatch):
-    monkeypatch.setattr(clustering, "MINIBATCH_THRESHOLD", 50)
+    # alpha and beta have 42 calibration queries each: above 30 per dataset, 84 in all.
+    monkeypatch.setattr(clustering, "MINIBATCH_THRESHOLD", 30)
     result = recluster(k=4, conn=conn)
     assert result.algorithm == "kmeans"
-    assert result.params["fit"] == "minibatch-kmeans (more than 50 vectors)"
+    assert result.params["fit"] == "minibatch-kmeans (more than 30 vectors) in alpha, beta"
+    assert result.params["k_per_dataset"] == {"alpha": 2, "beta": 2}
     assert "batch_size" in result.params and result.k == 4
+    whole = recluster(k=4, stratify="none", conn=conn)
+    assert whole.params["fit"] == "minibatch-kmeans (more than 30 vectors)"
+    assert whole.params["stratify"] == "none" and "k_per_dataset" not in whole.params
 
 
 def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, monkeypatch):

@@ -111,6 +111,8 @@ def test_hand_computed_numbers(tiny, method):
     d = result.to_dict()
     assert d["id_macro"] == 50.0 and d["ood_macro"] == 0.0
     assert d["datasets"][0]["dataset"] == "alpha" and d["method"]["name"] == method
+    # The paper's recipe clusters all calibration queries at once; avengers per dataset.
+    assert d["stratify"] == ("none" if method == "paper" else "dataset")
 
 
 def test_rollback_leaves_the_store_unchanged(tiny):
@@ -136,6 +138,10 @@ def test_top_n_and_refusals(tiny):
         evaluation.evaluate(k=2, seeds=(1,), ood_macro="alpha", url=tiny)
     with pytest.raises(InputError, match="--datasets"):
         evaluation.evaluate(k=2, seeds=(1,), datasets="nope", url=tiny)
+    with pytest.raises(InputError, match="--stratify"):
+        evaluation.evaluate(k=2, seeds=(1,), stratify="task", url=tiny)
+    explicit = evaluation.evaluate(k=2, seeds=(1,), method="paper", stratify="dataset", url=tiny)
+    assert explicit.stratify == "dataset"
 
 
 def test_cli_json_with_sweeps_and_plots(tiny, cli_env, tmp_path):
