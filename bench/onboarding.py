@@ -125,10 +125,10 @@ def recluster_breakdown(url: str, seed: int) -> dict:
     with db.connect(url) as conn:
         space = spaces.active_space(conn)
         with Timer() as read:
-            ids, vectors = clustering.calibration_vectors(conn, space.id)
+            ids, vectors, names = clustering.calibration_vectors(conn, space.id)
         conn.rollback()
     with Timer() as fit:
-        labels, params = clustering.fit_labels(vectors, 64, "kmeans", seed)
+        labels, params = clustering.fit_stratified(vectors, names, 64, "kmeans", seed)
     with Timer() as assign:
         clustering.partition(vectors, labels)
     return {
