@@ -33,6 +33,8 @@ def list_cmd(fmt: str) -> None:
             "id": c.id,
             "status": c.status,
             "algorithm": c.algorithm,
+            # Versions from before per-dataset fits have no "stratify": they are one fit.
+            "stratify": c.params.get("stratify", "none"),
             "k": c.k,
             "seed": c.seed,
             "n_queries": c.n_queries,

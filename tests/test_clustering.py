@@ -217,6 +217,9 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
     listed = json.loads(run_cli("clusterings", "list", "--json").stdout)
     assert [c["id"] for c in listed][:2] == [second_id, first["id"]]
     assert "requested_k" in listed[0]["params"]
+    assert [c["stratify"] for c in listed][:2] == ["dataset", "dataset"]
+    text = run_cli("clusterings", "list").stdout
+    assert "stratify" in text.splitlines()[0] and "dataset" in text
     assert "is active" in run_cli("clusterings", "activate", str(first["id"])).stdout
     assert clustering.active_clustering(url=cli_env).id == first["id"]
     assert isinstance(
