@@ -13,7 +13,9 @@ clustered on its own with a share of k proportional to its size, and the centroi
 before the reassignment above. A plain fit over everything lets a large dataset's queries dominate
 the clusters it shares with a smaller, similar one (MMLU and ARC-Challenge), and such a mixed
 cluster ranks the large dataset's best model first for both; docs/evaluation.md has the
-measurements. ``stratify="none"`` is one fit over all calibration queries (the paper's recipe).
+measurements. Two datasets that cover exactly the same ground get coincident centroids, and the
+reassignment empties one of each pair: k then falls below the request. ``stratify="none"`` is one
+fit over all calibration queries (the paper's recipe).
 
 The whole switch — the new version row, its centroids and assignments, the activation and the
 profile refresh — is one transaction: a concurrent router sees the old version or the new one,
@@ -316,6 +318,8 @@ def fit_stratified(
     per = stratum_sizes(dict(zip(names.tolist(), counts.tolist(), strict=True)), k)
     labels = np.full(len(vectors), -1, dtype=np.int64)
     params: dict[str, Any] = {"stratify": "dataset", "k_per_dataset": per}
+    fitted: dict[str, dict[str, Any]] = {}
+    notes: dict[str, list[str]] = {}
     offset = 0
     for name in sorted(per):
         if per[name] == 0:
@@ -330,11 +334,16 @@ def fit_stratified(
         offset += per[name]
         note = sub_params.pop("fit", None)
         if note:
-            params.setdefault("fit_notes", {}).setdefault(note, []).append(name)
-        params.update(sub_params)
-    notes = params.pop("fit_notes", {})
+            notes.setdefault(note, []).append(name)
+        fitted[name] = sub_params
     if notes:
         params["fit"] = "; ".join(f"{note} in {', '.join(sets)}" for note, sets in notes.items())
+    # One set of fit parameters when every dataset used the same, else each dataset's own.
+    distinct = {repr(sorted(p.items())) for p in fitted.values()}
+    if len(distinct) == 1:
+        params.update(next(iter(fitted.values())))
+    elif fitted:
+        params["fit_per_dataset"] = fitted
     return labels, params
 
 

@@ -243,6 +243,15 @@ def test_large_inputs_fit_kmeans_as_minibatch(conn, seeded, monkeypatch):
     whole = recluster(k=4, stratify="none", conn=conn)
     assert whole.params["fit"] == "minibatch-kmeans (more than 30 vectors)"
     assert whole.params["stratify"] == "none" and "k_per_dataset" not in whole.params
+    # Only b above the threshold: each dataset's own fit parameters are kept.
+    monkeypatch.setattr(clustering, "MINIBATCH_THRESHOLD", 41)
+    mixed = clustering.fit_stratified(
+        np.zeros((83, 2)) + np.arange(83)[:, None], np.array(["a"] * 41 + ["b"] * 42), 4,
+        "kmeans", seed=0,
+    )[1]  # fmt: skip
+    assert mixed["fit"] == "minibatch-kmeans (more than 41 vectors) in b"
+    assert mixed["fit_per_dataset"]["a"]["n_init"] == clustering.KMEANS_N_INIT
+    assert "batch_size" in mixed["fit_per_dataset"]["b"]
 
 
 def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, monkeypatch):
