@@ -125,6 +125,8 @@ def _matching_active(url: str, k: int) -> Clustering | None:
     active = clustering.active_clustering(url=url)
     if active is None or active.algorithm != "kmeans" or active.seed != SEED:
         return None
+    if active.params.get("stratify", "none") != "dataset":  # fitted before per-dataset fits
+        return None
     if active.params.get("requested_k") != k:
         return None
     with db.connection(url) as c:

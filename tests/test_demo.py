@@ -68,3 +68,8 @@ def test_demo_runs_and_reruns_idempotently(cli_env, tmp_path):
         ).fetchone()
     assert counts == (1, 1508, 1508, 9)
     assert clustering.active_clustering(url=cli_env).id == first["clustering"]["id"]
+    # A clustering fitted the older way (one fit over all datasets) is not reused.
+    clustering.recluster(k=demo.DEFAULT_K, seed=demo.SEED, stratify="none", url=cli_env)
+    text = run_cli("demo", "--plot", str(plot)).stdout
+    assert "(reused)" not in text
+    assert clustering.active_clustering(url=cli_env).params["stratify"] == "dataset"
