@@ -530,16 +530,13 @@ def recluster(
             part = partition(vectors, labels)
             phases.done()
             phases.start("write centroids and assignments")
-            datasets = c.execute(
-                """SELECT d.name, count(*) FROM avengers.queries q
-                   JOIN avengers.datasets d ON d.id = q.dataset_id AND NOT d.is_ood
-                   WHERE q.split = 'calibration' GROUP BY d.name ORDER BY d.name"""
-            ).fetchall()
+            # Every calibration query has a vector (checked above), so these are the counts.
+            names, sizes = np.unique(dataset_names, return_counts=True)
             params = {
                 "requested_k": k,
                 **fit_params,
                 "assignment": "nearest member-mean centroid (Euclidean)",
-                "datasets": {name: count for name, count in datasets},
+                "datasets": dict(zip(names.tolist(), sizes.tolist(), strict=True)),
                 **counts,
             }
             row = c.execute(
