@@ -80,6 +80,7 @@ def command(
       avengers evaluate
       avengers evaluate --method paper --seeds 42 --json
       avengers evaluate --ood-macro math_prealgebra,mbpp,ceval --json
+      avengers evaluate --stratify none      # one fit over all calibration datasets
       avengers evaluate --sweep-k 1,4,16,64,256,1024 --plot plots/
       avengers evaluate --seeds 42 --algorithms kmeans,ward,gmm,spectral,birch --plot plots/
       avengers evaluate --seeds 42 --budgets 1,2,3,4,5,6,7 --plot plots/
