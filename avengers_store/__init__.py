@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import AvengersError
+from avengers_store.errors import AvengersError
 
 if TYPE_CHECKING:
-    from .client import AvengersClient
-    from .evaluation import evaluate
+    from avengers_store.client import AvengersClient
+    from avengers_store.evaluation.replay import evaluate
 
 __version__ = "0.1.0"
 
@@ -20,12 +20,12 @@ def __getattr__(name: str) -> Any:
     # Imported on first use: the client pulls in the HTTP and embedding stacks, which plain
     # store commands (db upgrade, load-table) do not need.
     if name == "AvengersClient":
-        from .client import AvengersClient
+        from avengers_store.client import AvengersClient
 
         return AvengersClient
     if name == "evaluate":
         # The replay harness (numpy, scikit-learn through re-clustering).
-        from .evaluation import evaluate
+        from avengers_store.evaluation.replay import evaluate
 
         return evaluate
     raise AttributeError(f"module 'avengers_store' has no attribute {name!r}")

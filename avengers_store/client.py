@@ -21,12 +21,15 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from . import config, db, ensemble, route_log, routing, schema, spaces
-from .embedders import Embedder, embedder_for_space
-from .errors import AvengersError, InputError, StoreStateError
-from .llm import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
-from .prompts import PromptSet
-from .routing import RouteDecision
+from avengers_store.answering import route_log, strategies
+from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
+from avengers_store.answering.prompts import PromptSet
+from avengers_store.calibration import embedding_spaces
+from avengers_store.calibration.embedders import Embedder, embedder_for_space
+from avengers_store.errors import AvengersError, InputError, StoreStateError
+from avengers_store.routing import statements
+from avengers_store.routing.statements import RouteDecision
+from avengers_store.store import config, connections, schema
 
 # Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
 # are only fallbacks when its endpoint is down. Model-Switch may pool all of them.
@@ -42,8 +45,8 @@ class AvengersClient:
     client); ``max_tokens`` caps each sampled completion; ``embedder`` overrides the embedder of
     the serving space (it must produce vectors of that space); ``pool_size`` bounds database
     connections per pool; ``max_concurrency`` bounds questions in flight in ``ask_many``;
-    ``method`` is the routing rule (a ``routing.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
-    default ``routing.AVENGERS``); ``prepared_statements=False`` keeps the pools' connections
+    ``method`` is the routing rule (a ``statements.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
+    default ``statements.AVENGERS``); ``prepared_statements=False`` keeps the pools' connections
     from preparing statements (for a transaction-mode pooler that cannot keep them; single
     routes then go through ``avengers.route``, whose plan the server caches).
     """
@@ -56,11 +59,11 @@ class AvengersClient:
         chat: ChatClient | None = None,
         embedder: Embedder | None = None,
         prompts: PromptSet | None = None,
-        threshold: float = ensemble.DEFAULT_THRESHOLD,
+        threshold: float = strategies.DEFAULT_THRESHOLD,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         pool_size: int = 4,
         max_concurrency: int = 4,
-        method: str | routing.RoutingMethod | None = None,
+        method: str | statements.RoutingMethod | None = None,
         prepared_statements: bool = True,
     ) -> None:
         if pool_size < 1:
@@ -69,7 +72,7 @@ class AvengersClient:
             raise InputError(
                 f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
             )
-        self.method = routing.routing_method(method)
+        self.method = statements.routing_method(method)
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
         self.prompts = prompts
@@ -97,10 +100,10 @@ class AvengersClient:
             if pool is not None:
                 return pool
             if role == "read" and self.read_url is None:
-                pool = self._pools.get("write") or self._new_pool(db.resolve_url(self.url))
+                pool = self._pools.get("write") or self._new_pool(connections.resolve_url(self.url))
                 self._pools["write"] = pool
             else:
-                target = self.read_url if role == "read" else db.resolve_url(self.url)
+                target = self.read_url if role == "read" else connections.resolve_url(self.url)
                 pool = self._new_pool(target)
             self._pools[role] = pool
             return pool
@@ -108,7 +111,7 @@ class AvengersClient:
     def _new_pool(self, target: str) -> ConnectionPool:
         # One probe connection first: clear errors (unreachable server, no pgvector) and the
         # schema check, before a pool starts retrying in the background.
-        with db.connect(target) as probe:
+        with connections.connect(target) as probe:
             schema.check_revision(probe)
         pool = ConnectionPool(
             target,
@@ -117,9 +120,9 @@ class AvengersClient:
             kwargs={"autocommit": True}
             if self.prepared_statements
             else {"autocommit": True, "prepare_threshold": None},
-            configure=lambda c: db.register_vector(c, target),
+            configure=lambda c: connections.register_vector(c, target),
             open=False,
-            name=f"avengers-{db.redact(target)}",
+            name=f"avengers-{connections.redact(target)}",
         )
         pool.open(wait=True, timeout=30)
         return pool
@@ -175,7 +178,7 @@ class AvengersClient:
         if cached is not None and not refresh:
             return cached
         with self._connection(conn, "read") as c:
-            space = spaces.serving_space(c)
+            space = embedding_spaces.serving_space(c)
             row = c.execute(
                 "SELECT id FROM avengers.clusterings WHERE status = 'active'"
             ).fetchone()
@@ -225,19 +228,19 @@ class AvengersClient:
         (``avengers.route_pooled``, else ``avengers.route``)."""
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
-            return routing.route_vector(
+            return statements.route_vector(
                 conn, query, top_n, require_endpoint=require_endpoint, method=self.method
             )
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
-            decision = routing.route_vector(
+            decision = statements.route_vector(
                 c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
             )
         if served is not None and decision.clustering_id != served:
             # As in route_many: the served clustering changed since the embedder was chosen.
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decision = routing.route_vector(
+                decision = statements.route_vector(
                     c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
                 )
         return decision
@@ -256,12 +259,12 @@ class AvengersClient:
             raise InputError("route_many takes a list of queries; use route() for one text")
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
-                return routing.route_vectors(
+                return statements.route_vectors(
                     c, queries, top_n, require_endpoint=require_endpoint, method=self.method
                 )
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
-            decisions = routing.route_vectors(
+            decisions = statements.route_vectors(
                 c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
             )
         if served is not None and any(d.clustering_id != served for d in decisions):
@@ -269,7 +272,7 @@ class AvengersClient:
             # embedding space): look it up again and route once more.
             vectors, _ = self._vectors(list(queries), conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decisions = routing.route_vectors(
+                decisions = statements.route_vectors(
                     c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
                 )
         return decisions
@@ -279,13 +282,13 @@ class AvengersClient:
     def ask(
         self,
         text: str,
-        samples: int = ensemble.DEFAULT_SAMPLES,
+        samples: int = strategies.DEFAULT_SAMPLES,
         strategy: str = "self-consistency",
         task_type: str | None = None,
         top_n: int | None = None,
         *,
         conn: psycopg.Connection | None = None,
-    ) -> ensemble.Answer:
+    ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
         Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included)."""
         return self.ask_many(
@@ -295,7 +298,7 @@ class AvengersClient:
     def ask_many(
         self,
         texts: Sequence[str],
-        samples: int = ensemble.DEFAULT_SAMPLES,
+        samples: int = strategies.DEFAULT_SAMPLES,
         strategy: str = "self-consistency",
         task_type: str | None = None,
         top_n: int | None = None,
@@ -303,16 +306,16 @@ class AvengersClient:
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
         conn: psycopg.Connection | None = None,
-    ) -> list[ensemble.Answer | AvengersError]:
+    ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
         ``max_concurrency`` questions sampled at a time. Every question writes a route_log row
         (failed ones too, with the error). With ``return_exceptions`` a failed question yields
         its AvengersError in place of an Answer."""
         if isinstance(texts, str):
             raise InputError("ask_many takes a list of texts; use ask() for one")
-        if strategy not in ensemble.STRATEGIES:
+        if strategy not in strategies.STRATEGIES:
             raise InputError(
-                f"unknown strategy {strategy!r}; expected one of {', '.join(ensemble.STRATEGIES)}",
+                f"unknown strategy {strategy!r}; expected one of {', '.join(strategies.STRATEGIES)}",
                 location="strategy",
             )
         for i, t in enumerate(texts):
@@ -333,7 +336,7 @@ class AvengersClient:
             "max_tokens": self.max_tokens,
         }
 
-        def one(i: int) -> tuple[ensemble.Answer | None, AvengersError | None, float]:
+        def one(i: int) -> tuple[strategies.Answer | None, AvengersError | None, float]:
             began = time.perf_counter()
             try:
                 result = self._answer_one(texts[i], decisions[i], options)
@@ -348,7 +351,7 @@ class AvengersClient:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(one, range(len(texts))))
 
-        out: list[ensemble.Answer | AvengersError] = []
+        out: list[strategies.Answer | AvengersError] = []
         rows = []
         for text, decision, (ans, err, ms) in zip(texts, decisions, results, strict=True):
             total = routed_ms / len(texts) + ms
@@ -376,7 +379,7 @@ class AvengersClient:
 
     def _answer_one(
         self, text: str, decision: RouteDecision, options: dict[str, Any]
-    ) -> ensemble.Answer:
+    ) -> strategies.Answer:
         if not decision.candidates:
             raise StoreStateError(
                 f"no active model with an endpoint has a profile for cluster {decision.cluster} "
@@ -388,4 +391,4 @@ class AvengersClient:
             Endpoint(c.model, c.endpoint, c.served_name or c.model, c.api_key_env)
             for c in decision.candidates
         ]
-        return ensemble.answer(text, endpoints, client=self.chat, **options)
+        return strategies.answer(text, endpoints, client=self.chat, **options)

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from . import clustering, config, db, schema
-from .clustering import Clustering
-from .embedding import import_npy
-from .errors import AvengersError
-from .profiles import ProfileEntry, get_profiles, plot_profiles
-from .selection import Selection, select_models
+from avengers_store.calibration import clustering
+from avengers_store.calibration.clustering import Clustering
+from avengers_store.calibration.model_selection import Selection, select_models
+from avengers_store.calibration.profiles import ProfileEntry, get_profiles, plot_profiles
+from avengers_store.calibration.query_vectors import import_npy
+from avengers_store.errors import AvengersError
+from avengers_store.store import config, connections, schema
 
 SAMPLE_FILE = "llmrouter_sample.parquet"
 VECTORS_FILE = "llmrouter_sample_minilm.npy"
@@ -93,9 +94,9 @@ class DemoResult:
 
 def _load_sample(url: str, parquet: Path) -> tuple[bool, int, int]:
     """Load the sample unless an earlier run did; (loaded now, datasets, queries)."""
-    from .load_table import load_table
+    from avengers_store.ingest.wide_tables import load_table
 
-    with db.connection(url) as c:
+    with connections.connection(url) as c:
         have = c.execute(
             """SELECT count(DISTINCT d.id), count(q.id) FROM avengers.datasets d
                LEFT JOIN avengers.queries q ON q.dataset_id = d.id
@@ -129,7 +130,7 @@ def _matching_active(url: str, k: int) -> Clustering | None:
         return None
     if active.params.get("requested_k") != k:
         return None
-    with db.connection(url) as c:
+    with connections.connection(url) as c:
         space = c.execute("SELECT id FROM avengers.embedding_spaces WHERE active").fetchone()
         current = dict(
             c.execute(
@@ -147,7 +148,7 @@ def cluster_summaries(
     entries: list[ProfileEntry], *, url: str | None = None
 ) -> tuple[ClusterSummary, ...]:
     """Per cluster: its most common datasets and its models best first."""
-    with db.connection(url) as c:
+    with connections.connection(url) as c:
         rows = c.execute(
             """SELECT a.cluster, d.name, count(*) AS n
                FROM avengers.assignments a
@@ -190,7 +191,7 @@ def run_demo(
         timings[name] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
-    target = db.resolve_url(url)
+    target = connections.resolve_url(url)
     schema.upgrade(target)
     step("upgrade", started)
 
@@ -215,7 +216,7 @@ def run_demo(
     out = plot_profiles(plot or default_plot_path(), entries)
     step("profiles", started)
     return DemoResult(
-        url=db.redact(target),
+        url=connections.redact(target),
         loaded=loaded,
         datasets=n_datasets,
         queries=n_queries,

@@ -30,10 +30,11 @@ import numpy as np
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from avengers_store import config, db, embedded, schema, spaces
-from avengers_store.embedding import store_vectors
-from avengers_store.outcomes import OutcomeRow, upsert_outcomes
-from avengers_store.textnorm import content_hash
+from avengers_store.calibration import embedding_spaces
+from avengers_store.calibration.query_vectors import store_vectors
+from avengers_store.ingest.outcomes import OutcomeRow, upsert_outcomes
+from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store import config, connections, embedded, schema
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -85,9 +86,9 @@ def fresh_database(name: str) -> Iterator[str]:
 
 
 def describe_server(url: str) -> dict[str, str]:
-    with db.connect(url, vector=False) as conn:
+    with connections.connect(url, vector=False) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
-        vector = db.pgvector_version(conn)[0]
+        vector = connections.pgvector_version(conn)[0]
     host = conninfo_to_dict(url).get("host") or ""
     return {
         "postgres": version,
@@ -124,10 +125,10 @@ def blob_vectors(
 
 def active_space(conn: psycopg.Connection, embedder: str = SPACE, dim: int = DIM) -> int:
     # The default embedder's own params, so the client can rebuild it for text queries.
-    space = spaces.get_or_create_space(
+    space = embedding_spaces.get_or_create_space(
         conn, embedder, dim, {"max_seq_length": 128, "normalize": True}
     )
-    return spaces.activate_space(conn, space.id).id
+    return embedding_spaces.activate_space(conn, space.id).id
 
 
 def add_queries(
@@ -226,7 +227,7 @@ def install_clustering(
 ) -> int:
     """Store a computed partition (``clustering.partition``) as a new version and serve it
     (``CALL avengers.activate_clustering``): the write half of ``recluster`` without the fit."""
-    from avengers_store import clustering
+    from avengers_store.calibration import clustering
 
     clustering_id = conn.execute(
         """INSERT INTO avengers.clusterings (space_id, algorithm, k, seed, status, n_queries,
@@ -254,7 +255,7 @@ def serve_k(
     the library's re-cluster; otherwise (where a full K-means fit takes minutes, or the clustering
     is only setup) through one K-means step from k calibration vectors as seeds, stored with the
     same write path and activated with the same CALL avengers.activate_clustering."""
-    from avengers_store import clustering
+    from avengers_store.calibration import clustering
 
     if fit if fit is not None else k <= 256:
         found = clustering.recluster(k=k, seed=seed, conn=conn)
@@ -318,7 +319,7 @@ def interleaved(
 def settle(url: str) -> None:
     """VACUUM (ANALYZE) the freshly built store before timing: otherwise autovacuum starts on the
     new tables during the first minute of measurements and takes one of the two cores."""
-    with db.connect(url, autocommit=True, vector=False) as conn:
+    with connections.connect(url, autocommit=True, vector=False) as conn:
         conn.execute("VACUUM (ANALYZE)")
 
 

@@ -36,10 +36,10 @@ from _common import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(REPO))  # tests/llm_server.py holds the one way to start the server
 
-from avengers_store import db  # noqa: E402
+from avengers_store.answering.chat import ChatClient  # noqa: E402
+from avengers_store.answering.prompts import DEFAULT_PROMPTS  # noqa: E402
 from avengers_store.client import AvengersClient  # noqa: E402
-from avengers_store.llm import ChatClient  # noqa: E402
-from avengers_store.prompts import DEFAULT_PROMPTS  # noqa: E402
+from avengers_store.store import connections  # noqa: E402
 from tests.llm_server import serve_smol  # noqa: E402
 
 QUESTIONS = [
@@ -122,7 +122,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
     with fresh_database("ask") as url, serve_smol() as endpoint:
         server = describe_server(url)
-        with db.connect(url) as conn:
+        with connections.connect(url) as conn:
             store = build_store(conn, n_queries=2000, n_blobs=16, n_models=4, seed=args.seed)
             conn.execute(
                 "UPDATE avengers.models SET endpoint = %s, served_name = %s",

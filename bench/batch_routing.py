@@ -3,7 +3,7 @@
 Timed four ways, round-robin per repeat: the client with its default routing method
 (``AvengersClient.route_many(vectors, conn=conn)``: vectors checked, sent in binary, decisions
 built), the same with method "paper" (nearest cluster only), the bare statement
-(``routing.ROUTE_MANY_SQL`` with pgvector ``Vector``s already made), and numpy's argmin over the
+(``statements.ROUTE_MANY_SQL`` with pgvector ``Vector``s already made), and numpy's argmin over the
 same centroids as the floor. queries/s = batch size / median seconds over repeats.
 
 Example:
@@ -32,17 +32,18 @@ from _common import (
 from pgvector import Vector
 from threadpoolctl import threadpool_limits
 
-from avengers_store import db, routing
 from avengers_store.client import AvengersClient
+from avengers_store.routing import statements
+from avengers_store.store import connections
 
 TARGET_QPS = 20_000
 
 
 def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> dict:
-    with db.connect(url) as conn, Timer() as took:
+    with connections.connect(url) as conn, Timer() as took:
         cid, how = serve_k(conn, store, k, seed)
         conn.commit()
-    with db.connect(url) as conn:
+    with connections.connect(url) as conn:
         k_served = conn.execute(
             "SELECT count(*) FROM avengers.centroids WHERE clustering_id = %s", (cid,)
         ).fetchone()[0]
@@ -65,10 +66,10 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
     ) * np.float32(0.02)
     c_sq = np.einsum("ij,ij->i", c, c)
 
-    conn = db.connect(url, autocommit=True)
+    conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")
-    sql_args = routing.routing_method(client.method).sql_args()
+    sql_args = statements.routing_method(client.method).sql_args()
     try:
         vectors = [Vector(q) for q in queries]
 
@@ -79,7 +80,9 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
             return len(paper.route_many(queries, conn=conn))
 
         def run_sql() -> int:
-            rows = conn.execute(routing.ROUTE_MANY_SQL, (vectors, 1, False, *sql_args)).fetchall()
+            rows = conn.execute(
+                statements.ROUTE_MANY_SQL, (vectors, 1, False, *sql_args)
+            ).fetchall()
             return len(rows)
 
         def run_numpy() -> int:
@@ -145,7 +148,7 @@ def main() -> None:
     results = []
     with fresh_database("batch") as url:
         server = describe_server(url)
-        with db.connect(url) as conn:
+        with connections.connect(url) as conn:
             store = build_store(
                 conn, n_queries=n_queries, n_blobs=64, n_models=args.models, seed=args.seed
             )

@@ -18,7 +18,7 @@ from _common import SHARED_DATA, Timer, finish, median, parser, say, summary_us
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from avengers_store.embedders import get_embedder  # noqa: E402
+from avengers_store.calibration.embedders import get_embedder  # noqa: E402
 
 
 def real_questions() -> list[str]:

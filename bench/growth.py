@@ -35,10 +35,11 @@ from _common import (
 )
 from _common import active_space as make_space
 
-from avengers_store import clustering, db
+from avengers_store.calibration import clustering
+from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.client import AvengersClient
-from avengers_store.embedding import store_vectors
-from avengers_store.outcomes import upsert_outcomes
+from avengers_store.ingest.outcomes import upsert_outcomes
+from avengers_store.store import connections
 
 DEFAULT_SIZES = [10_000, 30_000, 100_000, 300_000]
 BIG_SIZES = [1_000_000]
@@ -62,7 +63,7 @@ def grow(conn, space_id: int, centres: np.ndarray, start: int, stop: int, seed: 
 def route_latency(url: str, centres: np.ndarray, n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed + 99)
     queries, _ = blob_vectors(rng, centres, n)
-    conn = db.connect(url, autocommit=True)
+    conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)
     try:
         times = interleaved(
@@ -131,12 +132,12 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
         centres = unit_rows(rng, 64)
         have = 0
-        with db.connect(url) as conn:
+        with connections.connect(url) as conn:
             space_id = make_space(conn)
             model_ids = add_models(conn, args.models)
             conn.commit()
         for size in sizes:
-            with db.connect(url) as conn, Timer() as built:
+            with connections.connect(url) as conn, Timer() as built:
                 ids, blobs = grow(conn, space_id, centres, have, size, args.seed)
                 if have < SCORED:
                     take = min(SCORED - have, len(ids))

@@ -6,7 +6,7 @@ clustering of ``--base`` calibration queries (all scored by ``--models`` models)
    ``profiles.refresh_profiles``, rows in memory) and through a file import
    (``outcomes.import_outcomes``: what ``avengers outcomes import`` runs). Target <= 10 s.
 2. New dataset: ``--queries`` queries from a Parquet file (``datasets.add_dataset``), their
-   precomputed vectors (``embedding.import_npy``: binary COPY), then ``clustering.recluster``
+   precomputed vectors (``query_vectors.import_npy``: binary COPY), then ``clustering.recluster``
    k=64 over all calibration vectors (base + new, 200k by default). Target <= 60 s for the
    re-cluster. Above ``clustering.MINIBATCH_THRESHOLD`` vectors "kmeans" runs as MiniBatchKMeans.
 
@@ -36,8 +36,10 @@ from _common import (
     serve_k,
 )
 
-from avengers_store import clustering, datasets, db, embedding, outcomes, profiles, spaces
-from avengers_store.models import add_model
+from avengers_store.calibration import clustering, embedding_spaces, profiles, query_vectors
+from avengers_store.ingest import datasets, outcomes
+from avengers_store.ingest.model_pool import add_model
+from avengers_store.store import connections
 
 TARGET_OUTCOMES_S = 10.0
 TARGET_RECLUSTER_S = 60.0
@@ -47,7 +49,7 @@ def new_model_in_memory(url: str, store, n: int, seed: int) -> dict:
     """upsert_outcomes + refresh_profiles in one transaction, rows already in memory."""
     rng = np.random.default_rng(seed + 10)
     ids = store.query_ids[:n]
-    with db.connect(url) as conn:
+    with connections.connect(url) as conn:
         model_id = add_model("new-model-lib", conn=conn).id
         conn.commit()
         rows = list(outcome_rows(rng, ids, [model_id], store.blobs[:n], source="bench"))
@@ -99,8 +101,8 @@ def new_dataset(url: str, store, n: int, seed: int, workdir: Path) -> dict:
     with Timer() as add:
         datasets.add_dataset("new-dataset", table_path, split_col="split", url=url)
     with Timer() as vec:
-        imported = embedding.import_npy(npy_path, table_path, url=url)
-    with db.connect(url) as conn:
+        imported = query_vectors.import_npy(npy_path, table_path, url=url)
+    with connections.connect(url) as conn:
         n_cal = conn.execute(
             "SELECT count(*) FROM avengers.queries WHERE split = 'calibration'"
         ).fetchone()[0]
@@ -122,8 +124,8 @@ def new_dataset(url: str, store, n: int, seed: int, workdir: Path) -> dict:
 def recluster_breakdown(url: str, seed: int) -> dict:
     """Where a re-cluster's time goes: the same read, fit and assignment steps, outside the
     transaction (nothing written); write + activate is the rest of recluster's time."""
-    with db.connect(url) as conn:
-        space = spaces.active_space(conn)
+    with connections.connect(url) as conn:
+        space = embedding_spaces.active_space(conn)
         with Timer() as read:
             ids, vectors, names = clustering.calibration_vectors(conn, space.id)
         conn.rollback()
@@ -153,7 +155,7 @@ def main() -> None:
 
     with fresh_database("onboard") as url, tempfile.TemporaryDirectory() as tmp:
         server = describe_server(url)
-        with db.connect(url) as conn, Timer() as built:
+        with connections.connect(url) as conn, Timer() as built:
             store = build_store(conn, n_queries=base, n_blobs=64, n_models=args.models)
             serve_k(conn, store, 64, args.seed, fit=False)
             conn.commit()

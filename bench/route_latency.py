@@ -43,8 +43,9 @@ from _common import (
 from pgvector import Vector
 from threadpoolctl import threadpool_limits
 
-from avengers_store import db, routing
 from avengers_store.client import AvengersClient
+from avengers_store.routing import statements
+from avengers_store.store import connections
 
 TARGET_RATIO = 2.0
 
@@ -103,7 +104,7 @@ def measure_placement(conn, route, numpy_argmin, select1, n: int) -> dict:
 def measure_k(
     url: str, store, k: int, n: int, repeat: int, seed: int, budget_s: float, placement: bool
 ) -> dict:
-    with db.connect(url) as conn, Timer() as took:
+    with connections.connect(url) as conn, Timer() as took:
         cid, how = serve_k(conn, store, k, seed)
         conn.commit()
         centroids = np.stack(
@@ -137,12 +138,12 @@ def measure_k(
     # Autocommit, like the client's pooled connections: each route is its own statement and
     # snapshot. The ratio uses the client on this same connection (conn=), so route, bare SQL and
     # SELECT 1 share one connection; the pooled call (checkout + return) is reported beside it.
-    conn = db.connect(url, autocommit=True)
+    conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")  # the nearest-cluster rule only
-    sql_args = routing.routing_method(client.method).sql_args()
-    route_statement = routing.route_sql(1, False, client.method, pooled=True)
-    dispatch_statement = routing.route_sql(1, False, client.method)
+    sql_args = statements.routing_method(client.method).sql_args()
+    route_statement = statements.route_sql(1, False, client.method, pooled=True)
+    dispatch_statement = statements.route_sql(1, False, client.method)
     try:
         # Agreement with numpy's argmin (the same rule), on all queries, before timing.
         decisions = client.route_many(list(queries), conn=conn)
@@ -169,7 +170,7 @@ def measure_k(
         def route_many_one(i: int) -> object:
             # The single route before avengers.route had its own body: route_many, one vector.
             return conn.execute(
-                routing.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args)
+                statements.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args)
             ).fetchall()
 
         def numpy_argmin(i: int) -> object:
@@ -309,7 +310,7 @@ def main() -> None:
             f"server: PostgreSQL {server['postgres']}, pgvector {server['pgvector']}, "
             f"{server['transport']}"
         )
-        with db.connect(url) as conn, Timer() as took:
+        with connections.connect(url) as conn, Timer() as took:
             store = build_store(
                 conn, n_queries=n_queries, n_blobs=64, n_models=args.models, seed=args.seed
             )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import BENCH, HOME_ENV, RESULTS, parser, say
 
-from avengers_store import config, embedded
+from avengers_store.store import config, embedded
 
 SCRIPTS = [
     "route_latency",

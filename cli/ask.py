@@ -8,12 +8,12 @@ import click
 from avengers_store.cli.output import echo_json
 from avengers_store.cli.route import read_jsonl
 
+from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
+from avengers_store.answering.prompts import TASK_TYPES
+from avengers_store.answering.strategies import DEFAULT_SAMPLES, STRATEGIES
 from avengers_store.client import AvengersClient
-from avengers_store.ensemble import DEFAULT_SAMPLES, STRATEGIES
 from avengers_store.errors import AvengersError
-from avengers_store.llm import DEFAULT_MAX_TOKENS
-from avengers_store.prompts import TASK_TYPES
-from avengers_store.routing import METHODS
+from avengers_store.routing.statements import METHODS
 
 
 def answer_dict(answer, *, samples: bool = False) -> dict:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 from avengers_store.cli.output import emit, format_options
 
-from avengers_store.clustering import activate_clustering, list_clusterings, remove_clustering
+from avengers_store.calibration.clustering import (
+    activate_clustering,
+    list_clusterings,
+    remove_clustering,
+)
 
 
 @click.group("clusterings")

@@ -7,7 +7,7 @@ import dataclasses
 import click
 from avengers_store.cli.output import echo_json, emit, format_options
 
-from avengers_store import datasets
+from avengers_store.ingest import datasets
 
 
 @click.group("dataset")

@@ -7,7 +7,7 @@ import dataclasses
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store import config, embedded, schema
+from avengers_store.store import config, embedded, schema
 
 
 @click.group("db")
@@ -86,7 +86,7 @@ def url_cmd() -> None:
     Example:
       psql "$(avengers db url)" -c '\\d+ avengers.cluster_profiles'
     """
-    from avengers_store.db import resolve_url
+    from avengers_store.store.connections import resolve_url
 
     click.echo(resolve_url() or "(libpq PG* environment variables)")
 

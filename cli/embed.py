@@ -8,7 +8,7 @@ import sys
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store.embedding import embed_queries, import_npy
+from avengers_store.calibration.query_vectors import embed_queries, import_npy
 
 
 @click.command("embed")

@@ -7,11 +7,11 @@ import sys
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store.clustering import ALGORITHMS, STRATIFY
+from avengers_store.calibration.clustering import ALGORITHMS, STRATIFY
 from avengers_store.errors import InputError
-from avengers_store.evaluation import DEFAULT_SEEDS, STRATEGIES, evaluate
-from avengers_store.evaluation_report import format_tables
-from avengers_store.routing import METHODS
+from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
+from avengers_store.evaluation.report import format_tables
+from avengers_store.routing.statements import METHODS
 
 
 def _list(kind, option: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 from avengers_store.cli.output import echo_json, echo_table
 
-from avengers_store.load_table import load_table
+from avengers_store.ingest.wide_tables import load_table
 
 
 @click.command("load-table")

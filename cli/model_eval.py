@@ -9,7 +9,7 @@ import click
 from avengers_store.cli.models import command as models
 from avengers_store.cli.output import echo_json
 
-from avengers_store.model_eval import DEFAULT_SAMPLES, evaluate_model
+from avengers_store.calibration.onboarding import DEFAULT_SAMPLES, evaluate_model
 
 
 @models.command("evaluate")

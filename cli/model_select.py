@@ -8,7 +8,7 @@ import click
 from avengers_store.cli.models import command as models
 from avengers_store.cli.output import echo_json, echo_table
 
-from avengers_store.selection import select_models
+from avengers_store.calibration.model_selection import select_models
 
 
 @models.command("select")

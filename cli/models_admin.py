@@ -8,7 +8,7 @@ import click
 from avengers_store.cli.models import command as models
 from avengers_store.cli.output import echo_json, emit, format_options
 
-from avengers_store import models as pool
+from avengers_store.ingest import model_pool as pool
 
 
 @models.command("add")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store import outcomes
+from avengers_store.ingest import outcomes
 
 
 @click.group("outcomes")

@@ -7,7 +7,7 @@ import dataclasses
 import click
 from avengers_store.cli.output import emit, format_options
 
-from avengers_store.profiles import get_profiles, plot_profiles
+from avengers_store.calibration.profiles import get_profiles, plot_profiles
 
 COLUMNS = [
     "cluster",

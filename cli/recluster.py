@@ -7,7 +7,7 @@ import sys
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store.clustering import ALGORITHMS, STRATIFY, active_clustering, recluster
+from avengers_store.calibration.clustering import ALGORITHMS, STRATIFY, active_clustering, recluster
 
 
 @click.command("recluster")

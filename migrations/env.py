@@ -22,7 +22,7 @@ if connection is not None:
     _run(connection)
 else:
     # Run by hand: `alembic -c migrations/alembic.ini -x url=postgresql+psycopg://... upgrade head`
-    from avengers_store.db import resolve_url, sqlalchemy_url
+    from avengers_store.store.connections import resolve_url, sqlalchemy_url
 
     url = context.get_x_argument(as_dictionary=True).get("url") or sqlalchemy_url(resolve_url())
     engine = create_engine(url, poolclass=pool.NullPool)

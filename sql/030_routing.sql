@@ -11,7 +11,7 @@
 -- switch commits in one transaction (CALL avengers.activate_clustering) and a statement sees it
 -- entirely or not at all, also when route_many routes thousands of vectors.
 --
--- Index: prepare_centroid_index (Python, avengers_store/routing.py) builds a partial HNSW index
+-- Index: prepare_centroid_index (Python, avengers_store/routing/statements.py) builds a partial HNSW index
 -- named avengers.centroids_hnsw_<clustering id> only for very large clusterings (k >= 16,384 by
 -- default). When it exists, nearest_centroids takes the index's `candidates` nearest centroids
 -- (hnsw.ef_search, at most 1,000) and re-ranks them by the exact distance; otherwise it scans the
@@ -53,7 +53,7 @@ BEGIN
     RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
       bad, dim, active_id
       USING ERRCODE = 'data_exception',
-            HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.spaces.active_space).';
+            HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.calibration.embedding_spaces.active_space).';
   END IF;
 
   IF to_regclass(format('avengers.centroids_hnsw_%s', active_id)) IS NULL THEN
@@ -261,7 +261,7 @@ BEGIN
   RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
     ord, dim, clustering
     USING ERRCODE = 'data_exception',
-          HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.spaces.active_space).';
+          HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.calibration.embedding_spaces.active_space).';
 END
 $$;
 COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer, integer) IS

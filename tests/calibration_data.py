@@ -13,9 +13,9 @@ import numpy as np
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from avengers_store import spaces
-from avengers_store.embedding import store_vectors
-from avengers_store.textnorm import content_hash
+from avengers_store.calibration import embedding_spaces
+from avengers_store.calibration.query_vectors import store_vectors
+from avengers_store.ingest.text_identity import content_hash
 
 MODELS = [f"model-{i}" for i in range(7)]
 SPACE = "synthetic-16"
@@ -135,8 +135,8 @@ def seed_store(
         syn.best_model[b] = MODELS[b]
     add_outcomes(conn, outcome_rows)
     if embed:
-        space = spaces.get_or_create_space(conn, SPACE, dim, {"synthetic": True})
-        spaces.activate_space(conn, space.id)
+        space = embedding_spaces.get_or_create_space(conn, SPACE, dim, {"synthetic": True})
+        embedding_spaces.activate_space(conn, space.id)
         store_vectors(conn, space.id, all_ids, np.stack(all_vecs))
         syn.space_id = space.id
     return syn

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from avengers_store import db, embedded, schema
+from avengers_store.store import connections, embedded, schema
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROUTERDC = SHARED_DATA / "routerdc_7models"
@@ -88,7 +88,7 @@ def empty_db_url(pg_admin_url) -> Iterator[str]:
 @pytest.fixture
 def conn(db_url) -> Iterator[psycopg.Connection]:
     """A connection to the module's database with pgvector registered; rolled back after."""
-    connection = db.connect(db_url)
+    connection = connections.connect(db_url)
     try:
         yield connection
     finally:

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from avengers_store.llm import Endpoint
+from avengers_store.answering.chat import Endpoint
 
 SMOL_ALIAS = "smol"
 SMOL_PARALLEL = 4

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import psycopg
 
-from avengers_store.textnorm import content_hash
+from avengers_store.ingest.text_identity import content_hash
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

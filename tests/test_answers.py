@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from avengers_store.answers import extract, extract_answer, find_boxed, normalize_math
+from avengers_store.answering.extraction import extract, extract_answer, find_boxed, normalize_math
 from avengers_store.errors import InputError
 
 

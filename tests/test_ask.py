@@ -11,8 +11,9 @@ import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
-from avengers_store import AvengersClient, db
-from avengers_store.embedders import MINILM
+from avengers_store import AvengersClient
+from avengers_store.calibration.embedders import MINILM
+from avengers_store.store import connections
 from tests.routing_store import activate, add_clustering, add_profiles, ensure_model, unit_rows
 
 pytestmark = pytest.mark.llm
@@ -22,7 +23,7 @@ MAX_TOKENS = 48  # SmolLM2 on one CPU thread: short completions keep the module 
 
 @pytest.fixture(scope="module")
 def store(db_url, smol_server) -> str:
-    with db.connect(db_url) as conn:
+    with connections.connect(db_url) as conn:
         centroids = unit_rows(np.random.default_rng(0), 2, 384)
         cid = add_clustering(conn, centroids, embedder=MINILM)
         # "first" is best everywhere, "second" next; both point at the real server.

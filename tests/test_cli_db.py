@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from avengers_store import schema
+from avengers_store.store import schema
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 

@@ -8,10 +8,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from avengers_store import AvengersClient, db
-from avengers_store.embedders import Embedder
+from avengers_store import AvengersClient
+from avengers_store.calibration.embedders import Embedder
 from avengers_store.errors import ConnectionFailed, SchemaOutOfDate, StoreStateError
-from avengers_store.textnorm import content_hash
+from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store import connections
 from tests.routing_store import activate, add_clustering, add_profiles, ensure_model
 
 SPACE = "test-space-4"
@@ -34,7 +35,7 @@ class FixedEmbedder(Embedder):
 
 @pytest.fixture(scope="module")
 def store(db_url) -> str:
-    with db.connect(db_url) as conn:
+    with connections.connect(db_url) as conn:
         cid = add_clustering(
             conn, np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32), embedder=SPACE
         )
@@ -76,7 +77,7 @@ def test_constructor_does_not_connect():
 
 
 def test_schema_revision_is_checked_on_first_use(empty_db_url):
-    with db.connect(empty_db_url, vector=False) as conn:
+    with connections.connect(empty_db_url, vector=False) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         conn.commit()
     with (
@@ -96,7 +97,10 @@ def test_route_and_route_many(store):
         many = client.route_many([[0, 1, 0, 0], [1, 0, 0, 0], np.array([0.2, 1, 0, 0])], top_n=1)
         assert [(d.cluster, d.model) for d in many] == [(1, "bravo"), (0, "alpha"), (1, "bravo")]
         assert client._pools["read"] is client._pools["write"]  # no replica configured
-    with db.connect(store) as conn, AvengersClient("postgresql://unused@127.0.0.1:1/x") as client:
+    with (
+        connections.connect(store) as conn,
+        AvengersClient("postgresql://unused@127.0.0.1:1/x") as client,
+    ):
         # conn=: the caller's connection; the client's own URL is never used.
         assert client.route([0, 1, 0, 0], conn=conn).model == "bravo"
         assert client._pools == {}

@@ -6,15 +6,16 @@ import numpy as np
 import psycopg
 import pytest
 
-from avengers_store import clustering, db
-from avengers_store.clustering import recluster
+from avengers_store.calibration import clustering
+from avengers_store.calibration.clustering import recluster
 from avengers_store.errors import AvengersError, InputError, NotFound, StoreStateError
+from avengers_store.store import connections
 from tests.calibration_data import seed_store
 
 
 @pytest.fixture(scope="module")
 def seeded(db_url):
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         syn = seed_store(c)
         c.commit()
     return syn
@@ -113,7 +114,7 @@ def test_partition_reassigns_and_drops_empty_clusters():
 
 def test_failure_after_centroids_keeps_previous_version(db_url, seeded, monkeypatch):
     before = recluster(k=4, seed=1, url=db_url)
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         profiles_before = _profile_rows(c)
         count_before = c.execute("SELECT count(*) FROM avengers.clusterings").fetchone()[0]
 
@@ -123,7 +124,7 @@ def test_failure_after_centroids_keeps_previous_version(db_url, seeded, monkeypa
     monkeypatch.setattr(clustering, "_write_assignments", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         recluster(k=3, seed=2, url=db_url)
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         assert clustering.active_clustering(conn=c).id == before.id
         assert _profile_rows(c) == profiles_before
         assert c.execute("SELECT count(*) FROM avengers.clusterings").fetchone()[0] == count_before
@@ -152,7 +153,7 @@ def test_no_activate_keep_and_rollback(db_url, seeded):
     # Roll back to the previous version, from the library (same procedure as psql).
     back = clustering.activate_clustering(second.id, url=db_url)
     assert back.status == "active"
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         served = {r[0] for r in c.execute("SELECT clustering_id FROM avengers.cluster_profiles")}
     assert served == {second.id}
     with pytest.raises(StoreStateError, match="active"):
@@ -170,15 +171,15 @@ def test_clear_errors(conn, seeded):
 
 
 def test_errors_on_missing_embeddings_and_outcomes(empty_store_url):
-    with db.connect(empty_store_url) as c:
+    with connections.connect(empty_store_url) as c:
         with pytest.raises(StoreStateError, match="no embedding space"):
             recluster(k=2, conn=c)
         c.rollback()
         seed_store(c, embed=False)
-        from avengers_store import spaces
+        from avengers_store.calibration import embedding_spaces
 
-        space = spaces.get_or_create_space(c, "synthetic-16", 16, {})
-        spaces.activate_space(c, space.id)
+        space = embedding_spaces.get_or_create_space(c, "synthetic-16", 16, {})
+        embedding_spaces.activate_space(c, space.id)
         with pytest.raises(StoreStateError, match="no embeddings"):
             recluster(k=2, conn=c)
         c.rollback()
@@ -261,7 +262,7 @@ def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, mon
 
     def observe(c, clustering_id):
         real_prepare(c, clustering_id)
-        with db.connect(db_url) as reader:
+        with connections.connect(db_url) as reader:
             seen["active"] = reader.execute(
                 "SELECT id FROM avengers.clusterings WHERE status = 'active'"
             ).fetchone()[0]
@@ -276,7 +277,7 @@ def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, mon
     monkeypatch.setattr(clustering, "_prepare_routing", observe)
     new = recluster(k=3, seed=2, url=db_url)
     assert seen == {"active": old.id, "profiles": {old.id}, "centroids": 0}
-    with db.connect(db_url) as reader:
+    with connections.connect(db_url) as reader:
         served = {
             r[0] for r in reader.execute("SELECT clustering_id FROM avengers.cluster_profiles")
         }

@@ -14,10 +14,10 @@ import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
-from avengers_store import datasets
 from avengers_store.errors import InputError, NotFound
-from avengers_store.readers import read_table
-from avengers_store.textnorm import content_hash
+from avengers_store.ingest import datasets
+from avengers_store.ingest.readers import read_table
+from avengers_store.ingest.text_identity import content_hash
 
 TABLES = ("datasets", "queries", "outcomes", "models")
 

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avengers_store import clustering, db, demo
+from avengers_store import demo
+from avengers_store.calibration import clustering
+from avengers_store.store import connections
 from tests.calibration_data import run_cli
 from tests.conftest import LLMROUTER
 
@@ -59,7 +61,7 @@ def test_demo_runs_and_reruns_idempotently(cli_env, tmp_path):
     assert "already loaded: 14 datasets, 1,508 queries" in text
     assert "(reused)" in text and "every query already has a vector" in text
     assert f"heatmap:    {plot}" in text
-    with db.connect(cli_env) as c:
+    with connections.connect(cli_env) as c:
         counts = c.execute(
             """SELECT (SELECT count(*) FROM avengers.clusterings),
                       (SELECT count(*) FROM avengers.queries),

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from avengers_store import embedders
-from avengers_store.embedders import (
+from avengers_store.calibration import embedders
+from avengers_store.calibration.embedders import (
     OpenAIEmbedder,
     embedder_for_space,
     get_embedder,
     normalize_rows,
 )
+from avengers_store.calibration.embedding_spaces import Space
 from avengers_store.errors import ConfigurationError, EndpointError
-from avengers_store.spaces import Space
 from tests.conftest import LLMROUTER
 
 TEXTS = ["What is 2 + 2?", "Compute the sum of two and two.", "Name the capital of France."]

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from avengers_store import clustering, db, spaces
-from avengers_store.embedders import Embedder, normalize_rows
-from avengers_store.embedding import embed_queries, import_npy
+from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration.embedders import Embedder, normalize_rows
+from avengers_store.calibration.query_vectors import embed_queries, import_npy
 from avengers_store.errors import InputError, NotFound
+from avengers_store.store import connections
 from tests.calibration_data import (
     add_dataset,
     add_models,
@@ -56,7 +57,7 @@ def texts(prefix: str, n: int) -> list[str]:
 
 
 def counts(url: str) -> dict[str, int]:
-    with db.connect(url) as c:
+    with connections.connect(url) as c:
         return {
             t: c.execute(f"SELECT count(*) FROM avengers.{t}").fetchone()[0]
             for t in ("embedding_spaces", "query_embeddings", "clusterings")
@@ -70,7 +71,7 @@ def store(pg_admin_url, template_db):
 
 
 def _load(url: str, name: str, n: int, *, scored: bool = True) -> list[int]:
-    with db.connect(url) as c:
+    with connections.connect(url) as c:
         ids = add_dataset(
             c, name, texts(name, n), ["calibration" if i % 3 else "test" for i in range(n)]
         )
@@ -95,8 +96,8 @@ def test_embed_is_resumable_and_incremental(store):
     assert set(resumed.embedded) == set(texts("alpha", 50)[32:])
     again = HashEmbedder()
     assert embed_queries(again, url=store).embedded == 0 and again.calls == []
-    with db.connect(store) as c:
-        space = spaces.active_space(c)
+    with connections.connect(store) as c:
+        space = embedding_spaces.active_space(c)
         assert space.embedder == "hash-8" and space.dimension == 8
         stored = c.execute(
             """SELECT q.text, e.embedding FROM avengers.query_embeddings e
@@ -126,17 +127,17 @@ def test_a_new_embedder_gets_its_own_space(store):
     clustering.recluster(k=3, url=store)
     result = embed_queries(HashEmbedder("hash-6", dim=6), url=store)
     assert result.embedded == 30
-    with db.connect(store) as c:
-        listed = {s.embedder: s for s in spaces.list_spaces(c)}
+    with connections.connect(store) as c:
+        listed = {s.embedder: s for s in embedding_spaces.list_spaces(c)}
         assert listed["hash-6"].active and not listed["hash-8"].active
         # Routing keeps embedding in the clustered space until the next re-cluster.
-        assert spaces.serving_space(c).embedder == "hash-8"
+        assert embedding_spaces.serving_space(c).embedder == "hash-8"
         with pytest.raises(InputError, match="8-d vectors, got 6-d"):
-            spaces.get_or_create_space(c, "hash-8", 6)
+            embedding_spaces.get_or_create_space(c, "hash-8", 6)
     new = clustering.recluster(k=3, url=store)
-    with db.connect(store) as c:
+    with connections.connect(store) as c:
         assert new.space_id == listed["hash-6"].id
-        assert spaces.serving_space(c).embedder == "hash-6"
+        assert embedding_spaces.serving_space(c).embedder == "hash-6"
         dims = c.execute(
             """SELECT DISTINCT vector_dims(c.centroid) FROM avengers.centroids c
                WHERE c.clustering_id = %s""",
@@ -153,7 +154,7 @@ def _file_store(url: str, tmp_path, n: int = 12):
     """A dataset 'loaded' from a file of n rows; row 5 duplicates row 4 (merged, not stored)."""
     source = tmp_path / "table.jsonl"
     source.write_text("".join(json.dumps({"q": i}) + "\n" for i in range(n)))
-    with db.connect(url) as c:
+    with connections.connect(url) as c:
         ids = add_dataset(
             c, "filed", texts("filed", n), ["calibration"] * n, source_file=str(source)
         )
@@ -170,14 +171,14 @@ def test_import_npy_aligns_rows_and_normalises(store, tmp_path):
     np.save(npy, raw)
     result = import_npy(npy, source, embedder=PRE8, url=store)
     assert (result.imported, result.already, result.file_rows) == (11, 0, 12)
-    with db.connect(store) as c:
+    with connections.connect(store) as c:
         got = dict(
             c.execute(
                 "SELECT query_id, embedding FROM avengers.query_embeddings WHERE space_id = %s",
                 (result.space_id,),
             ).fetchall()
         )
-        assert spaces.active_space(c).embedder == PRE8
+        assert embedding_spaces.active_space(c).embedder == PRE8
     expected = normalize_rows(raw.astype(np.float32))
     for row, qid in enumerate(ids):
         if row == 5:

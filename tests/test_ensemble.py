@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from avengers_store.ensemble import answer, answer_many
+from avengers_store.answering.chat import ChatClient, Endpoint
+from avengers_store.answering.prompts import DEFAULT_PROMPTS, PromptSet, guess_task_type
+from avengers_store.answering.strategies import answer, answer_many
 from avengers_store.errors import (
     AllEndpointsFailed,
     ConfigurationError,
     EndpointError,
     InputError,
 )
-from avengers_store.llm import ChatClient, Endpoint
-from avengers_store.prompts import DEFAULT_PROMPTS, PromptSet, guess_task_type
 
 
 @pytest.fixture

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import avengers_store
-from avengers_store import clustering, db, evaluation, spaces
-from avengers_store.embedding import store_vectors
+from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
+from avengers_store.evaluation import replay
+from avengers_store.store import connections
 from tests.calibration_data import add_dataset, add_models, add_outcomes, run_cli
 from tests.conftest import ROUTERDC
 
@@ -48,14 +50,14 @@ def _build(conn) -> None:
             all_ids.append(qid)
             outcomes += [(qid, ids[m], float(s)) for m, s in cell.items() if s is not None]
     add_outcomes(conn, outcomes)
-    space = spaces.get_or_create_space(conn, "tiny-4", 4, {})
-    spaces.activate_space(conn, space.id)
+    space = embedding_spaces.get_or_create_space(conn, "tiny-4", 4, {})
+    embedding_spaces.activate_space(conn, space.id)
     store_vectors(conn, space.id, all_ids, np.stack(vectors).astype(np.float32))
 
 
 @pytest.fixture(scope="module")
 def tiny(db_url) -> str:
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         _build(c)
         clustering.recluster(k=1, seed=0, conn=c)  # a served version the replay must not touch
         c.commit()
@@ -116,31 +118,31 @@ def test_hand_computed_numbers(tiny, method):
 
 
 def test_rollback_leaves_the_store_unchanged(tiny):
-    with db.connect(tiny) as c:
+    with connections.connect(tiny) as c:
         before = _state(c)
         c.rollback()
-        evaluation.evaluate(k=2, seeds=(1,), budgets=(1, 2), calibration_fractions=(0.5,), conn=c)
+        replay.evaluate(k=2, seeds=(1,), budgets=(1, 2), calibration_fractions=(0.5,), conn=c)
         assert _state(c) == before
         c.rollback()
-    with db.connect(tiny) as c:
+    with connections.connect(tiny) as c:
         assert _state(c) == before
 
 
 def test_top_n_and_refusals(tiny):
-    result = evaluation.evaluate(k=2, seeds=(1,), top_n=2, url=tiny)
+    result = replay.evaluate(k=2, seeds=(1,), top_n=2, url=tiny)
     alpha = next(d for d in result.datasets if d.dataset == "alpha")
     # alpha's top-2 are m1 and m3 (shrunk: (5 + .5) / 6 > (2 + .7) / 6 > (0 + .5) / 6): best of
     # the two per query is 1 then 0 (m1 missing, m3 0).
     assert alpha.routed.mean == 50.0 and alpha.routed_top_n_best.mean == 50.0
     with pytest.raises(InputError, match="avengers ask"):
-        evaluation.evaluate(strategy="model-switch", url=tiny)
+        replay.evaluate(strategy="model-switch", url=tiny)
     with pytest.raises(InputError, match="--ood-macro"):
-        evaluation.evaluate(k=2, seeds=(1,), ood_macro="alpha", url=tiny)
+        replay.evaluate(k=2, seeds=(1,), ood_macro="alpha", url=tiny)
     with pytest.raises(InputError, match="--datasets"):
-        evaluation.evaluate(k=2, seeds=(1,), datasets="nope", url=tiny)
+        replay.evaluate(k=2, seeds=(1,), datasets="nope", url=tiny)
     with pytest.raises(InputError, match="--stratify"):
-        evaluation.evaluate(k=2, seeds=(1,), stratify="task", url=tiny)
-    explicit = evaluation.evaluate(k=2, seeds=(1,), method="paper", stratify="dataset", url=tiny)
+        replay.evaluate(k=2, seeds=(1,), stratify="task", url=tiny)
+    explicit = replay.evaluate(k=2, seeds=(1,), method="paper", stratify="dataset", url=tiny)
     assert explicit.stratify == "dataset"
 
 
@@ -170,8 +172,8 @@ def test_cli_json_with_sweeps_and_plots(tiny, cli_env, tmp_path):
 def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, tmp_path):
     import pandas as pd
 
-    from avengers_store.embedding import import_npy
-    from avengers_store.load_table import load_table
+    from avengers_store.calibration.query_vectors import import_npy
+    from avengers_store.ingest.wide_tables import load_table
     from tests.calibration_data import fresh_database
 
     df = pd.read_parquet(ROUTERDC / "routerdc_7models.parquet")
@@ -195,7 +197,7 @@ def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, t
         )
         assert sum(d.merged_rows for d in report.datasets) == 0  # no duplicates to reconcile
         import_npy(tmp_path / "slice.npy", path, embedder="all-MiniLM-L6-v2", url=url)
-        result = evaluation.evaluate(k=8, seeds=(42,), url=url)
+        result = replay.evaluate(k=8, seeds=(42,), url=url)
     cols = [c for c in part.columns if c.startswith("acc|")]
     models = [c.split("|", 1)[1] for c in cols]
     cal = part[part["split"] == "train"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from avengers_store.answering.grading import grade, reference_tests, run_tests
 from avengers_store.errors import ConfigurationError
-from avengers_store.grading import grade, reference_tests, run_tests
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from avengers_store.answering.chat import ChatClient, Endpoint
 from avengers_store.errors import ConfigurationError, EndpointError
-from avengers_store.llm import ChatClient, Endpoint
 
 MESSAGES = [{"role": "user", "content": "What is 7*6?"}]
 

@@ -10,9 +10,10 @@ import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
-from avengers_store import datasets, db
 from avengers_store.errors import InputError, NotFound
-from avengers_store.load_table import load_table
+from avengers_store.ingest import datasets
+from avengers_store.ingest.wide_tables import load_table
+from avengers_store.store import connections
 from tests.conftest import ROUTERDC
 from tests.test_datasets import counts, write_rows
 
@@ -38,7 +39,7 @@ def table_rows(rows=ROWS) -> list[dict]:
 
 
 def outcomes_by_text(url: str, dataset: str) -> dict[tuple[str, str], tuple[float, int]]:
-    with db.connect(url) as c:
+    with connections.connect(url) as c:
         rows = c.execute(
             """SELECT q.text, m.name, o.score, o.samples FROM avengers.outcomes o
                JOIN avengers.queries q ON q.id = o.query_id
@@ -82,7 +83,7 @@ def test_load_wide_table(db_url, tmp_path):
         ("Write a haiku.", "a"): (0.3, 1),
         ("Write a haiku.", "b"): (0.9, 1),
     }
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         tasks = dict(
             c.execute(
                 """SELECT d.name, array_agg(DISTINCT q.task_type) FROM avengers.queries q

@@ -11,9 +11,9 @@ import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
-from avengers_store import db
+from avengers_store.calibration.onboarding import evaluate_model
 from avengers_store.errors import ConfigurationError, NotFound
-from avengers_store.model_eval import evaluate_model
+from avengers_store.store import connections
 from tests.routing_store import activate, add_clustering, add_profiles, ensure_model
 
 pytestmark = pytest.mark.llm
@@ -24,7 +24,7 @@ REFERENCES = ["5", "6", "9", "4"]
 
 @pytest.fixture(scope="module")
 def store(db_url, smol_server) -> str:
-    with db.connect(db_url) as conn:
+    with connections.connect(db_url) as conn:
         cid = add_clustering(conn, np.array([[1, 0], [0, 1]], dtype=np.float32))
         ensure_model(conn, "base")
         add_profiles(

@@ -9,25 +9,26 @@ import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
-from avengers_store import db, models
 from avengers_store.errors import InputError, NotFound
+from avengers_store.ingest import model_pool
+from avengers_store.store import connections
 
 
 def test_add_get_list(conn):
-    added = models.add_model(
+    added = model_pool.add_model(
         "qwen", "http://vllm:8000/v1", "Qwen/Qwen2.5-7B", "QWEN_KEY", 0.2, 0.4, conn=conn
     )
     assert added.active and added.endpoint == "http://vllm:8000/v1"
     assert (added.cost_in_per_m, added.cost_out_per_m, added.api_key_env) == (0.2, 0.4, "QWEN_KEY")
-    assert models.get_model("qwen", conn=conn) == added
-    models.add_model("bare", conn=conn)
-    assert [m.name for m in models.list_models(conn=conn)] == ["bare", "qwen"]
+    assert model_pool.get_model("qwen", conn=conn) == added
+    model_pool.add_model("bare", conn=conn)
+    assert [m.name for m in model_pool.list_models(conn=conn)] == ["bare", "qwen"]
     with pytest.raises(InputError, match="already exists"):
-        models.add_model("qwen", conn=conn)
+        model_pool.add_model("qwen", conn=conn)
     with pytest.raises(NotFound, match=r"no model 'nope'; known models: bare, qwen"):
-        models.get_model("nope", conn=conn)
+        model_pool.get_model("nope", conn=conn)
     with pytest.raises(InputError, match="cost_in"):
-        models.add_model("neg", cost_in=-1, conn=conn)
+        model_pool.add_model("neg", cost_in=-1, conn=conn)
 
 
 def _tiny_active_clustering(c) -> None:
@@ -56,7 +57,7 @@ def _tiny_active_clustering(c) -> None:
     for q in qids:
         c.execute("INSERT INTO avengers.assignments VALUES (%s, %s, 0, 0)", (cl, q))
     for name, score in (("good", 1.0), ("weak", 0.0)):
-        mid = models.add_model(name, conn=c).id
+        mid = model_pool.add_model(name, conn=c).id
         for q in qids:
             c.execute(
                 "INSERT INTO avengers.outcomes (query_id, model_id, score) VALUES (%s, %s, %s)",
@@ -74,15 +75,15 @@ def test_set_active_refreshes_profiles(conn):
         )
 
     assert ranks() == {"good": 1, "weak": 2}
-    changed = models.set_active(["good"], False, conn=conn)
+    changed = model_pool.set_active(["good"], False, conn=conn)
     assert [m.name for m in changed] == ["good"] and not changed[0].active
     assert ranks() == {"good": None, "weak": 1}
-    assert [m.name for m in models.list_models(active_only=True, conn=conn)] == ["weak"]
-    models.set_active(["good"], True, conn=conn)
+    assert [m.name for m in model_pool.list_models(active_only=True, conn=conn)] == ["weak"]
+    model_pool.set_active(["good"], True, conn=conn)
     assert ranks() == {"good": 1, "weak": 2}
     with pytest.raises(NotFound, match="unknown model"):
-        models.set_active(["good", "ghost"], False, conn=conn)
-    assert models.remove_model("weak", conn=conn) == 2
+        model_pool.set_active(["good", "ghost"], False, conn=conn)
+    assert model_pool.remove_model("weak", conn=conn) == 2
     assert ranks() == {"good": 1}
 
 
@@ -103,7 +104,7 @@ def test_cli_models(cli_env):
     assert runner.invoke(cli, ["models", "activate", "cli-m"]).exit_code == 0
     assert "cli-m" in runner.invoke(cli, ["models", "list"]).output
     assert runner.invoke(cli, ["models", "remove", "cli-m", "--yes"]).exit_code == 0
-    with db.connect(cli_env) as c:
+    with connections.connect(cli_env) as c:
         assert c.execute("SELECT count(*) FROM avengers.models").fetchone()[0] == 0
     for sub in ("add", "list", "activate", "deactivate", "remove"):
         assert "Example:" in runner.invoke(cli, ["models", sub, "--help"]).output

@@ -8,9 +8,10 @@ import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
-from avengers_store import datasets, db, models
 from avengers_store.errors import InputError, NotFound
-from avengers_store.outcomes import OutcomeRow, import_outcomes, upsert_outcomes
+from avengers_store.ingest import datasets, model_pool
+from avengers_store.ingest.outcomes import OutcomeRow, import_outcomes, upsert_outcomes
+from avengers_store.store import connections
 from tests.test_datasets import counts, write_rows
 
 TEXTS = ["What is 2+2?", "Name a prime.", "Capital of Peru?", "Largest planet?"]
@@ -23,12 +24,12 @@ def store(db_url, tmp_path_factory):
     write_rows(path, [{"id": f"q{i}", "text": t} for i, t in enumerate(TEXTS)])
     datasets.add_dataset("qs", path, id_col="id", url=db_url)
     for name in ("m1", "m2"):
-        models.add_model(name, url=db_url)
+        model_pool.add_model(name, url=db_url)
     return db_url
 
 
 def outcomes_of(url: str) -> dict[tuple[str, str], tuple]:
-    with db.connect(url) as c:
+    with connections.connect(url) as c:
         rows = c.execute(
             """SELECT q.external_id, m.name, o.score, o.samples, o.answer, o.tokens_in, o.cost
                FROM avengers.outcomes o JOIN avengers.queries q ON q.id = o.query_id
@@ -143,9 +144,9 @@ def test_unknown_queries_and_models_are_listed(store, tmp_path):
 
 
 def test_upsert_pools_duplicates_inside_the_callers_transaction(store):
-    with db.connect(store) as c:
+    with connections.connect(store) as c:
         qid = c.execute("SELECT id FROM avengers.queries WHERE external_id = 'q2'").fetchone()[0]
-        mid = models.get_model("m2", conn=c).id
+        mid = model_pool.get_model("m2", conn=c).id
         written = upsert_outcomes(
             c,
             [

@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from avengers_store import clustering, db
+from avengers_store.calibration import clustering
+from avengers_store.calibration.profiles import get_profiles, plot_profiles, profile_matrix
 from avengers_store.errors import InputError, NotFound, StoreStateError
-from avengers_store.profiles import get_profiles, plot_profiles, profile_matrix
-from avengers_store.textnorm import content_hash
+from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store import connections
 from tests.calibration_data import MODELS, fresh_database, run_cli, run_cli_error, seed_store
 from tests.conftest import ROUTERDC
 
@@ -47,7 +48,7 @@ def test_routerdc_profiles_match_pandas_groupby(cli_env, tmp_path):
     assert {p["cluster"] for p in profile} == set(range(64))
     assert len(profile) == 64 * 7
 
-    with db.connect(cli_env) as c:
+    with connections.connect(cli_env) as c:
         assigned = c.execute(
             """SELECT a.cluster, d.name, q.text FROM avengers.assignments a
                JOIN avengers.clusterings k ON k.id = a.clustering_id AND k.status = 'active'
@@ -74,7 +75,7 @@ def test_routerdc_profiles_match_pandas_groupby(cli_env, tmp_path):
 @pytest.fixture(scope="module")
 def synthetic_store(pg_admin_url, template_db):
     with fresh_database(pg_admin_url, template_db) as url:
-        with db.connect(url) as c:
+        with connections.connect(url) as c:
             syn = seed_store(c)
             c.commit()
         clustering.recluster(k=4, seed=1, url=url)

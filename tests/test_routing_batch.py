@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pgvector import Vector
 
-from avengers_store import routing
 from avengers_store.errors import InputError
+from avengers_store.routing import statements
 from tests.routing_store import activate, add_clustering, add_profiles, ensure_model, unit_rows
 
 
@@ -21,13 +21,13 @@ def test_matrix_batch_equals_per_vector_path(conn):
     add_profiles(conn, cid, {m: rng.random((32, 2)).tolist() for m in ("a", "b", "c")})
     activate(conn, cid)
     queries = unit_rows(rng, 300, 24) * 3.0  # scale: SQL normalises either way
-    assert routing._query_matrix(queries) is not None
-    assert routing._query_matrix([Vector(q) for q in queries]) is None
-    fast = routing.route_vectors(conn, queries, 2)
-    slow = routing.route_vectors(conn, [Vector(q) for q in queries], 2)
+    assert statements._query_matrix(queries) is not None
+    assert statements._query_matrix([Vector(q) for q in queries]) is None
+    fast = statements.route_vectors(conn, queries, 2)
+    slow = statements.route_vectors(conn, [Vector(q) for q in queries], 2)
     assert fast == slow
-    assert routing.route_vectors(conn, queries.tolist(), 2) == fast
-    assert routing.route_vector(conn, queries[0], 2) == fast[0]
+    assert statements.route_vectors(conn, queries.tolist(), 2) == fast
+    assert statements.route_vector(conn, queries[0], 2) == fast[0]
 
 
 def test_a_bad_row_falls_back_and_is_named(conn):
@@ -35,9 +35,9 @@ def test_a_bad_row_falls_back_and_is_named(conn):
     activate(conn, cid)
     batch = np.eye(4, dtype=np.float32)
     batch[2, 1] = np.nan
-    assert routing._query_matrix(batch) is None
+    assert statements._query_matrix(batch) is None
     with pytest.raises(InputError, match="query vector 3.*finite and non-zero"):
-        routing.route_vectors(conn, batch)
+        statements.route_vectors(conn, batch)
     batch[2] = 0.0
     with pytest.raises(InputError, match="query vector 3.*finite and non-zero"):
-        routing.route_vectors(conn, batch)
+        statements.route_vectors(conn, batch)

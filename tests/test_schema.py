@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from avengers_store import schema
 from avengers_store.errors import SchemaOutOfDate
+from avengers_store.store import schema
 
 
 def test_template_is_at_head(conn):

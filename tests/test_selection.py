@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from avengers_store import clustering, db, spaces
-from avengers_store.embedding import store_vectors
+from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration.model_selection import select_models
+from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError, StoreStateError
-from avengers_store.selection import select_models
+from avengers_store.store import connections
 from tests.calibration_data import (
     add_dataset,
     add_models,
@@ -24,7 +25,7 @@ from tests.calibration_data import (
 
 @pytest.fixture(scope="module")
 def store(db_url):
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         seed_store(c, n_blobs=4, per_blob=30)
         c.commit()
     clustering.recluster(k=6, seed=5, url=db_url)
@@ -49,7 +50,7 @@ def test_select_json_equals_recomputed_scores(cli_env, store):
     for s in out["scores"]:
         assert s["selection_score"] == pytest.approx(scores[s["model"]], abs=1e-12)
     assert out["applied"] is False
-    with db.connect(store) as c:
+    with connections.connect(store) as c:
         assert c.execute("SELECT bool_and(active) FROM avengers.models").fetchone()[0]
 
 
@@ -57,7 +58,7 @@ def test_apply_marks_the_chosen_set_and_refreshes(cli_env, store):
     text = run_cli("models", "select", "--budget", "2", "--apply").stdout
     assert "active models now" in text
     chosen = select_models(2, url=store).selected
-    with db.connect(store) as c:
+    with connections.connect(store) as c:
         active = {r[0] for r in c.execute("SELECT name FROM avengers.models WHERE active")}
         routed = {
             r[0]
@@ -79,7 +80,7 @@ def test_apply_marks_the_chosen_set_and_refreshes(cli_env, store):
 def test_ties_fall_to_overall_score_then_name(pg_admin_url, template_db):
     """Two clusters; each model wins one and is second in the other: equal s(m) = 1.5."""
     with fresh_database(pg_admin_url, template_db) as url:
-        with db.connect(url) as c:
+        with connections.connect(url) as c:
             rng = np.random.default_rng(3)
             centres = unit(np.eye(4)[:2] * 1.0)
             vectors = unit(np.repeat(centres, 10, axis=0) + 0.01 * rng.normal(size=(20, 4)))
@@ -94,15 +95,15 @@ def test_ties_fall_to_overall_score_then_name(pg_admin_url, template_db):
                     (q, models["mid"], 0.1),
                 ]
             add_outcomes(c, rows)
-            space = spaces.get_or_create_space(c, "tie-4", 4)
-            spaces.activate_space(c, space.id)
+            space = embedding_spaces.get_or_create_space(c, "tie-4", 4)
+            embedding_spaces.activate_space(c, space.id)
             store_vectors(c, space.id, ids, vectors)
             c.commit()
         clustering.recluster(k=2, url=url)
         result = select_models(1, url=url)
         assert [s.selection_score for s in result.scores[:2]] == [1.5, 1.5]
         assert result.selected == ("alpha",)  # equal overall score: name decides
-        with db.connect(url) as c:
+        with connections.connect(url) as c:
             c.execute(
                 "UPDATE avengers.outcomes SET score = 0.6 WHERE model_id = %s AND score = 0.5",
                 (models["zeta"],),

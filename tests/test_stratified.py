@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avengers_store import clustering, db, routing, spaces
-from avengers_store.embedding import store_vectors
+from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
+from avengers_store.routing import statements
+from avengers_store.store import connections
 from tests.calibration_data import add_dataset, add_models, add_outcomes, run_cli, unit
 
 DIM = 8
@@ -54,7 +56,7 @@ def overlapping(db_url) -> tuple[str, np.ndarray]:
     all) and ``small`` (8 queries packed at e0 + 0.15 e1, only ``m2`` right). Plain K-means with
     k = 2 splits big's wide spread and leaves small inside one half."""
     rng = np.random.default_rng(3)
-    with db.connect(db_url) as c:
+    with connections.connect(db_url) as c:
         ids = add_models(c, ["m1", "m2"])
         spread = np.zeros((40, DIM))
         spread[:, 2:] = 0.35 * rng.normal(size=(40, DIM - 2))
@@ -68,15 +70,15 @@ def overlapping(db_url) -> tuple[str, np.ndarray]:
             vectors.append(vecs)
             outcomes += [(q, ids[m], float(m == right)) for q in got for m in ("m1", "m2")]
         add_outcomes(c, outcomes)
-        space = spaces.get_or_create_space(c, "overlap-8", DIM, {})
-        spaces.activate_space(c, space.id)
+        space = embedding_spaces.get_or_create_space(c, "overlap-8", DIM, {})
+        embedding_spaces.activate_space(c, space.id)
         store_vectors(c, space.id, qids, np.vstack(vectors).astype(np.float32))
         c.commit()
     return db_url, big
 
 
 def _route(conn, vector) -> str:
-    decision = routing.route_vector(conn, vector.astype(np.float32), method=routing.PAPER)
+    decision = statements.route_vector(conn, vector.astype(np.float32), method=statements.PAPER)
     return decision.candidates[0].model
 
 

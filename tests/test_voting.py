@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from avengers_store.answers import ExtractedAnswer
-from avengers_store.voting import vote
+from avengers_store.answering.extraction import ExtractedAnswer
+from avengers_store.answering.voting import vote
 
 
 def answers(*values):

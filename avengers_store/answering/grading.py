@@ -33,7 +33,7 @@ import sys
 import tempfile
 from collections import Counter
 
-from avengers_store.answers import (
+from avengers_store.answering.extraction import (
     extract,
     extract_choice,
     find_boxed,
@@ -41,8 +41,8 @@ from avengers_store.answers import (
     normalize_math,
     normalize_text_answer,
 )
+from avengers_store.answering.prompts import check_task_type
 from avengers_store.errors import ConfigurationError
-from avengers_store.prompts import check_task_type
 
 DEFAULT_CODE_TIMEOUT_S = 10.0
 _MEMORY_LIMIT_BYTES = 1 << 30

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from avengers_store.answers import ExtractedAnswer
+from avengers_store.answering.extraction import ExtractedAnswer
 
 
 @dataclass(frozen=True)

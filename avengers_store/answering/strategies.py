@@ -20,11 +20,16 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from avengers_store.answers import ExtractedAnswer, extract_answer
+from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
+from avengers_store.answering.extraction import ExtractedAnswer, extract_answer
+from avengers_store.answering.prompts import (
+    DEFAULT_PROMPTS,
+    PromptSet,
+    check_task_type,
+    guess_task_type,
+)
+from avengers_store.answering.voting import Vote, vote
 from avengers_store.errors import AllEndpointsFailed, ConfigurationError, EndpointError
-from avengers_store.llm import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
-from avengers_store.prompts import DEFAULT_PROMPTS, PromptSet, check_task_type, guess_task_type
-from avengers_store.voting import Vote, vote
 
 STRATEGIES: tuple[str, ...] = ("self-consistency", "model-switch", "direct")
 DEFAULT_SAMPLES = 10

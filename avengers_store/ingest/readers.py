@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from .errors import InputError
+from avengers_store.errors import InputError
 
 # Suffix (after an optional compression suffix) -> DuckDB table function call, path bound as $1.
 READERS = {

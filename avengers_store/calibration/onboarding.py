@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import psycopg
 from tqdm import tqdm
 
-from . import db, grading, models, outcomes, profiles
-from .answers import extract
-from .errors import ConfigurationError, EndpointError, InputError
-from .llm import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
-from .prompts import PromptSet, messages
+from avengers_store.answering import grading
+from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
+from avengers_store.answering.extraction import extract
+from avengers_store.answering.prompts import PromptSet, messages
+from avengers_store.calibration import profiles
+from avengers_store.errors import ConfigurationError, EndpointError, InputError
+from avengers_store.ingest import model_pool, outcomes
+from avengers_store.store import connections
 
 DEFAULT_SAMPLES = 10
 DEFAULT_BATCH = 20
@@ -108,8 +111,8 @@ def evaluate_model(
     own_chat = chat is None
     client = chat or ChatClient(max_concurrency=max(concurrency, 4))
     try:
-        with db.connection(url, conn=conn) as c:
-            model = models.get_model(name, conn=c)
+        with connections.connection(url, conn=conn) as c:
+            model = model_pool.get_model(name, conn=c)
             if not model.endpoint:
                 raise ConfigurationError(
                     f"model {name!r} has no endpoint to evaluate through: "
@@ -194,7 +197,7 @@ class _Totals:
 def _evaluate_one(
     client: ChatClient,
     endpoint: Endpoint,
-    model: models.Model,
+    model: model_pool.Model,
     item: _Pending,
     samples: int,
     temperature: float,

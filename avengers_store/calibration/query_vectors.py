@@ -15,9 +15,15 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from . import db, spaces
-from .embedders import Embedder, embedder_for_space, get_embedder, normalize_rows
-from .errors import InputError, NotFound
+from avengers_store.calibration import embedding_spaces
+from avengers_store.calibration.embedders import (
+    Embedder,
+    embedder_for_space,
+    get_embedder,
+    normalize_rows,
+)
+from avengers_store.errors import InputError, NotFound
+from avengers_store.store import connections
 
 
 @dataclass(frozen=True)
@@ -80,17 +86,17 @@ def _resolve_embedder(conn: psycopg.Connection, embedder: str | Embedder | None)
     if isinstance(embedder, Embedder):
         return embedder
     if embedder is None:
-        space = spaces.active_space(conn)
+        space = embedding_spaces.active_space(conn)
         if space is not None:
             return embedder_for_space(space)
         return get_embedder()
-    space = spaces.get_space(conn, embedder)
+    space = embedding_spaces.get_space(conn, embedder)
     return embedder_for_space(space) if space is not None else get_embedder(embedder)
 
 
-def _space_for(conn: psycopg.Connection, emb: Embedder, dimension: int) -> spaces.Space:
-    space = spaces.get_or_create_space(conn, emb.name, dimension, emb.params)
-    return spaces.activate_space(conn, space.id)
+def _space_for(conn: psycopg.Connection, emb: Embedder, dimension: int) -> embedding_spaces.Space:
+    space = embedding_spaces.get_or_create_space(conn, emb.name, dimension, emb.params)
+    return embedding_spaces.activate_space(conn, space.id)
 
 
 def _missing_count(conn: psycopg.Connection, space_id: int) -> tuple[int, int]:
@@ -124,7 +130,7 @@ def embed_queries(
         )
     started = time.perf_counter()
     own = conn is None
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         emb = _resolve_embedder(c, embedder)
         space = _space_for(c, emb, emb.dimension)
         missing, already = _missing_count(c, space.id)
@@ -202,7 +208,7 @@ def import_npy(
     if not np.issubdtype(matrix.dtype, np.floating):
         raise InputError(f"expected floating-point vectors, got {matrix.dtype}", location=str(npy))
     file_rows, dimension = int(matrix.shape[0]), int(matrix.shape[1])
-    with db.connection(url, conn=conn) as c, c.transaction():
+    with connections.connection(url, conn=conn) as c, c.transaction():
         datasets = c.execute(
             """SELECT name, metadata->>'source_file_rows' FROM avengers.datasets
                WHERE metadata->>'source_file' = %s ORDER BY name""",
@@ -221,7 +227,7 @@ def import_npy(
                     location=str(npy),
                 )
         emb = _resolve_embedder(c, embedder)
-        existing = spaces.get_space(c, emb.name)
+        existing = embedding_spaces.get_space(c, emb.name)
         if existing is not None and existing.dimension != dimension:
             raise InputError(
                 f"{dimension}-d vectors, but space {existing.id} ({existing.embedder}) is "

@@ -34,8 +34,9 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import db, spaces
-from .errors import AvengersError, InputError, NotFound, StoreStateError
+from avengers_store.calibration import embedding_spaces
+from avengers_store.errors import AvengersError, InputError, NotFound, StoreStateError
+from avengers_store.store import connections
 
 ALGORITHMS = ("kmeans", "minibatch-kmeans", "ward", "gmm", "spectral", "birch")
 # Above this many vectors "kmeans" runs as MiniBatchKMeans: full Lloyd passes get slow on 2 cores.
@@ -82,7 +83,7 @@ def _clustering(row) -> Clustering:
 
 
 def get_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> Clustering:
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         row = c.execute(
             f"SELECT {_COLUMNS} FROM avengers.clusterings WHERE id = %s", (clustering_id,)
         ).fetchone()
@@ -94,7 +95,7 @@ def get_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> 
 
 
 def active_clustering(*, url: str | None = None, conn=None) -> Clustering | None:
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         row = c.execute(
             f"SELECT {_COLUMNS} FROM avengers.clusterings WHERE status = 'active'"
         ).fetchone()
@@ -103,7 +104,7 @@ def active_clustering(*, url: str | None = None, conn=None) -> Clustering | None
 
 def list_clusterings(*, url: str | None = None, conn=None) -> list[Clustering]:
     """Every stored version, newest first."""
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         rows = c.execute(f"SELECT {_COLUMNS} FROM avengers.clusterings ORDER BY id DESC").fetchall()
     return [_clustering(r) for r in rows]
 
@@ -111,7 +112,7 @@ def list_clusterings(*, url: str | None = None, conn=None) -> list[Clustering]:
 def activate_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> Clustering:
     """Serve version ``clustering_id`` (``CALL avengers.activate_clustering``): switch and profile
     refresh in one transaction. Rolling back to an earlier version is the same call."""
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         try:
             with c.transaction():
                 c.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
@@ -125,7 +126,7 @@ def activate_clustering(clustering_id: int, *, url: str | None = None, conn=None
 
 def remove_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> None:
     """Delete a non-active version with its centroids and assignments."""
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         found = get_clustering(clustering_id, conn=c)
         if found.status == "active":
             raise StoreStateError(
@@ -142,7 +143,7 @@ def prune_clusterings(
     returns the deleted ids."""
     if keep < 0:
         raise InputError("--keep must be 0 or more", location="keep")
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         rows = c.execute(
             """DELETE FROM avengers.clusterings
                WHERE id IN (SELECT id FROM avengers.clusterings
@@ -187,7 +188,9 @@ def calibration_vectors(
     return ids, vectors, names
 
 
-def _check_calibration_set(conn: psycopg.Connection, space: spaces.Space) -> dict[str, int]:
+def _check_calibration_set(
+    conn: psycopg.Connection, space: embedding_spaces.Space
+) -> dict[str, int]:
     row = conn.execute(
         """SELECT count(*) AS n,
                   count(*) FILTER (WHERE NOT EXISTS (
@@ -437,7 +440,7 @@ def _write_assignments(
 def _prepare_routing(conn: psycopg.Connection, clustering_id: int) -> None:
     """Routing-side structures over the new centroids (an HNSW index for very large k), built
     in the same transaction so the version is servable the moment it is active."""
-    from .routing import prepare_centroid_index
+    from avengers_store.routing.statements import prepare_centroid_index
 
     prepare_centroid_index(conn, clustering_id)
 
@@ -497,8 +500,8 @@ def recluster(
         raise InputError(f"keep must be 0 or more, got {keep}", location="--keep")
     phases = _Phases(["read", "fit", "assign", "write", "activate"], progress)
     try:
-        with db.connection(url, conn=conn) as c, c.transaction():
-            space = spaces.active_space(c)
+        with connections.connection(url, conn=conn) as c, c.transaction():
+            space = embedding_spaces.active_space(c)
             if space is None:
                 raise StoreStateError(
                     "no embeddings: no embedding space exists yet; run `avengers embed` first"

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from . import db
-from .datasets import (
+from avengers_store.calibration.profiles import refresh_profiles
+from avengers_store.errors import InputError
+from avengers_store.ingest.datasets import (
     SKIP,
     DatasetSpec,
     DatasetSummary,
@@ -24,11 +25,10 @@ from .datasets import (
     normalize_task_type,
     parse_mapping,
 )
-from .errors import InputError
-from .models import model_ids
-from .outcomes import OutcomeRow, upsert_outcomes
-from .profiles import refresh_profiles
-from .readers import read_table
+from avengers_store.ingest.model_pool import model_ids
+from avengers_store.ingest.outcomes import OutcomeRow, upsert_outcomes
+from avengers_store.ingest.readers import read_table
+from avengers_store.store import connections
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def load_table(
     external_ids = table.labels(id_col) if id_col else None
     source = f"load-table:{table.path}"
 
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         before = {r[0] for r in c.execute("SELECT name FROM avengers.models")}
         ids = model_ids(c, model_names, create=create_models)
         summaries, row_query = ingest_queries(

@@ -27,8 +27,8 @@ from psycopg import sql
 from psycopg.adapt import Dumper, PyFormat
 from psycopg.pq import Format
 
-from . import db
-from .errors import InputError, NotFound, StoreStateError
+from avengers_store.errors import InputError, NotFound, StoreStateError
+from avengers_store.store import connections
 
 # Nearest-centroid search is an exact scan: ≈ 0.3-0.6 µs per centroid per query at 384
 # dimensions on 2 shared cores (route_many: ≈ 1.2 ms per query at k = 2,048; ≈ 5-10 ms expected at
@@ -284,7 +284,7 @@ def _ensure_vector_types(conn: psycopg.Connection) -> None:
     try:
         conn.adapters.get_dumper(Vector, PyFormat.BINARY)
     except psycopg.ProgrammingError:
-        db.register_vector(conn)
+        connections.register_vector(conn)
     info = conn.adapters.types.get("vector")
     dumper = type(
         "VectorBatchDumper",

@@ -19,11 +19,11 @@ import numpy as np
 import psycopg
 from psycopg.rows import class_row
 
-from . import db
-from .errors import InputError, NotFound
-from .profiles import refresh_profiles
-from .readers import Table, read_table
-from .textnorm import content_hash
+from avengers_store.calibration.profiles import refresh_profiles
+from avengers_store.errors import InputError, NotFound
+from avengers_store.ingest.readers import Table, read_table
+from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store import connections
 
 TASK_TYPES = ("math", "multiple_choice", "code", "text")
 TASK_TYPE_ALIASES = {"mc": "multiple_choice", "multiple-choice": "multiple_choice"}
@@ -397,7 +397,7 @@ def add_dataset(
         calibration_fraction=None if split_col else calibration_fraction,
         options=options,
     )
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         summaries, _ = ingest_queries(
             c,
             table,
@@ -437,7 +437,7 @@ ORDER BY d.name
 def list_datasets(
     *, url: str | None = None, conn: psycopg.Connection | None = None
 ) -> list[Dataset]:
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         cur = c.cursor(row_factory=class_row(Dataset))
         return cur.execute(_DATASET_SQL.format(where="")).fetchall()
 
@@ -445,7 +445,7 @@ def list_datasets(
 def get_dataset(
     name: str, *, url: str | None = None, conn: psycopg.Connection | None = None
 ) -> Dataset:
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         cur = c.cursor(row_factory=class_row(Dataset))
         found = cur.execute(_DATASET_SQL.format(where="WHERE d.name = %s"), (name,)).fetchone()
         if found is None:
@@ -463,7 +463,7 @@ def remove_dataset(
 ) -> int:
     """Delete a dataset with its queries, embeddings and outcomes; returns the queries deleted.
     Profiles are refreshed (clustered queries of the dataset no longer count)."""
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         ds = get_dataset(name, conn=c)
         c.execute("DELETE FROM avengers.datasets WHERE id = %s", (ds.id,))
         refresh_profiles(c)

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from . import db
-from .datasets import get_dataset, query_lookup
-from .errors import InputError
-from .models import model_ids
-from .profiles import refresh_profiles
-from .readers import Table, read_table, row_label
-from .textnorm import content_hash
+from avengers_store.calibration.profiles import refresh_profiles
+from avengers_store.errors import InputError
+from avengers_store.ingest.datasets import get_dataset, query_lookup
+from avengers_store.ingest.model_pool import model_ids
+from avengers_store.ingest.readers import Table, read_table, row_label
+from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store import connections
 
 SHOWN_OFFENDERS = 5
 # Column names tried, in order, when the caller names none.
@@ -209,7 +209,7 @@ def import_outcomes(
     table = read_table(path)
     key_col, by_id = _key_column(table, id_col, text_col)
     source = f"import:{table.path}"
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         ds = get_dataset(dataset, conn=c)
         lookup = query_lookup(c, ds.id, by_id=by_id)
         keys = table.labels(key_col) if by_id else table.values(key_col)

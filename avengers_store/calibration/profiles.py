@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psycopg
 
-from . import db
-from .errors import InputError, NotFound, StoreStateError
+from avengers_store.errors import InputError, NotFound, StoreStateError
+from avengers_store.store import connections
 
 
 def refresh_profiles(conn: psycopg.Connection) -> None:
@@ -63,7 +63,7 @@ def get_profiles(
 ) -> list[ProfileEntry]:
     """Served profiles of the active clustering, by cluster then rank; optionally one cluster
     and/or one model."""
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         clustering_id = _require_active(c)
         if cluster is not None:
             known = c.execute(

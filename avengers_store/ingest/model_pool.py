@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import class_row
 
-from . import db
-from .errors import InputError, NotFound
-from .profiles import refresh_profiles
+from avengers_store.calibration.profiles import refresh_profiles
+from avengers_store.errors import InputError, NotFound
+from avengers_store.store import connections
 
 COLUMNS = (
     "id, name, endpoint, served_name, api_key_env, cost_in_per_m, cost_out_per_m, active, added_at"
@@ -53,7 +53,7 @@ def add_model(
         raise InputError("a model name must not be blank")
     _check_cost(cost_in, "cost_in")
     _check_cost(cost_out, "cost_out")
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         cur = c.cursor(row_factory=class_row(Model))
         model = cur.execute(
             f"""INSERT INTO avengers.models
@@ -74,7 +74,7 @@ def add_model(
 def get_model(
     name: str, *, url: str | None = None, conn: psycopg.Connection | None = None
 ) -> Model:
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         cur = c.cursor(row_factory=class_row(Model))
         model = cur.execute(
             f"SELECT {COLUMNS} FROM avengers.models WHERE name = %s", (name,)
@@ -87,7 +87,7 @@ def get_model(
 def list_models(
     *, active_only: bool = False, url: str | None = None, conn: psycopg.Connection | None = None
 ) -> list[Model]:
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         cur = c.cursor(row_factory=class_row(Model))
         where = "WHERE active" if active_only else ""
         return cur.execute(
@@ -105,7 +105,7 @@ def set_active(
     """Mark models active (routed to) or inactive, and refresh the served profiles, which carry
     the flag. Returns the changed models."""
     names = list(dict.fromkeys(names))
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         model_ids(c, names)  # every name must exist
         cur = c.cursor(row_factory=class_row(Model))
         changed = cur.execute(
@@ -121,7 +121,7 @@ def remove_model(
     name: str, *, url: str | None = None, conn: psycopg.Connection | None = None
 ) -> int:
     """Delete a model and its outcomes; returns the number of outcomes deleted."""
-    with db.connection(url, conn=conn) as c:
+    with connections.connection(url, conn=conn) as c:
         model_id = model_ids(c, [name])[name]
         deleted = c.execute(
             "SELECT count(*) FROM avengers.outcomes WHERE model_id = %s", (model_id,)

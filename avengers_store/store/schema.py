@@ -19,8 +19,8 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import create_engine, pool
 
-from . import db
-from .errors import AvengersError, ExtensionMissing, SchemaOutOfDate
+from avengers_store.errors import AvengersError, ExtensionMissing, SchemaOutOfDate
+from avengers_store.store import connections
 
 SCHEMA = "avengers"
 VERSION_TABLE = "avengers_alembic_version"
@@ -73,7 +73,7 @@ def _engine(url: str):
     # One psycopg connection made our way (same URL resolution and errors as everything else).
     return create_engine(
         "postgresql+psycopg://",
-        creator=lambda: db.connect(url, vector=False),
+        creator=lambda: connections.connect(url, vector=False),
         poolclass=pool.NullPool,
     )
 
@@ -155,13 +155,13 @@ def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile) as exc:
         raise ExtensionMissing(
-            f"the server at {db.redact(url)} has no pgvector extension: install pgvector on it "
+            f"the server at {connections.redact(url)} has no pgvector extension: install pgvector on it "
             "(e.g. the pgvector/pgvector image from docker-compose.yml), then rerun "
             "`avengers db upgrade`."
         ) from exc
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ExtensionMissing(
-            f"pgvector is not enabled in {db.redact(url)} and this user may not enable it: "
+            f"pgvector is not enabled in {connections.redact(url)} and this user may not enable it: "
             "ask an administrator to run CREATE EXTENSION vector in that database, then rerun "
             "`avengers db upgrade`."
         ) from exc
@@ -169,7 +169,7 @@ def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:
 
 def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
     """Migrate to ``revision`` and (re)apply ``sql/`` in one transaction. A no-op when current."""
-    target_url = db.resolve_url(url)
+    target_url = connections.resolve_url(url)
     target = head_revision() if revision == "head" else revision
     engine = _engine(target_url)
     with engine.begin() as sa_conn:
@@ -189,7 +189,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
 
 def downgrade(url: str | None = None, revision: str = "base") -> str | None:
     """Migrate down to ``revision`` (``base`` removes the schema). Returns the new revision."""
-    target_url = db.resolve_url(url)
+    target_url = connections.resolve_url(url)
     engine = _engine(target_url)
     with engine.begin() as sa_conn:
         raw = _raw(sa_conn)
@@ -264,13 +264,13 @@ class StoreStatus:
 
 def status(url: str | None = None) -> StoreStatus:
     """Revision, versions and row counts; works on an empty database too."""
-    from . import config
+    from avengers_store.store import config
 
     embedded = url is None and config.database_url() is None
-    target = db.resolve_url(url)
-    with db.connect(target, vector=False) as conn:
+    target = connections.resolve_url(url)
+    with connections.connect(target, vector=False) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
-        installed, _ = db.pgvector_version(conn)
+        installed, _ = connections.pgvector_version(conn)
         revision = current_revision(conn)
         counts: dict[str, int] = {}
         active = None
@@ -286,7 +286,7 @@ def status(url: str | None = None) -> StoreStatus:
             active = row[0] if row else None
         sql_current = applied_sql_hash(conn) == sql_hash()
     return StoreStatus(
-        url=db.redact(target),
+        url=connections.redact(target),
         embedded=embedded,
         server_version=version,
         pgvector_version=installed,

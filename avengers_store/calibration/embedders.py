@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from . import config
-from .errors import ConfigurationError, EndpointError
+from avengers_store.errors import ConfigurationError, EndpointError
+from avengers_store.store import config
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_DIMENSION = 384

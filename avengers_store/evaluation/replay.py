@@ -35,10 +35,12 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from . import clustering, db, routing, spaces
-from .datasets import seeded_split
-from .errors import InputError, StoreStateError
-from .routing import RoutingMethod
+from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.errors import InputError, StoreStateError
+from avengers_store.ingest.datasets import seeded_split
+from avengers_store.routing import statements
+from avengers_store.routing.statements import RoutingMethod
+from avengers_store.store import connections
 
 DEFAULT_SEEDS = (42, 999, 2024, 2025, 3407)
 STRATEGIES = ("best", "model-switch")
@@ -208,7 +210,7 @@ class _Replay:
         self.top_n = top_n
         self.progress = progress
         self.cache: dict[tuple, _Run] = {}
-        space = spaces.active_space(conn)
+        space = embedding_spaces.active_space(conn)
         if space is None:
             raise StoreStateError("no embeddings: run `avengers embed` before `avengers evaluate`")
         models = conn.execute(
@@ -372,7 +374,7 @@ class _Replay:
         unrouted = np.zeros(len(rows), dtype=bool)
         for start in range(0, len(rows), ROUTE_BATCH):
             chunk = rows[start : start + ROUTE_BATCH]
-            decisions = routing.route_vectors(
+            decisions = statements.route_vectors(
                 self.conn, self.X[chunk], self.top_n, method=self.method
             )
             for i, (row, decision) in enumerate(zip(chunk, decisions, strict=True)):
@@ -595,15 +597,15 @@ def evaluate(
     for b in budgets or ():
         if b < 1:
             raise InputError(f"budgets must be >= 1, got {b}", location="--budgets")
-    chosen = routing.routing_method(method)
+    chosen = statements.routing_method(method)
     if stratify is None:
-        stratify = "none" if chosen == routing.PAPER else "dataset"
+        stratify = "none" if chosen == statements.PAPER else "dataset"
     if stratify not in clustering.STRATIFY:
         raise InputError(
             f"unknown stratify {stratify!r}; choose one of {', '.join(clustering.STRATIFY)}",
             location="--stratify",
         )
-    with db.connection(url, conn=conn) as c, c.transaction() as tx:
+    with connections.connection(url, conn=conn) as c, c.transaction() as tx:
         rp = _Replay(
             c,
             method=chosen,
@@ -656,7 +658,7 @@ def evaluate(
         # Everything above wrote only inside this transaction: drop it.
         raise psycopg.Rollback(tx)
     if plot_dir is not None and result.sweeps:
-        from .evaluation_report import plot_sweeps
+        from avengers_store.evaluation.report import plot_sweeps
 
         plotted = plot_sweeps(result, plot_dir)
         result = dataclasses.replace(

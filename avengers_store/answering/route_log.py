@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from .textnorm import content_hash
+from avengers_store.ingest.text_identity import content_hash
 
 INSERT_SQL = """
 INSERT INTO avengers.route_log (query_hash, clustering_id, cluster, distance, models, strategy,

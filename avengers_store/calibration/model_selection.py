@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from . import db
-from .errors import InputError, StoreStateError
-from .profiles import refresh_profiles
+from avengers_store.calibration.profiles import refresh_profiles
+from avengers_store.errors import InputError, StoreStateError
+from avengers_store.store import connections
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def select_models(
     refresh profiles, in one transaction."""
     if budget < 1:
         raise InputError(f"budget must be at least 1, got {budget}", location="--budget")
-    with db.connection(url, conn=conn) as c, c.transaction():
+    with connections.connection(url, conn=conn) as c, c.transaction():
         active = c.execute("SELECT id FROM avengers.clusterings WHERE status = 'active'").fetchone()
         if active is None:
             raise StoreStateError(

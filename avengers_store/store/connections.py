@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import psycopg
 
-from . import config, embedded
-from .errors import ConnectionFailed, ExtensionMissing
+from avengers_store.errors import ConnectionFailed, ExtensionMissing
+from avengers_store.store import config, embedded
 
 MIN_SERVER_VERSION = 150000
 

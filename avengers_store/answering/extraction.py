@@ -39,7 +39,7 @@ import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
 
-from avengers_store.prompts import check_task_type
+from avengers_store.answering.prompts import check_task_type
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import subprocess
 import warnings
 from pathlib import Path
 
-from . import config
-from .errors import ConnectionFailed
+from avengers_store.errors import ConnectionFailed
+from avengers_store.store import config
 
 log = logging.getLogger(__name__)
 

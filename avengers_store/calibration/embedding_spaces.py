@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from .errors import InputError, NotFound
+from avengers_store.errors import InputError, NotFound
 
 _COLUMNS = "id, embedder, dimension, active, params, created_at"
 
