@@ -21,14 +21,14 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from avengers_store import routing
 from avengers_store.answering import route_log, strategies
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
 from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration import embedding_spaces
 from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.errors import AvengersError, InputError, StoreStateError
-from avengers_store.routing import statements
-from avengers_store.routing.statements import RouteDecision
+from avengers_store.routing import RouteDecision
 from avengers_store.store import config, connections, schema
 
 # Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
@@ -45,8 +45,8 @@ class AvengersClient:
     client); ``max_tokens`` caps each sampled completion; ``embedder`` overrides the embedder of
     the serving space (it must produce vectors of that space); ``pool_size`` bounds database
     connections per pool; ``max_concurrency`` bounds questions in flight in ``ask_many``;
-    ``method`` is the routing rule (a ``statements.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
-    default ``statements.AVENGERS``); ``prepared_statements=False`` keeps the pools' connections
+    ``method`` is the routing rule (a ``routing.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
+    default ``routing.AVENGERS``); ``prepared_statements=False`` keeps the pools' connections
     from preparing statements (for a transaction-mode pooler that cannot keep them; single
     routes then go through ``avengers.route``, whose plan the server caches).
     """
@@ -63,7 +63,7 @@ class AvengersClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         pool_size: int = 4,
         max_concurrency: int = 4,
-        method: str | statements.RoutingMethod | None = None,
+        method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
     ) -> None:
         if pool_size < 1:
@@ -72,7 +72,7 @@ class AvengersClient:
             raise InputError(
                 f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
             )
-        self.method = statements.routing_method(method)
+        self.method = routing.routing_method(method)
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
         self.prompts = prompts
@@ -228,19 +228,19 @@ class AvengersClient:
         (``avengers.route_pooled``, else ``avengers.route``)."""
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
-            return statements.route_vector(
+            return routing.route_vector(
                 conn, query, top_n, require_endpoint=require_endpoint, method=self.method
             )
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
-            decision = statements.route_vector(
+            decision = routing.route_vector(
                 c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
             )
         if served is not None and decision.clustering_id != served:
             # As in route_many: the served clustering changed since the embedder was chosen.
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decision = statements.route_vector(
+                decision = routing.route_vector(
                     c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
                 )
         return decision
@@ -259,12 +259,12 @@ class AvengersClient:
             raise InputError("route_many takes a list of queries; use route() for one text")
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
-                return statements.route_vectors(
+                return routing.route_vectors(
                     c, queries, top_n, require_endpoint=require_endpoint, method=self.method
                 )
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
-            decisions = statements.route_vectors(
+            decisions = routing.route_vectors(
                 c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
             )
         if served is not None and any(d.clustering_id != served for d in decisions):
@@ -272,7 +272,7 @@ class AvengersClient:
             # embedding space): look it up again and route once more.
             vectors, _ = self._vectors(list(queries), conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decisions = statements.route_vectors(
+                decisions = routing.route_vectors(
                     c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
                 )
         return decisions

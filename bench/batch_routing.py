@@ -32,6 +32,7 @@ from _common import (
 from pgvector import Vector
 from threadpoolctl import threadpool_limits
 
+from avengers_store import routing
 from avengers_store.client import AvengersClient
 from avengers_store.routing import statements
 from avengers_store.store import connections
@@ -69,7 +70,7 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
     conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")
-    sql_args = statements.routing_method(client.method).sql_args()
+    sql_args = routing.routing_method(client.method).sql_args()
     try:
         vectors = [Vector(q) for q in queries]
 

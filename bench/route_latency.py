@@ -43,6 +43,7 @@ from _common import (
 from pgvector import Vector
 from threadpoolctl import threadpool_limits
 
+from avengers_store import routing
 from avengers_store.client import AvengersClient
 from avengers_store.routing import statements
 from avengers_store.store import connections
@@ -141,7 +142,7 @@ def measure_k(
     conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")  # the nearest-cluster rule only
-    sql_args = statements.routing_method(client.method).sql_args()
+    sql_args = routing.routing_method(client.method).sql_args()
     route_statement = statements.route_sql(1, False, client.method, pooled=True)
     dispatch_statement = statements.route_sql(1, False, client.method)
     try:

@@ -13,7 +13,7 @@ from avengers_store.answering.prompts import TASK_TYPES
 from avengers_store.answering.strategies import DEFAULT_SAMPLES, STRATEGIES
 from avengers_store.client import AvengersClient
 from avengers_store.errors import AvengersError
-from avengers_store.routing.statements import METHODS
+from avengers_store.routing import METHODS
 
 
 def answer_dict(answer, *, samples: bool = False) -> dict:

@@ -11,7 +11,7 @@ from avengers_store.calibration.clustering import ALGORITHMS, STRATIFY
 from avengers_store.errors import InputError
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_tables
-from avengers_store.routing.statements import METHODS
+from avengers_store.routing import METHODS
 
 
 def _list(kind, option: str):

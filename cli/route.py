@@ -12,7 +12,7 @@ from avengers_store.cli.output import echo_json
 
 from avengers_store.client import AvengersClient
 from avengers_store.errors import InputError
-from avengers_store.routing.statements import METHODS
+from avengers_store.routing import METHODS
 
 
 def read_jsonl(path: str, *, allow_vectors: bool) -> list[Any]:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from pgvector import Vector
 
+from avengers_store import routing
 from avengers_store.errors import InputError
-from avengers_store.routing import statements
+from avengers_store.routing import adapters
 from tests.routing_store import activate, add_clustering, add_profiles, ensure_model, unit_rows
 
 
@@ -21,13 +22,13 @@ def test_matrix_batch_equals_per_vector_path(conn):
     add_profiles(conn, cid, {m: rng.random((32, 2)).tolist() for m in ("a", "b", "c")})
     activate(conn, cid)
     queries = unit_rows(rng, 300, 24) * 3.0  # scale: SQL normalises either way
-    assert statements._query_matrix(queries) is not None
-    assert statements._query_matrix([Vector(q) for q in queries]) is None
-    fast = statements.route_vectors(conn, queries, 2)
-    slow = statements.route_vectors(conn, [Vector(q) for q in queries], 2)
+    assert adapters.query_matrix(queries) is not None
+    assert adapters.query_matrix([Vector(q) for q in queries]) is None
+    fast = routing.route_vectors(conn, queries, 2)
+    slow = routing.route_vectors(conn, [Vector(q) for q in queries], 2)
     assert fast == slow
-    assert statements.route_vectors(conn, queries.tolist(), 2) == fast
-    assert statements.route_vector(conn, queries[0], 2) == fast[0]
+    assert routing.route_vectors(conn, queries.tolist(), 2) == fast
+    assert routing.route_vector(conn, queries[0], 2) == fast[0]
 
 
 def test_a_bad_row_falls_back_and_is_named(conn):
@@ -35,9 +36,9 @@ def test_a_bad_row_falls_back_and_is_named(conn):
     activate(conn, cid)
     batch = np.eye(4, dtype=np.float32)
     batch[2, 1] = np.nan
-    assert statements._query_matrix(batch) is None
+    assert adapters.query_matrix(batch) is None
     with pytest.raises(InputError, match="query vector 3.*finite and non-zero"):
-        statements.route_vectors(conn, batch)
+        routing.route_vectors(conn, batch)
     batch[2] = 0.0
     with pytest.raises(InputError, match="query vector 3.*finite and non-zero"):
-        statements.route_vectors(conn, batch)
+        routing.route_vectors(conn, batch)

@@ -9,9 +9,10 @@ import re
 import numpy as np
 import pytest
 
+from avengers_store import routing
 from avengers_store.calibration import clustering
 from avengers_store.errors import InputError
-from avengers_store.routing import statements
+from avengers_store.routing import adapters, methods, statements
 from tests.calibration_data import MODELS, seed_store, unit
 
 N_QUERIES = 500
@@ -21,7 +22,7 @@ SERVED_TOLERANCE = 2e-6
 GENERAL_TOLERANCE = 1e-9
 
 
-def tolerance(method: statements.RoutingMethod) -> float:
+def tolerance(method: routing.RoutingMethod) -> float:
     return GENERAL_TOLERANCE if method.dataset_prior else SERVED_TOLERANCE
 
 
@@ -110,7 +111,7 @@ class Reference:
         dist = np.array([r[2] for r in rows], np.float64).reshape(len(queries), L)
         return idx, dist
 
-    def scores(self, idx, dist, method: statements.RoutingMethod) -> np.ndarray:
+    def scores(self, idx, dist, method: routing.RoutingMethod) -> np.ndarray:
         """(queries, models) routing scores; NaN where a model is not eligible."""
         d2 = dist**2
         if self.rho > 0 and method.temperature > 0:
@@ -140,7 +141,7 @@ def _check_against_reference(conn, queries, method, *, top_n=1):
     ref = Reference(conn)
     idx, dist = ref.neighbours(conn, queries, method.neighbours)
     expected = ref.scores(idx, dist, method)
-    got = statements.route_vectors(conn, queries, top_n=top_n, method=method)
+    got = routing.route_vectors(conn, queries, top_n=top_n, method=method)
     mismatched_near_ties = 0
     tol = tolerance(method)
     for q, decision in enumerate(got):
@@ -161,39 +162,39 @@ def _check_against_reference(conn, queries, method, *, top_n=1):
 
 
 def test_avengers_method_equals_the_numpy_formula(store, conn):
-    ref, expected, ties = _check_against_reference(conn, store, statements.AVENGERS)
+    ref, expected, ties = _check_against_reference(conn, store, routing.AVENGERS)
     assert ref.rho > 0 and ties <= 2
     # Soft pooling changes decisions: not every query goes to its nearest cluster's best model.
-    paper = [d.model for d in statements.route_vectors(conn, store, method=statements.PAPER)]
-    soft = [d.model for d in statements.route_vectors(conn, store)]  # default = AVENGERS
+    paper = [d.model for d in routing.route_vectors(conn, store, method=routing.PAPER)]
+    soft = [d.model for d in routing.route_vectors(conn, store)]  # default = AVENGERS
     assert 0 < sum(p != s for p, s in zip(paper, soft, strict=True)) < len(store)
 
 
 def test_full_ranking_and_the_dataset_mixture_prior(store, conn):
-    mixture = statements.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0)
+    mixture = routing.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0)
     _check_against_reference(conn, store[:120], mixture, top_n=len(MODELS))
-    no_prior = statements.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0)
+    no_prior = routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0)
     _check_against_reference(conn, store[:120], no_prior, top_n=3)
 
 
 @pytest.mark.parametrize(
     "method",
     [
-        statements.AVENGERS,
-        statements.PAPER,
-        statements.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0),
-        statements.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
+        routing.AVENGERS,
+        routing.PAPER,
+        routing.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0),
+        routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
         # Sent as literals by the single-route path: 1e-06 must survive the round trip.
-        statements.RoutingMethod("sharp", neighbours=16, temperature=1e-6),
+        routing.RoutingMethod("sharp", neighbours=16, temperature=1e-6),
     ],
     ids=lambda m: m.name,
 )
 def test_single_route_equals_the_batch_form(store, conn, method):
     # avengers.route is its own SQL function (the single-vector path): same rule, same decisions.
     queries = store[:60]
-    batch = statements.route_vectors(conn, queries, top_n=len(MODELS), method=method)
+    batch = routing.route_vectors(conn, queries, top_n=len(MODELS), method=method)
     for q, expected in zip(queries, batch, strict=True):
-        got = statements.route_vector(conn, q, top_n=len(MODELS), method=method)
+        got = routing.route_vector(conn, q, top_n=len(MODELS), method=method)
         assert (got.clustering_id, got.cluster) == (expected.clustering_id, expected.cluster)
         assert got.distance == pytest.approx(expected.distance, abs=1e-12)
         assert [(c.model, c.rank) for c in got.candidates] == [
@@ -213,12 +214,12 @@ def test_single_route_equals_the_batch_form(store, conn, method):
                 b.served_name,
                 b.model_id,
             )
-    one = statements.route_vector(conn, queries[0], top_n=2, method=method)
+    one = routing.route_vector(conn, queries[0], top_n=2, method=method)
     assert [c.rank for c in one.candidates] == [1, 2]
 
 
 def test_paper_method_is_the_nearest_clusters_argmax(store, conn):
-    ref, expected, _ = _check_against_reference(conn, store, statements.PAPER, top_n=len(MODELS))
+    ref, expected, _ = _check_against_reference(conn, store, routing.PAPER, top_n=len(MODELS))
     rows = conn.execute(
         "SELECT centroid FROM avengers.centroids WHERE clustering_id = %s ORDER BY cluster",
         (ref.cid,),
@@ -229,7 +230,7 @@ def test_paper_method_is_the_nearest_clusters_argmax(store, conn):
     with np.errstate(invalid="ignore"):
         means = ref.S / ref.n  # the profile's mean per cluster and model
     for i, decision in enumerate(
-        statements.route_vectors(conn, store, top_n=len(MODELS), method="paper")
+        routing.route_vectors(conn, store, top_n=len(MODELS), method="paper")
     ):
         assert decision.cluster == nearest[i]
         want = ref.order(means[nearest[i]])
@@ -242,27 +243,27 @@ def test_paper_method_is_the_nearest_clusters_argmax(store, conn):
         "SELECT model FROM avengers.cluster_profiles WHERE cluster = %s ORDER BY active_rank",
         (int(nearest[0]),),
     ).fetchall()
-    first = statements.route_vector(conn, store[0], top_n=len(MODELS), method=statements.PAPER)
+    first = routing.route_vector(conn, store[0], top_n=len(MODELS), method=routing.PAPER)
     assert [cand.model for cand in first.candidates] == [r[0] for r in rows]
 
 
 def test_inactive_models_and_endpoints_in_the_soft_rule(store, conn):
-    before = statements.route_vectors(conn, store[:50])
+    before = routing.route_vectors(conn, store[:50])
     winners = {d.model for d in before}
     conn.execute("UPDATE avengers.models SET active = false WHERE name = ANY(%s)", (list(winners),))
-    after = statements.route_vectors(conn, store[:50], top_n=len(MODELS))
+    after = routing.route_vectors(conn, store[:50], top_n=len(MODELS))
     assert all(winners.isdisjoint(c.model for c in d.candidates) for d in after)
     conn.execute("UPDATE avengers.models SET active = true")
     conn.execute("UPDATE avengers.models SET endpoint = 'http://127.0.0.1:1/v1' WHERE name = %s",
                  (MODELS[6],))  # fmt: skip
-    only = statements.route_vectors(conn, store[:20], top_n=3, require_endpoint=True)
+    only = routing.route_vectors(conn, store[:20], top_n=3, require_endpoint=True)
     assert all([c.model for c in d.candidates] == [MODELS[6]] for d in only)
     # The single route reads the model columns from routing_models, which a trigger on
     # avengers.models keeps current within the transaction.
-    one = statements.route_vector(conn, store[0], top_n=3, require_endpoint=True)
+    one = routing.route_vector(conn, store[0], top_n=3, require_endpoint=True)
     assert [(c.model, c.endpoint) for c in one.candidates] == [(MODELS[6], "http://127.0.0.1:1/v1")]
     conn.execute("UPDATE avengers.models SET active = false WHERE name = %s", (MODELS[6],))
-    assert statements.route_vector(conn, store[0], require_endpoint=True).candidates == ()
+    assert routing.route_vector(conn, store[0], require_endpoint=True).candidates == ()
 
 
 def test_sql_defaults_are_the_avengers_preset(conn):
@@ -270,19 +271,16 @@ def test_sql_defaults_are_the_avengers_preset(conn):
         "SELECT pg_get_function_arguments('avengers.route_many'::regproc)"
     ).fetchone()[0]
     defaults = dict(re.findall(r"(\w+) (?:integer|double precision) DEFAULT ([0-9.]+)", args))
-    a = statements.AVENGERS
+    a = routing.AVENGERS
     assert int(defaults["neighbours"]) == a.neighbours
     assert float(defaults["temperature"]) == a.temperature
     assert float(defaults["shrinkage"]) == a.shrinkage
-    assert float(defaults["dataset_prior"]) == a.dataset_prior == statements.DATASET_PRIOR
-    assert (
-        statements.routing_method(None) is a
-        and statements.routing_method("PAPER") is statements.PAPER
-    )
+    assert float(defaults["dataset_prior"]) == a.dataset_prior == methods.DATASET_PRIOR
+    assert routing.routing_method(None) is a and routing.routing_method("PAPER") is routing.PAPER
     with pytest.raises(InputError, match="unknown routing method"):
-        statements.routing_method("nearest")
+        routing.routing_method("nearest")
     with pytest.raises(InputError, match="neighbours"):
-        statements.RoutingMethod("bad", neighbours=0)
+        routing.RoutingMethod("bad", neighbours=0)
 
 
 def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, conn):
@@ -318,8 +316,8 @@ def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, con
     assert len(analyzed) == 4
     # The routing tables follow the switch: route = route_many.
     queries = unit(np.random.default_rng(5).standard_normal((20, store.shape[1])))
-    batch = statements.route_vectors(conn, queries, top_n=3)
-    singles = [statements.route_vector(conn, q, top_n=3) for q in queries]
+    batch = routing.route_vectors(conn, queries, top_n=3)
+    singles = [routing.route_vector(conn, q, top_n=3) for q in queries]
     assert [(d.clustering_id, d.cluster) for d in singles] == [(new.id, d.cluster) for d in batch]
     assert [[c.model for c in d.candidates] for d in singles] == [
         [c.model for c in d.candidates] for d in batch
@@ -336,11 +334,11 @@ FROM avengers.route_many_general(%s::vector[], %s, %s, %s, %s, %s, %s)
 @pytest.mark.parametrize(
     "method",
     [
-        statements.AVENGERS,
-        statements.PAPER,
-        statements.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
+        routing.AVENGERS,
+        routing.PAPER,
+        routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
         # Weights down to e^-700: those below float32's range are left out of the sparse vector.
-        statements.RoutingMethod("sharp", neighbours=16, temperature=1e-6),
+        routing.RoutingMethod("sharp", neighbours=16, temperature=1e-6),
     ],
     ids=lambda m: m.name,
 )
@@ -349,7 +347,7 @@ def test_served_path_equals_the_general_path(store, conn, method):
     state = conn.execute("SELECT pooled, indexed FROM avengers.routing_state").fetchone()
     assert state == (True, False)
     queries = list(store[:150])
-    served = statements.route_vectors(conn, queries, top_n=len(MODELS), method=method)
+    served = routing.route_vectors(conn, queries, top_n=len(MODELS), method=method)
     rows = conn.execute(GENERAL_SQL, (queries, len(MODELS), False, *method.sql_args())).fetchall()
     general = statements.decisions_from_rows(rows, len(queries))
     flipped = 0
@@ -374,10 +372,10 @@ def test_single_route_inlines_the_served_body_or_falls_back_unprepared(store, co
     # route_pooled has no SET clause, so the client's statement plans its body as one plan
     # (no function scan), prepared on first use.
     queries = store[:20]
-    prepared = [statements.route_vector(conn, q, top_n=3) for q in queries]
-    statement = statements.route_sql(3, False, statements.AVENGERS, pooled=True)
+    prepared = [routing.route_vector(conn, q, top_n=3) for q in queries]
+    statement = statements.route_sql(3, False, routing.AVENGERS, pooled=True)
     plan = conn.execute(
-        "EXPLAIN (COSTS OFF) " + statement, (statements._query_vector(store[0]),), binary=True
+        "EXPLAIN (COSTS OFF) " + statement, (adapters.query_vector(store[0]),), binary=True
     ).fetchall()
     assert any("routing_centroids" in line for (line,) in plan)
     assert not any("route_pooled" in line for (line,) in plan)
@@ -388,7 +386,7 @@ def test_single_route_inlines_the_served_body_or_falls_back_unprepared(store, co
     threshold = conn.prepare_threshold
     conn.prepare_threshold = None
     try:
-        unprepared = [statements.route_vector(conn, q, top_n=3) for q in queries]
+        unprepared = [routing.route_vector(conn, q, top_n=3) for q in queries]
     finally:
         conn.prepare_threshold = threshold
     for a, b in zip(prepared, unprepared, strict=True):

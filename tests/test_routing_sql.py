@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from avengers_store import routing
+from avengers_store.calibration import centroid_index
 from avengers_store.errors import InputError, StoreStateError
-from avengers_store.routing import statements
 from tests.routing_store import (
     activate,
     add_clustering,
@@ -23,9 +24,9 @@ DIM = 384
 
 def _agreement(conn, queries: np.ndarray, centroids: np.ndarray) -> None:
     truth = exact_argmin(queries, centroids)
-    batch = statements.route_vectors(conn, queries)
+    batch = routing.route_vectors(conn, queries)
     assert [d.cluster for d in batch] == truth.tolist()
-    singles = [statements.route_vector(conn, q).cluster for q in queries]
+    singles = [routing.route_vector(conn, q).cluster for q in queries]
     assert singles == truth.tolist()
     # The reported distance is the exact Euclidean distance to the chosen centroid.
     d = np.linalg.norm(queries[:5] - centroids[truth[:5]], axis=1)
@@ -38,7 +39,7 @@ def test_exact_scan_equals_numpy_argmin(conn, k):
     centroids = mean_centroids(rng, k, DIM)
     cid = add_clustering(conn, centroids)
     activate(conn, cid)
-    index = statements.prepare_centroid_index(conn, cid)
+    index = centroid_index.prepare_centroid_index(conn, cid)
     assert index.index is None and index.method == "exact-scan"
     _agreement(conn, unit_rows(rng, 1000, DIM), centroids)
 
@@ -51,28 +52,26 @@ def test_hnsw_path_at_k_2048_is_used_and_reranked(conn):
     centroids = unit_rows(rng, 2048, DIM)  # random points: the hard case for a graph index
     cid = add_clustering(conn, centroids)
     activate(conn, cid)
-    index = statements.prepare_centroid_index(conn, cid, min_k=1)
+    index = centroid_index.prepare_centroid_index(conn, cid, min_k=1)
     assert index.index == f"centroids_hnsw_{cid}" and index.method == "hnsw+exact-rerank"
-    assert statements.prepare_centroid_index(conn, cid, min_k=1) == index  # idempotent
+    assert centroid_index.prepare_centroid_index(conn, cid, min_k=1) == index  # idempotent
     scans = "SELECT pg_stat_get_xact_numscans(%s::regclass)"
     before = conn.execute(scans, (f"avengers.{index.index}",)).fetchone()[0]
     queries = unit_rows(rng, 1000, DIM)
     truth = exact_argmin(queries, centroids)
-    batch = np.array([d.cluster for d in statements.route_vectors(conn, queries)])
-    singles = np.array([statements.route_vector(conn, q).cluster for q in queries[:100]])
+    batch = np.array([d.cluster for d in routing.route_vectors(conn, queries)])
+    singles = np.array([routing.route_vector(conn, q).cluster for q in queries[:100]])
     assert (batch == truth).mean() >= 0.99 and (singles == truth[:100]).mean() >= 0.99
     assert conn.execute(scans, (f"avengers.{index.index}",)).fetchone()[0] >= before + 1100
     # The re-rank is exact: whatever candidate wins, its distance is the true distance.
-    d = statements.route_vector(conn, queries[0])
+    d = routing.route_vector(conn, queries[0])
     assert d.distance == pytest.approx(float(np.linalg.norm(queries[0] - centroids[d.cluster])))
     # The default threshold drops the index again: routing falls back to the exact scan.
-    assert statements.prepare_centroid_index(conn, cid).index is None
+    assert centroid_index.prepare_centroid_index(conn, cid).index is None
     assert (
         conn.execute("SELECT to_regclass(%s)", (f"avengers.{index.index}",)).fetchone()[0] is None
     )
-    assert [d.cluster for d in statements.route_vectors(conn, queries[:100])] == truth[
-        :100
-    ].tolist()
+    assert [d.cluster for d in routing.route_vectors(conn, queries[:100])] == truth[:100].tolist()
 
 
 def test_route_many_keeps_input_order_and_clustering(conn):
@@ -81,11 +80,11 @@ def test_route_many_keeps_input_order_and_clustering(conn):
     cid = add_clustering(conn, centroids)
     activate(conn, cid)
     queries = unit_rows(rng, 50, 16)
-    decisions = statements.route_vectors(conn, list(queries))
+    decisions = routing.route_vectors(conn, list(queries))
     assert {d.clustering_id for d in decisions} == {cid}
     assert [d.cluster for d in decisions] == exact_argmin(queries, centroids).tolist()
     # Not normalised on the way in: SQL normalises, so scale does not change the decision.
-    assert statements.route_vector(conn, queries[0] * 7.5).cluster == decisions[0].cluster
+    assert routing.route_vector(conn, queries[0] * 7.5).cluster == decisions[0].cluster
 
 
 def test_equidistant_centroids_go_to_the_lower_cluster(conn):
@@ -95,8 +94,8 @@ def test_equidistant_centroids_go_to_the_lower_cluster(conn):
     c[2] = [1, 0, 0, 0]  # duplicate of cluster 1
     cid = add_clustering(conn, c)
     activate(conn, cid)
-    assert statements.route_vector(conn, [1, 0, 0, 0]).cluster == 1
-    assert statements.route_vector(conn, [1, 1, 0, 0]).cluster == 0
+    assert routing.route_vector(conn, [1, 0, 0, 0]).cluster == 1
+    assert routing.route_vector(conn, [1, 1, 0, 0]).cluster == 0
 
 
 def _two_cluster_store(conn):
@@ -125,7 +124,7 @@ def test_ties_break_by_overall_score_then_name(conn):
     cid = _two_cluster_store(conn)
     conn.execute("UPDATE avengers.models SET active = false WHERE name = 'echo'")
     conn.execute("CALL avengers.refresh_profiles()")
-    decision = statements.route_vector(conn, [1, 0.1, 0, 0], top_n=10)
+    decision = routing.route_vector(conn, [1, 0.1, 0, 0], top_n=10)
     assert decision.clustering_id == cid and decision.cluster == 0
     assert [c.model for c in decision.candidates] == ["bravo", "alpha", "charlie", "delta"]
     assert [c.rank for c in decision.candidates] == [1, 2, 3, 4]
@@ -133,9 +132,7 @@ def test_ties_break_by_overall_score_then_name(conn):
     assert top.mean_score == 0.5 and top.n == 2 and top.overall_score == 0.75
     assert 0 <= top.wilson_low < 0.5 < top.wilson_high <= 1
     assert top.endpoint == "http://127.0.0.1:1/bravo/v1" and top.served_name == "bravo"
-    assert (
-        statements.route_vector(conn, [1, 0, 0, 0], top_n=2).candidates == decision.candidates[:2]
-    )
+    assert routing.route_vector(conn, [1, 0, 0, 0], top_n=2).candidates == decision.candidates[:2]
     text = decision.explain()
     assert "cluster 0" in text and "1. bravo" in text
     assert decision.to_dict()["candidates"][0]["model"] == "bravo"
@@ -143,14 +140,14 @@ def test_ties_break_by_overall_score_then_name(conn):
 
 def test_inactive_models_are_never_returned(conn):
     _two_cluster_store(conn)
-    decision = statements.route_vector(conn, [1, 0, 0, 0], top_n=10)
+    decision = routing.route_vector(conn, [1, 0, 0, 0], top_n=10)
     assert decision.model == "echo"
     conn.execute("UPDATE avengers.models SET active = false WHERE name IN ('echo', 'bravo')")
     # Even before the profiles are refreshed, an inactive model is not proposed.
-    stale = statements.route_vector(conn, [1, 0, 0, 0], top_n=10)
+    stale = routing.route_vector(conn, [1, 0, 0, 0], top_n=10)
     assert [c.model for c in stale.candidates] == ["alpha", "charlie", "delta"]
     conn.execute("CALL avengers.refresh_profiles()")
-    fresh = statements.route_vectors(conn, [[1, 0, 0, 0], [0, 1, 0, 0]], top_n=10)
+    fresh = routing.route_vectors(conn, [[1, 0, 0, 0], [0, 1, 0, 0]], top_n=10)
     for d in fresh:
         assert {"echo", "bravo"}.isdisjoint(c.model for c in d.candidates)
         assert [c.rank for c in d.candidates] == list(range(1, len(d.candidates) + 1))
@@ -159,8 +156,8 @@ def test_inactive_models_are_never_returned(conn):
 def test_require_endpoint_skips_models_without_one(conn):
     _two_cluster_store(conn)
     conn.execute("UPDATE avengers.models SET endpoint = NULL WHERE name = 'echo'")
-    assert statements.route_vector(conn, [1, 0, 0, 0]).model == "echo"
-    callable_ = statements.route_vector(conn, [1, 0, 0, 0], top_n=2, require_endpoint=True)
+    assert routing.route_vector(conn, [1, 0, 0, 0]).model == "echo"
+    callable_ = routing.route_vector(conn, [1, 0, 0, 0], top_n=2, require_endpoint=True)
     assert [(c.model, c.rank) for c in callable_.candidates] == [("bravo", 1), ("alpha", 2)]
 
 
@@ -169,37 +166,37 @@ def test_only_the_active_clustering_routes(conn):
     second = add_clustering(conn, np.array([[0, 1], [1, 0], [-1, 0]], dtype=np.float32))
     activate(conn, first)
     assert (
-        statements.route_vector(conn, [1, 0]).clustering_id,
-        statements.route_vector(conn, [1, 0]).cluster,
+        routing.route_vector(conn, [1, 0]).clustering_id,
+        routing.route_vector(conn, [1, 0]).cluster,
     ) == (first, 0)
     activate(conn, second)
-    d = statements.route_vector(conn, [1, 0])
+    d = routing.route_vector(conn, [1, 0])
     assert (d.clustering_id, d.cluster, d.candidates) == (second, 1, ())
 
 
 def test_no_active_clustering_is_a_clear_error(conn):
     with pytest.raises(StoreStateError, match="no clustering is active"):
-        statements.route_vector(conn, [1.0, 0.0])
+        routing.route_vector(conn, [1.0, 0.0])
     with pytest.raises(StoreStateError, match="no clustering is active"):
-        statements.route_vectors(conn, [[1.0, 0.0], [0.0, 1.0]])
+        routing.route_vectors(conn, [[1.0, 0.0], [0.0, 1.0]])
 
 
 def test_bad_vectors_are_input_errors(conn):
     cid = add_clustering(conn, np.eye(4, dtype=np.float32))
     activate(conn, cid)
     with pytest.raises(InputError, match="query vector 2.*4 dimensions"), conn.transaction():
-        statements.route_vectors(conn, [[1, 0, 0, 0], [1, 0, 0]])
+        routing.route_vectors(conn, [[1, 0, 0, 0], [1, 0, 0]])
     with pytest.raises(InputError, match="query vector 1.*4 dimensions"), conn.transaction():
-        statements.route_vector(conn, [1, 0, 0])
+        routing.route_vector(conn, [1, 0, 0])
     with pytest.raises(InputError, match="finite and non-zero"):
-        statements.route_vector(conn, [0, 0, 0, 0])
+        routing.route_vector(conn, [0, 0, 0, 0])
     with pytest.raises(InputError, match="finite and non-zero"):
-        statements.route_vector(conn, [1, float("nan"), 0, 0])
+        routing.route_vector(conn, [1, float("nan"), 0, 0])
     with pytest.raises(InputError, match="flat list"):
-        statements.route_vector(conn, [[1, 0], [0, 1]])
+        routing.route_vector(conn, [[1, 0], [0, 1]])
     with pytest.raises(InputError, match="top_n"):
-        statements.route_vector(conn, [1, 0, 0, 0], top_n=0)
-    assert statements.route_vectors(conn, []) == []
+        routing.route_vector(conn, [1, 0, 0, 0], top_n=0)
+    assert routing.route_vectors(conn, []) == []
 
 
 def test_functions_are_stable_and_pin_their_search_path(conn):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from avengers_store import routing
 from avengers_store.calibration import clustering, embedding_spaces
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
-from avengers_store.routing import statements
 from avengers_store.store import connections
 from tests.calibration_data import add_dataset, add_models, add_outcomes, run_cli, unit
 
@@ -78,7 +78,7 @@ def overlapping(db_url) -> tuple[str, np.ndarray]:
 
 
 def _route(conn, vector) -> str:
-    decision = statements.route_vector(conn, vector.astype(np.float32), method=statements.PAPER)
+    decision = routing.route_vector(conn, vector.astype(np.float32), method=routing.PAPER)
     return decision.candidates[0].model
 
 

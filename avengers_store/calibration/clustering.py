@@ -440,7 +440,7 @@ def _write_assignments(
 def _prepare_routing(conn: psycopg.Connection, clustering_id: int) -> None:
     """Routing-side structures over the new centroids (an HNSW index for very large k), built
     in the same transaction so the version is servable the moment it is active."""
-    from avengers_store.routing.statements import prepare_centroid_index
+    from avengers_store.calibration.centroid_index import prepare_centroid_index
 
     prepare_centroid_index(conn, clustering_id)
 

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from avengers_store import routing
 from avengers_store.calibration import clustering, embedding_spaces
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.ingest.datasets import seeded_split
-from avengers_store.routing import statements
-from avengers_store.routing.statements import RoutingMethod
+from avengers_store.routing import RoutingMethod
 from avengers_store.store import connections
 
 DEFAULT_SEEDS = (42, 999, 2024, 2025, 3407)
@@ -374,7 +374,7 @@ class _Replay:
         unrouted = np.zeros(len(rows), dtype=bool)
         for start in range(0, len(rows), ROUTE_BATCH):
             chunk = rows[start : start + ROUTE_BATCH]
-            decisions = statements.route_vectors(
+            decisions = routing.route_vectors(
                 self.conn, self.X[chunk], self.top_n, method=self.method
             )
             for i, (row, decision) in enumerate(zip(chunk, decisions, strict=True)):
@@ -597,9 +597,9 @@ def evaluate(
     for b in budgets or ():
         if b < 1:
             raise InputError(f"budgets must be >= 1, got {b}", location="--budgets")
-    chosen = statements.routing_method(method)
+    chosen = routing.routing_method(method)
     if stratify is None:
-        stratify = "none" if chosen == statements.PAPER else "dataset"
+        stratify = "none" if chosen == routing.PAPER else "dataset"
     if stratify not in clustering.STRATIFY:
         raise InputError(
             f"unknown stratify {stratify!r}; choose one of {', '.join(clustering.STRATIFY)}",

@@ -4,3 +4,20 @@ Reads the served clustering and profiles through one SQL statement per decision 
 (``avengers.route_pooled``, ``avengers.route``, ``avengers.route_many``); writes nothing. Holds
 the routing methods, the decision types, the statements and the psycopg wire adapters.
 """
+
+from avengers_store.routing.decisions import Candidate, RouteDecision
+from avengers_store.routing.methods import AVENGERS, METHODS, PAPER, RoutingMethod, routing_method
+from avengers_store.routing.statements import NO_ACTIVE_CLUSTERING, route_vector, route_vectors
+
+__all__ = [
+    "AVENGERS",
+    "METHODS",
+    "NO_ACTIVE_CLUSTERING",
+    "PAPER",
+    "Candidate",
+    "RouteDecision",
+    "RoutingMethod",
+    "route_vector",
+    "route_vectors",
+    "routing_method",
+]
