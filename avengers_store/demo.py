@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from avengers_store.calibration import clustering
-from avengers_store.calibration.clustering import Clustering
+from avengers_store.calibration import clusterings, reclustering
+from avengers_store.calibration.clusterings import Clustering
 from avengers_store.calibration.model_selection import Selection, select_models
 from avengers_store.calibration.profiles import ProfileEntry, get_profiles, plot_profiles
 from avengers_store.calibration.query_vectors import import_npy
@@ -123,7 +123,7 @@ def _load_sample(url: str, parquet: Path) -> tuple[bool, int, int]:
 
 def _matching_active(url: str, k: int) -> Clustering | None:
     """The active clustering if it is what this run would fit (same space, k, seed, data)."""
-    active = clustering.active_clustering(url=url)
+    active = clusterings.active_clustering(url=url)
     if active is None or active.algorithm != "kmeans" or active.seed != SEED:
         return None
     if active.params.get("stratify", "none") != "dataset":  # fitted before per-dataset fits
@@ -206,7 +206,7 @@ def run_demo(
 
     started = time.perf_counter()
     reuse = _matching_active(target, k)
-    result = reuse or clustering.recluster(k=k, seed=SEED, url=target, progress=progress)
+    result = reuse or reclustering.recluster(k=k, seed=SEED, url=target, progress=progress)
     step("recluster", started)
 
     started = time.perf_counter()

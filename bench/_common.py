@@ -225,22 +225,14 @@ def build_store(
 def install_clustering(
     conn: psycopg.Connection, space_id: int, query_ids: np.ndarray, part, *, algorithm: str
 ) -> int:
-    """Store a computed partition (``clustering.partition``) as a new version and serve it
-    (``CALL avengers.activate_clustering``): the write half of ``recluster`` without the fit."""
-    from avengers_store.calibration import clustering
+    """Store a computed partition (``fit.partition``) as a new version and serve it: the
+    library's ``store_partition``, the write half of ``recluster`` without the fit."""
+    from avengers_store.calibration.clusterings import store_partition
 
-    clustering_id = conn.execute(
-        """INSERT INTO avengers.clusterings (space_id, algorithm, k, seed, status, n_queries,
-                                             inertia, params)
-           VALUES (%s, %s, %s, 0, 'building', %s, %s, '{"synthetic": true}') RETURNING id""",
-        (space_id, algorithm, len(part.centroids), len(query_ids), part.inertia),
-    ).fetchone()[0]
-    clustering._write_centroids(conn, clustering_id, part)
-    clustering._write_assignments(conn, clustering_id, query_ids, part)
-    clustering._prepare_routing(conn, clustering_id)
-    conn.execute("UPDATE avengers.clusterings SET status = 'ready' WHERE id = %s", (clustering_id,))
-    conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
-    return clustering_id
+    stored = store_partition(
+        conn, space_id, query_ids, part, algorithm=algorithm, seed=0, params={"synthetic": True}
+    )
+    return stored.id
 
 
 def serve_k(
@@ -255,15 +247,15 @@ def serve_k(
     the library's re-cluster; otherwise (where a full K-means fit takes minutes, or the clustering
     is only setup) through one K-means step from k calibration vectors as seeds, stored with the
     same write path and activated with the same CALL avengers.activate_clustering."""
-    from avengers_store.calibration import clustering
+    from avengers_store.calibration import fit, reclustering
 
     if fit if fit is not None else k <= 256:
-        found = clustering.recluster(k=k, seed=seed, conn=conn)
-        return found.id, f"clustering.recluster (kmeans, k={k})"
+        found = reclustering.recluster(k=k, seed=seed, conn=conn)
+        return found.id, f"reclustering.recluster (kmeans, k={k})"
     rng = np.random.default_rng(seed + k)
     seeds = store.vectors[rng.choice(len(store.vectors), k, replace=False)]
-    labels, _ = clustering.nearest_centroids(store.vectors, seeds)
-    part = clustering.partition(store.vectors, labels)
+    labels, _ = fit.nearest_centroids(store.vectors, seeds)
+    part = fit.partition(store.vectors, labels)
     cid = install_clustering(conn, store.space_id, store.query_ids, part, algorithm="kmeans")
     return cid, "one K-means step from k calibration vectors + CALL avengers.activate_clustering"
 

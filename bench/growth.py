@@ -2,7 +2,7 @@
 calibration queries, synthetic 384-d vectors around 64 topics, k = 64.
 
 One store grows step by step (each step adds a dataset of synthetic queries with vectors), then
-re-clusters through the library (``clustering.recluster``, k=64: read, fit, assign, write,
+re-clusters through the library (``reclustering.recluster``, k=64: read, fit, assign, write,
 activate + profile refresh in one transaction) and times single routes through the client
 (``AvengersClient.route(vector, conn=conn)``) interleaved with ``SELECT 1`` on the same
 connection. Outcomes: every model on the first 10k queries only (re-cluster does not need more,
@@ -35,7 +35,7 @@ from _common import (
 )
 from _common import active_space as make_space
 
-from avengers_store.calibration import clustering
+from avengers_store.calibration import fit, reclustering
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.client import AvengersClient
 from avengers_store.ingest.outcomes import upsert_outcomes
@@ -96,10 +96,10 @@ def plot(points: list[dict], path) -> None:
     ax.loglog(sizes, recluster, "o-", label="re-cluster k=64 (s)")
     ax.loglog(sizes, route, "s-", label="route p50 (ms)")
     ax.loglog(sizes, [p["select1_p50_us"] / 1000 for p in points], ":", label="SELECT 1 p50 (ms)")
-    ax.axvline(clustering.MINIBATCH_THRESHOLD, color="grey", linewidth=0.8, linestyle="--")
+    ax.axvline(fit.MINIBATCH_THRESHOLD, color="grey", linewidth=0.8, linestyle="--")
     ax.annotate(
-        f"above {clustering.MINIBATCH_THRESHOLD:,}: MiniBatchKMeans",
-        (clustering.MINIBATCH_THRESHOLD, max(recluster)),
+        f"above {fit.MINIBATCH_THRESHOLD:,}: MiniBatchKMeans",
+        (fit.MINIBATCH_THRESHOLD, max(recluster)),
         xytext=(4, 0),
         textcoords="offset points",
         fontsize=7,
@@ -146,7 +146,7 @@ def main() -> None:
                 conn.commit()
             have = size
             with Timer() as rec:
-                found = clustering.recluster(k=64, seed=args.seed, keep=0, url=url)
+                found = reclustering.recluster(k=64, seed=args.seed, keep=0, url=url)
             lat = route_latency(url, centres, args.n, args.seed)
             point = {
                 "queries": size,
@@ -170,8 +170,8 @@ def main() -> None:
             "recluster": round(fit_slope(sizes_done, [p["recluster_s"] for p in points]), 2),
             "route_p50": round(fit_slope(sizes_done, [p["route_p50_us"] for p in points]), 2),
         }
-        # Above clustering.MINIBATCH_THRESHOLD the fit changes algorithm: slope of that regime.
-        big = [p for p in points if p["queries"] > clustering.MINIBATCH_THRESHOLD]
+        # Above fit.MINIBATCH_THRESHOLD the fit changes algorithm: slope of that regime.
+        big = [p for p in points if p["queries"] > fit.MINIBATCH_THRESHOLD]
         if len(big) >= 2:
             slopes["recluster_minibatch"] = round(
                 fit_slope([p["queries"] for p in big], [p["recluster_s"] for p in big]), 2
@@ -180,7 +180,7 @@ def main() -> None:
             f"log-log slopes: re-cluster {slopes['recluster']:.2f} over all sizes"
             + (
                 f", {slopes['recluster_minibatch']:.2f} above "
-                f"{clustering.MINIBATCH_THRESHOLD:,} (MiniBatchKMeans)"
+                f"{fit.MINIBATCH_THRESHOLD:,} (MiniBatchKMeans)"
                 if "recluster_minibatch" in slopes
                 else ""
             )

@@ -6,9 +6,9 @@ clustering of ``--base`` calibration queries (all scored by ``--models`` models)
    ``profiles.refresh_profiles``, rows in memory) and through a file import
    (``outcomes.import_outcomes``: what ``avengers outcomes import`` runs). Target <= 10 s.
 2. New dataset: ``--queries`` queries from a Parquet file (``datasets.add_dataset``), their
-   precomputed vectors (``query_vectors.import_npy``: binary COPY), then ``clustering.recluster``
+   precomputed vectors (``query_vectors.import_npy``: binary COPY), then ``reclustering.recluster``
    k=64 over all calibration vectors (base + new, 200k by default). Target <= 60 s for the
-   re-cluster. Above ``clustering.MINIBATCH_THRESHOLD`` vectors "kmeans" runs as MiniBatchKMeans.
+   re-cluster. Above ``fit.MINIBATCH_THRESHOLD`` vectors "kmeans" runs as MiniBatchKMeans.
 
 Example:
     /work/venv/bin/python bench/onboarding.py --outcomes 100000
@@ -36,7 +36,7 @@ from _common import (
     serve_k,
 )
 
-from avengers_store.calibration import clustering, embedding_spaces, profiles, query_vectors
+from avengers_store.calibration import embedding_spaces, fit, profiles, query_vectors, reclustering
 from avengers_store.ingest import datasets, outcomes
 from avengers_store.ingest.model_pool import add_model
 from avengers_store.store import connections
@@ -107,7 +107,7 @@ def new_dataset(url: str, store, n: int, seed: int, workdir: Path) -> dict:
             "SELECT count(*) FROM avengers.queries WHERE split = 'calibration'"
         ).fetchone()[0]
     with Timer() as rec:
-        found = clustering.recluster(k=64, seed=seed, url=url)
+        found = reclustering.recluster(k=64, seed=seed, url=url)
     return {
         "queries": n,
         "add_dataset_s": round(add.seconds, 2),
@@ -127,12 +127,12 @@ def recluster_breakdown(url: str, seed: int) -> dict:
     with connections.connect(url) as conn:
         space = embedding_spaces.active_space(conn)
         with Timer() as read:
-            ids, vectors, names = clustering.calibration_vectors(conn, space.id)
+            ids, vectors, names = reclustering.calibration_vectors(conn, space.id)
         conn.rollback()
     with Timer() as fit:
-        labels, params = clustering.fit_stratified(vectors, names, 64, "kmeans", seed)
+        labels, params = fit.fit_stratified(vectors, names, 64, "kmeans", seed)
     with Timer() as assign:
-        clustering.partition(vectors, labels)
+        fit.partition(vectors, labels)
     return {
         "vectors": len(ids),
         "read_s": round(read.seconds, 2),
@@ -200,7 +200,7 @@ def main() -> None:
             "recluster_met": ds["recluster_s"] <= TARGET_RECLUSTER_S,
             "base_queries": base,
             "base_models": args.models,
-            "minibatch_threshold": clustering.MINIBATCH_THRESHOLD,
+            "minibatch_threshold": fit.MINIBATCH_THRESHOLD,
             "new_model_library": lib,
             "new_model_file": from_file,
             "new_dataset": ds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from avengers_store.cli.output import emit, format_options
 
-from avengers_store.calibration.clustering import (
+from avengers_store.calibration.clusterings import (
     activate_clustering,
     list_clusterings,
     remove_clustering,

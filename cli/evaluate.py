@@ -7,7 +7,7 @@ import sys
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store.calibration.clustering import ALGORITHMS, STRATIFY
+from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
 from avengers_store.errors import InputError
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_tables

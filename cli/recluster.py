@@ -7,7 +7,9 @@ import sys
 import click
 from avengers_store.cli.output import echo_json
 
-from avengers_store.calibration.clustering import ALGORITHMS, STRATIFY, active_clustering, recluster
+from avengers_store.calibration.clusterings import active_clustering
+from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
+from avengers_store.calibration.reclustering import recluster
 
 
 @click.command("recluster")

@@ -6,8 +6,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from avengers_store.calibration import clustering
-from avengers_store.calibration.clustering import recluster
+from avengers_store.calibration import clusterings, fit, reclustering
+from avengers_store.calibration.reclustering import recluster
 from avengers_store.errors import AvengersError, InputError, NotFound, StoreStateError
 from avengers_store.store import connections
 from tests.calibration_data import seed_store
@@ -33,7 +33,7 @@ def test_recluster_writes_an_active_version(conn, seeded):
     assert result.status == "active" and result.k == 4 and result.algorithm == "kmeans"
     n_cal = sum(1 for d in ("alpha", "beta") for _ in seeded.query_ids[d]) * 0.7
     assert result.n_queries == round(n_cal)
-    assert result.params["n_init"] == clustering.KMEANS_N_INIT
+    assert result.params["n_init"] == fit.KMEANS_N_INIT
     assert result.params["datasets"] == {"alpha": 42, "beta": 42}
     sizes = conn.execute(
         "SELECT size FROM avengers.centroids WHERE clustering_id = %s ORDER BY cluster",
@@ -67,7 +67,7 @@ def test_recluster_writes_an_active_version(conn, seeded):
         assert winner == seeded.best_model[blob]
 
 
-@pytest.mark.parametrize("algorithm", clustering.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", fit.ALGORITHMS)
 def test_assignments_are_nearest_stored_centroid(conn, seeded, algorithm):
     result = recluster(k=6, algorithm=algorithm, seed=3, conn=conn)
     assert result.algorithm == algorithm and 1 <= result.k <= 6
@@ -94,7 +94,7 @@ def test_assignments_are_nearest_stored_centroid(conn, seeded, algorithm):
         (result.id,),
     ).fetchall()
     for cl, centroid in rows:
-        centroid = clustering._as_array(centroid)
+        centroid = reclustering._as_array(centroid)
         ids = [q for c, q in members if c == cl]
         mean = np.mean([seeded.vectors[q] for q in ids], axis=0)
         if algorithm in ("kmeans", "minibatch-kmeans"):
@@ -106,9 +106,9 @@ def test_partition_reassigns_and_drops_empty_clusters():
     vectors = np.array([[0.0, 1.0], [0.0, 0.9], [1.0, 0.0], [0.9, 0.0], [0.6, 0.5]], np.float32)
     # Label 2 owns only a point that is closer to the mean of label 0: it empties and goes away.
     labels = np.array([0, 0, 1, 1, 2])
-    part = clustering.partition(vectors, np.array([0, 0, 1, 1, 1]))
+    part = fit.partition(vectors, np.array([0, 0, 1, 1, 1]))
     assert part.labels.tolist() == [1, 1, 0, 0, 0]  # renumbered: largest first
-    part = clustering.partition(vectors[:4], labels[:4])
+    part = fit.partition(vectors[:4], labels[:4])
     assert len(part.centroids) == 2 and part.sizes.tolist() == [2, 2]
 
 
@@ -121,46 +121,46 @@ def test_failure_after_centroids_keeps_previous_version(db_url, seeded, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("disk full while writing assignments")
 
-    monkeypatch.setattr(clustering, "_write_assignments", broken)
+    monkeypatch.setattr(clusterings, "_write_assignments", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         recluster(k=3, seed=2, url=db_url)
     with connections.connect(db_url) as c:
-        assert clustering.active_clustering(conn=c).id == before.id
+        assert clusterings.active_clustering(conn=c).id == before.id
         assert _profile_rows(c) == profiles_before
         assert c.execute("SELECT count(*) FROM avengers.clusterings").fetchone()[0] == count_before
 
 
 def test_fit_failure_keeps_previous_version(db_url, seeded, monkeypatch):
-    before = clustering.active_clustering(url=db_url) or recluster(k=4, seed=1, url=db_url)
+    before = clusterings.active_clustering(url=db_url) or recluster(k=4, seed=1, url=db_url)
 
     def bad_fit(*args, **kwargs):
         raise ValueError("singular matrix")
 
-    monkeypatch.setattr(clustering, "fit_labels", bad_fit)
+    monkeypatch.setattr(fit, "fit_labels", bad_fit)
     with pytest.raises(AvengersError, match="kmeans fit failed on 84 vectors: singular matrix"):
         recluster(k=4, url=db_url)
-    assert clustering.active_clustering(url=db_url).id == before.id
+    assert clusterings.active_clustering(url=db_url).id == before.id
 
 
 def test_no_activate_keep_and_rollback(db_url, seeded):
     first = recluster(k=4, seed=1, url=db_url)
     second = recluster(k=5, seed=1, url=db_url, activate=False)
     assert second.status == "ready"
-    assert clustering.active_clustering(url=db_url).id == first.id
+    assert clusterings.active_clustering(url=db_url).id == first.id
     third = recluster(k=3, seed=1, url=db_url, keep=1)
-    kept = {c.id: c.status for c in clustering.list_clusterings(url=db_url)}
+    kept = {c.id: c.status for c in clusterings.list_clusterings(url=db_url)}
     assert kept == {third.id: "active", second.id: "ready"}
     # Roll back to the previous version, from the library (same procedure as psql).
-    back = clustering.activate_clustering(second.id, url=db_url)
+    back = clusterings.activate_clustering(second.id, url=db_url)
     assert back.status == "active"
     with connections.connect(db_url) as c:
         served = {r[0] for r in c.execute("SELECT clustering_id FROM avengers.cluster_profiles")}
     assert served == {second.id}
     with pytest.raises(StoreStateError, match="active"):
-        clustering.remove_clustering(second.id, url=db_url)
-    clustering.remove_clustering(third.id, url=db_url)
+        clusterings.remove_clustering(second.id, url=db_url)
+    clusterings.remove_clustering(third.id, url=db_url)
     with pytest.raises(NotFound):
-        clustering.activate_clustering(third.id, url=db_url)
+        clusterings.activate_clustering(third.id, url=db_url)
 
 
 def test_clear_errors(conn, seeded):
@@ -214,7 +214,7 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
     text = run_cli("recluster", "--k", "3", "--seed", "7").stdout
     assert f"now active (was {first['id']})" in text
     assert f"avengers clusterings activate {first['id']}" in text
-    second_id = clustering.active_clustering(url=cli_env).id
+    second_id = clusterings.active_clustering(url=cli_env).id
     listed = json.loads(run_cli("clusterings", "list", "--json").stdout)
     assert [c["id"] for c in listed][:2] == [second_id, first["id"]]
     assert "requested_k" in listed[0]["params"]
@@ -222,7 +222,7 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
     text = run_cli("clusterings", "list").stdout
     assert "stratify" in text.splitlines()[0] and "dataset" in text
     assert "is active" in run_cli("clusterings", "activate", str(first["id"])).stdout
-    assert clustering.active_clustering(url=cli_env).id == first["id"]
+    assert clusterings.active_clustering(url=cli_env).id == first["id"]
     assert isinstance(
         run_cli_error("clusterings", "remove", str(first["id"]), "--yes"), StoreStateError
     )
@@ -235,7 +235,7 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
 
 def test_large_inputs_fit_kmeans_as_minibatch(conn, seeded, monkeypatch):
     # alpha and beta have 42 calibration queries each: above 30 per dataset, 84 in all.
-    monkeypatch.setattr(clustering, "MINIBATCH_THRESHOLD", 30)
+    monkeypatch.setattr(fit, "MINIBATCH_THRESHOLD", 30)
     result = recluster(k=4, conn=conn)
     assert result.algorithm == "kmeans"
     assert result.params["fit"] == "minibatch-kmeans (more than 30 vectors) in alpha, beta"
@@ -245,20 +245,20 @@ def test_large_inputs_fit_kmeans_as_minibatch(conn, seeded, monkeypatch):
     assert whole.params["fit"] == "minibatch-kmeans (more than 30 vectors)"
     assert whole.params["stratify"] == "none" and "k_per_dataset" not in whole.params
     # Only b above the threshold: each dataset's own fit parameters are kept.
-    monkeypatch.setattr(clustering, "MINIBATCH_THRESHOLD", 41)
-    mixed = clustering.fit_stratified(
+    monkeypatch.setattr(fit, "MINIBATCH_THRESHOLD", 41)
+    mixed = fit.fit_stratified(
         np.zeros((83, 2)) + np.arange(83)[:, None], np.array(["a"] * 41 + ["b"] * 42), 4,
         "kmeans", seed=0,
     )[1]  # fmt: skip
     assert mixed["fit"] == "minibatch-kmeans (more than 41 vectors) in b"
-    assert mixed["fit_per_dataset"]["a"]["n_init"] == clustering.KMEANS_N_INIT
+    assert mixed["fit_per_dataset"]["a"]["n_init"] == fit.KMEANS_N_INIT
     assert "batch_size" in mixed["fit_per_dataset"]["b"]
 
 
 def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, monkeypatch):
     old = recluster(k=4, seed=1, url=db_url)
     seen = {}
-    real_prepare = clustering._prepare_routing
+    real_prepare = clusterings.prepare_centroid_index
 
     def observe(c, clustering_id):
         real_prepare(c, clustering_id)
@@ -274,7 +274,7 @@ def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, mon
                 (clustering_id,),
             ).fetchone()[0]
 
-    monkeypatch.setattr(clustering, "_prepare_routing", observe)
+    monkeypatch.setattr(clusterings, "prepare_centroid_index", observe)
     new = recluster(k=3, seed=2, url=db_url)
     assert seen == {"active": old.id, "profiles": {old.id}, "centroids": 0}
     with connections.connect(db_url) as reader:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from avengers_store import demo
-from avengers_store.calibration import clustering
+from avengers_store.calibration import clusterings, reclustering
 from avengers_store.store import connections
 from tests.calibration_data import run_cli
 from tests.conftest import LLMROUTER
@@ -69,9 +69,9 @@ def test_demo_runs_and_reruns_idempotently(cli_env, tmp_path):
                       (SELECT count(*) FROM avengers.models)"""
         ).fetchone()
     assert counts == (1, 1508, 1508, 9)
-    assert clustering.active_clustering(url=cli_env).id == first["clustering"]["id"]
+    assert clusterings.active_clustering(url=cli_env).id == first["clustering"]["id"]
     # A clustering fitted the older way (one fit over all datasets) is not reused.
-    clustering.recluster(k=demo.DEFAULT_K, seed=demo.SEED, stratify="none", url=cli_env)
+    reclustering.recluster(k=demo.DEFAULT_K, seed=demo.SEED, stratify="none", url=cli_env)
     text = run_cli("demo", "--plot", str(plot)).stdout
     assert "(reused)" not in text
-    assert clustering.active_clustering(url=cli_env).params["stratify"] == "dataset"
+    assert clusterings.active_clustering(url=cli_env).params["stratify"] == "dataset"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.embedders import Embedder, normalize_rows
 from avengers_store.calibration.query_vectors import embed_queries, import_npy
 from avengers_store.errors import InputError, NotFound
@@ -110,12 +110,12 @@ def test_embed_is_resumable_and_incremental(store):
 def test_new_dataset_embeds_only_its_queries_and_reclusters(store):
     _load(store, "alpha", 60)
     embed_queries(HashEmbedder(), url=store)
-    first = clustering.recluster(k=4, url=store)
+    first = reclustering.recluster(k=4, url=store)
     _load(store, "beta", 30)
     onboarding = HashEmbedder()
     result = embed_queries(onboarding, batch_size=8, url=store)
     assert result.embedded == 30 and sorted(onboarding.embedded) == sorted(texts("beta", 30))
-    second = clustering.recluster(k=4, url=store)
+    second = reclustering.recluster(k=4, url=store)
     assert second.id != first.id and second.status == "active"
     assert second.n_queries == first.n_queries + 20
     assert second.params["datasets"] == {"alpha": 40, "beta": 20}
@@ -124,7 +124,7 @@ def test_new_dataset_embeds_only_its_queries_and_reclusters(store):
 def test_a_new_embedder_gets_its_own_space(store):
     _load(store, "alpha", 30)
     embed_queries(HashEmbedder("hash-8"), url=store)
-    clustering.recluster(k=3, url=store)
+    reclustering.recluster(k=3, url=store)
     result = embed_queries(HashEmbedder("hash-6", dim=6), url=store)
     assert result.embedded == 30
     with connections.connect(store) as c:
@@ -134,7 +134,7 @@ def test_a_new_embedder_gets_its_own_space(store):
         assert embedding_spaces.serving_space(c).embedder == "hash-8"
         with pytest.raises(InputError, match="8-d vectors, got 6-d"):
             embedding_spaces.get_or_create_space(c, "hash-8", 6)
-    new = clustering.recluster(k=3, url=store)
+    new = reclustering.recluster(k=3, url=store)
     with connections.connect(store) as c:
         assert new.space_id == listed["hash-6"].id
         assert embedding_spaces.serving_space(c).embedder == "hash-6"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import avengers_store
-from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
 from avengers_store.evaluation import replay
@@ -59,7 +59,7 @@ def _build(conn) -> None:
 def tiny(db_url) -> str:
     with connections.connect(db_url) as c:
         _build(c)
-        clustering.recluster(k=1, seed=0, conn=c)  # a served version the replay must not touch
+        reclustering.recluster(k=1, seed=0, conn=c)  # a served version the replay must not touch
         c.commit()
     return db_url
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from avengers_store.calibration import clustering
+from avengers_store.calibration import clusterings, reclustering
 from avengers_store.calibration.profiles import get_profiles, plot_profiles, profile_matrix
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.ingest.text_identity import content_hash
@@ -78,7 +78,7 @@ def synthetic_store(pg_admin_url, template_db):
         with connections.connect(url) as c:
             syn = seed_store(c)
             c.commit()
-        clustering.recluster(k=4, seed=1, url=url)
+        reclustering.recluster(k=4, seed=1, url=url)
         yield url, syn
 
 
@@ -96,7 +96,7 @@ def syn_url(synthetic_store):
 
 
 def test_eighth_model_takes_rank_one_exactly_where_it_leads(synthetic, syn_url, tmp_path):
-    before = clustering.active_clustering(url=syn_url)
+    before = clusterings.active_clustering(url=syn_url)
     # The newcomer is perfect on alpha's blob 0, mediocre elsewhere (0.5).
     lines = ["text,model,score"]
     for dataset in ("alpha", "beta"):
@@ -112,7 +112,7 @@ def test_eighth_model_takes_rank_one_exactly_where_it_leads(synthetic, syn_url, 
         run_cli("outcomes", "import", str(path), "--dataset", dataset, "--create-models")
         lines = ["text,model,score"]
 
-    assert clustering.active_clustering(url=syn_url).id == before.id
+    assert clusterings.active_clustering(url=syn_url).id == before.id
     profile = json.loads(run_cli("profile", "--json").stdout)
     by_cluster: dict[int, dict[str, float]] = {}
     rank_one = {}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avengers_store import routing
-from avengers_store.calibration import clustering
+from avengers_store.calibration import reclustering
 from avengers_store.errors import InputError
 from avengers_store.routing import adapters, methods, statements
 from tests.calibration_data import MODELS, seed_store, unit
@@ -40,7 +40,7 @@ def store(db_url):
         c.cursor().executemany(
             "DELETE FROM avengers.outcomes WHERE query_id = %s AND model_id = %s", drop
         )
-        clustering.recluster(k=20, seed=3, conn=c)
+        reclustering.recluster(k=20, seed=3, conn=c)
         c.commit()
     rng = np.random.default_rng(2024)
     near = unit(syn.blobs[rng.integers(0, len(syn.blobs), N_QUERIES // 2)]
@@ -302,7 +302,7 @@ def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, con
         ids = conn.execute(f"SELECT DISTINCT clustering_id FROM avengers.{view}").fetchall()
         assert ids == [active]
     # A new version refreshes every aggregate in the switch transaction.
-    new = clustering.recluster(k=5, seed=1, conn=conn)
+    new = reclustering.recluster(k=5, seed=1, conn=conn)
     for view in views:
         ids = conn.execute(f"SELECT DISTINCT clustering_id FROM avengers.{view}").fetchall()
         assert ids == [(new.id,)]

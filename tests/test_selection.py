@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.model_selection import select_models
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError, StoreStateError
@@ -28,7 +28,7 @@ def store(db_url):
     with connections.connect(db_url) as c:
         seed_store(c, n_blobs=4, per_blob=30)
         c.commit()
-    clustering.recluster(k=6, seed=5, url=db_url)
+    reclustering.recluster(k=6, seed=5, url=db_url)
     return db_url
 
 
@@ -99,7 +99,7 @@ def test_ties_fall_to_overall_score_then_name(pg_admin_url, template_db):
             embedding_spaces.activate_space(c, space.id)
             store_vectors(c, space.id, ids, vectors)
             c.commit()
-        clustering.recluster(k=2, url=url)
+        reclustering.recluster(k=2, url=url)
         result = select_models(1, url=url)
         assert [s.selection_score for s in result.scores[:2]] == [1.5, 1.5]
         assert result.selected == ("alpha",)  # equal overall score: name decides

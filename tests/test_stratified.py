@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from avengers_store import routing
-from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration import embedding_spaces, fit, reclustering
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
 from avengers_store.store import connections
@@ -19,7 +19,7 @@ E0, E1 = np.eye(DIM)[0], np.eye(DIM)[1]
 
 def test_stratum_sizes_split_k_by_size():
     sizes = {"mmlu": 2000, "cmmlu": 2000, "arc": 820, "gsm8k": 1000, "humaneval": 115}
-    assert clustering.stratum_sizes(sizes, 64) == {
+    assert fit.stratum_sizes(sizes, 64) == {
         "arc": 9,
         "cmmlu": 22,
         "gsm8k": 11,
@@ -27,25 +27,25 @@ def test_stratum_sizes_split_k_by_size():
         "mmlu": 21,
     }  # fmt: skip (equal remainders: name order decides)
     # Largest remainder; every dataset gets one while k allows, none more than its queries.
-    assert clustering.stratum_sizes({"x": 3, "y": 3}, 5) == {"x": 3, "y": 2}
-    assert clustering.stratum_sizes({"a": 5, "b": 1, "c": 1}, 7) == {"a": 5, "b": 1, "c": 1}
-    assert clustering.stratum_sizes({"a": 90, "b": 1}, 4) == {"a": 3, "b": 1}
+    assert fit.stratum_sizes({"x": 3, "y": 3}, 5) == {"x": 3, "y": 2}
+    assert fit.stratum_sizes({"a": 5, "b": 1, "c": 1}, 7) == {"a": 5, "b": 1, "c": 1}
+    assert fit.stratum_sizes({"a": 90, "b": 1}, 4) == {"a": 3, "b": 1}
     # More datasets than clusters: the smallest shares give way.
-    assert clustering.stratum_sizes({"a": 5, "b": 1, "c": 1}, 2) == {"a": 1, "b": 0, "c": 1}
-    assert sum(clustering.stratum_sizes({"a": 7, "b": 11, "c": 13}, 17).values()) == 17
+    assert fit.stratum_sizes({"a": 5, "b": 1, "c": 1}, 2) == {"a": 1, "b": 0, "c": 1}
+    assert sum(fit.stratum_sizes({"a": 7, "b": 11, "c": 13}, 17).values()) == 17
 
 
 def test_fit_stratified_fits_each_group_on_its_own():
     rng = np.random.default_rng(0)
     vectors = unit(rng.normal(size=(60, DIM))).astype(np.float32)
     groups = np.array(["big"] * 45 + ["small"] * 15, dtype=object)
-    labels, params = clustering.fit_stratified(vectors, groups, 4, "kmeans", seed=1)
+    labels, params = fit.fit_stratified(vectors, groups, 4, "kmeans", seed=1)
     assert params["k_per_dataset"] == {"big": 3, "small": 1}
     assert set(labels[:45]) == {0, 1, 2} and set(labels[45:]) == {3}
     # A group given no cluster keeps -1; partition() places it at its nearest centroid.
-    labels, params = clustering.fit_stratified(vectors, groups, 1, "kmeans", seed=1)
+    labels, params = fit.fit_stratified(vectors, groups, 1, "kmeans", seed=1)
     assert params["k_per_dataset"] == {"big": 1, "small": 0} and set(labels[45:]) == {-1}
-    part = clustering.partition(vectors, labels)
+    part = fit.partition(vectors, labels)
     assert len(part.centroids) == 1 and part.sizes.tolist() == [60]
     assert np.allclose(part.centroids[0], vectors[:45].mean(axis=0), atol=1e-6)
 
@@ -85,11 +85,11 @@ def _route(conn, vector) -> str:
 def test_a_small_dataset_keeps_its_own_cluster(overlapping, conn):
     _, big = overlapping
     probe_small = unit(np.atleast_2d(E0 + 0.15 * E1))[0]
-    whole = clustering.recluster(k=2, seed=0, stratify="none", conn=conn)
+    whole = reclustering.recluster(k=2, seed=0, stratify="none", conn=conn)
     assert whole.params["stratify"] == "none"
     # One fit over everything: small's queries sit in a cluster big dominates.
     assert _route(conn, probe_small) == "m1"
-    strat = clustering.recluster(k=2, seed=0, conn=conn)
+    strat = reclustering.recluster(k=2, seed=0, conn=conn)
     assert strat.params["stratify"] == "dataset"
     assert strat.params["k_per_dataset"] == {"big": 1, "small": 1}
     assert _route(conn, probe_small) == "m2"
@@ -108,6 +108,6 @@ def test_a_small_dataset_keeps_its_own_cluster(overlapping, conn):
 
 def test_cli_and_library_refuse_an_unknown_stratify(overlapping, cli_env):
     with pytest.raises(InputError, match="--stratify"):
-        clustering.recluster(k=2, stratify="model", url=cli_env)
+        reclustering.recluster(k=2, stratify="model", url=cli_env)
     out = run_cli("recluster", "--k", "2", "--stratify", "none").stdout
     assert "stratify=none" in out

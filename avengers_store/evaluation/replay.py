@@ -1,6 +1,6 @@
 """Replay evaluation: how good is the routing on the stored outcomes? No model is called.
 
-For each seed the store is re-calibrated on its calibration split (``clustering.recluster``:
+For each seed the store is re-calibrated on its calibration split (``reclustering.recluster``:
 cluster + profile), every test query (OOD datasets included: routed, never clustered) is routed
 through ``avengers.route_many`` — the statement the client uses — and scored with the recorded
 outcome of the model it was routed to. Everything runs in ONE transaction that is rolled back at
@@ -36,7 +36,7 @@ import numpy as np
 import psycopg
 
 from avengers_store import routing
-from avengers_store.calibration import clustering, embedding_spaces
+from avengers_store.calibration import embedding_spaces, fit, reclustering
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.ingest.datasets import seeded_split
 from avengers_store.routing import RoutingMethod
@@ -143,7 +143,7 @@ class Evaluation:
 
     k: int
     algorithm: str
-    stratify: str  # "dataset" or "none" (see clustering.recluster)
+    stratify: str  # "dataset" or "none" (see reclustering.recluster)
     seeds: tuple[int, ...]
     method: RoutingMethod
     strategy: str
@@ -345,7 +345,7 @@ class _Replay:
         key = (k, algorithm, seed, *tag)
         if key in self.cache:
             return self.cache[key]
-        fitted = clustering.recluster(k, algorithm, seed, stratify=self.stratify, conn=self.conn)
+        fitted = reclustering.recluster(k, algorithm, seed, stratify=self.stratify, conn=self.conn)
         result = self.route_current(fitted.id, fitted.k)
         self.cache[key] = result
         return result
@@ -565,7 +565,7 @@ def evaluate(
     ``ood_all`` too). Sweeps (``sweep_k``, ``algorithms``, ``budgets`` = numbers of models chosen
     by s(m), ``calibration_fractions``) run on ``sweep_seeds`` (default: the first seed);
     ``plot_dir`` receives one PNG per sweep. ``stratify``: how each seed's clustering is fitted
-    (``clustering.recluster``); default ``"dataset"``, and ``"none"`` for the paper method, whose
+    (``reclustering.recluster``); default ``"dataset"``, and ``"none"`` for the paper method, whose
     recipe is one K-means over all calibration queries.
     """
     started = time.perf_counter()
@@ -583,9 +583,9 @@ def evaluate(
         raise InputError("give at least one seed", location="--seeds")
     sweep_seeds = tuple(int(s) for s in sweep_seeds) if sweep_seeds else seeds[:1]
     for name in algorithms or ():
-        if name not in clustering.ALGORITHMS:
+        if name not in fit.ALGORITHMS:
             raise InputError(
-                f"unknown algorithm {name!r}; choose among {', '.join(clustering.ALGORITHMS)}",
+                f"unknown algorithm {name!r}; choose among {', '.join(fit.ALGORITHMS)}",
                 location="--algorithms",
             )
     for f in calibration_fractions or ():
@@ -600,9 +600,9 @@ def evaluate(
     chosen = routing.routing_method(method)
     if stratify is None:
         stratify = "none" if chosen == routing.PAPER else "dataset"
-    if stratify not in clustering.STRATIFY:
+    if stratify not in fit.STRATIFY:
         raise InputError(
-            f"unknown stratify {stratify!r}; choose one of {', '.join(clustering.STRATIFY)}",
+            f"unknown stratify {stratify!r}; choose one of {', '.join(fit.STRATIFY)}",
             location="--stratify",
         )
     with connections.connection(url, conn=conn) as c, c.transaction() as tx:

@@ -1,0 +1,210 @@
+"""Clustering versions: reading, storing, activating and removing them.
+
+``store_partition`` writes a fitted ``Partition`` as a new version (row, centroids by binary COPY,
+assignments, the centroid index) and, unless asked not to, serves it with ``CALL
+avengers.activate_clustering`` in the caller's transaction. Activation switches the served
+version and refreshes the profiles atomically: routers see the old version or the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from avengers_store.calibration.centroid_index import prepare_centroid_index
+from avengers_store.calibration.fit import Partition
+from avengers_store.errors import InputError, NotFound, StoreStateError
+from avengers_store.store import connections
+
+_COLUMNS = (
+    "id, space_id, k, algorithm, seed, n_queries, inertia, status, created_at, activated_at, params"
+)
+
+
+@dataclass(frozen=True)
+class Clustering:
+    id: int
+    space_id: int
+    k: int
+    algorithm: str
+    seed: int | None
+    n_queries: int | None
+    inertia: float | None
+    status: str
+    created_at: datetime
+    activated_at: datetime | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _clustering(row) -> Clustering:
+    return Clustering(
+        id=row[0],
+        space_id=row[1],
+        k=row[2],
+        algorithm=row[3],
+        seed=row[4],
+        n_queries=row[5],
+        inertia=row[6],
+        status=row[7],
+        created_at=row[8],
+        activated_at=row[9],
+        params=dict(row[10] or {}),
+    )
+
+
+def get_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> Clustering:
+    with connections.connection(url, conn=conn) as c:
+        row = c.execute(
+            f"SELECT {_COLUMNS} FROM avengers.clusterings WHERE id = %s", (clustering_id,)
+        ).fetchone()
+    if row is None:
+        raise NotFound(
+            f"clustering {clustering_id} does not exist (see `avengers clusterings list`)"
+        )
+    return _clustering(row)
+
+
+def active_clustering(*, url: str | None = None, conn=None) -> Clustering | None:
+    with connections.connection(url, conn=conn) as c:
+        row = c.execute(
+            f"SELECT {_COLUMNS} FROM avengers.clusterings WHERE status = 'active'"
+        ).fetchone()
+    return _clustering(row) if row else None
+
+
+def list_clusterings(*, url: str | None = None, conn=None) -> list[Clustering]:
+    """Every stored version, newest first."""
+    with connections.connection(url, conn=conn) as c:
+        rows = c.execute(f"SELECT {_COLUMNS} FROM avengers.clusterings ORDER BY id DESC").fetchall()
+    return [_clustering(r) for r in rows]
+
+
+def activate_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> Clustering:
+    """Serve version ``clustering_id`` (``CALL avengers.activate_clustering``): switch and profile
+    refresh in one transaction. Rolling back to an earlier version is the same call."""
+    with connections.connection(url, conn=conn) as c:
+        try:
+            with c.transaction():
+                c.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
+        except psycopg.errors.RaiseException as exc:
+            message = exc.diag.message_primary or str(exc)
+            if "does not exist" in message:
+                raise NotFound(f"{message} (see `avengers clusterings list`)") from exc
+            raise StoreStateError(message) from exc
+        return get_clustering(clustering_id, conn=c)
+
+
+def remove_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> None:
+    """Delete a non-active version with its centroids and assignments."""
+    with connections.connection(url, conn=conn) as c:
+        found = get_clustering(clustering_id, conn=c)
+        if found.status == "active":
+            raise StoreStateError(
+                f"clustering {clustering_id} is active: activate another version first "
+                "(`avengers clusterings activate ID`)"
+            )
+        c.execute("DELETE FROM avengers.clusterings WHERE id = %s", (clustering_id,))
+
+
+def prune_clusterings(
+    keep: int, *, exclude: tuple[int, ...] = (), url: str | None = None, conn=None
+) -> list[int]:
+    """Delete all but the ``keep`` newest non-active versions (never those in ``exclude``);
+    returns the deleted ids."""
+    if keep < 0:
+        raise InputError("--keep must be 0 or more", location="keep")
+    with connections.connection(url, conn=conn) as c:
+        rows = c.execute(
+            """DELETE FROM avengers.clusterings
+               WHERE id IN (SELECT id FROM avengers.clusterings
+                            WHERE status <> 'active' AND id <> ALL(%s)
+                            ORDER BY id DESC OFFSET %s)
+               RETURNING id""",
+            (list(exclude), keep),
+        ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def _write_centroids(conn: psycopg.Connection, clustering_id: int, part: Partition) -> None:
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY avengers.centroids (clustering_id, cluster, centroid, size) "
+            "FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(["integer", "integer", "vector", "integer"])
+        for cluster_index, (centroid, size) in enumerate(
+            zip(part.centroids, part.sizes.tolist(), strict=True)
+        ):
+            copy.write_row((clustering_id, cluster_index, centroid, size))
+
+
+def _write_assignments(
+    conn: psycopg.Connection, clustering_id: int, query_ids: np.ndarray, part: Partition
+) -> None:
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY avengers.assignments (clustering_id, query_id, cluster, distance) "
+            "FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(["integer", "bigint", "integer", "real"])
+        for qid, lab, dist in zip(
+            query_ids.tolist(), part.labels.tolist(), part.distances.tolist(), strict=True
+        ):
+            copy.write_row((clustering_id, qid, lab, dist))
+
+
+def store_partition(
+    conn: psycopg.Connection,
+    space_id: int,
+    query_ids: np.ndarray,
+    part: Partition,
+    *,
+    algorithm: str,
+    seed: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    activate: bool = True,
+) -> Clustering:
+    """Store ``part`` (``fit.partition`` of the vectors of ``query_ids``, in that order) as a new
+    clustering version of embedding space ``space_id``, in the caller's transaction: the version
+    row, its centroids and assignments, the centroid index; then mark it ready and, with
+    ``activate``, serve it. Returns the stored version."""
+    if len(query_ids) != len(part.labels):
+        raise InputError(
+            f"{len(query_ids)} query ids for a partition of {len(part.labels)} vectors",
+            location="query_ids",
+        )
+    row = conn.execute(
+        """INSERT INTO avengers.clusterings
+             (space_id, algorithm, k, seed, params, status, n_queries, inertia)
+           VALUES (%s, %s, %s, %s, %s, 'building', %s, %s)
+           RETURNING id""",
+        (
+            space_id,
+            algorithm,
+            len(part.centroids),
+            seed,
+            Jsonb(dict(params or {})),
+            len(query_ids),
+            part.inertia,
+        ),
+    ).fetchone()
+    clustering_id = row[0]
+    _write_centroids(conn, clustering_id, part)
+    _write_assignments(conn, clustering_id, query_ids, part)
+    # Routing-side structures (an HNSW index for very large k), built in the same transaction so
+    # the version is servable the moment it is active.
+    prepare_centroid_index(conn, clustering_id)
+    conn.execute("UPDATE avengers.clusterings SET status = 'ready' WHERE id = %s", (clustering_id,))
+    if activate:
+        conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
+    return get_clustering(clustering_id, conn=conn)
