@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from avengers_store.evaluation.replay import Evaluation, Stat, Sweep
+    from avengers_store.evaluation.results import Evaluation, Stat, Sweep
 
 GROUP_TITLES = {"id": "ID macro", "ood": "OOD macro", "ood_all": "OOD macro (all)"}
 
