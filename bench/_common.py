@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,12 +33,13 @@ from avengers_store.calibration import embedding_spaces
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.ingest.outcomes import OutcomeRow, upsert_outcomes
 from avengers_store.ingest.text_identity import content_hash
-from avengers_store.store import config, connections, embedded, schema
+from avengers_store.store import config, connections, embedded
+from avengers_store.testing import shared_data, throwaway_database, unit_rows
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = shared_data()
 DIM = 384
 SPACE = "all-MiniLM-L6-v2"  # the default embedder's space; vectors here are synthetic
 HOME_ENV = "AVENGERS_BENCH_HOME"
@@ -72,17 +72,11 @@ def server() -> Iterator[str]:
 @contextmanager
 def fresh_database(name: str) -> Iterator[str]:
     """URL of a new database migrated to head (``schema.upgrade``), dropped afterwards."""
-    with server() as admin:
-        dbname = f"avengers_bench_{name}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        url = make_conninfo(admin, dbname=dbname)
-        try:
-            schema.upgrade(url)
-            yield url
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    with (
+        server() as admin,
+        throwaway_database(admin, migrate=True, prefix=f"avengers_bench_{name}") as url,
+    ):
+        yield url
 
 
 def describe_server(url: str) -> dict[str, str]:
@@ -98,12 +92,6 @@ def describe_server(url: str) -> dict[str, str]:
 
 
 # --- synthetic data ----------------------------------------------------------------------------
-
-
-def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
-    a = rng.standard_normal((n, dim), dtype=np.float32)
-    a /= np.linalg.norm(a, axis=1, keepdims=True)
-    return a
 
 
 def blob_vectors(
@@ -208,7 +196,7 @@ def build_store(
     model on the first ``scored`` queries (all by default). Inside the caller's transaction."""
     rng = np.random.default_rng(seed)
     space_id = active_space(conn)
-    centres = unit_rows(rng, n_blobs)
+    centres = unit_rows(rng, n_blobs, DIM)
     vectors, blobs = blob_vectors(rng, centres, n_queries, spread)
     query_ids = add_queries(conn, "calibration", n_queries)
     step = 100_000

@@ -40,7 +40,7 @@ from avengers_store.answering.chat import ChatClient  # noqa: E402
 from avengers_store.answering.prompts import DEFAULT_PROMPTS  # noqa: E402
 from avengers_store.client import AvengersClient  # noqa: E402
 from avengers_store.store import connections  # noqa: E402
-from tests.llm_server import serve_smol  # noqa: E402
+from avengers_store.testing import serve_smol  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from _common import (
+    DIM,
     RESULTS,
     Timer,
     add_models,
@@ -130,7 +131,7 @@ def main() -> None:
     with fresh_database("growth") as url:
         server = describe_server(url)
         rng = np.random.default_rng(args.seed)
-        centres = unit_rows(rng, 64)
+        centres = unit_rows(rng, 64, DIM)
         have = 0
         with connections.connect(url) as conn:
             space_id = make_space(conn)

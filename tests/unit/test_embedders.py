@@ -19,7 +19,7 @@ from avengers_store.calibration.embedders import (
 )
 from avengers_store.calibration.embedding_spaces import Space
 from avengers_store.errors import ConfigurationError, EndpointError
-from tests.conftest import LLMROUTER
+from avengers_store.testing import LLMROUTER
 
 TEXTS = ["What is 2 + 2?", "Compute the sum of two and two.", "Name the capital of France."]
 
@@ -87,7 +87,7 @@ def embedding_server() -> Iterator[str]:
         import xllamacpp
     except ImportError:
         pytest.skip("xllamacpp is not installed")
-    from tests.llm_server import _wait_ready, smol_gguf
+    from avengers_store.testing import _wait_ready, smol_gguf
 
     gguf = smol_gguf()
     if gguf is None:

@@ -10,7 +10,7 @@ from pgvector import Vector
 from avengers_store import routing
 from avengers_store.errors import InputError
 from avengers_store.routing import adapters
-from tests.routing_store import activate, add_clustering, add_profiles, ensure_model, unit_rows
+from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model, unit_rows
 
 
 def test_matrix_batch_equals_per_vector_path(conn):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import psycopg
 import pytest
 
 from avengers_store.calibration import clusterings, fit, reclustering
 from avengers_store.calibration.reclustering import recluster
 from avengers_store.errors import AvengersError, InputError, NotFound, StoreStateError
 from avengers_store.store import connections
-from tests.calibration_data import seed_store
+from avengers_store.testing import seed_store, throwaway_database
 
 
 @pytest.fixture(scope="module")
@@ -192,22 +191,14 @@ def test_errors_on_missing_embeddings_and_outcomes(empty_store_url):
 
 @pytest.fixture(scope="module")
 def empty_store_url(pg_admin_url, template_db):
-    import uuid
-
-    from psycopg.conninfo import make_conninfo
-
-    name = f"avengers_t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield make_conninfo(pg_admin_url, dbname=name)
-    with psycopg.connect(pg_admin_url, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORMAT)'.replace("FORMAT", "FORCE"))
+    with throwaway_database(pg_admin_url, template=template_db) as url:
+        yield url
 
 
 def test_cli_recluster_list_activate_remove(cli_env, seeded):
     import json
 
-    from tests.calibration_data import run_cli, run_cli_error
+    from avengers_store.testing import run_cli, run_cli_error
 
     first = json.loads(run_cli("recluster", "--k", "4", "--json").stdout)
     assert first["status"] == "active" and first["k"] == 4

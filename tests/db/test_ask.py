@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from avengers_store import AvengersClient
 from avengers_store.calibration.embedders import MINILM
 from avengers_store.store import connections
-from tests.routing_store import activate, add_clustering, add_profiles, ensure_model, unit_rows
+from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model, unit_rows
 
 pytestmark = pytest.mark.llm
 

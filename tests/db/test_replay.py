@@ -14,8 +14,7 @@ from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
 from avengers_store.evaluation import replay
 from avengers_store.store import connections
-from tests.calibration_data import add_dataset, add_models, add_outcomes, run_cli
-from tests.conftest import ROUTERDC
+from avengers_store.testing import ROUTERDC, add_dataset, add_models, add_outcomes, run_cli
 
 # Outcomes per dataset, split and model (one list entry per query). alpha and gamma (OOD) sit on
 # e1, beta on e2, so k = 2 separates alpha from beta and gamma routes like alpha.
@@ -174,7 +173,7 @@ def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, t
 
     from avengers_store.calibration.query_vectors import import_npy
     from avengers_store.ingest.wide_tables import load_table
-    from tests.calibration_data import fresh_database
+    from avengers_store.testing import throwaway_database
 
     df = pd.read_parquet(ROUTERDC / "routerdc_7models.parquet")
     keep = df["benchmark"].isin(["humaneval", "gsm8k", "humanevalpack_js"]).to_numpy()
@@ -184,7 +183,7 @@ def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, t
     part.to_parquet(path)
     vectors = np.load(ROUTERDC / "embeddings_minilm.npy")[keep]
     np.save(tmp_path / "slice.npy", vectors)
-    with fresh_database(pg_admin_url, template_db) as url:
+    with throwaway_database(pg_admin_url, template=template_db) as url:
         report = load_table(
             path,
             dataset_col="benchmark",

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from avengers_store.calibration.onboarding import evaluate_model
 from avengers_store.errors import ConfigurationError, NotFound
 from avengers_store.store import connections
-from tests.routing_store import activate, add_clustering, add_profiles, ensure_model
+from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model
 
 pytestmark = pytest.mark.llm
 

@@ -9,7 +9,7 @@ import pytest
 from avengers_store import routing
 from avengers_store.calibration import centroid_index
 from avengers_store.errors import InputError, StoreStateError
-from tests.routing_store import (
+from avengers_store.testing import (
     activate,
     add_clustering,
     add_profiles,

@@ -18,6 +18,7 @@ from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest import datasets
 from avengers_store.ingest.readers import read_table
 from avengers_store.ingest.text_identity import content_hash
+from avengers_store.testing import table_counts
 
 TABLES = ("datasets", "queries", "outcomes", "models")
 
@@ -34,11 +35,6 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     else:
         pq.write_table(pa.Table.from_pylist(rows), path)
     return path
-
-
-def counts(url: str) -> dict[str, int]:
-    with psycopg.connect(url) as c:
-        return {t: c.execute(f"SELECT count(*) FROM avengers.{t}").fetchone()[0] for t in TABLES}
 
 
 def queries_of(url: str, name: str) -> list[tuple]:
@@ -140,12 +136,12 @@ def test_bad_row_names_file_row_column_and_changes_nothing(db_url, tmp_path):
     path.write_text(
         '{"text": "fine one"}\n{"text": "fine two"}\n{"text": null}\n{"text": "fine four"}\n'
     )
-    before = counts(db_url)
+    before = table_counts(db_url)
     with pytest.raises(InputError) as err:
         datasets.add_dataset("bad", path, url=db_url)
     assert str(path.resolve()) in str(err.value)
     assert "data row 3" in str(err.value) and "'text'" in str(err.value)
-    assert counts(db_url) == before
+    assert table_counts(db_url) == before
     with pytest.raises(NotFound):
         datasets.get_dataset("bad", url=db_url)
 
@@ -153,10 +149,10 @@ def test_bad_row_names_file_row_column_and_changes_nothing(db_url, tmp_path):
 def test_wrong_type_in_jsonl_is_named(db_url, tmp_path):
     path = tmp_path / "typed.jsonl"
     path.write_text('{"q": "a text"}\n{"q": 17}\n')
-    before = counts(db_url)
+    before = table_counts(db_url)
     with pytest.raises(InputError, match=r"data row 2 column 'q': expected text, found int 17"):
         datasets.add_dataset("typed", path, text_col="q", url=db_url)
-    assert counts(db_url) == before
+    assert table_counts(db_url) == before
 
 
 def test_unmapped_split_value_is_named(db_url, tmp_path):

@@ -15,12 +15,13 @@ from avengers_store.calibration.embedders import Embedder, normalize_rows
 from avengers_store.calibration.query_vectors import embed_queries, import_npy
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
-from tests.calibration_data import (
+from avengers_store.testing import (
     add_dataset,
     add_models,
     add_outcomes,
-    fresh_database,
     run_cli,
+    table_counts,
+    throwaway_database,
 )
 
 
@@ -56,17 +57,9 @@ def texts(prefix: str, n: int) -> list[str]:
     return [f"{prefix} question number {i}" for i in range(n)]
 
 
-def counts(url: str) -> dict[str, int]:
-    with connections.connect(url) as c:
-        return {
-            t: c.execute(f"SELECT count(*) FROM avengers.{t}").fetchone()[0]
-            for t in ("embedding_spaces", "query_embeddings", "clusterings")
-        }
-
-
 @pytest.fixture
 def store(pg_admin_url, template_db):
-    with fresh_database(pg_admin_url, template_db) as url:
+    with throwaway_database(pg_admin_url, template=template_db) as url:
         yield url
 
 
@@ -89,7 +82,7 @@ def test_embed_is_resumable_and_incremental(store):
     broken = HashEmbedder(fail_on_call=3)
     with pytest.raises(KeyboardInterrupt):
         embed_queries(broken, batch_size=16, url=store)
-    assert counts(store)["query_embeddings"] == 32  # two batches committed before the stop
+    assert table_counts(store)["query_embeddings"] == 32  # two batches committed before the stop
     resumed = HashEmbedder()
     result = embed_queries(resumed, batch_size=16, url=store)
     assert result.embedded == 18 and result.already == 32
@@ -205,7 +198,7 @@ def run_cli_json(url: str, *args: str) -> dict:
 
 def test_import_npy_checks_rows_dimension_and_source(store, tmp_path):
     source, _ = _file_store(store, tmp_path)
-    before = counts(store)
+    before = table_counts(store)
     short = tmp_path / "short.npy"
     np.save(short, np.ones((11, 8), np.float32))
     with pytest.raises(InputError, match=r"11 vectors but dataset 'filed' .* of 12 rows"):
@@ -223,10 +216,10 @@ def test_import_npy_checks_rows_dimension_and_source(store, tmp_path):
         import_npy(wide, source, embedder=PRE8, url=store)
     nan = tmp_path / "nan.npy"
     np.save(nan, np.full((12, 4), np.nan, np.float32))
-    after_good = counts(store)
+    after_good = table_counts(store)
     with pytest.raises(InputError, match="NaN"):
         import_npy(nan, source, embedder=PRE4, url=store)
-    assert counts(store) == after_good  # the failed import left nothing, not even a space
+    assert table_counts(store) == after_good  # the failed import left nothing, not even a space
     assert after_good["query_embeddings"] == before["query_embeddings"] + 11
 
 

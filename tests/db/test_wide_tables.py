@@ -14,8 +14,7 @@ from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest import datasets
 from avengers_store.ingest.wide_tables import load_table
 from avengers_store.store import connections
-from tests.conftest import ROUTERDC
-from tests.test_datasets import counts, write_rows
+from avengers_store.testing import ROUTERDC, table_counts, write_rows
 
 NAN = float("nan")
 ROWS = [
@@ -122,13 +121,13 @@ def test_one_bad_row_changes_nothing(db_url, tmp_path, cell, message):
     rows = table_rows()
     rows[5].update(cell)
     path = write_rows(tmp_path / "bad.jsonl", rows)
-    before = counts(db_url)
+    before = table_counts(db_url)
     with pytest.raises(InputError, match=message) as err:
         load_table(path, dataset_col="bench", text_col="question", split_col="split",
                    split_map=SPLIT_MAP, outcome_prefix="acc|", dataset_prefix="bad/",
                    url=db_url)  # fmt: skip
     assert str(path.resolve()) in str(err.value)
-    assert counts(db_url) == before
+    assert table_counts(db_url) == before
 
 
 def test_seeded_split_without_split_column_and_option_errors(db_url, tmp_path):

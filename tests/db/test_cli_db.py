@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,29 +13,13 @@ from pathlib import Path
 import pytest
 
 from avengers_store.store import schema
+from avengers_store.testing import free_port, run_process
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def avengers(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "avengers_store.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_status_json_lists_every_table(cli_env):
-    result = avengers("db", "status", "--json")
+    result = run_process("db", "status", "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["pgvector_version"]
@@ -46,7 +29,7 @@ def test_status_json_lists_every_table(cli_env):
 
 
 def test_upgrade_is_a_noop_when_current(cli_env):
-    result = avengers("db", "upgrade")
+    result = run_process("db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert "already up to date" in result.stdout
 
@@ -54,7 +37,7 @@ def test_upgrade_is_a_noop_when_current(cli_env):
 def test_closed_port_is_one_line_naming_the_url():
     port = free_port()
     url = f"postgresql://nobody:secret@127.0.0.1:{port}/nothing"
-    result = avengers("db", "status", env={"AVENGERS_DATABASE_URL": url})
+    result = run_process("db", "status", env={"AVENGERS_DATABASE_URL": url})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -133,14 +116,14 @@ def postgres_without_pgvector(pg_admin_url):
 
 
 def test_server_without_pgvector_is_one_line_with_the_fix(postgres_without_pgvector):
-    result = avengers("db", "upgrade", env={"AVENGERS_DATABASE_URL": postgres_without_pgvector})
+    result = run_process("db", "upgrade", env={"AVENGERS_DATABASE_URL": postgres_without_pgvector})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert postgres_without_pgvector in lines[0]
     assert "pgvector" in lines[0] and "install" in lines[0]
     # The failed upgrade left nothing behind.
-    status = avengers(
+    status = run_process(
         "db", "status", "--json", env={"AVENGERS_DATABASE_URL": postgres_without_pgvector}
     )
     assert json.loads(status.stdout)["revision"] is None

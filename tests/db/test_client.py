@@ -13,7 +13,7 @@ from avengers_store.calibration.embedders import Embedder
 from avengers_store.errors import ConnectionFailed, SchemaOutOfDate, StoreStateError
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections
-from tests.routing_store import activate, add_clustering, add_profiles, ensure_model
+from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model
 
 SPACE = "test-space-4"
 

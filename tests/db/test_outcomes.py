@@ -12,7 +12,7 @@ from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest import datasets, model_pool
 from avengers_store.ingest.outcomes import OutcomeRow, import_outcomes, upsert_outcomes
 from avengers_store.store import connections
-from tests.test_datasets import counts, write_rows
+from avengers_store.testing import table_counts, write_rows
 
 TEXTS = ["What is 2+2?", "Name a prime.", "Capital of Peru?", "Largest planet?"]
 
@@ -93,11 +93,11 @@ def test_wide_import_by_id_and_reimport_upserts(store, tmp_path):
     report = import_outcomes(path, dataset="qs", wide_prefix="acc|", id_col="qid", url=store)
     assert report.models == ("m1", "m2") and report.outcomes_written == 3
     assert report.not_evaluated == 1
-    before = counts(store)
+    before = table_counts(store)
     rows[0]["acc|m2"] = 0.0
     write_rows(path, rows)
     import_outcomes(path, dataset="qs", wide_prefix="acc|", id_col="qid", url=store)
-    assert counts(store) == before  # replaced, not added
+    assert table_counts(store) == before  # replaced, not added
     got = outcomes_of(store)
     assert got[("q1", "m2")][0] == 0.0 and got[("q1", "m1")][0] == 0.0
     assert ("q3", "m1") not in got
@@ -111,12 +111,12 @@ def test_out_of_range_score_names_row_and_column_and_changes_nothing(store, tmp_
             {"text": TEXTS[3], "model": "m2", "score": 1.5},
         ],
     )
-    before, before_rows = counts(store), outcomes_of(store)
+    before, before_rows = table_counts(store), outcomes_of(store)
     with pytest.raises(
         InputError, match=r"data row 2 column 'score': score 1.5 is outside \[0, 1\]"
     ):
         import_outcomes(path, dataset="qs", url=store)
-    assert counts(store) == before and outcomes_of(store) == before_rows
+    assert table_counts(store) == before and outcomes_of(store) == before_rows
 
 
 def test_unknown_queries_and_models_are_listed(store, tmp_path):
@@ -133,10 +133,10 @@ def test_unknown_queries_and_models_are_listed(store, tmp_path):
             {"text": TEXTS[2], "model": "m8", "score": 0},
         ],
     )
-    before = counts(store)
+    before = table_counts(store)
     with pytest.raises(NotFound, match=r"2 unknown model\(s\): 'm9', 'm8'.*--create-models"):
         import_outcomes(path, dataset="qs", url=store)
-    assert counts(store) == before
+    assert table_counts(store) == before
     report = import_outcomes(path, dataset="qs", create_models=True, url=store)
     assert set(report.models_created) == {"m8", "m9"}
     with pytest.raises(NotFound, match="no dataset 'nope'"):

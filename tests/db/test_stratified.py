@@ -11,7 +11,7 @@ from avengers_store.calibration import embedding_spaces, fit, reclustering
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
 from avengers_store.store import connections
-from tests.calibration_data import add_dataset, add_models, add_outcomes, run_cli, unit
+from avengers_store.testing import add_dataset, add_models, add_outcomes, run_cli, unit
 
 DIM = 8
 E0, E1 = np.eye(DIM)[0], np.eye(DIM)[1]

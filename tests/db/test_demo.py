@@ -11,8 +11,7 @@ import pytest
 from avengers_store import demo
 from avengers_store.calibration import clusterings, reclustering
 from avengers_store.store import connections
-from tests.calibration_data import run_cli
-from tests.conftest import LLMROUTER
+from avengers_store.testing import LLMROUTER, run_cli
 
 
 def test_bundled_sample_is_aligned_and_small():

@@ -12,13 +12,13 @@ from avengers_store.calibration.model_selection import select_models
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.store import connections
-from tests.calibration_data import (
+from avengers_store.testing import (
     add_dataset,
     add_models,
     add_outcomes,
-    fresh_database,
     run_cli,
     seed_store,
+    throwaway_database,
     unit,
 )
 
@@ -79,7 +79,7 @@ def test_apply_marks_the_chosen_set_and_refreshes(cli_env, store):
 
 def test_ties_fall_to_overall_score_then_name(pg_admin_url, template_db):
     """Two clusters; each model wins one and is second in the other: equal s(m) = 1.5."""
-    with fresh_database(pg_admin_url, template_db) as url:
+    with throwaway_database(pg_admin_url, template=template_db) as url:
         with connections.connect(url) as c:
             rng = np.random.default_rng(3)
             centres = unit(np.eye(4)[:2] * 1.0)
@@ -117,7 +117,7 @@ def test_errors(store, pg_admin_url, template_db):
     with pytest.raises(InputError, match="at least 1"):
         select_models(0, url=store)
     with (
-        fresh_database(pg_admin_url, template_db) as url,
+        throwaway_database(pg_admin_url, template=template_db) as url,
         pytest.raises(StoreStateError, match="avengers recluster"),
     ):
         select_models(2, url=url)

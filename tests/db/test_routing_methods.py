@@ -13,7 +13,7 @@ from avengers_store import routing
 from avengers_store.calibration import reclustering
 from avengers_store.errors import InputError
 from avengers_store.routing import adapters, methods, statements
-from tests.calibration_data import MODELS, seed_store, unit
+from avengers_store.testing import MODELS, seed_store, unit
 
 N_QUERIES = 500
 # route / route_many pool in pgvector's float32 (sql/030_routing.sql): ~1e-7 relative rounding.

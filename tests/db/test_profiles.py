@@ -13,8 +13,14 @@ from avengers_store.calibration.profiles import get_profiles, plot_profiles, pro
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections
-from tests.calibration_data import MODELS, fresh_database, run_cli, run_cli_error, seed_store
-from tests.conftest import ROUTERDC
+from avengers_store.testing import (
+    MODELS,
+    ROUTERDC,
+    run_cli,
+    run_cli_error,
+    seed_store,
+    throwaway_database,
+)
 
 ROUTERDC_ARGS = [
     "--dataset-col", "benchmark", "--text-col", "question", "--outcome-prefix", "acc|",
@@ -74,7 +80,7 @@ def test_routerdc_profiles_match_pandas_groupby(cli_env, tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_store(pg_admin_url, template_db):
-    with fresh_database(pg_admin_url, template_db) as url:
+    with throwaway_database(pg_admin_url, template=template_db) as url:
         with connections.connect(url) as c:
             syn = seed_store(c)
             c.commit()
@@ -150,7 +156,7 @@ def test_filters_formats_and_errors(synthetic, syn_url):
 
 def test_no_active_clustering_is_a_clear_error(pg_admin_url, template_db):
     with (
-        fresh_database(pg_admin_url, template_db) as url,
+        throwaway_database(pg_admin_url, template=template_db) as url,
         pytest.raises(StoreStateError, match="avengers recluster"),
     ):
         get_profiles(url=url)

