@@ -2,9 +2,11 @@
 
 Steps: migrate the store, load the LLMRouter sample (14 tasks, 9 models, real outcomes) as
 datasets ``llmrouter/<task>``, import its precomputed all-MiniLM-L6-v2 vectors, re-cluster,
-then read the capability profiles and the paper's model-set selection. Each step reuses what an
-earlier run left (data, vectors, an identical active clustering), so a rerun is quick and adds
-nothing.
+then read the capability profiles and the paper's model-set selection. Then, as an application
+would, route five of the sample's test questions with ``AvengersClient.route_many`` (on their
+stored vectors) and replay the test split with ``evaluate`` (one seed, in a transaction that is
+rolled back; no model is called). Each step reuses what an earlier run left (data, vectors, an
+identical active clustering), so a rerun is quick and adds nothing.
 
 k defaults to 16: about 1,000 calibration queries give ~60 per cluster, enough for per-model means
 with a Wilson half-width near ±0.12 (at the paper's k=64 it would be ~15 per cluster, ±0.25), and
@@ -14,9 +16,12 @@ with a Wilson half-width near ±0.12 (at the paper's k=64 it would be ~15 per cl
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+import numpy as np
 
 from avengers_store.calibration import clusterings, reclustering
 from avengers_store.calibration.clusterings import Clustering
@@ -24,6 +29,8 @@ from avengers_store.calibration.model_selection import Selection, select_models
 from avengers_store.calibration.profiles import ProfileEntry, get_profiles, plot_profiles
 from avengers_store.calibration.query_vectors import import_npy
 from avengers_store.errors import AvengersError
+from avengers_store.evaluation.results import ModelScore
+from avengers_store.routing import RouteDecision
 from avengers_store.store import config, connections, schema
 
 SAMPLE_FILE = "llmrouter_sample.parquet"
@@ -33,6 +40,7 @@ EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_K = 16
 DEFAULT_BUDGET = 3
 SEED = 42
+ROUTED_QUESTIONS = 5
 TASK_TYPES = {
     "mmlu": "multiple_choice",
     "gpqa": "multiple_choice",
@@ -78,6 +86,37 @@ class ClusterSummary:
 
 
 @dataclass(frozen=True)
+class RoutedQuestion:
+    """One test question of the sample routed as an application routes it: its nearest cluster,
+    the chosen model, and why in one line (``decision`` holds the chosen model and the
+    runner-up)."""
+
+    query_id: int
+    dataset: str
+    text: str
+    cluster: int
+    model: str
+    why: str
+    decision: RouteDecision
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    """``evaluate`` on the sample's test split, one seed: macro scores over its test datasets
+    (×100) of the routed model, the best single model chosen on calibration data
+    (dataset-balanced) and the per-query oracle."""
+
+    seed: int
+    k: int
+    datasets: int
+    queries: int
+    routed: float
+    best_single: ModelScore
+    oracle: float
+    seconds: float
+
+
+@dataclass(frozen=True)
 class DemoResult:
     url: str
     loaded: bool
@@ -89,6 +128,8 @@ class DemoResult:
     clusters: tuple[ClusterSummary, ...]
     selection: Selection
     plot: Path
+    routed: tuple[RoutedQuestion, ...]
+    replay: ReplaySummary
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -176,6 +217,120 @@ def cluster_summaries(
     )
 
 
+def why(decision: RouteDecision) -> str:
+    """One line: the chosen model's routing score against the runner-up's, then its record on the
+    nearest cluster alone (mean outcome, calibration queries n, Wilson 95% bounds)."""
+    if not decision.candidates:
+        return "no active model has a profile for this cluster"
+    best = decision.candidates[0]
+    parts = []
+    if best.score is not None:
+        line = f"pooled score {best.score:.3f}"
+        if len(decision.candidates) > 1 and decision.candidates[1].score is not None:
+            second = decision.candidates[1]
+            line += f" vs {second.score:.3f} for {second.model}"
+        parts.append(line)
+    if best.mean_score is not None:
+        parts.append(
+            f"cluster {decision.cluster} alone {best.mean_score:.2f} (n {best.n}, "
+            f"Wilson {best.wilson_low:.2f}-{best.wilson_high:.2f})"
+        )
+    return "; ".join(parts) or "ranked first"
+
+
+# Questions nearest this many characters come first: they read whole on one line.
+PICK_LENGTH = 60
+# What a pick should add that earlier picks do not show, relaxed one step at a time.
+PICK_RULES = (("model", "cluster", "dataset"), ("model", "cluster"), ("cluster",), ())
+
+
+def pick_questions(
+    routed: Sequence[RoutedQuestion], count: int = ROUTED_QUESTIONS
+) -> tuple[RoutedQuestion, ...]:
+    """``count`` routed questions that show the router at work: texts nearest ``PICK_LENGTH``
+    characters first, each pick adding a model, a cluster and a dataset not shown yet
+    (``PICK_RULES``: the conditions are relaxed one by one when no question meets them all).
+    Deterministic."""
+    ordered = sorted(routed, key=lambda r: (abs(len(r.text) - PICK_LENGTH), r.query_id))
+    chosen: list[RoutedQuestion] = []
+    for rule in PICK_RULES:
+        for question in ordered:
+            if len(chosen) == count:
+                return tuple(chosen)
+            if question in chosen:
+                continue
+            if all(
+                getattr(question, name) not in {getattr(c, name) for c in chosen} for name in rule
+            ):
+                chosen.append(question)
+    return tuple(chosen)
+
+
+def route_sample_questions(url: str, count: int = ROUTED_QUESTIONS) -> tuple[RoutedQuestion, ...]:
+    """Route every test question of the sample through ``AvengersClient.route_many`` on its
+    stored vector (one statement), then keep ``count`` of them (``pick_questions``)."""
+    from avengers_store.client import AvengersClient
+
+    with connections.connection(url) as c, c.cursor(binary=True) as cur:
+        cur.execute(
+            """SELECT q.id, d.name, q.text, e.embedding
+               FROM avengers.queries q
+               JOIN avengers.datasets d ON d.id = q.dataset_id
+               JOIN avengers.clusterings k ON k.status = 'active'
+               JOIN avengers.query_embeddings e ON e.query_id = q.id AND e.space_id = k.space_id
+               WHERE q.split = 'test' AND d.name LIKE %s
+               ORDER BY q.id""",
+            (DATASET_PREFIX + "%",),
+        )
+        rows = cur.fetchall()
+    if not rows:
+        return ()
+    vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32, copy=False)
+    with AvengersClient(url) as client:
+        decisions = client.route_many(vectors, top_n=2)
+    routed = [
+        RoutedQuestion(
+            query_id=query_id,
+            dataset=dataset,
+            text=text,
+            cluster=decision.cluster,
+            model=decision.model or "",
+            why=why(decision),
+            decision=decision,
+        )
+        for (query_id, dataset, text, _), decision in zip(rows, decisions, strict=True)
+    ]
+    return pick_questions(routed, count)
+
+
+def replay_sample(url: str, k: int, *, progress: bool = False) -> ReplaySummary:
+    """``evaluate`` on the sample's test datasets with the demo's seed and k."""
+    from avengers_store.evaluation.replay import evaluate
+
+    with connections.connection(url) as c:
+        names = [
+            row[0]
+            for row in c.execute(
+                """SELECT DISTINCT d.name FROM avengers.datasets d
+                   JOIN avengers.queries q ON q.dataset_id = d.id AND q.split = 'test'
+                   WHERE d.name LIKE %s ORDER BY d.name""",
+                (DATASET_PREFIX + "%",),
+            )
+        ]
+    result = evaluate(k=k, seeds=(SEED,), datasets=names, url=url, progress=progress)
+    group = result.groups["id"]
+    return ReplaySummary(
+        seed=SEED,
+        k=k,
+        datasets=len(group.datasets),
+        queries=sum(r.queries for r in result.datasets if not r.is_ood),
+        routed=group.routed.mean,
+        best_single=group.best_single_cal_balanced,
+        oracle=group.oracle,
+        seconds=result.seconds,
+    )
+
+
 def run_demo(
     *,
     k: int = DEFAULT_K,
@@ -215,6 +370,14 @@ def run_demo(
     selection = select_models(budget, url=target)
     out = plot_profiles(plot or default_plot_path(), entries)
     step("profiles", started)
+
+    started = time.perf_counter()
+    routed = route_sample_questions(target)
+    step("route", started)
+
+    started = time.perf_counter()
+    replay = replay_sample(target, k, progress=progress)
+    step("replay", started)
     return DemoResult(
         url=connections.redact(target),
         loaded=loaded,
@@ -226,5 +389,7 @@ def run_demo(
         clusters=summaries,
         selection=selection,
         plot=out,
+        routed=routed,
+        replay=replay,
         timings=timings,
     )

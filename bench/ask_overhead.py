@@ -10,9 +10,9 @@ added - embedding is what the store costs: routing, prompt, extraction and votin
 route-log write.
 
 Example:
-    /work/venv/bin/python bench/ask_overhead.py
-    /work/venv/bin/python bench/ask_overhead.py --n 20 --samples 1 4 --max-tokens 8
-    /work/venv/bin/python bench/ask_overhead.py --torch-threads 1   # -> ask_overhead_torch1.json
+    .venv/bin/python bench/ask_overhead.py
+    .venv/bin/python bench/ask_overhead.py --n 20 --samples 1 4 --max-tokens 8
+    .venv/bin/python bench/ask_overhead.py --torch-threads 1   # -> ask_overhead_torch1.json
 """
 
 from __future__ import annotations

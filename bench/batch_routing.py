@@ -7,8 +7,8 @@ built), the same with method "paper" (nearest cluster only), the bare statement
 same centroids as the floor. queries/s = batch size / median seconds over repeats.
 
 Example:
-    /work/venv/bin/python bench/batch_routing.py
-    /work/venv/bin/python bench/batch_routing.py --k 64 1024 --batch 10000 --repeat 5
+    .venv/bin/python bench/batch_routing.py
+    .venv/bin/python bench/batch_routing.py --k 64 1024 --batch 10000 --repeat 5
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 question), with torch's default thread count and with 1 thread. Texts are real questions from ../shared/data when present, synthetic otherwise.
 
 Example:
-    /work/venv/bin/python bench/embedding_throughput.py
-    /work/venv/bin/python bench/embedding_throughput.py --short 1024 --long 256 --repeat 3
+    .venv/bin/python bench/embedding_throughput.py
+    .venv/bin/python bench/embedding_throughput.py --short 1024 --long 256 --repeat 3
 """
 
 from __future__ import annotations

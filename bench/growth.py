@@ -9,9 +9,9 @@ connection. Outcomes: every model on the first 10k queries only (re-cluster does
 and 8 models x 1M outcomes would dominate the build). Writes results/growth.png (log-log).
 
 Example:
-    /work/venv/bin/python bench/growth.py
-    /work/venv/bin/python bench/growth.py --max 1000000        # adds 1M (slow: minutes)
-    /work/venv/bin/python bench/growth.py --sizes 10000 50000 200000
+    .venv/bin/python bench/growth.py
+    .venv/bin/python bench/growth.py --max 1000000        # adds 1M (slow: minutes)
+    .venv/bin/python bench/growth.py --sizes 10000 50000 200000
 """
 
 from __future__ import annotations

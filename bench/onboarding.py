@@ -11,8 +11,8 @@ clustering of ``--base`` calibration queries (all scored by ``--models`` models)
    re-cluster. Above ``fit.MINIBATCH_THRESHOLD`` vectors "kmeans" runs as MiniBatchKMeans.
 
 Example:
-    /work/venv/bin/python bench/onboarding.py --outcomes 100000
-    /work/venv/bin/python bench/onboarding.py --outcomes 100000 --queries 50000 --base 150000
+    .venv/bin/python bench/onboarding.py --outcomes 100000
+    .venv/bin/python bench/onboarding.py --outcomes 100000 --queries 50000 --base 150000
 """
 
 from __future__ import annotations

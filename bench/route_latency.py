@@ -15,8 +15,8 @@ evict the caches the route would find warm. Each repeat runs both passes; report
 medians over repeats.
 
 Example:
-    /work/venv/bin/python bench/route_latency.py --k 64
-    /work/venv/bin/python bench/route_latency.py --k 64 1024 4096 --n 2000 --repeat 3
+    .venv/bin/python bench/route_latency.py --k 64
+    .venv/bin/python bench/route_latency.py --k 64 1024 4096 --n 2000 --repeat 3
 """
 
 from __future__ import annotations

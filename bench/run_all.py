@@ -2,10 +2,10 @@
 server for all of them, then print the results table (markdown) from bench/results/*.json.
 
 Example:
-    /work/venv/bin/python bench/run_all.py
-    /work/venv/bin/python bench/run_all.py --big            # growth up to 1M queries (slow)
-    /work/venv/bin/python bench/run_all.py --only route_latency batch_routing
-    /work/venv/bin/python bench/run_all.py --table          # only print the table
+    .venv/bin/python bench/run_all.py
+    .venv/bin/python bench/run_all.py --big            # growth up to 1M queries (slow)
+    .venv/bin/python bench/run_all.py --only route_latency batch_routing
+    .venv/bin/python bench/run_all.py --table          # only print the table
 """
 
 from __future__ import annotations

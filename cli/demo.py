@@ -16,6 +16,12 @@ def _short(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
 
+def _shortened(text: str, width: int = 72) -> str:
+    """One line of at most ``width`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
+
+
 @click.command("demo")
 @click.option("--k", type=int, default=DEFAULT_K, show_default=True, help="Number of clusters.")
 @click.option(
@@ -34,8 +40,10 @@ def _short(model: str) -> str:
 def command(k, budget, plot, as_json) -> None:
     """Load a bundled real sample (LLMRouter: 14 tasks, 9 models, 1,508 queries, MIT licensed),
     import its precomputed embeddings, cluster, and print the capability profiles and the
-    models chosen by the paper's s(m). Uses the embedded store unless AVENGERS_DATABASE_URL
-    is set; a rerun reuses what is already there.
+    models chosen by the paper's s(m); then route five of its test questions (cluster, model
+    and why) and replay its test split (routed vs best single model vs oracle, one seed, rolled
+    back). No model server is needed. Uses the embedded store unless AVENGERS_DATABASE_URL is
+    set; a rerun reuses what is already there.
 
     \b
     Example:
@@ -101,8 +109,27 @@ def command(k, budget, plot, as_json) -> None:
     )
     click.echo(f"selected:   {', '.join(sel.selected)}")
     click.echo(f"heatmap:    {result.plot}")
+    click.echo("")
     click.echo(
-        "next:       avengers profile --cluster 0; "
+        f"Routing {len(result.routed)} test questions with AvengersClient.route_many on their "
+        "stored vectors"
+    )
+    click.echo("(pooled score: a model's mean outcome over the nearest clusters, by distance)")
+    for i, q in enumerate(result.routed, 1):
+        click.echo(f"{i}. [{q.dataset.removeprefix('llmrouter/')}] {_shortened(q.text)}")
+        click.echo(f"   -> cluster {q.cluster}, {_short(q.model)}: {q.why}")
+    r = result.replay
+    click.echo("")
+    click.echo(
+        f"Replay of the sample's {r.queries} test queries ({r.datasets} tasks; seed {r.seed}, "
+        f"k={r.k}; rolled back, no model called), macro x100:"
+    )
+    click.echo(
+        f"replay:     routed {r.routed:.2f} | best single model {r.best_single.score:.2f} "
+        f"({_short(r.best_single.model)}) | oracle {r.oracle:.2f}"
+    )
+    click.echo(
+        'next:       avengers route "What is 7*6?" --top-n 3; avengers profile --cluster 0; '
         f"avengers models select --budget {sel.budget} --apply"
     )
     click.echo(f"done in {time.perf_counter() - started:.1f}s")
