@@ -1,9 +1,9 @@
 """Routing statements: one SQL call (``avengers.route_pooled`` / ``avengers.route`` /
 ``avengers.route_many``) per decision or batch, its rows turned into ``RouteDecision``s.
 
-The rule lives in ``sql/030_routing.sql``: the nearest centroids of the active clustering by
-Euclidean distance of the L2-normalised query (the rule K-means assigned with), then the top-n
-active models by a score pooled over them (ties: overall calibration score, then name).
+The rule lives in ``sql/040_routing_functions.sql``: the nearest centroids of the active
+clustering by Euclidean distance of the L2-normalised query (the rule K-means assigned with), then
+the top-n active models by a score pooled over them (ties: overall calibration score, then name).
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def apply_definitions(conn: psycopg.Connection) -> None:
         except psycopg.Error as exc:
             raise AvengersError(f"sql/{name} failed to apply: {exc}") from exc
     # Re-created materialized views start without statistics; the routing functions' cached
-    # plans are built from them (see refresh_profiles in sql/040_clusterings.sql).
+    # plans are built from them (see refresh_profiles in sql/060_procedures_and_triggers.sql).
     for (view,) in conn.execute(
         "SELECT matviewname FROM pg_matviews WHERE schemaname = 'avengers' ORDER BY 1"
     ).fetchall():

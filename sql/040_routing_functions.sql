@@ -370,7 +370,7 @@ BEGIN ATOMIC
   ORDER BY 1, 5;
 END;
 COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (see sql/030_routing.sql; neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
+  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (see sql/040_routing_functions.sql; neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
 
 -- One vector: route_many's served path written for a single query, without the CTEs a batch
 -- needs (each materialises a tuplestore) and with the query normalised once (an InitPlan). No

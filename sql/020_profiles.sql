@@ -90,3 +90,72 @@ COMMENT ON COLUMN avengers.cluster_profiles.overall_score IS 'Mean outcome of th
 COMMENT ON COLUMN avengers.cluster_profiles.overall_n IS 'Number of outcomes behind overall_score.';
 COMMENT ON COLUMN avengers.cluster_profiles.rank IS 'Rank of the model in the cluster among all models (1 = best).';
 COMMENT ON COLUMN avengers.cluster_profiles.active_rank IS 'Rank among active models; NULL for inactive ones. Routing takes active_rank <= top_n.';
+
+-- The profile aggregates the soft routing rule needs besides cluster_profiles, for the active
+-- clustering only: each model's dataset-balanced calibration mean (the prior scores are shrunk
+-- toward), and the dataset make-up of every cluster with each model's mean per dataset (the
+-- dataset-mixture prior). All are small (clusters x datasets, datasets x models, models) and
+-- refreshed with cluster_profiles by avengers.refresh_profiles() and
+-- avengers.activate_clustering(), in one transaction, so routing reads one consistent set.
+-- "Calibration" here always means the clustered queries: the active clustering's assignments.
+CREATE MATERIALIZED VIEW avengers.dataset_profiles AS
+SELECT a.clustering_id,
+       q.dataset_id,
+       o.model_id,
+       count(*)::integer AS n,
+       avg(o.score)      AS mean_score
+FROM avengers.assignments a
+JOIN avengers.clusterings k ON k.id = a.clustering_id AND k.status = 'active'
+JOIN avengers.queries q     ON q.id = a.query_id
+JOIN avengers.outcomes o    ON o.query_id = a.query_id
+GROUP BY a.clustering_id, q.dataset_id, o.model_id
+WITH DATA;
+CREATE UNIQUE INDEX dataset_profiles_key ON avengers.dataset_profiles (dataset_id, model_id);
+COMMENT ON MATERIALIZED VIEW avengers.dataset_profiles IS
+  'Mean outcome of each model on the clustered calibration queries of each dataset (active clustering).';
+COMMENT ON COLUMN avengers.dataset_profiles.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.dataset_profiles.dataset_id IS 'Dataset.';
+COMMENT ON COLUMN avengers.dataset_profiles.model_id IS 'Model.';
+COMMENT ON COLUMN avengers.dataset_profiles.n IS 'Clustered calibration queries of the dataset with an outcome for the model.';
+COMMENT ON COLUMN avengers.dataset_profiles.mean_score IS 'Mean outcome of the model on them.';
+
+CREATE MATERIALIZED VIEW avengers.cluster_datasets AS
+SELECT a.clustering_id, a.cluster, q.dataset_id, count(*)::integer AS n
+FROM avengers.assignments a
+JOIN avengers.clusterings k ON k.id = a.clustering_id AND k.status = 'active'
+JOIN avengers.queries q     ON q.id = a.query_id
+GROUP BY a.clustering_id, a.cluster, q.dataset_id
+WITH DATA;
+CREATE UNIQUE INDEX cluster_datasets_key ON avengers.cluster_datasets (cluster, dataset_id);
+COMMENT ON MATERIALIZED VIEW avengers.cluster_datasets IS
+  'Dataset make-up of each cluster of the active clustering: calibration queries of each dataset in it.';
+COMMENT ON COLUMN avengers.cluster_datasets.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.cluster_datasets.cluster IS 'Cluster index.';
+COMMENT ON COLUMN avengers.cluster_datasets.dataset_id IS 'Dataset.';
+COMMENT ON COLUMN avengers.cluster_datasets.n IS 'Calibration queries of the dataset assigned to the cluster.';
+
+-- Built from the two views above, so avengers.refresh_profiles() refreshes it after them.
+CREATE MATERIALIZED VIEW avengers.model_priors AS
+WITH overall AS (
+  SELECT DISTINCT p.clustering_id, p.model_id, p.overall_score, p.overall_n
+  FROM avengers.cluster_profiles p
+)
+SELECT o.clustering_id,
+       o.model_id,
+       avg(d.mean_score)        AS prior_score,
+       count(d.dataset_id)::integer AS datasets,
+       o.overall_score,
+       o.overall_n
+FROM overall o
+JOIN avengers.dataset_profiles d ON d.model_id = o.model_id AND d.clustering_id = o.clustering_id
+GROUP BY o.clustering_id, o.model_id, o.overall_score, o.overall_n
+WITH DATA;
+CREATE UNIQUE INDEX model_priors_key ON avengers.model_priors (model_id);
+COMMENT ON MATERIALIZED VIEW avengers.model_priors IS
+  'Per model, over the clustered calibration queries of the active clustering: the dataset-balanced mean outcome (the prior routing shrinks cluster scores toward) and the query-weighted overall score (the tie-breaker).';
+COMMENT ON COLUMN avengers.model_priors.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.model_priors.model_id IS 'Model.';
+COMMENT ON COLUMN avengers.model_priors.prior_score IS 'Mean over calibration datasets of the model''s mean outcome on the dataset (each dataset counts once, whatever its size).';
+COMMENT ON COLUMN avengers.model_priors.datasets IS 'Calibration datasets with an outcome for the model.';
+COMMENT ON COLUMN avengers.model_priors.overall_score IS 'Mean outcome over all clustered calibration queries (= cluster_profiles.overall_score).';
+COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind overall_score.';
