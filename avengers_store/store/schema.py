@@ -3,11 +3,14 @@
 Migrations (tables, indexes) run once each. ``sql/`` files (views, materialized views, functions,
 procedures) are rerunnable: on every change they are dropped and re-created, in file-name order,
 inside the same transaction as the migrations, so a failed upgrade changes nothing.
+
+``avengers.meta`` records two hashes of the applied files: their fingerprint (comments, whitespace
+and ``COMMENT ON`` texts left out), which clients check, and their full text, which decides
+whether ``upgrade`` re-applies them.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,11 +23,14 @@ from psycopg import sql
 from sqlalchemy import create_engine, pool
 
 from avengers_store.errors import AvengersError, ExtensionMissing, SchemaOutOfDate
-from avengers_store.store import connections
+from avengers_store.store import connections, sql_fingerprint
 
 SCHEMA = "avengers"
 VERSION_TABLE = "avengers_alembic_version"
-SQL_HASH_KEY = "sql_definitions_sha256"
+SQL_HASH_KEY = "sql_definitions_fingerprint"
+SQL_TEXT_KEY = "sql_text_sha256"
+# Written by earlier versions (a hash of the full text, which clients checked); removed on apply.
+LEGACY_SQL_HASH_KEY = "sql_definitions_sha256"
 
 
 def migrations_dir() -> Path:
@@ -39,10 +45,13 @@ def sql_files() -> list[tuple[str, str]]:
 
 
 def sql_hash() -> str:
-    digest = hashlib.sha256()
-    for name, text in sql_files():
-        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-    return digest.hexdigest()
+    """Fingerprint of the definitions (what clients check): comments and whitespace ignored."""
+    return sql_fingerprint.fingerprint(sql_files())
+
+
+def sql_text_hash() -> str:
+    """Hash of the files as written (what ``upgrade`` checks): any edit re-applies them."""
+    return sql_fingerprint.text_hash(sql_files())
 
 
 def alembic_config() -> Config:
@@ -90,11 +99,25 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
-def applied_sql_hash(conn: psycopg.Connection) -> str | None:
+def _meta(conn: psycopg.Connection, key: str) -> str | None:
     if conn.execute("SELECT to_regclass('avengers.meta')").fetchone()[0] is None:
         return None
-    row = conn.execute("SELECT value FROM avengers.meta WHERE key = %s", (SQL_HASH_KEY,)).fetchone()
+    row = conn.execute("SELECT value FROM avengers.meta WHERE key = %s", (key,)).fetchone()
     return row[0] if row else None
+
+
+def applied_sql_hash(conn: psycopg.Connection) -> str | None:
+    """Fingerprint of the definitions the database holds (None before the first upgrade)."""
+    return _meta(conn, SQL_HASH_KEY)
+
+
+def applied_sql_text_hash(conn: psycopg.Connection) -> str | None:
+    return _meta(conn, SQL_TEXT_KEY)
+
+
+def sql_stale(conn: psycopg.Connection) -> bool:
+    """Whether ``upgrade`` would re-apply ``sql/`` (its text or its fingerprint differ)."""
+    return applied_sql_text_hash(conn) != sql_text_hash() or applied_sql_hash(conn) != sql_hash()
 
 
 def drop_definitions(conn: psycopg.Connection) -> None:
@@ -143,11 +166,13 @@ def apply_definitions(conn: psycopg.Connection) -> None:
         "SELECT matviewname FROM pg_matviews WHERE schemaname = 'avengers' ORDER BY 1"
     ).fetchall():
         conn.execute(sql.SQL("ANALYZE avengers.{}").format(sql.Identifier(view)))
-    conn.execute(
-        """INSERT INTO avengers.meta (key, value) VALUES (%s, %s)
-           ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()""",
-        (SQL_HASH_KEY, sql_hash()),
-    )
+    for key, value in ((SQL_HASH_KEY, sql_hash()), (SQL_TEXT_KEY, sql_text_hash())):
+        conn.execute(
+            """INSERT INTO avengers.meta (key, value) VALUES (%s, %s)
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()""",
+            (key, value),
+        )
+    conn.execute("DELETE FROM avengers.meta WHERE key = %s", (LEGACY_SQL_HASH_KEY,))
 
 
 def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:
@@ -175,7 +200,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
     with engine.begin() as sa_conn:
         raw = _raw(sa_conn)
         before = current_revision(raw)
-        stale_sql = applied_sql_hash(raw) != sql_hash()
+        stale_sql = sql_stale(raw)
         if before == target and not stale_sql:
             return UpgradeResult(before, target, sql_reapplied=False)
         _create_vector_extension(raw, target_url)
@@ -284,7 +309,7 @@ def status(url: str | None = None) -> StoreStatus:
                 "SELECT id FROM avengers.clusterings WHERE status = 'active'"
             ).fetchone()
             active = row[0] if row else None
-        sql_current = applied_sql_hash(conn) == sql_hash()
+        sql_current = not sql_stale(conn)
     return StoreStatus(
         url=connections.redact(target),
         embedded=embedded,

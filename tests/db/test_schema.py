@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
@@ -107,3 +109,35 @@ def test_only_one_active_clustering(conn):
     )
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("UPDATE avengers.clusterings SET status = 'active'")
+
+
+def test_a_comment_only_edit_is_not_a_schema_change(db_url, monkeypatch):
+    installed = schema.sql_files()
+    edited = [
+        (
+            name,
+            "-- a new comment\n"
+            + re.sub(r"(COMMENT ON VIEW avengers\.cluster_ranks IS\s*')", r"\1Reworded: ", text),
+        )
+        for name, text in installed
+    ]
+    assert any("Reworded: " in text for _, text in edited)
+    monkeypatch.setattr(schema, "sql_files", lambda: edited)
+    with psycopg.connect(db_url) as c:
+        schema.check_revision(c)  # clients keep working
+        assert schema.sql_stale(c)
+    # ... and `db upgrade` applies the new comment.
+    assert schema.upgrade(db_url).sql_reapplied
+    with psycopg.connect(db_url) as c:
+        comment = c.execute("SELECT obj_description('avengers.cluster_ranks'::regclass)")
+        assert comment.fetchone()[0].startswith("Reworded: ")
+        schema.check_revision(c)
+    # A new definition is a schema change.
+    added = "CREATE VIEW avengers.one AS SELECT 1 AS one;\nCOMMENT ON VIEW avengers.one IS 'One.';"
+    monkeypatch.setattr(schema, "sql_files", lambda: [*installed, ("999_more.sql", added)])
+    with psycopg.connect(db_url) as c, pytest.raises(SchemaOutOfDate, match="sql/"):
+        schema.check_revision(c)
+    monkeypatch.undo()
+    assert schema.upgrade(db_url).sql_reapplied
+    with psycopg.connect(db_url) as c:
+        schema.check_revision(c)
