@@ -50,10 +50,7 @@ BEGIN
   WHERE q.v IS NULL OR vector_dims(q.v) <> dim
   LIMIT 1;
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
-      bad, dim, active_id
-      USING ERRCODE = 'data_exception',
-            HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.calibration.embedding_spaces.active_space).';
+    PERFORM avengers.query_dimension_error(dim, active_id, bad::integer);
   END IF;
 
   IF to_regclass(format('avengers.centroids_hnsw_%s', active_id)) IS NULL THEN
@@ -260,8 +257,8 @@ AS $$
 BEGIN
   RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
     ord, dim, clustering
-    USING ERRCODE = 'data_exception',
-          HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.calibration.embedding_spaces.active_space).';
+    USING ERRCODE = 'VA422',
+          HINT = 'Embed queries with the embedder of the active clustering''s space: SELECT s.embedder, s.dimension FROM avengers.clusterings k JOIN avengers.embedding_spaces s ON s.id = k.space_id WHERE k.status = ''active''.';
 END
 $$;
 COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer, integer) IS

@@ -8,8 +8,7 @@ the top-n active models by a score pooled over them (ties: overall calibration s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -25,6 +24,7 @@ from avengers_store.routing.adapters import (
 )
 from avengers_store.routing.decisions import Candidate, RouteDecision
 from avengers_store.routing.methods import RoutingMethod, routing_method
+from avengers_store.store import driver_errors
 
 NO_ACTIVE_CLUSTERING = (
     "no clustering is active, so nothing can be routed: build one with `avengers recluster` "
@@ -62,28 +62,11 @@ def route_vectors(
             as_query_vector(v, location=f"query vector {i + 1}") for i, v in enumerate(vectors)
         ]
     ensure_vector_types(conn)
-    with _vector_errors("query vectors"):
+    with driver_errors.translated("query vectors"):
         rows = conn.execute(
             ROUTE_MANY_SQL, (queries, top_n, require_endpoint, *chosen.sql_args()), binary=True
         ).fetchall()
     return decisions_from_rows(rows, len(vectors))
-
-
-@contextmanager
-def _vector_errors(location: str) -> Iterator[None]:
-    """The routing functions reject bad vectors (wrong dimension, NaN) with a data exception:
-    surface its message and hint as an InputError naming the argument."""
-    try:
-        yield
-    except psycopg.errors.DataException as exc:
-        raise _vector_error(exc, location) from exc
-
-
-def _vector_error(exc: psycopg.errors.DataException, location: str) -> InputError:
-    return InputError(
-        f"{exc.diag.message_primary}; {exc.diag.message_hint or ''}".strip("; "),
-        location=location,
-    )
 
 
 _ROUTE_COLUMNS = """clustering_id, cluster, distance, rank, model_id, model, mean_score, n,
@@ -152,7 +135,7 @@ def route_vector(
     query = query_vector(vector)
     ensure_vector_types(conn)
     rows: list[Any] = []
-    try:  # not _vector_errors: a generator context manager costs µs on this path
+    try:  # not driver_errors.translated(): a generator context manager costs µs on this path
         # route_pooled's body is inlined into this statement, which pays off once the statement
         # is prepared, so it is prepared on first use; a connection that prepares nothing
         # (prepare_threshold None, e.g. behind a transaction-mode pooler) would plan the whole
@@ -164,8 +147,8 @@ def route_vector(
             rows = conn.execute(
                 route_sql(top_n, require_endpoint, chosen), (query,), binary=True
             ).fetchall()
-    except psycopg.errors.DataException as exc:
-        raise _vector_error(exc, "query vector") from exc
+    except psycopg.Error as exc:
+        driver_errors.reraise(exc, location="query vector")
     if not rows or rows[0][0] is None:
         raise StoreStateError(NO_ACTIVE_CLUSTERING)
     clustering_id, cluster, distance = rows[0][0], rows[0][1], rows[0][2]

@@ -22,8 +22,8 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import create_engine, pool
 
-from avengers_store.errors import AvengersError, ExtensionMissing, SchemaOutOfDate
-from avengers_store.store import connections, sql_fingerprint
+from avengers_store.errors import AvengersError, SchemaOutOfDate
+from avengers_store.store import connections, driver_errors, sql_fingerprint
 
 SCHEMA = "avengers"
 VERSION_TABLE = "avengers_alembic_version"
@@ -178,18 +178,11 @@ def apply_definitions(conn: psycopg.Connection) -> None:
 def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile) as exc:
-        raise ExtensionMissing(
-            f"the server at {connections.redact(url)} has no pgvector extension: install pgvector on it "
-            "(e.g. the pgvector/pgvector image from docker-compose.yml), then rerun "
-            "`avengers db upgrade`."
-        ) from exc
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise ExtensionMissing(
-            f"pgvector is not enabled in {connections.redact(url)} and this user may not enable it: "
-            "ask an administrator to run CREATE EXTENSION vector in that database, then rerun "
-            "`avengers db upgrade`."
-        ) from exc
+    except psycopg.Error as exc:
+        missing = driver_errors.missing_extension(exc, connections.redact(url))
+        if missing is None:
+            raise
+        raise missing from exc
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
