@@ -30,19 +30,20 @@ COMMENT ON FUNCTION avengers.wilson_bound(double precision, integer, boolean) IS
 
 -- The served profiles: the active clustering only, with ranks precomputed so routing is a lookup.
 -- rank: among all models (model selection); active_rank: among active models (routing).
--- Ties are broken by the overall calibration score, then by name, so ranks are deterministic.
+-- tie_rank is the store's one tie-break order (overall calibration score, then name): every
+-- ranking here and in the routing functions orders by its own score, then by tie_rank.
 CREATE MATERIALIZED VIEW avengers.cluster_profiles AS
-WITH active AS (
-  SELECT id FROM avengers.clusterings WHERE status = 'active'
-),
-stats AS (
+WITH stats AS (
   SELECT s.*
   FROM avengers.cluster_profile_stats s
-  JOIN active ON active.id = s.clustering_id
+  JOIN avengers.active_clustering k ON k.id = s.clustering_id
 ),
 overall AS (
-  SELECT model_id, sum(score_sum) / sum(n) AS overall_score, sum(n)::integer AS overall_n
-  FROM stats GROUP BY model_id
+  SELECT o.model_id, o.overall_score, o.overall_n,
+         row_number() OVER (ORDER BY o.overall_score DESC, m.name)::integer AS tie_rank
+  FROM (SELECT model_id, sum(score_sum) / sum(n) AS overall_score, sum(n)::integer AS overall_n
+        FROM stats GROUP BY model_id) AS o
+  JOIN avengers.models m ON m.id = o.model_id
 )
 SELECT s.clustering_id,
        s.cluster,
@@ -57,11 +58,12 @@ SELECT s.clustering_id,
        avengers.wilson_bound(s.mean_score, s.n, true)  AS wilson_high,
        o.overall_score,
        o.overall_n,
-       row_number() OVER (PARTITION BY s.cluster
-                          ORDER BY s.mean_score DESC, o.overall_score DESC, m.name)::integer AS rank,
+       o.tie_rank,
+       row_number() OVER (PARTITION BY s.cluster ORDER BY s.mean_score DESC, o.tie_rank)::integer
+                                                      AS rank,
        CASE WHEN m.active THEN
          row_number() OVER (PARTITION BY s.cluster, m.active
-                            ORDER BY s.mean_score DESC, o.overall_score DESC, m.name)::integer
+                            ORDER BY s.mean_score DESC, o.tie_rank)::integer
        END                                            AS active_rank
 FROM stats s
 JOIN avengers.models m    ON m.id = s.model_id
@@ -88,6 +90,7 @@ COMMENT ON COLUMN avengers.cluster_profiles.wilson_low IS 'Lower Wilson 95% boun
 COMMENT ON COLUMN avengers.cluster_profiles.wilson_high IS 'Upper Wilson 95% bound of mean_score.';
 COMMENT ON COLUMN avengers.cluster_profiles.overall_score IS 'Mean outcome of the model over all clustered calibration queries (tie-breaker).';
 COMMENT ON COLUMN avengers.cluster_profiles.overall_n IS 'Number of outcomes behind overall_score.';
+COMMENT ON COLUMN avengers.cluster_profiles.tie_rank IS 'Place of the model in the tie-break order (overall_score descending, then name); rankings order by their score, then tie_rank.';
 COMMENT ON COLUMN avengers.cluster_profiles.rank IS 'Rank of the model in the cluster among all models (1 = best).';
 COMMENT ON COLUMN avengers.cluster_profiles.active_rank IS 'Rank among active models; NULL for inactive ones. Routing takes active_rank <= top_n.';
 
@@ -105,7 +108,7 @@ SELECT a.clustering_id,
        count(*)::integer AS n,
        avg(o.score)      AS mean_score
 FROM avengers.assignments a
-JOIN avengers.clusterings k ON k.id = a.clustering_id AND k.status = 'active'
+JOIN avengers.active_clustering k ON k.id = a.clustering_id
 JOIN avengers.queries q     ON q.id = a.query_id
 JOIN avengers.outcomes o    ON o.query_id = a.query_id
 GROUP BY a.clustering_id, q.dataset_id, o.model_id
@@ -122,7 +125,7 @@ COMMENT ON COLUMN avengers.dataset_profiles.mean_score IS 'Mean outcome of the m
 CREATE MATERIALIZED VIEW avengers.cluster_datasets AS
 SELECT a.clustering_id, a.cluster, q.dataset_id, count(*)::integer AS n
 FROM avengers.assignments a
-JOIN avengers.clusterings k ON k.id = a.clustering_id AND k.status = 'active'
+JOIN avengers.active_clustering k ON k.id = a.clustering_id
 JOIN avengers.queries q     ON q.id = a.query_id
 GROUP BY a.clustering_id, a.cluster, q.dataset_id
 WITH DATA;
@@ -137,7 +140,7 @@ COMMENT ON COLUMN avengers.cluster_datasets.n IS 'Calibration queries of the dat
 -- Built from the two views above, so avengers.refresh_profiles() refreshes it after them.
 CREATE MATERIALIZED VIEW avengers.model_priors AS
 WITH overall AS (
-  SELECT DISTINCT p.clustering_id, p.model_id, p.overall_score, p.overall_n
+  SELECT DISTINCT p.clustering_id, p.model_id, p.overall_score, p.overall_n, p.tie_rank
   FROM avengers.cluster_profiles p
 )
 SELECT o.clustering_id,
@@ -145,10 +148,11 @@ SELECT o.clustering_id,
        avg(d.mean_score)        AS prior_score,
        count(d.dataset_id)::integer AS datasets,
        o.overall_score,
-       o.overall_n
+       o.overall_n,
+       o.tie_rank
 FROM overall o
 JOIN avengers.dataset_profiles d ON d.model_id = o.model_id AND d.clustering_id = o.clustering_id
-GROUP BY o.clustering_id, o.model_id, o.overall_score, o.overall_n
+GROUP BY o.clustering_id, o.model_id, o.overall_score, o.overall_n, o.tie_rank
 WITH DATA;
 CREATE UNIQUE INDEX model_priors_key ON avengers.model_priors (model_id);
 COMMENT ON MATERIALIZED VIEW avengers.model_priors IS
@@ -159,3 +163,4 @@ COMMENT ON COLUMN avengers.model_priors.prior_score IS 'Mean over calibration da
 COMMENT ON COLUMN avengers.model_priors.datasets IS 'Calibration datasets with an outcome for the model.';
 COMMENT ON COLUMN avengers.model_priors.overall_score IS 'Mean outcome over all clustered calibration queries (= cluster_profiles.overall_score).';
 COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind overall_score.';
+COMMENT ON COLUMN avengers.model_priors.tie_rank IS 'cluster_profiles.tie_rank (the tie-break order).';

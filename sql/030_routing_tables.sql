@@ -7,7 +7,7 @@ SELECT a.clustering_id,
          ::double precision AS rho,
        count(*)::integer AS n
 FROM avengers.assignments a
-JOIN avengers.clusterings k ON k.id = a.clustering_id AND k.status = 'active'
+JOIN avengers.active_clustering k ON k.id = a.clustering_id
 WHERE a.distance IS NOT NULL
 GROUP BY a.clustering_id
 WITH DATA;
@@ -31,20 +31,18 @@ COMMENT ON COLUMN avengers.clustering_scale.n IS 'Assignments behind the median.
 -- One row, the active clustering: what a route checks and scales by.
 CREATE MATERIALIZED VIEW avengers.routing_state AS
 SELECT k.id AS clustering_id,
-       s.dimension,
+       k.dimension,
        x.clusters,
        sc.rho,
        x.indexed,
        coalesce(x.clusters <= 16000, false) AND NOT x.indexed AS pooled
-FROM avengers.clusterings k
-JOIN avengers.embedding_spaces s ON s.id = k.space_id
+FROM avengers.active_clustering k
 LEFT JOIN avengers.clustering_scale sc ON sc.clustering_id = k.id
 CROSS JOIN LATERAL (
   SELECT (SELECT max(c.cluster) + 1 FROM avengers.centroids c WHERE c.clustering_id = k.id)
            AS clusters,
          to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed
 ) AS x
-WHERE k.status = 'active'
 WITH DATA;
 CREATE UNIQUE INDEX routing_state_key ON avengers.routing_state (clustering_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_state IS
@@ -61,7 +59,7 @@ COMMENT ON COLUMN avengers.routing_state.pooled IS 'At most 16,000 clusters and 
 CREATE MATERIALIZED VIEW avengers.routing_centroids AS
 SELECT c.clustering_id, c.cluster, c.centroid, (c.cluster + 1)::text || ':' AS weight_key
 FROM avengers.centroids c
-JOIN avengers.clusterings k ON k.id = c.clustering_id AND k.status = 'active'
+JOIN avengers.active_clustering k ON k.id = c.clustering_id
 WITH DATA;
 CREATE UNIQUE INDEX routing_centroids_key ON avengers.routing_centroids (cluster);
 COMMENT ON MATERIALIZED VIEW avengers.routing_centroids IS
@@ -75,12 +73,13 @@ COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', 
 -- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum).
 -- Sums below 1e-30 are left out too: float32 cannot hold them and they add nothing visible.
 -- The model's row of avengers.models is copied in, so a route reads one relation for its
--- candidates (a join to models cost ≈ 13 µs of a ≈ 250 µs route); a statement trigger on
--- avengers.models (sql/060_procedures_and_triggers.sql) refreshes this view in the same
--- transaction as any change there, so routing never sees an outdated flag or endpoint.
+-- candidates instead of joining models; a statement trigger on avengers.models
+-- (sql/060_procedures_and_triggers.sql) refreshes this view in the same transaction as any
+-- change there, so routing never sees an outdated flag or endpoint.
 -- Built from cluster_profiles, model_priors and routing_state, so refreshed after them.
 CREATE MATERIALIZED VIEW avengers.routing_models AS
-SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, v.score_sums, v.ns,
+SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_rank,
+       v.score_sums, v.ns,
        m.name, m.active, m.endpoint, coalesce(m.served_name, m.name) AS served_name,
        m.api_key_env
 FROM avengers.model_priors mp
@@ -100,11 +99,12 @@ CROSS JOIN LATERAL (
 WITH DATA;
 CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (model_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_models IS
-  'Per model of the active clustering (when routing_state.pooled): the prior and tie-break scores of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles (what route / route_many pool with one inner product each), and the model''s row of avengers.models, kept current by a trigger on that table.';
+  'Per model of the active clustering (when routing_state.pooled): the prior score and tie-break order of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles (what route / route_many pool with one inner product each), and the model''s row of avengers.models, kept current by a trigger on that table.';
 COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The active clustering version.';
 COMMENT ON COLUMN avengers.routing_models.model_id IS 'Model.';
 COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score.';
-COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score (the tie-breaker).';
+COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score.';
+COMMENT ON COLUMN avengers.routing_models.tie_rank IS 'model_priors.tie_rank (the tie-break order).';
 COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum per cluster (float32; entry cluster + 1).';
 COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n per cluster (entry cluster + 1).';
 COMMENT ON COLUMN avengers.routing_models.name IS 'models.name.';

@@ -72,9 +72,7 @@ def get_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> 
 
 def active_clustering(*, url: str | None = None, conn=None) -> Clustering | None:
     with connections.connection(url, conn=conn) as c:
-        row = c.execute(
-            f"SELECT {_COLUMNS} FROM avengers.clusterings WHERE status = 'active'"
-        ).fetchone()
+        row = c.execute(f"SELECT {_COLUMNS} FROM avengers.active_clustering").fetchone()
     return _clustering(row) if row else None
 
 

@@ -121,7 +121,7 @@ def sql_stale(conn: psycopg.Connection) -> bool:
 
 
 def drop_definitions(conn: psycopg.Connection) -> None:
-    """Drop every view, materialized view, function and procedure in the schema.
+    """Drop every view, materialized view, function, procedure and composite type in the schema.
 
     Migrations own tables and indexes only; everything dropped here is re-created from ``sql/``.
     """
@@ -140,6 +140,12 @@ def drop_definitions(conn: psycopg.Connection) -> None:
         WHERE n.nspname = %(s)s
           AND NOT EXISTS (SELECT 1 FROM pg_depend d
                           WHERE d.objid = p.oid AND d.deptype = 'e')
+        UNION ALL
+        SELECT format('DROP TYPE IF EXISTS %%I.%%I CASCADE', n.nspname, t.typname)
+        FROM pg_type t
+        JOIN pg_namespace n ON n.oid = t.typnamespace
+        JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
+        WHERE n.nspname = %(s)s
         """,
         {"s": SCHEMA},
     ).fetchall()
@@ -298,6 +304,8 @@ def status(url: str | None = None) -> StoreStatus:
                     counts[table] = conn.execute(
                         f"SELECT count(*) FROM {SCHEMA}.{table}"
                     ).fetchone()[0]
+            # The table, not avengers.active_clustering: status reads databases whose sql/
+            # definitions may predate this library.
             row = conn.execute(
                 "SELECT id FROM avengers.clusterings WHERE status = 'active'"
             ).fetchone()

@@ -38,6 +38,29 @@ def test_every_table_column_and_view_is_commented(conn):
     assert missing == []
 
 
+def test_every_function_procedure_and_type_is_commented(conn):
+    missing = conn.execute(
+        """
+        SELECT p.oid::regprocedure::text FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'avengers'
+        WHERE obj_description(p.oid, 'pg_proc') IS NULL
+        UNION ALL
+        SELECT t.typname || coalesce('.' || a.attname, '') FROM pg_type t
+        JOIN pg_namespace n ON n.oid = t.typnamespace AND n.nspname = 'avengers'
+        JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
+        LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+        WHERE obj_description(t.oid, 'pg_type') IS NULL
+           OR (a.attname IS NOT NULL AND col_description(c.oid, a.attnum) IS NULL)
+        """
+    ).fetchall()
+    assert missing == []
+    routines = conn.execute(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'avengers'"
+    ).fetchone()[0]
+    assert routines > 10
+
+
 def test_upgrade_twice_is_a_noop(db_url):
     result = schema.upgrade(db_url)
     assert not result.changed
