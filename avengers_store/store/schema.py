@@ -23,7 +23,7 @@ from psycopg import sql
 from sqlalchemy import create_engine, pool
 
 from avengers_store.errors import AvengersError, SchemaOutOfDate
-from avengers_store.store import connections, driver_errors, sql_fingerprint
+from avengers_store.store import connections, dependents, driver_errors, sql_fingerprint
 
 SCHEMA = "avengers"
 VERSION_TABLE = "avengers_alembic_version"
@@ -120,37 +120,23 @@ def sql_stale(conn: psycopg.Connection) -> bool:
     return applied_sql_text_hash(conn) != sql_text_hash() or applied_sql_hash(conn) != sql_hash()
 
 
-def drop_definitions(conn: psycopg.Connection) -> None:
-    """Drop every view, materialized view, function, procedure and composite type in the schema.
+_DROP = {
+    "view": "VIEW",
+    "materialized view": "MATERIALIZED VIEW",
+    "function": "ROUTINE",
+    "procedure": "ROUTINE",
+    "aggregate": "ROUTINE",
+    "type": "TYPE",
+    "composite type": "TYPE",
+}
 
-    Migrations own tables and indexes only; everything dropped here is re-created from ``sql/``.
-    """
-    if conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,)).fetchone()[0] is None:
-        return
-    rows = conn.execute(
-        """
-        SELECT format('DROP %%s IF EXISTS %%I.%%I CASCADE',
-                      CASE c.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
-                      n.nspname, c.relname)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %(s)s AND c.relkind IN ('v', 'm')
-        UNION ALL
-        SELECT format('DROP ROUTINE IF EXISTS %%s CASCADE', p.oid::regprocedure)
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = %(s)s
-          AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                          WHERE d.objid = p.oid AND d.deptype = 'e')
-        UNION ALL
-        SELECT format('DROP TYPE IF EXISTS %%I.%%I CASCADE', n.nspname, t.typname)
-        FROM pg_type t
-        JOIN pg_namespace n ON n.oid = t.typnamespace
-        JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
-        WHERE n.nspname = %(s)s
-        """,
-        {"s": SCHEMA},
-    ).fetchall()
-    for (statement,) in rows:
-        conn.execute(statement)
+
+def drop_definitions(conn: psycopg.Connection) -> None:
+    """Drop every view, materialized view, routine and type the ``sql/`` files created (their
+    triggers go with their functions). Migrations own tables and indexes only."""
+    for _, _, type_, identity in dependents.own_objects(conn):
+        if type_ in _DROP:
+            conn.execute(f"DROP {_DROP[type_]} IF EXISTS {identity} CASCADE")
 
 
 def apply_definitions(conn: psycopg.Connection) -> None:
@@ -161,11 +147,15 @@ def apply_definitions(conn: psycopg.Connection) -> None:
                              quote_ident(extnamespace::regnamespace::text) || ', pg_catalog', true)
            FROM pg_extension WHERE extname = 'vector'"""
     )
+    existing = {(o[0], o[1]) for o in dependents.schema_objects(conn)}
     for name, text in sql_files():
         try:
             conn.execute(text)
         except psycopg.Error as exc:
             raise AvengersError(f"sql/{name} failed to apply: {exc}") from exc
+    # What the files created, so the next upgrade drops exactly that and keeps the rest.
+    created = [o for o in dependents.schema_objects(conn) if (o[0], o[1]) not in existing]
+    dependents.write_own_objects(conn, created)
     # Re-created materialized views start without statistics; the routing functions' cached
     # plans are built from them (see refresh_profiles in sql/060_procedures_and_triggers.sql).
     for (view,) in conn.execute(
@@ -203,11 +193,13 @@ def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
         if before == target and not stale_sql:
             return UpgradeResult(before, target, sql_reapplied=False)
         _create_vector_extension(raw, target_url)
+        kept = dependents.record(raw)
         drop_definitions(raw)
         cfg = alembic_config()
         cfg.attributes["connection"] = sa_conn
         command.upgrade(cfg, target)
         apply_definitions(raw)
+        dependents.restore(raw, kept)
     return UpgradeResult(before, target, sql_reapplied=True)
 
 
@@ -217,6 +209,7 @@ def downgrade(url: str | None = None, revision: str = "base") -> str | None:
     engine = _engine(target_url)
     with engine.begin() as sa_conn:
         raw = _raw(sa_conn)
+        kept = dependents.record(raw) if revision != "base" else None
         drop_definitions(raw)
         cfg = alembic_config()
         cfg.attributes["connection"] = sa_conn
@@ -224,6 +217,8 @@ def downgrade(url: str | None = None, revision: str = "base") -> str | None:
         after = current_revision(raw)
         if after is not None:
             apply_definitions(raw)
+            if kept is not None:
+                dependents.restore(raw, kept)
     return after
 
 
