@@ -32,7 +32,8 @@ NO_ACTIVE_CLUSTERING = (
 )
 
 
-# The columns of avengers.route_row, in its order: what every routing statement selects and
+# The columns of avengers.route_row, in its order: what every routing statement selects (all of
+# them, so the planner needs no projection over route_pooled's inlined body) and
 # decisions_from_rows reads.
 ROUTE_COLUMNS = (
     "ord, clustering_id, cluster, distance, rank, model_id, model, mean_score, n, wilson_low, "
