@@ -63,7 +63,9 @@ def _plain_search_path(conn: psycopg.Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        conn.execute("SELECT set_config('search_path', %s, true)", (saved,))
+        # After a database error the transaction is rolling back anyway (and takes this with it).
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            conn.execute("SELECT set_config('search_path', %s, true)", (saved,))
 
 
 def schema_objects(conn: psycopg.Connection) -> list[tuple[int, int, str, str]]:
