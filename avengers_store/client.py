@@ -179,9 +179,7 @@ class AvengersClient:
             return cached
         with self._connection(conn, "read") as c:
             space = embedding_spaces.serving_space(c)
-            row = c.execute(
-                "SELECT id FROM avengers.clusterings WHERE status = 'active'"
-            ).fetchone()
+            row = c.execute("SELECT id FROM avengers.active_clustering").fetchone()
         if space is None:
             raise StoreStateError(
                 "the store has no embedding space yet: run `avengers embed` and "

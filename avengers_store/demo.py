@@ -193,7 +193,7 @@ def cluster_summaries(
         rows = c.execute(
             """SELECT a.cluster, d.name, count(*) AS n
                FROM avengers.assignments a
-               JOIN avengers.clusterings k ON k.id = a.clustering_id AND k.status = 'active'
+               JOIN avengers.active_clustering k ON k.id = a.clustering_id
                JOIN avengers.queries q ON q.id = a.query_id
                JOIN avengers.datasets d ON d.id = q.dataset_id
                GROUP BY a.cluster, d.name ORDER BY a.cluster, n DESC, d.name"""

@@ -13,16 +13,9 @@ from psycopg import sql
 
 from avengers_store.errors import NotFound
 
-# Nearest-centroid search is an exact scan: ≈ 0.3-0.6 µs per centroid per query at 384
-# dimensions on 2 shared cores (route_many: ≈ 1.2 ms per query at k = 2,048; ≈ 5-10 ms expected at
-# k = 16,384), always equal to numpy's argmin. The HNSW path costs ≈ 5-11 ms per query at
-# k = 2,048 (ef_search 1,000) and is approximate, so an index is built only from k = HNSW_MIN_K,
-# where the exact scan stops being cheaper. Below it routing is exact by construction.
+# Routing scans the centroids exactly (always equal to numpy's argmin) up to this k; from it on
+# the exact scan is slower than an HNSW index, which is approximate (figures in bench/README.md).
 HNSW_MIN_K = 16384
-# The HNSW path re-ranks the index's 1,000 nearest candidates (nearest_centroids' `candidates`,
-# pgvector's maximum ef_search) by exact distance: 1,000 random unit queries against 2,048
-# centroids (random points, or means of random unit vectors) matched numpy's argmin on 99.9-100%
-# of queries; with 200 candidates on 98.9-99.8%.
 # pgvector indexes vector columns of up to 2,000 dimensions with HNSW.
 HNSW_MAX_DIMENSION = 2000
 
@@ -114,7 +107,7 @@ def _refresh_routing_state(conn: psycopg.Connection, clustering_id: int) -> None
     read it there instead of looking the index up on every call): an index built or dropped on
     the active clustering refreshes it, and routing_models, which is built only without one."""
     active = conn.execute(
-        "SELECT 1 FROM avengers.clusterings WHERE id = %s AND status = 'active'", (clustering_id,)
+        "SELECT 1 FROM avengers.active_clustering WHERE id = %s", (clustering_id,)
     ).fetchone()
     if active:
         conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state")

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from avengers_store.calibration.centroid_index import prepare_centroid_index
 from avengers_store.calibration.fit import Partition
 from avengers_store.errors import InputError, NotFound, StoreStateError
-from avengers_store.store import connections
+from avengers_store.store import connections, driver_errors
 
 _COLUMNS = (
     "id, space_id, k, algorithm, seed, n_queries, inertia, status, created_at, activated_at, params"
@@ -72,9 +72,7 @@ def get_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> 
 
 def active_clustering(*, url: str | None = None, conn=None) -> Clustering | None:
     with connections.connection(url, conn=conn) as c:
-        row = c.execute(
-            f"SELECT {_COLUMNS} FROM avengers.clusterings WHERE status = 'active'"
-        ).fetchone()
+        row = c.execute(f"SELECT {_COLUMNS} FROM avengers.active_clustering").fetchone()
     return _clustering(row) if row else None
 
 
@@ -89,14 +87,8 @@ def activate_clustering(clustering_id: int, *, url: str | None = None, conn=None
     """Serve version ``clustering_id`` (``CALL avengers.activate_clustering``): switch and profile
     refresh in one transaction. Rolling back to an earlier version is the same call."""
     with connections.connection(url, conn=conn) as c:
-        try:
-            with c.transaction():
-                c.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
-        except psycopg.errors.RaiseException as exc:
-            message = exc.diag.message_primary or str(exc)
-            if "does not exist" in message:
-                raise NotFound(f"{message} (see `avengers clusterings list`)") from exc
-            raise StoreStateError(message) from exc
+        with driver_errors.translated(), c.transaction():
+            c.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
         return get_clustering(clustering_id, conn=c)
 
 

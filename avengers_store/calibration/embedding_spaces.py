@@ -73,8 +73,7 @@ def serving_space(conn: psycopg.Connection) -> Space | None:
     space when nothing is clustered yet."""
     row = conn.execute(
         f"""SELECT {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}
-            FROM avengers.clusterings k JOIN avengers.embedding_spaces s ON s.id = k.space_id
-            WHERE k.status = 'active'"""
+            FROM avengers.active_clustering k JOIN avengers.embedding_spaces s ON s.id = k.space_id"""
     ).fetchone()
     return _space(row) if row else active_space(conn)
 

@@ -51,7 +51,7 @@ def select_models(
     if budget < 1:
         raise InputError(f"budget must be at least 1, got {budget}", location="--budget")
     with connections.connection(url, conn=conn) as c, c.transaction():
-        active = c.execute("SELECT id FROM avengers.clusterings WHERE status = 'active'").fetchone()
+        active = c.execute("SELECT id FROM avengers.active_clustering").fetchone()
         if active is None:
             raise StoreStateError(
                 "no active clustering: run `avengers recluster` before selecting models"

@@ -45,7 +45,7 @@ _FIELDS = (
 
 
 def _require_active(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT id FROM avengers.clusterings WHERE status = 'active'").fetchone()
+    row = conn.execute("SELECT id FROM avengers.active_clustering").fetchone()
     if row is None:
         raise StoreStateError(
             "no active clustering, so no profiles yet: run `avengers recluster` "

@@ -19,7 +19,7 @@ from avengers_store.ingest.datasets import get_dataset, query_lookup
 from avengers_store.ingest.model_pool import model_ids
 from avengers_store.ingest.readers import Table, read_table, row_label
 from avengers_store.ingest.text_identity import content_hash
-from avengers_store.store import connections
+from avengers_store.store import connections, driver_errors
 
 SHOWN_OFFENDERS = 5
 # Column names tried, in order, when the caller names none.
@@ -152,10 +152,8 @@ def _upsert(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int:
               recorded_at = excluded.recorded_at
             """
         ).rowcount
-    except psycopg.errors.ForeignKeyViolation as exc:
-        raise InputError(
-            f"an outcome names a query or model that is not in the store: {exc.diag.message_detail}"
-        ) from exc
+    except psycopg.Error as exc:
+        driver_errors.reraise(exc)
     conn.execute("TRUNCATE avengers_outcomes_in")
     return written
 

@@ -106,8 +106,8 @@ class VectorBatch:
 
 
 class _VectorBatchDumper(Dumper):
-    # Encodes the whole array with numpy: dumping a Vector object per row cost ≈ 20 µs each,
-    # a third of the time of routing 10k vectors (bench/batch_routing.py).
+    # Encodes the whole array with numpy: a Vector object dumped per row was a third of the time
+    # of routing 10k vectors (bench/README.md).
     format = Format.BINARY
     vector_oid = 0
 

@@ -16,7 +16,7 @@ DATASET_PRIOR = 0.0
 
 @dataclass(frozen=True)
 class RoutingMethod:
-    """Parameters of the routing score (see ``avengers.route_many`` in sql/030_routing.sql).
+    """Parameters of the routing score (``avengers.route_many`` in sql/040_routing_functions.sql).
 
     ``neighbours``: nearest centroids pooled (L); ``temperature``: weight decay in units of the
     clustering's median squared distance to its centroid; ``shrinkage``: pseudo-queries of the

@@ -1,15 +1,14 @@
 """Routing statements: one SQL call (``avengers.route_pooled`` / ``avengers.route`` /
 ``avengers.route_many``) per decision or batch, its rows turned into ``RouteDecision``s.
 
-The rule lives in ``sql/030_routing.sql``: the nearest centroids of the active clustering by
-Euclidean distance of the L2-normalised query (the rule K-means assigned with), then the top-n
-active models by a score pooled over them (ties: overall calibration score, then name).
+The rule lives in ``sql/040_routing_functions.sql``: the nearest centroids of the active
+clustering by Euclidean distance of the L2-normalised query (the rule K-means assigned with), then
+the top-n active models by a score pooled over them (ties: overall calibration score, then name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -25,6 +24,7 @@ from avengers_store.routing.adapters import (
 )
 from avengers_store.routing.decisions import Candidate, RouteDecision
 from avengers_store.routing.methods import RoutingMethod, routing_method
+from avengers_store.store import driver_errors
 
 NO_ACTIVE_CLUSTERING = (
     "no clustering is active, so nothing can be routed: build one with `avengers recluster` "
@@ -32,11 +32,16 @@ NO_ACTIVE_CLUSTERING = (
 )
 
 
-ROUTE_MANY_SQL = """
-SELECT ord, clustering_id, cluster, distance, rank, model_id, model, mean_score, n,
-       wilson_low, wilson_high, overall_score, endpoint, served_name, api_key_env, score
-FROM avengers.route_many(%b::vector[], %s, %s, %s, %s, %s, %s)
-"""
+# The columns of avengers.route_row, in its order: what every routing statement selects (all of
+# them, so the planner needs no projection over route_pooled's inlined body) and
+# decisions_from_rows reads.
+ROUTE_COLUMNS = (
+    "ord, clustering_id, cluster, distance, rank, model_id, model, mean_score, n, wilson_low, "
+    "wilson_high, overall_score, endpoint, served_name, api_key_env, score"
+)
+ROUTE_MANY_SQL = (
+    f"SELECT {ROUTE_COLUMNS}\nFROM avengers.route_many(%b::vector[], %s, %s, %s, %s, %s, %s)"
+)
 
 
 def route_vectors(
@@ -62,38 +67,19 @@ def route_vectors(
             as_query_vector(v, location=f"query vector {i + 1}") for i, v in enumerate(vectors)
         ]
     ensure_vector_types(conn)
-    with _vector_errors("query vectors"):
+    with driver_errors.translated("query vectors"):
         rows = conn.execute(
             ROUTE_MANY_SQL, (queries, top_n, require_endpoint, *chosen.sql_args()), binary=True
         ).fetchall()
     return decisions_from_rows(rows, len(vectors))
 
 
-@contextmanager
-def _vector_errors(location: str) -> Iterator[None]:
-    """The routing functions reject bad vectors (wrong dimension, NaN) with a data exception:
-    surface its message and hint as an InputError naming the argument."""
-    try:
-        yield
-    except psycopg.errors.DataException as exc:
-        raise _vector_error(exc, location) from exc
-
-
-def _vector_error(exc: psycopg.errors.DataException, location: str) -> InputError:
-    return InputError(
-        f"{exc.diag.message_primary}; {exc.diag.message_hint or ''}".strip("; "),
-        location=location,
-    )
-
-
-_ROUTE_COLUMNS = """clustering_id, cluster, distance, rank, model_id, model, mean_score, n,
-       wilson_low, wilson_high, overall_score, endpoint, served_name, api_key_env, score"""
 ROUTE_SQL = (
-    "SELECT " + _ROUTE_COLUMNS + "\nFROM avengers.route(%b::vector, {top_n}, {require_endpoint}, "
+    f"SELECT {ROUTE_COLUMNS}\nFROM avengers.route(%b::vector, {{top_n}}, {{require_endpoint}}, "
     "{neighbours}, {temperature}::float8, {shrinkage}::float8, {dataset_prior}::float8)"
 )
 ROUTE_POOLED_SQL = (
-    "SELECT " + _ROUTE_COLUMNS + "\nFROM avengers.route_pooled(%b::vector, {top_n}, "
+    f"SELECT {ROUTE_COLUMNS}\nFROM avengers.route_pooled(%b::vector, {{top_n}}, "
     "{require_endpoint}, {neighbours}, {temperature}::float8, {shrinkage}::float8)"
 )
 
@@ -126,9 +112,9 @@ def route_sql(
     top_n: int, require_endpoint: bool, method: RoutingMethod, *, pooled: bool = False
 ) -> str:
     """The ``avengers.route`` (or, with ``pooled``, ``avengers.route_pooled``) statement for one
-    method, top_n and require_endpoint, the vector its only parameter: binding the six settings
-    as parameters costs ~20 µs more per route (most of it in the driver), and each distinct text
-    is one prepared statement on the connection."""
+    method, top_n and require_endpoint, the vector its only parameter: settings written as
+    literals are cheaper than bound parameters (bench/README.md), and each distinct text is one
+    prepared statement on the connection."""
     template = ROUTE_POOLED_SQL if pooled else ROUTE_SQL
     return _route_sql(template, top_n, bool(require_endpoint), *method.sql_args())
 
@@ -152,7 +138,7 @@ def route_vector(
     query = query_vector(vector)
     ensure_vector_types(conn)
     rows: list[Any] = []
-    try:  # not _vector_errors: a generator context manager costs µs on this path
+    try:  # not driver_errors.translated(): a generator context manager is slower here
         # route_pooled's body is inlined into this statement, which pays off once the statement
         # is prepared, so it is prepared on first use; a connection that prepares nothing
         # (prepare_threshold None, e.g. behind a transaction-mode pooler) would plan the whole
@@ -164,63 +150,27 @@ def route_vector(
             rows = conn.execute(
                 route_sql(top_n, require_endpoint, chosen), (query,), binary=True
             ).fetchall()
-    except psycopg.errors.DataException as exc:
-        raise _vector_error(exc, "query vector") from exc
-    if not rows or rows[0][0] is None:
-        raise StoreStateError(NO_ACTIVE_CLUSTERING)
-    clustering_id, cluster, distance = rows[0][0], rows[0][1], rows[0][2]
-    candidates = tuple(
-        Candidate(model, rank, mean, n, lo, hi, endpoint, served, overall, model_id, key_env, score)
-        for (
-            _,
-            _,
-            _,
-            rank,
-            model_id,
-            model,
-            mean,
-            n,
-            lo,
-            hi,
-            overall,
-            endpoint,
-            served,
-            key_env,
-            score,
-        ) in rows  # fmt: skip
-        if model is not None
-    )
-    return RouteDecision(clustering_id, cluster, distance, candidates)
+    except psycopg.Error as exc:
+        driver_errors.reraise(exc, location="query vector")
+    return decisions_from_rows(rows, 1)[0]
 
 
 def decisions_from_rows(rows: Sequence[Sequence[Any]], count: int) -> list[RouteDecision]:
-    """Group ``route_many`` rows (ord first) into one decision per query."""
+    """Group ``avengers.route_row`` rows (ROUTE_COLUMNS, from any routing function) into one
+    decision per query, ord 1 to ``count``."""
     heads: dict[int, tuple[int, int, float]] = {}
     picks: dict[int, list[Candidate]] = {}
     for (ord_, clustering_id, cluster, distance, rank, model_id, model, mean, n, lo, hi,
          overall, endpoint, served, key_env, score) in rows:  # fmt: skip
-        if clustering_id is None:
-            raise StoreStateError(NO_ACTIVE_CLUSTERING)
-        heads[ord_] = (clustering_id, cluster, distance)
+        found = picks.get(ord_)
+        if found is None:
+            if clustering_id is None:
+                raise StoreStateError(NO_ACTIVE_CLUSTERING)
+            heads[ord_] = (clustering_id, cluster, distance)
+            found = picks[ord_] = []
         if model is not None:
-            picks.setdefault(ord_, []).append(
-                Candidate(
-                    model,
-                    rank,
-                    mean,
-                    n,
-                    lo,
-                    hi,
-                    endpoint,
-                    served,
-                    overall,
-                    model_id,
-                    key_env,
-                    score,
-                )
-            )
+            found.append(Candidate(model, rank, mean, n, lo, hi, endpoint, served, overall,
+                                   model_id, key_env, score))  # fmt: skip
     if len(heads) != count:
         raise StoreStateError(NO_ACTIVE_CLUSTERING)
-    return [
-        RouteDecision(*heads[i], candidates=tuple(picks.get(i, ()))) for i in range(1, count + 1)
-    ]
+    return [RouteDecision(*heads[i], tuple(picks[i])) for i in range(1, count + 1)]

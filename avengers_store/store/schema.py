@@ -3,11 +3,14 @@
 Migrations (tables, indexes) run once each. ``sql/`` files (views, materialized views, functions,
 procedures) are rerunnable: on every change they are dropped and re-created, in file-name order,
 inside the same transaction as the migrations, so a failed upgrade changes nothing.
+
+``avengers.meta`` records two hashes of the applied files: their fingerprint (comments, whitespace
+and ``COMMENT ON`` texts left out), which clients check, and their full text, which decides
+whether ``upgrade`` re-applies them.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,12 +22,15 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import create_engine, pool
 
-from avengers_store.errors import AvengersError, ExtensionMissing, SchemaOutOfDate
-from avengers_store.store import connections
+from avengers_store.errors import AvengersError, SchemaOutOfDate
+from avengers_store.store import connections, dependents, driver_errors, sql_fingerprint
 
 SCHEMA = "avengers"
 VERSION_TABLE = "avengers_alembic_version"
-SQL_HASH_KEY = "sql_definitions_sha256"
+SQL_HASH_KEY = "sql_definitions_fingerprint"
+SQL_TEXT_KEY = "sql_text_sha256"
+# Written by earlier versions (a hash of the full text, which clients checked); removed on apply.
+LEGACY_SQL_HASH_KEY = "sql_definitions_sha256"
 
 
 def migrations_dir() -> Path:
@@ -39,10 +45,13 @@ def sql_files() -> list[tuple[str, str]]:
 
 
 def sql_hash() -> str:
-    digest = hashlib.sha256()
-    for name, text in sql_files():
-        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-    return digest.hexdigest()
+    """Fingerprint of the definitions (what clients check): comments and whitespace ignored."""
+    return sql_fingerprint.fingerprint(sql_files())
+
+
+def sql_text_hash() -> str:
+    """Hash of the files as written (what ``upgrade`` checks): any edit re-applies them."""
+    return sql_fingerprint.text_hash(sql_files())
 
 
 def alembic_config() -> Config:
@@ -90,38 +99,44 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
-def applied_sql_hash(conn: psycopg.Connection) -> str | None:
+def _meta(conn: psycopg.Connection, key: str) -> str | None:
     if conn.execute("SELECT to_regclass('avengers.meta')").fetchone()[0] is None:
         return None
-    row = conn.execute("SELECT value FROM avengers.meta WHERE key = %s", (SQL_HASH_KEY,)).fetchone()
+    row = conn.execute("SELECT value FROM avengers.meta WHERE key = %s", (key,)).fetchone()
     return row[0] if row else None
 
 
-def drop_definitions(conn: psycopg.Connection) -> None:
-    """Drop every view, materialized view, function and procedure in the schema.
+def applied_sql_hash(conn: psycopg.Connection) -> str | None:
+    """Fingerprint of the definitions the database holds (None before the first upgrade)."""
+    return _meta(conn, SQL_HASH_KEY)
 
-    Migrations own tables and indexes only; everything dropped here is re-created from ``sql/``.
-    """
-    if conn.execute("SELECT to_regnamespace(%s)", (SCHEMA,)).fetchone()[0] is None:
-        return
-    rows = conn.execute(
-        """
-        SELECT format('DROP %%s IF EXISTS %%I.%%I CASCADE',
-                      CASE c.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
-                      n.nspname, c.relname)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %(s)s AND c.relkind IN ('v', 'm')
-        UNION ALL
-        SELECT format('DROP ROUTINE IF EXISTS %%s CASCADE', p.oid::regprocedure)
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = %(s)s
-          AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                          WHERE d.objid = p.oid AND d.deptype = 'e')
-        """,
-        {"s": SCHEMA},
-    ).fetchall()
-    for (statement,) in rows:
-        conn.execute(statement)
+
+def applied_sql_text_hash(conn: psycopg.Connection) -> str | None:
+    return _meta(conn, SQL_TEXT_KEY)
+
+
+def sql_stale(conn: psycopg.Connection) -> bool:
+    """Whether ``upgrade`` would re-apply ``sql/`` (its text or its fingerprint differ)."""
+    return applied_sql_text_hash(conn) != sql_text_hash() or applied_sql_hash(conn) != sql_hash()
+
+
+_DROP = {
+    "view": "VIEW",
+    "materialized view": "MATERIALIZED VIEW",
+    "function": "ROUTINE",
+    "procedure": "ROUTINE",
+    "aggregate": "ROUTINE",
+    "type": "TYPE",
+    "composite type": "TYPE",
+}
+
+
+def drop_definitions(conn: psycopg.Connection) -> None:
+    """Drop every view, materialized view, routine and type the ``sql/`` files created (their
+    triggers go with their functions). Migrations own tables and indexes only."""
+    for _, _, type_, identity in dependents.own_objects(conn):
+        if type_ in _DROP:
+            conn.execute(f"DROP {_DROP[type_]} IF EXISTS {identity} CASCADE")
 
 
 def apply_definitions(conn: psycopg.Connection) -> None:
@@ -132,39 +147,38 @@ def apply_definitions(conn: psycopg.Connection) -> None:
                              quote_ident(extnamespace::regnamespace::text) || ', pg_catalog', true)
            FROM pg_extension WHERE extname = 'vector'"""
     )
+    existing = {(o[0], o[1]) for o in dependents.schema_objects(conn)}
     for name, text in sql_files():
         try:
             conn.execute(text)
         except psycopg.Error as exc:
             raise AvengersError(f"sql/{name} failed to apply: {exc}") from exc
+    # What the files created, so the next upgrade drops exactly that and keeps the rest.
+    created = [o for o in dependents.schema_objects(conn) if (o[0], o[1]) not in existing]
+    dependents.write_own_objects(conn, created)
     # Re-created materialized views start without statistics; the routing functions' cached
-    # plans are built from them (see refresh_profiles in sql/040_clusterings.sql).
+    # plans are built from them (see refresh_profiles in sql/060_procedures_and_triggers.sql).
     for (view,) in conn.execute(
         "SELECT matviewname FROM pg_matviews WHERE schemaname = 'avengers' ORDER BY 1"
     ).fetchall():
         conn.execute(sql.SQL("ANALYZE avengers.{}").format(sql.Identifier(view)))
-    conn.execute(
-        """INSERT INTO avengers.meta (key, value) VALUES (%s, %s)
-           ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()""",
-        (SQL_HASH_KEY, sql_hash()),
-    )
+    for key, value in ((SQL_HASH_KEY, sql_hash()), (SQL_TEXT_KEY, sql_text_hash())):
+        conn.execute(
+            """INSERT INTO avengers.meta (key, value) VALUES (%s, %s)
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()""",
+            (key, value),
+        )
+    conn.execute("DELETE FROM avengers.meta WHERE key = %s", (LEGACY_SQL_HASH_KEY,))
 
 
 def _create_vector_extension(conn: psycopg.Connection, url: str) -> None:
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile) as exc:
-        raise ExtensionMissing(
-            f"the server at {connections.redact(url)} has no pgvector extension: install pgvector on it "
-            "(e.g. the pgvector/pgvector image from docker-compose.yml), then rerun "
-            "`avengers db upgrade`."
-        ) from exc
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise ExtensionMissing(
-            f"pgvector is not enabled in {connections.redact(url)} and this user may not enable it: "
-            "ask an administrator to run CREATE EXTENSION vector in that database, then rerun "
-            "`avengers db upgrade`."
-        ) from exc
+    except psycopg.Error as exc:
+        missing = driver_errors.missing_extension(exc, connections.redact(url))
+        if missing is None:
+            raise
+        raise missing from exc
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
@@ -175,15 +189,17 @@ def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
     with engine.begin() as sa_conn:
         raw = _raw(sa_conn)
         before = current_revision(raw)
-        stale_sql = applied_sql_hash(raw) != sql_hash()
+        stale_sql = sql_stale(raw)
         if before == target and not stale_sql:
             return UpgradeResult(before, target, sql_reapplied=False)
         _create_vector_extension(raw, target_url)
+        kept = dependents.record(raw)
         drop_definitions(raw)
         cfg = alembic_config()
         cfg.attributes["connection"] = sa_conn
         command.upgrade(cfg, target)
         apply_definitions(raw)
+        dependents.restore(raw, kept)
     return UpgradeResult(before, target, sql_reapplied=True)
 
 
@@ -193,6 +209,7 @@ def downgrade(url: str | None = None, revision: str = "base") -> str | None:
     engine = _engine(target_url)
     with engine.begin() as sa_conn:
         raw = _raw(sa_conn)
+        kept = dependents.record(raw) if revision != "base" else None
         drop_definitions(raw)
         cfg = alembic_config()
         cfg.attributes["connection"] = sa_conn
@@ -200,6 +217,8 @@ def downgrade(url: str | None = None, revision: str = "base") -> str | None:
         after = current_revision(raw)
         if after is not None:
             apply_definitions(raw)
+            if kept is not None:
+                dependents.restore(raw, kept)
     return after
 
 
@@ -280,11 +299,13 @@ def status(url: str | None = None) -> StoreStatus:
                     counts[table] = conn.execute(
                         f"SELECT count(*) FROM {SCHEMA}.{table}"
                     ).fetchone()[0]
+            # The table, not avengers.active_clustering: status reads databases whose sql/
+            # definitions may predate this library.
             row = conn.execute(
                 "SELECT id FROM avengers.clusterings WHERE status = 'active'"
             ).fetchone()
             active = row[0] if row else None
-        sql_current = applied_sql_hash(conn) == sql_hash()
+        sql_current = not sql_stale(conn)
     return StoreStatus(
         url=connections.redact(target),
         embedded=embedded,

@@ -16,7 +16,8 @@ from avengers_store.routing import adapters, methods, statements
 from avengers_store.testing import MODELS, seed_store, unit
 
 N_QUERIES = 500
-# route / route_many pool in pgvector's float32 (sql/030_routing.sql): ~1e-7 relative rounding.
+# route / route_many pool in pgvector's float32 (sql/040_routing_functions.sql): ~1e-7 relative
+# rounding.
 # The dataset-mixture prior is served by route_many_general, in double precision.
 SERVED_TOLERANCE = 2e-6
 GENERAL_TOLERANCE = 1e-9

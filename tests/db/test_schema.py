@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
@@ -34,6 +36,29 @@ def test_every_table_column_and_view_is_commented(conn):
         """
     ).fetchall()
     assert missing == []
+
+
+def test_every_function_procedure_and_type_is_commented(conn):
+    missing = conn.execute(
+        """
+        SELECT p.oid::regprocedure::text FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'avengers'
+        WHERE obj_description(p.oid, 'pg_proc') IS NULL
+        UNION ALL
+        SELECT t.typname || coalesce('.' || a.attname, '') FROM pg_type t
+        JOIN pg_namespace n ON n.oid = t.typnamespace AND n.nspname = 'avengers'
+        JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
+        LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+        WHERE obj_description(t.oid, 'pg_type') IS NULL
+           OR (a.attname IS NOT NULL AND col_description(c.oid, a.attnum) IS NULL)
+        """
+    ).fetchall()
+    assert missing == []
+    routines = conn.execute(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'avengers'"
+    ).fetchone()[0]
+    assert routines > 10
 
 
 def test_upgrade_twice_is_a_noop(db_url):
@@ -107,3 +132,35 @@ def test_only_one_active_clustering(conn):
     )
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("UPDATE avengers.clusterings SET status = 'active'")
+
+
+def test_a_comment_only_edit_is_not_a_schema_change(db_url, monkeypatch):
+    installed = schema.sql_files()
+    edited = [
+        (
+            name,
+            "-- a new comment\n"
+            + re.sub(r"(COMMENT ON VIEW avengers\.cluster_ranks IS\s*')", r"\1Reworded: ", text),
+        )
+        for name, text in installed
+    ]
+    assert any("Reworded: " in text for _, text in edited)
+    monkeypatch.setattr(schema, "sql_files", lambda: edited)
+    with psycopg.connect(db_url) as c:
+        schema.check_revision(c)  # clients keep working
+        assert schema.sql_stale(c)
+    # ... and `db upgrade` applies the new comment.
+    assert schema.upgrade(db_url).sql_reapplied
+    with psycopg.connect(db_url) as c:
+        comment = c.execute("SELECT obj_description('avengers.cluster_ranks'::regclass)")
+        assert comment.fetchone()[0].startswith("Reworded: ")
+        schema.check_revision(c)
+    # A new definition is a schema change.
+    added = "CREATE VIEW avengers.one AS SELECT 1 AS one;\nCOMMENT ON VIEW avengers.one IS 'One.';"
+    monkeypatch.setattr(schema, "sql_files", lambda: [*installed, ("999_more.sql", added)])
+    with psycopg.connect(db_url) as c, pytest.raises(SchemaOutOfDate, match="sql/"):
+        schema.check_revision(c)
+    monkeypatch.undo()
+    assert schema.upgrade(db_url).sql_reapplied
+    with psycopg.connect(db_url) as c:
+        schema.check_revision(c)

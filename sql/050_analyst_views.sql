@@ -7,7 +7,7 @@ FROM avengers.cluster_profiles;
 COMMENT ON VIEW avengers.cluster_ranks IS
   'Models ranked per cluster of the active clustering (rank among all models, active_rank among active ones).';
 
--- s(m) = sum over clusters of 1 / rank_m(c). Ties: overall calibration score, then name.
+-- s(m) = sum over clusters of 1 / rank_m(c). Ties: tie_rank; models without profiles last, by name.
 CREATE VIEW avengers.model_selection_scores AS
 SELECT m.id                                         AS model_id,
        m.name                                       AS model,
@@ -17,7 +17,7 @@ SELECT m.id                                         AS model_id,
        count(p.rank)::integer                       AS clusters_ranked,
        max(p.overall_score)                         AS overall_score,
        row_number() OVER (ORDER BY coalesce(sum(1.0 / p.rank), 0) DESC,
-                                   max(p.overall_score) DESC NULLS LAST, m.name)::integer AS selection_rank
+                                   min(p.tie_rank), m.name)::integer AS selection_rank
 FROM avengers.models m
 LEFT JOIN avengers.cluster_profiles p ON p.model_id = m.id
 GROUP BY m.id, m.name, m.active;

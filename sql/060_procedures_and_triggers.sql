@@ -34,10 +34,12 @@ BEGIN
   SELECT status INTO found_status FROM avengers.clusterings WHERE id = clustering;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'clustering % does not exist', clustering
-      USING HINT = 'SELECT id, status FROM avengers.clusterings ORDER BY id';
+      USING ERRCODE = 'VA404',
+            HINT = 'List the stored versions: SELECT id, status FROM avengers.clusterings ORDER BY id.';
   END IF;
   IF found_status NOT IN ('ready', 'active') THEN
-    RAISE EXCEPTION 'clustering % is %, only a ready clustering can be activated', clustering, found_status;
+    RAISE EXCEPTION 'clustering % is %, only a ready clustering can be activated', clustering, found_status
+      USING ERRCODE = 'VA409';
   END IF;
   UPDATE avengers.clusterings SET status = 'ready' WHERE status = 'active' AND id <> clustering;
   UPDATE avengers.clusterings SET status = 'active', activated_at = now() WHERE id = clustering;

@@ -11,16 +11,51 @@
 -- switch commits in one transaction (CALL avengers.activate_clustering) and a statement sees it
 -- entirely or not at all, also when route_many routes thousands of vectors.
 --
--- Index: prepare_centroid_index (Python, avengers_store/routing/statements.py) builds a partial HNSW index
--- named avengers.centroids_hnsw_<clustering id> only for very large clusterings (k >= 16,384 by
--- default). When it exists, nearest_centroids takes the index's `candidates` nearest centroids
--- (hnsw.ef_search, at most 1,000) and re-ranks them by the exact distance; otherwise it scans the
--- clustering's centroids exactly. Measured here (384 dimensions, 1,000 random unit queries, 2
--- shared and busy cores): exact scan ≈ 1.2 ms per query inside route_many at k = 2,048 (≈ 0.3-0.6
--- µs per centroid) and always equal to numpy's argmin; the HNSW path at k = 2,048 is slower (≈ 6.7
--- ms per query) and agreed with the argmin on 98.9-99.8% of queries with 200 candidates and
--- 99.9-100% with 1,000. HNSW cannot promise the true nearest is among its candidates, so it is
--- used only where the exact scan gets slow, and is then approximate.
+-- Index: the library builds a partial HNSW index named avengers.centroids_hnsw_<clustering id>
+-- only for very large clusterings (k >= 16,384 by default). When it exists, nearest_centroids takes
+-- the index's `candidates` nearest centroids (hnsw.ef_search, at most 1,000) and re-ranks them by
+-- the exact distance; otherwise it scans the clustering's centroids exactly. HNSW cannot promise
+-- that the true nearest is among its candidates, so it is used only where the exact scan gets slow,
+-- and is then approximate (figures in bench/README.md).
+
+-- One row of a routing decision, whatever function made it.
+CREATE TYPE avengers.route_row AS (
+  ord integer, clustering_id integer, cluster integer, distance double precision, rank integer,
+  model_id integer, model text, mean_score double precision, n integer,
+  wilson_low double precision, wilson_high double precision, overall_score double precision,
+  endpoint text, served_name text, api_key_env text, score double precision);
+COMMENT ON TYPE avengers.route_row IS
+  'A row of a routing decision (route, route_pooled, route_many, route_many_general): one candidate model of one query, best first. model NULL: no eligible model; cluster NULL: no active clustering.';
+COMMENT ON COLUMN avengers.route_row.ord IS 'Position of the query in the batch (1 for a single vector).';
+COMMENT ON COLUMN avengers.route_row.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.route_row.cluster IS 'The nearest cluster.';
+COMMENT ON COLUMN avengers.route_row.distance IS 'Euclidean distance of the normalised query to its centroid.';
+COMMENT ON COLUMN avengers.route_row.rank IS 'Rank of the model for this query (1 = best).';
+COMMENT ON COLUMN avengers.route_row.model_id IS 'Model id.';
+COMMENT ON COLUMN avengers.route_row.model IS 'Model name.';
+COMMENT ON COLUMN avengers.route_row.mean_score IS 'The model''s mean outcome in the nearest cluster (cluster_profiles).';
+COMMENT ON COLUMN avengers.route_row.n IS 'Outcomes behind mean_score.';
+COMMENT ON COLUMN avengers.route_row.wilson_low IS 'Lower Wilson 95% bound of mean_score.';
+COMMENT ON COLUMN avengers.route_row.wilson_high IS 'Upper Wilson 95% bound of mean_score.';
+COMMENT ON COLUMN avengers.route_row.overall_score IS 'The model''s mean outcome over all clustered calibration queries.';
+COMMENT ON COLUMN avengers.route_row.endpoint IS 'models.endpoint.';
+COMMENT ON COLUMN avengers.route_row.served_name IS 'models.served_name, else the name.';
+COMMENT ON COLUMN avengers.route_row.api_key_env IS 'models.api_key_env.';
+COMMENT ON COLUMN avengers.route_row.score IS 'The routing score the model was ranked by.';
+
+CREATE FUNCTION avengers.query_dimension_error(dim integer, clustering integer, ord integer DEFAULT 1)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+  RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
+    ord, dim, clustering
+    USING ERRCODE = 'VA422',
+          HINT = 'Embed queries with the embedder of the active clustering''s space: SELECT s.embedder, s.dimension FROM avengers.active_clustering k JOIN avengers.embedding_spaces s ON s.id = k.space_id.';
+END
+$$;
+COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer, integer) IS
+  'Raises the routing error for a query vector that is NULL or of the wrong dimension (SQLSTATE VA422; called only when the check fails).';
 
 CREATE FUNCTION avengers.nearest_centroids(
   queries vector[], neighbours integer DEFAULT 1, candidates integer DEFAULT 1000)
@@ -38,10 +73,7 @@ DECLARE
   bad integer;
   saved text[];
 BEGIN
-  SELECT k.id, s.dimension INTO active_id, dim
-  FROM avengers.clusterings k
-  JOIN avengers.embedding_spaces s ON s.id = k.space_id
-  WHERE k.status = 'active';
+  SELECT k.id, k.dimension INTO active_id, dim FROM avengers.active_clustering k;
   IF active_id IS NULL OR queries IS NULL THEN
     RETURN;
   END IF;
@@ -50,10 +82,7 @@ BEGIN
   WHERE q.v IS NULL OR vector_dims(q.v) <> dim
   LIMIT 1;
   IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
-      bad, dim, active_id
-      USING ERRCODE = 'data_exception',
-            HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.calibration.embedding_spaces.active_space).';
+    PERFORM avengers.query_dimension_error(dim, active_id, bad::integer);
   END IF;
 
   IF to_regclass(format('avengers.centroids_hnsw_%s', active_id)) IS NULL THEN
@@ -120,21 +149,22 @@ COMMENT ON FUNCTION avengers.nearest_centroids(vector[], integer, integer) IS
 -- model's dataset-balanced calibration mean (model_priors) and dprior[m] the mean of m's
 -- per-dataset means (dataset_profiles) weighted by the neighbourhood's dataset make-up
 -- pi_D = sum_j w_j count(c_j, D) / sum_j w_j size(c_j)  (cluster_datasets; renormalised over the
--- datasets m has outcomes on). Models rank by score, then overall calibration score, then name.
+-- datasets m has outcomes on). Models rank by score, then tie_rank (overall calibration score,
+-- then name; cluster_profiles).
 -- neighbours = 1, shrinkage = 0, dataset_prior = 0 is the paper's rule exactly: score =
 -- score_sum / n of the nearest cluster = its mean_score, the order of active_rank.
 -- w_1 = 1, so the weights never all underflow; exp's argument is floored at -700 (Postgres
 -- raises on underflow; e^-700 is 1e-304, nothing next to w_1). With rho = 0 (every calibration
 -- query on its centroid) or temperature = 0 only the centroids at distance d_1 count.
 --
--- Two implementations of that one rule, sharing the two expressions below (inlined where used):
+-- Two implementations of that one rule, sharing the helpers below (inlined where used):
 -- * route_many / route_pooled (the served path): the L nearest centroids from one exact ORDER BY
 --   ... LIMIT scan of routing_centroids per query, their weights written as one sparse vector over
 --   clusters (both in avengers.neighbourhood), and each model's pooled sums as pgvector inner
 --   products with its sparse per-cluster sums and counts (routing_models): one row per model, no
---   per-(neighbour, model) rows. pgvector
---   computes in float32, so scores carry ~1e-7 relative rounding (decisions differ from exact
---   arithmetic only between models within that distance). Weights below 1e-30 are dropped.
+--   per-(neighbour, model) rows. pgvector computes in float32, so scores carry ~1e-7 relative
+--   rounding (decisions differ from exact arithmetic only between models within that distance).
+--   Weights below 1e-30 are dropped.
 -- * route_many_general: the same rule in double precision over cluster_profiles rows, with the
 --   dataset-mixture prior and the HNSW index path of nearest_centroids. The served path hands over
 --   to it when routing_state.pooled is false (HNSW-indexed clusterings, more than 16,000
@@ -163,16 +193,35 @@ RETURN (ws + shrinkage * prior + dataset_prior * coalesce(dprior, prior))
 COMMENT ON FUNCTION avengers.pooled_score(double precision, double precision, double precision, double precision, double precision, double precision) IS
   'Routing score from the weighted outcome sum ws and count wn over the neighbours, shrunk toward the model''s prior (and the dataset-mixture prior dprior, the prior when NULL).';
 
+CREATE FUNCTION avengers.model_eligible(
+  active boolean, endpoint text, require_endpoint boolean)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN active AND (NOT require_endpoint OR endpoint IS NOT NULL);
+COMMENT ON FUNCTION avengers.model_eligible(boolean, text, boolean) IS
+  'Whether routing may pick a model: active, and with an endpoint when require_endpoint.';
+
+-- LATERAL ... OFFSET 0 where it is used: one index probe of cluster_profiles_key per result row,
+-- whatever the statistics (a plain join let the planner hash all of cluster_profiles per call).
+CREATE FUNCTION avengers.profile_entry(of_cluster integer, of_model integer)
+RETURNS TABLE (mean_score double precision, n integer, wilson_low double precision,
+               wilson_high double precision)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT p.mean_score, p.n, p.wilson_low, p.wilson_high
+  FROM avengers.cluster_profiles p
+  WHERE p.cluster = of_cluster AND p.model_id = of_model
+  OFFSET 0;
+END;
+COMMENT ON FUNCTION avengers.profile_entry(integer, integer) IS
+  'A model''s served profile entry in one cluster (mean, n, Wilson bounds): what a routing decision reports for its nearest cluster. Inlined where it is called.';
+
 -- The general path: route_many's rule in double precision (see above), over cluster_profiles.
 CREATE FUNCTION avengers.route_many_general(
   queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
   shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
-RETURNS TABLE (
-  ord integer, clustering_id integer, cluster integer, distance double precision, rank integer,
-  model_id integer, model text, mean_score double precision, n integer,
-  wilson_low double precision, wilson_high double precision, overall_score double precision,
-  endpoint text, served_name text, api_key_env text, score double precision)
+RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 -- A SET clause keeps it from being inlined into route / route_many, whose plans would otherwise
 -- initialise all of it on every call, also when a one-time filter skips it.
@@ -192,9 +241,9 @@ BEGIN ATOMIC
     JOIN head h ON h.ord = nb.ord
     LEFT JOIN avengers.clustering_scale s ON s.clustering_id = nb.clustering_id
   ),
-  -- LATERAL ... OFFSET 0 keeps these as index probes of cluster_profiles_key per neighbour: as
-  -- a plain join the planner (expecting 1,000 rows from nearest_centroids) hashes the whole
-  -- profile table on every call (≈ 0.15 ms at k = 64, milliseconds at k = 1,024).
+  -- Every model of each neighbour cluster; LATERAL ... OFFSET 0 keeps it one index probe of
+  -- cluster_profiles_key per neighbour (as a plain join the planner, expecting 1,000 rows from
+  -- nearest_centroids, hashed the whole profile table on every call).
   pooled AS (
     SELECT wt.ord, p.model_id, sum(wt.w * p.score_sum) AS ws, sum(wt.w * p.n) AS wn
     FROM weights wt
@@ -218,7 +267,7 @@ BEGIN ATOMIC
     GROUP BY mx.ord, dp.model_id
   ),
   scored AS (
-    SELECT h.ord, mp.model_id, m.name AS model, mp.overall_score, m.endpoint,
+    SELECT h.ord, mp.model_id, m.name AS model, mp.overall_score, mp.tie_rank, m.endpoint,
            coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
            avengers.pooled_score(coalesce(pl.ws, 0), coalesce(pl.wn, 0), mp.prior_score, shrinkage,
                                  dataset_prior, mx.dprior) AS score,
@@ -228,11 +277,10 @@ BEGIN ATOMIC
     JOIN avengers.models m ON m.id = mp.model_id
     LEFT JOIN pooled pl ON pl.ord = h.ord AND pl.model_id = mp.model_id
     LEFT JOIN mixed mx ON mx.ord = h.ord AND mx.model_id = mp.model_id
-    WHERE m.active AND (NOT require_endpoint OR m.endpoint IS NOT NULL)
+    WHERE avengers.model_eligible(m.active, m.endpoint, require_endpoint)
   ),
   ranked AS (
-    SELECT sc.*, row_number() OVER (PARTITION BY sc.ord
-                                    ORDER BY sc.score DESC, sc.overall_score DESC, sc.model)
+    SELECT sc.*, row_number() OVER (PARTITION BY sc.ord ORDER BY sc.score DESC, sc.tie_rank)
                    AS position
     FROM scored sc
     -- Without a prior (shrinkage = dataset_prior = 0) a model needs outcomes near the query.
@@ -244,28 +292,11 @@ BEGIN ATOMIC
   FROM generate_subscripts(queries, 1) AS q(ord)
   LEFT JOIN head h ON h.ord = q.ord
   LEFT JOIN ranked r ON r.ord = q.ord AND r.position <= top_n
-  LEFT JOIN LATERAL (
-    SELECT cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high FROM avengers.cluster_profiles cp
-    WHERE cp.cluster = h.cluster AND cp.model_id = r.model_id
-      AND cp.clustering_id = h.clustering_id OFFSET 0) AS p ON true
+  LEFT JOIN LATERAL avengers.profile_entry(h.cluster, r.model_id) AS p ON true
   ORDER BY q.ord, r.position;
 END;
 COMMENT ON FUNCTION avengers.route_many_general(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
   'route_many in double precision over cluster_profiles rows, with the dataset-mixture prior and the HNSW centroid index: what route and route_many hand over to when routing_state.pooled is false or dataset_prior <> 0. Same arguments and rows as route_many.';
-
-CREATE FUNCTION avengers.query_dimension_error(dim integer, clustering integer, ord integer DEFAULT 1)
-RETURNS boolean
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-  RAISE EXCEPTION 'query vector % is NULL or does not have the % dimensions of the active clustering %',
-    ord, dim, clustering
-    USING ERRCODE = 'data_exception',
-          HINT = 'Embed queries with the active embedding space''s embedder (avengers_store.calibration.embedding_spaces.active_space).';
-END
-$$;
-COMMENT ON FUNCTION avengers.query_dimension_error(integer, integer, integer) IS
-  'Raises the routing error for a query vector that is NULL or of the wrong dimension (called by route / route_many only when the check fails).';
 
 -- The served path's neighbourhood of one normalised query u: the nearest centroid (ties: lower
 -- cluster) and its distance, and the `neighbours` nearest centroids' weights as one sparsevec
@@ -299,16 +330,12 @@ COMMENT ON FUNCTION avengers.neighbourhood(vector, integer, double precision, do
 -- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
 -- eligible model still gets one row (model NULL); with no active clustering every query gets one
 -- row with cluster NULL. work_mem: the ranking sorts (query x model) rows, 80,000 for 10,000
--- vectors and 8 models; at the default 4 MB that sort spills to disk.
+-- vectors and 8 models, which spill to disk at the default 4 MB.
 CREATE FUNCTION avengers.route_many(
   queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
   shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
-RETURNS TABLE (
-  ord integer, clustering_id integer, cluster integer, distance double precision, rank integer,
-  model_id integer, model text, mean_score double precision, n integer,
-  wilson_low double precision, wilson_high double precision, overall_score double precision,
-  endpoint text, served_name text, api_key_env text, score double precision)
+RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
 SET work_mem = '64MB'
@@ -334,19 +361,18 @@ BEGIN ATOMIC
     CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
   ),
   scored AS (
-    SELECT rt.ord, rm.model_id, rm.name AS model, rm.overall_score,
+    SELECT rt.ord, rm.model_id, rm.tie_rank,
            avengers.pooled_score(-(rm.score_sums <#> rt.weights), -(rm.ns <#> rt.weights),
                                  rm.prior_score, shrinkage, 0, NULL) AS score,
            -(rm.ns <#> rt.weights) AS wn
     FROM routed rt
     CROSS JOIN avengers.routing_models rm
-    WHERE rm.active AND (NOT require_endpoint OR rm.endpoint IS NOT NULL)
+    WHERE avengers.model_eligible(rm.active, rm.endpoint, require_endpoint)
   ),
   ranked AS (
     SELECT w.* FROM (
-      SELECT sc.ord, sc.model_id, sc.overall_score, sc.score,
-             row_number() OVER (PARTITION BY sc.ord
-                                ORDER BY sc.score DESC, sc.overall_score DESC, sc.model) AS rank
+      SELECT sc.ord, sc.model_id, sc.score,
+             row_number() OVER (PARTITION BY sc.ord ORDER BY sc.score DESC, sc.tie_rank) AS rank
       FROM scored sc
       -- Without a prior (shrinkage = 0) a model needs outcomes near the query (tested first,
       -- so that wn's inner product is computed only then).
@@ -354,50 +380,40 @@ BEGIN ATOMIC
     WHERE w.rank <= top_n
   )
   SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
-         r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
+         r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, m.overall_score,
          m.endpoint, m.served_name, m.api_key_env, r.score
   FROM routed rt
   CROSS JOIN st
   LEFT JOIN (ranked r JOIN avengers.routing_models m ON m.model_id = r.model_id) ON r.ord = rt.ord
+  -- A plain join, not avengers.profile_entry: one hash of cluster_profiles serves the whole batch
+  -- (a probe per row was 5% slower; bench/README.md).
   LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
   UNION ALL
-  SELECT g.ord, g.clustering_id, g.cluster, g.distance, g.rank, g.model_id, g.model, g.mean_score,
-         g.n, g.wilson_low, g.wilson_high, g.overall_score, g.endpoint, g.served_name,
-         g.api_key_env, g.score
+  SELECT g.*
   FROM avengers.route_many_general(queries, top_n, require_endpoint, neighbours, temperature,
                                    shrinkage, dataset_prior) AS g
   WHERE NOT EXISTS (SELECT FROM st)
   ORDER BY 1, 5;
 END;
 COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (see sql/030_routing.sql; neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
+  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
 
 -- One vector: route_many's served path written for a single query, without the CTEs a batch
--- needs (each materialises a tuplestore) and with the query normalised once (an InitPlan). No
--- rows when the served path does not apply (routing_state.pooled false, or no clustering
--- active); avengers.route below adds the hand-over to route_many_general, and the Python client
--- calls route_pooled first and route only when it returned nothing, which keeps the hand-over's
--- extra scan and plan nodes (≈ 15 µs of a ≈ 250 µs round trip at k = 64) off the common path.
--- Not inlined (a SET clause prevents it), so the body's plan is cached with the function and kept
--- generic: inlined into the caller's statement, Postgres re-planned it on every call whenever the
--- custom plan looked cheaper (planning costs ≈ 1.5-2 ms). The dimension check raises through
--- avengers.query_dimension_error only when it fails. Measured at k = 64: bench/README.md.
+-- needs (each materialises a tuplestore) and with the query normalised once. No rows when the
+-- served path does not apply (routing_state.pooled false, or no clustering active):
+-- avengers.route below adds the hand-over to route_many_general, and the library calls
+-- route_pooled first and route only when it returned nothing, which keeps the hand-over off the
+-- common path. No SET clause, so the planner inlines the body into the calling statement and a
+-- prepared statement runs it as one plan; a statement that is not prepared plans the whole body
+-- on every call, so such callers use avengers.route, which caches its plan.
 CREATE FUNCTION avengers.route_pooled(
   query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
   shrinkage double precision DEFAULT 1)
-RETURNS TABLE (
-  clustering_id integer, cluster integer, distance double precision, rank integer,
-  model_id integer, model text, mean_score double precision, n integer,
-  wilson_low double precision, wilson_high double precision, overall_score double precision,
-  endpoint text, served_name text, api_key_env text, score double precision)
+RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
--- No SET clause, so that the planner inlines the body into the calling statement: the client's
--- prepared statement runs it as one plan, ≈ 12 µs per route less than calling a function with
--- its own plan (and avengers.route caches it inlined). The price: a statement that is not
--- prepared plans the whole body on every call (≈ 0.5–0.8 ms); such callers use avengers.route.
 BEGIN ATOMIC
-  SELECT st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
+  SELECT 1, st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
          cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
          r.endpoint, r.served_name, r.api_key_env, r.score
   FROM avengers.routing_state st
@@ -405,25 +421,21 @@ BEGIN ATOMIC
   CROSS JOIN LATERAL (SELECT l2_normalize(query) AS u OFFSET 0) AS q
   CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
   LEFT JOIN LATERAL (
-    SELECT sc.*, row_number() OVER (ORDER BY sc.score DESC, sc.overall_score DESC, sc.model) AS rank
+    SELECT sc.*, row_number() OVER (ORDER BY sc.score DESC, sc.tie_rank) AS rank
     FROM (
-      SELECT rm.model_id, rm.name AS model, rm.overall_score, rm.endpoint, rm.served_name,
-             rm.api_key_env,
+      SELECT rm.model_id, rm.name AS model, rm.overall_score, rm.tie_rank, rm.endpoint,
+             rm.served_name, rm.api_key_env,
              avengers.pooled_score(-(rm.score_sums <#> p.weights), -(rm.ns <#> p.weights),
                                    rm.prior_score, shrinkage, 0, NULL) AS score,
              -(rm.ns <#> p.weights) AS wn
       FROM avengers.routing_models rm
-      WHERE rm.active AND (NOT require_endpoint OR rm.endpoint IS NOT NULL)) AS sc
+      WHERE avengers.model_eligible(rm.active, rm.endpoint, require_endpoint)) AS sc
     WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS r ON r.rank <= top_n
-  -- LATERAL ... OFFSET 0: one index probe for each of the top_n rows, whatever the statistics
-  -- (without them the planner hashed all of cluster_profiles on every call).
-  LEFT JOIN LATERAL (
-    SELECT x.mean_score, x.n, x.wilson_low, x.wilson_high FROM avengers.cluster_profiles x
-    WHERE x.cluster = p.cluster AND x.model_id = r.model_id OFFSET 0) AS cp ON true
+  LEFT JOIN LATERAL avengers.profile_entry(p.cluster, r.model_id) AS cp ON true
   WHERE st.pooled
     AND CASE WHEN query IS NOT NULL AND vector_dims(query) = st.dimension THEN true
              ELSE avengers.query_dimension_error(st.dimension, st.clustering_id) END
-  ORDER BY 4;
+  ORDER BY 5;
 END;
 COMMENT ON FUNCTION avengers.route_pooled(vector, integer, boolean, integer, double precision, double precision) IS
   'avengers.route''s served path without the dataset-mixture prior: the same rows when routing_state.pooled, no rows otherwise (then call avengers.route). Inlined into the calling statement: prepare that statement, or call avengers.route, which caches its plan.';
@@ -433,11 +445,7 @@ CREATE FUNCTION avengers.route(
   query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
   shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
-RETURNS TABLE (
-  clustering_id integer, cluster integer, distance double precision, rank integer,
-  model_id integer, model text, mean_score double precision, n integer,
-  wilson_low double precision, wilson_high double precision, overall_score double precision,
-  endpoint text, served_name text, api_key_env text, score double precision)
+RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
@@ -445,20 +453,16 @@ BEGIN ATOMIC
     SELECT coalesce((SELECT s.pooled FROM avengers.routing_state s), false)
            AND dataset_prior = 0 AS pooled
   )
-  SELECT r.clustering_id, r.cluster, r.distance, r.rank, r.model_id, r.model, r.mean_score, r.n,
-         r.wilson_low, r.wilson_high, r.overall_score, r.endpoint, r.served_name, r.api_key_env,
-         r.score
+  SELECT r.*
   FROM avengers.route_pooled(query, top_n, require_endpoint, neighbours, temperature,
                              shrinkage) AS r
   WHERE (SELECT v.pooled FROM served v)
   UNION ALL
-  SELECT g.clustering_id, g.cluster, g.distance, g.rank, g.model_id, g.model, g.mean_score, g.n,
-         g.wilson_low, g.wilson_high, g.overall_score, g.endpoint, g.served_name, g.api_key_env,
-         g.score
+  SELECT g.*
   FROM avengers.route_many_general(ARRAY[query], top_n, require_endpoint, neighbours,
                                    temperature, shrinkage, dataset_prior) AS g
   WHERE NOT (SELECT v.pooled FROM served v)
-  ORDER BY 4;
+  ORDER BY 5;
 END;
 COMMENT ON FUNCTION avengers.route(vector, integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route one query vector (the rule of route_many): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';
+  'Route one query vector (the rule of route_many): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active; ord is 1). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';
