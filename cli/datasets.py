@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import click
-from avengers_store.cli.output import echo_json, emit, format_options
+from avengers_store.cli import options
+from avengers_store.cli.output import echo_json, emit
 
 from avengers_store.ingest import datasets
 
@@ -26,8 +27,8 @@ def command() -> None:
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--text-col", default="text", show_default=True, help="Column holding the query.")
-@click.option("--id-col", help="Column holding each query's id (kept as external_id).")
-@click.option("--answer-col", help="Column holding the reference answer.")
+@options.id_col
+@options.answer_col
 @click.option(
     "--task-type",
     default="text",
@@ -38,26 +39,16 @@ def command() -> None:
 @click.option(
     "--ood", is_flag=True, help="Out-of-distribution: routed and evaluated, never clustered."
 )
-@click.option("--split-col", help="Column holding each row's split (else a seeded split is drawn).")
+@options.split_col
 @click.option(
     "--split-map",
     help="Split values to calibration, test or skip, e.g. train=calibration,dev=skip,test=test "
     "(default: train=calibration,calibration=calibration,test=test).",
 )
-@click.option(
-    "--calibration-fraction",
-    type=float,
-    default=0.7,
-    show_default=True,
-    help="Share of distinct queries drawn for calibration when there is no split column.",
-)
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the drawn split.")
-@click.option(
-    "--replace",
-    is_flag=True,
-    help="Reload NAME if it exists (drops its queries, embeddings and outcomes).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.calibration_fraction
+@options.split_seed
+@options.replace(help="Reload NAME if it exists (drops its queries, embeddings and outcomes).")
+@options.json_output
 def add_cmd(
     name,
     file,
@@ -113,7 +104,7 @@ def add_cmd(
 
 
 @command.command("list")
-@format_options
+@options.output_format
 def list_cmd(fmt: str) -> None:
     """List datasets with their query counts per split.
 
@@ -137,7 +128,7 @@ def list_cmd(fmt: str) -> None:
 
 @command.command("remove")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@options.yes
 def remove_cmd(name: str, yes: bool) -> None:
     """Delete dataset NAME with its queries, embeddings and outcomes (profiles are refreshed).
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import click
+from avengers_store.cli import options
 from avengers_store.cli.output import echo_json, echo_table
 
 from avengers_store.demo import DEFAULT_BUDGET, DEFAULT_K, EMBEDDER, run_demo
@@ -17,7 +18,7 @@ def _short(model: str) -> str:
 
 
 @click.command("demo")
-@click.option("--k", type=int, default=DEFAULT_K, show_default=True, help="Number of clusters.")
+@options.k(default=DEFAULT_K)
 @click.option(
     "--budget",
     type=int,
@@ -30,7 +31,7 @@ def _short(model: str) -> str:
     type=click.Path(dir_okay=False),
     help="Where to write the heatmap [default: $AVENGERS_HOME/demo/profiles.png].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(k, budget, plot, as_json) -> None:
     """Load a bundled real sample (LLMRouter: 14 tasks, 9 models, 1,508 queries, MIT licensed),
     import its precomputed embeddings, cluster, and print the capability profiles and the

@@ -6,6 +6,7 @@ import dataclasses
 import sys
 
 import click
+from avengers_store.cli import options
 from avengers_store.cli.output import echo_json
 
 from avengers_store.calibration.query_vectors import embed_queries, import_npy
@@ -29,7 +30,7 @@ from avengers_store.calibration.query_vectors import embed_queries, import_npy
     type=click.Path(dir_okay=False),
     help="With --from-npy: the file the queries were loaded from (same path as at load time).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(embedder, batch_size, npy, source, as_json) -> None:
     """Embed every query that has no vector yet in the embedder's space (made active).
 

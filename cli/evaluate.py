@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 
 import click
+from avengers_store.cli import options
 from avengers_store.cli.output import echo_json
 
-from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
 from avengers_store.errors import InputError
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_tables
-from avengers_store.routing import METHODS
 
 
 def _list(kind, option: str):
@@ -29,20 +28,23 @@ def _list(kind, option: str):
 @click.command("evaluate")
 @click.option("--k", type=click.IntRange(min=1), default=64, show_default=True,
               help="Clusters per calibration.")  # fmt: skip
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="kmeans", show_default=True)
-@click.option("--stratify", type=click.Choice(STRATIFY),
-              help="Fit each calibration dataset on its own (dataset) or all at once (none). "
-              "Default: dataset; none with --method paper.")  # fmt: skip
+@options.algorithm
+@options.stratify(
+    default=None,
+    help="Fit each calibration dataset on its own (dataset) or all at once (none). "
+    "Default: dataset; none with --method paper.",
+)
 @click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), show_default=True,
               callback=_list(int, "--seeds"), help="One calibration per seed.")  # fmt: skip
-@click.option("--top-n", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Models routed per query; the rank-1 model is scored (with > 1 the best "
-              "outcome among them is reported too, an upper bound for any vote).")  # fmt: skip
+@options.top_n(
+    default=1,
+    help="Models routed per query; the rank-1 model is scored (with > 1 the best outcome among "
+    "them is reported too, an upper bound for any vote).",
+)
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="best", show_default=True,
               help="best: score the routed model. model-switch needs sampled answers and is "
               "refused here (use `avengers ask`).")  # fmt: skip
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="avengers",
-              show_default=True, help="Routing rule (see `avengers route --help`).")  # fmt: skip
+@options.method
 @click.option("--datasets", callback=_list(str, "--datasets"),
               help="Test datasets to report (comma-separated; default: all with test queries).")  # fmt: skip
 @click.option("--ood-macro", callback=_list(str, "--ood-macro"),
@@ -61,7 +63,7 @@ def _list(kind, option: str):
               help="Seeds of the sweeps (default: the first of --seeds).")  # fmt: skip
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
               help="Write one PNG per sweep into this directory.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(
     k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
     algorithms, budgets, calibration_fractions, sweep_seeds, plot_dir, as_json,

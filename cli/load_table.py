@@ -4,6 +4,7 @@ model) as datasets, queries and outcomes in one go."""
 from __future__ import annotations
 
 import click
+from avengers_store.cli import options
 from avengers_store.cli.output import echo_json, echo_table
 
 from avengers_store.ingest.wide_tables import load_table
@@ -16,9 +17,7 @@ from avengers_store.ingest.wide_tables import load_table
 @click.option(
     "--outcome-prefix", required=True, help="Outcome columns are <prefix><model>, e.g. 'acc|'."
 )
-@click.option(
-    "--split-col", help="Column holding the split (else each dataset draws a seeded one)."
-)
+@options.split_col
 @click.option(
     "--split-map",
     help="Split values to calibration, test or skip, e.g. "
@@ -31,8 +30,8 @@ from avengers_store.ingest.wide_tables import load_table
     help="Split value marking out-of-distribution rows (repeatable): a dataset all of "
     "whose rows have it is never clustered.",
 )
-@click.option("--id-col", help="Column holding each query's id (kept as external_id).")
-@click.option("--answer-col", help="Column holding the reference answer.")
+@options.id_col
+@options.answer_col
 @click.option("--task-type", help="Task type of rows not otherwise typed [default: text].")
 @click.option(
     "--task-type-col", help="Column whose values are task types (or mapped by --task-type-map)."
@@ -46,30 +45,16 @@ from avengers_store.ingest.wide_tables import load_table
     "dataset_task_types",
     help="Task type per dataset, e.g. gsm8k=math,humaneval=code,mmlu=mc (wins over the others).",
 )
-@click.option(
-    "--calibration-fraction",
-    type=float,
-    default=0.7,
-    show_default=True,
-    help="Without --split-col: share of each dataset drawn for calibration.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=42,
-    show_default=True,
-    help="Without --split-col: seed of the drawn split.",
-)
+@options.calibration_fraction
+@options.split_seed
 @click.option(
     "--create-models/--no-create-models",
     default=True,
     show_default=True,
     help="Add models not yet in the pool (outcomes only until `models add` gives an endpoint).",
 )
-@click.option(
-    "--replace",
-    is_flag=True,
-    help="Reload datasets that already exist (drops their queries, embeddings and outcomes).",
+@options.replace(
+    help="Reload datasets that already exist (drops their queries, embeddings and outcomes)."
 )
 @click.option(
     "--dataset-prefix",
@@ -77,7 +62,7 @@ from avengers_store.ingest.wide_tables import load_table
     help="Put before every dataset name, e.g. 'llmrouter/', when another table already loaded "
     "datasets of the same names.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(
     file,
     dataset_col,

@@ -7,7 +7,8 @@ import dataclasses
 import sys
 
 import click
-from avengers_store.cli.output import echo_json, echo_table, emit, format_options
+from avengers_store.cli import options
+from avengers_store.cli.output import echo_json, echo_table, emit
 
 from avengers_store.calibration.model_selection import select_models
 from avengers_store.calibration.onboarding import DEFAULT_SAMPLES, evaluate_model
@@ -32,7 +33,7 @@ def command() -> None:
 @click.option("--api-key-env", help="Environment variable that holds the endpoint's API key.")
 @click.option("--cost-in", type=float, help="Price per 1M input tokens.")
 @click.option("--cost-out", type=float, help="Price per 1M output tokens.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def add_cmd(name, endpoint, served_name, api_key_env, cost_in, cost_out, as_json) -> None:
     """Add model NAME to the pool (active). Importing its outcomes makes it routable at once,
     without re-clustering.
@@ -51,7 +52,7 @@ def add_cmd(name, endpoint, served_name, api_key_env, cost_in, cost_out, as_json
 
 @command.command("list")
 @click.option("--active-only", is_flag=True, help="Only models that are routed to.")
-@format_options
+@options.output_format
 def list_cmd(active_only: bool, fmt: str) -> None:
     """List the model pool.
 
@@ -96,7 +97,7 @@ def deactivate_cmd(names: tuple[str, ...]) -> None:
 
 @command.command("remove")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@options.yes
 def remove_cmd(name: str, yes: bool) -> None:
     """Delete model NAME and all its outcomes (to keep them, use `deactivate`).
 
@@ -117,7 +118,7 @@ def remove_cmd(name: str, yes: bool) -> None:
     is_flag=True,
     help="Make exactly the chosen models active (the rest inactive) and refresh profiles.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
     """Score every model by s(m) = sum over clusters of 1/rank (the paper's model-set selection,
     over the active clustering; ties: overall calibration score, then name) and keep the top
@@ -156,15 +157,14 @@ def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
 
 @command.command("evaluate")
 @click.argument("name")
-@click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES, show_default=True,
-              help="Completions per query; the score is their mean grade.")  # fmt: skip
+@options.samples(
+    default=DEFAULT_SAMPLES, help="Completions per query; the score is their mean grade."
+)
 @click.option("--limit", type=click.IntRange(min=0), help="Evaluate at most N queries this run.")
 @click.option("--dataset", help="Only calibration queries of this dataset.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Queries in flight at once.")  # fmt: skip
-@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Cap on each completion's length.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.concurrency(help="Queries in flight at once.")
+@options.max_tokens
+@options.json_output
 def evaluate_cmd(name, samples, limit, dataset, concurrency, max_tokens, as_json) -> None:
     """Run model NAME through its endpoint on the stored calibration queries it has no outcome
     for, grade the samples against the reference answers, store the outcomes and refresh the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from avengers_store.cli import options
 from avengers_store.cli.output import echo_json
 
 from avengers_store.ingest import outcomes
@@ -39,7 +40,7 @@ def command() -> None:
 @click.option("--cost-col", help="Cost [default: cost, if present].")
 @click.option("--latency-col", help="Latency in ms [default: latency_ms, if present].")
 @click.option("--create-models", is_flag=True, help="Add models not yet in the pool.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def import_cmd(
     file,
     dataset,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import click
-from avengers_store.cli.output import emit, format_options
+from avengers_store.cli import options
+from avengers_store.cli.output import emit
 
 from avengers_store.calibration.profiles import get_profiles, plot_profiles
 
@@ -31,7 +32,7 @@ COLUMNS = [
     type=click.Path(dir_okay=False),
     help="Also write the cluster x model heatmap to this PNG file.",
 )
-@format_options
+@options.output_format
 def command(cluster, model, plot, fmt) -> None:
     """Per cluster of the active clustering and per model: number of scored calibration
     queries, mean score, Wilson 95% bounds and rank (1 = best; active_rank among active models).
