@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Group
 from avengers_store.cli.output import emit
 
 from avengers_store.calibration.clusterings import (
@@ -13,7 +14,7 @@ from avengers_store.calibration.clusterings import (
 )
 
 
-@click.group("clusterings")
+@click.group("clusterings", cls=Group)
 def command() -> None:
     """Stored clustering versions: list them, serve one, delete old ones.
 

@@ -1,4 +1,4 @@
-"""``avengers dataset add | list | remove``: query collections and their calibration/test split."""
+"""``avengers datasets add | list | remove``: query collections and their calibration/test split."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import dataclasses
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json, emit
 
 from avengers_store.ingest import datasets
 
 
-@click.group("dataset")
+@click.group("datasets", cls=Group, aliases=["dataset"])
 def command() -> None:
     """Load, list and remove datasets (benchmarks or query collections).
 
     \b
     Example:
-      avengers dataset add gsm8k gsm8k.jsonl --text-col question --answer-col answer \\
+      avengers datasets add gsm8k gsm8k.jsonl --text-col question --answer-col answer \\
           --task-type math --category math
-      avengers dataset list
+      avengers datasets list
     """
 
 
@@ -72,9 +73,9 @@ def add_cmd(
 
     \b
     Example:
-      avengers dataset add mmlu mmlu.parquet --text-col question --id-col id \\
+      avengers datasets add mmlu mmlu.parquet --text-col question --id-col id \\
           --task-type mc --split-col split --split-map train=calibration,test=test
-      avengers dataset add faq faq.csv --calibration-fraction 0.7 --seed 42
+      avengers datasets add faq faq.csv --calibration-fraction 0.7 --seed 42
     """
     report = datasets.add_dataset(
         name,
@@ -110,7 +111,7 @@ def list_cmd(fmt: str) -> None:
 
     \b
     Example:
-      avengers dataset list --csv > datasets.csv
+      avengers datasets list --csv > datasets.csv
     """
     rows = [dataclasses.asdict(d) for d in datasets.list_datasets()]
     columns = [
@@ -134,7 +135,7 @@ def remove_cmd(name: str, yes: bool) -> None:
 
     \b
     Example:
-      avengers dataset remove faq --yes
+      avengers datasets remove faq --yes
     """
     if not yes:
         click.confirm(f"Delete dataset {name} with its queries and outcomes?", abort=True)

@@ -6,12 +6,13 @@ import dataclasses
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json
 
 from avengers_store.store import config, embedded, schema
 
 
-@click.group("db")
+@click.group("db", cls=Group)
 def command() -> None:
     """Create, migrate, inspect and stop the store's database.
 

@@ -8,6 +8,7 @@ import sys
 
 import click
 import psycopg
+from avengers_store.cli.commands import Group
 
 from avengers_store import __version__
 from avengers_store.errors import AvengersError
@@ -30,7 +31,9 @@ COMMAND_MODULES = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="avengers")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:

@@ -8,6 +8,7 @@ import sys
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json, echo_table, emit
 
 from avengers_store.calibration.model_selection import select_models
@@ -15,7 +16,7 @@ from avengers_store.calibration.onboarding import DEFAULT_SAMPLES, evaluate_mode
 from avengers_store.ingest import model_pool as pool
 
 
-@click.group("models")
+@click.group("models", cls=Group)
 def command() -> None:
     """Manage the model pool: add models, select a set, evaluate a model on calibration queries.
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json
 
 from avengers_store.ingest import outcomes
 
 
-@click.group("outcomes")
+@click.group("outcomes", cls=Group)
 def command() -> None:
     """Per-query outcomes of models (score in [0,1]; a missing outcome is never a 0).
 

@@ -96,7 +96,7 @@ def _check_calibration_set(
     if n == 0:
         raise StoreStateError(
             "no calibration queries in non-OOD datasets: load data first "
-            "(`avengers dataset add` or `avengers load-table`)"
+            "(`avengers datasets add` or `avengers load-table`)"
         )
     if missing == n:
         raise StoreStateError(
