@@ -6,6 +6,7 @@ import json
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.inputs import read_jsonl
 from avengers_store.cli.output import echo_json
 
@@ -21,7 +22,7 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
     return out
 
 
-@click.command("ask")
+@click.command("ask", cls=Command, flags={"max_concurrency": "--concurrency"})
 @click.argument("text", required=False)
 @options.samples(default=DEFAULT_SAMPLES, help="Completions to sample per model.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="self-consistency",

@@ -8,6 +8,7 @@ import time
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json, echo_table
 
 from avengers_store.demo import DEFAULT_BUDGET, DEFAULT_K, EMBEDDER, run_demo
@@ -17,7 +18,7 @@ def _short(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
 
-@click.command("demo")
+@click.command("demo", cls=Command)
 @options.k(default=DEFAULT_K)
 @click.option(
     "--budget",

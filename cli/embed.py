@@ -7,12 +7,13 @@ import sys
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
 
 from avengers_store.calibration.query_vectors import embed_queries, import_npy
 
 
-@click.command("embed")
+@click.command("embed", cls=Command)
 @click.option(
     "--embedder",
     help="all-MiniLM-L6-v2 (default), sentence-transformers:<dir> or openai:<base_url>#<model>. "

@@ -6,6 +6,7 @@ import sys
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
 
 from avengers_store.errors import InputError
@@ -25,9 +26,8 @@ def _list(kind, option: str):
     return convert
 
 
-@click.command("evaluate")
-@click.option("--k", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Clusters per calibration.")  # fmt: skip
+@click.command("evaluate", cls=Command)
+@options.k()
 @options.algorithm
 @options.stratify(
     default=None,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json, echo_table
 
 from avengers_store.ingest.wide_tables import load_table
 
 
-@click.command("load-table")
+@click.command("load-table", cls=Command)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--dataset-col", required=True, help="Column naming each row's dataset.")
 @click.option("--text-col", required=True, help="Column holding the query.")

@@ -6,6 +6,7 @@ import dataclasses
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import emit
 
 from avengers_store.calibration.profiles import get_profiles, plot_profiles
@@ -24,7 +25,7 @@ COLUMNS = [
 ]
 
 
-@click.command("profile")
+@click.command("profile", cls=Command)
 @click.option("--cluster", type=int, help="Only this cluster.")
 @click.option("--model", help="Only this model.")
 @click.option(

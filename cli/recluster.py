@@ -6,13 +6,14 @@ import sys
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
 
 from avengers_store.calibration.clusterings import active_clustering
 from avengers_store.calibration.reclustering import recluster
 
 
-@click.command("recluster")
+@click.command("recluster", cls=Command, flags={"activate": "--no-activate"})
 @options.k()
 @options.algorithm
 @options.stratify(

@@ -6,13 +6,14 @@ import json
 
 import click
 from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.inputs import read_jsonl
 from avengers_store.cli.output import echo_json
 
 from avengers_store.client import AvengersClient
 
 
-@click.command("route")
+@click.command("route", cls=Command)
 @click.argument("text", required=False)
 @options.top_n(default=1, help="How many ranked models to show.")
 @options.jsonl_file(

@@ -95,38 +95,40 @@ def evaluate(
     if strategy not in STRATEGIES:
         raise InputError(
             f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}",
-            location="--strategy",
+            location="strategy",
         )
     if strategy == "model-switch":
-        raise InputError(MODEL_SWITCH_REFUSED, location="--strategy")
+        raise InputError(MODEL_SWITCH_REFUSED, location="strategy")
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}", location="k")
     if top_n < 1:
-        raise InputError(f"top_n must be >= 1, got {top_n}", location="--top-n")
+        raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
-        raise InputError("give at least one seed", location="--seeds")
+        raise InputError("give at least one seed", location="seeds")
     sweep_seeds = tuple(int(s) for s in sweep_seeds) if sweep_seeds else seeds[:1]
     for name in algorithms or ():
         if name not in fit.ALGORITHMS:
             raise InputError(
                 f"unknown algorithm {name!r}; choose among {', '.join(fit.ALGORITHMS)}",
-                location="--algorithms",
+                location="algorithms",
             )
     for f in calibration_fractions or ():
         if not 0 < f < 1:
             raise InputError(
                 f"calibration fractions must be between 0 and 1, got {f}",
-                location="--calibration-fractions",
+                location="calibration_fractions",
             )
     for b in budgets or ():
         if b < 1:
-            raise InputError(f"budgets must be >= 1, got {b}", location="--budgets")
+            raise InputError(f"budgets must be >= 1, got {b}", location="budgets")
     chosen = routing.routing_method(method)
     if stratify is None:
         stratify = "none" if chosen == routing.PAPER else "dataset"
     if stratify not in fit.STRATIFY:
         raise InputError(
             f"unknown stratify {stratify!r}; choose one of {', '.join(fit.STRATIFY)}",
-            location="--stratify",
+            location="stratify",
         )
     with connections.connection(url, conn=conn) as c, c.transaction() as tx:
         rp = Replay(
