@@ -41,10 +41,9 @@ def command() -> None:
     "--ood", is_flag=True, help="Out-of-distribution: routed and evaluated, never clustered."
 )
 @options.split_col
-@click.option(
-    "--split-map",
+@options.split_map(
     help="Split values to calibration, test or skip, e.g. train=calibration,dev=skip,test=test "
-    "(default: train=calibration,calibration=calibration,test=test).",
+    "(default: train=calibration,calibration=calibration,test=test)."
 )
 @options.calibration_fraction
 @options.split_seed

@@ -7,6 +7,7 @@ import click
 from avengers_store.cli import options
 from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json, echo_table
+from avengers_store.cli.param_types import KeyValues
 
 from avengers_store.ingest.wide_tables import load_table
 
@@ -19,10 +20,9 @@ from avengers_store.ingest.wide_tables import load_table
     "--outcome-prefix", required=True, help="Outcome columns are <prefix><model>, e.g. 'acc|'."
 )
 @options.split_col
-@click.option(
-    "--split-map",
-    help="Split values to calibration, test or skip, e.g. "
-    "train=calibration,test=test,extra=skip. Every value must be mapped.",
+@options.split_map(
+    help="Split values to calibration, test or skip, e.g. train=calibration,test=test,extra=skip. "
+    "Every value must be mapped."
 )
 @click.option(
     "--ood-split",
@@ -39,11 +39,13 @@ from avengers_store.ingest.wide_tables import load_table
 )
 @click.option(
     "--task-type-map",
+    type=KeyValues(),
     help="Values of --task-type-col to task types, e.g. mc=multiple_choice,gen=math.",
 )
 @click.option(
     "--dataset-task-type",
     "dataset_task_types",
+    type=KeyValues(),
     help="Task type per dataset, e.g. gsm8k=math,humaneval=code,mmlu=mc (wins over the others).",
 )
 @options.calibration_fraction

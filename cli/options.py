@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from avengers_store.cli.param_types import KeyValues
 
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
@@ -57,6 +58,11 @@ def split_col(func: F) -> F:
         "--split-col",
         help="Column holding each row's split (else each dataset draws a seeded split).",
     )(func)
+
+
+def split_map(*, help: str) -> Callable[[F], F]:
+    """``--split-map train=calibration,test=test``: the command receives a dict."""
+    return click.option("--split-map", type=KeyValues(), help=help)
 
 
 def calibration_fraction(func: F) -> F:

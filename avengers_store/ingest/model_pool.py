@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import class_row
 
+from avengers_store.arguments import as_list
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
@@ -104,7 +105,7 @@ def set_active(
 ) -> list[Model]:
     """Mark models active (routed to) or inactive, and refresh the served profiles, which carry
     the flag. Returns the changed models."""
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(as_list(names, "names", str)))
     with connections.connection(url, conn=conn) as c:
         model_ids(c, names)  # every name must exist
         cur = c.cursor(row_factory=class_row(Model))

@@ -67,7 +67,7 @@ def test_each_format_loads_with_merged_duplicates(db_url, tmp_path, suffix):
         answer_col="gold",
         task_type="mc",
         split_col="split",
-        split_map="train=calibration,test=test,dev=skip",
+        split_map={"train": "calibration", "test": "test", "dev": "skip"},
         url=db_url,
     )
     d = report.dataset

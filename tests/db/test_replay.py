@@ -137,10 +137,10 @@ def test_top_n_and_refusals(tiny):
         replay.evaluate(strategy="model-switch", url=tiny)
     # Errors name the library's parameters; the CLI maps them to its flags.
     with pytest.raises(InputError, match="not an evaluated OOD dataset: alpha") as err:
-        replay.evaluate(k=2, seeds=(1,), ood_macro="alpha", url=tiny)
+        replay.evaluate(k=2, seeds=(1,), ood_macro=["alpha"], url=tiny)
     assert err.value.location == "ood_macro"
     with pytest.raises(InputError, match="no test queries in dataset.s. nope") as err:
-        replay.evaluate(k=2, seeds=(1,), datasets="nope", url=tiny)
+        replay.evaluate(k=2, seeds=(1,), datasets=["nope"], url=tiny)
     assert err.value.location == "datasets"
     with pytest.raises(InputError, match="unknown stratify 'task'") as err:
         replay.evaluate(k=2, seeds=(1,), stratify="task", url=tiny)
@@ -193,7 +193,7 @@ def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, t
             dataset_col="benchmark",
             text_col="question",
             split_col="split",
-            split_map="train=calibration,test=test,ood_test=test",
+            split_map={"train": "calibration", "test": "test", "ood_test": "test"},
             ood_splits=["ood_test"],
             outcome_prefix="acc|",
             url=url,
