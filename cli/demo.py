@@ -34,10 +34,12 @@ def _short(model: str) -> str:
 )
 @options.json_output
 def command(k, budget, plot, as_json) -> None:
-    """Load a bundled real sample (LLMRouter: 14 tasks, 9 models, 1,508 queries, MIT licensed),
-    import its precomputed embeddings, cluster, and print the capability profiles and the
-    models chosen by the paper's s(m). Uses the embedded store unless AVENGERS_DATABASE_URL
-    is set; a rerun reuses what is already there.
+    """Run the recipe offline on a bundled sample; print the profiles and the selected models.
+
+    The sample is real (LLMRouter: 14 tasks, 9 models, 1,508 queries, MIT licensed): its
+    precomputed embeddings are imported and clustered, then the capability profiles and the
+    models chosen by the paper's s(m) are printed. Uses the embedded store unless
+    AVENGERS_DATABASE_URL is set; a rerun reuses what is already there.
 
     \b
     Example:

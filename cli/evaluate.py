@@ -56,14 +56,15 @@ def command(
     k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
     algorithms, budgets, calibration_fractions, sweep_seeds, plot_dir, as_json,
 ) -> None:  # fmt: skip
-    """Replay the stored outcomes: per seed, calibrate (cluster + profile) on the calibration
-    split, route every test query through the routing SQL the client uses, score the routed
-    model's recorded outcome, and compare with the best single model, the best model per
-    dataset, the per-query oracle and a random router. OOD datasets are routed, never
-    clustered, and reported separately.
+    """Replay the stored outcomes to measure the routing; no model is called.
+
+    Per seed: calibrate (cluster + profile) on the calibration split, route every test query
+    through the routing SQL the client uses, score the routed model's recorded outcome, and
+    compare with the best single model, the best model per dataset, the per-query oracle and a
+    random router. OOD datasets are routed, never clustered, and reported separately.
 
     Runs in one transaction that is rolled back: the served clustering, profiles and model
-    flags are unchanged afterwards. No model is called.
+    flags are unchanged afterwards.
 
     \b
     Example:

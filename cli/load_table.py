@@ -14,10 +14,15 @@ from avengers_store.ingest.wide_tables import load_table
 
 @click.command("load-table", cls=Command)
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--dataset-col", required=True, help="Column naming each row's dataset.")
-@click.option("--text-col", required=True, help="Column holding the query.")
 @click.option(
-    "--outcome-prefix", required=True, help="Outcome columns are <prefix><model>, e.g. 'acc|'."
+    "--dataset-col", required=True, metavar="COLUMN", help="Column naming each row's dataset."
+)
+@click.option("--text-col", required=True, metavar="COLUMN", help="Column holding the query.")
+@click.option(
+    "--outcome-prefix",
+    required=True,
+    metavar="PREFIX",
+    help="Outcome columns are <prefix><model>, e.g. 'acc|'.",
 )
 @options.split_col
 @options.split_map(
@@ -87,8 +92,9 @@ def command(
     dataset_prefix,
     as_json,
 ) -> None:
-    """Load FILE (JSONL, CSV or Parquet; one row per query, one outcome column per model) as
-    datasets, queries and outcomes, in one transaction.
+    """Load datasets, queries and outcomes from one wide FILE, in one transaction.
+
+    FILE is JSONL, CSV or Parquet with one row per query and one outcome column per model.
 
     Empty or NaN outcome cells are "not evaluated" (no row, never 0); a value outside [0,1], a
     missing text or an unmapped split value stops the load, names the row and column, and

@@ -13,18 +13,19 @@ from avengers_store.cli.commands import Group
 from avengers_store import __version__
 from avengers_store.errors import AvengersError
 
-# One module per top-level command or group, each defining it as ``command``.
+# One module per top-level command or group, each defining it as ``command``, in the order of
+# the recipe (the README's command table follows it).
 COMMAND_MODULES = [
     "avengers_store.cli.db",
-    "avengers_store.cli.models",
+    "avengers_store.cli.demo",
+    "avengers_store.cli.load_table",
     "avengers_store.cli.datasets",
     "avengers_store.cli.outcomes",
-    "avengers_store.cli.load_table",
     "avengers_store.cli.embed",
     "avengers_store.cli.recluster",
     "avengers_store.cli.clusterings",
     "avengers_store.cli.profile",
-    "avengers_store.cli.demo",
+    "avengers_store.cli.models",
     "avengers_store.cli.route",
     "avengers_store.cli.ask",
     "avengers_store.cli.evaluate",

@@ -113,7 +113,7 @@ def remove_cmd(name: str, yes: bool) -> None:
 
 
 @command.command("select")
-@click.option("--budget", type=int, required=True, help="Number of models to keep.")
+@click.option("--budget", type=int, required=True, metavar="N", help="Number of models to keep.")
 @click.option(
     "--apply",
     is_flag=True,
@@ -121,9 +121,10 @@ def remove_cmd(name: str, yes: bool) -> None:
 )
 @options.json_output
 def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
-    """Score every model by s(m) = sum over clusters of 1/rank (the paper's model-set selection,
-    over the active clustering; ties: overall calibration score, then name) and keep the top
-    BUDGET. Without --apply nothing changes.
+    """Keep the --budget models with the highest s(m), the paper's model-set selection.
+
+    s(m) = sum over the clusters of the active clustering of 1/rank; ties go to the overall
+    calibration score, then the name. Without --apply nothing changes.
 
     \b
     Example:
@@ -167,9 +168,11 @@ def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
 @options.max_tokens
 @options.json_output
 def evaluate_cmd(name, samples, limit, dataset, concurrency, max_tokens, as_json) -> None:
-    """Run model NAME through its endpoint on the stored calibration queries it has no outcome
-    for, grade the samples against the reference answers, store the outcomes and refresh the
-    profiles (no re-clustering). Commits in batches: rerun to resume after an interruption.
+    """Run model NAME on the stored calibration queries and store its graded outcomes.
+
+    Only queries it has no outcome for are sent to its endpoint; the samples are graded against
+    the reference answers, the outcomes stored and the profiles refreshed (no re-clustering).
+    Commits in batches: rerun to resume after an interruption.
 
     \b
     Example:

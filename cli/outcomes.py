@@ -22,7 +22,9 @@ def command() -> None:
 
 @command.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--dataset", required=True, help="Dataset whose queries the rows score.")
+@click.option(
+    "--dataset", required=True, metavar="NAME", help="Dataset whose queries the rows score."
+)
 @click.option(
     "--wide-prefix", help="Wide shape: one score column <prefix><model> per model, e.g. 'acc|'."
 )

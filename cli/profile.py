@@ -35,8 +35,10 @@ COLUMNS = [
 )
 @options.output_format
 def command(cluster, model, plot, fmt) -> None:
-    """Per cluster of the active clustering and per model: number of scored calibration
-    queries, mean score, Wilson 95% bounds and rank (1 = best; active_rank among active models).
+    """Print the capability profiles of the active clustering.
+
+    Per cluster and model: number of scored calibration queries, mean score, Wilson 95% bounds
+    and rank (1 = best; active_rank among active models).
 
     \b
     Example:
