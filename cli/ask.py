@@ -40,11 +40,13 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
 @options.concurrency(help="Questions in flight at once with --file.")
 @options.max_tokens
 @options.method
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the samples).")
+@options.json_output
 def command(
     text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, method, as_json
 ) -> None:
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
+
+    With --json the sampled answers are printed too.
 
     \b
     Example:

@@ -35,7 +35,7 @@ class Model:
 
 def _check_cost(value: float | None, option: str) -> None:
     if value is not None and not value >= 0:
-        raise InputError(f"{option} must be a number >= 0, got {value!r}")
+        raise InputError(f"must be a number >= 0, got {value!r}", location=option)
 
 
 def add_model(
@@ -51,7 +51,7 @@ def add_model(
 ) -> Model:
     """Add a model to the pool (active). It routes as soon as it has outcomes: no re-clustering."""
     if not name or not name.strip():
-        raise InputError("a model name must not be blank")
+        raise InputError("a model name must not be blank", location="name")
     _check_cost(cost_in, "cost_in")
     _check_cost(cost_out, "cost_out")
     with connections.connection(url, conn=conn) as c:

@@ -57,6 +57,22 @@ def test_library_names_k_and_the_cli_names_its_flag(capsys, monkeypatch):
     assert capsys.readouterr().err == "error: --k: k must be at least 1, got 0\n"
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["models", "add", "neg", "--cost-in", "-1"], "--cost-in: must be a number >= 0, got -1.0"),
+        (["outcomes", "import", "o.csv", "--dataset", "d", "--id-col", "i", "--text-col", "t"],
+         "--id-col: match by an id column or by a text column, not both"),
+        (["evaluate", "--seeds", ","], "--seeds: give at least one seed"),
+        (["evaluate", "--budgets", "0"], "--budgets: budgets must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_subcommand_errors_name_their_flags(args, message, monkeypatch):
+    monkeypatch.setenv("AVENGERS_DATABASE_URL", "postgresql://127.0.0.1:1/nothing")
+    error = CliRunner().invoke(cli, args).exception
+    assert isinstance(error, InputError) and str(error) == message
+
+
 def test_every_command_maps_its_errors():
     def walk(group):
         for cmd in group.commands.values():
