@@ -254,7 +254,9 @@ class AvengersClient:
         """Route many texts and/or vectors in one statement (one snapshot); input order kept.
         A 2-D numpy array is taken as one vector per row, as is."""
         if isinstance(queries, str):
-            raise InputError("route_many takes a list of queries; use route() for one text")
+            raise InputError(
+                "route_many takes a list of queries; use route() for one text", location="queries"
+            )
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
                 return routing.route_vectors(
@@ -310,7 +312,7 @@ class AvengersClient:
         (failed ones too, with the error). With ``return_exceptions`` a failed question yields
         its AvengersError in place of an Answer."""
         if isinstance(texts, str):
-            raise InputError("ask_many takes a list of texts; use ask() for one")
+            raise InputError("ask_many takes a list of texts; use ask() for one", location="texts")
         if strategy not in strategies.STRATEGIES:
             raise InputError(
                 f"unknown strategy {strategy!r}; expected one of {', '.join(strategies.STRATEGIES)}",

@@ -26,11 +26,13 @@ class SchemaOutOfDate(AvengersError):
 class InputError(AvengersError):
     """A file, row, column or argument supplied by the user is invalid.
 
-    ``location`` names where (e.g. ``"data.csv row 17 column 'score'"``) so it can be shown alone.
+    ``location`` names where (e.g. ``"data.csv row 17 column 'score'"``) so it can be shown alone;
+    for a bad argument it is the name of the function's parameter (``"k"``, ``"split_map"``).
     """
 
     def __init__(self, message: str, *, location: str | None = None) -> None:
         super().__init__(f"{location}: {message}" if location else message)
+        self.message = message
         self.location = location
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
+from avengers_store.cli.inputs import read_jsonl
 from avengers_store.cli.output import echo_json
-from avengers_store.cli.route import read_jsonl
 
-from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
 from avengers_store.answering.prompts import TASK_TYPES
 from avengers_store.answering.strategies import DEFAULT_SAMPLES, STRATEGIES
 from avengers_store.client import AvengersClient
 from avengers_store.errors import AvengersError
-from avengers_store.routing import METHODS
 
 
 def answer_dict(answer, *, samples: bool = False) -> dict:
@@ -22,30 +22,31 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
     return out
 
 
-@click.command("ask")
+@click.command("ask", cls=Command, flags={"max_concurrency": "--concurrency"})
 @click.argument("text", required=False)
-@click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES, show_default=True,
-              help="Completions to sample per model.")  # fmt: skip
+@options.samples(default=DEFAULT_SAMPLES, help="Completions to sample per model.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="self-consistency",
               show_default=True, help="How samples become one answer.")  # fmt: skip
-@click.option("--top-n", type=click.IntRange(min=1),
-              help="Ranked models to hand to the ensemble (default 3: the first answers, the "
-              "rest are fallbacks, or switch targets for model-switch).")  # fmt: skip
+@options.top_n(
+    default=None,
+    help="Ranked models to hand to the ensemble (default 3: the first answers, the rest are "
+    "fallbacks, or switch targets for model-switch).",
+)
 @click.option("--task-type", type=click.Choice(TASK_TYPES),
               help="Prompt and answer extractor (default: guessed from the text).")  # fmt: skip
-@click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True),
-              help='JSONL of {"text": ...} per line (- for stdin); one JSON answer per line out.')  # fmt: skip
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Questions in flight at once with --file.")  # fmt: skip
-@click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS,
-              show_default=True, help="Cap on each sampled completion.")  # fmt: skip
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="avengers",
-              show_default=True, help="Routing rule (see `avengers route --help`).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the samples).")
+@options.jsonl_file(
+    help='JSONL of {"text": ...} per line (- for stdin); one JSON answer per line out.'
+)
+@options.concurrency(help="Questions in flight at once with --file.")
+@options.max_tokens
+@options.method
+@options.json_output
 def command(
     text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, method, as_json
 ) -> None:
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
+
+    With --json the sampled answers are printed too.
 
     \b
     Example:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import click
-from avengers_store.cli.output import emit, format_options
+from avengers_store.cli import options
+from avengers_store.cli.commands import Group
+from avengers_store.cli.output import emit
 
 from avengers_store.calibration.clusterings import (
     activate_clustering,
@@ -12,7 +14,7 @@ from avengers_store.calibration.clusterings import (
 )
 
 
-@click.group("clusterings")
+@click.group("clusterings", cls=Group)
 def command() -> None:
     """Stored clustering versions: list them, serve one, delete old ones.
 
@@ -24,7 +26,7 @@ def command() -> None:
 
 
 @command.command("list")
-@format_options
+@options.output_format
 def list_cmd(fmt: str) -> None:
     """Every clustering version, newest first; status active is the one served.
 
@@ -69,7 +71,7 @@ def activate_cmd(clustering_id: int) -> None:
 
 @command.command("remove")
 @click.argument("clustering_id", type=int)
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@options.yes
 def remove_cmd(clustering_id: int, yes: bool) -> None:
     """Delete a non-active version with its centroids and assignments.
 

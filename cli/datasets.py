@@ -1,24 +1,26 @@
-"""``avengers dataset add | list | remove``: query collections and their calibration/test split."""
+"""``avengers datasets add | list | remove``: query collections and their calibration/test split."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import click
-from avengers_store.cli.output import echo_json, emit, format_options
+from avengers_store.cli import options
+from avengers_store.cli.commands import Group
+from avengers_store.cli.output import echo_json, emit
 
 from avengers_store.ingest import datasets
 
 
-@click.group("dataset")
+@click.group("datasets", cls=Group, aliases=["dataset"])
 def command() -> None:
     """Load, list and remove datasets (benchmarks or query collections).
 
     \b
     Example:
-      avengers dataset add gsm8k gsm8k.jsonl --text-col question --answer-col answer \\
+      avengers datasets add gsm8k gsm8k.jsonl --text-col question --answer-col answer \\
           --task-type math --category math
-      avengers dataset list
+      avengers datasets list
     """
 
 
@@ -26,8 +28,8 @@ def command() -> None:
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--text-col", default="text", show_default=True, help="Column holding the query.")
-@click.option("--id-col", help="Column holding each query's id (kept as external_id).")
-@click.option("--answer-col", help="Column holding the reference answer.")
+@options.id_col
+@options.answer_col
 @click.option(
     "--task-type",
     default="text",
@@ -38,26 +40,15 @@ def command() -> None:
 @click.option(
     "--ood", is_flag=True, help="Out-of-distribution: routed and evaluated, never clustered."
 )
-@click.option("--split-col", help="Column holding each row's split (else a seeded split is drawn).")
-@click.option(
-    "--split-map",
+@options.split_col
+@options.split_map(
     help="Split values to calibration, test or skip, e.g. train=calibration,dev=skip,test=test "
-    "(default: train=calibration,calibration=calibration,test=test).",
+    "(default: train=calibration,calibration=calibration,test=test)."
 )
-@click.option(
-    "--calibration-fraction",
-    type=float,
-    default=0.7,
-    show_default=True,
-    help="Share of distinct queries drawn for calibration when there is no split column.",
-)
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the drawn split.")
-@click.option(
-    "--replace",
-    is_flag=True,
-    help="Reload NAME if it exists (drops its queries, embeddings and outcomes).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.calibration_fraction
+@options.split_seed
+@options.replace(help="Reload NAME if it exists (drops its queries, embeddings and outcomes).")
+@options.json_output
 def add_cmd(
     name,
     file,
@@ -81,9 +72,9 @@ def add_cmd(
 
     \b
     Example:
-      avengers dataset add mmlu mmlu.parquet --text-col question --id-col id \\
+      avengers datasets add mmlu mmlu.parquet --text-col question --id-col id \\
           --task-type mc --split-col split --split-map train=calibration,test=test
-      avengers dataset add faq faq.csv --calibration-fraction 0.7 --seed 42
+      avengers datasets add faq faq.csv --calibration-fraction 0.7 --seed 42
     """
     report = datasets.add_dataset(
         name,
@@ -113,13 +104,13 @@ def add_cmd(
 
 
 @command.command("list")
-@format_options
+@options.output_format
 def list_cmd(fmt: str) -> None:
     """List datasets with their query counts per split.
 
     \b
     Example:
-      avengers dataset list --csv > datasets.csv
+      avengers datasets list --csv > datasets.csv
     """
     rows = [dataclasses.asdict(d) for d in datasets.list_datasets()]
     columns = [
@@ -137,13 +128,13 @@ def list_cmd(fmt: str) -> None:
 
 @command.command("remove")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@options.yes
 def remove_cmd(name: str, yes: bool) -> None:
     """Delete dataset NAME with its queries, embeddings and outcomes (profiles are refreshed).
 
     \b
     Example:
-      avengers dataset remove faq --yes
+      avengers datasets remove faq --yes
     """
     if not yes:
         click.confirm(f"Delete dataset {name} with its queries and outcomes?", abort=True)

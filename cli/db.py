@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json
 
 from avengers_store.store import config, embedded, schema
 
 
-@click.group("db")
+@click.group("db", cls=Group)
 def command() -> None:
     """Create, migrate, inspect and stop the store's database.
 
@@ -41,7 +43,7 @@ def upgrade_cmd(revision: str) -> None:
 
 @command.command("downgrade")
 @click.argument("revision")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@options.yes
 def downgrade_cmd(revision: str, yes: bool) -> None:
     """Migrate down to REVISION; `base` removes the avengers schema and all its data.
 
@@ -56,7 +58,7 @@ def downgrade_cmd(revision: str, yes: bool) -> None:
 
 
 @command.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def status_cmd(as_json: bool) -> None:
     """Schema revision, server and pgvector versions, row counts per table.
 

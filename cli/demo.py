@@ -7,6 +7,8 @@ import sys
 import time
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json, echo_table
 
 from avengers_store.demo import DEFAULT_BUDGET, DEFAULT_K, EMBEDDER, run_demo
@@ -22,8 +24,8 @@ def _shortened(text: str, width: int = 72) -> str:
     return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
 
 
-@click.command("demo")
-@click.option("--k", type=int, default=DEFAULT_K, show_default=True, help="Number of clusters.")
+@click.command("demo", cls=Command)
+@options.k(default=DEFAULT_K)
 @click.option(
     "--budget",
     type=int,
@@ -36,14 +38,16 @@ def _shortened(text: str, width: int = 72) -> str:
     type=click.Path(dir_okay=False),
     help="Where to write the heatmap [default: $AVENGERS_HOME/demo/profiles.png].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(k, budget, plot, as_json) -> None:
-    """Load a bundled real sample (LLMRouter: 14 tasks, 9 models, 1,508 queries, MIT licensed),
-    import its precomputed embeddings, cluster, and print the capability profiles and the
-    models chosen by the paper's s(m); then route five of its test questions (cluster, model
-    and why) and replay its test split (routed vs best single model vs oracle, one seed, rolled
-    back). No model server is needed. Uses the embedded store unless AVENGERS_DATABASE_URL is
-    set; a rerun reuses what is already there.
+    """Run the recipe offline on a bundled sample: profiles, selected models, routes, a replay.
+
+    The sample is real (LLMRouter: 14 tasks, 9 models, 1,508 queries, MIT licensed): its
+    precomputed embeddings are imported and clustered, then the capability profiles and the
+    models chosen by the paper's s(m) are printed; five of its test questions are routed
+    (cluster, model and why) and its test split is replayed (routed vs best single model vs
+    oracle, one seed, rolled back). No model server is needed. Uses the embedded store unless
+    AVENGERS_DATABASE_URL is set; a rerun reuses what is already there.
 
     \b
     Example:

@@ -6,12 +6,14 @@ import dataclasses
 import sys
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
 
 from avengers_store.calibration.query_vectors import embed_queries, import_npy
 
 
-@click.command("embed")
+@click.command("embed", cls=Command)
 @click.option(
     "--embedder",
     help="all-MiniLM-L6-v2 (default), sentence-transformers:<dir> or openai:<base_url>#<model>. "
@@ -29,7 +31,7 @@ from avengers_store.calibration.query_vectors import embed_queries, import_npy
     type=click.Path(dir_okay=False),
     help="With --from-npy: the file the queries were loaded from (same path as at load time).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(embedder, batch_size, npy, source, as_json) -> None:
     """Embed every query that has no vector yet in the embedder's space (made active).
 

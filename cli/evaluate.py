@@ -5,75 +5,66 @@ from __future__ import annotations
 import sys
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
+from avengers_store.cli.param_types import CommaList
 
-from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
-from avengers_store.errors import InputError
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_tables
-from avengers_store.routing import METHODS
 
 
-def _list(kind, option: str):
-    def convert(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return [kind(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError as exc:
-            raise InputError(f"expected a comma-separated list ({exc})", location=option) from exc
-
-    return convert
-
-
-@click.command("evaluate")
-@click.option("--k", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Clusters per calibration.")  # fmt: skip
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="kmeans", show_default=True)
-@click.option("--stratify", type=click.Choice(STRATIFY),
-              help="Fit each calibration dataset on its own (dataset) or all at once (none). "
-              "Default: dataset; none with --method paper.")  # fmt: skip
+@click.command("evaluate", cls=Command)
+@options.k()
+@options.algorithm
+@options.stratify(
+    default=None,
+    help="Fit each calibration dataset on its own (dataset) or all at once (none). "
+    "Default: dataset; none with --method paper.",
+)
 @click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), show_default=True,
-              callback=_list(int, "--seeds"), help="One calibration per seed.")  # fmt: skip
-@click.option("--top-n", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Models routed per query; the rank-1 model is scored (with > 1 the best "
-              "outcome among them is reported too, an upper bound for any vote).")  # fmt: skip
+              type=CommaList(int), help="One calibration per seed.")  # fmt: skip
+@options.top_n(
+    default=1,
+    help="Models routed per query; the rank-1 model is scored (with > 1 the best outcome among "
+    "them is reported too, an upper bound for any vote).",
+)
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="best", show_default=True,
               help="best: score the routed model. model-switch needs sampled answers and is "
               "refused here (use `avengers ask`).")  # fmt: skip
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="avengers",
-              show_default=True, help="Routing rule (see `avengers route --help`).")  # fmt: skip
-@click.option("--datasets", callback=_list(str, "--datasets"),
+@options.method
+@click.option("--datasets", type=CommaList(str),
               help="Test datasets to report (comma-separated; default: all with test queries).")  # fmt: skip
-@click.option("--ood-macro", callback=_list(str, "--ood-macro"),
+@click.option("--ood-macro", type=CommaList(str),
               help="OOD datasets averaged into ood_macro (default: all OOD datasets; the full "
               "OOD set is then reported as ood_all too).")  # fmt: skip
-@click.option("--sweep-k", callback=_list(int, "--sweep-k"),
+@click.option("--sweep-k", type=CommaList(int),
               help="Also sweep k, e.g. 1,4,16,64,256,1024 (test and calibration accuracy).")  # fmt: skip
-@click.option("--algorithms", callback=_list(str, "--algorithms"),
+@click.option("--algorithms", type=CommaList(str),
               help="Also compare clustering algorithms, e.g. kmeans,ward,gmm,spectral,birch.")  # fmt: skip
-@click.option("--budgets", callback=_list(int, "--budgets"),
+@click.option("--budgets", type=CommaList(int),
               help="Also sweep the number of models kept by s(m), e.g. 1,2,3,4,5,6,7.")  # fmt: skip
-@click.option("--calibration-fractions", callback=_list(float, "--calibration-fractions"),
+@click.option("--calibration-fractions", type=CommaList(float),
               help="Also re-draw each non-OOD dataset's split at these fractions, e.g. "
               "0.05,0.1,0.25,0.5,0.75,0.95.")  # fmt: skip
-@click.option("--sweep-seeds", callback=_list(int, "--sweep-seeds"),
+@click.option("--sweep-seeds", type=CommaList(int),
               help="Seeds of the sweeps (default: the first of --seeds).")  # fmt: skip
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
               help="Write one PNG per sweep into this directory.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(
     k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
     algorithms, budgets, calibration_fractions, sweep_seeds, plot_dir, as_json,
 ) -> None:  # fmt: skip
-    """Replay the stored outcomes: per seed, calibrate (cluster + profile) on the calibration
-    split, route every test query through the routing SQL the client uses, score the routed
-    model's recorded outcome, and compare with the best single model, the best model per
-    dataset, the per-query oracle and a random router. OOD datasets are routed, never
-    clustered, and reported separately.
+    """Replay the stored outcomes to measure the routing; no model is called.
+
+    Per seed: calibrate (cluster + profile) on the calibration split, route every test query
+    through the routing SQL the client uses, score the routed model's recorded outcome, and
+    compare with the best single model, the best model per dataset, the per-query oracle and a
+    random router. OOD datasets are routed, never clustered, and reported separately.
 
     Runs in one transaction that is rolled back: the served clustering, profiles and model
-    flags are unchanged afterwards. No model is called.
+    flags are unchanged afterwards.
 
     \b
     Example:
@@ -85,8 +76,6 @@ def command(
       avengers evaluate --seeds 42 --algorithms kmeans,ward,gmm,spectral,birch --plot plots/
       avengers evaluate --seeds 42 --budgets 1,2,3,4,5,6,7 --plot plots/
     """
-    if not seeds:
-        raise click.UsageError("--seeds needs at least one seed")
     result = evaluate(
         k=k,
         algorithm=algorithm,

@@ -4,25 +4,30 @@ model) as datasets, queries and outcomes in one go."""
 from __future__ import annotations
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json, echo_table
+from avengers_store.cli.param_types import KeyValues
 
 from avengers_store.ingest.wide_tables import load_table
 
 
-@click.command("load-table")
+@click.command("load-table", cls=Command)
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--dataset-col", required=True, help="Column naming each row's dataset.")
-@click.option("--text-col", required=True, help="Column holding the query.")
 @click.option(
-    "--outcome-prefix", required=True, help="Outcome columns are <prefix><model>, e.g. 'acc|'."
+    "--dataset-col", required=True, metavar="COLUMN", help="Column naming each row's dataset."
 )
+@click.option("--text-col", required=True, metavar="COLUMN", help="Column holding the query.")
 @click.option(
-    "--split-col", help="Column holding the split (else each dataset draws a seeded one)."
+    "--outcome-prefix",
+    required=True,
+    metavar="PREFIX",
+    help="Outcome columns are <prefix><model>, e.g. 'acc|'.",
 )
-@click.option(
-    "--split-map",
-    help="Split values to calibration, test or skip, e.g. "
-    "train=calibration,test=test,extra=skip. Every value must be mapped.",
+@options.split_col
+@options.split_map(
+    help="Split values to calibration, test or skip, e.g. train=calibration,test=test,extra=skip. "
+    "Every value must be mapped."
 )
 @click.option(
     "--ood-split",
@@ -31,45 +36,33 @@ from avengers_store.ingest.wide_tables import load_table
     help="Split value marking out-of-distribution rows (repeatable): a dataset all of "
     "whose rows have it is never clustered.",
 )
-@click.option("--id-col", help="Column holding each query's id (kept as external_id).")
-@click.option("--answer-col", help="Column holding the reference answer.")
+@options.id_col
+@options.answer_col
 @click.option("--task-type", help="Task type of rows not otherwise typed [default: text].")
 @click.option(
     "--task-type-col", help="Column whose values are task types (or mapped by --task-type-map)."
 )
 @click.option(
     "--task-type-map",
+    type=KeyValues(),
     help="Values of --task-type-col to task types, e.g. mc=multiple_choice,gen=math.",
 )
 @click.option(
     "--dataset-task-type",
     "dataset_task_types",
+    type=KeyValues(),
     help="Task type per dataset, e.g. gsm8k=math,humaneval=code,mmlu=mc (wins over the others).",
 )
-@click.option(
-    "--calibration-fraction",
-    type=float,
-    default=0.7,
-    show_default=True,
-    help="Without --split-col: share of each dataset drawn for calibration.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=42,
-    show_default=True,
-    help="Without --split-col: seed of the drawn split.",
-)
+@options.calibration_fraction
+@options.split_seed
 @click.option(
     "--create-models/--no-create-models",
     default=True,
     show_default=True,
     help="Add models not yet in the pool (outcomes only until `models add` gives an endpoint).",
 )
-@click.option(
-    "--replace",
-    is_flag=True,
-    help="Reload datasets that already exist (drops their queries, embeddings and outcomes).",
+@options.replace(
+    help="Reload datasets that already exist (drops their queries, embeddings and outcomes)."
 )
 @click.option(
     "--dataset-prefix",
@@ -77,7 +70,7 @@ from avengers_store.ingest.wide_tables import load_table
     help="Put before every dataset name, e.g. 'llmrouter/', when another table already loaded "
     "datasets of the same names.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(
     file,
     dataset_col,
@@ -99,8 +92,9 @@ def command(
     dataset_prefix,
     as_json,
 ) -> None:
-    """Load FILE (JSONL, CSV or Parquet; one row per query, one outcome column per model) as
-    datasets, queries and outcomes, in one transaction.
+    """Load datasets, queries and outcomes from one wide FILE, in one transaction.
+
+    FILE is JSONL, CSV or Parquet with one row per query and one outcome column per model.
 
     Empty or NaN outcome cells are "not evaluated" (no row, never 0); a value outside [0,1], a
     missing text or an unmapped split value stops the load, names the row and column, and

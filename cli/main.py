@@ -8,33 +8,33 @@ import sys
 
 import click
 import psycopg
+from avengers_store.cli.commands import Group
 
 from avengers_store import __version__
 from avengers_store.errors import AvengersError
 
-# Command modules, imported in this order. A module either defines a click command or group
-# named ``command`` (added to the top level) or attaches subcommands to another module's group.
+# One module per top-level command or group, each defining it as ``command``, in the order of
+# the recipe (the README's command table follows it).
 COMMAND_MODULES = [
     "avengers_store.cli.db",
-    "avengers_store.cli.models",
-    "avengers_store.cli.models_admin",
+    "avengers_store.cli.demo",
+    "avengers_store.cli.load_table",
     "avengers_store.cli.datasets",
     "avengers_store.cli.outcomes",
-    "avengers_store.cli.load_table",
     "avengers_store.cli.embed",
     "avengers_store.cli.recluster",
     "avengers_store.cli.clusterings",
     "avengers_store.cli.profile",
-    "avengers_store.cli.model_select",
-    "avengers_store.cli.demo",
+    "avengers_store.cli.models",
     "avengers_store.cli.route",
     "avengers_store.cli.ask",
-    "avengers_store.cli.model_eval",
     "avengers_store.cli.evaluate",
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="avengers")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
@@ -54,9 +54,7 @@ def cli(verbose: int) -> None:
 
 
 for _name in COMMAND_MODULES:
-    _command = getattr(importlib.import_module(_name), "command", None)
-    if _command is not None:
-        cli.add_command(_command)
+    cli.add_command(importlib.import_module(_name).command)
 
 
 def main(argv: list[str] | None = None) -> None:

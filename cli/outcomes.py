@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json
 
 from avengers_store.ingest import outcomes
 
 
-@click.group("outcomes")
+@click.group("outcomes", cls=Group)
 def command() -> None:
     """Per-query outcomes of models (score in [0,1]; a missing outcome is never a 0).
 
@@ -20,7 +22,9 @@ def command() -> None:
 
 @command.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--dataset", required=True, help="Dataset whose queries the rows score.")
+@click.option(
+    "--dataset", required=True, metavar="NAME", help="Dataset whose queries the rows score."
+)
 @click.option(
     "--wide-prefix", help="Wide shape: one score column <prefix><model> per model, e.g. 'acc|'."
 )
@@ -39,7 +43,7 @@ def command() -> None:
 @click.option("--cost-col", help="Cost [default: cost, if present].")
 @click.option("--latency-col", help="Latency in ms [default: latency_ms, if present].")
 @click.option("--create-models", is_flag=True, help="Add models not yet in the pool.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def import_cmd(
     file,
     dataset,

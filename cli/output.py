@@ -81,11 +81,3 @@ def emit(rows: Sequence[Mapping[str, Any]], fmt: str, columns: Sequence[str] | N
         echo_csv(rows, columns)
     else:
         echo_table(rows, columns)
-
-
-def format_options(func):
-    """Shared ``--json`` / ``--csv`` flags; the command receives ``fmt``."""
-    func = click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")(func)
-    func = click.option("--json", "fmt", flag_value="json", help="Print JSON.")(func)
-    func = click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(func)
-    return func

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import click
-from avengers_store.cli.output import emit, format_options
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
+from avengers_store.cli.output import emit
 
 from avengers_store.calibration.profiles import get_profiles, plot_profiles
 
@@ -23,7 +25,7 @@ COLUMNS = [
 ]
 
 
-@click.command("profile")
+@click.command("profile", cls=Command)
 @click.option("--cluster", type=int, help="Only this cluster.")
 @click.option("--model", help="Only this model.")
 @click.option(
@@ -31,10 +33,12 @@ COLUMNS = [
     type=click.Path(dir_okay=False),
     help="Also write the cluster x model heatmap to this PNG file.",
 )
-@format_options
+@options.output_format
 def command(cluster, model, plot, fmt) -> None:
-    """Per cluster of the active clustering and per model: number of scored calibration
-    queries, mean score, Wilson 95% bounds and rank (1 = best; active_rank among active models).
+    """Print the capability profiles of the active clustering.
+
+    Per cluster and model: number of scored calibration queries, mean score, Wilson 95% bounds
+    and rank (1 = best; active_rank among active models).
 
     \b
     Example:

@@ -5,27 +5,19 @@ from __future__ import annotations
 import sys
 
 import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
 
 from avengers_store.calibration.clusterings import active_clustering
-from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
 from avengers_store.calibration.reclustering import recluster
 
 
-@click.command("recluster")
-@click.option("--k", type=int, default=64, show_default=True, help="Number of clusters.")
-@click.option(
-    "--algorithm",
-    type=click.Choice(ALGORITHMS),
-    default="kmeans",
-    show_default=True,
-    help="scikit-learn algorithm; centroids are member means for all of them.",
-)
-@click.option(
-    "--stratify",
-    type=click.Choice(STRATIFY),
+@click.command("recluster", cls=Command, flags={"activate": "--no-activate"})
+@options.k()
+@options.algorithm
+@options.stratify(
     default="dataset",
-    show_default=True,
     help="dataset: fit each calibration dataset on its own, k split in proportion to size, so no "
     "cluster mixes datasets at fit time; none: one fit over all queries (the paper's recipe).",
 )
@@ -42,7 +34,7 @@ from avengers_store.calibration.reclustering import recluster
     help="Store the version as ready without serving it (activate later with "
     "`avengers clusterings activate ID`).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output
 def command(k, algorithm, stratify, seed, keep, no_activate, as_json) -> None:
     """Cluster the calibration queries of non-OOD datasets in the active embedding space.
 

@@ -110,7 +110,7 @@ def prune_clusterings(
     """Delete all but the ``keep`` newest non-active versions (never those in ``exclude``);
     returns the deleted ids."""
     if keep < 0:
-        raise InputError("--keep must be 0 or more", location="keep")
+        raise InputError(f"keep must be 0 or more, got {keep}", location="keep")
     with connections.connection(url, conn=conn) as c:
         rows = c.execute(
             """DELETE FROM avengers.clusterings

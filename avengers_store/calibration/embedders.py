@@ -206,7 +206,7 @@ class OpenAIEmbedder(Embedder):
         except httpx.TimeoutException as exc:
             raise EndpointError(
                 f"embedding endpoint {url} timed out after {self.timeout:g}s "
-                "(raise the timeout or lower --batch-size)"
+                "(raise the timeout or lower the batch size)"
             ) from exc
         except httpx.HTTPError as exc:
             raise EndpointError(f"embedding endpoint {url} unreachable: {exc}") from exc
@@ -276,7 +276,7 @@ def get_embedder(name: str | None = None, **params: Any) -> Embedder:
         return OpenAIEmbedder(base_url, model, **params)
     raise ConfigurationError(
         f"unknown embedder {name!r}: use {MINILM}, {ST_PREFIX}<model dir> or "
-        f"{OPENAI_PREFIX}<base_url>#<model> (set with --embedder or ${config.EMBEDDER_ENV})"
+        f"{OPENAI_PREFIX}<base_url>#<model> (`avengers embed --embedder` or ${config.EMBEDDER_ENV})"
     )
 
 

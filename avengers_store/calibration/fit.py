@@ -41,8 +41,8 @@ def fit_labels(
     limit = MAX_VECTORS.get(algorithm)
     if limit is not None and n > limit:
         raise InputError(
-            f"{algorithm} is limited to {limit:,} vectors here (got {n:,}); use --algorithm kmeans",
-            location="--algorithm",
+            f"{algorithm} is limited to {limit:,} vectors here (got {n:,}); use kmeans",
+            location="algorithm",
         )
     with warnings.catch_warnings():
         # Duplicate texts across datasets give fewer distinct points than k; sklearn warns.
@@ -87,7 +87,7 @@ def fit_labels(
         else:
             raise InputError(
                 f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}",
-                location="--algorithm",
+                location="algorithm",
             )
     return np.asarray(labels, dtype=np.int64), params
 

@@ -49,7 +49,7 @@ def select_models(
     never chosen. ``apply``: make exactly the chosen models active (the rest inactive) and
     refresh profiles, in one transaction."""
     if budget < 1:
-        raise InputError(f"budget must be at least 1, got {budget}", location="--budget")
+        raise InputError(f"budget must be at least 1, got {budget}", location="budget")
     with connections.connection(url, conn=conn) as c, c.transaction():
         active = c.execute("SELECT id FROM avengers.active_clustering").fetchone()
         if active is None:

@@ -100,11 +100,11 @@ def evaluate_model(
     caller's transaction is used and nothing is committed here; otherwise each batch commits.
     """
     if samples < 1:
-        raise InputError(f"samples must be >= 1, got {samples}", location="--samples")
+        raise InputError(f"samples must be >= 1, got {samples}", location="samples")
     if limit is not None and limit < 0:
-        raise InputError(f"limit must be >= 0, got {limit}", location="--limit")
+        raise InputError(f"limit must be >= 0, got {limit}", location="limit")
     if concurrency < 1:
-        raise InputError(f"concurrency must be >= 1, got {concurrency}", location="--concurrency")
+        raise InputError(f"concurrency must be >= 1, got {concurrency}", location="concurrency")
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}", location="batch_size")
     started = time.perf_counter()

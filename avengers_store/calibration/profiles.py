@@ -73,7 +73,7 @@ def get_profiles(
                 raise InputError(
                     f"cluster {cluster} does not exist: clustering {clustering_id} has "
                     f"clusters 0..{known - 1}",
-                    location="--cluster",
+                    location="cluster",
                 )
         if (
             model is not None

@@ -125,9 +125,7 @@ def embed_queries(
     from tqdm import tqdm
 
     if batch_size < 1:
-        raise InputError(
-            f"batch size must be at least 1, got {batch_size}", location="--batch-size"
-        )
+        raise InputError(f"batch size must be at least 1, got {batch_size}", location="batch_size")
     started = time.perf_counter()
     own = conn is None
     with connections.connection(url, conn=conn) as c:

@@ -96,7 +96,7 @@ def _check_calibration_set(
     if n == 0:
         raise StoreStateError(
             "no calibration queries in non-OOD datasets: load data first "
-            "(`avengers dataset add` or `avengers load-table`)"
+            "(`avengers datasets add` or `avengers load-table`)"
         )
     if missing == n:
         raise StoreStateError(
@@ -158,17 +158,17 @@ def recluster(
     if stratify not in STRATIFY:
         raise InputError(
             f"unknown stratify {stratify!r}; choose one of {', '.join(STRATIFY)}",
-            location="--stratify",
+            location="stratify",
         )
     if algorithm not in ALGORITHMS:
         raise InputError(
             f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}",
-            location="--algorithm",
+            location="algorithm",
         )
     if k < 1:
-        raise InputError(f"k must be at least 1, got {k}", location="--k")
+        raise InputError(f"k must be at least 1, got {k}", location="k")
     if keep is not None and keep < 0:
-        raise InputError(f"keep must be 0 or more, got {keep}", location="--keep")
+        raise InputError(f"keep must be 0 or more, got {keep}", location="keep")
     phases = _Phases(["read", "fit", "assign", "write", "activate"], progress)
     try:
         with connections.connection(url, conn=conn) as c, c.transaction():
@@ -185,8 +185,8 @@ def recluster(
             if k > n:
                 raise InputError(
                     f"k={k} is larger than the number of calibration queries ({n}); "
-                    f"choose --k {max(1, min(64, n // 10 or 1))} or load more data",
-                    location="--k",
+                    f"choose a smaller k (e.g. {max(1, min(64, n // 10 or 1))}) or load more data",
+                    location="k",
                 )
             phases.start(f"fit {algorithm} k={k} on {n:,} vectors, stratify={stratify}")
             try:

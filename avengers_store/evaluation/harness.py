@@ -105,7 +105,7 @@ class Replay:
                 raise InputError(
                     f"no test queries in dataset(s) {', '.join(unknown)}; datasets with test "
                     f"queries: {', '.join(test_names)}",
-                    location="--datasets",
+                    location="datasets",
                 )
             test_names = [n for n in test_names if n in set(datasets)]
         if not test_names:
@@ -123,7 +123,7 @@ class Replay:
                 raise InputError(
                     f"not an evaluated OOD dataset: {', '.join(unknown)} (OOD datasets with test "
                     f"queries: {', '.join(self.ood_names) or 'none'})",
-                    location="--ood-macro",
+                    location="ood_macro",
                 )
             self.ood_macro_names = [n for n in self.ood_names if n in set(ood_macro)]
         else:

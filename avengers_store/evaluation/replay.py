@@ -31,6 +31,7 @@ from pathlib import Path
 import psycopg
 
 from avengers_store import routing
+from avengers_store.arguments import as_list
 from avengers_store.calibration import fit
 from avengers_store.errors import InputError
 from avengers_store.evaluation import sweeps as sweeping
@@ -44,18 +45,9 @@ STRATEGIES = ("best", "model-switch")
 
 MODEL_SWITCH_REFUSED = (
     "strategy model-switch cannot be replayed: it votes on sampled answers, and the store holds "
-    "one score per query and model, not answers. Replay scores the routed model (--strategy best); "
+    "one score per query and model, not answers. Replay scores the routed model (strategy best); "
     "measure model-switch live with `avengers ask --strategy model-switch --file questions.jsonl`."
 )
-
-
-def _names(values: Sequence[str] | str | None) -> list[str] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = values.split(",")
-    out = [v.strip() for v in values if v.strip()]
-    return out or None
 
 
 def evaluate(
@@ -67,8 +59,8 @@ def evaluate(
     strategy: str = "best",
     method: str | RoutingMethod | None = None,
     stratify: str | None = None,
-    datasets: Sequence[str] | str | None = None,
-    ood_macro: Sequence[str] | str | None = None,
+    datasets: Sequence[str] | None = None,
+    ood_macro: Sequence[str] | None = None,
     sweep_k: Sequence[int] | None = None,
     algorithms: Sequence[str] | None = None,
     budgets: Sequence[int] | None = None,
@@ -95,38 +87,49 @@ def evaluate(
     if strategy not in STRATEGIES:
         raise InputError(
             f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}",
-            location="--strategy",
+            location="strategy",
         )
     if strategy == "model-switch":
-        raise InputError(MODEL_SWITCH_REFUSED, location="--strategy")
+        raise InputError(MODEL_SWITCH_REFUSED, location="strategy")
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}", location="k")
     if top_n < 1:
-        raise InputError(f"top_n must be >= 1, got {top_n}", location="--top-n")
-    seeds = tuple(int(s) for s in seeds)
+        raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
+    seeds = tuple(as_list(seeds, "seeds", int) or ())
     if not seeds:
-        raise InputError("give at least one seed", location="--seeds")
-    sweep_seeds = tuple(int(s) for s in sweep_seeds) if sweep_seeds else seeds[:1]
+        raise InputError("give at least one seed", location="seeds")
+    sweep_seeds = tuple(as_list(sweep_seeds, "sweep_seeds", int) or seeds[:1])
+    datasets = as_list(datasets, "datasets", str) or None
+    ood_macro = as_list(ood_macro, "ood_macro", str) or None
+    sweep_k = as_list(sweep_k, "sweep_k", int)
+    algorithms = as_list(algorithms, "algorithms", str)
+    budgets = as_list(budgets, "budgets", int)
+    calibration_fractions = as_list(calibration_fractions, "calibration_fractions", float)
+    for value in sweep_k or ():
+        if value < 1:
+            raise InputError(f"k must be at least 1, got {value}", location="sweep_k")
     for name in algorithms or ():
         if name not in fit.ALGORITHMS:
             raise InputError(
                 f"unknown algorithm {name!r}; choose among {', '.join(fit.ALGORITHMS)}",
-                location="--algorithms",
+                location="algorithms",
             )
     for f in calibration_fractions or ():
         if not 0 < f < 1:
             raise InputError(
                 f"calibration fractions must be between 0 and 1, got {f}",
-                location="--calibration-fractions",
+                location="calibration_fractions",
             )
     for b in budgets or ():
         if b < 1:
-            raise InputError(f"budgets must be >= 1, got {b}", location="--budgets")
+            raise InputError(f"budgets must be >= 1, got {b}", location="budgets")
     chosen = routing.routing_method(method)
     if stratify is None:
         stratify = "none" if chosen == routing.PAPER else "dataset"
     if stratify not in fit.STRATIFY:
         raise InputError(
             f"unknown stratify {stratify!r}; choose one of {', '.join(fit.STRATIFY)}",
-            location="--stratify",
+            location="stratify",
         )
     with connections.connection(url, conn=conn) as c, c.transaction() as tx:
         rp = Replay(
@@ -134,8 +137,8 @@ def evaluate(
             method=chosen,
             stratify=stratify,
             top_n=top_n,
-            datasets=_names(datasets),
-            ood_macro=_names(ood_macro),
+            datasets=datasets,
+            ood_macro=ood_macro,
             progress=progress,
         )
         runs = []
@@ -150,17 +153,17 @@ def evaluate(
         sweeps: dict[str, Sweep] = {}
         if sweep_k:
             sweeps["k"] = sweeping.sweep(
-                rp, "k", list(sweep_k), sweep_seeds, lambda v, s: rp.run(int(v), algorithm, s)
+                rp, "k", sweep_k, sweep_seeds, lambda v, s: rp.run(v, algorithm, s)
             )
         if algorithms:
             sweeps["algorithm"] = sweeping.sweep(
-                rp, "algorithm", list(algorithms), sweep_seeds, lambda v, s: rp.run(k, v, s)
+                rp, "algorithm", algorithms, sweep_seeds, lambda v, s: rp.run(k, v, s)
             )
         if budgets:
-            sweeps["budget"] = sweeping.budget_sweep(rp, k, algorithm, list(budgets), sweep_seeds)
+            sweeps["budget"] = sweeping.budget_sweep(rp, k, algorithm, budgets, sweep_seeds)
         if calibration_fractions:
             sweeps["calibration_fraction"] = sweeping.fraction_sweep(
-                rp, k, algorithm, list(calibration_fractions), sweep_seeds
+                rp, k, algorithm, calibration_fractions, sweep_seeds
             )
         result = Evaluation(
             k=k,

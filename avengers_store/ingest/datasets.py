@@ -19,6 +19,7 @@ import numpy as np
 import psycopg
 from psycopg.rows import class_row
 
+from avengers_store.arguments import as_string_map
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest.readers import Table, read_table
@@ -97,41 +98,27 @@ def normalize_task_type(value: str, where: str) -> str:
 def check_fraction(calibration_fraction: float) -> None:
     if not 0.0 < calibration_fraction < 1.0:
         raise InputError(
-            f"calibration fraction must be between 0 and 1 (exclusive), got {calibration_fraction!r}"
+            f"calibration fraction must be between 0 and 1 (exclusive), got {calibration_fraction!r}",
+            location="calibration_fraction",
         )
 
 
-def parse_mapping(value: str | Mapping[str, str] | None, option: str) -> dict[str, str]:
-    """``"a=b,c=d"`` (or a mapping) as a dict; an ``InputError`` names the option otherwise."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return {str(k): str(v) for k, v in value.items()}
-    out: dict[str, str] = {}
-    for part in value.split(","):
-        if not part.strip():
-            continue
-        key, sep, target = part.partition("=")
-        if not sep or not key.strip() or not target.strip():
-            raise InputError(f"{option}: expected KEY=VALUE[,KEY=VALUE...], got {part.strip()!r}")
-        out[key.strip()] = target.strip()
-    return out
-
-
-def check_split_map(split_map: Mapping[str, str], option: str = "split map") -> dict[str, str]:
+def check_split_map(split_map: Mapping[str, str], parameter: str = "split_map") -> dict[str, str]:
+    """Each split value's target, lower-cased; a target other than calibration, test or skip is
+    an ``InputError`` at ``parameter``."""
     out = {}
-    for key, target in split_map.items():
+    for key, target in as_string_map(split_map, parameter).items():
         target = target.strip().lower()
         if target not in (*SPLITS, SKIP):
             raise InputError(
-                f"{option}: {key}={target!r}: a split maps to calibration, test or skip"
+                f"{key}={target!r}: a split maps to calibration, test or skip", location=parameter
             )
         out[key] = target
     return out
 
 
 def map_splits(
-    table: Table, split_col: str, split_map: Mapping[str, str], option: str = "--split-map"
+    table: Table, split_col: str, split_map: Mapping[str, str], option: str = "the split map"
 ) -> list[str]:
     """Per row: calibration, test or skip. A value not in the map is an error naming it."""
     values = table.labels(split_col)
@@ -339,7 +326,7 @@ def add_dataset(
     category: str | None = None,
     ood: bool = False,
     split_col: str | None = None,
-    split_map: str | Mapping[str, str] | None = None,
+    split_map: Mapping[str, str] | None = None,
     calibration_fraction: float = 0.7,
     seed: int = 42,
     replace: bool = False,
@@ -358,12 +345,14 @@ def add_dataset(
 
     started = time.perf_counter()
     if not name or not name.strip():
-        raise InputError("a dataset name must not be blank")
-    task = normalize_task_type(task_type, "--task-type")
+        raise InputError("a dataset name must not be blank", location="name")
+    split_map = as_string_map(split_map, "split_map")
+    mapping = check_split_map(split_map or DEFAULT_SPLIT_MAP)
+    task = normalize_task_type(task_type, "task_type")
     if split_col is None:
         check_fraction(calibration_fraction)
         if split_map:
-            raise InputError("--split-map needs --split-col")
+            raise InputError("is only used with a split column", location="split_map")
     table = read_table(path, [text_col, id_col, answer_col, split_col])
     texts = table.texts(text_col)
     external_ids = table.labels(id_col) if id_col else None
@@ -375,9 +364,6 @@ def add_dataset(
     rows: list[int] = list(range(table.n_rows))
     options: dict[str, Any] = {"text_col": text_col}
     if split_col is not None:
-        mapping = check_split_map(
-            parse_mapping(split_map, "--split-map") or DEFAULT_SPLIT_MAP, "--split-map"
-        )
         raw = table.labels(split_col)
         splits = map_splits(table, split_col, mapping)
         rows = [i for i, s in enumerate(splits) if s != SKIP]

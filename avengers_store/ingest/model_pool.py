@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import class_row
 
+from avengers_store.arguments import as_list
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
@@ -34,7 +35,7 @@ class Model:
 
 def _check_cost(value: float | None, option: str) -> None:
     if value is not None and not value >= 0:
-        raise InputError(f"{option} must be a number >= 0, got {value!r}")
+        raise InputError(f"must be a number >= 0, got {value!r}", location=option)
 
 
 def add_model(
@@ -50,7 +51,7 @@ def add_model(
 ) -> Model:
     """Add a model to the pool (active). It routes as soon as it has outcomes: no re-clustering."""
     if not name or not name.strip():
-        raise InputError("a model name must not be blank")
+        raise InputError("a model name must not be blank", location="name")
     _check_cost(cost_in, "cost_in")
     _check_cost(cost_out, "cost_out")
     with connections.connection(url, conn=conn) as c:
@@ -104,7 +105,7 @@ def set_active(
 ) -> list[Model]:
     """Mark models active (routed to) or inactive, and refresh the served profiles, which carry
     the flag. Returns the changed models."""
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(as_list(names, "names", str)))
     with connections.connection(url, conn=conn) as c:
         model_ids(c, names)  # every name must exist
         cur = c.cursor(row_factory=class_row(Model))

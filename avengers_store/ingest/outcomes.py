@@ -203,7 +203,7 @@ def import_outcomes(
     same query and model. Profiles are refreshed in the same transaction.
     """
     if id_col and text_col:
-        raise InputError("give either id_col or text_col, not both")
+        raise InputError("match by an id column or by a text column, not both", location="id_col")
     table = read_table(path)
     key_col, by_id = _key_column(table, id_col, text_col)
     source = f"import:{table.path}"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import psycopg
 
+from avengers_store.arguments import as_list, as_string_map
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError
 from avengers_store.ingest.datasets import (
@@ -23,7 +24,6 @@ from avengers_store.ingest.datasets import (
     ingest_queries,
     map_splits,
     normalize_task_type,
-    parse_mapping,
 )
 from avengers_store.ingest.model_pool import model_ids
 from avengers_store.ingest.outcomes import OutcomeRow, upsert_outcomes
@@ -57,15 +57,15 @@ def load_table(
     dataset_col: str,
     text_col: str,
     split_col: str | None = None,
-    split_map: str | Mapping[str, str] | None = None,
-    ood_splits: Iterable[str] = (),
+    split_map: Mapping[str, str] | None = None,
+    ood_splits: Sequence[str] = (),
     outcome_prefix: str,
     id_col: str | None = None,
     answer_col: str | None = None,
     task_type: str | None = None,
     task_type_col: str | None = None,
-    task_type_map: str | Mapping[str, str] | None = None,
-    dataset_task_types: str | Mapping[str, str] | None = None,
+    task_type_map: Mapping[str, str] | None = None,
+    dataset_task_types: Mapping[str, str] | None = None,
     calibration_fraction: float = 0.7,
     seed: int = 42,
     create_models: bool = True,
@@ -93,33 +93,37 @@ def load_table(
     values, without it. ``replace`` reloads datasets that already exist.
     """
     started = time.perf_counter()
+    split_map = as_string_map(split_map, "split_map") or {}
+    task_type_map = as_string_map(task_type_map, "task_type_map") or {}
+    dataset_task_types = as_string_map(dataset_task_types, "dataset_task_types") or {}
+    ood = set(as_list(ood_splits, "ood_splits", str) or ())
     if not outcome_prefix:
-        raise InputError("--outcome-prefix must not be empty (e.g. 'acc|')")
+        raise InputError("must not be empty (e.g. 'acc|')", location="outcome_prefix")
     if split_col is None:
         check_fraction(calibration_fraction)
         if split_map:
-            raise InputError("--split-map needs --split-col")
-    mapping = check_split_map(parse_mapping(split_map, "--split-map"), "--split-map")
+            raise InputError("is only used with a split column", location="split_map")
+    mapping = check_split_map(split_map)
     if split_col is not None and not mapping:
-        raise InputError("--split-col needs --split-map, e.g. train=calibration,test=test")
-    ood = set(ood_splits)
+        raise InputError(
+            "a split column needs a split map: say which of its values are calibration, test "
+            "or skip",
+            location="split_map",
+        )
     unknown_ood = sorted(ood - set(mapping)) if split_col else sorted(ood)
     if unknown_ood:
         raise InputError(
-            f"--ood-split {', '.join(unknown_ood)} is not a mapped split value"
-            + ("" if split_col else " (give --split-col and --split-map)")
+            f"{', '.join(unknown_ood)}: not a split value of the split map"
+            + ("" if split_col else " (there is no split column)"),
+            location="ood_splits",
         )
-    default_task = normalize_task_type(task_type, "--task-type") if task_type else "text"
-    per_value = {
-        k: normalize_task_type(v, f"--task-type-map {k}")
-        for k, v in parse_mapping(task_type_map, "--task-type-map").items()
-    }
+    default_task = normalize_task_type(task_type, "task_type") if task_type else "text"
+    per_value = {k: normalize_task_type(v, "task_type_map") for k, v in task_type_map.items()}
     per_dataset = {
-        k: normalize_task_type(v, f"--dataset-task-type {k}")
-        for k, v in parse_mapping(dataset_task_types, "--dataset-task-type").items()
+        k: normalize_task_type(v, "dataset_task_types") for k, v in dataset_task_types.items()
     }
     if task_type_map and not task_type_col:
-        raise InputError("--task-type-map needs --task-type-col")
+        raise InputError("is only used with a task type column", location="task_type_map")
 
     probe = read_table(path, [dataset_col])
     outcome_cols = [
@@ -127,7 +131,7 @@ def load_table(
     ]
     if not outcome_cols:
         raise InputError(
-            f"no column starts with --outcome-prefix {outcome_prefix!r}; the file has: "
+            f"no column starts with the outcome prefix {outcome_prefix!r}; the file has: "
             + ", ".join(repr(c) for c in probe.columns),
             location=str(probe.path),
         )
@@ -140,9 +144,9 @@ def load_table(
     unknown_ds = sorted(set(per_dataset) - set(names))
     if unknown_ds:
         raise InputError(
-            f"--dataset-task-type names dataset(s) not in column {dataset_col!r}: "
+            f"names dataset(s) not in column {dataset_col!r} of {table.path}: "
             f"{', '.join(unknown_ds)}; the file has {', '.join(sorted(set(names)))}",
-            location=str(table.path),
+            location="dataset_task_types",
         )
 
     # Splits and skipped rows.

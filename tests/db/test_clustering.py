@@ -219,7 +219,14 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
     )
     run_cli("clusterings", "remove", str(second_id), "--yes")
     assert isinstance(run_cli_error("clusterings", "activate", "9999"), NotFound)
-    assert isinstance(run_cli_error("recluster", "--k", "1000"), InputError)
+    with pytest.raises(InputError) as err:
+        recluster(k=0, url=cli_env)
+    assert err.value.location == "k"
+    too_few = run_cli_error("recluster", "--k", "0")
+    assert too_few.location == "--k" and str(too_few) == "--k: k must be at least 1, got 0"
+    too_many = run_cli_error("recluster", "--k", "1000")
+    assert isinstance(too_many, InputError) and too_many.location == "--k"
+    assert "choose a smaller k" in str(too_many)
     ready = run_cli("recluster", "--k", "2", "--no-activate").stdout
     assert "stored as ready" in ready
 

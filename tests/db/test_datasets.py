@@ -67,7 +67,7 @@ def test_each_format_loads_with_merged_duplicates(db_url, tmp_path, suffix):
         answer_col="gold",
         task_type="mc",
         split_col="split",
-        split_map="train=calibration,test=test,dev=skip",
+        split_map={"train": "calibration", "test": "test", "dev": "skip"},
         url=db_url,
     )
     d = report.dataset
@@ -193,7 +193,7 @@ def test_cli_add_list_remove(cli_env, tmp_path):
     result = runner.invoke(
         cli,
         [
-            "dataset",
+            "datasets",
             "add",
             "clids",
             str(path),
@@ -212,11 +212,13 @@ def test_cli_add_list_remove(cli_env, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "10 queries (5 calibration, 5 test)" in result.output
-    listed = runner.invoke(cli, ["dataset", "list", "--json"])
+    listed = runner.invoke(cli, ["datasets", "list", "--json"])
     row = next(d for d in json.loads(listed.output) if d["name"] == "clids")
     assert row["is_ood"] and row["category"] == "demo" and row["split_seed"] == 1
-    assert runner.invoke(cli, ["dataset", "remove", "clids", "--yes"]).exit_code == 0
+    # The singular group name of earlier releases still runs the same commands.
+    assert runner.invoke(cli, ["dataset", "list", "--json"]).output == listed.output
+    assert runner.invoke(cli, ["datasets", "remove", "clids", "--yes"]).exit_code == 0
     missing = runner.invoke(cli, ["dataset", "remove", "clids", "--yes"])
     assert isinstance(missing.exception, NotFound)
-    for args in (["dataset", "add", "--help"], ["dataset", "list", "--help"]):
+    for args in (["datasets", "add", "--help"], ["datasets", "list", "--help"]):
         assert "Example:" in runner.invoke(cli, args).output

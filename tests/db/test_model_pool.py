@@ -27,8 +27,9 @@ def test_add_get_list(conn):
         model_pool.add_model("qwen", conn=conn)
     with pytest.raises(NotFound, match=r"no model 'nope'; known models: bare, qwen"):
         model_pool.get_model("nope", conn=conn)
-    with pytest.raises(InputError, match="cost_in"):
+    with pytest.raises(InputError, match="^cost_in: must be a number >= 0, got -1") as err:
         model_pool.add_model("neg", cost_in=-1, conn=conn)
+    assert err.value.location == "cost_in"
 
 
 def _tiny_active_clustering(c) -> None:

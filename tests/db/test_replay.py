@@ -135,12 +135,16 @@ def test_top_n_and_refusals(tiny):
     assert alpha.routed.mean == 50.0 and alpha.routed_top_n_best.mean == 50.0
     with pytest.raises(InputError, match="avengers ask"):
         replay.evaluate(strategy="model-switch", url=tiny)
-    with pytest.raises(InputError, match="--ood-macro"):
-        replay.evaluate(k=2, seeds=(1,), ood_macro="alpha", url=tiny)
-    with pytest.raises(InputError, match="--datasets"):
-        replay.evaluate(k=2, seeds=(1,), datasets="nope", url=tiny)
-    with pytest.raises(InputError, match="--stratify"):
+    # Errors name the library's parameters; the CLI maps them to its flags.
+    with pytest.raises(InputError, match="not an evaluated OOD dataset: alpha") as err:
+        replay.evaluate(k=2, seeds=(1,), ood_macro=["alpha"], url=tiny)
+    assert err.value.location == "ood_macro"
+    with pytest.raises(InputError, match="no test queries in dataset.s. nope") as err:
+        replay.evaluate(k=2, seeds=(1,), datasets=["nope"], url=tiny)
+    assert err.value.location == "datasets"
+    with pytest.raises(InputError, match="unknown stratify 'task'") as err:
         replay.evaluate(k=2, seeds=(1,), stratify="task", url=tiny)
+    assert err.value.location == "stratify"
     explicit = replay.evaluate(k=2, seeds=(1,), method="paper", stratify="dataset", url=tiny)
     assert explicit.stratify == "dataset"
 
@@ -189,7 +193,7 @@ def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, t
             dataset_col="benchmark",
             text_col="question",
             split_col="split",
-            split_map="train=calibration,test=test,ood_test=test",
+            split_map={"train": "calibration", "test": "test", "ood_test": "test"},
             ood_splits=["ood_test"],
             outcome_prefix="acc|",
             url=url,

@@ -107,7 +107,8 @@ def test_a_small_dataset_keeps_its_own_cluster(overlapping, conn):
 
 
 def test_cli_and_library_refuse_an_unknown_stratify(overlapping, cli_env):
-    with pytest.raises(InputError, match="--stratify"):
+    with pytest.raises(InputError, match="^stratify: unknown stratify 'model'") as err:
         reclustering.recluster(k=2, stratify="model", url=cli_env)
+    assert err.value.location == "stratify"
     out = run_cli("recluster", "--k", "2", "--stratify", "none").stdout
     assert "stratify=none" in out

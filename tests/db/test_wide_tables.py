@@ -30,7 +30,8 @@ ROWS = [
     ("ood", "ood_test", "Unseen two.", 0.0, 0.0),
 ]
 COLUMNS = ("bench", "split", "question", "acc|a", "acc|b")
-SPLIT_MAP = "train=calibration,test=test,ood_test=test,extra=skip"
+SPLIT_MAP = {"train": "calibration", "test": "test", "ood_test": "test", "extra": "skip"}
+SPLIT_MAP_FLAG = "train=calibration,test=test,ood_test=test,extra=skip"  # the CLI's form
 
 
 def table_rows(rows=ROWS) -> list[dict]:
@@ -60,7 +61,7 @@ def test_load_wide_table(db_url, tmp_path):
         ood_splits=["ood_test"],
         outcome_prefix="acc|",
         task_type="text",
-        dataset_task_types="alg=math",
+        dataset_task_types={"alg": "math"},
         url=db_url,
     )
     assert report.rows_read == 9 and report.rows_skipped == {"split=extra": 1}
@@ -113,7 +114,7 @@ def test_load_wide_table(db_url, tmp_path):
     "cell, message",
     [
         ({"acc|b": 1.5}, r"data row 6 column 'acc\|b': outcome 1.5 is outside \[0, 1\]"),
-        ({"split": "dev"}, r"data row 6 column 'split': split value 'dev' is not in --split-map"),
+        ({"split": "dev"}, r"data row 6 column 'split': split value 'dev' is not in the split map"),
         ({"question": None}, r"data row 6 column 'question': text is missing"),
     ],
 )
@@ -141,14 +142,16 @@ def test_seeded_split_without_split_column_and_option_errors(db_url, tmp_path):
     assert (report.datasets[0].calibration, report.datasets[0].test) == (15, 5)
     ds = datasets.get_dataset("s", url=db_url)
     assert (ds.split_seed, ds.calibration_fraction) == (3, 0.75)
-    for kwargs, message in [
-        ({"outcome_prefix": "nope|"}, "no column starts with"),
-        ({"outcome_prefix": "score|", "ood_splits": ["ood"]}, "--ood-split ood"),
-        ({"outcome_prefix": "score|", "dataset_task_types": "zzz=math"}, "not in column 'ds'"),
-        ({"outcome_prefix": "score|", "task_type": "poetry"}, "unknown task type"),
-    ]:
-        with pytest.raises(InputError, match=message):
+    for kwargs, message, location in [
+        ({"outcome_prefix": "nope|"}, "no column starts with", str(path.resolve())),
+        ({"outcome_prefix": "score|", "ood_splits": ["ood"]}, "ood: not a split value", "ood_splits"),
+        ({"outcome_prefix": "score|", "dataset_task_types": {"zzz": "math"}},
+         "not in column 'ds'", "dataset_task_types"),
+        ({"outcome_prefix": "score|", "task_type": "poetry"}, "unknown task type", "task_type"),
+    ]:  # fmt: skip
+        with pytest.raises(InputError, match=message) as err:
             load_table(path, dataset_col="ds", text_col="q", url=db_url, **kwargs)
+        assert err.value.location == location
 
 
 def test_cli_load_table(cli_env, tmp_path):
@@ -156,7 +159,7 @@ def test_cli_load_table(cli_env, tmp_path):
     result = CliRunner().invoke(
         cli,
         ["load-table", str(path), "--dataset-col", "bench", "--text-col", "question",
-         "--split-col", "split", "--split-map", SPLIT_MAP, "--ood-split", "ood_test",
+         "--split-col", "split", "--split-map", SPLIT_MAP_FLAG, "--ood-split", "ood_test",
          "--outcome-prefix", "acc|", "--dataset-task-type", "alg=math,poem=text",
          "--dataset-prefix", "cli/", "--json"],
     )  # fmt: skip
@@ -166,7 +169,7 @@ def test_cli_load_table(cli_env, tmp_path):
     text = CliRunner().invoke(
         cli,
         ["load-table", str(path), "--dataset-col", "bench", "--text-col", "question",
-         "--split-col", "split", "--split-map", SPLIT_MAP, "--outcome-prefix", "acc|",
+         "--split-col", "split", "--split-map", SPLIT_MAP_FLAG, "--outcome-prefix", "acc|",
          "--dataset-prefix", "cli2/"],
     )  # fmt: skip
     assert "1 duplicate rows merged" in text.output and "skipped 1 with split=extra" in text.output
@@ -186,10 +189,16 @@ def test_real_routerdc_slice(db_url, tmp_path):
         dataset_col="benchmark",
         text_col="question",
         split_col="split",
-        split_map="train=calibration,test=test,ood_test=test,extra_train=skip,extra_test=skip",
+        split_map={
+            "train": "calibration",
+            "test": "test",
+            "ood_test": "test",
+            "extra_train": "skip",
+            "extra_test": "skip",
+        },  # fmt: skip
         ood_splits=["ood_test"],
         outcome_prefix="acc|",
-        dataset_task_types="humaneval=code,mbpp=code",
+        dataset_task_types={"humaneval": "code", "mbpp": "code"},
         dataset_prefix="real/",
         url=db_url,
     )

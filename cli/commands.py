@@ -1,0 +1,75 @@
+"""The click classes behind every ``avengers`` command.
+
+``Command`` makes library errors speak the command line's language: the library names its own
+parameters in ``InputError.location`` (``k``, ``split_map``), and a command re-raises such an
+error naming the option or argument that fills that parameter (``--k``, ``--split-map``).
+``Group`` also answers to hidden aliases of its subcommands (the singular names scripts used
+before groups were plural).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import click
+
+from avengers_store.errors import InputError
+
+
+class Command(click.Command):
+    """A command whose ``InputError``s name its flags. A library parameter maps to the click
+    parameter of the same name (``--split-map`` fills ``split_map``); ``flags`` lists the ones
+    whose names differ, e.g. ``{"max_concurrency": "--concurrency"}``."""
+
+    def __init__(self, *args: Any, flags: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flags = dict(flags or {})
+
+    def flag_for(self, parameter: str) -> str | None:
+        """The option (its long form) or argument (its metavar) filling ``parameter``."""
+        if parameter in self.flags:
+            return self.flags[parameter]
+        for param in self.params:
+            if param.name != parameter:
+                continue
+            if isinstance(param, click.Option):
+                return max(param.opts, key=len)
+            return param.human_readable_name
+        return None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            flag = self.flag_for(exc.location) if exc.location else None
+            if flag is None:
+                raise
+            raise InputError(exc.message, location=flag) from exc
+
+
+class Group(click.Group):
+    """A group whose subcommands are ``Command``s and may carry ``aliases``: accepted names
+    that ``--help`` listings leave out, shown in the aliased command's own help."""
+
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+    def __init__(self, *args: Any, aliases: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.aliases = tuple(aliases)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None:
+            return found
+        return next(
+            (c for c in self.commands.values() if cmd_name in getattr(c, "aliases", ())), None
+        )
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        if self.aliases:
+            formatter.write_paragraph()
+            with formatter.indentation():
+                formatter.write_text(f"Also accepted as: {', '.join(self.aliases)}.")

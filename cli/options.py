@@ -1,0 +1,172 @@
+"""Options that several commands share, declared once as decorators so that their names, types,
+defaults and help agree everywhere. An option used by one command stays with that command.
+
+Decorators without arguments are used bare (``@options.yes``); the ones whose default or help
+depends on the command take keywords (``@options.top_n(default=1, help=...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from avengers_store.cli.param_types import KeyValues
+
+from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
+from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
+from avengers_store.routing import METHODS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def output_format(func: F) -> F:
+    """``--json`` / ``--csv`` (default: an aligned table); the command receives ``fmt``."""
+    func = click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")(func)
+    func = click.option("--json", "fmt", flag_value="json", help="Print JSON.")(func)
+    return click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(func)
+
+
+def json_output(func: F) -> F:
+    """``--json`` for commands that print one result; the command receives ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def yes(func: F) -> F:
+    """``--yes``: skip the confirmation of a destructive command."""
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(func)
+
+
+# --- loading files -------------------------------------------------------------------------
+
+
+def id_col(func: F) -> F:
+    return click.option("--id-col", help="Column holding each query's id (kept as external_id).")(
+        func
+    )
+
+
+def answer_col(func: F) -> F:
+    return click.option("--answer-col", help="Column holding the reference answer.")(func)
+
+
+def split_col(func: F) -> F:
+    return click.option(
+        "--split-col",
+        help="Column holding each row's split (else each dataset draws a seeded split).",
+    )(func)
+
+
+def split_map(*, help: str) -> Callable[[F], F]:
+    """``--split-map train=calibration,test=test``: the command receives a dict."""
+    return click.option("--split-map", type=KeyValues(), help=help)
+
+
+def calibration_fraction(func: F) -> F:
+    return click.option(
+        "--calibration-fraction",
+        type=float,
+        default=0.7,
+        show_default=True,
+        help="Without --split-col: share of each dataset's distinct queries drawn for calibration.",
+    )(func)
+
+
+def split_seed(func: F) -> F:
+    return click.option(
+        "--seed",
+        type=int,
+        default=42,
+        show_default=True,
+        help="Without --split-col: seed of the drawn split.",
+    )(func)
+
+
+def replace(*, help: str) -> Callable[[F], F]:
+    return click.option("--replace", is_flag=True, help=help)
+
+
+# --- clustering ----------------------------------------------------------------------------
+
+
+def k(*, default: int = 64) -> Callable[[F], F]:
+    # A plain int: the library checks the range and the error names --k.
+    return click.option(
+        "--k", type=int, default=default, show_default=True, help="Number of clusters."
+    )
+
+
+def algorithm(func: F) -> F:
+    return click.option(
+        "--algorithm",
+        type=click.Choice(ALGORITHMS),
+        default="kmeans",
+        show_default=True,
+        help="scikit-learn algorithm; centroids are member means for all of them.",
+    )(func)
+
+
+def stratify(*, default: str | None, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--stratify",
+        type=click.Choice(STRATIFY),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+# --- routing and answering -----------------------------------------------------------------
+
+
+def method(func: F) -> F:
+    return click.option(
+        "--method",
+        type=click.Choice(sorted(METHODS)),
+        default="avengers",
+        show_default=True,
+        help="Routing rule: avengers (16 nearest clusters, weighted, shrunk toward each model's "
+        "prior) or paper (the nearest cluster's means).",
+    )(func)
+
+
+def top_n(*, default: int | None, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--top-n",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def samples(*, default: int, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--samples", type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
+
+
+def concurrency(*, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help=help
+    )
+
+
+def max_tokens(func: F) -> F:
+    return click.option(
+        "--max-tokens",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_TOKENS,
+        show_default=True,
+        help="Cap on the length of each sampled completion (tokens).",
+    )(func)
+
+
+def jsonl_file(*, help: str) -> Callable[[F], F]:
+    """``--file``: questions as JSONL (``-`` for stdin); the command receives ``file_``."""
+    return click.option(
+        "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), help=help
+    )

@@ -1,0 +1,62 @@
+"""The command line's compact forms, parsed here so the library only ever sees lists and dicts:
+``1,4,16`` (a comma-separated list) and ``train=calibration,test=test`` (KEY=VALUE pairs). A
+malformed value is a usage error naming the option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+class CommaList(click.ParamType):
+    """``a,b,c`` as a list of ``kind`` (``int``, ``float`` or ``str``); blank items are dropped."""
+
+    # kind: (metavar, what an item must be)
+    _KINDS: dict[type, tuple[str, str]] = {
+        int: ("N,N,...", "an integer"),
+        float: ("X,X,...", "a number"),
+        str: ("NAME,NAME,...", "a name"),
+    }
+
+    def __init__(self, kind: type = str) -> None:
+        self.kind = kind
+        self.name = f"{kind.__name__} list"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return self._KINDS[self.kind][0]
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        out = []
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            try:
+                out.append(self.kind(part.strip()))
+            except ValueError:
+                self.fail(f"{part.strip()!r} is not {self._KINDS[self.kind][1]}", param, ctx)
+        return out
+
+
+class KeyValues(click.ParamType):
+    """``KEY=VALUE[,KEY=VALUE...]`` as a dict, in the order given."""
+
+    name = "KEY=VALUE list"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "KEY=VALUE,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, dict):
+            return value
+        out: dict[str, str] = {}
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            key, sep, target = part.partition("=")
+            if not sep or not key.strip() or not target.strip():
+                self.fail(f"expected KEY=VALUE[,KEY=VALUE...], got {part.strip()!r}", param, ctx)
+            out[key.strip()] = target.strip()
+        return out
