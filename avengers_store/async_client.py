@@ -258,23 +258,26 @@ class AsyncAvengersClient:
         top_n: int = 1,
         *,
         require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> RouteDecision:
-        """Route a text (embedded in the serving space) or a vector: one SQL round trip."""
+        """Route a text (embedded in the serving space) or a vector: one SQL round trip.
+        ``method`` overrides the client's routing method for this call."""
+        chosen = routing.routing_method(method) if method is not None else self.method
         vectors, served = await self._vectors([query], conn)
-        decision = await self._route_one(vectors[0], top_n, require_endpoint, conn)
+        decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
         if core.stale([decision], served):
             vectors, _ = await self._vectors([query], conn, refresh=True)
-            decision = await self._route_one(vectors[0], top_n, require_endpoint, conn)
+            decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
         return decision
 
     async def _route_one(
-        self, vector: Any, top_n: int, require_endpoint: bool, conn: Any
+        self, vector: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
     ) -> RouteDecision:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
             decision = await routing.aroute_vector(
-                c, vector, top_n, require_endpoint=require_endpoint, method=self.method
+                c, vector, top_n, require_endpoint=require_endpoint, method=method
             )
         self._observe("route", time.perf_counter() - started)
         return decision
@@ -285,26 +288,29 @@ class AsyncAvengersClient:
         top_n: int = 1,
         *,
         require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[RouteDecision]:
-        """Route many texts and/or vectors in one statement (one snapshot); input order kept."""
+        """Route many texts and/or vectors in one statement (one snapshot); input order kept.
+        ``method`` overrides the client's routing method for this call."""
         core.check_route_many(queries)
+        chosen = routing.routing_method(method) if method is not None else self.method
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
-            return await self._route_batch(queries, top_n, require_endpoint, conn)
+            return await self._route_batch(queries, top_n, require_endpoint, chosen, conn)
         vectors, served = await self._vectors(list(queries), conn)
-        decisions = await self._route_batch(vectors, top_n, require_endpoint, conn)
+        decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
         if core.stale(decisions, served):
             vectors, _ = await self._vectors(list(queries), conn, refresh=True)
-            decisions = await self._route_batch(vectors, top_n, require_endpoint, conn)
+            decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
         return decisions
 
     async def _route_batch(
-        self, vectors: Any, top_n: int, require_endpoint: bool, conn: Any
+        self, vectors: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
     ) -> list[RouteDecision]:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
             decisions = await routing.aroute_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
+                c, vectors, top_n, require_endpoint=require_endpoint, method=method
             )
         self._observe("route", time.perf_counter() - started)
         return decisions

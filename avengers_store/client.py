@@ -209,25 +209,28 @@ class AvengersClient:
         top_n: int = 1,
         *,
         require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
         """Route a text (embedded in the serving space) or a vector: one SQL round trip
-        (``avengers.route_pooled``, else ``avengers.route``)."""
+        (``avengers.route_pooled``, else ``avengers.route``). ``method`` overrides the
+        client's routing method for this call."""
+        chosen = routing.routing_method(method) if method is not None else self.method
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
             return routing.route_vector(
-                conn, query, top_n, require_endpoint=require_endpoint, method=self.method
+                conn, query, top_n, require_endpoint=require_endpoint, method=chosen
             )
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
             decision = routing.route_vector(
-                c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
+                c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
             )
         if core.stale([decision], served):
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
                 decision = routing.route_vector(
-                    c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
+                    c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
                 )
         return decision
 
@@ -237,26 +240,29 @@ class AvengersClient:
         top_n: int = 1,
         *,
         require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[RouteDecision]:
         """Route many texts and/or vectors in one statement (one snapshot); input order kept.
-        A 2-D numpy array is taken as one vector per row, as is."""
+        A 2-D numpy array is taken as one vector per row, as is. ``method`` overrides the
+        client's routing method for this call."""
         core.check_route_many(queries)
+        chosen = routing.routing_method(method) if method is not None else self.method
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
                 return routing.route_vectors(
-                    c, queries, top_n, require_endpoint=require_endpoint, method=self.method
+                    c, queries, top_n, require_endpoint=require_endpoint, method=chosen
                 )
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
             decisions = routing.route_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
+                c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
             )
         if core.stale(decisions, served):
             vectors, _ = self._vectors(list(queries), conn, refresh=True)
             with self._connection(conn, "read") as c:
                 decisions = routing.route_vectors(
-                    c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
+                    c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
                 )
         return decisions
 

@@ -31,6 +31,8 @@ COMMAND_MODULES = [
     "avengers_store.cli.ask",
     "avengers_store.cli.model_eval",
     "avengers_store.cli.evaluate",
+    "avengers_store.cli.keys",
+    "avengers_store.cli.serve",
 ]
 
 
