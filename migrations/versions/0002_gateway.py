@@ -55,7 +55,7 @@ ALTER TABLE avengers.route_log
 CREATE UNIQUE INDEX route_log_route_id_idx ON avengers.route_log (route_id);
 COMMENT ON COLUMN avengers.route_log.route_id IS 'Id the caller got for the request (header x-avengers-route-id; Answer.route_id in Python).';
 COMMENT ON COLUMN avengers.route_log.api_key_id IS 'Gateway key the request came with (NULL: library call or a gateway without auth).';
-COMMENT ON COLUMN avengers.route_log.strategy IS 'self-consistency, model-switch or direct; passthrough for a gateway request that named a pool model.';
+COMMENT ON COLUMN avengers.route_log.strategy IS 'self-consistency, model-switch or direct; from the gateway also passthrough (a request that named a pool model) and route (a decision only, POST /v1/route).';
 """
 
 DOWNGRADE = r"""
