@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 from avengers_store.errors import AvengersError
 
 if TYPE_CHECKING:
+    from avengers_store.async_client import AsyncAvengersClient
     from avengers_store.client import AvengersClient
     from avengers_store.evaluation.replay import evaluate
 
 __version__ = "0.1.0"
 
-__all__ = ["AvengersClient", "AvengersError", "__version__", "evaluate"]
+__all__ = ["AsyncAvengersClient", "AvengersClient", "AvengersError", "__version__", "evaluate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from avengers_store.client import AvengersClient
 
         return AvengersClient
+    if name == "AsyncAvengersClient":
+        from avengers_store.async_client import AsyncAvengersClient
+
+        return AsyncAvengersClient
     if name == "evaluate":
         # The replay harness (numpy, scikit-learn through re-clustering).
         from avengers_store.evaluation.replay import evaluate

@@ -4,12 +4,13 @@ Sync and thread-safe. The constructor connects to nothing; the first call opens 
 ``psycopg_pool.ConnectionPool`` (pgvector registered on each connection) and checks the schema
 revision once. With a read replica (``read_url`` or ``AVENGERS_READ_DATABASE_URL``) routing reads
 go to it and writes (the route log) to the primary. Every method takes ``conn=`` to run in the
-caller's connection and transaction instead.
+caller's connection and transaction instead. ``AsyncAvengersClient`` is its asyncio twin; what
+they share (checks, lookups, answers to results and log rows) is in ``client_core``, the routing
+statements in ``routing``, and the strategies in ``answering.strategies``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -21,21 +22,18 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from avengers_store import client_core as core
 from avengers_store import routing
 from avengers_store.answering import route_log, strategies
-from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
+from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient
 from avengers_store.answering.prompts import PromptSet
-from avengers_store.calibration import embedding_spaces
 from avengers_store.calibration.embedders import Embedder, embedder_for_space
-from avengers_store.errors import AvengersError, InputError, StoreStateError
+from avengers_store.client_core import DEFAULT_TOP_N, Query
+from avengers_store.errors import AvengersError, InputError
 from avengers_store.routing import RouteDecision
 from avengers_store.store import config, connections, schema
 
-# Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
-# are only fallbacks when its endpoint is down. Model-Switch may pool all of them.
-DEFAULT_TOP_N = {"self-consistency": 3, "model-switch": 3, "direct": 3}
-
-Query = str | Sequence[float] | np.ndarray
+__all__ = ["DEFAULT_TOP_N", "AvengersClient", "Query"]
 
 
 class AvengersClient:
@@ -178,18 +176,12 @@ class AvengersClient:
         if cached is not None and not refresh:
             return cached
         with self._connection(conn, "read") as c:
-            space = embedding_spaces.serving_space(c)
-            row = c.execute("SELECT id FROM avengers.active_clustering").fetchone()
-        if space is None:
-            raise StoreStateError(
-                "the store has no embedding space yet: run `avengers embed` and "
-                "`avengers recluster` before routing text."
-            )
+            clustering_id, space = core.serving_from_row(c.execute(core.SERVING_SQL).fetchone())
         with self._lock:
             embedder = self._embedders.get(space.id)
         if embedder is None:
             embedder = embedder_for_space(space)
-        state = (row[0] if row else None, embedder)
+        state = (clustering_id, embedder)
         with self._lock:
             self._embedders[space.id] = embedder
             self._serving_cache = state
@@ -200,12 +192,9 @@ class AvengersClient:
     ) -> tuple[list[Any], int | None]:
         """Texts embedded, vectors passed through; and the clustering the embedder serves."""
         out: list[Any] = list(queries)
-        texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+        texts = core.text_positions(queries)
         if not texts:
             return out, None
-        for i, q in texts:
-            if not q.strip():
-                raise InputError("the query text is empty", location=f"query {i + 1}")
         clustering_id, embedder = self._serving(conn, refresh=refresh)
         vectors = embedder.embed([q for _, q in texts])
         for (i, _), v in zip(texts, vectors, strict=True):
@@ -220,26 +209,28 @@ class AvengersClient:
         top_n: int = 1,
         *,
         require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
         """Route a text (embedded in the serving space) or a vector: one SQL round trip
-        (``avengers.route_pooled``, else ``avengers.route``)."""
+        (``avengers.route_pooled``, else ``avengers.route``). ``method`` overrides the
+        client's routing method for this call."""
+        chosen = routing.routing_method(method) if method is not None else self.method
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
             return routing.route_vector(
-                conn, query, top_n, require_endpoint=require_endpoint, method=self.method
+                conn, query, top_n, require_endpoint=require_endpoint, method=chosen
             )
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
             decision = routing.route_vector(
-                c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
+                c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
             )
-        if served is not None and decision.clustering_id != served:
-            # As in route_many: the served clustering changed since the embedder was chosen.
+        if core.stale([decision], served):
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
                 decision = routing.route_vector(
-                    c, vectors[0], top_n, require_endpoint=require_endpoint, method=self.method
+                    c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
                 )
         return decision
 
@@ -249,31 +240,29 @@ class AvengersClient:
         top_n: int = 1,
         *,
         require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[RouteDecision]:
         """Route many texts and/or vectors in one statement (one snapshot); input order kept.
-        A 2-D numpy array is taken as one vector per row, as is."""
-        if isinstance(queries, str):
-            raise InputError(
-                "route_many takes a list of queries; use route() for one text", location="queries"
-            )
+        A 2-D numpy array is taken as one vector per row, as is. ``method`` overrides the
+        client's routing method for this call."""
+        core.check_route_many(queries)
+        chosen = routing.routing_method(method) if method is not None else self.method
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
                 return routing.route_vectors(
-                    c, queries, top_n, require_endpoint=require_endpoint, method=self.method
+                    c, queries, top_n, require_endpoint=require_endpoint, method=chosen
                 )
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
             decisions = routing.route_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
+                c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
             )
-        if served is not None and any(d.clustering_id != served for d in decisions):
-            # The served clustering changed since the embedder was chosen (maybe to another
-            # embedding space): look it up again and route once more.
+        if core.stale(decisions, served):
             vectors, _ = self._vectors(list(queries), conn, refresh=True)
             with self._connection(conn, "read") as c:
                 decisions = routing.route_vectors(
-                    c, vectors, top_n, require_endpoint=require_endpoint, method=self.method
+                    c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
                 )
         return decisions
 
@@ -311,20 +300,11 @@ class AvengersClient:
         ``max_concurrency`` questions sampled at a time. Every question writes a route_log row
         (failed ones too, with the error). With ``return_exceptions`` a failed question yields
         its AvengersError in place of an Answer."""
-        if isinstance(texts, str):
-            raise InputError("ask_many takes a list of texts; use ask() for one", location="texts")
-        if strategy not in strategies.STRATEGIES:
-            raise InputError(
-                f"unknown strategy {strategy!r}; expected one of {', '.join(strategies.STRATEGIES)}",
-                location="strategy",
-            )
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError("expected a non-empty question text", location=f"question {i + 1}")
+        core.check_ask(texts, strategy)
         if not texts:
             return []
         started = time.perf_counter()
-        n = top_n or DEFAULT_TOP_N[strategy]
+        n = core.top_n_for(strategy, top_n)
         decisions = self.route_many(list(texts), n, require_endpoint=True, conn=conn)
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
@@ -351,44 +331,17 @@ class AvengersClient:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(one, range(len(texts))))
 
-        out: list[strategies.Answer | AvengersError] = []
-        rows = []
-        for text, decision, (ans, err, ms) in zip(texts, decisions, results, strict=True):
-            total = routed_ms / len(texts) + ms
-            if ans is not None:
-                ans = dataclasses.replace(ans, decision=decision, latency_ms=total)
-            rows.append(
-                route_log.entry(
-                    text,
-                    decision=decision,
-                    answer=ans,
-                    strategy=strategy,
-                    latency_ms=total,
-                    error=str(err) if err is not None else None,
-                    extra={"route_ms": round(routed_ms / len(texts), 3), "top_n": n},
-                )
-            )
-            out.append(ans if ans is not None else err)  # type: ignore[arg-type]
+        out, rows = core.settle(
+            texts, decisions, results, routed_ms=routed_ms, strategy=strategy, top_n=n
+        )
         with self._connection(conn, "write") as c:
             route_log.write(c, rows)
         if not return_exceptions:
-            for item in out:
-                if isinstance(item, AvengersError):
-                    raise item
+            core.raise_first(out)
         return out
 
     def _answer_one(
         self, text: str, decision: RouteDecision, options: dict[str, Any]
     ) -> strategies.Answer:
-        if not decision.candidates:
-            raise StoreStateError(
-                f"no active model with an endpoint has a profile for cluster {decision.cluster} "
-                f"of clustering {decision.clustering_id}: give a model an endpoint "
-                "(`avengers models add NAME --endpoint URL`) or activate one "
-                "(`avengers models activate NAME`)."
-            )
-        endpoints = [
-            Endpoint(c.model, c.endpoint, c.served_name or c.model, c.api_key_env)
-            for c in decision.candidates
-        ]
+        endpoints = core.endpoints_for(decision)
         return strategies.answer(text, endpoints, client=self.chat, **options)

@@ -276,7 +276,7 @@ def route_sample_questions(url: str, count: int = ROUTED_QUESTIONS) -> tuple[Rou
             """SELECT q.id, d.name, q.text, e.embedding
                FROM avengers.queries q
                JOIN avengers.datasets d ON d.id = q.dataset_id
-               JOIN avengers.clusterings k ON k.status = 'active'
+               CROSS JOIN avengers.active_clustering k
                JOIN avengers.query_embeddings e ON e.query_id = q.id AND e.space_id = k.space_id
                WHERE q.split = 'test' AND d.name LIKE %s
                ORDER BY q.id""",

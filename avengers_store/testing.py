@@ -252,6 +252,29 @@ def exact_argmin(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return d.argmin(axis=1)
 
 
+class FixedEmbedder:
+    """An embedder that puts every text at one unit vector (``direction``), for tests where the
+    text's content does not matter; counts the batches it was asked to embed."""
+
+    def __init__(self, direction: Sequence[float], name: str = "fixed") -> None:
+        row = np.asarray(direction, dtype=np.float32)
+        self.row = row / np.linalg.norm(row)
+        self.name = name
+        self.calls: list[int] = []
+
+    @property
+    def dimension(self) -> int:
+        return int(self.row.size)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False):
+        self.calls.append(len(texts))
+        return np.tile(self.row, (len(texts), 1))
+
+
 # --- synthetic calibration stores ------------------------------------------------------------
 
 MODELS = [f"model-{i}" for i in range(7)]
@@ -530,6 +553,9 @@ class Script:
       ``{"raw": "not json"}``       a raw 200 body;
       ``{"json": {...}}``           a JSON 200 body as given;
       ``{"delay": 2.0, ...}``       sleep first (combine with any of the above).
+
+    A request with ``"stream": true`` gets the next text as server-sent events, one word per
+    ``chat.completion.chunk`` (``"chunk_delay"`` seconds apart), then ``data: [DONE]``.
     """
 
     steps: list[dict[str, Any]]
@@ -585,6 +611,36 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(body)
 
+        def _stream(self, body: dict[str, Any], text: str, step: dict[str, Any]) -> None:
+            """One choice as server-sent events, a word per chunk (``chunk_delay`` apart)."""
+            with state.lock:
+                step["_served"] = step.get("_served", 0) + 1
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            words = text.split(" ")
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+            base = {"id": "scripted", "object": "chat.completion.chunk", "model": body.get("model")}
+            events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+            events += [
+                {**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+                for p in pieces
+            ]
+            events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 10, "completion_tokens": len(pieces)}
+                events.append({**base, "choices": [], "usage": usage})
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for event in events:
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                    if step.get("chunk_delay"):
+                        time.sleep(step["chunk_delay"])
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
         def do_GET(self) -> None:
             if self.path in ("/health", "/v1/models"):
                 self._send(200, b'{"status":"ok"}')
@@ -625,6 +681,9 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(step["json"]).encode())
                 return
             texts = step["texts"]
+            if body.get("stream"):
+                self._stream(body, texts[step.setdefault("_served", 0) % len(texts)], step)
+                return
             n = int(body.get("n") or 1)
             count = min(n, step.get("max_choices", n))
             with state.lock:
@@ -667,3 +726,50 @@ def scripted_server() -> Iterator[ScriptedServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+# --- the gateway on a real loopback socket ----------------------------------------------------
+
+
+@dataclass
+class RunningGateway:
+    base_url: str  # http://127.0.0.1:PORT
+    app: Any
+
+    @property
+    def gateway(self) -> Any:
+        return self.app.state.gateway
+
+
+@contextlib.contextmanager
+def gateway_server(settings: Any = None, **overrides: Any) -> Iterator[RunningGateway]:
+    """``avengers serve`` in-process: the app under uvicorn on a free loopback port, in a
+    thread, for the block. ``overrides`` replace fields of ``settings`` (GatewaySettings)."""
+    import dataclasses
+
+    import uvicorn
+
+    from avengers_store.gateway.app import create_app
+    from avengers_store.gateway.settings import GatewaySettings
+
+    settings = dataclasses.replace(
+        settings or GatewaySettings(), host="127.0.0.1", port=free_port(), **overrides
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, lifespan="on", log_level="warning",
+        access_log=False, timeout_graceful_shutdown=settings.grace_s,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="avengers-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield RunningGateway(f"http://{settings.host}:{settings.port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

@@ -30,6 +30,7 @@ SCRIPTS = [
     "growth",
     "embedding_throughput",
     "ask_overhead",
+    "gateway",
 ]
 
 
@@ -167,6 +168,39 @@ def table() -> str:
                     "",
                 )
             )
+    r = load("gateway")
+    if r:
+        for b in r["overhead"]:
+            one = b["clients"] == 1
+            rows.append(
+                (
+                    f"Gateway `/v1/chat/completions` over a direct call, {b['clients']} "
+                    f"concurrent client{'s' if b['clients'] > 1 else ''} (SmolLM2, max_tokens "
+                    f"{r['max_tokens']}, embedding included)",
+                    f"overhead p50 **{b['overhead_ms_p50']:.1f} ms**, p99 "
+                    f"{b['overhead_ms_p99']:.1f} ms (paired; gateway p50 {b['gateway_ms_p50']:.0f}"
+                    f" ms, direct {b['direct_ms_p50']:.0f} ms); embedding mean "
+                    f"{b.get('embed_ms_mean', float('nan')):.1f} ms",
+                    "p50 ≤ 5 ms + embedding"
+                    if one
+                    else ("p99 ≤ 3× p50" if b["clients"] == 32 else ""),
+                    mark(r["met"]["a_p50_1_client"])
+                    if one
+                    else (mark(r["met"]["a_p99_32_clients"]) if b["clients"] == 32 else ""),
+                )
+            )
+        rps = r["route_rps"]
+        rows.append(
+            (
+                "Gateway `/v1/route`, 32 concurrent clients",
+                f"vector (embedding excluded) **{rps['vector']:,.0f}/s**, text (included) "
+                f"{rps['text']:,.0f}/s; floor `SELECT 1` through the same app and pool "
+                f"{rps['floor']:,.0f}/s (ratios {r['route_ratio_vector']:.2f} / "
+                f"{r['route_ratio_text']:.2f})",
+                "≥ 0.5× floor",
+                mark(r["met"]["b_route"]),
+            )
+        )
     lines = ["| Measure | Figure | Target | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)

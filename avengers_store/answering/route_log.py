@@ -1,10 +1,13 @@
 """The route log: one ``avengers.route_log`` row per answered request (the decision and the vote).
 
-The query text itself is never logged, only its content hash (``textnorm.content_hash``).
+The query text itself is never logged, only its content hash (``textnorm.content_hash``). Each
+row carries the route id its caller got. ``write`` inserts rows on a sync connection, ``awrite`` on
+an async one (the same statement); ``RouteLogWriter`` writes them in the background.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -15,10 +18,12 @@ from psycopg.types.json import Jsonb
 from avengers_store.ingest.text_identity import content_hash
 
 INSERT_SQL = """
-INSERT INTO avengers.route_log (query_hash, clustering_id, cluster, distance, models, strategy,
-                                final_answer, vote_share, samples, latency_ms, metadata)
-VALUES (%(query_hash)s, %(clustering_id)s, %(cluster)s, %(distance)s, %(models)s, %(strategy)s,
-        %(final_answer)s, %(vote_share)s, %(samples)s, %(latency_ms)s, %(metadata)s)
+INSERT INTO avengers.route_log (route_id, api_key_id, query_hash, clustering_id, cluster, distance,
+                                models, strategy, final_answer, vote_share, samples, latency_ms,
+                                metadata)
+VALUES (%(route_id)s, %(api_key_id)s, %(query_hash)s, %(clustering_id)s, %(cluster)s, %(distance)s,
+        %(models)s, %(strategy)s, %(final_answer)s, %(vote_share)s, %(samples)s, %(latency_ms)s,
+        %(metadata)s)
 RETURNING id
 """
 
@@ -32,9 +37,13 @@ def entry(
     latency_ms: float,
     error: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    route_id: uuid.UUID | None = None,
+    api_key_id: int | None = None,
+    models: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The row for one request. ``answer`` is an ensemble Answer, or None when it failed
-    (``error`` then says why)."""
+        (``error`` then says why). ``route_id`` defaults to the answer's, else a new one; ``models``
+    (the models called) defaults to the answer's."""
     metadata: dict[str, Any] = {
         "candidates": [c.model for c in decision.candidates] if decision else [],
         **(extra or {}),
@@ -49,12 +58,16 @@ def entry(
         )
     if error is not None:
         metadata["error"] = error
+    if route_id is None:
+        route_id = getattr(answer, "route_id", None) or uuid.uuid4()
     return {
+        "route_id": route_id,
+        "api_key_id": api_key_id,
         "query_hash": content_hash(question),
         "clustering_id": decision.clustering_id if decision else None,
         "cluster": decision.cluster if decision else None,
         "distance": decision.distance if decision else None,
-        "models": list(answer.models) if answer is not None else [],
+        "models": list(models if models is not None else answer.models if answer else []),
         "strategy": strategy,
         "final_answer": answer.answer if answer is not None else None,
         "vote_share": answer.share if answer is not None else None,
@@ -71,4 +84,14 @@ def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> list[i
     with conn.transaction(), conn.cursor() as cur:
         for row in rows:
             ids.append(cur.execute(INSERT_SQL, row).fetchone()[0])
+    return ids
+
+
+async def awrite(conn: psycopg.AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """``write`` on an async connection."""
+    ids: list[int] = []
+    async with conn.transaction(), conn.cursor() as cur:
+        for row in rows:
+            await cur.execute(INSERT_SQL, row)
+            ids.append((await cur.fetchone())[0])
     return ids

@@ -10,17 +10,25 @@ Strategies:
 
 Fallback: a candidate whose endpoint fails (after the client's retries) is recorded in
 ``Answer.fallbacks`` and the next-ranked candidate takes its place. When every candidate fails,
-AllEndpointsFailed names each endpoint and its error (``exc.failures``).
+AllEndpointsFailed names each endpoint and its error (``exc.failures``; ``exc.timed_out`` when
+every one of them timed out).
+
+The strategies are written once, without I/O: ``answer_plan`` is a generator that yields
+``SampleCall``s ("draw n completions from this endpoint") and is sent each call's SampleBatch (or
+the EndpointError it raised); it returns the Answer. ``answer`` drives it with a ``ChatClient``,
+``aanswer`` with an ``AsyncChatClient``, and the gateway with its own streaming driver.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
+from avengers_store.answering.chat import ChatClient
 from avengers_store.answering.extraction import ExtractedAnswer, extract_answer
 from avengers_store.answering.prompts import (
     DEFAULT_PROMPTS,
@@ -28,8 +36,12 @@ from avengers_store.answering.prompts import (
     check_task_type,
     guess_task_type,
 )
+from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS, Endpoint, Messages, SampleBatch
 from avengers_store.answering.voting import Vote, vote
 from avengers_store.errors import AllEndpointsFailed, ConfigurationError, EndpointError
+
+if TYPE_CHECKING:
+    from avengers_store.answering.async_chat import AsyncChatClient
 
 STRATEGIES: tuple[str, ...] = ("self-consistency", "model-switch", "direct")
 DEFAULT_SAMPLES = 10
@@ -76,6 +88,16 @@ class Answer:
     valid: int
     latency_ms: float
     decision: object | None = field(default=None, compare=False)
+    finish_reason: str | None = None  # of the sample whose text is returned
+    route_id: uuid.UUID | None = None  # the id of its route_log row, once logged
+
+    @property
+    def model(self) -> str | None:
+        """The model whose sample gave the returned text."""
+        for sample in self.samples:
+            if sample.raw == self.text:
+                return sample.model
+        return self.models[0] if self.models else None
 
     @property
     def tokens_in(self) -> int:
@@ -102,13 +124,29 @@ class Answer:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "latency_ms": round(self.latency_ms, 1),
+            "route_id": str(self.route_id) if self.route_id else None,
         }
         if include_samples:
             out["samples"] = [asdict(s) for s in self.samples]
         return out
 
 
-def answer(
+@dataclass(frozen=True)
+class SampleCall:
+    """What a plan asks its driver for: ``n`` completions of ``messages`` from ``endpoint``."""
+
+    endpoint: Endpoint
+    messages: Messages
+    n: int
+    temperature: float
+    max_tokens: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+Plan = Generator[SampleCall, SampleBatch | EndpointError, Answer]
+
+
+def answer_plan(
     question: str,
     candidates: Sequence[Endpoint],
     *,
@@ -117,15 +155,14 @@ def answer(
     task_type: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     prompts: PromptSet | None = None,
-    client: ChatClient | None = None,
     temperature: float = 0.7,
     max_tokens: int = DEFAULT_MAX_TOKENS,
-) -> Answer:
-    """Answer ``question`` with the ranked ``candidates`` (best first) under ``strategy``.
-
-    ``task_type`` None guesses it from the text (prompts.guess_task_type). Without ``client`` a
-    ChatClient with default settings is made for this call and closed after it.
-    """
+    messages: Messages | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Plan:
+    """The plan answering ``question`` with the ranked ``candidates`` (best first) under
+    ``strategy``; options are checked now. ``messages`` replaces the prompt template (a
+    caller's conversation, sent as is); ``extra`` is merged into every request body."""
     if strategy not in STRATEGIES:
         raise ConfigurationError(
             f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"
@@ -142,24 +179,105 @@ def answer(
             "no candidate endpoints to ask: the routed models have no endpoint configured "
             "(set one with `avengers models add NAME --endpoint URL`)."
         )
+    if messages is None:
+        messages = (prompts or DEFAULT_PROMPTS).messages(task_type, question)
+    return _steps(
+        question,
+        list(candidates),
+        [dict(m) for m in messages],
+        samples=samples,
+        strategy=strategy,
+        task_type=task_type,
+        threshold=threshold,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        extra=dict(extra or {}),
+    )
+
+
+def run_plan(plan: Plan, chat: ChatClient) -> Answer:
+    """Drive a plan with the sync client."""
+    result: SampleBatch | EndpointError | None = None
+    while True:
+        try:
+            call = plan.send(result)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            return stop.value
+        try:
+            result = chat.sample(
+                call.endpoint,
+                call.messages,
+                call.n,
+                temperature=call.temperature,
+                max_tokens=call.max_tokens,
+                **call.extra,
+            )
+        except EndpointError as exc:
+            result = exc
+
+
+async def arun_plan(
+    plan: Plan, chat: AsyncChatClient, *, observe: Callable[[str, float], None] | None = None
+) -> Answer:
+    """Drive a plan with the async client. ``observe(stage, seconds)`` hears each model call
+    (``upstream``) and, at the end, the plan's own time (``vote``: extraction and voting)."""
+    started = time.perf_counter()
+    upstream = 0.0
+    result: SampleBatch | EndpointError | None = None
+    while True:
+        try:
+            call = plan.send(result)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            if observe is not None:
+                observe("vote", max(0.0, time.perf_counter() - started - upstream))
+            return stop.value
+        asked = time.perf_counter()
+        try:
+            result = await chat.sample(
+                call.endpoint,
+                call.messages,
+                call.n,
+                temperature=call.temperature,
+                max_tokens=call.max_tokens,
+                **call.extra,
+            )
+        except EndpointError as exc:
+            result = exc
+        if observe is not None:
+            spent = time.perf_counter() - asked
+            upstream += spent
+            observe("upstream", spent)
+
+
+def answer(
+    question: str,
+    candidates: Sequence[Endpoint],
+    *,
+    client: ChatClient | None = None,
+    **options: Any,
+) -> Answer:
+    """Answer ``question`` with the ranked ``candidates`` (best first); ``options`` are
+    ``answer_plan``'s (samples, strategy, task_type, threshold, prompts, temperature,
+    max_tokens, messages, extra).
+
+    ``task_type`` None guesses it from the text (prompts.guess_task_type). Without ``client`` a
+    ChatClient with default settings is made for this call and closed after it.
+    """
+    plan = answer_plan(question, candidates, **options)
     own_client = client is None
     chat = client or ChatClient()
     try:
-        return _run(
-            question,
-            list(candidates),
-            chat,
-            samples=samples,
-            strategy=strategy,
-            task_type=task_type,
-            threshold=threshold,
-            prompts=prompts,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
+        return run_plan(plan, chat)
     finally:
         if own_client:
             chat.close()
+
+
+async def aanswer(
+    question: str, candidates: Sequence[Endpoint], *, client: AsyncChatClient, **options: Any
+) -> Answer:
+    """``answer`` on an AsyncChatClient."""
+    return await arun_plan(answer_plan(question, candidates, **options), client)
 
 
 def answer_many(
@@ -200,36 +318,35 @@ def answer_many(
             chat.close()
 
 
-def _run(
+def _steps(
     question: str,
     candidates: list[Endpoint],
-    chat: ChatClient,
+    messages: list[dict[str, str]],
     *,
     samples: int,
     strategy: str,
     task_type: str,
     threshold: float,
-    prompts: PromptSet | None,
     temperature: float,
     max_tokens: int,
-) -> Answer:
+    extra: dict[str, Any],
+) -> Plan:
     started = time.perf_counter()
-    messages = (prompts or DEFAULT_PROMPTS).messages(task_type, question)
     pooled: list[ExtractedAnswer] = []
+    reasons: list[str | None] = []
     used: list[str] = []
     usage: list[ModelUsage] = []
     failures: list[tuple[int, str, str]] = []
+    timeouts = 0
     tried: list[str] = []
     result: Vote = vote([])
     for endpoint in candidates:
         tried.append(endpoint.model)
         asked = time.perf_counter()
-        try:
-            batch = chat.sample(
-                endpoint, messages, samples, temperature=temperature, max_tokens=max_tokens
-            )
-        except EndpointError as exc:
-            failures.append((len(tried) - 1, endpoint.model, str(exc)))
+        batch = yield SampleCall(endpoint, messages, samples, temperature, max_tokens, extra)
+        if isinstance(batch, EndpointError):
+            failures.append((len(tried) - 1, endpoint.model, str(batch)))
+            timeouts += bool(getattr(batch, "timed_out", False))
             usage.append(
                 ModelUsage(
                     model=endpoint.model,
@@ -251,6 +368,7 @@ def _run(
             )
         )
         pooled.extend(extract_answer(task_type, text, endpoint.model) for text in batch.texts)
+        reasons.extend(batch.finish_reasons or [None] * len(batch.texts))
         result = vote(pooled)
         if strategy != "model-switch" or result.share >= threshold:
             break
@@ -264,8 +382,10 @@ def _run(
             + "; ".join(f"[{model}] {error}" for _, model, error in failures)
         )
         exc.failures = fallbacks  # type: ignore[attr-defined]
+        exc.timed_out = timeouts == len(failures)  # type: ignore[attr-defined]
         raise exc
-    winner_text = pooled[result.winner_index].raw if result.winner_index is not None else None
+    chosen = result.winner_index
+    winner_text = pooled[chosen].raw if chosen is not None else None
     return Answer(
         question=question,
         answer=result.winner,
@@ -280,6 +400,7 @@ def _run(
         samples=tuple(pooled),
         valid=result.valid,
         latency_ms=(time.perf_counter() - started) * 1000.0,
+        finish_reason=reasons[chosen] if chosen is not None and chosen < len(reasons) else None,
     )
 
 

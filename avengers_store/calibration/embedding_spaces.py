@@ -30,7 +30,8 @@ class Space:
     created_at: datetime | None = None
 
 
-def _space(row) -> Space:
+def space_from_row(row) -> Space:
+    """A Space from (id, embedder, dimension, active, params, created_at)."""
     return Space(
         id=row[0],
         embedder=row[1],
@@ -43,14 +44,14 @@ def _space(row) -> Space:
 
 def list_spaces(conn: psycopg.Connection) -> list[Space]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM avengers.embedding_spaces ORDER BY id").fetchall()
-    return [_space(r) for r in rows]
+    return [space_from_row(r) for r in rows]
 
 
 def get_space(conn: psycopg.Connection, embedder_name: str) -> Space | None:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM avengers.embedding_spaces WHERE embedder = %s", (embedder_name,)
     ).fetchone()
-    return _space(row) if row else None
+    return space_from_row(row) if row else None
 
 
 def space_by_id(conn: psycopg.Connection, space_id: int) -> Space:
@@ -59,13 +60,13 @@ def space_by_id(conn: psycopg.Connection, space_id: int) -> Space:
     ).fetchone()
     if row is None:
         raise NotFound(f"embedding space {space_id} does not exist")
-    return _space(row)
+    return space_from_row(row)
 
 
 def active_space(conn: psycopg.Connection) -> Space | None:
     """The space ``embed`` fills and ``recluster`` fits, or None before anything was embedded."""
     row = conn.execute(f"SELECT {_COLUMNS} FROM avengers.embedding_spaces WHERE active").fetchone()
-    return _space(row) if row else None
+    return space_from_row(row) if row else None
 
 
 def serving_space(conn: psycopg.Connection) -> Space | None:
@@ -75,7 +76,7 @@ def serving_space(conn: psycopg.Connection) -> Space | None:
         f"""SELECT {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}
             FROM avengers.active_clustering k JOIN avengers.embedding_spaces s ON s.id = k.space_id"""
     ).fetchone()
-    return _space(row) if row else active_space(conn)
+    return space_from_row(row) if row else active_space(conn)
 
 
 def get_or_create_space(
@@ -101,7 +102,7 @@ def get_or_create_space(
             RETURNING {_COLUMNS}""",
         (embedder_name, int(dimension), Jsonb(json.loads(json.dumps(params or {})))),
     ).fetchone()
-    space = _space(row)
+    space = space_from_row(row)
     if space.dimension != dimension:  # lost a race with another writer using another dimension
         raise InputError(
             f"embedding space {space.id} ({embedder_name}) holds {space.dimension}-d vectors, "

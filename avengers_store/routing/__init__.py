@@ -7,7 +7,13 @@ the routing methods, the decision types, the statements and the psycopg wire ada
 
 from avengers_store.routing.decisions import Candidate, RouteDecision
 from avengers_store.routing.methods import AVENGERS, METHODS, PAPER, RoutingMethod, routing_method
-from avengers_store.routing.statements import NO_ACTIVE_CLUSTERING, route_vector, route_vectors
+from avengers_store.routing.statements import (
+    NO_ACTIVE_CLUSTERING,
+    aroute_vector,
+    aroute_vectors,
+    route_vector,
+    route_vectors,
+)
 
 __all__ = [
     "AVENGERS",
@@ -17,6 +23,8 @@ __all__ = [
     "Candidate",
     "RouteDecision",
     "RoutingMethod",
+    "aroute_vector",
+    "aroute_vectors",
     "route_vector",
     "route_vectors",
     "routing_method",

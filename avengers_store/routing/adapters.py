@@ -34,16 +34,34 @@ def as_query_vector(value: Any, *, location: str = "query vector") -> Vector:
     return Vector(arr)
 
 
+def _registered(conn: psycopg.Connection | psycopg.AsyncConnection, cls: type) -> bool:
+    try:
+        conn.adapters.get_dumper(cls, PyFormat.BINARY)
+        return True
+    except psycopg.ProgrammingError:
+        return False
+
+
 def ensure_vector_types(conn: psycopg.Connection) -> None:
-    try:
-        conn.adapters.get_dumper(_QueryVector, PyFormat.BINARY)
-        return  # registered together with the two below
-    except psycopg.ProgrammingError:
-        pass
-    try:
-        conn.adapters.get_dumper(Vector, PyFormat.BINARY)
-    except psycopg.ProgrammingError:
+    if _registered(conn, _QueryVector):
+        return  # registered together with the batch dumper
+    if not _registered(conn, Vector):
         connections.register_vector(conn)
+    _register_query_dumpers(conn)
+
+
+async def aensure_vector_types(conn: psycopg.AsyncConnection) -> None:
+    """``ensure_vector_types`` for an async connection (pgvector's async registration)."""
+    if _registered(conn, _QueryVector):
+        return
+    if not _registered(conn, Vector):
+        from pgvector.psycopg import register_vector_async
+
+        await register_vector_async(conn)
+    _register_query_dumpers(conn)
+
+
+def _register_query_dumpers(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
     info = conn.adapters.types.get("vector")
     dumper = type(
         "VectorBatchDumper",

@@ -17,6 +17,7 @@ import psycopg
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.routing.adapters import (
     VectorBatch,
+    aensure_vector_types,
     as_query_vector,
     ensure_vector_types,
     query_matrix,
@@ -54,11 +55,43 @@ def route_vectors(
 ) -> list[RouteDecision]:
     """Route many vectors in one statement (one snapshot of the store); decisions in input order.
     ``method``: a RoutingMethod or preset name (default ``AVENGERS``)."""
+    params = batch_params(vectors, top_n, require_endpoint, method)
+    if params is None:
+        return []
+    ensure_vector_types(conn)
+    with driver_errors.translated("query vectors"):
+        rows = conn.execute(ROUTE_MANY_SQL, params, binary=True).fetchall()
+    return decisions_from_rows(rows, len(vectors))
+
+
+async def aroute_vectors(
+    conn: psycopg.AsyncConnection,
+    vectors: Sequence[Any],
+    top_n: int = 1,
+    *,
+    require_endpoint: bool = False,
+    method: str | RoutingMethod | None = None,
+) -> list[RouteDecision]:
+    """``route_vectors`` on an async connection: the same statement and decisions."""
+    params = batch_params(vectors, top_n, require_endpoint, method)
+    if params is None:
+        return []
+    await aensure_vector_types(conn)
+    with driver_errors.translated("query vectors"):
+        cursor = await conn.execute(ROUTE_MANY_SQL, params, binary=True)
+        rows = await cursor.fetchall()
+    return decisions_from_rows(rows, len(vectors))
+
+
+def batch_params(
+    vectors: Sequence[Any], top_n: int, require_endpoint: bool, method: str | RoutingMethod | None
+) -> tuple[Any, ...] | None:
+    """The checked parameters of ``ROUTE_MANY_SQL`` (None: no vectors)."""
     chosen = routing_method(method)
     if top_n < 1:
         raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
     if len(vectors) == 0:
-        return []
+        return None
     matrix = query_matrix(vectors)
     if matrix is not None:
         queries: Any = VectorBatch(matrix)
@@ -66,12 +99,7 @@ def route_vectors(
         queries = [
             as_query_vector(v, location=f"query vector {i + 1}") for i, v in enumerate(vectors)
         ]
-    ensure_vector_types(conn)
-    with driver_errors.translated("query vectors"):
-        rows = conn.execute(
-            ROUTE_MANY_SQL, (queries, top_n, require_endpoint, *chosen.sql_args()), binary=True
-        ).fetchall()
-    return decisions_from_rows(rows, len(vectors))
+    return (queries, top_n, require_endpoint, *chosen.sql_args())
 
 
 ROUTE_SQL = (
@@ -132,27 +160,70 @@ def route_vector(
     ``avengers.route`` when the method has a dataset-mixture prior, the connection does not
     prepare statements, or route_pooled returned nothing (a clustering it does not serve, or
     none active). Same decisions as ``route_many``."""
+    query, pooled, general = single_statements(
+        vector, top_n, require_endpoint, method, conn.prepare_threshold is not None
+    )
+    ensure_vector_types(conn)
+    rows: list[Any] = []
+    try:  # not driver_errors.translated(): a generator context manager is slower here
+        if pooled is not None:
+            rows = conn.execute(pooled, (query,), prepare=True, binary=True).fetchall()
+        if not rows:
+            rows = conn.execute(general, (query,), binary=True).fetchall()
+    except psycopg.Error as exc:
+        driver_errors.reraise(exc, location="query vector")
+    return decisions_from_rows(rows, 1)[0]
+
+
+async def aroute_vector(
+    conn: psycopg.AsyncConnection,
+    vector: Any,
+    top_n: int = 1,
+    *,
+    require_endpoint: bool = False,
+    method: str | RoutingMethod | None = None,
+) -> RouteDecision:
+    """``route_vector`` on an async connection: the same statements and decision."""
+    query, pooled, general = single_statements(
+        vector, top_n, require_endpoint, method, conn.prepare_threshold is not None
+    )
+    await aensure_vector_types(conn)
+    rows: list[Any] = []
+    try:
+        if pooled is not None:
+            cursor = await conn.execute(pooled, (query,), prepare=True, binary=True)
+            rows = await cursor.fetchall()
+        if not rows:
+            cursor = await conn.execute(general, (query,), binary=True)
+            rows = await cursor.fetchall()
+    except psycopg.Error as exc:
+        driver_errors.reraise(exc, location="query vector")
+    return decisions_from_rows(rows, 1)[0]
+
+
+def single_statements(
+    vector: Any,
+    top_n: int,
+    require_endpoint: bool,
+    method: str | RoutingMethod | None,
+    prepares: bool,
+) -> tuple[Any, str | None, str]:
+    """(checked query vector, the ``route_pooled`` statement or None, the ``avengers.route``
+    statement) for one vector."""
     chosen = routing_method(method)
     if top_n < 1:
         raise InputError(f"top_n must be >= 1, got {top_n}", location="top_n")
     query = query_vector(vector)
-    ensure_vector_types(conn)
-    rows: list[Any] = []
-    try:  # not driver_errors.translated(): a generator context manager is slower here
-        # route_pooled's body is inlined into this statement, which pays off once the statement
-        # is prepared, so it is prepared on first use; a connection that prepares nothing
-        # (prepare_threshold None, e.g. behind a transaction-mode pooler) would plan the whole
-        # body per call and uses avengers.route, which caches its plan, instead.
-        if not chosen.dataset_prior and conn.prepare_threshold is not None:
-            pooled = route_sql(top_n, require_endpoint, chosen, pooled=True)
-            rows = conn.execute(pooled, (query,), prepare=True, binary=True).fetchall()
-        if not rows:
-            rows = conn.execute(
-                route_sql(top_n, require_endpoint, chosen), (query,), binary=True
-            ).fetchall()
-    except psycopg.Error as exc:
-        driver_errors.reraise(exc, location="query vector")
-    return decisions_from_rows(rows, 1)[0]
+    # route_pooled's body is inlined into this statement, which pays off once the statement is
+    # prepared, so it is prepared on first use; a connection that prepares nothing
+    # (prepare_threshold None, e.g. behind a transaction-mode pooler) would plan the whole body
+    # per call and uses avengers.route, which caches its plan, instead.
+    pooled = (
+        route_sql(top_n, require_endpoint, chosen, pooled=True)
+        if not chosen.dataset_prior and prepares
+        else None
+    )
+    return query, pooled, route_sql(top_n, require_endpoint, chosen)
 
 
 def decisions_from_rows(rows: Sequence[Sequence[Any]], count: int) -> list[RouteDecision]:

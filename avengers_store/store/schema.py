@@ -261,6 +261,8 @@ TABLES = (
     "assignments",
     "outcomes",
     "route_log",
+    "api_keys",
+    "gateway_sessions",
 )
 
 

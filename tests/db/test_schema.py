@@ -164,3 +164,21 @@ def test_a_comment_only_edit_is_not_a_schema_change(db_url, monkeypatch):
     assert schema.upgrade(db_url).sql_reapplied
     with psycopg.connect(db_url) as c:
         schema.check_revision(c)
+
+
+def test_gateway_revision_downgrades_and_upgrades(db_url):
+    assert schema.downgrade(db_url, "0001") == "0001"
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT to_regclass('avengers.api_keys')").fetchone()[0] is None
+        columns = {
+            r[0]
+            for r in c.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'avengers' AND table_name = 'route_log'"
+            )
+        }
+        assert "route_id" not in columns and "api_key_id" not in columns
+    assert schema.upgrade(db_url).to_revision == "0002"
+    with psycopg.connect(db_url) as c:
+        schema.check_revision(c)
+        assert c.execute("SELECT to_regclass('avengers.gateway_sessions')").fetchone()[0]

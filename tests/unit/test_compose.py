@@ -57,3 +57,18 @@ def test_services_are_wired():
     env = services["avengers"]["environment"]
     assert env["AVENGERS_DATABASE_URL"].startswith("postgresql://")
     assert "@db:5432/" in env["AVENGERS_DATABASE_URL"]
+
+
+def test_gateway_service_is_wired():
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    gateway = services["gateway"]
+    assert gateway["command"][0] == "serve" and "0.0.0.0" in gateway["command"]
+    assert gateway["environment"]["AVENGERS_DATABASE_URL"].startswith("postgresql://")
+    needs = gateway["depends_on"]
+    assert needs["db"]["condition"] == "service_healthy"
+    assert needs["migrate"]["condition"] == "service_completed_successfully"
+    vllm = [n for n, s in services.items() if s.get("image", "").startswith("vllm/vllm-openai")]
+    assert vllm and all(needs[n]["condition"] == "service_healthy" for n in vllm)
+    assert "/ready" in " ".join(gateway["healthcheck"]["test"])
+    assert any(p.endswith(":8080") for p in gateway["ports"])
+    assert services["migrate"]["command"] == ["db", "upgrade"]

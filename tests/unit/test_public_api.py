@@ -9,7 +9,13 @@ import sys
 import pytest
 
 PUBLIC = {
-    "avengers_store": ["AvengersClient", "AvengersError", "evaluate", "__version__"],
+    "avengers_store": [
+        "AvengersClient",
+        "AsyncAvengersClient",
+        "AvengersError",
+        "evaluate",
+        "__version__",
+    ],
     "avengers_store.errors": [
         "AvengersError",
         "ConfigurationError",
@@ -31,13 +37,22 @@ PUBLIC = {
         "RoutingMethod",
         "route_vector",
         "route_vectors",
+        "aroute_vector",
+        "aroute_vectors",
         "routing_method",
     ],
     "avengers_store.calibration.clusterings": ["store_partition", "activate_clustering"],
     "avengers_store.calibration.fit": ["partition", "fit_labels", "fit_stratified"],
     "avengers_store.calibration.reclustering": ["recluster"],
     "avengers_store.answering.chat": ["ChatClient", "Endpoint"],
-    "avengers_store.answering.strategies": ["Answer", "answer", "answer_many"],
+    "avengers_store.answering.async_chat": ["AsyncChatClient"],
+    "avengers_store.answering.strategies": [
+        "Answer",
+        "answer",
+        "answer_many",
+        "aanswer",
+        "answer_plan",
+    ],
     "avengers_store.answering.prompts": ["PromptSet"],
     "avengers_store.evaluation.replay": ["evaluate"],
 }

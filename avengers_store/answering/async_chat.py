@@ -1,0 +1,168 @@
+"""Calling models from asyncio: ``AsyncChatClient``, the async twin of ``ChatClient``.
+
+Same protocol (``answering.sampling``: request bodies, retries, ``n`` top-up and limits, response
+checks), driven by one pooled ``httpx.AsyncClient``. It also opens streamed completions
+(``stream``) and relays a request body as is (``forward``), for the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from avengers_store.answering.sampling import (
+    DEFAULT_MAX_TOKENS,
+    Endpoint,
+    Messages,
+    NLimits,
+    Outcome,
+    Post,
+    RetryPolicy,
+    SampleBatch,
+    Sleep,
+    adrive,
+    auth_headers,
+    post_steps,
+    sample_steps,
+)
+from avengers_store.errors import ConfigurationError, EndpointError
+
+
+class AsyncChatClient:
+    """Async client with one pooled ``httpx.AsyncClient``; use it from one event loop.
+
+    Settings as ``ChatClient``: ``timeout`` per HTTP request (for a stream: between chunks),
+    ``max_retries``, ``backoff``, ``max_connections`` (the connection pool), ``max_n``.
+    Constructing it opens no connection; ``aclose()`` (or ``async with``) releases the pool.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 120.0,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        max_connections: int = 64,
+        max_n: int | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
+        self.policy = RetryPolicy(timeout, max_retries, backoff)
+        self.limits = NLimits(max_n)
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncChatClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def sample(
+        self,
+        endpoint: Endpoint,
+        messages: Messages,
+        n: int = 1,
+        *,
+        temperature: float = 0.7,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        **extra: Any,
+    ) -> SampleBatch:
+        """Draw ``n`` completions of ``messages`` from ``endpoint`` (see ``ChatClient.sample``)."""
+        steps = sample_steps(
+            endpoint,
+            messages,
+            n,
+            policy=self.policy,
+            limits=self.limits,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            extra=extra,
+        )
+        return await adrive(steps, self._http)
+
+    async def forward(self, endpoint: Endpoint, body: Mapping[str, Any]) -> httpx.Response:
+        """POST ``body`` (its ``model`` replaced by the served name) with the client's retries;
+        the accepted response, or EndpointError."""
+        steps = post_steps(endpoint, _served(endpoint, body), auth_headers(endpoint), self.policy)
+        return await adrive(steps, self._http)
+
+    @asynccontextmanager
+    async def stream(
+        self, endpoint: Endpoint, body: Mapping[str, Any]
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """A streamed completion: the events (``chat.completion.chunk`` objects) as they arrive.
+
+        Connecting is retried like any request; once the upstream answered 200 the events are
+        relayed, and a failure mid-stream raises EndpointError."""
+        payload = {**_served(endpoint, body), "stream": True}
+        steps = post_steps(endpoint, payload, auth_headers(endpoint), self.policy, stream=True)
+        response = await self._open(steps)
+        try:
+            yield _events(endpoint, response)
+        finally:
+            await response.aclose()
+
+    async def _open(self, steps: Any) -> httpx.Response:
+        outcome: Outcome = None
+        while True:
+            try:
+                action = steps.send(outcome)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(action, Sleep):
+                await asyncio.sleep(action.seconds)
+                outcome = None
+                continue
+            assert isinstance(action, Post)
+            request = self._http.build_request(
+                "POST", action.url, json=action.body, headers=action.headers
+            )
+            try:
+                outcome = await self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                outcome = exc
+                continue
+            if outcome.status_code >= 400:
+                # The protocol reads the error text; a stream has to be read first.
+                await outcome.aread()
+                await outcome.aclose()
+
+
+def _served(endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]:
+    return {**body, "model": endpoint.served_name}
+
+
+async def _events(endpoint: Endpoint, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # blank separators, comments (keep-alives), event names
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            try:
+                event = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise EndpointError(
+                    f"{endpoint.describe()} sent a malformed stream event: {data[:200]!r}"
+                ) from exc
+            if isinstance(event, dict):
+                yield event
+    except httpx.TransportError as exc:
+        raise EndpointError(
+            f"{endpoint.describe()} broke off the stream ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -1,0 +1,415 @@
+"""``AsyncAvengersClient``: ``AvengersClient`` for asyncio, with the same surface (``route``,
+``route_many``, ``ask``, ``ask_many``, each a coroutine) and the same behaviour.
+
+The constructor connects to nothing; the first call opens a ``psycopg_pool.AsyncConnectionPool``
+(pgvector registered on each connection) after checking the schema revision once. Model calls go
+through one ``AsyncChatClient``. Texts are embedded off the event loop, one worker thread with one
+torch thread by default, and texts of concurrent calls are embedded together
+(``calibration.embedding_batches``). Routing statements, strategies, fallback and route-log rows
+are the ones the sync client uses (``routing``, ``answering.strategies``, ``client_core``).
+
+With ``background_log=True`` route-log rows are written by a background task (a bounded queue)
+instead of before ``ask`` returns; ``aclose()`` writes every queued row before closing the pools.
+``on_stage(stage, seconds)`` is told how long each stage took: ``embed``, ``route``, ``upstream``
+(one model call) and ``vote`` (the plan's own time: extraction and voting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from avengers_store import client_core as core
+from avengers_store import routing
+from avengers_store.answering import route_log, strategies
+from avengers_store.answering.async_chat import AsyncChatClient
+from avengers_store.answering.prompts import PromptSet
+from avengers_store.answering.route_log_writer import RouteLogWriter
+from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
+from avengers_store.calibration.embedders import Embedder, embedder_for_space
+from avengers_store.calibration.embedding_batches import EmbeddingBatcher
+from avengers_store.client_core import Query
+from avengers_store.errors import AvengersError, InputError
+from avengers_store.routing import RouteDecision
+from avengers_store.routing.adapters import aensure_vector_types
+from avengers_store.store import config, connections, schema
+
+StageObserver = Callable[[str, float], None]
+
+
+class AsyncAvengersClient:
+    """Route and answer queries with the store at ``url`` from asyncio.
+
+    Options as ``AvengersClient`` (``read_url``, ``embedder``, ``prompts``, ``threshold``,
+    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``), and:
+    ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
+    torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
+    per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
+    ``on_stage`` a stage-time observer.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        read_url: str | None = None,
+        chat: AsyncChatClient | None = None,
+        embedder: Embedder | None = None,
+        prompts: PromptSet | None = None,
+        threshold: float = strategies.DEFAULT_THRESHOLD,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        pool_size: int = 8,
+        max_concurrency: int = 16,
+        method: str | routing.RoutingMethod | None = None,
+        prepared_statements: bool = True,
+        embed_threads: int | None = 1,
+        max_embed_batch: int = 64,
+        background_log: bool = False,
+        log_queue: int = 10_000,
+        on_stage: StageObserver | None = None,
+    ) -> None:
+        if pool_size < 1:
+            raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
+        if max_concurrency < 1:
+            raise InputError(
+                f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
+            )
+        self.method = routing.routing_method(method)
+        self.url = url
+        self.read_url = read_url if read_url is not None else config.read_database_url()
+        self.prompts = prompts
+        self.threshold = threshold
+        self.max_tokens = max_tokens
+        self.pool_size = pool_size
+        self.max_concurrency = max_concurrency
+        self.prepared_statements = prepared_statements
+        self.on_stage = on_stage
+        self._chat = chat
+        self._own_chat = chat is None
+        self._embedder_override = embedder
+        self._embedders: dict[int, Embedder] = {}
+        self._serving_cache: tuple[int | None, Embedder] | None = None
+        self._batcher = EmbeddingBatcher(threads=embed_threads, max_batch=max_embed_batch)
+        self._pools: dict[str, AsyncConnectionPool] = {}
+        self._pool_lock: asyncio.Lock | None = None
+        self._closed = False
+        self._log_queue = log_queue
+        self._writer: RouteLogWriter | None = None
+        self.background_log = background_log
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def _open_pool(self, role: str) -> AsyncConnectionPool:
+        pool = self._pools.get(role)
+        if pool is not None:
+            return pool
+        if self._pool_lock is None:
+            self._pool_lock = asyncio.Lock()
+        async with self._pool_lock:
+            if self._closed:
+                raise AvengersError("this AsyncAvengersClient is closed: make a new one")
+            pool = self._pools.get(role)
+            if pool is not None:
+                return pool
+            if role == "read" and self.read_url is None:
+                pool = self._pools.get("write") or await self._new_pool(
+                    await asyncio.to_thread(connections.resolve_url, self.url)
+                )
+                self._pools["write"] = pool
+            else:
+                target = (
+                    self.read_url
+                    if role == "read"
+                    else await asyncio.to_thread(connections.resolve_url, self.url)
+                )
+                pool = await self._new_pool(target)
+            self._pools[role] = pool
+            return pool
+
+    async def _new_pool(self, target: str) -> AsyncConnectionPool:
+        # One probe connection first, as the sync client does (clear errors, the schema check),
+        # in a thread: it is the sync code path.
+        def probe() -> None:
+            with connections.connect(target) as conn:
+                schema.check_revision(conn)
+
+        await asyncio.to_thread(probe)
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if not self.prepared_statements:
+            kwargs["prepare_threshold"] = None
+        pool = AsyncConnectionPool(
+            target,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs=kwargs,
+            configure=aensure_vector_types,
+            open=False,
+            name=f"avengers-async-{connections.redact(target)}",
+        )
+        await pool.open(wait=True, timeout=30)
+        return pool
+
+    @asynccontextmanager
+    async def connection(
+        self, role: str = "read", conn: psycopg.AsyncConnection | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled connection (``read``: the replica if any; ``write``: the primary), or
+        ``conn`` when given."""
+        if conn is not None:
+            yield conn
+            return
+        pool = await self._open_pool(role)
+        async with pool.connection() as pooled:
+            yield pooled
+
+    @property
+    def chat(self) -> AsyncChatClient:
+        if self._chat is None:
+            self._chat = AsyncChatClient(max_connections=max(self.max_concurrency, 16))
+        return self._chat
+
+    async def aclose(self) -> None:
+        """Write queued route-log rows, then close the pools, the chat client this client made
+        and the embedding worker. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self._writer.aclose()
+        pools, self._pools = {id(p): p for p in self._pools.values()}, {}
+        for pool in pools.values():
+            await pool.close()
+        if self._own_chat and self._chat is not None:
+            await self._chat.aclose()
+        self._chat = None
+        await asyncio.to_thread(self._batcher.close)
+
+    async def __aenter__(self) -> AsyncAvengersClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- embedding -------------------------------------------------------------------------
+
+    async def embedder(self, conn: psycopg.AsyncConnection | None = None) -> Embedder:
+        """The embedder of the serving space (the active clustering's), cached per client."""
+        return (await self._serving(conn))[1]
+
+    async def _serving(
+        self, conn: psycopg.AsyncConnection | None, *, refresh: bool = False
+    ) -> tuple[int | None, Embedder]:
+        if self._embedder_override is not None:
+            return None, self._embedder_override
+        if self._serving_cache is not None and not refresh:
+            return self._serving_cache
+        async with self.connection("read", conn) as c:
+            cursor = await c.execute(core.SERVING_SQL)
+            clustering_id, space = core.serving_from_row(await cursor.fetchone())
+        embedder = self._embedders.get(space.id) or embedder_for_space(space)
+        self._embedders[space.id] = embedder
+        self._serving_cache = (clustering_id, embedder)
+        return self._serving_cache
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of ``texts`` in the serving space (batched with concurrent calls)."""
+        _, embedder = await self._serving(None)
+        return await self._embed(embedder, list(texts))
+
+    async def _embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = await self._batcher.embed(embedder, texts)
+        self._observe("embed", time.perf_counter() - started)
+        return vectors
+
+    async def _vectors(
+        self,
+        queries: Sequence[Query],
+        conn: psycopg.AsyncConnection | None,
+        *,
+        refresh: bool = False,
+    ) -> tuple[list[Any], int | None]:
+        out: list[Any] = list(queries)
+        texts = core.text_positions(queries)
+        if not texts:
+            return out, None
+        clustering_id, embedder = await self._serving(conn, refresh=refresh)
+        vectors = await self._embed(embedder, [q for _, q in texts])
+        for (i, _), v in zip(texts, vectors, strict=True):
+            out[i] = v
+        return out, clustering_id
+
+    def _observe(self, stage: str, seconds: float) -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage, seconds)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def route(
+        self,
+        query: Query,
+        top_n: int = 1,
+        *,
+        require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> RouteDecision:
+        """Route a text (embedded in the serving space) or a vector: one SQL round trip.
+        ``method`` overrides the client's routing method for this call."""
+        chosen = routing.routing_method(method) if method is not None else self.method
+        vectors, served = await self._vectors([query], conn)
+        decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
+        if core.stale([decision], served):
+            vectors, _ = await self._vectors([query], conn, refresh=True)
+            decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
+        return decision
+
+    async def _route_one(
+        self, vector: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
+    ) -> RouteDecision:
+        started = time.perf_counter()
+        async with self.connection("read", conn) as c:
+            decision = await routing.aroute_vector(
+                c, vector, top_n, require_endpoint=require_endpoint, method=method
+            )
+        self._observe("route", time.perf_counter() - started)
+        return decision
+
+    async def route_many(
+        self,
+        queries: Sequence[Query],
+        top_n: int = 1,
+        *,
+        require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[RouteDecision]:
+        """Route many texts and/or vectors in one statement (one snapshot); input order kept.
+        ``method`` overrides the client's routing method for this call."""
+        core.check_route_many(queries)
+        chosen = routing.routing_method(method) if method is not None else self.method
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            return await self._route_batch(queries, top_n, require_endpoint, chosen, conn)
+        vectors, served = await self._vectors(list(queries), conn)
+        decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
+        if core.stale(decisions, served):
+            vectors, _ = await self._vectors(list(queries), conn, refresh=True)
+            decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
+        return decisions
+
+    async def _route_batch(
+        self, vectors: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
+    ) -> list[RouteDecision]:
+        started = time.perf_counter()
+        async with self.connection("read", conn) as c:
+            decisions = await routing.aroute_vectors(
+                c, vectors, top_n, require_endpoint=require_endpoint, method=method
+            )
+        self._observe("route", time.perf_counter() - started)
+        return decisions
+
+    # -- answering -------------------------------------------------------------------------
+
+    async def ask(
+        self,
+        text: str,
+        samples: int = strategies.DEFAULT_SAMPLES,
+        strategy: str = "self-consistency",
+        task_type: str | None = None,
+        top_n: int | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> strategies.Answer:
+        """Embed, route to the top models with endpoints, sample and vote, log, return the
+        Answer (``decision`` and ``route_id`` filled)."""
+        results = await self.ask_many(
+            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
+        )
+        return results[0]  # type: ignore[return-value]
+
+    async def ask_many(
+        self,
+        texts: Sequence[str],
+        samples: int = strategies.DEFAULT_SAMPLES,
+        strategy: str = "self-consistency",
+        task_type: str | None = None,
+        top_n: int | None = None,
+        *,
+        max_concurrency: int | None = None,
+        return_exceptions: bool = False,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[strategies.Answer | AvengersError]:
+        """``ask`` for many texts: one embedding batch, one routing statement, then at most
+        ``max_concurrency`` questions sampled at a time; a route_log row each (failed ones
+        too). With ``return_exceptions`` a failed question yields its AvengersError."""
+        core.check_ask(texts, strategy)
+        if not texts:
+            return []
+        started = time.perf_counter()
+        n = core.top_n_for(strategy, top_n)
+        decisions = await self.route_many(list(texts), n, require_endpoint=True, conn=conn)
+        routed_ms = (time.perf_counter() - started) * 1000.0
+        options = {
+            "samples": samples,
+            "strategy": strategy,
+            "task_type": task_type,
+            "threshold": self.threshold,
+            "prompts": self.prompts,
+            "max_tokens": self.max_tokens,
+        }
+        gate = asyncio.Semaphore(max(1, max_concurrency or self.max_concurrency))
+
+        async def one(i: int) -> core.Outcome:
+            async with gate:
+                began = time.perf_counter()
+                try:
+                    plan = strategies.answer_plan(
+                        texts[i], core.endpoints_for(decisions[i]), **options
+                    )
+                    result = await self.run_plan(plan)
+                    return result, None, (time.perf_counter() - began) * 1000.0
+                except AvengersError as exc:
+                    return None, exc, (time.perf_counter() - began) * 1000.0
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(len(texts))))
+        out, rows = core.settle(
+            texts, decisions, outcomes, routed_ms=routed_ms, strategy=strategy, top_n=n
+        )
+        await self.log(rows, conn=conn)
+        if not return_exceptions:
+            core.raise_first(out)
+        return out
+
+    async def run_plan(self, plan: strategies.Plan) -> strategies.Answer:
+        """Drive an ``answer_plan`` with this client's AsyncChatClient (stage times observed)."""
+        return await strategies.arun_plan(plan, self.chat, observe=self.on_stage)
+
+    async def log(
+        self, rows: Sequence[dict[str, Any]], *, conn: psycopg.AsyncConnection | None = None
+    ) -> None:
+        """Write route-log rows (``route_log.entry``): now, or queued for the background
+        writer when the client was made with ``background_log`` (and no ``conn`` is given)."""
+        if not rows:
+            return
+        if self.background_log and conn is None:
+            if self._writer is None:
+                self._writer = RouteLogWriter(self._write_rows, max_queue=self._log_queue)
+            await self._writer.submit(rows)
+            return
+        async with self.connection("write", conn) as c:
+            await route_log.awrite(c, rows)
+
+    @property
+    def log_writer(self) -> RouteLogWriter | None:
+        return self._writer
+
+    async def _write_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        async with self.connection("write") as c:
+            await route_log.awrite(c, rows)

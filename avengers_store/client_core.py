@@ -1,0 +1,144 @@
+"""What ``AvengersClient`` and ``AsyncAvengersClient`` share, written once: argument checks, the
+serving-space lookup, candidate endpoints of a decision, and turning answers into results and
+route-log rows. The clients only add I/O (sync or async) around these."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from avengers_store.answering import route_log, strategies
+from avengers_store.answering.sampling import Endpoint
+from avengers_store.calibration.embedding_spaces import Space, space_from_row
+from avengers_store.errors import AvengersError, InputError, StoreStateError
+from avengers_store.routing import RouteDecision
+
+# Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
+# are only fallbacks when its endpoint is down. Model-Switch may pool all of them.
+DEFAULT_TOP_N = {"self-consistency": 3, "model-switch": 3, "direct": 3}
+
+Query = str | Sequence[float] | np.ndarray
+
+# The active clustering and the space routing embeds in (its space; the active space when
+# nothing is clustered yet), in one round trip.
+SERVING_SQL = """
+SELECT k.id, s.id, s.embedder, s.dimension, s.active, s.params, s.created_at
+FROM avengers.embedding_spaces s
+LEFT JOIN avengers.active_clustering k ON true
+WHERE s.id = coalesce(k.space_id, (SELECT a.id FROM avengers.embedding_spaces a WHERE a.active))
+"""
+
+NO_SPACE = (
+    "the store has no embedding space yet: run `avengers embed` and `avengers recluster` before "
+    "routing text."
+)
+
+
+def serving_from_row(row: Sequence[Any] | None) -> tuple[int | None, Space]:
+    """(active clustering id, serving space) from a ``SERVING_SQL`` row."""
+    if row is None:
+        raise StoreStateError(NO_SPACE)
+    return row[0], space_from_row(row[1:])
+
+
+def text_positions(queries: Sequence[Query]) -> list[tuple[int, str]]:
+    """(position, text) of the texts among ``queries`` (vectors pass through); empty texts are
+    refused naming their position."""
+    texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+    for i, q in texts:
+        if not q.strip():
+            raise InputError("the query text is empty", location=f"query {i + 1}")
+    return texts
+
+
+def check_route_many(queries: object) -> None:
+    if isinstance(queries, str):
+        raise InputError(
+            "route_many takes a list of queries; use route() for one text", location="queries"
+        )
+
+
+def stale(decisions: Sequence[RouteDecision], served: int | None) -> bool:
+    """The served clustering changed since the embedder was chosen (maybe to another embedding
+    space): look it up again and route once more."""
+    return served is not None and any(d.clustering_id != served for d in decisions)
+
+
+def check_ask(texts: Sequence[str], strategy: str) -> None:
+    if isinstance(texts, str):
+        raise InputError("ask_many takes a list of texts; use ask() for one", location="texts")
+    if strategy not in strategies.STRATEGIES:
+        raise InputError(
+            f"unknown strategy {strategy!r}; expected one of {', '.join(strategies.STRATEGIES)}",
+            location="strategy",
+        )
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise InputError("expected a non-empty question text", location=f"question {i + 1}")
+
+
+def top_n_for(strategy: str, top_n: int | None) -> int:
+    return top_n or DEFAULT_TOP_N[strategy]
+
+
+def endpoints_for(decision: RouteDecision) -> list[Endpoint]:
+    """The decision's candidates as endpoints, best first; a clear error when there is none."""
+    if not decision.candidates:
+        raise StoreStateError(
+            f"no active model with an endpoint has a profile for cluster {decision.cluster} "
+            f"of clustering {decision.clustering_id}: give a model an endpoint "
+            "(`avengers models add NAME --endpoint URL`) or activate one "
+            "(`avengers models activate NAME`)."
+        )
+    return [
+        Endpoint(c.model, c.endpoint, c.served_name or c.model, c.api_key_env)
+        for c in decision.candidates
+    ]
+
+
+Outcome = tuple[strategies.Answer | None, AvengersError | None, float]
+
+
+def settle(
+    texts: Sequence[str],
+    decisions: Sequence[RouteDecision],
+    outcomes: Sequence[Outcome],
+    *,
+    routed_ms: float,
+    strategy: str,
+    top_n: int,
+) -> tuple[list[strategies.Answer | AvengersError], list[dict[str, Any]]]:
+    """Results in input order (Answers with decision, end-to-end latency and route id filled,
+    or the error) and one route-log row each. ``outcomes[i]`` is (answer, error, sampling ms)."""
+    out: list[strategies.Answer | AvengersError] = []
+    rows = []
+    share = routed_ms / len(texts) if texts else 0.0
+    for text, decision, (ans, err, ms) in zip(texts, decisions, outcomes, strict=True):
+        total = share + ms
+        route_id = uuid.uuid4()
+        if ans is not None:
+            ans = dataclasses.replace(ans, decision=decision, latency_ms=total, route_id=route_id)
+        rows.append(
+            route_log.entry(
+                text,
+                decision=decision,
+                answer=ans,
+                strategy=strategy,
+                latency_ms=total,
+                error=str(err) if err is not None else None,
+                extra={"route_ms": round(share, 3), "top_n": top_n},
+                route_id=route_id,
+            )
+        )
+        out.append(ans if ans is not None else err)  # type: ignore[arg-type]
+    return out, rows
+
+
+def raise_first(results: Sequence[strategies.Answer | AvengersError]) -> None:
+    for item in results:
+        if isinstance(item, AvengersError):
+            raise item

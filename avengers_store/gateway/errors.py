@@ -1,0 +1,82 @@
+"""Errors the OpenAI way: ``{"error": {"message", "type", "param", "code"}}`` with the status an
+OpenAI SDK maps to its exception classes, and the library's errors mapped onto them once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from avengers_store.errors import (
+    AllEndpointsFailed,
+    AvengersError,
+    ConnectionFailed,
+    EndpointError,
+    InputError,
+    NotFound,
+    SchemaOutOfDate,
+    StoreStateError,
+)
+from avengers_store.gateway.protocol import ErrorDetail, ErrorResponse
+
+
+class GatewayError(Exception):
+    """An error answered to the caller with ``status`` and an OpenAI error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, object]:
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=detail).model_dump()
+
+    def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), self.status, headers={**self.headers, **(headers or {})})
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, param=param, code=code)
+
+
+def from_validation(exc: ValidationError) -> GatewayError:
+    """The first problem of a request body, naming the field."""
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    return bad_request(f"{param}: {first.get('msg')}" if param else first["msg"], param=param)
+
+
+def from_library(exc: AvengersError) -> GatewayError:
+    """The status and body for an error the library raised."""
+    if isinstance(exc, AllEndpointsFailed):
+        timed_out = getattr(exc, "timed_out", False)
+        return GatewayError(
+            504 if timed_out else 502,
+            str(exc),
+            type="upstream_error",
+            code="upstream_timeout" if timed_out else "upstream_failed",
+        )
+    if isinstance(exc, EndpointError):
+        return GatewayError(502, str(exc), type="upstream_error", code="upstream_failed")
+    if isinstance(exc, InputError):
+        return bad_request(str(exc), param=exc.location)
+    if isinstance(exc, NotFound):
+        return GatewayError(404, str(exc), code="not_found")
+    if isinstance(exc, StoreStateError | SchemaOutOfDate | ConnectionFailed):
+        return GatewayError(503, str(exc), type="service_unavailable", code="not_ready")
+    return GatewayError(500, str(exc), type="server_error", code="internal_error")

@@ -1,0 +1,89 @@
+"""Prometheus metrics of the gateway (``GET /metrics``): requests by status, latency histograms
+per stage (embed, route, upstream, vote), fallbacks, samples and tokens per model, vote shares.
+
+Each app has its own registry (several apps in one process stay apart). With several uvicorn
+workers, ``PROMETHEUS_MULTIPROC_DIR`` set by ``avengers serve`` makes ``/metrics`` add up every
+worker's values (prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+from avengers_store.answering.strategies import Answer
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_SHARE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "avengers_gateway_requests", "Requests answered, by path and status.",
+            ["path", "status"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "avengers_gateway_request_seconds", "Time to answer a request (to the last byte).",
+            ["path"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stages = Histogram(
+            "avengers_gateway_stage_seconds",
+            "Time per stage: embed (query embedding), route (the routing statement), upstream "
+            "(one model call), vote (extraction and voting).",
+            ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "avengers_gateway_in_flight", "Requests being answered.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.rejected = Counter(
+            "avengers_gateway_rejected", "Requests refused with 429 (in-flight limit).", registry=r
+        )
+        self.fallbacks = Counter(
+            "avengers_gateway_fallbacks", "Candidates that failed and were replaced, by model.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.samples = Counter(
+            "avengers_gateway_samples", "Completions drawn, by model.", ["model"], registry=r
+        )
+        self.tokens = Counter(
+            "avengers_gateway_tokens", "Tokens used, by model and kind (prompt, completion).",
+            ["model", "kind"], registry=r,
+        )  # fmt: skip
+        self.vote_share = Histogram(
+            "avengers_gateway_vote_share", "Share of valid votes the returned answer received.",
+            buckets=_SHARE_BUCKETS, registry=r,
+        )  # fmt: skip
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self.stages.labels(stage).observe(seconds)
+
+    def answered(self, answer: Answer) -> None:
+        for usage in answer.usage:
+            if usage.samples:
+                self.samples.labels(usage.model).inc(usage.samples)
+            self.tokens.labels(usage.model, "prompt").inc(usage.tokens_in)
+            self.tokens.labels(usage.model, "completion").inc(usage.tokens_out)
+        for fallback in answer.fallbacks:
+            self.fallbacks.labels(fallback.model).inc()
+        if answer.valid:
+            self.vote_share.observe(answer.share)
+
+    def exposition(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,77 @@
+"""Settings of one gateway (``avengers serve`` options), typed; the CLI parses, this holds."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import asdict, dataclass
+
+from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
+from avengers_store.answering.strategies import DEFAULT_THRESHOLD, STRATEGIES
+from avengers_store.errors import ConfigurationError
+
+ENV = "AVENGERS_GATEWAY_SETTINGS"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """``max_in_flight``: requests answered at once before 429; ``max_body_bytes``: larger
+    bodies get 400; ``samples``/``strategy``/``top_n``/``method``/``threshold``/``route_on``:
+    recipe defaults a request may override; ``max_tokens``: default completion cap;
+    ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
+    interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
+    call; ``grace_s``: how long shutdown waits for requests in flight."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    auth: bool = True
+    max_in_flight: int = 64
+    max_body_bytes: int = 1_000_000
+    samples: int = 1
+    strategy: str = "self-consistency"
+    top_n: int | None = None
+    method: str = "avengers"
+    threshold: float = DEFAULT_THRESHOLD
+    route_on: str = "last_user"
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    session_ttl_s: float = 3600.0
+    keepalive_s: float = 5.0
+    upstream_timeout_s: float = 120.0
+    upstream_retries: int = 2
+    grace_s: float = 30.0
+    pool_size: int = 16
+    embed_threads: int | None = 1
+    database_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigurationError(f"unknown strategy {self.strategy!r}")
+        if self.route_on not in ("last_user", "conversation"):
+            raise ConfigurationError("route_on must be last_user or conversation")
+        for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.auth and not is_loopback(self.host):
+            raise ConfigurationError(
+                f"--no-auth is only allowed on a loopback address, not {self.host}: create a key "
+                "with `avengers keys create NAME` instead"
+            )
+
+    def to_env(self) -> str:
+        """JSON for worker processes (holds no secret: the database URL comes from the
+        environment unless given, and a given one is the operator's own)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, text: str) -> GatewaySettings:
+        return cls(**json.loads(text))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,251 @@
+"""What the gateway (``avengers serve``) costs, on loopback only, bounded in requests and time.
+
+(a) ``POST /v1/chat/completions`` (model "avengers", one sample) over a direct call to the same
+    llama.cpp server (xllamacpp serving SmolLM2-135M in this process) with the same messages,
+    temperature 0 and max_tokens: at 1, 8 and 32 concurrent clients, each client alternating the
+    two calls (order swapped every pair, numbered questions so llama.cpp's prompt cache favours
+    neither); the figure is the distribution of paired differences (p50, p99). The gateway embeds
+    the question (included); its mean embedding time is read from its own /metrics.
+(b) ``POST /v1/route`` requests/s at 32 concurrent clients, against a floor measured in the same
+    run: the same app and framework answering one ``SELECT 1`` from the same pool
+    (bench/gateway_app.py adds that route). (c) with the embedding excluded (a vector in the
+    request) and included (a text). Rounds alternate floor / vector / text; medians over rounds.
+
+The gateway runs as its own process (bench/gateway_app.py = the app of ``avengers serve``), the
+load comes from httpx in this one. Targets: (a) p50 overhead <= 5 ms + the embedding at one
+client, p99 overhead <= 3x p50 at 32; (b) vector >= 0.5x the floor.
+
+Example:
+    .venv/bin/python bench/gateway.py
+    .venv/bin/python bench/gateway.py --pairs 20 --route-requests 400 --rounds 3
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+from _common import (
+    BENCH,
+    build_store,
+    describe_server,
+    finish,
+    fresh_database,
+    median,
+    parser,
+    percentile,
+    say,
+    serve_k,
+)
+
+from avengers_store.store import connections
+from avengers_store.testing import free_port, serve_smol
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a primary colour.",
+    "How many legs does a spider have?",
+    "What is 12 times 12?",
+    "Which planet is closest to the sun?",
+    "Who wrote Romeo and Juliet?",
+]
+
+
+def start_gateway(url: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "gateway_app.py"), "--port", str(port), "--url", url,
+         "--max-tokens", str(max_tokens)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited: {process.stderr.read()}")
+        try:
+            if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the gateway did not become ready in 120 s")
+
+
+def embed_totals(base: str) -> tuple[float, float]:
+    """(seconds, calls) the gateway spent embedding so far, from its /metrics."""
+    text = httpx.get(base + "/metrics").text
+    total = re.search(r'avengers_gateway_stage_seconds_sum\{stage="embed"\} (\S+)', text)
+    count = re.search(r'avengers_gateway_stage_seconds_count\{stage="embed"\} (\S+)', text)
+    return (float(total.group(1)), float(count.group(1))) if total and count else (0.0, 0.0)
+
+
+def embed_mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Mean time a request waited for its embedding between two readings (ms)."""
+    calls = after[1] - before[1]
+    return (after[0] - before[0]) / calls * 1000.0 if calls else float("nan")
+
+
+async def overhead(base: str, llm: str, clients: int, pairs: int, max_tokens: int) -> dict:
+    """Paired (gateway - direct) latencies with ``clients`` concurrent clients."""
+    diffs: list[float] = []
+    gateway_ms: list[float] = []
+    direct_ms: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=2 * clients + 4)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+
+        async def call(url: str, body: dict) -> float:
+            t0 = time.perf_counter()
+            response = await http.post(url, json=body)
+            response.raise_for_status()
+            return (time.perf_counter() - t0) * 1000.0
+
+        async def client(c: int) -> None:
+            nonlocal errors
+            for i in range(pairs + 1):  # the first pair warms the connections up
+                question = f"{QUESTIONS[(c + i) % len(QUESTIONS)]} (#{c}-{i})"
+                messages = [{"role": "user", "content": question}]
+                common = {"messages": messages, "temperature": 0.0, "max_tokens": max_tokens}
+                via = (base + "/v1/chat/completions", {"model": "avengers", **common})
+                direct = (llm + "/chat/completions", {"model": "smol", **common})
+                try:
+                    if (c + i) % 2:
+                        d, g = await call(*direct), await call(*via)
+                    else:
+                        g, d = await call(*via), await call(*direct)
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                if i:
+                    diffs.append(g - d)
+                    gateway_ms.append(g)
+                    direct_ms.append(d)
+
+        await asyncio.gather(*(client(c) for c in range(clients)))
+    return {
+        "clients": clients,
+        "pairs": len(diffs),
+        "errors": errors,
+        "overhead_ms_p50": round(percentile(diffs, 50), 2),
+        "overhead_ms_p99": round(percentile(diffs, 99), 2),
+        "gateway_ms_p50": round(percentile(gateway_ms, 50), 1),
+        "direct_ms_p50": round(percentile(direct_ms, 50), 1),
+    }
+
+
+async def throughput(url: str, bodies: list[dict | None], clients: int) -> float:
+    """Requests/s answering ``bodies`` (None: GET) with ``clients`` concurrent clients."""
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        queue = list(range(len(bodies)))
+
+        async def client() -> None:
+            while queue:
+                body = bodies[queue.pop()]
+                if body is None:
+                    response = await http.get(url)
+                else:
+                    response = await http.post(url, json=body)
+                response.raise_for_status()
+
+        await asyncio.gather(*(client() for _ in range(clients)))  # warm-up round
+        queue = list(range(len(bodies)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return len(bodies) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--pairs", type=int, nargs=3, default=[30, 6, 3],
+                    help="pairs per client at 1, 8 and 32 clients")  # fmt: skip
+    ap.add_argument("--route-requests", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    with fresh_database("gateway") as url, serve_smol() as endpoint:
+        server = describe_server(url)
+        with connections.connect(url) as conn:
+            store = build_store(conn, n_queries=2000, n_blobs=16, n_models=4, seed=args.seed)
+            conn.execute(
+                "UPDATE avengers.models SET endpoint = %s, served_name = %s",
+                (endpoint.base_url, endpoint.served_name),
+            )
+            serve_k(conn, store, 16, args.seed)
+            conn.commit()
+        rng = np.random.default_rng(args.seed)
+        vectors = store.vectors[rng.choice(len(store.vectors), 64, replace=False)].tolist()
+        process, base = start_gateway(url, args.max_tokens)
+        try:
+            say(f"gateway {base} (bench/gateway_app.py) in front of SmolLM2 at {endpoint.base_url}")
+            by_clients = []
+            for clients, pairs in zip((1, 8, 32), args.pairs, strict=True):
+                before = embed_totals(base)
+                r = asyncio.run(overhead(base, endpoint.base_url, clients, pairs, args.max_tokens))
+                r["embed_ms_mean"] = round(embed_mean_ms(before, embed_totals(base)), 1)
+                by_clients.append(r)
+                say(
+                    f"(a) {clients:>2} clients, {r['pairs']} pairs: overhead p50 "
+                    f"{r['overhead_ms_p50']:.1f} ms, p99 {r['overhead_ms_p99']:.1f} ms (gateway "
+                    f"p50 {r['gateway_ms_p50']:.0f} ms, direct {r['direct_ms_p50']:.0f} ms; "
+                    f"embedding mean {r['embed_ms_mean']:.1f} ms; {r['errors']} errors)"
+                )
+            embed_ms = by_clients[0]["embed_ms_mean"]
+            n = args.route_requests
+            floor_bodies: list[dict | None] = [None] * n
+            vector_bodies = [{"vector": vectors[i % 64], "top_n": 3} for i in range(n)]
+            text_bodies = [
+                {"input": f"{QUESTIONS[i % len(QUESTIONS)]} #{i}", "top_n": 3} for i in range(n)
+            ]
+            rounds: dict[str, list[float]] = {"floor": [], "vector": [], "text": []}
+            for _ in range(args.rounds):
+                rounds["floor"].append(
+                    asyncio.run(throughput(base + "/bench/select1", floor_bodies, 32))
+                )
+                rounds["vector"].append(
+                    asyncio.run(throughput(base + "/v1/route", vector_bodies, 32))
+                )
+                rounds["text"].append(asyncio.run(throughput(base + "/v1/route", text_bodies, 32)))
+            rps = {k: round(median(v), 1) for k, v in rounds.items()}
+            say(
+                f"(b) /v1/route at 32 clients: vector {rps['vector']:.0f}/s, text "
+                f"{rps['text']:.0f}/s; floor (SELECT 1 through the same app) {rps['floor']:.0f}/s"
+                f" -> ratios {rps['vector'] / rps['floor']:.2f} / {rps['text'] / rps['floor']:.2f}"
+            )
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    one, _, many = by_clients
+    met_a1 = one["overhead_ms_p50"] <= 5.0 + embed_ms
+    met_a32 = many["overhead_ms_p99"] <= 3.0 * many["overhead_ms_p50"]
+    met_b = rps["vector"] >= 0.5 * rps["floor"]
+    finish(
+        "gateway",
+        {
+            "llm": "SmolLM2-135M-Instruct Q4_1 via xllamacpp, 1 thread, 4 slots",
+            "max_tokens": args.max_tokens,
+            "overhead": by_clients,
+            "embed_ms_mean_1_client": embed_ms,
+            "overhead_minus_embedding_ms_p50_1_client": round(one["overhead_ms_p50"] - embed_ms, 2),
+            "route_rps": rps,
+            "route_ratio_vector": round(rps["vector"] / rps["floor"], 3),
+            "route_ratio_text": round(rps["text"] / rps["floor"], 3),
+            "met": {"a_p50_1_client": met_a1, "a_p99_32_clients": met_a32, "b_route": met_b},
+            "server": server,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""``avengers serve``: the OpenAI-compatible routing gateway."""
+
+from __future__ import annotations
+
+import click
+from avengers_store.cli import options
+from avengers_store.cli.commands import Command
+
+from avengers_store.answering.strategies import DEFAULT_THRESHOLD, STRATEGIES
+from avengers_store.errors import ConfigurationError
+from avengers_store.gateway.settings import GatewaySettings
+
+
+@click.command("serve", cls=Command)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="TCP port to listen on.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (each with its own pools and embedder).")  # fmt: skip
+@click.option("--no-auth", is_flag=True,
+              help="Accept requests without an API key (loopback addresses only).")  # fmt: skip
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests answered at once per worker; more get 429 with Retry-After.")  # fmt: skip
+@click.option("--samples", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Default samples per request (a request's 'samples' overrides it).")  # fmt: skip
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="self-consistency",
+              show_default=True, help="Default strategy.")  # fmt: skip
+@click.option("--top-n", type=click.IntRange(1, 16),
+              help="Default ranked candidates per request (default 3).")  # fmt: skip
+@options.method
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True),
+              default=DEFAULT_THRESHOLD, show_default=True,
+              help="Model-Switch vote-share threshold.")  # fmt: skip
+@click.option("--route-on", type=click.Choice(["last_user", "conversation"]),
+              default="last_user", show_default=True,
+              help="Route on the last user message or the whole conversation.")  # fmt: skip
+@options.max_tokens
+@click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+              show_default=True, help="Seconds per model call (between chunks when streaming).")  # fmt: skip
+@click.option("--upstream-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Retries of a failing model call before falling back.")  # fmt: skip
+@click.option("--session-ttl", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Seconds a conversation keeps the model of its first turn.")  # fmt: skip
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds SIGTERM waits for requests in flight.")  # fmt: skip
+@click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Largest request body in bytes.")  # fmt: skip
+def command(
+    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, threshold,
+    route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl, grace, max_body,
+) -> None:  # fmt: skip
+    """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
+    model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
+
+    Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
+    loopback address allows. GET /health, /ready and /metrics need no key.
+
+    \b
+    Example:
+      avengers keys create my-app
+      avengers serve --host 0.0.0.0 --port 8080 --workers 2
+      curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $KEY" \\
+        -H 'Content-Type: application/json' \\
+        -d '{"model": "avengers", "messages": [{"role": "user", "content": "What is 7*6?"}]}'
+    """
+    from avengers_store.gateway import server
+
+    try:
+        settings = GatewaySettings(
+            host=host,
+            port=port,
+            workers=workers,
+            auth=not no_auth,
+            max_in_flight=max_in_flight,
+            max_body_bytes=max_body,
+            samples=samples,
+            strategy=strategy,
+            top_n=top_n,
+            method=method,
+            threshold=threshold,
+            route_on=route_on,
+            max_tokens=max_tokens,
+            session_ttl_s=session_ttl,
+            upstream_timeout_s=upstream_timeout,
+            upstream_retries=upstream_retries,
+            grace_s=grace,
+        )
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    server.run(settings)
