@@ -7,7 +7,7 @@ against the best single model.
 A routed query's cost is what the outcome row measured (``cost`` per sample, else its
 ``tokens_in`` and ``tokens_out`` per sample at the model's prices), else the cost model's
 estimate from the query's length (``avengers.expected_cost``, sql/025_costs.sql) — the same
-figure for routing and for the single models. Costs are per 1,000 queries, macro over the
+figure for routing and for the single models. Costs are per 1M queries, macro over the
 group's datasets like the quality.
 """
 
@@ -29,7 +29,7 @@ from avengers_store.evaluation.results import (
     Stat,
 )
 
-COST_UNIT = "per 1,000 queries"
+COST_UNIT = "per 1M queries"
 
 # Per (test query, active model): the cost of answering it, from the outcome row when it
 # measured one, else the store's cost model on the query's text.
@@ -114,7 +114,7 @@ def summarise(
             for g, members in groups.items()
         }
         cost = {
-            g: Stat.of(_macro(rp, names, s.costs[alpha], members) * 1000 for s in seeds_routes)
+            g: Stat.of(_macro(rp, names, s.costs[alpha], members) * 1e6 for s in seeds_routes)
             for g, members in groups.items()
         }
         picked = np.concatenate([s.picks[alpha] for s in seeds_routes])
@@ -127,7 +127,7 @@ def summarise(
         SinglePoint(
             m,
             {g: _macro(rp, names, Y0[:, j], members) * 100 for g, members in groups.items()},
-            {g: _macro(rp, names, C[:, j], members) * 1000 for g, members in groups.items()},
+            {g: _macro(rp, names, C[:, j], members) * 1e6 for g, members in groups.items()},
         )
         for j, m in enumerate(rp.models)
     )
@@ -158,11 +158,18 @@ def non_dominated(
     keep = [
         (cost, -quality, label)
         for label, quality, cost in labelled
-        if not any(
-            q2 >= quality and c2 <= cost and (q2 > quality or c2 < cost) for _, q2, c2 in labelled
-        )
+        if not any(_beats(q2, c2, quality, cost) for _, q2, c2 in labelled)
     ]
     return tuple(label for _, _, label in sorted(keep))
+
+
+def _beats(q2: float, c2: float, quality: float, cost: float) -> bool:
+    """(q2, c2) no worse on both and better on one. Means over seeds differ from a single
+    model's figure in their last bits even when every seed routed the same way, so values
+    within 1e-9 (relative) count as equal."""
+    q_tol, c_tol = 1e-9 * max(abs(quality), 1.0), 1e-9 * max(abs(cost), 1e-12)
+    no_worse = q2 >= quality - q_tol and c2 <= cost + c_tol
+    return no_worse and (q2 > quality + q_tol or c2 < cost - c_tol)
 
 
 def _best(singles: Sequence[SinglePoint], name: str) -> SinglePoint:

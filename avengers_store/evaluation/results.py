@@ -93,7 +93,7 @@ class Sweep:
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """Routing at one trade-off α: quality (macro ×100) and cost per 1,000 queries (macro over
+    """Routing at one trade-off α: quality (macro ×100) and cost per 1M queries (macro over
     the same datasets) per group, mean ± std over seeds; ``shares``: fraction of the group's
     test queries routed to each model (all seeds)."""
 
@@ -105,7 +105,7 @@ class FrontierPoint:
 
 @dataclass(frozen=True)
 class SinglePoint:
-    """Always the same model: quality (macro ×100) and cost per 1,000 queries per group."""
+    """Always the same model: quality (macro ×100) and cost per 1M queries per group."""
 
     model: str
     quality: dict[str, float]

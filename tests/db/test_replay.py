@@ -289,7 +289,7 @@ def test_frontier_of_trade_offs(tiny):
         want = np.mean(
             [np.mean([_text_cost(price, t) for t in by_set[n]]) for n in ("alpha", "beta")]
         )
-        assert singles[model].cost["id"] == pytest.approx(want * 1000)
+        assert singles[model].cost["id"] == pytest.approx(want * 1e6)
     assert singles["m2"].quality["id"] == 75.0 and singles["m1"].quality["id"] == 75.0
     # m2 is cheapest and as good as any single model: it dominates them all.
     assert "m2" in f.non_dominated and "m1" not in f.non_dominated and "m3" not in f.non_dominated
@@ -305,7 +305,7 @@ def test_frontier_of_trade_offs(tiny):
     beta_costs = [_text_cost(2.0, t) for t in beta_texts]
     beta_costs[[i for i, t in enumerate(beta_texts)][0]] = 0.002  # the measured row, per sample
     want = np.mean([np.mean([_text_cost(2.0, t) for t in by_set["alpha"]]), np.mean(beta_costs)])
-    assert m3.cost["id"] == pytest.approx(want * 1000)
+    assert m3.cost["id"] == pytest.approx(want * 1e6)
 
 
 def test_cli_frontier_json_table_and_png(tiny, cli_env, tmp_path, monkeypatch):
