@@ -225,10 +225,10 @@ class AvengersClient:
         vector's text length (a text's own length is used); ``completions``: answers the request
         will draw (its expected cost counts them)."""
         chosen = routing.routing_method(method) if method is not None else self.method
-        policy = routing.cost_policy(tradeoff, max_cost, completions)
-        chars = core.prompt_chars([query], None if prompt_chars is None else [prompt_chars])[0]
-        options = {"require_endpoint": require_endpoint, "method": chosen, "policy": policy,
-                   "prompt_chars": chars}  # fmt: skip
+        options: dict[str, Any] = {"require_endpoint": require_endpoint, "method": chosen}
+        if tradeoff is not None or max_cost is not None:  # a plain route skips all of this
+            options["policy"] = routing.cost_policy(tradeoff, max_cost, completions)
+            options["prompt_chars"] = len(query) if isinstance(query, str) else prompt_chars
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
             return routing.route_vector(conn, query, top_n, **options)

@@ -442,16 +442,14 @@ END;
 COMMENT ON FUNCTION avengers.neighbourhood(vector, integer, double precision, double precision, integer) IS
   'Nearest centroid, its distance and the neighbours'' weights (sparsevec over clusters) of a normalised query in the active clustering''s routing_centroids: the part route_pooled and route_many share.';
 
--- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
--- eligible model still gets one row (model NULL); with no active clustering every query gets one
--- row with cluster NULL. work_mem: the ranking sorts (query x model) rows, 80,000 for 10,000
--- vectors and 8 models, which spill to disk at the default 4 MB.
-CREATE FUNCTION avengers.route_many(
-  queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
-  neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
-  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0,
-  tradeoff double precision DEFAULT NULL, max_cost double precision DEFAULT NULL,
-  prompt_chars integer[] DEFAULT NULL, completions integer DEFAULT 1)
+-- Batch routing with a trade-off or a cost ceiling, on the served path (route_many's body with
+-- each candidate's expected cost, then the trade-off's rule). A function of its own, with a SET
+-- clause, so that route_many and route call it as one node and a plain route does not pay for
+-- setting up its plan. No rows when the served path does not apply (routing_state.pooled false).
+CREATE FUNCTION avengers.route_many_costed(
+  queries vector[], top_n integer, require_endpoint boolean, neighbours integer,
+  temperature double precision, shrinkage double precision, tradeoff double precision,
+  max_cost double precision, prompt_chars integer[], completions integer)
 RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
@@ -460,7 +458,7 @@ BEGIN ATOMIC
   WITH st AS MATERIALIZED (
     SELECT s.clustering_id, s.dimension, s.clusters, s.rho, s.mean_chars
     FROM avengers.routing_state s
-    WHERE s.pooled AND dataset_prior = 0
+    WHERE s.pooled AND avengers.cost_arguments_valid(tradeoff, max_cost, completions)
   ),
   -- MATERIALIZED: each query checked and normalised once, not once per centroid.
   q AS MATERIALIZED (
@@ -477,9 +475,7 @@ BEGIN ATOMIC
     FROM q CROSS JOIN st
     CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
   ),
-  -- NOT MATERIALIZED: read by both branches below, inlined into each (the plain one reads only
-  -- its score columns).
-  scored AS NOT MATERIALIZED (
+  scored AS (
     SELECT rt.ord, rm.model_id, rm.tie_rank, rt.weights,
            avengers.pooled_score(-(rm.score_sums <#> rt.weights), -(rm.ns <#> rt.weights),
                                  rm.prior_score, shrinkage, 0, NULL) AS score,
@@ -488,18 +484,8 @@ BEGIN ATOMIC
     CROSS JOIN avengers.routing_models rm
     WHERE avengers.model_eligible(rm.active, rm.endpoint, require_endpoint)
   ),
-  ranked AS (
-    SELECT w.* FROM (
-      SELECT sc.ord, sc.model_id, sc.score,
-             row_number() OVER (PARTITION BY sc.ord ORDER BY sc.score DESC, sc.tie_rank) AS rank
-      FROM scored sc
-      -- Without a prior (shrinkage = 0) a model needs outcomes near the query (tested first,
-      -- so that wn's inner product is computed only then).
-      WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS w
-    WHERE w.rank <= top_n
-  ),
-  -- The cost-aware branch: each candidate's expected cost from the neighbourhood's measured
-  -- tokens and costs (routing_costs, pooled like the scores), then the trade-off's rule.
+  -- Each candidate's expected cost from the neighbourhood's measured tokens and costs
+  -- (routing_costs, pooled like the scores).
   costed AS (
     SELECT sc.ord, sc.model_id, sc.tie_rank, sc.score, sc.wn,
            avengers.expected_cost(
@@ -540,6 +526,74 @@ BEGIN ATOMIC
   )
   SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
          r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, m.overall_score,
+         m.endpoint, m.served_name, m.api_key_env, r.score, r.cost, NOT r.fits, r.utility
+  FROM routed rt
+  CROSS JOIN st
+  LEFT JOIN (traded r JOIN avengers.routing_models m ON m.model_id = r.model_id) ON r.ord = rt.ord
+  LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
+  ORDER BY 1, 5;
+END;
+COMMENT ON FUNCTION avengers.route_many_costed(vector[], integer, boolean, integer, double precision, double precision, double precision, double precision, integer[], integer) IS
+  'route_many''s served path with a trade-off or a cost ceiling (what route_many and route call when tradeoff or max_cost is given): each candidate''s expected cost, ranked by the trade-off among those within max_cost. No rows when routing_state.pooled is false.';
+
+-- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
+-- eligible model still gets one row (model NULL); with no active clustering every query gets one
+-- row with cluster NULL. work_mem: the ranking sorts (query x model) rows, 80,000 for 10,000
+-- vectors and 8 models, which spill to disk at the default 4 MB. Three branches behind one-time
+-- filters, only one of which runs: the plain served path (below), route_many_costed, and
+-- route_many_general.
+CREATE FUNCTION avengers.route_many(
+  queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
+  neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
+  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0,
+  tradeoff double precision DEFAULT NULL, max_cost double precision DEFAULT NULL,
+  prompt_chars integer[] DEFAULT NULL, completions integer DEFAULT 1)
+RETURNS SETOF avengers.route_row
+LANGUAGE sql STABLE
+SET plan_cache_mode = force_generic_plan
+SET work_mem = '64MB'
+BEGIN ATOMIC
+  WITH st AS MATERIALIZED (
+    SELECT s.clustering_id, s.dimension, s.clusters, s.rho
+    FROM avengers.routing_state s
+    WHERE s.pooled AND dataset_prior = 0
+  ),
+  -- MATERIALIZED: each query checked and normalised once, not once per centroid.
+  q AS MATERIALIZED (
+    SELECT x.ord::integer AS ord, l2_normalize(x.v) AS u
+    FROM st CROSS JOIN unnest(queries) WITH ORDINALITY AS x(v, ord)
+    WHERE CASE WHEN x.v IS NOT NULL AND vector_dims(x.v) = st.dimension THEN true
+               ELSE avengers.query_dimension_error(st.dimension, st.clustering_id, x.ord::integer)
+          END
+  ),
+  -- Per query, in one pass over its L nearest centroids: the nearest (ties: lower cluster) and
+  -- the neighbours' weights as one sparsevec literal.
+  routed AS MATERIALIZED (
+    SELECT q.ord, p.cluster, p.distance, p.weights
+    FROM q CROSS JOIN st
+    CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
+  ),
+  scored AS (
+    SELECT rt.ord, rm.model_id, rm.tie_rank,
+           avengers.pooled_score(-(rm.score_sums <#> rt.weights), -(rm.ns <#> rt.weights),
+                                 rm.prior_score, shrinkage, 0, NULL) AS score,
+           -(rm.ns <#> rt.weights) AS wn
+    FROM routed rt
+    CROSS JOIN avengers.routing_models rm
+    WHERE avengers.model_eligible(rm.active, rm.endpoint, require_endpoint)
+  ),
+  ranked AS (
+    SELECT w.* FROM (
+      SELECT sc.ord, sc.model_id, sc.score,
+             row_number() OVER (PARTITION BY sc.ord ORDER BY sc.score DESC, sc.tie_rank) AS rank
+      FROM scored sc
+      -- Without a prior (shrinkage = 0) a model needs outcomes near the query (tested first,
+      -- so that wn's inner product is computed only then).
+      WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS w
+    WHERE w.rank <= top_n
+  )
+  SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
+         r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, m.overall_score,
          m.endpoint, m.served_name, m.api_key_env, r.score,
          NULL::double precision, NULL::boolean, NULL::double precision
   FROM routed rt
@@ -550,15 +604,10 @@ BEGIN ATOMIC
   LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
   WHERE tradeoff IS NULL AND max_cost IS NULL
   UNION ALL
-  SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
-         r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, m.overall_score,
-         m.endpoint, m.served_name, m.api_key_env, r.score, r.cost, NOT r.fits, r.utility
-  FROM routed rt
-  CROSS JOIN st
-  LEFT JOIN (traded r JOIN avengers.routing_models m ON m.model_id = r.model_id) ON r.ord = rt.ord
-  LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
-  WHERE (tradeoff IS NOT NULL OR max_cost IS NOT NULL)
-    AND avengers.cost_arguments_valid(tradeoff, max_cost, completions)
+  SELECT c.*
+  FROM avengers.route_many_costed(queries, top_n, require_endpoint, neighbours, temperature,
+                                  shrinkage, tradeoff, max_cost, prompt_chars, completions) AS c
+  WHERE (tradeoff IS NOT NULL OR max_cost IS NOT NULL) AND EXISTS (SELECT FROM st)
   UNION ALL
   SELECT g.*
   FROM avengers.route_many_general(queries, top_n, require_endpoint, neighbours, temperature,
@@ -612,7 +661,7 @@ BEGIN ATOMIC
              ELSE avengers.query_dimension_error(st.dimension, st.clustering_id) END
     AND tradeoff IS NULL AND max_cost IS NULL
   UNION ALL
-  -- The cost-aware branch (route_many's, for one query).
+  -- The cost-aware branch (route_many_costed's, for one query, inlined with the plain one).
   SELECT 1, st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
          cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
          r.endpoint, r.served_name, r.api_key_env, r.score, r.cost, NOT r.fits, r.utility
@@ -681,16 +730,23 @@ BEGIN ATOMIC
     SELECT coalesce((SELECT s.pooled FROM avengers.routing_state s), false)
            AND dataset_prior = 0 AS pooled
   )
+  -- route_pooled with the plain arguments only: its cost-aware branch is left out of this plan,
+  -- which a cost-aware route reaches through route_many (one node, planned in that function).
   SELECT r.*
   FROM avengers.route_pooled(query, top_n, require_endpoint, neighbours, temperature,
-                             shrinkage, tradeoff, max_cost, prompt_chars, completions) AS r
-  WHERE (SELECT v.pooled FROM served v)
+                             shrinkage) AS r
+  WHERE (SELECT v.pooled FROM served v) AND tradeoff IS NULL AND max_cost IS NULL
+  UNION ALL
+  SELECT c.*
+  FROM avengers.route_many(ARRAY[query], top_n, require_endpoint, neighbours, temperature,
+                           shrinkage, dataset_prior, tradeoff, max_cost, ARRAY[prompt_chars],
+                           completions) AS c
+  WHERE tradeoff IS NOT NULL OR max_cost IS NOT NULL
   UNION ALL
   SELECT g.*
   FROM avengers.route_many_general(ARRAY[query], top_n, require_endpoint, neighbours,
-                                   temperature, shrinkage, dataset_prior, tradeoff, max_cost,
-                                   ARRAY[prompt_chars], completions) AS g
-  WHERE NOT (SELECT v.pooled FROM served v)
+                                   temperature, shrinkage, dataset_prior) AS g
+  WHERE NOT (SELECT v.pooled FROM served v) AND tradeoff IS NULL AND max_cost IS NULL
   ORDER BY 5;
 END;
 COMMENT ON FUNCTION avengers.route(vector, integer, boolean, integer, double precision, double precision, double precision, double precision, double precision, integer, integer) IS

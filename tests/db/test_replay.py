@@ -324,6 +324,10 @@ def test_cli_frontier_json_table_and_png(tiny, cli_env, tmp_path, monkeypatch):
         frontier = data["frontier"]
         assert frontier["matches_plain"] is True
         assert frontier["points"][-1]["quality"]["id"]["mean"] == data["id_macro"]
+        assert (
+            frontier["points"][-1]["quality"]["id"]["values"]
+            == data["groups"]["id"]["routed"]["values"]
+        )
         assert frontier["plot"] == "frontier.png"
         assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         table = run_cli(

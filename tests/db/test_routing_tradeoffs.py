@@ -335,3 +335,25 @@ def test_route_log_usage_feeds_the_completion_tokens(store, conn):
     )  # fmt: skip
     five = next(c for c in d.candidates if c.model == "model-5")
     assert five.expected_cost == pytest.approx(0.3 * 100 / 1e6)  # price_out x 400 / 4 tokens
+
+
+def test_unprepared_cost_aware_route_goes_through_avengers_route(store, conn):
+    policy = routing.cost_policy(0.4, max_cost=3e-4)
+    prepared = [
+        routing.route_vector(conn, q, 3, policy=policy, prompt_chars=50) for q in store[:20]
+    ]
+    threshold = conn.prepare_threshold
+    conn.prepare_threshold = None
+    try:
+        unprepared = [
+            routing.route_vector(conn, q, 3, policy=policy, prompt_chars=50) for q in store[:20]
+        ]
+    finally:
+        conn.prepare_threshold = threshold
+    for a, b in zip(prepared, unprepared, strict=True):
+        assert [(c.model, c.over_budget) for c in a.candidates] == [
+            (c.model, c.over_budget) for c in b.candidates
+        ]
+        for x, y in zip(a.candidates, b.candidates, strict=True):
+            assert x.expected_cost == pytest.approx(y.expected_cost, rel=1e-12)
+            assert x.utility == pytest.approx(y.utility, abs=1e-12)
