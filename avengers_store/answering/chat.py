@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -55,7 +55,25 @@ class Endpoint:
         return base + "/chat/completions"
 
     def describe(self) -> str:
-        return f"model {self.model!r} ({self.served_name} at {self.chat_url})"
+        """How messages and logs name the endpoint: never with credentials from its URL."""
+        return f"model {self.model!r} ({self.served_name} at {without_userinfo(self.chat_url)})"
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without any ``user:password@`` part. The store refuses such URLs, but one can
+    still reach the client directly (an ``Endpoint`` built by hand)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _without_credentials(text: str, url: str) -> str:
+    """``text`` (e.g. a transport error) with the credentials of ``url`` taken out."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if not userinfo:
+        return text
+    return text.replace(userinfo + "@", "").replace(userinfo, "***")
 
 
 @dataclass(frozen=True)
@@ -271,7 +289,8 @@ class ChatClient:
                 last_problem = f"timed out after {self.timeout:g} s ({type(exc).__name__})"
                 continue
             except httpx.TransportError as exc:
-                last_problem = f"connection failed ({type(exc).__name__}: {exc})"
+                reason = _without_credentials(str(exc), url)
+                last_problem = f"connection failed ({type(exc).__name__}: {reason})"
                 continue
             status = response.status_code
             if status >= 500 or status in _RETRYABLE_STATUS:

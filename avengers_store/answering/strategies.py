@@ -140,7 +140,7 @@ def answer(
     if not candidates:
         raise AllEndpointsFailed(
             "no candidate endpoints to ask: the routed models have no endpoint configured "
-            "(set one with `avengers models add NAME --endpoint URL`)."
+            "(set one with `avengers models set NAME --endpoint URL`)."
         )
     own_client = client is None
     chat = client or ChatClient()

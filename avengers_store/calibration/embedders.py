@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from avengers_store.errors import ConfigurationError, EndpointError
+from avengers_store.ingest.model_pool import check_endpoint
 from avengers_store.store import config
 
 MINILM = "all-MiniLM-L6-v2"
@@ -258,7 +259,8 @@ def parse_openai_name(name: str) -> tuple[str, str]:
             f"embedder {name!r}: write an OpenAI-compatible embedder as "
             "openai:<base_url>#<model>, e.g. openai:http://vllm-embed:8000/v1#gte-Qwen2-7B-instruct"
         )
-    return base_url, model
+    # The name is stored (embedding_spaces.embedder): the URL must carry no credentials.
+    return check_endpoint(base_url, parameter="embedder"), model
 
 
 def get_embedder(name: str | None = None, **params: Any) -> Embedder:
