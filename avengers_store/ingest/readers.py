@@ -19,6 +19,7 @@ import io
 import json
 import math
 import re
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -283,19 +284,31 @@ def csv_header(path: Path, delim: str) -> list[str]:
                 f"the header row is not valid CSV: {exc}", location=f"{path} line 1"
             ) from None
     where = f"{path} header"
+    if not header:
+        raise InputError(
+            "the first line is empty: it must name the columns", location=f"{path} line 1"
+        )
     for position, name in enumerate(header):
         if _SURROGATE.search(name):
             raise InputError(f"column {position + 1} is not valid UTF-8", location=where)
+        if NUL in name:
+            raise InputError(
+                f"the name of column {position + 1} holds a NUL character (\\x00)", location=where
+            )
         if not name.strip():
             raise InputError(f"column {position + 1} has no name", location=where)
-    seen: dict[str, int] = {}
+    # DuckDB matches column names without regard to case: 'Score' and 'score' would collide.
+    seen: dict[str, tuple[int, str]] = {}
     for position, name in enumerate(header):
-        if name in seen:
+        key = name.casefold()
+        if key in seen:
+            first, spelled = seen[key]
+            same = "appears twice" if spelled == name else f"and {spelled!r} differ only in case"
             raise InputError(
-                f"column name {name!r} appears twice (columns {seen[name] + 1} and {position + 1})",
+                f"column name {name!r} {same} (columns {first + 1} and {position + 1})",
                 location=where,
             )
-        seen[name] = position
+        seen[key] = (position, name)
     return header
 
 
@@ -310,11 +323,23 @@ def _binary(path: Path) -> Iterator[io.BufferedIOBase]:
 
 
 @contextmanager
-def _text(path: Path) -> Iterator[io.TextIOBase]:
+def _text(path: Path, newline: str = "") -> Iterator[io.TextIOBase]:
     """The file as text for Python's csv module: UTF-8 (a BOM is dropped, as DuckDB does), bad
-    bytes kept as surrogates so a scan can name the row that holds them."""
+    bytes kept as surrogates so a scan can name the row that holds them. ``newline`` "" accepts
+    any line ending; "\\n" or "\\r" ends lines there only."""
     with _binary(path) as raw:
-        yield io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        yield io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+
+
+def _line_ending(path: Path) -> str:
+    """How the file's first line ends, "\\n", "\\r\\n" or "\\r": DuckDB reads the whole file
+    with that ending, so a lone "\\r" elsewhere is a fault in a "\\n" file."""
+    with _binary(path) as raw:
+        head = raw.read(1 << 20)
+    cr, lf = head.find(b"\r"), head.find(b"\n")
+    if cr >= 0 and (lf < 0 or cr < lf):
+        return "\r\n" if head[cr + 1 : cr + 2] == b"\n" else "\r"
+    return "\n"
 
 
 def _unreadable(path: Path, kind: str, delim: str | None, exc: duckdb.Error) -> InputError:
@@ -322,21 +347,83 @@ def _unreadable(path: Path, kind: str, delim: str | None, exc: duckdb.Error) -> 
     else DuckDB's own first line."""
     fault = None
     if kind == "csv":
-        fault = _csv_fault(path, delim or ",")
+        fault = _csv_fault(path, delim or ",") or _first_row_duckdb_refuses(path, delim or ",")
     elif kind == "jsonl":
         fault = _jsonl_fault(path)
     if fault is None:
-        return InputError(f"cannot read the file: {_first_line(exc)}", location=str(path))
+        return _duckdb_error(path, exc)
     index, line, reason = fault
     where = f"{path} {row_label(index)} (line {line})" if index is not None else str(path)
     return InputError(reason, location=where)
 
 
+def _first_row_duckdb_refuses(path: Path, delim: str) -> tuple[int, int, str] | None:
+    """(index, line, reason) of the first record DuckDB cannot read, for faults Python's csv
+    module accepts (DuckDB is stricter about line endings): DuckDB reads ever longer prefixes of
+    the file, cut at the record starts Python finds, in a binary search."""
+    ending = _line_ending(path)
+    with _text(path, ending[-1]) as text:
+        lines = _Remembered(text)
+        reader = csv.reader(lines, delimiter=delim, quotechar='"', doublequote=True, strict=True)
+        try:
+            header = next(reader)
+            starts = []  # first line of each data record (1-based)
+            while True:
+                line = reader.line_num + 1
+                if next(reader):
+                    starts.append(line)
+        except (StopIteration, csv.Error):
+            pass
+    if not starts:
+        return None
+    with _binary(path) as raw:
+        data = raw.read()
+    split = b"\r" if ending == "\r" else b"\n"
+    physical = data.split(split)
+    call = (
+        "read_csv($1, "
+        + CSV_OPTIONS.format(
+            delim=_literal(delim),
+            columns="{" + ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in header) + "}",
+        )
+        + ")"
+    )
+
+    def refused(records: int) -> str | None:
+        end = starts[records] - 1 if records < len(starts) else len(physical)
+        with tempfile.NamedTemporaryFile(suffix=".csv") as part:
+            part.write(split.join(physical[:end]) + split)
+            part.flush()
+            con = duckdb.connect()
+            try:
+                con.execute(f"SELECT count(*) FROM {call}", [part.name]).fetchall()
+            except duckdb.Error as exc:
+                return _first_line(exc)
+            finally:
+                con.close()
+        return None
+
+    low, high = 1, len(starts)  # the smallest prefix (in records) that DuckDB refuses
+    if refused(high) is None:
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if refused(middle) is None:
+            low = middle + 1
+        else:
+            high = middle
+    reason = refused(high) or "DuckDB cannot read it"
+    return high - 1, starts[high - 1], f"DuckDB cannot read this row ({reason})"
+
+
 def _csv_fault(path: Path, delim: str) -> tuple[int, int, str] | None:
     """(index, line, reason) of the first malformed record: a quote left open, a field count
-    other than the header's, bytes that are not UTF-8. Blank lines are skipped, as DuckDB does."""
-    with _text(path) as text:
-        reader = csv.reader(text, delimiter=delim, quotechar='"', doublequote=True, strict=True)
+    other than the header's, bytes that are not UTF-8, line endings that change. Blank lines are
+    skipped, as DuckDB does."""
+    ending = _line_ending(path)
+    with _text(path, ending[-1]) as text:
+        lines = _Remembered(text)
+        reader = csv.reader(lines, delimiter=delim, quotechar='"', doublequote=True, strict=True)
         try:
             width = len(next(reader))
         except (StopIteration, csv.Error):
@@ -351,7 +438,22 @@ def _csv_fault(path: Path, delim: str) -> tuple[int, int, str] | None:
             except csv.Error as exc:
                 return index, line, _csv_reason(str(exc))
             if not record:
+                if ending == "\n" and "\r" in lines.last:
+                    return (
+                        index,
+                        line,
+                        "a carriage return (\\r) alone on a line: the file mixes line endings",
+                    )
                 continue
+            if _mixed_ending(lines.last, ending):
+                return (
+                    index,
+                    line,
+                    (
+                        f"the row ends its line with {_shown(lines.last)} but the file's first line "
+                        f"ends with {_shown(ending)}: the file mixes line endings"
+                    ),
+                )
             for position, field in enumerate(record):
                 if _SURROGATE.search(field):
                     return index, line, f"field {position + 1} is not valid UTF-8 text"
@@ -370,6 +472,49 @@ def _csv_fault(path: Path, delim: str) -> tuple[int, int, str] | None:
             index += 1
 
 
+def _mixed_ending(line: str, ending: str) -> bool:
+    """Whether a record's last line ends in a way DuckDB refuses for a file of ``ending``: a bare
+    "\\n" in a "\\r\\n" file, or "\\r\\n" after a closing quote in a "\\n" file."""
+    if ending == "\r\n":
+        return line.endswith("\n") and not line.endswith("\r\n")
+    return ending == "\n" and line.endswith('"\r\n')
+
+
+def _shown(line: str) -> str:
+    return "\\r\\n" if line.endswith("\r\n") else "\\n" if line.endswith("\n") else "\\r"
+
+
+class _Remembered:
+    """Lines of a text, remembering the last one handed out (the csv module hides them)."""
+
+    def __init__(self, text: Iterator[str]) -> None:
+        self.text = text
+        self.last = ""
+
+    def __iter__(self) -> _Remembered:
+        return self
+
+    def __next__(self) -> str:
+        self.last = next(self.text)
+        return self.last
+
+
+def _duckdb_error(path: Path, exc: duckdb.Error) -> InputError:
+    """DuckDB's own account of a fault the scan did not find: its reason line, and the line
+    number it gives (it counts records from the header on, blank lines included)."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    line = re.search(r"CSV Error on Line: (\d+)", lines[0] if lines else "")
+    if line is None:
+        return InputError(f"cannot read the file: {_first_line(exc)}", location=str(path))
+    # The reason is the last line before the blank one that precedes DuckDB's suggestions.
+    end = next((i for i, ln in enumerate(lines) if ln.startswith("Possible")), len(lines))
+    reason = next((ln for ln in reversed(lines[1:end]) if ln), "the row is malformed")
+    return InputError(
+        f"{reason.rstrip('.')} (as DuckDB reads it: line {line.group(1)} counting the header)",
+        location=f"{path} line {line.group(1)}",
+    )
+
+
 def _csv_reason(message: str) -> str:
     if "unexpected end of data" in message:
         return "a quote opened in this row is never closed"
@@ -377,6 +522,8 @@ def _csv_reason(message: str) -> str:
         # Python's csv stops a field at 128 KiB: in practice, a quote that swallowed the rows
         # after it.
         return "a quoted field starting in this row runs on for more than 128 KiB: is a quote left open?"
+    if "new-line character seen in unquoted field" in message:
+        return "a line break inside an unquoted field: the file mixes line endings (\\r and \\n)"
     if "expected after" in message:
         return 'text follows a closing quote (a quote inside a quoted field is written twice: "")'
     return f"not valid CSV: {message}"

@@ -89,6 +89,48 @@ def test_header_faults(tmp_path, content, message):
     assert refused(path) == message
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"ques\x00tion,split\nq,train\n", " header: the name of column 1 holds a NUL"),
+        (b"Split,question,split\nx,q,train\n", " header: column name 'split' and 'Split' differ"),
+    ],
+)
+def test_header_names_duckdb_cannot_take(tmp_path, content, message):
+    path = tmp_path / "names.csv"
+    path.write_bytes(content)
+    assert refused(path).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        # The header ends with \r\n, the rows with \n: DuckDB reads one ending per file.
+        (b"question,split\r\nq1,train\nq2,test\n", "data row 1 (line 2)"),
+        (b'question,split\n"q1",train\n"q2"\r\n', "data row 2 (line 3)"),
+        (b"question,split\nq1,train\n\r", "data row 2 (line 3)"),
+    ],
+)
+def test_mixed_line_endings_are_named(tmp_path, content, where):
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(content)
+    message = refused(path)
+    assert message.startswith(f" {where}: ") and "mixes line endings" in message, message
+
+
+def test_a_row_only_duckdb_refuses_is_found_by_bisection(tmp_path):
+    # Python's csv module reads "\r\r\n" as a line end; DuckDB refuses it. The row is still named.
+    path = tmp_path / "rr.csv"
+    path.write_bytes(b"split,question\ndev,c\ntest,y\ndev,\r\r\n")
+    assert refused(path).startswith(" data row 3 (line 4): DuckDB cannot read this row (")
+
+
+def test_an_empty_first_line_is_no_header(tmp_path):
+    path = tmp_path / "blank.csv"
+    path.write_bytes(b"\nquestion\nq\n")
+    assert refused(path) == " line 1: the first line is empty: it must name the columns"
+
+
 def test_a_semicolon_file_gets_a_hint(tmp_path):
     path = tmp_path / "semi.csv"
     path.write_text("question;split\nq1;train\n")
