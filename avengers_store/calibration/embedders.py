@@ -162,7 +162,8 @@ class OpenAIEmbedder(Embedder):
         dimension: int | None = None,
         request_batch: int = 64,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        # The name below is stored (embedding_spaces.embedder): no credentials may be in it.
+        self.base_url = check_endpoint(base_url, parameter="embedder").rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
@@ -259,8 +260,7 @@ def parse_openai_name(name: str) -> tuple[str, str]:
             f"embedder {name!r}: write an OpenAI-compatible embedder as "
             "openai:<base_url>#<model>, e.g. openai:http://vllm-embed:8000/v1#gte-Qwen2-7B-instruct"
         )
-    # The name is stored (embedding_spaces.embedder): the URL must carry no credentials.
-    return check_endpoint(base_url, parameter="embedder"), model
+    return base_url, model
 
 
 def get_embedder(name: str | None = None, **params: Any) -> Embedder:

@@ -75,6 +75,8 @@ def test_names_and_errors():
     assert "hunter2" not in str(info.value)
     with pytest.raises(InputError, match="^embedder: 'file:///models' is not an http"):
         get_embedder("openai:file:///models#gte")
+    with pytest.raises(InputError, match="^embedder: credentials"):
+        OpenAIEmbedder("https://bob:hunter2@vllm-embed/v1", "gte")
     space = Space(1, "all-MiniLM-L6-v2", 384, True, {"max_seq_length": 128, "normalize": True})
     rebuilt = embedder_for_space(space)
     assert rebuilt.name == "all-MiniLM-L6-v2" and rebuilt.max_seq_length == 128
