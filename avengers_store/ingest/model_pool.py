@@ -64,7 +64,7 @@ def check_endpoint(endpoint: str, parameter: str = "endpoint") -> str:
     if not value:
         raise InputError(
             "an endpoint must not be empty: give the base URL of an OpenAI-compatible API, "
-            "e.g. http://vllm:8000/v1 (to remove an endpoint, clear it)",
+            "e.g. http://vllm:8000/v1 (to remove one: `avengers models set NAME --clear-endpoint`)",
             location=parameter,
         )
     parts = urlsplit(value)
