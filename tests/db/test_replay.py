@@ -134,6 +134,37 @@ def test_rollback_leaves_the_store_unchanged(tiny):
         assert _state(c) == before
 
 
+def test_fraction_sweep_redraws_a_text_stored_in_both_splits(tiny):
+    with connections.connect(tiny) as c:
+        # A test copy of an alpha calibration text (as a benchmark with a leaked row loads).
+        qid = c.execute(
+            """INSERT INTO avengers.queries (dataset_id, text, split, content_hash, metadata)
+               SELECT dataset_id, text, 'test', content_hash, metadata FROM avengers.queries
+               WHERE text = 'alpha calibration question 0' RETURNING id"""
+        ).fetchone()[0]
+        c.execute(
+            "INSERT INTO avengers.query_embeddings (space_id, query_id, embedding) "
+            "SELECT space_id, %s, embedding FROM avengers.query_embeddings "
+            "WHERE query_id = (SELECT min(id) FROM avengers.queries "
+            "WHERE text = 'alpha calibration question 0')",
+            (qid,),
+        )
+        c.execute(
+            "INSERT INTO avengers.outcomes (query_id, model_id, score) SELECT %s, model_id, score "
+            "FROM avengers.outcomes WHERE query_id = (SELECT min(id) FROM avengers.queries "
+            "WHERE text = 'alpha calibration question 0')",
+            (qid,),
+        )
+        before = _state(c)
+        result = replay.evaluate(
+            k=2, seeds=(1, 2, 3), calibration_fractions=(0.3, 0.6, 0.9), conn=c
+        )
+        points = result.sweeps["calibration_fraction"].points
+        assert [p.value for p in points] == [0.3, 0.6, 0.9]
+        assert _state(c) == before
+        c.rollback()
+
+
 def test_top_n_and_refusals(tiny):
     result = replay.evaluate(k=2, seeds=(1,), top_n=2, url=tiny)
     alpha = next(d for d in result.datasets if d.dataset == "alpha")

@@ -7,7 +7,7 @@ import re
 import psycopg
 import pytest
 
-from avengers_store.errors import SchemaOutOfDate
+from avengers_store.errors import SchemaOutOfDate, StoreStateError
 from avengers_store.store import schema
 
 
@@ -75,6 +75,55 @@ def test_downgrade_to_base_and_back(db_url):
     result = schema.upgrade(db_url)
     assert result.from_revision is None and result.to_revision == schema.head_revision()
     with psycopg.connect(db_url) as c:
+        schema.check_revision(c)
+
+
+def test_a_text_may_be_in_both_splits_and_downgrade_refuses_to_merge_it(db_url):
+    def key_of(c):
+        return c.execute(
+            """SELECT pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint')
+               FROM pg_constraint WHERE conrelid = 'avengers.queries'::regclass AND contype = 'u'"""
+        ).fetchone()
+
+    with psycopg.connect(db_url) as c:
+        assert key_of(c)[0] == "UNIQUE (dataset_id, split, content_hash) DEFERRABLE"
+        assert "one query in each" in key_of(c)[1]
+        ds = c.execute(
+            "INSERT INTO avengers.datasets (name) VALUES ('shared') RETURNING id"
+        ).fetchone()[0]
+        for split in ("calibration", "test"):
+            c.execute(
+                "INSERT INTO avengers.queries (dataset_id, text, split, content_hash) "
+                "VALUES (%s, 'same text', %s, %s)",
+                (ds, split, "ab" * 32),
+            )
+        c.commit()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute(
+                "INSERT INTO avengers.queries (dataset_id, text, split, content_hash) "
+                "VALUES (%s, 'same text', 'test', %s)",
+                (ds, "ab" * 32),
+            )
+        c.rollback()
+    with pytest.raises(StoreStateError, match=r"below 0003: .*: shared \(1\)"):
+        schema.downgrade(db_url, "0001")
+    with psycopg.connect(db_url) as c:
+        assert schema.current_revision(c) == schema.head_revision()  # nothing changed
+        c.execute("DELETE FROM avengers.queries WHERE split = 'test' AND text = 'same text'")
+        c.commit()
+    assert schema.downgrade(db_url, "0001") == "0001"
+    with psycopg.connect(db_url) as c:
+        assert key_of(c)[0] == "UNIQUE (dataset_id, content_hash)"
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute(
+                "INSERT INTO avengers.queries (dataset_id, text, split, content_hash) "
+                "SELECT dataset_id, text, 'test', content_hash FROM avengers.queries"
+            )
+    assert schema.upgrade(db_url).to_revision == schema.head_revision()
+    with psycopg.connect(db_url) as c:
+        assert key_of(c)[0] == "UNIQUE (dataset_id, split, content_hash) DEFERRABLE"
+        c.execute("DELETE FROM avengers.datasets WHERE name = 'shared'")
+        c.commit()
         schema.check_revision(c)
 
 
@@ -178,7 +227,7 @@ def test_gateway_revision_downgrades_and_upgrades(db_url):
             )
         }
         assert "route_id" not in columns and "api_key_id" not in columns
-    assert schema.upgrade(db_url).to_revision == "0002"
+    assert schema.upgrade(db_url).to_revision == schema.head_revision()
     with psycopg.connect(db_url) as c:
         schema.check_revision(c)
         assert c.execute("SELECT to_regclass('avengers.gateway_sessions')").fetchone()[0]
