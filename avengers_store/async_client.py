@@ -259,26 +259,37 @@ class AsyncAvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: int | None = None,
+        completions: int = 1,
         conn: psycopg.AsyncConnection | None = None,
     ) -> RouteDecision:
         """Route a text (embedded in the serving space) or a vector: one SQL round trip.
-        ``method`` overrides the client's routing method for this call."""
-        chosen = routing.routing_method(method) if method is not None else self.method
+        ``method`` overrides the client's routing method for this call; ``tradeoff``,
+        ``max_cost`` and ``prompt_chars`` as in ``AvengersClient.route``; ``completions``:
+        answers the request will draw (its expected cost counts them)."""
+        options = {
+            "require_endpoint": require_endpoint,
+            "method": routing.routing_method(method) if method is not None else self.method,
+            "policy": routing.cost_policy(tradeoff, max_cost, completions),
+            "prompt_chars": core.prompt_chars(
+                [query], None if prompt_chars is None else [prompt_chars]
+            )[0],
+        }
         vectors, served = await self._vectors([query], conn)
-        decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
+        decision = await self._route_one(vectors[0], top_n, options, conn)
         if core.stale([decision], served):
             vectors, _ = await self._vectors([query], conn, refresh=True)
-            decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
+            decision = await self._route_one(vectors[0], top_n, options, conn)
         return decision
 
     async def _route_one(
-        self, vector: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
+        self, vector: Any, top_n: int, options: dict[str, Any], conn: Any
     ) -> RouteDecision:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decision = await routing.aroute_vector(
-                c, vector, top_n, require_endpoint=require_endpoint, method=method
-            )
+            decision = await routing.aroute_vector(c, vector, top_n, **options)
         self._observe("route", time.perf_counter() - started)
         return decision
 
@@ -289,29 +300,39 @@ class AsyncAvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: Sequence[int | None] | None = None,
+        completions: int = 1,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[RouteDecision]:
         """Route many texts and/or vectors in one statement (one snapshot); input order kept.
-        ``method`` overrides the client's routing method for this call."""
+        ``method`` overrides the client's routing method for this call; the cost options as
+        in ``AvengersClient.route_many``."""
         core.check_route_many(queries)
-        chosen = routing.routing_method(method) if method is not None else self.method
+        policy = routing.cost_policy(tradeoff, max_cost, completions)
+        options: dict[str, Any] = {
+            "require_endpoint": require_endpoint,
+            "method": routing.routing_method(method) if method is not None else self.method,
+            "policy": policy,
+        }
+        if policy.costed:
+            options["prompt_chars"] = core.prompt_chars(queries, prompt_chars)
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
-            return await self._route_batch(queries, top_n, require_endpoint, chosen, conn)
+            return await self._route_batch(queries, top_n, options, conn)
         vectors, served = await self._vectors(list(queries), conn)
-        decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
+        decisions = await self._route_batch(vectors, top_n, options, conn)
         if core.stale(decisions, served):
             vectors, _ = await self._vectors(list(queries), conn, refresh=True)
-            decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
+            decisions = await self._route_batch(vectors, top_n, options, conn)
         return decisions
 
     async def _route_batch(
-        self, vectors: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
+        self, vectors: Any, top_n: int, options: dict[str, Any], conn: Any
     ) -> list[RouteDecision]:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decisions = await routing.aroute_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=method
-            )
+            decisions = await routing.aroute_vectors(c, vectors, top_n, **options)
         self._observe("route", time.perf_counter() - started)
         return decisions
 
@@ -325,13 +346,17 @@ class AsyncAvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer (``decision`` and ``route_id`` filled)."""
+        Answer (``decision`` and ``route_id`` filled); ``tradeoff`` and ``max_cost`` as in
+        ``AvengersClient.ask``."""
         results = await self.ask_many(
-            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
-        )
+            [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
+            conn=conn, return_exceptions=False,
+        )  # fmt: skip
         return results[0]  # type: ignore[return-value]
 
     async def ask_many(
@@ -344,6 +369,8 @@ class AsyncAvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
@@ -354,7 +381,10 @@ class AsyncAvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions = await self.route_many(list(texts), n, require_endpoint=True, conn=conn)
+        decisions = await self.route_many(
+            list(texts), n, require_endpoint=True, tradeoff=tradeoff, max_cost=max_cost,
+            completions=core.completions_for(strategy, samples), conn=conn,
+        )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,

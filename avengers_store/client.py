@@ -210,28 +210,35 @@ class AvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: int | None = None,
+        completions: int = 1,
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
         """Route a text (embedded in the serving space) or a vector: one SQL round trip
         (``avengers.route_pooled``, else ``avengers.route``). ``method`` overrides the
-        client's routing method for this call."""
+        client's routing method for this call. ``tradeoff`` (α in [0, 1]: 1 ranks by expected
+        quality, 0 by expected cost) and ``max_cost`` (the highest expected cost a candidate may
+        have; when none fits, the cheapest is returned with ``over_budget``) make the route
+        cost-aware, each candidate then carrying its ``expected_cost``; ``prompt_chars`` is a
+        vector's text length (a text's own length is used); ``completions``: answers the request
+        will draw (its expected cost counts them)."""
         chosen = routing.routing_method(method) if method is not None else self.method
+        options: dict[str, Any] = {"require_endpoint": require_endpoint, "method": chosen}
+        if tradeoff is not None or max_cost is not None:  # a plain route skips all of this
+            options["policy"] = routing.cost_policy(tradeoff, max_cost, completions)
+            options["prompt_chars"] = len(query) if isinstance(query, str) else prompt_chars
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
-            return routing.route_vector(
-                conn, query, top_n, require_endpoint=require_endpoint, method=chosen
-            )
+            return routing.route_vector(conn, query, top_n, **options)
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
-            decision = routing.route_vector(
-                c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
-            )
+            decision = routing.route_vector(c, vectors[0], top_n, **options)
         if core.stale([decision], served):
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decision = routing.route_vector(
-                    c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
-                )
+                decision = routing.route_vector(c, vectors[0], top_n, **options)
         return decision
 
     def route_many(
@@ -241,29 +248,34 @@ class AvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: Sequence[int | None] | None = None,
+        completions: int = 1,
         conn: psycopg.Connection | None = None,
     ) -> list[RouteDecision]:
         """Route many texts and/or vectors in one statement (one snapshot); input order kept.
         A 2-D numpy array is taken as one vector per row, as is. ``method`` overrides the
-        client's routing method for this call."""
+        client's routing method for this call; ``tradeoff``, ``max_cost`` and
+        ``prompt_chars`` (per query; texts use their own length) as in ``route``;
+        ``completions``: answers each request will draw (its expected cost counts them)."""
         core.check_route_many(queries)
         chosen = routing.routing_method(method) if method is not None else self.method
+        policy = routing.cost_policy(tradeoff, max_cost, completions)
+        options: dict[str, Any] = {
+            "require_endpoint": require_endpoint, "method": chosen, "policy": policy}  # fmt: skip
+        if policy.costed:
+            options["prompt_chars"] = core.prompt_chars(queries, prompt_chars)
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
-                return routing.route_vectors(
-                    c, queries, top_n, require_endpoint=require_endpoint, method=chosen
-                )
+                return routing.route_vectors(c, queries, top_n, **options)
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
-            decisions = routing.route_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
-            )
+            decisions = routing.route_vectors(c, vectors, top_n, **options)
         if core.stale(decisions, served):
             vectors, _ = self._vectors(list(queries), conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decisions = routing.route_vectors(
-                    c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
-                )
+                decisions = routing.route_vectors(c, vectors, top_n, **options)
         return decisions
 
     # -- answering -------------------------------------------------------------------------
@@ -276,13 +288,18 @@ class AvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         conn: psycopg.Connection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included)."""
+        Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included).
+        ``tradeoff`` and ``max_cost`` as in ``route``, the expected cost counting ``samples``
+        answers."""
         return self.ask_many(
-            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
-        )[0]  # type: ignore[return-value]
+            [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
+            conn=conn, return_exceptions=False,
+        )[0]  # type: ignore[return-value]  # fmt: skip
 
     def ask_many(
         self,
@@ -294,6 +311,8 @@ class AvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
@@ -305,7 +324,10 @@ class AvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions = self.route_many(list(texts), n, require_endpoint=True, conn=conn)
+        decisions = self.route_many(
+            list(texts), n, require_endpoint=True, tradeoff=tradeoff, max_cost=max_cost,
+            completions=core.completions_for(strategy, samples), conn=conn,
+        )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,

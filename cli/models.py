@@ -180,23 +180,33 @@ def remove_cmd(name: str, yes: bool) -> None:
 @command.command("select")
 @click.option("--budget", type=int, required=True, metavar="N", help="Number of models to keep.")
 @click.option(
+    "--max-price",
+    type=float,
+    metavar="PRICE",
+    help="Only models whose input and output prices per 1M tokens are at most PRICE compete, "
+    "ranked among themselves (models without a price are left out).",
+)
+@click.option(
     "--apply",
     is_flag=True,
     help="Make exactly the chosen models active (the rest inactive) and refresh profiles.",
 )
 @options.json_output
-def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
+def select_cmd(budget: int, max_price: float | None, apply: bool, as_json: bool) -> None:
     """Keep the --budget models with the highest s(m), the paper's model-set selection.
 
     s(m) = sum over the clusters of the active clustering of 1/rank; ties go to the overall
-    calibration score, then the name. Without --apply nothing changes.
+    calibration score, then the name. With --max-price the same among the models priced at
+    most PRICE per 1M tokens (the best pool under a price ceiling). Without --apply nothing
+    changes.
 
     \b
     Example:
       avengers models select --budget 3
       avengers models select --budget 3 --apply
+      avengers models select --budget 3 --max-price 0.2 --apply
     """
-    result = select_models(budget, apply=apply)
+    result = select_models(budget, max_price=max_price, apply=apply)
     if as_json:
         echo_json(dataclasses.asdict(result))
         return
@@ -211,8 +221,11 @@ def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
             "overall_score",
             "selected",
             "active",
+            *(["price_in", "price_out"] if max_price is not None else []),
         ],
     )
+    if result.priced_out:
+        click.echo(f"left out by --max-price {max_price:g}: {', '.join(result.priced_out)}")
     chosen = ", ".join(result.selected)
     if len(result.selected) < budget:
         click.echo(f"only {len(result.selected)} models have outcomes to rank")

@@ -28,6 +28,7 @@ from avengers_store.gateway.settings import GatewaySettings
 @click.option("--top-n", type=click.IntRange(1, 16),
               help="Default ranked candidates per request (default 3).")  # fmt: skip
 @options.method
+@options.tradeoff
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True),
               default=DEFAULT_THRESHOLD, show_default=True,
               help="Model-Switch vote-share threshold.")  # fmt: skip
@@ -46,19 +47,22 @@ from avengers_store.gateway.settings import GatewaySettings
 @click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Largest request body in bytes.")  # fmt: skip
 def command(
-    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, threshold,
-    route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl, grace, max_body,
+    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, tradeoff,
+    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl, grace, max_body,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
 
     Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
-    loopback address allows. GET /health, /ready and /metrics need no key.
+    loopback address allows. GET /health, /ready and /metrics need no key. --tradeoff and
+    --max-cost are defaults a request may override (body fields tradeoff, max_cost); every
+    routed answer names its expected cost in x-avengers-expected-cost.
 
     \b
     Example:
       avengers keys create my-app
       avengers serve --host 0.0.0.0 --port 8080 --workers 2
+      avengers serve --tradeoff 0.7 --max-cost 0.001
       curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $KEY" \\
         -H 'Content-Type: application/json' \\
         -d '{"model": "avengers", "messages": [{"role": "user", "content": "What is 7*6?"}]}'
@@ -77,6 +81,8 @@ def command(
             strategy=strategy,
             top_n=top_n,
             method=method,
+            tradeoff=tradeoff,
+            max_cost=max_cost,
             threshold=threshold,
             route_on=route_on,
             max_tokens=max_tokens,

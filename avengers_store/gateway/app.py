@@ -242,6 +242,27 @@ def routed_text(messages: Sequence[ChatMessage], route_on: str) -> str:
     raise bad_request("the conversation has no user message with text", param="messages")
 
 
+def costs_asked(
+    tradeoff: float | None, max_cost: float | None, settings: GatewaySettings
+) -> tuple[float, float | None]:
+    """The request's trade-off and cost ceiling, else the server's; α = 1 when neither sets
+    one, so that every routed answer carries its expected cost (decisions are the plain
+    routing's at α = 1)."""
+    alpha = tradeoff if tradeoff is not None else settings.tradeoff
+    return (1.0 if alpha is None else alpha), (
+        max_cost if max_cost is not None else settings.max_cost
+    )
+
+
+def cost_headers(decision: RouteDecision) -> dict[str, str]:
+    """x-avengers-expected-cost (of the request on the first candidate, when known) and
+    x-avengers-over-budget."""
+    out = {"x-avengers-over-budget": "true" if decision.over_budget else "false"}
+    if decision.expected_cost is not None:
+        out["x-avengers-expected-cost"] = f"{decision.expected_cost:.6g}"
+    return out
+
+
 class Recipe:
     """One ``model: "avengers"`` request: route, sample, vote, answer, log."""
 
@@ -259,6 +280,7 @@ class Recipe:
         self.strategy = req.strategy or s.strategy
         self.samples = req.samples or s.samples
         self.top_n = req.top_n or s.top_n or core.DEFAULT_TOP_N[self.strategy]
+        self.tradeoff, self.max_cost = costs_asked(req.tradeoff, req.max_cost, s)
         self.route_id = uuid.uuid4()
         self.session = request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
@@ -282,7 +304,13 @@ class Recipe:
         gw, req = self.gw, self.req
         try:
             self.decision = await gw.client.route(
-                self.text, self.top_n, require_endpoint=True, method=req.method
+                self.text,
+                self.top_n,
+                require_endpoint=True,
+                method=req.method,
+                tradeoff=self.tradeoff,
+                max_cost=self.max_cost,
+                completions=core.completions_for(self.strategy, self.samples),
             )
             endpoints = await self.candidates(core.endpoints_for(self.decision))
             plan = self.plan(endpoints)
@@ -346,7 +374,12 @@ class Recipe:
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             route_id=self.route_id,
             api_key_id=self.key_id,
-            extra={"top_n": self.top_n, "gateway": True, "stream": self.req.stream},
+            extra={
+                "top_n": self.top_n,
+                "gateway": True,
+                "stream": self.req.stream,
+                **core.cost_fields(self.decision),
+            },
         )
         gw.log_rows([row])
         if self.session and answer.model:
@@ -370,7 +403,12 @@ class Recipe:
             error=str(exc),
             route_id=self.route_id,
             api_key_id=self.key_id,
-            extra={"top_n": self.top_n, "gateway": True, "stream": self.req.stream},
+            extra={
+                "top_n": self.top_n,
+                "gateway": True,
+                "stream": self.req.stream,
+                **core.cost_fields(decision),
+            },
         )
         self.gw.log_rows([row])
         for fallback in getattr(exc, "failures", ()):
@@ -385,6 +423,8 @@ class Recipe:
             distance=d.distance,
             candidates=[c.model for c in d.candidates],
             strategy=self.strategy,
+            expected_cost=d.expected_cost,
+            over_budget=d.over_budget,
         )
         if answer is not None:
             info.models = list(answer.models)
@@ -405,6 +445,7 @@ class Recipe:
             "x-avengers-distance": f"{d.distance:.6f}",
             "x-avengers-candidates": ",".join(c.model for c in d.candidates),
             "x-avengers-strategy": self.strategy,
+            **cost_headers(d),
         }
         if answer is not None:
             out["x-avengers-models"] = ",".join(answer.models)
@@ -666,7 +707,10 @@ async def route_only(request: Request) -> Response:
         query = question = routed_text(req.messages, req.route_on or gw.settings.route_on)
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
-    decision = await gw.client.route(query, req.top_n, method=req.method)
+    tradeoff, max_cost = costs_asked(req.tradeoff, req.max_cost, gw.settings)
+    decision = await gw.client.route(
+        query, req.top_n, method=req.method, tradeoff=tradeoff, max_cost=max_cost
+    )
     route_id = uuid.uuid4()
     gw.log_rows(
         [
@@ -678,7 +722,12 @@ async def route_only(request: Request) -> Response:
                 latency_ms=(time.perf_counter() - started) * 1000.0,
                 route_id=route_id,
                 api_key_id=key_id,
-                extra={"top_n": req.top_n, "gateway": True, "vector": question is None},
+                extra={
+                    "top_n": req.top_n,
+                    "gateway": True,
+                    "vector": question is None,
+                    **core.cost_fields(decision),
+                },
             )
         ]
     )
@@ -696,9 +745,15 @@ async def route_only(request: Request) -> Response:
                 n=c.n,
                 wilson_low=c.wilson_low,
                 wilson_high=c.wilson_high,
+                expected_cost=c.expected_cost,
+                utility=c.utility,
+                over_budget=c.over_budget,
             )
             for c in decision.candidates
         ],
+        tradeoff=decision.tradeoff,
+        max_cost=decision.max_cost,
+        over_budget=decision.over_budget,
     )
     return JSONResponse(
         out.model_dump(),
@@ -708,6 +763,7 @@ async def route_only(request: Request) -> Response:
             "x-avengers-cluster": str(decision.cluster),
             "x-avengers-distance": f"{decision.distance:.6f}",
             "x-avengers-candidates": ",".join(c.model for c in decision.candidates),
+            **cost_headers(decision),
         },
     )
 

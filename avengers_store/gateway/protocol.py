@@ -3,7 +3,7 @@
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
 options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
-``task_type``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
+``task_type``, ``tradeoff``, ``max_cost``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class RecipeOptions(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.0)
     route_on: RouteOn | None = None
     task_type: TaskType | None = None
+    tradeoff: float | None = Field(None, ge=0.0, le=1.0)
+    max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
 
 
 class ChatCompletionRequest(RecipeOptions):
@@ -119,6 +121,8 @@ class RouteInfo(BaseModel):
     fallbacks: list[str] = []
     strategy: str | None = None
     samples: int = 0
+    expected_cost: float | None = None  # of the request on the first candidate
+    over_budget: bool = False
 
 
 class ChatCompletion(BaseModel):
@@ -176,6 +180,8 @@ class RouteRequest(BaseModel):
     top_n: int = Field(3, ge=1, le=MAX_TOP_N)
     method: Literal["avengers", "paper"] | None = None
     route_on: RouteOn | None = None
+    tradeoff: float | None = Field(None, ge=0.0, le=1.0)
+    max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
 
 
 class RouteCandidate(BaseModel):
@@ -186,6 +192,9 @@ class RouteCandidate(BaseModel):
     n: int | None
     wilson_low: float | None
     wilson_high: float | None
+    expected_cost: float | None = None
+    utility: float | None = None
+    over_budget: bool | None = None
 
 
 class RouteResponse(BaseModel):
@@ -195,6 +204,9 @@ class RouteResponse(BaseModel):
     cluster: int
     distance: float
     candidates: list[RouteCandidate]
+    tradeoff: float | None = None
+    max_cost: float | None = None
+    over_budget: bool = False
 
 
 class ErrorDetail(BaseModel):
