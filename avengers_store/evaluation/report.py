@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from avengers_store import figures
+
 if TYPE_CHECKING:
     from avengers_store.evaluation.results import Evaluation, Frontier, Stat, Sweep
 
@@ -200,10 +202,7 @@ _TITLES = {
 def plot_sweep(sweep: Sweep, path: str | Path, *, title: str | None = None) -> Path:
     """One PNG: test ID / OOD macro and calibration macro (mean ± std over seeds) per point,
     with the best single model on ID test (dataset-balanced calibration choice)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
     import numpy as np
 
     points = sweep.points
@@ -245,12 +244,7 @@ def plot_sweep(sweep: Sweep, path: str | Path, *, title: str | None = None) -> P
     ax.set_title((title or default_title) + f"  (seeds: {', '.join(map(str, seeds))})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return figures.save(fig, path)
 
 
 def plot_sweeps(result: Evaluation, directory: str | Path) -> dict[str, Path]:
@@ -269,10 +263,7 @@ def plot_frontier(frontier: Frontier, path: str | Path, *, title: str | None = N
     """One PNG: the routed points by α (mean ± std over seeds, joined in α order), every single
     model, the non-dominated set ringed, and the best single model's quality and cost as
     reference lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
 
     g = frontier.group
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
@@ -308,9 +299,4 @@ def plot_frontier(frontier: Frontier, path: str | Path, *, title: str | None = N
     ax.set_title("Quality-cost frontier" + (f", {title}" if title else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return figures.save(fig, path)
