@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-from pathlib import Path
 
 import psycopg
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
@@ -19,23 +15,9 @@ from avengers_store.ingest import datasets
 from avengers_store.ingest.outcomes import import_outcomes
 from avengers_store.ingest.readers import read_table
 from avengers_store.ingest.text_identity import content_hash
-from avengers_store.testing import table_counts
+from avengers_store.testing import table_counts, write_rows
 
 TABLES = ("datasets", "queries", "outcomes", "models")
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    """Write rows as JSONL, CSV or Parquet, chosen by the file's extension."""
-    if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    elif path.suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def queries_of(url: str, name: str) -> list[tuple]:
