@@ -670,6 +670,9 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 return
             if step.get("delay"):
                 time.sleep(step["delay"])
+            if step.get("gate") is not None:
+                # a threading.Event the test sets: requests wait here until then (at most 60 s)
+                step["gate"].wait(60)
             if "status" in step:
                 error = {"error": {"message": step.get("message", "scripted failure")}}
                 self._send(step["status"], json.dumps(error).encode())
@@ -726,6 +729,69 @@ def scripted_server() -> Iterator[ScriptedServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+# --- a store that routes real text ----------------------------------------------------------
+
+ARITHMETIC = "What is 17 plus 25? Answer with a number."
+LITERATURE = "Which playwright wrote the tragedy Hamlet?"
+
+
+def two_topic_store(
+    url: str,
+    profiles: dict[str, list[list[int]]],
+    prices: dict[str, tuple[float, float]] | None = None,
+) -> str:
+    """An active clustering of two clusters centred on the real all-MiniLM-L6-v2 embeddings of
+    ARITHMETIC and LITERATURE, so a client or the gateway embeds and routes real text;
+    ``profiles`` are each model's per-query scores in cluster 0 and 1 (add_profiles),
+    ``prices`` optional (price in, price out) per 1M tokens. Returns ``url``."""
+    from avengers_store.calibration.embedders import get_embedder
+    from avengers_store.store import connections
+
+    embedder = get_embedder("all-MiniLM-L6-v2")
+    centroids = embedder.embed([ARITHMETIC, LITERATURE])
+    with connections.connect(url) as conn:
+        cid = add_clustering(conn, np.asarray(centroids, dtype=np.float32), embedder=embedder.name)
+        conn.execute(
+            "UPDATE avengers.embedding_spaces SET params = %s WHERE embedder = %s",
+            (psycopg.types.json.Jsonb(embedder.params), embedder.name),
+        )
+        for name in profiles:
+            ensure_model(conn, name)
+        for name, (cost_in, cost_out) in (prices or {}).items():
+            conn.execute(
+                "UPDATE avengers.models SET cost_in_per_m = %s, cost_out_per_m = %s "
+                "WHERE name = %s",
+                (cost_in, cost_out, name),
+            )
+        add_profiles(conn, cid, profiles)
+        activate(conn, cid)
+        conn.commit()
+    return url
+
+
+def set_endpoints(url: str, **endpoints: tuple[str, str] | None) -> None:
+    """``name=(base_url, served_name)`` or ``name=None`` (no endpoint)."""
+    with psycopg.connect(url) as conn:
+        for name, target in endpoints.items():
+            base, served = target if target else (None, None)
+            conn.execute(
+                "UPDATE avengers.models SET endpoint = %s, served_name = %s WHERE name = %s",
+                (base, served, name),
+            )
+
+
+def log_rows(url: str, route_ids: list[str]) -> dict[str, tuple]:
+    """route_log rows by route id: strategy, models, cluster, final_answer, api_key_id,
+    metadata."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT route_id::text, strategy, models, cluster, final_answer, api_key_id, metadata "
+            "FROM avengers.route_log WHERE route_id::text = ANY(%s)",
+            (route_ids,),
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}
 
 
 # --- the gateway on a real loopback socket ----------------------------------------------------

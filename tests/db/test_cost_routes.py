@@ -17,11 +17,9 @@ from click.testing import CliRunner
 from avengers_store import AvengersClient
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.calibration.embedders import get_embedder
-from avengers_store.store import connections
-from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model
+from avengers_store.testing import ARITHMETIC, LITERATURE, two_topic_store
 
-QUESTION = "What is 17 plus 25? Answer with a number."
-OTHER = "Which playwright wrote the tragedy Hamlet?"
+QUESTION, OTHER = ARITHMETIC, LITERATURE
 # (price in, price out) per 1M tokens: the best model is the dearest.
 PRICES = {"alpha": (2.0, 6.0), "bravo": (0.5, 1.0), "charlie": (0.1, 0.2)}
 
@@ -33,33 +31,15 @@ def default_cost(name: str, text: str, completions: int = 1) -> float:
 
 @pytest.fixture(scope="module")
 def store(db_url) -> str:
-    embedder = get_embedder("all-MiniLM-L6-v2")
-    centroids = embedder.embed([QUESTION, OTHER])
-    with connections.connect(db_url) as conn:
-        cid = add_clustering(conn, np.asarray(centroids, dtype=np.float32), embedder=embedder.name)
-        conn.execute(
-            "UPDATE avengers.embedding_spaces SET params = %s WHERE embedder = %s",
-            (psycopg.types.json.Jsonb(embedder.params), embedder.name),
-        )
-        for name, (cin, cout) in PRICES.items():
-            ensure_model(conn, name)
-            conn.execute(
-                "UPDATE avengers.models SET cost_in_per_m = %s, cost_out_per_m = %s "
-                "WHERE name = %s",
-                (cin, cout, name),
-            )
-        add_profiles(
-            conn,
-            cid,
-            {
-                "alpha": [[1, 1, 1, 1], [1, 1, 1, 0]],
-                "bravo": [[1, 1, 1, 0], [1, 1, 0, 0]],
-                "charlie": [[1, 0, 0, 0], [1, 0, 0, 0]],
-            },
-        )
-        activate(conn, cid)
-        conn.commit()
-    return db_url
+    return two_topic_store(
+        db_url,
+        {
+            "alpha": [[1, 1, 1, 1], [1, 1, 1, 0]],
+            "bravo": [[1, 1, 1, 0], [1, 1, 0, 0]],
+            "charlie": [[1, 0, 0, 0], [1, 0, 0, 0]],
+        },
+        prices=PRICES,
+    )
 
 
 def test_cli_route_lists_expected_cost_per_candidate(store, cli_env):

@@ -13,8 +13,7 @@ import openai
 import pytest
 
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import gateway_server
-from tests.gateway.conftest import ARITHMETIC, LITERATURE, log_rows, set_endpoints
+from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, set_endpoints
 
 pytestmark = pytest.mark.llm
 SETTINGS = GatewaySettings(auth=False, method="paper", upstream_retries=0, keepalive_s=0.2)

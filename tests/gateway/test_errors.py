@@ -5,6 +5,8 @@ input, 429 past the in-flight limit, 502 / 504 when every candidate endpoint fai
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
 
 import httpx
 import openai
@@ -12,8 +14,7 @@ import pytest
 
 from avengers_store.gateway import keys
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import gateway_server
-from tests.gateway.conftest import ARITHMETIC, LITERATURE, log_rows, set_endpoints
+from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, set_endpoints
 
 SETTINGS = GatewaySettings(method="paper", upstream_retries=0)
 QUESTION = [{"role": "user", "content": LITERATURE}]
@@ -82,22 +83,26 @@ def test_bad_input_is_a_400_naming_the_field(store, endpoints, body, param, code
 
 
 def test_the_33rd_request_in_flight_gets_429(store, endpoints, scripted_server):
-    scripted_server.script("b", {"delay": 2.0, "texts": ["Shakespeare"]})
+    # The upstream holds every request until all 32 are in flight, however slow the machine.
+    gate = threading.Event()
+    scripted_server.script("b", {"gate": gate, "texts": ["Shakespeare"]})
     set_endpoints(store, bravo=(scripted_server.base_url, "b"))
     with gateway_server(SETTINGS, database_url=store, auth=False, max_in_flight=32) as gw:
         body = {"model": "avengers", "messages": QUESTION}
         with (
-            httpx.Client(limits=httpx.Limits(max_connections=64), timeout=30) as http,
-            concurrent.futures.ThreadPoolExecutor(33) as pool,
+            httpx.Client(limits=httpx.Limits(max_connections=64), timeout=60) as http,
+            concurrent.futures.ThreadPoolExecutor(32) as pool,
         ):
-            responses = list(
-                pool.map(
-                    lambda _: http.post(gw.base_url + "/v1/chat/completions", json=body), range(33)
-                )
-            )
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses == [200] * 32 + [429]
-    refused = next(r for r in responses if r.status_code == 429)
+            post = lambda: http.post(gw.base_url + "/v1/chat/completions", json=body)  # noqa: E731
+            held = [pool.submit(post) for _ in range(32)]
+            deadline = time.monotonic() + 60
+            while len(scripted_server.requests_for("b")) < 32 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused = post()
+            gate.set()
+            answered = [f.result() for f in held]
+    assert [r.status_code for r in answered] == [200] * 32
+    assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
 

@@ -17,8 +17,14 @@ import psycopg
 
 from avengers_store.calibration.embedders import get_embedder
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import free_port, gateway_server
-from tests.gateway.conftest import ARITHMETIC, LITERATURE, log_rows, set_endpoints
+from avengers_store.testing import (
+    ARITHMETIC,
+    LITERATURE,
+    free_port,
+    gateway_server,
+    log_rows,
+    set_endpoints,
+)
 
 SETTINGS = GatewaySettings(method="paper", upstream_retries=0, auth=False)
 
