@@ -2,8 +2,7 @@
 
 SIGTERM (or Ctrl-C) stops accepting connections and lets requests in flight finish for up to
 ``grace_s`` seconds; then the app's shutdown writes every queued route-log row and closes the
-pools. uvicorn serves on uvloop and httptools (package dependencies it picks up by itself), which
-cost a request about half what asyncio's loop and h11 do.
+pools.
 """
 
 from __future__ import annotations
