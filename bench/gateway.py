@@ -3,9 +3,13 @@
 (a) ``POST /v1/chat/completions`` (model "avengers", one sample) over a direct call to the same
     llama.cpp server (xllamacpp serving SmolLM2-135M in this process) with the same messages,
     temperature 0 and max_tokens: at 1, 8 and 32 concurrent clients, each client alternating the
-    two calls (order swapped every pair, numbered questions so llama.cpp's prompt cache favours
-    neither); the figure is the distribution of paired differences (p50, p99). The gateway embeds
-    the question (included); its mean embedding time is read from its own /metrics.
+    two calls (order swapped every pair); the figure is the distribution of paired differences
+    (p50, p99). The two calls of a pair carry the same question under different tags, so neither
+    finds the other's prompt in llama.cpp's prompt cache (an identical second prompt is ~100 ms
+    faster, which made the differences bimodal). The gateway embeds the question (included); its
+    mean embedding time, and its mean time per request outside the upstream call, are read from
+    its own /metrics. A control run pairs direct with direct in the same way: the spread the
+    pairing shows when the two calls are the same.
 (b) ``POST /v1/route`` requests/s at 32 concurrent clients, against a floor measured in the same
     run: the same app and framework answering one ``SELECT 1`` from the same pool
     (bench/gateway_app.py adds that route). (c) with the embedding excluded (a vector in the
@@ -81,22 +85,39 @@ def start_gateway(url: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the gateway did not become ready in 120 s")
 
 
-def embed_totals(base: str) -> tuple[float, float]:
-    """(seconds, calls) the gateway spent embedding so far, from its /metrics."""
+def totals(base: str) -> dict[str, float]:
+    """Seconds and counts the gateway reports so far on its /metrics: the embed and upstream
+    stages and /v1/chat/completions requests (keys like ``embed_sum``, ``request_count``)."""
     text = httpx.get(base + "/metrics").text
-    total = re.search(r'avengers_gateway_stage_seconds_sum\{stage="embed"\} (\S+)', text)
-    count = re.search(r'avengers_gateway_stage_seconds_count\{stage="embed"\} (\S+)', text)
-    return (float(total.group(1)), float(count.group(1))) if total and count else (0.0, 0.0)
+    out: dict[str, float] = {}
+    for name, label in (("embed", 'stage="embed"'), ("upstream", 'stage="upstream"'),
+                        ("request", 'path="/v1/chat/completions"')):  # fmt: skip
+        for kind in ("sum", "count"):
+            metric = "stage" if name != "request" else "request"
+            found = re.search(rf"avengers_gateway_{metric}_seconds_{kind}\{{{label}\}} (\S+)", text)
+            out[f"{name}_{kind}"] = float(found.group(1)) if found else 0.0
+    return out
 
 
-def embed_mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float:
-    """Mean time a request waited for its embedding between two readings (ms)."""
-    calls = after[1] - before[1]
-    return (after[0] - before[0]) / calls * 1000.0 if calls else float("nan")
+def inside_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Means per request between two readings (ms): the embedding (``embed``) and the time the
+    gateway held a request without waiting for llama.cpp (``gateway_side``: request time
+    minus upstream time, as the gateway itself measured them)."""
+    d = {k: after[k] - before[k] for k in after}
+    embed = d["embed_sum"] / d["embed_count"] * 1000.0 if d["embed_count"] else float("nan")
+    side = (
+        (d["request_sum"] - d["upstream_sum"]) / d["request_count"] * 1000.0
+        if d["request_count"]
+        else float("nan")
+    )
+    return {"embed": round(embed, 1), "gateway_side": round(side, 1)}
 
 
-async def overhead(base: str, llm: str, clients: int, pairs: int, max_tokens: int) -> dict:
-    """Paired (gateway - direct) latencies with ``clients`` concurrent clients."""
+async def overhead(
+    base: str, llm: str, clients: int, pairs: int, max_tokens: int, *, control: bool = False
+) -> dict:
+    """Paired (gateway - direct) latencies with ``clients`` concurrent clients. ``control``:
+    both calls of a pair go direct (an A/A run: what the pairing itself measures)."""
     diffs: list[float] = []
     gateway_ms: list[float] = []
     direct_ms: list[float] = []
@@ -113,11 +134,23 @@ async def overhead(base: str, llm: str, clients: int, pairs: int, max_tokens: in
         async def client(c: int) -> None:
             nonlocal errors
             for i in range(pairs + 1):  # the first pair warms the connections up
-                question = f"{QUESTIONS[(c + i) % len(QUESTIONS)]} (#{c}-{i})"
-                messages = [{"role": "user", "content": question}]
-                common = {"messages": messages, "temperature": 0.0, "max_tokens": max_tokens}
-                via = (base + "/v1/chat/completions", {"model": "avengers", **common})
-                direct = (llm + "/chat/completions", {"model": "smol", **common})
+                question = QUESTIONS[(c + i) % len(QUESTIONS)]
+                # Each call gets its own tag before the question: a second call with the first's
+                # exact prompt would find it whole in llama.cpp's prompt cache (~100 ms faster).
+                tagged = {t: f"[{t}{c}-{i}] {question}" for t in ("g", "d")}
+                via_model = "smol" if control else "avengers"
+                bodies = {
+                    t: {
+                        "model": m,
+                        "messages": [{"role": "user", "content": tagged[t]}],
+                        "temperature": 0.0,
+                        "max_tokens": max_tokens,
+                    }
+                    for t, m in (("g", via_model), ("d", "smol"))
+                }
+                via_url = llm + "/chat/completions" if control else base + "/v1/chat/completions"
+                via = (via_url, bodies["g"])
+                direct = (llm + "/chat/completions", bodies["d"])
                 try:
                     if (c + i) % 2:
                         d, g = await call(*direct), await call(*via)
@@ -167,7 +200,7 @@ async def throughput(url: str, bodies: list[dict | None], clients: int) -> float
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--pairs", type=int, nargs=3, default=[30, 6, 3],
+    ap.add_argument("--pairs", type=int, nargs=3, default=[60, 6, 3],
                     help="pairs per client at 1, 8 and 32 clients")  # fmt: skip
     ap.add_argument("--route-requests", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=3)
@@ -191,15 +224,25 @@ def main() -> None:
             say(f"gateway {base} (bench/gateway_app.py) in front of SmolLM2 at {endpoint.base_url}")
             by_clients = []
             for clients, pairs in zip((1, 8, 32), args.pairs, strict=True):
-                before = embed_totals(base)
+                before = totals(base)
                 r = asyncio.run(overhead(base, endpoint.base_url, clients, pairs, args.max_tokens))
-                r["embed_ms_mean"] = round(embed_mean_ms(before, embed_totals(base)), 1)
+                inside = inside_ms(before, totals(base))
+                r["embed_ms_mean"] = inside["embed"]
+                r["gateway_side_ms_mean"] = inside["gateway_side"]
+                aa = asyncio.run(
+                    overhead(base, endpoint.base_url, clients, pairs, args.max_tokens, control=True)
+                )
+                r["control"] = {k: aa[k] for k in ("pairs", "errors", "overhead_ms_p50",
+                                                   "overhead_ms_p99")}  # fmt: skip
                 by_clients.append(r)
                 say(
                     f"(a) {clients:>2} clients, {r['pairs']} pairs: overhead p50 "
                     f"{r['overhead_ms_p50']:.1f} ms, p99 {r['overhead_ms_p99']:.1f} ms (gateway "
                     f"p50 {r['gateway_ms_p50']:.0f} ms, direct {r['direct_ms_p50']:.0f} ms; "
-                    f"embedding mean {r['embed_ms_mean']:.1f} ms; {r['errors']} errors)"
+                    f"inside the gateway, mean: embedding {r['embed_ms_mean']:.1f} ms, all but "
+                    f"the upstream call {r['gateway_side_ms_mean']:.1f} ms; {r['errors']} errors)"
+                    f"; direct vs direct: p50 {aa['overhead_ms_p50']:.1f} ms, p99 "
+                    f"{aa['overhead_ms_p99']:.1f} ms"
                 )
             embed_ms = by_clients[0]["embed_ms_mean"]
             n = args.route_requests
@@ -238,6 +281,9 @@ def main() -> None:
             "overhead": by_clients,
             "embed_ms_mean_1_client": embed_ms,
             "overhead_minus_embedding_ms_p50_1_client": round(one["overhead_ms_p50"] - embed_ms, 2),
+            "gateway_side_minus_embedding_ms_mean_1_client": round(
+                one["gateway_side_ms_mean"] - embed_ms, 2
+            ),
             "route_rps": rps,
             "route_ratio_vector": round(rps["vector"] / rps["floor"], 3),
             "route_ratio_text": round(rps["text"] / rps["floor"], 3),
