@@ -31,6 +31,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -65,16 +66,19 @@ QUESTIONS = [
 
 def start_gateway(url: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # A file, not a pipe nobody reads: a gateway that logs a lot would block on a full pipe.
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the process)
     process = subprocess.Popen(
         [sys.executable, str(BENCH / "gateway_app.py"), "--port", str(port), "--url", url,
          "--max-tokens", str(max_tokens)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=log, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited: {process.stderr.read()}")
+            log.seek(0)
+            raise RuntimeError(f"the gateway exited: {log.read()[-4000:]}")
         try:
             if httpx.get(base + "/ready", timeout=2).status_code == 200:
                 return process, base
