@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
 from avengers_store.client_core import Query
 from avengers_store.errors import AvengersError, InputError
+from avengers_store.production import feedback
 from avengers_store.routing import RouteDecision
 from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.store import config, connections, schema
@@ -48,7 +51,8 @@ class AsyncAvengersClient:
     """Route and answer queries with the store at ``url`` from asyncio.
 
     Options as ``AvengersClient`` (``read_url``, ``embedder``, ``prompts``, ``threshold``,
-    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``), and:
+    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``,
+    ``log_vectors``, ``log_texts``), and:
     ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
     torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
     per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
@@ -74,6 +78,8 @@ class AsyncAvengersClient:
         background_log: bool = False,
         log_queue: int = 10_000,
         on_stage: StageObserver | None = None,
+        log_vectors: bool = False,
+        log_texts: bool = False,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -91,6 +97,8 @@ class AsyncAvengersClient:
         self.max_concurrency = max_concurrency
         self.prepared_statements = prepared_statements
         self.on_stage = on_stage
+        self.log_vectors = log_vectors or log_texts
+        self.log_texts = log_texts
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -264,12 +272,25 @@ class AsyncAvengersClient:
         """Route a text (embedded in the serving space) or a vector: one SQL round trip.
         ``method`` overrides the client's routing method for this call."""
         chosen = routing.routing_method(method) if method is not None else self.method
+        return (await self.route_with_vector(query, top_n, require_endpoint, chosen, conn))[0]
+
+    async def route_with_vector(
+        self,
+        query: Query,
+        top_n: int = 1,
+        require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> tuple[RouteDecision, Any]:
+        """``route``, and the vector the query was routed with (its embedding, for a text):
+        what the route log keeps when the client logs vectors."""
+        chosen = routing.routing_method(method) if method is not None else self.method
         vectors, served = await self._vectors([query], conn)
         decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
         if core.stale([decision], served):
             vectors, _ = await self._vectors([query], conn, refresh=True)
             decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
-        return decision
+        return decision, vectors[0]
 
     async def _route_one(
         self, vector: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
@@ -297,12 +318,18 @@ class AsyncAvengersClient:
         chosen = routing.routing_method(method) if method is not None else self.method
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             return await self._route_batch(queries, top_n, require_endpoint, chosen, conn)
-        vectors, served = await self._vectors(list(queries), conn)
-        decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
+        return (await self._route_queries(list(queries), top_n, require_endpoint, chosen, conn))[0]
+
+    async def _route_queries(
+        self, queries: list[Query], top_n: int, require_endpoint: bool, method: Any, conn: Any
+    ) -> tuple[list[RouteDecision], list[Any]]:
+        """Decisions and the vectors they were routed with (texts embedded)."""
+        vectors, served = await self._vectors(queries, conn)
+        decisions = await self._route_batch(vectors, top_n, require_endpoint, method, conn)
         if core.stale(decisions, served):
-            vectors, _ = await self._vectors(list(queries), conn, refresh=True)
-            decisions = await self._route_batch(vectors, top_n, require_endpoint, chosen, conn)
-        return decisions
+            vectors, _ = await self._vectors(queries, conn, refresh=True)
+            decisions = await self._route_batch(vectors, top_n, require_endpoint, method, conn)
+        return decisions, vectors
 
     async def _route_batch(
         self, vectors: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
@@ -354,7 +381,7 @@ class AsyncAvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions = await self.route_many(list(texts), n, require_endpoint=True, conn=conn)
+        decisions, vectors = await self._route_queries(list(texts), n, True, self.method, conn)
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,
@@ -380,7 +407,14 @@ class AsyncAvengersClient:
 
         outcomes = await asyncio.gather(*(one(i) for i in range(len(texts))))
         out, rows = core.settle(
-            texts, decisions, outcomes, routed_ms=routed_ms, strategy=strategy, top_n=n
+            texts,
+            decisions,
+            outcomes,
+            routed_ms=routed_ms,
+            strategy=strategy,
+            top_n=n,
+            vectors=vectors if self.log_vectors else None,
+            keep_texts=self.log_texts,
         )
         await self.log(rows, conn=conn)
         if not return_exceptions:
@@ -405,6 +439,34 @@ class AsyncAvengersClient:
             return
         async with self.connection("write", conn) as c:
             await route_log.awrite(c, rows)
+
+    # -- feedback --------------------------------------------------------------------------
+
+    async def feedback(
+        self,
+        route_id: uuid.UUID | str,
+        score: float,
+        model: str | None = None,
+        source: str = feedback.DEFAULT_SOURCE,
+        *,
+        at: datetime | None = None,
+        refresh: bool = True,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> feedback.Feedback:
+        """``AvengersClient.feedback``: score the answer of request ``route_id`` in [0, 1].
+        Route-log rows still queued for the background writer are written first, so feedback
+        on an answer this client just gave finds its route."""
+        if self._writer is not None and conn is None:
+            await self._writer.flush()
+        async with self.connection("write", conn) as c:
+            return await feedback.arecord_feedback(
+                c, route_id, score, model, source, at=at, refresh=refresh
+            )
+
+    async def refresh_production(self, conn: psycopg.AsyncConnection | None = None) -> None:
+        """Serve the feedback recorded since the last refresh (``avengers.refresh_production``)."""
+        async with self.connection("write", conn) as c:
+            await c.execute(feedback.REFRESH_SQL)
 
     @property
     def log_writer(self) -> RouteLogWriter | None:

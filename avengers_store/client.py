@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.client_core import DEFAULT_TOP_N, Query
 from avengers_store.errors import AvengersError, InputError
+from avengers_store.production import feedback
 from avengers_store.routing import RouteDecision
 from avengers_store.store import config, connections, schema
 
@@ -46,7 +49,9 @@ class AvengersClient:
     ``method`` is the routing rule (a ``routing.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
     default ``routing.AVENGERS``); ``prepared_statements=False`` keeps the pools' connections
     from preparing statements (for a transaction-mode pooler that cannot keep them; single
-    routes then go through ``avengers.route``, whose plan the server caches).
+    routes then go through ``avengers.route``, whose plan the server caches); ``log_vectors``
+    keeps each asked query's embedding in ``avengers.route_vectors`` (never its text unless
+    ``log_texts``), so feedback on it counts in later clustering versions.
     """
 
     def __init__(
@@ -63,6 +68,8 @@ class AvengersClient:
         max_concurrency: int = 4,
         method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
+        log_vectors: bool = False,
+        log_texts: bool = False,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -79,6 +86,8 @@ class AvengersClient:
         self.pool_size = pool_size
         self.max_concurrency = max_concurrency
         self.prepared_statements = prepared_statements
+        self.log_vectors = log_vectors or log_texts
+        self.log_texts = log_texts
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -253,18 +262,29 @@ class AvengersClient:
                 return routing.route_vectors(
                     c, queries, top_n, require_endpoint=require_endpoint, method=chosen
                 )
-        vectors, served = self._vectors(list(queries), conn)
+        return self._route_queries(list(queries), top_n, require_endpoint, chosen, conn)[0]
+
+    def _route_queries(
+        self,
+        queries: list[Query],
+        top_n: int,
+        require_endpoint: bool,
+        method: routing.RoutingMethod,
+        conn: psycopg.Connection | None,
+    ) -> tuple[list[RouteDecision], list[Any]]:
+        """Decisions and the vectors they were routed with (texts embedded)."""
+        vectors, served = self._vectors(queries, conn)
         with self._connection(conn, "read") as c:
             decisions = routing.route_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
+                c, vectors, top_n, require_endpoint=require_endpoint, method=method
             )
         if core.stale(decisions, served):
-            vectors, _ = self._vectors(list(queries), conn, refresh=True)
+            vectors, _ = self._vectors(queries, conn, refresh=True)
             with self._connection(conn, "read") as c:
                 decisions = routing.route_vectors(
-                    c, vectors, top_n, require_endpoint=require_endpoint, method=chosen
+                    c, vectors, top_n, require_endpoint=require_endpoint, method=method
                 )
-        return decisions
+        return decisions, vectors
 
     # -- answering -------------------------------------------------------------------------
 
@@ -305,7 +325,7 @@ class AvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions = self.route_many(list(texts), n, require_endpoint=True, conn=conn)
+        decisions, vectors = self._route_queries(list(texts), n, True, self.method, conn)
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,
@@ -332,7 +352,14 @@ class AvengersClient:
                 results = list(pool.map(one, range(len(texts))))
 
         out, rows = core.settle(
-            texts, decisions, results, routed_ms=routed_ms, strategy=strategy, top_n=n
+            texts,
+            decisions,
+            results,
+            routed_ms=routed_ms,
+            strategy=strategy,
+            top_n=n,
+            vectors=vectors if self.log_vectors else None,
+            keep_texts=self.log_texts,
         )
         with self._connection(conn, "write") as c:
             route_log.write(c, rows)
@@ -345,3 +372,25 @@ class AvengersClient:
     ) -> strategies.Answer:
         endpoints = core.endpoints_for(decision)
         return strategies.answer(text, endpoints, client=self.chat, **options)
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def feedback(
+        self,
+        route_id: uuid.UUID | str,
+        score: float,
+        model: str | None = None,
+        source: str = feedback.DEFAULT_SOURCE,
+        *,
+        at: datetime | None = None,
+        refresh: bool = True,
+        conn: psycopg.Connection | None = None,
+    ) -> feedback.Feedback:
+        """Score the answer of request ``route_id`` (``Answer.route_id``) in [0, 1]: one SQL
+        call (``avengers.record_feedback``). ``model`` None scores the model whose answer was
+        returned, else it must be one the request sampled; a second feedback from the same
+        ``source`` replaces the first. ``refresh`` serves it to routing at once."""
+        with self._connection(conn, "write") as c:
+            return feedback.record_feedback(
+                c, route_id, score, model, source, at=at, refresh=refresh
+            )

@@ -111,13 +111,19 @@ def settle(
     routed_ms: float,
     strategy: str,
     top_n: int,
+    vectors: Sequence[Any] | None = None,
+    keep_texts: bool = False,
 ) -> tuple[list[strategies.Answer | AvengersError], list[dict[str, Any]]]:
     """Results in input order (Answers with decision, end-to-end latency and route id filled,
-    or the error) and one route-log row each. ``outcomes[i]`` is (answer, error, sampling ms)."""
+    or the error) and one route-log row each. ``outcomes[i]`` is (answer, error, sampling ms).
+    ``vectors`` (the queries' embeddings, when the client logs them) go into the rows, and the
+    texts with them when ``keep_texts``."""
     out: list[strategies.Answer | AvengersError] = []
     rows = []
     share = routed_ms / len(texts) if texts else 0.0
-    for text, decision, (ans, err, ms) in zip(texts, decisions, outcomes, strict=True):
+    for i, (text, decision, (ans, err, ms)) in enumerate(
+        zip(texts, decisions, outcomes, strict=True)
+    ):
         total = share + ms
         route_id = uuid.uuid4()
         if ans is not None:
@@ -132,6 +138,8 @@ def settle(
                 error=str(err) if err is not None else None,
                 extra={"route_ms": round(share, 3), "top_n": top_n},
                 route_id=route_id,
+                vector=vectors[i] if vectors is not None else None,
+                text=text if vectors is not None and keep_texts else None,
             )
         )
         out.append(ans if ans is not None else err)  # type: ignore[arg-type]

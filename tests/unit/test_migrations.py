@@ -11,6 +11,7 @@ VERSIONS = Path(__file__).resolve().parents[2] / "migrations" / "versions"
 SHIPPED = {
     "0001_profile_store.py": "8bf321a890307e8728876a4a77d655c5b979150bac9e8c6a762237bdb9386edd",
     "0002_gateway.py": "12531ff4d6457924954eb908e965699eaa8298a6d4aa36e7a17b7fd0d2fedb3b",
+    "0005_loop.py": "d246634cac1598fc94cd05ebedc000a3af854ed85a5a5e39069cd0e5c8e734c9",
 }
 
 
