@@ -5,8 +5,10 @@ message, or all of it with ``route_on: "conversation"``), samples and votes with
 answers a standard ``chat.completion`` whose ``model`` is the pool model whose answer won and whose
 ``usage`` sums every sample; the ``x-avengers-*`` headers (and the body's ``avengers`` object) say
 what the router decided. A pool model's name passes the request straight to its endpoint.
-``POST /v1/route`` returns the decision only; ``GET /v1/models``, ``/health``, ``/ready`` and
-``/metrics`` describe the gateway. Route-log rows are written in the background.
+``POST /v1/route`` returns the decision only; ``POST /v1/feedback`` scores an answer by its route
+id; ``GET /v1/models``, ``/health``, ``/ready`` and ``/metrics`` describe the gateway. Route-log
+rows are written in the background, and feedback is served by one refresh per
+``feedback_refresh_s``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from avengers_store.gateway.protocol import (
     Choice,
     ChunkChoice,
     Delta,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelCard,
     ModelList,
     RouteCandidate,
@@ -66,7 +70,7 @@ from avengers_store.store import schema
 log = logging.getLogger("avengers.gateway")
 
 RECIPE_MODEL = "avengers"
-LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/route"})
+LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/route", "/v1/feedback"})
 KNOWN_PATHS = LIMITED_PATHS | {"/v1/models", "/health", "/ready", "/metrics"}
 _POOL_TTL_S = 2.0
 _DEFAULT_TEMPERATURE = 0.7
@@ -93,10 +97,13 @@ class Gateway:
             embed_threads=settings.embed_threads,
             background_log=True,
             on_stage=self.metrics.stage,
+            log_vectors=settings.log_vectors,
+            log_texts=settings.log_texts,
         )
         self._own_chat = client is None
         self.in_flight = 0
         self._pool: tuple[float, dict[str, Endpoint]] | None = None
+        self._refresh: asyncio.Task[None] | None = None
         self._head = schema.head_revision()
         self._sql_hash = schema.sql_hash()
 
@@ -111,6 +118,13 @@ class Gateway:
             log.warning("gateway started, store not ready: %s", exc)
 
     async def stop(self) -> None:
+        if self._refresh is not None and not self._refresh.done():
+            # Serve the feedback that arrived last before the pools close.
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, AvengersError):
+                await self._refresh
+            with contextlib.suppress(AvengersError):
+                await self.client.refresh_production()
         chat = self.client._chat if self._own_chat else None
         await self.client.aclose()  # writes every queued route-log row first
         if chat is not None:
@@ -167,6 +181,21 @@ class Gateway:
         models = {r[0]: Endpoint(*r) for r in rows}
         self._pool = (now, models)
         return models
+
+    def serve_feedback_soon(self) -> None:
+        """One production refresh ``feedback_refresh_s`` from now, for every feedback row that
+        arrives meanwhile (a refresh per request would serialise them on the view's lock)."""
+        if self._refresh is not None and not self._refresh.done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.settings.feedback_refresh_s)
+            try:
+                await self.client.refresh_production()
+            except AvengersError as exc:
+                log.warning("feedback refresh failed (the next feedback retries): %s", exc)
+
+        self._refresh = asyncio.get_running_loop().create_task(later(), name="avengers-feedback")
 
     def log_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         """Queue rows for the background writer without holding the response."""
@@ -712,6 +741,29 @@ async def route_only(request: Request) -> Response:
     )
 
 
+async def feedback(request: Request) -> Response:
+    gw = _gateway(request)
+    await gw.authorize(request)
+    body = await gw.read_json(request)
+    try:
+        req = FeedbackRequest.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+    now = gw.settings.feedback_refresh_s == 0
+    stored = await gw.client.feedback(req.route_id, req.score, req.model, req.source, refresh=now)
+    if not now:
+        gw.serve_feedback_soon()
+    out = FeedbackResponse(
+        id=stored.id,
+        route_id=str(stored.route_id),
+        model=stored.model,
+        score=stored.score,
+        source=stored.source,
+        replaced=stored.replaced,
+    )
+    return JSONResponse(out.model_dump())
+
+
 async def list_models(request: Request) -> Response:
     gw = _gateway(request)
     await gw.authorize(request)
@@ -824,6 +876,7 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", _errors(chat_completions), methods=["POST"]),
             Route("/v1/route", _errors(route_only), methods=["POST"]),
+            Route("/v1/feedback", _errors(feedback), methods=["POST"]),
             Route("/v1/models", _errors(list_models), methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ready", _errors(ready), methods=["GET"]),

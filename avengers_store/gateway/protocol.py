@@ -1,5 +1,6 @@
 """The OpenAI wire format the gateway speaks, declared once: request and response bodies of
-``/v1/chat/completions`` (plain and streamed), ``/v1/models``, ``/v1/route`` and error bodies.
+``/v1/chat/completions`` (plain and streamed), ``/v1/models``, ``/v1/route``, ``/v1/feedback``
+and error bodies.
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
 options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
@@ -195,6 +196,26 @@ class RouteResponse(BaseModel):
     cluster: int
     distance: float
     candidates: list[RouteCandidate]
+
+
+class FeedbackRequest(BaseModel):
+    """``/v1/feedback``: a score in [0, 1] for the answer of request ``route_id`` (the
+    x-avengers-route-id it got); ``model`` None scores the model whose answer was returned."""
+
+    route_id: str = Field(min_length=1)
+    score: float = Field(ge=0.0, le=1.0)
+    model: str | None = Field(None, min_length=1)
+    source: str = Field("user", min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    object: Literal["avengers.feedback"] = "avengers.feedback"
+    id: int
+    route_id: str
+    model: str
+    score: float
+    source: str
+    replaced: bool
 
 
 class ErrorDetail(BaseModel):

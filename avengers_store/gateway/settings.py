@@ -20,7 +20,10 @@ class GatewaySettings:
     recipe defaults a request may override; ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
-    call; ``grace_s``: how long shutdown waits for requests in flight."""
+    call; ``grace_s``: how long shutdown waits for requests in flight; ``log_vectors`` /
+    ``log_texts``: keep each routed query's embedding (and text) for later clustering versions;
+    ``feedback_refresh_s``: feedback is served at most this long after it arrives (one refresh
+    for all that arrived meanwhile; 0: refresh on every feedback request)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -43,6 +46,9 @@ class GatewaySettings:
     pool_size: int = 16
     embed_threads: int | None = 1
     database_url: str | None = None
+    log_vectors: bool = False
+    log_texts: bool = False
+    feedback_refresh_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -52,6 +58,10 @@ class GatewaySettings:
         for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.feedback_refresh_s >= 0:
+            raise ConfigurationError(
+                f"feedback_refresh_s must be >= 0, got {self.feedback_refresh_s}"
+            )
         if not self.auth and not is_loopback(self.host):
             raise ConfigurationError(
                 f"--no-auth is only allowed on a loopback address, not {self.host}: create a key "
