@@ -174,3 +174,27 @@ def test_log_vectors_keeps_the_embedding_and_never_the_text_unless_asked(store):
     assert set(rows) == {quiet.route_id, kept.route_id}
     assert rows[kept.route_id][1] == "A question to keep"
     assert rows[quiet.route_id][1] is None
+
+
+def test_profiles_show_calibration_and_production_apart_and_pooled(store):
+    from avengers_store.calibration.profiles import get_profiles
+
+    def cell():
+        (entry,) = get_profiles(cluster=0, model="bravo", url=store)
+        return entry
+
+    with client(store) as c:
+        answer = c.ask("What is 6*7?", samples=2, strategy="model-switch", task_type="math")
+        before = cell()
+        c.feedback(answer.route_id, 0.0, model="bravo", source="profile-test", refresh=False)
+        assert cell().production_n == before.production_n  # not served before the refresh
+        c.feedback(answer.route_id, 0.0, model="bravo", source="profile-test")
+    after = cell()
+    assert (after.n, after.mean_score) == (before.n, before.mean_score)  # calibration untouched
+    assert after.production_n == before.production_n + 1
+    # bravo's calibration outcomes in cluster 0 are 1 and 0; production weight 1, and rows a
+    # few seconds apart barely decay (half-life 14 days).
+    n = after.production_n
+    production_sum = (before.production_mean or 0.0) * before.production_n + 0.0
+    assert after.production_mean == pytest.approx(production_sum / n)
+    assert after.pooled_mean == pytest.approx((1 + production_sum) / (2 + n), rel=1e-4)
