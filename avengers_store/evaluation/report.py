@@ -1,4 +1,5 @@
-"""Reading an ``Evaluation``: text tables for people, PNG plots of the sweeps."""
+"""Reading an ``Evaluation`` (and an ``OnlineEvaluation``): text tables for people, PNG plots of
+the sweeps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from avengers_store.evaluation.online import OnlineEvaluation
     from avengers_store.evaluation.results import Evaluation, Stat, Sweep
 
 GROUP_TITLES = {"id": "ID macro", "ood": "OOD macro", "ood_all": "OOD macro (all)"}
@@ -195,3 +197,43 @@ def plot_sweeps(result: Evaluation, directory: str | Path) -> dict[str, Path]:
             title=f"{_TITLES.get(name, (name, name))[1]}, method {result.method.name}",
         )
     return out
+
+
+def format_online(result: OnlineEvaluation) -> str:
+    """The arms of an online replay: prequential accuracy overall and per window, macros."""
+    header = ["arm", "overall", "ID macro", "OOD macro", "explored %"]
+    header += [f"w{i + 1}" for i in range(len(next(iter(result.arms.values())).windows))]
+    body = [
+        [
+            arm.name,
+            _pm(arm.accuracy),
+            _pm(arm.id_macro),
+            _pm(arm.ood_macro),
+            f"{arm.explored.mean:.1f}",
+            *(f"{w.mean:.2f}" for w in arm.windows),
+        ]
+        for arm in result.arms.values()
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
+    lines.append("")
+    lines.append(
+        f"{result.stream_queries} test queries streamed per seed in a seeded order, "
+        f"{result.batch} per batch (routed, scored, fed back, refreshed); windows w1..w"
+        f"{len(header) - 5} are consecutive slices of the stream; production weight "
+        f"{result.production_weight:g}, half-life {result.half_life.total_seconds():g} s "
+        f"(one query per second), exploration {result.exploration}"
+        + (f" (share {result.exploration_share:g})" if result.exploration == "epsilon" else "")
+        + f"; method {result.method.name}, {result.algorithm} k={result.k} "
+        f"stratify={result.stratify}; seeds {', '.join(map(str, result.seeds))}; "
+        f"{result.seconds:.1f} s"
+    )
+    if result.online_equals_static is not None:
+        lines.append(
+            "production weight 0: the online arm routed "
+            + ("exactly as" if result.online_equals_static else "DIFFERENTLY from")
+            + " the static one"
+        )
+    return "\n".join(lines)

@@ -28,12 +28,16 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """Why a query goes where it goes: its cluster in a clustering version and the ranked models."""
+    """Why a query goes where it goes: its cluster in a clustering version and the ranked models.
+    ``exploration``: the clustering's exploration policy when it is on, and ``explored`` whether
+    it put another model first than the best-scored one."""
 
     clustering_id: int
     cluster: int
     distance: float
     candidates: tuple[Candidate, ...]
+    exploration: str | None = None
+    explored: bool | None = None
 
     @property
     def model(self) -> str | None:
@@ -48,6 +52,12 @@ class RouteDecision:
             f"clustering {self.clustering_id}: nearest cluster {self.cluster} "
             f"(Euclidean distance {self.distance:.4f})"
         ]
+        if self.exploration is not None:
+            lines.append(
+                f"  exploration {self.exploration}: "
+                + ("another candidate than the best-scored goes first" if self.explored
+                   else "the best-scored candidate stays first")
+            )  # fmt: skip
         if not self.candidates:
             lines.append("  no active model has a profile for this cluster")
         for c in self.candidates:
