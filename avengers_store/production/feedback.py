@@ -97,10 +97,13 @@ def record_feedback(
     ``model`` None scores the model whose answer was returned; ``at`` (default now) is when the
     outcome was observed. ``refresh`` serves it at once (``refresh_production``)."""
     params = feedback_params(route_id, score, model, source, at)
-    with driver_errors.translated(), conn.transaction():
-        row = conn.execute(RECORD_SQL, params).fetchone()
-        if refresh:
-            conn.execute(REFRESH_SQL)
+    with driver_errors.translated():
+        if not refresh:  # one statement is atomic on its own: no BEGIN / COMMIT round trips
+            row = conn.execute(RECORD_SQL, params).fetchone()
+        else:
+            with conn.transaction():
+                row = conn.execute(RECORD_SQL, params).fetchone()
+                conn.execute(REFRESH_SQL)
     return _feedback(params, row)
 
 
@@ -117,10 +120,11 @@ async def arecord_feedback(
     """``record_feedback`` on an async connection."""
     params = feedback_params(route_id, score, model, source, at)
     with driver_errors.translated():
-        async with conn.transaction():
-            cursor = await conn.execute(RECORD_SQL, params)
-            row = await cursor.fetchone()
-            if refresh:
+        if not refresh:
+            row = await (await conn.execute(RECORD_SQL, params)).fetchone()
+        else:
+            async with conn.transaction():
+                row = await (await conn.execute(RECORD_SQL, params)).fetchone()
                 await conn.execute(REFRESH_SQL)
     return _feedback(params, row)
 
