@@ -143,7 +143,7 @@ def counted_in_bulk(url: str, n: int, offset: int) -> dict:
     """``n`` feedback rows in one statement (the triggers count them together): setup for the
     serving measurements, timed too."""
     with connections.connect(url) as conn, Timer() as t:
-        conn.execute(
+        inserted = conn.execute(
             """INSERT INTO avengers.feedback (route_id, source, model_id, score, at)
                SELECT r.route_id, 'bulk', m.id, (random() < 0.6)::int,
                       now() - random() * interval '30 days'
@@ -151,9 +151,13 @@ def counted_in_bulk(url: str, n: int, offset: int) -> dict:
                      ORDER BY id OFFSET %s LIMIT %s) AS r
                JOIN avengers.models m ON m.name = r.answer_model""",
             (offset, n),
-        )
+        ).rowcount
         conn.commit()
-    return {"rows": n, "seconds": round(t.seconds, 2), "rows_per_s": round(n / t.seconds)}
+    return {
+        "rows": inserted,
+        "seconds": round(t.seconds, 2),
+        "rows_per_s": round(inserted / t.seconds),
+    }
 
 
 def serving(url: str, repeats: int) -> dict:
