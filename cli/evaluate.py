@@ -65,8 +65,7 @@ from avengers_store.evaluation.report import format_online, format_tables
               help="--online: half-life on the stream's clock, one query per second (default: "
               "the served clustering's).")  # fmt: skip
 @click.option("--exploration", type=click.Choice(["thompson", "epsilon"]),
-              help="--online: policy of the explored arm (default: the served one, else "
-              "thompson).")  # fmt: skip
+              help="--online: run only this explored arm (default: both).")  # fmt: skip
 @click.option("--exploration-share", type=float, help="--online: epsilon's share of queries.")
 @options.json_output
 def command(

@@ -12,7 +12,8 @@ Arms, each on the same stream of each seed (every arm in its own savepoint, roll
 
 - ``static``: calibration only, nothing fed back (the router ``evaluate`` measures).
 - ``online``: feedback pooled at ``production_weight``, no exploration.
-- ``online + <policy>``: the same with exploration (thompson unless told otherwise).
+- ``online + thompson``, ``online + epsilon``: the same with exploration (only the policy asked
+  for, when one is).
 - ``best single``: the model with the best dataset-balanced calibration mean, every query.
 
 The stream's clock advances one second per query (so a half-life of 2000 s is 2000 queries). With
@@ -80,7 +81,7 @@ class OnlineEvaluation:
     stream_queries: int
     production_weight: float
     half_life: timedelta
-    exploration: str
+    explorations: tuple[str, ...]
     exploration_share: float
     models: tuple[str, ...]
     best_single: str
@@ -141,7 +142,7 @@ def evaluate_online(
 
     ``production_weight``, ``half_life`` (in stream seconds: one query per second) and
     ``exploration_share`` default to the served clustering's settings (or the store's
-    defaults); ``exploration`` (the explored arm's policy) to the served one's, else thompson.
+    defaults); ``exploration`` names the one explored arm to run (default: both policies).
     Runs in one transaction that is rolled back: the store is unchanged afterwards.
     """
     started = time.perf_counter()
@@ -188,8 +189,7 @@ def evaluate_online(
         share = (
             exploration_share if exploration_share is not None else (served[3] if served else 0.05)
         )
-        policy = exploration or (served[2] if served and served[2] != "off" else "thompson")
-        explored_arm = Exploration(policy, share)
+        policies = [exploration] if exploration else ["thompson", "epsilon"]
         rp = Replay(
             c,
             method=chosen,
@@ -204,7 +204,10 @@ def evaluate_online(
         plan = [
             ("static", 0.0, OFF, False),
             ("online", weight, OFF, True),
-            (f"online + {policy}", weight, explored_arm, True),
+            *(
+                (f"online + {policy}", weight, Exploration(policy, share), True)
+                for policy in policies
+            ),
         ]
         streams: dict[str, list[_Stream]] = {name: [] for name, *_ in plan}
         orders: list[np.ndarray] = []
@@ -276,7 +279,7 @@ def evaluate_online(
             stream_queries=len(test_rows),
             production_weight=float(weight),
             half_life=half,
-            exploration=policy,
+            explorations=tuple(policies),
             exploration_share=float(share),
             models=rp.models,
             best_single=single_name,

@@ -224,8 +224,12 @@ def format_online(result: OnlineEvaluation) -> str:
         f"{result.batch} per batch (routed, scored, fed back, refreshed); windows w1..w"
         f"{len(header) - 5} are consecutive slices of the stream; production weight "
         f"{result.production_weight:g}, half-life {result.half_life.total_seconds():g} s "
-        f"(one query per second), exploration {result.exploration}"
-        + (f" (share {result.exploration_share:g})" if result.exploration == "epsilon" else "")
+        f"(one query per second), exploration {' and '.join(result.explorations)}"
+        + (
+            f" (epsilon share {result.exploration_share:g})"
+            if "epsilon" in result.explorations
+            else ""
+        )
         + f"; method {result.method.name}, {result.algorithm} k={result.k} "
         f"stratify={result.stratify}; seeds {', '.join(map(str, result.seeds))}; "
         f"{result.seconds:.1f} s"

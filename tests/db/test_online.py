@@ -31,7 +31,7 @@ def test_weight_zero_routes_exactly_as_the_static_router_and_evaluate(store):
     assert table_counts(store) == before  # rolled back: no clustering, log or feedback kept
     assert result.online_equals_static is True
     arms = result.arms
-    assert list(arms) == ["static", "online", "online + epsilon", "best single"]
+    assert list(arms) == ["static", "online", "online + epsilon", "best single"]  # as asked
     assert arms["online"].accuracy == arms["static"].accuracy
     assert arms["online"].windows == arms["static"].windows and len(arms["static"].windows) == 4
     # 3 datasets x 4 blobs' test queries: alpha (2 blobs), beta (2), gamma (1, OOD), 12 each.
@@ -48,7 +48,8 @@ def test_the_stream_mean_is_the_mean_of_its_windows(store):
     for arm in result.arms.values():
         assert arm.accuracy.mean == pytest.approx(sum(w.mean for w in arm.windows) / 5)
     assert result.online_equals_static is None  # weight 1: not checked
-    assert result.production_weight == 1.0 and result.exploration == "thompson"
+    assert result.production_weight == 1.0 and result.explorations == ("thompson", "epsilon")
+    assert list(result.arms)[2:4] == ["online + thompson", "online + epsilon"]
 
 
 @pytest.mark.parametrize(
@@ -69,6 +70,8 @@ def test_cli_online_json(store, cli_env):
         ).stdout
     )  # fmt: skip
     assert out["online_equals_static"] is True
-    assert set(out["arms"]) == {"static", "online", "online + thompson", "best single"}
+    assert set(out["arms"]) == {
+        "static", "online", "online + thompson", "online + epsilon", "best single",
+    }  # fmt: skip
     text = run_cli("evaluate", "--online", "--k", "4", "--seeds", "5", "--windows", "3").stdout
     assert "w3" in text and "best single" in text and "online + thompson" in text
