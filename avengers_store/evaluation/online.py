@@ -313,7 +313,7 @@ def _stream(
             conn, rp.X[rows], pool_size(1, exploration), method=rp.method
         )
         if exploration.on:
-            decisions = [explore(d, exploration, rng, 1) for d in decisions]
+            decisions = [explore(d, rng, 1, exploration) for d in decisions]
         log: list[tuple[Any, ...]] = []
         back: list[tuple[Any, ...]] = []
         for i, (row, decision) in enumerate(zip(rows, decisions, strict=True)):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One model proposed for a query, best first (rank 1). ``score`` is the routing score;
-    ``mean_score``, ``n`` and the Wilson bounds describe the model on the nearest cluster (None
-    when it has no outcome there)."""
+    ``mean_score``, ``n`` and the Wilson bounds describe the model's calibration outcomes on the
+    nearest cluster (None when it has none there), ``production_n`` and ``production_mean`` its
+    feedback there; ``evidence`` is the pseudo-count behind ``score`` (what exploration's Beta
+    posterior uses)."""
 
     model: str
     rank: int
@@ -24,13 +27,21 @@ class Candidate:
     model_id: int | None = None
     api_key_env: str | None = None
     score: float | None = None
+    production_n: int | None = None
+    production_mean: float | None = None
+    evidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """Why a query goes where it goes: its cluster in a clustering version and the ranked models.
-    ``exploration``: the clustering's exploration policy when it is on, and ``explored`` whether
-    it put another model first than the best-scored one."""
+
+    ``novelty``: the distance over the nearest cluster's OOD distance, ``ood`` novelty > 1, and
+    ``ood_policy`` what an out-of-distribution query got (``routing.ood``). ``production_weight``
+    and ``half_life``: how the clustering pools production outcomes into the scores.
+    ``exploration``: the clustering's exploration policy when it is on (with
+    ``exploration_share``), and ``explored`` whether it put another model first than the
+    best-scored one."""
 
     clustering_id: int
     cluster: int
@@ -38,6 +49,12 @@ class RouteDecision:
     candidates: tuple[Candidate, ...]
     exploration: str | None = None
     explored: bool | None = None
+    novelty: float | None = None
+    ood: bool | None = None
+    ood_policy: str | None = None
+    production_weight: float | None = None
+    half_life: timedelta | None = None
+    exploration_share: float | None = None
 
     @property
     def model(self) -> str | None:
@@ -45,13 +62,26 @@ class RouteDecision:
         return self.candidates[0].model if self.candidates else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["half_life"] = self.half_life.total_seconds() if self.half_life else None
+        return out
 
     def explain(self) -> str:
         lines = [
             f"clustering {self.clustering_id}: nearest cluster {self.cluster} "
             f"(Euclidean distance {self.distance:.4f})"
         ]
+        if self.novelty is not None:
+            verdict = "out of distribution" if self.ood else "in distribution"
+            policy = f"; policy {self.ood_policy}" if self.ood and self.ood_policy else ""
+            lines.append(f"  novelty {self.novelty:.2f}: {verdict}{policy}")
+        if self.production_weight is not None:
+            lines.append(
+                "  scores pool production outcomes at weight "
+                f"{self.production_weight:g} (half-life {self.half_life})"
+                if self.production_weight > 0
+                else "  scores use calibration outcomes only (production weight 0)"
+            )
         if self.exploration is not None:
             lines.append(
                 f"  exploration {self.exploration}: "
@@ -73,5 +103,10 @@ class RouteDecision:
                 if c.mean_score is not None
                 else "no outcome in the cluster"
             )
-            lines.append(f"  {c.rank}. {c.model}: {score}{here}{where}")
+            production = (
+                f"; production {c.production_mean:.3f} over {c.production_n} feedback rows"
+                if c.production_n
+                else ""
+            )
+            lines.append(f"  {c.rank}. {c.model}: {score}{here}{production}{where}")
         return "\n".join(lines)

@@ -71,10 +71,24 @@ def evidence(candidate: Candidate) -> float:
     return float(candidate.n or 0) + 1.0
 
 
+def of_decision(decision: RouteDecision) -> Exploration:
+    """The exploration a decision's clustering asks for (its route rows carry it)."""
+    if decision.exploration is None:
+        return OFF
+    share = decision.exploration_share
+    return Exploration(decision.exploration, OFF.share if share is None else share)
+
+
 def explore(
-    decision: RouteDecision, exploration: Exploration, rng: np.random.Generator, top_n: int
+    decision: RouteDecision,
+    rng: np.random.Generator,
+    top_n: int,
+    exploration: Exploration | None = None,
 ) -> RouteDecision:
-    """The decision with its candidates ranked by the policy, cut to ``top_n``."""
+    """The decision with its candidates ranked by the exploration policy (default: its
+    clustering's), cut to ``top_n``."""
+    if exploration is None:
+        exploration = of_decision(decision)
     candidates = decision.candidates
     order = list(range(len(candidates)))
     if exploration.policy == "thompson" and len(candidates) > 1:
@@ -97,5 +111,6 @@ def explore(
         decision,
         candidates=ranked,
         exploration=exploration.policy if exploration.on else None,
+        exploration_share=exploration.share if exploration.on else None,
         explored=bool(order and order[0] != 0) if exploration.on else None,
     )

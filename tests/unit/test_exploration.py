@@ -19,18 +19,18 @@ def decision(*scored: tuple[str, float, int]) -> RouteDecision:
     return RouteDecision(1, 0, 0.1, candidates)
 
 
-def firsts(d: RouteDecision, exploration: Exploration, trials: int = 2000) -> dict[str, int]:
+def firsts(d: RouteDecision, exploration: Exploration | None, trials: int = 2000) -> dict[str, int]:
     rng = np.random.default_rng(0)
     out: dict[str, int] = {}
     for _ in range(trials):
-        first = explore(d, exploration, rng, 1).model
+        first = explore(d, rng, 1, exploration).model
         out[first] = out.get(first, 0) + 1
     return out
 
 
 def test_off_keeps_the_order_and_records_nothing():
     d = decision(("a", 0.8, 50), ("b", 0.7, 50), ("c", 0.1, 50))
-    out = explore(d, OFF, np.random.default_rng(0), 2)
+    out = explore(d, np.random.default_rng(0), 2, OFF)
     assert [c.model for c in out.candidates] == ["a", "b"]
     assert (out.exploration, out.explored) == (None, None)
     assert pool_size(2, OFF) == 2 and pool_size(2, Exploration("thompson")) == 8
@@ -60,7 +60,7 @@ def test_explored_decisions_are_renumbered_and_flagged():
     rng = np.random.default_rng(3)
     seen = set()
     for _ in range(50):
-        out = explore(d, Exploration("thompson"), rng, 2)
+        out = explore(d, rng, 2, Exploration("thompson"))
         assert [c.rank for c in out.candidates] == [1, 2]
         assert out.exploration == "thompson"
         assert out.explored == (out.model != "a")
@@ -73,3 +73,15 @@ def test_unknown_policy_and_share_are_refused():
         Exploration("greedy")
     with pytest.raises(InputError, match="share"):
         Exploration("epsilon", 2.0)
+
+
+def test_the_decision_carries_its_clustering_policy():
+    import dataclasses
+
+    d = dataclasses.replace(
+        decision(("a", 0.9, 50), ("b", 0.5, 50)), exploration="epsilon", exploration_share=1.0
+    )
+    counts = firsts(d, None, trials=400)
+    assert 150 < counts["b"] < 250  # every request explores; half of them land on b
+    plain = decision(("a", 0.9, 50), ("b", 0.5, 50))
+    assert explore(plain, np.random.default_rng(0), 1).explored is None
