@@ -40,7 +40,7 @@ from avengers_store.calibration.embedding_batches import EmbeddingBatcher
 from avengers_store.client_core import Query
 from avengers_store.errors import AvengersError, InputError
 from avengers_store.production import feedback
-from avengers_store.routing import RouteDecision
+from avengers_store.routing import RouteDecision, loop, ood
 from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.store import config, connections, schema
 
@@ -52,7 +52,7 @@ class AsyncAvengersClient:
 
     Options as ``AvengersClient`` (``read_url``, ``embedder``, ``prompts``, ``threshold``,
     ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``,
-    ``log_vectors``, ``log_texts``), and:
+    ``log_vectors``, ``log_texts``, ``ood_policy``, ``seed``), and:
     ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
     torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
     per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
@@ -80,6 +80,8 @@ class AsyncAvengersClient:
         on_stage: StageObserver | None = None,
         log_vectors: bool = False,
         log_texts: bool = False,
+        ood_policy: str = ood.DEFAULT_POLICY,
+        seed: int | None = None,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -99,6 +101,9 @@ class AsyncAvengersClient:
         self.on_stage = on_stage
         self.log_vectors = log_vectors or log_texts
         self.log_texts = log_texts
+        self.ood_policy = ood.ood_policy(ood_policy)
+        self._rng = np.random.default_rng(seed)
+        self._explores = False
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -267,12 +272,15 @@ class AsyncAvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> RouteDecision:
-        """Route a text (embedded in the serving space) or a vector: one SQL round trip.
-        ``method`` overrides the client's routing method for this call."""
-        chosen = routing.routing_method(method) if method is not None else self.method
-        return (await self.route_with_vector(query, top_n, require_endpoint, chosen, conn))[0]
+        """Route a text (embedded in the serving space) or a vector: as ``AvengersClient.route``.
+        ``method`` and ``ood_policy`` override the client's for this call."""
+        decision, _ = await self.route_with_vector(
+            query, top_n, require_endpoint, method, conn, ood_policy=ood_policy
+        )
+        return decision
 
     async def route_with_vector(
         self,
@@ -281,27 +289,76 @@ class AsyncAvengersClient:
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
         conn: psycopg.AsyncConnection | None = None,
+        *,
+        ood_policy: str | None = None,
     ) -> tuple[RouteDecision, Any]:
         """``route``, and the vector the query was routed with (its embedding, for a text):
         what the route log keeps when the client logs vectors."""
         chosen = routing.routing_method(method) if method is not None else self.method
+        policy = self._policy(ood_policy)
         vectors, served = await self._vectors([query], conn)
-        decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
+        decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn, policy)
         if core.stale([decision], served):
             vectors, _ = await self._vectors([query], conn, refresh=True)
-            decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn)
+            decision = await self._route_one(
+                vectors[0], top_n, require_endpoint, chosen, conn, policy
+            )
         return decision, vectors[0]
 
+    def _policy(self, ood_policy: str | None) -> str:
+        return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy
+
     async def _route_one(
-        self, vector: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
+        self,
+        vector: Any,
+        top_n: int,
+        require_endpoint: bool,
+        method: Any,
+        conn: Any,
+        policy: str,
     ) -> RouteDecision:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decision = await routing.aroute_vector(
-                c, vector, top_n, require_endpoint=require_endpoint, method=method
+            decisions = await self._decide(
+                c, [vector], top_n, require_endpoint, method, policy, True
             )
         self._observe("route", time.perf_counter() - started)
-        return decision
+        return decisions[0]
+
+    async def _decide(
+        self,
+        c: psycopg.AsyncConnection,
+        vectors: Any,
+        top_n: int,
+        require_endpoint: bool,
+        method: routing.RoutingMethod,
+        policy: str,
+        single: bool,
+    ) -> list[RouteDecision]:
+        """``AvengersClient._decide``: route, annotate with the loop, apply the OOD policy and
+        exploration."""
+
+        async def run(n: int) -> list[RouteDecision]:
+            if single:
+                found = [
+                    await routing.aroute_vector(
+                        c, vectors[0], n, require_endpoint=require_endpoint, method=method
+                    )
+                ]
+            else:
+                found = await routing.aroute_vectors(
+                    c, vectors, n, require_endpoint=require_endpoint, method=method
+                )
+            return loop.annotate(found, await loop.aloop_rows(c, found))
+
+        asked = core.asked_for(top_n, self._explores)
+        decisions = await run(asked)
+        self._explores = any(d.exploration is not None for d in decisions)
+        if asked == top_n and loop.needs_pool(decisions, top_n):
+            decisions = await run(core.asked_for(top_n, True))
+        return await loop.asettle(
+            c, decisions, top_n, policy, self._rng, require_endpoint=require_endpoint
+        )
 
     async def route_many(
         self,
@@ -310,34 +367,53 @@ class AsyncAvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[RouteDecision]:
-        """Route many texts and/or vectors in one statement (one snapshot); input order kept.
-        ``method`` overrides the client's routing method for this call."""
+        """Route many texts and/or vectors in one routing statement (one snapshot); input order
+        kept. ``method`` and ``ood_policy`` override the client's for this call."""
         core.check_route_many(queries)
         chosen = routing.routing_method(method) if method is not None else self.method
+        policy = self._policy(ood_policy)
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
-            return await self._route_batch(queries, top_n, require_endpoint, chosen, conn)
-        return (await self._route_queries(list(queries), top_n, require_endpoint, chosen, conn))[0]
+            return await self._route_batch(queries, top_n, require_endpoint, chosen, conn, policy)
+        found = await self._route_queries(
+            list(queries), top_n, require_endpoint, chosen, conn, policy
+        )
+        return found[0]
 
     async def _route_queries(
-        self, queries: list[Query], top_n: int, require_endpoint: bool, method: Any, conn: Any
+        self,
+        queries: list[Query],
+        top_n: int,
+        require_endpoint: bool,
+        method: Any,
+        conn: Any,
+        policy: str,
     ) -> tuple[list[RouteDecision], list[Any]]:
         """Decisions and the vectors they were routed with (texts embedded)."""
         vectors, served = await self._vectors(queries, conn)
-        decisions = await self._route_batch(vectors, top_n, require_endpoint, method, conn)
+        decisions = await self._route_batch(vectors, top_n, require_endpoint, method, conn, policy)
         if core.stale(decisions, served):
             vectors, _ = await self._vectors(queries, conn, refresh=True)
-            decisions = await self._route_batch(vectors, top_n, require_endpoint, method, conn)
+            decisions = await self._route_batch(
+                vectors, top_n, require_endpoint, method, conn, policy
+            )
         return decisions, vectors
 
     async def _route_batch(
-        self, vectors: Any, top_n: int, require_endpoint: bool, method: Any, conn: Any
+        self,
+        vectors: Any,
+        top_n: int,
+        require_endpoint: bool,
+        method: Any,
+        conn: Any,
+        policy: str,
     ) -> list[RouteDecision]:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decisions = await routing.aroute_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=method
+            decisions = await self._decide(
+                c, vectors, top_n, require_endpoint, method, policy, False
             )
         self._observe("route", time.perf_counter() - started)
         return decisions
@@ -352,12 +428,20 @@ class AsyncAvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer (``decision`` and ``route_id`` filled)."""
+        Answer (``decision`` and ``route_id`` filled); ``ood_policy`` as ``AvengersClient.ask``."""
         results = await self.ask_many(
-            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
+            [text],
+            samples,
+            strategy,
+            task_type,
+            top_n,
+            ood_policy=ood_policy,
+            conn=conn,
+            return_exceptions=False,
         )
         return results[0]  # type: ignore[return-value]
 
@@ -371,6 +455,7 @@ class AsyncAvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
@@ -381,7 +466,10 @@ class AsyncAvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions, vectors = await self._route_queries(list(texts), n, True, self.method, conn)
+        policy = self._policy(ood_policy)
+        decisions, vectors = await self._route_queries(
+            list(texts), n, True, self.method, conn, policy
+        )
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,
@@ -398,7 +486,9 @@ class AsyncAvengersClient:
                 began = time.perf_counter()
                 try:
                     plan = strategies.answer_plan(
-                        texts[i], core.endpoints_for(decisions[i]), **options
+                        texts[i],
+                        core.endpoints_for(decisions[i]),
+                        **core.options_for(decisions[i], options),
                     )
                     result = await self.run_plan(plan)
                     return result, None, (time.perf_counter() - began) * 1000.0

@@ -33,7 +33,7 @@ from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.client_core import DEFAULT_TOP_N, Query
 from avengers_store.errors import AvengersError, InputError
 from avengers_store.production import feedback
-from avengers_store.routing import RouteDecision
+from avengers_store.routing import RouteDecision, loop, ood
 from avengers_store.store import config, connections, schema
 
 __all__ = ["DEFAULT_TOP_N", "AvengersClient", "Query"]
@@ -51,7 +51,9 @@ class AvengersClient:
     from preparing statements (for a transaction-mode pooler that cannot keep them; single
     routes then go through ``avengers.route``, whose plan the server caches); ``log_vectors``
     keeps each asked query's embedding in ``avengers.route_vectors`` (never its text unless
-    ``log_texts``), so feedback on it counts in later clustering versions.
+    ``log_texts``), so feedback on it counts in later clustering versions. ``ood_policy``: what
+    an out-of-distribution query gets (``flag``, ``best-overall`` or ``widen``; see
+    ``routing.ood``), overridable per call; ``seed`` seeds exploration's draws.
     """
 
     def __init__(
@@ -70,6 +72,8 @@ class AvengersClient:
         prepared_statements: bool = True,
         log_vectors: bool = False,
         log_texts: bool = False,
+        ood_policy: str = ood.DEFAULT_POLICY,
+        seed: int | None = None,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -88,6 +92,9 @@ class AvengersClient:
         self.prepared_statements = prepared_statements
         self.log_vectors = log_vectors or log_texts
         self.log_texts = log_texts
+        self.ood_policy = ood.ood_policy(ood_policy)
+        self._rng = np.random.default_rng(seed)
+        self._explores = False
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -219,29 +226,26 @@ class AvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
-        """Route a text (embedded in the serving space) or a vector: one SQL round trip
-        (``avengers.route_pooled``, else ``avengers.route``). ``method`` overrides the
-        client's routing method for this call."""
+        """Route a text (embedded in the serving space) or a vector: the routing statement
+        (``avengers.route_pooled``, else ``avengers.route``), then the loop's (``routing.loop``:
+        novelty, production feedback, settings), the OOD policy and the clustering's exploration.
+        ``method`` and ``ood_policy`` override the client's for this call."""
         chosen = routing.routing_method(method) if method is not None else self.method
+        policy = self._policy(ood_policy)
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
-            return routing.route_vector(
-                conn, query, top_n, require_endpoint=require_endpoint, method=chosen
-            )
+            return self._decide(conn, [query], top_n, require_endpoint, chosen, policy, True)[0]
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
-            decision = routing.route_vector(
-                c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
-            )
-        if core.stale([decision], served):
+            decisions = self._decide(c, vectors, top_n, require_endpoint, chosen, policy, True)
+        if core.stale(decisions, served):
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decision = routing.route_vector(
-                    c, vectors[0], top_n, require_endpoint=require_endpoint, method=chosen
-                )
-        return decision
+                decisions = self._decide(c, vectors, top_n, require_endpoint, chosen, policy, True)
+        return decisions[0]
 
     def route_many(
         self,
@@ -250,19 +254,58 @@ class AvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[RouteDecision]:
-        """Route many texts and/or vectors in one statement (one snapshot); input order kept.
-        A 2-D numpy array is taken as one vector per row, as is. ``method`` overrides the
-        client's routing method for this call."""
+        """Route many texts and/or vectors in one routing statement (one snapshot); input order
+        kept. A 2-D numpy array is taken as one vector per row, as is. ``method`` and
+        ``ood_policy`` override the client's for this call."""
         core.check_route_many(queries)
         chosen = routing.routing_method(method) if method is not None else self.method
+        policy = self._policy(ood_policy)
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
-                return routing.route_vectors(
-                    c, queries, top_n, require_endpoint=require_endpoint, method=chosen
+                return self._decide(c, queries, top_n, require_endpoint, chosen, policy, False)
+        return self._route_queries(list(queries), top_n, require_endpoint, chosen, conn, policy)[0]
+
+    def _policy(self, ood_policy: str | None) -> str:
+        return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy
+
+    def _decide(
+        self,
+        c: psycopg.Connection,
+        vectors: Any,
+        top_n: int,
+        require_endpoint: bool,
+        method: routing.RoutingMethod,
+        policy: str,
+        single: bool,
+    ) -> list[RouteDecision]:
+        """Route, annotate with the loop, apply the OOD policy and exploration. Exploration
+        chooses among ``exploration.POOL`` candidates: asked for from the start once this
+        client has seen it on, else routed again the first time."""
+
+        def run(n: int) -> list[RouteDecision]:
+            if single:
+                found = [
+                    routing.route_vector(
+                        c, vectors[0], n, require_endpoint=require_endpoint, method=method
+                    )
+                ]
+            else:
+                found = routing.route_vectors(
+                    c, vectors, n, require_endpoint=require_endpoint, method=method
                 )
-        return self._route_queries(list(queries), top_n, require_endpoint, chosen, conn)[0]
+            return loop.annotate(found, loop.loop_rows(c, found))
+
+        asked = core.asked_for(top_n, self._explores)
+        decisions = run(asked)
+        self._explores = any(d.exploration is not None for d in decisions)
+        if asked == top_n and loop.needs_pool(decisions, top_n):
+            decisions = run(core.asked_for(top_n, True))
+        return loop.settle(
+            c, decisions, top_n, policy, self._rng, require_endpoint=require_endpoint
+        )
 
     def _route_queries(
         self,
@@ -271,19 +314,16 @@ class AvengersClient:
         require_endpoint: bool,
         method: routing.RoutingMethod,
         conn: psycopg.Connection | None,
+        policy: str,
     ) -> tuple[list[RouteDecision], list[Any]]:
         """Decisions and the vectors they were routed with (texts embedded)."""
         vectors, served = self._vectors(queries, conn)
         with self._connection(conn, "read") as c:
-            decisions = routing.route_vectors(
-                c, vectors, top_n, require_endpoint=require_endpoint, method=method
-            )
+            decisions = self._decide(c, vectors, top_n, require_endpoint, method, policy, False)
         if core.stale(decisions, served):
             vectors, _ = self._vectors(queries, conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decisions = routing.route_vectors(
-                    c, vectors, top_n, require_endpoint=require_endpoint, method=method
-                )
+                decisions = self._decide(c, vectors, top_n, require_endpoint, method, policy, False)
         return decisions, vectors
 
     # -- answering -------------------------------------------------------------------------
@@ -296,12 +336,22 @@ class AvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included)."""
+        Answer with ``decision`` and ``route_id`` filled. ``latency_ms`` is end to end (embedding
+        included). An out-of-distribution question gets ``ood_policy`` (default: the client's);
+        under ``widen`` it is answered with Model-Switch over the top-n."""
         return self.ask_many(
-            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
+            [text],
+            samples,
+            strategy,
+            task_type,
+            top_n,
+            ood_policy=ood_policy,
+            conn=conn,
+            return_exceptions=False,
         )[0]  # type: ignore[return-value]
 
     def ask_many(
@@ -314,6 +364,7 @@ class AvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
@@ -325,7 +376,8 @@ class AvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions, vectors = self._route_queries(list(texts), n, True, self.method, conn)
+        policy = self._policy(ood_policy)
+        decisions, vectors = self._route_queries(list(texts), n, True, self.method, conn, policy)
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,
@@ -371,7 +423,9 @@ class AvengersClient:
         self, text: str, decision: RouteDecision, options: dict[str, Any]
     ) -> strategies.Answer:
         endpoints = core.endpoints_for(decision)
-        return strategies.answer(text, endpoints, client=self.chat, **options)
+        return strategies.answer(
+            text, endpoints, client=self.chat, **core.options_for(decision, options)
+        )
 
     # -- feedback --------------------------------------------------------------------------
 

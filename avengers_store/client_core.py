@@ -15,7 +15,7 @@ from avengers_store.answering import route_log, strategies
 from avengers_store.answering.sampling import Endpoint
 from avengers_store.calibration.embedding_spaces import Space, space_from_row
 from avengers_store.errors import AvengersError, InputError, StoreStateError
-from avengers_store.routing import RouteDecision
+from avengers_store.routing import RouteDecision, exploration
 
 # Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
 # are only fallbacks when its endpoint is down. Model-Switch may pool all of them.
@@ -83,6 +83,21 @@ def check_ask(texts: Sequence[str], strategy: str) -> None:
 
 def top_n_for(strategy: str, top_n: int | None) -> int:
     return top_n or DEFAULT_TOP_N[strategy]
+
+
+def asked_for(top_n: int, explores: bool) -> int:
+    """Candidates to ask the routing statement for: more than shown when exploration is on."""
+    return exploration.pool_size(
+        top_n, exploration.Exploration("thompson") if explores else exploration.OFF
+    )
+
+
+def options_for(decision: RouteDecision, options: dict[str, Any]) -> dict[str, Any]:
+    """The answering options of one question: Model-Switch over the candidates for an
+    out-of-distribution question under the ``widen`` policy."""
+    if decision.ood and decision.ood_policy == "widen":
+        return {**options, "strategy": "model-switch"}
+    return options
 
 
 def endpoints_for(decision: RouteDecision) -> list[Endpoint]:

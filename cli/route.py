@@ -21,22 +21,28 @@ from avengers_store.client import AvengersClient
     "statement, one JSON decision per line out."
 )
 @options.method
+@options.ood_policy
 @options.json_output
-def command(text: str | None, top_n: int, file_: str | None, method: str, as_json: bool) -> None:
+def command(
+    text: str | None, top_n: int, file_: str | None, method: str, ood_policy: str, as_json: bool
+) -> None:
     """Route TEXT: nearest cluster of the active clustering and the best active models.
 
-    Text is embedded with the serving space's embedder; nothing is sent to a model.
+    Text is embedded with the serving space's embedder; nothing is sent to a model. The
+    decision says how novel the query is against the calibration queries (ood: true beyond the
+    clustering's threshold) and what --ood-policy did about it.
 
     \b
     Example:
       avengers route "What is the derivative of x^3?" --top-n 3
       avengers route "Who wrote Hamlet?" --json
       avengers route "Who wrote Hamlet?" --method paper
+      avengers route "Translate 'bonjour' to Klingon" --ood-policy best-overall --json
       avengers route --file questions.jsonl > decisions.jsonl
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
-    with AvengersClient(method=method) as client:
+    with AvengersClient(method=method, ood_policy=ood_policy) as client:
         if file_ is not None:
             queries = read_jsonl(file_, allow_vectors=True)
             for i, decision in enumerate(client.route_many(queries, top_n)):

@@ -45,6 +45,7 @@ from avengers_store.gateway.settings import GatewaySettings
               help="Seconds SIGTERM waits for requests in flight.")  # fmt: skip
 @click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Largest request body in bytes.")  # fmt: skip
+@options.ood_policy
 @click.option("--log-vectors", is_flag=True,
               help="Keep each routed query's embedding (not its text), so feedback on it counts "
               "in later clustering versions.")  # fmt: skip
@@ -56,7 +57,7 @@ from avengers_store.gateway.settings import GatewaySettings
 def command(
     host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, threshold,
     route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl, grace, max_body,
-    log_vectors, log_texts, feedback_refresh,
+    ood_policy, log_vectors, log_texts, feedback_refresh,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
@@ -99,6 +100,7 @@ def command(
             log_vectors=log_vectors,
             log_texts=log_texts,
             feedback_refresh_s=feedback_refresh,
+            ood_policy=ood_policy,
         )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc

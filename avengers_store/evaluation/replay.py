@@ -34,6 +34,7 @@ from avengers_store import routing
 from avengers_store.arguments import as_list
 from avengers_store.calibration import fit
 from avengers_store.errors import InputError
+from avengers_store.evaluation import ood as ood_detection
 from avengers_store.evaluation import sweeps as sweeping
 from avengers_store.evaluation.harness import Replay, progress_bar, summarise
 from avengers_store.evaluation.results import Evaluation, Sweep
@@ -142,12 +143,15 @@ def evaluate(
             progress=progress,
         )
         runs = []
+        detected = []
         with progress_bar(
             len(seeds), f"evaluate k={k} {algorithm} stratify={stratify}", progress
         ) as bar:
             for seed in seeds:
                 bar.set_postfix_str(f"seed {seed}")
                 runs.append(rp.run(k, algorithm, seed))
+                # The seed's clustering is the served one now: measure its OOD detector.
+                detected.append(ood_detection.measure(rp, chosen))
                 bar.update(1)
         rows, groups, cal = summarise(rp, runs, k, algorithm, seeds)
         sweeps: dict[str, Sweep] = {}
@@ -182,6 +186,7 @@ def evaluate(
             unrouted=sum(r.unrouted for r in rows),
             sweeps=sweeps,
             seconds=0.0,
+            ood=ood_detection.summarise(detected, rp.ood_names),
         )
         # Everything above wrote only inside this transaction: drop it.
         raise psycopg.Rollback(tx)

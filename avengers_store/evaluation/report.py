@@ -100,9 +100,29 @@ def format_tables(result: Evaluation) -> str:
         f"routed picks without a recorded outcome (scored 0): {result.missing_outcomes}; "
         f"queries no active model could take: {result.unrouted}; {result.seconds:.1f} s"
     )
+    if result.ood is not None:
+        lines.append("")
+        lines.append(format_ood(result.ood))
     for sweep in result.sweeps.values():
         lines.append("")
         lines.append(format_sweep(sweep))
+    return "\n".join(lines)
+
+
+def format_ood(ood) -> str:
+    """The OOD detector: AUROC of novelty, the share flagged, each policy's macros."""
+    lines = [
+        f"OOD detector (novelty; OOD datasets {', '.join(ood.ood_datasets)}): AUROC "
+        f"{_pm(ood.auroc)}; flagged: in-distribution {_pm(ood.id_flagged)}%, OOD "
+        f"{_pm(ood.ood_flagged)}% ("
+        + ", ".join(f"{d} {_pm(v)}%" for d, v in ood.flagged_per_dataset.items())
+        + ")"
+    ]
+    for p in ood.policies.values():
+        lines.append(
+            f"  policy {p.policy}: ID macro {_pm(p.id_macro)}"
+            + (f", OOD macro {_pm(p.ood_macro)}" if p.ood_macro else "")
+        )
     return "\n".join(lines)
 
 

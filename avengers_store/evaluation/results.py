@@ -111,6 +111,8 @@ class Evaluation:
     unrouted: int
     sweeps: dict[str, Sweep]
     seconds: float
+    # The OOD detector (evaluation.ood.OodDetection) when the test split has OOD datasets.
+    ood: Any = None
 
     @property
     def id_macro(self) -> float:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -99,6 +100,7 @@ class Gateway:
             on_stage=self.metrics.stage,
             log_vectors=settings.log_vectors,
             log_texts=settings.log_texts,
+            ood_policy=settings.ood_policy,
         )
         self._own_chat = client is None
         self.in_flight = 0
@@ -311,8 +313,14 @@ class Recipe:
         gw, req = self.gw, self.req
         try:
             self.decision = await gw.client.route(
-                self.text, self.top_n, require_endpoint=True, method=req.method
+                self.text,
+                self.top_n,
+                require_endpoint=True,
+                method=req.method,
+                ood_policy=req.ood_policy,
             )
+            if self.decision.ood and self.decision.ood_policy == "widen":
+                self.strategy = "model-switch"
             endpoints = await self.candidates(core.endpoints_for(self.decision))
             plan = self.plan(endpoints)
         except AvengersError as exc:
@@ -414,6 +422,11 @@ class Recipe:
             distance=d.distance,
             candidates=[c.model for c in d.candidates],
             strategy=self.strategy,
+            novelty=_finite(d.novelty),
+            ood=d.ood,
+            ood_policy=d.ood_policy,
+            exploration=d.exploration,
+            explored=d.explored,
         )
         if answer is not None:
             info.models = list(answer.models)
@@ -434,6 +447,7 @@ class Recipe:
             "x-avengers-distance": f"{d.distance:.6f}",
             "x-avengers-candidates": ",".join(c.model for c in d.candidates),
             "x-avengers-strategy": self.strategy,
+            **loop_headers(d),
         }
         if answer is not None:
             out["x-avengers-models"] = ",".join(answer.models)
@@ -695,7 +709,7 @@ async def route_only(request: Request) -> Response:
         query = question = routed_text(req.messages, req.route_on or gw.settings.route_on)
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
-    decision = await gw.client.route(query, req.top_n, method=req.method)
+    decision = await gw.client.route(query, req.top_n, method=req.method, ood_policy=req.ood_policy)
     route_id = uuid.uuid4()
     gw.log_rows(
         [
@@ -725,9 +739,17 @@ async def route_only(request: Request) -> Response:
                 n=c.n,
                 wilson_low=c.wilson_low,
                 wilson_high=c.wilson_high,
+                production_n=c.production_n,
+                production_mean=c.production_mean,
             )
             for c in decision.candidates
         ],
+        novelty=_finite(decision.novelty),
+        ood=decision.ood,
+        ood_policy=decision.ood_policy,
+        production_weight=decision.production_weight,
+        exploration=decision.exploration,
+        explored=decision.explored,
     )
     return JSONResponse(
         out.model_dump(),
@@ -737,6 +759,7 @@ async def route_only(request: Request) -> Response:
             "x-avengers-cluster": str(decision.cluster),
             "x-avengers-distance": f"{decision.distance:.6f}",
             "x-avengers-candidates": ",".join(c.model for c in decision.candidates),
+            **loop_headers(decision),
         },
     )
 
@@ -894,3 +917,26 @@ def app_from_env() -> Starlette:
     import os
 
     return create_app(GatewaySettings.from_env(os.environ[ENV]))
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no infinity: an infinitely novel query (every calibration query sat on its
+    # centroid) is sent as a large number.
+    if value is None:
+        return None
+    return value if math.isfinite(value) else 1e300
+
+
+def loop_headers(decision: RouteDecision) -> dict[str, str]:
+    """x-avengers-ood, -novelty and -ood-policy (when the clustering has distance statistics)
+    and x-avengers-explored (when its exploration is on)."""
+    out = {}
+    if decision.novelty is not None:
+        out["x-avengers-novelty"] = f"{decision.novelty:.4f}"
+        out["x-avengers-ood"] = "true" if decision.ood else "false"
+        if decision.ood and decision.ood_policy:
+            out["x-avengers-ood-policy"] = decision.ood_policy
+    if decision.exploration is not None:
+        out["x-avengers-exploration"] = decision.exploration
+        out["x-avengers-explored"] = "true" if decision.explored else "false"
+    return out

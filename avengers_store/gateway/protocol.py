@@ -4,7 +4,7 @@ and error bodies.
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
 options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
-``task_type``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
+``task_type``, ``ood_policy``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ MAX_TOP_N = 16
 Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 TaskType = Literal[TASK_TYPES]  # type: ignore[valid-type]
 RouteOn = Literal["last_user", "conversation"]
+OodPolicy = Literal["flag", "best-overall", "widen"]
 
 
 class ContentPart(BaseModel):
@@ -57,6 +58,7 @@ class RecipeOptions(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.0)
     route_on: RouteOn | None = None
     task_type: TaskType | None = None
+    ood_policy: OodPolicy | None = None
 
 
 class ChatCompletionRequest(RecipeOptions):
@@ -120,6 +122,11 @@ class RouteInfo(BaseModel):
     fallbacks: list[str] = []
     strategy: str | None = None
     samples: int = 0
+    novelty: float | None = None
+    ood: bool | None = None
+    ood_policy: str | None = None
+    exploration: str | None = None
+    explored: bool | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -177,6 +184,7 @@ class RouteRequest(BaseModel):
     top_n: int = Field(3, ge=1, le=MAX_TOP_N)
     method: Literal["avengers", "paper"] | None = None
     route_on: RouteOn | None = None
+    ood_policy: OodPolicy | None = None
 
 
 class RouteCandidate(BaseModel):
@@ -187,6 +195,8 @@ class RouteCandidate(BaseModel):
     n: int | None
     wilson_low: float | None
     wilson_high: float | None
+    production_n: int | None = None
+    production_mean: float | None = None
 
 
 class RouteResponse(BaseModel):
@@ -196,6 +206,12 @@ class RouteResponse(BaseModel):
     cluster: int
     distance: float
     candidates: list[RouteCandidate]
+    novelty: float | None = None
+    ood: bool | None = None
+    ood_policy: str | None = None
+    production_weight: float | None = None
+    exploration: str | None = None
+    explored: bool | None = None
 
 
 class FeedbackRequest(BaseModel):

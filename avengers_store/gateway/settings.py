@@ -22,6 +22,7 @@ class GatewaySettings:
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
     call; ``grace_s``: how long shutdown waits for requests in flight; ``log_vectors`` /
     ``log_texts``: keep each routed query's embedding (and text) for later clustering versions;
+    ``ood_policy``: what an out-of-distribution request gets unless it asks otherwise;
     ``feedback_refresh_s``: feedback is served at most this long after it arrives (one refresh
     for all that arrived meanwhile; 0: refresh on every feedback request)."""
 
@@ -49,10 +50,13 @@ class GatewaySettings:
     log_vectors: bool = False
     log_texts: bool = False
     feedback_refresh_s: float = 1.0
+    ood_policy: str = "flag"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigurationError(f"unknown strategy {self.strategy!r}")
+        if self.ood_policy not in ("flag", "best-overall", "widen"):
+            raise ConfigurationError("ood_policy must be flag, best-overall or widen")
         if self.route_on not in ("last_user", "conversation"):
             raise ConfigurationError("route_on must be last_user or conversation")
         for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):

@@ -32,11 +32,11 @@ POLICIES = ("flag", "best-overall", "widen")
 DEFAULT_POLICY = "flag"
 
 # Per cluster asked for: the top_n eligible models by dataset-balanced calibration mean (ties:
-# the store's tie-break order), with their profile entry in that cluster.
+# the store's tie-break order), with their profile entry and production feedback in that cluster.
 BEST_OVERALL_SQL = """
 SELECT c.cluster, r.model_id, r.name, r.prior_score, r.overall_score, r.endpoint, r.served_name,
-       r.api_key_env, e.mean_score, e.n, e.wilson_low, e.wilson_high, e.production_n,
-       e.production_mean
+       r.api_key_env, e.mean_score, e.n, e.wilson_low, e.wilson_high, coalesce(pp.n, 0),
+       pp.decayed_mean
 FROM unnest(%s::integer[]) AS c(cluster)
 CROSS JOIN LATERAL (
   SELECT mp.model_id, m.name, mp.prior_score, mp.overall_score, mp.tie_rank, m.endpoint,
@@ -47,6 +47,7 @@ CROSS JOIN LATERAL (
   ORDER BY mp.prior_score DESC, mp.tie_rank
   LIMIT %s) AS r
 LEFT JOIN LATERAL avengers.profile_entry(c.cluster, r.model_id) AS e ON true
+LEFT JOIN avengers.production_profiles pp ON pp.cluster = c.cluster AND pp.model_id = r.model_id
 ORDER BY c.cluster, r.prior_score DESC, r.tie_rank
 """
 
