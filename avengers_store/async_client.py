@@ -272,56 +272,42 @@ class AsyncAvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: int | None = None,
+        completions: int = 1,
         ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> RouteDecision:
         """Route a text (embedded in the serving space) or a vector: as ``AvengersClient.route``.
-        ``method`` and ``ood_policy`` override the client's for this call."""
-        decision, _ = await self.route_with_vector(
-            query, top_n, require_endpoint, method, conn, ood_policy=ood_policy
-        )
-        return decision
-
-    async def route_with_vector(
-        self,
-        query: Query,
-        top_n: int = 1,
-        require_endpoint: bool = False,
-        method: str | routing.RoutingMethod | None = None,
-        conn: psycopg.AsyncConnection | None = None,
-        *,
-        ood_policy: str | None = None,
-    ) -> tuple[RouteDecision, Any]:
-        """``route``, and the vector the query was routed with (its embedding, for a text):
-        what the route log keeps when the client logs vectors."""
-        chosen = routing.routing_method(method) if method is not None else self.method
+        ``method`` and ``ood_policy`` override the client's for this call; ``tradeoff``,
+        ``max_cost`` and ``prompt_chars`` as in ``AvengersClient.route``; ``completions``:
+        answers the request will draw (its expected cost counts them)."""
+        options = {
+            "require_endpoint": require_endpoint,
+            "method": routing.routing_method(method) if method is not None else self.method,
+            "policy": routing.cost_policy(tradeoff, max_cost, completions),
+            "prompt_chars": core.prompt_chars(
+                [query], None if prompt_chars is None else [prompt_chars]
+            )[0],
+        }
         policy = self._policy(ood_policy)
         vectors, served = await self._vectors([query], conn)
-        decision = await self._route_one(vectors[0], top_n, require_endpoint, chosen, conn, policy)
+        decision = await self._route_one(vectors[0], top_n, options, conn, policy)
         if core.stale([decision], served):
             vectors, _ = await self._vectors([query], conn, refresh=True)
-            decision = await self._route_one(
-                vectors[0], top_n, require_endpoint, chosen, conn, policy
-            )
-        return decision, vectors[0]
+            decision = await self._route_one(vectors[0], top_n, options, conn, policy)
+        return decision
 
     def _policy(self, ood_policy: str | None) -> str:
         return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy
 
     async def _route_one(
-        self,
-        vector: Any,
-        top_n: int,
-        require_endpoint: bool,
-        method: Any,
-        conn: Any,
-        policy: str,
+        self, vector: Any, top_n: int, options: dict[str, Any], conn: Any, policy: str
     ) -> RouteDecision:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decisions = await self._decide(
-                c, [vector], top_n, require_endpoint, method, policy, True
-            )
+            decisions = await self._decide(c, [vector], top_n, options, policy, single=True)
         self._observe("route", time.perf_counter() - started)
         return decisions[0]
 
@@ -330,25 +316,19 @@ class AsyncAvengersClient:
         c: psycopg.AsyncConnection,
         vectors: Any,
         top_n: int,
-        require_endpoint: bool,
-        method: routing.RoutingMethod,
+        options: dict[str, Any],
         policy: str,
-        single: bool,
+        *,
+        single: bool = False,
     ) -> list[RouteDecision]:
         """``AvengersClient._decide``: route, annotate with the loop, apply the OOD policy and
         exploration."""
 
         async def run(n: int) -> list[RouteDecision]:
             if single:
-                found = [
-                    await routing.aroute_vector(
-                        c, vectors[0], n, require_endpoint=require_endpoint, method=method
-                    )
-                ]
+                found = [await routing.aroute_vector(c, vectors[0], n, **options)]
             else:
-                found = await routing.aroute_vectors(
-                    c, vectors, n, require_endpoint=require_endpoint, method=method
-                )
+                found = await routing.aroute_vectors(c, vectors, n, **options)
             return loop.annotate(found, await loop.aloop_rows(c, found))
 
         asked = core.asked_for(top_n, self._explores)
@@ -357,7 +337,7 @@ class AsyncAvengersClient:
         if asked == top_n and loop.needs_pool(decisions, top_n):
             decisions = await run(core.asked_for(top_n, True))
         return await loop.asettle(
-            c, decisions, top_n, policy, self._rng, require_endpoint=require_endpoint
+            c, decisions, top_n, policy, self._rng, require_endpoint=options["require_endpoint"]
         )
 
     async def route_many(
@@ -367,54 +347,63 @@ class AsyncAvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: Sequence[int | None] | None = None,
+        completions: int = 1,
         ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[RouteDecision]:
         """Route many texts and/or vectors in one routing statement (one snapshot); input order
-        kept. ``method`` and ``ood_policy`` override the client's for this call."""
-        core.check_route_many(queries)
-        chosen = routing.routing_method(method) if method is not None else self.method
-        policy = self._policy(ood_policy)
-        if isinstance(queries, np.ndarray) and queries.ndim == 2:
-            return await self._route_batch(queries, top_n, require_endpoint, chosen, conn, policy)
-        found = await self._route_queries(
-            list(queries), top_n, require_endpoint, chosen, conn, policy
-        )
+        kept. ``method`` and ``ood_policy`` override the client's for this call; the cost
+        options as in ``AvengersClient.route_many``."""
+        found = await self._route_many(
+            queries, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
+            ood_policy=ood_policy, conn=conn,
+        )  # fmt: skip
         return found[0]
 
-    async def _route_queries(
+    async def _route_many(
         self,
-        queries: list[Query],
+        queries: Sequence[Query],
         top_n: int,
+        *,
         require_endpoint: bool,
-        method: Any,
-        conn: Any,
-        policy: str,
-    ) -> tuple[list[RouteDecision], list[Any]]:
-        """Decisions and the vectors they were routed with (texts embedded)."""
-        vectors, served = await self._vectors(queries, conn)
-        decisions = await self._route_batch(vectors, top_n, require_endpoint, method, conn, policy)
+        method: str | routing.RoutingMethod | None,
+        tradeoff: float | None,
+        max_cost: float | None,
+        prompt_chars: Sequence[int | None] | None,
+        completions: int,
+        ood_policy: str | None,
+        conn: psycopg.AsyncConnection | None,
+    ) -> tuple[list[RouteDecision], Any]:
+        """``route_many``'s decisions and the vectors they were routed with (texts embedded)."""
+        core.check_route_many(queries)
+        cost = routing.cost_policy(tradeoff, max_cost, completions)
+        options: dict[str, Any] = {
+            "require_endpoint": require_endpoint,
+            "method": routing.routing_method(method) if method is not None else self.method,
+            "policy": cost,
+        }
+        if cost.costed:
+            options["prompt_chars"] = core.prompt_chars(queries, prompt_chars)
+        policy = self._policy(ood_policy)
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            return await self._route_batch(queries, top_n, options, conn, policy), queries
+        vectors, served = await self._vectors(list(queries), conn)
+        decisions = await self._route_batch(vectors, top_n, options, conn, policy)
         if core.stale(decisions, served):
-            vectors, _ = await self._vectors(queries, conn, refresh=True)
-            decisions = await self._route_batch(
-                vectors, top_n, require_endpoint, method, conn, policy
-            )
+            vectors, _ = await self._vectors(list(queries), conn, refresh=True)
+            decisions = await self._route_batch(vectors, top_n, options, conn, policy)
         return decisions, vectors
 
     async def _route_batch(
-        self,
-        vectors: Any,
-        top_n: int,
-        require_endpoint: bool,
-        method: Any,
-        conn: Any,
-        policy: str,
+        self, vectors: Any, top_n: int, options: dict[str, Any], conn: Any, policy: str
     ) -> list[RouteDecision]:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decisions = await self._decide(
-                c, vectors, top_n, require_endpoint, method, policy, False
-            )
+            decisions = await self._decide(c, vectors, top_n, options, policy)
         self._observe("route", time.perf_counter() - started)
         return decisions
 
@@ -428,21 +417,18 @@ class AsyncAvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer (``decision`` and ``route_id`` filled); ``ood_policy`` as ``AvengersClient.ask``."""
+        Answer (``decision`` and ``route_id`` filled); ``tradeoff``, ``max_cost`` and
+        ``ood_policy`` as in ``AvengersClient.ask``."""
         results = await self.ask_many(
-            [text],
-            samples,
-            strategy,
-            task_type,
-            top_n,
-            ood_policy=ood_policy,
-            conn=conn,
-            return_exceptions=False,
-        )
+            [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
+            ood_policy=ood_policy, conn=conn, return_exceptions=False,
+        )  # fmt: skip
         return results[0]  # type: ignore[return-value]
 
     async def ask_many(
@@ -455,6 +441,8 @@ class AsyncAvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
@@ -466,10 +454,11 @@ class AsyncAvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        policy = self._policy(ood_policy)
-        decisions, vectors = await self._route_queries(
-            list(texts), n, True, self.method, conn, policy
-        )
+        decisions, vectors = await self._route_many(
+            list(texts), n, require_endpoint=True, method=None, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=None,
+            completions=core.completions_for(strategy, samples), ood_policy=ood_policy, conn=conn,
+        )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,

@@ -226,25 +226,39 @@ class AvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: int | None = None,
+        completions: int = 1,
         ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
         """Route a text (embedded in the serving space) or a vector: the routing statement
         (``avengers.route_pooled``, else ``avengers.route``), then the loop's (``routing.loop``:
-        novelty, production feedback, settings), the OOD policy and the clustering's exploration.
-        ``method`` and ``ood_policy`` override the client's for this call."""
+        novelty, production feedback, settings), the OOD policy and the clustering's
+        exploration. ``method`` and ``ood_policy`` override the client's for this call.
+        ``tradeoff`` (α in [0, 1]: 1 ranks by expected quality, 0 by expected cost) and
+        ``max_cost`` (the highest expected cost a candidate may have; when none fits, the
+        cheapest is returned with ``over_budget``) make the route cost-aware, each candidate
+        then carrying its ``expected_cost``; ``prompt_chars`` is a vector's text length (a
+        text's own length is used); ``completions``: answers the request will draw (its
+        expected cost counts them)."""
         chosen = routing.routing_method(method) if method is not None else self.method
         policy = self._policy(ood_policy)
+        options: dict[str, Any] = {"require_endpoint": require_endpoint, "method": chosen}
+        if tradeoff is not None or max_cost is not None:  # a plain route skips all of this
+            options["policy"] = routing.cost_policy(tradeoff, max_cost, completions)
+            options["prompt_chars"] = len(query) if isinstance(query, str) else prompt_chars
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
-            return self._decide(conn, [query], top_n, require_endpoint, chosen, policy, True)[0]
+            return self._decide(conn, [query], top_n, options, policy, single=True)[0]
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
-            decisions = self._decide(c, vectors, top_n, require_endpoint, chosen, policy, True)
+            decisions = self._decide(c, vectors, top_n, options, policy, single=True)
         if core.stale(decisions, served):
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decisions = self._decide(c, vectors, top_n, require_endpoint, chosen, policy, True)
+                decisions = self._decide(c, vectors, top_n, options, policy, single=True)
         return decisions[0]
 
     def route_many(
@@ -254,19 +268,58 @@ class AvengersClient:
         *,
         require_endpoint: bool = False,
         method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: Sequence[int | None] | None = None,
+        completions: int = 1,
         ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[RouteDecision]:
         """Route many texts and/or vectors in one routing statement (one snapshot); input order
         kept. A 2-D numpy array is taken as one vector per row, as is. ``method`` and
-        ``ood_policy`` override the client's for this call."""
+        ``ood_policy`` override the client's for this call; ``tradeoff``, ``max_cost`` and
+        ``prompt_chars`` (per query; texts use their own length) as in ``route``;
+        ``completions``: answers each request will draw (its expected cost counts them)."""
+        return self._route_many(
+            queries, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
+            ood_policy=ood_policy, conn=conn,
+        )[0]  # fmt: skip
+
+    def _route_many(
+        self,
+        queries: Sequence[Query],
+        top_n: int,
+        *,
+        require_endpoint: bool,
+        method: str | routing.RoutingMethod | None,
+        tradeoff: float | None,
+        max_cost: float | None,
+        prompt_chars: Sequence[int | None] | None,
+        completions: int,
+        ood_policy: str | None,
+        conn: psycopg.Connection | None,
+    ) -> tuple[list[RouteDecision], Any]:
+        """``route_many``'s decisions and the vectors they were routed with (texts embedded)."""
         core.check_route_many(queries)
         chosen = routing.routing_method(method) if method is not None else self.method
         policy = self._policy(ood_policy)
+        cost = routing.cost_policy(tradeoff, max_cost, completions)
+        options: dict[str, Any] = {
+            "require_endpoint": require_endpoint, "method": chosen, "policy": cost}  # fmt: skip
+        if cost.costed:
+            options["prompt_chars"] = core.prompt_chars(queries, prompt_chars)
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
-                return self._decide(c, queries, top_n, require_endpoint, chosen, policy, False)
-        return self._route_queries(list(queries), top_n, require_endpoint, chosen, conn, policy)[0]
+                return self._decide(c, queries, top_n, options, policy), queries
+        vectors, served = self._vectors(list(queries), conn)
+        with self._connection(conn, "read") as c:
+            decisions = self._decide(c, vectors, top_n, options, policy)
+        if core.stale(decisions, served):
+            vectors, _ = self._vectors(list(queries), conn, refresh=True)
+            with self._connection(conn, "read") as c:
+                decisions = self._decide(c, vectors, top_n, options, policy)
+        return decisions, vectors
 
     def _policy(self, ood_policy: str | None) -> str:
         return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy
@@ -276,10 +329,10 @@ class AvengersClient:
         c: psycopg.Connection,
         vectors: Any,
         top_n: int,
-        require_endpoint: bool,
-        method: routing.RoutingMethod,
+        options: dict[str, Any],
         policy: str,
-        single: bool,
+        *,
+        single: bool = False,
     ) -> list[RouteDecision]:
         """Route, annotate with the loop, apply the OOD policy and exploration. Exploration
         chooses among ``exploration.POOL`` candidates: asked for from the start once this
@@ -287,15 +340,9 @@ class AvengersClient:
 
         def run(n: int) -> list[RouteDecision]:
             if single:
-                found = [
-                    routing.route_vector(
-                        c, vectors[0], n, require_endpoint=require_endpoint, method=method
-                    )
-                ]
+                found = [routing.route_vector(c, vectors[0], n, **options)]
             else:
-                found = routing.route_vectors(
-                    c, vectors, n, require_endpoint=require_endpoint, method=method
-                )
+                found = routing.route_vectors(c, vectors, n, **options)
             return loop.annotate(found, loop.loop_rows(c, found))
 
         asked = core.asked_for(top_n, self._explores)
@@ -304,27 +351,8 @@ class AvengersClient:
         if asked == top_n and loop.needs_pool(decisions, top_n):
             decisions = run(core.asked_for(top_n, True))
         return loop.settle(
-            c, decisions, top_n, policy, self._rng, require_endpoint=require_endpoint
+            c, decisions, top_n, policy, self._rng, require_endpoint=options["require_endpoint"]
         )
-
-    def _route_queries(
-        self,
-        queries: list[Query],
-        top_n: int,
-        require_endpoint: bool,
-        method: routing.RoutingMethod,
-        conn: psycopg.Connection | None,
-        policy: str,
-    ) -> tuple[list[RouteDecision], list[Any]]:
-        """Decisions and the vectors they were routed with (texts embedded)."""
-        vectors, served = self._vectors(queries, conn)
-        with self._connection(conn, "read") as c:
-            decisions = self._decide(c, vectors, top_n, require_endpoint, method, policy, False)
-        if core.stale(decisions, served):
-            vectors, _ = self._vectors(queries, conn, refresh=True)
-            with self._connection(conn, "read") as c:
-                decisions = self._decide(c, vectors, top_n, require_endpoint, method, policy, False)
-        return decisions, vectors
 
     # -- answering -------------------------------------------------------------------------
 
@@ -336,23 +364,21 @@ class AvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer with ``decision`` and ``route_id`` filled. ``latency_ms`` is end to end (embedding
-        included). An out-of-distribution question gets ``ood_policy`` (default: the client's);
-        under ``widen`` it is answered with Model-Switch over the top-n."""
+        Answer with ``decision`` and ``route_id`` filled. ``latency_ms`` is end to end
+        (embedding included). ``tradeoff`` and ``max_cost`` as in ``route``, the expected cost
+        counting ``samples`` answers. An out-of-distribution question gets ``ood_policy``
+        (default: the client's); under ``widen`` it is answered with Model-Switch over the
+        top-n."""
         return self.ask_many(
-            [text],
-            samples,
-            strategy,
-            task_type,
-            top_n,
-            ood_policy=ood_policy,
-            conn=conn,
-            return_exceptions=False,
-        )[0]  # type: ignore[return-value]
+            [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
+            ood_policy=ood_policy, conn=conn, return_exceptions=False,
+        )[0]  # type: ignore[return-value]  # fmt: skip
 
     def ask_many(
         self,
@@ -364,6 +390,8 @@ class AvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
         ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
@@ -376,8 +404,11 @@ class AvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        policy = self._policy(ood_policy)
-        decisions, vectors = self._route_queries(list(texts), n, True, self.method, conn, policy)
+        decisions, vectors = self._route_many(
+            list(texts), n, require_endpoint=True, method=None, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=None,
+            completions=core.completions_for(strategy, samples), ood_policy=ood_policy, conn=conn,
+        )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
             "samples": samples,

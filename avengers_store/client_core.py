@@ -100,6 +100,24 @@ def options_for(decision: RouteDecision, options: dict[str, Any]) -> dict[str, A
     return options
 
 
+def completions_for(strategy: str, samples: int) -> int:
+    """Answers one request draws from its first model: what its expected cost counts."""
+    return 1 if strategy == "direct" else max(1, int(samples))
+
+
+def prompt_chars(queries: Sequence[Query], given: Sequence[int | None] | None) -> list[int | None]:
+    """Each query's length in characters for its expected cost: a text's own length, a
+    vector's from ``given`` (None: unknown, the store assumes its calibration texts' mean)."""
+    if given is not None and len(given) != len(queries):
+        raise InputError(
+            f"expected {len(queries)} prompt lengths, got {len(given)}", location="prompt_chars"
+        )
+    return [
+        len(q) if isinstance(q, str) else (given[i] if given is not None else None)
+        for i, q in enumerate(queries)
+    ]
+
+
 def endpoints_for(decision: RouteDecision) -> list[Endpoint]:
     """The decision's candidates as endpoints, best first; a clear error when there is none."""
     if not decision.candidates:
@@ -151,7 +169,7 @@ def settle(
                 strategy=strategy,
                 latency_ms=total,
                 error=str(err) if err is not None else None,
-                extra={"route_ms": round(share, 3), "top_n": top_n},
+                extra={"route_ms": round(share, 3), "top_n": top_n, **cost_fields(decision)},
                 route_id=route_id,
                 vector=vectors[i] if vectors is not None else None,
                 text=text if vectors is not None and keep_texts else None,
@@ -159,6 +177,18 @@ def settle(
         )
         out.append(ans if ans is not None else err)  # type: ignore[arg-type]
     return out, rows
+
+
+def cost_fields(decision: RouteDecision | None) -> dict[str, Any]:
+    """What a cost-aware decision adds to its route-log row (nothing for a plain one)."""
+    if decision is None or not decision.costed:
+        return {}
+    return {
+        "tradeoff": decision.tradeoff,
+        "max_cost": decision.max_cost,
+        "expected_costs": [c.expected_cost for c in decision.candidates],
+        "over_budget": decision.over_budget,
+    }
 
 
 def raise_first(results: Sequence[strategies.Answer | AvengersError]) -> None:

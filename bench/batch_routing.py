@@ -82,7 +82,7 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
 
         def run_sql() -> int:
             rows = conn.execute(
-                statements.ROUTE_MANY_SQL, (vectors, 1, False, *sql_args)
+                statements.ROUTE_MANY_SQL, (vectors, 1, False, *sql_args, None, None, None, 1)
             ).fetchall()
             return len(rows)
 

@@ -36,6 +36,7 @@ from _common import (
 )
 from _common import active_space as make_space
 
+from avengers_store import figures
 from avengers_store.calibration import fit, reclustering
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.client import AvengersClient
@@ -85,10 +86,7 @@ def fit_slope(sizes: list[int], values: list[float]) -> float:
 
 
 def plot(points: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
 
     sizes = [p["queries"] for p in points]
     recluster = [p["recluster_s"] for p in points]
@@ -111,10 +109,7 @@ def plot(points: list[dict], path) -> None:
     ax.set_title("Growth: re-cluster time and single-route latency (384-d, k=64)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    figures.save(fig, path)
 
 
 def main() -> None:

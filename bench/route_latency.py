@@ -171,7 +171,7 @@ def measure_k(
         def route_many_one(i: int) -> object:
             # The single route before avengers.route had its own body: route_many, one vector.
             return conn.execute(
-                statements.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args)
+                statements.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args, None, None, None, 1)
             ).fetchall()
 
         def numpy_argmin(i: int) -> object:

@@ -26,6 +26,7 @@ from avengers_store.store import config, embedded
 SCRIPTS = [
     "route_latency",
     "batch_routing",
+    "tradeoff",
     "onboarding",
     "growth",
     "embedding_throughput",
@@ -85,6 +86,23 @@ def table() -> str:
                     mark(b["client_qps"] >= 20_000) if b["k"] == 64 else "",
                 )
             )
+    r = load("tradeoff")
+    if r:
+        one, many = r["single"], r["batch"]
+        rows.append(
+            (
+                f"Cost-aware route against the plain one, k = {r['k']:,} (client, vector in, "
+                "same run)",
+                f"single: plain p50 {one['plain_p50_us']:.0f} µs, trade-off 0.5 "
+                f"{one['tradeoff_p50_us']:.0f} µs (**×{one['ratio_tradeoff_to_plain']:.2f}**; "
+                f"max_cost ×{one['ratio_max_cost_to_plain']:.2f}, trade-off 1 "
+                f"×{one['ratio_tradeoff_1_to_plain']:.2f}); batch of {many['batch']:,}: "
+                f"{many['plain_qps']:,} vs {many['tradeoff_qps']:,} queries/s "
+                f"(**×{many['ratio_plain_to_tradeoff']:.2f}**)",
+                "reported",
+                "",
+            )
+        )
     r = load("onboarding")
     if r:
         lib, f, d = r["new_model_library"], r["new_model_file"], r["new_dataset"]

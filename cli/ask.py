@@ -40,15 +40,17 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
 @options.concurrency(help="Questions in flight at once with --file.")
 @options.max_tokens
 @options.method
+@options.tradeoff
 @options.ood_policy
 @options.json_output
 def command(
-    text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, method, ood_policy,
-    as_json,
+    text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, method, tradeoff,
+    max_cost, ood_policy, as_json,
 ) -> None:  # fmt: skip
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
 
-    With --json the sampled answers are printed too.
+    With --json the sampled answers are printed too. --tradeoff and --max-cost route as in
+    `avengers route`, the expected cost counting --samples answers.
 
     \b
     Example:
@@ -57,6 +59,7 @@ def command(
       avengers ask "Prove that ..." --strategy model-switch --top-n 2
       avengers ask "Name a rare Klingon verb" --ood-policy widen --json
       avengers ask --file questions.jsonl --samples 5 > answers.jsonl
+      avengers ask "What is 7*6?" --samples 5 --tradeoff 0.5 --max-cost 0.002
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
@@ -66,8 +69,9 @@ def command(
         if file_ is not None:
             texts = read_jsonl(file_, allow_vectors=False)
             results = client.ask_many(
-                texts, samples, strategy, task_type, top_n, return_exceptions=True
-            )
+                texts, samples, strategy, task_type, top_n, return_exceptions=True,
+                tradeoff=tradeoff, max_cost=max_cost,
+            )  # fmt: skip
             failed = 0
             for i, item in enumerate(results):
                 if isinstance(item, AvengersError):
@@ -79,7 +83,9 @@ def command(
             if failed:
                 raise click.ClickException(f"{failed} of {len(results)} questions failed")
             return
-        answer = client.ask(text, samples, strategy, task_type, top_n)
+        answer = client.ask(
+            text, samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost
+        )
     if as_json:
         echo_json(answer_dict(answer, samples=True))
         return
@@ -90,5 +96,15 @@ def command(
         f"models {', '.join(answer.models)}; {answer.latency_ms:.0f} ms",
         err=True,
     )
+    decision = answer.decision
+    if decision is not None and decision.costed:
+        cost = decision.expected_cost
+        click.echo(
+            "expected cost "
+            + ("unknown (no price, no measured cost)" if cost is None else f"{cost:.6g}")
+            + (f" (over budget: nothing fits --max-cost {decision.max_cost:g})"
+               if decision.over_budget else ""),
+            err=True,
+        )  # fmt: skip
     for fb in answer.fallbacks:
         click.echo(f"fallback: {fb.model} failed ({fb.error}); used {fb.replaced_by}", err=True)

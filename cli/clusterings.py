@@ -69,7 +69,10 @@ def activate_cmd(clustering_id: int) -> None:
       avengers clusterings activate 3
     """
     result = activate_clustering(clustering_id)
-    click.echo(f"clustering {result.id} ({result.algorithm}, k={result.k}) is active")
+    was = (
+        f" (was {result.replaced or 'none'})" if result.replaced != result.id else " (already was)"
+    )
+    click.echo(f"clustering {result.id} ({result.algorithm}, k={result.k}) is active{was}")
 
 
 @command.command("remove")

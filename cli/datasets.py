@@ -97,7 +97,12 @@ def add_cmd(
     d = report.dataset
     click.echo(
         f"dataset {d.name}: {d.queries} queries ({d.calibration} calibration, {d.test} test) "
-        f"from {report.rows_read} rows; {d.merged_rows} duplicate row(s) merged"
+        f"from {report.rows_read} rows; {d.merged_rows} duplicate row(s) merged within a split"
+        + (
+            f"; {d.in_both_splits} text(s) in both splits, kept as a query in each"
+            if d.in_both_splits
+            else ""
+        )
         + "".join(f"; skipped {n} row(s) with {k}" for k, n in report.rows_skipped.items())
         + f" [{report.seconds:.1f}s]"
     )

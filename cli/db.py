@@ -9,7 +9,7 @@ from avengers_store.cli import options
 from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json
 
-from avengers_store.store import config, embedded, schema
+from avengers_store.store import config, connections, embedded, schema
 
 
 @click.group("db", cls=Group)
@@ -81,16 +81,35 @@ def status_cmd(as_json: bool) -> None:
 
 
 @command.command("url")
-def url_cmd() -> None:
+@click.option(
+    "--show-password",
+    is_flag=True,
+    help="Print the password too, when the configured URL holds one (it is left out by default).",
+)
+def url_cmd(show_password: bool) -> None:
     """Print the database URL in use (starting the embedded server if it is the default).
+
+    The password is left out unless --show-password is given: psql and libpq then read it from
+    PGPASSWORD or ~/.pgpass, or prompt for it. The embedded server needs none.
 
     \b
     Example:
       psql "$(avengers db url)" -c '\\d+ avengers.cluster_profiles'
+      PGPASSFILE=~/.pgpass psql "$(avengers db url)"
     """
-    from avengers_store.store.connections import resolve_url
-
-    click.echo(resolve_url() or "(libpq PG* environment variables)")
+    target = connections.resolve_url()
+    if not target:
+        click.echo("(libpq PG* environment variables)")
+        return
+    if show_password or not connections.has_password(target):
+        click.echo(target)
+        return
+    click.echo(connections.without_password(target))
+    click.echo(
+        "password left out: psql reads it from PGPASSWORD or ~/.pgpass (or asks); "
+        "--show-password prints it",
+        err=True,
+    )
 
 
 @command.command("stop")

@@ -50,8 +50,15 @@ from avengers_store.evaluation.report import format_online, format_tables
               "0.05,0.1,0.25,0.5,0.75,0.95.")  # fmt: skip
 @click.option("--sweep-seeds", type=CommaList(int),
               help="Seeds of the sweeps (default: the first of --seeds).")  # fmt: skip
+@click.option("--tradeoffs", type=CommaList(float),
+              help="Also route the test queries at each quality-cost trade-off, e.g. "
+              "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1: the frontier, the single models, the "
+              "non-dominated set and two headlines (every active model needs a price).")  # fmt: skip
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
-              help="Write one PNG per sweep into this directory.")  # fmt: skip
+              help="Write one PNG per sweep (and frontier.png) into this directory.")  # fmt: skip
+@click.option("--frontier-plot", type=click.Path(dir_okay=False),
+              help="Where --tradeoffs draws the frontier (default: frontier.png in --plot's "
+              "directory, else in the current one).")  # fmt: skip
 @click.option("--online", is_flag=True,
               help="Stream the test split instead, feeding back each routed model's recorded "
               "outcome (prequential), against the static router and the best single model.")  # fmt: skip
@@ -70,8 +77,8 @@ from avengers_store.evaluation.report import format_online, format_tables
 @options.json_output
 def command(
     k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
-    algorithms, budgets, calibration_fractions, sweep_seeds, plot_dir, online, batch, windows,
-    production_weight, half_life, exploration, exploration_share, as_json,
+    algorithms, budgets, calibration_fractions, sweep_seeds, tradeoffs, plot_dir, frontier_plot,
+    online, batch, windows, production_weight, half_life, exploration, exploration_share, as_json,
 ) -> None:  # fmt: skip
     """Replay the stored outcomes to measure the routing; no model is called.
 
@@ -98,6 +105,7 @@ def command(
       avengers evaluate --seeds 42 --budgets 1,2,3,4,5,6,7 --plot plots/
       avengers evaluate --online --json                       # the loop, on replay
       avengers evaluate --online --production-weight 0        # must equal the static router
+      avengers evaluate --tradeoffs 0,0.25,0.5,0.75,1 --json   # writes frontier.png
     """
     if online:
         streamed = evaluate_online(
@@ -136,7 +144,10 @@ def command(
         budgets=budgets,
         calibration_fractions=calibration_fractions,
         sweep_seeds=sweep_seeds,
+        tradeoffs=tradeoffs,
         plot_dir=plot_dir,
+        frontier_plot=frontier_plot
+        or (None if plot_dir else ("frontier.png" if tradeoffs else None)),
         progress=sys.stderr.isatty(),
     )
     if as_json:

@@ -140,6 +140,7 @@ def command(
                 "calibration": d.calibration,
                 "test": d.test,
                 "merged": d.merged_rows,
+                "in_both_splits": d.in_both_splits,
                 "ood": d.is_ood,
             }
             for d in report.datasets
@@ -148,7 +149,8 @@ def command(
     skipped = "".join(f"; skipped {n} with {k}" for k, n in report.rows_skipped.items())
     click.echo(
         f"\n{report.rows_read} rows read{skipped}; {report.queries_inserted} queries in "
-        f"{len(report.datasets)} datasets ({report.merged_duplicates} duplicate rows merged); "
+        f"{len(report.datasets)} datasets ({report.merged_duplicates} duplicate rows merged "
+        f"within a split; {report.in_both_splits} texts in both splits, kept in each); "
         f"{report.outcomes_written} outcomes for {len(report.models)} models "
         f"({len(report.models_created)} new); {report.not_evaluated} cells not evaluated "
         f"[{report.seconds:.1f}s]"

@@ -29,7 +29,11 @@ def command() -> None:
 
 @command.command("add")
 @click.argument("name")
-@click.option("--endpoint", help="Base URL of its OpenAI-compatible API, e.g. http://vllm:8000/v1.")
+@click.option(
+    "--endpoint",
+    help="Base URL of its OpenAI-compatible API, e.g. http://vllm:8000/v1 (http or https; no "
+    "credentials in it: use --api-key-env).",
+)
 @click.option("--served-name", help="Model name sent in API requests (default: NAME).")
 @click.option("--api-key-env", help="Environment variable that holds the endpoint's API key.")
 @click.option("--cost-in", type=float, help="Price per 1M input tokens.")
@@ -49,6 +53,67 @@ def add_cmd(name, endpoint, served_name, api_key_env, cost_in, cost_out, as_json
         echo_json(model)
     else:
         click.echo(f"added model {model.name} (id {model.id})")
+
+
+@command.command("set")
+@click.argument("name")
+@click.option("--endpoint", help="New base URL of its OpenAI-compatible API (http or https).")
+@click.option("--served-name", help="New model name sent in API requests.")
+@click.option("--api-key-env", help="New environment variable that holds the API key.")
+@click.option("--cost-in", type=float, help="New price per 1M input tokens.")
+@click.option("--cost-out", type=float, help="New price per 1M output tokens.")
+@click.option(
+    "--clear-endpoint",
+    is_flag=True,
+    help="Remove the endpoint: the model keeps its outcomes and profiles but is not called.",
+)
+@click.option(
+    "--clear-api-key-env", is_flag=True, help="Send no API key (the endpoint needs none)."
+)
+@options.json_output
+def set_cmd(
+    name,
+    endpoint,
+    served_name,
+    api_key_env,
+    cost_in,
+    cost_out,
+    clear_endpoint,
+    clear_api_key_env,
+    as_json,
+) -> None:
+    """Change model NAME (e.g. one created by load-table) without touching its outcomes.
+
+    Only the options given change. An endpoint is an http or https base URL with a host and no
+    credentials: put a key in an environment variable and name it with --api-key-env.
+
+    \b
+    Example:
+      avengers models set qwen2.5-7b-instruct --endpoint http://vllm-qwen:8000/v1 \\
+          --served-name Qwen/Qwen2.5-7B-Instruct --api-key-env VLLM_API_KEY
+      avengers models set codegemma-7b --clear-endpoint
+    """
+    clear = [
+        field
+        for field, flag in (("endpoint", clear_endpoint), ("api_key_env", clear_api_key_env))
+        if flag
+    ]
+    model = pool.set_model(
+        name,
+        endpoint=endpoint,
+        served_name=served_name,
+        api_key_env=api_key_env,
+        cost_in=cost_in,
+        cost_out=cost_out,
+        clear=clear,
+    )
+    if as_json:
+        echo_json(model)
+    else:
+        click.echo(
+            f"model {model.name}: endpoint {model.endpoint or 'none'}, served name "
+            f"{model.served_name or model.name}, api key env {model.api_key_env or 'none'}"
+        )
 
 
 @command.command("list")
@@ -115,23 +180,33 @@ def remove_cmd(name: str, yes: bool) -> None:
 @command.command("select")
 @click.option("--budget", type=int, required=True, metavar="N", help="Number of models to keep.")
 @click.option(
+    "--max-price",
+    type=float,
+    metavar="PRICE",
+    help="Only models whose input and output prices per 1M tokens are at most PRICE compete, "
+    "ranked among themselves (models without a price are left out).",
+)
+@click.option(
     "--apply",
     is_flag=True,
     help="Make exactly the chosen models active (the rest inactive) and refresh profiles.",
 )
 @options.json_output
-def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
+def select_cmd(budget: int, max_price: float | None, apply: bool, as_json: bool) -> None:
     """Keep the --budget models with the highest s(m), the paper's model-set selection.
 
     s(m) = sum over the clusters of the active clustering of 1/rank; ties go to the overall
-    calibration score, then the name. Without --apply nothing changes.
+    calibration score, then the name. With --max-price the same among the models priced at
+    most PRICE per 1M tokens (the best pool under a price ceiling). Without --apply nothing
+    changes.
 
     \b
     Example:
       avengers models select --budget 3
       avengers models select --budget 3 --apply
+      avengers models select --budget 3 --max-price 0.2 --apply
     """
-    result = select_models(budget, apply=apply)
+    result = select_models(budget, max_price=max_price, apply=apply)
     if as_json:
         echo_json(dataclasses.asdict(result))
         return
@@ -146,8 +221,11 @@ def select_cmd(budget: int, apply: bool, as_json: bool) -> None:
             "overall_score",
             "selected",
             "active",
+            *(["price_in", "price_out"] if max_price is not None else []),
         ],
     )
+    if result.priced_out:
+        click.echo(f"left out by --max-price {max_price:g}: {', '.join(result.priced_out)}")
     chosen = ", ".join(result.selected)
     if len(result.selected) < budget:
         click.echo(f"only {len(result.selected)} models have outcomes to rank")

@@ -183,3 +183,20 @@ def jsonl_file(*, help: str) -> Callable[[F], F]:
     return click.option(
         "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), help=help
     )
+
+
+def tradeoff(func: F) -> F:
+    """``--tradeoff`` and ``--max-cost``: a cost-aware route; the command receives both."""
+    func = click.option(
+        "--max-cost",
+        type=click.FloatRange(min=0),
+        help="Keep to models whose expected cost of the request is at most this (in the "
+        "models' price currency); when none is, the cheapest is used and flagged over budget.",
+    )(func)
+    return click.option(
+        "--tradeoff",
+        type=click.FloatRange(0, 1),
+        help="Rank by TRADEOFF x expected quality + (1 - TRADEOFF) x low expected cost, both "
+        "normalised over the candidates: 1 is the plain ranking (with costs shown), 0 the "
+        "cheapest model.",
+    )(func)

@@ -9,7 +9,6 @@ from avengers_store.cli import options
 from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
 
-from avengers_store.calibration.clusterings import active_clustering
 from avengers_store.calibration.reclustering import recluster
 
 
@@ -57,7 +56,6 @@ def command(k, algorithm, stratify, seed, keep, no_activate, with_production, as
       avengers recluster --keep 3
       avengers recluster --with-production     # production traffic joins the fit
     """
-    previous = active_clustering()
     result = recluster(
         k=k,
         algorithm=algorithm,
@@ -69,7 +67,7 @@ def command(k, algorithm, stratify, seed, keep, no_activate, with_production, as
         progress=sys.stderr.isatty(),
     )
     if as_json:
-        echo_json({**result.__dict__, "previous_active": previous.id if previous else None})
+        echo_json({**result.__dict__, "previous_active": result.replaced})
         return
     note = result.params.get("fit")
     shrunk = (
@@ -83,9 +81,12 @@ def command(k, algorithm, stratify, seed, keep, no_activate, with_production, as
         + (f"; fitted as {note}" if note else "")
     )
     if result.status == "active":
+        # The version replaced is the one read when this switch held the lock, not before the
+        # fit: another re-cluster may have switched in between.
+        previous = result.replaced
         click.echo(
-            f"now active (was {previous.id if previous else 'none'}); profiles refreshed"
-            + (f". Roll back: avengers clusterings activate {previous.id}" if previous else "")
+            f"now active (was {previous or 'none'}); profiles refreshed"
+            + (f". Roll back: avengers clusterings activate {previous}" if previous else "")
         )
     else:
         click.echo(f"stored as ready; serve it with: avengers clusterings activate {result.id}")

@@ -21,16 +21,26 @@ from avengers_store.client import AvengersClient
     "statement, one JSON decision per line out."
 )
 @options.method
+@options.tradeoff
 @options.ood_policy
 @options.json_output
 def command(
-    text: str | None, top_n: int, file_: str | None, method: str, ood_policy: str, as_json: bool
+    text: str | None,
+    top_n: int,
+    file_: str | None,
+    method: str,
+    tradeoff: float | None,
+    max_cost: float | None,
+    ood_policy: str,
+    as_json: bool,
 ) -> None:
     """Route TEXT: nearest cluster of the active clustering and the best active models.
 
-    Text is embedded with the serving space's embedder; nothing is sent to a model. The
-    decision says how novel the query is against the calibration queries (ood: true beyond the
-    clustering's threshold) and what --ood-policy did about it.
+    Text is embedded with the serving space's embedder; nothing is sent to a model. With
+    --tradeoff or --max-cost every candidate shows its expected cost of one answer (prices x
+    tokens, or measured costs; README.md "Cost-aware routing"). The decision says how novel the
+    query is against the calibration queries (ood: true beyond the clustering's threshold) and
+    what --ood-policy did about it.
 
     \b
     Example:
@@ -38,6 +48,8 @@ def command(
       avengers route "Who wrote Hamlet?" --json
       avengers route "Who wrote Hamlet?" --method paper
       avengers route "Translate 'bonjour' to Klingon" --ood-policy best-overall --json
+      avengers route "Who wrote Hamlet?" --top-n 3 --tradeoff 0.3 --json
+      avengers route "Who wrote Hamlet?" --max-cost 0.0001
       avengers route --file questions.jsonl > decisions.jsonl
     """
     if (text is None) == (file_ is None):
@@ -45,10 +57,11 @@ def command(
     with AvengersClient(method=method, ood_policy=ood_policy) as client:
         if file_ is not None:
             queries = read_jsonl(file_, allow_vectors=True)
-            for i, decision in enumerate(client.route_many(queries, top_n)):
+            decisions = client.route_many(queries, top_n, tradeoff=tradeoff, max_cost=max_cost)
+            for i, decision in enumerate(decisions):
                 click.echo(json.dumps({"line": i + 1, **decision.to_dict()}, ensure_ascii=False))
             return
-        decision = client.route(text, top_n)
+        decision = client.route(text, top_n, tradeoff=tradeoff, max_cost=max_cost)
     if as_json:
         echo_json(decision.to_dict())
     else:

@@ -28,6 +28,7 @@ from avengers_store.gateway.settings import GatewaySettings
 @click.option("--top-n", type=click.IntRange(1, 16),
               help="Default ranked candidates per request (default 3).")  # fmt: skip
 @options.method
+@options.tradeoff
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True),
               default=DEFAULT_THRESHOLD, show_default=True,
               help="Model-Switch vote-share threshold.")  # fmt: skip
@@ -55,21 +56,24 @@ from avengers_store.gateway.settings import GatewaySettings
               help="Seconds within which POST /v1/feedback is served to routing (0: at once, "
               "one refresh per request).")  # fmt: skip
 def command(
-    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, threshold,
-    route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl, grace, max_body,
-    ood_policy, log_vectors, log_texts, feedback_refresh,
+    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, tradeoff,
+    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl,
+    grace, max_body, ood_policy, log_vectors, log_texts, feedback_refresh,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
 
     Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
-    loopback address allows. GET /health, /ready and /metrics need no key. POST /v1/feedback
-    scores an answer by the x-avengers-route-id it got.
+    loopback address allows. GET /health, /ready and /metrics need no key. --tradeoff and
+    --max-cost are defaults a request may override (body fields tradeoff, max_cost); every
+    routed answer names its expected cost in x-avengers-expected-cost. POST /v1/feedback scores
+    an answer by the x-avengers-route-id it got.
 
     \b
     Example:
       avengers keys create my-app
       avengers serve --host 0.0.0.0 --port 8080 --workers 2
+      avengers serve --tradeoff 0.7 --max-cost 0.001
       curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $KEY" \\
         -H 'Content-Type: application/json' \\
         -d '{"model": "avengers", "messages": [{"role": "user", "content": "What is 7*6?"}]}'
@@ -90,6 +94,8 @@ def command(
             strategy=strategy,
             top_n=top_n,
             method=method,
+            tradeoff=tradeoff,
+            max_cost=max_cost,
             threshold=threshold,
             route_on=route_on,
             max_tokens=max_tokens,

@@ -35,13 +35,17 @@ SELECT k.id AS clustering_id,
        x.clusters,
        sc.rho,
        x.indexed,
-       coalesce(x.clusters <= 16000, false) AND NOT x.indexed AS pooled
+       coalesce(x.clusters <= 16000, false) AND NOT x.indexed AS pooled,
+       x.mean_chars
 FROM avengers.active_clustering k
 LEFT JOIN avengers.clustering_scale sc ON sc.clustering_id = k.id
 CROSS JOIN LATERAL (
   SELECT (SELECT max(c.cluster) + 1 FROM avengers.centroids c WHERE c.clustering_id = k.id)
            AS clusters,
-         to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed
+         to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed,
+         (SELECT avg(char_length(q.text))::double precision
+          FROM avengers.assignments a JOIN avengers.queries q ON q.id = a.query_id
+          WHERE a.clustering_id = k.id) AS mean_chars
 ) AS x
 WITH DATA;
 CREATE UNIQUE INDEX routing_state_key ON avengers.routing_state (clustering_id);
@@ -53,6 +57,7 @@ COMMENT ON COLUMN avengers.routing_state.clusters IS 'Highest cluster index + 1:
 COMMENT ON COLUMN avengers.routing_state.rho IS 'clustering_scale.rho (NULL without assignments).';
 COMMENT ON COLUMN avengers.routing_state.indexed IS 'Whether avengers.centroids_hnsw_<id> exists (very large k).';
 COMMENT ON COLUMN avengers.routing_state.pooled IS 'At most 16,000 clusters and no HNSW index: routing_models is built and route / route_many use it.';
+COMMENT ON COLUMN avengers.routing_state.mean_chars IS 'Mean length in characters of the clustered calibration texts: the prompt length a cost-aware route assumes for a vector routed without its text.';
 
 -- The active clustering's centroids with the sparse-vector key of each cluster, scanned once per
 -- routed query (a copy, so the scan reads no other version's rows and formats no integers).
@@ -112,3 +117,53 @@ COMMENT ON COLUMN avengers.routing_models.active IS 'models.active (routing skip
 COMMENT ON COLUMN avengers.routing_models.endpoint IS 'models.endpoint.';
 COMMENT ON COLUMN avengers.routing_models.served_name IS 'models.served_name, else the name.';
 COMMENT ON COLUMN avengers.routing_models.api_key_env IS 'models.api_key_env.';
+
+-- What a cost-aware route reads besides routing_models, per model of it: the prices, the
+-- measured means of model_costs and cluster_costs' sums as sparse vectors over clusters (entry
+-- cluster + 1; empty for a model without measurements). A relation of its own, so that the plain
+-- route's rows stay as narrow as before. Refreshed with routing_models, also by the trigger on
+-- avengers.models (prices live there).
+CREATE MATERIALIZED VIEW avengers.routing_costs AS
+SELECT rm.clustering_id, rm.model_id,
+       m.cost_in_per_m AS price_in, m.cost_out_per_m AS price_out,
+       mc.tokens_per_char, mc.tokens_out AS mean_tokens_out, mc.cost AS mean_cost,
+       c.tokens_out_sums, c.answer_ns, c.cost_sums, c.cost_ns
+FROM avengers.routing_models rm
+JOIN avengers.routing_state st ON st.clustering_id = rm.clustering_id
+JOIN avengers.models m ON m.id = rm.model_id
+LEFT JOIN avengers.model_costs mc ON mc.model_id = rm.model_id
+CROSS JOIN LATERAL (
+  SELECT format('{%s}/%s',
+                string_agg((cc.cluster + 1)::text || ':' || cc.tokens_out_sum::text, ',')
+                  FILTER (WHERE cc.answers > 0 AND cc.tokens_out_sum >= 1e-30),
+                st.clusters)::sparsevec AS tokens_out_sums,
+         format('{%s}/%s',
+                string_agg((cc.cluster + 1)::text || ':' || cc.answers::text, ',')
+                  FILTER (WHERE cc.answers > 0),
+                st.clusters)::sparsevec AS answer_ns,
+         format('{%s}/%s',
+                string_agg((cc.cluster + 1)::text || ':' || cc.cost_sum::text, ',')
+                  FILTER (WHERE cc.cost_answers > 0 AND cc.cost_sum >= 1e-30),
+                st.clusters)::sparsevec AS cost_sums,
+         format('{%s}/%s',
+                string_agg((cc.cluster + 1)::text || ':' || cc.cost_answers::text, ',')
+                  FILTER (WHERE cc.cost_answers > 0),
+                st.clusters)::sparsevec AS cost_ns
+  FROM avengers.cluster_costs cc
+  WHERE cc.clustering_id = rm.clustering_id AND cc.model_id = rm.model_id
+) AS c
+WITH DATA;
+CREATE UNIQUE INDEX routing_costs_key ON avengers.routing_costs (model_id);
+COMMENT ON MATERIALIZED VIEW avengers.routing_costs IS
+  'Per model of routing_models: its prices and measured token and cost statistics (model_costs; cluster_costs as sparse vectors over clusters), what a cost-aware route pools; kept current with routing_models.';
+COMMENT ON COLUMN avengers.routing_costs.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.routing_costs.model_id IS 'Model.';
+COMMENT ON COLUMN avengers.routing_costs.price_in IS 'models.cost_in_per_m (price per 1M prompt tokens).';
+COMMENT ON COLUMN avengers.routing_costs.price_out IS 'models.cost_out_per_m (price per 1M completion tokens).';
+COMMENT ON COLUMN avengers.routing_costs.tokens_per_char IS 'model_costs.tokens_per_char (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_costs.mean_tokens_out IS 'model_costs.tokens_out (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_costs.mean_cost IS 'model_costs.cost (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_costs.tokens_out_sums IS 'cluster_costs.tokens_out_sum per cluster (float32; entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_costs.answer_ns IS 'cluster_costs.answers per cluster (entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_costs.cost_sums IS 'cluster_costs.cost_sum per cluster (float32; entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_costs.cost_ns IS 'cluster_costs.cost_answers per cluster (entry cluster + 1).';

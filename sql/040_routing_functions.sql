@@ -23,7 +23,8 @@ CREATE TYPE avengers.route_row AS (
   ord integer, clustering_id integer, cluster integer, distance double precision, rank integer,
   model_id integer, model text, mean_score double precision, n integer,
   wilson_low double precision, wilson_high double precision, overall_score double precision,
-  endpoint text, served_name text, api_key_env text, score double precision);
+  endpoint text, served_name text, api_key_env text, score double precision,
+  expected_cost double precision, over_budget boolean, utility double precision);
 COMMENT ON TYPE avengers.route_row IS
   'A row of a routing decision (route, route_pooled, route_many, route_many_general): one candidate model of one query, best first. model NULL: no eligible model; cluster NULL: no active clustering.';
 COMMENT ON COLUMN avengers.route_row.ord IS 'Position of the query in the batch (1 for a single vector).';
@@ -41,7 +42,10 @@ COMMENT ON COLUMN avengers.route_row.overall_score IS 'The model''s mean outcome
 COMMENT ON COLUMN avengers.route_row.endpoint IS 'models.endpoint.';
 COMMENT ON COLUMN avengers.route_row.served_name IS 'models.served_name, else the name.';
 COMMENT ON COLUMN avengers.route_row.api_key_env IS 'models.api_key_env.';
-COMMENT ON COLUMN avengers.route_row.score IS 'The routing score the model was ranked by.';
+COMMENT ON COLUMN avengers.route_row.score IS 'The routing score (expected quality) of the model.';
+COMMENT ON COLUMN avengers.route_row.expected_cost IS 'Expected cost of the request on the model (avengers.expected_cost); NULL when no trade-off or max_cost was asked, or the model has neither a price nor a measured cost.';
+COMMENT ON COLUMN avengers.route_row.over_budget IS 'True when max_cost was asked and no candidate fits it: the row is then the cheapest candidate. NULL when no trade-off or max_cost was asked.';
+COMMENT ON COLUMN avengers.route_row.utility IS 'tradeoff * normalised score + (1 - tradeoff) * (1 - normalised expected cost) over the query''s candidates, what the model was ranked by when tradeoff < 1. NULL when no trade-off or max_cost was asked.';
 
 CREATE FUNCTION avengers.query_dimension_error(dim integer, clustering integer, ord integer DEFAULT 1)
 RETURNS boolean
@@ -157,6 +161,20 @@ COMMENT ON FUNCTION avengers.nearest_centroids(vector[], integer, integer) IS
 -- raises on underflow; e^-700 is 1e-304, nothing next to w_1). With rho = 0 (every calibration
 -- query on its centroid) or temperature = 0 only the centroids at distance d_1 count.
 --
+-- Cost-aware routing (tradeoff, max_cost; both NULL by default, and then none of this runs):
+-- each candidate m gets an expected cost c(m) for the request (avengers.expected_cost,
+-- sql/025_costs.sql, its measured tokens and costs pooled over the same neighbours with the same
+-- weights and shrinkage as its score), and with alpha = coalesce(tradeoff, 1)
+--   utility(m) = alpha * (score(m) - min score) / (max score - min score)
+--                + (1 - alpha) * (1 - (c(m) - min c) / (max c - min c))
+-- over the query's candidates (Avengers-Pro's form; a candidate without a cost counts as the
+-- most expensive). Candidates rank by utility (by score when alpha = 1, so tradeoff 1 is exactly
+-- the plain rule), then score, then tie_rank, among those with c(m) <= max_cost; when none
+-- fits, the cheapest alone is returned, flagged over_budget (a request still gets a model;
+-- callers that must not exceed the budget check the flag). The plain rule and the cost-aware
+-- one are two branches of each function behind one-time filters, so a plain route runs only its
+-- own nodes.
+--
 -- Two implementations of that one rule, sharing the helpers below (inlined where used):
 -- * route_many / route_pooled (the served path): the L nearest centroids from one exact ORDER BY
 --   ... LIMIT scan of routing_centroids per query, their weights written as one sparse vector over
@@ -201,6 +219,50 @@ RETURN active AND (NOT require_endpoint OR endpoint IS NOT NULL);
 COMMENT ON FUNCTION avengers.model_eligible(boolean, text, boolean) IS
   'Whether routing may pick a model: active, and with an endpoint when require_endpoint.';
 
+-- The quality-cost trade-off (Avengers-Pro's form): both terms normalised to [0, 1] over the
+-- query's candidates, so tradeoff means the same whatever the scale of scores and prices. A
+-- candidate without an expected cost counts as the most expensive; equal scores (or costs) all
+-- count as the best.
+CREATE FUNCTION avengers.tradeoff_utility(
+  tradeoff double precision, score double precision, smin double precision,
+  smax double precision, cost double precision, cmin double precision, cmax double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN tradeoff * coalesce((score - smin) / nullif(smax - smin, 0), 1)
+       + (1 - tradeoff)
+         * (1 - CASE WHEN cost IS NULL THEN 1
+                     ELSE coalesce((cost - cmin) / nullif(cmax - cmin, 0), 0) END);
+COMMENT ON FUNCTION avengers.tradeoff_utility(double precision, double precision, double precision, double precision, double precision, double precision, double precision) IS
+  'tradeoff * (score - min) / (max - min) + (1 - tradeoff) * (1 - (cost - min) / (max - min)) over a query''s candidates; an unknown cost counts as the highest.';
+
+-- The checks of a cost-aware route's arguments, raised only when one fails.
+CREATE FUNCTION avengers.cost_argument_error(
+  tradeoff double precision, max_cost double precision, completions integer)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+  IF NOT coalesce(tradeoff BETWEEN 0 AND 1, true) THEN
+    RAISE EXCEPTION 'tradeoff must be between 0 and 1, got %', tradeoff USING ERRCODE = 'VA422';
+  ELSIF NOT coalesce(max_cost >= 0, true) THEN
+    RAISE EXCEPTION 'max_cost must be >= 0, got %', max_cost USING ERRCODE = 'VA422';
+  END IF;
+  RAISE EXCEPTION 'completions must be >= 1, got %', completions USING ERRCODE = 'VA422';
+END
+$$;
+COMMENT ON FUNCTION avengers.cost_argument_error(double precision, double precision, integer) IS
+  'Raises the error (SQLSTATE VA422) for a tradeoff outside [0, 1], a negative max_cost or completions below 1 (called only when a check fails).';
+
+CREATE FUNCTION avengers.cost_arguments_valid(
+  tradeoff double precision, max_cost double precision, completions integer)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN coalesce(tradeoff BETWEEN 0 AND 1, true) AND coalesce(max_cost >= 0, true)
+                 AND coalesce(completions >= 1, false) THEN true
+            ELSE avengers.cost_argument_error(tradeoff, max_cost, completions) END;
+COMMENT ON FUNCTION avengers.cost_arguments_valid(double precision, double precision, integer) IS
+  'True when a cost-aware route''s tradeoff, max_cost and completions are valid; raises (VA422) otherwise.';
+
 -- LATERAL ... OFFSET 0 where it is used: one index probe of cluster_profiles_key per result row,
 -- whatever the statistics (a plain join let the planner hash all of cluster_profiles per call).
 CREATE FUNCTION avengers.profile_entry(of_cluster integer, of_model integer)
@@ -220,7 +282,9 @@ COMMENT ON FUNCTION avengers.profile_entry(integer, integer) IS
 CREATE FUNCTION avengers.route_many_general(
   queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
-  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
+  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0,
+  tradeoff double precision DEFAULT NULL, max_cost double precision DEFAULT NULL,
+  prompt_chars integer[] DEFAULT NULL, completions integer DEFAULT 1)
 RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 -- A SET clause keeps it from being inlined into route / route_many, whose plans would otherwise
@@ -252,6 +316,18 @@ BEGIN ATOMIC
       WHERE cp.cluster = wt.cluster AND cp.clustering_id = wt.clustering_id OFFSET 0) AS p
     GROUP BY wt.ord, p.model_id
   ),
+  -- Measured tokens and costs of each model near the query: only for a cost-aware route.
+  pooled_costs AS (
+    SELECT wt.ord, c.model_id, sum(wt.w * c.tokens_out_sum) AS wo, sum(wt.w * c.answers) AS wa,
+           sum(wt.w * c.cost_sum) AS wc, sum(wt.w * c.cost_answers) AS wca
+    FROM weights wt
+    CROSS JOIN LATERAL (
+      SELECT cc.model_id, cc.tokens_out_sum, cc.answers, cc.cost_sum, cc.cost_answers
+      FROM avengers.cluster_costs cc
+      WHERE cc.cluster = wt.cluster AND cc.clustering_id = wt.clustering_id OFFSET 0) AS c
+    WHERE tradeoff IS NOT NULL OR max_cost IS NOT NULL
+    GROUP BY wt.ord, c.model_id
+  ),
   mixture AS (
     SELECT wt.ord, cd.dataset_id, sum(wt.w * cd.n) AS wd
     FROM weights wt
@@ -271,32 +347,71 @@ BEGIN ATOMIC
            coalesce(m.served_name, m.name) AS served_name, m.api_key_env,
            avengers.pooled_score(coalesce(pl.ws, 0), coalesce(pl.wn, 0), mp.prior_score, shrinkage,
                                  dataset_prior, mx.dprior) AS score,
-           coalesce(pl.wn, 0) AS wn
+           coalesce(pl.wn, 0) AS wn,
+           CASE WHEN tradeoff IS NOT NULL OR max_cost IS NOT NULL THEN
+             avengers.expected_cost(
+               m.cost_in_per_m, m.cost_out_per_m,
+               avengers.prompt_tokens(
+                 coalesce(prompt_chars[h.ord], (SELECT s.mean_chars FROM avengers.routing_state s)),
+                 mc.tokens_per_char),
+               avengers.pooled_mean(coalesce(pc.wo, 0), coalesce(pc.wa, 0), mc.tokens_out, shrinkage),
+               avengers.pooled_mean(coalesce(pc.wc, 0), coalesce(pc.wca, 0), mc.cost, shrinkage),
+               completions)
+           END AS cost
     FROM head h
     JOIN avengers.model_priors mp ON mp.clustering_id = h.clustering_id
     JOIN avengers.models m ON m.id = mp.model_id
     LEFT JOIN pooled pl ON pl.ord = h.ord AND pl.model_id = mp.model_id
     LEFT JOIN mixed mx ON mx.ord = h.ord AND mx.model_id = mp.model_id
+    LEFT JOIN pooled_costs pc ON pc.ord = h.ord AND pc.model_id = mp.model_id
+    LEFT JOIN avengers.model_costs mc ON mc.model_id = mp.model_id
     WHERE avengers.model_eligible(m.active, m.endpoint, require_endpoint)
   ),
-  ranked AS (
-    SELECT sc.*, row_number() OVER (PARTITION BY sc.ord ORDER BY sc.score DESC, sc.tie_rank)
-                   AS position
+  -- The trade-off's rule (see above); without tradeoff and max_cost every row fits and the
+  -- order is score, then tie_rank.
+  bounded AS (
+    SELECT sc.*, coalesce(max_cost IS NULL OR sc.cost <= max_cost, false) AS fits
     FROM scored sc
     -- Without a prior (shrinkage = dataset_prior = 0) a model needs outcomes near the query.
     WHERE sc.score IS NOT NULL AND (sc.wn > 0 OR shrinkage + dataset_prior > 0)
+  ),
+  windowed AS (
+    SELECT b.*,
+           CASE WHEN tradeoff IS NOT NULL OR max_cost IS NOT NULL THEN
+             avengers.tradeoff_utility(coalesce(tradeoff, 1), b.score, min(b.score) OVER w,
+                                       max(b.score) OVER w, b.cost, min(b.cost) OVER w,
+                                       max(b.cost) OVER w)
+           END AS utility,
+           bool_or(b.fits) OVER w AS any_fits
+    FROM bounded b
+    WINDOW w AS (PARTITION BY b.ord)
+  ),
+  ranked AS (
+    SELECT x.*,
+           row_number() OVER (
+             PARTITION BY x.ord
+             ORDER BY CASE WHEN x.any_fits THEN 0 ELSE coalesce(x.cost, 'Infinity') END,
+                      CASE WHEN coalesce(tradeoff, 1) = 1 THEN x.score ELSE x.utility END DESC,
+                      x.score DESC, x.tie_rank) AS position
+    FROM windowed x
+    WHERE x.fits OR NOT x.any_fits
   )
   SELECT q.ord::integer, h.clustering_id, h.cluster, h.distance, r.position::integer,
          r.model_id, r.model, p.mean_score, p.n, p.wilson_low, p.wilson_high, r.overall_score,
-         r.endpoint, r.served_name, r.api_key_env, r.score
+         r.endpoint, r.served_name, r.api_key_env, r.score, r.cost,
+         CASE WHEN r.model_id IS NOT NULL AND (tradeoff IS NOT NULL OR max_cost IS NOT NULL)
+              THEN NOT r.fits END,
+         r.utility
   FROM generate_subscripts(queries, 1) AS q(ord)
   LEFT JOIN head h ON h.ord = q.ord
-  LEFT JOIN ranked r ON r.ord = q.ord AND r.position <= top_n
+  LEFT JOIN ranked r
+    ON r.ord = q.ord AND r.position <= CASE WHEN r.any_fits THEN top_n ELSE 1 END
   LEFT JOIN LATERAL avengers.profile_entry(h.cluster, r.model_id) AS p ON true
+  WHERE avengers.cost_arguments_valid(tradeoff, max_cost, completions)
   ORDER BY q.ord, r.position;
 END;
-COMMENT ON FUNCTION avengers.route_many_general(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
-  'route_many in double precision over cluster_profiles rows, with the dataset-mixture prior and the HNSW centroid index: what route and route_many hand over to when routing_state.pooled is false or dataset_prior <> 0. Same arguments and rows as route_many.';
+COMMENT ON FUNCTION avengers.route_many_general(vector[], integer, boolean, integer, double precision, double precision, double precision, double precision, double precision, integer[], integer) IS
+  'route_many in double precision over cluster_profiles and cluster_costs rows, with the dataset-mixture prior and the HNSW centroid index: what route and route_many hand over to when routing_state.pooled is false or dataset_prior <> 0. Same arguments and rows as route_many.';
 
 -- The served path's neighbourhood of one normalised query u: the nearest centroid (ties: lower
 -- cluster) and its distance, and the `neighbours` nearest centroids' weights as one sparsevec
@@ -327,14 +442,112 @@ END;
 COMMENT ON FUNCTION avengers.neighbourhood(vector, integer, double precision, double precision, integer) IS
   'Nearest centroid, its distance and the neighbours'' weights (sparsevec over clusters) of a normalised query in the active clustering''s routing_centroids: the part route_pooled and route_many share.';
 
+-- Batch routing with a trade-off or a cost ceiling, on the served path (route_many's body with
+-- each candidate's expected cost, then the trade-off's rule). A function of its own, with a SET
+-- clause, so that route_many and route call it as one node and a plain route does not pay for
+-- setting up its plan. No rows when the served path does not apply (routing_state.pooled false).
+CREATE FUNCTION avengers.route_many_costed(
+  queries vector[], top_n integer, require_endpoint boolean, neighbours integer,
+  temperature double precision, shrinkage double precision, tradeoff double precision,
+  max_cost double precision, prompt_chars integer[], completions integer)
+RETURNS SETOF avengers.route_row
+LANGUAGE sql STABLE
+SET plan_cache_mode = force_generic_plan
+SET work_mem = '64MB'
+BEGIN ATOMIC
+  WITH st AS MATERIALIZED (
+    SELECT s.clustering_id, s.dimension, s.clusters, s.rho, s.mean_chars
+    FROM avengers.routing_state s
+    WHERE s.pooled AND avengers.cost_arguments_valid(tradeoff, max_cost, completions)
+  ),
+  -- MATERIALIZED: each query checked and normalised once, not once per centroid.
+  q AS MATERIALIZED (
+    SELECT x.ord::integer AS ord, l2_normalize(x.v) AS u
+    FROM st CROSS JOIN unnest(queries) WITH ORDINALITY AS x(v, ord)
+    WHERE CASE WHEN x.v IS NOT NULL AND vector_dims(x.v) = st.dimension THEN true
+               ELSE avengers.query_dimension_error(st.dimension, st.clustering_id, x.ord::integer)
+          END
+  ),
+  -- Per query, in one pass over its L nearest centroids: the nearest (ties: lower cluster) and
+  -- the neighbours' weights as one sparsevec literal.
+  routed AS MATERIALIZED (
+    SELECT q.ord, p.cluster, p.distance, p.weights
+    FROM q CROSS JOIN st
+    CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
+  ),
+  scored AS (
+    SELECT rt.ord, rm.model_id, rm.tie_rank, rt.weights,
+           avengers.pooled_score(-(rm.score_sums <#> rt.weights), -(rm.ns <#> rt.weights),
+                                 rm.prior_score, shrinkage, 0, NULL) AS score,
+           -(rm.ns <#> rt.weights) AS wn
+    FROM routed rt
+    CROSS JOIN avengers.routing_models rm
+    WHERE avengers.model_eligible(rm.active, rm.endpoint, require_endpoint)
+  ),
+  -- Each candidate's expected cost from the neighbourhood's measured tokens and costs
+  -- (routing_costs, pooled like the scores).
+  costed AS (
+    SELECT sc.ord, sc.model_id, sc.tie_rank, sc.score, sc.wn,
+           avengers.expected_cost(
+             rc.price_in, rc.price_out,
+             avengers.prompt_tokens(coalesce(prompt_chars[sc.ord], st.mean_chars),
+                                    rc.tokens_per_char),
+             avengers.pooled_mean(-(rc.tokens_out_sums <#> sc.weights),
+                                  -(rc.answer_ns <#> sc.weights), rc.mean_tokens_out, shrinkage),
+             avengers.pooled_mean(-(rc.cost_sums <#> sc.weights), -(rc.cost_ns <#> sc.weights),
+                                  rc.mean_cost, shrinkage),
+             completions) AS cost
+    FROM scored sc
+    CROSS JOIN st
+    JOIN avengers.routing_costs rc ON rc.model_id = sc.model_id
+    WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)
+  ),
+  windowed AS (
+    SELECT f.*,
+           avengers.tradeoff_utility(coalesce(tradeoff, 1), f.score, min(f.score) OVER w,
+                                     max(f.score) OVER w, f.cost, min(f.cost) OVER w,
+                                     max(f.cost) OVER w) AS utility,
+           bool_or(f.fits) OVER w AS any_fits
+    FROM (SELECT c.*, coalesce(max_cost IS NULL OR c.cost <= max_cost, false) AS fits
+          FROM costed c) AS f
+    WINDOW w AS (PARTITION BY f.ord)
+  ),
+  traded AS (
+    SELECT x.* FROM (
+      SELECT wd.*,
+             row_number() OVER (
+               PARTITION BY wd.ord
+               ORDER BY CASE WHEN wd.any_fits THEN 0 ELSE coalesce(wd.cost, 'Infinity') END,
+                        CASE WHEN coalesce(tradeoff, 1) = 1 THEN wd.score ELSE wd.utility END DESC,
+                        wd.score DESC, wd.tie_rank) AS rank
+      FROM windowed wd
+      WHERE wd.fits OR NOT wd.any_fits) AS x
+    WHERE x.rank <= CASE WHEN x.any_fits THEN top_n ELSE 1 END
+  )
+  SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
+         r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, m.overall_score,
+         m.endpoint, m.served_name, m.api_key_env, r.score, r.cost, NOT r.fits, r.utility
+  FROM routed rt
+  CROSS JOIN st
+  LEFT JOIN (traded r JOIN avengers.routing_models m ON m.model_id = r.model_id) ON r.ord = rt.ord
+  LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
+  ORDER BY 1, 5;
+END;
+COMMENT ON FUNCTION avengers.route_many_costed(vector[], integer, boolean, integer, double precision, double precision, double precision, double precision, integer[], integer) IS
+  'route_many''s served path with a trade-off or a cost ceiling (what route_many and route call when tradeoff or max_cost is given): each candidate''s expected cost, ranked by the trade-off among those within max_cost. No rows when routing_state.pooled is false.';
+
 -- Batch routing: one row per (query, candidate model), ordered by ord then rank. A query with no
 -- eligible model still gets one row (model NULL); with no active clustering every query gets one
 -- row with cluster NULL. work_mem: the ranking sorts (query x model) rows, 80,000 for 10,000
--- vectors and 8 models, which spill to disk at the default 4 MB.
+-- vectors and 8 models, which spill to disk at the default 4 MB. Three branches behind one-time
+-- filters, only one of which runs: the plain served path (below), route_many_costed, and
+-- route_many_general.
 CREATE FUNCTION avengers.route_many(
   queries vector[], top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
-  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
+  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0,
+  tradeoff double precision DEFAULT NULL, max_cost double precision DEFAULT NULL,
+  prompt_chars integer[] DEFAULT NULL, completions integer DEFAULT 1)
 RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
@@ -381,22 +594,30 @@ BEGIN ATOMIC
   )
   SELECT rt.ord, st.clustering_id, rt.cluster, rt.distance, r.rank::integer,
          r.model_id, m.name, cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, m.overall_score,
-         m.endpoint, m.served_name, m.api_key_env, r.score
+         m.endpoint, m.served_name, m.api_key_env, r.score,
+         NULL::double precision, NULL::boolean, NULL::double precision
   FROM routed rt
   CROSS JOIN st
   LEFT JOIN (ranked r JOIN avengers.routing_models m ON m.model_id = r.model_id) ON r.ord = rt.ord
   -- A plain join, not avengers.profile_entry: one hash of cluster_profiles serves the whole batch
   -- (a probe per row was 5% slower; bench/README.md).
   LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = rt.cluster AND cp.model_id = r.model_id
+  WHERE tradeoff IS NULL AND max_cost IS NULL
+  UNION ALL
+  SELECT c.*
+  FROM avengers.route_many_costed(queries, top_n, require_endpoint, neighbours, temperature,
+                                  shrinkage, tradeoff, max_cost, prompt_chars, completions) AS c
+  WHERE (tradeoff IS NOT NULL OR max_cost IS NOT NULL) AND EXISTS (SELECT FROM st)
   UNION ALL
   SELECT g.*
   FROM avengers.route_many_general(queries, top_n, require_endpoint, neighbours, temperature,
-                                   shrinkage, dataset_prior) AS g
+                                   shrinkage, dataset_prior, tradeoff, max_cost, prompt_chars,
+                                   completions) AS g
   WHERE NOT EXISTS (SELECT FROM st)
   ORDER BY 1, 5;
 END;
-COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering.';
+COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, double precision, double precision, double precision, double precision, double precision, integer[], integer) IS
+  'Route many query vectors in one statement (one snapshot): for each ord, the nearest cluster of the active clustering (cluster, distance) and the top_n active models by score, pooled over the `neighbours` nearest clusters weighted by distance and shrunk toward each model''s calibration prior (neighbours=1, shrinkage=0, dataset_prior=0 is the paper''s nearest-cluster rule). mean_score, n and the Wilson bounds describe the nearest cluster. Ties: overall calibration score, then name. require_endpoint skips models without an endpoint. model NULL: no eligible model; cluster NULL: no active clustering. With tradeoff (in [0, 1]) or max_cost: each candidate''s expected cost of `completions` answers to a prompt of prompt_chars[ord] characters (NULL: the calibration texts'' mean), ranked by tradeoff * normalised score + (1 - tradeoff) * (1 - normalised cost) (by score when tradeoff is 1 or NULL) among the candidates whose expected cost is at most max_cost; when none is, the cheapest alone, over_budget.';
 
 -- One vector: route_many's served path written for a single query, without the CTEs a batch
 -- needs (each materialises a tuplestore) and with the query normalised once. No rows when the
@@ -409,13 +630,16 @@ COMMENT ON FUNCTION avengers.route_many(vector[], integer, boolean, integer, dou
 CREATE FUNCTION avengers.route_pooled(
   query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
-  shrinkage double precision DEFAULT 1)
+  shrinkage double precision DEFAULT 1,
+  tradeoff double precision DEFAULT NULL, max_cost double precision DEFAULT NULL,
+  prompt_chars integer DEFAULT NULL, completions integer DEFAULT 1)
 RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT 1, st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
          cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
-         r.endpoint, r.served_name, r.api_key_env, r.score
+         r.endpoint, r.served_name, r.api_key_env, r.score,
+         NULL::double precision, NULL::boolean, NULL::double precision
   FROM avengers.routing_state st
   -- OFFSET 0: normalised once, not once per centroid compared with.
   CROSS JOIN LATERAL (SELECT l2_normalize(query) AS u OFFSET 0) AS q
@@ -435,16 +659,69 @@ BEGIN ATOMIC
   WHERE st.pooled
     AND CASE WHEN query IS NOT NULL AND vector_dims(query) = st.dimension THEN true
              ELSE avengers.query_dimension_error(st.dimension, st.clustering_id) END
+    AND tradeoff IS NULL AND max_cost IS NULL
+  UNION ALL
+  -- The cost-aware branch (route_many_costed's, for one query, inlined with the plain one).
+  SELECT 1, st.clustering_id, p.cluster, p.distance, r.rank::integer, r.model_id, r.model,
+         cp.mean_score, cp.n, cp.wilson_low, cp.wilson_high, r.overall_score,
+         r.endpoint, r.served_name, r.api_key_env, r.score, r.cost, NOT r.fits, r.utility
+  FROM avengers.routing_state st
+  CROSS JOIN LATERAL (SELECT l2_normalize(query) AS u OFFSET 0) AS q
+  CROSS JOIN LATERAL avengers.neighbourhood(q.u, neighbours, temperature, st.rho, st.clusters) AS p
+  LEFT JOIN LATERAL (
+    SELECT wd.*,
+           row_number() OVER (
+             ORDER BY CASE WHEN wd.any_fits THEN 0 ELSE coalesce(wd.cost, 'Infinity') END,
+                      CASE WHEN coalesce(tradeoff, 1) = 1 THEN wd.score ELSE wd.utility END DESC,
+                      wd.score DESC, wd.tie_rank) AS rank
+    FROM (
+      SELECT f.*,
+             avengers.tradeoff_utility(coalesce(tradeoff, 1), f.score, min(f.score) OVER (),
+                                       max(f.score) OVER (), f.cost, min(f.cost) OVER (),
+                                       max(f.cost) OVER ()) AS utility,
+             bool_or(f.fits) OVER () AS any_fits
+      FROM (
+        SELECT sc.*, coalesce(max_cost IS NULL OR sc.cost <= max_cost, false) AS fits
+        FROM (
+          SELECT rm.model_id, rm.name AS model, rm.overall_score, rm.tie_rank, rm.endpoint,
+                 rm.served_name, rm.api_key_env,
+                 avengers.pooled_score(-(rm.score_sums <#> p.weights), -(rm.ns <#> p.weights),
+                                       rm.prior_score, shrinkage, 0, NULL) AS score,
+                 -(rm.ns <#> p.weights) AS wn,
+                 avengers.expected_cost(
+                   rc.price_in, rc.price_out,
+                   avengers.prompt_tokens(coalesce(prompt_chars, st.mean_chars),
+                                          rc.tokens_per_char),
+                   avengers.pooled_mean(-(rc.tokens_out_sums <#> p.weights),
+                                        -(rc.answer_ns <#> p.weights), rc.mean_tokens_out,
+                                        shrinkage),
+                   avengers.pooled_mean(-(rc.cost_sums <#> p.weights),
+                                        -(rc.cost_ns <#> p.weights), rc.mean_cost, shrinkage),
+                   completions) AS cost
+          FROM avengers.routing_models rm
+          JOIN avengers.routing_costs rc ON rc.model_id = rm.model_id
+          WHERE avengers.model_eligible(rm.active, rm.endpoint, require_endpoint)) AS sc
+        WHERE sc.score IS NOT NULL AND (shrinkage > 0 OR sc.wn > 0)) AS f) AS wd
+    WHERE wd.fits OR NOT wd.any_fits) AS r
+    ON r.rank <= CASE WHEN r.any_fits THEN top_n ELSE 1 END
+  LEFT JOIN LATERAL avengers.profile_entry(p.cluster, r.model_id) AS cp ON true
+  WHERE st.pooled
+    AND CASE WHEN query IS NOT NULL AND vector_dims(query) = st.dimension THEN true
+             ELSE avengers.query_dimension_error(st.dimension, st.clustering_id) END
+    AND (tradeoff IS NOT NULL OR max_cost IS NOT NULL)
+    AND avengers.cost_arguments_valid(tradeoff, max_cost, completions)
   ORDER BY 5;
 END;
-COMMENT ON FUNCTION avengers.route_pooled(vector, integer, boolean, integer, double precision, double precision) IS
-  'avengers.route''s served path without the dataset-mixture prior: the same rows when routing_state.pooled, no rows otherwise (then call avengers.route). Inlined into the calling statement: prepare that statement, or call avengers.route, which caches its plan.';
+COMMENT ON FUNCTION avengers.route_pooled(vector, integer, boolean, integer, double precision, double precision, double precision, double precision, integer, integer) IS
+  'avengers.route''s served path without the dataset-mixture prior: the same rows when routing_state.pooled, no rows otherwise (then call avengers.route). Inlined into the calling statement: prepare that statement, or call avengers.route, which caches its plan. tradeoff, max_cost, prompt_chars (the query''s length) and completions as in route_many.';
 
 -- Any clustering and any settings: route_pooled where it applies, else route_many_general.
 CREATE FUNCTION avengers.route(
   query vector, top_n integer DEFAULT 1, require_endpoint boolean DEFAULT false,
   neighbours integer DEFAULT 16, temperature double precision DEFAULT 0.1,
-  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0)
+  shrinkage double precision DEFAULT 1, dataset_prior double precision DEFAULT 0,
+  tradeoff double precision DEFAULT NULL, max_cost double precision DEFAULT NULL,
+  prompt_chars integer DEFAULT NULL, completions integer DEFAULT 1)
 RETURNS SETOF avengers.route_row
 LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
@@ -453,16 +730,24 @@ BEGIN ATOMIC
     SELECT coalesce((SELECT s.pooled FROM avengers.routing_state s), false)
            AND dataset_prior = 0 AS pooled
   )
+  -- route_pooled with the plain arguments only: its cost-aware branch is left out of this plan,
+  -- which a cost-aware route reaches through route_many (one node, planned in that function).
   SELECT r.*
   FROM avengers.route_pooled(query, top_n, require_endpoint, neighbours, temperature,
                              shrinkage) AS r
-  WHERE (SELECT v.pooled FROM served v)
+  WHERE (SELECT v.pooled FROM served v) AND tradeoff IS NULL AND max_cost IS NULL
+  UNION ALL
+  SELECT c.*
+  FROM avengers.route_many(ARRAY[query], top_n, require_endpoint, neighbours, temperature,
+                           shrinkage, dataset_prior, tradeoff, max_cost, ARRAY[prompt_chars],
+                           completions) AS c
+  WHERE tradeoff IS NOT NULL OR max_cost IS NOT NULL
   UNION ALL
   SELECT g.*
   FROM avengers.route_many_general(ARRAY[query], top_n, require_endpoint, neighbours,
                                    temperature, shrinkage, dataset_prior) AS g
-  WHERE NOT (SELECT v.pooled FROM served v)
+  WHERE NOT (SELECT v.pooled FROM served v) AND tradeoff IS NULL AND max_cost IS NULL
   ORDER BY 5;
 END;
-COMMENT ON FUNCTION avengers.route(vector, integer, boolean, integer, double precision, double precision, double precision) IS
-  'Route one query vector (the rule of route_many): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active; ord is 1). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule.';
+COMMENT ON FUNCTION avengers.route(vector, integer, boolean, integer, double precision, double precision, double precision, double precision, double precision, integer, integer) IS
+  'Route one query vector (the rule of route_many): the nearest cluster of the active clustering and the top_n active models by routing score, one row per model (model NULL when no model is eligible; cluster NULL when no clustering is active; ord is 1). avengers.route(v, 3, false, 1, 0, 0, 0) is the paper''s nearest-cluster rule; avengers.route(v, 3, tradeoff => 0.5, prompt_chars => 120) trades quality for expected cost, avengers.route(v, 3, max_cost => 0.001) keeps to a budget.';

@@ -41,3 +41,40 @@ LEFT JOIN avengers.cluster_profiles p ON p.model_id = m.id
 GROUP BY m.id, m.name, m.active;
 COMMENT ON VIEW avengers.model_selection_scores IS
   'Model-set selection score s(m) = sum over clusters of 1/rank (paper); keep the top N by selection_rank.';
+
+-- The paper's s(m) with prices: among the models whose prices (in and out, per 1M tokens) are
+-- both at most max_price, ranks recomputed as if the others were not there. A model without
+-- any price is left out (its cost is unknown); a missing one of the two counts as 0.
+CREATE FUNCTION avengers.priced_selection_scores(max_price double precision)
+RETURNS TABLE (
+  model_id integer, model text, active boolean, price_in double precision,
+  price_out double precision, selection_score double precision, clusters_won integer,
+  clusters_ranked integer, overall_score double precision, selection_rank integer)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH affordable AS (
+    SELECT m.id, m.name, m.active, m.cost_in_per_m, m.cost_out_per_m
+    FROM avengers.models m
+    WHERE greatest(m.cost_in_per_m, m.cost_out_per_m) <= max_price
+  ),
+  ranks AS (
+    SELECT p.model_id, p.overall_score, p.tie_rank,
+           row_number() OVER (PARTITION BY p.cluster ORDER BY p.mean_score DESC, p.tie_rank)
+             AS rank
+    FROM avengers.cluster_profiles p
+    JOIN affordable a ON a.id = p.model_id
+  )
+  SELECT a.id, a.name, a.active, a.cost_in_per_m, a.cost_out_per_m,
+         coalesce(sum(1.0 / r.rank), 0)::double precision,
+         (count(r.rank) FILTER (WHERE r.rank = 1))::integer,
+         count(r.rank)::integer,
+         max(r.overall_score),
+         (row_number() OVER (ORDER BY coalesce(sum(1.0 / r.rank), 0) DESC, min(r.tie_rank),
+                                      a.name))::integer
+  FROM affordable a
+  LEFT JOIN ranks r ON r.model_id = a.id
+  GROUP BY a.id, a.name, a.active, a.cost_in_per_m, a.cost_out_per_m
+  ORDER BY 10;
+END;
+COMMENT ON FUNCTION avengers.priced_selection_scores(double precision) IS
+  'model_selection_scores among the models priced at most max_price per 1M tokens (input and output): s(m) = sum over clusters of 1/rank, ranks among those models only. SELECT * FROM avengers.priced_selection_scores(0.2).';

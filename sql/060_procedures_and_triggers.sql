@@ -13,18 +13,22 @@ BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_datasets;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_priors;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
+  -- model_costs reads cluster_costs.
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_costs;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_costs;
   -- The routing tables read the views above (routing_models reads routing_state).
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_centroids;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_costs;
   -- Fresh statistics for what routing reads: a refresh leaves none, and the routing functions'
   -- cached plans are built from them (and replanned when ANALYZE changes them).
   ANALYZE avengers.cluster_profiles, avengers.routing_state, avengers.routing_centroids,
-          avengers.routing_models;
+          avengers.routing_models, avengers.routing_costs;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_profiles() IS
-  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, production_profiles, routing_state, routing_centroids, routing_models) from outcomes, feedback and the active clustering; readers keep the old rows until commit.';
+  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, production_profiles, cluster_costs, model_costs, routing_state, routing_centroids, routing_models, routing_costs) from outcomes, feedback and the active clustering; readers keep the old rows until commit.';
 
 CREATE PROCEDURE avengers.activate_clustering(clustering integer)
 LANGUAGE plpgsql
@@ -152,13 +156,14 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_costs;
   RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION avengers.refresh_routing_models() IS
-  'Trigger function: refresh avengers.routing_models after a change to avengers.models.';
+  'Trigger function: refresh avengers.routing_models and routing_costs after a change to avengers.models.';
 CREATE TRIGGER models_refresh_routing
   AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON avengers.models
   FOR EACH STATEMENT EXECUTE FUNCTION avengers.refresh_routing_models();
 COMMENT ON TRIGGER models_refresh_routing ON avengers.models IS
-  'Keeps the model columns of avengers.routing_models current.';
+  'Keeps the model columns of avengers.routing_models (and the prices in routing_costs) current.';

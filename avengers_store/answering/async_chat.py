@@ -29,6 +29,7 @@ from avengers_store.answering.sampling import (
     auth_headers,
     post_steps,
     sample_steps,
+    without_credentials,
 )
 from avengers_store.errors import ConfigurationError, EndpointError
 
@@ -164,5 +165,6 @@ async def _events(endpoint: Endpoint, response: httpx.Response) -> AsyncIterator
                 yield event
     except httpx.TransportError as exc:
         raise EndpointError(
-            f"{endpoint.describe()} broke off the stream ({type(exc).__name__}: {exc})"
+            f"{endpoint.describe()} broke off the stream "
+            f"({type(exc).__name__}: {without_credentials(str(exc), endpoint.chat_url)})"
         ) from exc

@@ -22,7 +22,7 @@ import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -58,7 +58,25 @@ class Endpoint:
         return base + "/chat/completions"
 
     def describe(self) -> str:
-        return f"model {self.model!r} ({self.served_name} at {self.chat_url})"
+        """How messages and logs name the endpoint: never with credentials from its URL."""
+        return f"model {self.model!r} ({self.served_name} at {without_userinfo(self.chat_url)})"
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without any ``user:password@`` part. The store refuses such URLs, but one can
+    still reach the client directly (an ``Endpoint`` built by hand)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def without_credentials(text: str, url: str) -> str:
+    """``text`` (e.g. a transport error) with the credentials of ``url`` taken out."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if not userinfo:
+        return text
+    return text.replace(userinfo + "@", "").replace(userinfo, "***")
 
 
 @dataclass(frozen=True)
@@ -250,7 +268,8 @@ def post_steps(
             timed_out = True
             continue
         if isinstance(outcome, httpx.TransportError):
-            last_problem = f"connection failed ({type(outcome).__name__}: {outcome})"
+            reason = without_credentials(str(outcome), url)
+            last_problem = f"connection failed ({type(outcome).__name__}: {reason})"
             timed_out = False
             continue
         assert isinstance(outcome, httpx.Response)

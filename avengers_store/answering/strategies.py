@@ -177,7 +177,7 @@ def answer_plan(
     if not candidates:
         raise AllEndpointsFailed(
             "no candidate endpoints to ask: the routed models have no endpoint configured "
-            "(set one with `avengers models add NAME --endpoint URL`)."
+            "(set one with `avengers models set NAME --endpoint URL`)."
         )
     if messages is None:
         messages = (prompts or DEFAULT_PROMPTS).messages(task_type, question)

@@ -8,6 +8,7 @@ version and refreshes the profiles atomically: routers see the old version or th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,9 @@ class Clustering:
     created_at: datetime
     activated_at: datetime | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # Set by the calls that activate a version: the version this activation replaced (None: no
+    # version was active). Not a column; read under the lock the switch takes.
+    replaced: int | None = None
 
 
 def _clustering(row) -> Clustering:
@@ -83,13 +87,28 @@ def list_clusterings(*, url: str | None = None, conn=None) -> list[Clustering]:
     return [_clustering(r) for r in rows]
 
 
+def lock_for_activation(conn: psycopg.Connection) -> int | None:
+    """Take the lock ``avengers.activate_clustering`` takes, in the caller's transaction, and
+    return the id of the version active now: the one the caller's activation will replace.
+
+    Concurrent switches queue here until the caller commits, so the id read is still the active
+    one when the caller activates. A re-cluster takes it before writing its version, too: two
+    that had each written one would then wait for each other's lock (a deadlock).
+    """
+    conn.execute("LOCK TABLE avengers.clusterings IN SHARE ROW EXCLUSIVE MODE")
+    row = conn.execute("SELECT id FROM avengers.active_clustering").fetchone()
+    return row[0] if row else None
+
+
 def activate_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> Clustering:
     """Serve version ``clustering_id`` (``CALL avengers.activate_clustering``): switch and profile
-    refresh in one transaction. Rolling back to an earlier version is the same call."""
+    refresh in one transaction. Rolling back to an earlier version is the same call. The result's
+    ``replaced`` is the version that was active until then."""
     with connections.connection(url, conn=conn) as c:
         with driver_errors.translated(), c.transaction():
+            replaced = lock_for_activation(c)
             c.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
-        return get_clustering(clustering_id, conn=c)
+        return dataclasses.replace(get_clustering(clustering_id, conn=c), replaced=replaced)
 
 
 def remove_clustering(clustering_id: int, *, url: str | None = None, conn=None) -> None:
@@ -170,12 +189,14 @@ def store_partition(
     clustering version of embedding space ``space_id``, in the caller's transaction: the version
     row (with the served version's loop settings), its centroids and assignments, their distance
     statistics (``avengers.cluster_distances``), the centroid index; then mark it ready and, with
-    ``activate``, serve it. Returns the stored version."""
+    ``activate``, serve it (``replaced``: the version it took over from). Returns the stored
+    version."""
     if len(query_ids) != len(part.labels):
         raise InputError(
             f"{len(query_ids)} query ids for a partition of {len(part.labels)} vectors",
             location="query_ids",
         )
+    replaced = lock_for_activation(conn) if activate else None
     row = conn.execute(
         """INSERT INTO avengers.clusterings
              (space_id, algorithm, k, seed, params, status, n_queries, inertia)
@@ -211,4 +232,4 @@ def store_partition(
     conn.execute("UPDATE avengers.clusterings SET status = 'ready' WHERE id = %s", (clustering_id,))
     if activate:
         conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
-    return get_clustering(clustering_id, conn=conn)
+    return dataclasses.replace(get_clustering(clustering_id, conn=conn), replaced=replaced)

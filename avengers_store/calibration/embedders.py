@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from avengers_store.errors import ConfigurationError, EndpointError
+from avengers_store.ingest.model_pool import check_endpoint
 from avengers_store.store import config
 
 MINILM = "all-MiniLM-L6-v2"
@@ -161,7 +162,8 @@ class OpenAIEmbedder(Embedder):
         dimension: int | None = None,
         request_batch: int = 64,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        # The name below is stored (embedding_spaces.embedder): no credentials may be in it.
+        self.base_url = check_endpoint(base_url, parameter="embedder").rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = float(timeout)

@@ -3,7 +3,9 @@ s(m) = sum over clusters c of 1 / rank_m(c), over the active clustering.
 
 Scores come from the ``avengers.model_selection_scores`` view; ties fall to the overall
 calibration score, then the name. Ranks are among all models, active or not, so the choice does
-not depend on which models happen to be active.
+not depend on which models happen to be active. With a price ceiling (``max_price``) only the
+models priced at most that per 1M tokens compete, ranked among themselves
+(``avengers.priced_selection_scores``): the best pool a budget per token can buy.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class SelectionScore:
     overall_score: float | None
     selection_rank: int
     selected: bool
+    price_in: float | None = None
+    price_out: float | None = None
 
 
 @dataclass(frozen=True)
@@ -36,33 +40,64 @@ class Selection:
     selected: tuple[str, ...]
     scores: tuple[SelectionScore, ...]
     applied: bool
+    max_price: float | None = None
+    priced_out: tuple[str, ...] = ()  # models left out by max_price (dearer, or no price)
 
 
 def select_models(
     budget: int,
     *,
+    max_price: float | None = None,
     apply: bool = False,
     url: str | None = None,
     conn: psycopg.Connection | None = None,
 ) -> Selection:
     """The top ``budget`` models by s(m). Models without outcomes in the clustered queries are
-    never chosen. ``apply``: make exactly the chosen models active (the rest inactive) and
-    refresh profiles, in one transaction."""
+    never chosen. ``max_price``: only models whose input and output prices per 1M tokens are at
+    most this compete (ranked among themselves; a model without a price is left out).
+    ``apply``: make exactly the chosen models active (the rest inactive) and refresh profiles,
+    in one transaction."""
     if budget < 1:
         raise InputError(f"budget must be at least 1, got {budget}", location="budget")
+    if max_price is not None and not max_price >= 0:
+        raise InputError(f"must be a price >= 0, got {max_price}", location="max_price")
     with connections.connection(url, conn=conn) as c, c.transaction():
         active = c.execute("SELECT id FROM avengers.active_clustering").fetchone()
         if active is None:
             raise StoreStateError(
                 "no active clustering: run `avengers recluster` before selecting models"
             )
-        rows = c.execute(
-            """SELECT model, active, selection_score, clusters_won, clusters_ranked,
-                      overall_score, selection_rank
-               FROM avengers.model_selection_scores ORDER BY selection_rank"""
-        ).fetchall()
+        if max_price is None:
+            rows = c.execute(
+                """SELECT s.model, s.active, s.selection_score, s.clusters_won,
+                          s.clusters_ranked, s.overall_score, s.selection_rank,
+                          m.cost_in_per_m, m.cost_out_per_m
+                   FROM avengers.model_selection_scores s
+                   JOIN avengers.models m ON m.id = s.model_id
+                   ORDER BY s.selection_rank"""
+            ).fetchall()
+            priced_out: tuple[str, ...] = ()
+        else:
+            rows = c.execute(
+                """SELECT model, active, selection_score, clusters_won, clusters_ranked,
+                          overall_score, selection_rank, price_in, price_out
+                   FROM avengers.priced_selection_scores(%s) ORDER BY selection_rank""",
+                (max_price,),
+            ).fetchall()
+            kept = {r[0] for r in rows}
+            priced_out = tuple(
+                n
+                for (n,) in c.execute("SELECT name FROM avengers.models ORDER BY name")
+                if n not in kept
+            )
         ranked = [r for r in rows if r[4] > 0]
         if not ranked:
+            if max_price is not None:
+                raise StoreStateError(
+                    f"no model priced at most {max_price:g} per 1M tokens has outcomes on the "
+                    "clustered calibration queries: raise --max-price or set prices "
+                    "(avengers.models.cost_in_per_m, cost_out_per_m)"
+                )
             raise StoreStateError(
                 "no model has outcomes on the clustered calibration queries: import outcomes"
             )
@@ -80,9 +115,17 @@ def select_models(
                 overall_score=r[5],
                 selection_rank=r[6],
                 selected=r[0] in chosen,
+                price_in=r[7],
+                price_out=r[8],
             )
             for r in rows
         )
     return Selection(
-        budget=budget, clustering_id=active[0], selected=chosen, scores=scores, applied=apply
+        budget=budget,
+        clustering_id=active[0],
+        selected=chosen,
+        scores=scores,
+        applied=apply,
+        max_price=max_price,
+        priced_out=priced_out,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 
+from avengers_store import figures
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections
 
@@ -157,10 +158,7 @@ def plot_profiles(
     Rows are clusters grouped by their best model, columns models by overall score; the best
     model of each cluster is outlined.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
     import numpy as np
     from matplotlib.patches import Rectangle
 
@@ -217,9 +215,4 @@ def plot_profiles(
         f"({n_clusters} clusters; red: best model)",
         fontsize=10,
     )
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return figures.save(fig, path)

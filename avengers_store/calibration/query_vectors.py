@@ -56,8 +56,14 @@ def store_vectors(
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(query_ids) != len(vectors):
         raise ValueError(f"{len(query_ids)} query ids for {len(vectors)} vectors")
-    if not np.isfinite(vectors).all():
-        raise InputError("vectors contain NaN or infinite values")
+    bad = unusable_rows(vectors)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"{_fault(vectors[i])}: a query needs a direction to be clustered and routed"
+            + (f" ({bad.size} such vectors)" if bad.size > 1 else ""),
+            location=f"vector of query {int(query_ids[i])}",
+        )
     conn.execute(
         """CREATE TEMP TABLE IF NOT EXISTS avengers_embedding_load AS
            SELECT space_id, query_id, embedding FROM avengers.query_embeddings WITH NO DATA"""
@@ -80,6 +86,20 @@ def store_vectors(
     ).rowcount
     conn.execute("TRUNCATE avengers_embedding_load")
     return inserted
+
+
+def unusable_rows(vectors: np.ndarray) -> np.ndarray:
+    """Indices of rows that cannot be unit vectors: any NaN or infinity, or all zeros."""
+    wide = np.asarray(vectors, dtype=np.float64)
+    finite = np.isfinite(wide).all(axis=1)
+    zero = ~np.any(wide != 0, axis=1)
+    return np.flatnonzero(~finite | zero)
+
+
+def _fault(row: np.ndarray) -> str:
+    if not np.isfinite(np.asarray(row, dtype=np.float64)).all():
+        return "the vector holds NaN or infinite values"
+    return "the vector is all zeros"
 
 
 def _resolve_embedder(conn: psycopg.Connection, embedder: str | Embedder | None) -> Embedder:
@@ -273,9 +293,19 @@ def import_npy(
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
                 positions = np.fromiter((r[1] for r in chunk), dtype=np.int64, count=len(chunk))
-                block = normalize_rows(np.asarray(matrix[positions], dtype=np.float32))
-                if not np.isfinite(block).all():
-                    raise InputError("vectors contain NaN or infinite values", location=str(npy))
+                with np.errstate(over="ignore"):
+                    # float32 is what is stored: values beyond its range become infinite here,
+                    # and tiny ones zero, so the check sees what would be stored.
+                    raw = np.asarray(matrix[positions]).astype(np.float32)
+                bad = unusable_rows(raw)
+                if bad.size:
+                    row = int(positions[bad[0]])
+                    raise InputError(
+                        f"{_fault(raw[bad[0]])}: a query needs a direction to be clustered and "
+                        "routed; nothing was imported",
+                        location=f"{npy} row {row} (0-based: data row {row + 1} of {source})",
+                    )
+                block = normalize_rows(raw)
                 imported += store_vectors(c, space.id, [r[0] for r in chunk], block)
                 bar.update(len(chunk))
     return ImportResult(

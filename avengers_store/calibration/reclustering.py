@@ -30,6 +30,7 @@ never a mix, and a failure anywhere leaves the previous version serving.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -39,6 +40,7 @@ from avengers_store.calibration import embedding_spaces
 from avengers_store.calibration.clusterings import (
     Clustering,
     get_clustering,
+    lock_for_activation,
     prune_clusterings,
     store_partition,
 )
@@ -177,7 +179,9 @@ def recluster(
 
     ``stratify``: ``"dataset"`` fits each calibration dataset on its own with k split in
     proportion to dataset size (see the module docstring); ``"none"`` fits all queries at once.
-    ``keep``: afterwards delete all but the ``keep`` newest non-active versions.
+    ``keep``: afterwards delete all but the ``keep`` newest non-active versions. The result's
+    ``replaced`` is the version it took over from, read under the lock of the switch, so it is
+    right when re-clusters run at once (they switch one after the other).
     ``with_production``: fit on the logged embeddings of routed queries too (module docstring).
     """
     if stratify not in STRATIFY:
@@ -246,6 +250,8 @@ def recluster(
                 )
             phases.done()
             phases.start("write centroids and assignments")
+            # Before the version is written: what it replaces is read under the switch's lock.
+            replaced = lock_for_activation(c) if activate else None
             # Every calibration query has a vector (checked above), so these are the counts.
             names, sizes = np.unique(dataset_names, return_counts=True)
             params = {
@@ -275,6 +281,6 @@ def recluster(
             if keep is not None:
                 prune_clusterings(keep, exclude=(clustering_id,), conn=c)
             phases.done()
-            return get_clustering(clustering_id, conn=c)
+            return dataclasses.replace(get_clustering(clustering_id, conn=c), replaced=replaced)
     finally:
         phases.close()

@@ -43,6 +43,7 @@ class Run:
     cal_value: np.ndarray
     missing: np.ndarray  # bool per test query
     unrouted: np.ndarray
+    test_picks: np.ndarray  # column of the routed model per test query (-1: unrouted)
 
 
 class Replay:
@@ -75,7 +76,7 @@ class Replay:
         self.models = tuple(m[1] for m in models)
         self.column = {m[1]: j for j, m in enumerate(models)}
         rows = conn.execute(
-            """SELECT q.id, d.name, d.is_ood, q.split, q.content_hash
+            """SELECT q.id, d.name, d.is_ood, q.split, q.content_hash, char_length(q.text)
                FROM avengers.queries q JOIN avengers.datasets d ON d.id = q.dataset_id
                ORDER BY q.id"""
         ).fetchall()
@@ -85,6 +86,7 @@ class Replay:
         self.original_split = np.array([r[3] for r in rows], dtype=object)
         self.split = self.original_split.copy()
         self.hashes = [r[4] for r in rows]
+        self.chars = np.array([r[5] for r in rows], dtype=np.int64)
         position = {qid: i for i, qid in enumerate(self.query_ids.tolist())}
         # Outcomes of the active models, NaN = not evaluated.
         self.Y = np.full((len(rows), len(models)), np.nan)
@@ -210,8 +212,8 @@ class Replay:
     def route_current(self, clustering_id: int, k: int) -> Run:
         test_rows = np.flatnonzero(self.test_mask())
         cal_rows = np.flatnonzero(self.cal_mask())
-        t_first, t_best, missing, unrouted = self._route(test_rows)
-        c_first, _, _, _ = self._route(cal_rows)
+        t_first, t_best, missing, unrouted, picks = self.route_rows(test_rows)
+        c_first, _, _, _, _ = self.route_rows(cal_rows)
         return Run(
             clustering_id,
             k,
@@ -222,17 +224,27 @@ class Replay:
             c_first,
             missing,
             unrouted,
+            picks,
         )
 
-    def _route(self, rows: np.ndarray):
+    def route_rows(self, rows: np.ndarray, policy: routing.CostPolicy = routing.PLAIN):
+        """Route the queries at ``rows`` through ``avengers.route_many`` (with a cost policy,
+        each query's text length sent for its expected cost): (rank-1 outcome, best outcome
+        among the top n, missing, unrouted, the rank-1 model's column or -1) per query."""
         first = np.zeros(len(rows))
         best = np.zeros(len(rows))
         missing = np.zeros(len(rows), dtype=bool)
         unrouted = np.zeros(len(rows), dtype=bool)
+        picks = np.full(len(rows), -1, dtype=np.int64)
         for start in range(0, len(rows), ROUTE_BATCH):
             chunk = rows[start : start + ROUTE_BATCH]
             decisions = routing.route_vectors(
-                self.conn, self.X[chunk], self.top_n, method=self.method
+                self.conn,
+                self.X[chunk],
+                self.top_n,
+                method=self.method,
+                policy=policy,
+                prompt_chars=self.chars[chunk].tolist() if policy.costed else None,
             )
             for i, (row, decision) in enumerate(zip(chunk, decisions, strict=True)):
                 at = start + i
@@ -240,11 +252,12 @@ class Replay:
                     unrouted[at] = True
                     continue
                 cols = [self.column[c.model] for c in decision.candidates]
+                picks[at] = cols[0]
                 value = self.Y[row, cols[0]]
                 missing[at] = math.isnan(value)
                 first[at] = 0.0 if missing[at] else value
                 best[at] = max(self.Y0[row, cols])
-        return first, best, missing, unrouted
+        return first, best, missing, unrouted, picks
 
     # -- summaries -------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ Rules worth knowing (docs/evaluation.md has the full protocol):
   over calibration datasets of the per-dataset means); both scored on test.
 - Best single chosen on test: the model with the best macro over the group's test datasets.
 - Macro = unweighted mean over datasets; mean ± std (population, ddof = 0) over seeds.
+- ``tradeoffs``: the test queries are routed again at each quality-cost trade-off α
+  (``evaluation.frontier``), giving the frontier of (quality, cost) points, every single
+  model's point and two headlines; α = 1 must route exactly as the plain replay (checked).
 - Strategy ``best`` scores the rank-1 model. ``model-switch`` needs sampled answers to vote on,
   which a replay of scores does not have: it is refused (run it live with ``avengers ask``).
 """
@@ -28,12 +31,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import psycopg
 
 from avengers_store import routing
 from avengers_store.arguments import as_list
 from avengers_store.calibration import fit
 from avengers_store.errors import InputError
+from avengers_store.evaluation import frontier as frontiers
 from avengers_store.evaluation import ood as ood_detection
 from avengers_store.evaluation import sweeps as sweeping
 from avengers_store.evaluation.harness import Replay, progress_bar, summarise
@@ -67,7 +72,9 @@ def evaluate(
     budgets: Sequence[int] | None = None,
     calibration_fractions: Sequence[float] | None = None,
     sweep_seeds: Sequence[int] | None = None,
+    tradeoffs: Sequence[float] | None = None,
     plot_dir: str | Path | None = None,
+    frontier_plot: str | Path | None = None,
     url: str | None = None,
     conn: psycopg.Connection | None = None,
     progress: bool | None = None,
@@ -80,7 +87,10 @@ def evaluate(
     datasets averaged into ``ood_macro`` (default: all OOD ones; the rest are then reported as
     ``ood_all`` too). Sweeps (``sweep_k``, ``algorithms``, ``budgets`` = numbers of models chosen
     by s(m), ``calibration_fractions``) run on ``sweep_seeds`` (default: the first seed);
-    ``plot_dir`` receives one PNG per sweep. ``stratify``: how each seed's clustering is fitted
+    ``plot_dir`` receives one PNG per sweep. ``tradeoffs``: also route every seed's test
+    queries at each of these α in [0, 1] (the quality-cost frontier, ``result.frontier``; every
+    active model needs a price or measured costs), drawn into ``frontier_plot`` (default:
+    ``plot_dir``/frontier.png, else no file). ``stratify``: how each seed's clustering is fitted
     (``reclustering.recluster``); default ``"dataset"``, and ``"none"`` for the paper method, whose
     recipe is one K-means over all calibration queries.
     """
@@ -106,6 +116,13 @@ def evaluate(
     algorithms = as_list(algorithms, "algorithms", str)
     budgets = as_list(budgets, "budgets", int)
     calibration_fractions = as_list(calibration_fractions, "calibration_fractions", float)
+    tradeoffs = as_list(tradeoffs, "tradeoffs", float)
+    for alpha in tradeoffs or ():
+        if not 0 <= alpha <= 1:
+            raise InputError(
+                f"trade-offs must be between 0 and 1, got {alpha}", location="tradeoffs"
+            )
+    tradeoffs = sorted(set(tradeoffs)) if tradeoffs else None
     for value in sweep_k or ():
         if value < 1:
             raise InputError(f"k must be at least 1, got {value}", location="sweep_k")
@@ -144,6 +161,8 @@ def evaluate(
         )
         runs = []
         detected = []
+        routed_at: list[frontiers.SeedRoutes] = []
+        costs = None
         with progress_bar(
             len(seeds), f"evaluate k={k} {algorithm} stratify={stratify}", progress
         ) as bar:
@@ -152,8 +171,13 @@ def evaluate(
                 runs.append(rp.run(k, algorithm, seed))
                 # The seed's clustering is the served one now: measure its OOD detector.
                 detected.append(ood_detection.measure(rp, chosen))
+                if tradeoffs:
+                    if costs is None:
+                        costs = frontiers.cost_matrix(rp, np.flatnonzero(rp.test_mask()))
+                    routed_at.append(frontiers.route_seed(rp, runs[-1], tradeoffs, costs))
                 bar.update(1)
         rows, groups, cal = summarise(rp, runs, k, algorithm, seeds)
+        frontier = frontiers.summarise(rp, runs, routed_at, costs) if tradeoffs else None
         sweeps: dict[str, Sweep] = {}
         if sweep_k:
             sweeps["k"] = sweeping.sweep(
@@ -187,6 +211,7 @@ def evaluate(
             sweeps=sweeps,
             seconds=0.0,
             ood=ood_detection.summarise(detected, rp.ood_names),
+            frontier=frontier,
         )
         # Everything above wrote only inside this transaction: drop it.
         raise psycopg.Rollback(tx)
@@ -203,4 +228,13 @@ def evaluate(
                 for name, sw in result.sweeps.items()
             },
         )
+    if result.frontier is not None:
+        target = frontier_plot or (Path(plot_dir) / "frontier.png" if plot_dir else None)
+        if target is not None:
+            from avengers_store.evaluation.report import plot_frontier
+
+            drawn = plot_frontier(result.frontier, target, title=f"method {chosen.name}")
+            result = dataclasses.replace(
+                result, frontier=dataclasses.replace(result.frontier, plot=str(drawn))
+            )
     return dataclasses.replace(result, seconds=round(time.perf_counter() - started, 2))

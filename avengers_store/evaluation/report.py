@@ -1,14 +1,16 @@
 """Reading an ``Evaluation`` (and an ``OnlineEvaluation``): text tables for people, PNG plots of
-the sweeps."""
+the sweeps and of the quality-cost frontier."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from avengers_store import figures
+
 if TYPE_CHECKING:
     from avengers_store.evaluation.online import OnlineEvaluation
-    from avengers_store.evaluation.results import Evaluation, Stat, Sweep
+    from avengers_store.evaluation.results import Evaluation, Frontier, Stat, Sweep
 
 GROUP_TITLES = {"id": "ID macro", "ood": "OOD macro", "ood_all": "OOD macro (all)"}
 
@@ -106,6 +108,73 @@ def format_tables(result: Evaluation) -> str:
     for sweep in result.sweeps.values():
         lines.append("")
         lines.append(format_sweep(sweep))
+    if result.frontier is not None:
+        lines.append("")
+        lines.append(format_frontier(result.frontier))
+    return "\n".join(lines)
+
+
+def format_frontier(frontier: Frontier) -> str:
+    """The α points and single models as (quality, cost) rows, the non-dominated set and the
+    two headlines."""
+    g = frontier.group
+    groups = list(frontier.points[0].quality) if frontier.points else [g]
+    header = ["point"]
+    for name in groups:
+        title = GROUP_TITLES.get(name, name)
+        header += [f"{title}", f"cost {frontier.cost_unit}"]
+    header.append("non-dominated")
+    body = []
+    for p in frontier.points:
+        row = [f"alpha={p.tradeoff:g}"]
+        for name in groups:
+            row += [_pm(p.quality[name]), f"{p.cost[name].mean:.4g}"]
+        row.append("yes" if f"alpha={p.tradeoff:g}" in frontier.non_dominated else "")
+        body.append(row)
+    for s in frontier.singles:
+        row = [_short(s.model) + (" (best single)" if s.model == frontier.best_single else "")]
+        for name in groups:
+            row += [f"{s.quality[name]:.2f}", f"{s.cost[name]:.4g}"]
+        row.append("yes" if s.model in frontier.non_dominated else "")
+        body.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = [f"quality-cost frontier ({GROUP_TITLES.get(g, g)} for the headlines; cost "
+             f"{frontier.cost_unit}, macro over datasets)"]  # fmt: skip
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    for i, r in enumerate(body):
+        if i == len(frontier.points):
+            lines.append("  ".join("-" * w for w in widths))
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    best = next(s for s in frontier.singles if s.model == frontier.best_single)
+    head = frontier.quality_at_best_single_cost
+    lines.append(
+        f"at the best single model's cost ({_short(best.model)}: {best.quality[g]:.2f} for "
+        f"{best.cost[g]:.4g}): "
+        + (
+            f"routing reaches {head.quality:.2f} (alpha={head.tradeoff:g}, cost "
+            f"{head.cost:.4g}, {100 * head.cost_share:.0f}% of it)"
+            if head
+            else "no routed point is that cheap"
+        )
+    )
+    match = frontier.cost_to_match_best_single
+    lines.append(
+        f"to match the best single model's quality ({best.quality[g]:.2f}): "
+        + (
+            f"routing needs {match.cost:.4g} ({100 * match.cost_share:.0f}% of its cost; "
+            f"alpha={match.tradeoff:g}, {match.quality:.2f})"
+            if match
+            else "no routed point reaches it"
+        )
+    )
+    if frontier.matches_plain is not None:
+        lines.append(
+            "alpha=1 routes every test query as the plain replay: "
+            + ("yes" if frontier.matches_plain else "NO")
+        )
+    if frontier.plot:
+        lines.append(f"plot: {frontier.plot}")
     return "\n".join(lines)
 
 
@@ -154,10 +223,7 @@ _TITLES = {
 def plot_sweep(sweep: Sweep, path: str | Path, *, title: str | None = None) -> Path:
     """One PNG: test ID / OOD macro and calibration macro (mean ± std over seeds) per point,
     with the best single model on ID test (dataset-balanced calibration choice)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
     import numpy as np
 
     points = sweep.points
@@ -199,12 +265,7 @@ def plot_sweep(sweep: Sweep, path: str | Path, *, title: str | None = None) -> P
     ax.set_title((title or default_title) + f"  (seeds: {', '.join(map(str, seeds))})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return figures.save(fig, path)
 
 
 def plot_sweeps(result: Evaluation, directory: str | Path) -> dict[str, Path]:
@@ -261,3 +322,46 @@ def format_online(result: OnlineEvaluation) -> str:
             + " the static one"
         )
     return "\n".join(lines)
+
+
+def plot_frontier(frontier: Frontier, path: str | Path, *, title: str | None = None) -> Path:
+    """One PNG: the routed points by α (mean ± std over seeds, joined in α order), every single
+    model, the non-dominated set ringed, and the best single model's quality and cost as
+    reference lines."""
+    plt = figures.pyplot()
+
+    g = frontier.group
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
+    xs = [p.cost[g].mean for p in frontier.points]
+    ys = [p.quality[g].mean for p in frontier.points]
+    ax.errorbar(
+        xs, ys, xerr=[p.cost[g].std for p in frontier.points],
+        yerr=[p.quality[g].std for p in frontier.points], color="tab:blue", marker="o",
+        linewidth=1.5, capsize=2, label="routed, by trade-off alpha",
+    )  # fmt: skip
+    for p, x, y in zip(frontier.points, xs, ys, strict=True):
+        ax.annotate(f"{p.tradeoff:g}", (x, y), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color="tab:blue")  # fmt: skip
+    for s in frontier.singles:
+        best = s.model == frontier.best_single
+        ax.scatter(s.cost[g], s.quality[g], color="tab:red" if best else "tab:gray",
+                   marker="s", zorder=3)  # fmt: skip
+        ax.annotate(_short(s.model), (s.cost[g], s.quality[g]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)  # fmt: skip
+    kept = set(frontier.non_dominated)
+    ring = [(p.cost[g].mean, p.quality[g].mean) for p in frontier.points
+            if f"alpha={p.tradeoff:g}" in kept]  # fmt: skip
+    ring += [(s.cost[g], s.quality[g]) for s in frontier.singles if s.model in kept]
+    if ring:
+        ax.scatter(*zip(*ring, strict=True), s=140, facecolors="none", edgecolors="black",
+                   linewidths=0.8, label="non-dominated", zorder=4)  # fmt: skip
+    best = next(s for s in frontier.singles if s.model == frontier.best_single)
+    ax.axhline(best.quality[g], color="tab:red", linestyle=":", linewidth=1,
+               label=f"best single (cal.): {_short(best.model)}")  # fmt: skip
+    ax.axvline(best.cost[g], color="tab:red", linestyle=":", linewidth=1)
+    ax.set_xlabel(f"cost {frontier.cost_unit} (macro over datasets)")
+    ax.set_ylabel(f"{GROUP_TITLES.get(g, g)} accuracy (×100)")
+    ax.set_title("Quality-cost frontier" + (f", {title}" if title else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return figures.save(fig, path)

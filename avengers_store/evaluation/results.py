@@ -92,6 +92,58 @@ class Sweep:
 
 
 @dataclass(frozen=True)
+class FrontierPoint:
+    """Routing at one trade-off α: quality (macro ×100) and cost per 1M queries (macro over
+    the same datasets) per group, mean ± std over seeds; ``shares``: fraction of the group's
+    test queries routed to each model (all seeds)."""
+
+    tradeoff: float
+    quality: dict[str, Stat]
+    cost: dict[str, Stat]
+    shares: dict[str, float]
+
+
+@dataclass(frozen=True)
+class SinglePoint:
+    """Always the same model: quality (macro ×100) and cost per 1M queries per group."""
+
+    model: str
+    quality: dict[str, float]
+    cost: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A point of the routing frontier read against the best single model."""
+
+    tradeoff: float
+    quality: float
+    cost: float
+    cost_share: float  # cost / the best single model's cost
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The quality-cost frontier of a replay (group ``group``, usually ``id``): every α's
+    point, every single model's, the non-dominated ones, and the two headlines against the best
+    single model chosen on calibration data (dataset-balanced): the best quality routing reaches
+    at no more than its cost, and the lowest cost at which routing reaches its quality (None
+    when no α does). ``matches_plain``: whether α = 1 routed every test query of every seed to
+    the model the plain replay routed it to (None when 1 is not among the α)."""
+
+    group: str
+    cost_unit: str
+    points: tuple[FrontierPoint, ...]
+    singles: tuple[SinglePoint, ...]
+    non_dominated: tuple[str, ...]  # "alpha=<α>" or a model name, by cost
+    best_single: str
+    quality_at_best_single_cost: Headline | None
+    cost_to_match_best_single: Headline | None
+    matches_plain: bool | None
+    plot: str | None = None
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """What ``evaluate`` measured. ``id_macro`` / ``ood_macro``: routed, mean over seeds."""
 
@@ -111,6 +163,7 @@ class Evaluation:
     unrouted: int
     sweeps: dict[str, Sweep]
     seconds: float
+    frontier: Frontier | None = None
     # The OOD detector (evaluation.ood.OodDetection) when the test split has OOD datasets.
     ood: Any = None
 

@@ -95,7 +95,8 @@ def fraction_sweep(
     rp: Replay, k: int, algorithm: str, fractions: list[float], seeds: Sequence[int]
 ) -> Sweep:
     """Re-draw every non-OOD dataset's split (its calibration + test queries pooled, the store's
-    seeded split rule) at each fraction, then calibrate and route as usual."""
+    seeded split rule, one draw per distinct text) at each fraction, then calibrate and route as
+    usual."""
     pooled = ~rp.is_ood & np.isin(rp.original_split, ["calibration", "test"])
     groups: dict[str, np.ndarray] = {}
     for name in sorted(set(rp.dataset[pooled])):
@@ -110,8 +111,11 @@ def fraction_sweep(
                 bar.set_postfix_str(f"fraction={fraction} seed {seed}")
                 split = rp.original_split.copy()
                 for rows in groups.values():
-                    drawn = seeded_split([rp.hashes[i] for i in rows], fraction, seed)
-                    split[rows] = drawn
+                    # Drawn per distinct text: a text stored in both splits goes to one side.
+                    hashes = [rp.hashes[i] for i in rows]
+                    distinct = list(dict.fromkeys(hashes))
+                    drawn = dict(zip(distinct, seeded_split(distinct, fraction, seed), strict=True))
+                    split[rows] = [drawn[h] for h in hashes]
                 _write_split(rp, split)
                 runs.append(rp.run(k, algorithm, seed, tag=("fraction", fraction)))
                 details.append(anchor_details(rp))
@@ -141,6 +145,9 @@ def fraction_sweep(
 def _write_split(rp: Replay, split: np.ndarray) -> None:
     changed = np.flatnonzero(split != rp.split)
     if len(changed):
+        # Both queries of a text in both splits may now share a side. The key is checked at
+        # commit only, and the replay writes the original split back and rolls back anyway.
+        rp.conn.execute("SET CONSTRAINTS avengers.queries_dataset_split_text_key DEFERRED")
         rp.conn.execute(
             "UPDATE avengers.queries q SET split = s.split "
             "FROM unnest(%s::bigint[], %s::text[]) AS s(id, split) WHERE q.id = s.id",

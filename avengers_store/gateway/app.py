@@ -273,6 +273,27 @@ def routed_text(messages: Sequence[ChatMessage], route_on: str) -> str:
     raise bad_request("the conversation has no user message with text", param="messages")
 
 
+def costs_asked(
+    tradeoff: float | None, max_cost: float | None, settings: GatewaySettings
+) -> tuple[float, float | None]:
+    """The request's trade-off and cost ceiling, else the server's; α = 1 when neither sets
+    one, so that every routed answer carries its expected cost (decisions are the plain
+    routing's at α = 1)."""
+    alpha = tradeoff if tradeoff is not None else settings.tradeoff
+    return (1.0 if alpha is None else alpha), (
+        max_cost if max_cost is not None else settings.max_cost
+    )
+
+
+def cost_headers(decision: RouteDecision) -> dict[str, str]:
+    """x-avengers-expected-cost (of the request on the first candidate, when known) and
+    x-avengers-over-budget."""
+    out = {"x-avengers-over-budget": "true" if decision.over_budget else "false"}
+    if decision.expected_cost is not None:
+        out["x-avengers-expected-cost"] = f"{decision.expected_cost:.6g}"
+    return out
+
+
 class Recipe:
     """One ``model: "avengers"`` request: route, sample, vote, answer, log."""
 
@@ -290,6 +311,7 @@ class Recipe:
         self.strategy = req.strategy or s.strategy
         self.samples = req.samples or s.samples
         self.top_n = req.top_n or s.top_n or core.DEFAULT_TOP_N[self.strategy]
+        self.tradeoff, self.max_cost = costs_asked(req.tradeoff, req.max_cost, s)
         self.route_id = uuid.uuid4()
         self.session = request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
@@ -318,6 +340,9 @@ class Recipe:
                 require_endpoint=True,
                 method=req.method,
                 ood_policy=req.ood_policy,
+                tradeoff=self.tradeoff,
+                max_cost=self.max_cost,
+                completions=core.completions_for(self.strategy, self.samples),
             )
             if self.decision.ood and self.decision.ood_policy == "widen":
                 self.strategy = "model-switch"
@@ -383,7 +408,12 @@ class Recipe:
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             route_id=self.route_id,
             api_key_id=self.key_id,
-            extra={"top_n": self.top_n, "gateway": True, "stream": self.req.stream},
+            extra={
+                "top_n": self.top_n,
+                "gateway": True,
+                "stream": self.req.stream,
+                **core.cost_fields(self.decision),
+            },
         )
         gw.log_rows([row])
         if self.session and answer.model:
@@ -407,7 +437,12 @@ class Recipe:
             error=str(exc),
             route_id=self.route_id,
             api_key_id=self.key_id,
-            extra={"top_n": self.top_n, "gateway": True, "stream": self.req.stream},
+            extra={
+                "top_n": self.top_n,
+                "gateway": True,
+                "stream": self.req.stream,
+                **core.cost_fields(decision),
+            },
         )
         self.gw.log_rows([row])
         for fallback in getattr(exc, "failures", ()):
@@ -427,6 +462,8 @@ class Recipe:
             ood_policy=d.ood_policy,
             exploration=d.exploration,
             explored=d.explored,
+            expected_cost=d.expected_cost,
+            over_budget=d.over_budget,
         )
         if answer is not None:
             info.models = list(answer.models)
@@ -448,6 +485,7 @@ class Recipe:
             "x-avengers-candidates": ",".join(c.model for c in d.candidates),
             "x-avengers-strategy": self.strategy,
             **loop_headers(d),
+            **cost_headers(d),
         }
         if answer is not None:
             out["x-avengers-models"] = ",".join(answer.models)
@@ -709,7 +747,15 @@ async def route_only(request: Request) -> Response:
         query = question = routed_text(req.messages, req.route_on or gw.settings.route_on)
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
-    decision = await gw.client.route(query, req.top_n, method=req.method, ood_policy=req.ood_policy)
+    tradeoff, max_cost = costs_asked(req.tradeoff, req.max_cost, gw.settings)
+    decision = await gw.client.route(
+        query,
+        req.top_n,
+        method=req.method,
+        tradeoff=tradeoff,
+        max_cost=max_cost,
+        ood_policy=req.ood_policy,
+    )
     route_id = uuid.uuid4()
     gw.log_rows(
         [
@@ -721,7 +767,12 @@ async def route_only(request: Request) -> Response:
                 latency_ms=(time.perf_counter() - started) * 1000.0,
                 route_id=route_id,
                 api_key_id=key_id,
-                extra={"top_n": req.top_n, "gateway": True, "vector": question is None},
+                extra={
+                    "top_n": req.top_n,
+                    "gateway": True,
+                    "vector": question is None,
+                    **core.cost_fields(decision),
+                },
             )
         ]
     )
@@ -741,6 +792,9 @@ async def route_only(request: Request) -> Response:
                 wilson_high=c.wilson_high,
                 production_n=c.production_n,
                 production_mean=c.production_mean,
+                expected_cost=c.expected_cost,
+                utility=c.utility,
+                over_budget=c.over_budget,
             )
             for c in decision.candidates
         ],
@@ -750,6 +804,9 @@ async def route_only(request: Request) -> Response:
         production_weight=decision.production_weight,
         exploration=decision.exploration,
         explored=decision.explored,
+        tradeoff=decision.tradeoff,
+        max_cost=decision.max_cost,
+        over_budget=decision.over_budget,
     )
     return JSONResponse(
         out.model_dump(),
@@ -760,6 +817,7 @@ async def route_only(request: Request) -> Response:
             "x-avengers-distance": f"{decision.distance:.6f}",
             "x-avengers-candidates": ",".join(c.model for c in decision.candidates),
             **loop_headers(decision),
+            **cost_headers(decision),
         },
     )
 

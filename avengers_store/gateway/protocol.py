@@ -4,7 +4,8 @@ and error bodies.
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
 options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
-``task_type``, ``ood_policy``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
+``task_type``, ``tradeoff``, ``max_cost``, ``ood_policy``) are extra body fields, which OpenAI
+SDKs send with ``extra_body``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class RecipeOptions(BaseModel):
     route_on: RouteOn | None = None
     task_type: TaskType | None = None
     ood_policy: OodPolicy | None = None
+    tradeoff: float | None = Field(None, ge=0.0, le=1.0)
+    max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
 
 
 class ChatCompletionRequest(RecipeOptions):
@@ -127,6 +130,8 @@ class RouteInfo(BaseModel):
     ood_policy: str | None = None
     exploration: str | None = None
     explored: bool | None = None
+    expected_cost: float | None = None  # of the request on the first candidate
+    over_budget: bool = False
 
 
 class ChatCompletion(BaseModel):
@@ -185,6 +190,8 @@ class RouteRequest(BaseModel):
     method: Literal["avengers", "paper"] | None = None
     route_on: RouteOn | None = None
     ood_policy: OodPolicy | None = None
+    tradeoff: float | None = Field(None, ge=0.0, le=1.0)
+    max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
 
 
 class RouteCandidate(BaseModel):
@@ -197,6 +204,9 @@ class RouteCandidate(BaseModel):
     wilson_high: float | None
     production_n: int | None = None
     production_mean: float | None = None
+    expected_cost: float | None = None
+    utility: float | None = None
+    over_budget: bool | None = None
 
 
 class RouteResponse(BaseModel):
@@ -212,6 +222,9 @@ class RouteResponse(BaseModel):
     production_weight: float | None = None
     exploration: str | None = None
     explored: bool | None = None
+    tradeoff: float | None = None
+    max_cost: float | None = None
+    over_budget: bool = False
 
 
 class FeedbackRequest(BaseModel):

@@ -17,7 +17,9 @@ ENV = "AVENGERS_GATEWAY_SETTINGS"
 class GatewaySettings:
     """``max_in_flight``: requests answered at once before 429; ``max_body_bytes``: larger
     bodies get 400; ``samples``/``strategy``/``top_n``/``method``/``threshold``/``route_on``:
-    recipe defaults a request may override; ``max_tokens``: default completion cap;
+    recipe defaults a request may override; ``tradeoff``/``max_cost``: the quality-cost
+    trade-off and cost ceiling of routes a request does not set (None: α = 1, no ceiling; the
+    gateway computes expected costs either way); ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
     call; ``grace_s``: how long shutdown waits for requests in flight; ``log_vectors`` /
@@ -36,6 +38,8 @@ class GatewaySettings:
     strategy: str = "self-consistency"
     top_n: int | None = None
     method: str = "avengers"
+    tradeoff: float | None = None
+    max_cost: float | None = None
     threshold: float = DEFAULT_THRESHOLD
     route_on: str = "last_user"
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -66,6 +70,10 @@ class GatewaySettings:
             raise ConfigurationError(
                 f"feedback_refresh_s must be >= 0, got {self.feedback_refresh_s}"
             )
+        if self.tradeoff is not None and not 0 <= self.tradeoff <= 1:
+            raise ConfigurationError(f"tradeoff must be between 0 and 1, got {self.tradeoff}")
+        if self.max_cost is not None and not self.max_cost >= 0:
+            raise ConfigurationError(f"max_cost must be >= 0, got {self.max_cost}")
         if not self.auth and not is_loopback(self.host):
             raise ConfigurationError(
                 f"--no-auth is only allowed on a loopback address, not {self.host}: create a key "

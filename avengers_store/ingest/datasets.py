@@ -1,9 +1,11 @@
 """Datasets and their queries: loading a file of queries, the seeded calibration/test split,
 merging duplicate texts, listing and removing.
 
-Identity of a query within a dataset is ``textnorm.content_hash`` of its text: rows with the same
-normalised text become one query that keeps the split, id and answer of its first row; the file
-rows merged into it are listed in ``queries.metadata['merged_rows']``.
+Identity of a query within a dataset and split is ``text_identity.content_hash`` of its text: rows
+of one split with the same normalised text become one query that keeps the id and answer of its
+first row; the file rows merged into it are listed in ``queries.metadata['merged_rows']``. A text
+in both splits (benchmarks have a few) stays one query in each, so neither split loses a row; the
+load reports how many texts that is (``DatasetSummary.in_both_splits``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class DatasetSummary:
     calibration: int
     test: int
     merged_rows: int
+    in_both_splits: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,20 +212,23 @@ def ingest_queries(
     row_query = np.full(table.n_rows, -1, dtype=np.int64)
     summaries: list[DatasetSummary] = []
     for spec in specs:
-        queries: dict[str, _Query] = {}
+        # Keyed by (split, text): a text in both splits is a query in each. Without a split
+        # column the split is drawn per distinct text, so every text is one query.
+        queries: dict[tuple[str | None, str], _Query] = {}
         for i in spec.rows:
             h = content_hash(texts[i])
-            q = queries.get(h)
+            split = splits[i] if splits is not None else None
+            q = queries.get((split, h))
             ext = external_ids[i] if external_ids is not None else None
             if q is None:
-                queries[h] = _Query(
+                queries[(split, h)] = _Query(
                     content_hash=h,
                     row=i,
                     text=texts[i],
                     external_id=ext,
                     answer=answers[i] if answers is not None else None,
                     task_type=task_types[i],
-                    split=splits[i] if splits is not None else None,
+                    split=split,
                 )
             else:
                 q.merged_rows.append(i)
@@ -258,18 +264,20 @@ def ingest_queries(
             ),
         ).fetchone()[0]
         _copy_queries(conn, dataset_id, merged, source_file)
-        ids = dict(
-            conn.execute(
-                "SELECT content_hash, id FROM avengers.queries WHERE dataset_id = %s",
+        ids = {
+            (split, h): qid
+            for split, h, qid in conn.execute(
+                "SELECT split, content_hash, id FROM avengers.queries WHERE dataset_id = %s",
                 (dataset_id,),
             ).fetchall()
-        )
+        }
         for q in merged:
-            qid = ids[q.content_hash]
+            qid = ids[(q.split, q.content_hash)]
             row_query[q.row] = qid
             for i in q.merged_rows:
                 row_query[i] = qid
         n_cal = sum(q.split == "calibration" for q in merged)
+        calibration_texts = {q.content_hash for q in merged if q.split == "calibration"}
         summaries.append(
             DatasetSummary(
                 name=spec.name,
@@ -280,6 +288,9 @@ def ingest_queries(
                 calibration=n_cal,
                 test=len(merged) - n_cal,
                 merged_rows=len(spec.rows) - len(merged),
+                in_both_splits=sum(
+                    q.split == "test" and q.content_hash in calibration_texts for q in merged
+                ),
             )
         )
     return summaries, row_query
@@ -458,31 +469,34 @@ def remove_dataset(
 
 def query_lookup(
     conn: psycopg.Connection, dataset_id: int, *, by_id: bool
-) -> dict[str, int | None]:
-    """Map from content hash (or external id) to query id for one dataset. Ids of rows merged
-    into another query also resolve; an id naming several queries maps to None (ambiguous)."""
+) -> dict[str, tuple[int, ...] | None]:
+    """Map from content hash (or external id) to the ids of the queries it names in one
+    dataset: one query, or two when the text is in both splits (an outcome belongs to the text,
+    so both get it). Ids of rows merged into another query also resolve; an external id naming
+    queries of different texts maps to None (ambiguous)."""
     if not by_id:
-        return dict(
-            conn.execute(
-                "SELECT content_hash, id FROM avengers.queries WHERE dataset_id = %s",
-                (dataset_id,),
-            ).fetchall()
-        )
-    out: dict[str, int | None] = {}
+        out: dict[str, tuple[int, ...] | None] = {}
+        for h, qid in conn.execute(
+            "SELECT content_hash, id FROM avengers.queries WHERE dataset_id = %s ORDER BY id",
+            (dataset_id,),
+        ).fetchall():
+            out[h] = (*(out.get(h) or ()), qid)
+        return out
+    named: dict[str, dict[int, str]] = {}
     rows = conn.execute(
-        """SELECT q.id, q.external_id, m.ext
+        """SELECT q.id, q.content_hash, q.external_id, m.ext
            FROM avengers.queries q
            LEFT JOIN LATERAL jsonb_array_elements_text(
                coalesce(q.metadata -> 'merged_external_ids', '[]'::jsonb)) AS m(ext) ON true
-           WHERE q.dataset_id = %s""",
+           WHERE q.dataset_id = %s
+           ORDER BY q.id""",
         (dataset_id,),
     ).fetchall()
-    for qid, ext, merged in rows:
+    for qid, h, ext, merged in rows:
         for key in (ext, merged):
-            if key is None:
-                continue
-            if key in out and out[key] != qid:
-                out[key] = None
-            else:
-                out[key] = qid
-    return out
+            if key is not None:
+                named.setdefault(key, {})[qid] = h
+    return {
+        key: tuple(queries) if len(set(queries.values())) == 1 else None
+        for key, queries in named.items()
+    }

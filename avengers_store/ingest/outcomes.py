@@ -272,9 +272,15 @@ def _key_column(table: Table, id_col: str | None, text_col: str | None) -> tuple
 
 
 def _resolve_queries(
-    table: Table, key_col: str, keys: Sequence, lookup: dict[str, int], *, by_id: bool
-) -> list[int]:
-    out: list[int] = []
+    table: Table,
+    key_col: str,
+    keys: Sequence,
+    lookup: dict[str, tuple[int, ...] | None],
+    *,
+    by_id: bool,
+) -> list[tuple[int, ...]]:
+    """Per file row, the queries its outcomes belong to (two for a text in both splits)."""
+    out: list[tuple[int, ...]] = []
     unknown: list[str] = []
     n_unknown = 0
     for i, key in enumerate(keys):
@@ -297,7 +303,7 @@ def _resolve_queries(
             if len(unknown) < SHOWN_OFFENDERS:
                 shown = key if len(key) <= 60 else key[:57] + "..."
                 unknown.append(f"{row_label(i)}: {shown!r}")
-            out.append(-1)
+            out.append(())
         else:
             out.append(qid)
     if n_unknown:
@@ -327,7 +333,7 @@ def _score_check(table: Table, column: str, values: np.ndarray) -> None:
 def _wide_rows(
     table: Table,
     prefix: str,
-    query_ids: list[int],
+    query_ids: list[tuple[int, ...]],
     conn: psycopg.Connection,
     create_models: bool,
     source: str,
@@ -353,13 +359,13 @@ def _wide_rows(
             if math.isnan(value):
                 skipped += 1
                 continue
-            rows.append(OutcomeRow(query_ids[i], model_id, value, source=source))
+            rows.extend(OutcomeRow(q, model_id, value, source=source) for q in query_ids[i])
     return rows, names, skipped
 
 
 def _long_rows(
     table: Table,
-    query_ids: list[int],
+    query_ids: list[tuple[int, ...]],
     conn: psycopg.Connection,
     create_models: bool,
     source: str,
@@ -410,9 +416,9 @@ def _long_rows(
         if math.isnan(score):
             skipped += 1
             continue
-        rows.append(
+        rows.extend(
             OutcomeRow(
-                query_id=query_ids[i],
+                query_id=query_id,
                 model_id=ids[models[i]],
                 score=score,
                 samples=num("samples", i, int) or 1,
@@ -423,5 +429,6 @@ def _long_rows(
                 latency_ms=num("latency_ms", i),
                 source=source,
             )
+            for query_id in query_ids[i]
         )
     return rows, names, skipped

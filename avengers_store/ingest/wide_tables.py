@@ -40,6 +40,7 @@ class LoadReport:
     datasets: tuple[DatasetSummary, ...]
     queries_inserted: int
     merged_duplicates: int
+    in_both_splits: int
     models: tuple[str, ...]
     models_created: tuple[str, ...]
     outcomes_written: int
@@ -86,7 +87,8 @@ def load_table(
 
     Outcomes: every column ``<outcome_prefix><model>``; empty/NaN = not evaluated (no row),
     values outside [0, 1] are an error naming the row and column. Duplicate texts within a dataset
-    become one query whose outcomes average its rows'. Profiles are refreshed before commit.
+    and split become one query whose outcomes average its rows'; a text in both splits is a query
+    in each, with its own row's outcomes. Profiles are refreshed before commit.
 
     ``dataset_prefix`` is put before every dataset name (e.g. ``llmrouter/``) so two tables that
     share benchmark names can live in one store; ``dataset_task_types`` keys are the column's
@@ -264,6 +266,7 @@ def load_table(
         datasets=tuple(summaries),
         queries_inserted=sum(s.queries for s in summaries),
         merged_duplicates=sum(s.merged_rows for s in summaries),
+        in_both_splits=sum(s.in_both_splits for s in summaries),
         models=tuple(model_names),
         models_created=tuple(m for m in model_names if m not in before),
         outcomes_written=written,

@@ -14,17 +14,21 @@ from avengers_store.routing.statements import (
     route_vector,
     route_vectors,
 )
+from avengers_store.routing.tradeoffs import PLAIN, CostPolicy, cost_policy
 
 __all__ = [
     "AVENGERS",
     "METHODS",
     "NO_ACTIVE_CLUSTERING",
     "PAPER",
+    "PLAIN",
     "Candidate",
+    "CostPolicy",
     "RouteDecision",
     "RoutingMethod",
     "aroute_vector",
     "aroute_vectors",
+    "cost_policy",
     "route_vector",
     "route_vectors",
     "routing_method",

@@ -9,11 +9,15 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One model proposed for a query, best first (rank 1). ``score`` is the routing score;
-    ``mean_score``, ``n`` and the Wilson bounds describe the model's calibration outcomes on the
-    nearest cluster (None when it has none there), ``production_n`` and ``production_mean`` its
+    """One model proposed for a query, best first (rank 1). ``score`` is the routing score
+    (expected quality, pooling production outcomes at the clustering's weight); ``mean_score``,
+    ``n`` and the Wilson bounds describe the model's calibration outcomes on the nearest cluster
+    (None when it has none there), ``production_n`` and ``production_mean`` (decayed) its
     feedback there; ``evidence`` is the pseudo-count behind ``score`` (what exploration's Beta
-    posterior uses)."""
+    posterior uses). With a trade-off or a cost ceiling: ``expected_cost`` of the request on the
+    model (None: it has neither a price nor a measured cost), ``utility`` (what it was ranked by
+    when α < 1) and ``over_budget`` (no candidate fitted the ceiling; this is the cheapest). All
+    three are None on a plain route."""
 
     model: str
     rank: int
@@ -27,6 +31,9 @@ class Candidate:
     model_id: int | None = None
     api_key_env: str | None = None
     score: float | None = None
+    expected_cost: float | None = None
+    over_budget: bool | None = None
+    utility: float | None = None
     production_n: int | None = None
     production_mean: float | None = None
     evidence: float | None = None
@@ -36,6 +43,7 @@ class Candidate:
 class RouteDecision:
     """Why a query goes where it goes: its cluster in a clustering version and the ranked models.
 
+    ``tradeoff`` and ``max_cost``: what a cost-aware route asked for (None on a plain route).
     ``novelty``: the distance over the nearest cluster's OOD distance, ``ood`` novelty > 1, and
     ``ood_policy`` what an out-of-distribution query got (``routing.ood``). ``production_weight``
     and ``half_life``: how the clustering pools production outcomes into the scores.
@@ -47,6 +55,8 @@ class RouteDecision:
     cluster: int
     distance: float
     candidates: tuple[Candidate, ...]
+    tradeoff: float | None = None
+    max_cost: float | None = None
     exploration: str | None = None
     explored: bool | None = None
     novelty: float | None = None
@@ -60,6 +70,22 @@ class RouteDecision:
     def model(self) -> str | None:
         """The first-ranked model, or None when the cluster has no eligible model."""
         return self.candidates[0].model if self.candidates else None
+
+    @property
+    def costed(self) -> bool:
+        """Whether expected costs were computed (a trade-off or a ceiling was asked)."""
+        return self.tradeoff is not None or self.max_cost is not None
+
+    @property
+    def expected_cost(self) -> float | None:
+        """The first-ranked model's expected cost (None: not computed, or unknown)."""
+        return self.candidates[0].expected_cost if self.candidates else None
+
+    @property
+    def over_budget(self) -> bool:
+        """True when ``max_cost`` was asked and no candidate fits it (the one returned is the
+        cheapest)."""
+        return any(c.over_budget for c in self.candidates)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -88,6 +114,21 @@ class RouteDecision:
                 + ("another candidate than the best-scored goes first" if self.explored
                    else "the best-scored candidate stays first")
             )  # fmt: skip
+        if self.costed:
+            alpha = 1.0 if self.tradeoff is None else self.tradeoff
+            rule = (
+                f"trade-off {alpha:g}: ranked by {alpha:g} x normalised score + "
+                f"{1 - alpha:g} x (1 - normalised expected cost)"
+                if alpha < 1
+                else "trade-off 1: ranked by score"
+            )
+            if self.max_cost is not None:
+                rule += (
+                    f"; no candidate fits max cost {self.max_cost:g}, the cheapest is returned"
+                    if self.over_budget
+                    else f", among candidates with expected cost <= {self.max_cost:g}"
+                )
+            lines.append(f"  {rule}")
         if not self.candidates:
             lines.append("  no active model has a profile for this cluster")
         for c in self.candidates:
@@ -108,5 +149,16 @@ class RouteDecision:
                 if c.production_n
                 else ""
             )
-            lines.append(f"  {c.rank}. {c.model}: {score}{here}{production}{where}")
+            cost = ""
+            if self.costed:
+                cost = (
+                    f"; expected cost {c.expected_cost:.6g}"
+                    if c.expected_cost is not None
+                    else "; expected cost unknown (no price, no measured cost)"
+                )
+                if c.utility is not None:
+                    cost += f", utility {c.utility:.3f}"
+                if c.over_budget:
+                    cost += " (over budget)"
+            lines.append(f"  {c.rank}. {c.model}: {score}{here}{production}{cost}{where}")
         return "\n".join(lines)

@@ -71,9 +71,12 @@ def test_cli_ask_samples_votes_and_logs(store, cli_env):
 
 
 def test_ask_falls_back_when_the_first_endpoint_is_closed(store, closed_port_url):
+    # Credentials in a stored URL (the CLI refuses them; an older store may hold one) must not
+    # reach the route log.
+    with_credentials = closed_port_url.replace("http://", "http://bob:hunter2-planted@")
     with psycopg.connect(store) as conn:
         conn.execute(
-            "UPDATE avengers.models SET endpoint = %s WHERE name = 'first'", (closed_port_url,)
+            "UPDATE avengers.models SET endpoint = %s WHERE name = 'first'", (with_credentials,)
         )
     before = len(log_rows(store))
     with AvengersClient(store, max_tokens=MAX_TOKENS) as client:
@@ -87,6 +90,8 @@ def test_ask_falls_back_when_the_first_endpoint_is_closed(store, closed_port_url
     assert row[0] == ["second"]
     assert row[5]["fallbacks"][0]["model"] == "first"
     assert row[5]["candidates"] == ["first", "second"]
+    assert closed_port_url.split("//")[1] in fallback.error
+    assert "hunter2" not in fallback.error and "hunter2" not in json.dumps(row[5])
 
 
 def test_cli_route_text_and_file(store, cli_env, tmp_path):

@@ -10,10 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from avengers_store.store import schema
-from avengers_store.testing import free_port, run_process
+from avengers_store.testing import free_port, run_cli, run_process
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -45,6 +46,41 @@ def test_closed_port_is_one_line_naming_the_url():
     assert f"127.0.0.1:{port}/nothing" in lines[0]
     assert "secret" not in lines[0]
     assert "AVENGERS_DATABASE_URL" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "host=127.0.0.1 port={port} dbname=nothing user=nobody password={secret}",
+        "postgresql://nobody@127.0.0.1:{port}/nothing?password={secret}&connect_timeout=5",
+    ],
+)
+def test_closed_port_hides_the_password_in_every_form(form):
+    secret = "Pa55-planted-Xy"
+    port = free_port()
+    result = run_process(
+        "-vv", "db", "status", env={"AVENGERS_DATABASE_URL": form.format(port=port, secret=secret)}
+    )
+    assert result.returncode == 1
+    assert secret not in result.stderr + result.stdout
+    assert str(port) in result.stderr and "***" in result.stderr
+
+
+def test_db_url_leaves_the_password_out_unless_asked(db_url, monkeypatch):
+    secret = "Pa55-planted-Xy"
+    params = psycopg.conninfo.conninfo_to_dict(db_url)
+    with_password = psycopg.conninfo.make_conninfo(db_url, password=secret)
+    monkeypatch.setenv("AVENGERS_DATABASE_URL", with_password)
+    shown = run_cli("db", "url")
+    assert secret not in shown.stdout + shown.stderr
+    assert "PGPASSWORD" in shown.stderr
+    # What it prints is the same connection, usable as is (the test server trusts local users).
+    printed = shown.stdout.strip()
+    assert psycopg.conninfo.conninfo_to_dict(printed) == params
+    with psycopg.connect(printed) as c:
+        assert c.execute("SELECT current_database()").fetchone()[0] == params["dbname"]
+    full = run_cli("db", "url", "--show-password")
+    assert psycopg.conninfo.conninfo_to_dict(full.stdout.strip())["password"] == secret
 
 
 def test_embedded_home_is_created_and_stopped():

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -212,7 +219,9 @@ def test_cli_recluster_list_activate_remove(cli_env, seeded):
     assert [c["stratify"] for c in listed][:2] == ["dataset", "dataset"]
     text = run_cli("clusterings", "list").stdout
     assert "stratify" in text.splitlines()[0] and "dataset" in text
-    assert "is active" in run_cli("clusterings", "activate", str(first["id"])).stdout
+    rolled_back = run_cli("clusterings", "activate", str(first["id"])).stdout
+    assert f"is active (was {second_id})" in rolled_back
+    assert "(already was)" in run_cli("clusterings", "activate", str(first["id"])).stdout
     assert clusterings.active_clustering(url=cli_env).id == first["id"]
     assert isinstance(
         run_cli_error("clusterings", "remove", str(first["id"]), "--yes"), StoreStateError
@@ -280,3 +289,79 @@ def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, mon
             r[0] for r in reader.execute("SELECT clustering_id FROM avengers.cluster_profiles")
         }
     assert served == {new.id}
+
+
+def _waiting_on_clusterings(c) -> int:
+    """Backends waiting for a lock on avengers.clusterings."""
+    return c.execute(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'avengers.clusterings'::regclass "
+        "AND NOT granted"
+    ).fetchone()[0]
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_racing_reclusters_each_report_the_version_they_replaced(db_url, seeded):
+    original = recluster(k=4, seed=1, url=db_url)
+    results: list = []
+    errors: list = []
+
+    def run(seed: int) -> None:
+        try:
+            results.append(recluster(k=3, seed=seed, url=db_url))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    with connections.connect(db_url) as blocker:
+        # An activation in progress elsewhere: both re-clusters fit, then queue behind it.
+        blocker.execute("LOCK TABLE avengers.clusterings IN SHARE ROW EXCLUSIVE MODE")
+        threads = [threading.Thread(target=run, args=(seed,)) for seed in (2, 3)]
+        for t in threads:
+            t.start()
+        with connections.connect(db_url, autocommit=True) as watcher:
+            _wait_for(lambda: _waiting_on_clusterings(watcher) == 2)
+        blocker.rollback()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []  # in particular no deadlock between the two
+    # The one that switched first replaced the original, the other replaced it (activated_at is
+    # each transaction's start, so it cannot tell the order).
+    served = clusterings.active_clustering(url=db_url).id
+    second = next(r for r in results if r.id == served)
+    first = next(r for r in results if r.id != served)
+    assert (first.replaced, second.replaced) == (original.id, first.id)
+
+
+def test_racing_recluster_commands_print_the_version_they_replaced(db_url, seeded):
+    original = recluster(k=4, seed=1, url=db_url)
+    env = {**os.environ, "AVENGERS_DATABASE_URL": db_url}
+    command = [sys.executable, "-m", "avengers_store.cli.main", "recluster", "--k", "3"]
+    with connections.connect(db_url) as blocker:
+        blocker.execute("LOCK TABLE avengers.clusterings IN SHARE ROW EXCLUSIVE MODE")
+        procs = [
+            subprocess.Popen(
+                [*command, "--seed", str(seed)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seed in (2, 3)
+        ]
+        with connections.connect(db_url, autocommit=True) as watcher:
+            _wait_for(lambda: _waiting_on_clusterings(watcher) == 2)
+        blocker.rollback()
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    reported = {}
+    for out, _ in outputs:
+        made = int(re.search(r"^clustering (\d+):", out, re.M).group(1))
+        reported[made] = int(re.search(r"now active \(was (\d+)\)", out).group(1))
+    second = clusterings.active_clustering(url=db_url).id
+    first = next(i for i in reported if i != second)
+    assert reported == {first: original.id, second: first}

@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-from pathlib import Path
 
 import psycopg
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
 from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest import datasets
+from avengers_store.ingest.outcomes import import_outcomes
 from avengers_store.ingest.readers import read_table
 from avengers_store.ingest.text_identity import content_hash
-from avengers_store.testing import table_counts
+from avengers_store.testing import table_counts, write_rows
 
 TABLES = ("datasets", "queries", "outcomes", "models")
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    """Write rows as JSONL, CSV or Parquet, chosen by the file's extension."""
-    if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    elif path.suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def queries_of(url: str, name: str) -> list[tuple]:
@@ -52,6 +35,7 @@ ROWS = [
     {"id": "a2", "question": "Name a prime.", "gold": "2", "split": "test"},
     {"id": "a3", "question": "  What is   2+2? ", "gold": "4", "split": "test"},
     {"id": "a4", "question": "Capital of Peru?", "gold": "Lima", "split": "dev"},
+    {"id": "a5", "question": "Name  a prime. ", "gold": "3", "split": "test"},
 ]
 
 
@@ -71,27 +55,54 @@ def test_each_format_loads_with_merged_duplicates(db_url, tmp_path, suffix):
         url=db_url,
     )
     d = report.dataset
-    assert (d.rows, d.queries, d.calibration, d.test, d.merged_rows) == (3, 2, 1, 1, 1)
+    assert (d.rows, d.queries, d.calibration, d.test) == (4, 3, 1, 2)
+    assert (d.merged_rows, d.in_both_splits) == (1, 1)
     assert report.rows_skipped == {"split=dev": 1}
     rows = queries_of(db_url, name)
-    assert [r[0] for r in rows] == ["a1", "a2"]
-    first = rows[0]
-    # The merged query keeps its first row's text, id and split; the other row is listed.
-    assert (
-        first[1] == "What is 2+2?" and first[2] == "calibration" and first[3] == "multiple_choice"
-    )
-    assert first[4] == "4"
-    assert first[5] == {
+    assert [(r[0], r[2]) for r in rows] == [("a1", "calibration"), ("a2", "test"), ("a3", "test")]
+    # A text in both splits is a query in each, with its own row's text, id and answer.
+    assert rows[0][1] == "What is 2+2?" and rows[2][1] == "  What is   2+2? "
+    assert rows[0][3] == rows[2][3] == "multiple_choice"
+    assert rows[0][5] == {"source_file": str(path.resolve()), "source_row": 0}
+    assert rows[2][5] == {"source_file": str(path.resolve()), "source_row": 2}
+    # Within one split, the merged query keeps its first row's text, id and answer; the other
+    # row is listed.
+    assert (rows[1][1], rows[1][4]) == ("Name a prime.", "2")
+    assert rows[1][5] == {
         "source_file": str(path.resolve()),
-        "source_row": 0,
-        "merged_rows": [2],
-        "merged_external_ids": ["a3"],
+        "source_row": 1,
+        "merged_rows": [4],
+        "merged_external_ids": ["a5"],
     }
-    assert "merged_rows" not in rows[1][5] and rows[1][5]["source_row"] == 1
     ds = datasets.get_dataset(name, url=db_url)
     assert ds.metadata["source_file"] == str(path.resolve())
-    assert ds.metadata["source_file_rows"] == 4
+    assert ds.metadata["source_file_rows"] == 5
     assert ds.split_seed is None and ds.calibration_fraction is None
+
+
+def test_outcomes_of_a_text_in_both_splits_go_to_both_queries(db_url, tmp_path):
+    path = write_rows(tmp_path / "both.jsonl", ROWS)
+    datasets.add_dataset(
+        "both", path, text_col="question", id_col="id", split_col="split",
+        split_map={"train": "calibration", "test": "test", "dev": "skip"}, url=db_url,
+    )  # fmt: skip
+    scores = write_rows(
+        tmp_path / "scores.csv",
+        [
+            {"question": "What is 2+2?", "model": "m", "score": "1"},
+            {"question": "Name a prime.", "model": "m", "score": "0"},
+        ],
+    )
+    report = import_outcomes(scores, dataset="both", create_models=True, url=db_url)
+    assert report.outcomes_written == 3
+    with psycopg.connect(db_url) as c:
+        got = c.execute(
+            """SELECT q.split, q.external_id, o.score FROM avengers.outcomes o
+               JOIN avengers.queries q ON q.id = o.query_id
+               JOIN avengers.datasets d ON d.id = q.dataset_id WHERE d.name = 'both'
+               ORDER BY q.id"""
+        ).fetchall()
+    assert got == [("calibration", "a1", 1.0), ("test", "a2", 0.0), ("test", "a3", 1.0)]
 
 
 def test_readers_agree_and_keep_row_order(tmp_path):

@@ -101,7 +101,8 @@ def test_analyst_views_and_grants_survive_a_definition_upgrade(db_url, analyst):
             "GRANT SELECT (model) ON public.my_best TO {}",
             "ALTER VIEW public.my_best_count OWNER TO {}",
             "GRANT EXECUTE ON FUNCTION avengers.route(vector, integer, boolean, integer, "
-            "double precision, double precision, double precision) TO {}",
+            "double precision, double precision, double precision, double precision, "
+            "double precision, integer, integer) TO {}",
         ):
             c.execute(sql.SQL(statement).format(role))
         c.execute(f"REVOKE EXECUTE ON FUNCTION {WILSON} FROM PUBLIC")

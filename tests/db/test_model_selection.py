@@ -121,3 +121,48 @@ def test_errors(store, pg_admin_url, template_db):
         pytest.raises(StoreStateError, match="avengers recluster"),
     ):
         select_models(2, url=url)
+
+
+def test_price_ceiling_ranks_the_affordable_models_among_themselves(cli_env, store):
+    profile = json.loads(run_cli("profile", "--json").stdout)
+    names = sorted({p["model"] for p in profile})
+    prices = {n: 0.1 * (i + 1) for i, n in enumerate(names[:-1])}  # the last has no price
+    with connections.connect(store) as c:
+        for name, price in prices.items():
+            c.execute(
+                "UPDATE avengers.models SET cost_in_per_m = %s, cost_out_per_m = %s "
+                "WHERE name = %s",
+                (price / 2, price, name),
+            )
+        c.commit()
+    try:
+        ceiling = 0.45  # the four cheapest
+        affordable = {n for n, p in prices.items() if p <= ceiling}
+        # Ranks per cluster recomputed among the affordable models (mean desc, then tie order).
+        kept = [p for p in profile if p["model"] in affordable]
+        reranked = []
+        for cluster in sorted({p["cluster"] for p in kept}):
+            rows = sorted((p for p in kept if p["cluster"] == cluster), key=lambda p: p["rank"])
+            reranked += [{**p, "rank": i + 1} for i, p in enumerate(rows)]
+        order, scores = recompute(reranked)
+        out = json.loads(
+            run_cli("models", "select", "--budget", "2", "--max-price", str(ceiling), "--json")
+            .stdout
+        )  # fmt: skip
+        assert out["selected"] == order[:2] and out["max_price"] == ceiling
+        assert [s["model"] for s in out["scores"]] == order
+        for s in out["scores"]:
+            assert s["selection_score"] == pytest.approx(scores[s["model"]], abs=1e-12)
+            assert s["price_out"] <= ceiling
+        assert set(out["priced_out"]) == set(names) - affordable  # dearer, or without a price
+        text = run_cli("models", "select", "--budget", "2", "--max-price", str(ceiling)).stdout
+        assert "left out by --max-price 0.45" in text and names[-1] in text
+        with pytest.raises(StoreStateError, match="--max-price"):
+            select_models(2, max_price=0.01, url=store)
+        with pytest.raises(InputError) as err:
+            select_models(2, max_price=-1, url=store)
+        assert err.value.location == "max_price"
+    finally:
+        with connections.connect(store) as c:
+            c.execute("UPDATE avengers.models SET cost_in_per_m = NULL, cost_out_per_m = NULL")
+            c.commit()

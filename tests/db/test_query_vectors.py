@@ -12,14 +12,16 @@ import pytest
 
 from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.embedders import Embedder, normalize_rows
-from avengers_store.calibration.query_vectors import embed_queries, import_npy
+from avengers_store.calibration.query_vectors import embed_queries, import_npy, store_vectors
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
 from avengers_store.testing import (
     add_dataset,
     add_models,
     add_outcomes,
+    ensure_space,
     run_cli,
+    run_process,
     table_counts,
     throwaway_database,
 )
@@ -141,6 +143,7 @@ def test_a_new_embedder_gets_its_own_space(store):
 
 PRE8 = "openai:http://127.0.0.1:9/v1#precomputed-8"  # never called: vectors come from files
 PRE4 = "openai:http://127.0.0.1:9/v1#other-4"
+PRE6 = "openai:http://127.0.0.1:9/v1#precomputed-6"
 
 
 def _file_store(url: str, tmp_path, n: int = 12):
@@ -221,6 +224,39 @@ def test_import_npy_checks_rows_dimension_and_source(store, tmp_path):
         import_npy(nan, source, embedder=PRE4, url=store)
     assert table_counts(store) == after_good  # the failed import left nothing, not even a space
     assert after_good["query_embeddings"] == before["query_embeddings"] + 11
+
+
+@pytest.mark.parametrize(
+    "value, fault",
+    [(0.0, "all zeros"), (np.nan, "NaN or infinite"), (np.inf, "NaN or infinite")],
+)
+def test_import_npy_refuses_an_unusable_vector_naming_its_row(store, tmp_path, value, fault):
+    source, _ = _file_store(store, tmp_path)
+    vectors = np.random.default_rng(2).normal(size=(12, 6)).astype(np.float32)
+    vectors[7] = 0.0
+    vectors[7, 1] = value
+    npy = tmp_path / "bad.npy"
+    np.save(npy, vectors)
+    before = table_counts(store)
+    with pytest.raises(InputError) as info:
+        import_npy(npy, source, embedder=PRE6, url=store)
+    assert str(info.value).startswith(f"{npy} row 7 (0-based: data row 8 of {source}): ")
+    assert fault in str(info.value)
+    assert table_counts(store) == before
+    if value == 0.0:  # the same one-line message from the command
+        result = run_process(
+            "embed", "--from-npy", str(npy), "--source", str(source), "--embedder", PRE6,
+            env={"AVENGERS_DATABASE_URL": store},
+        )  # fmt: skip
+        assert result.returncode == 1 and f"{npy} row 7" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert table_counts(store) == before
+
+
+def test_store_vectors_refuses_a_zero_vector_from_an_embedder(conn):
+    space = ensure_space(conn, 3, "openai:http://127.0.0.1:9/v1#zero-test")
+    with pytest.raises(InputError, match=r"^vector of query 42: the vector is all zeros"):
+        store_vectors(conn, space, [41, 42], np.array([[1, 0, 0], [0, 0, 0]], np.float32))
 
 
 def test_cli_embeds_with_the_bundled_model(store, monkeypatch):

@@ -14,7 +14,14 @@ from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
 from avengers_store.evaluation import replay
 from avengers_store.store import connections
-from avengers_store.testing import ROUTERDC, add_dataset, add_models, add_outcomes, run_cli
+from avengers_store.testing import (
+    ROUTERDC,
+    add_dataset,
+    add_models,
+    add_outcomes,
+    run_cli,
+    run_cli_error,
+)
 
 # Outcomes per dataset, split and model (one list entry per query). alpha and gamma (OOD) sit on
 # e1, beta on e2, so k = 2 separates alpha from beta and gamma routes like alpha.
@@ -127,6 +134,37 @@ def test_rollback_leaves_the_store_unchanged(tiny):
         assert _state(c) == before
 
 
+def test_fraction_sweep_redraws_a_text_stored_in_both_splits(tiny):
+    with connections.connect(tiny) as c:
+        # A test copy of an alpha calibration text (as a benchmark with a leaked row loads).
+        qid = c.execute(
+            """INSERT INTO avengers.queries (dataset_id, text, split, content_hash, metadata)
+               SELECT dataset_id, text, 'test', content_hash, metadata FROM avengers.queries
+               WHERE text = 'alpha calibration question 0' RETURNING id"""
+        ).fetchone()[0]
+        c.execute(
+            "INSERT INTO avengers.query_embeddings (space_id, query_id, embedding) "
+            "SELECT space_id, %s, embedding FROM avengers.query_embeddings "
+            "WHERE query_id = (SELECT min(id) FROM avengers.queries "
+            "WHERE text = 'alpha calibration question 0')",
+            (qid,),
+        )
+        c.execute(
+            "INSERT INTO avengers.outcomes (query_id, model_id, score) SELECT %s, model_id, score "
+            "FROM avengers.outcomes WHERE query_id = (SELECT min(id) FROM avengers.queries "
+            "WHERE text = 'alpha calibration question 0')",
+            (qid,),
+        )
+        before = _state(c)
+        result = replay.evaluate(
+            k=2, seeds=(1, 2, 3), calibration_fractions=(0.3, 0.6, 0.9), conn=c
+        )
+        points = result.sweeps["calibration_fraction"].points
+        assert [p.value for p in points] == [0.3, 0.6, 0.9]
+        assert _state(c) == before
+        c.rollback()
+
+
 def test_top_n_and_refusals(tiny):
     result = replay.evaluate(k=2, seeds=(1,), top_n=2, url=tiny)
     alpha = next(d for d in result.datasets if d.dataset == "alpha")
@@ -222,3 +260,118 @@ def test_real_routerdc_slice_baselines_match_pandas(pg_admin_url, template_db, t
     assert result.groups["id"].datasets == ("gsm8k", "humaneval")
     assert result.groups["ood"].datasets == ("humanevalpack_js",)
     assert 0 < result.id_macro <= result.groups["id"].oracle
+
+
+PRICES = {"m1": 1.0, "m2": 0.1, "m3": 2.0}  # per 1M tokens, in = out
+
+
+def _text_cost(price: float, text: str) -> float:
+    return price * (len(text) / 4 + 256) / 1e6  # the cost model's defaults, nothing measured
+
+
+def test_frontier_of_trade_offs(tiny):
+    with connections.connect(tiny) as c:
+        for name, price in PRICES.items():
+            c.execute(
+                "UPDATE avengers.models SET cost_in_per_m = %s, cost_out_per_m = %s "
+                "WHERE name = %s",
+                (price, price, name),
+            )
+        result = replay.evaluate(k=2, seeds=(1, 2), tradeoffs=(1, 0, 0.5), conn=c)
+        texts = dict(c.execute("SELECT id, text FROM avengers.queries").fetchall())
+        # A measured cost on the outcome row is what that query cost (per sample).
+        beta_m3 = c.execute(
+            """SELECT o.query_id FROM avengers.outcomes o
+               JOIN avengers.queries q ON q.id = o.query_id
+               JOIN avengers.datasets d ON d.id = q.dataset_id
+               JOIN avengers.models m ON m.id = o.model_id
+               WHERE d.name = 'beta' AND q.split = 'test' AND m.name = 'm3' ORDER BY 1 LIMIT 1"""
+        ).fetchone()[0]
+        c.execute(
+            "UPDATE avengers.outcomes SET cost = 0.004, samples = 2 WHERE query_id = %s "
+            "AND model_id = (SELECT id FROM avengers.models WHERE name = 'm3')",
+            (beta_m3,),
+        )
+        measured = replay.evaluate(k=2, seeds=(1,), tradeoffs=(1,), conn=c)
+        c.execute("UPDATE avengers.models SET cost_in_per_m = NULL WHERE name = 'm2'")
+        c.execute("UPDATE avengers.models SET cost_out_per_m = NULL WHERE name = 'm2'")
+        with pytest.raises(Exception, match="no price and no measured cost for m2"):
+            replay.evaluate(k=2, seeds=(1,), tradeoffs=(0.5,), conn=c)
+        c.rollback()
+    f = result.frontier
+    assert [p.tradeoff for p in f.points] == [0.0, 0.5, 1.0] and f.group == "id"
+    one = f.points[-1]
+    # alpha = 1 is the plain replay, query by query.
+    assert f.matches_plain is True
+    assert one.quality["id"].values == result.groups["id"].routed.values
+    assert one.quality["ood"].mean == result.ood_macro
+    # alpha = 0: every query to the cheapest model, m2 (test: alpha 1, 1; beta 0, 1; gamma 1, 0).
+    zero = f.points[0]
+    assert zero.shares == {"m2": 1.0}
+    assert zero.quality["id"].mean == 75.0 and zero.quality["ood"].mean == 50.0
+    singles = {s.model: s for s in f.singles}
+    assert zero.cost["id"].mean == pytest.approx(singles["m2"].cost["id"])
+    by_set: dict[str, list[str]] = {}
+    for text in texts.values():
+        name = text.split()[0]
+        if " test " in text:
+            by_set.setdefault(name, []).append(text)
+    for model, price in PRICES.items():
+        want = np.mean(
+            [np.mean([_text_cost(price, t) for t in by_set[n]]) for n in ("alpha", "beta")]
+        )
+        assert singles[model].cost["id"] == pytest.approx(want * 1e6)
+    assert singles["m2"].quality["id"] == 75.0 and singles["m1"].quality["id"] == 75.0
+    # m2 is cheapest and as good as any single model: it dominates them all.
+    assert "m2" in f.non_dominated and "m1" not in f.non_dominated and "m3" not in f.non_dominated
+    assert f.best_single == "m3"  # chosen on calibration, dataset-balanced
+    head = f.quality_at_best_single_cost
+    assert head.quality == max(p.quality["id"].mean for p in f.points)
+    match = f.cost_to_match_best_single
+    assert match.tradeoff == 0.0 and match.cost_share == pytest.approx(
+        zero.cost["id"].mean / singles["m3"].cost["id"]
+    )
+    m3 = {s.model: s for s in measured.frontier.singles}["m3"]
+    beta_texts = by_set["beta"]
+    beta_costs = [_text_cost(2.0, t) for t in beta_texts]
+    beta_costs[[i for i, t in enumerate(beta_texts)][0]] = 0.002  # the measured row, per sample
+    want = np.mean([np.mean([_text_cost(2.0, t) for t in by_set["alpha"]]), np.mean(beta_costs)])
+    assert m3.cost["id"] == pytest.approx(want * 1e6)
+
+
+def test_cli_frontier_json_table_and_png(tiny, cli_env, tmp_path, monkeypatch):
+    with connections.connect(tiny) as c:
+        for name, price in PRICES.items():
+            c.execute(
+                "UPDATE avengers.models SET cost_in_per_m = %s, cost_out_per_m = %s "
+                "WHERE name = %s",
+                (price, price, name),
+            )
+        c.commit()
+    try:
+        monkeypatch.chdir(tmp_path)
+        out = run_cli("evaluate", "--k", "2", "--seeds", "1", "--tradeoffs", "0,0.5,1", "--json")
+        data = json.loads(out.output)
+        frontier = data["frontier"]
+        assert frontier["matches_plain"] is True
+        assert frontier["points"][-1]["quality"]["id"]["mean"] == data["id_macro"]
+        assert (
+            frontier["points"][-1]["quality"]["id"]["values"]
+            == data["groups"]["id"]["routed"]["values"]
+        )
+        assert frontier["plot"] == "frontier.png"
+        assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        table = run_cli(
+            "evaluate", "--k", "2", "--seeds", "1", "--tradeoffs", "0,1",
+            "--frontier-plot", str(tmp_path / "f2.png"),
+        ).output  # fmt: skip
+        assert "quality-cost frontier" in table and "alpha=0" in table
+        assert "at the best single model's cost" in table and "to match" in table
+        assert "alpha=1 routes every test query as the plain replay: yes" in table
+        assert (tmp_path / "f2.png").exists()
+        bad = run_cli_error("evaluate", "--k", "2", "--seeds", "1", "--tradeoffs", "1.5")
+        assert str(bad) == "--tradeoffs: trade-offs must be between 0 and 1, got 1.5"
+    finally:
+        with connections.connect(tiny) as c:
+            c.execute("UPDATE avengers.models SET cost_in_per_m = NULL, cost_out_per_m = NULL")
+            c.commit()

@@ -325,9 +325,8 @@ def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, con
     ]
 
 
-GENERAL_SQL = """
-SELECT ord, clustering_id, cluster, distance, rank, model_id, model, mean_score, n,
-       wilson_low, wilson_high, overall_score, endpoint, served_name, api_key_env, score
+GENERAL_SQL = f"""
+SELECT {statements.ROUTE_COLUMNS}
 FROM avengers.route_many_general(%s::vector[], %s, %s, %s, %s, %s, %s)
 """
 

@@ -78,6 +78,55 @@ def test_downgrade_to_base_and_back(db_url):
         schema.check_revision(c)
 
 
+def test_a_text_may_be_in_both_splits_and_downgrade_refuses_to_merge_it(db_url):
+    def key_of(c):
+        return c.execute(
+            """SELECT pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint')
+               FROM pg_constraint WHERE conrelid = 'avengers.queries'::regclass AND contype = 'u'"""
+        ).fetchone()
+
+    with psycopg.connect(db_url) as c:
+        assert key_of(c)[0] == "UNIQUE (dataset_id, split, content_hash) DEFERRABLE"
+        assert "one query in each" in key_of(c)[1]
+        ds = c.execute(
+            "INSERT INTO avengers.datasets (name) VALUES ('shared') RETURNING id"
+        ).fetchone()[0]
+        for split in ("calibration", "test"):
+            c.execute(
+                "INSERT INTO avengers.queries (dataset_id, text, split, content_hash) "
+                "VALUES (%s, 'same text', %s, %s)",
+                (ds, split, "ab" * 32),
+            )
+        c.commit()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute(
+                "INSERT INTO avengers.queries (dataset_id, text, split, content_hash) "
+                "VALUES (%s, 'same text', 'test', %s)",
+                (ds, "ab" * 32),
+            )
+        c.rollback()
+    with pytest.raises(StoreStateError, match=r"below 0003: .*: shared \(1\)"):
+        schema.downgrade(db_url, "0001")
+    with psycopg.connect(db_url) as c:
+        assert schema.current_revision(c) == schema.head_revision()  # nothing changed
+        c.execute("DELETE FROM avengers.queries WHERE split = 'test' AND text = 'same text'")
+        c.commit()
+    assert schema.downgrade(db_url, "0001") == "0001"
+    with psycopg.connect(db_url) as c:
+        assert key_of(c)[0] == "UNIQUE (dataset_id, content_hash)"
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute(
+                "INSERT INTO avengers.queries (dataset_id, text, split, content_hash) "
+                "SELECT dataset_id, text, 'test', content_hash FROM avengers.queries"
+            )
+    assert schema.upgrade(db_url).to_revision == schema.head_revision()
+    with psycopg.connect(db_url) as c:
+        assert key_of(c)[0] == "UNIQUE (dataset_id, split, content_hash) DEFERRABLE"
+        c.execute("DELETE FROM avengers.datasets WHERE name = 'shared'")
+        c.commit()
+        schema.check_revision(c)
+
+
 def test_stale_sql_definitions_are_reported(db_url):
     with psycopg.connect(db_url) as c:
         c.execute("UPDATE avengers.meta SET value = 'stale' WHERE key = %s", (schema.SQL_HASH_KEY,))
@@ -196,9 +245,9 @@ def _columns(conn: psycopg.Connection, table: str) -> set[str]:
 
 
 def test_loop_revision_downgrades_and_upgrades(db_url):
-    # Below 0005 this library's definitions (which read the feedback tables) do not fit: the
+    # Below 0004 this library's definitions (which read the feedback tables) do not fit: the
     # downgrade leaves them out, and the next upgrade re-creates them.
-    assert schema.downgrade(db_url, "0002") == "0002"
+    assert schema.downgrade(db_url, "0003") == "0003"
     with psycopg.connect(db_url) as c:
         assert c.execute("SELECT to_regclass('avengers.feedback')").fetchone()[0] is None
         assert c.execute("SELECT to_regclass('avengers.cluster_profiles')").fetchone()[0] is None

@@ -131,6 +131,32 @@ def test_one_bad_row_changes_nothing(db_url, tmp_path, cell, message):
     assert table_counts(db_url) == before
 
 
+def test_unterminated_quote_in_a_large_csv_loads_nothing(db_url, tmp_path):
+    path = tmp_path / "big.csv"
+    lines = [f"alg,train,Question number {i}?,1,0\n" for i in range(30_000)]
+    lines.insert(20_000, 'alg,train,"Where does this quote end?,1,0\n')
+    path.write_text("bench,split,question,acc|a,acc|b\n" + "".join(lines))
+    before = table_counts(db_url)
+    with pytest.raises(InputError, match=r"data row 20001 \(line 20002\): .*quote") as err:
+        load_table(path, dataset_col="bench", text_col="question", split_col="split",
+                   split_map=SPLIT_MAP, outcome_prefix="acc|", dataset_prefix="big/",
+                   url=db_url)  # fmt: skip
+    assert str(err.value).startswith(str(path.resolve()))
+    assert table_counts(db_url) == before
+
+
+def test_a_nul_character_loads_nothing(db_url, tmp_path):
+    rows = table_rows()
+    rows[2]["question"] = "Solve x+3=9.\x00"
+    path = write_rows(tmp_path / "nul.parquet", rows)
+    before = table_counts(db_url)
+    with pytest.raises(InputError, match=r"data row 3 column 'question': .*NUL"):
+        load_table(path, dataset_col="bench", text_col="question", split_col="split",
+                   split_map=SPLIT_MAP, outcome_prefix="acc|", dataset_prefix="nul/",
+                   url=db_url)  # fmt: skip
+    assert table_counts(db_url) == before
+
+
 def test_seeded_split_without_split_column_and_option_errors(db_url, tmp_path):
     rows = [{"ds": "s", "q": f"query {i}", "score|m": i / 20} for i in range(20)]
     path = write_rows(tmp_path / "nosplit.csv", rows)

@@ -24,6 +24,20 @@ def test_endpoint_url_forms():
     assert Endpoint("m", "http://h:8000", "m").chat_url == "http://h:8000/v1/chat/completions"
 
 
+def test_credentials_in_an_endpoint_url_are_never_shown(scripted_server, closed_port_url):
+    closed = Endpoint("m", closed_port_url.replace("http://", "http://bob:hunter2@"), "m")
+    assert "hunter2" not in closed.describe() and "bob" not in closed.describe()
+    assert closed_port_url.split("//")[1] in closed.describe()
+    scripted_server.script("a", {"status": 500}, {"status": 500})
+    served = scripted_server.endpoint("a")
+    failing = Endpoint("m", served.base_url.replace("http://", "http://bob:hunter2@"), "a")
+    with ChatClient(timeout=5.0, max_retries=1, backoff=0.0) as chat:
+        for endpoint in (closed, failing):
+            with pytest.raises(EndpointError) as info:
+                chat.sample(endpoint, MESSAGES, 1)
+            assert "hunter2" not in str(info.value) and "bob" not in str(info.value)
+
+
 def test_n_choices_in_one_request(scripted_server, client):
     scripted_server.answers("a", "one", "two", "three")
     batch = client.sample(scripted_server.endpoint("a"), MESSAGES, 3, temperature=0.5)

@@ -18,7 +18,7 @@ from avengers_store.calibration.embedders import (
     normalize_rows,
 )
 from avengers_store.calibration.embedding_spaces import Space
-from avengers_store.errors import ConfigurationError, EndpointError
+from avengers_store.errors import ConfigurationError, EndpointError, InputError
 from avengers_store.testing import LLMROUTER
 
 TEXTS = ["What is 2 + 2?", "Compute the sum of two and two.", "Name the capital of France."]
@@ -69,6 +69,14 @@ def test_names_and_errors():
         get_embedder("openai:http://host/v1")
     with pytest.raises(ConfigurationError, match="unknown embedder 'bge-m3'"):
         get_embedder("bge-m3")
+    # The name is stored as the space's: no credentials, and only http(s).
+    with pytest.raises(InputError, match="^embedder: credentials") as info:
+        get_embedder("openai:http://bob:hunter2@vllm-embed:8000/v1#gte")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(InputError, match="^embedder: 'file:///models' is not an http"):
+        get_embedder("openai:file:///models#gte")
+    with pytest.raises(InputError, match="^embedder: credentials"):
+        OpenAIEmbedder("https://bob:hunter2@vllm-embed/v1", "gte")
     space = Space(1, "all-MiniLM-L6-v2", 384, True, {"max_seq_length": 128, "normalize": True})
     rebuilt = embedder_for_space(space)
     assert rebuilt.name == "all-MiniLM-L6-v2" and rebuilt.max_seq_length == 128

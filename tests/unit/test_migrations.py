@@ -11,7 +11,8 @@ VERSIONS = Path(__file__).resolve().parents[2] / "migrations" / "versions"
 SHIPPED = {
     "0001_profile_store.py": "8bf321a890307e8728876a4a77d655c5b979150bac9e8c6a762237bdb9386edd",
     "0002_gateway.py": "12531ff4d6457924954eb908e965699eaa8298a6d4aa36e7a17b7fd0d2fedb3b",
-    "0005_loop.py": "d246634cac1598fc94cd05ebedc000a3af854ed85a5a5e39069cd0e5c8e734c9",
+    "0003_query_per_split.py": "5c1bee404318e144ec89ad9a6ad67543cc0af7a653ab6870a079229097540da7",
+    "0004_loop.py": "2648d94272982c97b0360c11ea70dfb7057fe35474b9561110bb5aa1a92dc7dc",
 }
 
 

@@ -2,15 +2,15 @@
 logged query vectors, calibration distance statistics for OOD detection, and the per-clustering
 settings of all three.
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-20
 """
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,14 @@
+"""Reliability tests: properties that must hold for any input, not just the examples we thought of.
+
+- ``test_ingest_fuzz``: the importers (``load-table``, ``dataset add``, ``outcomes import``, ``embed
+  --from-npy``) against generated CSV, JSONL, Parquet and ``.npy`` files, well-formed or corrupted
+  byte by byte. Every file is either loaded in full (the store then holds exactly what a reference
+  reader finds in it) or refused with an ``InputError`` that names the file and the row, line or
+  column, and a refused file changes nothing.
+
+They run with the rest of the suite (``make test``) on the real embedded PostgreSQL. Hypothesis is
+derandomized (the same examples on every run, no example database) and bounded: a few dozen
+examples per property, a deadline per example, well under a minute for the folder. Run only these
+with ``python -m pytest -q tests/reliability``; ``HYPOTHESIS_PROFILE=thorough`` runs more
+examples with fresh randomness.
+"""
