@@ -236,7 +236,9 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
+  -- routing_models pools them into the served score (read from the materialized profiles).
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_production() IS
-  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (clusters x models rows) without re-reading calibration outcomes.';
+  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, routing_models: clusters x models rows each) without re-reading calibration outcomes.';

@@ -42,7 +42,7 @@ from avengers_store.errors import InputError
 from avengers_store.evaluation.harness import Replay, progress_bar
 from avengers_store.evaluation.results import Stat
 from avengers_store.production.settings import configure
-from avengers_store.routing import RoutingMethod
+from avengers_store.routing import RoutingMethod, loop
 from avengers_store.routing.exploration import OFF, Exploration, explore, pool_size
 from avengers_store.store import connections
 
@@ -313,6 +313,8 @@ def _stream(
             conn, rp.X[rows], pool_size(1, exploration), method=rp.method
         )
         if exploration.on:
+            # Thompson's posteriors count production evidence too (routing.loop).
+            decisions = loop.annotate(decisions, loop.loop_rows(conn, decisions))
             decisions = [explore(d, rng, 1, exploration) for d in decisions]
         log: list[tuple[Any, ...]] = []
         back: list[tuple[Any, ...]] = []
