@@ -82,6 +82,7 @@ class AsyncAvengersClient:
         log_texts: bool = False,
         ood_policy: str = ood.DEFAULT_POLICY,
         seed: int | None = None,
+        loop_ttl: float = 1.0,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -104,6 +105,7 @@ class AsyncAvengersClient:
         self.ood_policy = ood.ood_policy(ood_policy)
         self._rng = np.random.default_rng(seed)
         self._explores = False
+        self._loop_cache = loop.LoopCache(loop_ttl)
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -329,7 +331,7 @@ class AsyncAvengersClient:
                 found = [await routing.aroute_vector(c, vectors[0], n, **options)]
             else:
                 found = await routing.aroute_vectors(c, vectors, n, **options)
-            return loop.annotate(found, await loop.aloop_rows(c, found))
+            return loop.annotate(found, await loop.acached_rows(c, found, self._loop_cache))
 
         asked = core.asked_for(top_n, self._explores)
         decisions = await run(asked)
@@ -538,14 +540,17 @@ class AsyncAvengersClient:
         if self._writer is not None and conn is None:
             await self._writer.flush()
         async with self.connection("write", conn) as c:
-            return await feedback.arecord_feedback(
+            stored = await feedback.arecord_feedback(
                 c, route_id, score, model, source, at=at, refresh=refresh
             )
+        self._loop_cache.clear()  # the next decision shows this feedback
+        return stored
 
     async def refresh_production(self, conn: psycopg.AsyncConnection | None = None) -> None:
         """Serve the feedback recorded since the last refresh (``avengers.refresh_production``)."""
         async with self.connection("write", conn) as c:
             await c.execute(feedback.REFRESH_SQL)
+        self._loop_cache.clear()
 
     @property
     def log_writer(self) -> RouteLogWriter | None:

@@ -53,7 +53,9 @@ class AvengersClient:
     keeps each asked query's embedding in ``avengers.route_vectors`` (never its text unless
     ``log_texts``), so feedback on it counts in later clustering versions. ``ood_policy``: what
     an out-of-distribution query gets (``flag``, ``best-overall`` or ``widen``; see
-    ``routing.ood``), overridable per call; ``seed`` seeds exploration's draws.
+    ``routing.ood``), overridable per call; ``seed`` seeds exploration's draws; ``loop_ttl``: how
+    long (seconds) the loop's data of a clustering (OOD thresholds, settings, production counts)
+    is reused across decisions (0: read with every decision; ``routing.loop.LoopCache``).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class AvengersClient:
         log_texts: bool = False,
         ood_policy: str = ood.DEFAULT_POLICY,
         seed: int | None = None,
+        loop_ttl: float = 1.0,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -95,6 +98,7 @@ class AvengersClient:
         self.ood_policy = ood.ood_policy(ood_policy)
         self._rng = np.random.default_rng(seed)
         self._explores = False
+        self._loop_cache = loop.LoopCache(loop_ttl)
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -343,7 +347,7 @@ class AvengersClient:
                 found = [routing.route_vector(c, vectors[0], n, **options)]
             else:
                 found = routing.route_vectors(c, vectors, n, **options)
-            return loop.annotate(found, loop.loop_rows(c, found))
+            return loop.annotate(found, loop.cached_rows(c, found, self._loop_cache))
 
         asked = core.asked_for(top_n, self._explores)
         decisions = run(asked)
@@ -476,6 +480,8 @@ class AvengersClient:
         returned, else it must be one the request sampled; a second feedback from the same
         ``source`` replaces the first. ``refresh`` serves it to routing at once."""
         with self._connection(conn, "write") as c:
-            return feedback.record_feedback(
+            stored = feedback.record_feedback(
                 c, route_id, score, model, source, at=at, refresh=refresh
             )
+        self._loop_cache.clear()  # the next decision shows this feedback
+        return stored

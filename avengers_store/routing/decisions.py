@@ -104,7 +104,7 @@ class RouteDecision:
         if self.production_weight is not None:
             lines.append(
                 "  scores pool production outcomes at weight "
-                f"{self.production_weight:g} (half-life {self.half_life})"
+                f"{self.production_weight:g} (half-life {_duration(self.half_life)})"
                 if self.production_weight > 0
                 else "  scores use calibration outcomes only (production weight 0)"
             )
@@ -162,3 +162,15 @@ class RouteDecision:
                     cost += " (over budget)"
             lines.append(f"  {c.rank}. {c.model}: {score}{here}{production}{cost}{where}")
         return "\n".join(lines)
+
+
+def _duration(value: timedelta | None) -> str:
+    """A half-life as people write it: '14 days', '36 hours', else timedelta's own form."""
+    if value is None:
+        return "unknown"
+    seconds = value.total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return str(value)

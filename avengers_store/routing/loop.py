@@ -2,7 +2,8 @@
 novelty against its cluster's calibration distances (``avengers.cluster_distances``), the
 clustering's loop settings (production weight, half-life, exploration) and each candidate's
 production feedback in the nearest cluster (``avengers.production_profiles``). One statement per
-decision or batch (``LOOP_SQL``); then the OOD policy (``routing.ood``) and exploration
+decision or batch (``LOOP_SQL``), or one per clustering and ``LoopCache`` period for a client
+(``LOOP_ALL_SQL``); then the OOD policy (``routing.ood``) and exploration
 (``routing.exploration``) are applied to the annotated decisions (``finish``).
 
 Novelty: distance / ood_distance of the nearest cluster, so 1 is the clustering's ``ood_quantile``
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
 
+from avengers_store.errors import InputError
 from avengers_store.routing import exploration as explore_mod
 from avengers_store.routing import ood
 from avengers_store.routing.decisions import RouteDecision
@@ -40,6 +44,90 @@ LEFT JOIN LATERAL (
   WHERE p.clustering_id = k.id AND p.cluster = c.cluster) AS pp ON true
 WHERE k.id = %s
 """
+
+# The same for every cluster of a clustering: what a client caches for a short while.
+LOOP_ALL_SQL = """
+SELECT c.cluster, d.ood_distance, k.production_weight, k.half_life, k.exploration,
+       k.exploration_share, pp.models, pp.ns, pp.decayed_ns, pp.means
+FROM avengers.clusterings k
+JOIN avengers.centroids c ON c.clustering_id = k.id
+LEFT JOIN avengers.cluster_distances d ON d.clustering_id = k.id AND d.cluster = c.cluster
+LEFT JOIN LATERAL (
+  SELECT array_agg(p.model_id) AS models, array_agg(p.n) AS ns,
+         array_agg(p.decayed_n) AS decayed_ns, array_agg(p.decayed_mean) AS means
+  FROM avengers.production_profiles p
+  WHERE p.clustering_id = k.id AND p.cluster = c.cluster) AS pp ON true
+WHERE k.id = %s
+"""
+
+
+class LoopCache:
+    """One clustering's ``LOOP_ALL_SQL`` rows, kept ``ttl`` seconds: a client's routes then
+    cost one statement, and a decision's loop data is at most ``ttl`` old (0: read with every
+    decision). Cleared by the client's own feedback."""
+
+    def __init__(self, ttl: float) -> None:
+        if not ttl >= 0:
+            raise InputError(f"loop_ttl must be >= 0, got {ttl}", location="loop_ttl")
+        self.ttl = float(ttl)
+        self._entry: tuple[int, float, list[Any]] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, clustering_id: int) -> list[Any] | None:
+        with self._lock:
+            entry = self._entry
+        if entry is None or entry[0] != clustering_id:
+            return None
+        return entry[2] if time.monotonic() - entry[1] < self.ttl else None
+
+    def put(self, clustering_id: int, rows: list[Any]) -> None:
+        with self._lock:
+            self._entry = (clustering_id, time.monotonic(), rows)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entry = None
+
+
+def cacheable(cache: LoopCache | None, decisions: Sequence[RouteDecision]) -> int | None:
+    """The one clustering of the decisions when the cache serves them, else None."""
+    if cache is None or cache.ttl <= 0 or not decisions:
+        return None
+    first = decisions[0].clustering_id
+    return first if all(d.clustering_id == first for d in decisions) else None
+
+
+def cached_rows(
+    conn: psycopg.Connection, decisions: Sequence[RouteDecision], cache: LoopCache | None
+) -> list[Any]:
+    """``loop_rows`` through the client's cache: every cluster of the clustering at once."""
+    clustering_id = cacheable(cache, decisions)
+    if clustering_id is None:
+        return loop_rows(conn, decisions)
+    assert cache is not None
+    rows = cache.get(clustering_id)
+    if rows is None:
+        with driver_errors.translated():
+            rows = conn.execute(LOOP_ALL_SQL, (clustering_id,)).fetchall()
+        cache.put(clustering_id, rows)
+    return rows
+
+
+async def acached_rows(
+    conn: psycopg.AsyncConnection, decisions: Sequence[RouteDecision], cache: LoopCache | None
+) -> list[Any]:
+    """``cached_rows`` on an async connection."""
+    clustering_id = cacheable(cache, decisions)
+    if clustering_id is None:
+        return await aloop_rows(conn, decisions)
+    assert cache is not None
+    rows = cache.get(clustering_id)
+    if rows is None:
+        with driver_errors.translated():
+            cursor = await conn.execute(LOOP_ALL_SQL, (clustering_id,))
+            rows = await cursor.fetchall()
+        cache.put(clustering_id, rows)
+    return rows
 
 
 def loop_params(decisions: Sequence[RouteDecision]) -> tuple[list[int], int] | None:

@@ -142,3 +142,19 @@ def test_evaluate_measures_the_detector_on_replay(store):
     assert ood.policies["flag"].ood_macro.mean == pytest.approx(result.ood_macro)
     # widen's upper bound (best of the top 3 on flagged queries) never scores below flag.
     assert ood.policies["widen"].ood_macro.mean >= ood.policies["flag"].ood_macro.mean
+
+
+def test_loop_data_is_reused_for_loop_ttl_seconds(store):
+    url, syn = store
+    with AvengersClient(url, loop_ttl=600) as cached, AvengersClient(url, loop_ttl=0) as fresh:
+        assert cached.route(inside(syn)).exploration is None
+        configure(exploration="epsilon", url=url)
+        try:
+            # Within its ttl the client serves what it read; a ttl of 0 reads every time.
+            assert cached.route(inside(syn)).exploration is None
+            assert fresh.route(inside(syn)).exploration == "epsilon"
+        finally:
+            configure(exploration="off", url=url)
+    with pytest.raises(InputError) as err:
+        AvengersClient(url, loop_ttl=-1)
+    assert err.value.location == "loop_ttl"

@@ -97,5 +97,5 @@ def test_the_decision_shows_both_kinds_of_evidence(store):
     assert bravo.evidence == pytest.approx(2 + 3 + 1, abs=1e-4)
     assert decision.production_weight == 1.0
     text = decision.explain()
-    assert "pool production outcomes at weight 1" in text
+    assert "pool production outcomes at weight 1 (half-life 14 days)" in text
     assert "production 1.000 over 3 feedback rows" in text
