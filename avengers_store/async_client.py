@@ -285,6 +285,29 @@ class AsyncAvengersClient:
         ``method`` and ``ood_policy`` override the client's for this call; ``tradeoff``,
         ``max_cost`` and ``prompt_chars`` as in ``AvengersClient.route``; ``completions``:
         answers the request will draw (its expected cost counts them)."""
+        decision, _ = await self.route_with_vector(
+            query, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
+            ood_policy=ood_policy, conn=conn,
+        )  # fmt: skip
+        return decision
+
+    async def route_with_vector(
+        self,
+        query: Query,
+        top_n: int = 1,
+        *,
+        require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: int | None = None,
+        completions: int = 1,
+        ood_policy: str | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> tuple[RouteDecision, Any]:
+        """``route``, and the vector the query was routed with (its embedding, for a text):
+        what the route log keeps when vectors are logged (``log_vectors``)."""
         options = {
             "require_endpoint": require_endpoint,
             "method": routing.routing_method(method) if method is not None else self.method,
@@ -299,7 +322,7 @@ class AsyncAvengersClient:
         if core.stale([decision], served):
             vectors, _ = await self._vectors([query], conn, refresh=True)
             decision = await self._route_one(vectors[0], top_n, options, conn, policy)
-        return decision
+        return decision, vectors[0]
 
     def _policy(self, ood_policy: str | None) -> str:
         return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy

@@ -199,6 +199,13 @@ class Gateway:
 
         self._refresh = asyncio.get_running_loop().create_task(later(), name="avengers-feedback")
 
+    def logged(self, vector: Any, text: str | None) -> dict[str, Any]:
+        """The route-log fields that keep a request's embedding (``--log-vectors``) and its text
+        (``--log-texts``): none unless asked."""
+        if not self.settings.log_vectors or vector is None:
+            return {}
+        return {"vector": vector, "text": text if self.settings.log_texts else None}
+
     def log_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         """Queue rows for the background writer without holding the response."""
         asyncio.get_running_loop().create_task(self.client.log(rows))
@@ -313,6 +320,7 @@ class Recipe:
         self.top_n = req.top_n or s.top_n or core.DEFAULT_TOP_N[self.strategy]
         self.tradeoff, self.max_cost = costs_asked(req.tradeoff, req.max_cost, s)
         self.route_id = uuid.uuid4()
+        self.vector: Any = None  # the embedding the request was routed with
         self.session = request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
 
@@ -334,7 +342,7 @@ class Recipe:
     async def respond(self) -> Response:
         gw, req = self.gw, self.req
         try:
-            self.decision = await gw.client.route(
+            self.decision, self.vector = await gw.client.route_with_vector(
                 self.text,
                 self.top_n,
                 require_endpoint=True,
@@ -414,6 +422,7 @@ class Recipe:
                 "stream": self.req.stream,
                 **core.cost_fields(self.decision),
             },
+            **self.gw.logged(self.vector, self.text),
         )
         gw.log_rows([row])
         if self.session and answer.model:
@@ -443,6 +452,7 @@ class Recipe:
                 "stream": self.req.stream,
                 **core.cost_fields(decision),
             },
+            **self.gw.logged(self.vector if decision is not None else None, self.text),
         )
         self.gw.log_rows([row])
         for fallback in getattr(exc, "failures", ()):
@@ -748,7 +758,7 @@ async def route_only(request: Request) -> Response:
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
     tradeoff, max_cost = costs_asked(req.tradeoff, req.max_cost, gw.settings)
-    decision = await gw.client.route(
+    decision, vector = await gw.client.route_with_vector(
         query,
         req.top_n,
         method=req.method,
@@ -773,6 +783,7 @@ async def route_only(request: Request) -> Response:
                     "vector": question is None,
                     **core.cost_fields(decision),
                 },
+                **gw.logged(vector, question),
             )
         ]
     )

@@ -88,3 +88,33 @@ def test_feedback_needs_a_key_when_auth_is_on(store, endpoints):
             gw.base_url + "/v1/feedback", json={"route_id": str(uuid.uuid4()), "score": 1}
         )
     assert refused.status_code == 401
+
+
+def test_log_vectors_keeps_each_routed_embedding_and_the_text_only_when_asked(
+    store, endpoints, scripted_server
+):
+    scripted_server.answers("a", "42")
+    set_endpoints(store, alpha=(scripted_server.base_url, "a"))
+    kept = {}
+    for texts in (False, True):
+        settings = GatewaySettings(
+            method="paper", upstream_retries=0, auth=False, log_vectors=True, log_texts=texts
+        )
+        with gateway_server(settings, database_url=store) as gw:
+            chat = httpx.post(
+                gw.base_url + "/v1/chat/completions",
+                json={"model": "avengers", "messages": [{"role": "user", "content": ARITHMETIC}]},
+            )
+            routed = httpx.post(gw.base_url + "/v1/route", json={"input": LITERATURE})
+        kept[texts] = (chat.headers["x-avengers-route-id"], routed.headers["x-avengers-route-id"])
+    with psycopg.connect(store) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT route_id::text, query_text FROM avengers.route_vectors "
+                "WHERE route_id::text = ANY(%s)",
+                ([*kept[False], *kept[True]],),
+            ).fetchall()
+        )
+    assert set(rows) == {*kept[False], *kept[True]}
+    assert [rows[r] for r in kept[False]] == [None, None]
+    assert [rows[r] for r in kept[True]] == [ARITHMETIC, LITERATURE]
