@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,8 @@ from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
 from avengers_store.client_core import Query
 from avengers_store.errors import AvengersError, InputError
-from avengers_store.routing import RouteDecision
+from avengers_store.production import feedback
+from avengers_store.routing import RouteDecision, loop, ood
 from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.store import config, connections, schema
 
@@ -48,7 +51,8 @@ class AsyncAvengersClient:
     """Route and answer queries with the store at ``url`` from asyncio.
 
     Options as ``AvengersClient`` (``read_url``, ``embedder``, ``prompts``, ``threshold``,
-    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``), and:
+    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``,
+    ``log_vectors``, ``log_texts``, ``ood_policy``, ``seed``), and:
     ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
     torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
     per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
@@ -74,6 +78,11 @@ class AsyncAvengersClient:
         background_log: bool = False,
         log_queue: int = 10_000,
         on_stage: StageObserver | None = None,
+        log_vectors: bool = False,
+        log_texts: bool = False,
+        ood_policy: str = ood.DEFAULT_POLICY,
+        seed: int | None = None,
+        loop_ttl: float = 1.0,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -91,6 +100,12 @@ class AsyncAvengersClient:
         self.max_concurrency = max_concurrency
         self.prepared_statements = prepared_statements
         self.on_stage = on_stage
+        self.log_vectors = log_vectors or log_texts
+        self.log_texts = log_texts
+        self.ood_policy = ood.ood_policy(ood_policy)
+        self._rng = np.random.default_rng(seed)
+        self._explores = False
+        self._loop_cache = loop.LoopCache(loop_ttl)
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -263,12 +278,36 @@ class AsyncAvengersClient:
         max_cost: float | None = None,
         prompt_chars: int | None = None,
         completions: int = 1,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> RouteDecision:
-        """Route a text (embedded in the serving space) or a vector: one SQL round trip.
-        ``method`` overrides the client's routing method for this call; ``tradeoff``,
+        """Route a text (embedded in the serving space) or a vector: as ``AvengersClient.route``.
+        ``method`` and ``ood_policy`` override the client's for this call; ``tradeoff``,
         ``max_cost`` and ``prompt_chars`` as in ``AvengersClient.route``; ``completions``:
         answers the request will draw (its expected cost counts them)."""
+        decision, _ = await self.route_with_vector(
+            query, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
+            ood_policy=ood_policy, conn=conn,
+        )  # fmt: skip
+        return decision
+
+    async def route_with_vector(
+        self,
+        query: Query,
+        top_n: int = 1,
+        *,
+        require_endpoint: bool = False,
+        method: str | routing.RoutingMethod | None = None,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        prompt_chars: int | None = None,
+        completions: int = 1,
+        ood_policy: str | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> tuple[RouteDecision, Any]:
+        """``route``, and the vector the query was routed with (its embedding, for a text):
+        what the route log keeps when vectors are logged (``log_vectors``)."""
         options = {
             "require_endpoint": require_endpoint,
             "method": routing.routing_method(method) if method is not None else self.method,
@@ -277,21 +316,54 @@ class AsyncAvengersClient:
                 [query], None if prompt_chars is None else [prompt_chars]
             )[0],
         }
+        policy = self._policy(ood_policy)
         vectors, served = await self._vectors([query], conn)
-        decision = await self._route_one(vectors[0], top_n, options, conn)
+        decision = await self._route_one(vectors[0], top_n, options, conn, policy)
         if core.stale([decision], served):
             vectors, _ = await self._vectors([query], conn, refresh=True)
-            decision = await self._route_one(vectors[0], top_n, options, conn)
-        return decision
+            decision = await self._route_one(vectors[0], top_n, options, conn, policy)
+        return decision, vectors[0]
+
+    def _policy(self, ood_policy: str | None) -> str:
+        return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy
 
     async def _route_one(
-        self, vector: Any, top_n: int, options: dict[str, Any], conn: Any
+        self, vector: Any, top_n: int, options: dict[str, Any], conn: Any, policy: str
     ) -> RouteDecision:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decision = await routing.aroute_vector(c, vector, top_n, **options)
+            decisions = await self._decide(c, [vector], top_n, options, policy, single=True)
         self._observe("route", time.perf_counter() - started)
-        return decision
+        return decisions[0]
+
+    async def _decide(
+        self,
+        c: psycopg.AsyncConnection,
+        vectors: Any,
+        top_n: int,
+        options: dict[str, Any],
+        policy: str,
+        *,
+        single: bool = False,
+    ) -> list[RouteDecision]:
+        """``AvengersClient._decide``: route, annotate with the loop, apply the OOD policy and
+        exploration."""
+
+        async def run(n: int) -> list[RouteDecision]:
+            if single:
+                found = [await routing.aroute_vector(c, vectors[0], n, **options)]
+            else:
+                found = await routing.aroute_vectors(c, vectors, n, **options)
+            return loop.annotate(found, await loop.acached_rows(c, found, self._loop_cache))
+
+        asked = core.asked_for(top_n, self._explores)
+        decisions = await run(asked)
+        self._explores = any(d.exploration is not None for d in decisions)
+        if asked == top_n and loop.needs_pool(decisions, top_n):
+            decisions = await run(core.asked_for(top_n, True))
+        return await loop.asettle(
+            c, decisions, top_n, policy, self._rng, require_endpoint=options["require_endpoint"]
+        )
 
     async def route_many(
         self,
@@ -304,35 +376,59 @@ class AsyncAvengersClient:
         max_cost: float | None = None,
         prompt_chars: Sequence[int | None] | None = None,
         completions: int = 1,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[RouteDecision]:
-        """Route many texts and/or vectors in one statement (one snapshot); input order kept.
-        ``method`` overrides the client's routing method for this call; the cost options as
-        in ``AvengersClient.route_many``."""
+        """Route many texts and/or vectors in one routing statement (one snapshot); input order
+        kept. ``method`` and ``ood_policy`` override the client's for this call; the cost
+        options as in ``AvengersClient.route_many``."""
+        found = await self._route_many(
+            queries, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
+            ood_policy=ood_policy, conn=conn,
+        )  # fmt: skip
+        return found[0]
+
+    async def _route_many(
+        self,
+        queries: Sequence[Query],
+        top_n: int,
+        *,
+        require_endpoint: bool,
+        method: str | routing.RoutingMethod | None,
+        tradeoff: float | None,
+        max_cost: float | None,
+        prompt_chars: Sequence[int | None] | None,
+        completions: int,
+        ood_policy: str | None,
+        conn: psycopg.AsyncConnection | None,
+    ) -> tuple[list[RouteDecision], Any]:
+        """``route_many``'s decisions and the vectors they were routed with (texts embedded)."""
         core.check_route_many(queries)
-        policy = routing.cost_policy(tradeoff, max_cost, completions)
+        cost = routing.cost_policy(tradeoff, max_cost, completions)
         options: dict[str, Any] = {
             "require_endpoint": require_endpoint,
             "method": routing.routing_method(method) if method is not None else self.method,
-            "policy": policy,
+            "policy": cost,
         }
-        if policy.costed:
+        if cost.costed:
             options["prompt_chars"] = core.prompt_chars(queries, prompt_chars)
+        policy = self._policy(ood_policy)
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
-            return await self._route_batch(queries, top_n, options, conn)
+            return await self._route_batch(queries, top_n, options, conn, policy), queries
         vectors, served = await self._vectors(list(queries), conn)
-        decisions = await self._route_batch(vectors, top_n, options, conn)
+        decisions = await self._route_batch(vectors, top_n, options, conn, policy)
         if core.stale(decisions, served):
             vectors, _ = await self._vectors(list(queries), conn, refresh=True)
-            decisions = await self._route_batch(vectors, top_n, options, conn)
-        return decisions
+            decisions = await self._route_batch(vectors, top_n, options, conn, policy)
+        return decisions, vectors
 
     async def _route_batch(
-        self, vectors: Any, top_n: int, options: dict[str, Any], conn: Any
+        self, vectors: Any, top_n: int, options: dict[str, Any], conn: Any, policy: str
     ) -> list[RouteDecision]:
         started = time.perf_counter()
         async with self.connection("read", conn) as c:
-            decisions = await routing.aroute_vectors(c, vectors, top_n, **options)
+            decisions = await self._decide(c, vectors, top_n, options, policy)
         self._observe("route", time.perf_counter() - started)
         return decisions
 
@@ -348,14 +444,15 @@ class AsyncAvengersClient:
         *,
         tradeoff: float | None = None,
         max_cost: float | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer (``decision`` and ``route_id`` filled); ``tradeoff`` and ``max_cost`` as in
-        ``AvengersClient.ask``."""
+        Answer (``decision`` and ``route_id`` filled); ``tradeoff``, ``max_cost`` and
+        ``ood_policy`` as in ``AvengersClient.ask``."""
         results = await self.ask_many(
             [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
-            conn=conn, return_exceptions=False,
+            ood_policy=ood_policy, conn=conn, return_exceptions=False,
         )  # fmt: skip
         return results[0]  # type: ignore[return-value]
 
@@ -371,6 +468,7 @@ class AsyncAvengersClient:
         return_exceptions: bool = False,
         tradeoff: float | None = None,
         max_cost: float | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
@@ -381,9 +479,10 @@ class AsyncAvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions = await self.route_many(
-            list(texts), n, require_endpoint=True, tradeoff=tradeoff, max_cost=max_cost,
-            completions=core.completions_for(strategy, samples), conn=conn,
+        decisions, vectors = await self._route_many(
+            list(texts), n, require_endpoint=True, method=None, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=None,
+            completions=core.completions_for(strategy, samples), ood_policy=ood_policy, conn=conn,
         )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
@@ -401,7 +500,9 @@ class AsyncAvengersClient:
                 began = time.perf_counter()
                 try:
                     plan = strategies.answer_plan(
-                        texts[i], core.endpoints_for(decisions[i]), **options
+                        texts[i],
+                        core.endpoints_for(decisions[i]),
+                        **core.options_for(decisions[i], options),
                     )
                     result = await self.run_plan(plan)
                     return result, None, (time.perf_counter() - began) * 1000.0
@@ -410,7 +511,14 @@ class AsyncAvengersClient:
 
         outcomes = await asyncio.gather(*(one(i) for i in range(len(texts))))
         out, rows = core.settle(
-            texts, decisions, outcomes, routed_ms=routed_ms, strategy=strategy, top_n=n
+            texts,
+            decisions,
+            outcomes,
+            routed_ms=routed_ms,
+            strategy=strategy,
+            top_n=n,
+            vectors=vectors if self.log_vectors else None,
+            keep_texts=self.log_texts,
         )
         await self.log(rows, conn=conn)
         if not return_exceptions:
@@ -435,6 +543,37 @@ class AsyncAvengersClient:
             return
         async with self.connection("write", conn) as c:
             await route_log.awrite(c, rows)
+
+    # -- feedback --------------------------------------------------------------------------
+
+    async def feedback(
+        self,
+        route_id: uuid.UUID | str,
+        score: float,
+        model: str | None = None,
+        source: str = feedback.DEFAULT_SOURCE,
+        *,
+        at: datetime | None = None,
+        refresh: bool = True,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> feedback.Feedback:
+        """``AvengersClient.feedback``: score the answer of request ``route_id`` in [0, 1].
+        Route-log rows still queued for the background writer are written first, so feedback
+        on an answer this client just gave finds its route."""
+        if self._writer is not None and conn is None:
+            await self._writer.flush()
+        async with self.connection("write", conn) as c:
+            stored = await feedback.arecord_feedback(
+                c, route_id, score, model, source, at=at, refresh=refresh
+            )
+        self._loop_cache.clear()  # the next decision shows this feedback
+        return stored
+
+    async def refresh_production(self, conn: psycopg.AsyncConnection | None = None) -> None:
+        """Serve the feedback recorded since the last refresh (``avengers.refresh_production``)."""
+        async with self.connection("write", conn) as c:
+            await c.execute(feedback.REFRESH_SQL)
+        self._loop_cache.clear()
 
     @property
     def log_writer(self) -> RouteLogWriter | None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,8 @@ from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.client_core import DEFAULT_TOP_N, Query
 from avengers_store.errors import AvengersError, InputError
-from avengers_store.routing import RouteDecision
+from avengers_store.production import feedback
+from avengers_store.routing import RouteDecision, loop, ood
 from avengers_store.store import config, connections, schema
 
 __all__ = ["DEFAULT_TOP_N", "AvengersClient", "Query"]
@@ -46,7 +49,13 @@ class AvengersClient:
     ``method`` is the routing rule (a ``routing.RoutingMethod`` or ``"avengers"`` / ``"paper"``;
     default ``routing.AVENGERS``); ``prepared_statements=False`` keeps the pools' connections
     from preparing statements (for a transaction-mode pooler that cannot keep them; single
-    routes then go through ``avengers.route``, whose plan the server caches).
+    routes then go through ``avengers.route``, whose plan the server caches); ``log_vectors``
+    keeps each asked query's embedding in ``avengers.route_vectors`` (never its text unless
+    ``log_texts``), so feedback on it counts in later clustering versions. ``ood_policy``: what
+    an out-of-distribution query gets (``flag``, ``best-overall`` or ``widen``; see
+    ``routing.ood``), overridable per call; ``seed`` seeds exploration's draws; ``loop_ttl``: how
+    long (seconds) the loop's data of a clustering (OOD thresholds, settings, production counts)
+    is reused across decisions (0: read with every decision; ``routing.loop.LoopCache``).
     """
 
     def __init__(
@@ -63,6 +72,11 @@ class AvengersClient:
         max_concurrency: int = 4,
         method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
+        log_vectors: bool = False,
+        log_texts: bool = False,
+        ood_policy: str = ood.DEFAULT_POLICY,
+        seed: int | None = None,
+        loop_ttl: float = 1.0,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -79,6 +93,12 @@ class AvengersClient:
         self.pool_size = pool_size
         self.max_concurrency = max_concurrency
         self.prepared_statements = prepared_statements
+        self.log_vectors = log_vectors or log_texts
+        self.log_texts = log_texts
+        self.ood_policy = ood.ood_policy(ood_policy)
+        self._rng = np.random.default_rng(seed)
+        self._explores = False
+        self._loop_cache = loop.LoopCache(loop_ttl)
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -214,32 +234,36 @@ class AvengersClient:
         max_cost: float | None = None,
         prompt_chars: int | None = None,
         completions: int = 1,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> RouteDecision:
-        """Route a text (embedded in the serving space) or a vector: one SQL round trip
-        (``avengers.route_pooled``, else ``avengers.route``). ``method`` overrides the
-        client's routing method for this call. ``tradeoff`` (α in [0, 1]: 1 ranks by expected
-        quality, 0 by expected cost) and ``max_cost`` (the highest expected cost a candidate may
-        have; when none fits, the cheapest is returned with ``over_budget``) make the route
-        cost-aware, each candidate then carrying its ``expected_cost``; ``prompt_chars`` is a
-        vector's text length (a text's own length is used); ``completions``: answers the request
-        will draw (its expected cost counts them)."""
+        """Route a text (embedded in the serving space) or a vector: the routing statement
+        (``avengers.route_pooled``, else ``avengers.route``), then the loop's (``routing.loop``:
+        novelty, production feedback, settings), the OOD policy and the clustering's
+        exploration. ``method`` and ``ood_policy`` override the client's for this call.
+        ``tradeoff`` (α in [0, 1]: 1 ranks by expected quality, 0 by expected cost) and
+        ``max_cost`` (the highest expected cost a candidate may have; when none fits, the
+        cheapest is returned with ``over_budget``) make the route cost-aware, each candidate
+        then carrying its ``expected_cost``; ``prompt_chars`` is a vector's text length (a
+        text's own length is used); ``completions``: answers the request will draw (its
+        expected cost counts them)."""
         chosen = routing.routing_method(method) if method is not None else self.method
+        policy = self._policy(ood_policy)
         options: dict[str, Any] = {"require_endpoint": require_endpoint, "method": chosen}
         if tradeoff is not None or max_cost is not None:  # a plain route skips all of this
             options["policy"] = routing.cost_policy(tradeoff, max_cost, completions)
             options["prompt_chars"] = len(query) if isinstance(query, str) else prompt_chars
         if conn is not None and not isinstance(query, str):
             # A vector on the caller's connection: nothing to embed, no pool to check out.
-            return routing.route_vector(conn, query, top_n, **options)
+            return self._decide(conn, [query], top_n, options, policy, single=True)[0]
         vectors, served = self._vectors([query], conn)
         with self._connection(conn, "read") as c:
-            decision = routing.route_vector(c, vectors[0], top_n, **options)
-        if core.stale([decision], served):
+            decisions = self._decide(c, vectors, top_n, options, policy, single=True)
+        if core.stale(decisions, served):
             vectors, _ = self._vectors([query], conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decision = routing.route_vector(c, vectors[0], top_n, **options)
-        return decision
+                decisions = self._decide(c, vectors, top_n, options, policy, single=True)
+        return decisions[0]
 
     def route_many(
         self,
@@ -252,31 +276,87 @@ class AvengersClient:
         max_cost: float | None = None,
         prompt_chars: Sequence[int | None] | None = None,
         completions: int = 1,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[RouteDecision]:
-        """Route many texts and/or vectors in one statement (one snapshot); input order kept.
-        A 2-D numpy array is taken as one vector per row, as is. ``method`` overrides the
-        client's routing method for this call; ``tradeoff``, ``max_cost`` and
+        """Route many texts and/or vectors in one routing statement (one snapshot); input order
+        kept. A 2-D numpy array is taken as one vector per row, as is. ``method`` and
+        ``ood_policy`` override the client's for this call; ``tradeoff``, ``max_cost`` and
         ``prompt_chars`` (per query; texts use their own length) as in ``route``;
         ``completions``: answers each request will draw (its expected cost counts them)."""
+        return self._route_many(
+            queries, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
+            ood_policy=ood_policy, conn=conn,
+        )[0]  # fmt: skip
+
+    def _route_many(
+        self,
+        queries: Sequence[Query],
+        top_n: int,
+        *,
+        require_endpoint: bool,
+        method: str | routing.RoutingMethod | None,
+        tradeoff: float | None,
+        max_cost: float | None,
+        prompt_chars: Sequence[int | None] | None,
+        completions: int,
+        ood_policy: str | None,
+        conn: psycopg.Connection | None,
+    ) -> tuple[list[RouteDecision], Any]:
+        """``route_many``'s decisions and the vectors they were routed with (texts embedded)."""
         core.check_route_many(queries)
         chosen = routing.routing_method(method) if method is not None else self.method
-        policy = routing.cost_policy(tradeoff, max_cost, completions)
+        policy = self._policy(ood_policy)
+        cost = routing.cost_policy(tradeoff, max_cost, completions)
         options: dict[str, Any] = {
-            "require_endpoint": require_endpoint, "method": chosen, "policy": policy}  # fmt: skip
-        if policy.costed:
+            "require_endpoint": require_endpoint, "method": chosen, "policy": cost}  # fmt: skip
+        if cost.costed:
             options["prompt_chars"] = core.prompt_chars(queries, prompt_chars)
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             with self._connection(conn, "read") as c:
-                return routing.route_vectors(c, queries, top_n, **options)
+                return self._decide(c, queries, top_n, options, policy), queries
         vectors, served = self._vectors(list(queries), conn)
         with self._connection(conn, "read") as c:
-            decisions = routing.route_vectors(c, vectors, top_n, **options)
+            decisions = self._decide(c, vectors, top_n, options, policy)
         if core.stale(decisions, served):
             vectors, _ = self._vectors(list(queries), conn, refresh=True)
             with self._connection(conn, "read") as c:
-                decisions = routing.route_vectors(c, vectors, top_n, **options)
-        return decisions
+                decisions = self._decide(c, vectors, top_n, options, policy)
+        return decisions, vectors
+
+    def _policy(self, ood_policy: str | None) -> str:
+        return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy
+
+    def _decide(
+        self,
+        c: psycopg.Connection,
+        vectors: Any,
+        top_n: int,
+        options: dict[str, Any],
+        policy: str,
+        *,
+        single: bool = False,
+    ) -> list[RouteDecision]:
+        """Route, annotate with the loop, apply the OOD policy and exploration. Exploration
+        chooses among ``exploration.POOL`` candidates: asked for from the start once this
+        client has seen it on, else routed again the first time."""
+
+        def run(n: int) -> list[RouteDecision]:
+            if single:
+                found = [routing.route_vector(c, vectors[0], n, **options)]
+            else:
+                found = routing.route_vectors(c, vectors, n, **options)
+            return loop.annotate(found, loop.cached_rows(c, found, self._loop_cache))
+
+        asked = core.asked_for(top_n, self._explores)
+        decisions = run(asked)
+        self._explores = any(d.exploration is not None for d in decisions)
+        if asked == top_n and loop.needs_pool(decisions, top_n):
+            decisions = run(core.asked_for(top_n, True))
+        return loop.settle(
+            c, decisions, top_n, policy, self._rng, require_endpoint=options["require_endpoint"]
+        )
 
     # -- answering -------------------------------------------------------------------------
 
@@ -290,15 +370,18 @@ class AvengersClient:
         *,
         tradeoff: float | None = None,
         max_cost: float | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included).
-        ``tradeoff`` and ``max_cost`` as in ``route``, the expected cost counting ``samples``
-        answers."""
+        Answer with ``decision`` and ``route_id`` filled. ``latency_ms`` is end to end
+        (embedding included). ``tradeoff`` and ``max_cost`` as in ``route``, the expected cost
+        counting ``samples`` answers. An out-of-distribution question gets ``ood_policy``
+        (default: the client's); under ``widen`` it is answered with Model-Switch over the
+        top-n."""
         return self.ask_many(
             [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
-            conn=conn, return_exceptions=False,
+            ood_policy=ood_policy, conn=conn, return_exceptions=False,
         )[0]  # type: ignore[return-value]  # fmt: skip
 
     def ask_many(
@@ -313,6 +396,7 @@ class AvengersClient:
         return_exceptions: bool = False,
         tradeoff: float | None = None,
         max_cost: float | None = None,
+        ood_policy: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
@@ -324,9 +408,10 @@ class AvengersClient:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
-        decisions = self.route_many(
-            list(texts), n, require_endpoint=True, tradeoff=tradeoff, max_cost=max_cost,
-            completions=core.completions_for(strategy, samples), conn=conn,
+        decisions, vectors = self._route_many(
+            list(texts), n, require_endpoint=True, method=None, tradeoff=tradeoff,
+            max_cost=max_cost, prompt_chars=None,
+            completions=core.completions_for(strategy, samples), ood_policy=ood_policy, conn=conn,
         )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
         options = {
@@ -354,7 +439,14 @@ class AvengersClient:
                 results = list(pool.map(one, range(len(texts))))
 
         out, rows = core.settle(
-            texts, decisions, results, routed_ms=routed_ms, strategy=strategy, top_n=n
+            texts,
+            decisions,
+            results,
+            routed_ms=routed_ms,
+            strategy=strategy,
+            top_n=n,
+            vectors=vectors if self.log_vectors else None,
+            keep_texts=self.log_texts,
         )
         with self._connection(conn, "write") as c:
             route_log.write(c, rows)
@@ -366,4 +458,30 @@ class AvengersClient:
         self, text: str, decision: RouteDecision, options: dict[str, Any]
     ) -> strategies.Answer:
         endpoints = core.endpoints_for(decision)
-        return strategies.answer(text, endpoints, client=self.chat, **options)
+        return strategies.answer(
+            text, endpoints, client=self.chat, **core.options_for(decision, options)
+        )
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def feedback(
+        self,
+        route_id: uuid.UUID | str,
+        score: float,
+        model: str | None = None,
+        source: str = feedback.DEFAULT_SOURCE,
+        *,
+        at: datetime | None = None,
+        refresh: bool = True,
+        conn: psycopg.Connection | None = None,
+    ) -> feedback.Feedback:
+        """Score the answer of request ``route_id`` (``Answer.route_id``) in [0, 1]: one SQL
+        call (``avengers.record_feedback``). ``model`` None scores the model whose answer was
+        returned, else it must be one the request sampled; a second feedback from the same
+        ``source`` replaces the first. ``refresh`` serves it to routing at once."""
+        with self._connection(conn, "write") as c:
+            stored = feedback.record_feedback(
+                c, route_id, score, model, source, at=at, refresh=refresh
+            )
+        self._loop_cache.clear()  # the next decision shows this feedback
+        return stored

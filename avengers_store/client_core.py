@@ -15,7 +15,7 @@ from avengers_store.answering import route_log, strategies
 from avengers_store.answering.sampling import Endpoint
 from avengers_store.calibration.embedding_spaces import Space, space_from_row
 from avengers_store.errors import AvengersError, InputError, StoreStateError
-from avengers_store.routing import RouteDecision
+from avengers_store.routing import RouteDecision, exploration
 
 # Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
 # are only fallbacks when its endpoint is down. Model-Switch may pool all of them.
@@ -85,6 +85,21 @@ def top_n_for(strategy: str, top_n: int | None) -> int:
     return top_n or DEFAULT_TOP_N[strategy]
 
 
+def asked_for(top_n: int, explores: bool) -> int:
+    """Candidates to ask the routing statement for: more than shown when exploration is on."""
+    return exploration.pool_size(
+        top_n, exploration.Exploration("thompson") if explores else exploration.OFF
+    )
+
+
+def options_for(decision: RouteDecision, options: dict[str, Any]) -> dict[str, Any]:
+    """The answering options of one question: Model-Switch over the candidates for an
+    out-of-distribution question under the ``widen`` policy."""
+    if decision.ood and decision.ood_policy == "widen":
+        return {**options, "strategy": "model-switch"}
+    return options
+
+
 def completions_for(strategy: str, samples: int) -> int:
     """Answers one request draws from its first model: what its expected cost counts."""
     return 1 if strategy == "direct" else max(1, int(samples))
@@ -129,13 +144,19 @@ def settle(
     routed_ms: float,
     strategy: str,
     top_n: int,
+    vectors: Sequence[Any] | None = None,
+    keep_texts: bool = False,
 ) -> tuple[list[strategies.Answer | AvengersError], list[dict[str, Any]]]:
     """Results in input order (Answers with decision, end-to-end latency and route id filled,
-    or the error) and one route-log row each. ``outcomes[i]`` is (answer, error, sampling ms)."""
+    or the error) and one route-log row each. ``outcomes[i]`` is (answer, error, sampling ms).
+    ``vectors`` (the queries' embeddings, when the client logs them) go into the rows, and the
+    texts with them when ``keep_texts``."""
     out: list[strategies.Answer | AvengersError] = []
     rows = []
     share = routed_ms / len(texts) if texts else 0.0
-    for text, decision, (ans, err, ms) in zip(texts, decisions, outcomes, strict=True):
+    for i, (text, decision, (ans, err, ms)) in enumerate(
+        zip(texts, decisions, outcomes, strict=True)
+    ):
         total = share + ms
         route_id = uuid.uuid4()
         if ans is not None:
@@ -150,6 +171,8 @@ def settle(
                 error=str(err) if err is not None else None,
                 extra={"route_ms": round(share, 3), "top_n": top_n, **cost_fields(decision)},
                 route_id=route_id,
+                vector=vectors[i] if vectors is not None else None,
+                text=text if vectors is not None and keep_texts else None,
             )
         )
         out.append(ans if ans is not None else err)  # type: ignore[arg-type]

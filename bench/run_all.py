@@ -32,6 +32,7 @@ SCRIPTS = [
     "embedding_throughput",
     "ask_overhead",
     "gateway",
+    "feedback",
 ]
 
 
@@ -217,6 +218,44 @@ def table() -> str:
                 f"{r['route_ratio_text']:.2f})",
                 "≥ 0.5× floor",
                 mark(r["met"]["b_route"]),
+            )
+        )
+    r = load("feedback")
+    if r:
+        one, f, bulk = r["one_at_a_time"], r["file_import"], r["bulk_insert"]
+        rows.append(
+            (
+                "Feedback, one row at a time (`client.feedback`: rules, insert, O(1) count)",
+                f"p50 {one['feedback']['p50_us'] / 1000:.2f} ms, **{one['feedback']['rows_per_s']:,}"
+                f" rows/s** (with the refresh that serves it {one['feedback_refresh']['p50_us'] / 1000:.1f}"
+                f" ms); floor one INSERT {one['floor']['p50_us'] / 1000:.2f} ms (ratio "
+                f"{one['ratio_to_floor']:.1f})",
+                "reported",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"Feedback from a file, {f['rows']:,} rows (`avengers feedback import`)",
+                f"**{f['rows_per_s']:,} rows/s** ({f['import_s']:.1f} s); floor COPY "
+                f"{f['floor_rows_per_s']:,} rows/s; {bulk['rows']:,} rows in one INSERT "
+                f"{bulk['rows_per_s']:,} rows/s",
+                "reported",
+                "",
+            )
+        )
+        many = r["serving_many"]
+        rows.append(
+            (
+                f"Serving feedback with {r['route_log_rows']:,} route_log rows and "
+                f"{many['feedback_rows']:,} feedback rows",
+                f"`refresh_production` **{many['refresh_production_ms']:.0f} ms** "
+                f"({r['serving_few']['refresh_production_ms']:.0f} ms with "
+                f"{r['serving_few']['feedback_rows']:,} rows); `refresh_profiles` "
+                f"{many['refresh_profiles_ms']:.0f} ms (ratio {many['ratio_full_to_incremental']:.0f}"
+                f"); recount of every feedback row {many['rebuild_production_ms'] / 1000:.1f} s",
+                "reported",
+                "",
             )
         )
     lines = ["| Measure | Figure | Target | |", "|---|---|---|---|"]

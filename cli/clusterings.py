@@ -1,27 +1,30 @@
-"""``avengers clusterings``: list stored clustering versions, switch or delete one."""
+"""``avengers clusterings``: list stored clustering versions, switch, configure or delete one."""
 
 from __future__ import annotations
 
 import click
 from avengers_store.cli import options
 from avengers_store.cli.commands import Group
-from avengers_store.cli.output import emit
+from avengers_store.cli.output import echo_json, emit
+from avengers_store.cli.param_types import Duration
 
 from avengers_store.calibration.clusterings import (
     activate_clustering,
     list_clusterings,
     remove_clustering,
 )
+from avengers_store.production import settings as loop
 
 
 @click.group("clusterings", cls=Group)
 def command() -> None:
-    """Stored clustering versions: list them, serve one, delete old ones.
+    """Stored clustering versions: list them, serve one, configure one, delete old ones.
 
     \b
     Example:
       avengers clusterings list
       avengers clusterings activate 3
+      avengers clusterings configure --production-weight 0.5 --half-life 7d
     """
 
 
@@ -86,3 +89,53 @@ def remove_cmd(clustering_id: int, yes: bool) -> None:
         click.confirm(f"Delete clustering {clustering_id}?", abort=True)
     remove_clustering(clustering_id)
     click.echo(f"removed clustering {clustering_id}")
+
+
+@command.command("configure")
+@click.argument("clustering_id", type=int, required=False)
+@click.option("--production-weight", type=float,
+              help="Weight of one feedback row against one calibration outcome (0: calibration "
+              "only, the static router).")  # fmt: skip
+@click.option("--half-life", type=Duration(), help="Half-life of feedback rows, e.g. 14d.")
+@click.option("--exploration", type=click.Choice(loop.EXPLORATION),
+              help="off, thompson (rank by Beta posterior draws) or epsilon (a random candidate "
+              "first for --exploration-share of requests).")  # fmt: skip
+@click.option("--exploration-share", type=float, help="epsilon's share of requests, in [0,1].")
+@click.option("--ood-quantile", type=float,
+              help="Calibration quantile of scaled distances above which a query is OOD.")  # fmt: skip
+@options.json_output
+def configure_cmd(
+    clustering_id, production_weight, half_life, exploration, exploration_share, ood_quantile,
+    as_json,
+) -> None:  # fmt: skip
+    """Show or change the loop's settings of version CLUSTERING_ID (default: the active one).
+
+    Without options, prints them. Changing the half-life recounts the version's production
+    outcomes, changing the OOD quantile its distance statistics; routing sees the change when
+    the command returns. New versions (recluster) start with the active version's settings.
+
+    \b
+    Example:
+      avengers clusterings configure
+      avengers clusterings configure --production-weight 0     # calibration only
+      avengers clusterings configure 3 --half-life 7d --exploration thompson
+    """
+    result = loop.configure(
+        clustering_id,
+        production_weight=production_weight,
+        half_life=half_life,
+        exploration=exploration,
+        exploration_share=exploration_share,
+        ood_quantile=ood_quantile,
+    )
+    if as_json:
+        echo_json({**result.__dict__, "half_life_s": result.half_life.total_seconds()})
+        return
+    explore = result.exploration
+    if explore == "epsilon":
+        explore += f" (share {result.exploration_share:g})"
+    click.echo(
+        f"clustering {result.clustering_id}: production weight {result.production_weight:g}, "
+        f"half-life {result.half_life}, exploration {explore}, "
+        f"OOD quantile {result.ood_quantile:g}"
+    )

@@ -8,10 +8,11 @@ import click
 from avengers_store.cli import options
 from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
-from avengers_store.cli.param_types import CommaList
+from avengers_store.cli.param_types import CommaList, Duration
 
+from avengers_store.evaluation.online import DEFAULT_BATCH, DEFAULT_WINDOWS, evaluate_online
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
-from avengers_store.evaluation.report import format_tables
+from avengers_store.evaluation.report import format_online, format_tables
 
 
 @click.command("evaluate", cls=Command)
@@ -58,11 +59,26 @@ from avengers_store.evaluation.report import format_tables
 @click.option("--frontier-plot", type=click.Path(dir_okay=False),
               help="Where --tradeoffs draws the frontier (default: frontier.png in --plot's "
               "directory, else in the current one).")  # fmt: skip
+@click.option("--online", is_flag=True,
+              help="Stream the test split instead, feeding back each routed model's recorded "
+              "outcome (prequential), against the static router and the best single model.")  # fmt: skip
+@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True,
+              help="--online: queries routed between two refreshes of the production profiles.")  # fmt: skip
+@click.option("--windows", type=int, default=DEFAULT_WINDOWS, show_default=True,
+              help="--online: accuracy reported per this many slices of the stream.")  # fmt: skip
+@click.option("--production-weight", type=float,
+              help="--online: weight of a fed-back outcome (default: the served clustering's).")  # fmt: skip
+@click.option("--half-life", type=Duration(),
+              help="--online: half-life on the stream's clock, one query per second (default: "
+              "the served clustering's).")  # fmt: skip
+@click.option("--exploration", type=click.Choice(["thompson", "epsilon"]),
+              help="--online: run only this explored arm (default: both).")  # fmt: skip
+@click.option("--exploration-share", type=float, help="--online: epsilon's share of queries.")
 @options.json_output
 def command(
     k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
     algorithms, budgets, calibration_fractions, sweep_seeds, tradeoffs, plot_dir, frontier_plot,
-    as_json,
+    online, batch, windows, production_weight, half_life, exploration, exploration_share, as_json,
 ) -> None:  # fmt: skip
     """Replay the stored outcomes to measure the routing; no model is called.
 
@@ -70,6 +86,10 @@ def command(
     through the routing SQL the client uses, score the routed model's recorded outcome, and
     compare with the best single model, the best model per dataset, the per-query oracle and a
     random router. OOD datasets are routed, never clustered, and reported separately.
+
+    With --online the test split is streamed instead (the loop measured): each batch is routed
+    with the profiles as they stand, scored, and only the routed model's recorded outcome is fed
+    back as production feedback before the next batch.
 
     Runs in one transaction that is rolled back: the served clustering, profiles and model
     flags are unchanged afterwards.
@@ -83,8 +103,32 @@ def command(
       avengers evaluate --sweep-k 1,4,16,64,256,1024 --plot plots/
       avengers evaluate --seeds 42 --algorithms kmeans,ward,gmm,spectral,birch --plot plots/
       avengers evaluate --seeds 42 --budgets 1,2,3,4,5,6,7 --plot plots/
+      avengers evaluate --online --json                       # the loop, on replay
+      avengers evaluate --online --production-weight 0        # must equal the static router
       avengers evaluate --tradeoffs 0,0.25,0.5,0.75,1 --json   # writes frontier.png
     """
+    if online:
+        streamed = evaluate_online(
+            k=k,
+            algorithm=algorithm,
+            seeds=seeds,
+            batch=batch,
+            windows=windows,
+            production_weight=production_weight,
+            half_life=half_life,
+            exploration=exploration,
+            exploration_share=exploration_share,
+            method=method,
+            stratify=stratify,
+            datasets=datasets,
+            ood_macro=ood_macro,
+            progress=sys.stderr.isatty(),
+        )
+        if as_json:
+            echo_json(streamed.to_dict())
+        else:
+            click.echo(format_online(streamed))
+        return
     result = evaluate(
         k=k,
         algorithm=algorithm,

@@ -16,6 +16,7 @@ from avengers_store.cli.param_types import KeyValues
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
 from avengers_store.routing import METHODS
+from avengers_store.routing.ood import DEFAULT_POLICY, POLICIES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,6 +121,18 @@ def stratify(*, default: str | None, help: str) -> Callable[[F], F]:
 
 
 # --- routing and answering -----------------------------------------------------------------
+
+
+def ood_policy(func: F) -> F:
+    return click.option(
+        "--ood-policy",
+        type=click.Choice(POLICIES),
+        default=DEFAULT_POLICY,
+        show_default=True,
+        help="What a query unlike the calibration queries gets: flag (route as usual, marked "
+        "ood), best-overall (the best models over all calibration data) or widen (Model-Switch "
+        "over the top models when answering).",
+    )(func)
 
 
 def method(func: F) -> F:

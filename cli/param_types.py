@@ -1,9 +1,10 @@
-"""The command line's compact forms, parsed here so the library only ever sees lists and dicts:
-``1,4,16`` (a comma-separated list) and ``train=calibration,test=test`` (KEY=VALUE pairs). A
-malformed value is a usage error naming the option."""
+"""The command line's compact forms, parsed here so the library only ever sees lists, dicts and
+durations: ``1,4,16`` (a comma-separated list), ``train=calibration,test=test`` (KEY=VALUE pairs)
+and ``7d`` (a timedelta). A malformed value is a usage error naming the option."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -60,3 +61,28 @@ class KeyValues(click.ParamType):
                 self.fail(f"expected KEY=VALUE[,KEY=VALUE...], got {part.strip()!r}", param, ctx)
             out[key.strip()] = target.strip()
         return out
+
+
+class Duration(click.ParamType):
+    """``90s``, ``30m``, ``12h``, ``7d`` or ``2w`` as a ``timedelta``."""
+
+    name = "duration"
+    _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "N[s|m|h|d|w]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        unit = self._UNITS.get(text[-1:]) if text else None
+        try:
+            amount = float(text[:-1]) if unit else float("nan")
+        except ValueError:
+            amount = float("nan")
+        if unit is None or not amount > 0 or amount == float("inf"):
+            self.fail(
+                f"expected a positive duration such as 90s, 30m, 12h, 7d or 2w, got {value!r}"
+            )
+        return timedelta(**{unit: amount})

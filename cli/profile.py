@@ -22,6 +22,9 @@ COLUMNS = [
     "rank",
     "active_rank",
     "active",
+    "production_n",
+    "production_mean",
+    "pooled_mean",
 ]
 
 
@@ -38,7 +41,8 @@ def command(cluster, model, plot, fmt) -> None:
     """Print the capability profiles of the active clustering.
 
     Per cluster and model: number of scored calibration queries, mean score, Wilson 95% bounds
-    and rank (1 = best; active_rank among active models).
+    and rank (1 = best; active_rank among active models); beside them the production outcomes
+    (feedback rows served, their mean) and the two pooled at the clustering's production weight.
 
     \b
     Example:

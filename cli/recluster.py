@@ -33,8 +33,14 @@ from avengers_store.calibration.reclustering import recluster
     help="Store the version as ready without serving it (activate later with "
     "`avengers clusterings activate ID`).",
 )
+@click.option(
+    "--with-production",
+    is_flag=True,
+    help="Fit on the logged embeddings of routed queries too (clients with log_vectors), so "
+    "production traffic shapes the clusters; only calibration queries are profiled.",
+)
 @options.json_output
-def command(k, algorithm, stratify, seed, keep, no_activate, as_json) -> None:
+def command(k, algorithm, stratify, seed, keep, no_activate, with_production, as_json) -> None:
     """Cluster the calibration queries of non-OOD datasets in the active embedding space.
 
     Writes a new clustering version (centroids = member means; every query assigned to its
@@ -48,6 +54,7 @@ def command(k, algorithm, stratify, seed, keep, no_activate, as_json) -> None:
       avengers recluster --k 64 --stratify none
       avengers recluster --k 32 --algorithm ward --no-activate
       avengers recluster --keep 3
+      avengers recluster --with-production     # production traffic joins the fit
     """
     result = recluster(
         k=k,
@@ -56,6 +63,7 @@ def command(k, algorithm, stratify, seed, keep, no_activate, as_json) -> None:
         seed=seed,
         keep=keep,
         activate=not no_activate,
+        with_production=with_production,
         progress=sys.stderr.isatty(),
     )
     if as_json:

@@ -22,6 +22,7 @@ from avengers_store.client import AvengersClient
 )
 @options.method
 @options.tradeoff
+@options.ood_policy
 @options.json_output
 def command(
     text: str | None,
@@ -30,26 +31,30 @@ def command(
     method: str,
     tradeoff: float | None,
     max_cost: float | None,
+    ood_policy: str,
     as_json: bool,
 ) -> None:
     """Route TEXT: nearest cluster of the active clustering and the best active models.
 
     Text is embedded with the serving space's embedder; nothing is sent to a model. With
     --tradeoff or --max-cost every candidate shows its expected cost of one answer (prices x
-    tokens, or measured costs; README.md "Cost-aware routing").
+    tokens, or measured costs; README.md "Cost-aware routing"). The decision says how novel the
+    query is against the calibration queries (ood: true beyond the clustering's threshold) and
+    what --ood-policy did about it.
 
     \b
     Example:
       avengers route "What is the derivative of x^3?" --top-n 3
       avengers route "Who wrote Hamlet?" --json
       avengers route "Who wrote Hamlet?" --method paper
+      avengers route "Translate 'bonjour' to Klingon" --ood-policy best-overall --json
       avengers route "Who wrote Hamlet?" --top-n 3 --tradeoff 0.3 --json
       avengers route "Who wrote Hamlet?" --max-cost 0.0001
       avengers route --file questions.jsonl > decisions.jsonl
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
-    with AvengersClient(method=method) as client:
+    with AvengersClient(method=method, ood_policy=ood_policy) as client:
         if file_ is not None:
             queries = read_jsonl(file_, allow_vectors=True)
             decisions = client.route_many(queries, top_n, tradeoff=tradeoff, max_cost=max_cost)

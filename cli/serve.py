@@ -46,9 +46,19 @@ from avengers_store.gateway.settings import GatewaySettings
               help="Seconds SIGTERM waits for requests in flight.")  # fmt: skip
 @click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Largest request body in bytes.")  # fmt: skip
+@options.ood_policy
+@click.option("--log-vectors", is_flag=True,
+              help="Keep each routed query's embedding (not its text), so feedback on it counts "
+              "in later clustering versions.")  # fmt: skip
+@click.option("--log-texts", is_flag=True,
+              help="With the embedding, keep the query text too.")  # fmt: skip
+@click.option("--feedback-refresh", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds within which POST /v1/feedback is served to routing (0: at once, "
+              "one refresh per request).")  # fmt: skip
 def command(
     host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, tradeoff,
-    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl, grace, max_body,
+    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl,
+    grace, max_body, ood_policy, log_vectors, log_texts, feedback_refresh,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
@@ -56,7 +66,8 @@ def command(
     Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
     loopback address allows. GET /health, /ready and /metrics need no key. --tradeoff and
     --max-cost are defaults a request may override (body fields tradeoff, max_cost); every
-    routed answer names its expected cost in x-avengers-expected-cost.
+    routed answer names its expected cost in x-avengers-expected-cost. POST /v1/feedback scores
+    an answer by the x-avengers-route-id it got.
 
     \b
     Example:
@@ -66,6 +77,8 @@ def command(
       curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $KEY" \\
         -H 'Content-Type: application/json' \\
         -d '{"model": "avengers", "messages": [{"role": "user", "content": "What is 7*6?"}]}'
+      curl -s localhost:8080/v1/feedback -H "Authorization: Bearer $KEY" \
+        -H 'Content-Type: application/json' -d '{"route_id": "<x-avengers-route-id>", "score": 1}'
     """
     from avengers_store.gateway import server
 
@@ -90,6 +103,10 @@ def command(
             upstream_timeout_s=upstream_timeout,
             upstream_retries=upstream_retries,
             grace_s=grace,
+            log_vectors=log_vectors,
+            log_texts=log_texts,
+            feedback_refresh_s=feedback_refresh,
+            ood_policy=ood_policy,
         )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc

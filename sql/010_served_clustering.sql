@@ -3,7 +3,8 @@
 
 CREATE VIEW avengers.active_clustering AS
 SELECT k.id, k.space_id, s.dimension, k.algorithm, k.k, k.seed, k.params, k.status, k.n_queries,
-       k.inertia, k.created_at, k.activated_at
+       k.inertia, k.created_at, k.activated_at, k.production_weight, k.half_life, k.exploration,
+       k.exploration_share, k.ood_quantile
 FROM avengers.clusterings k
 JOIN avengers.embedding_spaces s ON s.id = k.space_id
 WHERE k.status = 'active';
@@ -21,3 +22,8 @@ COMMENT ON COLUMN avengers.active_clustering.n_queries IS 'Number of calibration
 COMMENT ON COLUMN avengers.active_clustering.inertia IS 'Sum of squared distances of queries to their centroid.';
 COMMENT ON COLUMN avengers.active_clustering.created_at IS 'When the fit started.';
 COMMENT ON COLUMN avengers.active_clustering.activated_at IS 'When this version was made active.';
+COMMENT ON COLUMN avengers.active_clustering.production_weight IS 'Weight of one production outcome against one calibration outcome in the served score (0: calibration only).';
+COMMENT ON COLUMN avengers.active_clustering.half_life IS 'Half-life of production outcomes.';
+COMMENT ON COLUMN avengers.active_clustering.exploration IS 'Exploration policy: off, thompson or epsilon.';
+COMMENT ON COLUMN avengers.active_clustering.exploration_share IS 'epsilon: share of requests sent to a random candidate.';
+COMMENT ON COLUMN avengers.active_clustering.ood_quantile IS 'Calibration quantile of scaled distances beyond which a query is out of distribution.';

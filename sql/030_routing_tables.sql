@@ -75,13 +75,16 @@ COMMENT ON COLUMN avengers.routing_centroids.centroid IS 'The centroid (avengers
 COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', the cluster''s entry key in a sparsevec literal.';
 
 -- Per model of model_priors: its outcome sums and counts in every cluster as sparse vectors
--- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum).
+-- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum),
+-- calibration and production outcomes pooled at the clustering's production_weight, so the
+-- served score learns from feedback through the same inner products.
 -- Sums below 1e-30 are left out too: float32 cannot hold them and they add nothing visible.
 -- The model's row of avengers.models is copied in, so a route reads one relation for its
 -- candidates instead of joining models; a statement trigger on avengers.models
 -- (sql/060_procedures_and_triggers.sql) refreshes this view in the same transaction as any
 -- change there, so routing never sees an outdated flag or endpoint.
--- Built from cluster_profiles, model_priors and routing_state, so refreshed after them.
+-- Built from cluster_profiles, production_profiles, model_priors and routing_state, so
+-- refreshed after them; avengers.refresh_production refreshes it too (clusters x models rows).
 CREATE MATERIALIZED VIEW avengers.routing_models AS
 SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_rank,
        v.score_sums, v.ns,
@@ -98,20 +101,36 @@ CROSS JOIN LATERAL (
          format('{%s}/%s',
                 string_agg((cp.cluster + 1)::text || ':' || cp.n::text, ',') FILTER (WHERE cp.n > 0),
                 st.clusters)::sparsevec AS ns
-  FROM avengers.cluster_profiles cp
-  WHERE cp.clustering_id = mp.clustering_id AND cp.model_id = mp.model_id
+  FROM (
+    -- Calibration outcomes, and production ones at the clustering's weight (decayed): one
+    -- pseudo-count per calibration outcome, production_weight per fresh feedback row. With
+    -- weight 0 the production rows are left out, so the sums are the calibration ones exactly.
+    SELECT s.cluster, sum(s.score_sum) AS score_sum, sum(s.n) AS n
+    FROM (
+      SELECT c.cluster, c.score_sum::double precision AS score_sum, c.n::double precision AS n
+      FROM avengers.cluster_profiles c
+      WHERE c.clustering_id = mp.clustering_id AND c.model_id = mp.model_id
+      UNION ALL
+      SELECT p.cluster, k.production_weight * p.decayed_sum, k.production_weight * p.decayed_n
+      FROM avengers.production_profiles p
+      JOIN avengers.active_clustering k ON k.id = p.clustering_id
+      WHERE p.clustering_id = mp.clustering_id AND p.model_id = mp.model_id
+        AND k.production_weight > 0
+    ) AS s
+    GROUP BY s.cluster
+  ) AS cp
 ) AS v
 WITH DATA;
 CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (model_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_models IS
-  'Per model of the active clustering (when routing_state.pooled): the prior score and tie-break order of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles (what route / route_many pool with one inner product each), and the model''s row of avengers.models, kept current by a trigger on that table.';
+  'Per model of the active clustering (when routing_state.pooled): the prior score and tie-break order of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles pooled with production_profiles at the clustering''s production_weight (what route / route_many pool with one inner product each), and the model''s row of avengers.models, kept current by a trigger on that table.';
 COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The active clustering version.';
 COMMENT ON COLUMN avengers.routing_models.model_id IS 'Model.';
 COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score.';
 COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score.';
 COMMENT ON COLUMN avengers.routing_models.tie_rank IS 'model_priors.tie_rank (the tie-break order).';
-COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum per cluster (float32; entry cluster + 1).';
-COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n per cluster (entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum + production_weight x production_profiles.decayed_sum per cluster (float32; entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n + production_weight x production_profiles.decayed_n per cluster (entry cluster + 1).';
 COMMENT ON COLUMN avengers.routing_models.name IS 'models.name.';
 COMMENT ON COLUMN avengers.routing_models.active IS 'models.active (routing skips inactive models).';
 COMMENT ON COLUMN avengers.routing_models.endpoint IS 'models.endpoint.';

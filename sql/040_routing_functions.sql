@@ -149,7 +149,9 @@ COMMENT ON FUNCTION avengers.nearest_centroids(vector[], integer, integer) IS
 --   w_j = exp(-(d_j^2 - d_1^2) / (temperature * rho))         (rho: avengers.clustering_scale)
 --   score = (sum_j w_j S[c_j,m] + shrinkage * prior[m] + dataset_prior * dprior[m])
 --         / (sum_j w_j n[c_j,m] + shrinkage + dataset_prior)
--- with S and n the outcome sum and count of m in the cluster (cluster_profiles), prior[m] the
+-- with S and n the outcome sum and count of m in the cluster (cluster_profiles; plus the
+-- production outcomes of production_profiles, decayed, times the clustering's production_weight,
+-- so with weight 0 exactly the calibration ones), prior[m] the
 -- model's dataset-balanced calibration mean (model_priors) and dprior[m] the mean of m's
 -- per-dataset means (dataset_profiles) weighted by the neighbourhood's dataset make-up
 -- pi_D = sum_j w_j count(c_j, D) / sum_j w_j size(c_j)  (cluster_datasets; renormalised over the
@@ -312,8 +314,18 @@ BEGIN ATOMIC
     SELECT wt.ord, p.model_id, sum(wt.w * p.score_sum) AS ws, sum(wt.w * p.n) AS wn
     FROM weights wt
     CROSS JOIN LATERAL (
-      SELECT cp.model_id, cp.score_sum, cp.n FROM avengers.cluster_profiles cp
-      WHERE cp.cluster = wt.cluster AND cp.clustering_id = wt.clustering_id OFFSET 0) AS p
+      SELECT cp.model_id, cp.score_sum::double precision AS score_sum,
+             cp.n::double precision AS n
+      FROM avengers.cluster_profiles cp
+      WHERE cp.cluster = wt.cluster AND cp.clustering_id = wt.clustering_id
+      -- Production outcomes at the clustering's weight, as in routing_models.
+      UNION ALL
+      SELECT pp.model_id, k.production_weight * pp.decayed_sum, k.production_weight * pp.decayed_n
+      FROM avengers.production_profiles pp
+      JOIN avengers.active_clustering k ON k.id = pp.clustering_id
+      WHERE pp.cluster = wt.cluster AND pp.clustering_id = wt.clustering_id
+        AND k.production_weight > 0
+      OFFSET 0) AS p
     GROUP BY wt.ord, p.model_id
   ),
   -- Measured tokens and costs of each model near the query: only for a cost-aware route.

@@ -1,8 +1,10 @@
 """The route log: one ``avengers.route_log`` row per answered request (the decision and the vote).
 
 The query text itself is never logged, only its content hash (``textnorm.content_hash``). Each
-row carries the route id its caller got. ``write`` inserts rows on a sync connection, ``awrite`` on
-an async one (the same statement); ``RouteLogWriter`` writes them in the background.
+row carries the route id its caller got. A client made with ``log_vectors`` also keeps the query's
+embedding (and with ``log_texts`` its text) in ``avengers.route_vectors``, so feedback on it counts
+in later clustering versions. ``write`` inserts rows on a sync connection, ``awrite`` on an async
+one (the same statements); ``RouteLogWriter`` writes them in the background.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import psycopg
+from pgvector import Vector
 from psycopg.types.json import Jsonb
 
 from avengers_store.ingest.text_identity import content_hash
@@ -20,11 +24,20 @@ from avengers_store.ingest.text_identity import content_hash
 INSERT_SQL = """
 INSERT INTO avengers.route_log (route_id, api_key_id, query_hash, clustering_id, cluster, distance,
                                 models, strategy, final_answer, vote_share, samples, latency_ms,
-                                metadata)
+                                metadata, answer_model, novelty, ood, ood_policy, exploration,
+                                explored)
 VALUES (%(route_id)s, %(api_key_id)s, %(query_hash)s, %(clustering_id)s, %(cluster)s, %(distance)s,
         %(models)s, %(strategy)s, %(final_answer)s, %(vote_share)s, %(samples)s, %(latency_ms)s,
-        %(metadata)s)
+        %(metadata)s, %(answer_model)s, %(novelty)s, %(ood)s, %(ood_policy)s, %(exploration)s,
+        %(explored)s)
 RETURNING id
+"""
+
+# The vector's space is the one of the clustering that routed it.
+VECTOR_SQL = """
+INSERT INTO avengers.route_vectors (route_id, space_id, embedding, query_text)
+SELECT %(route_id)s, k.space_id, %(embedding)s, %(query_text)s
+FROM avengers.clusterings k WHERE k.id = %(clustering_id)s
 """
 
 
@@ -40,10 +53,13 @@ def entry(
     route_id: uuid.UUID | None = None,
     api_key_id: int | None = None,
     models: Sequence[str] | None = None,
+    vector: Any | None = None,
+    text: str | None = None,
 ) -> dict[str, Any]:
     """The row for one request. ``answer`` is an ensemble Answer, or None when it failed
-        (``error`` then says why). ``route_id`` defaults to the answer's, else a new one; ``models``
-    (the models called) defaults to the answer's."""
+    (``error`` then says why). ``route_id`` defaults to the answer's, else a new one; ``models``
+    (the models called) defaults to the answer's. ``vector`` (the query's embedding as routed)
+    is kept in route_vectors, and ``text`` with it, when given."""
     metadata: dict[str, Any] = {
         "candidates": [c.model for c in decision.candidates] if decision else [],
         **(extra or {}),
@@ -60,21 +76,37 @@ def entry(
         metadata["error"] = error
     if route_id is None:
         route_id = getattr(answer, "route_id", None) or uuid.uuid4()
-    return {
+    called = list(models if models is not None else answer.models if answer else [])
+    answer_model = answer.model if answer is not None else (called[0] if called else None)
+    row = {
         "route_id": route_id,
         "api_key_id": api_key_id,
         "query_hash": content_hash(question),
         "clustering_id": decision.clustering_id if decision else None,
         "cluster": decision.cluster if decision else None,
         "distance": decision.distance if decision else None,
-        "models": list(models if models is not None else answer.models if answer else []),
+        "models": called,
         "strategy": strategy,
         "final_answer": answer.answer if answer is not None else None,
         "vote_share": answer.share if answer is not None else None,
         "samples": len(answer.samples) if answer is not None else 0,
         "latency_ms": max(0.0, latency_ms),
         "metadata": Jsonb(metadata),
+        "answer_model": answer_model,
+        "novelty": getattr(decision, "novelty", None),
+        "ood": getattr(decision, "ood", None),
+        "ood_policy": getattr(decision, "ood_policy", None),
+        "exploration": getattr(decision, "exploration", None),
+        "explored": getattr(decision, "explored", None),
     }
+    if vector is not None and decision is not None:
+        row["vector"] = {
+            "route_id": route_id,
+            "clustering_id": decision.clustering_id,
+            "embedding": Vector(np.asarray(vector, dtype=np.float32)),
+            "query_text": text,
+        }
+    return row
 
 
 def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -84,6 +116,8 @@ def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> list[i
     with conn.transaction(), conn.cursor() as cur:
         for row in rows:
             ids.append(cur.execute(INSERT_SQL, row).fetchone()[0])
+            if "vector" in row:
+                cur.execute(VECTOR_SQL, row["vector"])
     return ids
 
 
@@ -94,4 +128,6 @@ async def awrite(conn: psycopg.AsyncConnection, rows: Sequence[Mapping[str, Any]
         for row in rows:
             await cur.execute(INSERT_SQL, row)
             ids.append((await cur.fetchone())[0])
+            if "vector" in row:
+                await cur.execute(VECTOR_SQL, row["vector"])
     return ids

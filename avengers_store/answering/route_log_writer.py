@@ -2,7 +2,8 @@
 
 ``RouteLogWriter`` takes rows (``route_log.entry``) into a bounded queue and one task writes them
 in batches, one transaction per batch. A full queue makes ``submit`` wait (back-pressure rather
-than dropping rows); ``aclose`` writes everything queued before it returns. A batch that fails is
+than dropping rows); ``flush`` waits until every row submitted so far is written (feedback on an
+answer needs its row), ``aclose`` writes everything queued before it returns. A batch that fails is
 retried with backoff; after the last retry its rows are counted in ``dropped`` and logged by count.
 """
 
@@ -45,6 +46,8 @@ class RouteLogWriter:
         self._closed = False
         self.written = 0
         self.dropped = 0
+        self.submitted = 0
+        self._settled: asyncio.Condition | None = None
         self.on_written: Callable[[int], None] | None = None
 
     @property
@@ -64,6 +67,15 @@ class RouteLogWriter:
         self.start()
         for row in rows:
             await self._queue.put(row)
+            self.submitted += 1
+
+    async def flush(self) -> None:
+        """Wait until every row submitted before the call is written (or given up on)."""
+        target = self.submitted
+        if self._settled is None:
+            self._settled = asyncio.Condition()
+        async with self._settled:
+            await self._settled.wait_for(lambda: self.written + self.dropped >= target)
 
     async def aclose(self) -> None:
         """Write every queued row, then stop. Idempotent."""
@@ -92,6 +104,9 @@ class RouteLogWriter:
                 rows.append(item)
             if rows:
                 await self._write_batch(rows)
+                if self._settled is not None:
+                    async with self._settled:
+                        self._settled.notify_all()
 
     async def _write_batch(self, rows: list[Row]) -> None:
         for attempt in range(self._retries + 1):

@@ -187,7 +187,8 @@ def store_partition(
 ) -> Clustering:
     """Store ``part`` (``fit.partition`` of the vectors of ``query_ids``, in that order) as a new
     clustering version of embedding space ``space_id``, in the caller's transaction: the version
-    row, its centroids and assignments, the centroid index; then mark it ready and, with
+    row (with the served version's loop settings), its centroids and assignments, their distance
+    statistics (``avengers.cluster_distances``), the centroid index; then mark it ready and, with
     ``activate``, serve it (``replaced``: the version it took over from). Returns the stored
     version."""
     if len(query_ids) != len(part.labels):
@@ -212,8 +213,19 @@ def store_partition(
         ),
     ).fetchone()
     clustering_id = row[0]
+    # The loop's settings carry over from the served version: an operator sets them once.
+    conn.execute(
+        """UPDATE avengers.clusterings k
+           SET production_weight = a.production_weight, half_life = a.half_life,
+               exploration = a.exploration, exploration_share = a.exploration_share,
+               ood_quantile = a.ood_quantile
+           FROM avengers.active_clustering a
+           WHERE k.id = %s""",
+        (clustering_id,),
+    )
     _write_centroids(conn, clustering_id, part)
     _write_assignments(conn, clustering_id, query_ids, part)
+    conn.execute("CALL avengers.store_distance_profile(%s)", (clustering_id,))
     # Routing-side structures (an HNSW index for very large k), built in the same transaction so
     # the version is servable the moment it is active.
     prepare_centroid_index(conn, clustering_id)

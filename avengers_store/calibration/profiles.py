@@ -23,7 +23,10 @@ def refresh_profiles(conn: psycopg.Connection) -> None:
 
 @dataclass(frozen=True)
 class ProfileEntry:
-    """One cell of the capability profile: a model on the calibration queries of one cluster."""
+    """One cell of the capability profile: a model on the calibration queries of one cluster
+    (``n``, ``mean_score``, the Wilson bounds and ranks), and beside it the production outcomes
+    served for it (``production_*``, from feedback) and the two pooled at the clustering's
+    production weight (``pooled_mean``)."""
 
     clustering_id: int
     cluster: int
@@ -37,11 +40,16 @@ class ProfileEntry:
     rank: int
     active_rank: int | None
     overall_score: float
+    production_n: int = 0
+    production_mean: float | None = None
+    production_decayed_n: float = 0.0
+    pooled_mean: float | None = None
 
 
 _FIELDS = (
-    "clustering_id, cluster, cluster_size, model, active, n, mean_score, wilson_low, "
-    "wilson_high, rank, active_rank, overall_score"
+    "p.clustering_id, p.cluster, p.cluster_size, p.model, p.active, p.n, p.mean_score, "
+    "p.wilson_low, p.wilson_high, p.rank, p.active_rank, p.overall_score, r.production_n, "
+    "r.production_mean, r.production_decayed_n, r.pooled_mean"
 )
 
 
@@ -82,10 +90,11 @@ def get_profiles(
         ):
             raise NotFound(f"model {model!r} is not in the pool (see `avengers models list`)")
         rows = c.execute(
-            f"""SELECT {_FIELDS} FROM avengers.cluster_profiles
-                WHERE (%(cluster)s::integer IS NULL OR cluster = %(cluster)s)
-                  AND (%(model)s::text IS NULL OR model = %(model)s)
-                ORDER BY cluster, rank""",
+            f"""SELECT {_FIELDS} FROM avengers.cluster_profiles p
+                JOIN avengers.cluster_ranks r ON r.cluster = p.cluster AND r.model = p.model
+                WHERE (%(cluster)s::integer IS NULL OR p.cluster = %(cluster)s)
+                  AND (%(model)s::text IS NULL OR p.model = %(model)s)
+                ORDER BY p.cluster, p.rank""",
             {"cluster": cluster, "model": model},
         ).fetchall()
     return [ProfileEntry(*row) for row in rows]

@@ -17,6 +17,12 @@ measurements. Two datasets that cover exactly the same ground get coincident cen
 reassignment empties one of each pair: k then falls below the request. ``stratify="none"`` is one
 fit over all calibration queries (the paper's recipe).
 
+With ``with_production`` the embeddings of routed queries that clients logged
+(``avengers.route_vectors``, ``log_vectors``) join the fit as one more group: production traffic
+then shapes the centroids, and a kind of question calibration never had gets clusters of its
+own. Only calibration queries are assigned and profiled; a cluster without any (size 0) is scored
+from its neighbours and the priors until feedback on its traffic comes in.
+
 The whole switch — the new version row, its centroids and assignments, the activation and the
 profile refresh — is one transaction: a concurrent router sees the old version or the new one,
 never a mix, and a failure anywhere leaves the previous version serving.
@@ -41,6 +47,7 @@ from avengers_store.calibration.clusterings import (
 from avengers_store.calibration.fit import (
     ALGORITHMS,
     STRATIFY,
+    Partition,
     fit_labels,
     fit_stratified,
     partition,
@@ -77,6 +84,22 @@ def calibration_vectors(
     vectors = np.stack([_as_array(r[1]) for r in rows]).astype(np.float32, copy=False)
     names = np.array([r[2] for r in rows], dtype=object)
     return ids, vectors, names
+
+
+PRODUCTION_GROUP = "(production)"
+
+
+def production_vectors(conn: psycopg.Connection, space_id: int) -> np.ndarray:
+    """The logged embeddings of routed queries in a space (``avengers.route_vectors``)."""
+    with conn.cursor(binary=True) as cur:
+        cur.execute(
+            "SELECT embedding FROM avengers.route_vectors WHERE space_id = %s ORDER BY route_id",
+            (space_id,),
+        )
+        rows = cur.fetchall()
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([_as_array(r[0]) for r in rows]).astype(np.float32, copy=False)
 
 
 def _check_calibration_set(
@@ -146,6 +169,7 @@ def recluster(
     *,
     stratify: str = "dataset",
     activate: bool = True,
+    with_production: bool = False,
     url: str | None = None,
     conn: psycopg.Connection | None = None,
     progress: bool = False,
@@ -158,6 +182,7 @@ def recluster(
     ``keep``: afterwards delete all but the ``keep`` newest non-active versions. The result's
     ``replaced`` is the version it took over from, read under the lock of the switch, so it is
     right when re-clusters run at once (they switch one after the other).
+    ``with_production``: fit on the logged embeddings of routed queries too (module docstring).
     """
     if stratify not in STRATIFY:
         raise InputError(
@@ -192,12 +217,21 @@ def recluster(
                     f"choose a smaller k (e.g. {max(1, min(64, n // 10 or 1))}) or load more data",
                     location="k",
                 )
-            phases.start(f"fit {algorithm} k={k} on {n:,} vectors, stratify={stratify}")
+            extra = production_vectors(c, space.id) if with_production else np.zeros((0, 0))
+            fitted_vectors, groups = vectors, dataset_names
+            if len(extra):
+                fitted_vectors = np.vstack([vectors, extra])
+                groups = np.concatenate(
+                    [dataset_names, np.full(len(extra), PRODUCTION_GROUP, dtype=object)]
+                )
+            phases.start(
+                f"fit {algorithm} k={k} on {len(fitted_vectors):,} vectors, stratify={stratify}"
+            )
             try:
                 if stratify == "dataset":
-                    labels, fit_params = fit_stratified(vectors, dataset_names, k, algorithm, seed)
+                    labels, fit_params = fit_stratified(fitted_vectors, groups, k, algorithm, seed)
                 else:
-                    labels, fit_params = fit_labels(vectors, k, algorithm, seed)
+                    labels, fit_params = fit_labels(fitted_vectors, k, algorithm, seed)
                     fit_params["stratify"] = "none"
             except AvengersError:
                 raise
@@ -205,7 +239,15 @@ def recluster(
                 raise AvengersError(f"{algorithm} fit failed on {n} vectors: {exc}") from exc
             phases.done()
             phases.start("assign to nearest centroid")
-            part = partition(vectors, labels)
+            part = partition(fitted_vectors, labels)
+            if len(extra):
+                # Centroids of everything fitted; assignments and sizes of calibration only.
+                part = Partition(
+                    centroids=part.centroids,
+                    sizes=np.bincount(part.labels[:n], minlength=len(part.centroids)),
+                    labels=part.labels[:n],
+                    distances=part.distances[:n],
+                )
             phases.done()
             phases.start("write centroids and assignments")
             # Before the version is written: what it replaces is read under the switch's lock.
@@ -219,6 +261,8 @@ def recluster(
                 "datasets": dict(zip(names.tolist(), sizes.tolist(), strict=True)),
                 **counts,
             }
+            if with_production:
+                params["production_vectors"] = len(extra)
             stored = store_partition(
                 c,
                 space.id,

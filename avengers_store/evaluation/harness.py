@@ -201,6 +201,10 @@ class Replay:
         if key in self.cache:
             return self.cache[key]
         fitted = reclustering.recluster(k, algorithm, seed, stratify=self.stratify, conn=self.conn)
+        # The replay measures calibration alone, whatever feedback the store holds.
+        self.conn.execute(
+            "UPDATE avengers.clusterings SET production_weight = 0 WHERE id = %s", (fitted.id,)
+        )
         result = self.route_current(fitted.id, fitted.k)
         self.cache[key] = result
         return result

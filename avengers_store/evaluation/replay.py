@@ -39,6 +39,7 @@ from avengers_store.arguments import as_list
 from avengers_store.calibration import fit
 from avengers_store.errors import InputError
 from avengers_store.evaluation import frontier as frontiers
+from avengers_store.evaluation import ood as ood_detection
 from avengers_store.evaluation import sweeps as sweeping
 from avengers_store.evaluation.harness import Replay, progress_bar, summarise
 from avengers_store.evaluation.results import Evaluation, Sweep
@@ -159,6 +160,7 @@ def evaluate(
             progress=progress,
         )
         runs = []
+        detected = []
         routed_at: list[frontiers.SeedRoutes] = []
         costs = None
         with progress_bar(
@@ -167,6 +169,8 @@ def evaluate(
             for seed in seeds:
                 bar.set_postfix_str(f"seed {seed}")
                 runs.append(rp.run(k, algorithm, seed))
+                # The seed's clustering is the served one now: measure its OOD detector.
+                detected.append(ood_detection.measure(rp, chosen))
                 if tradeoffs:
                     if costs is None:
                         costs = frontiers.cost_matrix(rp, np.flatnonzero(rp.test_mask()))
@@ -206,6 +210,7 @@ def evaluate(
             unrouted=sum(r.unrouted for r in rows),
             sweeps=sweeps,
             seconds=0.0,
+            ood=ood_detection.summarise(detected, rp.ood_names),
             frontier=frontier,
         )
         # Everything above wrote only inside this transaction: drop it.

@@ -1,5 +1,5 @@
-"""Reading an ``Evaluation``: text tables for people, PNG plots of the sweeps and of the
-quality-cost frontier."""
+"""Reading an ``Evaluation`` (and an ``OnlineEvaluation``): text tables for people, PNG plots of
+the sweeps and of the quality-cost frontier."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from avengers_store import figures
 
 if TYPE_CHECKING:
+    from avengers_store.evaluation.online import OnlineEvaluation
     from avengers_store.evaluation.results import Evaluation, Frontier, Stat, Sweep
 
 GROUP_TITLES = {"id": "ID macro", "ood": "OOD macro", "ood_all": "OOD macro (all)"}
@@ -101,6 +102,9 @@ def format_tables(result: Evaluation) -> str:
         f"routed picks without a recorded outcome (scored 0): {result.missing_outcomes}; "
         f"queries no active model could take: {result.unrouted}; {result.seconds:.1f} s"
     )
+    if result.ood is not None:
+        lines.append("")
+        lines.append(format_ood(result.ood))
     for sweep in result.sweeps.values():
         lines.append("")
         lines.append(format_sweep(sweep))
@@ -171,6 +175,23 @@ def format_frontier(frontier: Frontier) -> str:
         )
     if frontier.plot:
         lines.append(f"plot: {frontier.plot}")
+    return "\n".join(lines)
+
+
+def format_ood(ood) -> str:
+    """The OOD detector: AUROC of novelty, the share flagged, each policy's macros."""
+    lines = [
+        f"OOD detector (novelty; OOD datasets {', '.join(ood.ood_datasets)}): AUROC "
+        f"{_pm(ood.auroc)}; flagged: in-distribution {_pm(ood.id_flagged)}%, OOD "
+        f"{_pm(ood.ood_flagged)}% ("
+        + ", ".join(f"{d} {_pm(v)}%" for d, v in ood.flagged_per_dataset.items())
+        + ")"
+    ]
+    for p in ood.policies.values():
+        lines.append(
+            f"  policy {p.policy}: ID macro {_pm(p.id_macro)}"
+            + (f", OOD macro {_pm(p.ood_macro)}" if p.ood_macro else "")
+        )
     return "\n".join(lines)
 
 
@@ -257,6 +278,50 @@ def plot_sweeps(result: Evaluation, directory: str | Path) -> dict[str, Path]:
             title=f"{_TITLES.get(name, (name, name))[1]}, method {result.method.name}",
         )
     return out
+
+
+def format_online(result: OnlineEvaluation) -> str:
+    """The arms of an online replay: prequential accuracy overall and per window, macros."""
+    header = ["arm", "overall", "ID macro", "OOD macro", "explored %"]
+    header += [f"w{i + 1}" for i in range(len(next(iter(result.arms.values())).windows))]
+    body = [
+        [
+            arm.name,
+            _pm(arm.accuracy),
+            _pm(arm.id_macro),
+            _pm(arm.ood_macro),
+            f"{arm.explored.mean:.1f}",
+            *(f"{w.mean:.2f}" for w in arm.windows),
+        ]
+        for arm in result.arms.values()
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
+    lines.append("")
+    lines.append(
+        f"{result.stream_queries} test queries streamed per seed in a seeded order, "
+        f"{result.batch} per batch (routed, scored, fed back, refreshed); windows w1..w"
+        f"{len(header) - 5} are consecutive slices of the stream; production weight "
+        f"{result.production_weight:g}, half-life {result.half_life.total_seconds():g} s "
+        f"(one query per second), exploration {' and '.join(result.explorations)}"
+        + (
+            f" (epsilon share {result.exploration_share:g})"
+            if "epsilon" in result.explorations
+            else ""
+        )
+        + f"; method {result.method.name}, {result.algorithm} k={result.k} "
+        f"stratify={result.stratify}; seeds {', '.join(map(str, result.seeds))}; "
+        f"{result.seconds:.1f} s"
+    )
+    if result.online_equals_static is not None:
+        lines.append(
+            "production weight 0: the online arm routed "
+            + ("exactly as" if result.online_equals_static else "DIFFERENTLY from")
+            + " the static one"
+        )
+    return "\n".join(lines)
 
 
 def plot_frontier(frontier: Frontier, path: str | Path, *, title: str | None = None) -> Path:

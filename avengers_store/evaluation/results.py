@@ -164,6 +164,8 @@ class Evaluation:
     sweeps: dict[str, Sweep]
     seconds: float
     frontier: Frontier | None = None
+    # The OOD detector (evaluation.ood.OodDetection) when the test split has OOD datasets.
+    ood: Any = None
 
     @property
     def id_macro(self) -> float:

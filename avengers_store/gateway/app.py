@@ -5,8 +5,10 @@ message, or all of it with ``route_on: "conversation"``), samples and votes with
 answers a standard ``chat.completion`` whose ``model`` is the pool model whose answer won and whose
 ``usage`` sums every sample; the ``x-avengers-*`` headers (and the body's ``avengers`` object) say
 what the router decided. A pool model's name passes the request straight to its endpoint.
-``POST /v1/route`` returns the decision only; ``GET /v1/models``, ``/health``, ``/ready`` and
-``/metrics`` describe the gateway. Route-log rows are written in the background.
+``POST /v1/route`` returns the decision only; ``POST /v1/feedback`` scores an answer by its route
+id; ``GET /v1/models``, ``/health``, ``/ready`` and ``/metrics`` describe the gateway. Route-log
+rows are written in the background, and feedback is served by one refresh per
+``feedback_refresh_s``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -51,6 +54,8 @@ from avengers_store.gateway.protocol import (
     Choice,
     ChunkChoice,
     Delta,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelCard,
     ModelList,
     RouteCandidate,
@@ -66,7 +71,7 @@ from avengers_store.store import schema
 log = logging.getLogger("avengers.gateway")
 
 RECIPE_MODEL = "avengers"
-LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/route"})
+LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/route", "/v1/feedback"})
 KNOWN_PATHS = LIMITED_PATHS | {"/v1/models", "/health", "/ready", "/metrics"}
 _POOL_TTL_S = 2.0
 _DEFAULT_TEMPERATURE = 0.7
@@ -93,10 +98,14 @@ class Gateway:
             embed_threads=settings.embed_threads,
             background_log=True,
             on_stage=self.metrics.stage,
+            log_vectors=settings.log_vectors,
+            log_texts=settings.log_texts,
+            ood_policy=settings.ood_policy,
         )
         self._own_chat = client is None
         self.in_flight = 0
         self._pool: tuple[float, dict[str, Endpoint]] | None = None
+        self._refresh: asyncio.Task[None] | None = None
         self._head = schema.head_revision()
         self._sql_hash = schema.sql_hash()
 
@@ -111,6 +120,13 @@ class Gateway:
             log.warning("gateway started, store not ready: %s", exc)
 
     async def stop(self) -> None:
+        if self._refresh is not None and not self._refresh.done():
+            # Serve the feedback that arrived last before the pools close.
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, AvengersError):
+                await self._refresh
+            with contextlib.suppress(AvengersError):
+                await self.client.refresh_production()
         chat = self.client._chat if self._own_chat else None
         await self.client.aclose()  # writes every queued route-log row first
         if chat is not None:
@@ -167,6 +183,28 @@ class Gateway:
         models = {r[0]: Endpoint(*r) for r in rows}
         self._pool = (now, models)
         return models
+
+    def serve_feedback_soon(self) -> None:
+        """One production refresh ``feedback_refresh_s`` from now, for every feedback row that
+        arrives meanwhile (a refresh per request would serialise them on the view's lock)."""
+        if self._refresh is not None and not self._refresh.done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.settings.feedback_refresh_s)
+            try:
+                await self.client.refresh_production()
+            except AvengersError as exc:
+                log.warning("feedback refresh failed (the next feedback retries): %s", exc)
+
+        self._refresh = asyncio.get_running_loop().create_task(later(), name="avengers-feedback")
+
+    def logged(self, vector: Any, text: str | None) -> dict[str, Any]:
+        """The route-log fields that keep a request's embedding (``--log-vectors``) and its text
+        (``--log-texts``): none unless asked."""
+        if not self.settings.log_vectors or vector is None:
+            return {}
+        return {"vector": vector, "text": text if self.settings.log_texts else None}
 
     def log_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         """Queue rows for the background writer without holding the response."""
@@ -282,6 +320,7 @@ class Recipe:
         self.top_n = req.top_n or s.top_n or core.DEFAULT_TOP_N[self.strategy]
         self.tradeoff, self.max_cost = costs_asked(req.tradeoff, req.max_cost, s)
         self.route_id = uuid.uuid4()
+        self.vector: Any = None  # the embedding the request was routed with
         self.session = request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
 
@@ -303,15 +342,18 @@ class Recipe:
     async def respond(self) -> Response:
         gw, req = self.gw, self.req
         try:
-            self.decision = await gw.client.route(
+            self.decision, self.vector = await gw.client.route_with_vector(
                 self.text,
                 self.top_n,
                 require_endpoint=True,
                 method=req.method,
+                ood_policy=req.ood_policy,
                 tradeoff=self.tradeoff,
                 max_cost=self.max_cost,
                 completions=core.completions_for(self.strategy, self.samples),
             )
+            if self.decision.ood and self.decision.ood_policy == "widen":
+                self.strategy = "model-switch"
             endpoints = await self.candidates(core.endpoints_for(self.decision))
             plan = self.plan(endpoints)
         except AvengersError as exc:
@@ -380,6 +422,7 @@ class Recipe:
                 "stream": self.req.stream,
                 **core.cost_fields(self.decision),
             },
+            **self.gw.logged(self.vector, self.text),
         )
         gw.log_rows([row])
         if self.session and answer.model:
@@ -409,6 +452,7 @@ class Recipe:
                 "stream": self.req.stream,
                 **core.cost_fields(decision),
             },
+            **self.gw.logged(self.vector if decision is not None else None, self.text),
         )
         self.gw.log_rows([row])
         for fallback in getattr(exc, "failures", ()):
@@ -423,6 +467,11 @@ class Recipe:
             distance=d.distance,
             candidates=[c.model for c in d.candidates],
             strategy=self.strategy,
+            novelty=_finite(d.novelty),
+            ood=d.ood,
+            ood_policy=d.ood_policy,
+            exploration=d.exploration,
+            explored=d.explored,
             expected_cost=d.expected_cost,
             over_budget=d.over_budget,
         )
@@ -445,6 +494,7 @@ class Recipe:
             "x-avengers-distance": f"{d.distance:.6f}",
             "x-avengers-candidates": ",".join(c.model for c in d.candidates),
             "x-avengers-strategy": self.strategy,
+            **loop_headers(d),
             **cost_headers(d),
         }
         if answer is not None:
@@ -708,8 +758,13 @@ async def route_only(request: Request) -> Response:
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
     tradeoff, max_cost = costs_asked(req.tradeoff, req.max_cost, gw.settings)
-    decision = await gw.client.route(
-        query, req.top_n, method=req.method, tradeoff=tradeoff, max_cost=max_cost
+    decision, vector = await gw.client.route_with_vector(
+        query,
+        req.top_n,
+        method=req.method,
+        tradeoff=tradeoff,
+        max_cost=max_cost,
+        ood_policy=req.ood_policy,
     )
     route_id = uuid.uuid4()
     gw.log_rows(
@@ -728,6 +783,7 @@ async def route_only(request: Request) -> Response:
                     "vector": question is None,
                     **core.cost_fields(decision),
                 },
+                **gw.logged(vector, question),
             )
         ]
     )
@@ -745,12 +801,20 @@ async def route_only(request: Request) -> Response:
                 n=c.n,
                 wilson_low=c.wilson_low,
                 wilson_high=c.wilson_high,
+                production_n=c.production_n,
+                production_mean=c.production_mean,
                 expected_cost=c.expected_cost,
                 utility=c.utility,
                 over_budget=c.over_budget,
             )
             for c in decision.candidates
         ],
+        novelty=_finite(decision.novelty),
+        ood=decision.ood,
+        ood_policy=decision.ood_policy,
+        production_weight=decision.production_weight,
+        exploration=decision.exploration,
+        explored=decision.explored,
         tradeoff=decision.tradeoff,
         max_cost=decision.max_cost,
         over_budget=decision.over_budget,
@@ -763,9 +827,33 @@ async def route_only(request: Request) -> Response:
             "x-avengers-cluster": str(decision.cluster),
             "x-avengers-distance": f"{decision.distance:.6f}",
             "x-avengers-candidates": ",".join(c.model for c in decision.candidates),
+            **loop_headers(decision),
             **cost_headers(decision),
         },
     )
+
+
+async def feedback(request: Request) -> Response:
+    gw = _gateway(request)
+    await gw.authorize(request)
+    body = await gw.read_json(request)
+    try:
+        req = FeedbackRequest.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+    now = gw.settings.feedback_refresh_s == 0
+    stored = await gw.client.feedback(req.route_id, req.score, req.model, req.source, refresh=now)
+    if not now:
+        gw.serve_feedback_soon()
+    out = FeedbackResponse(
+        id=stored.id,
+        route_id=str(stored.route_id),
+        model=stored.model,
+        score=stored.score,
+        source=stored.source,
+        replaced=stored.replaced,
+    )
+    return JSONResponse(out.model_dump())
 
 
 async def list_models(request: Request) -> Response:
@@ -880,6 +968,7 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", _errors(chat_completions), methods=["POST"]),
             Route("/v1/route", _errors(route_only), methods=["POST"]),
+            Route("/v1/feedback", _errors(feedback), methods=["POST"]),
             Route("/v1/models", _errors(list_models), methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ready", _errors(ready), methods=["GET"]),
@@ -897,3 +986,26 @@ def app_from_env() -> Starlette:
     import os
 
     return create_app(GatewaySettings.from_env(os.environ[ENV]))
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no infinity: an infinitely novel query (every calibration query sat on its
+    # centroid) is sent as a large number.
+    if value is None:
+        return None
+    return value if math.isfinite(value) else 1e300
+
+
+def loop_headers(decision: RouteDecision) -> dict[str, str]:
+    """x-avengers-ood, -novelty and -ood-policy (when the clustering has distance statistics)
+    and x-avengers-explored (when its exploration is on)."""
+    out = {}
+    if decision.novelty is not None:
+        out["x-avengers-novelty"] = f"{decision.novelty:.4f}"
+        out["x-avengers-ood"] = "true" if decision.ood else "false"
+        if decision.ood and decision.ood_policy:
+            out["x-avengers-ood-policy"] = decision.ood_policy
+    if decision.exploration is not None:
+        out["x-avengers-exploration"] = decision.exploration
+        out["x-avengers-explored"] = "true" if decision.explored else "false"
+    return out

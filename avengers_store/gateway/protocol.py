@@ -1,9 +1,11 @@
 """The OpenAI wire format the gateway speaks, declared once: request and response bodies of
-``/v1/chat/completions`` (plain and streamed), ``/v1/models``, ``/v1/route`` and error bodies.
+``/v1/chat/completions`` (plain and streamed), ``/v1/models``, ``/v1/route``, ``/v1/feedback``
+and error bodies.
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
 options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
-``task_type``, ``tradeoff``, ``max_cost``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
+``task_type``, ``tradeoff``, ``max_cost``, ``ood_policy``) are extra body fields, which OpenAI
+SDKs send with ``extra_body``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ MAX_TOP_N = 16
 Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 TaskType = Literal[TASK_TYPES]  # type: ignore[valid-type]
 RouteOn = Literal["last_user", "conversation"]
+OodPolicy = Literal["flag", "best-overall", "widen"]
 
 
 class ContentPart(BaseModel):
@@ -56,6 +59,7 @@ class RecipeOptions(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.0)
     route_on: RouteOn | None = None
     task_type: TaskType | None = None
+    ood_policy: OodPolicy | None = None
     tradeoff: float | None = Field(None, ge=0.0, le=1.0)
     max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
 
@@ -121,6 +125,11 @@ class RouteInfo(BaseModel):
     fallbacks: list[str] = []
     strategy: str | None = None
     samples: int = 0
+    novelty: float | None = None
+    ood: bool | None = None
+    ood_policy: str | None = None
+    exploration: str | None = None
+    explored: bool | None = None
     expected_cost: float | None = None  # of the request on the first candidate
     over_budget: bool = False
 
@@ -180,6 +189,7 @@ class RouteRequest(BaseModel):
     top_n: int = Field(3, ge=1, le=MAX_TOP_N)
     method: Literal["avengers", "paper"] | None = None
     route_on: RouteOn | None = None
+    ood_policy: OodPolicy | None = None
     tradeoff: float | None = Field(None, ge=0.0, le=1.0)
     max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
 
@@ -192,6 +202,8 @@ class RouteCandidate(BaseModel):
     n: int | None
     wilson_low: float | None
     wilson_high: float | None
+    production_n: int | None = None
+    production_mean: float | None = None
     expected_cost: float | None = None
     utility: float | None = None
     over_budget: bool | None = None
@@ -204,9 +216,35 @@ class RouteResponse(BaseModel):
     cluster: int
     distance: float
     candidates: list[RouteCandidate]
+    novelty: float | None = None
+    ood: bool | None = None
+    ood_policy: str | None = None
+    production_weight: float | None = None
+    exploration: str | None = None
+    explored: bool | None = None
     tradeoff: float | None = None
     max_cost: float | None = None
     over_budget: bool = False
+
+
+class FeedbackRequest(BaseModel):
+    """``/v1/feedback``: a score in [0, 1] for the answer of request ``route_id`` (the
+    x-avengers-route-id it got); ``model`` None scores the model whose answer was returned."""
+
+    route_id: str = Field(min_length=1)
+    score: float = Field(ge=0.0, le=1.0)
+    model: str | None = Field(None, min_length=1)
+    source: str = Field("user", min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    object: Literal["avengers.feedback"] = "avengers.feedback"
+    id: int
+    route_id: str
+    model: str
+    score: float
+    source: str
+    replaced: bool
 
 
 class ErrorDetail(BaseModel):

@@ -22,7 +22,11 @@ class GatewaySettings:
     gateway computes expected costs either way); ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
-    call; ``grace_s``: how long shutdown waits for requests in flight."""
+    call; ``grace_s``: how long shutdown waits for requests in flight; ``log_vectors`` /
+    ``log_texts``: keep each routed query's embedding (and text) for later clustering versions;
+    ``ood_policy``: what an out-of-distribution request gets unless it asks otherwise;
+    ``feedback_refresh_s``: feedback is served at most this long after it arrives (one refresh
+    for all that arrived meanwhile; 0: refresh on every feedback request)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -47,15 +51,25 @@ class GatewaySettings:
     pool_size: int = 16
     embed_threads: int | None = 1
     database_url: str | None = None
+    log_vectors: bool = False
+    log_texts: bool = False
+    feedback_refresh_s: float = 1.0
+    ood_policy: str = "flag"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigurationError(f"unknown strategy {self.strategy!r}")
+        if self.ood_policy not in ("flag", "best-overall", "widen"):
+            raise ConfigurationError("ood_policy must be flag, best-overall or widen")
         if self.route_on not in ("last_user", "conversation"):
             raise ConfigurationError("route_on must be last_user or conversation")
         for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.feedback_refresh_s >= 0:
+            raise ConfigurationError(
+                f"feedback_refresh_s must be >= 0, got {self.feedback_refresh_s}"
+            )
         if self.tradeoff is not None and not 0 <= self.tradeoff <= 1:
             raise ConfigurationError(f"tradeoff must be between 0 and 1, got {self.tradeoff}")
         if self.max_cost is not None and not self.max_cost >= 0:

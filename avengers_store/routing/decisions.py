@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One model proposed for a query, best first (rank 1). ``score`` is the routing score
-    (expected quality); ``mean_score``, ``n`` and the Wilson bounds describe the model on the
-    nearest cluster (None when it has no outcome there). With a trade-off or a cost ceiling:
-    ``expected_cost`` of the request on the model (None: it has neither a price nor a measured
-    cost), ``utility`` (what it was ranked by when α < 1) and ``over_budget`` (no candidate
-    fitted the ceiling; this is the cheapest). All three are None on a plain route."""
+    (expected quality, pooling production outcomes at the clustering's weight); ``mean_score``,
+    ``n`` and the Wilson bounds describe the model's calibration outcomes on the nearest cluster
+    (None when it has none there), ``production_n`` and ``production_mean`` (decayed) its
+    feedback there; ``evidence`` is the pseudo-count behind ``score`` (what exploration's Beta
+    posterior uses). With a trade-off or a cost ceiling: ``expected_cost`` of the request on the
+    model (None: it has neither a price nor a measured cost), ``utility`` (what it was ranked by
+    when α < 1) and ``over_budget`` (no candidate fitted the ceiling; this is the cheapest). All
+    three are None on a plain route."""
 
     model: str
     rank: int
@@ -30,12 +34,22 @@ class Candidate:
     expected_cost: float | None = None
     over_budget: bool | None = None
     utility: float | None = None
+    production_n: int | None = None
+    production_mean: float | None = None
+    evidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """Why a query goes where it goes: its cluster in a clustering version and the ranked models.
-    ``tradeoff`` and ``max_cost``: what a cost-aware route asked for (None on a plain route)."""
+
+    ``tradeoff`` and ``max_cost``: what a cost-aware route asked for (None on a plain route).
+    ``novelty``: the distance over the nearest cluster's OOD distance, ``ood`` novelty > 1, and
+    ``ood_policy`` what an out-of-distribution query got (``routing.ood``). ``production_weight``
+    and ``half_life``: how the clustering pools production outcomes into the scores.
+    ``exploration``: the clustering's exploration policy when it is on (with
+    ``exploration_share``), and ``explored`` whether it put another model first than the
+    best-scored one."""
 
     clustering_id: int
     cluster: int
@@ -43,6 +57,14 @@ class RouteDecision:
     candidates: tuple[Candidate, ...]
     tradeoff: float | None = None
     max_cost: float | None = None
+    exploration: str | None = None
+    explored: bool | None = None
+    novelty: float | None = None
+    ood: bool | None = None
+    ood_policy: str | None = None
+    production_weight: float | None = None
+    half_life: timedelta | None = None
+    exploration_share: float | None = None
 
     @property
     def model(self) -> str | None:
@@ -66,13 +88,32 @@ class RouteDecision:
         return any(c.over_budget for c in self.candidates)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["half_life"] = self.half_life.total_seconds() if self.half_life else None
+        return out
 
     def explain(self) -> str:
         lines = [
             f"clustering {self.clustering_id}: nearest cluster {self.cluster} "
             f"(Euclidean distance {self.distance:.4f})"
         ]
+        if self.novelty is not None:
+            verdict = "out of distribution" if self.ood else "in distribution"
+            policy = f"; policy {self.ood_policy}" if self.ood and self.ood_policy else ""
+            lines.append(f"  novelty {self.novelty:.2f}: {verdict}{policy}")
+        if self.production_weight is not None:
+            lines.append(
+                "  scores pool production outcomes at weight "
+                f"{self.production_weight:g} (half-life {_duration(self.half_life)})"
+                if self.production_weight > 0
+                else "  scores use calibration outcomes only (production weight 0)"
+            )
+        if self.exploration is not None:
+            lines.append(
+                f"  exploration {self.exploration}: "
+                + ("another candidate than the best-scored goes first" if self.explored
+                   else "the best-scored candidate stays first")
+            )  # fmt: skip
         if self.costed:
             alpha = 1.0 if self.tradeoff is None else self.tradeoff
             rule = (
@@ -103,6 +144,11 @@ class RouteDecision:
                 if c.mean_score is not None
                 else "no outcome in the cluster"
             )
+            production = (
+                f"; production {c.production_mean:.3f} over {c.production_n} feedback rows"
+                if c.production_n
+                else ""
+            )
             cost = ""
             if self.costed:
                 cost = (
@@ -114,5 +160,17 @@ class RouteDecision:
                     cost += f", utility {c.utility:.3f}"
                 if c.over_budget:
                     cost += " (over budget)"
-            lines.append(f"  {c.rank}. {c.model}: {score}{here}{cost}{where}")
+            lines.append(f"  {c.rank}. {c.model}: {score}{here}{production}{cost}{where}")
         return "\n".join(lines)
+
+
+def _duration(value: timedelta | None) -> str:
+    """A half-life as people write it: '14 days', '36 hours', else timedelta's own form."""
+    if value is None:
+        return "unknown"
+    seconds = value.total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return str(value)

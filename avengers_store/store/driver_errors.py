@@ -78,7 +78,8 @@ def translate(exc: psycopg.Error, *, location: str | None = None) -> AvengersErr
         if diag.message_hint:
             message = f"{message}. {diag.message_hint}"
     if cls is InputError:
-        return InputError(message, location=location)
+        # The store's own RAISEs name the argument they refuse (USING COLUMN = ...).
+        return InputError(message, location=location or diag.column_name)
     return cls(message)
 
 

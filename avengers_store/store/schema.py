@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import create_engine, pool
 
-from avengers_store.errors import AvengersError, SchemaOutOfDate
+from avengers_store.errors import AvengersError, SchemaOutOfDate, StoreStateError
 from avengers_store.store import connections, dependents, driver_errors, sql_fingerprint
 
 SCHEMA = "avengers"
@@ -204,7 +204,12 @@ def upgrade(url: str | None = None, revision: str = "head") -> UpgradeResult:
 
 
 def downgrade(url: str | None = None, revision: str = "base") -> str | None:
-    """Migrate down to ``revision`` (``base`` removes the schema). Returns the new revision."""
+    """Migrate down to ``revision`` (``base`` removes the schema). Returns the new revision.
+
+    This library's ``sql/`` definitions are re-applied when they fit the older schema. When they
+    read tables or columns it does not have, they are left out: the library of that revision
+    re-creates its own with ``avengers db upgrade``. That is refused (nothing changes) when
+    analysts' views or grants on the definitions would be lost with them."""
     target_url = connections.resolve_url(url)
     engine = _engine(target_url)
     with engine.begin() as sa_conn:
@@ -216,9 +221,25 @@ def downgrade(url: str | None = None, revision: str = "base") -> str | None:
         command.downgrade(cfg, revision)
         after = current_revision(raw)
         if after is not None:
-            apply_definitions(raw)
-            if kept is not None:
-                dependents.restore(raw, kept)
+            try:
+                with raw.transaction():  # a savepoint: a failed apply leaves the downgrade
+                    apply_definitions(raw)
+            except AvengersError as exc:
+                if kept is not None and (kept.views or kept.grants):
+                    names = [v.name for v in kept.views] + [g.identity for g in kept.grants]
+                    raise StoreStateError(
+                        f"`avengers db downgrade {revision}` changed nothing: this library's "
+                        f"definitions do not fit revision {after} ({exc}), and these would be "
+                        "lost with them: " + ", ".join(names) + ". Drop them first, or keep "
+                        "the current revision."
+                    ) from exc
+                dependents.write_own_objects(raw, [])
+                raw.execute(
+                    "DELETE FROM avengers.meta WHERE key IN (%s, %s)", (SQL_HASH_KEY, SQL_TEXT_KEY)
+                )
+            else:
+                if kept is not None:
+                    dependents.restore(raw, kept)
     return after
 
 
@@ -263,6 +284,10 @@ TABLES = (
     "route_log",
     "api_keys",
     "gateway_sessions",
+    "feedback",
+    "production_stats",
+    "route_vectors",
+    "cluster_distances",
 )
 
 

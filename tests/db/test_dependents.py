@@ -143,7 +143,10 @@ def _without_wilson_high(files: list[tuple[str, str]]) -> list[tuple[str, str]]:
         (
             name,
             re.sub(
-                r"(CREATE VIEW avengers\.cluster_ranks AS.*?)wilson_high, ", r"\1", text, flags=re.S
+                r"(CREATE VIEW avengers\.cluster_ranks AS.*?)(p\.)?wilson_high, ",
+                r"\1",
+                text,
+                flags=re.S,
             ),
         )  # fmt: skip
         for name, text in files

@@ -1,0 +1,4 @@
+"""Production: what happens after the router answered. Feedback on answered requests (by route
+id) joins the profiles as production outcomes beside the calibration ones; the loop's settings
+per clustering (production weight, half-life, exploration, OOD quantile); and drift, for
+analysts."""

@@ -1,0 +1,132 @@
+"""The loop's settings, per clustering version (columns of ``avengers.clusterings``): how much
+production outcomes count and how fast they fade, exploration, and the OOD threshold.
+
+Defaults, and why:
+- ``production_weight`` 1: a feedback row counts as much as one calibration outcome of the same
+  cluster, before decay. 0 serves calibration outcomes only (the static router, exactly).
+- ``half_life`` 14 days: a row counts half after two weeks, so a cluster's production evidence
+  follows the traffic of about the last month and a model that got worse is seen within weeks.
+- ``exploration`` off: every request goes to the best-scored model until an operator opts in.
+- ``exploration_share`` 0.05: epsilon's share of requests sent to a random candidate.
+- ``ood_quantile`` 0.99: about 1 in 100 calibration queries would be called out of
+  distribution.
+
+A new version (``recluster``) starts with the served version's settings. Changing ``half_life``
+recounts the version's production outcomes and ``ood_quantile`` its distance statistics, in the
+same transaction (a trigger on the table).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+
+from avengers_store.errors import InputError, NotFound, StoreStateError
+from avengers_store.store import connections, driver_errors
+
+EXPLORATION = ("off", "thompson", "epsilon")
+
+_COLUMNS = "id, production_weight, half_life, exploration, exploration_share, ood_quantile"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    clustering_id: int
+    production_weight: float
+    half_life: timedelta
+    exploration: str
+    exploration_share: float
+    ood_quantile: float
+
+
+def _target(conn: psycopg.Connection, clustering_id: int | None) -> int:
+    if clustering_id is not None:
+        found = conn.execute(
+            "SELECT id FROM avengers.clusterings WHERE id = %s", (clustering_id,)
+        ).fetchone()
+        if found is None:
+            raise NotFound(
+                f"clustering {clustering_id} does not exist (see `avengers clusterings list`)"
+            )
+        return clustering_id
+    row = conn.execute("SELECT id FROM avengers.active_clustering").fetchone()
+    if row is None:
+        raise StoreStateError("no clustering is active: name one, or run `avengers recluster`")
+    return row[0]
+
+
+def loop_settings(
+    clustering_id: int | None = None,
+    *,
+    url: str | None = None,
+    conn: psycopg.Connection | None = None,
+) -> LoopSettings:
+    """The settings of a clustering version (default: the active one)."""
+    with connections.connection(url, conn=conn) as c:
+        target = _target(c, clustering_id)
+        row = c.execute(
+            f"SELECT {_COLUMNS} FROM avengers.clusterings WHERE id = %s", (target,)
+        ).fetchone()
+    return LoopSettings(*row)
+
+
+def configure(
+    clustering_id: int | None = None,
+    *,
+    production_weight: float | None = None,
+    half_life: timedelta | None = None,
+    exploration: str | None = None,
+    exploration_share: float | None = None,
+    ood_quantile: float | None = None,
+    url: str | None = None,
+    conn: psycopg.Connection | None = None,
+) -> LoopSettings:
+    """Change the given settings of a clustering version (default: the active one) in one
+    transaction, with what they change (production outcomes recounted, distance statistics
+    rewritten, the served views refreshed); returns the settings now in force."""
+    changes: dict[str, object] = {}
+    if production_weight is not None:
+        if not (0.0 <= float(production_weight) < math.inf):
+            raise InputError(
+                f"production_weight must be >= 0 and finite, got {production_weight}",
+                location="production_weight",
+            )
+        changes["production_weight"] = float(production_weight)
+    if half_life is not None:
+        if not isinstance(half_life, timedelta) or half_life <= timedelta(0):
+            raise InputError(
+                f"half_life must be a positive duration, got {half_life!r}", location="half_life"
+            )
+        changes["half_life"] = half_life
+    if exploration is not None:
+        if exploration not in EXPLORATION:
+            raise InputError(
+                f"unknown exploration {exploration!r}; choose one of {', '.join(EXPLORATION)}",
+                location="exploration",
+            )
+        changes["exploration"] = exploration
+    if exploration_share is not None:
+        if not 0.0 <= float(exploration_share) <= 1.0:
+            raise InputError(
+                f"exploration_share must be in [0, 1], got {exploration_share}",
+                location="exploration_share",
+            )
+        changes["exploration_share"] = float(exploration_share)
+    if ood_quantile is not None:
+        if not 0.0 < float(ood_quantile) < 1.0:
+            raise InputError(
+                f"ood_quantile must be in (0, 1), got {ood_quantile}", location="ood_quantile"
+            )
+        changes["ood_quantile"] = float(ood_quantile)
+    with connections.connection(url, conn=conn) as c, driver_errors.translated(), c.transaction():
+        target = _target(c, clustering_id)
+        if changes:
+            assignments = ", ".join(f"{name} = %({name})s" for name in changes)
+            c.execute(
+                f"UPDATE avengers.clusterings SET {assignments} WHERE id = %(id)s",
+                {**changes, "id": target},
+            )
+        return loop_settings(target, conn=c)
