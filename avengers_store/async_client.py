@@ -48,7 +48,8 @@ class AsyncAvengersClient:
     """Route and answer queries with the store at ``url`` from asyncio.
 
     Options as ``AvengersClient`` (``read_url``, ``embedder``, ``prompts``, ``threshold``,
-    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``), and:
+    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``timeout``, ``method``,
+    ``prepared_statements``), and:
     ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
     torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
     per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
@@ -67,6 +68,7 @@ class AsyncAvengersClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         pool_size: int = 8,
         max_concurrency: int = 16,
+        timeout: float | None = core.DEFAULT_TIMEOUT,
         method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
         embed_threads: int | None = 1,
@@ -81,6 +83,8 @@ class AsyncAvengersClient:
             raise InputError(
                 f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
             )
+        core.check_timeout(timeout)
+        self.timeout = timeout
         self.method = routing.routing_method(method)
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
@@ -325,12 +329,20 @@ class AsyncAvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        timeout: float | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer (``decision`` and ``route_id`` filled)."""
+        Answer (``decision`` and ``route_id`` filled). ``timeout`` as ``AvengersClient.ask``."""
         results = await self.ask_many(
-            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
+            [text],
+            samples,
+            strategy,
+            task_type,
+            top_n,
+            timeout=timeout,
+            conn=conn,
+            return_exceptions=False,
         )
         return results[0]  # type: ignore[return-value]
 
@@ -344,19 +356,23 @@ class AsyncAvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        timeout: float | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
         ``max_concurrency`` questions sampled at a time; a route_log row each (failed ones
-        too). With ``return_exceptions`` a failed question yields its AvengersError."""
+        too). With ``return_exceptions`` a failed question yields its AvengersError.
+        ``timeout`` bounds each question as ``AvengersClient.ask_many`` says."""
         core.check_ask(texts, strategy)
+        core.check_timeout(timeout)
+        limit = timeout if timeout is not None else self.timeout
         if not texts:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
         decisions = await self.route_many(list(texts), n, require_endpoint=True, conn=conn)
         routed_ms = (time.perf_counter() - started) * 1000.0
-        options = {
+        options: dict[str, Any] = {
             "samples": samples,
             "strategy": strategy,
             "task_type": task_type,
@@ -369,9 +385,10 @@ class AsyncAvengersClient:
         async def one(i: int) -> core.Outcome:
             async with gate:
                 began = time.perf_counter()
+                deadline = core.question_deadline(limit, routed_ms / 1000.0)
                 try:
                     plan = strategies.answer_plan(
-                        texts[i], core.endpoints_for(decisions[i]), **options
+                        texts[i], core.endpoints_for(decisions[i]), deadline=deadline, **options
                     )
                     result = await self.run_plan(plan)
                     return result, None, (time.perf_counter() - began) * 1000.0

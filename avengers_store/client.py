@@ -61,6 +61,7 @@ class AvengersClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         pool_size: int = 4,
         max_concurrency: int = 4,
+        timeout: float | None = core.DEFAULT_TIMEOUT,
         method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
     ) -> None:
@@ -70,6 +71,8 @@ class AvengersClient:
             raise InputError(
                 f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
             )
+        core.check_timeout(timeout)
+        self.timeout = timeout
         self.method = routing.routing_method(method)
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
@@ -276,12 +279,22 @@ class AvengersClient:
         task_type: str | None = None,
         top_n: int | None = None,
         *,
+        timeout: float | None = None,
         conn: psycopg.Connection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included)."""
+        Answer with ``decision`` filled. ``latency_ms`` is end to end (embedding included).
+        ``timeout`` (seconds; default the client's) bounds it all, fallbacks included: past it
+        the samples drawn are voted on, or AllEndpointsFailed (``timed_out``) is raised."""
         return self.ask_many(
-            [text], samples, strategy, task_type, top_n, conn=conn, return_exceptions=False
+            [text],
+            samples,
+            strategy,
+            task_type,
+            top_n,
+            timeout=timeout,
+            conn=conn,
+            return_exceptions=False,
         )[0]  # type: ignore[return-value]
 
     def ask_many(
@@ -294,20 +307,25 @@ class AvengersClient:
         *,
         max_concurrency: int | None = None,
         return_exceptions: bool = False,
+        timeout: float | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
         ``max_concurrency`` questions sampled at a time. Every question writes a route_log row
         (failed ones too, with the error). With ``return_exceptions`` a failed question yields
-        its AvengersError in place of an Answer."""
+        its AvengersError in place of an Answer. ``timeout`` bounds each question as ``ask``
+        would: the shared embedding and routing plus its own sampling (waiting for a free slot
+        among ``max_concurrency`` is not counted)."""
         core.check_ask(texts, strategy)
+        core.check_timeout(timeout)
+        limit = timeout if timeout is not None else self.timeout
         if not texts:
             return []
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
         decisions = self.route_many(list(texts), n, require_endpoint=True, conn=conn)
         routed_ms = (time.perf_counter() - started) * 1000.0
-        options = {
+        options: dict[str, Any] = {
             "samples": samples,
             "strategy": strategy,
             "task_type": task_type,
@@ -318,8 +336,9 @@ class AvengersClient:
 
         def one(i: int) -> tuple[strategies.Answer | None, AvengersError | None, float]:
             began = time.perf_counter()
+            deadline = core.question_deadline(limit, routed_ms / 1000.0)
             try:
-                result = self._answer_one(texts[i], decisions[i], options)
+                result = self._answer_one(texts[i], decisions[i], {**options, "deadline": deadline})
                 return result, None, (time.perf_counter() - began) * 1000.0
             except AvengersError as exc:
                 return None, exc, (time.perf_counter() - began) * 1000.0

@@ -38,12 +38,17 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
     help='JSONL of {"text": ...} per line (- for stdin); one JSON answer per line out.'
 )
 @options.concurrency(help="Questions in flight at once with --file.")
+@options.timeout(
+    help="Seconds one answer may take in all: embedding, routing, every model call, retry and "
+    "fallback. Each ranked model gets an equal share of the time left when its turn comes."
+)
 @options.max_tokens
 @options.method
 @options.json_output
 def command(
-    text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, method, as_json
-) -> None:
+    text, samples, strategy, top_n, task_type, file_, concurrency, timeout, max_tokens, method,
+    as_json,
+) -> None:  # fmt: skip
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
 
     With --json the sampled answers are printed too.
@@ -53,12 +58,13 @@ def command(
       avengers ask "What is 7*6?" --samples 5 --json
       avengers ask "Which planet is largest? A) Mars B) Jupiter" --task-type multiple_choice
       avengers ask "Prove that ..." --strategy model-switch --top-n 2
+      avengers ask "What is 7*6?" --timeout 5
       avengers ask --file questions.jsonl --samples 5 > answers.jsonl
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
     with AvengersClient(
-        max_concurrency=concurrency, max_tokens=max_tokens, method=method
+        max_concurrency=concurrency, max_tokens=max_tokens, method=method, timeout=timeout
     ) as client:
         if file_ is not None:
             texts = read_jsonl(file_, allow_vectors=False)

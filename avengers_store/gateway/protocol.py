@@ -3,7 +3,7 @@
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
 options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
-``task_type``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
+``task_type``, ``timeout``) are extra body fields, which OpenAI SDKs send with ``extra_body``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class RecipeOptions(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.0)
     route_on: RouteOn | None = None
     task_type: TaskType | None = None
+    timeout: float | None = Field(None, gt=0.0)  # seconds, at most the gateway's own
 
 
 class ChatCompletionRequest(RecipeOptions):

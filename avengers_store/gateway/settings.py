@@ -20,7 +20,8 @@ class GatewaySettings:
     recipe defaults a request may override; ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
-    call; ``grace_s``: how long shutdown waits for requests in flight."""
+    call; ``timeout_s``: the deadline of one request as a whole (routing, every model call, retry
+    and fallback; a request's ``timeout`` may shorten it); ``grace_s``: how long shutdown waits for requests in flight."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -39,6 +40,7 @@ class GatewaySettings:
     keepalive_s: float = 5.0
     upstream_timeout_s: float = 120.0
     upstream_retries: int = 2
+    timeout_s: float = 120.0
     grace_s: float = 30.0
     pool_size: int = 16
     embed_threads: int | None = 1
@@ -52,6 +54,8 @@ class GatewaySettings:
         for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.timeout_s > 0:
+            raise ConfigurationError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
         if not self.auth and not is_loopback(self.host):
             raise ConfigurationError(
                 f"--no-auth is only allowed on a loopback address, not {self.host}: create a key "
