@@ -15,6 +15,13 @@ class ConnectionFailed(AvengersError):
     """The database could not be reached."""
 
 
+class StoreUnavailable(ConnectionFailed):
+    """The store's database was lost or cannot be reached now (stopped, restarting, unreachable).
+
+    The call kept nothing half done; the message says how to start or reach the store. The
+    clients reconnect by themselves on a later call once the server is back."""
+
+
 class ExtensionMissing(AvengersError):
     """The target database lacks pgvector."""
 

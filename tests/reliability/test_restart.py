@@ -20,6 +20,7 @@ from avengers_store import AvengersClient
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.errors import StoreUnavailable
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.store import connections
 from avengers_store.testing import (
     RANKED_MODELS,
     OwnServer,
@@ -46,8 +47,9 @@ def llm():
 @pytest.fixture(scope="module")
 def server(llm) -> OwnServer:
     with own_postgres_server() as own:
-        with psycopg.connect(own.url) as conn:
+        with connections.connect(own.url) as conn:
             add_scripted_store(conn, llm.base_url)
+            conn.commit()
         yield own
 
 
