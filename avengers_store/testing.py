@@ -173,8 +173,9 @@ class Replica:
 
 @contextlib.contextmanager
 def streaming_replica(primary: OwnServer, port: int = 5433) -> Iterator[Replica]:
-    """A real streaming replica of ``primary``: ``pg_basebackup -R`` of it, started as a hot
-    standby on its own socket directory; ``url`` names its copy of the store's database."""
+    """A real streaming replica of ``primary``: ``pg_basebackup -R`` of it (a fast checkpoint,
+    else it waits for the next one), started as a hot standby on its own socket directory;
+    ``url`` names its copy of the store's database."""
     pgdata = primary.home / "replica"
     pgdata.mkdir(mode=0o700)
     user = embedded._system_user()
@@ -182,7 +183,7 @@ def streaming_replica(primary: OwnServer, port: int = 5433) -> Iterator[Replica]
         shutil.chown(pgdata, user)
     _as_server_user(
         pg_bin("pg_basebackup"), "-h", str(primary.pgdata), "-U", "postgres", "-D", str(pgdata),
-        "-R", "-X", "stream",
+        "-R", "-X", "stream", "-c", "fast",
     )  # fmt: skip
     dbname = psycopg.conninfo.conninfo_to_dict(primary.url)["dbname"]
     url = make_conninfo(primary.url, host=str(pgdata), port=str(port), dbname=dbname)

@@ -39,7 +39,7 @@ def test_external_store_message_names_the_variable_and_hides_the_password(monkey
 
 
 def test_replica_message_says_how_to_read_from_the_primary():
-    url = "host=/tmp/replica dbname=avengers password=s3cret-pw"
+    url = "host=replica.example dbname=avengers password=s3cret-pw"
     text = str(availability.unavailable(url, ConnectionFailed("x"), role="replica"))
     assert "AVENGERS_READ_DATABASE_URL" in text and "s3cret-pw" not in text
 
