@@ -64,6 +64,14 @@ def logged(url: str) -> int:
         return conn.execute("SELECT count(*) FROM avengers.route_log").fetchone()[0]
 
 
+def answers_logged(url: str) -> int:
+    """route_log rows of answers (a failed request's row carries its error instead)."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM avengers.route_log WHERE NOT metadata ? 'error'"
+        ).fetchone()[0]
+
+
 def until_serving(call, started: float, limit: float = 10.0) -> float:
     """Seconds from ``started`` until ``call()`` first succeeds (StoreUnavailable meanwhile)."""
     while True:
@@ -223,3 +231,42 @@ def test_gateway_answers_503_while_the_store_is_down_and_recovers_by_itself(runn
     assert up.json()["choices"][0]["message"]["content"]
     record("gateway, store stopped (503)", bound_s=3.0, measured_s=round(down_s, 3))
     record("gateway, back after start", bound_s=RECOVERY_S, measured_s=round(back_s, 3))
+
+
+def test_gateway_in_a_loop_across_restarts_logs_exactly_its_answers(running, record):
+    """Requests without pause while the server is stopped and started twice: each gets 200 or
+    503, and once the gateway has shut down (its background writer flushed) route_log holds one
+    answer row per 200 (a row whose write met the outage was retried, not lost); the 503s' error
+    rows are written when the store is back in time, never as answers."""
+    before = answers_logged(running.url)
+    chat = {"model": "avengers", "messages": [{"role": "user", "content": QUESTION}]}
+    statuses: list[int] = []
+    done = threading.Event()
+    with gateway_server(GatewaySettings(auth=False), database_url=running.url) as gw:
+        url = gw.base_url + "/v1/chat/completions"
+
+        def loop() -> None:
+            with httpx.Client(timeout=30) as http:
+                while not done.is_set():
+                    statuses.append(http.post(url, json=chat).status_code)
+
+        thread = threading.Thread(target=loop)
+        thread.start()
+        for _ in range(2):
+            time.sleep(1.0)
+            running.stop()
+            time.sleep(0.5)
+            running.start()
+        time.sleep(1.0)
+        done.set()
+        thread.join(timeout=60)
+    answered = statuses.count(200)
+    assert set(statuses) <= {200, 503}, statuses
+    assert answered > 0 and 503 in statuses
+    assert answers_logged(running.url) - before == answered
+    record(
+        "gateway requests across 2 restarts",
+        answered=answered,
+        unavailable=statuses.count(503),
+        answer_rows_logged=answers_logged(running.url) - before,
+    )
