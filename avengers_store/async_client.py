@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from avengers_store import client_core as core
 from avengers_store import routing
@@ -38,11 +38,11 @@ from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
 from avengers_store.client_core import Query
-from avengers_store.errors import AvengersError, InputError
+from avengers_store.errors import AvengersError, ConnectionFailed, InputError, StoreUnavailable
 from avengers_store.production import feedback
 from avengers_store.routing import RouteDecision, loop, ood
 from avengers_store.routing.adapters import aensure_vector_types
-from avengers_store.store import config, connections, schema
+from avengers_store.store import availability, config, connections, schema
 
 StageObserver = Callable[[str, float], None]
 
@@ -51,8 +51,8 @@ class AsyncAvengersClient:
     """Route and answer queries with the store at ``url`` from asyncio.
 
     Options as ``AvengersClient`` (``read_url``, ``embedder``, ``prompts``, ``threshold``,
-    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``method``, ``prepared_statements``,
-    ``log_vectors``, ``log_texts``, ``ood_policy``, ``seed``), and:
+    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``timeout``, ``method``,
+    ``prepared_statements``, ``log_vectors``, ``log_texts``, ``ood_policy``, ``seed``), and:
     ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
     torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
     per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
@@ -71,6 +71,7 @@ class AsyncAvengersClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         pool_size: int = 8,
         max_concurrency: int = 16,
+        timeout: float | None = core.DEFAULT_TIMEOUT,
         method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
         embed_threads: int | None = 1,
@@ -90,6 +91,8 @@ class AsyncAvengersClient:
             raise InputError(
                 f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
             )
+        core.check_timeout(timeout)
+        self.timeout = timeout
         self.method = routing.routing_method(method)
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
@@ -113,6 +116,8 @@ class AsyncAvengersClient:
         self._serving_cache: tuple[int | None, Embedder] | None = None
         self._batcher = EmbeddingBatcher(threads=embed_threads, max_batch=max_embed_batch)
         self._pools: dict[str, AsyncConnectionPool] = {}
+        self._replica = availability.ReplicaState()
+        self._closing: set[asyncio.Task[None]] = set()
         self._pool_lock: asyncio.Lock | None = None
         self._closed = False
         self._log_queue = log_queue
@@ -134,28 +139,31 @@ class AsyncAvengersClient:
             if pool is not None:
                 return pool
             if role == "read" and self.read_url is None:
-                pool = self._pools.get("write") or await self._new_pool(
-                    await asyncio.to_thread(connections.resolve_url, self.url)
-                )
+                pool = self._pools.get("write") or await self._new_pool(await self._primary_url())
                 self._pools["write"] = pool
             else:
-                target = (
-                    self.read_url
-                    if role == "read"
-                    else await asyncio.to_thread(connections.resolve_url, self.url)
-                )
-                pool = await self._new_pool(target)
+                target = self.read_url if role == "read" else await self._primary_url()
+                pool = await self._new_pool(target, role)
             self._pools[role] = pool
             return pool
 
-    async def _new_pool(self, target: str) -> AsyncConnectionPool:
+    async def _primary_url(self) -> str:
+        try:
+            return await asyncio.to_thread(connections.resolve_url, self.url)
+        except ConnectionFailed as exc:  # the embedded server could not be started
+            raise availability.unavailable(self.url, exc) from exc
+
+    async def _new_pool(self, target: str, role: str = "write") -> AsyncConnectionPool:
         # One probe connection first, as the sync client does (clear errors, the schema check),
         # in a thread: it is the sync code path.
         def probe() -> None:
             with connections.connect(target) as conn:
                 schema.check_revision(conn)
 
-        await asyncio.to_thread(probe)
+        try:
+            await asyncio.to_thread(probe)
+        except ConnectionFailed as exc:
+            raise self._unavailable(role, exc) from exc
         kwargs: dict[str, Any] = {"autocommit": True}
         if not self.prepared_statements:
             kwargs["prepare_threshold"] = None
@@ -167,22 +175,75 @@ class AsyncAvengersClient:
             configure=aensure_vector_types,
             open=False,
             name=f"avengers-async-{connections.redact(target)}",
+            timeout=availability.CHECKOUT_TIMEOUT_S,
         )
         await pool.open(wait=True, timeout=30)
         return pool
+
+    def _unavailable(self, role: str, exc: BaseException) -> StoreUnavailable:
+        if role == "read" and self.read_url is not None:
+            return availability.unavailable(self.read_url, exc, role="replica")
+        return availability.unavailable(self.url, exc)
+
+    def _forget(self, pool: AsyncConnectionPool) -> None:
+        """Stop using ``pool`` (its server was lost), as ``AvengersClient._forget`` does."""
+        for role in [r for r, p in self._pools.items() if p is pool]:
+            del self._pools[role]
+        task = asyncio.get_running_loop().create_task(pool.close(timeout=5))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     @asynccontextmanager
     async def connection(
         self, role: str = "read", conn: psycopg.AsyncConnection | None = None
     ) -> AsyncIterator[psycopg.AsyncConnection]:
-        """A pooled connection (``read``: the replica if any; ``write``: the primary), or
-        ``conn`` when given."""
+        """A pooled connection (``read``: the replica if any and up, else the primary;
+        ``write``: the primary), or ``conn`` when given. Losing the server raises
+        StoreUnavailable; the next call reconnects."""
         if conn is not None:
             yield conn
             return
-        pool = await self._open_pool(role)
-        async with pool.connection() as pooled:
+        if role == "read" and self.read_url is not None and not self._replica.usable():
+            role = "write"
+        try:
+            pooled, pool = await self._checkout(role)
+        except StoreUnavailable:
+            if role != "read" or self.read_url is None:
+                raise
+            self._replica.failed()  # reads fall back to the primary for a moment
+            role = "write"
+            pooled, pool = await self._checkout(role)
+        try:
             yield pooled
+        except (psycopg.OperationalError, ConnectionFailed) as exc:
+            if not availability.is_lost(exc, pooled):
+                raise
+            self._forget(pool)
+            if role == "read" and self.read_url is not None:
+                self._replica.failed()
+            raise self._unavailable(role, exc) from exc
+        finally:
+            await pool.putconn(pooled)
+
+    async def _checkout(self, role: str) -> tuple[psycopg.AsyncConnection, AsyncConnectionPool]:
+        """A pooled connection checked alive and its pool (see ``AvengersClient._checkout``)."""
+        for _ in range(2):
+            pool = await self._open_pool(role)
+            try:
+                pooled = await pool.getconn()
+            except PoolClosed:
+                continue  # another task found the server lost and replaced the pool
+            except PoolTimeout as exc:
+                self._forget(pool)
+                raise self._unavailable(role, exc) from exc
+            try:
+                await AsyncConnectionPool.check_connection(pooled)
+            except psycopg.Error:
+                await pool.putconn(pooled)
+                self._forget(pool)
+                continue
+            return pooled, pool
+        raise self._unavailable(role, ConnectionFailed("the connection was lost"))
 
     @property
     def chat(self) -> AsyncChatClient:
@@ -201,6 +262,8 @@ class AsyncAvengersClient:
         pools, self._pools = {id(p): p for p in self._pools.values()}, {}
         for pool in pools.values():
             await pool.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if self._own_chat and self._chat is not None:
             await self._chat.aclose()
         self._chat = None
@@ -445,14 +508,15 @@ class AsyncAvengersClient:
         tradeoff: float | None = None,
         max_cost: float | None = None,
         ood_policy: str | None = None,
+        timeout: float | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer (``decision`` and ``route_id`` filled); ``tradeoff``, ``max_cost`` and
-        ``ood_policy`` as in ``AvengersClient.ask``."""
+        Answer (``decision`` and ``route_id`` filled); ``tradeoff``, ``max_cost``,
+        ``ood_policy`` and ``timeout`` as in ``AvengersClient.ask``."""
         results = await self.ask_many(
             [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
-            ood_policy=ood_policy, conn=conn, return_exceptions=False,
+            ood_policy=ood_policy, timeout=timeout, conn=conn, return_exceptions=False,
         )  # fmt: skip
         return results[0]  # type: ignore[return-value]
 
@@ -469,12 +533,16 @@ class AsyncAvengersClient:
         tradeoff: float | None = None,
         max_cost: float | None = None,
         ood_policy: str | None = None,
+        timeout: float | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
         ``max_concurrency`` questions sampled at a time; a route_log row each (failed ones
-        too). With ``return_exceptions`` a failed question yields its AvengersError."""
+        too). With ``return_exceptions`` a failed question yields its AvengersError.
+        ``timeout`` bounds each question as ``AvengersClient.ask_many`` says."""
         core.check_ask(texts, strategy)
+        core.check_timeout(timeout)
+        limit = timeout if timeout is not None else self.timeout
         if not texts:
             return []
         started = time.perf_counter()
@@ -485,7 +553,7 @@ class AsyncAvengersClient:
             completions=core.completions_for(strategy, samples), ood_policy=ood_policy, conn=conn,
         )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
-        options = {
+        options: dict[str, Any] = {
             "samples": samples,
             "strategy": strategy,
             "task_type": task_type,
@@ -498,10 +566,12 @@ class AsyncAvengersClient:
         async def one(i: int) -> core.Outcome:
             async with gate:
                 began = time.perf_counter()
+                deadline = core.question_deadline(limit, routed_ms / 1000.0)
                 try:
                     plan = strategies.answer_plan(
                         texts[i],
                         core.endpoints_for(decisions[i]),
+                        deadline=deadline,
                         **core.options_for(decisions[i], options),
                     )
                     result = await self.run_plan(plan)

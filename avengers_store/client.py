@@ -3,7 +3,10 @@
 Sync and thread-safe. The constructor connects to nothing; the first call opens one
 ``psycopg_pool.ConnectionPool`` (pgvector registered on each connection) and checks the schema
 revision once. With a read replica (``read_url`` or ``AVENGERS_READ_DATABASE_URL``) routing reads
-go to it and writes (the route log) to the primary. Every method takes ``conn=`` to run in the
+go to it and writes (the route log) to the primary; while the replica is down, reads go to the
+primary, and back to the replica a second after it answers again. Losing the database raises
+``StoreUnavailable``; the next call after the server is back reconnects (see
+``store.availability``). Every method takes ``conn=`` to run in the
 caller's connection and transaction instead. ``AsyncAvengersClient`` is its asyncio twin; what
 they share (checks, lookups, answers to results and log rows) is in ``client_core``, the routing
 statements in ``routing``, and the strategies in ``answering.strategies``.
@@ -11,6 +14,7 @@ statements in ``routing``, and the strategies in ``answering.strategies``.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from avengers_store import client_core as core
 from avengers_store import routing
@@ -31,10 +35,10 @@ from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient
 from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.client_core import DEFAULT_TOP_N, Query
-from avengers_store.errors import AvengersError, InputError
+from avengers_store.errors import AvengersError, ConnectionFailed, InputError, StoreUnavailable
 from avengers_store.production import feedback
 from avengers_store.routing import RouteDecision, loop, ood
-from avengers_store.store import config, connections, schema
+from avengers_store.store import availability, config, connections, schema
 
 __all__ = ["DEFAULT_TOP_N", "AvengersClient", "Query"]
 
@@ -70,6 +74,7 @@ class AvengersClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         pool_size: int = 4,
         max_concurrency: int = 4,
+        timeout: float | None = core.DEFAULT_TIMEOUT,
         method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
         log_vectors: bool = False,
@@ -84,6 +89,8 @@ class AvengersClient:
             raise InputError(
                 f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
             )
+        core.check_timeout(timeout)
+        self.timeout = timeout
         self.method = routing.routing_method(method)
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
@@ -105,6 +112,7 @@ class AvengersClient:
         self._embedders: dict[int, Embedder] = {}
         self._serving_cache: tuple[int | None, Embedder] | None = None
         self._pools: dict[str, ConnectionPool] = {}
+        self._replica = availability.ReplicaState()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -118,19 +126,28 @@ class AvengersClient:
             if pool is not None:
                 return pool
             if role == "read" and self.read_url is None:
-                pool = self._pools.get("write") or self._new_pool(connections.resolve_url(self.url))
+                pool = self._pools.get("write") or self._new_pool(self._primary_url())
                 self._pools["write"] = pool
             else:
-                target = self.read_url if role == "read" else connections.resolve_url(self.url)
-                pool = self._new_pool(target)
+                target = self.read_url if role == "read" else self._primary_url()
+                pool = self._new_pool(target, role)
             self._pools[role] = pool
             return pool
 
-    def _new_pool(self, target: str) -> ConnectionPool:
+    def _primary_url(self) -> str:
+        try:
+            return connections.resolve_url(self.url)
+        except ConnectionFailed as exc:  # the embedded server could not be started
+            raise availability.unavailable(self.url, exc) from exc
+
+    def _new_pool(self, target: str, role: str = "write") -> ConnectionPool:
         # One probe connection first: clear errors (unreachable server, no pgvector) and the
         # schema check, before a pool starts retrying in the background.
-        with connections.connect(target) as probe:
-            schema.check_revision(probe)
+        try:
+            with connections.connect(target) as probe:
+                schema.check_revision(probe)
+        except ConnectionFailed as exc:
+            raise self._unavailable(role, exc) from exc
         pool = ConnectionPool(
             target,
             min_size=1,
@@ -141,19 +158,78 @@ class AvengersClient:
             configure=lambda c: connections.register_vector(c, target),
             open=False,
             name=f"avengers-{connections.redact(target)}",
+            timeout=availability.CHECKOUT_TIMEOUT_S,
         )
         pool.open(wait=True, timeout=30)
         return pool
+
+    def _unavailable(self, role: str, exc: BaseException) -> StoreUnavailable:
+        if role == "read" and self.read_url is not None:
+            return availability.unavailable(self.read_url, exc, role="replica")
+        return availability.unavailable(self.url, exc)
+
+    def _forget(self, pool: ConnectionPool) -> None:
+        """Stop using ``pool`` (its server was lost): the next call makes a new one, which
+        probes the server first, so a server that is back serves at once and one still down
+        is reported at once, instead of waiting out the pool's reconnection backoff."""
+        with self._lock:
+            roles = [r for r, p in self._pools.items() if p is pool]
+            for r in roles:
+                del self._pools[r]
+        # Closed aside: closing waits for its workers, and in-use connections return to it.
+        threading.Thread(target=pool.close, kwargs={"timeout": 5}, daemon=True).start()
 
     @contextmanager
     def _connection(
         self, conn: psycopg.Connection | None, role: str
     ) -> Iterator[psycopg.Connection]:
+        """``conn``, or a live pooled connection (``read``: the replica when there is one and
+        it is up, else the primary). Losing the server raises StoreUnavailable."""
         if conn is not None:
             yield conn
             return
-        with self._open_pool(role).connection() as pooled:
+        if role == "read" and self.read_url is not None and not self._replica.usable():
+            role = "write"
+        try:
+            pooled, pool, release = self._checkout(role)
+        except StoreUnavailable:
+            if role != "read" or self.read_url is None:
+                raise
+            self._replica.failed()  # reads fall back to the primary for a moment
+            role = "write"
+            pooled, pool, release = self._checkout(role)
+        try:
             yield pooled
+        except (psycopg.OperationalError, ConnectionFailed) as exc:
+            if not availability.is_lost(exc, pooled):
+                raise
+            self._forget(pool)
+            if role == "read" and self.read_url is not None:
+                self._replica.failed()
+            raise self._unavailable(role, exc) from exc
+        finally:
+            release()
+
+    def _checkout(self, role: str) -> tuple[psycopg.Connection, ConnectionPool, Any]:
+        """A pooled connection checked alive (one empty round trip), its pool, and how to give
+        it back. A dead one (the server restarted) replaces the pool once."""
+        for _ in range(2):
+            pool = self._open_pool(role)
+            try:
+                pooled = pool.getconn()
+            except PoolClosed:
+                continue  # another thread found the server lost and replaced the pool
+            except PoolTimeout as exc:
+                self._forget(pool)
+                raise self._unavailable(role, exc) from exc
+            try:
+                ConnectionPool.check_connection(pooled)
+            except psycopg.Error:
+                pool.putconn(pooled)
+                self._forget(pool)
+                continue
+            return pooled, pool, functools.partial(pool.putconn, pooled)
+        raise self._unavailable(role, ConnectionFailed("the connection was lost"))
 
     @property
     def chat(self) -> ChatClient:
@@ -371,6 +447,7 @@ class AvengersClient:
         tradeoff: float | None = None,
         max_cost: float | None = None,
         ood_policy: str | None = None,
+        timeout: float | None = None,
         conn: psycopg.Connection | None = None,
     ) -> strategies.Answer:
         """Embed, route to the top models with endpoints, sample and vote, log, return the
@@ -378,10 +455,12 @@ class AvengersClient:
         (embedding included). ``tradeoff`` and ``max_cost`` as in ``route``, the expected cost
         counting ``samples`` answers. An out-of-distribution question gets ``ood_policy``
         (default: the client's); under ``widen`` it is answered with Model-Switch over the
-        top-n."""
+        top-n. ``timeout`` (seconds; default the client's) bounds it all, fallbacks included:
+        past it the samples drawn are voted on, or AllEndpointsFailed (``timed_out``) is
+        raised."""
         return self.ask_many(
             [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
-            ood_policy=ood_policy, conn=conn, return_exceptions=False,
+            ood_policy=ood_policy, timeout=timeout, conn=conn, return_exceptions=False,
         )[0]  # type: ignore[return-value]  # fmt: skip
 
     def ask_many(
@@ -397,13 +476,18 @@ class AvengersClient:
         tradeoff: float | None = None,
         max_cost: float | None = None,
         ood_policy: str | None = None,
+        timeout: float | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[strategies.Answer | AvengersError]:
         """``ask`` for many texts: one embedding batch, one routing statement, then at most
         ``max_concurrency`` questions sampled at a time. Every question writes a route_log row
         (failed ones too, with the error). With ``return_exceptions`` a failed question yields
-        its AvengersError in place of an Answer."""
+        its AvengersError in place of an Answer. ``timeout`` bounds each question as ``ask``
+        would: the shared embedding and routing plus its own sampling (waiting for a free slot
+        among ``max_concurrency`` is not counted)."""
         core.check_ask(texts, strategy)
+        core.check_timeout(timeout)
+        limit = timeout if timeout is not None else self.timeout
         if not texts:
             return []
         started = time.perf_counter()
@@ -414,7 +498,7 @@ class AvengersClient:
             completions=core.completions_for(strategy, samples), ood_policy=ood_policy, conn=conn,
         )  # fmt: skip
         routed_ms = (time.perf_counter() - started) * 1000.0
-        options = {
+        options: dict[str, Any] = {
             "samples": samples,
             "strategy": strategy,
             "task_type": task_type,
@@ -425,8 +509,9 @@ class AvengersClient:
 
         def one(i: int) -> tuple[strategies.Answer | None, AvengersError | None, float]:
             began = time.perf_counter()
+            deadline = core.question_deadline(limit, routed_ms / 1000.0)
             try:
-                result = self._answer_one(texts[i], decisions[i], options)
+                result = self._answer_one(texts[i], decisions[i], {**options, "deadline": deadline})
                 return result, None, (time.perf_counter() - began) * 1000.0
             except AvengersError as exc:
                 return None, exc, (time.perf_counter() - began) * 1000.0

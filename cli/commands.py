@@ -2,7 +2,8 @@
 
 ``Command`` makes library errors speak the command line's language: the library names its own
 parameters in ``InputError.location`` (``k``, ``split_map``), and a command re-raises such an
-error naming the option or argument that fills that parameter (``--k``, ``--split-map``).
+error naming the option or argument that fills that parameter (``--k``, ``--split-map``); a text
+value holding a NUL byte is refused before the command runs.
 ``Group`` also answers to hidden aliases of its subcommands (the singular names scripts used
 before groups were plural).
 """
@@ -39,6 +40,15 @@ class Command(click.Command):
         return None
 
     def invoke(self, ctx: click.Context) -> Any:
+        for name, value in ctx.params.items():
+            values = value if isinstance(value, tuple | list) else (value,)
+            if any(isinstance(v, str) and "\x00" in v for v in values):
+                # PostgreSQL text cannot hold NUL: refused here, naming the option, for every
+                # command at once.
+                raise InputError(
+                    "contains a NUL byte, which the store cannot hold",
+                    location=self.flag_for(name) or name,
+                )
         try:
             return super().invoke(ctx)
         except InputError as exc:

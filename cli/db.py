@@ -9,7 +9,7 @@ from avengers_store.cli import options
 from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json
 
-from avengers_store.store import config, connections, embedded, schema
+from avengers_store.store import analyst, config, connections, embedded, schema
 
 
 @click.group("db", cls=Group)
@@ -109,6 +109,27 @@ def url_cmd(show_password: bool) -> None:
         "password left out: psql reads it from PGPASSWORD or ~/.pgpass (or asks); "
         "--show-password prints it",
         err=True,
+    )
+
+
+@command.command("grant-analyst")
+@click.argument("role")
+def grant_analyst_cmd(role: str) -> None:
+    """Give the existing ROLE read-only access: USAGE on the schema, SELECT on the data, profile
+    and route-log views and tables, EXECUTE on avengers.route*. Nothing else: not api_keys nor
+    gateway_sessions, no write. Creates no role; rerunning it is harmless; upgrades keep it.
+
+    \b
+    Example:
+      psql "$(avengers db url)" -c "CREATE ROLE analyst LOGIN PASSWORD 'choose-one'"
+      avengers db grant-analyst analyst
+    """
+    granted = analyst.grant_analyst(role)
+    click.echo(
+        f"granted {granted.role}: USAGE on schema {analyst.SCHEMA}; SELECT on "
+        f"{len(granted.relations)} relations ({', '.join(granted.relations)}); EXECUTE on "
+        f"{len(granted.functions)} routing functions. Not granted: "
+        f"{', '.join(analyst.PRIVATE_RELATIONS)}, any write."
     )
 
 

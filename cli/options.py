@@ -15,6 +15,7 @@ from avengers_store.cli.param_types import KeyValues
 
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
+from avengers_store.client_core import DEFAULT_TIMEOUT
 from avengers_store.routing import METHODS
 from avengers_store.routing.ood import DEFAULT_POLICY, POLICIES
 
@@ -176,6 +177,17 @@ def max_tokens(func: F) -> F:
         show_default=True,
         help="Cap on the length of each sampled completion (tokens).",
     )(func)
+
+
+def timeout(*, help: str) -> Callable[[F], F]:
+    """``--timeout SECONDS`` (default: an ask's, 120 s)."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        help=help,
+    )
 
 
 def jsonl_file(*, help: str) -> Callable[[F], F]:

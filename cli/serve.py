@@ -40,6 +40,10 @@ from avengers_store.gateway.settings import GatewaySettings
               show_default=True, help="Seconds per model call (between chunks when streaming).")  # fmt: skip
 @click.option("--upstream-retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Retries of a failing model call before falling back.")  # fmt: skip
+@options.timeout(
+    help="Seconds one request may take in all (routing, model calls, retries, fallbacks); a "
+    "request's 'timeout' field may shorten it. Past it: 504, or a vote over the samples drawn."
+)
 @click.option("--session-ttl", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Seconds a conversation keeps the model of its first turn.")  # fmt: skip
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -57,8 +61,8 @@ from avengers_store.gateway.settings import GatewaySettings
               "one refresh per request).")  # fmt: skip
 def command(
     host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, tradeoff,
-    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, session_ttl,
-    grace, max_body, ood_policy, log_vectors, log_texts, feedback_refresh,
+    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, timeout,
+    session_ttl, grace, max_body, ood_policy, log_vectors, log_texts, feedback_refresh,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
@@ -102,6 +106,7 @@ def command(
             session_ttl_s=session_ttl,
             upstream_timeout_s=upstream_timeout,
             upstream_retries=upstream_retries,
+            timeout_s=timeout,
             grace_s=grace,
             log_vectors=log_vectors,
             log_texts=log_texts,

@@ -17,6 +17,7 @@ import httpx
 
 from avengers_store.answering.sampling import (
     DEFAULT_MAX_TOKENS,
+    Deadline,
     Endpoint,
     Messages,
     NLimits,
@@ -26,10 +27,14 @@ from avengers_store.answering.sampling import (
     SampleBatch,
     Sleep,
     adrive,
+    api_key,
+    attempt_timeout,
     auth_headers,
+    bounded,
     post_steps,
     sample_steps,
     without_credentials,
+    without_secret,
 )
 from avengers_store.errors import ConfigurationError, EndpointError
 
@@ -80,6 +85,7 @@ class AsyncChatClient:
         *,
         temperature: float = 0.7,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        deadline: Deadline | None = None,
         **extra: Any,
     ) -> SampleBatch:
         """Draw ``n`` completions of ``messages`` from ``endpoint`` (see ``ChatClient.sample``)."""
@@ -92,28 +98,43 @@ class AsyncChatClient:
             temperature=temperature,
             max_tokens=max_tokens,
             extra=extra,
+            deadline=deadline,
         )
         return await adrive(steps, self._http)
 
-    async def forward(self, endpoint: Endpoint, body: Mapping[str, Any]) -> httpx.Response:
-        """POST ``body`` (its ``model`` replaced by the served name) with the client's retries;
-        the accepted response, or EndpointError."""
-        steps = post_steps(endpoint, _served(endpoint, body), auth_headers(endpoint), self.policy)
+    async def forward(
+        self, endpoint: Endpoint, body: Mapping[str, Any], *, deadline: Deadline | None = None
+    ) -> httpx.Response:
+        """POST ``body`` (its ``model`` replaced by the served name) with the client's retries,
+        all by ``deadline``; the accepted response, or EndpointError."""
+        steps = post_steps(
+            endpoint, _served(endpoint, body), auth_headers(endpoint), self.policy,
+            deadline=deadline,
+        )  # fmt: skip
         return await adrive(steps, self._http)
 
     @asynccontextmanager
     async def stream(
-        self, endpoint: Endpoint, body: Mapping[str, Any]
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        *,
+        deadline: Deadline | None = None,
+        connect_by: Deadline | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """A streamed completion: the events (``chat.completion.chunk`` objects) as they arrive.
 
-        Connecting is retried like any request; once the upstream answered 200 the events are
-        relayed, and a failure mid-stream raises EndpointError."""
+        Connecting is retried like any request, until ``connect_by`` (default: ``deadline``);
+        once the upstream answered 200 the events are relayed, and a failure mid-stream, a
+        stream closed before ``data: [DONE]`` or the ``deadline`` passing raises EndpointError."""
         payload = {**_served(endpoint, body), "stream": True}
-        steps = post_steps(endpoint, payload, auth_headers(endpoint), self.policy, stream=True)
+        steps = post_steps(
+            endpoint, payload, auth_headers(endpoint), self.policy, stream=True,
+            deadline=_earliest(connect_by, deadline),
+        )  # fmt: skip
         response = await self._open(steps)
         try:
-            yield _events(endpoint, response)
+            yield _events(endpoint, response, deadline, api_key(endpoint) or "")
         finally:
             await response.aclose()
 
@@ -130,10 +151,12 @@ class AsyncChatClient:
                 continue
             assert isinstance(action, Post)
             request = self._http.build_request(
-                "POST", action.url, json=action.body, headers=action.headers
-            )
+                "POST", action.url, json=action.body, headers=action.headers,
+                timeout=attempt_timeout(action),
+            )  # fmt: skip
             try:
-                outcome = await self._http.send(request, stream=True)
+                async with bounded(action.timeout):
+                    outcome = await self._http.send(request, stream=True)
             except httpx.TransportError as exc:
                 outcome = exc
                 continue
@@ -147,9 +170,26 @@ def _served(endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "model": endpoint.served_name}
 
 
-async def _events(endpoint: Endpoint, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+def _earliest(*deadlines: Deadline | None) -> Deadline | None:
+    given = [d for d in deadlines if d is not None]
+    return min(given, key=lambda d: d.at) if given else None
+
+
+async def _events(
+    endpoint: Endpoint, response: httpx.Response, deadline: Deadline | None, key: str
+) -> AsyncIterator[dict[str, Any]]:
+    lines = response.aiter_lines()
     try:
-        async for line in response.aiter_lines():
+        while True:
+            try:
+                async with bounded(deadline.remaining() if deadline else None):
+                    line = await anext(lines)
+            except StopAsyncIteration:
+                # OpenAI-compatible servers end every stream with [DONE]: without it the
+                # connection was closed on a partial completion.
+                raise EndpointError(
+                    f"{endpoint.describe()} closed the stream before its end (no data: [DONE])"
+                ) from None
             if not line.startswith("data:"):
                 continue  # blank separators, comments (keep-alives), event names
             data = line[5:].strip()
@@ -159,10 +199,17 @@ async def _events(endpoint: Endpoint, response: httpx.Response) -> AsyncIterator
                 event = json.loads(data)
             except json.JSONDecodeError as exc:
                 raise EndpointError(
-                    f"{endpoint.describe()} sent a malformed stream event: {data[:200]!r}"
+                    f"{endpoint.describe()} sent a malformed stream event: "
+                    f"{without_secret(data[:200], key)!r}"
                 ) from exc
             if isinstance(event, dict):
                 yield event
+    except httpx.TimeoutException as exc:
+        raise EndpointError(
+            f"{endpoint.describe()} did not finish the stream in time "
+            f"({type(exc).__name__}: {exc})",
+            timed_out=True,
+        ) from exc
     except httpx.TransportError as exc:
         raise EndpointError(
             f"{endpoint.describe()} broke off the stream "

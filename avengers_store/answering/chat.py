@@ -6,7 +6,8 @@ retries and how it reads answers is the sampling protocol (``answering.sampling`
 fewer is topped up with further requests, and a server that refuses ``n`` above its limit
 (llama.cpp caps it at its slot count) is asked again with the limit it names, remembered per
 endpoint. Connection errors, timeouts, 429 and 5xx are retried with exponential backoff; other
-4xx and malformed bodies are not, because asking again would get the same answer.
+4xx and malformed bodies are not, because asking again would get the same answer. A ``Deadline``
+bounds one call as a whole, retries and top-ups included.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 
 from avengers_store.answering.sampling import (
     DEFAULT_MAX_TOKENS,
+    Deadline,
     Endpoint,
     Message,
     Messages,
@@ -33,6 +35,7 @@ from avengers_store.errors import ConfigurationError, EndpointError
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "ChatClient",
+    "Deadline",
     "Endpoint",
     "Message",
     "Messages",
@@ -93,12 +96,15 @@ class ChatClient:
         *,
         temperature: float = 0.7,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        deadline: Deadline | None = None,
         **extra: Any,
     ) -> SampleBatch:
         """Draw ``n`` completions of ``messages`` from ``endpoint``.
 
         ``extra`` is merged into the request body (``top_p``, ``seed``, ``stop``, ...).
-        Raises EndpointError when the endpoint still fails after retries or answers malformed.
+        ``deadline`` (e.g. ``Deadline.after(10)``) bounds the call, retries included; when it
+        passes after some choices came, the batch holds those. Raises EndpointError when the
+        endpoint still fails after retries or by the deadline, answers malformed or has no key.
         """
         steps = sample_steps(
             endpoint,
@@ -109,6 +115,7 @@ class ChatClient:
             temperature=temperature,
             max_tokens=max_tokens,
             extra=extra,
+            deadline=deadline,
         )
         return drive(steps, self._http)
 
@@ -122,9 +129,11 @@ class ChatClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         return_exceptions: bool = False,
         on_done: Callable[[int, SampleBatch | EndpointError], None] | None = None,
+        deadline: Deadline | None = None,
         **extra: Any,
     ) -> list[SampleBatch | EndpointError]:
         """``sample`` for many conversations, at most ``max_concurrency`` in flight; input order.
+        ``deadline`` bounds each of them (and so all of them).
 
         ``on_done(index, result)`` is called (from the calling thread) as each one finishes, so a
         caller can store results and show progress as they arrive. With ``return_exceptions`` an
@@ -143,6 +152,7 @@ class ChatClient:
                     n,
                     temperature=temperature,
                     max_tokens=max_tokens,
+                    deadline=deadline,
                     **extra,
                 ): i
                 for i, conv in enumerate(conversations)

@@ -7,8 +7,14 @@ raised; None after a sleep); it returns a ``SampleBatch``. ``drive`` and ``adriv
 ``httpx.Client`` / ``httpx.AsyncClient``. Repeated sampling asks for ``n`` choices in one request;
 a server that returns fewer is topped up, and a server that refuses ``n`` above its limit
 (llama.cpp caps it at its slot count) is asked again within the limit it names, remembered per
-endpoint. Connection errors, timeouts, 429 and 5xx are retried with exponential backoff; other
-4xx and malformed bodies are not, because asking again would get the same answer.
+endpoint. Connection errors, timeouts, 429 and 5xx are retried with exponential backoff (a 429's
+``Retry-After`` is honoured when it is short, else the endpoint fails at once so the caller can
+fall back); other 4xx and malformed bodies are not, because asking again would get the same answer.
+
+A ``Deadline`` bounds one call as a whole: each attempt's HTTP timeout is cut to the time left, a
+backoff that would outlast it is not slept, and when it passes the call fails as timed out. A
+response that has already brought some of the ``n`` choices is kept (a short batch) rather than
+lost to a top-up that ran out of time.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +42,45 @@ Messages = Sequence[Message]
 DEFAULT_MAX_TOKENS = 512
 _MAX_BACKOFF_S = 8.0
 _RETRYABLE_STATUS = frozenset({408, 429})
+# A 429 asking for a longer wait than this fails the endpoint at once: the next model is better
+# than sleeping.
+MAX_RETRY_AFTER_S = _MAX_BACKOFF_S
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A point on the monotonic clock by which a call must be over; ``seconds`` is the whole
+    span it was set for (for messages)."""
+
+    at: float
+    seconds: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        if not seconds > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {seconds}")
+        return cls(time.monotonic() + seconds, seconds)
+
+    def describe(self) -> str:
+        return f"the {self.seconds:g} s deadline" if self.seconds else "the deadline"
+
+    def remaining(self) -> float:
+        """Seconds left (negative once passed)."""
+        return self.at - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        return self.remaining() <= 0
+
+    def share(self, parts: int) -> Deadline:
+        """The deadline of the first of ``parts`` equal shares of the time left."""
+        left = max(0.0, self.remaining())
+        return Deadline(time.monotonic() + left / max(1, parts), self.seconds)
+
+
+def deadline_after(seconds: float | None) -> Deadline | None:
+    """``Deadline.after(seconds)``, or None for no deadline."""
+    return None if seconds is None else Deadline.after(seconds)
 
 
 @dataclass(frozen=True)
@@ -144,12 +191,14 @@ class NLimits:
 
 @dataclass(frozen=True)
 class Post:
-    """Action: send ``body`` as JSON to ``url`` (``stream``: read it as server-sent events)."""
+    """Action: send ``body`` as JSON to ``url`` within ``timeout`` seconds (``stream``: read it
+    as server-sent events; the timeout then bounds opening it)."""
 
     url: str
     body: dict[str, Any]
     headers: dict[str, str]
     stream: bool = False
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -175,16 +224,25 @@ class _Attempt:
     finish_reasons: list[str | None] = field(default_factory=list)
 
 
-def auth_headers(endpoint: Endpoint) -> dict[str, str]:
+def api_key(endpoint: Endpoint) -> str | None:
+    """The endpoint's key from its environment variable (None when it needs none).
+
+    A missing key is an EndpointError like any other failure of the endpoint, so an ensemble
+    falls back to the next model instead of giving up."""
     if not endpoint.api_key_env:
-        return {}
+        return None
     key = os.environ.get(endpoint.api_key_env)
     if not key:
-        raise ConfigurationError(
+        raise EndpointError(
             f"{endpoint.describe()} needs an API key in ${endpoint.api_key_env}, which is not set. "
             f"Export it, or clear the model's api_key_env if the endpoint needs no key."
         )
-    return {"Authorization": f"Bearer {key}"}
+    return key
+
+
+def auth_headers(endpoint: Endpoint) -> dict[str, str]:
+    key = api_key(endpoint)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def sample_steps(
@@ -197,11 +255,14 @@ def sample_steps(
     temperature: float = 0.7,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     extra: Mapping[str, Any] | None = None,
+    deadline: Deadline | None = None,
 ) -> Steps:
     """Draw ``n`` completions of ``messages`` from ``endpoint`` (returns a SampleBatch).
 
-    ``extra`` is merged into the request body (``top_p``, ``seed``, ``stop``, ...). Raises
-    EndpointError when the endpoint still fails after retries or answers malformed."""
+    ``extra`` is merged into the request body (``top_p``, ``seed``, ``stop``, ...); ``deadline``
+    bounds the whole call (retries and top-ups included). Raises EndpointError when the endpoint
+    still fails after retries, answers malformed or has no key; when the deadline passes after
+    some choices arrived, returns those."""
     if n < 1:
         raise ConfigurationError(f"n must be >= 1, got {n}")
     headers = auth_headers(endpoint)
@@ -217,7 +278,14 @@ def sample_steps(
             "max_tokens": max_tokens,
             **(extra or {}),
         }
-        response = yield from post_steps(endpoint, body, headers, policy, state, limits=limits)
+        try:
+            response = yield from post_steps(
+                endpoint, body, headers, policy, state, limits=limits, deadline=deadline
+            )
+        except EndpointError as exc:
+            if exc.timed_out and state.texts and deadline is not None and deadline.passed:
+                break  # out of time during a top-up: vote with the choices that came
+            raise
         if response.status_code >= 400:  # a refusal of n that named a lower limit: learned
             continue
         payload = json_payload(endpoint, response)
@@ -250,54 +318,102 @@ def post_steps(
     *,
     limits: NLimits | None = None,
     stream: bool = False,
+    deadline: Deadline | None = None,
 ) -> Steps:
     """One logical request with retries; returns the accepted response. A 400 refusing ``n``
-    is returned as is once its limit is learned (the caller asks again within it)."""
+    is returned as is once its limit is learned (the caller asks again within it). With a
+    ``deadline`` each attempt's timeout is cut to the time left, and no attempt starts after it."""
     state = state if state is not None else _Attempt()
     url = endpoint.chat_url
-    last_problem = ""
+    key = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    last_problem = "no attempt was made"
     timed_out = False
+    attempts = 0
+    wait = 0.0
     for attempt in range(policy.max_retries + 1):
         if attempt:
+            wait = max(wait, min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF_S))
+            if deadline is not None and wait >= deadline.remaining():
+                last_problem += f"; no time left in {deadline.describe()} for another attempt"
+                timed_out = True
+                break
             state.retries += 1
-            yield Sleep(min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF_S))
+            yield Sleep(wait)
+        timeout = policy.timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline.remaining())
+            if timeout <= 0:
+                last_problem = f"{deadline.describe()} passed before it could be asked"
+                timed_out = True
+                break
         state.requests += 1
-        outcome = yield Post(url, body, headers, stream)
+        attempts += 1
+        wait = 0.0
+        outcome = yield Post(url, body, headers, stream, timeout)
         if isinstance(outcome, httpx.TimeoutException):
-            last_problem = f"timed out after {policy.timeout:g} s ({type(outcome).__name__})"
+            cut = timeout < policy.timeout
+            last_problem = f"timed out after {timeout:.3g} s" + (
+                f" (its share of {deadline.describe()})" if cut and deadline else ""
+            )
             timed_out = True
             continue
         if isinstance(outcome, httpx.TransportError):
-            reason = without_credentials(str(outcome), url)
+            reason = without_secret(without_credentials(str(outcome), url), key)
             last_problem = f"connection failed ({type(outcome).__name__}: {reason})"
             timed_out = False
             continue
         assert isinstance(outcome, httpx.Response)
         status = outcome.status_code
+        if status < 400:
+            return outcome
+        text = without_secret(outcome.text, key)
         if status >= 500 or status in _RETRYABLE_STATUS:
-            last_problem = f"HTTP {status}: {_snippet(outcome.text)}"
+            last_problem = f"HTTP {status}: {_snippet(text)}"
             timed_out = status in (408, 504)
+            if status == 429:
+                asked = retry_after(outcome)
+                if asked is not None and asked > MAX_RETRY_AFTER_S:
+                    last_problem += f" (asked to retry after {asked:g} s: not waiting)"
+                    break
+                wait = asked or 0.0
             continue
-        if status >= 400:
-            if (
-                status == 400
-                and int(body.get("n") or 1) > 1
-                and (limits or _NO_LIMITS).learn(endpoint, outcome.text)
-            ):
-                return outcome
-            raise EndpointError(
-                f"{endpoint.describe()} rejected the request with HTTP {status}: "
-                f"{_snippet(outcome.text)}. Check the served model name "
-                f"(vLLM --served-model-name), the API key and the request options."
-            )
-        return outcome
-    attempts = policy.max_retries + 1
-    error = EndpointError(
-        f"{endpoint.describe()} failed after {attempts} attempt{'s' if attempts > 1 else ''}: "
-        f"{last_problem}"
+        if (
+            status == 400
+            and int(body.get("n") or 1) > 1
+            and (limits or _NO_LIMITS).learn(endpoint, text)
+        ):
+            return outcome
+        raise EndpointError(
+            f"{endpoint.describe()} rejected the request with HTTP {status}: "
+            f"{_snippet(text)}. Check the served model name "
+            f"(vLLM --served-model-name), the API key and the request options."
+        )
+    raise EndpointError(
+        f"{endpoint.describe()} failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
+        f"{last_problem}",
+        timed_out=timed_out,
     )
-    error.timed_out = timed_out  # type: ignore[attr-defined]
-    raise error
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds a response's ``Retry-After`` asks to wait (a number or an HTTP date), if any."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def without_secret(text: str, secret: str) -> str:
+    """``text`` with ``secret`` (an API key a server may echo back in an error) masked."""
+    return text.replace(secret, "***") if secret else text
 
 
 _NO_LIMITS = NLimits()
@@ -374,13 +490,41 @@ def drive(steps: Steps, http: httpx.Client) -> Any:
             outcome = None
             continue
         try:
-            outcome = http.post(action.url, json=action.body, headers=action.headers)
+            outcome = _post_within(http, action)
         except httpx.TransportError as exc:
             outcome = exc
 
 
+def _post_within(http: httpx.Client, action: Post) -> httpx.Response:
+    """POST and read the answer, the attempt bounded as a whole: the body is read piece by
+    piece and given up once the attempt's time is over, so a server sending a byte now and then
+    cannot stretch it by more than one read."""
+    timeout = attempt_timeout(action)
+    if action.timeout is None:
+        return http.post(action.url, json=action.body, headers=action.headers, timeout=timeout)
+    ends = time.monotonic() + action.timeout
+    with http.stream(
+        "POST", action.url, json=action.body, headers=action.headers, timeout=timeout
+    ) as response:
+        pieces = []
+        for piece in response.iter_bytes():
+            pieces.append(piece)
+            if time.monotonic() > ends:
+                raise AttemptTimeout(f"no complete answer within {action.timeout:.3g} s")
+    # The body is decoded already: the encoding and length headers no longer describe it.
+    headers = [
+        (k, v)
+        for k, v in response.headers.multi_items()
+        if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"".join(pieces), request=response.request
+    )
+
+
 async def adrive(steps: Steps, http: httpx.AsyncClient) -> Any:
-    """Run ``steps`` with an async HTTP client; returns what the generator returns."""
+    """Run ``steps`` with an async HTTP client; returns what the generator returns. An attempt
+    is bounded as a whole by its timeout (a server dripping bytes cannot stretch it)."""
     outcome: Outcome = None
     while True:
         try:
@@ -392,9 +536,37 @@ async def adrive(steps: Steps, http: httpx.AsyncClient) -> Any:
             outcome = None
             continue
         try:
-            outcome = await http.post(action.url, json=action.body, headers=action.headers)
+            async with bounded(action.timeout):
+                outcome = await http.post(
+                    action.url,
+                    json=action.body,
+                    headers=action.headers,
+                    timeout=attempt_timeout(action),
+                )
         except httpx.TransportError as exc:
             outcome = exc
+
+
+class AttemptTimeout(httpx.TimeoutException):
+    """An attempt that outlasted its timeout as a whole (not one read or write of it)."""
+
+
+@asynccontextmanager
+async def bounded(seconds: float | None) -> AsyncIterator[None]:
+    """``asyncio.timeout`` that raises ``AttemptTimeout`` (an httpx timeout) instead."""
+    if seconds is None:
+        yield
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise AttemptTimeout(f"no complete answer within {seconds:.3g} s") from exc
+
+
+def attempt_timeout(action: Post) -> Any:
+    """The attempt's httpx timeout (the client's own when the action names none)."""
+    return httpx.Timeout(action.timeout) if action.timeout is not None else httpx.USE_CLIENT_DEFAULT
 
 
 # llama.cpp: "Field 'n': Value must be between 1 <= value <= 4, but got 5";

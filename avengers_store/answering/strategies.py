@@ -8,10 +8,19 @@ Strategies:
                       run out.
     direct            one completion at temperature 0.
 
-Fallback: a candidate whose endpoint fails (after the client's retries) is recorded in
-``Answer.fallbacks`` and the next-ranked candidate takes its place. When every candidate fails,
-AllEndpointsFailed names each endpoint and its error (``exc.failures``; ``exc.timed_out`` when
-every one of them timed out).
+Fallback: a candidate whose endpoint fails (after the client's retries, or for want of its API
+key) is recorded in ``Answer.fallbacks`` and the next-ranked candidate takes its place. When every
+candidate fails, AllEndpointsFailed names each endpoint and its error (``exc.failures``;
+``exc.timed_out`` when every one of them timed out).
+
+Deadline: with ``deadline`` set, the answer is over by then, retries and fallbacks included. Each
+candidate, when its turn comes, gets an equal share of the time left among the candidates not yet
+asked (the last one gets all of it), so a hung endpoint cannot take the whole budget from the
+models after it: with 5 s and three candidates, a first endpoint that never answers is given up
+after about 1.7 s and the second has at least as long. Within its share a candidate's attempts are
+cut to the time left. When the deadline passes, the samples already drawn are voted on (a
+Model-Switch stops switching); with none, AllEndpointsFailed says so (``timed_out``), naming the
+endpoints tried and those left.
 
 The strategies are written once, without I/O: ``answer_plan`` is a generator that yields
 ``SampleCall``s ("draw n completions from this endpoint") and is sent each call's SampleBatch (or
@@ -36,7 +45,14 @@ from avengers_store.answering.prompts import (
     check_task_type,
     guess_task_type,
 )
-from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS, Endpoint, Messages, SampleBatch
+from avengers_store.answering.sampling import (
+    DEFAULT_MAX_TOKENS,
+    Deadline,
+    Endpoint,
+    Messages,
+    SampleBatch,
+    deadline_after,
+)
 from avengers_store.answering.voting import Vote, vote
 from avengers_store.errors import AllEndpointsFailed, ConfigurationError, EndpointError
 
@@ -133,7 +149,8 @@ class Answer:
 
 @dataclass(frozen=True)
 class SampleCall:
-    """What a plan asks its driver for: ``n`` completions of ``messages`` from ``endpoint``."""
+    """What a plan asks its driver for: ``n`` completions of ``messages`` from ``endpoint``,
+    over by ``deadline`` (this candidate's share of the answer's; None: no bound)."""
 
     endpoint: Endpoint
     messages: Messages
@@ -141,6 +158,7 @@ class SampleCall:
     temperature: float
     max_tokens: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    deadline: Deadline | None = None
 
 
 Plan = Generator[SampleCall, SampleBatch | EndpointError, Answer]
@@ -159,10 +177,12 @@ def answer_plan(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     messages: Messages | None = None,
     extra: Mapping[str, Any] | None = None,
+    deadline: Deadline | None = None,
 ) -> Plan:
     """The plan answering ``question`` with the ranked ``candidates`` (best first) under
     ``strategy``; options are checked now. ``messages`` replaces the prompt template (a
-    caller's conversation, sent as is); ``extra`` is merged into every request body."""
+    caller's conversation, sent as is); ``extra`` is merged into every request body;
+    ``deadline`` bounds the answer (see the module docstring for how it is shared)."""
     if strategy not in STRATEGIES:
         raise ConfigurationError(
             f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"
@@ -192,6 +212,7 @@ def answer_plan(
         temperature=temperature,
         max_tokens=max_tokens,
         extra=dict(extra or {}),
+        deadline=deadline,
     )
 
 
@@ -210,6 +231,7 @@ def run_plan(plan: Plan, chat: ChatClient) -> Answer:
                 call.n,
                 temperature=call.temperature,
                 max_tokens=call.max_tokens,
+                deadline=call.deadline,
                 **call.extra,
             )
         except EndpointError as exc:
@@ -239,6 +261,7 @@ async def arun_plan(
                 call.n,
                 temperature=call.temperature,
                 max_tokens=call.max_tokens,
+                deadline=call.deadline,
                 **call.extra,
             )
         except EndpointError as exc:
@@ -254,15 +277,18 @@ def answer(
     candidates: Sequence[Endpoint],
     *,
     client: ChatClient | None = None,
+    timeout: float | None = None,
     **options: Any,
 ) -> Answer:
     """Answer ``question`` with the ranked ``candidates`` (best first); ``options`` are
     ``answer_plan``'s (samples, strategy, task_type, threshold, prompts, temperature,
-    max_tokens, messages, extra).
+    max_tokens, messages, extra, deadline). ``timeout`` (seconds) sets the deadline from now.
 
     ``task_type`` None guesses it from the text (prompts.guess_task_type). Without ``client`` a
     ChatClient with default settings is made for this call and closed after it.
     """
+    if timeout is not None:
+        options["deadline"] = deadline_after(timeout)
     plan = answer_plan(question, candidates, **options)
     own_client = client is None
     chat = client or ChatClient()
@@ -274,9 +300,16 @@ def answer(
 
 
 async def aanswer(
-    question: str, candidates: Sequence[Endpoint], *, client: AsyncChatClient, **options: Any
+    question: str,
+    candidates: Sequence[Endpoint],
+    *,
+    client: AsyncChatClient,
+    timeout: float | None = None,
+    **options: Any,
 ) -> Answer:
     """``answer`` on an AsyncChatClient."""
+    if timeout is not None:
+        options["deadline"] = deadline_after(timeout)
     return await arun_plan(answer_plan(question, candidates, **options), client)
 
 
@@ -287,12 +320,14 @@ def answer_many(
     client: ChatClient | None = None,
     max_concurrency: int | None = None,
     return_exceptions: bool = False,
+    timeout: float | None = None,
     **options: object,
 ) -> list[Answer | EndpointError]:
     """``answer`` for many questions (``candidates[i]`` ranks question i), in input order.
 
     At most ``max_concurrency`` (default: the client's) questions are in flight. With
     ``return_exceptions`` a failed question yields its EndpointError instead of raising.
+    ``timeout`` bounds each question from when it starts (waiting for a free slot is not counted).
     """
     if len(questions) != len(candidates):
         raise ConfigurationError(
@@ -304,7 +339,7 @@ def answer_many(
 
     def one(i: int) -> Answer | EndpointError:
         try:
-            return answer(questions[i], candidates[i], client=chat, **options)  # type: ignore[arg-type]
+            return answer(questions[i], candidates[i], client=chat, timeout=timeout, **options)  # type: ignore[arg-type]
         except EndpointError as exc:
             if return_exceptions:
                 return exc
@@ -330,6 +365,7 @@ def _steps(
     temperature: float,
     max_tokens: int,
     extra: dict[str, Any],
+    deadline: Deadline | None,
 ) -> Plan:
     started = time.perf_counter()
     pooled: list[ExtractedAnswer] = []
@@ -340,13 +376,20 @@ def _steps(
     timeouts = 0
     tried: list[str] = []
     result: Vote = vote([])
-    for endpoint in candidates:
+    for position, endpoint in enumerate(candidates):
+        if deadline is not None and deadline.passed:
+            break
         tried.append(endpoint.model)
         asked = time.perf_counter()
-        batch = yield SampleCall(endpoint, messages, samples, temperature, max_tokens, extra)
+        # An equal share of the time left for each candidate not asked yet: a hung endpoint
+        # cannot take the whole budget from the ones after it.
+        share = deadline.share(len(candidates) - position) if deadline is not None else None
+        batch = yield SampleCall(
+            endpoint, messages, samples, temperature, max_tokens, extra, deadline=share
+        )
         if isinstance(batch, EndpointError):
             failures.append((len(tried) - 1, endpoint.model, str(batch)))
-            timeouts += bool(getattr(batch, "timed_out", False))
+            timeouts += batch.timed_out
             usage.append(
                 ModelUsage(
                     model=endpoint.model,
@@ -377,13 +420,22 @@ def _steps(
         for position, model, error in failures
     )
     if not used:
-        exc = AllEndpointsFailed(
-            f"all {len(candidates)} candidate endpoint(s) failed: "
-            + "; ".join(f"[{model}] {error}" for _, model, error in failures)
+        untried = [e.model for e in candidates[len(tried) :]]
+        out_of_time = bool(untried) or (deadline is not None and deadline.passed)
+        if out_of_time and deadline is not None:
+            head = f"no answer within {deadline.describe()}"
+            if failures:
+                head += f"; {len(failures)} candidate endpoint(s) failed"
+        else:
+            head = f"all {len(candidates)} candidate endpoint(s) failed"
+        detail = "; ".join(f"[{model}] {error}" for _, model, error in failures)
+        if untried:
+            detail += ("; " if detail else "") + f"not asked: {', '.join(untried)}"
+        raise AllEndpointsFailed(
+            f"{head}: {detail}" if detail else head,
+            timed_out=out_of_time or timeouts == len(failures),
+            failures=fallbacks,
         )
-        exc.failures = fallbacks  # type: ignore[attr-defined]
-        exc.timed_out = timeouts == len(failures)  # type: ignore[attr-defined]
-        raise exc
     chosen = result.winner_index
     winner_text = pooled[chosen].raw if chosen is not None else None
     return Answer(

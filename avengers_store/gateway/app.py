@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from avengers_store import client_core as core
 from avengers_store.answering import route_log, strategies
 from avengers_store.answering.async_chat import AsyncChatClient
-from avengers_store.answering.sampling import Endpoint, SampleBatch
+from avengers_store.answering.sampling import Deadline, Endpoint, SampleBatch
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.errors import AvengersError, EndpointError
 from avengers_store.gateway import keys, sessions, streaming
@@ -267,6 +267,24 @@ async def chat_completions(request: Request) -> Response:
     return await passthrough(gw, req, body, endpoint, key_id, started)
 
 
+def request_deadline(
+    req: ChatCompletionRequest, settings: GatewaySettings, started: float
+) -> Deadline:
+    """When the request must be answered by: the gateway's ``timeout_s`` from its arrival
+    (``started``, a ``perf_counter`` reading), or the request's shorter ``timeout``."""
+    seconds = settings.timeout_s
+    if req.timeout is not None:
+        if req.timeout > settings.timeout_s:
+            raise bad_request(
+                f"timeout: at most {settings.timeout_s:g} seconds (the gateway's --timeout), "
+                f"got {req.timeout:g}",
+                param="timeout",
+            )
+        seconds = req.timeout
+    elapsed = time.perf_counter() - started
+    return Deadline(time.monotonic() - elapsed + seconds, seconds)
+
+
 def routed_text(messages: Sequence[ChatMessage], route_on: str) -> str:
     """The text the router embeds: the last user message, or the conversation."""
     if route_on == "conversation":
@@ -323,6 +341,7 @@ class Recipe:
         self.vector: Any = None  # the embedding the request was routed with
         self.session = request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
+        self.deadline = request_deadline(req, s, started)
 
     def plan(self, endpoints: list[Endpoint]) -> strategies.Plan:
         req, s = self.req, self.gw.settings
@@ -337,6 +356,7 @@ class Recipe:
             max_tokens=req.token_cap or s.max_tokens,
             messages=[m.model_dump(exclude_none=True) for m in req.messages],
             extra=req.passed_on(),
+            deadline=self.deadline,
         )
 
     async def respond(self) -> Response:
@@ -530,7 +550,11 @@ class Recipe:
             }
             asked = time.perf_counter()
             try:
-                events = await stack.enter_async_context(gw.client.chat.stream(call.endpoint, body))
+                events = await stack.enter_async_context(
+                    gw.client.chat.stream(
+                        call.endpoint, body, deadline=self.deadline, connect_by=call.deadline
+                    )
+                )
                 break
             except EndpointError as exc:
                 gw.metrics.stage("upstream", time.perf_counter() - asked)
@@ -660,6 +684,7 @@ async def passthrough(
 ) -> Response:
     """A pool model named directly: the request goes to its endpoint as it is."""
     route_id = uuid.uuid4()
+    deadline = request_deadline(req, gw.settings, started)
     headers = {
         "x-avengers-route-id": str(route_id),
         "x-avengers-models": endpoint.model,
@@ -689,7 +714,7 @@ async def passthrough(
     if not req.stream:
         asked = time.perf_counter()
         try:
-            response = await gw.client.chat.forward(endpoint, body)
+            response = await gw.client.chat.forward(endpoint, body, deadline=deadline)
             payload = response.json()
         except EndpointError as exc:
             gw.log_rows([row((0, 0), str(exc))])
@@ -708,7 +733,9 @@ async def passthrough(
 
     stack = contextlib.AsyncExitStack()
     try:
-        events = await stack.enter_async_context(gw.client.chat.stream(endpoint, body))
+        events = await stack.enter_async_context(
+            gw.client.chat.stream(endpoint, body, deadline=deadline)
+        )
     except EndpointError as exc:
         gw.log_rows([row((0, 0), str(exc))])
         raise

@@ -64,12 +64,11 @@ def from_validation(exc: ValidationError) -> GatewayError:
 def from_library(exc: AvengersError) -> GatewayError:
     """The status and body for an error the library raised."""
     if isinstance(exc, AllEndpointsFailed):
-        timed_out = getattr(exc, "timed_out", False)
         return GatewayError(
-            504 if timed_out else 502,
+            504 if exc.timed_out else 502,
             str(exc),
             type="upstream_error",
-            code="upstream_timeout" if timed_out else "upstream_failed",
+            code="upstream_timeout" if exc.timed_out else "upstream_failed",
         )
     if isinstance(exc, EndpointError):
         return GatewayError(502, str(exc), type="upstream_error", code="upstream_failed")

@@ -4,8 +4,8 @@ and error bodies.
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
 options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
-``task_type``, ``tradeoff``, ``max_cost``, ``ood_policy``) are extra body fields, which OpenAI
-SDKs send with ``extra_body``.
+``task_type``, ``tradeoff``, ``max_cost``, ``ood_policy``, ``timeout``) are extra body fields,
+which OpenAI SDKs send with ``extra_body``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class RecipeOptions(BaseModel):
     ood_policy: OodPolicy | None = None
     tradeoff: float | None = Field(None, ge=0.0, le=1.0)
     max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    timeout: float | None = Field(None, gt=0.0)  # seconds, at most the gateway's own
 
 
 class ChatCompletionRequest(RecipeOptions):

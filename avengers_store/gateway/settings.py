@@ -22,11 +22,13 @@ class GatewaySettings:
     gateway computes expected costs either way); ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
-    call; ``grace_s``: how long shutdown waits for requests in flight; ``log_vectors`` /
-    ``log_texts``: keep each routed query's embedding (and text) for later clustering versions;
-    ``ood_policy``: what an out-of-distribution request gets unless it asks otherwise;
-    ``feedback_refresh_s``: feedback is served at most this long after it arrives (one refresh
-    for all that arrived meanwhile; 0: refresh on every feedback request)."""
+    call; ``timeout_s``: the deadline of one request as a whole (routing, every model call,
+    retry and fallback; a request's ``timeout`` may shorten it); ``grace_s``: how long shutdown
+    waits for requests in flight; ``log_vectors`` / ``log_texts``: keep each routed query's
+    embedding (and text) for later clustering versions; ``ood_policy``: what an
+    out-of-distribution request gets unless it asks otherwise; ``feedback_refresh_s``: feedback
+    is served at most this long after it arrives (one refresh for all that arrived meanwhile;
+    0: refresh on every feedback request)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -47,6 +49,7 @@ class GatewaySettings:
     keepalive_s: float = 5.0
     upstream_timeout_s: float = 120.0
     upstream_retries: int = 2
+    timeout_s: float = 120.0
     grace_s: float = 30.0
     pool_size: int = 16
     embed_threads: int | None = 1
@@ -74,6 +77,8 @@ class GatewaySettings:
             raise ConfigurationError(f"tradeoff must be between 0 and 1, got {self.tradeoff}")
         if self.max_cost is not None and not self.max_cost >= 0:
             raise ConfigurationError(f"max_cost must be >= 0, got {self.max_cost}")
+        if not self.timeout_s > 0:
+            raise ConfigurationError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
         if not self.auth and not is_loopback(self.host):
             raise ConfigurationError(
                 f"--no-auth is only allowed on a loopback address, not {self.host}: create a key "

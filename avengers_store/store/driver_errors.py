@@ -18,11 +18,11 @@ import psycopg
 
 from avengers_store.errors import (
     AvengersError,
-    ConnectionFailed,
     ExtensionMissing,
     InputError,
     NotFound,
     StoreStateError,
+    StoreUnavailable,
 )
 
 # SQLSTATEs raised by the store's functions and procedures (class VA: implementation-defined).
@@ -34,12 +34,12 @@ _BY_SQLSTATE: dict[str, type[AvengersError]] = {
     NOT_FOUND: NotFound,
     WRONG_STATE: StoreStateError,
     INVALID_INPUT: InputError,
-    "57P01": ConnectionFailed,  # admin_shutdown
-    "57P02": ConnectionFailed,  # crash_shutdown
-    "57P03": ConnectionFailed,  # cannot_connect_now
+    "57P01": StoreUnavailable,  # admin_shutdown
+    "57P02": StoreUnavailable,  # crash_shutdown
+    "57P03": StoreUnavailable,  # cannot_connect_now
 }
 _BY_CLASS: dict[str, type[AvengersError]] = {
-    "08": ConnectionFailed,  # connection exception
+    "08": StoreUnavailable,  # connection exception
     "22": InputError,  # data exception: a value the caller passed
     "23": InputError,  # integrity constraint violation (named below when the store knows it)
 }

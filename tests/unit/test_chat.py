@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from avengers_store.answering.chat import ChatClient, Endpoint
+from avengers_store.answering.chat import ChatClient, Deadline, Endpoint
 from avengers_store.errors import ConfigurationError, EndpointError
 
 MESSAGES = [{"role": "user", "content": "What is 7*6?"}]
@@ -126,8 +126,10 @@ def test_api_key_from_environment(scripted_server, client, monkeypatch):
     scripted_server.answers("a", "ok")
     endpoint = scripted_server.endpoint("a", api_key_env="AVENGERS_TEST_KEY")
     monkeypatch.delenv("AVENGERS_TEST_KEY", raising=False)
-    with pytest.raises(ConfigurationError, match=r"\$AVENGERS_TEST_KEY"):
+    # An endpoint error like any other (an ensemble falls back), and nothing was sent.
+    with pytest.raises(EndpointError, match=r"\$AVENGERS_TEST_KEY, which is not set"):
         client.sample(endpoint, MESSAGES, 1)
+    assert scripted_server.requests_for("a") == []
     monkeypatch.setenv("AVENGERS_TEST_KEY", "sekret")
     client.sample(endpoint, MESSAGES, 1)
     assert scripted_server.requests_for("a")[-1]["auth"] == "Bearer sekret"
@@ -175,3 +177,60 @@ def test_smol_real_sampling_with_n(smol_server):
     assert batch.requests == 1  # four choices in one request
     assert all(isinstance(t, str) for t in batch.texts)
     assert batch.tokens_in > 0 and batch.tokens_out > 0
+
+
+def test_a_deadline_bounds_retries_and_backoff(scripted_server):
+    scripted_server.script("hung", {"hang": True})
+    with ChatClient(timeout=30.0, max_retries=5, backoff=0.5) as chat:
+        started = time.perf_counter()
+        with pytest.raises(EndpointError, match=r"timed out after .* share of the 0.6 s") as info:
+            chat.sample(scripted_server.endpoint("hung"), MESSAGES, 1, deadline=Deadline.after(0.6))
+        elapsed = time.perf_counter() - started
+    assert info.value.timed_out
+    assert 0.5 < elapsed < 1.2  # the deadline, not 30 s per attempt x 6
+    assert len(scripted_server.requests_for("hung")) == 1  # no time was left for a retry
+
+
+def test_retry_after_is_honoured_when_short_and_fails_at_once_when_long(scripted_server):
+    scripted_server.script("busy", {"status": 429, "retry_after": 0.3}, {"texts": ["ok"]})
+    scripted_server.script("closed", {"status": 429, "retry_after": 3600})
+    with ChatClient(max_retries=2, backoff=0.0) as chat:
+        started = time.perf_counter()
+        batch = chat.sample(scripted_server.endpoint("busy"), MESSAGES, 1)
+        waited = time.perf_counter() - started
+        started = time.perf_counter()
+        with pytest.raises(EndpointError, match=r"HTTP 429.*retry after 3600 s: not waiting"):
+            chat.sample(scripted_server.endpoint("closed"), MESSAGES, 1)
+        gave_up = time.perf_counter() - started
+    assert batch.texts == ("ok",) and batch.retries == 1 and waited >= 0.3
+    assert len(scripted_server.requests_for("closed")) == 1 and gave_up < 0.5
+
+
+def test_a_key_echoed_back_by_the_server_is_masked(scripted_server, monkeypatch):
+    monkeypatch.setenv("AVENGERS_TEST_KEY", "sk-echo-me-not-123")
+    scripted_server.script("a", {"status": 401, "echo_auth": True})
+    endpoint = scripted_server.endpoint("a", api_key_env="AVENGERS_TEST_KEY")
+    with ChatClient(max_retries=0) as chat, pytest.raises(EndpointError) as info:
+        chat.sample(endpoint, MESSAGES, 1)
+    assert scripted_server.requests_for("a")[0]["auth"] == "Bearer sk-echo-me-not-123"
+    assert "HTTP 401" in str(info.value) and "Bearer ***" in str(info.value)
+    assert "sk-echo-me-not-123" not in str(info.value)
+
+
+def test_choices_that_came_before_the_deadline_are_kept(scripted_server):
+    # Two choices per answer; the top-up for the rest hangs past the deadline.
+    scripted_server.script("a", {"texts": ["x", "y"], "max_choices": 2}, {"hang": True})
+    with ChatClient(max_retries=0) as chat:
+        batch = chat.sample(
+            scripted_server.endpoint("a"), MESSAGES, 5, deadline=Deadline.after(0.5)
+        )
+    assert batch.texts == ("x", "y") and batch.requests == 2
+
+
+def test_an_attempt_is_bounded_as_a_whole_even_when_bytes_keep_coming(scripted_server):
+    scripted_server.script("drip", {"texts": ["slow"], "drip": 0.3})  # 8 pieces, 2.4 s
+    with ChatClient(timeout=1.0, max_retries=0) as chat:
+        started = time.perf_counter()
+        with pytest.raises(EndpointError, match="timed out after 1 s") as caught:
+            chat.sample(scripted_server.endpoint("drip"), MESSAGES)
+    assert caught.value.timed_out and time.perf_counter() - started < 1.5

@@ -4,10 +4,11 @@ real sampling."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from avengers_store.answering.chat import ChatClient, Endpoint
+from avengers_store.answering.chat import ChatClient, Deadline, Endpoint
 from avengers_store.answering.prompts import DEFAULT_PROMPTS, PromptSet, guess_task_type
 from avengers_store.answering.strategies import answer, answer_many
 from avengers_store.errors import (
@@ -259,3 +260,60 @@ def test_smol_self_consistency_real_samples(smol_server):
     assert result.task_type == "math"
     if result.answer is not None:
         assert result.votes[result.answer] == max(result.votes.values())
+
+
+def test_a_hung_first_endpoint_leaves_the_next_its_share_of_the_deadline(scripted_server):
+    scripted_server.script("hung", {"hang": True})
+    scripted_server.answers("m2", *boxed("42"))
+    scripted_server.answers("m3", *boxed("0"))
+    candidates = [scripted_server.endpoint(m) for m in ("hung", "m2", "m3")]
+    with ChatClient(timeout=60.0, max_retries=2, backoff=0.0) as chat:
+        started = time.perf_counter()
+        result = answer("7*6", candidates, samples=3, client=chat, timeout=1.5)
+        elapsed = time.perf_counter() - started
+    assert result.answer == "42" and result.models == ("m2",)
+    (fallback,) = result.fallbacks
+    assert fallback.model == "hung" and fallback.replaced_by == "m2"
+    assert "share of the 1.5 s deadline" in fallback.error
+    assert 0.45 < result.usage[0].latency_ms / 1000 < 0.9  # a third of 1.5 s
+    assert elapsed < 1.5
+
+
+def test_past_the_deadline_model_switch_votes_on_what_it_has(scripted_server):
+    scripted_server.answers("m1", *boxed("7", "7", "8"))  # share 0.67 < 0.8: would switch
+    scripted_server.script("m2", {"hang": True})
+    candidates = [scripted_server.endpoint("m1"), scripted_server.endpoint("m2")]
+    with ChatClient(max_retries=0) as chat:
+        result = answer(
+            "3+4", candidates, samples=3, strategy="model-switch", client=chat, timeout=0.8
+        )
+    assert result.answer == "7" and result.models == ("m1",)
+    assert [f.model for f in result.fallbacks] == ["m2"]
+
+
+def test_nothing_by_the_deadline_names_what_was_tried_and_what_was_not(scripted_server):
+    scripted_server.script("hung", {"hang": True})
+    scripted_server.answers("m2", *boxed("42"))
+    candidates = [scripted_server.endpoint("hung"), scripted_server.endpoint("m2")]
+    with ChatClient(max_retries=0) as chat, pytest.raises(AllEndpointsFailed) as info:
+        # The deadline has passed before the first model is asked: nothing is sent.
+        answer("7*6", candidates, client=chat, deadline=Deadline(time.monotonic() - 1, 2.0))
+    assert info.value.timed_out
+    assert str(info.value) == "no answer within the 2 s deadline: not asked: hung, m2"
+    assert scripted_server.requests == []
+    with ChatClient(max_retries=0) as chat, pytest.raises(AllEndpointsFailed) as info:
+        answer("7*6", candidates[:1], client=chat, timeout=0.3)
+    assert info.value.timed_out and "[hung]" in str(info.value)
+    assert str(info.value).startswith("no answer within the 0.3 s deadline; 1 candidate")
+
+
+def test_a_missing_api_key_falls_back_to_the_next_model(scripted_server, monkeypatch):
+    monkeypatch.delenv("AVENGERS_UNSET_KEY", raising=False)
+    scripted_server.answers("m1", *boxed("1"))
+    scripted_server.answers("m2", *boxed("42"))
+    keyed = scripted_server.endpoint("m1", api_key_env="AVENGERS_UNSET_KEY")
+    with ChatClient(max_retries=0) as chat:
+        result = answer("7*6", [keyed, scripted_server.endpoint("m2")], samples=2, client=chat)
+    assert result.answer == "42" and result.models == ("m2",)
+    assert "$AVENGERS_UNSET_KEY, which is not set" in result.fallbacks[0].error
+    assert scripted_server.requests_for("m1") == []

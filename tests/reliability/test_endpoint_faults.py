@@ -1,0 +1,228 @@
+"""Model endpoints that fail in every way we know, on real loopback sockets: every ``ask`` returns
+from the next model or fails, within its deadline, through the sync client, the async client, the
+CLI and the gateway.
+
+The faults (``avengers_store.testing.scripted_server`` steps): a port where nothing listens, a
+server that reads the request and never answers, one that answers after a minute, one that sends
+its answer a piece at a time, HTTP 500, HTTP 429 asking to come back in two minutes, a body that
+is not JSON, a body cut off mid-way, and a key variable that is not set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from avengers_store import AvengersClient
+from avengers_store.async_client import AsyncAvengersClient
+from avengers_store.errors import AllEndpointsFailed
+from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.store import connections
+from avengers_store.testing import (
+    RANKED_MODELS,
+    add_scripted_store,
+    closed_port_url,
+    gateway_server,
+    run_process,
+    scripted_server,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+QUESTION = "What is 6 times 7? Answer with a number."
+UNSET_KEY = "AVENGERS_RELIABILITY_UNSET_KEY"
+TIMEOUT = 1.5  # the deadline of each ask below
+SLACK = 0.35  # scheduling on two shared cores, and the route-log write after the deadline
+
+# fault -> (scripted step, or None for a fault of the model row; a phrase of its error)
+FAULTS = {
+    "refused": (None, "connection failed"),
+    "hung": ({"hang": True}, "timed out"),
+    "slow": ({"delay": 60, "texts": ["late"]}, "timed out"),
+    "drip": ({"texts": [r"\boxed{42}"], "drip": 0.3}, "timed out"),
+    "http 500": ({"status": 500}, "HTTP 500"),
+    "429 retry-after": ({"status": 429, "retry_after": 120}, "not waiting"),
+    "malformed json": ({"raw": '{"choices": [oops'}, "not JSON"),
+    "cut mid-body": ({"cut": True}, "connection failed"),
+    "unset key": (None, "which is not set"),
+}
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with scripted_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def store(db_url, llm) -> str:
+    with connections.connect(db_url) as conn:
+        add_scripted_store(conn, llm.base_url)
+        conn.commit()
+    return db_url
+
+
+@pytest.fixture
+def healthy(store, llm, monkeypatch) -> str:
+    """Every model answers 42 from the scripted server until a test breaks one."""
+    monkeypatch.delenv(UNSET_KEY, raising=False)
+    with psycopg.connect(store) as conn:
+        conn.execute(
+            "UPDATE avengers.models SET endpoint = %s, api_key_env = NULL", (llm.base_url,)
+        )
+    for name in RANKED_MODELS:
+        llm.answers(name, r"\boxed{42}")
+    return store
+
+
+def break_model(store: str, llm, model: str, fault: str) -> None:
+    step, _ = FAULTS[fault]
+    if step is not None:
+        llm.script(model, step)
+        return
+    column, value = (
+        ("endpoint", closed_port_url()) if fault == "refused" else ("api_key_env", UNSET_KEY)
+    )
+    with psycopg.connect(store) as conn:
+        conn.execute(f"UPDATE avengers.models SET {column} = %s WHERE name = %s", (value, model))
+
+
+def ask(store: str, kind: str):
+    """(answer or error, seconds) of one ask with the sync or the async client."""
+    started = time.perf_counter()
+    try:
+        if kind == "sync":
+            with AvengersClient(store) as client:
+                result = client.ask(QUESTION, samples=2, timeout=TIMEOUT)
+        else:
+
+            async def go():
+                async with AsyncAvengersClient(store) as client:
+                    return await client.ask(QUESTION, samples=2, timeout=TIMEOUT)
+
+            result = asyncio.run(go())
+    except AllEndpointsFailed as exc:
+        result = exc
+    return result, time.perf_counter() - started
+
+
+def clients_warm(store: str) -> None:
+    # Pools opened and the schema checked once, so the timed asks measure the ask alone.
+    ask(store, "sync")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_faulty_first_model_falls_back_within_the_deadline(healthy, llm, fault, kind, record):
+    break_model(healthy, llm, "alpha", fault)
+    answer, seconds = ask(healthy, kind)
+    assert not isinstance(answer, Exception), answer
+    assert answer.answer == "42" and answer.models == ("bravo",)
+    (fallback,) = answer.fallbacks
+    assert fallback.model == "alpha" and fallback.replaced_by == "bravo"
+    assert FAULTS[fault][1] in fallback.error
+    assert seconds < TIMEOUT + SLACK
+    record(f"first model {fault}, {kind} ask", bound_s=TIMEOUT, measured_s=round(seconds, 3))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_every_model_faulty_fails_within_the_deadline_naming_each(
+    healthy, llm, fault, kind, record
+):
+    for name in RANKED_MODELS:
+        break_model(healthy, llm, name, fault)
+    with psycopg.connect(healthy) as conn:
+        logged = conn.execute("SELECT max(id) FROM avengers.route_log").fetchone()[0] or 0
+    error, seconds = ask(healthy, kind)
+    assert isinstance(error, AllEndpointsFailed), error
+    message = str(error)
+    assert FAULTS[fault][1] in message
+    named = [name for name in RANKED_MODELS if f"[{name}]" in message]
+    left = message.partition("not asked: ")[2]
+    assert named and all(name in named or name in left for name in RANKED_MODELS)
+    assert seconds < TIMEOUT + SLACK
+    with psycopg.connect(healthy) as conn:
+        (row,) = conn.execute(
+            "SELECT models, final_answer, metadata FROM avengers.route_log WHERE id > %s",
+            (logged,),
+        ).fetchall()
+    assert row[0] == [] and row[1] is None and FAULTS[fault][1] in row[2]["error"]
+    record(f"every model {fault}, {kind} ask", bound_s=TIMEOUT, measured_s=round(seconds, 3))
+
+
+def test_cli_ask_with_a_hung_first_model_answers_from_the_next_within_5_s(healthy, llm, record):
+    break_model(healthy, llm, "alpha", "hung")
+    started = time.perf_counter()
+    done = run_process(
+        "ask", QUESTION, "--samples", "2", "--timeout", "5", "--json",
+        env={"AVENGERS_DATABASE_URL": healthy},
+    )  # fmt: skip
+    seconds = time.perf_counter() - started  # the whole process: start-up, embedding, asking
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["answer"] == "42" and out["models"] == ["bravo"]
+    assert [f["model"] for f in out["fallbacks"]] == ["alpha"]
+    assert "share of the 5 s deadline" in out["fallbacks"][0]["error"]
+    assert seconds <= 5.0
+    record("avengers ask --timeout 5, hung first model", bound_s=5.0, measured_s=round(seconds, 3))
+
+
+def test_gateway_deadline_plain_streamed_and_per_request(healthy, llm, record):
+    break_model(healthy, llm, "alpha", "hung")
+    settings = GatewaySettings(auth=False, timeout_s=3.0)
+    chat = {"model": "avengers", "messages": [{"role": "user", "content": QUESTION}]}
+    with gateway_server(settings, database_url=healthy) as gw:
+        url = gw.base_url + "/v1/chat/completions"
+        httpx.post(url, json=chat, timeout=30)  # warm: embedder and pools
+        started = time.perf_counter()
+        plain = httpx.post(url, json=chat, timeout=30)
+        plain_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with httpx.stream("POST", url, json={**chat, "stream": True}, timeout=30) as streamed:
+            events = [line for line in streamed.iter_lines() if line.startswith("data:")]
+        stream_s = time.perf_counter() - started
+        for name in RANKED_MODELS:
+            break_model(healthy, llm, name, "hung")
+        started = time.perf_counter()
+        late = httpx.post(url, json={**chat, "timeout": 1.0}, timeout=30)
+        late_s = time.perf_counter() - started
+        too_long = httpx.post(url, json={**chat, "timeout": 60}, timeout=30)
+    assert plain.status_code == 200 and plain.json()["model"] == "bravo"
+    assert plain.headers["x-avengers-fallbacks"] == "alpha" and plain_s < 3.0 + SLACK
+    text = "".join(
+        (json.loads(e[5:])["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for e in events[:-1]
+    )
+    assert streamed.headers["x-avengers-fallbacks"] == "alpha" and text == r"\boxed{42}"
+    assert events[-1] == "data: [DONE]" and stream_s < 3.0 + SLACK
+    assert late.status_code == 504 and late.json()["error"]["code"] == "upstream_timeout"
+    assert "no answer within the 1 s deadline" in late.json()["error"]["message"]
+    assert late_s < 1.0 + SLACK
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "timeout"
+    record("gateway, hung first model", bound_s=3.0, measured_s=round(plain_s, 3))
+    record("gateway stream, hung first model", bound_s=3.0, measured_s=round(stream_s, 3))
+    record("gateway, every model hung, timeout 1", bound_s=1.0, measured_s=round(late_s, 3))
+
+
+def test_gateway_stream_cut_mid_way_ends_with_an_error_event(healthy, llm):
+    llm.script("alpha", {"texts": ["one two three four five"], "cut_after": 3})
+    chat = {
+        "model": "avengers",
+        "stream": True,
+        "messages": [{"role": "user", "content": QUESTION}],
+    }
+    with (
+        gateway_server(GatewaySettings(auth=False), database_url=healthy) as gw,
+        httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=chat, timeout=30) as r,
+    ):
+        events = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert "closed the stream before its end" in error["message"]
+    assert error["type"] == "upstream_error"
