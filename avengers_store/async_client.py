@@ -545,6 +545,9 @@ class AsyncAvengersClient:
         limit = timeout if timeout is not None else self.timeout
         if not texts:
             return []
+        # Reading the embedding model happens once per process: not part of a question's deadline.
+        _, embedder = await self._serving(conn)
+        await asyncio.to_thread(core.load_embedder, embedder)
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
         decisions, vectors = await self._route_many(

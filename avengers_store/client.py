@@ -490,6 +490,8 @@ class AvengersClient:
         limit = timeout if timeout is not None else self.timeout
         if not texts:
             return []
+        # Reading the embedding model happens once per process: not part of a question's deadline.
+        core.load_embedder(self._serving(conn)[1])
         started = time.perf_counter()
         n = core.top_n_for(strategy, top_n)
         decisions, vectors = self._route_many(

@@ -91,6 +91,14 @@ def check_timeout(timeout: float | None) -> None:
         raise InputError(f"timeout must be > 0 seconds, got {timeout}", location="timeout")
 
 
+def load_embedder(embedder: Any) -> None:
+    """Read the embedder's model now if it has one to read (an embedder given to a client
+    needs only ``embed``)."""
+    load = getattr(embedder, "load", None)
+    if load is not None:
+        load()
+
+
 def question_deadline(timeout: float | None, spent: float) -> Deadline | None:
     """The deadline of one question's sampling: ``timeout`` seconds from the ask, of which
     ``spent`` went to the shared embedding and routing (it may have passed already)."""

@@ -63,6 +63,10 @@ class Embedder:
         """Vectors for ``texts``: float32, shape (len(texts), dimension), unit-norm rows."""
         raise NotImplementedError
 
+    def load(self) -> None:
+        """Do now what the first ``embed`` would do once (read a local model's weights), so a
+        question's deadline does not pay for it."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -120,6 +124,9 @@ class SentenceTransformerEmbedder(Embedder):
 
     def _model(self):
         return _load_sentence_transformer(self._model_path(), self.max_seq_length)
+
+    def load(self) -> None:
+        self._model()
 
     @property
     def dimension(self) -> int:

@@ -226,3 +226,37 @@ def test_gateway_stream_cut_mid_way_ends_with_an_error_event(healthy, llm):
     error = json.loads(events[-2])["error"]
     assert "closed the stream before its end" in error["message"]
     assert error["type"] == "upstream_error"
+
+
+class SlowToLoad:
+    """The store's embedder, behind a model that takes twice the deadline to read once."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.loads = inner, inner.name, 0
+
+    def load(self) -> None:
+        if not self.loads:
+            time.sleep(2 * TIMEOUT)
+        self.loads += 1
+
+    def embed(self, texts, **kw):
+        return self.inner.embed(texts, **kw)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_reading_the_embedding_model_is_not_part_of_the_deadline(healthy, kind):
+    with AvengersClient(healthy) as client:
+        slow = SlowToLoad(client.embedder())
+    started = time.perf_counter()
+    if kind == "sync":
+        with AvengersClient(healthy, embedder=slow) as client:
+            answer = client.ask(QUESTION, samples=2, timeout=TIMEOUT)
+    else:
+
+        async def go():
+            async with AsyncAvengersClient(healthy, embedder=slow) as client:
+                return await client.ask(QUESTION, samples=2, timeout=TIMEOUT)
+
+        answer = asyncio.run(go())
+    assert slow.loads >= 1 and time.perf_counter() - started > 2 * TIMEOUT
+    assert answer.answer == "42" and not answer.fallbacks
