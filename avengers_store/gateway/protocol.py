@@ -10,6 +10,7 @@ which OpenAI SDKs send with ``extra_body``.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Literal
 
@@ -257,3 +258,11 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` as JSON can carry it: JSON has no infinity, so an infinitely novel query (every
+    calibration query sat on its centroid) is sent as a large number."""
+    if value is None:
+        return None
+    return value if math.isfinite(value) else 1e300
