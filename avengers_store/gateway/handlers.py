@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from avengers_store import client_core as core
 from avengers_store.answering import route_log
 from avengers_store.gateway.errors import GatewayError, bad_request, from_validation
-from avengers_store.gateway.headers import cost_headers, loop_headers
+from avengers_store.gateway.headers import decision_headers
 from avengers_store.gateway.inputs import costs_asked, routed_text
 from avengers_store.gateway.passthrough import passthrough
 from avengers_store.gateway.protocol import (
@@ -32,20 +32,27 @@ from avengers_store.gateway.protocol import (
 from avengers_store.gateway.recipe import RECIPE_MODEL, Recipe
 from avengers_store.gateway.state import Gateway
 
+Body = TypeVar("Body", bound=BaseModel)
+
 
 def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway
+
+
+async def _parsed(gw: Gateway, request: Request, kind: type[Body]) -> tuple[Body, Any]:
+    """The request's JSON body validated as ``kind``, and the body as it came (400 otherwise)."""
+    body = await gw.read_json(request)
+    try:
+        return kind.model_validate(body), body
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
 
 
 async def chat_completions(request: Request) -> Response:
     gw = _gateway(request)
     started = time.perf_counter()
     key_id = await gw.authorize(request)
-    body = await gw.read_json(request)
-    try:
-        req = ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation(exc) from exc
+    req, body = await _parsed(gw, request, ChatCompletionRequest)
     if req.model == RECIPE_MODEL:
         return await Recipe(gw, req, request, key_id, started).respond()
     pool = await gw.pool_models()
@@ -65,11 +72,7 @@ async def route_only(request: Request) -> Response:
     gw = _gateway(request)
     started = time.perf_counter()
     key_id = await gw.authorize(request)
-    body = await gw.read_json(request)
-    try:
-        req = RouteRequest.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation(exc) from exc
+    req, _ = await _parsed(gw, request, RouteRequest)
     if req.vector is not None:
         query: Any = np.asarray(req.vector, dtype=np.float32)
         question = None
@@ -145,26 +148,14 @@ async def route_only(request: Request) -> Response:
     )
     return JSONResponse(
         out.model_dump(),
-        headers={
-            "x-avengers-route-id": str(route_id),
-            "x-avengers-clustering": str(decision.clustering_id),
-            "x-avengers-cluster": str(decision.cluster),
-            "x-avengers-distance": f"{decision.distance:.6f}",
-            "x-avengers-candidates": ",".join(c.model for c in decision.candidates),
-            **loop_headers(decision),
-            **cost_headers(decision),
-        },
+        headers=decision_headers(route_id, decision),
     )
 
 
 async def feedback(request: Request) -> Response:
     gw = _gateway(request)
     await gw.authorize(request)
-    body = await gw.read_json(request)
-    try:
-        req = FeedbackRequest.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation(exc) from exc
+    req, _ = await _parsed(gw, request, FeedbackRequest)
     now = gw.settings.feedback_refresh_s == 0
     stored = await gw.client.feedback(req.route_id, req.score, req.model, req.source, refresh=now)
     if not now:

@@ -3,7 +3,23 @@ loop's out-of-distribution and exploration flags."""
 
 from __future__ import annotations
 
+import uuid
+
 from avengers_store.routing import RouteDecision
+
+
+def decision_headers(route_id: uuid.UUID, decision: RouteDecision) -> dict[str, str]:
+    """The headers of every routed answer: its route id, where the query landed, the candidates,
+    and the loop's and the costs' headers."""
+    return {
+        "x-avengers-route-id": str(route_id),
+        "x-avengers-clustering": str(decision.clustering_id),
+        "x-avengers-cluster": str(decision.cluster),
+        "x-avengers-distance": f"{decision.distance:.6f}",
+        "x-avengers-candidates": ",".join(c.model for c in decision.candidates),
+        **loop_headers(decision),
+        **cost_headers(decision),
+    }
 
 
 def cost_headers(decision: RouteDecision) -> dict[str, str]:

@@ -17,7 +17,7 @@ from avengers_store.errors import EndpointError
 from avengers_store.gateway import streaming
 from avengers_store.gateway.errors import GatewayError, from_library
 from avengers_store.gateway.inputs import request_deadline
-from avengers_store.gateway.protocol import ChatCompletionRequest
+from avengers_store.gateway.protocol import ChatCompletionRequest, token_counts
 from avengers_store.gateway.state import Gateway
 
 
@@ -53,11 +53,6 @@ async def passthrough(
             extra={"gateway": True, "tokens_in": usage[0], "tokens_out": usage[1]},
         )
 
-    def count(usage: tuple[int, int]) -> None:
-        gw.metrics.samples.labels(endpoint.model).inc()
-        gw.metrics.tokens.labels(endpoint.model, "prompt").inc(usage[0])
-        gw.metrics.tokens.labels(endpoint.model, "completion").inc(usage[1])
-
     if not req.stream:
         asked = time.perf_counter()
         try:
@@ -70,9 +65,8 @@ async def passthrough(
             gw.log_rows([row((0, 0), "not JSON")])
             raise GatewayError(502, f"{endpoint.describe()} answered with no JSON") from exc
         gw.metrics.stage("upstream", time.perf_counter() - asked)
-        usage = payload.get("usage") or {}
-        used = (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-        count(used)
+        used = token_counts(payload.get("usage"))
+        gw.metrics.drawn(endpoint.model, 1, *used)
         gw.log_rows([row(used)])
         if isinstance(payload, dict):
             payload["model"] = endpoint.model
@@ -93,8 +87,7 @@ async def passthrough(
             async with stack:
                 async for event in events:
                     if event.get("usage"):
-                        u = event["usage"]
-                        used = (u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+                        used = token_counts(event["usage"])
                     event["model"] = endpoint.model
                     yield streaming.event(event)
         except EndpointError as exc:
@@ -102,7 +95,7 @@ async def passthrough(
             yield streaming.event(from_library(exc).body())
             yield streaming.DONE
             return
-        count(used)
+        gw.metrics.drawn(endpoint.model, 1, *used)
         gw.log_rows([row(used)])
         yield streaming.DONE
 

@@ -19,7 +19,7 @@ from avengers_store.answering.sampling import Endpoint, SampleBatch
 from avengers_store.errors import AvengersError, EndpointError
 from avengers_store.gateway import sessions, streaming
 from avengers_store.gateway.errors import from_library
-from avengers_store.gateway.headers import cost_headers, loop_headers
+from avengers_store.gateway.headers import decision_headers
 from avengers_store.gateway.inputs import costs_asked, request_deadline, routed_text
 from avengers_store.gateway.protocol import (
     AssistantMessage,
@@ -32,6 +32,7 @@ from avengers_store.gateway.protocol import (
     RouteInfo,
     Usage,
     finite,
+    token_counts,
 )
 from avengers_store.gateway.state import Gateway
 from avengers_store.routing import RouteDecision
@@ -149,23 +150,7 @@ class Recipe:
     async def finish(self, answer: strategies.Answer) -> None:
         gw = self.gw
         gw.metrics.answered(answer)
-        row = route_log.entry(
-            self.text,
-            decision=self.decision,
-            answer=answer,
-            strategy=self.strategy,
-            latency_ms=(time.perf_counter() - self.started) * 1000.0,
-            route_id=self.route_id,
-            api_key_id=self.key_id,
-            extra={
-                "top_n": self.top_n,
-                "gateway": True,
-                "stream": self.req.stream,
-                **core.cost_fields(self.decision),
-            },
-            **self.gw.logged(self.vector, self.text),
-        )
-        gw.log_rows([row])
+        gw.log_rows([self.row(self.decision, answer)])
         if self.session and answer.model:
             async with gw.client.connection("write") as conn:
                 await sessions.pin(
@@ -178,13 +163,25 @@ class Recipe:
                 )
 
     def log_failure(self, exc: AvengersError, decision: RouteDecision | None) -> None:
-        row = route_log.entry(
+        self.gw.log_rows([self.row(decision, None, error=str(exc))])
+        for fallback in getattr(exc, "failures", ()):
+            self.gw.metrics.fallbacks.labels(fallback.model).inc()
+
+    def row(
+        self,
+        decision: RouteDecision | None,
+        answer: strategies.Answer | None,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        """The request's route-log row: answered, or failed with ``error`` (before routing when
+        ``decision`` is None, so no embedding is kept)."""
+        return route_log.entry(
             self.text,
             decision=decision,
-            answer=None,
+            answer=answer,
             strategy=self.strategy,
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
-            error=str(exc),
+            error=error,
             route_id=self.route_id,
             api_key_id=self.key_id,
             extra={
@@ -195,9 +192,6 @@ class Recipe:
             },
             **self.gw.logged(self.vector if decision is not None else None, self.text),
         )
-        self.gw.log_rows([row])
-        for fallback in getattr(exc, "failures", ()):
-            self.gw.metrics.fallbacks.labels(fallback.model).inc()
 
     def info(self, answer: strategies.Answer | None) -> RouteInfo:
         d = self.decision
@@ -227,16 +221,9 @@ class Recipe:
     def headers(
         self, *, answer: strategies.Answer | None = None, models: Sequence[str] = ()
     ) -> dict[str, str]:
-        d = self.decision
         out = {
-            "x-avengers-route-id": str(self.route_id),
-            "x-avengers-clustering": str(d.clustering_id),
-            "x-avengers-cluster": str(d.cluster),
-            "x-avengers-distance": f"{d.distance:.6f}",
-            "x-avengers-candidates": ",".join(c.model for c in d.candidates),
+            **decision_headers(self.route_id, self.decision),
             "x-avengers-strategy": self.strategy,
-            **loop_headers(d),
-            **cost_headers(d),
         }
         if answer is not None:
             out["x-avengers-models"] = ",".join(answer.models)
@@ -292,8 +279,7 @@ class Recipe:
                 async with stack:
                     async for event in events:
                         if event.get("usage"):
-                            u = event["usage"]
-                            usage = (u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+                            usage = token_counts(event["usage"])
                         choices = event.get("choices") or []
                         for choice in choices:
                             text.append((choice.get("delta") or {}).get("content") or "")
