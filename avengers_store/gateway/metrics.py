@@ -70,12 +70,16 @@ class Metrics:
     def stage(self, stage: str, seconds: float) -> None:
         self.stages.labels(stage).observe(seconds)
 
+    def drawn(self, model: str, samples: int, tokens_in: int, tokens_out: int) -> None:
+        """Completions drawn from one model and the tokens they used."""
+        if samples:
+            self.samples.labels(model).inc(samples)
+        self.tokens.labels(model, "prompt").inc(tokens_in)
+        self.tokens.labels(model, "completion").inc(tokens_out)
+
     def answered(self, answer: Answer) -> None:
         for usage in answer.usage:
-            if usage.samples:
-                self.samples.labels(usage.model).inc(usage.samples)
-            self.tokens.labels(usage.model, "prompt").inc(usage.tokens_in)
-            self.tokens.labels(usage.model, "completion").inc(usage.tokens_out)
+            self.drawn(usage.model, usage.samples, usage.tokens_in, usage.tokens_out)
         for fallback in answer.fallbacks:
             self.fallbacks.labels(fallback.model).inc()
         if answer.valid:

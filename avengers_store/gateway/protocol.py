@@ -10,6 +10,7 @@ which OpenAI SDKs send with ``extra_body``.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Literal
 
@@ -257,3 +258,17 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def token_counts(usage: dict[str, Any] | None) -> tuple[int, int]:
+    """(prompt, completion) tokens of an upstream ``usage`` object; 0 for what it leaves out."""
+    usage = usage or {}
+    return usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` as JSON can carry it: JSON has no infinity, so an infinitely novel query (every
+    calibration query sat on its centroid) is sent as a large number."""
+    if value is None:
+        return None
+    return value if math.isfinite(value) else 1e300

@@ -1,0 +1,91 @@
+"""What wraps every handler: ``openai_errors`` answers errors the OpenAI way, and ``Guard`` (ASGI
+middleware) holds the in-flight limit and counts requests and their latency."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from avengers_store.errors import AvengersError
+from avengers_store.gateway.errors import GatewayError, from_library
+from avengers_store.gateway.state import Gateway
+
+log = logging.getLogger("avengers.gateway")
+
+LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/route", "/v1/feedback"})
+KNOWN_PATHS = LIMITED_PATHS | {"/v1/models", "/health", "/ready", "/metrics"}
+
+
+def openai_errors(handler: Any) -> Any:
+    """Every handler answers errors the OpenAI way."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            return exc.response()
+        except AvengersError as exc:
+            return from_library(exc).response()
+        except Exception:
+            log.exception("unexpected error answering %s", request.url.path)
+            return GatewayError(
+                500, "internal error (see the gateway's log)", type="server_error"
+            ).response()
+
+    return wrapped
+
+
+class Guard:
+    """Pure ASGI middleware: refuses work past the in-flight limit with 429 and Retry-After
+    (back-pressure instead of collapse), and counts requests and their latency."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gw = self.gateway
+        path = scope["path"]
+        label = path if path in KNOWN_PATHS else "other"
+        limited = path in LIMITED_PATHS
+        if limited and gw.in_flight >= gw.settings.max_in_flight:
+            gw.metrics.rejected.inc()
+            gw.metrics.requests.labels(label, "429").inc()
+            error = GatewayError(
+                429,
+                f"{gw.settings.max_in_flight} requests are in flight, the gateway's limit: "
+                "retry after a second",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
+            await error.response()(scope, receive, send)
+            return
+        status = 500
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        if limited:
+            gw.in_flight += 1
+            gw.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            if limited:
+                gw.in_flight -= 1
+                gw.metrics.in_flight.dec()
+            gw.metrics.requests.labels(label, str(status)).inc()
+            gw.metrics.latency.labels(label).observe(time.perf_counter() - started)

@@ -1,0 +1,195 @@
+"""The endpoint handlers: ``/v1/chat/completions`` (the recipe or a passthrough), ``/v1/route``,
+``/v1/feedback``, ``/v1/models``, ``/health``, ``/ready`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from avengers_store import client_core as core
+from avengers_store.answering import route_log
+from avengers_store.gateway.errors import GatewayError, bad_request, from_validation
+from avengers_store.gateway.headers import decision_headers
+from avengers_store.gateway.inputs import costs_asked, routed_text
+from avengers_store.gateway.passthrough import passthrough
+from avengers_store.gateway.protocol import (
+    ChatCompletionRequest,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelCard,
+    ModelList,
+    RouteCandidate,
+    RouteRequest,
+    RouteResponse,
+    finite,
+)
+from avengers_store.gateway.recipe import RECIPE_MODEL, Recipe
+from avengers_store.gateway.state import Gateway
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def _parsed(gw: Gateway, request: Request, kind: type[Body]) -> tuple[Body, Any]:
+    """The request's JSON body validated as ``kind``, and the body as it came (400 otherwise)."""
+    body = await gw.read_json(request)
+    try:
+        return kind.model_validate(body), body
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+
+
+async def chat_completions(request: Request) -> Response:
+    gw = _gateway(request)
+    started = time.perf_counter()
+    key_id = await gw.authorize(request)
+    req, body = await _parsed(gw, request, ChatCompletionRequest)
+    if req.model == RECIPE_MODEL:
+        return await Recipe(gw, req, request, key_id, started).respond()
+    pool = await gw.pool_models()
+    endpoint = pool.get(req.model)
+    if endpoint is None:
+        raise GatewayError(
+            400,
+            f"the model {req.model!r} does not exist: use {RECIPE_MODEL!r} or an active pool "
+            f"model ({', '.join(pool) or 'none has an endpoint'})",
+            param="model",
+            code="model_not_found",
+        )
+    return await passthrough(gw, req, body, endpoint, key_id, started)
+
+
+async def route_only(request: Request) -> Response:
+    gw = _gateway(request)
+    started = time.perf_counter()
+    key_id = await gw.authorize(request)
+    req, _ = await _parsed(gw, request, RouteRequest)
+    if req.vector is not None:
+        query: Any = np.asarray(req.vector, dtype=np.float32)
+        question = None
+    elif req.input is not None:
+        if not req.input.strip():
+            raise bad_request("input is empty", param="input")
+        query = question = req.input
+    elif req.messages:
+        query = question = routed_text(req.messages, req.route_on or gw.settings.route_on)
+    else:
+        raise bad_request("give input (a text), messages or vector", param="input")
+    tradeoff, max_cost = costs_asked(req.tradeoff, req.max_cost, gw.settings)
+    decision, vector = await gw.client.route_with_vector(
+        query,
+        req.top_n,
+        method=req.method,
+        tradeoff=tradeoff,
+        max_cost=max_cost,
+        ood_policy=req.ood_policy,
+    )
+    route_id = uuid.uuid4()
+    gw.log_rows(
+        [
+            route_log.entry(
+                question if question is not None else "(vector)",
+                decision=decision,
+                answer=None,
+                strategy="route",
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                route_id=route_id,
+                api_key_id=key_id,
+                extra={
+                    "top_n": req.top_n,
+                    "gateway": True,
+                    "vector": question is None,
+                    **core.cost_fields(decision),
+                },
+                **gw.logged(vector, question),
+            )
+        ]
+    )
+    out = RouteResponse(
+        route_id=str(route_id),
+        clustering=decision.clustering_id,
+        cluster=decision.cluster,
+        distance=decision.distance,
+        candidates=[
+            RouteCandidate(
+                model=c.model,
+                rank=c.rank,
+                score=c.score,
+                mean_score=c.mean_score,
+                n=c.n,
+                wilson_low=c.wilson_low,
+                wilson_high=c.wilson_high,
+                production_n=c.production_n,
+                production_mean=c.production_mean,
+                expected_cost=c.expected_cost,
+                utility=c.utility,
+                over_budget=c.over_budget,
+            )
+            for c in decision.candidates
+        ],
+        novelty=finite(decision.novelty),
+        ood=decision.ood,
+        ood_policy=decision.ood_policy,
+        production_weight=decision.production_weight,
+        exploration=decision.exploration,
+        explored=decision.explored,
+        tradeoff=decision.tradeoff,
+        max_cost=decision.max_cost,
+        over_budget=decision.over_budget,
+    )
+    return JSONResponse(
+        out.model_dump(),
+        headers=decision_headers(route_id, decision),
+    )
+
+
+async def feedback(request: Request) -> Response:
+    gw = _gateway(request)
+    await gw.authorize(request)
+    req, _ = await _parsed(gw, request, FeedbackRequest)
+    now = gw.settings.feedback_refresh_s == 0
+    stored = await gw.client.feedback(req.route_id, req.score, req.model, req.source, refresh=now)
+    if not now:
+        gw.serve_feedback_soon()
+    out = FeedbackResponse(
+        id=stored.id,
+        route_id=str(stored.route_id),
+        model=stored.model,
+        score=stored.score,
+        source=stored.source,
+        replaced=stored.replaced,
+    )
+    return JSONResponse(out.model_dump())
+
+
+async def list_models(request: Request) -> Response:
+    gw = _gateway(request)
+    await gw.authorize(request)
+    names = [RECIPE_MODEL, *(await gw.pool_models())]
+    return JSONResponse(ModelList(data=[ModelCard(id=n) for n in names]).model_dump())
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    problems = await _gateway(request).readiness()
+    if problems:
+        error = GatewayError(503, "; ".join(problems), type="service_unavailable", code="not_ready")
+        return error.response()
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    data, content_type = _gateway(request).metrics.exposition()
+    return Response(data, media_type=content_type)
