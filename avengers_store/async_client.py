@@ -40,7 +40,7 @@ from avengers_store.calibration.embedding_batches import EmbeddingBatcher
 from avengers_store.client_core import Query
 from avengers_store.errors import AvengersError, ConnectionFailed, InputError, StoreUnavailable
 from avengers_store.production import feedback
-from avengers_store.routing import RouteDecision, loop, ood
+from avengers_store.routing import RouteDecision, loop, novelty, ood
 from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.store import availability, config, connections, schema
 
@@ -109,6 +109,7 @@ class AsyncAvengersClient:
         self._rng = np.random.default_rng(seed)
         self._explores = False
         self._loop_cache = loop.LoopCache(loop_ttl)
+        self._novelty_cache = novelty.NoveltyCache()
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -417,7 +418,9 @@ class AsyncAvengersClient:
                 found = [await routing.aroute_vector(c, vectors[0], n, **options)]
             else:
                 found = await routing.aroute_vectors(c, vectors, n, **options)
-            return loop.annotate(found, await loop.acached_rows(c, found, self._loop_cache))
+            rows = await loop.acached_rows(c, found, self._loop_cache)
+            models = await loop.anovelty_models(c, found, rows, self._novelty_cache)
+            return loop.annotate(found, rows, vectors, models)
 
         asked = core.asked_for(top_n, self._explores)
         decisions = await run(asked)

@@ -37,7 +37,7 @@ from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.client_core import DEFAULT_TOP_N, Query
 from avengers_store.errors import AvengersError, ConnectionFailed, InputError, StoreUnavailable
 from avengers_store.production import feedback
-from avengers_store.routing import RouteDecision, loop, ood
+from avengers_store.routing import RouteDecision, loop, novelty, ood
 from avengers_store.store import availability, config, connections, schema
 
 __all__ = ["DEFAULT_TOP_N", "AvengersClient", "Query"]
@@ -106,6 +106,7 @@ class AvengersClient:
         self._rng = np.random.default_rng(seed)
         self._explores = False
         self._loop_cache = loop.LoopCache(loop_ttl)
+        self._novelty_cache = novelty.NoveltyCache()
         self._chat = chat
         self._own_chat = chat is None
         self._embedder_override = embedder
@@ -423,7 +424,9 @@ class AvengersClient:
                 found = [routing.route_vector(c, vectors[0], n, **options)]
             else:
                 found = routing.route_vectors(c, vectors, n, **options)
-            return loop.annotate(found, loop.cached_rows(c, found, self._loop_cache))
+            rows = loop.cached_rows(c, found, self._loop_cache)
+            models = loop.novelty_models(c, found, rows, self._novelty_cache)
+            return loop.annotate(found, rows, vectors, models)
 
         asked = core.asked_for(top_n, self._explores)
         decisions = run(asked)

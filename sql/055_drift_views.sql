@@ -71,7 +71,7 @@ COMMENT ON COLUMN avengers.ood_daily.routed IS 'Requests routed.';
 COMMENT ON COLUMN avengers.ood_daily.ood IS 'Requests flagged out of distribution.';
 COMMENT ON COLUMN avengers.ood_daily.ood_rate IS 'ood / requests with a novelty score.';
 COMMENT ON COLUMN avengers.ood_daily.mean_distance IS 'Mean distance to the nearest centroid.';
-COMMENT ON COLUMN avengers.ood_daily.mean_novelty IS 'Mean novelty (distance / the cluster''s ood_distance).';
+COMMENT ON COLUMN avengers.ood_daily.mean_novelty IS 'Mean novelty (route_log.novelty: above 1 is out of distribution).';
 
 CREATE FUNCTION avengers.outcome_drift(since timestamptz)
 RETURNS TABLE (

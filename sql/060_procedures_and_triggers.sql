@@ -110,10 +110,15 @@ BEGIN
   )
   SELECT clustering, s.cluster, s.n, s.mean, s.median, s.p95, s.max, s.scale, s.scale * t.ratio
   FROM scaled s CROSS JOIN threshold t;
+  -- The novelty model's threshold (routing.novelty), at the same quantile of its held-out
+  -- distances.
+  UPDATE avengers.novelty_profiles p
+  SET threshold = (SELECT percentile_cont(q) WITHIN GROUP (ORDER BY h) FROM unnest(p.held_out) h)
+  WHERE p.clustering_id = clustering;
 END
 $$;
 COMMENT ON PROCEDURE avengers.store_distance_profile(integer) IS
-  'Write avengers.cluster_distances of a clustering version from its assignments and ood_quantile: run when it is stored, first activated, or its ood_quantile changes.';
+  'Write avengers.cluster_distances of a clustering version from its assignments and ood_quantile, and its novelty threshold (avengers.novelty_profiles) from the held-out distances: run when it is stored, first activated, or its ood_quantile changes.';
 
 -- Settings of the loop live on the clustering row; what they change is kept in step here, in the
 -- same transaction as the UPDATE.

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from avengers_store.calibration.centroid_index import prepare_centroid_index
 from avengers_store.calibration.fit import Partition
 from avengers_store.errors import InputError, NotFound, StoreStateError
+from avengers_store.routing import novelty
 from avengers_store.store import connections, driver_errors
 
 _COLUMNS = (
@@ -184,11 +185,14 @@ def store_partition(
     seed: int | None = None,
     params: Mapping[str, Any] | None = None,
     activate: bool = True,
+    vectors: np.ndarray | None = None,
 ) -> Clustering:
     """Store ``part`` (``fit.partition`` of the vectors of ``query_ids``, in that order) as a new
     clustering version of embedding space ``space_id``, in the caller's transaction: the version
     row (with the served version's loop settings), its centroids and assignments, their distance
-    statistics (``avengers.cluster_distances``), the centroid index; then mark it ready and, with
+    statistics (``avengers.cluster_distances``), with ``vectors`` (the calibration vectors of
+    ``query_ids``, in order) its novelty model (``routing.novelty``), the centroid index; then
+    mark it ready and, with
     ``activate``, serve it (``replaced``: the version it took over from). Returns the stored
     version."""
     if len(query_ids) != len(part.labels):
@@ -225,6 +229,13 @@ def store_partition(
     )
     _write_centroids(conn, clustering_id, part)
     _write_assignments(conn, clustering_id, query_ids, part)
+    if vectors is not None:
+        quantile = conn.execute(
+            "SELECT ood_quantile FROM avengers.clusterings WHERE id = %s", (clustering_id,)
+        ).fetchone()[0]
+        fitted = novelty.fit(vectors, quantile, seed or 0)
+        if fitted is not None:
+            novelty.store(conn, clustering_id, fitted, seed or 0)
     conn.execute("CALL avengers.store_distance_profile(%s)", (clustering_id,))
     # Routing-side structures (an HNSW index for very large k), built in the same transaction so
     # the version is servable the moment it is active.

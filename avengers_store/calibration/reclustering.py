@@ -272,6 +272,7 @@ def recluster(
                 seed=seed,
                 params=params,
                 activate=False,
+                vectors=vectors,
             )
             clustering_id = stored.id
             phases.done()

@@ -3,7 +3,7 @@ the OOD datasets', and what each OOD policy scores.
 
 Per seed, with that seed's clustering served, every test query is routed through
 ``avengers.route_many`` (top 3, the client's statement) and annotated as the client annotates it
-(``routing.loop``: novelty against the seed's own calibration distances).
+(``routing.loop``: novelty by the seed's own novelty model, ``routing.novelty``).
 
 - AUROC: the probability that a random OOD test query has a higher novelty than a random
   in-distribution one (rank-based, ties count half), and the share of each flagged (novelty > 1).
@@ -23,7 +23,7 @@ import numpy as np
 
 from avengers_store import routing
 from avengers_store.evaluation.results import Stat
-from avengers_store.routing import loop, ood
+from avengers_store.routing import loop, novelty, ood
 
 TOP = 3
 ROUTE_BATCH = 4096
@@ -79,16 +79,19 @@ def measure(rp, method: routing.RoutingMethod) -> _Seed | None:
         return None
     rows = np.flatnonzero(rp.test_mask())
     decisions = []
+    cache = novelty.NoveltyCache()
     for start in range(0, len(rows), ROUTE_BATCH):
         chunk = rows[start : start + ROUTE_BATCH]
         found = routing.route_vectors(rp.conn, rp.X[chunk], TOP, method=method)
-        decisions += loop.annotate(found, loop.loop_rows(rp.conn, found))
+        found_rows = loop.loop_rows(rp.conn, found)
+        models = loop.novelty_models(rp.conn, found, found_rows, cache)
+        decisions += loop.annotate(found, found_rows, rp.X[chunk], models)
     if any(d.novelty is None for d in decisions):
         return None
-    novelty = np.array([d.novelty for d in decisions])
+    scores = np.array([d.novelty for d in decisions])
     names = rp.dataset[rows]
     is_ood = np.isin(names, rp.ood_names)
-    flagged = novelty > 1
+    flagged = scores > 1
     best = ood.apply_policy(rp.conn, decisions, "best-overall", TOP)
     values: dict[str, np.ndarray] = {}
     for policy in ood.POLICIES:
@@ -111,7 +114,7 @@ def measure(rp, method: routing.RoutingMethod) -> _Seed | None:
         return float(np.mean([v[names == d].mean() * 100 for d in members]))
 
     return _Seed(
-        auroc=auroc(novelty[~is_ood], novelty[is_ood]),
+        auroc=auroc(scores[~is_ood], scores[is_ood]),
         id_flagged=float(flagged[~is_ood].mean() * 100),
         ood_flagged=float(flagged[is_ood].mean() * 100),
         per_dataset={d: float(flagged[names == d].mean() * 100) for d in rp.ood_names},

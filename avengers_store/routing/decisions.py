@@ -44,7 +44,9 @@ class RouteDecision:
     """Why a query goes where it goes: its cluster in a clustering version and the ranked models.
 
     ``tradeoff`` and ``max_cost``: what a cost-aware route asked for (None on a plain route).
-    ``novelty``: the distance over the nearest cluster's OOD distance, ``ood`` novelty > 1, and
+    ``novelty``: the query's distance to the calibration set over its threshold
+    (``routing.novelty``; for older versions the distance over the nearest cluster's OOD
+    distance), ``ood`` novelty > 1, and
     ``ood_policy`` what an out-of-distribution query got (``routing.ood``). ``production_weight``
     and ``half_life``: how the clustering pools production outcomes into the scores.
     ``exploration``: the clustering's exploration policy when it is on (with

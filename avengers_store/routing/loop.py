@@ -6,8 +6,10 @@ decision or batch (``LOOP_SQL``), or one per clustering and ``LoopCache`` period
 (``LOOP_ALL_SQL``); then the OOD policy (``routing.ood``) and exploration
 (``routing.exploration``) are applied to the annotated decisions (``finish``).
 
-Novelty: distance / ood_distance of the nearest cluster, so 1 is the clustering's ``ood_quantile``
-of its own calibration queries; ``ood`` is novelty > 1. A clustering without distance statistics
+Novelty: the query's Mahalanobis distance to the clustering's calibration Gaussian over its
+held-out threshold (``routing.novelty``), so 1 is the clustering's ``ood_quantile`` of held-out
+calibration queries; ``ood`` is novelty > 1. A version stored without a novelty model falls
+back to distance / ood_distance of the nearest cluster; one without distance statistics either
 leaves both None.
 """
 
@@ -25,18 +27,21 @@ import psycopg
 
 from avengers_store.errors import InputError
 from avengers_store.routing import exploration as explore_mod
+from avengers_store.routing import novelty as novelty_mod
 from avengers_store.routing import ood
 from avengers_store.routing.decisions import RouteDecision
 from avengers_store.store import driver_errors
 
 # Per cluster asked for, in the decisions' clustering: its OOD distance, the clustering's loop
-# settings, and the production feedback of every model there (count, decayed count and mean).
+# settings, the production feedback of every model there (count, decayed count and mean), and
+# the clustering's novelty threshold (routing.novelty; NULL for a version without one).
 LOOP_SQL = """
 SELECT c.cluster, d.ood_distance, k.production_weight, k.half_life, k.exploration,
-       k.exploration_share, pp.models, pp.ns, pp.decayed_ns, pp.means
+       k.exploration_share, pp.models, pp.ns, pp.decayed_ns, pp.means, nv.threshold
 FROM avengers.clusterings k
 CROSS JOIN unnest(%s::integer[]) AS c(cluster)
 LEFT JOIN avengers.cluster_distances d ON d.clustering_id = k.id AND d.cluster = c.cluster
+LEFT JOIN avengers.novelty_profiles nv ON nv.clustering_id = k.id
 LEFT JOIN LATERAL (
   SELECT array_agg(p.model_id) AS models, array_agg(p.n) AS ns,
          array_agg(p.decayed_n) AS decayed_ns, array_agg(p.decayed_mean) AS means
@@ -48,10 +53,11 @@ WHERE k.id = %s
 # The same for every cluster of a clustering: what a client caches for a short while.
 LOOP_ALL_SQL = """
 SELECT c.cluster, d.ood_distance, k.production_weight, k.half_life, k.exploration,
-       k.exploration_share, pp.models, pp.ns, pp.decayed_ns, pp.means
+       k.exploration_share, pp.models, pp.ns, pp.decayed_ns, pp.means, nv.threshold
 FROM avengers.clusterings k
 JOIN avengers.centroids c ON c.clustering_id = k.id
 LEFT JOIN avengers.cluster_distances d ON d.clustering_id = k.id AND d.cluster = c.cluster
+LEFT JOIN avengers.novelty_profiles nv ON nv.clustering_id = k.id
 LEFT JOIN LATERAL (
   SELECT array_agg(p.model_id) AS models, array_agg(p.n) AS ns,
          array_agg(p.decayed_n) AS decayed_ns, array_agg(p.decayed_mean) AS means
@@ -147,24 +153,77 @@ def novelty_of(distance: float, ood_distance: float | None) -> float | None:
     return math.inf if distance > 0 else 0.0
 
 
+def novelty_ids(decisions: Sequence[RouteDecision], rows: Sequence[Sequence[Any]]) -> list[int]:
+    """The clusterings whose novelty model the decisions need (those with a threshold)."""
+    if not any(row[-1] is not None for row in rows):
+        return []
+    return sorted({d.clustering_id for d in decisions})
+
+
+def novelty_models(
+    conn: psycopg.Connection,
+    decisions: Sequence[RouteDecision],
+    rows: Sequence[Sequence[Any]],
+    cache: novelty_mod.NoveltyCache,
+) -> dict[int, novelty_mod.NoveltyModel | None]:
+    """The decisions' clusterings' novelty models, through the cache."""
+    return {cid: cache.model(conn, cid) for cid in novelty_ids(decisions, rows)}
+
+
+async def anovelty_models(
+    conn: psycopg.AsyncConnection,
+    decisions: Sequence[RouteDecision],
+    rows: Sequence[Sequence[Any]],
+    cache: novelty_mod.NoveltyCache,
+) -> dict[int, novelty_mod.NoveltyModel | None]:
+    """``novelty_models`` on an async connection."""
+    return {cid: await cache.amodel(conn, cid) for cid in novelty_ids(decisions, rows)}
+
+
+def _distances(
+    decisions: Sequence[RouteDecision],
+    vectors: Any,
+    models: dict[int, novelty_mod.NoveltyModel | None] | None,
+) -> list[float | None]:
+    """Each decision's Mahalanobis distance under its clustering's model (None: no model)."""
+    out: list[float | None] = [None] * len(decisions)
+    if vectors is None or not models:
+        return out
+    for cid, model in models.items():
+        at = [i for i, d in enumerate(decisions) if d.clustering_id == cid]
+        if model is None or not at:
+            continue
+        found = model.distances(np.array([np.asarray(vectors[i], dtype=np.float64) for i in at]))
+        for i, value in zip(at, found.tolist(), strict=True):
+            out[i] = value
+    return out
+
+
 def annotate(
-    decisions: Sequence[RouteDecision], rows: Sequence[Sequence[Any]]
+    decisions: Sequence[RouteDecision],
+    rows: Sequence[Sequence[Any]],
+    vectors: Any = None,
+    models: dict[int, novelty_mod.NoveltyModel | None] | None = None,
 ) -> list[RouteDecision]:
     """The decisions with ``LOOP_SQL``'s rows filled in: novelty and ood, the clustering's
     settings, and the candidates' production count, decayed mean and evidence (calibration
-    outcomes + weight x decayed production count + the prior's one)."""
+    outcomes + weight x decayed production count + the prior's one). ``vectors`` (the routed
+    vectors, in order) and ``models`` (``novelty_models``) give novelty by the clustering's
+    novelty model; without them, or for a version without one, it is distance / ood_distance."""
     per_cluster: dict[int, tuple[Any, ...]] = {row[0]: tuple(row[1:]) for row in rows}
+    distances = _distances(decisions, vectors, models)
     out = []
-    for d in decisions:
+    for d, mahalanobis in zip(decisions, distances, strict=True):
         found = per_cluster.get(d.cluster)
         if found is None:
             out.append(d)
             continue
-        ood_distance, weight, half_life, policy, share, models, ns, decayed, means = found
+        (ood_distance, weight, half_life, policy, share, model_ids, ns, decayed, means,
+         threshold) = found  # fmt: skip
         production = {
             m: (n, dn, mean)
             for m, n, dn, mean in zip(
-                models or (), ns or (), decayed or (), means or (), strict=True
+                model_ids or (), ns or (), decayed or (), means or (), strict=True
             )
         }
         candidates = []
@@ -178,7 +237,10 @@ def annotate(
                     evidence=float(c.n or 0) + float(weight) * float(dn or 0.0) + 1.0,
                 )
             )
-        novelty = novelty_of(d.distance, ood_distance)
+        if mahalanobis is not None and threshold is not None:
+            novelty: float | None = novelty_mod.novelty(mahalanobis, threshold)
+        else:
+            novelty = novelty_of(d.distance, ood_distance)
         out.append(
             dataclasses.replace(
                 d,

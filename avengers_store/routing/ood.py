@@ -1,9 +1,10 @@
 """Out-of-distribution queries: what a decision the store calls out of distribution gets.
 
-Every decision carries ``novelty``: the query's distance to its nearest centroid over that
-cluster's ``ood_distance`` (``avengers.cluster_distances``, stored when the clustering is: the
-clustering's ``ood_quantile`` of its calibration queries' distances, each in units of its own
-cluster's median distance). ``ood`` is novelty > 1. The policy, per request or per client:
+Every decision carries ``novelty``: the query's Mahalanobis distance to its clustering's
+calibration Gaussian over the threshold measured on held-out calibration queries
+(``routing.novelty``; a version stored without that model: the distance to the nearest centroid
+over that cluster's ``ood_distance``, ``avengers.cluster_distances``). ``ood`` is novelty > 1.
+The policy, per request or per client:
 
 ``flag``
     Route as usual; the decision, the route log and the gateway's headers say so (default).

@@ -38,6 +38,8 @@ ANALYST_RELATIONS = (
     "feedback",
     "production_stats",
     "route_vectors",
+    "novelty_profiles",
+    "novelty_axes",
     # views and materialized views
     "active_clustering",
     "cluster_profiles",

@@ -1,4 +1,4 @@
-"""Decisions carry novelty and ood against the clustering's own calibration distances; each OOD
+"""Decisions carry novelty and ood against the clustering's own novelty model; each OOD
 policy does what it says; exploration is recorded on the decision; the CLI shows it."""
 
 from __future__ import annotations
@@ -36,20 +36,31 @@ def outside(syn) -> np.ndarray:
     return unit(-syn.blobs.sum(axis=0, keepdims=True))[0]
 
 
-def test_novelty_is_the_distance_over_the_clusters_ood_distance(store):
+def mahalanobis_over_threshold(url: str, vector: np.ndarray) -> float:
+    """The documented rule, from the stored rows: sqrt((v - mean)' P (v - mean)) / threshold,
+    P the inverse of the covariance the axes and variances spell out."""
+    with connections.connect(url) as conn:
+        mean, threshold = conn.execute(
+            "SELECT p.mean::real[], p.threshold FROM avengers.novelty_profiles p "
+            "JOIN avengers.active_clustering k ON k.id = p.clustering_id"
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT x.direction::real[], x.variance FROM avengers.novelty_axes x "
+            "JOIN avengers.active_clustering k ON k.id = x.clustering_id ORDER BY x.axis"
+        ).fetchall()
+    axes = np.array([r[0] for r in rows], dtype=np.float64)
+    cov = axes.T @ np.diag([r[1] for r in rows]) @ axes
+    v = np.asarray(vector, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+    return float(np.sqrt(v @ np.linalg.solve(cov, v))) / threshold
+
+
+def test_novelty_is_the_mahalanobis_distance_over_the_held_out_threshold(store):
     url, syn = store
     with AvengersClient(url) as client:
         near = client.route(inside(syn), 3)
         far = client.route(outside(syn), 3)
-    with connections.connect(url) as conn:
-        ood_distance = dict(
-            conn.execute(
-                "SELECT d.cluster, d.ood_distance FROM avengers.cluster_distances d "
-                "JOIN avengers.active_clustering k ON k.id = d.clustering_id"
-            ).fetchall()
-        )
-    assert near.novelty == pytest.approx(near.distance / ood_distance[near.cluster])
-    assert far.novelty == pytest.approx(far.distance / ood_distance[far.cluster])
+    assert near.novelty == pytest.approx(mahalanobis_over_threshold(url, inside(syn)), rel=1e-4)
+    assert far.novelty == pytest.approx(mahalanobis_over_threshold(url, outside(syn)), rel=1e-4)
     assert (near.ood, far.ood) == (False, True)
     assert near.ood_policy is None and far.ood_policy == "flag"
     assert near.production_weight == 1.0
