@@ -45,6 +45,8 @@ from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.store import availability, config, connections, schema
 
 StageObserver = Callable[[str, float], None]
+# Longest ``feedback`` waits for this client's queued route-log rows (its route's among them).
+FEEDBACK_FLUSH_S = 5.0
 
 
 class AsyncAvengersClient:
@@ -121,6 +123,7 @@ class AsyncAvengersClient:
         self._closing: set[asyncio.Task[None]] = set()
         self._pool_lock: asyncio.Lock | None = None
         self._closed = False
+        self._shutting_down = False
         self._log_queue = log_queue
         self._writer: RouteLogWriter | None = None
         self.background_log = background_log
@@ -255,11 +258,13 @@ class AsyncAvengersClient:
     async def aclose(self) -> None:
         """Write queued route-log rows, then close the pools, the chat client this client made
         and the embedding worker. Idempotent."""
-        if self._closed:
+        if self._shutting_down:
             return
-        self._closed = True
+        self._shutting_down = True
+        # Closed only once the writer is done: rows waiting out an outage need a pool to go to.
         if self._writer is not None:
             await self._writer.aclose()
+        self._closed = True
         pools, self._pools = {id(p): p for p in self._pools.values()}, {}
         for pool in pools.values():
             await pool.close()
@@ -637,7 +642,8 @@ class AsyncAvengersClient:
         Route-log rows still queued for the background writer are written first, so feedback
         on an answer this client just gave finds its route."""
         if self._writer is not None and conn is None:
-            await self._writer.flush()
+            # Bounded: while the store is down the statement below raises StoreUnavailable anyway.
+            await self._writer.flush(FEEDBACK_FLUSH_S)
         async with self.connection("write", conn) as c:
             stored = await feedback.arecord_feedback(
                 c, route_id, score, model, source, at=at, refresh=refresh

@@ -270,3 +270,43 @@ def test_gateway_in_a_loop_across_restarts_logs_exactly_its_answers(running, rec
         unavailable=statuses.count(503),
         answer_rows_logged=answers_logged(running.url) - before,
     )
+
+
+def test_an_answer_given_while_the_store_is_down_keeps_its_log_row(running, llm, record):
+    """The model answers after the store has stopped (the route was read before): the answer is
+    returned, its route-log row waits in the background writer through an outage longer than
+    the retries a bad row gets, and is in route_log once the store is back."""
+    gate = threading.Event()
+    for name in RANKED_MODELS:
+        llm.script(name, {"gate": gate, "texts": [r"\boxed{42}"]})
+    outage_s = 6.0
+
+    async def go():
+        async with AsyncAvengersClient(running.url, background_log=True) as client:
+            await client.route(QUESTION, 2)
+            asked = len(llm.requests)
+            task = asyncio.create_task(client.ask(QUESTION, samples=1))
+            while len(llm.requests) == asked:
+                assert not task.done(), task
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(running.stop)
+            gate.set()
+            answer = await task
+            await asyncio.sleep(outage_s)
+            waiting = client.log_writer.written
+            await asyncio.to_thread(running.start)
+            return answer, waiting, client.log_writer
+
+    try:
+        answer, written_while_down, writer = asyncio.run(go())
+    finally:
+        for name in RANKED_MODELS:
+            llm.answers(name, r"\boxed{42}")
+    assert answer.answer == "42" and written_while_down == 0
+    assert (writer.written, writer.dropped) == (1, 0)
+    with psycopg.connect(running.url) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM avengers.route_log WHERE route_id = %s", (answer.route_id,)
+        ).fetchone()[0]
+    assert found == 1
+    record("answer's log row across a 6 s outage", written_after_restart=found, dropped=0)
