@@ -58,7 +58,8 @@ class AsyncAvengersClient:
     ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
     torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
     per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
-    ``on_stage`` a stage-time observer.
+    ``on_stage`` a stage-time observer; ``on_log(event, rows)`` is told of background route-log
+    rows ``queued``, ``written`` and ``dropped``.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class AsyncAvengersClient:
         background_log: bool = False,
         log_queue: int = 10_000,
         on_stage: StageObserver | None = None,
+        on_log: Callable[[str, int], None] | None = None,
         log_vectors: bool = False,
         log_texts: bool = False,
         ood_policy: str = ood.DEFAULT_POLICY,
@@ -105,6 +107,7 @@ class AsyncAvengersClient:
         self.max_concurrency = max_concurrency
         self.prepared_statements = prepared_statements
         self.on_stage = on_stage
+        self.on_log = on_log
         self.log_vectors = log_vectors or log_texts
         self.log_texts = log_texts
         self.ood_policy = ood.ood_policy(ood_policy)
@@ -620,7 +623,18 @@ class AsyncAvengersClient:
         if self.background_log and conn is None:
             if self._writer is None:
                 self._writer = RouteLogWriter(self._write_rows, max_queue=self._log_queue)
-            await self._writer.submit(rows)
+                if self.on_log is not None:
+                    observe = self.on_log
+                    self._writer.on_written = lambda n: observe("written", n)
+                    self._writer.on_dropped = lambda n: observe("dropped", n)
+            if self.on_log is not None:
+                self.on_log("queued", len(rows))
+            try:
+                await self._writer.submit(rows)
+            except BaseException:
+                if self.on_log is not None:
+                    self.on_log("dropped", len(rows))
+                raise
             return
         async with self.connection("write", conn) as c:
             await route_log.awrite(c, rows)

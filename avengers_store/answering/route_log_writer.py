@@ -67,7 +67,9 @@ class RouteLogWriter:
         self.dropped = 0
         self.submitted = 0
         self._settled: asyncio.Condition | None = None
+        # Told how many rows were written / given up on (metrics).
         self.on_written: Callable[[int], None] | None = None
+        self.on_dropped: Callable[[int], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -189,6 +191,8 @@ class RouteLogWriter:
 
     def _drop(self, rows: Sequence[Row], reason: str) -> None:
         self.dropped += len(rows)
+        if self.on_dropped is not None:
+            self.on_dropped(len(rows))
         ids = ", ".join(str(r.get("route_id", "?")) for r in rows[:10])
         more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
         log.error("route_log: %d row(s) not written (%s%s): %s", len(rows), ids, more, reason)

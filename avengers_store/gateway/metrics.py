@@ -1,5 +1,6 @@
 """Prometheus metrics of the gateway (``GET /metrics``): requests by status, latency histograms
-per stage (embed, route, upstream, vote), fallbacks, samples and tokens per model, vote shares.
+per stage (embed, route, upstream, vote), fallbacks, samples and tokens per model, vote shares,
+and the route-log rows waiting for the store, written and given up on.
 
 Each app has its own registry (several apps in one process stay apart). With several uvicorn
 workers, ``PROMETHEUS_MULTIPROC_DIR`` set by ``avengers serve`` makes ``/metrics`` add up every
@@ -62,6 +63,15 @@ class Metrics:
             "avengers_gateway_tokens", "Tokens used, by model and kind (prompt, completion).",
             ["model", "kind"], registry=r,
         )  # fmt: skip
+        self.log_waiting = Gauge(
+            "avengers_gateway_route_log_waiting",
+            "Route-log rows queued and not yet written (they wait out a store outage).",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.log_rows = Counter(
+            "avengers_gateway_route_log_rows", "Route-log rows by outcome (written, dropped).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.vote_share = Histogram(
             "avengers_gateway_vote_share", "Share of valid votes the returned answer received.",
             buckets=_SHARE_BUCKETS, registry=r,
@@ -69,6 +79,14 @@ class Metrics:
 
     def stage(self, stage: str, seconds: float) -> None:
         self.stages.labels(stage).observe(seconds)
+
+    def route_log(self, event: str, rows: int) -> None:
+        """``AsyncAvengersClient(on_log=...)``: rows queued, written or dropped."""
+        if event == "queued":
+            self.log_waiting.inc(rows)
+            return
+        self.log_waiting.dec(rows)
+        self.log_rows.labels(event).inc(rows)
 
     def drawn(self, model: str, samples: int, tokens_in: int, tokens_out: int) -> None:
         """Completions drawn from one model and the tokens they used."""

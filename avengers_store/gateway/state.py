@@ -49,6 +49,7 @@ class Gateway:
             embed_threads=settings.embed_threads,
             background_log=True,
             on_stage=self.metrics.stage,
+            on_log=self.metrics.route_log,
             log_vectors=settings.log_vectors,
             log_texts=settings.log_texts,
             ood_policy=settings.ood_policy,

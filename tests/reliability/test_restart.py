@@ -310,3 +310,44 @@ def test_an_answer_given_while_the_store_is_down_keeps_its_log_row(running, llm,
         ).fetchone()[0]
     assert found == 1
     record("answer's log row across a 6 s outage", written_after_restart=found, dropped=0)
+
+
+def route_log_metrics(base_url: str) -> tuple[float, float, float]:
+    """(rows waiting, written, dropped) from the gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {"waiting": 0.0, "written": 0.0, "dropped": 0.0}
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "avengers_gateway_route_log_waiting":
+                found["waiting"] = sample.value
+            elif sample.name == "avengers_gateway_route_log_rows_total":
+                found[sample.labels["outcome"]] = sample.value
+    return found["waiting"], found["written"], found["dropped"]
+
+
+def test_gateway_metrics_show_log_rows_waiting_for_the_store(running):
+    """A 503 while the store is down leaves its error row waiting; /metrics (which needs no
+    store) says so, and says it was written once the store is back."""
+    chat = {"model": "avengers", "messages": [{"role": "user", "content": QUESTION}]}
+    with gateway_server(GatewaySettings(auth=False), database_url=running.url) as gw:
+        url = gw.base_url + "/v1/chat/completions"
+        assert httpx.post(url, json=chat, timeout=30).status_code == 200
+        deadline = time.perf_counter() + 10
+        while route_log_metrics(gw.base_url)[:2] != (0, 1):
+            assert time.perf_counter() < deadline, route_log_metrics(gw.base_url)
+            time.sleep(0.02)
+        running.stop()
+        try:
+            assert httpx.post(url, json=chat, timeout=30).status_code == 503
+            time.sleep(0.5)
+            while_down = route_log_metrics(gw.base_url)
+        finally:
+            running.start()
+        deadline = time.perf_counter() + 15
+        while (after := route_log_metrics(gw.base_url))[0] != 0:
+            assert time.perf_counter() < deadline, after
+            time.sleep(0.05)
+    assert while_down == (1, 1, 0)
+    assert after == (0, 2, 0)
