@@ -38,7 +38,13 @@ from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.embedders import Embedder, embedder_for_space
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
 from avengers_store.client_core import Query
-from avengers_store.errors import AvengersError, ConnectionFailed, InputError, StoreUnavailable
+from avengers_store.errors import (
+    AvengersError,
+    ConfigurationError,
+    ConnectionFailed,
+    InputError,
+    StoreUnavailable,
+)
 from avengers_store.production import feedback
 from avengers_store.routing import RouteDecision, loop, novelty, ood
 from avengers_store.routing.adapters import aensure_vector_types
@@ -631,7 +637,7 @@ class AsyncAvengersClient:
                 self.on_log("queued", len(rows))
             try:
                 await self._writer.submit(rows)
-            except BaseException:
+            except ConfigurationError:  # a closed writer takes none of them
                 if self.on_log is not None:
                     self.on_log("dropped", len(rows))
                 raise

@@ -1006,10 +1006,35 @@ def two_topic_store(
     return url
 
 
-def set_endpoints(url: str, **endpoints: tuple[str, str] | None) -> None:
-    """``name=(base_url, served_name)`` or ``name=None`` (no endpoint)."""
+def two_cluster_store(url: str, space: str) -> str:
+    """A store with one clustering of two centroids on the first two axes of ``space`` (4-d)
+    and models alpha (best on cluster 0), bravo (best on 1) and charlie, served; returns
+    ``url``."""
+    from avengers_store.store import connections
+
+    with connections.connect(url) as conn:
+        cid = add_clustering(
+            conn, np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32), embedder=space
+        )
+        for name in ("alpha", "bravo", "charlie"):
+            ensure_model(conn, name)
+        add_profiles(
+            conn,
+            cid,
+            {"alpha": [[1, 1], [0, 0]], "bravo": [[1, 0], [1, 1]], "charlie": [[0, 0], [1, 0]]},
+        )
+        activate(conn, cid)
+        conn.commit()
+    return url
+
+
+def set_endpoints(url: str, **endpoints: str | tuple[str, str] | None) -> None:
+    """``name=(base_url, served_name)``, ``name=base_url`` (served as its own name) or
+    ``name=None`` (no endpoint)."""
     with psycopg.connect(url) as conn:
         for name, target in endpoints.items():
+            if isinstance(target, str):
+                target = (target, name)
             base, served = target if target else (None, None)
             conn.execute(
                 "UPDATE avengers.models SET endpoint = %s, served_name = %s WHERE name = %s",

@@ -14,46 +14,18 @@ from avengers_store import AsyncAvengersClient, AvengersClient
 from avengers_store.errors import InputError, SchemaOutOfDate, StoreStateError
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections
-from avengers_store.testing import (
-    FixedEmbedder,
-    activate,
-    add_clustering,
-    add_profiles,
-    ensure_model,
-)
+from avengers_store.testing import FixedEmbedder, set_endpoints, two_cluster_store
 
 SPACE = "test-space-4"
 
 
 @pytest.fixture(scope="module")
 def store(db_url) -> str:
-    with connections.connect(db_url) as conn:
-        cid = add_clustering(
-            conn, np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32), embedder=SPACE
-        )
-        for name in ("alpha", "bravo", "charlie"):
-            ensure_model(conn, name)
-        add_profiles(
-            conn,
-            cid,
-            {"alpha": [[1, 1], [0, 0]], "bravo": [[1, 0], [1, 1]], "charlie": [[0, 0], [1, 0]]},
-        )
-        activate(conn, cid)
-        conn.commit()
-    return db_url
+    return two_cluster_store(db_url, SPACE)
 
 
 def near(cluster: int) -> FixedEmbedder:
     return FixedEmbedder([1.0, 0.1, 0, 0] if cluster == 0 else [0.1, 1.0, 0, 0])
-
-
-def set_endpoints(url: str, **endpoints: str | None) -> None:
-    with psycopg.connect(url) as conn:
-        for name, endpoint in endpoints.items():
-            conn.execute(
-                "UPDATE avengers.models SET endpoint = %s, served_name = %s WHERE name = %s",
-                (endpoint, name, name),
-            )
 
 
 def log_rows(url: str) -> list[tuple]:

@@ -9,55 +9,22 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from avengers_store import AvengersClient
-from avengers_store.calibration.embedders import Embedder
 from avengers_store.errors import ConnectionFailed, SchemaOutOfDate, StoreStateError
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections
-from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model
+from avengers_store.testing import FixedEmbedder, set_endpoints, two_cluster_store
 
 SPACE = "test-space-4"
 
 
-class FixedEmbedder(Embedder):
-    """Every text lands near centroid 0; stands in for a sentence model where the text's
-    content does not matter to the test."""
-
-    name = SPACE
-
-    @property
-    def dimension(self) -> int:
-        return 4
-
-    def embed(self, texts, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        row = np.array([1.0, 0.1, 0.0, 0.0], dtype=np.float32)
-        return np.tile(row / np.linalg.norm(row), (len(texts), 1))
+def near_0() -> FixedEmbedder:
+    """Every text lands near centroid 0 (the text's content does not matter to these tests)."""
+    return FixedEmbedder([1.0, 0.1, 0.0, 0.0], name=SPACE)
 
 
 @pytest.fixture(scope="module")
 def store(db_url) -> str:
-    with connections.connect(db_url) as conn:
-        cid = add_clustering(
-            conn, np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32), embedder=SPACE
-        )
-        for name in ("alpha", "bravo", "charlie"):
-            ensure_model(conn, name)
-        add_profiles(
-            conn,
-            cid,
-            {"alpha": [[1, 1], [0, 0]], "bravo": [[1, 0], [1, 1]], "charlie": [[0, 0], [1, 0]]},
-        )
-        activate(conn, cid)
-        conn.commit()
-    return db_url
-
-
-def set_endpoints(url: str, **endpoints: str | None) -> None:
-    with psycopg.connect(url) as conn:
-        for name, endpoint in endpoints.items():
-            conn.execute(
-                "UPDATE avengers.models SET endpoint = %s, served_name = %s WHERE name = %s",
-                (endpoint, name, name),
-            )
+    return two_cluster_store(db_url, SPACE)
 
 
 def route_log(url: str) -> list[tuple]:
@@ -147,7 +114,7 @@ def test_ask_routes_samples_votes_and_logs(store, scripted_server):
     scripted_server.answers("alpha", "\\boxed{42}", "\\boxed{42}", "\\boxed{41}")
     set_endpoints(store, alpha=scripted_server.base_url, bravo=scripted_server.base_url)
     replica = make_conninfo(store, application_name="avengers-replica")
-    with AvengersClient(store, read_url=replica, embedder=FixedEmbedder()) as client:
+    with AvengersClient(store, read_url=replica, embedder=near_0()) as client:
         before = len(route_log(store))
         answer = client.ask("What is 6*7?", samples=3, task_type="math")
         assert client._pools["read"] is not client._pools["write"]  # the log went to the primary
@@ -167,7 +134,7 @@ def test_ask_routes_samples_votes_and_logs(store, scripted_server):
 def test_ask_many_keeps_order_and_logs_each(store, scripted_server):
     scripted_server.answers("alpha", "Answer: B")
     set_endpoints(store, alpha=scripted_server.base_url, bravo=scripted_server.base_url)
-    with AvengersClient(store, embedder=FixedEmbedder(), max_concurrency=3) as client:
+    with AvengersClient(store, embedder=near_0(), max_concurrency=3) as client:
         before = len(route_log(store))
         questions = [f"Question {i}: A) x B) y" for i in range(5)]
         answers = client.ask_many(questions, samples=2, task_type="multiple_choice")
@@ -180,7 +147,7 @@ def test_ask_many_keeps_order_and_logs_each(store, scripted_server):
 def test_ask_without_callable_models_is_a_clear_error(store):
     set_endpoints(store, alpha=None, bravo=None, charlie=None)
     with (
-        AvengersClient(store, embedder=FixedEmbedder()) as client,
+        AvengersClient(store, embedder=near_0()) as client,
         pytest.raises(StoreStateError, match="no active model with an endpoint"),
     ):
         client.ask("anything", samples=1)
