@@ -103,10 +103,12 @@ def remove_cmd(clustering_id: int, yes: bool) -> None:
 @click.option("--exploration-share", type=float, help="epsilon's share of requests, in [0,1].")
 @click.option("--ood-quantile", type=float,
               help="Calibration quantile of scaled distances above which a query is OOD.")  # fmt: skip
+@click.option("--change-threshold", type=float,
+              help="z-score above which a model's feedback says it changed (default 3).")  # fmt: skip
 @options.json_output
 def configure_cmd(
     clustering_id, production_weight, half_life, exploration, exploration_share, ood_quantile,
-    as_json,
+    change_threshold, as_json,
 ) -> None:  # fmt: skip
     """Show or change the loop's settings of version CLUSTERING_ID (default: the active one).
 
@@ -127,6 +129,7 @@ def configure_cmd(
         exploration=exploration,
         exploration_share=exploration_share,
         ood_quantile=ood_quantile,
+        change_threshold=change_threshold,
     )
     if as_json:
         echo_json({**result.__dict__, "half_life_s": result.half_life.total_seconds()})
@@ -136,6 +139,6 @@ def configure_cmd(
         explore += f" (share {result.exploration_share:g})"
     click.echo(
         f"clustering {result.clustering_id}: production weight {result.production_weight:g}, "
-        f"half-life {result.half_life}, exploration {explore}, "
-        f"OOD quantile {result.ood_quantile:g}"
+        f"half-life {result.half_life}, change threshold {result.change_threshold:g}, "
+        f"exploration {explore}, OOD quantile {result.ood_quantile:g}"
     )

@@ -8,11 +8,17 @@ import click
 from avengers_store.cli import options
 from avengers_store.cli.commands import Command
 from avengers_store.cli.output import echo_json
-from avengers_store.cli.param_types import CommaList, Duration
+from avengers_store.cli.param_types import CommaList, Duration, ScenarioSpec
 
-from avengers_store.evaluation.online import DEFAULT_BATCH, DEFAULT_WINDOWS, evaluate_online
+from avengers_store.evaluation.online import (
+    DEFAULT_BATCH,
+    DEFAULT_WINDOWS,
+    POLICIES,
+    evaluate_online,
+)
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_online, format_tables
+from avengers_store.evaluation.scenarios import IID
 
 
 @click.command("evaluate", cls=Command)
@@ -71,14 +77,28 @@ from avengers_store.evaluation.report import format_online, format_tables
 @click.option("--half-life", type=Duration(),
               help="--online: half-life on the stream's clock, one query per second (default: "
               "the served clustering's).")  # fmt: skip
-@click.option("--exploration", type=click.Choice(["thompson", "epsilon"]),
-              help="--online: run only this explored arm (default: both).")  # fmt: skip
-@click.option("--exploration-share", type=float, help="--online: epsilon's share of queries.")
+@click.option("--change-threshold", type=float,
+              help="--online: z-score of the update rule's change test (default: the served "
+              "clustering's).")  # fmt: skip
+@click.option("--exploration", type=CommaList(str),
+              help=f"--online: the explored arms, from {', '.join(POLICIES)} (default: "
+              "targeted).")  # fmt: skip
+@click.option("--exploration-share", type=float,
+              help="--online: share of queries explored (targeted's cap, default 0.02; "
+              "epsilon's, default the served clustering's).")  # fmt: skip
+@click.option("--exploration-overlap", type=float,
+              help="--online: targeted: chance of beating the leader that makes a candidate "
+              "plausible (default 0.2).")  # fmt: skip
+@click.option("--scenario", type=ScenarioSpec(), default="iid", show_default=True,
+              help="--online: a stream that moves: degrade:MODEL@FRACTION[,as=OTHER|,flip=RATE], "
+              "new-model:MODEL[@FRACTION], shift:DATASET[@FRACTION][,mix=SHARE] "
+              "(docs/evaluation.md).")  # fmt: skip
 @options.json_output
 def command(
     k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
     algorithms, budgets, calibration_fractions, sweep_seeds, tradeoffs, plot_dir, frontier_plot,
-    online, batch, windows, production_weight, half_life, exploration, exploration_share, as_json,
+    online, batch, windows, production_weight, half_life, change_threshold, exploration,
+    exploration_share, exploration_overlap, scenario, as_json,
 ) -> None:  # fmt: skip
     """Replay the stored outcomes to measure the routing; no model is called.
 
@@ -89,7 +109,9 @@ def command(
 
     With --online the test split is streamed instead (the loop measured): each batch is routed
     with the profiles as they stand, scored, and only the routed model's recorded outcome is fed
-    back as production feedback before the next batch.
+    back as production feedback before the next batch. --scenario makes the stream move (a model
+    degrades, a model joins, a dataset calibration never saw arrives) and reports each arm's
+    regret after the change and how fast it recovers.
 
     Runs in one transaction that is rolled back: the served clustering, profiles and model
     flags are unchanged afterwards.
@@ -105,6 +127,8 @@ def command(
       avengers evaluate --seeds 42 --budgets 1,2,3,4,5,6,7 --plot plots/
       avengers evaluate --online --json                       # the loop, on replay
       avengers evaluate --online --production-weight 0        # must equal the static router
+      avengers evaluate --online --scenario degrade:meta-llama/Meta-Llama-3-8B@0.3,flip=0.5
+      avengers evaluate --online --scenario shift:gsm8k --batch 64
       avengers evaluate --tradeoffs 0,0.25,0.5,0.75,1 --json   # writes frontier.png
     """
     if online:
@@ -116,8 +140,11 @@ def command(
             windows=windows,
             production_weight=production_weight,
             half_life=half_life,
+            change_threshold=change_threshold,
             exploration=exploration,
             exploration_share=exploration_share,
+            exploration_overlap=exploration_overlap,
+            scenario=scenario or IID,
             method=method,
             stratify=stratify,
             datasets=datasets,

@@ -86,3 +86,56 @@ class Duration(click.ParamType):
                 f"expected a positive duration such as 90s, 30m, 12h, 7d or 2w, got {value!r}"
             )
         return timedelta(**{unit: amount})
+
+
+class ScenarioSpec(click.ParamType):
+    """A drift scenario of the online replay: ``iid``, ``degrade:MODEL@FRACTION[,as=OTHER|,
+    flip=RATE]``, ``new-model:MODEL[@FRACTION]`` or ``shift:DATASET[@FRACTION][,mix=SHARE]``
+    (``evaluation.scenarios``). The fraction is the point of the stream where the change
+    starts; model names may hold ``/`` and ``:``, the kind is what comes before the first ``:``."""
+
+    name = "scenario"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "KIND:TARGET[@FRACTION][,KEY=VALUE]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from avengers_store.errors import InputError
+        from avengers_store.evaluation.scenarios import KINDS, Scenario
+
+        if isinstance(value, Scenario):
+            return value
+        text = str(value).strip()
+        if text == "iid":
+            return Scenario()
+        kind, sep, rest = text.partition(":")
+        if not sep or kind not in KINDS or not rest:
+            self.fail(
+                f"expected iid, degrade:MODEL@FRACTION, new-model:MODEL or shift:DATASET, got "
+                f"{text!r}",
+                param,
+                ctx,
+            )
+        head, *options = rest.split(",")
+        target, at_sep, at_text = head.rpartition("@")
+        if not at_sep:
+            target, at_text = head, ""
+        fields: dict[str, Any] = {}
+        try:
+            if at_text:
+                fields["at"] = float(at_text)
+            for option in options:
+                key, eq, raw = option.partition("=")
+                key = key.strip()
+                if not eq or key not in ("as", "flip", "mix") or not raw.strip():
+                    self.fail(f"unknown scenario option {option.strip()!r} (as=, flip=, mix=)",
+                              param, ctx)  # fmt: skip
+                fields["like" if key == "as" else key] = raw.strip() if key == "as" else float(raw)
+        except ValueError as exc:
+            self.fail(f"not a number in {text!r}: {exc}", param, ctx)
+        if kind == "degrade" and "at" not in fields:
+            self.fail("degrade needs the point of the change: degrade:MODEL@FRACTION", param, ctx)
+        try:
+            return Scenario(kind, target.strip(), **fields)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)

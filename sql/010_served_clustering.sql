@@ -4,7 +4,7 @@
 CREATE VIEW avengers.active_clustering AS
 SELECT k.id, k.space_id, s.dimension, k.algorithm, k.k, k.seed, k.params, k.status, k.n_queries,
        k.inertia, k.created_at, k.activated_at, k.production_weight, k.half_life, k.exploration,
-       k.exploration_share, k.ood_quantile
+       k.exploration_share, k.ood_quantile, k.change_threshold
 FROM avengers.clusterings k
 JOIN avengers.embedding_spaces s ON s.id = k.space_id
 WHERE k.status = 'active';
@@ -27,3 +27,4 @@ COMMENT ON COLUMN avengers.active_clustering.half_life IS 'Half-life of producti
 COMMENT ON COLUMN avengers.active_clustering.exploration IS 'Exploration policy: off, thompson or epsilon.';
 COMMENT ON COLUMN avengers.active_clustering.exploration_share IS 'epsilon: share of requests sent to a random candidate.';
 COMMENT ON COLUMN avengers.active_clustering.ood_quantile IS 'Calibration quantile of scaled distances beyond which a query is out of distribution.';
+COMMENT ON COLUMN avengers.active_clustering.change_threshold IS 'z-score of the production update rule''s change test (avengers.production_evidence).';

@@ -231,14 +231,160 @@ COMMENT ON COLUMN avengers.production_profiles.decayed_sum IS 'Decayed sum of th
 COMMENT ON COLUMN avengers.production_profiles.decayed_mean IS 'decayed_sum / decayed_n: the mean that weighs recent feedback more.';
 COMMENT ON COLUMN avengers.production_profiles.as_of IS 'The time everything is decayed to: the refresh time, or the newest feedback if later.';
 
+-- The production update rule: what production outcomes add to the calibration evidence routing
+-- pools, per cell (cluster, model) of the active clustering, as an outcome sum and a count that
+-- routing adds at the production weight lambda:
+--   score = (sum_j w_j (S[c_j,m] + lambda * delta_sum[c_j,m]) + s * prior[m])
+--         / (sum_j w_j (n[c_j,m] + lambda * delta_n[c_j,m]) + s)
+-- so lambda = 0 is the static router exactly. Feedback arrives only for the model that answered,
+-- and that model was chosen partly for the luck of its calibration sample: adding its feedback
+-- alone would pull it down toward its true mean while the models not routed keep their lucky
+-- means, and the router would swap to models that only look better (the winner's curse). So the
+-- rule explains each cell's residual y = (decayed production mean) - (calibration mean) by:
+-- * a change of the model, the same in all its clusters: the precision-weighted random-effects
+--   mean of the model's residuals over its clusters (DerSimonian-Laird, so residuals that differ
+--   from cluster to cluster count as heterogeneity, not as a change of the model), applied only
+--   when it passes the change test |effect| > change_threshold x its standard error and
+--   |effect| > 0.05; then the model's calibration mean moves by it in every cluster;
+-- * a change of the cluster, shared by every candidate there: the precision-weighted mean of
+--   the residuals left after the model changes, shrunk toward 0 by 100 pseudo-observations. It
+--   moves every calibrated candidate of the cluster alike, the unrouted ones as the routed one,
+--   so feedback on one model alone never reorders the models of a cluster;
+-- and then the routed model's own production outcomes are added to its moved calibration
+-- evidence (each weighs 0.5 ^ (age / half_life)). A model with no calibration outcome in the
+-- clustering starts, in every cluster, at 2 pseudo-outcomes of the cluster's calibration mean
+-- (all candidates pooled) moved by the cluster's change and by its own model effect, measured
+-- against the cluster means and applied without a test: its production then takes over.
+-- Residual variances: p(1-p) (floored at 0.05) x (1 / decayed production count + 1 /
+-- calibration count), p the cell's smoothed pooled mean. The figures behind the rule and its
+-- constants are in docs/evaluation.md ("The production loop"); avengers_store/production/
+-- update_rule.py computes the same in Python, and a test pins the two together.
+CREATE MATERIALIZED VIEW avengers.production_evidence AS
+WITH k AS (
+  SELECT a.id, a.change_threshold AS z FROM avengers.active_clustering a
+),
+cal AS (
+  SELECT c.cluster, c.model_id, c.n::double precision AS n, c.score_sum::double precision AS s
+  FROM avengers.cluster_profiles c
+),
+prod AS (
+  SELECT p.cluster, p.model_id, p.decayed_n AS a, p.decayed_sum AS b
+  FROM avengers.production_profiles p
+  WHERE p.decayed_n > 0
+),
+cluster_means AS (
+  SELECT cal.cluster, sum(cal.s) / nullif(sum(cal.n), 0) AS mu FROM cal GROUP BY cal.cluster
+),
+uncalibrated AS (
+  SELECT m.id AS model_id FROM avengers.models m
+  WHERE NOT EXISTS (SELECT 1 FROM cal WHERE cal.model_id = m.id)
+),
+cells AS (
+  SELECT coalesce(c.cluster, p.cluster) AS cluster, coalesce(c.model_id, p.model_id) AS model_id,
+         coalesce(c.n, 0) AS n, coalesce(c.s, 0) AS s, coalesce(p.a, 0) AS a,
+         coalesce(p.b, 0) AS b
+  FROM cal c FULL JOIN prod p ON p.cluster = c.cluster AND p.model_id = c.model_id
+  UNION ALL
+  -- Every other cluster of a model without calibration outcomes: its starting evidence.
+  SELECT ce.cluster, u.model_id, 0, 0, 0, 0
+  FROM uncalibrated u
+  CROSS JOIN k
+  JOIN avengers.centroids ce ON ce.clustering_id = k.id
+  WHERE NOT EXISTS (SELECT 1 FROM prod p WHERE p.cluster = ce.cluster AND p.model_id = u.model_id)
+),
+residuals AS (
+  SELECT x.*, coalesce(cm.mu, 0) AS mu, u.model_id IS NOT NULL AS uncalibrated,
+         CASE WHEN x.a > 0 THEN
+           x.b / x.a - CASE WHEN x.n > 0 THEN x.s / x.n ELSE coalesce(cm.mu, 0) END
+         END AS y,
+         CASE WHEN x.a > 0 THEN
+           greatest(0.05, ((x.s + x.b + 1) / (x.n + x.a + 2))
+                          * (1 - (x.s + x.b + 1) / (x.n + x.a + 2)))
+           * (1 / x.a + CASE WHEN x.n > 0 THEN 1 / x.n ELSE 0 END)
+         END AS v
+  FROM cells x
+  LEFT JOIN cluster_means cm ON cm.cluster = x.cluster
+  LEFT JOIN uncalibrated u ON u.model_id = x.model_id
+),
+-- The model's change: DerSimonian-Laird over its clusters with production.
+fixed AS (
+  SELECT r.model_id, count(*) AS cells, sum(1 / r.v) AS sw, sum(1 / (r.v * r.v)) AS sw2,
+         sum(r.y / r.v) / sum(1 / r.v) AS fe
+  FROM residuals r WHERE r.a > 0 GROUP BY r.model_id
+),
+spread AS (
+  SELECT f.model_id,
+         CASE WHEN f.cells > 1 AND f.sw - f.sw2 / f.sw > 0 THEN
+           greatest(0, (sum((r.y - f.fe) ^ 2 / r.v) - (f.cells - 1)) / (f.sw - f.sw2 / f.sw))
+         ELSE 0 END AS tau2
+  FROM fixed f JOIN residuals r ON r.model_id = f.model_id AND r.a > 0
+  GROUP BY f.model_id, f.cells, f.sw, f.sw2, f.fe
+),
+model_changes AS (
+  SELECT s.model_id,
+         sum(r.y / (r.v + s.tau2)) / sum(1 / (r.v + s.tau2)) AS effect,
+         1 / sqrt(sum(1 / (r.v + s.tau2))) AS se,
+         bool_or(r.uncalibrated) AS uncalibrated
+  FROM spread s JOIN residuals r ON r.model_id = s.model_id AND r.a > 0
+  GROUP BY s.model_id
+),
+model_effects AS (
+  SELECT mc.model_id, mc.effect, mc.se,
+         NOT mc.uncalibrated AND abs(mc.effect) > k.z * mc.se AND abs(mc.effect) > 0.05 AS changed,
+         CASE WHEN mc.uncalibrated OR (abs(mc.effect) > k.z * mc.se AND abs(mc.effect) > 0.05)
+              THEN mc.effect ELSE 0 END AS applied
+  FROM model_changes mc CROSS JOIN k
+),
+-- The cluster's change: what the model changes leave of its calibrated candidates' residuals.
+cluster_effects AS (
+  SELECT r.cluster,
+         sum((r.y - coalesce(me.applied, 0)) / r.v) / (sum(1 / r.v) + 100) AS effect
+  FROM residuals r LEFT JOIN model_effects me ON me.model_id = r.model_id
+  WHERE r.a > 0 AND NOT r.uncalibrated
+  GROUP BY r.cluster
+),
+moved AS (
+  SELECT r.*, coalesce(me.applied, 0) AS model_effect, coalesce(me.changed, false) AS changed,
+         coalesce(ce.effect, 0) AS cluster_effect
+  FROM residuals r
+  LEFT JOIN model_effects me ON me.model_id = r.model_id
+  LEFT JOIN cluster_effects ce ON ce.cluster = r.cluster
+)
+SELECT k.id AS clustering_id, m.cluster, m.model_id, m.n AS calibration_n,
+       m.s AS calibration_sum, m.a AS production_n, m.b AS production_sum, m.model_effect,
+       m.changed AS model_changed, m.cluster_effect,
+       CASE WHEN m.uncalibrated
+            THEN 2 * least(1, greatest(0, m.mu + m.cluster_effect + m.model_effect)) + m.b
+            ELSE least(m.n, greatest(0, m.s + m.n * (m.model_effect + m.cluster_effect)))
+                 + m.b - m.s END AS delta_sum,
+       CASE WHEN m.uncalibrated THEN 2 + m.a ELSE m.a END AS delta_n
+FROM moved m CROSS JOIN k
+WITH DATA;
+CREATE UNIQUE INDEX production_evidence_key ON avengers.production_evidence (cluster, model_id);
+COMMENT ON MATERIALIZED VIEW avengers.production_evidence IS
+  'The production update rule per cluster and model of the active clustering: what production outcomes add to the calibration outcome sum (delta_sum) and count (delta_n) that routing pools at the production weight, and why (the model''s and the cluster''s measured change). Refreshed by CALL avengers.refresh_production() and with the profiles.';
+COMMENT ON COLUMN avengers.production_evidence.clustering_id IS 'The active clustering version.';
+COMMENT ON COLUMN avengers.production_evidence.cluster IS 'Cluster index.';
+COMMENT ON COLUMN avengers.production_evidence.model_id IS 'Model.';
+COMMENT ON COLUMN avengers.production_evidence.calibration_n IS 'Calibration outcomes of the model in the cluster (cluster_profiles.n; 0: none).';
+COMMENT ON COLUMN avengers.production_evidence.calibration_sum IS 'Their sum (cluster_profiles.score_sum).';
+COMMENT ON COLUMN avengers.production_evidence.production_n IS 'Decayed count of the feedback counted here (production_profiles.decayed_n; 0: none).';
+COMMENT ON COLUMN avengers.production_evidence.production_sum IS 'Decayed sum of those feedback scores.';
+COMMENT ON COLUMN avengers.production_evidence.model_effect IS 'Change of the model over all its clusters (production minus calibration mean) applied here: non-zero when it passed the change test, or for a model without calibration outcomes (its offset from the cluster means).';
+COMMENT ON COLUMN avengers.production_evidence.model_changed IS 'The model''s change test passed (|effect| > change_threshold x standard error, and > 0.05).';
+COMMENT ON COLUMN avengers.production_evidence.cluster_effect IS 'Change of the cluster shared by all its candidates: what the model changes leave of the residuals of the models with feedback here, shrunk toward 0.';
+COMMENT ON COLUMN avengers.production_evidence.delta_sum IS 'What the cell''s outcome sum gains at production weight 1 (may be negative): the calibration sum moved by both changes (clamped to [0, n]), plus the decayed production sum, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean, plus the production sum.';
+COMMENT ON COLUMN avengers.production_evidence.delta_n IS 'What the cell''s outcome count gains at production weight 1: the decayed production count (plus the 2 pseudo-outcomes of a model without calibration outcomes).';
+
 CREATE PROCEDURE avengers.refresh_production()
 LANGUAGE plpgsql
 AS $$
 BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
-  -- routing_models pools them into the served score (read from the materialized profiles).
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
+  -- routing_models adds the evidence to the served score (read from the materialized views).
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_production() IS
-  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, routing_models: clusters x models rows each) without re-reading calibration outcomes.';
+  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, production_evidence, routing_models: clusters x models rows each) without re-reading calibration outcomes.';

@@ -75,47 +75,81 @@ COMMENT ON COLUMN avengers.routing_centroids.centroid IS 'The centroid (avengers
 COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', the cluster''s entry key in a sparsevec literal.';
 
 -- Per model of model_priors: its outcome sums and counts in every cluster as sparse vectors
--- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum),
--- calibration and production outcomes pooled at the clustering's production_weight, so the
--- served score learns from feedback through the same inner products.
--- Sums below 1e-30 are left out too: float32 cannot hold them and they add nothing visible.
+-- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum):
+-- score_sums and ns hold calibration plus production evidence (production_evidence) at the
+-- clustering's production_weight, so the served score learns from feedback through the same
+-- inner products; production_sums and production_ns hold the production evidence alone, for a
+-- routing function that applies its own production weight.
+-- Sums below 1e-30 in magnitude are left out too: float32 cannot hold them and they add nothing
+-- visible.
+-- A model with no calibration outcome in the clustering (added to the pool since) is routed on
+-- production evidence alone, so it has a row only while production counts (production_weight
+-- > 0): its prior is the average calibrated model's, and it comes after every calibrated model
+-- in the tie-break order.
 -- The model's row of avengers.models is copied in, so a route reads one relation for its
 -- candidates instead of joining models; a statement trigger on avengers.models
 -- (sql/060_procedures_and_triggers.sql) refreshes this view in the same transaction as any
 -- change there, so routing never sees an outdated flag or endpoint.
--- Built from cluster_profiles, production_profiles, model_priors and routing_state, so
+-- Built from cluster_profiles, production_evidence, model_priors and routing_state, so
 -- refreshed after them; avengers.refresh_production refreshes it too (clusters x models rows).
 CREATE MATERIALIZED VIEW avengers.routing_models AS
+WITH candidates AS (
+  SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_rank,
+         true AS calibrated
+  FROM avengers.model_priors mp
+  UNION ALL
+  SELECT k.id, m.id, (SELECT avg(p.prior_score) FROM avengers.model_priors p), NULL,
+         ((SELECT count(*) FROM avengers.model_priors) + row_number() OVER (ORDER BY m.name))
+           ::integer,
+         false
+  FROM avengers.models m
+  CROSS JOIN avengers.active_clustering k
+  WHERE k.production_weight > 0
+    AND NOT EXISTS (SELECT 1 FROM avengers.model_priors p WHERE p.model_id = m.id)
+)
 SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_rank,
        v.score_sums, v.ns,
        m.name, m.active, m.endpoint, coalesce(m.served_name, m.name) AS served_name,
-       m.api_key_env
-FROM avengers.model_priors mp
+       m.api_key_env, mp.calibrated, v.production_sums, v.production_ns
+FROM candidates mp
 JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id AND st.pooled
 JOIN avengers.models m ON m.id = mp.model_id
+CROSS JOIN avengers.active_clustering k
 CROSS JOIN LATERAL (
   SELECT format('{%s}/%s',
                 string_agg((cp.cluster + 1)::text || ':' || cp.score_sum::text, ',')
-                  FILTER (WHERE cp.score_sum >= 1e-30),
+                  FILTER (WHERE abs(cp.score_sum) >= 1e-30),
                 st.clusters)::sparsevec AS score_sums,
          format('{%s}/%s',
-                string_agg((cp.cluster + 1)::text || ':' || cp.n::text, ',') FILTER (WHERE cp.n > 0),
-                st.clusters)::sparsevec AS ns
+                string_agg((cp.cluster + 1)::text || ':' || cp.n::text, ',')
+                  FILTER (WHERE abs(cp.n) >= 1e-30),
+                st.clusters)::sparsevec AS ns,
+         format('{%s}/%s',
+                string_agg((cp.cluster + 1)::text || ':' || cp.delta_sum::text, ',')
+                  FILTER (WHERE abs(cp.delta_sum) >= 1e-30),
+                st.clusters)::sparsevec AS production_sums,
+         format('{%s}/%s',
+                string_agg((cp.cluster + 1)::text || ':' || cp.delta_n::text, ',')
+                  FILTER (WHERE abs(cp.delta_n) >= 1e-30),
+                st.clusters)::sparsevec AS production_ns
   FROM (
-    -- Calibration outcomes, and production ones at the clustering's weight (decayed): one
-    -- pseudo-count per calibration outcome, production_weight per fresh feedback row. With
-    -- weight 0 the production rows are left out, so the sums are the calibration ones exactly.
-    SELECT s.cluster, sum(s.score_sum) AS score_sum, sum(s.n) AS n
+    -- Calibration outcomes, and production evidence at the clustering's weight. With weight 0
+    -- the production rows are left out of score_sums and ns, so they are the calibration sums
+    -- exactly.
+    SELECT s.cluster, sum(s.score_sum) AS score_sum, sum(s.n) AS n, sum(s.delta_sum) AS delta_sum,
+           sum(s.delta_n) AS delta_n
     FROM (
-      SELECT c.cluster, c.score_sum::double precision AS score_sum, c.n::double precision AS n
+      SELECT c.cluster, c.score_sum::double precision AS score_sum, c.n::double precision AS n,
+             0::double precision AS delta_sum, 0::double precision AS delta_n
       FROM avengers.cluster_profiles c
       WHERE c.clustering_id = mp.clustering_id AND c.model_id = mp.model_id
       UNION ALL
-      SELECT p.cluster, k.production_weight * p.decayed_sum, k.production_weight * p.decayed_n
-      FROM avengers.production_profiles p
-      JOIN avengers.active_clustering k ON k.id = p.clustering_id
-      WHERE p.clustering_id = mp.clustering_id AND p.model_id = mp.model_id
-        AND k.production_weight > 0
+      SELECT e.cluster,
+             CASE WHEN k.production_weight > 0 THEN k.production_weight * e.delta_sum ELSE 0 END,
+             CASE WHEN k.production_weight > 0 THEN k.production_weight * e.delta_n ELSE 0 END,
+             e.delta_sum, e.delta_n
+      FROM avengers.production_evidence e
+      WHERE e.clustering_id = mp.clustering_id AND e.model_id = mp.model_id
     ) AS s
     GROUP BY s.cluster
   ) AS cp
@@ -123,19 +157,22 @@ CROSS JOIN LATERAL (
 WITH DATA;
 CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (model_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_models IS
-  'Per model of the active clustering (when routing_state.pooled): the prior score and tie-break order of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles pooled with production_profiles at the clustering''s production_weight (what route / route_many pool with one inner product each), and the model''s row of avengers.models, kept current by a trigger on that table.';
+  'Per model of the active clustering (when routing_state.pooled): the prior score and tie-break order of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles plus production_evidence at the clustering''s production_weight (what route / route_many pool with one inner product each) and the production evidence alone, and the model''s row of avengers.models, kept current by a trigger on that table. Models without calibration outcomes have a row while production_weight > 0.';
 COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The active clustering version.';
 COMMENT ON COLUMN avengers.routing_models.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score.';
-COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score.';
-COMMENT ON COLUMN avengers.routing_models.tie_rank IS 'model_priors.tie_rank (the tie-break order).';
-COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum + production_weight x production_profiles.decayed_sum per cluster (float32; entry cluster + 1).';
-COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n + production_weight x production_profiles.decayed_n per cluster (entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score (a model without calibration outcomes: the average calibrated model''s).';
+COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score (NULL without calibration outcomes).';
+COMMENT ON COLUMN avengers.routing_models.tie_rank IS 'model_priors.tie_rank (the tie-break order; models without calibration outcomes after all others, by name).';
+COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum + production_weight x production_evidence.delta_sum per cluster (float32; entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n + production_weight x production_evidence.delta_n per cluster (entry cluster + 1).';
 COMMENT ON COLUMN avengers.routing_models.name IS 'models.name.';
 COMMENT ON COLUMN avengers.routing_models.active IS 'models.active (routing skips inactive models).';
 COMMENT ON COLUMN avengers.routing_models.endpoint IS 'models.endpoint.';
 COMMENT ON COLUMN avengers.routing_models.served_name IS 'models.served_name, else the name.';
 COMMENT ON COLUMN avengers.routing_models.api_key_env IS 'models.api_key_env.';
+COMMENT ON COLUMN avengers.routing_models.calibrated IS 'Whether the model has calibration outcomes in the clustering (false: it is scored on production evidence alone, so never at production weight 0).';
+COMMENT ON COLUMN avengers.routing_models.production_sums IS 'production_evidence.delta_sum per cluster, unweighted (float32, may be negative; entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.production_ns IS 'production_evidence.delta_n per cluster, unweighted (entry cluster + 1).';
 
 -- What a cost-aware route reads besides routing_models, per model of it: the prices, the
 -- measured means of model_costs and cluster_costs' sums as sparse vectors over clusters (entry

@@ -2,7 +2,7 @@
 
 -- Calibration and production side by side: mean_score and n are the calibration outcomes (the
 -- ranks order them), production_* the served feedback (production_profiles), pooled_mean what
--- the two make in this cluster at the clustering's production_weight.
+-- the two make in this cluster at the clustering's production_weight (production_evidence).
 CREATE VIEW avengers.cluster_ranks AS
 SELECT p.clustering_id, p.cluster, p.rank, p.active_rank, p.model, p.active, p.mean_score, p.n,
        p.wilson_low, p.wilson_high, p.overall_score,
@@ -10,11 +10,12 @@ SELECT p.clustering_id, p.cluster, p.rank, p.active_rank, p.model, p.active, p.m
        pp.mean_score                            AS production_mean,
        coalesce(pp.decayed_n, 0)                AS production_decayed_n,
        pp.decayed_mean                          AS production_decayed_mean,
-       (p.score_sum + k.production_weight * coalesce(pp.decayed_sum, 0))
-         / (p.n + k.production_weight * coalesce(pp.decayed_n, 0)) AS pooled_mean
+       (p.score_sum + k.production_weight * coalesce(e.delta_sum, 0))
+         / nullif(p.n + k.production_weight * coalesce(e.delta_n, 0), 0) AS pooled_mean
 FROM avengers.cluster_profiles p
 JOIN avengers.active_clustering k ON k.id = p.clustering_id
-LEFT JOIN avengers.production_profiles pp ON pp.cluster = p.cluster AND pp.model_id = p.model_id;
+LEFT JOIN avengers.production_profiles pp ON pp.cluster = p.cluster AND pp.model_id = p.model_id
+LEFT JOIN avengers.production_evidence e ON e.cluster = p.cluster AND e.model_id = p.model_id;
 COMMENT ON VIEW avengers.cluster_ranks IS
   'Models ranked per cluster of the active clustering (rank among all models, active_rank among active ones, both by calibration mean), with the production outcomes beside them and the two pooled.';
 COMMENT ON COLUMN avengers.cluster_ranks.mean_score IS 'Calibration: mean outcome on the cluster''s calibration queries.';
@@ -23,7 +24,7 @@ COMMENT ON COLUMN avengers.cluster_ranks.production_n IS 'Production: feedback r
 COMMENT ON COLUMN avengers.cluster_ranks.production_mean IS 'Production: their mean score, undecayed (NULL: none).';
 COMMENT ON COLUMN avengers.cluster_ranks.production_decayed_n IS 'Production: their effective count after decay.';
 COMMENT ON COLUMN avengers.cluster_ranks.production_decayed_mean IS 'Production: their decayed mean (recent rows weigh more).';
-COMMENT ON COLUMN avengers.cluster_ranks.pooled_mean IS '(calibration sum + production_weight x decayed production sum) / (calibration n + production_weight x decayed production n): the cluster''s evidence pooled as routing pools it.';
+COMMENT ON COLUMN avengers.cluster_ranks.pooled_mean IS '(calibration sum + production_weight x production_evidence.delta_sum) / (calibration n + production_weight x production_evidence.delta_n): the cluster''s evidence as routing pools it.';
 
 -- s(m) = sum over clusters of 1 / rank_m(c). Ties: tie_rank; models without profiles last, by name.
 CREATE VIEW avengers.model_selection_scores AS

@@ -13,6 +13,8 @@ BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_datasets;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_priors;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
+  -- production_evidence reads cluster_profiles and production_profiles.
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
   -- model_costs reads cluster_costs.
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_costs;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_costs;
@@ -28,7 +30,7 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_profiles() IS
-  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, production_profiles, cluster_costs, model_costs, routing_state, routing_centroids, routing_models, routing_costs) from outcomes, feedback and the active clustering; readers keep the old rows until commit.';
+  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, production_profiles, production_evidence, cluster_costs, model_costs, routing_state, routing_centroids, routing_models, routing_costs) from outcomes, feedback and the active clustering; readers keep the old rows until commit.';
 
 CREATE PROCEDURE avengers.activate_clustering(clustering integer)
 LANGUAGE plpgsql
@@ -141,11 +143,13 @@ $$;
 COMMENT ON FUNCTION avengers.clustering_settings_changed() IS
   'Trigger function: after a clustering''s loop settings change, recount its production outcomes (half_life), rewrite its distance statistics (ood_quantile) and, for the active one, refresh what routing reads.';
 CREATE TRIGGER clusterings_settings_changed
-  AFTER UPDATE OF production_weight, half_life, exploration, exploration_share, ood_quantile
+  AFTER UPDATE OF production_weight, half_life, change_threshold, exploration, exploration_share,
+                  ood_quantile
   ON avengers.clusterings
   FOR EACH ROW
   WHEN (OLD.production_weight IS DISTINCT FROM NEW.production_weight
         OR OLD.half_life IS DISTINCT FROM NEW.half_life
+        OR OLD.change_threshold IS DISTINCT FROM NEW.change_threshold
         OR OLD.exploration IS DISTINCT FROM NEW.exploration
         OR OLD.exploration_share IS DISTINCT FROM NEW.exploration_share
         OR OLD.ood_quantile IS DISTINCT FROM NEW.ood_quantile)
@@ -160,13 +164,15 @@ CREATE FUNCTION avengers.refresh_routing_models() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
+  -- A model added without calibration outcomes gets its starting evidence there.
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_costs;
   RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION avengers.refresh_routing_models() IS
-  'Trigger function: refresh avengers.routing_models and routing_costs after a change to avengers.models.';
+  'Trigger function: refresh avengers.production_evidence, routing_models and routing_costs after a change to avengers.models.';
 CREATE TRIGGER models_refresh_routing
   AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON avengers.models
   FOR EACH STATEMENT EXECUTE FUNCTION avengers.refresh_routing_models();

@@ -281,40 +281,49 @@ def plot_sweeps(result: Evaluation, directory: str | Path) -> dict[str, Path]:
 
 
 def format_online(result: OnlineEvaluation) -> str:
-    """The arms of an online replay: prequential accuracy overall and per window, macros."""
+    """The arms of an online replay: prequential accuracy overall and per window, macros, and
+    for a moving stream the regret after the change and the recovery."""
+    moving = result.scenario != "iid"
     header = ["arm", "overall", "ID macro", "OOD macro", "explored %"]
-    header += [f"w{i + 1}" for i in range(len(next(iter(result.arms.values())).windows))]
-    body = [
-        [
-            arm.name,
-            _pm(arm.accuracy),
-            _pm(arm.id_macro),
-            _pm(arm.ood_macro),
-            f"{arm.explored.mean:.1f}",
-            *(f"{w.mean:.2f}" for w in arm.windows),
-        ]
-        for arm in result.arms.values()
-    ]
+    header += ["regret after change", "recovery"] if moving else ["regret"]
+    windows = len(next(iter(result.arms.values())).windows)
+    header += [f"w{i + 1}" for i in range(windows)]
+    body = []
+    for arm in result.arms.values():
+        row = [arm.name, _pm(arm.accuracy), _pm(arm.id_macro), _pm(arm.ood_macro),
+               f"{arm.explored.mean:.1f}", _pm(arm.regret)]  # fmt: skip
+        if moving:
+            row.append("never" if arm.recovery is None else f"{arm.recovery} q")
+        row += [f"{w.mean:.2f}" for w in arm.windows]
+        body.append(row)
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
     lines.append("")
+    what = (
+        f"scenario {result.scenario}: {result.stream_queries} queries streamed per seed, the "
+        f"change at query {result.change_at} ({result.post_change_queries} after it); "
+        if moving
+        else f"{result.stream_queries} test queries streamed per seed in a seeded order, "
+    )
     lines.append(
-        f"{result.stream_queries} test queries streamed per seed in a seeded order, "
-        f"{result.batch} per batch (routed, scored, fed back, refreshed); windows w1..w"
-        f"{len(header) - 5} are consecutive slices of the stream; production weight "
-        f"{result.production_weight:g}, half-life {result.half_life.total_seconds():g} s "
-        f"(one query per second), exploration {' and '.join(result.explorations)}"
-        + (
-            f" (epsilon share {result.exploration_share:g})"
-            if "epsilon" in result.explorations
-            else ""
-        )
-        + f"; method {result.method.name}, {result.algorithm} k={result.k} "
+        what + f"{result.batch} per batch (routed, scored, fed back, refreshed); windows w1..w"
+        f"{windows} are consecutive slices of the stream; regret: the hindsight-best model of "
+        "each cluster after the change minus the model routed, x100 per query; production "
+        f"weight {result.production_weight:g}, half-life {result.half_life.total_seconds():g} s "
+        f"(one query per second), change threshold {result.change_threshold:g}, exploration "
+        f"{' and '.join(result.explorations)} (share {result.exploration_share:g}"
+        + (f", overlap {result.exploration_overlap:g}" if "targeted" in result.explorations else "")
+        + f"); method {result.method.name}, {result.algorithm} k={result.k} "
         f"stratify={result.stratify}; seeds {', '.join(map(str, result.seeds))}; "
         f"{result.seconds:.1f} s"
     )
+    if moving:
+        lines.append(
+            "recovery: queries after the change until the arm's regret stays within 20% of "
+            "static's gap to the recalibrated reference"
+        )
     if result.online_equals_static is not None:
         lines.append(
             "production weight 0: the online arm routed "

@@ -2,8 +2,12 @@
 production outcomes count and how fast they fade, exploration, and the OOD threshold.
 
 Defaults, and why:
-- ``production_weight`` 1: a feedback row counts as much as one calibration outcome of the same
-  cluster, before decay. 0 serves calibration outcomes only (the static router, exactly).
+- ``production_weight`` 1: production evidence (``avengers.production_evidence``: the update
+  rule, sql/027_production.sql) counts in full, a feedback row as much as one calibration
+  outcome of the same cluster before decay. 0 serves calibration outcomes only (the static
+  router, exactly).
+- ``change_threshold`` 3: the z-score above which a model's feedback, pooled over its
+  clusters, says the model changed, so that its calibration evidence moves everywhere.
 - ``half_life`` 14 days: a row counts half after two weeks, so a cluster's production evidence
   follows the traffic of about the last month and a model that got worse is seen within weeks.
 - ``exploration`` off: every request goes to the best-scored model until an operator opts in.
@@ -29,7 +33,10 @@ from avengers_store.store import connections, driver_errors
 
 EXPLORATION = ("off", "thompson", "epsilon")
 
-_COLUMNS = "id, production_weight, half_life, exploration, exploration_share, ood_quantile"
+_COLUMNS = (
+    "id, production_weight, half_life, exploration, exploration_share, ood_quantile, "
+    "change_threshold"
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class LoopSettings:
     exploration: str
     exploration_share: float
     ood_quantile: float
+    change_threshold: float
 
 
 def _target(conn: psycopg.Connection, clustering_id: int | None) -> int:
@@ -81,6 +89,7 @@ def configure(
     exploration: str | None = None,
     exploration_share: float | None = None,
     ood_quantile: float | None = None,
+    change_threshold: float | None = None,
     url: str | None = None,
     conn: psycopg.Connection | None = None,
 ) -> LoopSettings:
@@ -121,6 +130,13 @@ def configure(
                 f"ood_quantile must be in (0, 1), got {ood_quantile}", location="ood_quantile"
             )
         changes["ood_quantile"] = float(ood_quantile)
+    if change_threshold is not None:
+        if not 0.0 < float(change_threshold) < math.inf:
+            raise InputError(
+                f"change_threshold must be > 0 and finite, got {change_threshold}",
+                location="change_threshold",
+            )
+        changes["change_threshold"] = float(change_threshold)
     with connections.connection(url, conn=conn) as c, driver_errors.translated(), c.transaction():
         target = _target(c, clustering_id)
         if changes:

@@ -57,6 +57,7 @@ ANALYST_RELATIONS = (
     "model_costs",
     "routing_costs",
     "production_profiles",
+    "production_evidence",
     "traffic_drift",
     "ood_daily",
     "outcome_drift",

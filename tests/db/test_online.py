@@ -48,8 +48,9 @@ def test_the_stream_mean_is_the_mean_of_its_windows(store):
     for arm in result.arms.values():
         assert arm.accuracy.mean == pytest.approx(sum(w.mean for w in arm.windows) / 5)
     assert result.online_equals_static is None  # weight 1: not checked
-    assert result.production_weight == 1.0 and result.explorations == ("thompson", "epsilon")
-    assert list(result.arms)[2:4] == ["online + thompson", "online + epsilon"]
+    assert result.production_weight == 1.0 and result.explorations == ("targeted",)
+    assert list(result.arms)[2:3] == ["online + targeted"]
+    assert result.scenario == "iid" and result.change_at == 0
 
 
 @pytest.mark.parametrize(
@@ -70,8 +71,10 @@ def test_cli_online_json(store, cli_env):
         ).stdout
     )  # fmt: skip
     assert out["online_equals_static"] is True
-    assert set(out["arms"]) == {
-        "static", "online", "online + thompson", "online + epsilon", "best single",
-    }  # fmt: skip
-    text = run_cli("evaluate", "--online", "--k", "4", "--seeds", "5", "--windows", "3").stdout
+    assert set(out["arms"]) == {"static", "online", "online + targeted", "best single"}
+    text = run_cli(
+        "evaluate", "--online", "--k", "4", "--seeds", "5", "--windows", "3", "--exploration",
+        "targeted,thompson",
+    ).stdout  # fmt: skip
     assert "w3" in text and "best single" in text and "online + thompson" in text
+    assert "online + targeted" in text

@@ -1,5 +1,6 @@
-"""The served score pools production outcomes at the clustering's weight, on both routing paths;
-weight 0 routes exactly as the static router; the decision explains the pooling."""
+"""The served score adds production evidence (the update rule, avengers.production_evidence) at
+the clustering's weight; weight 0 routes exactly as the static router, on both routing paths;
+the decision explains the pooling."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 
 from avengers_store import AvengersClient, routing
+from avengers_store.production import update_rule
 from avengers_store.production.settings import configure
 from avengers_store.routing import RoutingMethod
 from avengers_store.store import connections
@@ -59,6 +61,27 @@ def scores(url: str, method: RoutingMethod) -> dict[str, float]:
     return {c.model: c.score for c in decision.candidates}
 
 
+def expected(url: str, weight: float) -> dict[str, float]:
+    """Cluster 0's scores by the update rule's Python reference, from the served inputs."""
+    with connections.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT cp.cluster, cp.model, cp.n, cp.score_sum, coalesce(pp.decayed_n, 0),
+                      coalesce(pp.decayed_sum, 0)
+               FROM avengers.cluster_profiles cp
+               LEFT JOIN avengers.production_profiles pp
+                 ON pp.cluster = cp.cluster AND pp.model_id = cp.model_id
+               ORDER BY cp.cluster, cp.model"""
+        ).fetchall()
+    names = sorted({r[1] for r in rows})
+    x = np.array([[r[0], names.index(r[1]), *r[2:]] for r in rows], dtype=float)
+    ev = update_rule.evidence(x[:, 0].astype(int), x[:, 1].astype(int), x[:, 2], x[:, 3],
+                              x[:, 4], x[:, 5], np.zeros(len(x), bool))  # fmt: skip
+    mean = (x[:, 3] + weight * ev.delta_sum) / (x[:, 2] + weight * ev.delta_n)
+    return {
+        names[int(m)]: float(v) for c, m, v in zip(x[:, 0], x[:, 1], mean, strict=True) if c == 0
+    }
+
+
 def test_feedback_moves_the_served_score_and_weight_zero_restores_it(store):
     url, cid = store
     static = scores(url, NEAREST)
@@ -67,9 +90,12 @@ def test_feedback_moves_the_served_score_and_weight_zero_restores_it(store):
     feed(url, cid, "bravo", 1.0, 3)
     feed(url, cid, "alpha", 0.0, 3)
     pooled = scores(url, NEAREST)
-    # Fresh feedback decays by a hair only (half-life 14 days).
-    assert pooled["bravo"] == pytest.approx(4 / 5, abs=1e-5)
-    assert pooled["alpha"] == pytest.approx(2 / 5, abs=1e-5)
+    assert pooled == pytest.approx(expected(url, 1.0), abs=1e-6)
+    # Close to the plain pooled means 4/5 and 2/5: both models' residuals are too few to call a
+    # change of either, and the cluster's shared change is shrunk toward 0.
+    assert pooled == pytest.approx({"bravo": 4 / 5, "alpha": 2 / 5}, abs=0.02)
+    assert list(pooled) == ["bravo", "alpha"]
+    # route_many_general (dataset_prior) still pools the raw decayed sums.
     general = scores(url, GENERAL)
     assert list(general) == ["bravo", "alpha"]
     assert list(general_static) == ["alpha", "bravo"]
@@ -82,7 +108,7 @@ def test_feedback_moves_the_served_score_and_weight_zero_restores_it(store):
     half = configure(production_weight=0.5, url=url)
     try:
         assert half.production_weight == 0.5
-        assert scores(url, NEAREST)["bravo"] == pytest.approx(2.5 / 3.5, abs=1e-5)
+        assert scores(url, NEAREST) == pytest.approx(expected(url, 0.5), abs=1e-6)
     finally:
         configure(production_weight=1.0, url=url)
 

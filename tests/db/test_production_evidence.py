@@ -1,0 +1,161 @@
+"""The production update rule in SQL (avengers.production_evidence) equals its Python reference
+(production.update_rule) cell for cell, and routing_models serves it: pooled at the clustering's
+production weight, unweighted in production_sums / production_ns, nothing at weight 0, and a
+model without calibration outcomes routable only while production counts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from avengers_store.calibration import reclustering
+from avengers_store.production import update_rule
+from avengers_store.production.settings import configure
+from avengers_store.store import connections
+from avengers_store.testing import ensure_model, seed_store
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def store(db_url) -> str:
+    with connections.connect(db_url) as conn:
+        seed_store(conn, per_blob=30)
+        reclustering.recluster(6, "kmeans", 3, conn=conn)
+        ensure_model(conn, "newcomer")  # no calibration outcome anywhere
+        conn.commit()
+    return db_url
+
+
+def feed(conn, seed: int, rows: int) -> None:
+    """Random feedback on random cells: model-0 always fails where it was weak (a model that
+    changed the same way in every cluster), the others score 0.5, the newcomer 0.9."""
+    rng = np.random.default_rng(seed)
+    models = dict(conn.execute("SELECT name, id FROM avengers.models").fetchall())
+    clusters = [r[0] for r in conn.execute("SELECT cluster FROM avengers.routing_centroids")]
+    weak = [
+        r[0]
+        for r in conn.execute(
+            "SELECT cluster FROM avengers.cluster_profiles WHERE model = 'model-0' "
+            "AND mean_score < 0.5"
+        )
+    ]
+    cid = conn.execute("SELECT id FROM avengers.active_clustering").fetchone()[0]
+    names = sorted(models)
+    for i in range(rows):
+        # A third of the feedback on model-0, the rest on any model.
+        name = "model-0" if i % 3 == 0 else names[int(rng.integers(len(names)))]
+        cluster = int(rng.choice(weak if name == "model-0" else clusters))
+        route = uuid.uuid4()
+        conn.execute(
+            "INSERT INTO avengers.route_log (route_id, at, query_hash, clustering_id, cluster, "
+            "models, strategy, answer_model) VALUES (%s, %s, 'h', %s, %s, %s, 'replay', %s)",
+            (route, T0 + timedelta(seconds=i), cid, cluster, [name], name),
+        )
+        p = 0.0 if name == "model-0" else 0.9 if name == "newcomer" else 0.5
+        conn.execute(
+            "INSERT INTO avengers.feedback (route_id, model_id, score, at) VALUES (%s, %s, %s, %s)",
+            (route, models[name], float(rng.random() < p), T0 + timedelta(seconds=i)),
+        )
+    conn.execute("CALL avengers.refresh_production()")
+
+
+def test_sql_equals_the_python_reference(store):
+    with connections.connect(store) as conn:
+        feed(conn, 1, 400)
+        rows = conn.execute(
+            """SELECT e.cluster, e.model_id, e.calibration_n, e.calibration_sum, e.production_n,
+                      e.production_sum, e.model_effect, e.model_changed, e.cluster_effect,
+                      e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
+                      coalesce(pp.decayed_n, 0), coalesce(pp.decayed_sum, 0),
+                      NOT EXISTS (SELECT 1 FROM avengers.cluster_profiles c
+                                  WHERE c.model_id = e.model_id)
+               FROM avengers.production_evidence e
+               LEFT JOIN avengers.cluster_profiles cp
+                 ON cp.cluster = e.cluster AND cp.model_id = e.model_id
+               LEFT JOIN avengers.production_profiles pp
+                 ON pp.cluster = e.cluster AND pp.model_id = e.model_id
+               ORDER BY 1, 2"""
+        ).fetchall()
+        threshold = conn.execute(
+            "SELECT change_threshold FROM avengers.active_clustering"
+        ).fetchone()[0]
+        conn.rollback()
+    x = np.array([r[:7] + (float(r[7]),) + r[8:15] + (float(r[15]),) for r in rows], dtype=float)
+    # The inputs are the served calibration and production profiles, unchanged.
+    assert x[:, 2] == pytest.approx(x[:, 11]) and x[:, 3] == pytest.approx(x[:, 12])
+    assert x[:, 4] == pytest.approx(x[:, 13]) and x[:, 5] == pytest.approx(x[:, 14])
+    models = {m: i for i, m in enumerate(sorted(set(x[:, 1].astype(int))))}
+    ref = update_rule.evidence(
+        x[:, 0].astype(int), np.array([models[int(m)] for m in x[:, 1]]), x[:, 11], x[:, 12],
+        x[:, 13], x[:, 14], x[:, 15].astype(bool), threshold,
+    )  # fmt: skip
+    assert x[:, 6] == pytest.approx(ref.model_effect, abs=1e-9)
+    assert x[:, 7].astype(bool).tolist() == ref.model_changed.tolist()
+    assert x[:, 8] == pytest.approx(ref.cluster_effect, abs=1e-9)
+    assert x[:, 9] == pytest.approx(ref.delta_sum, abs=1e-9)
+    assert x[:, 10] == pytest.approx(ref.delta_n, abs=1e-9)
+    # The data make the rule's branches run: model-0 changed, the newcomer learned its offset.
+    assert x[ref.model_changed, 1].size and ref.model_effect[ref.model_changed].max() < -0.1
+    assert (ref.model_effect[x[:, 15].astype(bool)] > 0.2).all()
+
+
+def test_routing_models_serves_the_evidence_at_the_weight(store):
+    with connections.connect(store) as conn:
+        feed(conn, 2, 200)
+        configure(production_weight=0.5, conn=conn)
+        served = conn.execute(
+            """SELECT rm.model_id, rm.calibrated, rm.score_sums::text, rm.ns::text,
+                      rm.production_sums::text, rm.production_ns::text
+               FROM avengers.routing_models rm"""
+        ).fetchall()
+        cells = {
+            (r[0], r[1]): r[2:]
+            for r in conn.execute(
+                "SELECT model_id, cluster, delta_sum, delta_n FROM avengers.production_evidence"
+            )
+        }
+        calibration = {
+            (r[0], r[1]): r[2:]
+            for r in conn.execute(
+                "SELECT model_id, cluster, score_sum, n FROM avengers.cluster_profiles"
+            )  # fmt: skip
+        }
+        configure(production_weight=0.0, conn=conn)
+        static = conn.execute(
+            "SELECT model_id, calibrated, score_sums::text, ns::text FROM avengers.routing_models"
+        ).fetchall()
+        conn.rollback()
+    assert {r[1] for r in served} == {True, False}  # the newcomer is routable at weight 0.5
+    for model, _, sums, ns, psums, pns in served:
+        got = {name: parse(v) for name, v in
+               (("sums", sums), ("ns", ns), ("psums", psums), ("pns", pns))}  # fmt: skip
+        for (m, cluster), (dsum, dn) in cells.items():
+            if m != model:
+                continue
+            cs, cn = calibration.get((m, cluster), (0.0, 0))
+            assert got["psums"].get(cluster, 0.0) == pytest.approx(dsum, rel=1e-6, abs=1e-6)
+            assert got["pns"].get(cluster, 0.0) == pytest.approx(dn, rel=1e-6, abs=1e-6)
+            assert got["sums"].get(cluster, 0.0) == pytest.approx(cs + 0.5 * dsum, rel=1e-5,
+                                                                   abs=1e-5)  # fmt: skip
+            assert got["ns"].get(cluster, 0.0) == pytest.approx(cn + 0.5 * dn, rel=1e-5)
+    # Weight 0: calibration exactly, and no model without calibration outcomes.
+    assert {r[1] for r in static} == {True}
+    for model, _, sums, ns in static:
+        expected = {c: v for (m, c), v in calibration.items() if m == model}
+        assert parse(sums) == pytest.approx({c: float(v[0]) for c, v in expected.items()
+                                             if v[0] > 0})  # fmt: skip
+        assert parse(ns) == {c: float(v[1]) for c, v in expected.items()}
+
+
+def parse(text: str) -> dict[int, float]:
+    """A sparsevec literal '{1:2.5,3:1}/6' as {cluster: value} (entry cluster + 1)."""
+    body = text.split("}")[0].lstrip("{")
+    out = {}
+    for item in filter(None, body.split(",")):
+        key, value = item.split(":")
+        out[int(key) - 1] = float(value)
+    return out

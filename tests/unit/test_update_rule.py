@@ -1,0 +1,76 @@
+"""The production update rule: feedback on one model never reorders a cluster by itself, a
+model that changed everywhere moves everywhere, a new model starts from its cluster's mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avengers_store.production import update_rule as rule
+
+
+def cells(k: int, models: int):
+    cluster = np.repeat(np.arange(k), models)
+    model = np.tile(np.arange(models), k)
+    return cluster, model
+
+
+def means(ev: rule.Evidence, n, s):
+    return (s + ev.delta_sum) / (n + ev.delta_n)
+
+
+def test_no_feedback_adds_nothing():
+    cluster, model = cells(3, 2)
+    n = np.full(6, 50.0)
+    s = np.array([30, 20, 10, 40, 25, 25], dtype=float)
+    ev = rule.evidence(cluster, model, n, s, np.zeros(6), np.zeros(6), np.zeros(6, bool))
+    assert not ev.delta_sum.any() and not ev.delta_n.any() and not ev.model_changed.any()
+
+
+def test_feedback_on_the_routed_model_alone_keeps_the_cluster_order():
+    # Cluster 0: model 0 routed (lucky 0.62 in calibration), model 1 unrouted at 0.60. Its
+    # feedback comes in at 0.55: the loser of the old rule's comparison, here both move.
+    cluster, model = cells(1, 2)
+    n = np.array([100.0, 100.0])
+    s = np.array([62.0, 60.0])
+    a = np.array([80.0, 0.0])
+    b = np.array([44.0, 0.0])
+    ev = rule.evidence(cluster, model, n, s, a, b, np.zeros(2, bool))
+    assert not ev.model_changed.any()
+    assert ev.cluster_effect[0] < 0 and ev.cluster_effect[0] == ev.cluster_effect[1]
+    after = means(ev, n, s)
+    assert after[0] > after[1]  # the routed model stays first
+    assert (b[0] + s[0]) / (a[0] + n[0]) < s[1] / n[1]  # pooling alone would have swapped them
+
+
+def test_a_model_that_changed_everywhere_passes_the_test_and_moves_everywhere():
+    k, models = 8, 3
+    cluster, model = cells(k, models)
+    n = np.full(k * models, 60.0)
+    s = np.where(model == 0, 42.0, 30.0)  # model 0 at 0.7 in calibration, the others at 0.5
+    a = np.where(model == 0, 40.0, 0.0)  # ... and at 0.35 in production, in every cluster
+    b = np.where(model == 0, 14.0, 0.0)
+    ev = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool), 2.5)
+    assert ev.model_changed[model == 0].all() and not ev.model_changed[model != 0].any()
+    assert ev.model_effect[model == 0] == pytest.approx(-0.35, abs=0.01)
+    after = means(ev, n, s).reshape(k, models)
+    assert (after[:, 0] < after[:, 1]).all()  # the others now lead in every cluster
+    # A higher threshold than the evidence: no model change, the cluster change takes it.
+    strict = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool), 1000.0)
+    assert not strict.model_changed.any()
+
+
+def test_a_new_model_starts_at_the_cluster_mean_and_learns_its_offset():
+    cluster, model = cells(2, 3)
+    n = np.where(model == 2, 0.0, 40.0)
+    s = np.where(model == 2, 0.0, np.where(model == 0, 28.0, 12.0))  # mean 0.5 over 0 and 1
+    new = model == 2
+    ev = rule.evidence(cluster, model, n, s, np.zeros(6), np.zeros(6), new)
+    assert ev.delta_n[new] == pytest.approx(rule.NEW_MODEL_PRIOR)
+    assert means(ev, n, s)[new] == pytest.approx(0.5)
+    # Feedback in cluster 0 at 0.9: its offset from the cluster means carries to cluster 1.
+    a = np.where(new & (cluster == 0), 20.0, 0.0)
+    ev = rule.evidence(cluster, model, n, s, a, 0.9 * a, new)
+    assert ev.model_effect[new] == pytest.approx(0.4)
+    assert means(ev, n, s)[new & (cluster == 1)] == pytest.approx(0.9)
+    assert not ev.model_changed.any()  # a new model is never "changed": it has no baseline
