@@ -236,29 +236,33 @@ COMMENT ON COLUMN avengers.production_profiles.as_of IS 'The time everything is 
 -- routing adds at the production weight lambda:
 --   score = (sum_j w_j (S[c_j,m] + lambda * delta_sum[c_j,m]) + s * prior[m])
 --         / (sum_j w_j (n[c_j,m] + lambda * delta_n[c_j,m]) + s)
--- so lambda = 0 is the static router exactly. Feedback arrives only for the model that answered,
--- and that model was chosen partly for the luck of its calibration sample: adding its feedback
--- alone would pull it down toward its true mean while the models not routed keep their lucky
--- means, and the router would swap to models that only look better (the winner's curse). So the
--- rule explains each cell's residual y = (decayed production mean) - (calibration mean) by:
--- * a change of the model, the same in all its clusters: the precision-weighted random-effects
---   mean of the model's residuals over its clusters (DerSimonian-Laird, so residuals that differ
---   from cluster to cluster count as heterogeneity, not as a change of the model), applied only
---   when it passes the change test |effect| > change_threshold x its standard error and
---   |effect| > 0.05; then the model's calibration mean moves by it in every cluster;
--- * a change of the cluster, shared by every candidate there: the precision-weighted mean of
---   the residuals left after the model changes, shrunk toward 0 by 100 pseudo-observations. It
---   moves every calibrated candidate of the cluster alike, the unrouted ones as the routed one,
---   so feedback on one model alone never reorders the models of a cluster;
--- and then the routed model's own production outcomes are added to its moved calibration
--- evidence (each weighs 0.5 ^ (age / half_life)). A model with no calibration outcome in the
--- clustering starts, in every cluster, at 2 pseudo-outcomes of the cluster's calibration mean
--- (all candidates pooled) moved by the cluster's change and by its own model effect, measured
--- against the cluster means and applied without a test: its production then takes over.
--- Residual variances: p(1-p) (floored at 0.05) x (1 / decayed production count + 1 /
--- calibration count), p the cell's smoothed pooled mean. The figures behind the rule and its
--- constants are in docs/evaluation.md ("The production loop"); avengers_store/production/
--- update_rule.py computes the same in Python, and a test pins the two together.
+-- so lambda = 0 is the static router exactly. Feedback arrives only for the model that
+-- answered, chosen partly for the luck of its calibration sample: adding its feedback alone to
+-- its sums pulls it toward its true mean while the unrouted models keep their lucky ones, and
+-- the router swaps to models that only looked better (the winner's curse). Feedback alone also
+-- cannot tell a changed model from changed traffic (harder questions lower every model of a
+-- cluster). So the rule moves calibration means and never adds a calibrated model's feedback
+-- to its counts. With y = decayed production mean - calibration mean per cell and
+-- v = max(0.05, p(1-p)) x (1 / decayed production count + 1 / calibration count):
+-- * relative residual: y minus the precision-weighted mean y of the other calibrated models
+--   with feedback in the same cluster (variance v + 1 / their total precision);
+-- * model change: the random-effects mean of the model's relative residuals over its clusters
+--   (DerSimonian-Laird: residuals that differ from cluster to cluster count as heterogeneity),
+--   applied in every cluster when |effect| > change_threshold x se and |effect| > 0.05;
+-- * cell change: what is left of a relative residual, applied in that cell alone when it passes
+--   the same test on its own;
+-- * cluster change: the precision-weighted mean of what the models' changes leave of the
+--   residuals, shrunk toward 0 by 100 units of precision, the same for every calibrated
+--   candidate of the cluster, so it reorders none of them.
+-- A cluster moved when a calibrated model's residual there passes the change test on its own
+-- (|y| > change_threshold x sqrt(v) and |y| > 0.05): its feedback cannot say yet whether the
+-- model or the traffic changed, so targeted exploration asks every candidate there.
+-- A model with no calibration outcome in the clustering starts, in every cluster, at 2
+-- pseudo-outcomes of the cluster's calibration mean (all models pooled) moved by the cluster's
+-- change and by its own offset from the cluster means where it has feedback (random-effects,
+-- no test), and its decayed feedback is added. The figures behind the rule and its constants
+-- are in docs/evaluation.md ("The production loop"); avengers_store/production/update_rule.py
+-- computes the same in Python, and a test pins the two together.
 CREATE MATERIALIZED VIEW avengers.production_evidence AS
 WITH k AS (
   SELECT a.id, a.change_threshold AS z FROM avengers.active_clustering a
@@ -306,63 +310,96 @@ residuals AS (
   LEFT JOIN cluster_means cm ON cm.cluster = x.cluster
   LEFT JOIN uncalibrated u ON u.model_id = x.model_id
 ),
--- The model's change: DerSimonian-Laird over its clusters with production.
+-- Per cell with feedback: the residual against the other calibrated models of its cluster.
+compared AS (
+  SELECT r.*, r.y - (t.swy - CASE WHEN r.uncalibrated THEN 0 ELSE r.y / r.v END)
+                    / (t.sw - CASE WHEN r.uncalibrated THEN 0 ELSE 1 / r.v END) AS rel,
+         r.v + 1 / (t.sw - CASE WHEN r.uncalibrated THEN 0 ELSE 1 / r.v END) AS rel_v
+  FROM residuals r
+  JOIN (SELECT x.cluster, sum(1 / x.v) AS sw, sum(x.y / x.v) AS swy
+        FROM residuals x WHERE x.a > 0 AND NOT x.uncalibrated GROUP BY x.cluster) AS t
+    ON t.cluster = r.cluster
+  WHERE r.a > 0 AND NOT r.uncalibrated AND t.sw - 1 / r.v > 0
+),
+-- Random-effects means (DerSimonian-Laird) per model: of the relative residuals of calibrated
+-- models, of the plain residuals of models without calibration outcomes.
+observed AS (
+  SELECT c.model_id, c.rel AS y, c.rel_v AS v FROM compared c
+  UNION ALL
+  SELECT r.model_id, r.y, r.v FROM residuals r WHERE r.a > 0 AND r.uncalibrated
+),
 fixed AS (
-  SELECT r.model_id, count(*) AS cells, sum(1 / r.v) AS sw, sum(1 / (r.v * r.v)) AS sw2,
-         sum(r.y / r.v) / sum(1 / r.v) AS fe
-  FROM residuals r WHERE r.a > 0 GROUP BY r.model_id
+  SELECT o.model_id, count(*) AS cells, sum(1 / o.v) AS sw, sum(1 / (o.v * o.v)) AS sw2,
+         sum(o.y / o.v) / sum(1 / o.v) AS fe
+  FROM observed o GROUP BY o.model_id
 ),
 spread AS (
   SELECT f.model_id,
          CASE WHEN f.cells > 1 AND f.sw - f.sw2 / f.sw > 0 THEN
-           greatest(0, (sum((r.y - f.fe) ^ 2 / r.v) - (f.cells - 1)) / (f.sw - f.sw2 / f.sw))
+           greatest(0, (sum((o.y - f.fe) ^ 2 / o.v) - (f.cells - 1)) / (f.sw - f.sw2 / f.sw))
          ELSE 0 END AS tau2
-  FROM fixed f JOIN residuals r ON r.model_id = f.model_id AND r.a > 0
+  FROM fixed f JOIN observed o ON o.model_id = f.model_id
   GROUP BY f.model_id, f.cells, f.sw, f.sw2, f.fe
 ),
-model_changes AS (
-  SELECT s.model_id,
-         sum(r.y / (r.v + s.tau2)) / sum(1 / (r.v + s.tau2)) AS effect,
-         1 / sqrt(sum(1 / (r.v + s.tau2))) AS se,
-         bool_or(r.uncalibrated) AS uncalibrated
-  FROM spread s JOIN residuals r ON r.model_id = s.model_id AND r.a > 0
-  GROUP BY s.model_id
-),
 model_effects AS (
-  SELECT mc.model_id, mc.effect, mc.se,
-         NOT mc.uncalibrated AND abs(mc.effect) > k.z * mc.se AND abs(mc.effect) > 0.05 AS changed,
-         CASE WHEN mc.uncalibrated OR (abs(mc.effect) > k.z * mc.se AND abs(mc.effect) > 0.05)
-              THEN mc.effect ELSE 0 END AS applied
-  FROM model_changes mc CROSS JOIN k
+  SELECT s.model_id, e.effect, e.se, u.model_id IS NOT NULL AS uncalibrated,
+         u.model_id IS NULL AND abs(e.effect) > k.z * e.se AND abs(e.effect) > 0.05 AS changed
+  FROM spread s
+  CROSS JOIN LATERAL (
+    SELECT sum(o.y / (o.v + s.tau2)) / sum(1 / (o.v + s.tau2)) AS effect,
+           1 / sqrt(sum(1 / (o.v + s.tau2))) AS se
+    FROM observed o WHERE o.model_id = s.model_id) AS e
+  CROSS JOIN k
+  LEFT JOIN uncalibrated u ON u.model_id = s.model_id
 ),
--- The cluster's change: what the model changes leave of its calibrated candidates' residuals.
-cluster_effects AS (
-  SELECT r.cluster,
-         sum((r.y - coalesce(me.applied, 0)) / r.v) / (sum(1 / r.v) + 100) AS effect
-  FROM residuals r LEFT JOIN model_effects me ON me.model_id = r.model_id
-  WHERE r.a > 0 AND NOT r.uncalibrated
-  GROUP BY r.cluster
+cell_effects AS (
+  SELECT c.cluster, c.model_id,
+         c.rel - CASE WHEN coalesce(me.changed, false) THEN me.effect ELSE 0 END AS left_over,
+         c.rel_v
+  FROM compared c LEFT JOIN model_effects me ON me.model_id = c.model_id
 ),
-moved AS (
-  SELECT r.*, coalesce(me.applied, 0) AS model_effect, coalesce(me.changed, false) AS changed,
-         coalesce(ce.effect, 0) AS cluster_effect
+shifts AS (
+  SELECT r.*,
+         CASE WHEN coalesce(me.changed, false) THEN me.effect ELSE 0 END AS model_shift,
+         coalesce(me.changed, false) AS changed,
+         CASE WHEN r.uncalibrated THEN coalesce(me.effect, 0) ELSE 0 END AS offset,
+         CASE WHEN abs(ce.left_over) > k.z * sqrt(ce.rel_v) AND abs(ce.left_over) > 0.05
+              THEN ce.left_over ELSE 0 END AS cell_shift
   FROM residuals r
+  CROSS JOIN k
   LEFT JOIN model_effects me ON me.model_id = r.model_id
-  LEFT JOIN cluster_effects ce ON ce.cluster = r.cluster
+  LEFT JOIN cell_effects ce ON ce.cluster = r.cluster AND ce.model_id = r.model_id
+),
+-- The cluster's change: what the models' changes leave of its calibrated models' residuals;
+-- and whether one of them left its calibration mean on its own.
+cluster_effects AS (
+  SELECT x.cluster,
+         sum((x.y - x.model_shift - x.cell_shift) / x.v) / (sum(1 / x.v) + 100) AS effect,
+         bool_or(abs(x.y) > k.z * sqrt(x.v) AND abs(x.y) > 0.05) AS moved
+  FROM shifts x
+  CROSS JOIN k
+  WHERE x.a > 0 AND NOT x.uncalibrated
+  GROUP BY x.cluster
 )
-SELECT k.id AS clustering_id, m.cluster, m.model_id, m.n AS calibration_n,
-       m.s AS calibration_sum, m.a AS production_n, m.b AS production_sum, m.model_effect,
-       m.changed AS model_changed, m.cluster_effect,
-       CASE WHEN m.uncalibrated
-            THEN 2 * least(1, greatest(0, m.mu + m.cluster_effect + m.model_effect)) + m.b
-            ELSE least(m.n, greatest(0, m.s + m.n * (m.model_effect + m.cluster_effect)))
-                 + m.b - m.s END AS delta_sum,
-       CASE WHEN m.uncalibrated THEN 2 + m.a ELSE m.a END AS delta_n
-FROM moved m CROSS JOIN k
+SELECT k.id AS clustering_id, x.cluster, x.model_id, x.n AS calibration_n,
+       x.s AS calibration_sum, x.a AS production_n, x.b AS production_sum,
+       CASE WHEN x.uncalibrated THEN x.offset ELSE x.model_shift END AS model_effect,
+       x.changed AS model_changed, x.cell_shift AS cell_effect,
+       coalesce(ce.effect, 0) AS cluster_effect,
+       CASE WHEN x.uncalibrated
+            THEN 2 * least(1, greatest(0, x.mu + coalesce(ce.effect, 0) + x.offset)) + x.b
+            ELSE least(x.n, greatest(0, x.s + x.n * (x.model_shift + x.cell_shift
+                                                     + coalesce(ce.effect, 0)))) - x.s
+       END AS delta_sum,
+       CASE WHEN x.uncalibrated THEN 2 + x.a ELSE 0 END AS delta_n,
+       coalesce(ce.moved, false) AS cluster_moved
+FROM shifts x
+CROSS JOIN k
+LEFT JOIN cluster_effects ce ON ce.cluster = x.cluster
 WITH DATA;
 CREATE UNIQUE INDEX production_evidence_key ON avengers.production_evidence (cluster, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.production_evidence IS
-  'The production update rule per cluster and model of the active clustering: what production outcomes add to the calibration outcome sum (delta_sum) and count (delta_n) that routing pools at the production weight, and why (the model''s and the cluster''s measured change). Refreshed by CALL avengers.refresh_production() and with the profiles.';
+  'The production update rule per cluster and model of the active clustering: what production outcomes add to the calibration outcome sum (delta_sum) and count (delta_n) that routing pools at the production weight, and why (the model''s, the cell''s and the cluster''s measured change). Refreshed by CALL avengers.refresh_production() and with the profiles.';
 COMMENT ON COLUMN avengers.production_evidence.clustering_id IS 'The active clustering version.';
 COMMENT ON COLUMN avengers.production_evidence.cluster IS 'Cluster index.';
 COMMENT ON COLUMN avengers.production_evidence.model_id IS 'Model.';
@@ -370,11 +407,13 @@ COMMENT ON COLUMN avengers.production_evidence.calibration_n IS 'Calibration out
 COMMENT ON COLUMN avengers.production_evidence.calibration_sum IS 'Their sum (cluster_profiles.score_sum).';
 COMMENT ON COLUMN avengers.production_evidence.production_n IS 'Decayed count of the feedback counted here (production_profiles.decayed_n; 0: none).';
 COMMENT ON COLUMN avengers.production_evidence.production_sum IS 'Decayed sum of those feedback scores.';
-COMMENT ON COLUMN avengers.production_evidence.model_effect IS 'Change of the model over all its clusters (production minus calibration mean) applied here: non-zero when it passed the change test, or for a model without calibration outcomes (its offset from the cluster means).';
+COMMENT ON COLUMN avengers.production_evidence.model_effect IS 'The model''s change against the other models of its clusters, applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.';
 COMMENT ON COLUMN avengers.production_evidence.model_changed IS 'The model''s change test passed (|effect| > change_threshold x standard error, and > 0.05).';
-COMMENT ON COLUMN avengers.production_evidence.cluster_effect IS 'Change of the cluster shared by all its candidates: what the model changes leave of the residuals of the models with feedback here, shrunk toward 0.';
-COMMENT ON COLUMN avengers.production_evidence.delta_sum IS 'What the cell''s outcome sum gains at production weight 1 (may be negative): the calibration sum moved by both changes (clamped to [0, n]), plus the decayed production sum, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean, plus the production sum.';
-COMMENT ON COLUMN avengers.production_evidence.delta_n IS 'What the cell''s outcome count gains at production weight 1: the decayed production count (plus the 2 pseudo-outcomes of a model without calibration outcomes).';
+COMMENT ON COLUMN avengers.production_evidence.cell_effect IS 'The model''s change in this cluster beyond model_effect (0 unless that cell''s own test passed).';
+COMMENT ON COLUMN avengers.production_evidence.cluster_effect IS 'Change of the cluster shared by all its candidates: what the models'' changes leave of the residuals of the models with feedback here, shrunk toward 0.';
+COMMENT ON COLUMN avengers.production_evidence.delta_sum IS 'What the cell''s outcome sum gains at production weight 1 (may be negative): the calibration mean moved by the model''s, the cell''s and the cluster''s change (clamped to [0, 1]) times the calibration count, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean plus its decayed feedback sum.';
+COMMENT ON COLUMN avengers.production_evidence.cluster_moved IS 'A calibrated model''s feedback in the cluster left its calibration mean (its own change test passed): targeted exploration compares every candidate there.';
+COMMENT ON COLUMN avengers.production_evidence.delta_n IS 'What the cell''s outcome count gains at production weight 1: 0 for a calibrated model (feedback moves its mean, not its confidence), 2 pseudo-outcomes plus the decayed feedback count for a model without calibration outcomes.';
 
 CREATE PROCEDURE avengers.refresh_production()
 LANGUAGE plpgsql

@@ -162,6 +162,8 @@ INSERT INTO avengers.feedback (route_id, source, model_id, score, at)
 SELECT x.r, 'replay', x.m, x.s, x.t
 FROM unnest(%s::uuid[], %s::integer[], %s::float8[], %s::timestamptz[]) AS x(r, m, s, t)
 """
+# The clusters where feedback left calibration: targeted exploration asks every candidate there.
+_MOVED_SQL = "SELECT DISTINCT cluster FROM avengers.production_evidence WHERE cluster_moved"
 # The evidence behind each candidate's score (its denominator: the pooled outcome count and the
 # prior's pseudo-count), which targeted exploration reads its posterior width from.
 _EVIDENCE_SQL = """
@@ -222,6 +224,8 @@ def evaluate_online(
             f"unknown algorithm {algorithm!r}; choose one of {', '.join(fit.ALGORITHMS)}",
             location="algorithm",
         )
+    if isinstance(exploration, str):
+        exploration = [exploration]
     policies = as_list(exploration, "exploration", str) or ["targeted"]
     for policy in policies:
         if policy not in POLICIES:
@@ -463,6 +467,7 @@ def _decide(
     if policy == "targeted":
         decisions = routing.route_vectors(conn, vectors, len(rp.models), method=rp.method)
         counts = _evidence(conn, rp, vectors)
+        moved = {r[0] for r in conn.execute(_MOVED_SQL)}
         out = []
         for i, (d, at) in enumerate(zip(decisions, positions, strict=True)):
             if not d.candidates:
@@ -475,6 +480,7 @@ def _decide(
                 exploration_rule.hash_uniform(seed, str(int(at))),
                 share,
                 overlap,
+                d.cluster in moved,
             )
             model = cands[choice.index].model
             out.append((rp.column[model], d.cluster, d.distance, choice.explored,

@@ -8,7 +8,10 @@ leader's, i.e. when the probability that it beats the leader,
 ``Phi((mean_i - mean_0) / sqrt(sd_i^2 + sd_0^2))``, is at least ``overlap``; each candidate's
 posterior is read off its routing score (the mean) and the evidence behind it (the score's
 denominator: pooled outcome count plus the prior's pseudo-count), ``sd^2 = mean (1 - mean) /
-(count + 1)``. One uniform draw ``u`` decides: with plausible candidates P and ``u < share`` the
+(count + 1)``. In a cluster that moved (a calibrated model's feedback there left its
+calibration mean: ``production_evidence.cluster_moved``) every candidate is plausible, since
+the feedback cannot say whether the model or the traffic changed until the others are asked.
+One uniform draw ``u`` decides: with plausible candidates P and ``u < share`` the
 ``floor(u / share * |P|)``-th of P (in rank order) answers, else the leader. So
 
 - the leader's propensity is ``1 - share`` when P is not empty, else 1;
@@ -105,15 +108,17 @@ def choose(
     u: float,
     share: float = SHARE,
     overlap: float = OVERLAP,
+    moved: bool = False,
 ) -> Choice:
     """The candidate to answer, given candidates best first (their routing scores and the
-    evidence behind them) and a uniform draw ``u`` in [0, 1)."""
+    evidence behind them) and a uniform draw ``u`` in [0, 1). ``moved``: the query's nearest
+    cluster moved (``production_evidence.cluster_moved``), so every candidate is plausible."""
     check(share, overlap)
     if not means:
         raise InputError("no candidate to choose from", location="means")
     if not 0.0 <= u < 1.0:
         raise InputError(f"u must be in [0, 1), got {u}", location="u")
-    found = plausible(means, counts, overlap)
+    found = plausible(means, counts, 0.0 if moved else overlap)
     if not found or share == 0.0:
         return Choice(0, 1.0, False, found)
     if u < share:
@@ -123,12 +128,16 @@ def choose(
 
 
 def propensities(
-    means: Sequence[float], counts: Sequence[float], share: float = SHARE, overlap: float = OVERLAP
+    means: Sequence[float],
+    counts: Sequence[float],
+    share: float = SHARE,
+    overlap: float = OVERLAP,
+    moved: bool = False,
 ) -> list[float]:
     """The probability of every candidate (best first) being chosen: what an off-policy
     estimate of this policy weighs a logged decision by."""
     check(share, overlap)
-    found = plausible(means, counts, overlap)
+    found = plausible(means, counts, 0.0 if moved else overlap)
     out = [0.0] * len(means)
     if not out:
         return out

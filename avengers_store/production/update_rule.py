@@ -5,14 +5,27 @@ without SQL.
 Routing scores a model from its calibration outcome sum S and count n per cluster plus what
 production adds, at the production weight lambda:
 ``(sum_j w_j (S + lambda delta_sum) + s prior) / (sum_j w_j (n + lambda delta_n) + s)``.
-Feedback arrives only for the model that answered, chosen partly for the luck of its calibration
-sample, so pooling it alone into that model's sums would pull it toward its true mean while the
-unrouted models keep their lucky ones (the winner's curse). The rule explains each cell's
-residual (decayed production mean minus calibration mean) by a change of the model, the same in
-all its clusters and applied only when a change test passes, and a change of the cluster, shared
-by all its calibrated candidates; the cell's calibration mean moves by both, and the routed
-model's own production outcomes are then added. A model without calibration outcomes starts
-from ``NEW_MODEL_PRIOR`` pseudo-outcomes of its cluster's calibration mean, moved likewise.
+
+Feedback arrives only for the model that answered, and that model was chosen partly for the luck
+of its calibration sample: adding its feedback alone to its sums pulls it toward its true mean
+while the unrouted models keep their lucky means, and the router swaps to models that only
+looked better (the winner's curse). Feedback alone also cannot tell a changed model from changed
+traffic: harder questions arriving in a cluster lower every model there. So the rule moves
+calibration means and never adds one model's feedback to its counts:
+
+- a cell's residual is its decayed production mean minus its calibration mean; a calibrated
+  model's residual is compared with those of the other calibrated models with feedback in the
+  same cluster (what the traffic did to all of them);
+- a model changed when the random-effects mean of those relative residuals over its clusters
+  passes the change test (``|effect| > change_threshold x se`` and ``> MIN_CHANGE``): its
+  calibration mean moves by it in every cluster;
+- a model changed in one cluster when what is left there passes the same test on its own;
+- the cluster changed by the precision-weighted mean of what the models' changes leave of the
+  residuals, shrunk toward 0, for all its calibrated candidates alike, so it reorders none.
+
+A model without calibration outcomes starts in every cluster from ``NEW_MODEL_PRIOR``
+pseudo-outcomes of the cluster's calibration mean moved by the cluster's change and by the
+model's offset from the cluster means where it has feedback, and its feedback is added.
 """
 
 from __future__ import annotations
@@ -36,14 +49,20 @@ CHANGE_THRESHOLD = 3.0
 
 @dataclass(frozen=True)
 class Evidence:
-    """Per cell, in the order given: the model's applied change, whether it passed the change
-    test, the cluster's change, and what the cell's outcome sum and count gain at weight 1."""
+    """Per cell, in the order given: the model's applied change (for a model without
+    calibration outcomes, its offset from the cluster means), whether the model's change test
+    passed, the model's own change in this cluster beyond it (0 unless its test passed), the
+    cluster's change, what the cell's outcome sum and count gain at weight 1, and whether the
+    cluster moved (a calibrated model's feedback there left its calibration mean: targeted
+    exploration then compares all its candidates)."""
 
     model_effect: np.ndarray
     model_changed: np.ndarray
+    cell_effect: np.ndarray
     cluster_effect: np.ndarray
     delta_sum: np.ndarray
     delta_n: np.ndarray
+    cluster_moved: np.ndarray
 
 
 def _random_effects(groups: np.ndarray, y: np.ndarray, v: np.ndarray, size: int):
@@ -98,25 +117,56 @@ def evidence(
         v = np.maximum(VARIANCE_FLOOR, p * (1.0 - p)) * (
             1.0 / np.where(fed, a, 1.0) + np.where(n > 0, 1.0 / np.where(n > 0, n, 1.0), 0.0)
         )
-    effect, se = _random_effects(model[fed], y[fed], v[fed], m)
-    has = ~np.isnan(effect)
     new_model = np.zeros(m, dtype=bool)
     new_model[model[new]] = True
+    # Feedback only on the routed models cannot tell a changed model from changed traffic:
+    # harder queries move every model of the cluster. So a calibrated model's residual is
+    # measured against the other calibrated models with feedback in the same cluster.
+    calibrated_fed = fed & ~new
+    w = np.where(calibrated_fed, 1.0 / np.where(fed, v, 1.0), 0.0)
+    sw = np.bincount(cluster, w, k)[cluster] - w
+    swy = np.bincount(cluster, w * y, k)[cluster] - w * y
+    compared = calibrated_fed & (sw > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = np.where(compared, y - swy / np.where(sw > 0, sw, 1.0), 0.0)
+        relative_v = np.where(compared, v + 1.0 / np.where(sw > 0, sw, 1.0), 1.0)
+    # The model's change, the same in all its clusters: the random-effects mean of those
+    # relative residuals (so residuals that differ from cluster to cluster count as
+    # heterogeneity, not as a change), passing the change test.
+    effect, se = _random_effects(model[compared], relative[compared], relative_v[compared], m)
+    has = ~np.isnan(effect)
+    effect = np.nan_to_num(effect)
     changed = (
         has & ~new_model & (np.abs(effect) > change_threshold * se) & (np.abs(effect) > MIN_CHANGE)
     )
-    applied = np.where(has & (new_model | changed), np.nan_to_num(effect), 0.0)
-    calibrated_fed = fed & ~new
-    resid = y - applied[model]
-    w = np.where(calibrated_fed, 1.0 / np.where(fed, v, 1.0), 0.0)
-    alpha = np.bincount(cluster, w * resid, k) / (np.bincount(cluster, w, k) + CLUSTER_PRIOR)
-    moved_model = applied[model]
-    moved_cluster = alpha[cluster]
-    base = np.clip(mu + moved_cluster + moved_model, 0.0, 1.0)
-    delta_sum = np.where(
-        new,
-        NEW_MODEL_PRIOR * base + b,
-        np.clip(s + n * (moved_model + moved_cluster), 0.0, n) + b - s,
+    model_shift = np.where(changed, effect, 0.0)[model]
+    # What is left in one cluster: a change of the model there only.
+    left = relative - model_shift
+    local = (
+        compared
+        & (np.abs(left) > change_threshold * np.sqrt(relative_v))
+        & (np.abs(left) > MIN_CHANGE)
     )
-    delta_n = np.where(new, NEW_MODEL_PRIOR + a, a)
-    return Evidence(moved_model, changed[model], moved_cluster, delta_sum, delta_n)
+    cell_shift = np.where(local, left, 0.0)
+    # The cluster's change, shared by all its candidates (so it reorders none of them): what the
+    # models' own changes leave of the residuals, shrunk toward 0.
+    shared = np.bincount(cluster, w * (y - model_shift - cell_shift), k)
+    alpha = (shared / (np.bincount(cluster, w, k) + CLUSTER_PRIOR))[cluster]
+    # A model without calibration outcomes has no baseline to change from: it starts at the
+    # cluster's mean, moved by the cluster's change and by its offset from the cluster means
+    # where it has feedback, and its own feedback is added.
+    offset, _ = _random_effects(model[fed & new], y[fed & new], v[fed & new], m)
+    offset = np.where(new_model, np.nan_to_num(offset), 0.0)[model]
+    base = np.clip(mu + alpha + offset, 0.0, 1.0)
+    moved = model_shift + cell_shift + alpha
+    delta_sum = np.where(new, NEW_MODEL_PRIOR * base + b, np.clip(s + n * moved, 0.0, n) - s)
+    delta_n = np.where(new, NEW_MODEL_PRIOR + a, 0.0)
+    model_effect = np.where(new, offset, model_shift)
+    # A model's feedback alone cannot say whether it or the traffic changed: a cluster where it
+    # left the calibration mean is one where exploration should ask the others.
+    moved_cell = calibrated_fed & (np.abs(y) > change_threshold * np.sqrt(v))
+    moved_cell &= np.abs(y) > MIN_CHANGE
+    cluster_moved = np.bincount(cluster, moved_cell, k)[cluster] > 0
+    return Evidence(
+        model_effect, changed[model], cell_shift, alpha, delta_sum, delta_n, cluster_moved
+    )

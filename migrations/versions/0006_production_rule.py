@@ -18,7 +18,7 @@ UPGRADE = r"""
 ALTER TABLE avengers.clusterings
   ADD COLUMN change_threshold double precision NOT NULL DEFAULT 3
     CHECK (change_threshold > 0 AND change_threshold <> 'Infinity');
-COMMENT ON COLUMN avengers.clusterings.change_threshold IS 'z-score above which a model''s production outcomes, pooled over its clusters, say the model changed: its calibration evidence is then moved by the measured change in every cluster (avengers.production_evidence).';
+COMMENT ON COLUMN avengers.clusterings.change_threshold IS 'z-score above which a model''s production outcomes, compared with those of the other models of its clusters, say the model changed, over all its clusters or in one: its calibration mean then moves by the measured change (avengers.production_evidence).';
 
 ALTER TABLE avengers.route_log
   ADD COLUMN propensity double precision CHECK (propensity > 0 AND propensity <= 1);

@@ -28,11 +28,11 @@ def store(db_url) -> str:
     return db_url
 
 
-def test_a_degraded_model_is_routed_around(store):
+def test_a_degraded_model_is_routed_around_once_exploration_compares_it(store):
     before = table_counts(store)
     result = evaluate_online(
         k=4, seeds=[1, 2], batch=16, scenario=Scenario("degrade", "model-0", 0.3, flip=1.0),
-        url=store,
+        exploration_share=0.2, url=store,
     )  # fmt: skip
     assert table_counts(store) == before
     arms = result.arms
@@ -41,19 +41,19 @@ def test_a_degraded_model_is_routed_around(store):
     assert list(arms) == [
         "static", "online", "online + targeted", "best single", "recalibrated",
     ]  # fmt: skip
-    static, online, ref = arms["static"], arms["online"], arms["recalibrated"]
+    static, online, explored = arms["static"], arms["online"], arms["online + targeted"]
+    ref = arms["recalibrated"]
     # Model 0 (best on blob 0, which the OOD gamma queries sit near too) now always fails.
     assert static.regret.mean > 10
-    assert online.regret.mean < 0.75 * static.regret.mean
-    assert ref.regret.mean < online.regret.mean
-    assert static.recovery is None and ref.recovery == 0 and online.recovery is not None
-    assert online.accuracy.mean > static.accuracy.mean + 2
-    assert online.routed_after_change["model-0"] < static.routed_after_change["model-0"] - 5
-    late = slice(5, None)  # once the change test has spoken: far less regret than static
-    assert sum(w.mean for w in online.regret_windows[late]) < 0.5 * sum(
-        w.mean for w in static.regret_windows[late]
-    )
-    assert len(online.regret_windows) == 10
+    # Routed alone on its clusters, its failures cannot be told from harder traffic: without
+    # exploration the loop keeps the calibration order there.
+    assert online.routed_after_change["model-0"] == static.routed_after_change["model-0"]
+    # Explored rivals show that only model 0 fell: the loop routes around it.
+    assert explored.routed_after_change["model-0"] < static.routed_after_change["model-0"] - 5
+    assert explored.regret.mean < static.regret.mean - 2
+    assert ref.regret.mean < explored.regret.mean
+    assert static.recovery is None and ref.recovery == 0
+    assert len(explored.regret_windows) == 10
 
 
 def test_a_new_model_is_routed_only_by_the_online_arms(store):

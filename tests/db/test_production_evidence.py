@@ -32,10 +32,15 @@ def store(db_url) -> str:
 
 def feed(conn, seed: int, rows: int) -> None:
     """Random feedback on random cells: model-0 always fails where it was weak (a model that
-    changed the same way in every cluster), the others score 0.5, the newcomer 0.9."""
+    changed the same way in every cluster), the others score their calibration means, the
+    newcomer 0.9."""
     rng = np.random.default_rng(seed)
     models = dict(conn.execute("SELECT name, id FROM avengers.models").fetchall())
     clusters = [r[0] for r in conn.execute("SELECT cluster FROM avengers.routing_centroids")]
+    means = {
+        (r[0], r[1]): r[2]
+        for r in conn.execute("SELECT cluster, model, mean_score FROM avengers.cluster_profiles")
+    }
     weak = [
         r[0]
         for r in conn.execute(
@@ -55,7 +60,7 @@ def feed(conn, seed: int, rows: int) -> None:
             "models, strategy, answer_model) VALUES (%s, %s, 'h', %s, %s, %s, 'replay', %s)",
             (route, T0 + timedelta(seconds=i), cid, cluster, [name], name),
         )
-        p = 0.0 if name == "model-0" else 0.9 if name == "newcomer" else 0.5
+        p = 0.0 if name == "model-0" else 0.9 if name == "newcomer" else means[cluster, name]
         conn.execute(
             "INSERT INTO avengers.feedback (route_id, model_id, score, at) VALUES (%s, %s, %s, %s)",
             (route, models[name], float(rng.random() < p), T0 + timedelta(seconds=i)),
@@ -65,14 +70,14 @@ def feed(conn, seed: int, rows: int) -> None:
 
 def test_sql_equals_the_python_reference(store):
     with connections.connect(store) as conn:
-        feed(conn, 1, 400)
+        feed(conn, 1, 900)
         rows = conn.execute(
             """SELECT e.cluster, e.model_id, e.calibration_n, e.calibration_sum, e.production_n,
-                      e.production_sum, e.model_effect, e.model_changed, e.cluster_effect,
-                      e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
+                      e.production_sum, e.model_effect, e.model_changed, e.cell_effect,
+                      e.cluster_effect, e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
                       coalesce(pp.decayed_n, 0), coalesce(pp.decayed_sum, 0),
                       NOT EXISTS (SELECT 1 FROM avengers.cluster_profiles c
-                                  WHERE c.model_id = e.model_id)
+                                  WHERE c.model_id = e.model_id), e.cluster_moved
                FROM avengers.production_evidence e
                LEFT JOIN avengers.cluster_profiles cp
                  ON cp.cluster = e.cluster AND cp.model_id = e.model_id
@@ -84,23 +89,31 @@ def test_sql_equals_the_python_reference(store):
             "SELECT change_threshold FROM avengers.active_clustering"
         ).fetchone()[0]
         conn.rollback()
-    x = np.array([r[:7] + (float(r[7]),) + r[8:15] + (float(r[15]),) for r in rows], dtype=float)
+    x = np.array(
+        [r[:7] + (float(r[7]),) + r[8:16] + (float(r[16]), float(r[17])) for r in rows], dtype=float
+    )
+    cal_n, cal_s, prod_n, prod_s, new = x[:, 12], x[:, 13], x[:, 14], x[:, 15], x[:, 16] > 0
     # The inputs are the served calibration and production profiles, unchanged.
-    assert x[:, 2] == pytest.approx(x[:, 11]) and x[:, 3] == pytest.approx(x[:, 12])
-    assert x[:, 4] == pytest.approx(x[:, 13]) and x[:, 5] == pytest.approx(x[:, 14])
+    assert x[:, 2] == pytest.approx(cal_n) and x[:, 3] == pytest.approx(cal_s)
+    assert x[:, 4] == pytest.approx(prod_n) and x[:, 5] == pytest.approx(prod_s)
     models = {m: i for i, m in enumerate(sorted(set(x[:, 1].astype(int))))}
     ref = update_rule.evidence(
-        x[:, 0].astype(int), np.array([models[int(m)] for m in x[:, 1]]), x[:, 11], x[:, 12],
-        x[:, 13], x[:, 14], x[:, 15].astype(bool), threshold,
+        x[:, 0].astype(int), np.array([models[int(m)] for m in x[:, 1]]), cal_n, cal_s, prod_n,
+        prod_s, new, threshold,
     )  # fmt: skip
     assert x[:, 6] == pytest.approx(ref.model_effect, abs=1e-9)
     assert x[:, 7].astype(bool).tolist() == ref.model_changed.tolist()
-    assert x[:, 8] == pytest.approx(ref.cluster_effect, abs=1e-9)
-    assert x[:, 9] == pytest.approx(ref.delta_sum, abs=1e-9)
-    assert x[:, 10] == pytest.approx(ref.delta_n, abs=1e-9)
-    # The data make the rule's branches run: model-0 changed, the newcomer learned its offset.
-    assert x[ref.model_changed, 1].size and ref.model_effect[ref.model_changed].max() < -0.1
-    assert (ref.model_effect[x[:, 15].astype(bool)] > 0.2).all()
+    assert x[:, 8] == pytest.approx(ref.cell_effect, abs=1e-9)
+    assert x[:, 9] == pytest.approx(ref.cluster_effect, abs=1e-9)
+    assert x[:, 10] == pytest.approx(ref.delta_sum, abs=1e-9)
+    assert x[:, 11] == pytest.approx(ref.delta_n, abs=1e-9)
+    assert (x[:, 17] > 0).tolist() == ref.cluster_moved.tolist() and ref.cluster_moved.any()
+    # The data make the rule's branches run: model-0 changed, the newcomer learned its offset,
+    # clusters moved, and calibrated models gained no counts.
+    assert ref.model_changed.any() and ref.model_effect[ref.model_changed].max() < -0.1
+    assert (ref.model_effect[new] > 0.2).all()
+    assert np.abs(ref.cluster_effect).max() > 0.01
+    assert not ref.delta_n[~new].any()
 
 
 def test_routing_models_serves_the_evidence_at_the_weight(store):

@@ -91,10 +91,10 @@ def test_feedback_moves_the_served_score_and_weight_zero_restores_it(store):
     feed(url, cid, "alpha", 0.0, 3)
     pooled = scores(url, NEAREST)
     assert pooled == pytest.approx(expected(url, 1.0), abs=1e-6)
-    # Close to the plain pooled means 4/5 and 2/5: both models' residuals are too few to call a
-    # change of either, and the cluster's shared change is shrunk toward 0.
-    assert pooled == pytest.approx({"bravo": 4 / 5, "alpha": 2 / 5}, abs=0.02)
-    assert list(pooled) == ["bravo", "alpha"]
+    # Three rows each are too few to call a change of either model: the cluster's shared change
+    # (shrunk toward 0) moves both alike, and calibration's order stands.
+    assert list(pooled) == ["alpha", "bravo"] and pooled != static
+    assert pooled["alpha"] - pooled["bravo"] == pytest.approx(0.5, abs=1e-6)
     # route_many_general (dataset_prior) still pools the raw decayed sums.
     general = scores(url, GENERAL)
     assert list(general) == ["bravo", "alpha"]

@@ -14,7 +14,7 @@ SHIPPED = {
     "0003_query_per_split.py": "5c1bee404318e144ec89ad9a6ad67543cc0af7a653ab6870a079229097540da7",
     "0004_loop.py": "2648d94272982c97b0360c11ea70dfb7057fe35474b9561110bb5aa1a92dc7dc",
     "0005_novelty.py": "8eb1c3c3922de34c804f8728cfad44a76f78e7290060708f531b134e8971453f",
-    "0006_production_rule.py": "a0a5fec13a52600a7b20600e1b0345c9cdfec1f1f37ecb809569265d09e64afd",
+    "0006_production_rule.py": "2e83902d0613cfaad5f25a13863599f3f6ab6700cbe1dc98524f0fb2f37ce68d",
 }
 
 

@@ -1,5 +1,6 @@
-"""The production update rule: feedback on one model never reorders a cluster by itself, a
-model that changed everywhere moves everywhere, a new model starts from its cluster's mean."""
+"""The production update rule: feedback on one model never reorders a cluster by itself, traffic
+that got harder for every model is no model's change, a model that changed against the others
+moves everywhere, a new model starts from its cluster's mean."""
 
 from __future__ import annotations
 
@@ -43,21 +44,40 @@ def test_feedback_on_the_routed_model_alone_keeps_the_cluster_order():
     assert (b[0] + s[0]) / (a[0] + n[0]) < s[1] / n[1]  # pooling alone would have swapped them
 
 
-def test_a_model_that_changed_everywhere_passes_the_test_and_moves_everywhere():
+def test_a_model_that_changed_against_the_others_moves_everywhere():
     k, models = 8, 3
     cluster, model = cells(k, models)
     n = np.full(k * models, 60.0)
     s = np.where(model == 0, 42.0, 30.0)  # model 0 at 0.7 in calibration, the others at 0.5
-    a = np.where(model == 0, 40.0, 0.0)  # ... and at 0.35 in production, in every cluster
-    b = np.where(model == 0, 14.0, 0.0)
-    ev = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool), 2.5)
-    assert ev.model_changed[model == 0].all() and not ev.model_changed[model != 0].any()
+    a = np.full(k * models, 40.0)
+    # In production model 0 scores 0.35 in every cluster, the others their calibration means.
+    b = np.where(model == 0, 14.0, 20.0)
+    ev = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool), 3.0)
+    assert ev.model_changed[model == 0].all()
     assert ev.model_effect[model == 0] == pytest.approx(-0.35, abs=0.01)
+    # Against model 0's drop the others look better by half of it (each is compared with the
+    # two others): the order is right, their level overstated.
+    assert ev.model_effect[model != 0] == pytest.approx(0.175, abs=0.01)
+    assert not ev.delta_n.any()  # feedback moves means, never one model's confidence
     after = means(ev, n, s).reshape(k, models)
     assert (after[:, 0] < after[:, 1]).all()  # the others now lead in every cluster
-    # A higher threshold than the evidence: no model change, the cluster change takes it.
+    # A higher threshold than the evidence: no model change, and the cluster takes the shift.
     strict = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool), 1000.0)
-    assert not strict.model_changed.any()
+    assert not strict.model_changed.any() and not strict.cell_effect.any()
+
+
+def test_harder_traffic_for_every_model_is_no_models_change():
+    k, models = 8, 3
+    cluster, model = cells(k, models)
+    n = np.full(k * models, 60.0)
+    s = np.where(model == 0, 42.0, 30.0)
+    a = np.full(k * models, 40.0)
+    b = np.where(model == 0, 20.0, 12.0)  # everyone 0.2 below calibration
+    ev = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool))
+    assert not ev.model_changed.any() and not ev.cell_effect.any()
+    assert ((ev.cluster_effect < -0.1) & (ev.cluster_effect > -0.2)).all()  # shrunk toward 0
+    after = means(ev, n, s).reshape(k, models)
+    assert (after[:, 0] > after[:, 1]).all()  # the order of calibration stands
 
 
 def test_a_new_model_starts_at_the_cluster_mean_and_learns_its_offset():
