@@ -197,4 +197,14 @@ def test_profiles_show_calibration_and_production_apart_and_pooled(store):
     n = after.production_n
     production_sum = (before.production_mean or 0.0) * before.production_n + 0.0
     assert after.production_mean == pytest.approx(production_sum / n)
-    assert after.pooled_mean == pytest.approx((1 + production_sum) / (2 + n), rel=1e-4)
+    # Pooled as routing pools it: the update rule's evidence for the cell. Too few rows for a
+    # change of bravo: its calibration mean moves by the cluster's shared change only.
+    with connections.connect(store) as conn:
+        changed, shift, dsum, dn = conn.execute(
+            "SELECT model_changed, cluster_effect, delta_sum, delta_n "
+            "FROM avengers.production_evidence WHERE cluster = 0 AND model_id = "
+            "(SELECT id FROM avengers.models WHERE name = 'bravo')"
+        ).fetchone()
+    assert not changed and dn == 0 and shift < 0
+    assert after.pooled_mean == pytest.approx((1 + dsum) / 2, rel=1e-9)
+    assert after.pooled_mean == pytest.approx(0.5 + shift, rel=1e-9)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from avengers_store.calibration import reclustering
-from avengers_store.production import update_rule
+from avengers_store.production import exploration_rule, update_rule
 from avengers_store.production.settings import configure
 from avengers_store.store import connections
 from avengers_store.testing import ensure_model, seed_store
@@ -172,3 +172,18 @@ def parse(text: str) -> dict[int, float]:
         key, value = item.split(":")
         out[int(key) - 1] = float(value)
     return out
+
+
+def test_the_exploration_draw_is_computable_in_sql(store):
+    keys = ["0", "7", "route-3f2a", "12279"]
+    with connections.connect(store) as conn:
+        found = [
+            conn.execute(
+                "SELECT ('x' || substr(md5(%s || ':' || %s), 1, 13))::bit(52)::bigint "
+                "/ 4503599627370496.0::float8",
+                (str(seed), key),
+            ).fetchone()[0]
+            for seed in (42, 3407)
+            for key in keys
+        ]
+    assert found == [exploration_rule.hash_uniform(s, k) for s in (42, 3407) for k in keys]
