@@ -16,8 +16,7 @@ from avengers_store.cli.param_types import KeyValues
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
 from avengers_store.client_core import DEFAULT_TIMEOUT
-from avengers_store.routing import METHODS
-from avengers_store.routing.ood import DEFAULT_POLICY, POLICIES
+from avengers_store.routing import METHODS, OOD_POLICIES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,8 +126,8 @@ def stratify(*, default: str | None, help: str) -> Callable[[F], F]:
 def ood_policy(func: F) -> F:
     return click.option(
         "--ood-policy",
-        type=click.Choice(POLICIES),
-        default=DEFAULT_POLICY,
+        type=click.Choice(OOD_POLICIES),
+        default="flag",
         show_default=True,
         help="What a query unlike the calibration queries gets: flag (route as usual, marked "
         "ood), best-overall (the best models over all calibration data) or widen (Model-Switch "

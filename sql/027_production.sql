@@ -236,9 +236,10 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
-  -- routing_models pools them into the served score (read from the materialized profiles).
+  -- routing_entries and routing_models carry them to decisions.
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_entries;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_production() IS
-  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, routing_models: clusters x models rows each) without re-reading calibration outcomes.';
+  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, routing_entries, routing_models: clusters x models rows each) without re-reading calibration outcomes.';

@@ -16,19 +16,20 @@ BEGIN
   -- model_costs reads cluster_costs.
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_costs;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_costs;
-  -- The routing tables read the views above (routing_models reads routing_state).
+  -- The routing tables read the views above (routing_models reads routing_state and
+  -- routing_entries).
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_centroids;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_entries;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_costs;
-  -- Fresh statistics for what routing reads: a refresh leaves none, and the routing functions'
-  -- cached plans are built from them (and replanned when ANALYZE changes them).
+  -- Fresh statistics for what routing reads: a refresh leaves none, and the prepared decision
+  -- statements' plans are built from them (and replanned when ANALYZE changes them).
   ANALYZE avengers.cluster_profiles, avengers.routing_state, avengers.routing_centroids,
-          avengers.routing_models, avengers.routing_costs;
+          avengers.routing_entries, avengers.routing_models;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_profiles() IS
-  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, production_profiles, cluster_costs, model_costs, routing_state, routing_centroids, routing_models, routing_costs) from outcomes, feedback and the active clustering; readers keep the old rows until commit.';
+  'Recompute the served routing data (cluster_profiles, clustering_scale, dataset_profiles, cluster_datasets, model_priors, production_profiles, cluster_costs, model_costs, routing_state, routing_centroids, routing_entries, routing_models) from outcomes, feedback and the active clustering; readers keep the old rows until commit.';
 
 CREATE PROCEDURE avengers.activate_clustering(clustering integer)
 LANGUAGE plpgsql
@@ -133,6 +134,9 @@ BEGIN
     CALL avengers.store_distance_profile(NEW.id);
   END IF;
   IF NEW.status = 'active' THEN
+    -- routing_state and routing_centroids carry the settings decisions default to.
+    REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state;
+    REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_centroids;
     CALL avengers.refresh_production();
   END IF;
   RETURN NULL;
@@ -161,14 +165,13 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_costs;
   RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION avengers.refresh_routing_models() IS
-  'Trigger function: refresh avengers.routing_models and routing_costs after a change to avengers.models.';
+  'Trigger function: refresh avengers.routing_models after a change to avengers.models.';
 CREATE TRIGGER models_refresh_routing
   AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON avengers.models
   FOR EACH STATEMENT EXECUTE FUNCTION avengers.refresh_routing_models();
 COMMENT ON TRIGGER models_refresh_routing ON avengers.models IS
-  'Keeps the model columns of avengers.routing_models (and the prices in routing_costs) current.';
+  'Keeps the model columns and prices of avengers.routing_models current.';

@@ -1,5 +1,5 @@
 """The replay harness: the store's outcomes as matrices, one calibration per seed (re-cluster and
-profile inside the caller's transaction), every test query routed through ``avengers.route_many``
+profile inside the caller's transaction), every test query routed through ``avengers.decide_many``
 and scored with the routed model's recorded outcome; then the baselines and summaries."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from avengers_store.evaluation.results import (
     Stat,
     SweepPoint,
 )
-from avengers_store.routing import RoutingMethod
+from avengers_store.routing import Policy, RoutingMethod
 
 # Vectors per route_many statement: big enough to amortise the round trip, small enough to keep
 # the statement's working set modest.
@@ -62,6 +62,8 @@ class Replay:
         self.method = method
         self.stratify = stratify
         self.top_n = top_n
+        # Calibration alone, whatever feedback the store holds.
+        self.policy = Policy(method=method, top_n=top_n, production_weight=0.0)
         self.progress = progress
         self.cache: dict[tuple, Run] = {}
         space = embedding_spaces.active_space(conn)
@@ -201,10 +203,6 @@ class Replay:
         if key in self.cache:
             return self.cache[key]
         fitted = reclustering.recluster(k, algorithm, seed, stratify=self.stratify, conn=self.conn)
-        # The replay measures calibration alone, whatever feedback the store holds.
-        self.conn.execute(
-            "UPDATE avengers.clusterings SET production_weight = 0 WHERE id = %s", (fitted.id,)
-        )
         result = self.route_current(fitted.id, fitted.k)
         self.cache[key] = result
         return result
@@ -227,10 +225,12 @@ class Replay:
             picks,
         )
 
-    def route_rows(self, rows: np.ndarray, policy: routing.CostPolicy = routing.PLAIN):
-        """Route the queries at ``rows`` through ``avengers.route_many`` (with a cost policy,
-        each query's text length sent for its expected cost): (rank-1 outcome, best outcome
-        among the top n, missing, unrouted, the rank-1 model's column or -1) per query."""
+    def route_rows(self, rows: np.ndarray, policy: Policy | None = None):
+        """Route the queries at ``rows`` through ``avengers.decide_many`` under ``policy``
+        (default: the replay's; each query's text length sent for its expected cost): (rank-1
+        outcome, best outcome among the top n, missing, unrouted, the rank-1 model's column or
+        -1) per query."""
+        policy = policy or self.policy
         first = np.zeros(len(rows))
         best = np.zeros(len(rows))
         missing = np.zeros(len(rows), dtype=bool)
@@ -238,12 +238,10 @@ class Replay:
         picks = np.full(len(rows), -1, dtype=np.int64)
         for start in range(0, len(rows), ROUTE_BATCH):
             chunk = rows[start : start + ROUTE_BATCH]
-            decisions = routing.route_vectors(
+            decisions = routing.decide(
                 self.conn,
                 self.X[chunk],
-                self.top_n,
-                method=self.method,
-                policy=policy,
+                policy,
                 prompt_chars=self.chars[chunk].tolist() if policy.costed else None,
             )
             for i, (row, decision) in enumerate(zip(chunk, decisions, strict=True)):

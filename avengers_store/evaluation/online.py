@@ -42,8 +42,7 @@ from avengers_store.errors import InputError
 from avengers_store.evaluation.harness import Replay, progress_bar
 from avengers_store.evaluation.results import Stat
 from avengers_store.production.settings import configure
-from avengers_store.routing import RoutingMethod, loop
-from avengers_store.routing.exploration import OFF, Exploration, explore, pool_size
+from avengers_store.routing import Policy, RoutingMethod
 from avengers_store.store import connections
 
 DEFAULT_BATCH = 256
@@ -201,13 +200,11 @@ def evaluate_online(
         )
         test_rows = np.flatnonzero(rp.test_mask())
         single_col, single_name = rp.anchors()["balanced"]
+        # (name, production weight, exploration, fed back)
         plan = [
-            ("static", 0.0, OFF, False),
-            ("online", weight, OFF, True),
-            *(
-                (f"online + {policy}", weight, Exploration(policy, share), True)
-                for policy in policies
-            ),
+            ("static", 0.0, "off", False),
+            ("online", weight, "off", True),
+            *((f"online + {policy}", weight, policy, True) for policy in policies),
         ]
         streams: dict[str, list[_Stream]] = {name: [] for name, *_ in plan}
         orders: list[np.ndarray] = []
@@ -226,30 +223,22 @@ def evaluate_online(
                 for name, arm_weight, arm_exploration, feed in plan:
                     bar.set_postfix_str(f"seed {seed}, {name}")
                     with c.transaction() as arm_tx:
-                        configure(
-                            fitted.id,
+                        arm = rp.policy.replace(
+                            top_n=1,
                             production_weight=arm_weight,
-                            exploration=arm_exploration.policy,
-                            exploration_share=arm_exploration.share,
-                            conn=c,
+                            exploration=arm_exploration,
+                            exploration_share=share,
                         )
                         streams[name].append(
                             _stream(
-                                c,
-                                rp,
-                                fitted.id,
-                                order,
-                                batch,
-                                arm_exploration,
-                                feed,
-                                t0,
+                                c, rp, fitted.id, order, batch, arm, feed, t0,
                                 np.random.default_rng(seed),
                             )  # fmt: skip
                         )
                         raise psycopg.Rollback(arm_tx)
                     bar.update(1)
         arms = {
-            name: _arm(rp, name, arm_weight, arm_exploration.policy, streams[name], orders, windows)
+            name: _arm(rp, name, arm_weight, arm_exploration, streams[name], orders, windows)
             for name, arm_weight, arm_exploration, _ in plan
         }
         single = [
@@ -297,7 +286,7 @@ def _stream(
     clustering_id: int,
     order: np.ndarray,
     batch: int,
-    exploration: Exploration,
+    policy: Policy,
     feed: bool,
     t0: datetime,
     rng: np.random.Generator,
@@ -309,13 +298,8 @@ def _stream(
     missing = 0
     for start in range(0, n, batch):
         rows = order[start : start + batch]
-        decisions = routing.route_vectors(
-            conn, rp.X[rows], pool_size(1, exploration), method=rp.method
-        )
-        if exploration.on:
-            # Thompson's posteriors count production evidence too (routing.loop).
-            decisions = loop.annotate(decisions, loop.loop_rows(conn, decisions))
-            decisions = [explore(d, rng, 1, exploration) for d in decisions]
+        seeds = [int(x) for x in rng.integers(0, 2**62, size=len(rows))]
+        decisions = routing.decide(conn, rp.X[rows], policy, seeds=seeds)
         log: list[tuple[Any, ...]] = []
         back: list[tuple[Any, ...]] = []
         for i, (row, decision) in enumerate(zip(rows, decisions, strict=True)):
@@ -342,7 +326,7 @@ def _stream(
             columns = list(zip(*log, strict=True))
             conn.execute(
                 _LOG_SQL,
-                (clustering_id, exploration.policy if exploration.on else None,
+                (clustering_id, policy.exploration if policy.exploration != "off" else None,
                  *[list(col) for col in columns]),
             )  # fmt: skip
             if back:

@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from avengers_store import client_core as core
-from avengers_store.answering import route_log
 from avengers_store.gateway.errors import GatewayError, bad_request, from_validation
 from avengers_store.gateway.headers import decision_headers
 from avengers_store.gateway.inputs import costs_asked, routed_text
@@ -96,20 +95,15 @@ async def route_only(request: Request) -> Response:
     route_id = uuid.uuid4()
     gw.log_rows(
         [
-            route_log.entry(
+            core.log_row(
                 question if question is not None else "(vector)",
-                decision=decision,
-                answer=None,
+                decision,
+                None,
+                route_id=route_id,
                 strategy="route",
                 latency_ms=(time.perf_counter() - started) * 1000.0,
-                route_id=route_id,
                 api_key_id=key_id,
-                extra={
-                    "top_n": req.top_n,
-                    "gateway": True,
-                    "vector": question is None,
-                    **core.cost_fields(decision),
-                },
+                extra={"gateway": True, "vector": question is None},
                 **gw.logged(vector, question),
             )
         ]
