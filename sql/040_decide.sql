@@ -38,8 +38,9 @@
 --
 -- Scoring reads routing_models: each model's per-cluster sums as sparse vectors, pooled with one
 -- inner product each against the query's neighbour weights (pgvector, float32: scores carry
--- ~1e-7 relative rounding). A clustering with more clusters than a sparse vector holds, or with
--- an HNSW centroid index, is scored from routing_entries, one row per neighbour and model.
+-- ~1e-7 relative rounding). A clustering with more clusters than a sparse vector holds (16,000)
+-- is scored from routing_entries, one row per neighbour and model. Neighbours are found by an
+-- exact scan of the clustering's centroids (numpy's argmin to the last tie).
 --
 -- Consistency: every function here is STABLE, so the reads of one statement (the active
 -- clustering, its centroids, profiles and models) use one snapshot; a clustering switch commits

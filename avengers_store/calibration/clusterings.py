@@ -18,7 +18,6 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from avengers_store.calibration.centroid_index import prepare_centroid_index
 from avengers_store.calibration.fit import Partition
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.routing import novelty
@@ -237,9 +236,6 @@ def store_partition(
         if fitted is not None:
             novelty.store(conn, clustering_id, fitted, seed or 0)
     conn.execute("CALL avengers.store_distance_profile(%s)", (clustering_id,))
-    # Routing-side structures (an HNSW index for very large k), built in the same transaction so
-    # the version is servable the moment it is active.
-    prepare_centroid_index(conn, clustering_id)
     conn.execute("UPDATE avengers.clusterings SET status = 'ready' WHERE id = %s", (clustering_id,))
     if activate:
         conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
