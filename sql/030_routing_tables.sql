@@ -84,8 +84,11 @@ COMMENT ON COLUMN avengers.routing_state.novelty_threshold IS 'novelty_profiles.
 -- each cluster's OOD distance (for versions without a novelty model).
 CREATE MATERIALIZED VIEW avengers.routing_centroids AS
 SELECT c.clustering_id, c.cluster, c.centroid, (c.cluster + 1)::text || ':' AS weight_key,
-       d.ood_distance
+       d.ood_distance,
+       CASE WHEN st.pooled THEN format('{%s:1}/%s', c.cluster + 1, st.clusters)::sparsevec
+       END AS onehot
 FROM avengers.centroids c
+JOIN avengers.routing_state st ON st.clustering_id = c.clustering_id
 JOIN avengers.active_clustering k ON k.id = c.clustering_id
 LEFT JOIN avengers.cluster_distances d ON d.clustering_id = c.clustering_id AND d.cluster = c.cluster
 WITH DATA;
@@ -97,6 +100,7 @@ COMMENT ON COLUMN avengers.routing_centroids.cluster IS 'Cluster index.';
 COMMENT ON COLUMN avengers.routing_centroids.centroid IS 'The centroid (avengers.centroids.centroid).';
 COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', the cluster''s entry key in a sparsevec literal.';
 COMMENT ON COLUMN avengers.routing_centroids.ood_distance IS 'cluster_distances.ood_distance (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_centroids.onehot IS 'The sparsevec with 1 at the cluster''s entry: its inner product with a model''s per-cluster sums (routing_models) reads the model''s entry for the cluster.';
 
 -- One row per cluster and model of the served clustering: the calibration profile entry and the
 -- production outcomes there. What a decision reports for its nearest cluster (one index probe
@@ -151,6 +155,9 @@ SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_r
        CASE WHEN st.pooled THEN v.ns END AS ns,
        CASE WHEN st.pooled THEN v.production_sums END AS production_sums,
        CASE WHEN st.pooled THEN v.production_ns END AS production_ns,
+       CASE WHEN st.pooled THEN v.production_counts END AS production_counts,
+       CASE WHEN st.pooled THEN v.wilson_lows END AS wilson_lows,
+       CASE WHEN st.pooled THEN v.wilson_highs END AS wilson_highs,
        m.cost_in_per_m AS price_in, m.cost_out_per_m AS price_out,
        mc.tokens_per_char, mc.tokens_out AS mean_tokens_out, mc.cost AS mean_cost,
        CASE WHEN st.pooled THEN c.tokens_out_sums END AS tokens_out_sums,
@@ -174,7 +181,16 @@ CROSS JOIN LATERAL (
          avengers.sparse_sums(
            array_agg(e.cluster) FILTER (WHERE e.production_decayed_n >= 1e-30),
            array_agg(e.production_decayed_n) FILTER (WHERE e.production_decayed_n >= 1e-30),
-           st.clusters) AS production_ns
+           st.clusters) AS production_ns,
+         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.production_n > 0),
+                              array_agg(e.production_n) FILTER (WHERE e.production_n > 0),
+                              st.clusters) AS production_counts,
+         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.wilson_low >= 1e-30),
+                              array_agg(e.wilson_low) FILTER (WHERE e.wilson_low >= 1e-30),
+                              st.clusters) AS wilson_lows,
+         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.wilson_high >= 1e-30),
+                              array_agg(e.wilson_high) FILTER (WHERE e.wilson_high >= 1e-30),
+                              st.clusters) AS wilson_highs
   FROM avengers.routing_entries e
   WHERE e.clustering_id = mp.clustering_id AND e.model_id = mp.model_id AND st.pooled
 ) AS v
@@ -214,6 +230,9 @@ COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_
 COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n per cluster.';
 COMMENT ON COLUMN avengers.routing_models.production_sums IS 'production_profiles.decayed_sum per cluster (float32).';
 COMMENT ON COLUMN avengers.routing_models.production_ns IS 'production_profiles.decayed_n per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.wilson_lows IS 'cluster_profiles.wilson_low per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.wilson_highs IS 'cluster_profiles.wilson_high per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.production_counts IS 'production_profiles.n (feedback rows, not decayed) per cluster.';
 COMMENT ON COLUMN avengers.routing_models.price_in IS 'models.cost_in_per_m (price per 1M prompt tokens).';
 COMMENT ON COLUMN avengers.routing_models.price_out IS 'models.cost_out_per_m (price per 1M completion tokens).';
 COMMENT ON COLUMN avengers.routing_models.tokens_per_char IS 'model_costs.tokens_per_char (NULL: not measured).';

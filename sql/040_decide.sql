@@ -38,9 +38,9 @@
 --
 -- Scoring reads routing_models: each model's per-cluster sums as sparse vectors, pooled with one
 -- inner product each against the query's neighbour weights (pgvector, float32: scores carry
--- ~1e-7 relative rounding). A clustering with more clusters than a sparse vector holds (16,000)
--- is scored from routing_entries, one row per neighbour and model. Neighbours are found by an
--- exact scan of the clustering's centroids (numpy's argmin to the last tie).
+-- ~1e-7 relative rounding); a clustering serves at most the 16,000 clusters a sparse vector
+-- holds. Neighbours are found by an exact scan of the clustering's centroids (numpy's argmin to
+-- the last tie).
 --
 -- Consistency: every function here is STABLE, so the reads of one statement (the active
 -- clustering, its centroids, profiles and models) use one snapshot; a clustering switch commits
@@ -146,12 +146,11 @@ COMMENT ON COLUMN avengers.decision.expected_cost IS 'Expected cost of the reque
 COMMENT ON COLUMN avengers.decision.over_budget IS 'True when max_cost was asked and no candidate fits it: the row is the cheapest candidate (NULL when no trade-off or ceiling was asked).';
 COMMENT ON COLUMN avengers.decision.utility IS 'What the model was ranked by under a trade-off (NULL when no trade-off or ceiling was asked).';
 
--- What a decision pools for a candidate over a query's neighbours.
-CREATE TYPE avengers.pooled_sums AS (
-  ws double precision, wn double precision, pws double precision, pwn double precision,
+-- What a cost-aware decision pools for a candidate over a query's neighbours.
+CREATE TYPE avengers.pooled_costs AS (
   wo double precision, wa double precision, wc double precision, wca double precision);
-COMMENT ON TYPE avengers.pooled_sums IS
-  'A model''s sums over a query''s neighbours, weighted: calibration outcomes (ws, wn), production outcomes (pws, pwn), completion tokens (wo, wa) and costs (wc, wca).';
+COMMENT ON TYPE avengers.pooled_costs IS
+  'A model''s measurements over a query''s neighbours, weighted: completion tokens (wo over wa answers) and costs (wc over wca answers).';
 
 -- The error of the first field out of range (called only when policy_valid's check fails).
 CREATE FUNCTION avengers.policy_error(p avengers.routing_policy)
@@ -201,29 +200,39 @@ $$;
 COMMENT ON FUNCTION avengers.policy_error(avengers.routing_policy) IS
   'Raises the error (SQLSTATE VA422, naming the field in its column) of the first field of a routing policy that is out of range.';
 
--- plpgsql, so a decision compiles one call, not the checks (evaluated as one simple expression).
+-- One condition of plain comparisons (inlined into a decision); the messages only when it fails.
 CREATE FUNCTION avengers.policy_valid(p avengers.routing_policy)
+RETURNS boolean
+LANGUAGE sql STABLE
+RETURN CASE WHEN p IS NOT NULL
+                 AND coalesce(p.top_n >= 1, true)
+                 AND coalesce(p.neighbours >= 1, true)
+                 AND coalesce(p.temperature >= 0, true)
+                 AND coalesce(p.shrinkage >= 0, true)
+                 AND coalesce(p.tradeoff BETWEEN 0 AND 1, true)
+                 AND coalesce(p.max_cost >= 0 AND p.max_cost < 'Infinity', true)
+                 AND coalesce(p.completions >= 1, true)
+                 AND coalesce(p.ood_policy IN ('flag', 'best-overall', 'widen'), true)
+                 AND coalesce(p.exploration IN ('off', 'thompson', 'epsilon'), true)
+                 AND coalesce(p.exploration_share BETWEEN 0 AND 1, true)
+                 AND coalesce(p.production_weight >= 0 AND p.production_weight < 'Infinity', true)
+            THEN true ELSE avengers.policy_error(p) END;
+COMMENT ON FUNCTION avengers.policy_valid(avengers.routing_policy) IS
+  'True when every field of the policy is in range; raises (VA422, naming the field) otherwise.';
+
+CREATE FUNCTION avengers.clustering_too_large(clustering integer, clusters integer)
 RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-  RETURN CASE WHEN p IS NOT NULL
-                   AND coalesce(p.top_n >= 1, true)
-                   AND coalesce(p.neighbours >= 1, true)
-                   AND coalesce(p.temperature >= 0, true)
-                   AND coalesce(p.shrinkage >= 0, true)
-                   AND coalesce(p.tradeoff BETWEEN 0 AND 1, true)
-                   AND coalesce(p.max_cost >= 0 AND p.max_cost < 'Infinity', true)
-                   AND coalesce(p.completions >= 1, true)
-                   AND coalesce(p.ood_policy IN ('flag', 'best-overall', 'widen'), true)
-                   AND coalesce(p.exploration IN ('off', 'thompson', 'epsilon'), true)
-                   AND coalesce(p.exploration_share BETWEEN 0 AND 1, true)
-                   AND coalesce(p.production_weight >= 0 AND p.production_weight < 'Infinity', true)
-              THEN true ELSE avengers.policy_error(p) END;
+  RAISE EXCEPTION 'clustering % has % clusters; routing serves at most 16,000 (a sparse vector''s entries)',
+    clustering, clusters
+    USING ERRCODE = 'VA409',
+          HINT = 'Re-cluster with a smaller k: avengers recluster --k 4096.';
 END
 $$;
-COMMENT ON FUNCTION avengers.policy_valid(avengers.routing_policy) IS
-  'True when every field of the policy is in range; raises (VA422, naming the field) otherwise.';
+COMMENT ON FUNCTION avengers.clustering_too_large(integer, integer) IS
+  'Raises the error of routing with a clustering of more than 16,000 clusters (SQLSTATE VA409; called only then).';
 
 CREATE FUNCTION avengers.query_dimension_error(dim integer, clustering integer, ord integer DEFAULT 1)
 RETURNS boolean
@@ -307,7 +316,7 @@ COMMENT ON FUNCTION avengers.exploration_draw(text, bigint, integer, double prec
 CREATE FUNCTION avengers.candidate_cost(
   price_in double precision, price_out double precision, tokens_per_char double precision,
   mean_tokens_out double precision, mean_cost double precision, chars double precision,
-  sums avengers.pooled_sums, shrinkage double precision, completions integer)
+  sums avengers.pooled_costs, shrinkage double precision, completions integer)
 RETURNS double precision
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
@@ -319,7 +328,7 @@ BEGIN
     completions);
 END
 $$;
-COMMENT ON FUNCTION avengers.candidate_cost(double precision, double precision, double precision, double precision, double precision, double precision, avengers.pooled_sums, double precision, integer) IS
+COMMENT ON FUNCTION avengers.candidate_cost(double precision, double precision, double precision, double precision, double precision, double precision, avengers.pooled_costs, double precision, integer) IS
   'Expected cost of a request on a candidate (avengers.expected_cost) from its prices and measured means and its measured tokens and costs pooled around the query.';
 
 -- Mahalanobis distance of a query to a clustering's calibration Gaussian (novelty_axes), over
@@ -342,30 +351,275 @@ END;
 COMMENT ON FUNCTION avengers.novelty(integer, vector) IS
   'Novelty of a query vector in a clustering version: its Mahalanobis distance to the calibration Gaussian over the held-out threshold (NULL: the version has no novelty model).';
 
--- A model's weighted sums over a query's neighbours for a clustering that is not pooled, from
--- routing_entries and cluster_costs, one row per neighbour.
-CREATE FUNCTION avengers.entry_sums(clustering integer, model integer, weights sparsevec)
-RETURNS avengers.pooled_sums
+-- A query's candidates in a clustering: every eligible model (active; with an endpoint when
+-- the policy requires one; among the policy's models when it names some) with its score and
+-- the evidence behind it (pooled over the neighbours in `weights`, production outcomes at
+-- weight lambda), its expected cost (only when `costed`) and its entry in the nearest cluster
+-- (the sparse vectors' entry at `onehot`). The one place a candidate is scored: decide inlines
+-- it, candidate_ranges reads it again.
+CREATE FUNCTION avengers.candidates(
+  clustering integer, weights sparsevec, onehot sparsevec, lambda double precision,
+  shrinkage double precision, completions integer, require_endpoint boolean, models text[],
+  chars double precision, costed boolean, best_overall boolean)
+RETURNS TABLE (model_id integer, name text, endpoint text, served_name text,
+               api_key_env text, overall_score double precision, tie_rank integer,
+               score double precision, evidence double precision, cost double precision,
+               entry_sum double precision, entry_n double precision,
+               entry_wilson_low double precision, entry_wilson_high double precision,
+               entry_feedback double precision, entry_production_sum double precision,
+               entry_production_n double precision)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT m.model_id, m.name, m.endpoint, m.served_name, m.api_key_env, m.overall_score,
+         m.tie_rank,
+         CASE WHEN best_overall THEN m.prior_score
+              ELSE (m.ws + lambda * m.pws + shrinkage * m.prior_score)
+                   / nullif(m.wn + lambda * m.pwn + shrinkage, 0) END,
+         m.wn + lambda * m.pwn + shrinkage,
+         CASE WHEN costed THEN
+           avengers.candidate_cost(m.price_in, m.price_out, m.tokens_per_char,
+                                   m.mean_tokens_out, m.mean_cost, chars, m.cost_sums,
+                                   shrinkage, completions)
+         END,
+         m.entry_sum, m.entry_n, m.entry_wilson_low, m.entry_wilson_high, m.entry_feedback,
+         m.entry_production_sum, m.entry_production_n
+  FROM (
+    SELECT rm.model_id, rm.name, rm.endpoint, rm.served_name, rm.api_key_env,
+           rm.overall_score, rm.tie_rank, rm.prior_score, rm.price_in, rm.price_out,
+           rm.tokens_per_char, rm.mean_tokens_out, rm.mean_cost,
+           -- Inner products of the model's per-cluster sums with the neighbour weights.
+           -(rm.score_sums <#> weights) AS ws, -(rm.ns <#> weights) AS wn,
+           CASE WHEN lambda > 0 THEN -(rm.production_sums <#> weights) ELSE 0 END AS pws,
+           CASE WHEN lambda > 0 THEN -(rm.production_ns <#> weights) ELSE 0 END AS pwn,
+           CASE WHEN costed THEN
+             ROW(-(rm.tokens_out_sums <#> weights), -(rm.answer_ns <#> weights),
+                 -(rm.cost_sums <#> weights), -(rm.cost_ns <#> weights))::avengers.pooled_costs
+           END AS cost_sums,
+           -- Its entry in the nearest cluster.
+           -(rm.score_sums <#> onehot) AS entry_sum, -(rm.ns <#> onehot) AS entry_n,
+           -(rm.wilson_lows <#> onehot) AS entry_wilson_low,
+           -(rm.wilson_highs <#> onehot) AS entry_wilson_high,
+           -(rm.production_counts <#> onehot) AS entry_feedback,
+           -(rm.production_sums <#> onehot) AS entry_production_sum,
+           -(rm.production_ns <#> onehot) AS entry_production_n
+    FROM avengers.routing_models rm
+    WHERE rm.clustering_id = clustering
+      AND rm.active
+      AND (rm.endpoint IS NOT NULL OR NOT require_endpoint)
+      AND (rm.name = ANY (models) OR models IS NULL)
+    -- OFFSET 0: each inner product computed once, not once per expression that reads it.
+    OFFSET 0) AS m
+  -- Without a prior (shrinkage 0) a model needs outcomes near the query.
+  WHERE (best_overall OR shrinkage > 0 OR m.wn + lambda * m.pwn > 0)
+    AND CASE WHEN best_overall THEN m.prior_score IS NOT NULL
+             ELSE m.wn + lambda * m.pwn + shrinkage > 0 END;
+END;
+COMMENT ON FUNCTION avengers.candidates(integer, sparsevec, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean, boolean) IS
+  'A query''s candidate models in a clustering under a policy: score, evidence, expected cost and entry in the nearest cluster of each eligible model (what avengers.decide ranks).';
+
+-- The score and cost ranges of a query's candidates: what the trade-off normalises by. A
+-- function of its own (a second pass over the candidates) that only a cost-aware decision
+-- calls, so a plain one plans no more than it runs.
+CREATE FUNCTION avengers.candidate_ranges(
+  clustering integer, weights sparsevec, onehot sparsevec, lambda double precision,
+  shrinkage double precision, completions integer, require_endpoint boolean, models text[],
+  chars double precision, best_overall boolean)
+RETURNS double precision[]
 LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
-  SELECT coalesce(sum(nb.w * e.score_sum), 0), coalesce(sum(nb.w * e.n), 0),
-         coalesce(sum(nb.w * e.production_decayed_sum), 0),
-         coalesce(sum(nb.w * e.production_decayed_n), 0),
-         coalesce(sum(nb.w * cc.tokens_out_sum), 0), coalesce(sum(nb.w * cc.answers), 0),
-         coalesce(sum(nb.w * cc.cost_sum), 0), coalesce(sum(nb.w * cc.cost_answers), 0)
-  FROM (SELECT split_part(x, ':', 1)::integer - 1 AS cluster,
-               split_part(x, ':', 2)::double precision AS w
-        FROM unnest(string_to_array(
-               nullif(split_part(split_part(weights::text, '{', 2), '}', 1), ''), ',')) AS x)
-       AS nb
-  LEFT JOIN avengers.routing_entries e
-    ON e.clustering_id = clustering AND e.cluster = nb.cluster AND e.model_id = model
-  LEFT JOIN avengers.cluster_costs cc
-    ON cc.clustering_id = clustering AND cc.cluster = nb.cluster AND cc.model_id = model;
+  SELECT ARRAY[min(c.score), max(c.score), min(c.cost), max(c.cost)]
+  FROM avengers.candidates(clustering, weights, onehot, lambda, shrinkage, completions,
+                           require_endpoint, models, chars, true, best_overall) AS c;
 END;
-COMMENT ON FUNCTION avengers.entry_sums(integer, integer, sparsevec) IS
-  'A model''s weighted sums over the neighbours in `weights` (a sparsevec over clusters), read from routing_entries and cluster_costs: what a clustering that is not pooled scores with.';
+COMMENT ON FUNCTION avengers.candidate_ranges(integer, sparsevec, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean) IS
+  'min and max of the candidates'' scores and expected costs for one query (avengers.candidates): the ranges a trade-off normalises by.';
+
+-- What a decision needs of its clustering, and the policy resolved against it: defaults for
+-- unset fields, the clustering's production weight and exploration for unset ones. Checked once
+-- per statement: the policy's fields, the clustering's size.
+CREATE FUNCTION avengers.routing_context(policy avengers.routing_policy)
+RETURNS TABLE (clustering_id integer, dimension integer, clusters integer, rho double precision,
+               mean_chars double precision, novelty_threshold double precision,
+               lambda double precision, explore text, share double precision, costed boolean,
+               alpha double precision, ceiling double precision, top_n integer,
+               shrinkage double precision, completions integer, require_endpoint boolean,
+               models text[], ood_policy text, neighbours integer, temperature double precision)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT s.clustering_id, s.dimension, s.clusters, s.rho, s.mean_chars, s.novelty_threshold,
+         coalesce((policy).production_weight, s.production_weight),
+         coalesce((policy).exploration, s.exploration),
+         coalesce((policy).exploration_share, s.exploration_share),
+         (policy).tradeoff IS NOT NULL OR (policy).max_cost IS NOT NULL,
+         coalesce((policy).tradeoff, 1), (policy).max_cost, coalesce((policy).top_n, 1),
+         coalesce((policy).shrinkage, 1), coalesce((policy).completions, 1),
+         coalesce((policy).require_endpoint, false), (policy).models,
+         coalesce((policy).ood_policy, 'flag'), coalesce((policy).neighbours, 16),
+         coalesce((policy).temperature, 0.1)
+  FROM avengers.routing_state s
+  WHERE CASE WHEN (policy).clustering_id IS NULL THEN s.active
+             ELSE s.clustering_id = (policy).clustering_id END
+    AND avengers.policy_valid(policy)
+    AND (s.pooled OR avengers.clustering_too_large(s.clustering_id, s.clusters));
+END;
+COMMENT ON FUNCTION avengers.routing_context(avengers.routing_policy) IS
+  'The clustering a policy routes with (the active one unless it names another) and the policy resolved against it: what avengers.decide_query takes. No row: no clustering to route with.';
+
+-- The decision for one query in a routing context (avengers.routing_context's columns, passed
+-- one by one: a record's fields would be unpacked again on every read). See the top of this
+-- file for the rule; decide and decide_many both run it, once per query.
+CREATE FUNCTION avengers.decide_query(
+  clustering_id integer, dimension integer, clusters integer, rho double precision,
+  mean_chars double precision, novelty_threshold double precision, lambda double precision,
+  explore text, share double precision, costed boolean, alpha double precision,
+  ceiling double precision, top_n integer, shrinkage double precision, completions integer,
+  require_endpoint boolean, models text[], ood_policy text, neighbours integer,
+  temperature double precision,
+  query vector, ord integer, seed bigint, prompt_chars integer, pinned text,
+  mahalanobis double precision, novelty_clustering integer)
+RETURNS SETOF avengers.decision
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT ord, st.clustering_id, p.cluster, p.distance, p.novelty, p.novelty > 1,
+         CASE WHEN p.novelty > 1 THEN st.ood_policy END,
+         CASE WHEN st.explore <> 'off' THEN st.explore END,
+         CASE WHEN st.explore <> 'off' AND r.model_id IS NOT NULL THEN
+           r.fitting > 0 AND r.first_pk < r.best_pk END,
+         st.lambda,
+         r.rank::integer, r.model_id, r.name, r.endpoint, r.served_name, r.api_key_env,
+         r.score, r.evidence,
+         -- The probability the candidate had of going first: 1 or 0 without exploration (with a
+         -- pin, or nothing within the ceiling); under epsilon, the plain order's best keeps its
+         -- place with 1 - share, and each of the candidates within the ceiling is drawn with
+         -- share / their number.
+         CASE WHEN st.explore = 'off' OR r.fitting = 0 THEN (r.rank = 1)::integer::double precision
+              WHEN st.explore = 'epsilon' THEN
+                CASE WHEN r.pk = r.best_pk THEN 1 - st.share ELSE 0 END + st.share / r.fitting
+         END,
+         CASE WHEN r.entry_n > 0 THEN r.entry_sum / r.entry_n END, r.entry_n::integer,
+         CASE WHEN r.entry_n > 0 THEN r.entry_wilson_low END,
+         CASE WHEN r.entry_n > 0 THEN r.entry_wilson_high END,
+         r.overall_score, r.entry_feedback::integer,
+         r.entry_production_sum / nullif(r.entry_production_n, 0), r.cost,
+         CASE WHEN r.model_id IS NOT NULL AND st.costed THEN NOT r.fits END, r.utility
+  FROM (
+    -- The query checked and normalised (once, not once per centroid compared with); a pinned
+    -- model turns exploration off (a conversation keeps its model).
+    SELECT clustering_id, clusters, rho, mean_chars, novelty_threshold, lambda,
+           CASE WHEN pinned IS NOT NULL THEN 'off' ELSE explore END AS explore, share, costed,
+           alpha, ceiling, top_n, shrinkage, completions, require_endpoint, models, ood_policy,
+           neighbours, temperature, l2_normalize(query) AS u,
+           -- Without a seed: the statement's time and the query's norm (SQL users; the clients
+           -- always pass one).
+           coalesce(seed, hashint8extended((extract(epoch FROM statement_timestamp()) * 1e6)::bigint,
+                                           hashfloat8(vector_norm(query))::bigint)) AS draw_seed
+    WHERE CASE WHEN query IS NOT NULL AND vector_dims(query) = dimension THEN true
+               ELSE avengers.query_dimension_error(dimension, clustering_id, ord) END
+    OFFSET 0) AS st
+  CROSS JOIN LATERAL (
+    -- The neighbourhood and the novelty: the Mahalanobis distance to the calibration Gaussian
+    -- (the caller's, when computed for this clustering) over its threshold, else the distance
+    -- over the nearest cluster's OOD distance; whether an out-of-distribution query is ranked
+    -- by the models' calibration priors; and, for a cost-aware decision, the candidates'
+    -- ranges.
+    SELECT v.*,
+           CASE WHEN st.costed THEN
+             avengers.candidate_ranges(st.clustering_id, v.weights, v.onehot, st.lambda,
+                                       st.shrinkage, st.completions, st.require_endpoint,
+                                       st.models, coalesce(prompt_chars, st.mean_chars),
+                                       v.best_overall)
+           END AS ranges
+    FROM (
+      SELECT n.*, x.novelty,
+             coalesce(x.novelty > 1 AND st.ood_policy = 'best-overall', false)
+               AS best_overall
+      FROM (
+        -- One pass over the clustering's centroids: the nearest (ties: lower cluster), and the
+        -- `neighbours` nearest weighed, as one sparsevec literal.
+        SELECT min(w.cluster) FILTER (WHERE w.first) AS cluster, min(w.nearest) AS distance,
+               min(w.ood_distance) FILTER (WHERE w.first) AS ood_distance,
+               (array_agg(w.onehot) FILTER (WHERE w.first))[1] AS onehot,
+               format('{%s}/%s',
+                      string_agg(w.weight_key || w.w::text, ',') FILTER (WHERE w.w >= 1e-30),
+                      st.clusters)::sparsevec AS weights
+        FROM (
+          SELECT l.cluster, l.weight_key, l.ood_distance, l.onehot, l.nearest, l.first,
+                 avengers.neighbour_weight(l.distance, l.nearest,
+                                           st.temperature, st.rho) AS w
+          FROM (
+            SELECT o.*, first_value(o.distance) OVER w AS nearest,
+                   row_number() OVER w = 1 AS first
+            FROM (
+              SELECT c.cluster, c.weight_key, c.ood_distance, c.onehot,
+                     c.centroid <-> st.u AS distance
+              FROM avengers.routing_centroids c
+              WHERE c.clustering_id = st.clustering_id
+              ORDER BY 5, 1
+              LIMIT greatest(st.neighbours, 1)) AS o
+            WINDOW w AS (ORDER BY o.distance, o.cluster)) AS l) AS w) AS n
+      CROSS JOIN LATERAL (
+        SELECT CASE WHEN mahalanobis IS NOT NULL AND novelty_clustering = st.clustering_id
+                         AND st.novelty_threshold IS NOT NULL THEN
+                      CASE WHEN st.novelty_threshold > 0 THEN mahalanobis / st.novelty_threshold
+                           WHEN mahalanobis > 0 THEN 'Infinity'::double precision ELSE 0 END
+                    WHEN st.novelty_threshold IS NOT NULL THEN
+                      avengers.novelty(st.clustering_id, query)
+                    WHEN n.ood_distance > 0 THEN n.distance / n.ood_distance
+                    WHEN n.ood_distance = 0 THEN
+                      CASE WHEN n.distance > 0 THEN 'Infinity'::double precision ELSE 0 END
+               END AS novelty) AS x) AS v
+    OFFSET 0) AS p
+  LEFT JOIN LATERAL (
+    -- Ranked in one sort: the pinned model first, then, when exploring, the candidates by
+    -- their draws; then within the ceiling before outside it, the cheapest first outside it;
+    -- then by pk: utility (or score) with the tie-break folded in (tie_rank at 1e-12 a step,
+    -- below what float32 scores can tell apart). The window over all of it also counts the
+    -- candidates within the ceiling and finds the plain order's best, so the decision knows
+    -- whether exploration changed its first.
+    SELECT f.*,
+           row_number() OVER w AS rank,
+           count(*) FILTER (WHERE f.fits) OVER w AS fitting,
+           max(f.pk) FILTER (WHERE f.fits) OVER w AS best_pk,
+           first_value(f.pk) OVER w AS first_pk
+    FROM (
+      SELECT c.*, k.fits, k.utility, k.k2 - c.tie_rank * 1e-12 AS pk,
+             -- First: the pinned model, else, when exploring, the candidates within the ceiling
+             -- by their draws (thompson's sample of each one's posterior; epsilon's uniform
+             -- number, when its coin says so).
+             CASE WHEN NOT k.fits THEN NULL
+                  WHEN c.name = pinned THEN 'Infinity'::double precision
+                  WHEN st.explore = 'thompson'
+                    OR (st.explore = 'epsilon' AND avengers.uniform(st.draw_seed, -1) < st.share)
+                    THEN avengers.exploration_draw(st.explore, st.draw_seed, c.model_id, c.score,
+                                                   c.evidence)
+             END AS first,
+             -- Then within the ceiling, else the cheapest.
+             CASE WHEN k.fits THEN 'Infinity'::double precision
+                  ELSE -coalesce(c.cost, 'Infinity') END AS within
+      FROM avengers.candidates(st.clustering_id, p.weights, p.onehot, st.lambda, st.shrinkage,
+                               st.completions, st.require_endpoint, st.models,
+                               coalesce(prompt_chars, st.mean_chars), st.costed,
+                               p.best_overall) AS c
+      CROSS JOIN LATERAL (
+        SELECT j.*, CASE WHEN st.alpha = 1 THEN c.score
+                         ELSE j.utility END AS k2
+        FROM (SELECT coalesce(st.ceiling IS NULL OR c.cost <= st.ceiling, false)
+                       AS fits,
+                     CASE WHEN st.costed THEN
+                       avengers.tradeoff_utility(st.alpha, c.score,
+                                                 p.ranges[1], p.ranges[2], c.cost, p.ranges[3],
+                                                 p.ranges[4])
+                     END AS utility) AS j) AS k
+      OFFSET 0
+    ) AS f
+    WINDOW w AS (ORDER BY f.first DESC NULLS LAST, f.within DESC, f.pk DESC
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+  ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN st.top_n ELSE 1 END
+            AND (r.fits OR r.fitting = 0);
+END;
+COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, vector, integer, bigint, integer, text, double precision, integer) IS
+  'The decision for one query in a routing context (avengers.routing_context): the body avengers.decide and avengers.decide_many share.';
 
 -- The decision for one query vector. See the top of this file for the rule.
 CREATE FUNCTION avengers.decide(
@@ -379,195 +633,16 @@ CREATE FUNCTION avengers.decide(
 RETURNS SETOF avengers.decision
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT 1, st.clustering_id, p.cluster, p.distance, p.novelty, p.novelty > 1,
-         CASE WHEN p.novelty > 1 THEN coalesce((policy).ood_policy, 'flag') END,
-         CASE WHEN st.explore <> 'off' THEN st.explore END,
-         CASE WHEN st.explore <> 'off' AND r.model_id IS NOT NULL THEN r.explored END,
-         st.lambda,
-         r.rank::integer, r.model_id, r.name, r.endpoint, r.served_name, r.api_key_env,
-         r.score, r.evidence,
-         -- The probability the candidate had of going first: 1 or 0 without exploration (or
-         -- with a pin, or nothing within the ceiling); under epsilon, the plain order's best
-         -- keeps its place with 1 - share and every candidate is drawn with share / fitting.
-         CASE WHEN r.pin_count > 0 OR st.explore = 'off' OR r.fitting = 0 THEN
-                (r.rank = 1)::integer::double precision
-              WHEN st.explore = 'epsilon' THEN
-                CASE WHEN r.rank = CASE WHEN r.explored THEN 2 ELSE 1 END THEN 1 - st.share
-                     ELSE 0 END
-                + st.share / r.fitting
-         END,
-         e.mean_score, e.n, e.wilson_low, e.wilson_high, r.overall_score,
-         e.production_n, e.production_mean, r.cost,
-         CASE WHEN r.model_id IS NOT NULL AND st.costed THEN NOT r.fits END, r.utility
-  FROM (
-    -- The policy's clustering, the policy resolved against its settings, and the query
-    -- normalised (once, not once per centroid compared with).
-    SELECT s.*, l2_normalize(query) AS u,
-           coalesce((policy).production_weight, s.production_weight) AS lambda,
-           coalesce((policy).exploration, s.exploration) AS explore,
-           coalesce((policy).exploration_share, s.exploration_share) AS share,
-           (policy).tradeoff IS NOT NULL OR (policy).max_cost IS NOT NULL AS costed,
-           -- Without a seed: the statement's time and the query's norm (SQL users; the clients
-           -- always pass one).
-           coalesce(seed, hashint8extended((extract(epoch FROM statement_timestamp()) * 1e6)::bigint,
-                                           hashfloat8(vector_norm(query))::bigint)) AS draw_seed
-    FROM avengers.routing_state s
-    WHERE CASE WHEN (policy).clustering_id IS NULL THEN s.active
-               ELSE s.clustering_id = (policy).clustering_id END
-      AND avengers.policy_valid(policy)
-      AND CASE WHEN query IS NOT NULL AND vector_dims(query) = s.dimension THEN true
-               ELSE avengers.query_dimension_error(s.dimension, s.clustering_id) END
-    OFFSET 0) AS st
-  CROSS JOIN LATERAL (
-    -- The neighbourhood and the novelty: the Mahalanobis distance to the calibration Gaussian
-    -- (the caller's, when computed for this clustering) over its threshold, else the distance
-    -- over the nearest cluster's OOD distance.
-    SELECT n.*,
-           CASE WHEN mahalanobis IS NOT NULL AND novelty_clustering = st.clustering_id
-                     AND st.novelty_threshold IS NOT NULL THEN
-                  CASE WHEN st.novelty_threshold > 0 THEN mahalanobis / st.novelty_threshold
-                       WHEN mahalanobis > 0 THEN 'Infinity'::double precision ELSE 0 END
-                WHEN st.novelty_threshold IS NOT NULL THEN avengers.novelty(st.clustering_id, query)
-                WHEN n.ood_distance > 0 THEN n.distance / n.ood_distance
-                WHEN n.ood_distance = 0 THEN
-                  CASE WHEN n.distance > 0 THEN 'Infinity'::double precision ELSE 0 END
-           END AS novelty
-    FROM (
-      -- One pass over the clustering's centroids: the nearest (ties: lower cluster), and the
-      -- `neighbours` nearest weighed, as one sparsevec literal.
-      SELECT min(w.cluster) FILTER (WHERE w.first) AS cluster, min(w.nearest) AS distance,
-             min(w.ood_distance) FILTER (WHERE w.first) AS ood_distance,
-             format('{%s}/%s', string_agg(w.weight_key || w.w::text, ',') FILTER (WHERE w.w >= 1e-30),
-                    st.clusters)::sparsevec AS weights
-      FROM (
-        SELECT l.cluster, l.weight_key, l.ood_distance, l.nearest, l.first,
-               avengers.neighbour_weight(l.distance, l.nearest,
-                                         coalesce((policy).temperature, 0.1), st.rho) AS w
-        FROM (
-          SELECT o.*, first_value(o.distance) OVER w AS nearest,
-                 row_number() OVER w = 1 AS first
-          FROM (
-            SELECT c.cluster, c.weight_key, c.ood_distance, c.centroid <-> st.u AS distance
-            FROM avengers.routing_centroids c
-            WHERE c.clustering_id = st.clustering_id
-            ORDER BY 4, 1
-            LIMIT greatest(coalesce((policy).neighbours, 16), 1)) AS o
-          WINDOW w AS (ORDER BY o.distance, o.cluster)) AS l) AS w) AS n
-    OFFSET 0) AS p
-  LEFT JOIN LATERAL (
-    -- Ranked: the first place (a pin, else exploration's choice), then the plain order (k1, k2,
-    -- score, tie_rank). In that order the plain order's best is the first row, or the second
-    -- when the first was put there, so the window over the one sort also tells whether the
-    -- first model is the one the plain order would have put there.
-    SELECT f.*,
-           row_number() OVER w AS rank,
-           coalesce(f.pin_count = 0 AND first_value(f.first) OVER w
-                    AND ROW(first_value(f.k1) OVER w, first_value(f.k2) OVER w,
-                            first_value(f.score) OVER w, -first_value(f.tie_rank) OVER w)
-                        < ROW(nth_value(f.k1, 2) OVER w, nth_value(f.k2, 2) OVER w,
-                              nth_value(f.score, 2) OVER w, -nth_value(f.tie_rank, 2) OVER w),
-                    false) AS explored
-    FROM (
-      SELECT c.*,
-             CASE WHEN c.fitting > 0 THEN 0 ELSE -coalesce(c.cost, 'Infinity') END AS k1,
-             CASE WHEN coalesce((policy).tradeoff, 1) = 1 THEN c.score ELSE c.utility END AS k2,
-             CASE WHEN c.pin_count > 0 THEN c.name = pinned
-                  WHEN c.fitting = 0 THEN false
-                  WHEN st.explore = 'epsilon' THEN c.draw = c.top_draw
-                    AND avengers.uniform(st.draw_seed, -1) < st.share
-                  WHEN st.explore = 'thompson' THEN c.draw = c.top_draw
-                  ELSE false END AS first
-      FROM (
-        SELECT t.*,
-               count(*) FILTER (WHERE t.fits) OVER a AS fitting,
-               count(*) FILTER (WHERE t.fits AND t.name = pinned) OVER a AS pin_count,
-               max(t.draw) FILTER (WHERE t.fits) OVER a AS top_draw,
-               CASE WHEN st.costed THEN
-                 avengers.tradeoff_utility(coalesce((policy).tradeoff, 1), t.score,
-                                           min(t.score) OVER a, max(t.score) OVER a, t.cost,
-                                           min(t.cost) OVER a, max(t.cost) OVER a)
-               END AS utility
-        FROM (
-          SELECT m.*,
-                 coalesce((policy).max_cost IS NULL OR m.cost <= (policy).max_cost, false) AS fits,
-                 -- Exploration's draw: epsilon's uniform pick among the candidates that fit,
-                 -- thompson's posterior sample.
-                 CASE WHEN st.explore <> 'off' THEN
-                   avengers.exploration_draw(st.explore, st.draw_seed, m.model_id, m.score,
-                                             m.evidence)
-                 END AS draw
-          FROM (
-            SELECT rm.model_id, rm.name, rm.endpoint, rm.served_name, rm.api_key_env,
-                   rm.overall_score, rm.tie_rank,
-                   CASE WHEN p.novelty > 1 AND (policy).ood_policy = 'best-overall'
-                          THEN rm.prior_score
-                        ELSE (sm.ws + st.lambda * sm.pws
-                              + coalesce((policy).shrinkage, 1) * rm.prior_score)
-                             / nullif(sm.wn + st.lambda * sm.pwn
-                                      + coalesce((policy).shrinkage, 1), 0) END AS score,
-                   sm.wn + st.lambda * sm.pwn + coalesce((policy).shrinkage, 1) AS evidence,
-                   sm.wn + st.lambda * sm.pwn AS pooled_n,
-                   CASE WHEN st.costed THEN
-                     avengers.candidate_cost(rm.price_in, rm.price_out, rm.tokens_per_char,
-                                             rm.mean_tokens_out, rm.mean_cost,
-                                             coalesce(prompt_chars, st.mean_chars), sm.cost_sums,
-                                             coalesce((policy).shrinkage, 1),
-                                             coalesce((policy).completions, 1))
-                   END AS cost
-            FROM avengers.routing_models rm
-            -- The pooled sums: inner products of the model's per-cluster sums with the
-            -- neighbour weights (a clustering that is not pooled reads them per neighbour).
-            CROSS JOIN LATERAL (
-              SELECT CASE WHEN st.pooled THEN -(rm.score_sums <#> p.weights)
-                          ELSE (avengers.entry_sums(st.clustering_id, rm.model_id, p.weights)).ws
-                     END AS ws,
-                     CASE WHEN st.pooled THEN -(rm.ns <#> p.weights)
-                          ELSE (avengers.entry_sums(st.clustering_id, rm.model_id, p.weights)).wn
-                     END AS wn,
-                     CASE WHEN st.lambda = 0 THEN 0
-                          WHEN st.pooled THEN -(rm.production_sums <#> p.weights)
-                          ELSE (avengers.entry_sums(st.clustering_id, rm.model_id, p.weights)).pws
-                     END AS pws,
-                     CASE WHEN st.lambda = 0 THEN 0
-                          WHEN st.pooled THEN -(rm.production_ns <#> p.weights)
-                          ELSE (avengers.entry_sums(st.clustering_id, rm.model_id, p.weights)).pwn
-                     END AS pwn,
-                     CASE WHEN NOT st.costed THEN NULL
-                          WHEN st.pooled THEN
-                            ROW(NULL, NULL, NULL, NULL, -(rm.tokens_out_sums <#> p.weights),
-                                -(rm.answer_ns <#> p.weights), -(rm.cost_sums <#> p.weights),
-                                -(rm.cost_ns <#> p.weights))::avengers.pooled_sums
-                          ELSE avengers.entry_sums(st.clustering_id, rm.model_id, p.weights)
-                     END AS cost_sums
-              OFFSET 0) AS sm
-            WHERE rm.clustering_id = st.clustering_id
-              AND rm.active
-              AND (rm.endpoint IS NOT NULL OR NOT coalesce((policy).require_endpoint, false))
-              AND (rm.name = ANY ((policy).models) OR (policy).models IS NULL)) AS m
-          -- Without a prior (shrinkage 0) a model needs outcomes near the query.
-          WHERE m.score IS NOT NULL
-            AND (coalesce((policy).shrinkage, 1) > 0 OR m.pooled_n > 0
-                 OR (p.novelty > 1 AND (policy).ood_policy = 'best-overall'))
-        ) AS t
-        WINDOW a AS ()
-      ) AS c
-      -- Within the ceiling; when nothing fits, the cheapest alone (the first in the order).
-      WHERE c.fits OR c.fitting = 0
-    ) AS f
-    WINDOW w AS (ORDER BY f.first DESC, f.k1 DESC, f.k2 DESC, f.score DESC, f.tie_rank
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-  ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN coalesce((policy).top_n, 1) ELSE 1 END
-  -- LATERAL ... OFFSET 0: one index probe per candidate, whatever the statistics (a plain
-  -- join let the planner hash all of routing_entries per call).
-  LEFT JOIN LATERAL (
-    SELECT x.mean_score, x.n, x.wilson_low, x.wilson_high, x.production_n, x.production_mean
-    FROM avengers.routing_entries x
-    WHERE x.clustering_id = st.clustering_id AND x.cluster = p.cluster
-      AND x.model_id = r.model_id
-    OFFSET 0) AS e ON true;
+  SELECT d.*
+  FROM avengers.routing_context(policy) AS c
+  CROSS JOIN LATERAL avengers.decide_query(
+    c.clustering_id, c.dimension, c.clusters, c.rho, c.mean_chars, c.novelty_threshold,
+    c.lambda, c.explore, c.share, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
+    c.completions, c.require_endpoint, c.models, c.ood_policy, c.neighbours, c.temperature,
+    query, 1, seed, prompt_chars, pinned, mahalanobis, novelty_clustering) AS d;
 END;
 COMMENT ON FUNCTION avengers.decide(vector, avengers.routing_policy, bigint, integer, text, double precision, integer) IS
-  'The routing decision for one query vector under a policy (avengers.policy(...)): one row per candidate, in rank order (model NULL: no eligible model; no row: no clustering to route with). seed makes exploration''s draws reproducible; prompt_chars is the query''s length for its expected cost (NULL: the calibration texts'' mean); pinned is a model to ask first when it is a candidate (a conversation''s); mahalanobis, the query''s distance to the calibration Gaussian of novelty_clustering (routing.novelty), spares computing it. SELECT * FROM avengers.decide(v, avengers.policy(3, tradeoff => 0.5)).';
+  'The routing decision for one query vector under a policy (avengers.policy(...)): one row per candidate, in rank order (model NULL: no eligible model; no row: no clustering to route with). seed makes exploration''s draws reproducible; prompt_chars is the query''s length for its expected cost (NULL: the calibration texts'' mean); pinned is a model to ask first when it is a candidate (a conversation''s; it turns exploration off); mahalanobis, the query''s distance to the calibration Gaussian of novelty_clustering (routing.novelty), spares computing it. SELECT * FROM avengers.decide(v, avengers.policy(3, tradeoff => 0.5)).';
 
 -- Many query vectors in one statement (one snapshot): decide's rule, run once per query.
 -- work_mem: the per-query sorts are tiny, but the result of a large batch is sorted by ord.
@@ -584,20 +659,22 @@ LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
 SET work_mem = '64MB'
 BEGIN ATOMIC
-  SELECT x.ord::integer, d.clustering_id, d.cluster, d.distance, d.novelty, d.ood, d.ood_policy,
-         d.exploration, d.explored, d.production_weight, d.rank, d.model_id, d.model, d.endpoint,
-         d.served_name, d.api_key_env, d.score, d.evidence, d.propensity, d.mean_score, d.n,
-         d.wilson_low, d.wilson_high, d.overall_score, d.production_n, d.production_mean,
-         d.expected_cost, d.over_budget, d.utility
-  FROM unnest(queries) WITH ORDINALITY AS x(v, ord)
-  CROSS JOIN LATERAL avengers.decide(
-    x.v, policy,
+  -- The context once for the statement; MATERIALIZED keeps it from being recomputed per query.
+  WITH c AS MATERIALIZED (SELECT * FROM avengers.routing_context(policy))
+  SELECT d.*
+  FROM c
+  CROSS JOIN unnest(queries) WITH ORDINALITY AS x(v, ord)
+  CROSS JOIN LATERAL avengers.decide_query(
+    c.clustering_id, c.dimension, c.clusters, c.rho, c.mean_chars, c.novelty_threshold,
+    c.lambda, c.explore, c.share, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
+    c.completions, c.require_endpoint, c.models, c.ood_policy, c.neighbours, c.temperature,
+    x.v, x.ord::integer,
     CASE WHEN seeds IS NULL THEN NULL ELSE seeds[x.ord] END,
     CASE WHEN prompt_chars IS NULL THEN NULL ELSE prompt_chars[x.ord] END,
     CASE WHEN pinned IS NULL THEN NULL ELSE pinned[x.ord] END,
     CASE WHEN mahalanobis IS NULL THEN NULL ELSE mahalanobis[x.ord] END,
     novelty_clustering) AS d
-  ORDER BY x.ord, d.rank;
+  ORDER BY d.ord, d.rank;
 END;
 COMMENT ON FUNCTION avengers.decide_many(vector[], avengers.routing_policy, bigint[], integer[], text[], double precision[], integer) IS
   'avengers.decide for many query vectors in one statement (one snapshot): rows ordered by ord (the query''s 1-based position), then rank. seeds, prompt_chars, pinned and mahalanobis are per query (NULL: none).';
