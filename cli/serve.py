@@ -7,7 +7,7 @@ from avengers_store.cli import options
 from avengers_store.cli.commands import Command
 
 from avengers_store.answering.strategies import DEFAULT_THRESHOLD, STRATEGIES
-from avengers_store.errors import ConfigurationError
+from avengers_store.errors import ConfigurationError, InputError
 from avengers_store.gateway.settings import GatewaySettings
 
 
@@ -27,8 +27,7 @@ from avengers_store.gateway.settings import GatewaySettings
               show_default=True, help="Default strategy.")  # fmt: skip
 @click.option("--top-n", type=click.IntRange(1, 16),
               help="Default ranked candidates per request (default 3).")  # fmt: skip
-@options.method
-@options.tradeoff
+@options.routing
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True),
               default=DEFAULT_THRESHOLD, show_default=True,
               help="Model-Switch vote-share threshold.")  # fmt: skip
@@ -50,7 +49,6 @@ from avengers_store.gateway.settings import GatewaySettings
               help="Seconds SIGTERM waits for requests in flight.")  # fmt: skip
 @click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Largest request body in bytes.")  # fmt: skip
-@options.ood_policy
 @click.option("--log-vectors", is_flag=True,
               help="Keep each routed query's embedding (not its text), so feedback on it counts "
               "in later clustering versions.")  # fmt: skip
@@ -60,9 +58,9 @@ from avengers_store.gateway.settings import GatewaySettings
               help="Seconds within which POST /v1/feedback is served to routing (0: at once, "
               "one refresh per request).")  # fmt: skip
 def command(
-    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, tradeoff,
-    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, timeout,
-    session_ttl, grace, max_body, ood_policy, log_vectors, log_texts, feedback_refresh,
+    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, routing, threshold,
+    route_on, max_tokens, upstream_timeout, upstream_retries, timeout, session_ttl, grace,
+    max_body, log_vectors, log_texts, feedback_refresh,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
@@ -97,9 +95,7 @@ def command(
             samples=samples,
             strategy=strategy,
             top_n=top_n,
-            method=method,
-            tradeoff=tradeoff,
-            max_cost=max_cost,
+            policy=routing,
             threshold=threshold,
             route_on=route_on,
             max_tokens=max_tokens,
@@ -111,8 +107,7 @@ def command(
             log_vectors=log_vectors,
             log_texts=log_texts,
             feedback_refresh_s=feedback_refresh,
-            ood_policy=ood_policy,
         )
-    except ConfigurationError as exc:
+    except (ConfigurationError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc
     server.run(settings)

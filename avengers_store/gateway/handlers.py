@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from avengers_store import client_core as core
 from avengers_store.gateway.errors import GatewayError, bad_request, from_validation
 from avengers_store.gateway.headers import decision_headers
-from avengers_store.gateway.inputs import costs_asked, routed_text
+from avengers_store.gateway.inputs import routed_text
 from avengers_store.gateway.passthrough import passthrough
 from avengers_store.gateway.protocol import (
     ChatCompletionRequest,
@@ -83,14 +83,8 @@ async def route_only(request: Request) -> Response:
         query = question = routed_text(req.messages, req.route_on or gw.settings.route_on)
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
-    tradeoff, max_cost = costs_asked(req.tradeoff, req.max_cost, gw.settings)
     decision, vector = await gw.client.route_with_vector(
-        query,
-        req.top_n,
-        method=req.method,
-        tradeoff=tradeoff,
-        max_cost=max_cost,
-        ood_policy=req.ood_policy,
+        query, req.top_n, seed=req.seed, **req.policy_changes()
     )
     route_id = uuid.uuid4()
     gw.log_rows(

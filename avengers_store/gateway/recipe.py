@@ -20,7 +20,7 @@ from avengers_store.errors import AvengersError, EndpointError
 from avengers_store.gateway import sessions, streaming
 from avengers_store.gateway.errors import from_library
 from avengers_store.gateway.headers import decision_headers
-from avengers_store.gateway.inputs import costs_asked, request_deadline, routed_text
+from avengers_store.gateway.inputs import request_deadline, routed_text
 from avengers_store.gateway.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -58,7 +58,6 @@ class Recipe:
         self.strategy = req.strategy or s.strategy
         self.samples = req.samples or s.samples
         self.top_n = req.top_n or s.top_n or core.DEFAULT_TOP_N[self.strategy]
-        self.tradeoff, self.max_cost = costs_asked(req.tradeoff, req.max_cost, s)
         self.route_id = uuid.uuid4()
         self.vector: Any = None  # the embedding the request was routed with
         self.session = request.headers.get("x-session-id") or req.user
@@ -100,12 +99,9 @@ class Recipe:
                 self.text,
                 self.top_n,
                 require_endpoint=True,
-                method=req.method,
-                ood_policy=req.ood_policy,
-                tradeoff=self.tradeoff,
-                max_cost=self.max_cost,
                 completions=core.completions_for(self.strategy, self.samples),
                 pinned=await self.pinned(),
+                **req.policy_changes(),
             )
             if self.decision.ood and self.decision.ood_policy == "widen":
                 self.strategy = "model-switch"

@@ -43,7 +43,7 @@ class Gateway:
             ),
             pool_size=settings.pool_size,
             max_concurrency=settings.max_in_flight,
-            method=settings.method,
+            policy=settings.routing_policy,
             threshold=settings.threshold,
             max_tokens=settings.max_tokens,
             embed_threads=settings.embed_threads,
@@ -52,7 +52,6 @@ class Gateway:
             on_log=self.metrics.route_log,
             log_vectors=settings.log_vectors,
             log_texts=settings.log_texts,
-            ood_policy=settings.ood_policy,
         )
         self._own_chat = client is None
         self.in_flight = 0

@@ -14,7 +14,7 @@ from avengers_store.calibration.embedders import get_embedder
 from avengers_store.gateway.settings import GatewaySettings
 from avengers_store.testing import ARITHMETIC, gateway_server, set_endpoints
 
-SETTINGS = GatewaySettings(method="paper", upstream_retries=0, auth=False)
+SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 OOD_DISTANCE = 0.5
 
 
