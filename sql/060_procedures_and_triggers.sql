@@ -175,3 +175,27 @@ CREATE TRIGGER models_refresh_routing
   FOR EACH STATEMENT EXECUTE FUNCTION avengers.refresh_routing_models();
 COMMENT ON TRIGGER models_refresh_routing ON avengers.models IS
   'Keeps the model columns and prices of avengers.routing_models current.';
+
+-- routing_centroids carries each cluster's OOD distance and routing_state the novelty
+-- threshold: a change to either table refreshes them in the same transaction.
+CREATE FUNCTION avengers.refresh_routing_novelty() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_centroids;
+  RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION avengers.refresh_routing_novelty() IS
+  'Trigger function: refresh avengers.routing_state and routing_centroids after a change to the novelty thresholds or the clusters'' distance statistics.';
+CREATE TRIGGER cluster_distances_refresh_routing
+  AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON avengers.cluster_distances
+  FOR EACH STATEMENT EXECUTE FUNCTION avengers.refresh_routing_novelty();
+COMMENT ON TRIGGER cluster_distances_refresh_routing ON avengers.cluster_distances IS
+  'Keeps the OOD distances of avengers.routing_centroids current.';
+CREATE TRIGGER novelty_profiles_refresh_routing
+  AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON avengers.novelty_profiles
+  FOR EACH STATEMENT EXECUTE FUNCTION avengers.refresh_routing_novelty();
+COMMENT ON TRIGGER novelty_profiles_refresh_routing ON avengers.novelty_profiles IS
+  'Keeps the novelty thresholds of avengers.routing_state current.';
