@@ -144,6 +144,17 @@ ROUTING_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "help": "Keep to models whose expected cost of the request is at most this (in the "
         "models' price currency); when none is, the cheapest is used and flagged over budget.",
     }),
+    ("--max-latency-ms", "max_latency_ms", {
+        "type": click.FloatRange(min=0),
+        "help": "Keep to models whose expected latency (measured from the route log near the "
+        "query) is at most this many milliseconds; when none is, the cheapest is used and "
+        "flagged over budget.",
+    }),
+    ("--latency-weight", "latency_weight", {
+        "type": click.FloatRange(0, 1),
+        "help": "The trade-off's share for low expected latency: (1 - W) x the quality-cost "
+        "utility + W x (1 - normalised latency).",
+    }),
     ("--ood-policy", "ood_policy", {
         "type": click.Choice(OOD_POLICIES),
         "help": "What a query unlike the calibration queries gets: flag (route as usual, marked "

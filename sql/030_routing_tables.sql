@@ -160,10 +160,13 @@ SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_r
        CASE WHEN st.pooled THEN v.wilson_highs END AS wilson_highs,
        m.cost_in_per_m AS price_in, m.cost_out_per_m AS price_out,
        mc.tokens_per_char, mc.tokens_out AS mean_tokens_out, mc.cost AS mean_cost,
+       mc.latency_ms AS mean_latency_ms,
        CASE WHEN st.pooled THEN c.tokens_out_sums END AS tokens_out_sums,
        CASE WHEN st.pooled THEN c.answer_ns END AS answer_ns,
        CASE WHEN st.pooled THEN c.cost_sums END AS cost_sums,
-       CASE WHEN st.pooled THEN c.cost_ns END AS cost_ns
+       CASE WHEN st.pooled THEN c.cost_ns END AS cost_ns,
+       CASE WHEN st.pooled THEN c.latency_sums END AS latency_sums,
+       CASE WHEN st.pooled THEN c.latency_ns END AS latency_ns
 FROM avengers.model_priors mp
 JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id
 JOIN avengers.models m ON m.id = mp.model_id
@@ -208,7 +211,15 @@ CROSS JOIN LATERAL (
                               st.clusters) AS cost_sums,
          avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.cost_answers > 0),
                               array_agg(cc.cost_answers) FILTER (WHERE cc.cost_answers > 0),
-                              st.clusters) AS cost_ns
+                              st.clusters) AS cost_ns,
+         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.latency_requests > 0
+                                                             AND cc.latency_sum >= 1e-30),
+                              array_agg(cc.latency_sum) FILTER (WHERE cc.latency_requests > 0
+                                                                AND cc.latency_sum >= 1e-30),
+                              st.clusters) AS latency_sums,
+         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.latency_requests > 0),
+                              array_agg(cc.latency_requests) FILTER (WHERE cc.latency_requests > 0),
+                              st.clusters) AS latency_ns
   FROM avengers.cluster_costs cc
   WHERE cc.clustering_id = mp.clustering_id AND cc.model_id = mp.model_id AND st.pooled
 ) AS c
@@ -242,3 +253,6 @@ COMMENT ON COLUMN avengers.routing_models.tokens_out_sums IS 'cluster_costs.toke
 COMMENT ON COLUMN avengers.routing_models.answer_ns IS 'cluster_costs.answers per cluster.';
 COMMENT ON COLUMN avengers.routing_models.cost_sums IS 'cluster_costs.cost_sum per cluster (float32).';
 COMMENT ON COLUMN avengers.routing_models.cost_ns IS 'cluster_costs.cost_answers per cluster.';
+COMMENT ON COLUMN avengers.routing_models.mean_latency_ms IS 'model_costs.latency_ms (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_models.latency_sums IS 'cluster_costs.latency_sum per cluster (float32; milliseconds).';
+COMMENT ON COLUMN avengers.routing_models.latency_ns IS 'cluster_costs.latency_requests per cluster.';

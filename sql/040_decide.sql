@@ -25,8 +25,13 @@
 --     neighbours with the same weights and shrinkage), and with alpha = coalesce(tradeoff, 1)
 --     utility(m) = alpha * normalised score + (1 - alpha) * (1 - normalised cost) over the
 --     query's candidates (a candidate without a cost counts as the most expensive).
---   ranking: among the candidates that fit max_cost (all when none is asked), by utility (by
---     score when alpha = 1), then score, then tie_rank (overall calibration score, then name);
+--   latency (the same way): the expected milliseconds of a model request, measured from the
+--     route log and pooled like the score; max_latency_ms is a ceiling like max_cost and
+--     latency_weight beta takes its share of the trade-off: utility(m) = (1 - beta) * (the
+--     above) + beta * (1 - normalised latency).
+--   ranking: among the candidates that fit max_cost and max_latency_ms (all when none is
+--     asked), by utility (by score when alpha = 1 and no latency weight), then score, then
+--     tie_rank (overall calibration score, then name);
 --     when none fits, the cheapest alone, flagged over_budget.
 --   first place: a pinned model (a conversation's) when it is among the ranked candidates; else
 --     exploration's choice among them: epsilon, with probability share, a uniformly drawn one;
@@ -67,7 +72,9 @@ CREATE TYPE avengers.routing_policy AS (
   ood_policy text,
   exploration text,
   exploration_share double precision,
-  production_weight double precision
+  production_weight double precision,
+  max_latency_ms double precision,
+  latency_weight double precision
 );
 COMMENT ON TYPE avengers.routing_policy IS
   'What avengers.decide routes by besides the query: the clustering, the scoring method, how many candidates, the candidate filter, the quality-cost trade-off and ceiling, the out-of-distribution policy, exploration and the production weight. Build one with avengers.policy(...).';
@@ -85,6 +92,8 @@ COMMENT ON COLUMN avengers.routing_policy.ood_policy IS 'What an out-of-distribu
 COMMENT ON COLUMN avengers.routing_policy.exploration IS 'off, thompson or epsilon (NULL: the clustering''s).';
 COMMENT ON COLUMN avengers.routing_policy.exploration_share IS 'epsilon: the share of decisions that put a drawn candidate first (NULL: the clustering''s).';
 COMMENT ON COLUMN avengers.routing_policy.production_weight IS 'How much a production outcome counts against a calibration one (>= 0; 0: the static router; NULL: the clustering''s).';
+COMMENT ON COLUMN avengers.routing_policy.max_latency_ms IS 'Highest expected latency of a model request a candidate may have, in milliseconds (NULL: no ceiling).';
+COMMENT ON COLUMN avengers.routing_policy.latency_weight IS 'beta in [0, 1]: the share of the trade-off given to low expected latency (NULL: none).';
 
 CREATE FUNCTION avengers.policy(
   top_n integer DEFAULT 1, neighbours integer DEFAULT 16,
@@ -93,13 +102,14 @@ CREATE FUNCTION avengers.policy(
   completions integer DEFAULT 1, ood_policy text DEFAULT 'flag',
   exploration text DEFAULT NULL, exploration_share double precision DEFAULT NULL,
   production_weight double precision DEFAULT NULL, require_endpoint boolean DEFAULT false,
-  models text[] DEFAULT NULL, clustering_id integer DEFAULT NULL)
+  models text[] DEFAULT NULL, clustering_id integer DEFAULT NULL,
+  max_latency_ms double precision DEFAULT NULL, latency_weight double precision DEFAULT NULL)
 RETURNS avengers.routing_policy
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ROW(clustering_id, neighbours, temperature, shrinkage, top_n, require_endpoint, models,
            tradeoff, max_cost, completions, ood_policy, exploration, exploration_share,
-           production_weight)::avengers.routing_policy;
-COMMENT ON FUNCTION avengers.policy(integer, integer, double precision, double precision, double precision, double precision, integer, text, text, double precision, double precision, boolean, text[], integer) IS
+           production_weight, max_latency_ms, latency_weight)::avengers.routing_policy;
+COMMENT ON FUNCTION avengers.policy(integer, integer, double precision, double precision, double precision, double precision, integer, text, text, double precision, double precision, boolean, text[], integer, double precision, double precision) IS
   'A routing policy with the defaults of the "avengers" method: avengers.policy(3), avengers.policy(3, tradeoff => 0.5), avengers.policy(1, neighbours => 1, temperature => 0, shrinkage => 0) (the paper''s rule).';
 
 -- One row of a decision: one candidate of one query, best first; the decision's own fields
@@ -113,7 +123,7 @@ CREATE TYPE avengers.decision AS (
   propensity double precision, mean_score double precision, n integer,
   wilson_low double precision, wilson_high double precision, overall_score double precision,
   production_n integer, production_mean double precision, expected_cost double precision,
-  over_budget boolean, utility double precision);
+  over_budget boolean, utility double precision, expected_latency_ms double precision);
 COMMENT ON TYPE avengers.decision IS
   'A row of a routing decision (avengers.decide): one candidate model of one query, best first, with the decision''s fields. model NULL: no eligible model.';
 COMMENT ON COLUMN avengers.decision.ord IS 'Position of the query in the batch (1 for a single vector).';
@@ -144,13 +154,15 @@ COMMENT ON COLUMN avengers.decision.production_n IS 'Feedback rows of the model 
 COMMENT ON COLUMN avengers.decision.production_mean IS 'Their decayed mean (NULL: none).';
 COMMENT ON COLUMN avengers.decision.expected_cost IS 'Expected cost of the request on the model (NULL when no trade-off or ceiling was asked, or the model has neither a price nor a measured cost).';
 COMMENT ON COLUMN avengers.decision.over_budget IS 'True when max_cost was asked and no candidate fits it: the row is the cheapest candidate (NULL when no trade-off or ceiling was asked).';
+COMMENT ON COLUMN avengers.decision.expected_latency_ms IS 'Expected latency of a request to the model, in milliseconds (measured from the route log, pooled like the score; NULL when no trade-off or ceiling was asked, or nothing was measured).';
 COMMENT ON COLUMN avengers.decision.utility IS 'What the model was ranked by under a trade-off (NULL when no trade-off or ceiling was asked).';
 
 -- What a cost-aware decision pools for a candidate over a query's neighbours.
 CREATE TYPE avengers.pooled_costs AS (
-  wo double precision, wa double precision, wc double precision, wca double precision);
+  wo double precision, wa double precision, wc double precision, wca double precision,
+  wl double precision, wln double precision);
 COMMENT ON TYPE avengers.pooled_costs IS
-  'A model''s measurements over a query''s neighbours, weighted: completion tokens (wo over wa answers) and costs (wc over wca answers).';
+  'A model''s measurements over a query''s neighbours, weighted: completion tokens (wo over wa answers), costs (wc over wca answers) and latency (wl milliseconds over wln requests).';
 
 -- The error of the first field out of range (called only when policy_valid's check fails).
 CREATE FUNCTION avengers.policy_error(p avengers.routing_policy)
@@ -194,6 +206,12 @@ BEGIN
   IF NOT coalesce(p.production_weight >= 0 AND p.production_weight < 'Infinity', true) THEN
     RAISE EXCEPTION '%', format('production_weight must be a finite number >= 0, got %s', p.production_weight) USING ERRCODE = 'VA422', COLUMN = 'production_weight';
   END IF;
+  IF NOT coalesce(p.max_latency_ms >= 0 AND p.max_latency_ms < 'Infinity', true) THEN
+    RAISE EXCEPTION '%', format('max_latency_ms must be a finite number >= 0, got %s', p.max_latency_ms) USING ERRCODE = 'VA422', COLUMN = 'max_latency_ms';
+  END IF;
+  IF NOT coalesce(p.latency_weight BETWEEN 0 AND 1, true) THEN
+    RAISE EXCEPTION '%', format('latency_weight must be between 0 and 1, got %s', p.latency_weight) USING ERRCODE = 'VA422', COLUMN = 'latency_weight';
+  END IF;
   RETURN true;
 END
 $$;
@@ -216,6 +234,8 @@ RETURN CASE WHEN p IS NOT NULL
                  AND coalesce(p.exploration IN ('off', 'thompson', 'epsilon'), true)
                  AND coalesce(p.exploration_share BETWEEN 0 AND 1, true)
                  AND coalesce(p.production_weight >= 0 AND p.production_weight < 'Infinity', true)
+                 AND coalesce(p.max_latency_ms >= 0 AND p.max_latency_ms < 'Infinity', true)
+                 AND coalesce(p.latency_weight BETWEEN 0 AND 1, true)
             THEN true ELSE avengers.policy_error(p) END;
 COMMENT ON FUNCTION avengers.policy_valid(avengers.routing_policy) IS
   'True when every field of the policy is in range; raises (VA422, naming the field) otherwise.';
@@ -262,16 +282,22 @@ COMMENT ON FUNCTION avengers.neighbour_weight(double precision, double precision
   'Weight of a neighbour centroid at `distance` when the nearest is at `nearest`: exp(-(d^2 - d_1^2) / (temperature * rho)); only the nearest distance counts when temperature or rho is 0.';
 
 CREATE FUNCTION avengers.tradeoff_utility(
-  tradeoff double precision, score double precision, smin double precision,
-  smax double precision, cost double precision, cmin double precision, cmax double precision)
+  tradeoff double precision, latency_weight double precision, score double precision,
+  cost double precision, latency double precision, ranges double precision[])
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN tradeoff * coalesce((score - smin) / nullif(smax - smin, 0), 1)
-       + (1 - tradeoff)
-         * (1 - CASE WHEN cost IS NULL THEN 1
-                     ELSE coalesce((cost - cmin) / nullif(cmax - cmin, 0), 0) END);
-COMMENT ON FUNCTION avengers.tradeoff_utility(double precision, double precision, double precision, double precision, double precision, double precision, double precision) IS
-  'tradeoff * (score - min) / (max - min) + (1 - tradeoff) * (1 - (cost - min) / (max - min)) over a query''s candidates; an unknown cost counts as the highest.';
+RETURN (1 - coalesce(latency_weight, 0))
+       * (tradeoff * coalesce((score - ranges[1]) / nullif(ranges[2] - ranges[1], 0), 1)
+          + (1 - tradeoff)
+            * (1 - CASE WHEN cost IS NULL THEN 1
+                        ELSE coalesce((cost - ranges[3]) / nullif(ranges[4] - ranges[3], 0), 0)
+                   END))
+       + coalesce(latency_weight, 0)
+         * (1 - CASE WHEN latency IS NULL THEN 1
+                     ELSE coalesce((latency - ranges[5]) / nullif(ranges[6] - ranges[5], 0), 0)
+                END);
+COMMENT ON FUNCTION avengers.tradeoff_utility(double precision, double precision, double precision, double precision, double precision, double precision[]) IS
+  '(1 - latency_weight) * (tradeoff * normalised score + (1 - tradeoff) * (1 - normalised cost)) + latency_weight * (1 - normalised latency), each normalised over the query''s candidates (ranges: score, cost and latency minima and maxima); an unknown cost or latency counts as the highest.';
 
 -- A uniform draw in [0, 1) from a seed and a key: 52 bits of Postgres' 64-bit hash.
 CREATE FUNCTION avengers.uniform(seed bigint, key bigint)
@@ -364,6 +390,7 @@ CREATE FUNCTION avengers.candidates(
 RETURNS TABLE (model_id integer, name text, endpoint text, served_name text,
                api_key_env text, overall_score double precision, tie_rank integer,
                score double precision, evidence double precision, cost double precision,
+               latency double precision,
                entry_sum double precision, entry_n double precision,
                entry_wilson_low double precision, entry_wilson_high double precision,
                entry_feedback double precision, entry_production_sum double precision,
@@ -381,19 +408,24 @@ BEGIN ATOMIC
                                    m.mean_tokens_out, m.mean_cost, chars, m.cost_sums,
                                    shrinkage, completions)
          END,
+         CASE WHEN costed THEN
+           avengers.pooled_mean((m.cost_sums).wl, (m.cost_sums).wln, m.mean_latency_ms, shrinkage)
+         END,
          m.entry_sum, m.entry_n, m.entry_wilson_low, m.entry_wilson_high, m.entry_feedback,
          m.entry_production_sum, m.entry_production_n
   FROM (
     SELECT rm.model_id, rm.name, rm.endpoint, rm.served_name, rm.api_key_env,
            rm.overall_score, rm.tie_rank, rm.prior_score, rm.price_in, rm.price_out,
-           rm.tokens_per_char, rm.mean_tokens_out, rm.mean_cost,
+           rm.tokens_per_char, rm.mean_tokens_out, rm.mean_cost, rm.mean_latency_ms,
            -- Inner products of the model's per-cluster sums with the neighbour weights.
            -(rm.score_sums <#> weights) AS ws, -(rm.ns <#> weights) AS wn,
            CASE WHEN lambda > 0 THEN -(rm.production_sums <#> weights) ELSE 0 END AS pws,
            CASE WHEN lambda > 0 THEN -(rm.production_ns <#> weights) ELSE 0 END AS pwn,
            CASE WHEN costed THEN
              ROW(-(rm.tokens_out_sums <#> weights), -(rm.answer_ns <#> weights),
-                 -(rm.cost_sums <#> weights), -(rm.cost_ns <#> weights))::avengers.pooled_costs
+                 -(rm.cost_sums <#> weights), -(rm.cost_ns <#> weights),
+                 -(rm.latency_sums <#> weights), -(rm.latency_ns <#> weights)
+             )::avengers.pooled_costs
            END AS cost_sums,
            -- Its entry in the nearest cluster.
            -(rm.score_sums <#> onehot) AS entry_sum, -(rm.ns <#> onehot) AS entry_n,
@@ -428,12 +460,13 @@ RETURNS double precision[]
 LANGUAGE sql STABLE
 SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
-  SELECT ARRAY[min(c.score), max(c.score), min(c.cost), max(c.cost)]
+  SELECT ARRAY[min(c.score), max(c.score), min(c.cost), max(c.cost), min(c.latency),
+               max(c.latency)]
   FROM avengers.candidates(clustering, weights, onehot, lambda, shrinkage, completions,
                            require_endpoint, models, chars, true, best_overall) AS c;
 END;
 COMMENT ON FUNCTION avengers.candidate_ranges(integer, sparsevec, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean) IS
-  'min and max of the candidates'' scores and expected costs for one query (avengers.candidates): the ranges a trade-off normalises by.';
+  'min and max of the candidates'' scores, expected costs and expected latencies for one query (avengers.candidates): the ranges a trade-off normalises by.';
 
 -- What a decision needs of its clustering, and the policy resolved against it: defaults for
 -- unset fields, the clustering's production weight and exploration for unset ones. Checked once
@@ -444,19 +477,21 @@ RETURNS TABLE (clustering_id integer, dimension integer, clusters integer, rho d
                lambda double precision, explore text, share double precision, costed boolean,
                alpha double precision, ceiling double precision, top_n integer,
                shrinkage double precision, completions integer, require_endpoint boolean,
-               models text[], ood_policy text, neighbours integer, temperature double precision)
+               models text[], ood_policy text, neighbours integer, temperature double precision,
+               latency_ceiling double precision, latency_weight double precision)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT s.clustering_id, s.dimension, s.clusters, s.rho, s.mean_chars, s.novelty_threshold,
          coalesce((policy).production_weight, s.production_weight),
          coalesce((policy).exploration, s.exploration),
          coalesce((policy).exploration_share, s.exploration_share),
-         (policy).tradeoff IS NOT NULL OR (policy).max_cost IS NOT NULL,
+         (policy).tradeoff IS NOT NULL OR (policy).max_cost IS NOT NULL
+           OR (policy).max_latency_ms IS NOT NULL OR (policy).latency_weight IS NOT NULL,
          coalesce((policy).tradeoff, 1), (policy).max_cost, coalesce((policy).top_n, 1),
          coalesce((policy).shrinkage, 1), coalesce((policy).completions, 1),
          coalesce((policy).require_endpoint, false), (policy).models,
          coalesce((policy).ood_policy, 'flag'), coalesce((policy).neighbours, 16),
-         coalesce((policy).temperature, 0.1)
+         coalesce((policy).temperature, 0.1), (policy).max_latency_ms, (policy).latency_weight
   FROM avengers.routing_state s
   WHERE CASE WHEN (policy).clustering_id IS NULL THEN s.active
              ELSE s.clustering_id = (policy).clustering_id END
@@ -475,7 +510,7 @@ CREATE FUNCTION avengers.decide_query(
   explore text, share double precision, costed boolean, alpha double precision,
   ceiling double precision, top_n integer, shrinkage double precision, completions integer,
   require_endpoint boolean, models text[], ood_policy text, neighbours integer,
-  temperature double precision,
+  temperature double precision, latency_ceiling double precision, latency_weight double precision,
   query vector, ord integer, seed bigint, prompt_chars integer, pinned text,
   mahalanobis double precision, novelty_clustering integer)
 RETURNS SETOF avengers.decision
@@ -502,14 +537,15 @@ BEGIN ATOMIC
          CASE WHEN r.entry_n > 0 THEN r.entry_wilson_high END,
          r.overall_score, r.entry_feedback::integer,
          r.entry_production_sum / nullif(r.entry_production_n, 0), r.cost,
-         CASE WHEN r.model_id IS NOT NULL AND st.costed THEN NOT r.fits END, r.utility
+         CASE WHEN r.model_id IS NOT NULL AND st.costed THEN NOT r.fits END, r.utility,
+         r.latency
   FROM (
     -- The query checked and normalised (once, not once per centroid compared with); a pinned
     -- model turns exploration off (a conversation keeps its model).
     SELECT clustering_id, clusters, rho, mean_chars, novelty_threshold, lambda,
            CASE WHEN pinned IS NOT NULL THEN 'off' ELSE explore END AS explore, share, costed,
            alpha, ceiling, top_n, shrinkage, completions, require_endpoint, models, ood_policy,
-           neighbours, temperature, l2_normalize(query) AS u,
+           neighbours, temperature, latency_ceiling, latency_weight, l2_normalize(query) AS u,
            -- Without a seed: the statement's time and the query's norm (SQL users; the clients
            -- always pass one).
            coalesce(seed, hashint8extended((extract(epoch FROM statement_timestamp()) * 1e6)::bigint,
@@ -602,14 +638,14 @@ BEGIN ATOMIC
                                coalesce(prompt_chars, st.mean_chars), st.costed,
                                p.best_overall) AS c
       CROSS JOIN LATERAL (
-        SELECT j.*, CASE WHEN st.alpha = 1 THEN c.score
+        SELECT j.*, CASE WHEN st.alpha = 1 AND st.latency_weight IS NULL THEN c.score
                          ELSE j.utility END AS k2
         FROM (SELECT coalesce(st.ceiling IS NULL OR c.cost <= st.ceiling, false)
-                       AS fits,
+                       AND coalesce(st.latency_ceiling IS NULL OR c.latency <= st.latency_ceiling,
+                                    false) AS fits,
                      CASE WHEN st.costed THEN
-                       avengers.tradeoff_utility(st.alpha, c.score,
-                                                 p.ranges[1], p.ranges[2], c.cost, p.ranges[3],
-                                                 p.ranges[4])
+                       avengers.tradeoff_utility(st.alpha, st.latency_weight, c.score, c.cost,
+                                                 c.latency, p.ranges)
                      END AS utility) AS j) AS k
       OFFSET 0
     ) AS f
@@ -618,7 +654,7 @@ BEGIN ATOMIC
   ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN st.top_n ELSE 1 END
             AND (r.fits OR r.fitting = 0);
 END;
-COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, vector, integer, bigint, integer, text, double precision, integer) IS
+COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, double precision, double precision, vector, integer, bigint, integer, text, double precision, integer) IS
   'The decision for one query in a routing context (avengers.routing_context): the body avengers.decide and avengers.decide_many share.';
 
 -- The decision for one query vector. See the top of this file for the rule.
@@ -639,6 +675,7 @@ BEGIN ATOMIC
     c.clustering_id, c.dimension, c.clusters, c.rho, c.mean_chars, c.novelty_threshold,
     c.lambda, c.explore, c.share, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
     c.completions, c.require_endpoint, c.models, c.ood_policy, c.neighbours, c.temperature,
+    c.latency_ceiling, c.latency_weight,
     query, 1, seed, prompt_chars, pinned, mahalanobis, novelty_clustering) AS d;
 END;
 COMMENT ON FUNCTION avengers.decide(vector, avengers.routing_policy, bigint, integer, text, double precision, integer) IS
@@ -668,6 +705,7 @@ BEGIN ATOMIC
     c.clustering_id, c.dimension, c.clusters, c.rho, c.mean_chars, c.novelty_threshold,
     c.lambda, c.explore, c.share, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
     c.completions, c.require_endpoint, c.models, c.ood_policy, c.neighbours, c.temperature,
+    c.latency_ceiling, c.latency_weight,
     x.v, x.ord::integer,
     CASE WHEN seeds IS NULL THEN NULL ELSE seeds[x.ord] END,
     CASE WHEN prompt_chars IS NULL THEN NULL ELSE prompt_chars[x.ord] END,

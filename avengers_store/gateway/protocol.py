@@ -57,6 +57,8 @@ class PolicyOptions(BaseModel):
     ood_policy: OodPolicy | None = None
     tradeoff: float | None = Field(None, ge=0.0, le=1.0)
     max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    max_latency_ms: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    latency_weight: float | None = Field(None, ge=0.0, le=1.0)
 
     def policy_changes(self) -> dict[str, Any]:
         """The policy fields the request set, by name."""

@@ -41,7 +41,7 @@ DECISION_COLUMNS = (
     "ord, clustering_id, cluster, distance, novelty, ood, ood_policy, exploration, explored, "
     "production_weight, rank, model_id, model, endpoint, served_name, api_key_env, score, "
     "evidence, propensity, mean_score, n, wilson_low, wilson_high, overall_score, production_n, "
-    "production_mean, expected_cost, over_budget, utility"
+    "production_mean, expected_cost, over_budget, utility, expected_latency_ms"
 )
 DECIDE_SQL = (
     f"SELECT {DECISION_COLUMNS}\nFROM avengers.decide(%b::vector, {POLICY_SQL}, %s::bigint, "
@@ -123,8 +123,8 @@ def decisions_from_rows(
     picks: dict[int, list[Candidate]] = {}
     for (ord_, clustering_id, cluster, distance, novelty, ood, ood_policy, exploration, explored,
          weight, rank, model_id, model, endpoint, served, key_env, score, evidence, propensity,
-         mean, n, lo, hi, overall, production_n, production_mean, cost, over,
-         utility) in rows:  # fmt: skip
+         mean, n, lo, hi, overall, production_n, production_mean, cost, over, utility,
+         latency) in rows:  # fmt: skip
         found = picks.get(ord_)
         if found is None:
             heads[ord_] = (clustering_id, cluster, distance, novelty, ood, ood_policy, exploration,
@@ -133,7 +133,8 @@ def decisions_from_rows(
         if model is not None:
             found.append(Candidate(model, rank, mean, n, lo, hi, endpoint, served, overall,
                                    model_id, key_env, score, cost, over, utility, production_n,
-                                   production_mean, evidence, propensity))  # fmt: skip
+                                   production_mean, evidence, propensity,
+                                   latency))  # fmt: skip
     if len(heads) != count:
         raise StoreStateError(
             NO_ACTIVE_CLUSTERING

@@ -18,8 +18,9 @@ class Candidate:
     probability it had of going first under the policy (1 or 0 without exploration; None under
     thompson). With a trade-off or a cost ceiling: ``expected_cost`` of the request on the
     model (None: it has neither a price nor a measured cost), ``utility`` (what it was ranked by
-    when α < 1) and ``over_budget`` (no candidate fitted the ceiling; this is the cheapest). All
-    three are None on a plain route."""
+    when α < 1), ``over_budget`` (no candidate fitted the ceiling; this is the cheapest) and
+    ``expected_latency_ms`` (its model requests' measured latency near the query; None: none
+    measured). All are None on a plain route."""
 
     model: str
     rank: int
@@ -40,6 +41,7 @@ class Candidate:
     production_mean: float | None = None
     evidence: float | None = None
     propensity: float | None = None
+    expected_latency_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,8 @@ class RouteDecision:
                     if c.expected_cost is not None
                     else "; expected cost unknown (no price, no measured cost)"
                 )
+                if c.expected_latency_ms is not None:
+                    cost += f", expected latency {c.expected_latency_ms:.0f} ms"
                 if c.utility is not None:
                     cost += f", utility {c.utility:.3f}"
                 if c.over_budget:

@@ -32,7 +32,10 @@ class Policy:
     its first model (its expected cost counts them); ``ood_policy``: what an out-of-distribution
     query gets (``flag``, ``best-overall`` or ``widen``); ``exploration`` (``off``,
     ``thompson``, ``epsilon``) and ``exploration_share``; ``production_weight``: how much a
-    production outcome counts against a calibration one (0: the static router)."""
+    production outcome counts against a calibration one (0: the static router);
+    ``max_latency_ms`` (a ceiling on a candidate's expected latency, measured from the route
+    log) and ``latency_weight`` (β in [0, 1]: the trade-off's share for low latency) make it
+    latency-aware as well."""
 
     method: RoutingMethod = dataclasses.field(default_factory=lambda: routing_method(None))
     top_n: int = 1
@@ -46,6 +49,8 @@ class Policy:
     exploration_share: float | None = None
     production_weight: float | None = None
     clustering_id: int | None = None
+    max_latency_ms: float | None = None
+    latency_weight: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -62,7 +67,7 @@ class Policy:
             raise InputError(
                 f"tradeoff must be between 0 and 1, got {self.tradeoff}", location="tradeoff"
             )
-        for name in ("max_cost", "production_weight"):
+        for name in ("max_cost", "production_weight", "max_latency_ms"):
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise InputError(f"{name} must be a finite number >= 0, got {value}", location=name)
@@ -77,6 +82,11 @@ class Policy:
                 f"choose one of {', '.join(EXPLORATIONS)}",
                 location="exploration",
             )
+        if self.latency_weight is not None and not 0.0 <= self.latency_weight <= 1.0:
+            raise InputError(
+                f"latency_weight must be between 0 and 1, got {self.latency_weight}",
+                location="latency_weight",
+            )
         share = self.exploration_share
         if share is not None and not 0.0 <= share <= 1.0:
             raise InputError(
@@ -85,8 +95,12 @@ class Policy:
 
     @property
     def costed(self) -> bool:
-        """Whether decisions compute expected costs (a trade-off or a ceiling is asked)."""
-        return self.tradeoff is not None or self.max_cost is not None
+        """Whether decisions compute expected costs and latencies (a trade-off or a ceiling is
+        asked)."""
+        return any(
+            v is not None
+            for v in (self.tradeoff, self.max_cost, self.max_latency_ms, self.latency_weight)
+        )
 
     def replace(self, **changes: Any) -> Policy:
         """A copy with ``changes`` (fields of Policy; None values are kept as None)."""
@@ -107,6 +121,7 @@ class Policy:
             self.completions, self.ood_policy, self.exploration, self.exploration_share,
             self.production_weight, self.require_endpoint,
             list(self.models) if self.models is not None else None, self.clustering_id,
+            self.max_latency_ms, self.latency_weight,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +149,7 @@ class Policy:
 POLICY_SQL = (
     "avengers.policy(%s::integer, %s::integer, %s::float8, %s::float8, %s::float8, %s::float8, "
     "%s::integer, %s::text, %s::text, %s::float8, %s::float8, %s::boolean, %s::text[], "
-    "%s::integer)"
+    "%s::integer, %s::float8, %s::float8)"
 )
 
 
