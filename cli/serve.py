@@ -66,10 +66,12 @@ def command(
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
 
     Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
-    loopback address allows. GET /health, /ready and /metrics need no key. --tradeoff and
-    --max-cost are defaults a request may override (body fields tradeoff, max_cost); every
-    routed answer names its expected cost in x-avengers-expected-cost. POST /v1/feedback scores
-    an answer by the x-avengers-route-id it got.
+    loopback address allows. GET /health, /ready and /metrics need no key. The routing options
+    (--method, --tradeoff, --max-cost, --max-latency-ms, ...) are defaults a request may
+    override with the body fields of the same names; with a trade-off or a ceiling in force
+    (--tradeoff 1 prices every answer without changing the ranking) routed answers name their
+    expected cost in x-avengers-expected-cost. POST /v1/feedback scores an answer by the
+    x-avengers-route-id it got.
 
     \b
     Example:

@@ -23,7 +23,7 @@ from avengers_store.evaluation.results import (
     Stat,
     SweepPoint,
 )
-from avengers_store.routing import Policy, RoutingMethod
+from avengers_store.routing import Policy, RoutingMethod, novelty
 
 # Vectors per route_many statement: big enough to amortise the round trip, small enough to keep
 # the statement's working set modest.
@@ -66,6 +66,7 @@ class Replay:
         self.policy = Policy(method=method, top_n=top_n, production_weight=0.0)
         self.progress = progress
         self.cache: dict[tuple, Run] = {}
+        self._novelty: dict[int, Any] = {}
         space = embedding_spaces.active_space(conn)
         if space is None:
             raise StoreStateError("no embeddings: run `avengers embed` before `avengers evaluate`")
@@ -225,12 +226,16 @@ class Replay:
             picks,
         )
 
-    def route_rows(self, rows: np.ndarray, policy: Policy | None = None):
+    def route_rows(
+        self, rows: np.ndarray, policy: Policy | None = None, seeds: np.ndarray | None = None
+    ):
         """Route the queries at ``rows`` through ``avengers.decide_many`` under ``policy``
-        (default: the replay's; each query's text length sent for its expected cost): (rank-1
-        outcome, best outcome among the top n, missing, unrouted, the rank-1 model's column or
-        -1) per query."""
+        (default: the replay's; each query's text length sent for its expected cost, its
+        novelty measured as the clients measure it; ``seeds``: exploration's, per row):
+        (rank-1 outcome, best outcome among the top n, missing, unrouted, the rank-1 model's
+        column or -1) per query."""
         policy = policy or self.policy
+        served, model = self.novelty_model()
         first = np.zeros(len(rows))
         best = np.zeros(len(rows))
         missing = np.zeros(len(rows), dtype=bool)
@@ -243,6 +248,9 @@ class Replay:
                 self.X[chunk],
                 policy,
                 prompt_chars=self.chars[chunk].tolist() if policy.costed else None,
+                seeds=None if seeds is None else seeds[start : start + ROUTE_BATCH].tolist(),
+                novelty=model,
+                novelty_clustering=served,
             )
             for i, (row, decision) in enumerate(zip(chunk, decisions, strict=True)):
                 at = start + i
@@ -256,6 +264,15 @@ class Replay:
                 first[at] = 0.0 if missing[at] else value
                 best[at] = max(self.Y0[row, cols])
         return first, best, missing, unrouted, picks
+
+    def novelty_model(self) -> tuple[int | None, Any]:
+        """The served clustering and its novelty model (read once per version)."""
+        row = self.conn.execute("SELECT id FROM avengers.active_clustering").fetchone()
+        if row is None:
+            return None, None
+        if row[0] not in self._novelty:
+            self._novelty[row[0]] = novelty.load(self.conn, row[0])
+        return row[0], self._novelty[row[0]]
 
     # -- summaries -------------------------------------------------------------------------
 

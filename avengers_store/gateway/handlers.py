@@ -119,8 +119,11 @@ async def route_only(request: Request) -> Response:
                 production_n=c.production_n,
                 production_mean=c.production_mean,
                 expected_cost=c.expected_cost,
+                expected_latency_ms=c.expected_latency_ms,
                 utility=c.utility,
                 over_budget=c.over_budget,
+                evidence=c.evidence,
+                propensity=c.propensity,
             )
             for c in decision.candidates
         ],

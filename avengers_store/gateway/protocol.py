@@ -59,6 +59,10 @@ class PolicyOptions(BaseModel):
     max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     max_latency_ms: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     latency_weight: float | None = Field(None, ge=0.0, le=1.0)
+    exploration: Literal["off", "thompson", "epsilon"] | None = None
+    exploration_share: float | None = Field(None, ge=0.0, le=1.0)
+    production_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    models: list[str] | None = Field(None, min_length=1)
 
     def policy_changes(self) -> dict[str, Any]:
         """The policy fields the request set, by name."""
@@ -220,8 +224,11 @@ class RouteCandidate(BaseModel):
     production_n: int | None = None
     production_mean: float | None = None
     expected_cost: float | None = None
+    expected_latency_ms: float | None = None
     utility: float | None = None
     over_budget: bool | None = None
+    evidence: float | None = None
+    propensity: float | None = None
 
 
 class RouteResponse(BaseModel):

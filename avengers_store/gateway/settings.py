@@ -21,8 +21,9 @@ class GatewaySettings:
     bodies get 400; ``samples``/``strategy``/``top_n``/``method``/``threshold``/``route_on``:
     recipe defaults a request may override; ``policy``: the fields of the routing policy
     (``routing.Policy``: ``method``, ``tradeoff``, ``max_cost``, ``ood_policy``, ...) that
-    requests route with unless they set their own (the gateway computes expected costs either
-    way: α = 1 when no trade-off is set); ``max_tokens``: default completion cap;
+    requests route with unless they set their own (expected costs are computed when a
+    trade-off or a ceiling is in force: ``{"tradeoff": 1}`` prices every answer without
+    changing the ranking); ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
     call; ``timeout_s``: the deadline of one request as a whole (routing, every model call,
@@ -81,10 +82,8 @@ class GatewaySettings:
 
     @property
     def routing_policy(self) -> Policy:
-        """The default routing policy; α = 1 when no trade-off is set, so that every routed
-        answer carries its expected cost (decisions are the plain ranking's at α = 1)."""
-        policy = Policy.from_dict(self.policy)
-        return policy if policy.tradeoff is not None else policy.replace(tradeoff=1.0)
+        """The default routing policy requests route with (their own fields override it)."""
+        return Policy.from_dict(self.policy)
 
     def to_env(self) -> str:
         """JSON for worker processes (holds no secret: the database URL comes from the
