@@ -502,8 +502,10 @@ COMMENT ON FUNCTION avengers.routing_context(avengers.routing_policy) IS
   'The clustering a policy routes with (the active one unless it names another) and the policy resolved against it: what avengers.decide_query takes. No row: no clustering to route with.';
 
 -- The decision for one query in a routing context (avengers.routing_context's columns, passed
--- one by one: a record's fields would be unpacked again on every read). See the top of this
--- file for the rule; decide and decide_many both run it, once per query.
+-- one by one: a record's fields would be unpacked again on every read, and read as arguments
+-- a policy's constant fields fold into the plan, so a plain decision plans none of the cost,
+-- latency or pin rules). See the top of this file for the rule; decide and decide_many both run
+-- it, once per query.
 CREATE FUNCTION avengers.decide_query(
   clustering_id integer, dimension integer, clusters integer, rho double precision,
   mean_chars double precision, novelty_threshold double precision, lambda double precision,
@@ -516,12 +518,12 @@ CREATE FUNCTION avengers.decide_query(
 RETURNS SETOF avengers.decision
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT ord, st.clustering_id, p.cluster, p.distance, p.novelty, p.novelty > 1,
-         CASE WHEN p.novelty > 1 THEN st.ood_policy END,
+  SELECT ord, clustering_id, p.cluster, p.distance, p.novelty, p.novelty > 1,
+         CASE WHEN p.novelty > 1 THEN ood_policy END,
          CASE WHEN st.explore <> 'off' THEN st.explore END,
          CASE WHEN st.explore <> 'off' AND r.model_id IS NOT NULL THEN
            r.fitting > 0 AND r.first_pk < r.best_pk END,
-         st.lambda,
+         lambda,
          r.rank::integer, r.model_id, r.name, r.endpoint, r.served_name, r.api_key_env,
          r.score, r.evidence,
          -- The probability the candidate had of going first: 1 or 0 without exploration (with a
@@ -530,22 +532,20 @@ BEGIN ATOMIC
          -- share / their number.
          CASE WHEN st.explore = 'off' OR r.fitting = 0 THEN (r.rank = 1)::integer::double precision
               WHEN st.explore = 'epsilon' THEN
-                CASE WHEN r.pk = r.best_pk THEN 1 - st.share ELSE 0 END + st.share / r.fitting
+                CASE WHEN r.pk = r.best_pk THEN 1 - share ELSE 0 END + share / r.fitting
          END,
          CASE WHEN r.entry_n > 0 THEN r.entry_sum / r.entry_n END, r.entry_n::integer,
          CASE WHEN r.entry_n > 0 THEN r.entry_wilson_low END,
          CASE WHEN r.entry_n > 0 THEN r.entry_wilson_high END,
          r.overall_score, r.entry_feedback::integer,
          r.entry_production_sum / nullif(r.entry_production_n, 0), r.cost,
-         CASE WHEN r.model_id IS NOT NULL AND st.costed THEN NOT r.fits END, r.utility,
+         CASE WHEN r.model_id IS NOT NULL AND costed THEN NOT r.fits END, r.utility,
          r.latency
   FROM (
     -- The query checked and normalised (once, not once per centroid compared with); a pinned
     -- model turns exploration off (a conversation keeps its model).
-    SELECT clustering_id, clusters, rho, mean_chars, novelty_threshold, lambda,
-           CASE WHEN pinned IS NOT NULL THEN 'off' ELSE explore END AS explore, share, costed,
-           alpha, ceiling, top_n, shrinkage, completions, require_endpoint, models, ood_policy,
-           neighbours, temperature, latency_ceiling, latency_weight, l2_normalize(query) AS u,
+    SELECT CASE WHEN pinned IS NOT NULL THEN 'off' ELSE explore END AS explore,
+           l2_normalize(query) AS u,
            -- Without a seed: the statement's time and the query's norm (SQL users; the clients
            -- always pass one).
            coalesce(seed, hashint8extended((extract(epoch FROM statement_timestamp()) * 1e6)::bigint,
@@ -560,15 +560,15 @@ BEGIN ATOMIC
     -- by the models' calibration priors; and, for a cost-aware decision, the candidates'
     -- ranges.
     SELECT v.*,
-           CASE WHEN st.costed THEN
-             avengers.candidate_ranges(st.clustering_id, v.weights, v.onehot, st.lambda,
-                                       st.shrinkage, st.completions, st.require_endpoint,
-                                       st.models, coalesce(prompt_chars, st.mean_chars),
+           CASE WHEN costed THEN
+             avengers.candidate_ranges(clustering_id, v.weights, v.onehot, lambda,
+                                       shrinkage, completions, require_endpoint,
+                                       models, coalesce(prompt_chars, mean_chars),
                                        v.best_overall)
            END AS ranges
     FROM (
       SELECT n.*, x.novelty,
-             coalesce(x.novelty > 1 AND st.ood_policy = 'best-overall', false)
+             coalesce(x.novelty > 1 AND ood_policy = 'best-overall', false)
                AS best_overall
       FROM (
         -- One pass over the clustering's centroids: the nearest (ties: lower cluster), and the
@@ -578,11 +578,11 @@ BEGIN ATOMIC
                (array_agg(w.onehot) FILTER (WHERE w.first))[1] AS onehot,
                format('{%s}/%s',
                       string_agg(w.weight_key || w.w::text, ',') FILTER (WHERE w.w >= 1e-30),
-                      st.clusters)::sparsevec AS weights
+                      clusters)::sparsevec AS weights
         FROM (
           SELECT l.cluster, l.weight_key, l.ood_distance, l.onehot, l.nearest, l.first,
                  avengers.neighbour_weight(l.distance, l.nearest,
-                                           st.temperature, st.rho) AS w
+                                           temperature, rho) AS w
           FROM (
             SELECT o.*, first_value(o.distance) OVER w AS nearest,
                    row_number() OVER w = 1 AS first
@@ -590,17 +590,17 @@ BEGIN ATOMIC
               SELECT c.cluster, c.weight_key, c.ood_distance, c.onehot,
                      c.centroid <-> st.u AS distance
               FROM avengers.routing_centroids c
-              WHERE c.clustering_id = st.clustering_id
+              WHERE c.clustering_id = clustering_id
               ORDER BY 5, 1
-              LIMIT greatest(st.neighbours, 1)) AS o
+              LIMIT greatest(neighbours, 1)) AS o
             WINDOW w AS (ORDER BY o.distance, o.cluster)) AS l) AS w) AS n
       CROSS JOIN LATERAL (
-        SELECT CASE WHEN mahalanobis IS NOT NULL AND novelty_clustering = st.clustering_id
-                         AND st.novelty_threshold IS NOT NULL THEN
-                      CASE WHEN st.novelty_threshold > 0 THEN mahalanobis / st.novelty_threshold
+        SELECT CASE WHEN mahalanobis IS NOT NULL AND novelty_clustering = clustering_id
+                         AND novelty_threshold IS NOT NULL THEN
+                      CASE WHEN novelty_threshold > 0 THEN mahalanobis / novelty_threshold
                            WHEN mahalanobis > 0 THEN 'Infinity'::double precision ELSE 0 END
-                    WHEN st.novelty_threshold IS NOT NULL THEN
-                      avengers.novelty(st.clustering_id, query)
+                    WHEN novelty_threshold IS NOT NULL THEN
+                      avengers.novelty(clustering_id, query)
                     WHEN n.ood_distance > 0 THEN n.distance / n.ood_distance
                     WHEN n.ood_distance = 0 THEN
                       CASE WHEN n.distance > 0 THEN 'Infinity'::double precision ELSE 0 END
@@ -626,32 +626,32 @@ BEGIN ATOMIC
              CASE WHEN NOT k.fits THEN NULL
                   WHEN c.name = pinned THEN 'Infinity'::double precision
                   WHEN st.explore = 'thompson'
-                    OR (st.explore = 'epsilon' AND avengers.uniform(st.draw_seed, -1) < st.share)
+                    OR (st.explore = 'epsilon' AND avengers.uniform(st.draw_seed, -1) < share)
                     THEN avengers.exploration_draw(st.explore, st.draw_seed, c.model_id, c.score,
                                                    c.evidence)
              END AS first,
              -- Then within the ceiling, else the cheapest.
              CASE WHEN k.fits THEN 'Infinity'::double precision
                   ELSE -coalesce(c.cost, 'Infinity') END AS within
-      FROM avengers.candidates(st.clustering_id, p.weights, p.onehot, st.lambda, st.shrinkage,
-                               st.completions, st.require_endpoint, st.models,
-                               coalesce(prompt_chars, st.mean_chars), st.costed,
+      FROM avengers.candidates(clustering_id, p.weights, p.onehot, lambda, shrinkage,
+                               completions, require_endpoint, models,
+                               coalesce(prompt_chars, mean_chars), costed,
                                p.best_overall) AS c
       CROSS JOIN LATERAL (
-        SELECT j.*, CASE WHEN st.alpha = 1 AND st.latency_weight IS NULL THEN c.score
+        SELECT j.*, CASE WHEN alpha = 1 AND latency_weight IS NULL THEN c.score
                          ELSE j.utility END AS k2
-        FROM (SELECT coalesce(st.ceiling IS NULL OR c.cost <= st.ceiling, false)
-                       AND coalesce(st.latency_ceiling IS NULL OR c.latency <= st.latency_ceiling,
+        FROM (SELECT coalesce(ceiling IS NULL OR c.cost <= ceiling, false)
+                       AND coalesce(latency_ceiling IS NULL OR c.latency <= latency_ceiling,
                                     false) AS fits,
-                     CASE WHEN st.costed THEN
-                       avengers.tradeoff_utility(st.alpha, st.latency_weight, c.score, c.cost,
+                     CASE WHEN costed THEN
+                       avengers.tradeoff_utility(alpha, latency_weight, c.score, c.cost,
                                                  c.latency, p.ranges)
                      END AS utility) AS j) AS k
       OFFSET 0
     ) AS f
     WINDOW w AS (ORDER BY f.first DESC NULLS LAST, f.within DESC, f.pk DESC
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-  ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN st.top_n ELSE 1 END
+  ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN top_n ELSE 1 END
             AND (r.fits OR r.fitting = 0);
 END;
 COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, double precision, double precision, vector, integer, bigint, integer, text, double precision, integer) IS

@@ -13,6 +13,7 @@ threshold.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from avengers_store.routing.adapters import (
 )
 from avengers_store.routing.decisions import Candidate, RouteDecision
 from avengers_store.routing.novelty import NoveltyModel
-from avengers_store.routing.policy import POLICY_SQL, Policy
+from avengers_store.routing.policy import Policy
 from avengers_store.store.statement import Statement, run
 
 NO_ACTIVE_CLUSTERING = (
@@ -43,14 +44,29 @@ DECISION_COLUMNS = (
     "evidence, propensity, mean_score, n, wilson_low, wilson_high, overall_score, production_n, "
     "production_mean, expected_cost, over_budget, utility, expected_latency_ms"
 )
-DECIDE_SQL = (
-    f"SELECT {DECISION_COLUMNS}\nFROM avengers.decide(%b::vector, {POLICY_SQL}, %s::bigint, "
-    "%s::integer, %s::text, %s::float8, %s::integer)"
-)
-DECIDE_MANY_SQL = (
-    f"SELECT {DECISION_COLUMNS}\nFROM avengers.decide_many(%b::vector[], {POLICY_SQL}, "
-    "%s::bigint[], %s::integer[], %s::text[], %s::float8[], %s::integer)"
-)
+
+
+@lru_cache(maxsize=512)
+def _decide_sql(policy: str, options: tuple[str, ...], many: bool) -> str:
+    """The decision statement: the policy's call, then the options given by name (those left
+    out are the function's defaults, constants the plan folds)."""
+    kinds = MANY_OPTIONS if many else OPTIONS
+    named = "".join(f", {name} => %s::{kinds[name]}" for name in options)
+    if many:
+        return (
+            f"SELECT {DECISION_COLUMNS}\nFROM avengers.decide_many(%b::vector[], {policy}{named})"
+        )
+    return f"SELECT {DECISION_COLUMNS}\nFROM avengers.decide(%b::vector, {policy}{named})"
+
+
+OPTIONS = {
+    "seed": "bigint", "prompt_chars": "integer", "pinned": "text", "mahalanobis": "float8",
+    "novelty_clustering": "integer",
+}  # fmt: skip
+MANY_OPTIONS = {
+    "seeds": "bigint[]", "prompt_chars": "integer[]", "pinned": "text[]",
+    "mahalanobis": "float8[]", "novelty_clustering": "integer",
+}  # fmt: skip
 
 
 def statement(
@@ -75,12 +91,19 @@ def statement(
     seeds = _per_query(seeds, count, "seeds")
     chars = _lengths(prompt_chars, count)
     pins = _per_query(pinned, count, "pinned")
+    policy_sql, policy_params = policy.sql()
+    if not policy.costed:  # a plain decision has no use for prompt lengths
+        chars = [None] * count
     if count == 1 and not isinstance(vectors, np.ndarray | VectorBatch):
         vector = query_vector(vectors[0])
         scores = _novelty(novelty, vector.array[None, :])
+        options = {"seed": seeds[0], "prompt_chars": chars[0], "pinned": pins[0]}
+        if scores[0] is not None:
+            options |= {"mahalanobis": scores[0], "novelty_clustering": novelty_clustering}
+        given = tuple(k for k, v in options.items() if v is not None)
         return Statement(
-            DECIDE_SQL,
-            (vector, *policy.params(), seeds[0], chars[0], pins[0], scores[0], novelty_clustering),
+            _decide_sql(policy_sql, given, False),
+            (vector, *policy_params, *(options[k] for k in given)),
             prepare=True,
             binary=True,
             location="query vector",
@@ -90,12 +113,16 @@ def statement(
         checked = [as_query_vector(v, location=f"query vector {i + 1}") for i, v in enumerate(vectors)]
         matrix = np.array([v.to_numpy() for v in checked], dtype=np.float32)
     scores = _novelty(novelty, matrix)
+    options = {
+        "seeds": _none_if_all(seeds), "prompt_chars": _none_if_all(chars),
+        "pinned": _none_if_all(pins), "mahalanobis": _none_if_all(scores),
+    }  # fmt: skip
+    if options["mahalanobis"] is not None:
+        options["novelty_clustering"] = novelty_clustering
+    given = tuple(k for k, v in options.items() if v is not None)
     return Statement(
-        DECIDE_MANY_SQL,
-        (
-            VectorBatch(matrix), *policy.params(), _none_if_all(seeds), _none_if_all(chars),
-            _none_if_all(pins), _none_if_all(scores), novelty_clustering,
-        ),  # fmt: skip
+        _decide_sql(policy_sql, given, True),
+        (VectorBatch(matrix), *policy_params, *(options[k] for k in given)),
         binary=True,
         location="query vectors",
     )

@@ -13,6 +13,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from avengers_store.errors import InputError
@@ -113,16 +114,28 @@ class Policy:
             )
         return dataclasses.replace(self, **changes) if changes else self
 
-    def params(self) -> tuple[Any, ...]:
-        """The arguments of ``avengers.policy(...)`` in ``POLICY_ARGS``' order."""
+    def sql(self) -> tuple[str, tuple[Any, ...]]:
+        """The ``avengers.policy(...)`` call naming only the fields that differ from its SQL
+        defaults, and their values (bound, never in the text). The fields left out are
+        constants in the statement, so a plain policy's plan folds away the rules it does not
+        use; each set of fields is one statement text (and one prepared plan)."""
+        values = self._sql_values()
+        given = tuple(name for name, _, default in POLICY_ARGS if values[name] != default)
+        return _policy_sql(given), tuple(values[name] for name in given)
+
+    def _sql_values(self) -> dict[str, Any]:
         m = self.method
-        return (
-            self.top_n, m.neighbours, m.temperature, m.shrinkage, self.tradeoff, self.max_cost,
-            self.completions, self.ood_policy, self.exploration, self.exploration_share,
-            self.production_weight, self.require_endpoint,
-            list(self.models) if self.models is not None else None, self.clustering_id,
-            self.max_latency_ms, self.latency_weight,
-        )  # fmt: skip
+        return {
+            "top_n": self.top_n, "neighbours": m.neighbours, "temperature": m.temperature,
+            "shrinkage": m.shrinkage, "tradeoff": self.tradeoff, "max_cost": self.max_cost,
+            "completions": self.completions, "ood_policy": self.ood_policy,
+            "exploration": self.exploration, "exploration_share": self.exploration_share,
+            "production_weight": self.production_weight,
+            "require_endpoint": self.require_endpoint,
+            "models": list(self.models) if self.models is not None else None,
+            "clustering_id": self.clustering_id, "max_latency_ms": self.max_latency_ms,
+            "latency_weight": self.latency_weight,
+        }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the method by its numbers and name)."""
@@ -145,12 +158,22 @@ class Policy:
         return cls(method=routing_method(method), **fields)
 
 
-# The SQL constructor's call with one bound parameter per field (values never go into the text).
-POLICY_SQL = (
-    "avengers.policy(%s::integer, %s::integer, %s::float8, %s::float8, %s::float8, %s::float8, "
-    "%s::integer, %s::text, %s::text, %s::float8, %s::float8, %s::boolean, %s::text[], "
-    "%s::integer, %s::float8, %s::float8)"
-)
+# The arguments of avengers.policy(...) (sql/040_decide.sql): name, SQL type, SQL default.
+POLICY_ARGS: tuple[tuple[str, str, Any], ...] = (
+    ("top_n", "integer", 1), ("neighbours", "integer", 16), ("temperature", "float8", 0.1),
+    ("shrinkage", "float8", 1.0), ("tradeoff", "float8", None), ("max_cost", "float8", None),
+    ("completions", "integer", 1), ("ood_policy", "text", "flag"),
+    ("exploration", "text", None), ("exploration_share", "float8", None),
+    ("production_weight", "float8", None), ("require_endpoint", "boolean", False),
+    ("models", "text[]", None), ("clustering_id", "integer", None),
+    ("max_latency_ms", "float8", None), ("latency_weight", "float8", None),
+)  # fmt: skip
+_TYPES = {name: kind for name, kind, _ in POLICY_ARGS}
+
+
+@lru_cache(maxsize=256)
+def _policy_sql(given: tuple[str, ...]) -> str:
+    return "avengers.policy(" + ", ".join(f"{n} => %s::{_TYPES[n]}" for n in given) + ")"
 
 
 def _whole(value: Any, name: str, least: int) -> None:
