@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from avengers_store.answering.async_chat import AsyncChatClient
 from avengers_store.answering.sampling import Endpoint
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.errors import AvengersError
-from avengers_store.gateway import keys
+from avengers_store.gateway import bodies, keys
 from avengers_store.gateway.errors import GatewayError, bad_request
 from avengers_store.gateway.metrics import Metrics
 from avengers_store.gateway.settings import GatewaySettings
@@ -111,15 +110,12 @@ class Gateway:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise bad_request(f"the body is larger than {limit} bytes", code="body_too_large")
-        body = b""
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
                 raise bad_request(f"the body is larger than {limit} bytes", code="body_too_large")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the body is not JSON: {exc}", code="invalid_json") from exc
+        return bodies.parse(bytes(body))
 
     async def pool_models(self) -> dict[str, Endpoint]:
         """Active models with an endpoint, by name (cached for two seconds)."""
