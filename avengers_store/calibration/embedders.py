@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from avengers_store import redaction
 from avengers_store.errors import ConfigurationError, EndpointError, InputError
 from avengers_store.ingest.model_pool import check_endpoint
 from avengers_store.store import config
@@ -194,6 +195,7 @@ class OpenAIEmbedder(Embedder):
         self.base_url = check_endpoint(base_url, parameter="embedder").rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
+        redaction.remember_env(api_key_env)
         self.timeout = float(timeout)
         self.request_batch = int(request_batch)
         self._dimension = dimension
@@ -216,6 +218,7 @@ class OpenAIEmbedder(Embedder):
         if not self.api_key_env:
             return {}
         key = os.environ.get(self.api_key_env)
+        redaction.remember(key)
         if not key:
             raise ConfigurationError(
                 f"embedder {self.name} needs an API key in ${self.api_key_env}, which is not set"
@@ -227,12 +230,10 @@ class OpenAIEmbedder(Embedder):
 
         url = f"{self.base_url}/embeddings"
         try:
-            response = httpx.post(
-                url,
-                json={"model": self.model, "input": texts},
-                headers=self._headers(),
-                timeout=self.timeout,
-            )
+            with redaction.sync_client(timeout=self.timeout) as http:
+                response = http.post(
+                    url, json={"model": self.model, "input": texts}, headers=self._headers()
+                )
         except httpx.TimeoutException as exc:
             raise EndpointError(
                 f"embedding endpoint {url} timed out after {self.timeout:g}s "
