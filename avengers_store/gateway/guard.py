@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from avengers_store.errors import AvengersError
 from avengers_store.gateway.errors import GatewayError, from_library
 from avengers_store.gateway.state import Gateway
+from avengers_store.store import availability
 
 log = logging.getLogger("avengers.gateway")
 
@@ -31,7 +32,13 @@ def openai_errors(handler: Any) -> Any:
             return exc.response()
         except AvengersError as exc:
             return from_library(exc).response()
-        except Exception:
+        except Exception as exc:
+            if availability.is_lost(exc, None):
+                # A driver or pool error that means the store went away mid-call: a 503 to
+                # retry, like StoreUnavailable, never a 500.
+                log.warning("the store was lost answering %s: %s", request.url.path, exc)
+                url = request.app.state.gateway.settings.database_url
+                return from_library(availability.unavailable(url, exc)).response()
             log.exception("unexpected error answering %s", request.url.path)
             return GatewayError(
                 500, "internal error (see the gateway's log)", type="server_error"
