@@ -21,19 +21,32 @@ MAX_DEPTH = 64
 
 
 def parse(body: bytes) -> Any:
-    """The JSON value of ``body``; a 400 GatewayError for a body that is not JSON, nests deeper
-    than ``MAX_DEPTH`` or holds a string that is not valid Unicode."""
+    """The JSON value of ``body``; a 400 GatewayError for a body that is not UTF-8 JSON (NaN and
+    Infinity are not JSON), nests deeper than ``MAX_DEPTH`` or holds a string that is not valid
+    Unicode."""
     try:
-        value = json.loads(body)
+        # JSON between systems is UTF-8 (RFC 8259); json.loads would also guess UTF-16 or -32.
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(
+            f"the body is not UTF-8 (byte {exc.start}: {exc.reason})", code="invalid_json"
+        ) from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise bad_request(
             f"the body nests deeper than {MAX_DEPTH} levels", code="invalid_json"
         ) from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         # ValueError covers JSONDecodeError and integers longer than Python reads (4,300 digits).
         raise bad_request(f"the body is not JSON: {exc}", code="invalid_json") from None
     check(value)
     return value
+
+
+def _no_constant(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON has neither, and a NaN vector or score routes nowhere.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def check(value: Any) -> None:
