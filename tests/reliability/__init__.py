@@ -13,9 +13,9 @@
 
 The other modules are fault cases with measured bounds (crashes, restarts, endpoint faults,
 isolation, secrets, the embedded server, the route-log spool, scale-out); docs/reliability.md
-reports them. They run with the rest of the suite (``make test``) on the real embedded PostgreSQL. Hypothesis is
-derandomized (the same examples on every run, no example database) and bounded: a few dozen
-examples per property, a deadline per example, well under a minute for the folder. Run only these
-with ``python -m pytest -q tests/reliability``; ``HYPOTHESIS_PROFILE=thorough`` runs more
+reports them. They run with the rest of the suite (``make test``) on the real embedded
+PostgreSQL. Hypothesis is derandomized (the same examples on every run, no example database) and
+bounded: 60 examples per property, a deadline per example, about a minute per fuzzer. Run only
+these with ``python -m pytest -q tests/reliability``; ``HYPOTHESIS_PROFILE=thorough`` runs more
 examples (500 per property) with fresh randomness.
 """
