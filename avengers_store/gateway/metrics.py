@@ -43,7 +43,8 @@ class Metrics:
         self.stages = Histogram(
             "avengers_gateway_stage_seconds",
             "Time per stage: embed (query embedding), route (the routing statement), upstream "
-            "(one model call), vote (extraction and voting).",
+            "(one model call), vote (extraction and voting), log (the response held until its "
+            "route-log rows are in the store or the spool).",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(

@@ -212,7 +212,9 @@ class Gateway:
             return
         tasks = list(pending)
         pending.clear()
+        began = time.perf_counter()
         _, late = await asyncio.wait(tasks, timeout=LOG_HOLD_S)
+        self.metrics.stage("log", time.perf_counter() - began)
         if late:
             log.error("route_log: %d row batch(es) not kept within %g s", len(late), LOG_HOLD_S)
 
