@@ -272,11 +272,11 @@ class RouteLogWriter:
     def _unreachable(self, exc: BaseException, rows: int) -> None:
         if not self._outage:
             log.warning(
-                "route_log: the store is unreachable (%s); %d row(s) kept in the spool %s "
-                "until it is back",
+                "route_log: the store is unreachable (%s); rows go to the spool %s until it "
+                "is back (%d now)",
                 exc,
-                rows,
                 self.spool.path if self.spool else "",
+                rows,
             )
         self._outage += 1
         delay = min(self._backoff * 2 ** (self._outage - 1), self._max_backoff)

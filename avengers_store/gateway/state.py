@@ -224,6 +224,8 @@ class Gateway:
 
     async def readiness(self) -> list[str]:
         problems: list[str] = []
+        if self.spool_full:
+            problems.append("route log: the spool is full and the store does not take rows")
         try:
             async with self.client.connection("read") as conn:
                 cursor = await conn.execute(
@@ -236,17 +238,15 @@ class Gateway:
                 )
                 revision, applied, active, callable_models = await cursor.fetchone()
         except AvengersError as exc:
-            return [f"store: {exc}"]
+            return [*problems, f"store: {exc}"]
         except Exception as exc:  # a database error of any kind
-            return [f"store: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"]
+            return [*problems, f"store: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"]
         if revision != self._head or applied != self._sql_hash:
             problems.append("schema: not current (run `avengers db upgrade`)")
         if active is None:
             problems.append("clustering: none active (run `avengers recluster`)")
         if not callable_models:
             problems.append("models: no active model has an endpoint")
-        if self.spool_full:
-            problems.append("route log: the spool is full and the store does not take rows")
         return problems
 
 

@@ -21,12 +21,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from avengers_store.gateway.settings import GatewaySettings
 from avengers_store.store import connections
 from avengers_store.testing import (
     RANKED_MODELS,
     OwnServer,
     add_scripted_store,
     free_port,
+    gateway_server,
     log_rows,
     own_postgres_server,
     scripted_server,
@@ -75,6 +77,12 @@ def serve(url: str, spool: Path, output: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.1)
 
 
+def chats(llm) -> int:
+    """Chat completions the model server was asked for (its embeddings are counted apart)."""
+    with llm.lock:
+        return sum(r["path"] == "/v1/chat/completions" for r in llm.requests)
+
+
 def metric(base: str, name: str, **labels: str) -> float:
     text = httpx.get(base + "/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
@@ -92,14 +100,14 @@ def test_kill_9_with_the_store_down_loses_no_answered_row(server, llm, tmp_path,
     chat = {"model": "avengers", "messages": [{"role": "user", "content": QUESTION}]}
     proc, base = serve(server.url, spool, output)
     try:
-        asked = len(llm.requests)
+        asked = chats(llm)
         with concurrent.futures.ThreadPoolExecutor(ANSWERED) as pool:
             futures = [
                 pool.submit(httpx.post, base + "/v1/chat/completions", json=chat, timeout=60)
                 for _ in range(ANSWERED)
             ]
             ends = time.monotonic() + 60
-            while len(llm.requests) - asked < ANSWERED:  # all routed, waiting on the model
+            while chats(llm) - asked < ANSWERED:  # all routed, waiting on the model
                 assert time.monotonic() < ends
                 time.sleep(0.02)
             server.stop()
@@ -154,3 +162,50 @@ def test_kill_9_with_the_store_down_loses_no_answered_row(server, llm, tmp_path,
         rows_after_restart=len(found),
         replayed_within_s=round(replayed_s, 2),
     )
+
+
+def test_a_full_spool_turns_new_requests_away_until_the_store_is_back(server, llm, tmp_path):
+    """Room for one row: the answers' rows that do not fit wait in memory; while the spool is
+    full and the store down, a new request gets 503 naming the spool and /ready says why; once
+    the store is back every row is written and requests are answered again."""
+    gate = threading.Event()
+    for name in RANKED_MODELS:
+        llm.script(name, {"gate": gate, "texts": [r"\boxed{42}"]})
+    chat = {"model": "avengers", "messages": [{"role": "user", "content": QUESTION}]}
+    settings = GatewaySettings(auth=False)
+    overrides = {"database_url": server.url, "spool_dir": str(tmp_path), "spool_max_bytes": 1200}
+    try:
+        with gateway_server(settings, **overrides) as gw:
+            url = gw.base_url + "/v1/chat/completions"
+            asked = chats(llm)
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                futures = [pool.submit(httpx.post, url, json=chat, timeout=60) for _ in range(3)]
+                while chats(llm) - asked < 3:
+                    time.sleep(0.02)
+                server.stop()
+                gate.set()
+                answers = [f.result() for f in futures]
+            assert [a.status_code for a in answers] == [200] * 3, [a.text[-400:] for a in answers]
+            turned_away = httpx.post(url, json=chat, timeout=60)
+            ready = httpx.get(gw.base_url + "/ready", timeout=10)
+            full = metric(gw.base_url, "avengers_gateway_route_log_spool_full")
+            server.start()
+            began = time.perf_counter()
+            while (again := httpx.post(url, json=chat, timeout=60)).status_code != 200:
+                assert time.perf_counter() - began < 30, again.text
+                time.sleep(0.2)
+            back_s = time.perf_counter() - began
+            route_ids = [a.headers["x-avengers-route-id"] for a in answers]
+            while len(log_rows(server.url, route_ids)) < 3:
+                assert time.perf_counter() - began < 30
+                time.sleep(0.05)
+            emptied = metric(gw.base_url, "avengers_gateway_route_log_spool_full")
+    finally:
+        server.start()
+        for name in RANKED_MODELS:
+            llm.answers(name, r"\boxed{42}")
+    assert [a.status_code for a in answers] == [200] * 3
+    assert turned_away.status_code == 503 and "spool is full" in turned_away.text
+    assert turned_away.headers["retry-after"] == "5"
+    assert ready.status_code == 503 and "spool is full" in ready.text
+    assert full == 1 and emptied == 0 and back_s < 15
