@@ -21,15 +21,19 @@ from psycopg.types.json import Jsonb
 
 from avengers_store.ingest.text_identity import content_hash
 
+# Idempotent by route id: a row replayed from the spool (``route_log_spool``) that reached the
+# store already is skipped. ``at`` is the database's clock unless the row carries its own (a
+# spooled row keeps the time it was answered).
 INSERT_SQL = """
 INSERT INTO avengers.route_log (route_id, api_key_id, query_hash, clustering_id, cluster, distance,
                                 models, strategy, final_answer, vote_share, samples, latency_ms,
                                 metadata, answer_model, novelty, ood, ood_policy, exploration,
-                                explored)
+                                explored, at)
 VALUES (%(route_id)s, %(api_key_id)s, %(query_hash)s, %(clustering_id)s, %(cluster)s, %(distance)s,
         %(models)s, %(strategy)s, %(final_answer)s, %(vote_share)s, %(samples)s, %(latency_ms)s,
         %(metadata)s, %(answer_model)s, %(novelty)s, %(ood)s, %(ood_policy)s, %(exploration)s,
-        %(explored)s)
+        %(explored)s, coalesce(%(at)s::timestamptz, now()))
+ON CONFLICT (route_id) DO NOTHING
 RETURNING id
 """
 
@@ -38,6 +42,7 @@ VECTOR_SQL = """
 INSERT INTO avengers.route_vectors (route_id, space_id, embedding, query_text)
 SELECT %(route_id)s, k.space_id, %(embedding)s, %(query_text)s
 FROM avengers.clusterings k WHERE k.id = %(clustering_id)s
+ON CONFLICT (route_id) DO NOTHING
 """
 
 
@@ -98,6 +103,7 @@ def entry(
         "ood_policy": getattr(decision, "ood_policy", None),
         "exploration": getattr(decision, "exploration", None),
         "explored": getattr(decision, "explored", None),
+        "at": None,  # the database's clock when written
     }
     if vector is not None and decision is not None:
         row["vector"] = {
@@ -110,12 +116,16 @@ def entry(
 
 
 def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert rows made by ``entry`` in the caller's transaction; returns their ids."""
+    """Insert rows made by ``entry`` in the caller's transaction; returns the ids of those
+    inserted (a route id already stored is skipped)."""
     ids: list[int] = []
     # One transaction for a batch (a savepoint inside the caller's, if one is open).
     with conn.transaction(), conn.cursor() as cur:
         for row in rows:
-            ids.append(cur.execute(INSERT_SQL, row).fetchone()[0])
+            inserted = cur.execute(INSERT_SQL, {"at": None, **row}).fetchone()
+            if inserted is None:
+                continue
+            ids.append(inserted[0])
             if "vector" in row:
                 cur.execute(VECTOR_SQL, row["vector"])
     return ids
@@ -126,8 +136,11 @@ async def awrite(conn: psycopg.AsyncConnection, rows: Sequence[Mapping[str, Any]
     ids: list[int] = []
     async with conn.transaction(), conn.cursor() as cur:
         for row in rows:
-            await cur.execute(INSERT_SQL, row)
-            ids.append((await cur.fetchone())[0])
+            await cur.execute(INSERT_SQL, {"at": None, **row})
+            inserted = await cur.fetchone()
+            if inserted is None:
+                continue
+            ids.append(inserted[0])
             if "vector" in row:
                 await cur.execute(VECTOR_SQL, row["vector"])
     return ids

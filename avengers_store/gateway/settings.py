@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
+from avengers_store.answering.route_log_spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
 from avengers_store.answering.strategies import DEFAULT_THRESHOLD, STRATEGIES
 from avengers_store.errors import ConfigurationError
 
@@ -28,7 +29,9 @@ class GatewaySettings:
     embedding (and text) for later clustering versions; ``ood_policy``: what an
     out-of-distribution request gets unless it asks otherwise; ``feedback_refresh_s``: feedback
     is served at most this long after it arrives (one refresh for all that arrived meanwhile;
-    0: refresh on every feedback request)."""
+    0: refresh on every feedback request); ``spool_dir``: where route-log rows the store cannot
+    take are kept (None: ``$AVENGERS_HOME/route-log-spool``), at most ``spool_max_bytes`` per
+    worker process."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -58,6 +61,8 @@ class GatewaySettings:
     log_texts: bool = False
     feedback_refresh_s: float = 1.0
     ood_policy: str = "flag"
+    spool_dir: str | None = None
+    spool_max_bytes: int = DEFAULT_SPOOL_BYTES
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -66,7 +71,14 @@ class GatewaySettings:
             raise ConfigurationError("ood_policy must be flag, best-overall or widen")
         if self.route_on not in ("last_user", "conversation"):
             raise ConfigurationError("route_on must be last_user or conversation")
-        for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):
+        for name in (
+            "max_in_flight",
+            "max_body_bytes",
+            "samples",
+            "workers",
+            "pool_size",
+            "spool_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.feedback_refresh_s >= 0:
