@@ -62,7 +62,8 @@ class AsyncAvengersClient(core.ClientCore):
     ``embed_threads`` torch threads for a local embedder (None: leave torch's setting);
     ``max_embed_batch`` texts per embedding batch; ``background_log`` and ``log_queue`` (rows
     waiting at most); ``on_stage`` a stage-time observer; ``on_log(event, rows)`` is told of
-    background route-log rows ``queued``, ``written`` and ``dropped``.
+    background route-log rows ``queued``, ``written`` and ``dropped``; ``log_writer`` a
+    RouteLogWriter of the caller's (e.g. with a spool) for the background rows.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class AsyncAvengersClient(core.ClientCore):
         log_queue: int = 10_000,
         on_stage: StageObserver | None = None,
         on_log: Callable[[str, int], None] | None = None,
+        log_writer: RouteLogWriter | None = None,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -115,7 +117,7 @@ class AsyncAvengersClient(core.ClientCore):
         self._closed = False
         self._shutting_down = False
         self._log_queue = log_queue
-        self._writer: RouteLogWriter | None = None
+        self._writer: RouteLogWriter | None = log_writer
         self.background_log = background_log
 
     # -- connections -----------------------------------------------------------------------

@@ -57,10 +57,17 @@ from avengers_store.gateway.settings import GatewaySettings
 @click.option("--feedback-refresh", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds within which POST /v1/feedback is served to routing (0: at once, "
               "one refresh per request).")  # fmt: skip
+@click.option("--spool-dir", type=click.Path(file_okay=False, writable=True),
+              help="Where route-log rows the store cannot take are kept until it can "
+              "(default: $AVENGERS_HOME/route-log-spool).")  # fmt: skip
+@click.option("--spool-max-mb", type=click.FloatRange(min=0, min_open=True), default=64.0,
+              show_default=True,
+              help="Largest spool per worker, in MiB; when it is full and the store is "
+              "unreachable, requests get 503.")  # fmt: skip
 def command(
     host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, routing, threshold,
     route_on, max_tokens, upstream_timeout, upstream_retries, timeout, session_ttl, grace,
-    max_body, log_vectors, log_texts, feedback_refresh,
+    max_body, log_vectors, log_texts, feedback_refresh, spool_dir, spool_max_mb,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
@@ -71,7 +78,9 @@ def command(
     override with the body fields of the same names; with a trade-off or a ceiling in force
     (--tradeoff 1 prices every answer without changing the ranking) routed answers name their
     expected cost in x-avengers-expected-cost. POST /v1/feedback scores an answer by the
-    x-avengers-route-id it got.
+    x-avengers-route-id it got. Each answer's route-log row is in the store,
+    or fsync'd in the spool (--spool-dir) if the store cannot take it, before the answer is
+    sent; the spool is written to the store once it is back, or by the next start.
 
     \b
     Example:
@@ -109,6 +118,8 @@ def command(
             log_vectors=log_vectors,
             log_texts=log_texts,
             feedback_refresh_s=feedback_refresh,
+            spool_dir=spool_dir,
+            spool_max_bytes=max(1, int(spool_max_mb * 1024 * 1024)),
         )
     except (ConfigurationError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc

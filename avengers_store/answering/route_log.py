@@ -24,6 +24,8 @@ from psycopg.types.json import Jsonb
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store.statement import Statement, run
 
+# Idempotent by route id (sql/065_route_log.sql): a row replayed from the spool
+# (``route_log_spool``) that reached the store already is skipped.
 LOG_SQL = "SELECT avengers.log_routes(%s)"
 
 
@@ -85,6 +87,7 @@ def entry(
         "exploration": getattr(decision, "exploration", None),
         "explored": getattr(decision, "explored", None),
         "propensity": getattr(decision, "propensity", None),
+        "at": None,  # the database's clock when written; a spooled row keeps its own
     }
     if vector is not None and decision is not None:
         row["embedding"] = np.asarray(vector, dtype=np.float32).tolist()

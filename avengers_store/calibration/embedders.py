@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from avengers_store.errors import ConfigurationError, EndpointError
+from avengers_store import redaction
+from avengers_store.errors import ConfigurationError, EndpointError, InputError
 from avengers_store.ingest.model_pool import check_endpoint
 from avengers_store.store import config
 
@@ -41,6 +42,26 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(out.astype(np.float64), axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (out / norms).astype(np.float32)
+
+
+def check_texts(texts: Sequence[str], location: str = "texts") -> list[str]:
+    """``texts`` as a list, each checked to be a string an embedder can read: valid Unicode
+    (a lone surrogate such as ``"\\ud800"``, which JSON can spell, makes tokenizers raise). The
+    error names the text (``location[i]``) so one bad text is refused alone."""
+    out = list(texts)
+    for i, text in enumerate(out):
+        where = f"{location}[{i}]" if len(out) > 1 else location
+        if not isinstance(text, str):
+            raise InputError(f"expected a string, got {type(text).__name__}", location=where)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"holds {exc.object[exc.start]!a} at character {exc.start}, a lone surrogate "
+                "that is not valid Unicode: send UTF-8 text",
+                location=where,
+            ) from None
+    return out
 
 
 class Embedder:
@@ -144,10 +165,11 @@ class SentenceTransformerEmbedder(Embedder):
     def embed(
         self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
     ) -> np.ndarray:
+        texts = check_texts(texts)
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self._model().encode(
-            list(texts),
+            texts,
             batch_size=batch_size,
             show_progress_bar=progress,
             convert_to_numpy=True,
@@ -173,6 +195,7 @@ class OpenAIEmbedder(Embedder):
         self.base_url = check_endpoint(base_url, parameter="embedder").rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
+        redaction.remember_env(api_key_env)
         self.timeout = float(timeout)
         self.request_batch = int(request_batch)
         self._dimension = dimension
@@ -195,6 +218,7 @@ class OpenAIEmbedder(Embedder):
         if not self.api_key_env:
             return {}
         key = os.environ.get(self.api_key_env)
+        redaction.remember(key)
         if not key:
             raise ConfigurationError(
                 f"embedder {self.name} needs an API key in ${self.api_key_env}, which is not set"
@@ -206,12 +230,10 @@ class OpenAIEmbedder(Embedder):
 
         url = f"{self.base_url}/embeddings"
         try:
-            response = httpx.post(
-                url,
-                json={"model": self.model, "input": texts},
-                headers=self._headers(),
-                timeout=self.timeout,
-            )
+            with redaction.sync_client(timeout=self.timeout) as http:
+                response = http.post(
+                    url, json={"model": self.model, "input": texts}, headers=self._headers()
+                )
         except httpx.TimeoutException as exc:
             raise EndpointError(
                 f"embedding endpoint {url} timed out after {self.timeout:g}s "
@@ -242,7 +264,7 @@ class OpenAIEmbedder(Embedder):
     def embed(
         self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
     ) -> np.ndarray:
-        texts = list(texts)
+        texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         step = max(1, min(batch_size, self.request_batch))

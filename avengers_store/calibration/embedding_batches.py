@@ -5,6 +5,11 @@ go in the next batch (micro-batching without a timer: a lone request never waits
 A local model runs with ``threads`` torch threads (default 1): for one short query on a shared
 CPU, one thread was 4x faster than two (bench/embedding_throughput.py); torch's setting is
 process-wide.
+
+One request's bad input never fails its batch-mates: texts are checked when they arrive
+(``check_texts``: a lone surrogate is refused before it joins a batch), and a batch that still
+fails is embedded again one request at a time, so the error reaches only the request it belongs
+to.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from avengers_store.calibration.embedders import Embedder, SentenceTransformerEmbedder
+from avengers_store.calibration.embedders import (
+    Embedder,
+    SentenceTransformerEmbedder,
+    check_texts,
+)
 from avengers_store.errors import ConfigurationError
 
 
@@ -46,7 +55,7 @@ class EmbeddingBatcher:
 
     async def embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        request = _Request(embedder, list(texts), loop.create_future())
+        request = _Request(embedder, check_texts(texts, "text"), loop.create_future())
         self._pending.append(request)
         if not self._running:
             self._running = True
@@ -61,24 +70,34 @@ class EmbeddingBatcher:
         try:
             while self._pending:
                 batch = self._take()
-                texts = [t for r in batch for t in r.texts]
-                try:
-                    vectors = await loop.run_in_executor(
-                        self._executor, self._embed, batch[0].embedder, texts
-                    )
-                except Exception as exc:
-                    for r in batch:
-                        if not r.future.done():
-                            r.future.set_exception(exc)
-                    continue
-                self.batches += 1
-                start = 0
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_result(vectors[start : start + len(r.texts)])
-                    start += len(r.texts)
+                if not await self._settle(loop, batch) and len(batch) > 1:
+                    # Which request's texts made it fail is unknown: each is tried alone.
+                    for request in batch:
+                        await self._settle(loop, [request])
         finally:
             self._running = False
+
+    async def _settle(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> bool:
+        """Embed ``batch`` in one call and give each request its vectors; False when the call
+        failed (a lone request then gets the error, a batch of several is left waiting)."""
+        texts = [t for r in batch for t in r.texts]
+        try:
+            vectors = await loop.run_in_executor(
+                self._executor, self._embed, batch[0].embedder, texts
+            )
+        except Exception as exc:
+            if len(batch) > 1:
+                return False
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return True
+        self.batches += 1
+        start = 0
+        for r in batch:
+            if not r.future.done():
+                r.future.set_result(vectors[start : start + len(r.texts)])
+            start += len(r.texts)
+        return True
 
     def _take(self) -> list[_Request]:
         """The oldest request and the ones after it with the same embedder, up to max_batch

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
+from avengers_store.answering.route_log_spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
 from avengers_store.answering.strategies import DEFAULT_THRESHOLD, STRATEGIES
 from avengers_store.errors import ConfigurationError
 from avengers_store.routing.policy import Policy
@@ -31,7 +32,9 @@ class GatewaySettings:
     waits for requests in flight; ``log_vectors`` / ``log_texts``: keep each routed query's
     embedding (and text) for later clustering versions; ``feedback_refresh_s``: feedback
     is served at most this long after it arrives (one refresh for all that arrived meanwhile;
-    0: refresh on every feedback request)."""
+    0: refresh on every feedback request); ``spool_dir``: where route-log rows the store cannot
+    take are kept (None: ``$AVENGERS_HOME/route-log-spool``), at most ``spool_max_bytes`` per
+    worker process."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -58,13 +61,22 @@ class GatewaySettings:
     log_vectors: bool = False
     log_texts: bool = False
     feedback_refresh_s: float = 1.0
+    spool_dir: str | None = None
+    spool_max_bytes: int = DEFAULT_SPOOL_BYTES
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigurationError(f"unknown strategy {self.strategy!r}")
         if self.route_on not in ("last_user", "conversation"):
             raise ConfigurationError("route_on must be last_user or conversation")
-        for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):
+        for name in (
+            "max_in_flight",
+            "max_body_bytes",
+            "samples",
+            "workers",
+            "pool_size",
+            "spool_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.feedback_refresh_s >= 0:
