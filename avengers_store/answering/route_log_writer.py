@@ -66,7 +66,7 @@ _Item = tuple[Row, _Ticket | None]
 
 
 class RouteLogWriter:
-    """Background writer. ``write`` stores one batch (e.g. ``route_log.awrite`` on a pooled
+    """Background writer. ``write`` stores one batch (e.g. ``avengers.log_routes`` on a pooled
     connection); ``max_queue`` bounds rows waiting; ``batch`` caps rows per transaction; the
     retry policy is the module's. ``spool``: where rows go while the store cannot take them
     (``submit`` then waits until its rows are kept); ``spool_after``: seconds a write may take

@@ -19,7 +19,7 @@ from avengers_store.errors import StoreUnavailable
 
 
 def rows(n: int) -> list[dict[str, object]]:
-    return [{"route_id": uuid.uuid4(), "i": i} for i in range(n)]
+    return [{"route_id": str(uuid.uuid4()), "i": i} for i in range(n)]
 
 
 class Store:
