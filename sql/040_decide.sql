@@ -152,6 +152,14 @@ CREATE TYPE avengers.pooled_sums AS (
   wo double precision, wa double precision, wc double precision, wca double precision);
 COMMENT ON TYPE avengers.pooled_sums IS
   'A model''s sums over a query''s neighbours, weighted: calibration outcomes (ws, wn), production outcomes (pws, pwn), completion tokens (wo, wa) and costs (wc, wca).';
+COMMENT ON COLUMN avengers.pooled_sums.ws IS 'Weighted sum of calibration outcome scores.';
+COMMENT ON COLUMN avengers.pooled_sums.wn IS 'Weighted count of calibration outcomes.';
+COMMENT ON COLUMN avengers.pooled_sums.pws IS 'Weighted decayed sum of production outcome scores.';
+COMMENT ON COLUMN avengers.pooled_sums.pwn IS 'Weighted decayed count of production outcomes.';
+COMMENT ON COLUMN avengers.pooled_sums.wo IS 'Weighted sum of measured completion tokens.';
+COMMENT ON COLUMN avengers.pooled_sums.wa IS 'Weighted count of answers behind wo.';
+COMMENT ON COLUMN avengers.pooled_sums.wc IS 'Weighted sum of measured costs.';
+COMMENT ON COLUMN avengers.pooled_sums.wca IS 'Weighted count of answers behind wc.';
 
 -- The error of the first field out of range (called only when policy_valid's check fails).
 CREATE FUNCTION avengers.policy_error(p avengers.routing_policy)
