@@ -171,7 +171,8 @@ def _same_length(rows: Sequence[np.ndarray]) -> None:
 
 
 def _novelty(model: NoveltyModel | None, matrix: np.ndarray) -> list[float | None]:
-    if model is None:
+    # Vectors of another dimension than the model's are not measured: the store names them.
+    if model is None or matrix.shape[1] != model.mean.size:
         return [None] * len(matrix)
     return [float(x) for x in model.distances(matrix)]
 
