@@ -163,6 +163,12 @@ CREATE TYPE avengers.pooled_costs AS (
   wl double precision, wln double precision);
 COMMENT ON TYPE avengers.pooled_costs IS
   'A model''s measurements over a query''s neighbours, weighted: completion tokens (wo over wa answers), costs (wc over wca answers) and latency (wl milliseconds over wln requests).';
+COMMENT ON COLUMN avengers.pooled_costs.wo IS 'Weighted sum of measured completion tokens.';
+COMMENT ON COLUMN avengers.pooled_costs.wa IS 'Weighted count of answers behind wo.';
+COMMENT ON COLUMN avengers.pooled_costs.wc IS 'Weighted sum of measured costs.';
+COMMENT ON COLUMN avengers.pooled_costs.wca IS 'Weighted count of answers behind wc.';
+COMMENT ON COLUMN avengers.pooled_costs.wl IS 'Weighted sum of measured request latencies, in milliseconds.';
+COMMENT ON COLUMN avengers.pooled_costs.wln IS 'Weighted count of requests behind wl.';
 
 -- The error of the first field out of range (called only when policy_valid's check fails).
 CREATE FUNCTION avengers.policy_error(p avengers.routing_policy)
