@@ -231,7 +231,14 @@ def evaluate_online(
                         )
                         streams[name].append(
                             _stream(
-                                c, rp, fitted.id, order, batch, arm, feed, t0,
+                                c,
+                                rp,
+                                fitted.id,
+                                order,
+                                batch,
+                                arm,
+                                feed,
+                                t0,
                                 np.random.default_rng(seed),
                             )  # fmt: skip
                         )

@@ -179,8 +179,17 @@ def decisions_from_rows(
          weight) = heads[i]  # fmt: skip
         out.append(
             RouteDecision(
-                clustering_id, cluster, distance, tuple(picks[i]), policy, exploration, explored,
-                novelty, ood, ood_policy, weight,
+                clustering_id,
+                cluster,
+                distance,
+                tuple(picks[i]),
+                policy,
+                exploration,
+                explored,
+                novelty,
+                ood,
+                ood_policy,
+                weight,
             )  # fmt: skip
         )
     return out
@@ -210,7 +219,9 @@ def _per_query(values: Sequence[Any] | None, count: int, location: str) -> list[
         return [None] * count
     out = list(values)
     if len(out) != count:
-        raise InputError(f"expected {count} values, one per query, got {len(out)}", location=location)
+        raise InputError(
+            f"expected {count} values, one per query, got {len(out)}", location=location
+        )
     return out
 
 

@@ -321,34 +321,6 @@ def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, con
     ]
 
 
-def test_entry_sums_equal_the_pooled_inner_products(store, conn):
-    # A clustering of more than 16,000 clusters is scored from routing_entries (entry_sums) instead
-    # of the sparse vectors of routing_models: both hold the same sums.
-    state = conn.execute("SELECT clustering_id, clusters, pooled FROM avengers.routing_state")
-    cid, clusters, pooled = state.fetchone()
-    assert pooled
-    rng = np.random.default_rng(8)
-    for _ in range(5):
-        chosen = rng.choice(clusters, size=4, replace=False)
-        weights = rng.uniform(0.05, 1.0, size=4)
-        entries = ",".join(f"{c + 1}:{w}" for c, w in sorted(zip(chosen, weights, strict=True)))
-        text = f"{{{entries}}}/{clusters}"
-        rows = conn.execute(
-            """SELECT rm.model_id, s.ws, s.wn, s.wo, s.wa,
-                      -(rm.score_sums <#> w.v), -(rm.ns <#> w.v),
-                      -(rm.tokens_out_sums <#> w.v), -(rm.answer_ns <#> w.v)
-               FROM avengers.routing_models rm
-               CROSS JOIN (SELECT %s::sparsevec AS v) AS w
-               CROSS JOIN LATERAL avengers.entry_sums(rm.clustering_id, rm.model_id, w.v) AS s
-               WHERE rm.clustering_id = %s""",
-            (text, cid),
-        ).fetchall()
-        assert len(rows) == len(MODELS)
-        for _, ws, wn, wo, wa, pws, pwn, pwo, pwa in rows:
-            assert ws > 0 and wn > 0
-            assert (ws, wn, wo, wa) == pytest.approx((pws, pwn, pwo, pwa), rel=1e-6, abs=1e-9)
-
-
 def test_single_route_inlines_the_decision_into_its_statement(store, conn):
     # decide has no SET clause, so the client's statement plans its body as one plan (no
     # function scan), prepared on first use.
