@@ -3,7 +3,8 @@ page order, as one bash script per page (a python block becomes `python - <<EOF`
 variable or background server set up by one block is there for the next, as for a reader
 following the page in one terminal. A page's script runs from a folder laid out like a checkout
 (its files linked, `.venv` pointing at the running venv, `../shared` at the public tables), in an
-AVENGERS_HOME of its own; it must exit 0. Ports 8080 and 8012 in a page are swapped for free
+AVENGERS_HOME of its own; it must exit 0 under `set -euo pipefail` (so pages print the first
+lines of long output with `sed -n 1,Np`, which reads to the end, not `head`). Ports 8080 and 8012 in a page are swapped for free
 ones, so runs on one machine do not clash. Blocks of other languages (text, sql, json) are
 output or reference and are not run.
 
