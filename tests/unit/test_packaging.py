@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -200,7 +201,9 @@ def installed(built, tmp_path_factory) -> dict:
     )
     cwd = work / "elsewhere"
     cwd.mkdir()
-    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"avengers-wheel-{os.getpid()}"
+    # Not under pytest's 0700 folders: the embedded server runs as its own user when we are root.
+    home = Path(tempfile.mkdtemp(prefix="avengers-wheel-"))
+    home.chmod(0o755)
     env = {
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
         "HOME": str(work),
