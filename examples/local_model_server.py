@@ -11,6 +11,7 @@ In production each pool model is a vLLM server instead (docs/operations.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -44,10 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = xllamacpp.Server(params)
     print(f"serving {SMOL_ALIAS!r} at http://{args.host}:{args.port}/v1", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     del server
     return 0
 
