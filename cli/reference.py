@@ -21,6 +21,10 @@ from avengers_store.cli.main import cli
 START = "<!-- generated: python -m avengers_store.cli.reference --write docs/reference/cli.md -->"
 END = "<!-- end of generated reference -->"
 HELP_WIDTH = 100  # columns of the help text, fixed so the page does not depend on the terminal
+# The names `avengers` gives its help option. Every context made here uses them: click keeps the
+# first help option it builds for a command, so a context without them would make the output
+# depend on which ran first.
+HELP_NAMES = cli.context_settings.get("help_option_names", ["--help"])
 SUMMARY_LIMIT = 200  # characters: the first sentence of every command fits
 
 
@@ -38,7 +42,7 @@ def commands(
 def usage(path: tuple[str, ...], command: click.Command) -> str:
     """``avengers datasets add NAME FILE [OPTIONS]``: arguments and required options spelled
     out, any other option as ``[OPTIONS]``."""
-    ctx = click.Context(command, info_name=path[-1])
+    ctx = click.Context(command, info_name=path[-1], help_option_names=HELP_NAMES)
     words = list(path)
     optional = False
     for param in command.get_params(ctx):
@@ -75,8 +79,13 @@ def help_text(path: tuple[str, ...], root: click.Group | None = None) -> str:
     """The ``--help`` of the command at ``path`` (``("avengers", "db", "upgrade")``), as a
     terminal HELP_WIDTH wide shows it."""
     command: click.Command = cli if root is None else root
-    ctx = click.Context(command, info_name=path[0], max_content_width=HELP_WIDTH)
-    ctx.terminal_width = HELP_WIDTH
+    ctx = click.Context(
+        command,
+        info_name=path[0],
+        max_content_width=HELP_WIDTH,
+        terminal_width=HELP_WIDTH,
+        help_option_names=HELP_NAMES,
+    )
     for name in path[1:]:
         assert isinstance(command, click.Group)
         command = command.commands[name]
