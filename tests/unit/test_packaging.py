@@ -312,3 +312,45 @@ def test_avengers_demo_then_serve(installed):
     # uvicorn ends by re-raising the SIGTERM it handled, after a clean shutdown.
     assert server.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
+
+
+# --- the locks -----------------------------------------------------------------------------
+
+
+def pins(lock: Path) -> dict[str, str]:
+    """name -> pinned version of a pip-compile lock file."""
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for line in lock.read_text().splitlines():
+        if line and not line.startswith((" ", "#", "-")) and "==" in line:
+            name, _, version = line.split(" ")[0].partition("==")
+            found[canonicalize_name(name)] = version
+    return found
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("runtime.txt", ()), ("dev.txt", ("test", "docs"))], ids=str
+)
+def test_lock_pins_every_dependency_within_pyproject_s_range(lock, extras):
+    """A dependency added to pyproject.toml without `make lock`, or a range the lock no longer
+    meets, fails here rather than as a pip error on CI's fresh machine."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    for extra in extras:
+        wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    pinned = pins(ROOT / "requirements" / lock)
+    problems = []
+    for req in wanted:
+        version = pinned.get(canonicalize_name(req.name))
+        if version is None or not req.specifier.contains(version, prereleases=True):
+            problems.append(f"{req} -> {version}")
+    assert problems == [], f"run `make lock`: {problems}"
+    for line in (ROOT / "requirements" / lock).read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            assert line.rstrip().endswith("\\"), f"{lock}: {line} has no hashes"
