@@ -14,7 +14,7 @@ from psycopg import sql
 from avengers_store.errors import NotFound
 
 # Routing scans the centroids exactly (always equal to numpy's argmin) up to this k; from it on
-# the exact scan is slower than an HNSW index, which is approximate (figures in bench/README.md).
+# the exact scan is slower than an HNSW index, which is approximate (figures in docs/benchmarks.md).
 HNSW_MIN_K = 16384
 # pgvector indexes vector columns of up to 2,000 dimensions with HNSW.
 HNSW_MAX_DIMENSION = 2000
