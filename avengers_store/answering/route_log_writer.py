@@ -294,6 +294,8 @@ class RouteLogWriter:
             for _, ticket in items:
                 if ticket is not None:
                     ticket.settle(False)
+            if self.on_spooled is not None:
+                self.on_spooled(0)  # nothing kept, but watchers learn the spool is full
             return
         self.spooled += len(rows)
         if self.on_spooled is not None:
