@@ -2,9 +2,9 @@
 
 While the worker embeds one batch, the texts of requests that arrive meanwhile wait together and
 go in the next batch (micro-batching without a timer: a lone request never waits for company).
-A local model runs with ``threads`` torch threads (default 1): for one short query on a shared
-CPU, one thread was 4x faster than two (bench/embedding_throughput.py); torch's setting is
-process-wide.
+A local model runs with ``threads`` compute threads (default 1; ``Embedder.set_threads``): for
+one short query on a shared CPU, one thread was 4x faster than two (bench/embedding_throughput.py);
+torch's setting is process-wide, ONNX Runtime's is the session's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from avengers_store.calibration.embedders import Embedder, SentenceTransformerEmbedder
+from avengers_store.calibration.embedders import Embedder
 from avengers_store.errors import ConfigurationError
 
 
@@ -95,13 +95,7 @@ class EmbeddingBatcher:
         return batch
 
     def _embed(self, embedder: Embedder, texts: list[str]) -> Any:
-        if (
-            not self._threads_set
-            and self.threads
-            and isinstance(embedder, SentenceTransformerEmbedder)
-        ):
-            import torch
-
-            torch.set_num_threads(self.threads)
+        if not self._threads_set and self.threads:
+            embedder.set_threads(self.threads)
             self._threads_set = True
         return embedder.embed(texts, batch_size=max(len(texts), 1))
