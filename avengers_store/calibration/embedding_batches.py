@@ -96,6 +96,9 @@ class EmbeddingBatcher:
 
     def _embed(self, embedder: Embedder, texts: list[str]) -> Any:
         if not self._threads_set and self.threads:
-            embedder.set_threads(self.threads)
-            self._threads_set = True
+            # An embedder given to a client needs only ``embed``; local models have set_threads.
+            set_threads = getattr(embedder, "set_threads", None)
+            if set_threads is not None:
+                set_threads(self.threads)
+                self._threads_set = True
         return embedder.embed(texts, batch_size=max(len(texts), 1))
