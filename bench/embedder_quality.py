@@ -8,18 +8,20 @@ shared RouterDC and LLMRouter tables (cached under ``--cache``), then:
    float32 ones from sentence-transformers on torch on a seeded sample (``--sampled torch``,
    ``--sample``). Only for embedders of torch's dimension.
 2. Replay: for each embedder a store of its own space (its vectors for calibration and test),
-   ``avengers evaluate``'s replay (5 seeds, k = 64): the macro over RouterDC's 5 ID datasets,
+   ``avengers evaluate``'s replay (its 5 default seeds, k = 64): the macro over RouterDC's 5 ID datasets,
    over OOD3 (PreAlgebra, MBPP, C-EVAL), and over LLMRouter's 10 test tasks.
 
 Embedders: ``torch`` (sentence-transformers on torch), ``onnx`` (the default's ONNX Runtime
 backend, fp32), ``int8`` (all-MiniLM-L6-v2-int8), ``npy`` (the precomputed torch vectors in
 ../shared/data, float16: what the committed replay figures used) and ``model2vec:DIR`` (a
-static model, e.g. one distilled by bench/distill_model2vec.py).
+static model, e.g. one distilled by bench/distill_model2vec.py); ``LABEL@TABLE`` runs one on
+one table only.
 
-Example:
-    .venv/bin/python bench/embedder_quality.py
-    .venv/bin/python bench/embedder_quality.py --embedders npy int8 model2vec:/tmp/m2v \\
-        --sampled torch onnx --sample 2000
+Example (the committed figures: ONNX fp32 on all of LLMRouter and a 1,500-query sample of
+RouterDC's test split, where it would take an hour on these busy cores):
+    .venv/bin/python bench/embedder_quality.py --embedders npy int8 model2vec:/tmp/minilm-m2v \\
+        onnx@llmrouter --sampled torch onnx --sample 1500
+    .venv/bin/python bench/embedder_quality.py          # onnx, int8 and npy on both tables
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from avengers_store.calibration.embedders import (  # noqa: E402
     SentenceTransformerEmbedder,
     get_embedder,
 )
+from avengers_store.evaluation.replay import DEFAULT_SEEDS  # noqa: E402
 from avengers_store.store import config  # noqa: E402
 
 ROUTERDC = SHARED_DATA / "routerdc_7models" / "routerdc_7models.parquet"
@@ -242,7 +245,7 @@ def main() -> None:
     )
     ap.add_argument("--sample", type=int, default=1000, help="size of that sample")
     ap.add_argument("--cache", type=Path, default=None, help="vector cache directory")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     ap.add_argument("--phase", choices=["vectors", "all"], default="all")
     args = ap.parse_args()
     if not ROUTERDC.exists() or not LLMROUTER.exists():
