@@ -18,6 +18,7 @@ longest of the batch), so serving from a built model imports neither torch nor t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -50,9 +51,11 @@ class ExportFailed(RuntimeError):
     """The ONNX model could not be built (export, quantisation or the check against torch)."""
 
 
+@functools.lru_cache(maxsize=16)
 def supported(model_dir: str | Path) -> bool:
     """Whether ``model_dir`` is a model this module reproduces: a BERT encoder, mean pooling and
-    an optional normalisation (all-MiniLM-L6-v2's make-up). Other models stay on torch."""
+    an optional normalisation (all-MiniLM-L6-v2's make-up). Other models stay on torch. Read
+    once per directory: every embed call asks."""
     root = Path(model_dir)
     try:
         modules = json.loads((root / "modules.json").read_text())
