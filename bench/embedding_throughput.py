@@ -3,9 +3,9 @@ torch, ONNX Runtime fp32 (the default where onnxruntime is installed: same vecto
 Runtime int8 (``all-MiniLM-L6-v2-int8``, its own space) and, with ``--model2vec DIR``, a static
 Model2Vec model. CPU, max_seq_length 128. For each: texts/s for short (~10 words) and long
 (~120 words) texts in batches, and the latency of embedding one short text (what ``ask`` pays
-per question), with the runtime's default thread count and with 1 thread. One-text calls are
-timed round-robin across backends so machine noise falls on all alike; figures are also given
-as ratios to torch's in the same run. Texts are real questions from ../shared/data when
+per question), with the runtime's default thread count and with 1 thread. One-text calls and
+batch repeats are timed round-robin across backends so machine noise falls on all alike; figures
+are also given as ratios to torch's in the same run. Texts are real questions from ../shared/data when
 present, synthetic otherwise.
 
 Example:
@@ -66,19 +66,29 @@ def pick_texts(n_short: int, n_long: int, seed: int) -> tuple[list[str], list[st
     return short, long, source
 
 
-def throughput(embedder, texts: list[str], repeat: int, batch_size: int) -> dict:
-    rates = []
+def rate(embedder, texts: list[str], batch_size: int) -> float:
+    t0 = time.perf_counter()
+    vectors = embedder.embed(texts, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    assert vectors.shape == (len(texts), embedder.dimension)
+    return len(texts) / seconds
+
+
+def throughput(embedders: dict, texts: list[str], repeat: int, batch_size: int) -> dict:
+    """texts/s of each embedder, the repeats round-robin across embedders."""
+    rates: dict[str, list[float]] = {label: [] for label in embedders}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        vectors = embedder.embed(texts, batch_size=batch_size)
-        rates.append(len(texts) / (time.perf_counter() - t0))
-        assert vectors.shape == (len(texts), embedder.dimension)
+        for label, emb in embedders.items():
+            rates[label].append(rate(emb, texts, batch_size))
     words = float(np.mean([len(t.split()) for t in texts]))
     return {
-        "texts": len(texts),
-        "mean_words": round(words, 1),
-        "texts_per_s": round(median(rates), 1),
-        "runs": [round(r, 1) for r in rates],
+        label: {
+            "texts": len(texts),
+            "mean_words": round(words, 1),
+            "texts_per_s": round(median(r), 1),
+            "runs": [round(x, 1) for x in r],
+        }
+        for label, r in rates.items()
     }
 
 
@@ -143,17 +153,15 @@ def main() -> None:
             embedders[label] = emb
             loaded.setdefault(label, {"name": emb.name, "load_seconds": round(load.seconds, 2)})
         tag = f"{threads} thread" if threads else "default threads"
+        # torch's thread count is process-wide: the one this pass set holds for all of it.
+        torch.set_num_threads(threads or default_threads)
         one = single_latency(embedders, short, args.single)
-        for label, emb in embedders.items():
-            if label == "torch" and not threads:
-                torch.set_num_threads(default_threads)
-            elif label == "torch":
-                torch.set_num_threads(threads)
-            short_fig = throughput(emb, short, args.repeat, args.batch_size)
-            long_fig = throughput(emb, long, args.repeat, args.batch_size)
+        short_fig = throughput(embedders, short, args.repeat, args.batch_size)
+        long_fig = throughput(embedders, long, args.repeat, args.batch_size)
+        for label in embedders:
             loaded[label][tag] = {
-                "short": short_fig,
-                "long": long_fig,
+                "short": short_fig[label],
+                "long": long_fig[label],
                 "single_short_ms": one[label],
             }
         base = loaded["torch"][tag]
