@@ -10,6 +10,7 @@ torch's setting is process-wide, ONNX Runtime's is the session's.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,8 @@ class EmbeddingBatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="avengers-embed")
         self._pending: list[_Request] = []
         self._running = False
-        self._threads_set = False
+        # Embedders whose threads were set: ONNX Runtime's count is per embedder (its session).
+        self._threaded: weakref.WeakSet = weakref.WeakSet()
         self.batches = 0  # batches embedded, for callers that want to see the batching
 
     async def embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
@@ -95,10 +97,10 @@ class EmbeddingBatcher:
         return batch
 
     def _embed(self, embedder: Embedder, texts: list[str]) -> Any:
-        if not self._threads_set and self.threads:
+        if self.threads and embedder not in self._threaded:
             # An embedder given to a client needs only ``embed``; local models have set_threads.
             set_threads = getattr(embedder, "set_threads", None)
             if set_threads is not None:
                 set_threads(self.threads)
-                self._threads_set = True
+            self._threaded.add(embedder)
         return embedder.embed(texts, batch_size=max(len(texts), 1))

@@ -103,6 +103,30 @@ def test_int8_is_a_space_of_its_own():
     assert rebuilt.quantized and rebuilt.name == MINILM_INT8
 
 
+@needs_onnxruntime
+def test_the_batcher_gives_each_onnx_embedder_its_threads():
+    import asyncio
+
+    from avengers_store.calibration.embedding_batches import EmbeddingBatcher
+    from avengers_store.testing import FixedEmbedder
+
+    first, second, fixed = get_embedder(), get_embedder(), FixedEmbedder([1.0, 0.0])
+    batcher = EmbeddingBatcher(threads=1)
+
+    async def run():
+        return [await batcher.embed(e, TEXTS[:1]) for e in (fixed, first, second)]
+
+    try:
+        vectors = asyncio.run(run())
+    finally:
+        batcher.close()
+    # Each local embedder (a new one after a switch of space, too) gets a 1-thread session;
+    # an embedder without set_threads is embedded as it is.
+    for emb in (first, second):
+        assert emb.threads == 1 and emb._model().threads == 1 and emb.runtime == "onnx-fp32"
+    assert np.allclose(vectors[1], vectors[2]) and vectors[0].shape == (1, 2)
+
+
 def test_backend_is_checked_and_int8_has_no_torch(monkeypatch):
     with pytest.raises(ConfigurationError, match="unknown embedding backend 'tensorrt'"):
         get_embedder(MINILM, backend="tensorrt")
