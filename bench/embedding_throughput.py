@@ -11,13 +11,14 @@ present, synthetic otherwise.
 Example:
     .venv/bin/python bench/embedding_throughput.py
     .venv/bin/python bench/embedding_throughput.py --short 1024 --long 256 --repeat 3
-    .venv/bin/python bench/embedding_throughput.py --model2vec /tmp/minilm-m2v
+    .venv/bin/python bench/embedding_throughput.py --model2vec minilm-m2v
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import SHARED_DATA, Timer, finish, median, parser, say, summary_us
@@ -151,7 +152,9 @@ def main() -> None:
                     torch.set_num_threads(default_threads)
                 emb.embed(["warm up the model"])
             embedders[label] = emb
-            loaded.setdefault(label, {"name": emb.name, "load_seconds": round(load.seconds, 2)})
+            # A Model2Vec model is named by its directory's name: results name no machine path.
+            name = f"model2vec:{Path(args.model2vec).name}" if label == "model2vec" else emb.name
+            loaded.setdefault(label, {"name": name, "load_seconds": round(load.seconds, 2)})
         tag = f"{threads} thread" if threads else "default threads"
         # torch's thread count is process-wide: the one this pass set holds for all of it.
         torch.set_num_threads(threads or default_threads)

@@ -204,6 +204,7 @@ def _quantize(source: Path, out: Path) -> None:
     import logging
 
     try:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # The quantiser logs advice about graph pre-processing on the root logger at WARNING.
@@ -211,8 +212,11 @@ def _quantize(source: Path, out: Path) -> None:
         level = root.level
         root.setLevel(logging.ERROR)
         try:
+            # From a model in memory: given a path, the quantiser writes its shape-inferred
+            # copy beside the source, where two processes quantising at once overwrite each
+            # other's ("Failed to find proper ai.onnx domain"); in memory it uses a temp dir.
             quantize_dynamic(
-                str(source),
+                onnx.load(str(source)),
                 str(out),
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul"],
