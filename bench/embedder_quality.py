@@ -17,11 +17,10 @@ backend, fp32), ``int8`` (all-MiniLM-L6-v2-int8), ``npy`` (the precomputed torch
 static model, e.g. one distilled by bench/distill_model2vec.py); ``LABEL@TABLE`` runs one on
 one table only.
 
-Example (the committed figures: ONNX fp32 on all of LLMRouter and a 1,500-query sample of
-RouterDC's test split, where it would take an hour on these busy cores):
-    .venv/bin/python bench/embedder_quality.py --embedders npy int8 model2vec:minilm-m2v \\
-        onnx@llmrouter --sampled torch onnx --sample 1500
-    .venv/bin/python bench/embedder_quality.py          # onnx, int8 and npy on both tables
+Example (the committed figures; the vectors take 20-40 minutes per embedder on busy cores):
+    .venv/bin/python bench/embedder_quality.py --embedders npy onnx int8 \\
+        model2vec:minilm-m2v --sampled torch --sample 1500
+    .venv/bin/python bench/embedder_quality.py --embedders int8@llmrouter --sampled
 """
 
 from __future__ import annotations
