@@ -74,3 +74,26 @@ def as_string_map(value: Mapping[str, str] | None, parameter: str) -> dict[str, 
                 location=parameter,
             )
     return dict(value)
+
+
+# Names are keys of unique indexes (a B-tree entry holds at most about 2,700 bytes) and are
+# shown in tables and headers: a name longer than this is a mistake (a text column taken for
+# the name column), refused before PostgreSQL refuses it without saying where.
+MAX_NAME_LENGTH = 256
+
+
+def check_name(name: str, kind: str, location: str) -> str:
+    """``name`` (of a model, dataset or key) if it is at most ``MAX_NAME_LENGTH`` characters;
+    else an ``InputError`` at ``location`` (the argument, or the file, row and column)."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise InputError(
+            f"a {kind} name has at most {MAX_NAME_LENGTH} characters, this one {len(name):,} "
+            f"({_shown(name)})",
+            location=location,
+        )
+    return name
+
+
+def shown_column(path: object, column: str) -> str:
+    """Where a column of a file is, for a message: its name cut short if it is long."""
+    return f"{path} column {_shown(column)}"

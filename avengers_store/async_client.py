@@ -1,12 +1,12 @@
-"""``AsyncAvengersClient``: ``AvengersClient`` for asyncio, with the same surface (``route``,
-``route_many``, ``ask``, ``ask_many``, each a coroutine) and the same behaviour.
+"""``AsyncAvengersClient``: ``AvengersClient`` for asyncio, with the same methods and parameters
+(``route``, ``route_many``, ``ask``, ``ask_many``, ``feedback``, ..., each a coroutine): both run
+the flows of ``client_core.ClientCore``; this module holds only the asyncio I/O (``_drive``).
 
 The constructor connects to nothing; the first call opens a ``psycopg_pool.AsyncConnectionPool``
 (pgvector registered on each connection) after checking the schema revision once. Model calls go
 through one ``AsyncChatClient``. Texts are embedded off the event loop, one worker thread with one
 torch thread by default, and texts of concurrent calls are embedded together
-(``calibration.embedding_batches``). Routing statements, strategies, fallback and route-log rows
-are the ones the sync client uses (``routing``, ``answering.strategies``, ``client_core``).
+(``calibration.embedding_batches``).
 
 With ``background_log=True`` route-log rows are written by a background task (a bounded queue)
 instead of before ``ask`` returns; ``aclose()`` writes every queued row before closing the pools.
@@ -18,54 +18,52 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 
-import numpy as np
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from avengers_store import client_core as core
-from avengers_store import routing
 from avengers_store.answering import route_log, strategies
 from avengers_store.answering.async_chat import AsyncChatClient
 from avengers_store.answering.prompts import PromptSet
 from avengers_store.answering.route_log_writer import RouteLogWriter
 from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
-from avengers_store.calibration.embedders import Embedder, embedder_for_space
+from avengers_store.calibration.embedders import Embedder
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
-from avengers_store.client_core import Query
 from avengers_store.errors import (
     AvengersError,
     ConfigurationError,
     ConnectionFailed,
+    EndpointError,
     InputError,
     StoreUnavailable,
 )
-from avengers_store.production import feedback
-from avengers_store.routing import RouteDecision, loop, novelty, ood
+from avengers_store.routing import RoutingMethod
 from avengers_store.routing.adapters import aensure_vector_types
+from avengers_store.routing.policy import Policy
 from avengers_store.store import availability, config, connections, schema
+from avengers_store.store.statement import arun
 
 StageObserver = Callable[[str, float], None]
 # Longest ``feedback`` waits for this client's queued route-log rows (its route's among them).
 FEEDBACK_FLUSH_S = 5.0
 
 
-class AsyncAvengersClient:
+class AsyncAvengersClient(core.ClientCore):
     """Route and answer queries with the store at ``url`` from asyncio.
 
-    Options as ``AvengersClient`` (``read_url``, ``embedder``, ``prompts``, ``threshold``,
-    ``max_tokens``, ``pool_size``, ``max_concurrency``, ``timeout``, ``method``,
-    ``prepared_statements``, ``log_vectors``, ``log_texts``, ``ood_policy``, ``seed``), and:
-    ``chat`` an AsyncChatClient (default: one made and closed by this client); ``embed_threads``
-    torch threads for a local embedder (None: leave torch's setting); ``max_embed_batch`` texts
-    per embedding batch; ``background_log`` and ``log_queue`` (rows waiting at most);
-    ``on_stage`` a stage-time observer; ``on_log(event, rows)`` is told of background route-log
-    rows ``queued``, ``written`` and ``dropped``.
+    Options as ``AvengersClient`` (``read_url``, ``policy``, ``method``, ``ood_policy``,
+    ``embedder``, ``prompts``, ``threshold``, ``max_tokens``, ``pool_size``,
+    ``max_concurrency``, ``timeout``, ``prepared_statements``, ``log_vectors``, ``log_texts``,
+    ``seed``), and: ``chat`` an AsyncChatClient (default: one made and closed by this client);
+    ``embed_threads`` torch threads for a local embedder (None: leave torch's setting);
+    ``max_embed_batch`` texts per embedding batch; ``background_log`` and ``log_queue`` (rows
+    waiting at most); ``on_stage`` a stage-time observer; ``on_log(event, rows)`` is told of
+    background route-log rows ``queued``, ``written`` and ``dropped``; ``log_writer`` a
+    RouteLogWriter of the caller's (e.g. with a spool) for the background rows.
     """
 
     def __init__(
@@ -73,6 +71,9 @@ class AsyncAvengersClient:
         url: str | None = None,
         *,
         read_url: str | None = None,
+        policy: Policy | None = None,
+        method: str | RoutingMethod | None = None,
+        ood_policy: str | None = None,
         chat: AsyncChatClient | None = None,
         embedder: Embedder | None = None,
         prompts: PromptSet | None = None,
@@ -81,51 +82,33 @@ class AsyncAvengersClient:
         pool_size: int = 8,
         max_concurrency: int = 16,
         timeout: float | None = core.DEFAULT_TIMEOUT,
-        method: str | routing.RoutingMethod | None = None,
         prepared_statements: bool = True,
+        log_vectors: bool = False,
+        log_texts: bool = False,
+        seed: int | None = None,
         embed_threads: int | None = 1,
         max_embed_batch: int = 64,
         background_log: bool = False,
         log_queue: int = 10_000,
         on_stage: StageObserver | None = None,
         on_log: Callable[[str, int], None] | None = None,
-        log_vectors: bool = False,
-        log_texts: bool = False,
-        ood_policy: str = ood.DEFAULT_POLICY,
-        seed: int | None = None,
-        loop_ttl: float = 1.0,
+        log_writer: RouteLogWriter | None = None,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
-        if max_concurrency < 1:
-            raise InputError(
-                f"max_concurrency must be >= 1, got {max_concurrency}", location="max_concurrency"
-            )
-        core.check_timeout(timeout)
-        self.timeout = timeout
-        self.method = routing.routing_method(method)
+        super().__init__(
+            embedder=embedder, prompts=prompts, threshold=threshold, max_tokens=max_tokens,
+            max_concurrency=max_concurrency, timeout=timeout, policy=policy, method=method,
+            ood_policy=ood_policy, log_vectors=log_vectors, log_texts=log_texts, seed=seed,
+        )  # fmt: skip
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
-        self.prompts = prompts
-        self.threshold = threshold
-        self.max_tokens = max_tokens
         self.pool_size = pool_size
-        self.max_concurrency = max_concurrency
         self.prepared_statements = prepared_statements
         self.on_stage = on_stage
         self.on_log = on_log
-        self.log_vectors = log_vectors or log_texts
-        self.log_texts = log_texts
-        self.ood_policy = ood.ood_policy(ood_policy)
-        self._rng = np.random.default_rng(seed)
-        self._explores = False
-        self._loop_cache = loop.LoopCache(loop_ttl)
-        self._novelty_cache = novelty.NoveltyCache()
         self._chat = chat
         self._own_chat = chat is None
-        self._embedder_override = embedder
-        self._embedders: dict[int, Embedder] = {}
-        self._serving_cache: tuple[int | None, Embedder] | None = None
         self._batcher = EmbeddingBatcher(threads=embed_threads, max_batch=max_embed_batch)
         self._pools: dict[str, AsyncConnectionPool] = {}
         self._replica = availability.ReplicaState()
@@ -134,7 +117,7 @@ class AsyncAvengersClient:
         self._closed = False
         self._shutting_down = False
         self._log_queue = log_queue
-        self._writer: RouteLogWriter | None = None
+        self._writer: RouteLogWriter | None = log_writer
         self.background_log = background_log
 
     # -- connections -----------------------------------------------------------------------
@@ -290,340 +273,85 @@ class AsyncAvengersClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # -- embedding -------------------------------------------------------------------------
+    # -- the driver: the steps of a flow, done -----------------------------------------------
 
-    async def embedder(self, conn: psycopg.AsyncConnection | None = None) -> Embedder:
-        """The embedder of the serving space (the active clustering's), cached per client."""
-        return (await self._serving(conn))[1]
+    async def _drive(self, flow: core.Flow[Any]) -> Any:
+        """Run a flow (``client_core``) to its result, doing each step it yields."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = await self._step(step)
+            except AvengersError as exc:
+                error = exc
 
-    async def _serving(
-        self, conn: psycopg.AsyncConnection | None, *, refresh: bool = False
-    ) -> tuple[int | None, Embedder]:
-        if self._embedder_override is not None:
-            return None, self._embedder_override
-        if self._serving_cache is not None and not refresh:
-            return self._serving_cache
-        async with self.connection("read", conn) as c:
-            cursor = await c.execute(core.SERVING_SQL)
-            clustering_id, space = core.serving_from_row(await cursor.fetchone())
-        embedder = self._embedders.get(space.id) or embedder_for_space(space)
-        self._embedders[space.id] = embedder
-        self._serving_cache = (clustering_id, embedder)
-        return self._serving_cache
+    async def _step(self, step: core.Step) -> Any:
+        if isinstance(step, core.Run):
+            started = time.perf_counter()
+            async with self.connection(step.role, step.conn) as c:
+                found = await self._run(c, step)
+            if step.stage is not None:
+                self._observe(step.stage, time.perf_counter() - started)
+            return found
+        if isinstance(step, core.Embed):
+            started = time.perf_counter()
+            found = await self._batcher.embed(step.embedder, list(step.texts))
+            self._observe("embed", time.perf_counter() - started)
+            return found
+        if isinstance(step, core.Sample):
+            call = step.call
+            started = time.perf_counter()
+            try:
+                return await self.chat.sample(
+                    call.endpoint, call.messages, call.n, temperature=call.temperature,
+                    max_tokens=call.max_tokens, deadline=call.deadline, **call.extra,
+                )  # fmt: skip
+            except EndpointError as exc:
+                return exc
+            finally:
+                self._observe("upstream", time.perf_counter() - started)
+        if isinstance(step, core.Gather):
+            gate = asyncio.Semaphore(max(1, step.limit))
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors of ``texts`` in the serving space (batched with concurrent calls)."""
-        _, embedder = await self._serving(None)
-        return await self._embed(embedder, list(texts))
+            async def one(flow: core.Flow[Any]) -> Any:
+                async with gate:
+                    return await self._drive(flow)
 
-    async def _embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
-        started = time.perf_counter()
-        vectors = await self._batcher.embed(embedder, texts)
-        self._observe("embed", time.perf_counter() - started)
-        return vectors
+            return list(await asyncio.gather(*(one(f) for f in step.flows)))
+        if isinstance(step, core.Log):
+            await self._log(step.rows, step.conn)
+        elif isinstance(step, core.LoadModel):
+            await asyncio.to_thread(core.load_embedder, step.embedder)
+        elif isinstance(step, core.Flush):
+            if self._writer is not None:
+                # Bounded: while the store is down the statement after fails anyway.
+                await self._writer.flush(FEEDBACK_FLUSH_S)
+        elif isinstance(step, core.Note):
+            self._observe(step.stage, step.seconds)
+        return None
 
-    async def _vectors(
-        self,
-        queries: Sequence[Query],
-        conn: psycopg.AsyncConnection | None,
-        *,
-        refresh: bool = False,
-    ) -> tuple[list[Any], int | None]:
-        out: list[Any] = list(queries)
-        texts = core.text_positions(queries)
-        if not texts:
-            return out, None
-        clustering_id, embedder = await self._serving(conn, refresh=refresh)
-        vectors = await self._embed(embedder, [q for _, q in texts])
-        for (i, _), v in zip(texts, vectors, strict=True):
-            out[i] = v
-        return out, clustering_id
+    @staticmethod
+    async def _run(c: psycopg.AsyncConnection, step: core.Run) -> Any:
+        if any(s.binary for s in step.statements):
+            await aensure_vector_types(c)
+        if len(step.statements) == 1:
+            return await arun(c, step.statements[0])
+        async with c.transaction():
+            found = [await arun(c, s) for s in step.statements]
+        return found[0]
 
     def _observe(self, stage: str, seconds: float) -> None:
         if self.on_stage is not None:
             self.on_stage(stage, seconds)
 
-    # -- routing ---------------------------------------------------------------------------
-
-    async def route(
-        self,
-        query: Query,
-        top_n: int = 1,
-        *,
-        require_endpoint: bool = False,
-        method: str | routing.RoutingMethod | None = None,
-        tradeoff: float | None = None,
-        max_cost: float | None = None,
-        prompt_chars: int | None = None,
-        completions: int = 1,
-        ood_policy: str | None = None,
-        conn: psycopg.AsyncConnection | None = None,
-    ) -> RouteDecision:
-        """Route a text (embedded in the serving space) or a vector: as ``AvengersClient.route``.
-        ``method`` and ``ood_policy`` override the client's for this call; ``tradeoff``,
-        ``max_cost`` and ``prompt_chars`` as in ``AvengersClient.route``; ``completions``:
-        answers the request will draw (its expected cost counts them)."""
-        decision, _ = await self.route_with_vector(
-            query, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
-            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
-            ood_policy=ood_policy, conn=conn,
-        )  # fmt: skip
-        return decision
-
-    async def route_with_vector(
-        self,
-        query: Query,
-        top_n: int = 1,
-        *,
-        require_endpoint: bool = False,
-        method: str | routing.RoutingMethod | None = None,
-        tradeoff: float | None = None,
-        max_cost: float | None = None,
-        prompt_chars: int | None = None,
-        completions: int = 1,
-        ood_policy: str | None = None,
-        conn: psycopg.AsyncConnection | None = None,
-    ) -> tuple[RouteDecision, Any]:
-        """``route``, and the vector the query was routed with (its embedding, for a text):
-        what the route log keeps when vectors are logged (``log_vectors``)."""
-        options = {
-            "require_endpoint": require_endpoint,
-            "method": routing.routing_method(method) if method is not None else self.method,
-            "policy": routing.cost_policy(tradeoff, max_cost, completions),
-            "prompt_chars": core.prompt_chars(
-                [query], None if prompt_chars is None else [prompt_chars]
-            )[0],
-        }
-        policy = self._policy(ood_policy)
-        vectors, served = await self._vectors([query], conn)
-        decision = await self._route_one(vectors[0], top_n, options, conn, policy)
-        if core.stale([decision], served):
-            vectors, _ = await self._vectors([query], conn, refresh=True)
-            decision = await self._route_one(vectors[0], top_n, options, conn, policy)
-        return decision, vectors[0]
-
-    def _policy(self, ood_policy: str | None) -> str:
-        return ood.ood_policy(ood_policy) if ood_policy is not None else self.ood_policy
-
-    async def _route_one(
-        self, vector: Any, top_n: int, options: dict[str, Any], conn: Any, policy: str
-    ) -> RouteDecision:
-        started = time.perf_counter()
-        async with self.connection("read", conn) as c:
-            decisions = await self._decide(c, [vector], top_n, options, policy, single=True)
-        self._observe("route", time.perf_counter() - started)
-        return decisions[0]
-
-    async def _decide(
-        self,
-        c: psycopg.AsyncConnection,
-        vectors: Any,
-        top_n: int,
-        options: dict[str, Any],
-        policy: str,
-        *,
-        single: bool = False,
-    ) -> list[RouteDecision]:
-        """``AvengersClient._decide``: route, annotate with the loop, apply the OOD policy and
-        exploration."""
-
-        async def run(n: int) -> list[RouteDecision]:
-            if single:
-                found = [await routing.aroute_vector(c, vectors[0], n, **options)]
-            else:
-                found = await routing.aroute_vectors(c, vectors, n, **options)
-            rows = await loop.acached_rows(c, found, self._loop_cache)
-            models = await loop.anovelty_models(c, found, rows, self._novelty_cache)
-            return loop.annotate(found, rows, vectors, models)
-
-        asked = core.asked_for(top_n, self._explores)
-        decisions = await run(asked)
-        self._explores = any(d.exploration is not None for d in decisions)
-        if asked == top_n and loop.needs_pool(decisions, top_n):
-            decisions = await run(core.asked_for(top_n, True))
-        return await loop.asettle(
-            c, decisions, top_n, policy, self._rng, require_endpoint=options["require_endpoint"]
-        )
-
-    async def route_many(
-        self,
-        queries: Sequence[Query],
-        top_n: int = 1,
-        *,
-        require_endpoint: bool = False,
-        method: str | routing.RoutingMethod | None = None,
-        tradeoff: float | None = None,
-        max_cost: float | None = None,
-        prompt_chars: Sequence[int | None] | None = None,
-        completions: int = 1,
-        ood_policy: str | None = None,
-        conn: psycopg.AsyncConnection | None = None,
-    ) -> list[RouteDecision]:
-        """Route many texts and/or vectors in one routing statement (one snapshot); input order
-        kept. ``method`` and ``ood_policy`` override the client's for this call; the cost
-        options as in ``AvengersClient.route_many``."""
-        found = await self._route_many(
-            queries, top_n, require_endpoint=require_endpoint, method=method, tradeoff=tradeoff,
-            max_cost=max_cost, prompt_chars=prompt_chars, completions=completions,
-            ood_policy=ood_policy, conn=conn,
-        )  # fmt: skip
-        return found[0]
-
-    async def _route_many(
-        self,
-        queries: Sequence[Query],
-        top_n: int,
-        *,
-        require_endpoint: bool,
-        method: str | routing.RoutingMethod | None,
-        tradeoff: float | None,
-        max_cost: float | None,
-        prompt_chars: Sequence[int | None] | None,
-        completions: int,
-        ood_policy: str | None,
-        conn: psycopg.AsyncConnection | None,
-    ) -> tuple[list[RouteDecision], Any]:
-        """``route_many``'s decisions and the vectors they were routed with (texts embedded)."""
-        core.check_route_many(queries)
-        cost = routing.cost_policy(tradeoff, max_cost, completions)
-        options: dict[str, Any] = {
-            "require_endpoint": require_endpoint,
-            "method": routing.routing_method(method) if method is not None else self.method,
-            "policy": cost,
-        }
-        if cost.costed:
-            options["prompt_chars"] = core.prompt_chars(queries, prompt_chars)
-        policy = self._policy(ood_policy)
-        if isinstance(queries, np.ndarray) and queries.ndim == 2:
-            return await self._route_batch(queries, top_n, options, conn, policy), queries
-        vectors, served = await self._vectors(list(queries), conn)
-        decisions = await self._route_batch(vectors, top_n, options, conn, policy)
-        if core.stale(decisions, served):
-            vectors, _ = await self._vectors(list(queries), conn, refresh=True)
-            decisions = await self._route_batch(vectors, top_n, options, conn, policy)
-        return decisions, vectors
-
-    async def _route_batch(
-        self, vectors: Any, top_n: int, options: dict[str, Any], conn: Any, policy: str
-    ) -> list[RouteDecision]:
-        started = time.perf_counter()
-        async with self.connection("read", conn) as c:
-            decisions = await self._decide(c, vectors, top_n, options, policy)
-        self._observe("route", time.perf_counter() - started)
-        return decisions
-
-    # -- answering -------------------------------------------------------------------------
-
-    async def ask(
-        self,
-        text: str,
-        samples: int = strategies.DEFAULT_SAMPLES,
-        strategy: str = "self-consistency",
-        task_type: str | None = None,
-        top_n: int | None = None,
-        *,
-        tradeoff: float | None = None,
-        max_cost: float | None = None,
-        ood_policy: str | None = None,
-        timeout: float | None = None,
-        conn: psycopg.AsyncConnection | None = None,
-    ) -> strategies.Answer:
-        """Embed, route to the top models with endpoints, sample and vote, log, return the
-        Answer (``decision`` and ``route_id`` filled); ``tradeoff``, ``max_cost``,
-        ``ood_policy`` and ``timeout`` as in ``AvengersClient.ask``."""
-        results = await self.ask_many(
-            [text], samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost,
-            ood_policy=ood_policy, timeout=timeout, conn=conn, return_exceptions=False,
-        )  # fmt: skip
-        return results[0]  # type: ignore[return-value]
-
-    async def ask_many(
-        self,
-        texts: Sequence[str],
-        samples: int = strategies.DEFAULT_SAMPLES,
-        strategy: str = "self-consistency",
-        task_type: str | None = None,
-        top_n: int | None = None,
-        *,
-        max_concurrency: int | None = None,
-        return_exceptions: bool = False,
-        tradeoff: float | None = None,
-        max_cost: float | None = None,
-        ood_policy: str | None = None,
-        timeout: float | None = None,
-        conn: psycopg.AsyncConnection | None = None,
-    ) -> list[strategies.Answer | AvengersError]:
-        """``ask`` for many texts: one embedding batch, one routing statement, then at most
-        ``max_concurrency`` questions sampled at a time; a route_log row each (failed ones
-        too). With ``return_exceptions`` a failed question yields its AvengersError.
-        ``timeout`` bounds each question as ``AvengersClient.ask_many`` says."""
-        core.check_ask(texts, strategy)
-        core.check_timeout(timeout)
-        limit = timeout if timeout is not None else self.timeout
-        if not texts:
-            return []
-        # Reading the embedding model happens once per process: not part of a question's deadline.
-        _, embedder = await self._serving(conn)
-        await asyncio.to_thread(core.load_embedder, embedder)
-        started = time.perf_counter()
-        n = core.top_n_for(strategy, top_n)
-        decisions, vectors = await self._route_many(
-            list(texts), n, require_endpoint=True, method=None, tradeoff=tradeoff,
-            max_cost=max_cost, prompt_chars=None,
-            completions=core.completions_for(strategy, samples), ood_policy=ood_policy, conn=conn,
-        )  # fmt: skip
-        routed_ms = (time.perf_counter() - started) * 1000.0
-        options: dict[str, Any] = {
-            "samples": samples,
-            "strategy": strategy,
-            "task_type": task_type,
-            "threshold": self.threshold,
-            "prompts": self.prompts,
-            "max_tokens": self.max_tokens,
-        }
-        gate = asyncio.Semaphore(max(1, max_concurrency or self.max_concurrency))
-
-        async def one(i: int) -> core.Outcome:
-            async with gate:
-                began = time.perf_counter()
-                deadline = core.question_deadline(limit, routed_ms / 1000.0)
-                try:
-                    plan = strategies.answer_plan(
-                        texts[i],
-                        core.endpoints_for(decisions[i]),
-                        deadline=deadline,
-                        **core.options_for(decisions[i], options),
-                    )
-                    result = await self.run_plan(plan)
-                    return result, None, (time.perf_counter() - began) * 1000.0
-                except AvengersError as exc:
-                    return None, exc, (time.perf_counter() - began) * 1000.0
-
-        outcomes = await asyncio.gather(*(one(i) for i in range(len(texts))))
-        out, rows = core.settle(
-            texts,
-            decisions,
-            outcomes,
-            routed_ms=routed_ms,
-            strategy=strategy,
-            top_n=n,
-            vectors=vectors if self.log_vectors else None,
-            keep_texts=self.log_texts,
-        )
-        await self.log(rows, conn=conn)
-        if not return_exceptions:
-            core.raise_first(out)
-        return out
-
-    async def run_plan(self, plan: strategies.Plan) -> strategies.Answer:
-        """Drive an ``answer_plan`` with this client's AsyncChatClient (stage times observed)."""
-        return await strategies.arun_plan(plan, self.chat, observe=self.on_stage)
-
-    async def log(
-        self, rows: Sequence[dict[str, Any]], *, conn: psycopg.AsyncConnection | None = None
-    ) -> None:
-        """Write route-log rows (``route_log.entry``): now, or queued for the background
-        writer when the client was made with ``background_log`` (and no ``conn`` is given)."""
+    async def _log(self, rows: Sequence[dict[str, Any]], conn: Any) -> None:
+        """Route-log rows written now, or queued for the background writer when the client was
+        made with ``background_log`` (and no ``conn`` is given)."""
         if not rows:
             return
         if self.background_log and conn is None:
@@ -642,45 +370,12 @@ class AsyncAvengersClient:
                     self.on_log("dropped", len(rows))
                 raise
             return
-        async with self.connection("write", conn) as c:
-            await route_log.awrite(c, rows)
+        await self._write_rows(rows, conn)
 
-    # -- feedback --------------------------------------------------------------------------
-
-    async def feedback(
-        self,
-        route_id: uuid.UUID | str,
-        score: float,
-        model: str | None = None,
-        source: str = feedback.DEFAULT_SOURCE,
-        *,
-        at: datetime | None = None,
-        refresh: bool = True,
-        conn: psycopg.AsyncConnection | None = None,
-    ) -> feedback.Feedback:
-        """``AvengersClient.feedback``: score the answer of request ``route_id`` in [0, 1].
-        Route-log rows still queued for the background writer are written first, so feedback
-        on an answer this client just gave finds its route."""
-        if self._writer is not None and conn is None:
-            # Bounded: while the store is down the statement below raises StoreUnavailable anyway.
-            await self._writer.flush(FEEDBACK_FLUSH_S)
+    async def _write_rows(self, rows: Sequence[dict[str, Any]], conn: Any = None) -> None:
         async with self.connection("write", conn) as c:
-            stored = await feedback.arecord_feedback(
-                c, route_id, score, model, source, at=at, refresh=refresh
-            )
-        self._loop_cache.clear()  # the next decision shows this feedback
-        return stored
-
-    async def refresh_production(self, conn: psycopg.AsyncConnection | None = None) -> None:
-        """Serve the feedback recorded since the last refresh (``avengers.refresh_production``)."""
-        async with self.connection("write", conn) as c:
-            await c.execute(feedback.REFRESH_SQL)
-        self._loop_cache.clear()
+            await arun(c, route_log.statement(rows))
 
     @property
     def log_writer(self) -> RouteLogWriter | None:
         return self._writer
-
-    async def _write_rows(self, rows: Sequence[dict[str, Any]]) -> None:
-        async with self.connection("write") as c:
-            await route_log.awrite(c, rows)

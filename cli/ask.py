@@ -43,13 +43,11 @@ def answer_dict(answer, *, samples: bool = False) -> dict:
     "fallback. Each ranked model gets an equal share of the time left when its turn comes."
 )
 @options.max_tokens
-@options.method
-@options.tradeoff
-@options.ood_policy
+@options.routing
 @options.json_output
 def command(
-    text, samples, strategy, top_n, task_type, file_, concurrency, timeout, max_tokens, method,
-    tradeoff, max_cost, ood_policy, as_json,
+    text, samples, strategy, top_n, task_type, file_, concurrency, timeout, max_tokens, routing,
+    as_json,
 ) -> None:  # fmt: skip
     """Answer TEXT with the models routed for it; every answer writes a route_log row.
 
@@ -69,18 +67,13 @@ def command(
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
     with AvengersClient(
-        max_concurrency=concurrency,
-        max_tokens=max_tokens,
-        method=method,
-        timeout=timeout,
-        ood_policy=ood_policy,
+        max_concurrency=concurrency, max_tokens=max_tokens, timeout=timeout
     ) as client:
         if file_ is not None:
             texts = read_jsonl(file_, allow_vectors=False)
             results = client.ask_many(
-                texts, samples, strategy, task_type, top_n, return_exceptions=True,
-                tradeoff=tradeoff, max_cost=max_cost,
-            )  # fmt: skip
+                texts, samples, strategy, task_type, top_n, return_exceptions=True, **routing
+            )
             failed = 0
             for i, item in enumerate(results):
                 if isinstance(item, AvengersError):
@@ -92,9 +85,7 @@ def command(
             if failed:
                 raise click.ClickException(f"{failed} of {len(results)} questions failed")
             return
-        answer = client.ask(
-            text, samples, strategy, task_type, top_n, tradeoff=tradeoff, max_cost=max_cost
-        )
+        answer = client.ask(text, samples, strategy, task_type, top_n, **routing)
     if as_json:
         echo_json(answer_dict(answer, samples=True))
         return

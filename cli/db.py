@@ -14,7 +14,7 @@ from avengers_store.store import analyst, config, connections, embedded, schema
 
 @click.group("db", cls=Group)
 def command() -> None:
-    """Create, migrate, inspect and stop the store's database.
+    """Create, migrate, inspect, start and stop the store's database.
 
     \b
     Example:
@@ -133,9 +133,27 @@ def grant_analyst_cmd(role: str) -> None:
     )
 
 
+@command.command("start")
+def start_cmd() -> None:
+    """Start the embedded server, also after `avengers db stop` (which keeps clients from
+    starting it by themselves). No effect when AVENGERS_DATABASE_URL is set.
+
+    \b
+    Example:
+      avengers db stop && avengers db start
+    """
+    if config.database_url() is not None:
+        click.echo(f"{config.DATABASE_URL_ENV} is set: nothing embedded to start")
+        return
+    url = embedded.start()
+    click.echo(f"the embedded server in {embedded.data_dir()} is running: {url}")
+
+
 @command.command("stop")
 def stop_cmd() -> None:
-    """Stop the embedded server (no effect when AVENGERS_DATABASE_URL is set).
+    """Stop the embedded server and keep it stopped: clients and commands do not start it
+    again until `avengers db start`. A fast shutdown (clients are disconnected), an immediate
+    one after 15 s. No effect when AVENGERS_DATABASE_URL is set.
 
     \b
     Example:
@@ -145,6 +163,11 @@ def stop_cmd() -> None:
         click.echo(f"{config.DATABASE_URL_ENV} is set: nothing embedded to stop")
         return
     stopped = embedded.stop()
+    if stopped is None:
+        click.echo("not running (clients will not start it: `avengers db start` does)")
+        return
     click.echo(
-        f"stopped the embedded server in {embedded.data_dir()}" if stopped else "not running"
+        f"stopped the embedded server in {embedded.data_dir()} (process {stopped.pid}, "
+        f"{stopped.mode} shutdown, {stopped.seconds:.1f} s); clients will not start it again "
+        "until `avengers db start`"
     )

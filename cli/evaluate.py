@@ -19,6 +19,7 @@ from avengers_store.evaluation.online import (
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_online, format_tables
 from avengers_store.evaluation.scenarios import IID
+from avengers_store.ingest.model_pool import list_models
 
 
 @click.command("evaluate", cls=Command)
@@ -113,6 +114,9 @@ def command(
     degrades, a model joins, a dataset calibration never saw arrives) and reports each arm's
     regret after the change and how fast it recovers.
 
+    Only active models are replayed, as only they are routed to: after `avengers models
+    select --apply` the figures are the selected pool's (the output names the models left out).
+
     Runs in one transaction that is rolled back: the served clustering, profiles and model
     flags are unchanged afterwards.
 
@@ -181,3 +185,18 @@ def command(
         echo_json(result.to_dict())
     else:
         click.echo(format_tables(result))
+        click.echo(_models_line(result.models))
+
+
+def _models_line(replayed: tuple[str, ...]) -> str:
+    """Which models the replay chose among: the active ones only, as the router does. Said in
+    the output because a pool narrowed by `models select --apply` scores lower than the full
+    pool's published figures."""
+    inactive = [m.name for m in list_models() if not m.active]
+    line = f"models: the {len(replayed)} active models ({', '.join(replayed)})"
+    if inactive:
+        line += (
+            f"; {len(inactive)} inactive, left out ({', '.join(inactive)}); to replay with "
+            f"them: avengers models activate {' '.join(inactive)}"
+        )
+    return line

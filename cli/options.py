@@ -7,6 +7,7 @@ depends on the command take keywords (``@options.top_n(default=1, help=...)``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,8 +17,7 @@ from avengers_store.cli.param_types import KeyValues
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.fit import ALGORITHMS, STRATIFY
 from avengers_store.client_core import DEFAULT_TIMEOUT
-from avengers_store.routing import METHODS
-from avengers_store.routing.ood import DEFAULT_POLICY, POLICIES
+from avengers_store.routing import METHODS, OOD_POLICIES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -124,27 +124,88 @@ def stratify(*, default: str | None, help: str) -> Callable[[F], F]:
 # --- routing and answering -----------------------------------------------------------------
 
 
-def ood_policy(func: F) -> F:
-    return click.option(
+# The routing options every routing command takes: (flag, Policy field, click settings). A
+# command decorated with ``routing`` receives them as ``routing``, a dict of the Policy fields
+# given (what ``client.route(..., **routing)`` and the gateway's default policy take).
+ROUTING_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "--method",
+        "method",
+        {
+            "type": click.Choice(sorted(METHODS)),
+            "help": "Routing rule: avengers (16 nearest clusters, weighted, shrunk toward each "
+            "model's prior; the default) or paper (the nearest cluster's means).",
+        },
+    ),
+    (
+        "--tradeoff",
+        "tradeoff",
+        {
+            "type": click.FloatRange(0, 1),
+            "help": "Rank by TRADEOFF x expected quality + (1 - TRADEOFF) x low expected cost, "
+            "both normalised over the candidates: 1 is the plain ranking (with costs shown), 0 the "
+            "cheapest model.",
+        },
+    ),
+    (
+        "--max-cost",
+        "max_cost",
+        {
+            "type": click.FloatRange(min=0),
+            "help": "Keep to models whose expected cost of the request is at most this (in the "
+            "models' price currency); when none is, the cheapest is used and flagged over budget.",
+        },
+    ),
+    (
+        "--max-latency-ms",
+        "max_latency_ms",
+        {
+            "type": click.FloatRange(min=0),
+            "help": "Keep to models whose expected latency (measured from the route log near the "
+            "query) is at most this many milliseconds; when none is, the cheapest is used and "
+            "flagged over budget.",
+        },
+    ),
+    (
+        "--latency-weight",
+        "latency_weight",
+        {
+            "type": click.FloatRange(0, 1),
+            "help": "The trade-off's share for low expected latency: (1 - W) x the quality-cost "
+            "utility + W x (1 - normalised latency).",
+        },
+    ),
+    (
         "--ood-policy",
-        type=click.Choice(POLICIES),
-        default=DEFAULT_POLICY,
-        show_default=True,
-        help="What a query unlike the calibration queries gets: flag (route as usual, marked "
-        "ood), best-overall (the best models over all calibration data) or widen (Model-Switch "
-        "over the top models when answering).",
-    )(func)
+        "ood_policy",
+        {
+            "type": click.Choice(OOD_POLICIES),
+            "help": "What a query unlike the calibration queries gets: flag (route as usual, marked "
+            "ood; the default), best-overall (the best models over all calibration data) or widen "
+            "(Model-Switch over the top models when answering).",
+        },
+    ),
+)
 
 
 def method(func: F) -> F:
-    return click.option(
-        "--method",
-        type=click.Choice(sorted(METHODS)),
-        default="avengers",
-        show_default=True,
-        help="Routing rule: avengers (16 nearest clusters, weighted, shrunk toward each model's "
-        "prior) or paper (the nearest cluster's means).",
-    )(func)
+    """``--method`` alone (commands that replay a routing method)."""
+    flag, field, settings = ROUTING_OPTIONS[0]
+    return click.option(flag, field, default="avengers", show_default=True, **settings)(func)
+
+
+def routing(func: F) -> F:
+    """The routing options (``ROUTING_OPTIONS``); the command receives ``routing``: the Policy
+    fields given, by name."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        given = {field: kwargs.pop(field) for _, field, _ in ROUTING_OPTIONS}
+        return func(*args, routing={k: v for k, v in given.items() if v is not None}, **kwargs)
+
+    for flag, field, settings in reversed(ROUTING_OPTIONS):
+        command = click.option(flag, field, **settings)(command)
+    return command  # type: ignore[return-value]
 
 
 def top_n(*, default: int | None, help: str) -> Callable[[F], F]:
@@ -195,20 +256,3 @@ def jsonl_file(*, help: str) -> Callable[[F], F]:
     return click.option(
         "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), help=help
     )
-
-
-def tradeoff(func: F) -> F:
-    """``--tradeoff`` and ``--max-cost``: a cost-aware route; the command receives both."""
-    func = click.option(
-        "--max-cost",
-        type=click.FloatRange(min=0),
-        help="Keep to models whose expected cost of the request is at most this (in the "
-        "models' price currency); when none is, the cheapest is used and flagged over budget.",
-    )(func)
-    return click.option(
-        "--tradeoff",
-        type=click.FloatRange(0, 1),
-        help="Rank by TRADEOFF x expected quality + (1 - TRADEOFF) x low expected cost, both "
-        "normalised over the candidates: 1 is the plain ranking (with costs shown), 0 the "
-        "cheapest model.",
-    )(func)

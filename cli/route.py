@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from avengers_store.cli import options
@@ -20,25 +21,16 @@ from avengers_store.client import AvengersClient
     help='JSONL of {"text": ...} or {"vector": [...]} per line (- for stdin): routed in one '
     "statement, one JSON decision per line out."
 )
-@options.method
-@options.tradeoff
-@options.ood_policy
+@options.routing
 @options.json_output
 def command(
-    text: str | None,
-    top_n: int,
-    file_: str | None,
-    method: str,
-    tradeoff: float | None,
-    max_cost: float | None,
-    ood_policy: str,
-    as_json: bool,
+    text: str | None, top_n: int, file_: str | None, routing: dict[str, Any], as_json: bool
 ) -> None:
     """Route TEXT: nearest cluster of the active clustering and the best active models.
 
     Text is embedded with the serving space's embedder; nothing is sent to a model. With
     --tradeoff or --max-cost every candidate shows its expected cost of one answer (prices x
-    tokens, or measured costs; README.md "Cost-aware routing"). The decision says how novel the
+    tokens, or measured costs; docs/cost-aware-routing.md). The decision says how novel the
     query is against the calibration queries (ood: true beyond the clustering's threshold) and
     what --ood-policy did about it.
 
@@ -54,14 +46,14 @@ def command(
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
-    with AvengersClient(method=method, ood_policy=ood_policy) as client:
+    with AvengersClient() as client:
         if file_ is not None:
             queries = read_jsonl(file_, allow_vectors=True)
-            decisions = client.route_many(queries, top_n, tradeoff=tradeoff, max_cost=max_cost)
+            decisions = client.route_many(queries, top_n, **routing)
             for i, decision in enumerate(decisions):
                 click.echo(json.dumps({"line": i + 1, **decision.to_dict()}, ensure_ascii=False))
             return
-        decision = client.route(text, top_n, tradeoff=tradeoff, max_cost=max_cost)
+        decision = client.route(text, top_n, **routing)
     if as_json:
         echo_json(decision.to_dict())
     else:

@@ -7,7 +7,7 @@ from avengers_store.cli import options
 from avengers_store.cli.commands import Command
 
 from avengers_store.answering.strategies import DEFAULT_THRESHOLD, STRATEGIES
-from avengers_store.errors import ConfigurationError
+from avengers_store.errors import ConfigurationError, InputError
 from avengers_store.gateway.settings import GatewaySettings
 
 
@@ -27,8 +27,7 @@ from avengers_store.gateway.settings import GatewaySettings
               show_default=True, help="Default strategy.")  # fmt: skip
 @click.option("--top-n", type=click.IntRange(1, 16),
               help="Default ranked candidates per request (default 3).")  # fmt: skip
-@options.method
-@options.tradeoff
+@options.routing
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True),
               default=DEFAULT_THRESHOLD, show_default=True,
               help="Model-Switch vote-share threshold.")  # fmt: skip
@@ -50,7 +49,6 @@ from avengers_store.gateway.settings import GatewaySettings
               help="Seconds SIGTERM waits for requests in flight.")  # fmt: skip
 @click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Largest request body in bytes.")  # fmt: skip
-@options.ood_policy
 @click.option("--log-vectors", is_flag=True,
               help="Keep each routed query's embedding (not its text), so feedback on it counts "
               "in later clustering versions.")  # fmt: skip
@@ -59,19 +57,30 @@ from avengers_store.gateway.settings import GatewaySettings
 @click.option("--feedback-refresh", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds within which POST /v1/feedback is served to routing (0: at once, "
               "one refresh per request).")  # fmt: skip
+@click.option("--spool-dir", type=click.Path(file_okay=False, writable=True),
+              help="Where route-log rows the store cannot take are kept until it can "
+              "(default: $AVENGERS_HOME/route-log-spool).")  # fmt: skip
+@click.option("--spool-max-mb", type=click.FloatRange(min=0, min_open=True), default=64.0,
+              show_default=True,
+              help="Largest spool per worker, in MiB; when it is full and the store is "
+              "unreachable, requests get 503.")  # fmt: skip
 def command(
-    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, method, tradeoff,
-    max_cost, threshold, route_on, max_tokens, upstream_timeout, upstream_retries, timeout,
-    session_ttl, grace, max_body, ood_policy, log_vectors, log_texts, feedback_refresh,
+    host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, routing, threshold,
+    route_on, max_tokens, upstream_timeout, upstream_retries, timeout, session_ttl, grace,
+    max_body, log_vectors, log_texts, feedback_refresh, spool_dir, spool_max_mb,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
     model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
 
     Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
-    loopback address allows. GET /health, /ready and /metrics need no key. --tradeoff and
-    --max-cost are defaults a request may override (body fields tradeoff, max_cost); every
-    routed answer names its expected cost in x-avengers-expected-cost. POST /v1/feedback scores
-    an answer by the x-avengers-route-id it got.
+    loopback address allows. GET /health, /ready and /metrics need no key. The routing options
+    (--method, --tradeoff, --max-cost, --max-latency-ms, ...) are defaults a request may
+    override with the body fields of the same names; with a trade-off or a ceiling in force
+    (--tradeoff 1 prices every answer without changing the ranking) routed answers name their
+    expected cost in x-avengers-expected-cost. POST /v1/feedback scores an answer by the
+    x-avengers-route-id it got. Each answer's route-log row is in the store,
+    or fsync'd in the spool (--spool-dir) if the store cannot take it, before the answer is
+    sent; the spool is written to the store once it is back, or by the next start.
 
     \b
     Example:
@@ -97,9 +106,7 @@ def command(
             samples=samples,
             strategy=strategy,
             top_n=top_n,
-            method=method,
-            tradeoff=tradeoff,
-            max_cost=max_cost,
+            policy=routing,
             threshold=threshold,
             route_on=route_on,
             max_tokens=max_tokens,
@@ -111,8 +118,9 @@ def command(
             log_vectors=log_vectors,
             log_texts=log_texts,
             feedback_refresh_s=feedback_refresh,
-            ood_policy=ood_policy,
+            spool_dir=spool_dir,
+            spool_max_bytes=max(1, int(spool_max_mb * 1024 * 1024)),
         )
-    except ConfigurationError as exc:
+    except (ConfigurationError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc
     server.run(settings)

@@ -8,6 +8,8 @@
 --   else:     (price_in * prompt tokens + completions * price_out * completion tokens) / 1e6,
 --             prices per 1M tokens (avengers.models.cost_in_per_m / cost_out_per_m);
 --   NULL when m has neither a price nor a measured cost.
+-- Expected latency of a request on m: m's measured milliseconds per model request (the route
+-- log's usage), pooled over the query's neighbourhood like the scores, else m's mean.
 -- Prompt tokens = the query's characters * m's measured prompt tokens per character
 -- (model_costs.tokens_per_char), else 1 token per 4 characters. Completion tokens = m's measured
 -- tokens per answer pooled over the query's neighbourhood like the scores (cluster_costs), else
@@ -49,23 +51,29 @@ COMMENT ON FUNCTION avengers.expected_cost(double precision, double precision, d
 CREATE MATERIALIZED VIEW avengers.cluster_costs AS
 WITH measured AS (
   SELECT a.clustering_id, a.cluster, o.model_id, o.samples,
-         o.tokens_in, char_length(q.text) AS chars, o.tokens_out, o.cost
+         o.tokens_in, char_length(q.text) AS chars, o.tokens_out, o.cost,
+         NULL::double precision AS latency_ms, NULL::integer AS requests
   FROM avengers.assignments a
   JOIN avengers.active_clustering k ON k.id = a.clustering_id
   JOIN avengers.outcomes o ON o.query_id = a.query_id
   JOIN avengers.queries q ON q.id = a.query_id
   WHERE o.tokens_in IS NOT NULL OR o.tokens_out IS NOT NULL OR o.cost IS NOT NULL
   UNION ALL
-  -- Requests answered through the library or the gateway: per model, the answers drawn and
-  -- their completion tokens (the route log keeps no text, so no prompt length).
-  SELECT r.clustering_id, r.cluster, m.id, u.samples, NULL, NULL, u.tokens_out, NULL
+  -- Requests answered through the library or the gateway: per model, the answers drawn, their
+  -- completion tokens (the route log keeps no text, so no prompt length) and the time its
+  -- requests took.
+  SELECT r.clustering_id, r.cluster, m.id, u.samples, NULL, NULL, u.tokens_out, NULL,
+         u.latency_ms, u.requests
   FROM avengers.route_log r
   JOIN avengers.active_clustering k ON k.id = r.clustering_id
   CROSS JOIN LATERAL jsonb_to_recordset(
     CASE WHEN jsonb_typeof(r.metadata -> 'usage') = 'array' THEN r.metadata -> 'usage'
-         ELSE '[]'::jsonb END) AS u(model text, samples integer, tokens_out bigint)
+         ELSE '[]'::jsonb END)
+       AS u(model text, samples integer, tokens_out bigint, latency_ms double precision,
+            requests integer)
   JOIN avengers.models m ON m.name = u.model
-  WHERE r.cluster IS NOT NULL AND u.samples > 0 AND u.tokens_out IS NOT NULL
+  WHERE r.cluster IS NOT NULL AND u.samples > 0
+    AND (u.tokens_out IS NOT NULL OR (u.latency_ms IS NOT NULL AND u.requests > 0))
 )
 SELECT clustering_id, cluster, model_id,
        coalesce(sum(tokens_in), 0)::double precision AS tokens_in_sum,
@@ -73,7 +81,10 @@ SELECT clustering_id, cluster, model_id,
        coalesce(sum(samples) FILTER (WHERE tokens_out IS NOT NULL), 0)::double precision AS answers,
        coalesce(sum(tokens_out), 0)::double precision AS tokens_out_sum,
        coalesce(sum(samples) FILTER (WHERE cost IS NOT NULL), 0)::double precision AS cost_answers,
-       coalesce(sum(cost), 0)::double precision AS cost_sum
+       coalesce(sum(cost), 0)::double precision AS cost_sum,
+       coalesce(sum(requests) FILTER (WHERE latency_ms IS NOT NULL), 0)::double precision
+         AS latency_requests,
+       coalesce(sum(latency_ms) FILTER (WHERE requests > 0), 0)::double precision AS latency_sum
 FROM measured
 GROUP BY clustering_id, cluster, model_id
 WITH DATA;
@@ -88,6 +99,8 @@ COMMENT ON COLUMN avengers.cluster_costs.chars_sum IS 'Characters of those outco
 COMMENT ON COLUMN avengers.cluster_costs.answers IS 'Answers (samples) behind tokens_out_sum.';
 COMMENT ON COLUMN avengers.cluster_costs.tokens_out_sum IS 'Completion tokens of those answers.';
 COMMENT ON COLUMN avengers.cluster_costs.cost_answers IS 'Answers (samples) behind cost_sum.';
+COMMENT ON COLUMN avengers.cluster_costs.latency_requests IS 'Model requests the route log timed here.';
+COMMENT ON COLUMN avengers.cluster_costs.latency_sum IS 'Their summed wall time, in milliseconds.';
 COMMENT ON COLUMN avengers.cluster_costs.cost_sum IS 'Measured cost of those answers (outcomes.cost).';
 
 -- Per model: the same measurements over all clusters, as means (what a route falls back to).
@@ -97,7 +110,9 @@ SELECT cc.clustering_id, cc.model_id,
        sum(cc.answers) AS answers,
        sum(cc.tokens_out_sum) / nullif(sum(cc.answers), 0) AS tokens_out,
        sum(cc.cost_answers) AS cost_answers,
-       sum(cc.cost_sum) / nullif(sum(cc.cost_answers), 0) AS cost
+       sum(cc.cost_sum) / nullif(sum(cc.cost_answers), 0) AS cost,
+       sum(cc.latency_requests) AS latency_requests,
+       sum(cc.latency_sum) / nullif(sum(cc.latency_requests), 0) AS latency_ms
 FROM avengers.cluster_costs cc
 GROUP BY cc.clustering_id, cc.model_id
 WITH DATA;
@@ -110,4 +125,6 @@ COMMENT ON COLUMN avengers.model_costs.tokens_per_char IS 'Prompt tokens per cha
 COMMENT ON COLUMN avengers.model_costs.answers IS 'Answers behind tokens_out.';
 COMMENT ON COLUMN avengers.model_costs.tokens_out IS 'Mean completion tokens per answer.';
 COMMENT ON COLUMN avengers.model_costs.cost_answers IS 'Answers behind cost.';
+COMMENT ON COLUMN avengers.model_costs.latency_requests IS 'Model requests the route log timed.';
+COMMENT ON COLUMN avengers.model_costs.latency_ms IS 'Their mean wall time, in milliseconds (NULL: none timed).';
 COMMENT ON COLUMN avengers.model_costs.cost IS 'Mean measured cost per answer.';

@@ -421,9 +421,10 @@ AS $$
 BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
-  -- routing_models adds the evidence to the served score (read from the materialized views).
+  -- routing_entries and routing_models carry the evidence to decisions.
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_entries;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_production() IS
-  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, production_evidence, routing_models: clusters x models rows each) without re-reading calibration outcomes.';
+  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, production_evidence, routing_entries, routing_models: clusters x models rows each) without re-reading calibration outcomes.';

@@ -18,31 +18,47 @@ COMMENT ON COLUMN avengers.clustering_scale.clustering_id IS 'The active cluster
 COMMENT ON COLUMN avengers.clustering_scale.rho IS 'Median of assignments.distance^2 (0 when every query sits on its centroid: routing then weighs only the nearest centroids).';
 COMMENT ON COLUMN avengers.clustering_scale.n IS 'Assignments behind the median.';
 
--- What avengers.route and avengers.route_many read on every call, shaped so that a route is one
+-- What avengers.decide (sql/040_decide.sql) reads on every call, shaped so that a decision is one
 -- scan of k centroids plus one pass over the models, with no per-(cluster, model) rows: the pooled
 -- sums over a query's neighbours are inner products, computed by pgvector in C, of a per-query
--- weight vector over clusters with each model's per-cluster outcome sums and counts stored as
--- sparse vectors (index = cluster + 1). pgvector works in float32, so pooled
--- scores carry ~1e-7 relative rounding; the counts and sums of 0/1 outcomes are exact integers.
--- A sparsevec holds at most 16,000 non-zero entries, so routing_models is built only for
--- clusterings of at most 16,000 clusters; larger ones (and the HNSW-indexed ones, built from
--- k = 16,384) are routed by avengers.route_many_general.
+-- weight vector over clusters with each model's per-cluster sums stored as sparse vectors
+-- (index = cluster + 1). pgvector works in float32, so pooled scores carry ~1e-7 relative
+-- rounding; the counts and sums of 0/1 outcomes are exact integers. A sparsevec holds at most
+-- 16,000 non-zero entries, so the vectors are built only for clusterings of at most 16,000
+-- clusters ("pooled"); larger ones are scored from routing_entries, one row per neighbour.
 
--- One row, the active clustering: what a route checks and scales by.
+-- A sparse vector over clusters from parallel arrays of clusters and values (entry cluster + 1):
+-- how routing_models stores per-cluster sums. No entries: the zero vector of that dimension.
+CREATE FUNCTION avengers.sparse_sums(clusters integer[], vals double precision[], dims integer)
+RETURNS sparsevec
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN format('{%s}/%s',
+              (SELECT string_agg((x.c + 1)::text || ':' || x.v::text, ',' ORDER BY x.c)
+               FROM unnest(clusters, vals) AS x(c, v)),
+              dims)::sparsevec;
+COMMENT ON FUNCTION avengers.sparse_sums(integer[], double precision[], integer) IS
+  'Sparse vector of dimension dims with vals[i] at entry clusters[i] + 1 (routing_models'' per-cluster sums).';
+
+-- One row per routed clustering (the active one): what a decision checks, scales by and
+-- defaults to.
 CREATE MATERIALIZED VIEW avengers.routing_state AS
 SELECT k.id AS clustering_id,
+       k.status = 'active' AS active,
        k.dimension,
        x.clusters,
        sc.rho,
-       x.indexed,
-       coalesce(x.clusters <= 16000, false) AND NOT x.indexed AS pooled,
-       x.mean_chars
+       coalesce(x.clusters <= 16000, false) AS pooled,
+       x.mean_chars,
+       k.production_weight,
+       k.exploration,
+       k.exploration_share,
+       nv.threshold AS novelty_threshold
 FROM avengers.active_clustering k
 LEFT JOIN avengers.clustering_scale sc ON sc.clustering_id = k.id
+LEFT JOIN avengers.novelty_profiles nv ON nv.clustering_id = k.id
 CROSS JOIN LATERAL (
   SELECT (SELECT max(c.cluster) + 1 FROM avengers.centroids c WHERE c.clustering_id = k.id)
            AS clusters,
-         to_regclass('avengers.centroids_hnsw_' || k.id) IS NOT NULL AS indexed,
          (SELECT avg(char_length(q.text))::double precision
           FROM avengers.assignments a JOIN avengers.queries q ON q.id = a.query_id
           WHERE a.clustering_id = k.id) AS mean_chars
@@ -50,176 +66,228 @@ CROSS JOIN LATERAL (
 WITH DATA;
 CREATE UNIQUE INDEX routing_state_key ON avengers.routing_state (clustering_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_state IS
-  'The served clustering as routing sees it: dimension, number of clusters, scale, whether it has an HNSW centroid index, and whether route / route_many serve it from routing_centroids and routing_models (pooled) or through route_many_general. Refreshed with the profiles; an HNSW index is built before a clustering is activated.';
-COMMENT ON COLUMN avengers.routing_state.clustering_id IS 'The active clustering version.';
+  'The served clustering as avengers.decide sees it: dimension, number of clusters, scale, whether it is scored from sparse vectors (pooled), and the defaults a routing policy falls back to (production weight, exploration, novelty threshold). Refreshed with the profiles and when the clustering''s settings change.';
+COMMENT ON COLUMN avengers.routing_state.clustering_id IS 'The clustering version.';
+COMMENT ON COLUMN avengers.routing_state.active IS 'Whether it is the active clustering (what a policy without a clustering routes with).';
 COMMENT ON COLUMN avengers.routing_state.dimension IS 'Dimension of its embedding space (query vectors must match).';
 COMMENT ON COLUMN avengers.routing_state.clusters IS 'Highest cluster index + 1: the dimension of the sparse vectors in routing_models.';
 COMMENT ON COLUMN avengers.routing_state.rho IS 'clustering_scale.rho (NULL without assignments).';
-COMMENT ON COLUMN avengers.routing_state.indexed IS 'Whether avengers.centroids_hnsw_<id> exists (very large k).';
-COMMENT ON COLUMN avengers.routing_state.pooled IS 'At most 16,000 clusters and no HNSW index: routing_models is built and route / route_many use it.';
-COMMENT ON COLUMN avengers.routing_state.mean_chars IS 'Mean length in characters of the clustered calibration texts: the prompt length a cost-aware route assumes for a vector routed without its text.';
+COMMENT ON COLUMN avengers.routing_state.pooled IS 'At most 16,000 clusters: decide pools from routing_models'' sparse vectors; otherwise it reads routing_entries per neighbour.';
+COMMENT ON COLUMN avengers.routing_state.mean_chars IS 'Mean length in characters of the clustered calibration texts: the prompt length a cost-aware decision assumes for a vector routed without its text.';
+COMMENT ON COLUMN avengers.routing_state.production_weight IS 'clusterings.production_weight: what a policy without a production weight uses.';
+COMMENT ON COLUMN avengers.routing_state.exploration IS 'clusterings.exploration: what a policy without an exploration uses.';
+COMMENT ON COLUMN avengers.routing_state.exploration_share IS 'clusterings.exploration_share.';
+COMMENT ON COLUMN avengers.routing_state.novelty_threshold IS 'novelty_profiles.threshold: the Mahalanobis distance at novelty 1 (NULL: the version has no novelty model, and novelty is the nearest cluster''s distance over its ood_distance).';
 
 -- The active clustering's centroids with the sparse-vector key of each cluster, scanned once per
--- routed query (a copy, so the scan reads no other version's rows and formats no integers).
+-- routed query (a copy, so the scan reads no other version's rows and formats no integers), and
+-- each cluster's OOD distance (for versions without a novelty model).
 CREATE MATERIALIZED VIEW avengers.routing_centroids AS
-SELECT c.clustering_id, c.cluster, c.centroid, (c.cluster + 1)::text || ':' AS weight_key
+SELECT c.clustering_id, c.cluster, c.centroid, (c.cluster + 1)::text || ':' AS weight_key,
+       d.ood_distance,
+       CASE WHEN st.pooled THEN format('{%s:1}/%s', c.cluster + 1, st.clusters)::sparsevec
+       END AS onehot
 FROM avengers.centroids c
+JOIN avengers.routing_state st ON st.clustering_id = c.clustering_id
 JOIN avengers.active_clustering k ON k.id = c.clustering_id
+LEFT JOIN avengers.cluster_distances d ON d.clustering_id = c.clustering_id AND d.cluster = c.cluster
 WITH DATA;
-CREATE UNIQUE INDEX routing_centroids_key ON avengers.routing_centroids (cluster);
+CREATE UNIQUE INDEX routing_centroids_key ON avengers.routing_centroids (clustering_id, cluster);
 COMMENT ON MATERIALIZED VIEW avengers.routing_centroids IS
-  'Centroids of the active clustering, as routing scans them.';
-COMMENT ON COLUMN avengers.routing_centroids.clustering_id IS 'The active clustering version.';
+  'Centroids of the served clustering, as avengers.decide scans them.';
+COMMENT ON COLUMN avengers.routing_centroids.clustering_id IS 'The clustering version.';
 COMMENT ON COLUMN avengers.routing_centroids.cluster IS 'Cluster index.';
 COMMENT ON COLUMN avengers.routing_centroids.centroid IS 'The centroid (avengers.centroids.centroid).';
 COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', the cluster''s entry key in a sparsevec literal.';
+COMMENT ON COLUMN avengers.routing_centroids.ood_distance IS 'cluster_distances.ood_distance (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_centroids.onehot IS 'The sparsevec with 1 at the cluster''s entry: its inner product with a model''s per-cluster sums (routing_models) reads the model''s entry for the cluster.';
 
--- Per model of model_priors: its outcome sums and counts in every cluster as sparse vectors
--- (zero entries, clusters without outcomes, are not stored and add nothing to a pooled sum):
--- score_sums and ns hold calibration plus production evidence (production_evidence) at the
--- clustering's production_weight, so the served score learns from feedback through the same
--- inner products; production_sums and production_ns hold the production evidence alone, for a
--- routing function that applies its own production weight.
--- Sums below 1e-30 in magnitude are left out too: float32 cannot hold them and they add nothing
--- visible.
--- A model with no calibration outcome in the clustering (added to the pool since) is routed on
--- production evidence alone, so it has a row only while production counts (production_weight
--- > 0): its prior is the average calibrated model's, and it comes after every calibrated model
--- in the tie-break order.
--- The model's row of avengers.models is copied in, so a route reads one relation for its
--- candidates instead of joining models; a statement trigger on avengers.models
--- (sql/060_procedures_and_triggers.sql) refreshes this view in the same transaction as any
--- change there, so routing never sees an outdated flag or endpoint.
--- Built from cluster_profiles, production_evidence, model_priors and routing_state, so
--- refreshed after them; avengers.refresh_production refreshes it too (clusters x models rows).
-CREATE MATERIALIZED VIEW avengers.routing_models AS
-WITH candidates AS (
+-- One row per cluster and model of the served clustering: the calibration profile entry, the
+-- feedback counted there and what the production update rule adds (production_evidence, which
+-- also starts a model without calibration outcomes). What routing_models' per-cluster vectors
+-- are built from.
+CREATE MATERIALIZED VIEW avengers.routing_entries AS
+SELECT x.clustering_id, x.cluster, x.model_id,
+       c.mean_score, c.n, c.score_sum, c.wilson_low, c.wilson_high,
+       coalesce(p.n, 0)::integer AS production_n,
+       p.decayed_mean AS production_mean,
+       coalesce(e.delta_n, 0) AS production_delta_n,
+       coalesce(e.delta_sum, 0) AS production_delta_sum
+FROM (
+  SELECT clustering_id, cluster, model_id FROM avengers.cluster_profiles
+  UNION
+  SELECT clustering_id, cluster, model_id FROM avengers.production_profiles
+  UNION
+  SELECT clustering_id, cluster, model_id FROM avengers.production_evidence
+) AS x
+LEFT JOIN avengers.cluster_profiles c
+  ON c.clustering_id = x.clustering_id AND c.cluster = x.cluster AND c.model_id = x.model_id
+LEFT JOIN avengers.production_profiles p
+  ON p.clustering_id = x.clustering_id AND p.cluster = x.cluster AND p.model_id = x.model_id
+LEFT JOIN avengers.production_evidence e
+  ON e.clustering_id = x.clustering_id AND e.cluster = x.cluster AND e.model_id = x.model_id
+WITH DATA;
+CREATE UNIQUE INDEX routing_entries_key ON avengers.routing_entries (clustering_id, cluster, model_id);
+COMMENT ON MATERIALIZED VIEW avengers.routing_entries IS
+  'Per cluster and model of the served clustering: its calibration profile entry (cluster_profiles), the feedback counted there (production_profiles) and what the production update rule adds (production_evidence): what routing_models'' per-cluster vectors are built from.';
+COMMENT ON COLUMN avengers.routing_entries.clustering_id IS 'The clustering version.';
+COMMENT ON COLUMN avengers.routing_entries.cluster IS 'Cluster index.';
+COMMENT ON COLUMN avengers.routing_entries.model_id IS 'Model.';
+COMMENT ON COLUMN avengers.routing_entries.mean_score IS 'cluster_profiles.mean_score (NULL: no calibration outcome here).';
+COMMENT ON COLUMN avengers.routing_entries.n IS 'cluster_profiles.n.';
+COMMENT ON COLUMN avengers.routing_entries.score_sum IS 'cluster_profiles.score_sum.';
+COMMENT ON COLUMN avengers.routing_entries.wilson_low IS 'cluster_profiles.wilson_low.';
+COMMENT ON COLUMN avengers.routing_entries.wilson_high IS 'cluster_profiles.wilson_high.';
+COMMENT ON COLUMN avengers.routing_entries.production_n IS 'Feedback rows counted here (production_profiles.n; 0: none).';
+COMMENT ON COLUMN avengers.routing_entries.production_mean IS 'Their decayed mean (NULL: none).';
+COMMENT ON COLUMN avengers.routing_entries.production_delta_n IS 'production_evidence.delta_n: what the update rule adds to the outcome count at production weight 1 (0 for a calibrated model).';
+COMMENT ON COLUMN avengers.routing_entries.production_delta_sum IS 'production_evidence.delta_sum: what the update rule adds to the outcome sum at production weight 1 (may be negative).';
+
+-- Per model of model_priors, and per model of the pool without calibration outcomes in the
+-- clustering (added since: scored on the update rule's evidence alone, so only at a production
+-- weight above 0; its prior is the calibrated models' average and it comes after all of them in
+-- the tie-break order): what a decision pools for it, as sparse vectors over clusters (entry
+-- cluster + 1; zero entries are not stored and add nothing to a pooled sum): its calibration
+-- outcome sums and counts, what the production update rule adds to them, the feedback counted,
+-- and its measured tokens and costs; with its prices and the model's row of avengers.models, so
+-- a decision reads one relation for its candidates. Production is kept apart from calibration so
+-- that a policy's production weight applies at decision time (weight 0 reads calibration only).
+-- Sums below 1e-30 in magnitude are left out: float32 cannot hold them and they add nothing
+-- visible. A
+-- statement trigger on avengers.models (sql/060_procedures_and_triggers.sql) refreshes this view
+-- in the same transaction as any change there, so routing never sees an outdated flag, endpoint
+-- or price; avengers.refresh_production refreshes it too (clusters x models rows).
+-- toast_tuple_target: the vectors stay in the row (a few KB at k = 64) instead of being
+-- compressed or moved out of line, which every decision would pay to undo.
+CREATE MATERIALIZED VIEW avengers.routing_models WITH (toast_tuple_target = 8160) AS
+WITH pool AS (
   SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_rank,
          true AS calibrated
   FROM avengers.model_priors mp
   UNION ALL
-  SELECT k.id, m.id, (SELECT avg(p.prior_score) FROM avengers.model_priors p), NULL,
-         ((SELECT count(*) FROM avengers.model_priors) + row_number() OVER (ORDER BY m.name))
-           ::integer,
-         false
+  SELECT k.clustering_id, m.id, k.prior_score, NULL, (k.models + row_number() OVER (
+           PARTITION BY k.clustering_id ORDER BY m.name))::integer, false
   FROM avengers.models m
-  CROSS JOIN avengers.active_clustering k
-  WHERE k.production_weight > 0
-    AND NOT EXISTS (SELECT 1 FROM avengers.model_priors p WHERE p.model_id = m.id)
+  CROSS JOIN (SELECT p.clustering_id, avg(p.prior_score) AS prior_score, count(*) AS models
+              FROM avengers.model_priors p GROUP BY p.clustering_id) AS k
+  WHERE NOT EXISTS (SELECT 1 FROM avengers.model_priors p
+                    WHERE p.clustering_id = k.clustering_id AND p.model_id = m.id)
 )
 SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_rank,
-       v.score_sums, v.ns,
+       mp.calibrated,
        m.name, m.active, m.endpoint, coalesce(m.served_name, m.name) AS served_name,
-       m.api_key_env, mp.calibrated, v.production_sums, v.production_ns
-FROM candidates mp
-JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id AND st.pooled
+       m.api_key_env,
+       -- Not pooled: too many clusters for a sparse vector; decide reads routing_entries.
+       CASE WHEN st.pooled THEN v.score_sums END AS score_sums,
+       CASE WHEN st.pooled THEN v.ns END AS ns,
+       CASE WHEN st.pooled THEN v.production_sums END AS production_sums,
+       CASE WHEN st.pooled THEN v.production_ns END AS production_ns,
+       CASE WHEN st.pooled THEN v.production_counts END AS production_counts,
+       CASE WHEN st.pooled THEN v.production_means END AS production_means,
+       CASE WHEN st.pooled THEN v.wilson_lows END AS wilson_lows,
+       CASE WHEN st.pooled THEN v.wilson_highs END AS wilson_highs,
+       m.cost_in_per_m AS price_in, m.cost_out_per_m AS price_out,
+       mc.tokens_per_char, mc.tokens_out AS mean_tokens_out, mc.cost AS mean_cost,
+       mc.latency_ms AS mean_latency_ms,
+       CASE WHEN st.pooled THEN c.tokens_out_sums END AS tokens_out_sums,
+       CASE WHEN st.pooled THEN c.answer_ns END AS answer_ns,
+       CASE WHEN st.pooled THEN c.cost_sums END AS cost_sums,
+       CASE WHEN st.pooled THEN c.cost_ns END AS cost_ns,
+       CASE WHEN st.pooled THEN c.latency_sums END AS latency_sums,
+       CASE WHEN st.pooled THEN c.latency_ns END AS latency_ns
+FROM pool mp
+JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id
 JOIN avengers.models m ON m.id = mp.model_id
-CROSS JOIN avengers.active_clustering k
+LEFT JOIN avengers.model_costs mc ON mc.model_id = mp.model_id
 CROSS JOIN LATERAL (
-  SELECT format('{%s}/%s',
-                string_agg((cp.cluster + 1)::text || ':' || cp.score_sum::text, ',')
-                  FILTER (WHERE abs(cp.score_sum) >= 1e-30),
-                st.clusters)::sparsevec AS score_sums,
-         format('{%s}/%s',
-                string_agg((cp.cluster + 1)::text || ':' || cp.n::text, ',')
-                  FILTER (WHERE abs(cp.n) >= 1e-30),
-                st.clusters)::sparsevec AS ns,
-         format('{%s}/%s',
-                string_agg((cp.cluster + 1)::text || ':' || cp.delta_sum::text, ',')
-                  FILTER (WHERE abs(cp.delta_sum) >= 1e-30),
-                st.clusters)::sparsevec AS production_sums,
-         format('{%s}/%s',
-                string_agg((cp.cluster + 1)::text || ':' || cp.delta_n::text, ',')
-                  FILTER (WHERE abs(cp.delta_n) >= 1e-30),
-                st.clusters)::sparsevec AS production_ns
-  FROM (
-    -- Calibration outcomes, and production evidence at the clustering's weight. With weight 0
-    -- the production rows are left out of score_sums and ns, so they are the calibration sums
-    -- exactly.
-    SELECT s.cluster, sum(s.score_sum) AS score_sum, sum(s.n) AS n, sum(s.delta_sum) AS delta_sum,
-           sum(s.delta_n) AS delta_n
-    FROM (
-      SELECT c.cluster, c.score_sum::double precision AS score_sum, c.n::double precision AS n,
-             0::double precision AS delta_sum, 0::double precision AS delta_n
-      FROM avengers.cluster_profiles c
-      WHERE c.clustering_id = mp.clustering_id AND c.model_id = mp.model_id
-      UNION ALL
-      SELECT e.cluster,
-             CASE WHEN k.production_weight > 0 THEN k.production_weight * e.delta_sum ELSE 0 END,
-             CASE WHEN k.production_weight > 0 THEN k.production_weight * e.delta_n ELSE 0 END,
-             e.delta_sum, e.delta_n
-      FROM avengers.production_evidence e
-      WHERE e.clustering_id = mp.clustering_id AND e.model_id = mp.model_id
-    ) AS s
-    GROUP BY s.cluster
-  ) AS cp
+  SELECT avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.score_sum >= 1e-30),
+                              array_agg(e.score_sum) FILTER (WHERE e.score_sum >= 1e-30),
+                              st.clusters) AS score_sums,
+         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.n > 0),
+                              array_agg(e.n) FILTER (WHERE e.n > 0), st.clusters) AS ns,
+         avengers.sparse_sums(
+           array_agg(e.cluster) FILTER (WHERE abs(e.production_delta_sum) >= 1e-30),
+           array_agg(e.production_delta_sum) FILTER (WHERE abs(e.production_delta_sum) >= 1e-30),
+           st.clusters) AS production_sums,
+         avengers.sparse_sums(
+           array_agg(e.cluster) FILTER (WHERE abs(e.production_delta_n) >= 1e-30),
+           array_agg(e.production_delta_n) FILTER (WHERE abs(e.production_delta_n) >= 1e-30),
+           st.clusters) AS production_ns,
+         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.production_n > 0),
+                              array_agg(e.production_n) FILTER (WHERE e.production_n > 0),
+                              st.clusters) AS production_counts,
+         avengers.sparse_sums(
+           array_agg(e.cluster) FILTER (WHERE e.production_n > 0 AND e.production_mean >= 1e-30),
+           array_agg(e.production_mean) FILTER (WHERE e.production_n > 0
+                                                  AND e.production_mean >= 1e-30),
+           st.clusters) AS production_means,
+         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.wilson_low >= 1e-30),
+                              array_agg(e.wilson_low) FILTER (WHERE e.wilson_low >= 1e-30),
+                              st.clusters) AS wilson_lows,
+         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.wilson_high >= 1e-30),
+                              array_agg(e.wilson_high) FILTER (WHERE e.wilson_high >= 1e-30),
+                              st.clusters) AS wilson_highs
+  FROM avengers.routing_entries e
+  WHERE e.clustering_id = mp.clustering_id AND e.model_id = mp.model_id AND st.pooled
 ) AS v
+CROSS JOIN LATERAL (
+  SELECT avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.tokens_out_sum >= 1e-30),
+                              array_agg(cc.tokens_out_sum) FILTER (WHERE cc.tokens_out_sum >= 1e-30),
+                              st.clusters) AS tokens_out_sums,
+         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.answers > 0),
+                              array_agg(cc.answers) FILTER (WHERE cc.answers > 0),
+                              st.clusters) AS answer_ns,
+         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.cost_answers > 0
+                                                             AND cc.cost_sum >= 1e-30),
+                              array_agg(cc.cost_sum) FILTER (WHERE cc.cost_answers > 0
+                                                             AND cc.cost_sum >= 1e-30),
+                              st.clusters) AS cost_sums,
+         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.cost_answers > 0),
+                              array_agg(cc.cost_answers) FILTER (WHERE cc.cost_answers > 0),
+                              st.clusters) AS cost_ns,
+         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.latency_requests > 0
+                                                             AND cc.latency_sum >= 1e-30),
+                              array_agg(cc.latency_sum) FILTER (WHERE cc.latency_requests > 0
+                                                                AND cc.latency_sum >= 1e-30),
+                              st.clusters) AS latency_sums,
+         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.latency_requests > 0),
+                              array_agg(cc.latency_requests) FILTER (WHERE cc.latency_requests > 0),
+                              st.clusters) AS latency_ns
+  FROM avengers.cluster_costs cc
+  WHERE cc.clustering_id = mp.clustering_id AND cc.model_id = mp.model_id AND st.pooled
+) AS c
 WITH DATA;
-CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (model_id);
+CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (clustering_id, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_models IS
-  'Per model of the active clustering (when routing_state.pooled): the prior score and tie-break order of model_priors, as sparse vectors over clusters (entry cluster + 1) the outcome sums and counts of cluster_profiles plus production_evidence at the clustering''s production_weight (what route / route_many pool with one inner product each) and the production evidence alone, and the model''s row of avengers.models, kept current by a trigger on that table. Models without calibration outcomes have a row while production_weight > 0.';
-COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The active clustering version.';
+  'Per model of the served clustering (of model_priors, and of the pool without calibration outcomes there): the prior score and tie-break order; as sparse vectors over clusters (entry cluster + 1, NULL when the clustering is not pooled) the calibration outcome sums and counts of cluster_profiles, what the production update rule adds to them (production_evidence), the feedback counted and its decayed mean (production_profiles) and the measured tokens and costs of cluster_costs, what avengers.decide pools with one inner product each; the model''s row of avengers.models (kept current by a trigger on that table) and its measured means (model_costs).';
+COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The clustering version.';
 COMMENT ON COLUMN avengers.routing_models.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score (a model without calibration outcomes: the average calibrated model''s).';
+COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score: the dataset-balanced calibration mean scores are shrunk toward (a model without calibration outcomes: the calibrated models'' average).';
 COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score (NULL without calibration outcomes).';
 COMMENT ON COLUMN avengers.routing_models.tie_rank IS 'model_priors.tie_rank (the tie-break order; models without calibration outcomes after all others, by name).';
-COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum + production_weight x production_evidence.delta_sum per cluster (float32; entry cluster + 1).';
-COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n + production_weight x production_evidence.delta_n per cluster (entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.calibrated IS 'Whether the model has calibration outcomes in the clustering (false: scored on the update rule''s evidence alone, so never at production weight 0).';
 COMMENT ON COLUMN avengers.routing_models.name IS 'models.name.';
 COMMENT ON COLUMN avengers.routing_models.active IS 'models.active (routing skips inactive models).';
 COMMENT ON COLUMN avengers.routing_models.endpoint IS 'models.endpoint.';
 COMMENT ON COLUMN avengers.routing_models.served_name IS 'models.served_name, else the name.';
 COMMENT ON COLUMN avengers.routing_models.api_key_env IS 'models.api_key_env.';
-COMMENT ON COLUMN avengers.routing_models.calibrated IS 'Whether the model has calibration outcomes in the clustering (false: it is scored on production evidence alone, so never at production weight 0).';
-COMMENT ON COLUMN avengers.routing_models.production_sums IS 'production_evidence.delta_sum per cluster, unweighted (float32, may be negative; entry cluster + 1).';
-COMMENT ON COLUMN avengers.routing_models.production_ns IS 'production_evidence.delta_n per cluster, unweighted (entry cluster + 1).';
-
--- What a cost-aware route reads besides routing_models, per model of it: the prices, the
--- measured means of model_costs and cluster_costs' sums as sparse vectors over clusters (entry
--- cluster + 1; empty for a model without measurements). A relation of its own, so that the plain
--- route's rows stay as narrow as before. Refreshed with routing_models, also by the trigger on
--- avengers.models (prices live there).
-CREATE MATERIALIZED VIEW avengers.routing_costs AS
-SELECT rm.clustering_id, rm.model_id,
-       m.cost_in_per_m AS price_in, m.cost_out_per_m AS price_out,
-       mc.tokens_per_char, mc.tokens_out AS mean_tokens_out, mc.cost AS mean_cost,
-       c.tokens_out_sums, c.answer_ns, c.cost_sums, c.cost_ns
-FROM avengers.routing_models rm
-JOIN avengers.routing_state st ON st.clustering_id = rm.clustering_id
-JOIN avengers.models m ON m.id = rm.model_id
-LEFT JOIN avengers.model_costs mc ON mc.model_id = rm.model_id
-CROSS JOIN LATERAL (
-  SELECT format('{%s}/%s',
-                string_agg((cc.cluster + 1)::text || ':' || cc.tokens_out_sum::text, ',')
-                  FILTER (WHERE cc.answers > 0 AND cc.tokens_out_sum >= 1e-30),
-                st.clusters)::sparsevec AS tokens_out_sums,
-         format('{%s}/%s',
-                string_agg((cc.cluster + 1)::text || ':' || cc.answers::text, ',')
-                  FILTER (WHERE cc.answers > 0),
-                st.clusters)::sparsevec AS answer_ns,
-         format('{%s}/%s',
-                string_agg((cc.cluster + 1)::text || ':' || cc.cost_sum::text, ',')
-                  FILTER (WHERE cc.cost_answers > 0 AND cc.cost_sum >= 1e-30),
-                st.clusters)::sparsevec AS cost_sums,
-         format('{%s}/%s',
-                string_agg((cc.cluster + 1)::text || ':' || cc.cost_answers::text, ',')
-                  FILTER (WHERE cc.cost_answers > 0),
-                st.clusters)::sparsevec AS cost_ns
-  FROM avengers.cluster_costs cc
-  WHERE cc.clustering_id = rm.clustering_id AND cc.model_id = rm.model_id
-) AS c
-WITH DATA;
-CREATE UNIQUE INDEX routing_costs_key ON avengers.routing_costs (model_id);
-COMMENT ON MATERIALIZED VIEW avengers.routing_costs IS
-  'Per model of routing_models: its prices and measured token and cost statistics (model_costs; cluster_costs as sparse vectors over clusters), what a cost-aware route pools; kept current with routing_models.';
-COMMENT ON COLUMN avengers.routing_costs.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.routing_costs.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.routing_costs.price_in IS 'models.cost_in_per_m (price per 1M prompt tokens).';
-COMMENT ON COLUMN avengers.routing_costs.price_out IS 'models.cost_out_per_m (price per 1M completion tokens).';
-COMMENT ON COLUMN avengers.routing_costs.tokens_per_char IS 'model_costs.tokens_per_char (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_costs.mean_tokens_out IS 'model_costs.tokens_out (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_costs.mean_cost IS 'model_costs.cost (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_costs.tokens_out_sums IS 'cluster_costs.tokens_out_sum per cluster (float32; entry cluster + 1).';
-COMMENT ON COLUMN avengers.routing_costs.answer_ns IS 'cluster_costs.answers per cluster (entry cluster + 1).';
-COMMENT ON COLUMN avengers.routing_costs.cost_sums IS 'cluster_costs.cost_sum per cluster (float32; entry cluster + 1).';
-COMMENT ON COLUMN avengers.routing_costs.cost_ns IS 'cluster_costs.cost_answers per cluster (entry cluster + 1).';
+COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n per cluster.';
+COMMENT ON COLUMN avengers.routing_models.production_sums IS 'production_evidence.delta_sum per cluster, unweighted (float32, may be negative).';
+COMMENT ON COLUMN avengers.routing_models.production_ns IS 'production_evidence.delta_n per cluster, unweighted (float32).';
+COMMENT ON COLUMN avengers.routing_models.production_means IS 'production_profiles.decayed_mean per cluster with feedback (float32).';
+COMMENT ON COLUMN avengers.routing_models.wilson_lows IS 'cluster_profiles.wilson_low per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.wilson_highs IS 'cluster_profiles.wilson_high per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.production_counts IS 'production_profiles.n (feedback rows, not decayed) per cluster.';
+COMMENT ON COLUMN avengers.routing_models.price_in IS 'models.cost_in_per_m (price per 1M prompt tokens).';
+COMMENT ON COLUMN avengers.routing_models.price_out IS 'models.cost_out_per_m (price per 1M completion tokens).';
+COMMENT ON COLUMN avengers.routing_models.tokens_per_char IS 'model_costs.tokens_per_char (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_models.mean_tokens_out IS 'model_costs.tokens_out (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_models.mean_cost IS 'model_costs.cost (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_models.tokens_out_sums IS 'cluster_costs.tokens_out_sum per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.answer_ns IS 'cluster_costs.answers per cluster.';
+COMMENT ON COLUMN avengers.routing_models.cost_sums IS 'cluster_costs.cost_sum per cluster (float32).';
+COMMENT ON COLUMN avengers.routing_models.cost_ns IS 'cluster_costs.cost_answers per cluster.';
+COMMENT ON COLUMN avengers.routing_models.mean_latency_ms IS 'model_costs.latency_ms (NULL: not measured).';
+COMMENT ON COLUMN avengers.routing_models.latency_sums IS 'cluster_costs.latency_sum per cluster (float32; milliseconds).';
+COMMENT ON COLUMN avengers.routing_models.latency_ns IS 'cluster_costs.latency_requests per cluster.';

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from avengers_store import redaction
 from avengers_store.answering.sampling import (
     DEFAULT_MAX_TOKENS,
     Deadline,
@@ -27,14 +28,12 @@ from avengers_store.answering.sampling import (
     SampleBatch,
     Sleep,
     adrive,
-    api_key,
     attempt_timeout,
     auth_headers,
     bounded,
     post_steps,
     sample_steps,
     without_credentials,
-    without_secret,
 )
 from avengers_store.errors import ConfigurationError, EndpointError
 
@@ -61,12 +60,8 @@ class AsyncChatClient:
         self.policy = RetryPolicy(timeout, max_retries, backoff)
         self.limits = NLimits(max_n)
         self.timeout = timeout
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
+        # Every answer, stream and error is read through the redacting transport: no key leaves.
+        self._http = redaction.async_client(timeout=timeout, max_connections=max_connections)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -134,7 +129,7 @@ class AsyncChatClient:
         )  # fmt: skip
         response = await self._open(steps)
         try:
-            yield _events(endpoint, response, deadline, api_key(endpoint) or "")
+            yield _events(endpoint, response, deadline)
         finally:
             await response.aclose()
 
@@ -176,7 +171,7 @@ def _earliest(*deadlines: Deadline | None) -> Deadline | None:
 
 
 async def _events(
-    endpoint: Endpoint, response: httpx.Response, deadline: Deadline | None, key: str
+    endpoint: Endpoint, response: httpx.Response, deadline: Deadline | None
 ) -> AsyncIterator[dict[str, Any]]:
     lines = response.aiter_lines()
     try:
@@ -199,8 +194,7 @@ async def _events(
                 event = json.loads(data)
             except json.JSONDecodeError as exc:
                 raise EndpointError(
-                    f"{endpoint.describe()} sent a malformed stream event: "
-                    f"{without_secret(data[:200], key)!r}"
+                    f"{endpoint.describe()} sent a malformed stream event: {data[:200]!r}"
                 ) from exc
             if isinstance(event, dict):
                 yield event

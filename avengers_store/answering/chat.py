@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-import httpx
-
+from avengers_store import redaction
 from avengers_store.answering.sampling import (
     DEFAULT_MAX_TOKENS,
     Deadline,
@@ -71,13 +70,8 @@ class ChatClient:
         self.backoff = backoff
         self.max_concurrency = max_concurrency
         self.max_n = max_n
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max(max_concurrency, 4),
-                max_keepalive_connections=max(max_concurrency, 4),
-            ),
-        )
+        # Every answer and error is read through the redacting transport: no key leaves.
+        self._http = redaction.sync_client(timeout=timeout, max_connections=max(max_concurrency, 4))
 
     def close(self) -> None:
         self._http.close()

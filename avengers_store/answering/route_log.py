@@ -3,42 +3,30 @@
 The query text itself is never logged, only its content hash (``textnorm.content_hash``). Each
 row carries the route id its caller got. A client made with ``log_vectors`` also keeps the query's
 embedding (and with ``log_texts`` its text) in ``avengers.route_vectors``, so feedback on it counts
-in later clustering versions. ``write`` inserts rows on a sync connection, ``awrite`` on an async
-one (the same statements); ``RouteLogWriter`` writes them in the background.
+in later clustering versions. Rows are plain JSON values (``entry``), written by one statement,
+``avengers.log_routes`` (``statement``), idempotently by route id; ``RouteLogWriter`` writes them
+in the background.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import psycopg
-from pgvector import Vector
 from psycopg.types.json import Jsonb
 
 from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store.statement import Statement, run
 
-INSERT_SQL = """
-INSERT INTO avengers.route_log (route_id, api_key_id, query_hash, clustering_id, cluster, distance,
-                                models, strategy, final_answer, vote_share, samples, latency_ms,
-                                metadata, answer_model, novelty, ood, ood_policy, exploration,
-                                explored)
-VALUES (%(route_id)s, %(api_key_id)s, %(query_hash)s, %(clustering_id)s, %(cluster)s, %(distance)s,
-        %(models)s, %(strategy)s, %(final_answer)s, %(vote_share)s, %(samples)s, %(latency_ms)s,
-        %(metadata)s, %(answer_model)s, %(novelty)s, %(ood)s, %(ood_policy)s, %(exploration)s,
-        %(explored)s)
-RETURNING id
-"""
-
-# The vector's space is the one of the clustering that routed it.
-VECTOR_SQL = """
-INSERT INTO avengers.route_vectors (route_id, space_id, embedding, query_text)
-SELECT %(route_id)s, k.space_id, %(embedding)s, %(query_text)s
-FROM avengers.clusterings k WHERE k.id = %(clustering_id)s
-"""
+# Idempotent by route id (sql/065_route_log.sql): a row replayed from the spool
+# (``route_log_spool``) that reached the store already is skipped.
+LOG_SQL = "SELECT avengers.log_routes(%s)"
 
 
 def entry(
@@ -78,8 +66,8 @@ def entry(
         route_id = getattr(answer, "route_id", None) or uuid.uuid4()
     called = list(models if models is not None else answer.models if answer else [])
     answer_model = answer.model if answer is not None else (called[0] if called else None)
-    row = {
-        "route_id": route_id,
+    row: dict[str, Any] = {
+        "route_id": str(route_id),
         "api_key_id": api_key_id,
         "query_hash": content_hash(question),
         "clustering_id": decision.clustering_id if decision else None,
@@ -91,43 +79,45 @@ def entry(
         "vote_share": answer.share if answer is not None else None,
         "samples": len(answer.samples) if answer is not None else 0,
         "latency_ms": max(0.0, latency_ms),
-        "metadata": Jsonb(metadata),
+        "metadata": metadata,
         "answer_model": answer_model,
         "novelty": getattr(decision, "novelty", None),
         "ood": getattr(decision, "ood", None),
         "ood_policy": getattr(decision, "ood_policy", None),
         "exploration": getattr(decision, "exploration", None),
         "explored": getattr(decision, "explored", None),
+        "propensity": getattr(decision, "propensity", None),
+        "at": None,  # the database's clock when written; a spooled row keeps its own
     }
     if vector is not None and decision is not None:
-        row["vector"] = {
-            "route_id": route_id,
-            "clustering_id": decision.clustering_id,
-            "embedding": Vector(np.asarray(vector, dtype=np.float32)),
-            "query_text": text,
-        }
+        row["embedding"] = np.asarray(vector, dtype=np.float32).tolist()
+        row["query_text"] = text
     return row
 
 
-def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert rows made by ``entry`` in the caller's transaction; returns their ids."""
-    ids: list[int] = []
-    # One transaction for a batch (a savepoint inside the caller's, if one is open).
-    with conn.transaction(), conn.cursor() as cur:
-        for row in rows:
-            ids.append(cur.execute(INSERT_SQL, row).fetchone()[0])
-            if "vector" in row:
-                cur.execute(VECTOR_SQL, row["vector"])
-    return ids
+def statement(rows: Sequence[Mapping[str, Any]]) -> Statement:
+    """The statement writing rows made by ``entry`` (route ids already logged are skipped)."""
+    return Statement(LOG_SQL, (Jsonb([plain(dict(r)) for r in rows]),))
 
 
-async def awrite(conn: psycopg.AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """``write`` on an async connection."""
-    ids: list[int] = []
-    async with conn.transaction(), conn.cursor() as cur:
-        for row in rows:
-            await cur.execute(INSERT_SQL, row)
-            ids.append((await cur.fetchone())[0])
-            if "vector" in row:
-                await cur.execute(VECTOR_SQL, row["vector"])
-    return ids
+def plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: numpy scalars as numbers, a non-finite number as its
+    text (Postgres reads ``"Infinity"`` back into a float column), ids and times as text."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, uuid.UUID | datetime):
+        return str(value) if isinstance(value, uuid.UUID) else value.isoformat()
+    return value
+
+
+def write(conn: psycopg.Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Write rows made by ``entry`` in the caller's connection; returns how many were new."""
+    if not rows:
+        return 0
+    return run(conn, statement(rows))[0][0]

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from avengers_store import redaction
 from avengers_store.errors import ConfigurationError, EndpointError
 
 Message = Mapping[str, str]
@@ -96,6 +97,10 @@ class Endpoint:
     base_url: str
     served_name: str
     api_key_env: str | None = None
+
+    def __post_init__(self) -> None:
+        # Its key is a secret from the moment the endpoint is known, whoever echoes it.
+        redaction.remember_env(self.api_key_env)
 
     @property
     def chat_url(self) -> str:
@@ -232,6 +237,7 @@ def api_key(endpoint: Endpoint) -> str | None:
     if not endpoint.api_key_env:
         return None
     key = os.environ.get(endpoint.api_key_env)
+    redaction.remember(key)
     if not key:
         raise EndpointError(
             f"{endpoint.describe()} needs an API key in ${endpoint.api_key_env}, which is not set. "
@@ -325,7 +331,6 @@ def post_steps(
     ``deadline`` each attempt's timeout is cut to the time left, and no attempt starts after it."""
     state = state if state is not None else _Attempt()
     url = endpoint.chat_url
-    key = headers.get("Authorization", "").removeprefix("Bearer ").strip()
     last_problem = "no attempt was made"
     timed_out = False
     attempts = 0
@@ -358,7 +363,7 @@ def post_steps(
             timed_out = True
             continue
         if isinstance(outcome, httpx.TransportError):
-            reason = without_secret(without_credentials(str(outcome), url), key)
+            reason = without_credentials(str(outcome), url)
             last_problem = f"connection failed ({type(outcome).__name__}: {reason})"
             timed_out = False
             continue
@@ -366,7 +371,7 @@ def post_steps(
         status = outcome.status_code
         if status < 400:
             return outcome
-        text = without_secret(outcome.text, key)
+        text = outcome.text  # redacted as it was read (``redaction``)
         if status >= 500 or status in _RETRYABLE_STATUS:
             last_problem = f"HTTP {status}: {_snippet(text)}"
             timed_out = status in (408, 504)
@@ -409,11 +414,6 @@ def retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def without_secret(text: str, secret: str) -> str:
-    """``text`` with ``secret`` (an API key a server may echo back in an error) masked."""
-    return text.replace(secret, "***") if secret else text
 
 
 _NO_LIMITS = NLimits()

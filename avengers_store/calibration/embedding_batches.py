@@ -2,21 +2,27 @@
 
 While the worker embeds one batch, the texts of requests that arrive meanwhile wait together and
 go in the next batch (micro-batching without a timer: a lone request never waits for company).
-A local model runs with ``threads`` torch threads (default 1): for one short query on a shared
-CPU, one thread was 4x faster than two (bench/embedding_throughput.py); torch's setting is
-process-wide.
+A local model runs with ``threads`` compute threads (default 1; ``Embedder.set_threads``): for
+one short query on a shared CPU, one thread was 4x faster than two (bench/embedding_throughput.py);
+torch's setting is process-wide, ONNX Runtime's is the session's.
+
+One request's bad input never fails its batch-mates: texts are checked when they arrive
+(``check_texts``: a lone surrogate is refused before it joins a batch), and a batch that still
+fails is embedded again one request at a time, so the error reaches only the request it belongs
+to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from avengers_store.calibration.embedders import Embedder, SentenceTransformerEmbedder
+from avengers_store.calibration.embedders import Embedder, check_texts
 from avengers_store.errors import ConfigurationError
 
 
@@ -41,12 +47,13 @@ class EmbeddingBatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="avengers-embed")
         self._pending: list[_Request] = []
         self._running = False
-        self._threads_set = False
+        # Embedders whose threads were set: ONNX Runtime's count is per embedder (its session).
+        self._threaded: weakref.WeakSet = weakref.WeakSet()
         self.batches = 0  # batches embedded, for callers that want to see the batching
 
     async def embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        request = _Request(embedder, list(texts), loop.create_future())
+        request = _Request(embedder, check_texts(texts, "text"), loop.create_future())
         self._pending.append(request)
         if not self._running:
             self._running = True
@@ -61,24 +68,34 @@ class EmbeddingBatcher:
         try:
             while self._pending:
                 batch = self._take()
-                texts = [t for r in batch for t in r.texts]
-                try:
-                    vectors = await loop.run_in_executor(
-                        self._executor, self._embed, batch[0].embedder, texts
-                    )
-                except Exception as exc:
-                    for r in batch:
-                        if not r.future.done():
-                            r.future.set_exception(exc)
-                    continue
-                self.batches += 1
-                start = 0
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_result(vectors[start : start + len(r.texts)])
-                    start += len(r.texts)
+                if not await self._settle(loop, batch) and len(batch) > 1:
+                    # Which request's texts made it fail is unknown: each is tried alone.
+                    for request in batch:
+                        await self._settle(loop, [request])
         finally:
             self._running = False
+
+    async def _settle(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> bool:
+        """Embed ``batch`` in one call and give each request its vectors; False when the call
+        failed (a lone request then gets the error, a batch of several is left waiting)."""
+        texts = [t for r in batch for t in r.texts]
+        try:
+            vectors = await loop.run_in_executor(
+                self._executor, self._embed, batch[0].embedder, texts
+            )
+        except Exception as exc:
+            if len(batch) > 1:
+                return False
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return True
+        self.batches += 1
+        start = 0
+        for r in batch:
+            if not r.future.done():
+                r.future.set_result(vectors[start : start + len(r.texts)])
+            start += len(r.texts)
+        return True
 
     def _take(self) -> list[_Request]:
         """The oldest request and the ones after it with the same embedder, up to max_batch
@@ -95,13 +112,10 @@ class EmbeddingBatcher:
         return batch
 
     def _embed(self, embedder: Embedder, texts: list[str]) -> Any:
-        if (
-            not self._threads_set
-            and self.threads
-            and isinstance(embedder, SentenceTransformerEmbedder)
-        ):
-            import torch
-
-            torch.set_num_threads(self.threads)
-            self._threads_set = True
+        if self.threads and embedder not in self._threaded:
+            # An embedder given to a client needs only ``embed``; local models have set_threads.
+            set_threads = getattr(embedder, "set_threads", None)
+            if set_threads is not None:
+                set_threads(self.threads)
+            self._threaded.add(embedder)
         return embedder.embed(texts, batch_size=max(len(texts), 1))

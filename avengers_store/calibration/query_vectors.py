@@ -195,6 +195,42 @@ def embed_queries(
     )
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` file, memory-mapped; a file that is not one (numpy would call
+    anything without its magic bytes "pickled (object) data"), a cut-off one or one with a
+    broken header is an ``InputError`` saying which."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise InputError(f"cannot read vectors: {exc}", location=str(path)) from exc
+    if start != NPY_MAGIC:
+        kind = (
+            "a .npz archive (give the .npy inside it)"
+            if start[:2] == b"PK"
+            else ("empty" if not start else "not a .npy file")
+        )
+        raise InputError(
+            f"{kind}: a .npy file starts with the bytes \\x93NUMPY (write vectors with numpy.save)",
+            location=str(path),
+        )
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickled" in str(exc) or "Python objects" in str(exc):
+            reason = "it holds Python objects, not numbers"
+        elif "mmap length" in str(exc) or "cannot reshape" in str(exc):
+            reason = "it is shorter than its header says (cut off?)"
+        else:
+            reason = f"its header cannot be read ({exc})"
+        raise InputError(f"not a readable .npy file: {reason}", location=str(path)) from exc
+    except OSError as exc:
+        raise InputError(f"cannot read vectors: {exc}", location=str(path)) from exc
+
+
 def import_npy(
     npy_path: str | Path,
     source_file: str | Path,
@@ -215,10 +251,7 @@ def import_npy(
     started = time.perf_counter()
     npy = Path(npy_path)
     source = str(Path(source_file).expanduser().resolve())
-    try:
-        matrix = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read vectors: {exc}", location=str(npy)) from exc
+    matrix = read_npy(npy)
     if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise InputError(
             f"expected a 2-d array (rows x dimension), got shape {matrix.shape}", location=str(npy)

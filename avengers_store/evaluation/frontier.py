@@ -1,5 +1,5 @@
 """The quality-cost frontier of a replay: each seed's test queries routed again at every
-trade-off α through ``avengers.route_many`` (the client's statement, each query's text length
+trade-off α through ``avengers.decide_many`` (the client's statement, each query's text length
 sent for its expected cost), scored with the routed model's recorded outcome and its cost on
 that query; every single model's point beside them, the non-dominated set, and two headlines
 against the best single model.
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avengers_store import routing
 from avengers_store.errors import StoreStateError
 from avengers_store.evaluation.harness import Replay, Run
 from avengers_store.evaluation.results import (
@@ -91,7 +90,7 @@ def route_seed(rp: Replay, run: Run, tradeoffs: Sequence[float], C: np.ndarray) 
     out = SeedRoutes({}, {}, {}, run.test_picks)
     index = np.arange(len(rows))
     for alpha in tradeoffs:
-        first, _, _, _, picks = rp.route_rows(rows, routing.cost_policy(alpha))
+        first, _, _, _, picks = rp.route_rows(rows, rp.policy.replace(tradeoff=alpha))
         cost = np.where(picks >= 0, C[index, np.maximum(picks, 0)], 0.0)
         out.values[alpha], out.costs[alpha], out.picks[alpha] = first, cost, picks
     return out

@@ -1,5 +1,5 @@
 """The replay harness: the store's outcomes as matrices, one calibration per seed (re-cluster and
-profile inside the caller's transaction), every test query routed through ``avengers.route_many``
+profile inside the caller's transaction), every test query routed through ``avengers.decide_many``
 and scored with the routed model's recorded outcome; then the baselines and summaries."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from avengers_store.evaluation.results import (
     Stat,
     SweepPoint,
 )
-from avengers_store.routing import RoutingMethod
+from avengers_store.routing import Policy, RoutingMethod, novelty
 
 # Vectors per route_many statement: big enough to amortise the round trip, small enough to keep
 # the statement's working set modest.
@@ -62,8 +62,11 @@ class Replay:
         self.method = method
         self.stratify = stratify
         self.top_n = top_n
+        # Calibration alone, whatever feedback the store holds.
+        self.policy = Policy(method=method, top_n=top_n, production_weight=0.0)
         self.progress = progress
         self.cache: dict[tuple, Run] = {}
+        self._novelty: dict[int, Any] = {}
         space = embedding_spaces.active_space(conn)
         if space is None:
             raise StoreStateError("no embeddings: run `avengers embed` before `avengers evaluate`")
@@ -201,10 +204,6 @@ class Replay:
         if key in self.cache:
             return self.cache[key]
         fitted = reclustering.recluster(k, algorithm, seed, stratify=self.stratify, conn=self.conn)
-        # The replay measures calibration alone, whatever feedback the store holds.
-        self.conn.execute(
-            "UPDATE avengers.clusterings SET production_weight = 0 WHERE id = %s", (fitted.id,)
-        )
         result = self.route_current(fitted.id, fitted.k)
         self.cache[key] = result
         return result
@@ -227,10 +226,16 @@ class Replay:
             picks,
         )
 
-    def route_rows(self, rows: np.ndarray, policy: routing.CostPolicy = routing.PLAIN):
-        """Route the queries at ``rows`` through ``avengers.route_many`` (with a cost policy,
-        each query's text length sent for its expected cost): (rank-1 outcome, best outcome
-        among the top n, missing, unrouted, the rank-1 model's column or -1) per query."""
+    def route_rows(
+        self, rows: np.ndarray, policy: Policy | None = None, seeds: np.ndarray | None = None
+    ):
+        """Route the queries at ``rows`` through ``avengers.decide_many`` under ``policy``
+        (default: the replay's; each query's text length sent for its expected cost, its
+        novelty measured as the clients measure it; ``seeds``: exploration's, per row):
+        (rank-1 outcome, best outcome among the top n, missing, unrouted, the rank-1 model's
+        column or -1) per query."""
+        policy = policy or self.policy
+        served, model = self.novelty_model()
         first = np.zeros(len(rows))
         best = np.zeros(len(rows))
         missing = np.zeros(len(rows), dtype=bool)
@@ -238,13 +243,14 @@ class Replay:
         picks = np.full(len(rows), -1, dtype=np.int64)
         for start in range(0, len(rows), ROUTE_BATCH):
             chunk = rows[start : start + ROUTE_BATCH]
-            decisions = routing.route_vectors(
+            decisions = routing.decide(
                 self.conn,
                 self.X[chunk],
-                self.top_n,
-                method=self.method,
-                policy=policy,
+                policy,
                 prompt_chars=self.chars[chunk].tolist() if policy.costed else None,
+                seeds=None if seeds is None else seeds[start : start + ROUTE_BATCH].tolist(),
+                novelty=model,
+                novelty_clustering=served,
             )
             for i, (row, decision) in enumerate(zip(chunk, decisions, strict=True)):
                 at = start + i
@@ -258,6 +264,15 @@ class Replay:
                 first[at] = 0.0 if missing[at] else value
                 best[at] = max(self.Y0[row, cols])
         return first, best, missing, unrouted, picks
+
+    def novelty_model(self) -> tuple[int | None, Any]:
+        """The served clustering and its novelty model (read once per version)."""
+        row = self.conn.execute("SELECT id FROM avengers.active_clustering").fetchone()
+        if row is None:
+            return None, None
+        if row[0] not in self._novelty:
+            self._novelty[row[0]] = novelty.load(self.conn, row[0])
+        return row[0], self._novelty[row[0]]
 
     # -- summaries -------------------------------------------------------------------------
 

@@ -58,9 +58,7 @@ from avengers_store.evaluation.scenarios import IID, Scenario, Stream
 from avengers_store.production import exploration_rule
 from avengers_store.production.settings import configure
 from avengers_store.production.update_rule import CHANGE_THRESHOLD
-from avengers_store.routing import RoutingMethod, loop
-from avengers_store.routing.adapters import VectorBatch, ensure_vector_types
-from avengers_store.routing.exploration import Exploration, explore, pool_size
+from avengers_store.routing import RoutingMethod
 from avengers_store.store import connections
 
 DEFAULT_BATCH = 256
@@ -164,16 +162,6 @@ FROM unnest(%s::uuid[], %s::integer[], %s::float8[], %s::timestamptz[]) AS x(r, 
 """
 # The clusters where feedback left calibration: targeted exploration asks every candidate there.
 _MOVED_SQL = "SELECT DISTINCT cluster FROM avengers.production_evidence WHERE cluster_moved"
-# The evidence behind each candidate's score (its denominator: the pooled outcome count and the
-# prior's pseudo-count), which targeted exploration reads its posterior width from.
-_EVIDENCE_SQL = """
-SELECT x.ord::integer, rm.model_id, -(rm.ns <#> p.weights) + %s
-FROM avengers.routing_state st
-CROSS JOIN unnest(%b::vector[]) WITH ORDINALITY AS x(v, ord)
-CROSS JOIN LATERAL avengers.neighbourhood(l2_normalize(x.v), %s, %s, st.rho, st.clusters) AS p
-CROSS JOIN avengers.routing_models rm
-WHERE st.pooled
-"""
 
 
 def evaluate_online(
@@ -431,8 +419,9 @@ def _static(conn: psycopg.Connection, rp: Replay, stream: Stream) -> _Run:
     missing = 0
     for start in range(0, n, 4096):
         chunk = np.arange(start, min(start + 4096, n))
-        for at, (col, *_rest) in zip(chunk, _decide(conn, rp, stream.rows[chunk], "off", 0, chunk,
-                                                    0.0, 0.0, None), strict=True):  # fmt: skip
+        decided = _decide(conn, rp, stream.rows[chunk], _Plan("static", 0.0, "off", False), 0,
+                          chunk, 0.0, None)  # fmt: skip
+        for at, (col, *_rest) in zip(chunk, decided, strict=True):
             if col < 0:
                 continue
             picks[at] = col
@@ -446,39 +435,31 @@ def _decide(
     conn: psycopg.Connection,
     rp: Replay,
     rows: np.ndarray,
-    policy: str,
+    arm: _Plan,
     seed: int,
     positions: np.ndarray,
-    share: float,
     overlap: float,
     rng: np.random.Generator | None,
 ) -> list[tuple[int, int | None, float | None, bool, float | None]]:
     """One decision per query: (the answering model's column or -1, nearest cluster, its
-    distance, explored, propensity). The one place the replay calls the routing statement."""
+    distance, explored, propensity). The one place the replay calls ``avengers.decide``."""
     vectors = rp.X[rows]
-    if policy == "off":
-        decisions = routing.route_vectors(conn, vectors, 1, method=rp.method)
-        return [
-            (rp.column[d.candidates[0].model], d.cluster, d.distance, False, 1.0)
-            if d.candidates
-            else (-1, d.cluster, d.distance, False, None)
-            for d in decisions
-        ]
-    if policy == "targeted":
-        decisions = routing.route_vectors(conn, vectors, len(rp.models), method=rp.method)
-        counts = _evidence(conn, rp, vectors)
+    base = rp.policy.replace(production_weight=arm.weight, exploration="off")
+    if arm.policy == "targeted":
+        # Every candidate, ranked by score: the rule reads each one's score and evidence.
+        decisions = routing.decide(conn, vectors, base.replace(top_n=len(rp.models)))
         moved = {r[0] for r in conn.execute(_MOVED_SQL)}
         out = []
-        for i, (d, at) in enumerate(zip(decisions, positions, strict=True)):
+        for d, at in zip(decisions, positions, strict=True):
             if not d.candidates:
                 out.append((-1, d.cluster, d.distance, False, None))
                 continue
             cands = d.candidates
             choice = exploration_rule.choose(
-                [float(c.score) for c in cands],
-                [counts.get((i + 1, c.model_id), 0.0) for c in cands],
+                [float(c.score or 0.0) for c in cands],
+                [float(c.evidence or 0.0) for c in cands],
                 exploration_rule.hash_uniform(seed, str(int(at))),
-                share,
+                arm.share,
                 overlap,
                 d.cluster in moved,
             )
@@ -486,36 +467,19 @@ def _decide(
             out.append((rp.column[model], d.cluster, d.distance, choice.explored,
                         choice.propensity))  # fmt: skip
         return out
-    # thompson / epsilon: the client's exploration (routing.exploration), whose Thompson
-    # posteriors count production evidence too (routing.loop); propensities not recorded.
-    chosen = Exploration(policy, share)
-    decisions = routing.route_vectors(conn, vectors, pool_size(1, chosen), method=rp.method)
-    decisions = loop.annotate(decisions, loop.loop_rows(conn, decisions))
-    assert rng is not None
-    decisions = [explore(d, rng, 1, chosen) for d in decisions]
+    policy = base.replace(top_n=1)
+    seeds = None
+    if arm.policy != "off":
+        policy = policy.replace(exploration=arm.policy, exploration_share=arm.share)
+        assert rng is not None
+        seeds = [int(x) for x in rng.integers(0, 2**62, size=len(rows))]
     return [
-        (rp.column[d.candidates[0].model], d.cluster, d.distance, bool(d.explored), None)
+        (rp.column[d.candidates[0].model], d.cluster, d.distance, bool(d.explored),
+         d.candidates[0].propensity if arm.policy != "off" else 1.0)
         if d.candidates
         else (-1, d.cluster, d.distance, False, None)
-        for d in decisions
-    ]
-
-
-def _evidence(
-    conn: psycopg.Connection, rp: Replay, vectors: np.ndarray
-) -> dict[tuple[int, int], float]:
-    ensure_vector_types(conn)
-    rows = conn.execute(
-        _EVIDENCE_SQL,
-        (
-            rp.method.shrinkage,
-            VectorBatch(np.ascontiguousarray(vectors, dtype=np.float32)),
-            rp.method.neighbours,
-            rp.method.temperature,
-        ),
-        binary=True,
-    ).fetchall()
-    return {(int(o), int(m)): float(v) for o, m, v in rows}
+        for d in routing.decide(conn, vectors, policy, seeds=seeds)
+    ]  # fmt: skip
 
 
 def _stream(
@@ -548,8 +512,7 @@ def _stream(
             conn.execute("UPDATE avengers.models SET active = true WHERE name = %s",
                          (scenario.target,))  # fmt: skip
         positions = np.arange(start, end)
-        decided = _decide(conn, rp, stream.rows[positions], arm.policy, seed, positions,
-                          arm.share, overlap, rng)  # fmt: skip
+        decided = _decide(conn, rp, stream.rows[positions], arm, seed, positions, overlap, rng)
         log: list[tuple[Any, ...]] = []
         back: list[tuple[Any, ...]] = []
         for at, (col, cluster, distance, was_explored, propensity) in zip(

@@ -2,16 +2,16 @@
 the OOD datasets', and what each OOD policy scores.
 
 Per seed, with that seed's clustering served, every test query is routed through
-``avengers.route_many`` (top 3, the client's statement) and annotated as the client annotates it
-(``routing.loop``: novelty by the seed's own novelty model, ``routing.novelty``).
+``avengers.decide_many`` (top 3, the clients' statement), its novelty measured as the clients
+measure it (the seed's own novelty model, ``routing.novelty``), once under each OOD policy.
 
 - AUROC: the probability that a random OOD test query has a higher novelty than a random
   in-distribution one (rank-based, ties count half), and the share of each flagged (novelty > 1).
-- Policies, applied by the library's own code (``routing.ood``) to the same decisions:
-  ``flag`` scores the routed model; ``best-overall`` the first model of the calibration-wide
-  ranking for flagged queries; ``widen`` would answer flagged queries with Model-Switch over the
-  top 3, which needs sampled answers a replay does not have: reported as its upper bound, the
-  best recorded outcome among the three.
+- Policies, applied by the store's decision (``avengers.decide``): ``flag`` scores the routed
+  model; ``best-overall`` the first model of the calibration-wide ranking for flagged queries;
+  ``widen`` would answer flagged queries with Model-Switch over the top 3, which needs sampled
+  answers a replay does not have: reported as its upper bound, the best recorded outcome among
+  the three.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from avengers_store import routing
 from avengers_store.evaluation.results import Stat
-from avengers_store.routing import loop, novelty, ood
+from avengers_store.routing import OOD_POLICIES, novelty
 
 TOP = 3
 ROUTE_BATCH = 4096
@@ -78,30 +78,32 @@ def measure(rp, method: routing.RoutingMethod) -> _Seed | None:
     if not rp.ood_names:
         return None
     rows = np.flatnonzero(rp.test_mask())
-    decisions = []
-    cache = novelty.NoveltyCache()
-    for start in range(0, len(rows), ROUTE_BATCH):
-        chunk = rows[start : start + ROUTE_BATCH]
-        found = routing.route_vectors(rp.conn, rp.X[chunk], TOP, method=method)
-        found_rows = loop.loop_rows(rp.conn, found)
-        models = loop.novelty_models(rp.conn, found, found_rows, cache)
-        decisions += loop.annotate(found, found_rows, rp.X[chunk], models)
+    served = rp.conn.execute("SELECT id FROM avengers.active_clustering").fetchone()
+    model = novelty.load(rp.conn, served[0]) if served else None
+    decided: dict[str, list[routing.RouteDecision]] = {}
+    for policy in OOD_POLICIES:
+        asked = rp.policy.replace(method=method, top_n=TOP, ood_policy=policy)
+        decided[policy] = []
+        for start in range(0, len(rows), ROUTE_BATCH):
+            chunk = rows[start : start + ROUTE_BATCH]
+            decided[policy] += routing.decide(
+                rp.conn, rp.X[chunk], asked, novelty=model,
+                novelty_clustering=served[0] if served else None,
+            )  # fmt: skip
+    decisions = decided["flag"]
     if any(d.novelty is None for d in decisions):
         return None
     scores = np.array([d.novelty for d in decisions])
     names = rp.dataset[rows]
     is_ood = np.isin(names, rp.ood_names)
     flagged = scores > 1
-    best = ood.apply_policy(rp.conn, decisions, "best-overall", TOP)
     values: dict[str, np.ndarray] = {}
-    for policy in ood.POLICIES:
+    for policy in OOD_POLICIES:
         out = np.zeros(len(rows))
-        for i, (row, d) in enumerate(zip(rows, decisions, strict=True)):
+        for i, (row, d) in enumerate(zip(rows, decided[policy], strict=True)):
             if not d.candidates:
                 continue
             cols = [rp.column[c.model] for c in d.candidates]
-            if d.ood and policy == "best-overall":
-                cols = [rp.column[c.model] for c in best[i].candidates] or cols
             if d.ood and policy == "widen":
                 out[i] = float(np.max(rp.Y0[row, cols]))
             else:
@@ -146,6 +148,6 @@ def summarise(seeds: list[_Seed | None], ood_names: list[str]) -> OodDetection |
                     else None
                 ),
             )
-            for p in ood.POLICIES
+            for p in OOD_POLICIES
         },
     )

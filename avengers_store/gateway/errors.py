@@ -20,6 +20,9 @@ from avengers_store.errors import (
 )
 from avengers_store.gateway.protocol import ErrorDetail, ErrorResponse
 
+# Seconds a 503 for a store that is down or restarting asks the caller to wait.
+RETRY_AFTER_S = "1"
+
 
 class GatewayError(Exception):
     """An error answered to the caller with ``status`` and an OpenAI error body."""
@@ -76,6 +79,16 @@ def from_library(exc: AvengersError) -> GatewayError:
         return bad_request(str(exc), param=exc.location)
     if isinstance(exc, NotFound):
         return GatewayError(404, str(exc), code="not_found")
-    if isinstance(exc, StoreStateError | SchemaOutOfDate | ConnectionFailed):
+    if isinstance(exc, ConnectionFailed):
+        # The store is down or restarting: worth asking again shortly (StoreUnavailable says
+        # the clients reconnect by themselves).
+        return GatewayError(
+            503,
+            str(exc),
+            type="service_unavailable",
+            code="not_ready",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+    if isinstance(exc, StoreStateError | SchemaOutOfDate):
         return GatewayError(503, str(exc), type="service_unavailable", code="not_ready")
     return GatewayError(500, str(exc), type="server_error", code="internal_error")

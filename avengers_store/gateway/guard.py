@@ -1,5 +1,6 @@
 """What wraps every handler: ``openai_errors`` answers errors the OpenAI way, and ``Guard`` (ASGI
-middleware) holds the in-flight limit and counts requests and their latency."""
+middleware) holds the in-flight limit, keeps each response until its route-log rows are kept
+(in the store or the spool), and counts requests and their latency."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avengers_store.errors import AvengersError
 from avengers_store.gateway.errors import GatewayError, from_library
-from avengers_store.gateway.state import Gateway
+from avengers_store.gateway.state import Gateway, pending_logs
+from avengers_store.store import availability
 
 log = logging.getLogger("avengers.gateway")
 
@@ -31,7 +33,13 @@ def openai_errors(handler: Any) -> Any:
             return exc.response()
         except AvengersError as exc:
             return from_library(exc).response()
-        except Exception:
+        except Exception as exc:
+            if availability.is_lost(exc, None):
+                # A driver or pool error that means the store went away mid-call: a 503 to
+                # retry, like StoreUnavailable, never a 500.
+                log.warning("the store was lost answering %s: %s", request.url.path, exc)
+                url = request.app.state.gateway.settings.database_url
+                return from_library(availability.unavailable(url, exc)).response()
             log.exception("unexpected error answering %s", request.url.path)
             return GatewayError(
                 500, "internal error (see the gateway's log)", type="server_error"
@@ -42,7 +50,9 @@ def openai_errors(handler: Any) -> Any:
 
 class Guard:
     """Pure ASGI middleware: refuses work past the in-flight limit with 429 and Retry-After
-    (back-pressure instead of collapse), and counts requests and their latency."""
+    (back-pressure instead of collapse), and while the route-log spool is full with 503; sends
+    no part of a response before the request's route-log rows are kept; counts requests and
+    their latency."""
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
@@ -69,12 +79,27 @@ class Guard:
             )
             await error.response()(scope, receive, send)
             return
+        if limited and gw.spool_full:
+            gw.metrics.requests.labels(label, "503").inc()
+            error = GatewayError(
+                503,
+                "the store is unreachable and the route-log spool is full, so an answer could "
+                "not be logged: retry once the store is back",
+                type="service_unavailable",
+                code="not_ready",
+                headers={"Retry-After": "5"},
+            )
+            await error.response()(scope, receive, send)
+            return
         status = 500
+        pending_logs.set([])
 
         async def observe(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            # Nothing of the answer leaves before its route-log rows are kept.
+            await gw.rows_kept()
             await send(message)
 
         started = time.perf_counter()

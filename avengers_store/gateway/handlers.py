@@ -13,10 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from avengers_store import client_core as core
-from avengers_store.answering import route_log
 from avengers_store.gateway.errors import GatewayError, bad_request, from_validation
 from avengers_store.gateway.headers import decision_headers
-from avengers_store.gateway.inputs import costs_asked, routed_text
+from avengers_store.gateway.inputs import routed_text
 from avengers_store.gateway.passthrough import passthrough
 from avengers_store.gateway.protocol import (
     ChatCompletionRequest,
@@ -84,32 +83,21 @@ async def route_only(request: Request) -> Response:
         query = question = routed_text(req.messages, req.route_on or gw.settings.route_on)
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
-    tradeoff, max_cost = costs_asked(req.tradeoff, req.max_cost, gw.settings)
     decision, vector = await gw.client.route_with_vector(
-        query,
-        req.top_n,
-        method=req.method,
-        tradeoff=tradeoff,
-        max_cost=max_cost,
-        ood_policy=req.ood_policy,
+        query, req.top_n, seed=req.seed, **req.policy_changes()
     )
     route_id = uuid.uuid4()
     gw.log_rows(
         [
-            route_log.entry(
+            core.log_row(
                 question if question is not None else "(vector)",
-                decision=decision,
-                answer=None,
+                decision,
+                None,
+                route_id=route_id,
                 strategy="route",
                 latency_ms=(time.perf_counter() - started) * 1000.0,
-                route_id=route_id,
                 api_key_id=key_id,
-                extra={
-                    "top_n": req.top_n,
-                    "gateway": True,
-                    "vector": question is None,
-                    **core.cost_fields(decision),
-                },
+                extra={"gateway": True, "vector": question is None},
                 **gw.logged(vector, question),
             )
         ]
@@ -131,8 +119,11 @@ async def route_only(request: Request) -> Response:
                 production_n=c.production_n,
                 production_mean=c.production_mean,
                 expected_cost=c.expected_cost,
+                expected_latency_ms=c.expected_latency_ms,
                 utility=c.utility,
                 over_budget=c.over_budget,
+                evidence=c.evidence,
+                propensity=c.propensity,
             )
             for c in decision.candidates
         ],

@@ -41,15 +41,3 @@ def routed_text(messages: Sequence[ChatMessage], route_on: str) -> str:
             if message.role == "user" and message.text().strip():
                 return message.text()
     raise bad_request("the conversation has no user message with text", param="messages")
-
-
-def costs_asked(
-    tradeoff: float | None, max_cost: float | None, settings: GatewaySettings
-) -> tuple[float, float | None]:
-    """The request's trade-off and cost ceiling, else the server's; α = 1 when neither sets
-    one, so that every routed answer carries its expected cost (decisions are the plain
-    routing's at α = 1)."""
-    alpha = tradeoff if tradeoff is not None else settings.tradeoff
-    return (1.0 if alpha is None else alpha), (
-        max_cost if max_cost is not None else settings.max_cost
-    )

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import psycopg
 
+from avengers_store.arguments import check_name
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
 
@@ -58,6 +59,7 @@ def create_key(
     name = name.strip()
     if not name:
         raise InputError("the key needs a name", location="name")
+    check_name(name, "key", "name")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     with connections.connection(url, conn=conn) as c:
         try:

@@ -1,6 +1,7 @@
 """Prometheus metrics of the gateway (``GET /metrics``): requests by status, latency histograms
 per stage (embed, route, upstream, vote), fallbacks, samples and tokens per model, vote shares,
-and the route-log rows waiting for the store, written and given up on.
+the route-log rows waiting for the store, written, spooled, replayed and given up on, and the
+size of the route-log spool.
 
 Each app has its own registry (several apps in one process stay apart). With several uvicorn
 workers, ``PROMETHEUS_MULTIPROC_DIR`` set by ``avengers serve`` makes ``/metrics`` add up every
@@ -42,7 +43,8 @@ class Metrics:
         self.stages = Histogram(
             "avengers_gateway_stage_seconds",
             "Time per stage: embed (query embedding), route (the routing statement), upstream "
-            "(one model call), vote (extraction and voting).",
+            "(one model call), vote (extraction and voting), log (the response held until its "
+            "route-log rows are in the store or the spool).",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(
@@ -69,8 +71,20 @@ class Metrics:
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.log_rows = Counter(
-            "avengers_gateway_route_log_rows", "Route-log rows by outcome (written, dropped).",
+            "avengers_gateway_route_log_rows",
+            "Route-log rows by outcome: written (to the store), dropped, spooled (kept on local "
+            "disk while the store was unreachable), replayed (from an earlier process's spool).",
             ["outcome"], registry=r,
+        )  # fmt: skip
+        self.spool_bytes = Gauge(
+            "avengers_gateway_route_log_spool_bytes",
+            "Bytes of route-log rows kept in the local spool, waiting for the store.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.spool_full = Gauge(
+            "avengers_gateway_route_log_spool_full",
+            "1 while the spool is full and the store unreachable (new requests get 503).",
+            registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.vote_share = Histogram(
             "avengers_gateway_vote_share", "Share of valid votes the returned answer received.",
@@ -87,6 +101,13 @@ class Metrics:
             return
         self.log_waiting.dec(rows)
         self.log_rows.labels(event).inc(rows)
+
+    def spool(self, event: str, rows: int, held_bytes: int, full: bool) -> None:
+        """Rows ``spooled`` or ``replayed`` (None: only the spool's state changed)."""
+        if rows:
+            self.log_rows.labels(event).inc(rows)
+        self.spool_bytes.set(held_bytes)
+        self.spool_full.set(1 if full else 0)
 
     def drawn(self, model: str, samples: int, tokens_in: int, tokens_out: int) -> None:
         """Completions drawn from one model and the tokens they used."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from avengers_store.answering import route_log
+from avengers_store import client_core as core
 from avengers_store.answering.sampling import Endpoint
 from avengers_store.errors import EndpointError
 from avengers_store.gateway import streaming
@@ -40,14 +40,14 @@ async def passthrough(
     question = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
 
     def row(usage: tuple[int, int], error: str | None = None) -> dict[str, Any]:
-        return route_log.entry(
+        return core.log_row(
             question or "(no user message)",
-            decision=None,
-            answer=None,
+            None,
+            None,
+            route_id=route_id,
             strategy="passthrough",
             latency_ms=(time.perf_counter() - started) * 1000.0,
             error=error,
-            route_id=route_id,
             api_key_id=key_id,
             models=[endpoint.model],
             extra={"gateway": True, "tokens_in": usage[0], "tokens_out": usage[1]},

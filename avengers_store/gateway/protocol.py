@@ -50,19 +50,38 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class RecipeOptions(BaseModel):
+class PolicyOptions(BaseModel):
+    """A request's routing policy fields (``routing.Policy``; None: the server's)."""
+
+    method: Literal["avengers", "paper"] | None = None
+    ood_policy: OodPolicy | None = None
+    tradeoff: float | None = Field(None, ge=0.0, le=1.0)
+    max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    max_latency_ms: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    latency_weight: float | None = Field(None, ge=0.0, le=1.0)
+    exploration: Literal["off", "thompson", "epsilon"] | None = None
+    exploration_share: float | None = Field(None, ge=0.0, le=1.0)
+    production_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    models: list[str] | None = Field(None, min_length=1)
+
+    def policy_changes(self) -> dict[str, Any]:
+        """The policy fields the request set, by name."""
+        return {
+            name: value
+            for name in PolicyOptions.model_fields
+            if (value := getattr(self, name)) is not None
+        }
+
+
+class RecipeOptions(PolicyOptions):
     """The recipe's per-request options (None: the server's default)."""
 
     samples: int | None = Field(None, ge=1, le=MAX_SAMPLES)
     strategy: Strategy | None = None
     top_n: int | None = Field(None, ge=1, le=MAX_TOP_N)
-    method: Literal["avengers", "paper"] | None = None
     threshold: float | None = Field(None, gt=0.0, le=1.0)
     route_on: RouteOn | None = None
     task_type: TaskType | None = None
-    ood_policy: OodPolicy | None = None
-    tradeoff: float | None = Field(None, ge=0.0, le=1.0)
-    max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     timeout: float | None = Field(None, gt=0.0)  # seconds, at most the gateway's own
 
 
@@ -180,20 +199,18 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class RouteRequest(BaseModel):
+class RouteRequest(PolicyOptions):
     """``/v1/route``: a text (``input``), a conversation (``messages``, routed like a chat
-    request) or a vector already in the serving space (``vector``)."""
+    request) or a vector already in the serving space (``vector``); ``seed`` makes
+    exploration's draws reproducible."""
 
     model_config = ConfigDict(extra="allow")
     input: str | None = None
     messages: list[ChatMessage] | None = None
     vector: list[float] | None = None
     top_n: int = Field(3, ge=1, le=MAX_TOP_N)
-    method: Literal["avengers", "paper"] | None = None
     route_on: RouteOn | None = None
-    ood_policy: OodPolicy | None = None
-    tradeoff: float | None = Field(None, ge=0.0, le=1.0)
-    max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    seed: int | None = None
 
 
 class RouteCandidate(BaseModel):
@@ -207,8 +224,11 @@ class RouteCandidate(BaseModel):
     production_n: int | None = None
     production_mean: float | None = None
     expected_cost: float | None = None
+    expected_latency_ms: float | None = None
     utility: float | None = None
     over_budget: bool | None = None
+    evidence: float | None = None
+    propensity: float | None = None
 
 
 class RouteResponse(BaseModel):

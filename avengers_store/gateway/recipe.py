@@ -14,13 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from avengers_store import client_core as core
-from avengers_store.answering import route_log, strategies
-from avengers_store.answering.sampling import Endpoint, SampleBatch
+from avengers_store.answering import strategies
+from avengers_store.answering.sampling import SampleBatch
 from avengers_store.errors import AvengersError, EndpointError
 from avengers_store.gateway import sessions, streaming
 from avengers_store.gateway.errors import from_library
 from avengers_store.gateway.headers import decision_headers
-from avengers_store.gateway.inputs import costs_asked, request_deadline, routed_text
+from avengers_store.gateway.inputs import request_deadline, routed_text
 from avengers_store.gateway.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -58,28 +58,39 @@ class Recipe:
         self.strategy = req.strategy or s.strategy
         self.samples = req.samples or s.samples
         self.top_n = req.top_n or s.top_n or core.DEFAULT_TOP_N[self.strategy]
-        self.tradeoff, self.max_cost = costs_asked(req.tradeoff, req.max_cost, s)
         self.route_id = uuid.uuid4()
         self.vector: Any = None  # the embedding the request was routed with
         self.session = request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
         self.deadline = request_deadline(req, s, started)
 
-    def plan(self, endpoints: list[Endpoint]) -> strategies.Plan:
+    def plan(self) -> strategies.Plan:
         req, s = self.req, self.gw.settings
-        return strategies.answer_plan(
+        question = core.Question(
             self.text,
-            endpoints,
+            messages=[m.model_dump(exclude_none=True) for m in req.messages],
+            extra=req.passed_on(),
+            temperature=req.temperature if req.temperature is not None else _DEFAULT_TEMPERATURE,
+            max_tokens=req.token_cap or s.max_tokens,
+        )
+        return self.gw.client.plan(
+            question,
+            self.decision,
             samples=self.samples,
             strategy=self.strategy,
             task_type=req.task_type,
             threshold=req.threshold or s.threshold,
-            temperature=req.temperature if req.temperature is not None else _DEFAULT_TEMPERATURE,
-            max_tokens=req.token_cap or s.max_tokens,
-            messages=[m.model_dump(exclude_none=True) for m in req.messages],
-            extra=req.passed_on(),
             deadline=self.deadline,
         )
+
+    async def pinned(self) -> str | None:
+        """The model the conversation stays on (None: no session, or none pinned)."""
+        if not self.session:
+            return None
+        rows = await self.gw.client.execute(
+            sessions.pinned_statement(self.session, self.gw.settings.session_ttl_s)
+        )
+        return rows[0][0] if rows else None
 
     async def respond(self) -> Response:
         gw, req = self.gw, self.req
@@ -88,16 +99,13 @@ class Recipe:
                 self.text,
                 self.top_n,
                 require_endpoint=True,
-                method=req.method,
-                ood_policy=req.ood_policy,
-                tradeoff=self.tradeoff,
-                max_cost=self.max_cost,
                 completions=core.completions_for(self.strategy, self.samples),
+                pinned=await self.pinned(),
+                **req.policy_changes(),
             )
             if self.decision.ood and self.decision.ood_policy == "widen":
                 self.strategy = "model-switch"
-            endpoints = await self.candidates(core.endpoints_for(self.decision))
-            plan = self.plan(endpoints)
+            plan = self.plan()
         except AvengersError as exc:
             self.log_failure(exc, None)
             raise
@@ -131,36 +139,21 @@ class Recipe:
     def completion_id(self) -> str:
         return f"chatcmpl-{self.route_id.hex}"
 
-    async def candidates(self, endpoints: list[Endpoint]) -> list[Endpoint]:
-        """The routed endpoints, with a conversation's pinned model first."""
-        if not self.session:
-            return endpoints
-        gw = self.gw
-        async with gw.client.connection("read") as conn:
-            model = await sessions.pinned(conn, self.session, gw.settings.session_ttl_s)
-        if model is None:
-            return endpoints
-        pinned = next((e for e in endpoints if e.model == model), None)
-        if pinned is None:
-            pinned = (await gw.pool_models()).get(model)
-        if pinned is None:  # deactivated or without endpoint since: route afresh
-            return endpoints
-        return [pinned, *(e for e in endpoints if e.model != model)]
-
     async def finish(self, answer: strategies.Answer) -> None:
         gw = self.gw
         gw.metrics.answered(answer)
         gw.log_rows([self.row(self.decision, answer)])
         if self.session and answer.model:
-            async with gw.client.connection("write") as conn:
-                await sessions.pin(
-                    conn,
+            await gw.client.execute(
+                sessions.pin_statement(
                     self.session,
                     answer.model,
                     self.decision.clustering_id,
                     self.decision.cluster,
                     gw.settings.session_ttl_s,
-                )
+                ),
+                "write",
+            )
 
     def log_failure(self, exc: AvengersError, decision: RouteDecision | None) -> None:
         self.gw.log_rows([self.row(decision, None, error=str(exc))])
@@ -175,21 +168,16 @@ class Recipe:
     ) -> dict[str, Any]:
         """The request's route-log row: answered, or failed with ``error`` (before routing when
         ``decision`` is None, so no embedding is kept)."""
-        return route_log.entry(
+        return core.log_row(
             self.text,
-            decision=decision,
-            answer=answer,
+            decision,
+            answer,
+            route_id=self.route_id,
             strategy=self.strategy,
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             error=error,
-            route_id=self.route_id,
             api_key_id=self.key_id,
-            extra={
-                "top_n": self.top_n,
-                "gateway": True,
-                "stream": self.req.stream,
-                **core.cost_fields(decision),
-            },
+            extra={"gateway": True, "stream": self.req.stream},
             **self.gw.logged(self.vector if decision is not None else None, self.text),
         )
 

@@ -1,13 +1,13 @@
 """Conversation affinity: a conversation that carries a session id (``x-session-id`` header or
 the ``user`` field) stays on the model that answered its first turn (``avengers.gateway_sessions``;
-the id is stored only as a hash). Later turns put that model first among the candidates; the
-others stay as fallbacks."""
+the id is stored only as a hash). Later turns ask that model first (``avengers.decide``'s pinned
+model, when it is a candidate); the others stay as fallbacks."""
 
 from __future__ import annotations
 
 import hashlib
 
-import psycopg
+from avengers_store.store.statement import Statement
 
 PINNED_SQL = """
 SELECT m.name FROM avengers.gateway_sessions s JOIN avengers.models m ON m.id = s.model_id
@@ -32,24 +32,17 @@ def session_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
-async def pinned(conn: psycopg.AsyncConnection, session_id: str, ttl_s: float) -> str | None:
-    """The model the conversation stays on, if it has one and was seen within ``ttl_s``."""
-    cursor = await conn.execute(PINNED_SQL, (session_hash(session_id), ttl_s))
-    row = await cursor.fetchone()
-    return row[0] if row else None
+def pinned_statement(session_id: str, ttl_s: float) -> Statement:
+    """The model the conversation stays on, if it has one and was seen within ``ttl_s``: one
+    row (its name) or none."""
+    return Statement(PINNED_SQL, (session_hash(session_id), ttl_s))
 
 
-async def pin(
-    conn: psycopg.AsyncConnection,
-    session_id: str,
-    model: str,
-    clustering_id: int | None,
-    cluster: int | None,
-    ttl_s: float,
-) -> None:
+def pin_statement(
+    session_id: str, model: str, clustering_id: int | None, cluster: int | None, ttl_s: float
+) -> Statement:
     """Record the turn: a new (or expired) conversation is pinned to ``model``; a live one keeps
     its model and is marked seen."""
-    await conn.execute(
-        PIN_SQL,
-        (session_hash(session_id), clustering_id, cluster, model, ttl_s, ttl_s, ttl_s),
+    return Statement(
+        PIN_SQL, (session_hash(session_id), clustering_id, cluster, model, ttl_s, ttl_s, ttl_s)
     )

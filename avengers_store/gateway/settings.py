@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS
+from avengers_store.answering.route_log_spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
 from avengers_store.answering.strategies import DEFAULT_THRESHOLD, STRATEGIES
 from avengers_store.errors import ConfigurationError
+from avengers_store.routing.policy import Policy
 
 ENV = "AVENGERS_GATEWAY_SETTINGS"
 
@@ -17,18 +20,21 @@ ENV = "AVENGERS_GATEWAY_SETTINGS"
 class GatewaySettings:
     """``max_in_flight``: requests answered at once before 429; ``max_body_bytes``: larger
     bodies get 400; ``samples``/``strategy``/``top_n``/``method``/``threshold``/``route_on``:
-    recipe defaults a request may override; ``tradeoff``/``max_cost``: the quality-cost
-    trade-off and cost ceiling of routes a request does not set (None: α = 1, no ceiling; the
-    gateway computes expected costs either way); ``max_tokens``: default completion cap;
+    recipe defaults a request may override; ``policy``: the fields of the routing policy
+    (``routing.Policy``: ``method``, ``tradeoff``, ``max_cost``, ``ood_policy``, ...) that
+    requests route with unless they set their own (without a ``tradeoff`` the gateway routes at
+    α = 1, which ranks as the plain routing and prices every answer for the cost header);
+    ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
     call; ``timeout_s``: the deadline of one request as a whole (routing, every model call,
     retry and fallback; a request's ``timeout`` may shorten it); ``grace_s``: how long shutdown
     waits for requests in flight; ``log_vectors`` / ``log_texts``: keep each routed query's
-    embedding (and text) for later clustering versions; ``ood_policy``: what an
-    out-of-distribution request gets unless it asks otherwise; ``feedback_refresh_s``: feedback
+    embedding (and text) for later clustering versions; ``feedback_refresh_s``: feedback
     is served at most this long after it arrives (one refresh for all that arrived meanwhile;
-    0: refresh on every feedback request)."""
+    0: refresh on every feedback request); ``spool_dir``: where route-log rows the store cannot
+    take are kept (None: ``$AVENGERS_HOME/route-log-spool``), at most ``spool_max_bytes`` per
+    worker process."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -39,9 +45,7 @@ class GatewaySettings:
     samples: int = 1
     strategy: str = "self-consistency"
     top_n: int | None = None
-    method: str = "avengers"
-    tradeoff: float | None = None
-    max_cost: float | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
     route_on: str = "last_user"
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -57,26 +61,29 @@ class GatewaySettings:
     log_vectors: bool = False
     log_texts: bool = False
     feedback_refresh_s: float = 1.0
-    ood_policy: str = "flag"
+    spool_dir: str | None = None
+    spool_max_bytes: int = DEFAULT_SPOOL_BYTES
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigurationError(f"unknown strategy {self.strategy!r}")
-        if self.ood_policy not in ("flag", "best-overall", "widen"):
-            raise ConfigurationError("ood_policy must be flag, best-overall or widen")
         if self.route_on not in ("last_user", "conversation"):
             raise ConfigurationError("route_on must be last_user or conversation")
-        for name in ("max_in_flight", "max_body_bytes", "samples", "workers", "pool_size"):
+        for name in (
+            "max_in_flight",
+            "max_body_bytes",
+            "samples",
+            "workers",
+            "pool_size",
+            "spool_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.feedback_refresh_s >= 0:
             raise ConfigurationError(
                 f"feedback_refresh_s must be >= 0, got {self.feedback_refresh_s}"
             )
-        if self.tradeoff is not None and not 0 <= self.tradeoff <= 1:
-            raise ConfigurationError(f"tradeoff must be between 0 and 1, got {self.tradeoff}")
-        if self.max_cost is not None and not self.max_cost >= 0:
-            raise ConfigurationError(f"max_cost must be >= 0, got {self.max_cost}")
+        _ = self.routing_policy  # checks the policy's fields (InputError naming the field)
         if not self.timeout_s > 0:
             raise ConfigurationError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
         if not self.auth and not is_loopback(self.host):
@@ -84,6 +91,12 @@ class GatewaySettings:
                 f"--no-auth is only allowed on a loopback address, not {self.host}: create a key "
                 "with `avengers keys create NAME` instead"
             )
+
+    @property
+    def routing_policy(self) -> Policy:
+        """The default routing policy requests route with (their own fields override it)."""
+        # alpha = 1 decides as the plain routing but computes each answer's expected cost.
+        return Policy.from_dict({"tradeoff": 1.0, **self.policy})
 
     def to_env(self) -> str:
         """JSON for worker processes (holds no secret: the database URL comes from the

@@ -1,23 +1,32 @@
 """One gateway's state (``Gateway``): its settings, the async client, metrics, the requests in
-flight, and the steps every handler shares (authorizing, reading the body, the pool, logging)."""
+flight, and the steps every handler shares (authorizing, reading the body, the pool, logging).
+
+Route-log rows go through a ``RouteLogWriter`` with a spool: a request's rows are in the store,
+or fsync'd in the spool when the store cannot take them, before its response is sent
+(``rows_kept``, awaited by the ``Guard`` middleware), so nothing answered is lost to a crash.
+The spool is replayed into the store once it is back, and by the next start."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 
+from avengers_store.answering import route_log
 from avengers_store.answering.async_chat import AsyncChatClient
+from avengers_store.answering.route_log_spool import RouteLogSpool, default_directory
+from avengers_store.answering.route_log_writer import RouteLogWriter
 from avengers_store.answering.sampling import Endpoint
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.errors import AvengersError
-from avengers_store.gateway import keys
+from avengers_store.gateway import bodies, keys
 from avengers_store.gateway.errors import GatewayError, bad_request
 from avengers_store.gateway.metrics import Metrics
 from avengers_store.gateway.settings import GatewaySettings
@@ -26,6 +35,14 @@ from avengers_store.store import schema
 log = logging.getLogger("avengers.gateway")
 
 _POOL_TTL_S = 2.0
+# How long a response waits for its route-log rows to be kept (in the store or the spool): a
+# write is spooled after a second, so this is only reached if the disk itself hangs.
+LOG_HOLD_S = 10.0
+
+# The route-log tasks of the request being answered (set by the Guard middleware).
+pending_logs: ContextVar[list[asyncio.Task[None]] | None] = ContextVar(
+    "avengers_pending_logs", default=None
+)
 
 
 class Gateway:
@@ -34,6 +51,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, client: AsyncAvengersClient | None = None):
         self.settings = settings
         self.metrics = Metrics()
+        self.log_writer = None if client is not None else self._writer(settings)
         self.client = client or AsyncAvengersClient(
             settings.database_url,
             chat=AsyncChatClient(
@@ -43,7 +61,7 @@ class Gateway:
             ),
             pool_size=settings.pool_size,
             max_concurrency=settings.max_in_flight,
-            method=settings.method,
+            policy=settings.routing_policy,
             threshold=settings.threshold,
             max_tokens=settings.max_tokens,
             embed_threads=settings.embed_threads,
@@ -52,7 +70,7 @@ class Gateway:
             on_log=self.metrics.route_log,
             log_vectors=settings.log_vectors,
             log_texts=settings.log_texts,
-            ood_policy=settings.ood_policy,
+            log_writer=self.log_writer,
         )
         self._own_chat = client is None
         self.in_flight = 0
@@ -61,9 +79,29 @@ class Gateway:
         self._head = schema.head_revision()
         self._sql_hash = schema.sql_hash()
 
+    def _writer(self, settings: GatewaySettings) -> RouteLogWriter:
+        directory = Path(settings.spool_dir) if settings.spool_dir else default_directory()
+        spool = RouteLogSpool(directory, max_bytes=settings.spool_max_bytes)
+        writer = RouteLogWriter(self._write_log, spool=spool)
+        metrics = self.metrics
+
+        def state(event: str, rows: int) -> None:
+            metrics.spool(event, rows, spool.bytes, writer.spool_full)
+
+        writer.on_written = lambda n: (metrics.route_log("written", n), state("written", 0))
+        writer.on_dropped = lambda n: metrics.route_log("dropped", n)
+        writer.on_spooled = lambda n: state("spooled", n)
+        writer.on_replayed = lambda n: state("replayed", n)
+        return writer
+
+    async def _write_log(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.client.execute(route_log.statement(rows), "write")
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.log_writer is not None:
+            self.log_writer.start()  # replays what an earlier process left in the spool
         # Load the embedder and open the pools now, so the first request does not pay for it;
         # a store that is not ready yet is reported by /ready, not fatal here.
         try:
@@ -111,15 +149,12 @@ class Gateway:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise bad_request(f"the body is larger than {limit} bytes", code="body_too_large")
-        body = b""
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
                 raise bad_request(f"the body is larger than {limit} bytes", code="body_too_large")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the body is not JSON: {exc}", code="invalid_json") from exc
+        return bodies.parse(bytes(body))
 
     async def pool_models(self) -> dict[str, Endpoint]:
         """Active models with an endpoint, by name (cached for two seconds)."""
@@ -159,11 +194,36 @@ class Gateway:
         return {"vector": vector, "text": text if self.settings.log_texts else None}
 
     def log_rows(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue rows for the background writer without holding the response."""
-        asyncio.get_running_loop().create_task(self.client.log(rows))
+        """Hand rows to the background writer; the response waits for them (``rows_kept``)
+        only at the moment it is sent."""
+        task = asyncio.get_running_loop().create_task(self.client.log(rows))
+        task.add_done_callback(_log_failure)
+        pending = pending_logs.get()
+        if pending is not None:
+            pending.append(task)
+
+    async def rows_kept(self) -> None:
+        """Wait until the route-log rows of the request being answered are in the store or the
+        spool (at most ``LOG_HOLD_S``)."""
+        pending = pending_logs.get()
+        if not pending:
+            return
+        tasks = list(pending)
+        pending.clear()
+        began = time.perf_counter()
+        _, late = await asyncio.wait(tasks, timeout=LOG_HOLD_S)
+        self.metrics.stage("log", time.perf_counter() - began)
+        if late:
+            log.error("route_log: %d row batch(es) not kept within %g s", len(late), LOG_HOLD_S)
+
+    @property
+    def spool_full(self) -> bool:
+        return self.log_writer is not None and self.log_writer.spool_full
 
     async def readiness(self) -> list[str]:
         problems: list[str] = []
+        if self.spool_full:
+            problems.append("route log: the spool is full and the store does not take rows")
         try:
             async with self.client.connection("read") as conn:
                 cursor = await conn.execute(
@@ -176,9 +236,9 @@ class Gateway:
                 )
                 revision, applied, active, callable_models = await cursor.fetchone()
         except AvengersError as exc:
-            return [f"store: {exc}"]
+            return [*problems, f"store: {exc}"]
         except Exception as exc:  # a database error of any kind
-            return [f"store: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"]
+            return [*problems, f"store: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"]
         if revision != self._head or applied != self._sql_hash:
             problems.append("schema: not current (run `avengers db upgrade`)")
         if active is None:
@@ -186,3 +246,8 @@ class Gateway:
         if not callable_models:
             problems.append("models: no active model has an endpoint")
         return problems
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("route_log: rows not queued: %s", task.exception())

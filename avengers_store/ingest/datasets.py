@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from psycopg.rows import class_row
 
-from avengers_store.arguments import as_string_map
+from avengers_store.arguments import as_string_map, check_name
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest.readers import Table, read_table
@@ -357,6 +357,7 @@ def add_dataset(
     started = time.perf_counter()
     if not name or not name.strip():
         raise InputError("a dataset name must not be blank", location="name")
+    check_name(name, "dataset", "name")
     split_map = as_string_map(split_map, "split_map")
     mapping = check_split_map(split_map or DEFAULT_SPLIT_MAP)
     task = normalize_task_type(task_type, "task_type")

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from avengers_store.arguments import as_list
+from avengers_store.arguments import as_list, check_name
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
@@ -124,6 +124,7 @@ def add_model(
     """Add a model to the pool (active). It routes as soon as it has outcomes: no re-clustering."""
     if not name or not name.strip():
         raise InputError("a model name must not be blank", location="name")
+    check_name(name, "model", "name")
     if endpoint is not None:
         endpoint = check_endpoint(endpoint)
     if api_key_env is not None:

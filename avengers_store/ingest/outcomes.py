@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+from avengers_store.arguments import check_name, shown_column
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError
 from avengers_store.ingest.datasets import get_dataset, query_lookup
@@ -346,6 +347,8 @@ def _wide_rows(
             location=str(table.path),
         )
     names = [c[len(prefix) :] for c in columns]
+    for column, name in zip(columns, names, strict=True):
+        check_name(name, "model", shown_column(table.path, column))
     scores = {c: table.numbers(c) for c in columns}
     for column, values in scores.items():
         _score_check(table, column, values)
@@ -381,6 +384,8 @@ def _long_rows(
         elif OPTIONAL_COLUMNS[key] in table.columns:
             extra[key] = OPTIONAL_COLUMNS[key]
     models = table.labels(model_col, required=True)
+    for i, name in enumerate(models):
+        check_name(name, "model", table.where(i, model_col))
     scores = table.numbers(score_col)
     _score_check(table, score_col, scores)
     answers = (

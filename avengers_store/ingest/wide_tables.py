@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from avengers_store.arguments import as_list, as_string_map
+from avengers_store.arguments import as_list, as_string_map, check_name, shown_column
 from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError
 from avengers_store.ingest.datasets import (
@@ -142,6 +142,8 @@ def load_table(
     )
     n = table.n_rows
     names = table.labels(dataset_col, required=True)
+    for i, name in enumerate(names):
+        check_name(dataset_prefix + name, "dataset", table.where(i, dataset_col))
     texts = table.texts(text_col)
     unknown_ds = sorted(set(per_dataset) - set(names))
     if unknown_ds:
@@ -221,6 +223,8 @@ def load_table(
         for name, rows in rows_by_dataset.items()
     ]
     model_names = [c[len(outcome_prefix) :] for c in outcome_cols]
+    for column, model in zip(outcome_cols, model_names, strict=True):
+        check_name(model, "model", shown_column(table.path, column))
     answers = (
         [None if v is None else str(v) for v in table.values(answer_col)] if answer_col else None
     )

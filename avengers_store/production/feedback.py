@@ -23,6 +23,7 @@ import psycopg
 from avengers_store.errors import InputError
 from avengers_store.ingest.readers import Table, read_table
 from avengers_store.store import connections, driver_errors
+from avengers_store.store.statement import Statement, run
 
 DEFAULT_SOURCE = "user"
 
@@ -79,7 +80,13 @@ def feedback_params(
     return (as_route_id(route_id), float(score), model, source.strip(), at)
 
 
-def _feedback(params: tuple[Any, ...], row: Sequence[Any]) -> Feedback:
+def record_statement(params: tuple[Any, ...]) -> Statement:
+    """The statement storing one feedback row (``feedback_params``' values)."""
+    return Statement(RECORD_SQL, params)
+
+
+def from_row(params: tuple[Any, ...], row: Sequence[Any]) -> Feedback:
+    """The stored feedback from ``feedback_params``' values and ``RECORD_SQL``'s row."""
     return Feedback(row[0], params[0], row[1], params[1], params[3], row[2])
 
 
@@ -97,36 +104,11 @@ def record_feedback(
     ``model`` None scores the model whose answer was returned; ``at`` (default now) is when the
     outcome was observed. ``refresh`` serves it at once (``refresh_production``)."""
     params = feedback_params(route_id, score, model, source, at)
-    with driver_errors.translated():
-        if not refresh:  # one statement is atomic on its own: no BEGIN / COMMIT round trips
-            row = conn.execute(RECORD_SQL, params).fetchone()
-        else:
-            with conn.transaction():
-                row = conn.execute(RECORD_SQL, params).fetchone()
-                conn.execute(REFRESH_SQL)
-    return _feedback(params, row)
-
-
-async def arecord_feedback(
-    conn: psycopg.AsyncConnection,
-    route_id: uuid.UUID | str,
-    score: float,
-    model: str | None = None,
-    source: str = DEFAULT_SOURCE,
-    *,
-    at: datetime | None = None,
-    refresh: bool = True,
-) -> Feedback:
-    """``record_feedback`` on an async connection."""
-    params = feedback_params(route_id, score, model, source, at)
-    with driver_errors.translated():
-        if not refresh:
-            row = await (await conn.execute(RECORD_SQL, params)).fetchone()
-        else:
-            async with conn.transaction():
-                row = await (await conn.execute(RECORD_SQL, params)).fetchone()
-                await conn.execute(REFRESH_SQL)
-    return _feedback(params, row)
+    with conn.transaction():
+        rows = run(conn, record_statement(params))
+        if refresh:
+            run(conn, Statement(REFRESH_SQL))
+    return from_row(params, rows[0])
 
 
 def refresh_production(conn: psycopg.Connection) -> None:

@@ -1,35 +1,27 @@
 """Routing: a query vector in, a decision out (nearest cluster, ranked candidate models).
 
-Reads the served clustering and profiles through one SQL statement per decision or batch
-(``avengers.route_pooled``, ``avengers.route``, ``avengers.route_many``); writes nothing. Holds
-the routing methods, the decision types, the statements and the psycopg wire adapters.
+One SQL statement per decision or batch (``avengers.decide`` / ``avengers.decide_many``, the rule
+in sql/040_decide.sql) under one ``Policy``; writes nothing. Holds the policy and its methods,
+the decision types, the statements and the psycopg wire adapters.
 """
 
+from avengers_store.routing.decide import NO_ACTIVE_CLUSTERING, decide, decisions_from_rows
 from avengers_store.routing.decisions import Candidate, RouteDecision
 from avengers_store.routing.methods import AVENGERS, METHODS, PAPER, RoutingMethod, routing_method
-from avengers_store.routing.statements import (
-    NO_ACTIVE_CLUSTERING,
-    aroute_vector,
-    aroute_vectors,
-    route_vector,
-    route_vectors,
-)
-from avengers_store.routing.tradeoffs import PLAIN, CostPolicy, cost_policy
+from avengers_store.routing.policy import EXPLORATIONS, OOD_POLICIES, Policy
 
 __all__ = [
     "AVENGERS",
+    "EXPLORATIONS",
     "METHODS",
     "NO_ACTIVE_CLUSTERING",
+    "OOD_POLICIES",
     "PAPER",
-    "PLAIN",
     "Candidate",
-    "CostPolicy",
+    "Policy",
     "RouteDecision",
     "RoutingMethod",
-    "aroute_vector",
-    "aroute_vectors",
-    "cost_policy",
-    "route_vector",
-    "route_vectors",
+    "decide",
+    "decisions_from_rows",
     "routing_method",
 ]

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
+
+from avengers_store.routing.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One model proposed for a query, best first (rank 1). ``score`` is the routing score
-    (expected quality, pooling production outcomes at the clustering's weight); ``mean_score``,
+    (expected quality, pooling production outcomes at the policy's weight); ``mean_score``,
     ``n`` and the Wilson bounds describe the model's calibration outcomes on the nearest cluster
     (None when it has none there), ``production_n`` and ``production_mean`` (decayed) its
-    feedback there; ``evidence`` is the pseudo-count behind ``score`` (what exploration's Beta
-    posterior uses). With a trade-off or a cost ceiling: ``expected_cost`` of the request on the
+    feedback there; ``evidence`` is the pseudo-count behind ``score`` and ``propensity`` the
+    probability it had of going first under the policy (1 or 0 without exploration; None under
+    thompson). With a trade-off or a cost ceiling: ``expected_cost`` of the request on the
     model (None: it has neither a price nor a measured cost), ``utility`` (what it was ranked by
-    when α < 1) and ``over_budget`` (no candidate fitted the ceiling; this is the cheapest). All
-    three are None on a plain route."""
+    when α < 1), ``over_budget`` (no candidate fitted the ceiling; this is the cheapest) and
+    ``expected_latency_ms`` (its model requests' measured latency near the query; None: none
+    measured). All are None on a plain route."""
 
     model: str
     rank: int
@@ -37,36 +40,48 @@ class Candidate:
     production_n: int | None = None
     production_mean: float | None = None
     evidence: float | None = None
+    propensity: float | None = None
+    expected_latency_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """Why a query goes where it goes: its cluster in a clustering version and the ranked models.
+    """Why a query goes where it goes: its cluster in a clustering version and the ranked models,
+    as ``avengers.decide`` returned them under ``policy``.
 
-    ``tradeoff`` and ``max_cost``: what a cost-aware route asked for (None on a plain route).
     ``novelty``: the query's distance to the calibration set over its threshold
     (``routing.novelty``; for older versions the distance over the nearest cluster's OOD
-    distance), ``ood`` novelty > 1, and
-    ``ood_policy`` what an out-of-distribution query got (``routing.ood``). ``production_weight``
-    and ``half_life``: how the clustering pools production outcomes into the scores.
-    ``exploration``: the clustering's exploration policy when it is on (with
-    ``exploration_share``), and ``explored`` whether it put another model first than the
-    best-scored one."""
+    distance), ``ood`` novelty > 1, and ``ood_policy`` the policy applied to an
+    out-of-distribution query (None when in distribution). ``production_weight``: how the
+    scores pooled production outcomes. ``exploration``: the exploration in force (None: off), and
+    ``explored`` whether it put another model first than the plain order's best."""
 
     clustering_id: int
     cluster: int
     distance: float
     candidates: tuple[Candidate, ...]
-    tradeoff: float | None = None
-    max_cost: float | None = None
+    policy: Policy | None = None
     exploration: str | None = None
     explored: bool | None = None
     novelty: float | None = None
     ood: bool | None = None
     ood_policy: str | None = None
     production_weight: float | None = None
-    half_life: timedelta | None = None
-    exploration_share: float | None = None
+
+    @property
+    def tradeoff(self) -> float | None:
+        """The trade-off α asked for (None: none)."""
+        return self.policy.tradeoff if self.policy is not None else None
+
+    @property
+    def max_cost(self) -> float | None:
+        """The cost ceiling asked for (None: none)."""
+        return self.policy.max_cost if self.policy is not None else None
+
+    @property
+    def propensity(self) -> float | None:
+        """The probability the first model had of going first (None: not known)."""
+        return self.candidates[0].propensity if self.candidates else None
 
     @property
     def model(self) -> str | None:
@@ -91,7 +106,8 @@ class RouteDecision:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["half_life"] = self.half_life.total_seconds() if self.half_life else None
+        out["policy"] = self.policy.to_dict() if self.policy is not None else None
+        out["tradeoff"], out["max_cost"] = self.tradeoff, self.max_cost
         return out
 
     def explain(self) -> str:
@@ -105,16 +121,20 @@ class RouteDecision:
             lines.append(f"  novelty {self.novelty:.2f}: {verdict}{policy}")
         if self.production_weight is not None:
             lines.append(
-                "  scores pool production outcomes at weight "
-                f"{self.production_weight:g} (half-life {_duration(self.half_life)})"
+                f"  scores pool production outcomes at weight {self.production_weight:g}"
                 if self.production_weight > 0
                 else "  scores use calibration outcomes only (production weight 0)"
             )
         if self.exploration is not None:
+            chance = (
+                f" (its chance of going first: {self.propensity:.3f})"
+                if self.propensity is not None
+                else ""
+            )
             lines.append(
                 f"  exploration {self.exploration}: "
-                + ("another candidate than the best-scored goes first" if self.explored
-                   else "the best-scored candidate stays first")
+                + ("another candidate than the best-ranked goes first" if self.explored
+                   else "the best-ranked candidate stays first") + chance
             )  # fmt: skip
         if self.costed:
             alpha = 1.0 if self.tradeoff is None else self.tradeoff
@@ -158,21 +178,11 @@ class RouteDecision:
                     if c.expected_cost is not None
                     else "; expected cost unknown (no price, no measured cost)"
                 )
+                if c.expected_latency_ms is not None:
+                    cost += f", expected latency {c.expected_latency_ms:.0f} ms"
                 if c.utility is not None:
                     cost += f", utility {c.utility:.3f}"
                 if c.over_budget:
                     cost += " (over budget)"
             lines.append(f"  {c.rank}. {c.model}: {score}{here}{production}{cost}{where}")
         return "\n".join(lines)
-
-
-def _duration(value: timedelta | None) -> str:
-    """A half-life as people write it: '14 days', '36 hours', else timedelta's own form."""
-    if value is None:
-        return "unknown"
-    seconds = value.total_seconds()
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return str(value)

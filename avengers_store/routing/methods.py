@@ -1,4 +1,4 @@
-"""Routing methods: the parameters of the routing score (``avengers.route_many`` in sql/).
+"""Routing methods: the parameters of the routing score (``avengers.decide`` in sql/).
 
 ``AVENGERS`` (the default) pools the 16 nearest clusters weighted by distance and shrinks toward
 each model's calibration prior; ``PAPER`` is the plain nearest-cluster rule.
@@ -10,40 +10,32 @@ from dataclasses import dataclass
 
 from avengers_store.errors import InputError
 
-# Weight of the dataset-mixture prior in the default method: the one place to change it.
-DATASET_PRIOR = 0.0
-
 
 @dataclass(frozen=True)
 class RoutingMethod:
-    """Parameters of the routing score (``avengers.route_many`` in sql/040_routing_functions.sql).
+    """Parameters of the routing score (``avengers.decide`` in sql/040_decide.sql).
 
     ``neighbours``: nearest centroids pooled (L); ``temperature``: weight decay in units of the
     clustering's median squared distance to its centroid; ``shrinkage``: pseudo-queries of the
-    model's dataset-balanced calibration mean added to every score; ``dataset_prior``: the same
-    for the mean weighted by the neighbourhood's dataset make-up.
+    model's dataset-balanced calibration mean added to every score.
     """
 
     name: str
     neighbours: int = 16
     temperature: float = 0.1
     shrinkage: float = 1.0
-    dataset_prior: float = DATASET_PRIOR
 
     def __post_init__(self) -> None:
         if self.neighbours < 1:
             raise InputError(f"neighbours must be >= 1, got {self.neighbours}", location="method")
-        for field_name in ("temperature", "shrinkage", "dataset_prior"):
+        for field_name in ("temperature", "shrinkage"):
             value = getattr(self, field_name)
             if not value >= 0:  # also refuses NaN
                 raise InputError(f"{field_name} must be >= 0, got {value}", location="method")
 
-    def sql_args(self) -> tuple[int, float, float, float]:
-        return (self.neighbours, self.temperature, self.shrinkage, self.dataset_prior)
-
 
 # The paper's rule: the nearest cluster's mean score (ties: overall score, then name).
-PAPER = RoutingMethod("paper", neighbours=1, temperature=0.0, shrinkage=0.0, dataset_prior=0.0)
+PAPER = RoutingMethod("paper", neighbours=1, temperature=0.0, shrinkage=0.0)
 # Soft top-16 centroids at temperature 0.1, one pseudo-query of the prior (chosen by 5-fold
 # cross-validation on calibration data of two outcome tables; docs/evaluation.md).
 AVENGERS = RoutingMethod("avengers")

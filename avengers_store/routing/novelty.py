@@ -14,8 +14,9 @@ threshold, so the threshold is not measured on the points the Gaussian was fitte
 Gaussian is refitted on all of them and the held-out threshold kept. Stored in
 ``avengers.novelty_profiles`` (mean, threshold, held-out distances) and ``avengers.novelty_axes``
 (the shrunk covariance's eigenvectors and variances). Clients read a version's axes once
-(``NoveltyCache``, by clustering id: versions are immutable) and the threshold with the loop's
-statement, so a change of ``ood_quantile`` applies at once.
+(``NoveltyCache``, by clustering id: versions are immutable) and pass a query's distance to
+``avengers.decide``, which divides it by the clustering's current threshold, so a change of
+``ood_quantile`` applies at once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from avengers_store.store import driver_errors
+from avengers_store.store.statement import Statement, run
 
 # At most this many calibration vectors are fitted on (each half of them): enough for a covariance
 # of a few hundred dimensions, and a re-cluster of millions of queries stays quick.
@@ -138,7 +139,14 @@ WHERE p.clustering_id = %s
 """
 
 
-def _model(row: Any) -> NoveltyModel | None:
+def load_statement(clustering_id: int) -> Statement:
+    """The statement reading a version's novelty model (``model_from_row`` reads its row);
+    binary, as its d x d floats read as text take several times as long."""
+    return Statement(LOAD_SQL, (clustering_id,), binary=True)
+
+
+def model_from_row(row: Any) -> NoveltyModel | None:
+    """A version's novelty model from ``LOAD_SQL``'s row (None: it has none)."""
     if row is None or row[1] is None:
         return None
     mean, directions, variances = row
@@ -151,15 +159,8 @@ def _model(row: Any) -> NoveltyModel | None:
 
 def load(conn: psycopg.Connection, clustering_id: int) -> NoveltyModel | None:
     """A version's novelty model (None: it has none)."""
-    with driver_errors.translated():
-        return _model(conn.execute(LOAD_SQL, (clustering_id,)).fetchone())
-
-
-async def aload(conn: psycopg.AsyncConnection, clustering_id: int) -> NoveltyModel | None:
-    """``load`` on an async connection."""
-    with driver_errors.translated():
-        cursor = await conn.execute(LOAD_SQL, (clustering_id,))
-        return _model(await cursor.fetchone())
+    rows = run(conn, load_statement(clustering_id))
+    return model_from_row(rows[0] if rows else None)
 
 
 class NoveltyCache:
@@ -183,21 +184,3 @@ class NoveltyCache:
             while len(self._models) >= self.size:
                 self._models.pop(next(iter(self._models)))
             self._models[clustering_id] = model
-
-    def model(self, conn: psycopg.Connection, clustering_id: int) -> NoveltyModel | None:
-        """The version's model, read on first use."""
-        found, model = self.get(clustering_id)
-        if not found:
-            model = load(conn, clustering_id)
-            self.put(clustering_id, model)
-        return model
-
-    async def amodel(
-        self, conn: psycopg.AsyncConnection, clustering_id: int
-    ) -> NoveltyModel | None:
-        """``model`` on an async connection."""
-        found, model = self.get(clustering_id)
-        if not found:
-            model = await aload(conn, clustering_id)
-            self.put(clustering_id, model)
-        return model

@@ -41,6 +41,8 @@ def is_lost(exc: BaseException, conn: psycopg.Connection | psycopg.AsyncConnecti
 
 def unavailable(url: str | None, exc: BaseException, *, role: str = "primary") -> StoreUnavailable:
     """The StoreUnavailable for ``exc`` on the store at ``url`` (None: the embedded server)."""
+    if isinstance(exc, StoreUnavailable) and url is None and config.database_url() is None:
+        return StoreUnavailable(str(exc))  # the embedded server's own word (stopped, starting)
     reason = _reason(exc)
     if role == "replica":
         where = (
@@ -49,8 +51,8 @@ def unavailable(url: str | None, exc: BaseException, *, role: str = "primary") -
         )
     elif url is None and config.database_url() is None:
         where = (
-            f"the embedded database server is unavailable ({reason}). It is started again on "
-            "the next call; `avengers db status` starts it and shows where it runs."
+            f"the embedded database server is unavailable ({reason}). The next call starts it "
+            "again (unless `avengers db stop` stopped it: then `avengers db start`)."
         )
     else:
         target = url if url is not None else config.database_url() or ""

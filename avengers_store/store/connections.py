@@ -18,13 +18,14 @@ MIN_SERVER_VERSION = 150000
 
 
 def resolve_url(url: str | None = None) -> str:
-    """The URL to use; starts the embedded server when nothing else is configured."""
+    """The URL to use; starts the embedded server when nothing else is configured (unless
+    ``avengers db stop`` stopped it). Raises only ``StoreUnavailable`` when it cannot."""
     if url is not None:
         return url
     configured = config.database_url()
     if configured is not None:
         return configured
-    return embedded.start()
+    return embedded.autostart()
 
 
 # Connection parameters whose values are secrets (libpq names).

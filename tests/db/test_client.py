@@ -87,7 +87,7 @@ def test_routes_without_prepared_statements(store):
                 [(c.model, c.score) for c in b.candidates],
             )
         count = (
-            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%avengers.route%'"
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%avengers.decide%'"
         )
         with plain._pools["read"].connection() as c:
             assert c.prepare_threshold is None

@@ -1,7 +1,7 @@
 """The production update rule in SQL (avengers.production_evidence) equals its Python reference
-(production.update_rule) cell for cell, and routing_models serves it: pooled at the clustering's
-production weight, unweighted in production_sums / production_ns, nothing at weight 0, and a
-model without calibration outcomes routable only while production counts."""
+(production.update_rule) cell for cell, and routing_models serves it beside calibration,
+unweighted (production_sums / production_ns), for the decision to weigh at its policy's production
+weight; a model without calibration outcomes is routable only while production counts."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from avengers_store import routing
 from avengers_store.calibration import reclustering
 from avengers_store.production import exploration_rule, update_rule
-from avengers_store.production.settings import configure
+from avengers_store.routing import Policy
 from avengers_store.store import connections
 from avengers_store.testing import ensure_model, seed_store
 
@@ -116,10 +117,9 @@ def test_sql_equals_the_python_reference(store):
     assert not ref.delta_n[~new].any()
 
 
-def test_routing_models_serves_the_evidence_at_the_weight(store):
+def test_routing_models_serves_the_evidence_and_the_decision_weighs_it(store):
     with connections.connect(store) as conn:
         feed(conn, 2, 200)
-        configure(production_weight=0.5, conn=conn)
         served = conn.execute(
             """SELECT rm.model_id, rm.calibrated, rm.score_sums::text, rm.ns::text,
                       rm.production_sums::text, rm.production_ns::text
@@ -137,31 +137,33 @@ def test_routing_models_serves_the_evidence_at_the_weight(store):
                 "SELECT model_id, cluster, score_sum, n FROM avengers.cluster_profiles"
             )  # fmt: skip
         }
-        configure(production_weight=0.0, conn=conn)
-        static = conn.execute(
-            "SELECT model_id, calibrated, score_sums::text, ns::text FROM avengers.routing_models"
-        ).fetchall()
+        vectors = np.array(
+            [r[0] for r in conn.execute("SELECT centroid::real[] FROM avengers.routing_centroids")],
+            dtype=np.float32,
+        )
+        everyone = Policy(top_n=len(served), tradeoff=None)
+        at_half = routing.decide(conn, vectors, everyone.replace(production_weight=0.5))
+        at_zero = routing.decide(conn, vectors, everyone.replace(production_weight=0.0))
+        newcomer = conn.execute(
+            "SELECT id FROM avengers.models WHERE name = 'newcomer'"
+        ).fetchone()[0]
         conn.rollback()
-    assert {r[1] for r in served} == {True, False}  # the newcomer is routable at weight 0.5
+    # Calibration and the update rule's evidence are served apart, unweighted: the decision
+    # weighs the evidence by its policy's production weight.
+    assert {r[1] for r in served} == {True, False}
     for model, _, sums, ns, psums, pns in served:
         got = {name: parse(v) for name, v in
                (("sums", sums), ("ns", ns), ("psums", psums), ("pns", pns))}  # fmt: skip
+        mine = {c: v for (m, c), v in calibration.items() if m == model}
+        assert got["sums"] == pytest.approx({c: float(v[0]) for c, v in mine.items() if v[0] > 0})
+        assert got["ns"] == {c: float(v[1]) for c, v in mine.items()}
         for (m, cluster), (dsum, dn) in cells.items():
-            if m != model:
-                continue
-            cs, cn = calibration.get((m, cluster), (0.0, 0))
-            assert got["psums"].get(cluster, 0.0) == pytest.approx(dsum, rel=1e-6, abs=1e-6)
-            assert got["pns"].get(cluster, 0.0) == pytest.approx(dn, rel=1e-6, abs=1e-6)
-            assert got["sums"].get(cluster, 0.0) == pytest.approx(cs + 0.5 * dsum, rel=1e-5,
-                                                                   abs=1e-5)  # fmt: skip
-            assert got["ns"].get(cluster, 0.0) == pytest.approx(cn + 0.5 * dn, rel=1e-5)
-    # Weight 0: calibration exactly, and no model without calibration outcomes.
-    assert {r[1] for r in static} == {True}
-    for model, _, sums, ns in static:
-        expected = {c: v for (m, c), v in calibration.items() if m == model}
-        assert parse(sums) == pytest.approx({c: float(v[0]) for c, v in expected.items()
-                                             if v[0] > 0})  # fmt: skip
-        assert parse(ns) == {c: float(v[1]) for c, v in expected.items()}
+            if m == model:
+                assert got["psums"].get(cluster, 0.0) == pytest.approx(dsum, rel=1e-6, abs=1e-6)
+                assert got["pns"].get(cluster, 0.0) == pytest.approx(dn, rel=1e-6, abs=1e-6)
+    # A model without calibration outcomes is a candidate only while production counts.
+    assert all(newcomer in {c.model_id for c in d.candidates} for d in at_half)
+    assert not any(newcomer in {c.model_id for c in d.candidates} for d in at_zero)
 
 
 def parse(text: str) -> dict[int, float]:

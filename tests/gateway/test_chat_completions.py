@@ -16,7 +16,9 @@ from avengers_store.gateway.settings import GatewaySettings
 from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, set_endpoints
 
 pytestmark = pytest.mark.llm
-SETTINGS = GatewaySettings(auth=False, method="paper", upstream_retries=0, keepalive_s=0.2)
+SETTINGS = GatewaySettings(
+    auth=False, policy={"method": "paper"}, upstream_retries=0, keepalive_s=0.2
+)
 
 
 def wait_for_rows(url: str, route_ids: list[str], timeout: float = 10.0) -> dict[str, tuple]:

@@ -11,7 +11,7 @@ import pytest
 from avengers_store.gateway.settings import GatewaySettings
 from avengers_store.testing import ARITHMETIC, gateway_server, set_endpoints
 
-SETTINGS = GatewaySettings(method="paper", upstream_retries=0, auth=False)
+SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 PRICES = {"alpha": (3.0, 3.0), "bravo": (1.0, 1.0), "charlie": (0.1, 0.1)}
 
 
@@ -84,7 +84,9 @@ def test_route_and_chat_take_a_tradeoff_and_name_the_expected_cost(store, priced
 
 
 def test_server_defaults_apply_when_the_request_sets_none(store, priced):
-    with gateway_server(SETTINGS, database_url=store, tradeoff=0.0) as gw:
+    with gateway_server(
+        SETTINGS, database_url=store, policy={"method": "paper", "tradeoff": 0.0}
+    ) as gw:
         default = httpx.post(gw.base_url + "/v1/route", json={"input": ARITHMETIC})
         own = httpx.post(gw.base_url + "/v1/route", json={"input": ARITHMETIC, "tradeoff": 1})
     assert default.json()["candidates"][0]["model"] == "charlie"

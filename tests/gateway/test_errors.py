@@ -16,7 +16,7 @@ from avengers_store.gateway import keys
 from avengers_store.gateway.settings import GatewaySettings
 from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, set_endpoints
 
-SETTINGS = GatewaySettings(method="paper", upstream_retries=0)
+SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0)
 QUESTION = [{"role": "user", "content": LITERATURE}]
 
 

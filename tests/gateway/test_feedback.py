@@ -14,7 +14,7 @@ import psycopg
 from avengers_store.gateway.settings import GatewaySettings
 from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, set_endpoints
 
-SETTINGS = GatewaySettings(method="paper", upstream_retries=0, auth=False)
+SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 
 
 def production_n(url: str, model: str) -> int:
@@ -81,7 +81,7 @@ def test_refused_feedback_names_the_field(store, endpoints, scripted_server):
 
 def test_feedback_needs_a_key_when_auth_is_on(store, endpoints):
     with gateway_server(
-        GatewaySettings(method="paper", upstream_retries=0), database_url=store
+        GatewaySettings(policy={"method": "paper"}, upstream_retries=0), database_url=store
     ) as gw:
         refused = httpx.post(
             gw.base_url + "/v1/feedback", json={"route_id": str(uuid.uuid4()), "score": 1}
@@ -97,7 +97,11 @@ def test_log_vectors_keeps_each_routed_embedding_and_the_text_only_when_asked(
     kept = {}
     for texts in (False, True):
         settings = GatewaySettings(
-            method="paper", upstream_retries=0, auth=False, log_vectors=True, log_texts=texts
+            policy={"method": "paper"},
+            upstream_retries=0,
+            auth=False,
+            log_vectors=True,
+            log_texts=texts,
         )
         with gateway_server(settings, database_url=store) as gw:
             chat = httpx.post(

@@ -26,7 +26,7 @@ from avengers_store.testing import (
     set_endpoints,
 )
 
-SETTINGS = GatewaySettings(method="paper", upstream_retries=0, auth=False)
+SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 
 
 def test_route_models_ready_and_metrics(store, endpoints, scripted_server):

@@ -281,3 +281,77 @@ def test_no_planted_secret_in_logs_errors_or_a_dump(store, llm, monkeypatch, cap
     assert "Traceback" not in joined or PLANTED_PASSWORD not in joined
     assert PLANTED_PASSWORD not in joined
     assert PLANTED_KEY not in joined
+
+
+# What a careless or hostile upstream echoes in a 200: a body that is not JSON (the key it was
+# sent and a bearer token nobody configured), an answer's text (the key and an OpenAI-shaped key;
+# streamed, each is one event of its own, as a server quoting them would send it).
+STRANGER = f"stranger{uuid.uuid4().hex[:16]}"
+ECHOES = {
+    "not-json": {"raw": f"not json; key={PLANTED_KEY}; Authorization: Bearer {STRANGER}"},
+    "answer": {"texts": [f"the key is {PLANTED_KEY} and sk-{STRANGER}"]},
+}
+
+
+@pytest.mark.parametrize("echo", list(ECHOES))
+def test_a_key_echoed_in_a_200_reaches_no_caller_log_or_table(
+    store, llm, monkeypatch, caplog, echo
+):
+    """Every path a 200 from an upstream takes (the sync client, the async client, `avengers
+    ask`, the gateway routed and passed through, plain and streamed): the configured key and
+    the stranger's token appear in no answer, error, log record or row of a pg_dump."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    with psycopg.connect(store, autocommit=True) as c:
+        c.execute("UPDATE avengers.models SET api_key_env = %s", (KEY_ENV,))
+    for name in RANKED_MODELS:
+        llm.script(name, ECHOES[echo])
+    texts: list[str] = []
+    statuses: list[int] = []
+    question = "What is 6 times 7?"
+    try:
+        with AvengersClient(store) as client:
+            try:
+                texts.append(repr(client.ask(question, samples=1, timeout=5)))
+            except AvengersError as exc:
+                texts.append(str(exc))
+        texts.append(invoke("-vv", "ask", question, "--timeout", "5").output)
+        with gateway_server(GatewaySettings(auth=False), database_url=store) as gw:
+            for model in ("avengers", RANKED_MODELS[0]):
+                for stream in (False, True):
+                    r = httpx.post(
+                        gw.base_url + "/v1/chat/completions",
+                        json={
+                            "model": model,
+                            "stream": stream,
+                            "messages": [{"role": "user", "content": question}],
+                        },
+                        timeout=30,
+                    )
+                    statuses.append(r.status_code)
+                    texts += [r.text, str(r.headers)]
+    finally:
+        with psycopg.connect(store, autocommit=True) as c:
+            c.execute("UPDATE avengers.models SET api_key_env = NULL")
+        for name in RANKED_MODELS:
+            llm.answers(name, r"\boxed{42}")
+    texts += [record.getMessage() for record in caplog.records]
+    texts += [str(record.exc_info) for record in caplog.records if record.exc_info]
+    dump = subprocess.run(
+        [pg_bin("pg_dump"), "--dbname", store, "--schema", "avengers", "--data-only"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dump.returncode == 0, dump.stderr
+    texts.append(dump.stdout)
+    joined = "\n".join(texts)
+    # The echo was sent and did reach the callers, masked (so the test could have found it).
+    assert any(PLANTED_KEY in str(r.get("auth")) for r in llm.requests)
+    assert "***" in joined
+    assert PLANTED_KEY not in joined
+    assert STRANGER not in joined
+    if echo == "not-json":
+        assert statuses == [502, 200, 502, 200], statuses  # streams: errors inside the 200
+    else:
+        assert statuses == [200, 200, 200, 200], statuses

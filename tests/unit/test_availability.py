@@ -25,7 +25,7 @@ def test_embedded_store_message_says_it_restarts(monkeypatch):
     monkeypatch.delenv("PGDATABASE", raising=False)
     error = availability.unavailable(None, psycopg.OperationalError("terminating connection"))
     assert isinstance(error, StoreUnavailable) and isinstance(error, ConnectionFailed)
-    assert "embedded" in str(error) and "avengers db status" in str(error)
+    assert "embedded" in str(error) and "avengers db start" in str(error)
     assert "terminating connection" in str(error)
 
 
