@@ -73,10 +73,13 @@ def command(
     max_body, log_vectors, log_texts, feedback_refresh, spool_dir, spool_max_mb, no_access_log,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
-    model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
+    model="avengers" (route, sample, vote) or a pool model's name (passed straight through),
+    on POST /v1/chat/completions or the Responses API, POST /v1/responses.
 
     Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
-    loopback address allows. GET /health, /ready and /metrics need no key. The routing options
+    loopback address allows; a key's policy (spend limits, models, samples, requests per
+    minute, default routing options: `avengers keys set`) is enforced before any model is
+    called. GET /health, /ready and /metrics need no key. The routing options
     (--method, --tradeoff, --max-cost, --max-latency-ms, ...) are defaults a request may
     override with the body fields of the same names; with a trade-off or a ceiling in force
     (--tradeoff 1 prices every answer without changing the ranking) routed answers name their
