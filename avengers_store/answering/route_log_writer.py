@@ -294,6 +294,8 @@ class RouteLogWriter:
             for _, ticket in items:
                 if ticket is not None:
                     ticket.settle(False)
+            if self.on_spooled is not None:
+                self.on_spooled(0)  # none kept, but the spool is full now: observers say so
             return
         self.spooled += len(rows)
         if self.on_spooled is not None:
