@@ -155,6 +155,11 @@ class operation:  # noqa: N801 (used as a decorator)
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # Called on the class (``AvengersClient.route(client, q)``), as a plain method would be;
+        # also what lets inspect and help() read the flow's signature there.
+        return obj._drive(self.fn(obj, *args, **kwargs))
+
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self

@@ -30,6 +30,7 @@ from avengers_store.calibration.profiles import ProfileEntry, get_profiles, plot
 from avengers_store.calibration.query_vectors import import_npy
 from avengers_store.errors import AvengersError
 from avengers_store.evaluation.results import ModelScore
+from avengers_store.ingest.model_pool import list_models
 from avengers_store.routing import RouteDecision
 from avengers_store.store import config, connections, schema
 
@@ -130,6 +131,7 @@ class DemoResult:
     plot: Path
     routed: tuple[RoutedQuestion, ...]
     replay: ReplaySummary
+    active_models: tuple[str, ...] = ()  # the pool the routes and the replay chose among
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -371,6 +373,7 @@ def run_demo(
     out = plot_profiles(plot or default_plot_path(), entries)
     step("profiles", started)
 
+    active = tuple(m.name for m in list_models(active_only=True, url=target))
     started = time.perf_counter()
     routed = route_sample_questions(target)
     step("route", started)
@@ -391,5 +394,6 @@ def run_demo(
         plot=out,
         routed=routed,
         replay=replay,
+        active_models=active,
         timings=timings,
     )

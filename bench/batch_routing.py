@@ -1,10 +1,11 @@
-"""Batch routing throughput: 10k query vectors routed in one statement (``avengers.route_many``).
+"""Batch routing throughput: 10k query vectors routed in one statement (``avengers.decide_many``).
 
-Timed four ways, round-robin per repeat: the client with its default routing method
-(``AvengersClient.route_many(vectors, conn=conn)``: vectors checked, sent in binary, decisions
-built), the same with method "paper" (nearest cluster only), the bare statement
-(``statements.ROUTE_MANY_SQL`` with pgvector ``Vector``s already made), and numpy's argmin over the
-same centroids as the floor. queries/s = batch size / median seconds over repeats.
+Timed four ways, round-robin per repeat: the client with its default routing policy
+(``AvengersClient.route_many(vectors, conn=conn)``: vectors checked, novelty distances computed,
+sent in binary, decisions built), the same with method "paper" (nearest cluster only), the bare
+statement (the client's ``routing.decide`` statement for the batch, built once beforehand, run
+directly: rows only), and numpy's argmin over the same centroids as the floor. queries/s = batch
+size / median seconds over repeats.
 
 Example:
     .venv/bin/python bench/batch_routing.py
@@ -29,12 +30,11 @@ from _common import (
     serve_k,
     settle,
 )
-from pgvector import Vector
 from threadpoolctl import threadpool_limits
 
-from avengers_store import routing
 from avengers_store.client import AvengersClient
-from avengers_store.routing import statements
+from avengers_store.routing import novelty
+from avengers_store.routing.decide import statement as decide_statement
 from avengers_store.store import connections
 
 TARGET_QPS = 20_000
@@ -70,9 +70,12 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
     conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")
-    sql_args = routing.routing_method(client.method).sql_args()
     try:
-        vectors = [Vector(q) for q in queries]
+        # What the client sends for this batch (its policy, seeds, the novelty distances).
+        bare = decide_statement(
+            queries, client.policy, seeds=client.seeds(batch), novelty=novelty.load(conn, cid),
+            novelty_clustering=cid,
+        )  # fmt: skip
 
         def run_client() -> int:
             return len(client.route_many(queries, conn=conn))
@@ -81,9 +84,7 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
             return len(paper.route_many(queries, conn=conn))
 
         def run_sql() -> int:
-            rows = conn.execute(
-                statements.ROUTE_MANY_SQL, (vectors, 1, False, *sql_args, None, None, None, 1)
-            ).fetchall()
+            rows = conn.execute(bare.sql, bare.params, binary=bare.binary).fetchall()
             return len(rows)
 
         def run_numpy() -> int:

@@ -3,16 +3,16 @@ in the same process and run: numpy's argmin over the same centroids, and a bare 
 trip on the same connection. ratio = route p50 / (numpy p50 + SELECT 1 p50).
 
 "route" is ``AvengersClient.route(vector, conn=conn)``: the client's code path with its default
-routing method ("avengers": 16 nearest centroids pooled) on the same connection as the floors (one
-round trip: ``avengers.route_pooled``). The three are timed round-robin per iteration, so machine
-noise falls on all of them alike. A second interleaved pass, with its own two floors, times the
-variants: the "paper" method (the nearest cluster only), the same call through the client's pool
-("route_pooled"), the bare statement without the Python around it ("route_sql"), the
-``avengers.route`` function SQL users call (with the hand-over to ``route_many_general``;
-"route_dispatch") and the same vector through ``avengers.route_many`` ("route_many_sql"). Kept out
-of the ratio's pass: a router repeats one statement, and five other statements between two routes
-evict the caches the route would find warm. Each repeat runs both passes; reported figures are
-medians over repeats.
+routing policy ("avengers" method: 16 nearest centroids pooled) on the same connection as the
+floors (one round trip: ``avengers.decide``). The three are timed round-robin per iteration, so
+machine noise falls on all of them alike. A second interleaved pass, with its own two floors, times
+the variants: the "paper" method (the nearest cluster only), the same call through the client's
+pool ("route_pooled"), the bare statement without the Python around it ("route_sql": the client's
+``routing.decide`` statement, built beforehand with the same seed and novelty distance, run
+directly), the ``avengers.route`` wrapper SQL users call ("route_wrapper") and the same vector
+through ``avengers.decide_many`` ("route_many_sql"). Kept out of the ratio's pass: a router repeats
+one statement, and five other statements between two routes evict the caches the route would find
+warm. Each repeat runs both passes; reported figures are medians over repeats.
 
 Example:
     .venv/bin/python bench/route_latency.py --k 64
@@ -43,9 +43,9 @@ from _common import (
 from pgvector import Vector
 from threadpoolctl import threadpool_limits
 
-from avengers_store import routing
 from avengers_store.client import AvengersClient
-from avengers_store.routing import statements
+from avengers_store.routing import novelty
+from avengers_store.routing.decide import statement as decide_statement
 from avengers_store.store import connections
 
 TARGET_RATIO = 2.0
@@ -142,9 +142,6 @@ def measure_k(
     conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")  # the nearest-cluster rule only
-    sql_args = routing.routing_method(client.method).sql_args()
-    route_statement = statements.route_sql(1, False, client.method, pooled=True)
-    dispatch_statement = statements.route_sql(1, False, client.method)
     try:
         # Agreement with numpy's argmin (the same rule), on all queries, before timing.
         decisions = client.route_many(list(queries), conn=conn)
@@ -152,6 +149,19 @@ def measure_k(
         argmin = np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1)
         agree = float(np.mean([d.cluster == a for d, a in zip(decisions, argmin, strict=True)]))
         vectors = [Vector(q) for q in queries]
+        # What the client sends for each query (its policy, a seed, the query's novelty distance
+        # computed with numpy), built before timing: "route_sql" times the statement alone.
+        model = novelty.load(conn, cid)
+        seeds = client.seeds(len(queries))
+        singles = [
+            decide_statement([q], client.policy, seeds=[s], novelty=model, novelty_clustering=cid)
+            for q, s in zip(queries, seeds, strict=True)
+        ]
+        batches_of_one = [
+            decide_statement(queries[i : i + 1], client.policy, seeds=[seeds[i]], novelty=model,
+                             novelty_clustering=cid)
+            for i in range(len(queries))
+        ]  # fmt: skip
 
         def route(i: int) -> object:
             return client.route(queries[i], conn=conn)
@@ -163,16 +173,15 @@ def measure_k(
             return client.route(queries[i])
 
         def route_sql(i: int) -> object:
-            return conn.execute(route_statement, (vectors[i],)).fetchall()
+            s = singles[i]
+            return conn.execute(s.sql, s.params, prepare=s.prepare, binary=s.binary).fetchall()
 
-        def route_dispatch(i: int) -> object:
-            return conn.execute(dispatch_statement, (vectors[i],)).fetchall()
+        def route_wrapper(i: int) -> object:
+            return conn.execute("SELECT * FROM avengers.route(%s, 1)", (vectors[i],)).fetchall()
 
         def route_many_one(i: int) -> object:
-            # The single route before avengers.route had its own body: route_many, one vector.
-            return conn.execute(
-                statements.ROUTE_MANY_SQL, ([vectors[i]], 1, False, *sql_args, None, None, None, 1)
-            ).fetchall()
+            s = batches_of_one[i]
+            return conn.execute(s.sql, s.params, prepare=s.prepare, binary=s.binary).fetchall()
 
         def numpy_argmin(i: int) -> object:
             return route_np(queries[i])
@@ -204,7 +213,7 @@ def measure_k(
                         "route_paper": route_paper,
                         "route_pooled": route_pooled,
                         "route_sql": route_sql,
-                        "route_dispatch": route_dispatch,
+                        "route_wrapper": route_wrapper,
                         "route_many_sql": route_many_one,
                         "numpy": numpy_argmin,
                         "select1": select1,
@@ -217,7 +226,7 @@ def measure_k(
             stats["ratio"] = round(stats["route"]["p50_us"] / floor, 2)
             diag = {name: summary_us(t) for name, t in variants.items()}
             floor_v = diag["numpy"]["p50_us"] + diag["select1"]["p50_us"]
-            for name in ("route_paper", "route_pooled", "route_sql", "route_dispatch",
+            for name in ("route_paper", "route_pooled", "route_sql", "route_wrapper",
                          "route_many_sql"):  # fmt: skip
                 stats[name] = diag[name]
                 stats["ratio_" + name.removeprefix("route_")] = round(
@@ -229,7 +238,7 @@ def measure_k(
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
                 f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, pooled {stats['route_pooled']['p50_us']:.0f}"
-                f", bare SQL {stats['route_sql']['p50_us']:.0f} (avengers.route {stats['route_dispatch']['p50_us']:.0f}, route_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
+                f", bare SQL {stats['route_sql']['p50_us']:.0f} (avengers.route {stats['route_wrapper']['p50_us']:.0f}, decide_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
         placed = measure_placement(conn, route, numpy_argmin, select1, n) if placement else {}
@@ -254,7 +263,7 @@ def measure_k(
                 "route_paper",
                 "route_pooled",
                 "route_sql",
-                "route_dispatch",
+                "route_wrapper",
                 "route_many_sql",
                 "numpy",
                 "select1",
@@ -268,7 +277,7 @@ def measure_k(
         "ratio_pooled": round(median([s["ratio_pooled"] for s in rounds]), 2),
         "ratio_paper": round(median([s["ratio_paper"] for s in rounds]), 2),
         "ratio_route_many_sql": round(median([s["ratio_many_sql"] for s in rounds]), 2),
-        "ratio_dispatch": round(median([s["ratio_dispatch"] for s in rounds]), 2),
+        "ratio_wrapper": round(median([s["ratio_wrapper"] for s in rounds]), 2),
         "method": client.method.name,
         "ratios": [s["ratio"] for s in rounds],
         "placement": placed,

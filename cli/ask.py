@@ -66,7 +66,9 @@ def command(
     """
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
-    with AvengersClient(max_concurrency=concurrency, max_tokens=max_tokens, timeout=timeout) as client:
+    with AvengersClient(
+        max_concurrency=concurrency, max_tokens=max_tokens, timeout=timeout
+    ) as client:
         if file_ is not None:
             texts = read_jsonl(file_, allow_vectors=False)
             results = client.ask_many(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
 import time
 
@@ -112,6 +114,7 @@ def command(k, budget, plot, as_json) -> None:
         ]
     )
     click.echo(f"selected:   {', '.join(sel.selected)}")
+    click.echo(_applied(sel.selected, result.active_models, sel.budget, _command_name()))
     click.echo(f"heatmap:    {result.plot}")
     click.echo("")
     click.echo(
@@ -132,8 +135,37 @@ def command(k, budget, plot, as_json) -> None:
         f"replay:     routed {r.routed:.2f} | best single model {r.best_single.score:.2f} "
         f"({_short(r.best_single.model)}) | oracle {r.oracle:.2f}"
     )
-    click.echo(
-        'next:       avengers route "What is 7*6?" --top-n 3; avengers profile --cluster 0; '
-        f"avengers models select --budget {sel.budget} --apply"
-    )
     click.echo(f"done in {time.perf_counter() - started:.1f}s")
+    click.echo("")
+    avengers = _command_name()
+    click.echo("Next, with the same store:")
+    click.echo(f'  {avengers} route "What is 7*6?" --top-n 3')
+    click.echo(f"  {avengers} profile --cluster 0")
+    click.echo(f"  {avengers} models select --budget {sel.budget} --apply")
+    if avengers != "avengers":
+        bin_dir = os.path.dirname(avengers)
+        click.echo(f"(or put avengers on your PATH first: . {bin_dir}/activate)")
+
+
+def _applied(selected: tuple[str, ...], active: tuple[str, ...], budget: int, avengers: str) -> str:
+    """Whether the routes and replay below use the selection or the whole active pool."""
+    if set(active) == set(selected):
+        return f"applied:    yes: routing uses these {len(active)} models"
+    return (
+        f"applied:    no: the routes and the replay below use all {len(active)} active models; "
+        f"apply it with `{avengers} models select --budget {budget} --apply`"
+    )
+
+
+def _command_name() -> str:
+    """How to run `avengers` again from here: plain when it is on PATH, else the path this run
+    was started by (e.g. .venv/bin/avengers after `make demo`), so the hints run as printed."""
+    invoked = sys.argv[0] if sys.argv and sys.argv[0] else "avengers"
+    on_path = shutil.which("avengers")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(shutil.which(invoked) or invoked):
+        return "avengers"
+    if os.path.basename(invoked) != "avengers" or not os.path.exists(invoked):
+        return "avengers"
+    relative = os.path.relpath(invoked)
+    shown = relative if not relative.startswith("..") else os.path.abspath(invoked)
+    return shown if os.sep in shown else f".{os.sep}{shown}"

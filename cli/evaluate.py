@@ -13,6 +13,7 @@ from avengers_store.cli.param_types import CommaList, Duration
 from avengers_store.evaluation.online import DEFAULT_BATCH, DEFAULT_WINDOWS, evaluate_online
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_online, format_tables
+from avengers_store.ingest.model_pool import list_models
 
 
 @click.command("evaluate", cls=Command)
@@ -91,6 +92,9 @@ def command(
     with the profiles as they stand, scored, and only the routed model's recorded outcome is fed
     back as production feedback before the next batch.
 
+    Only active models are replayed, as only they are routed to: after `avengers models
+    select --apply` the figures are the selected pool's (the output names the models left out).
+
     Runs in one transaction that is rolled back: the served clustering, profiles and model
     flags are unchanged afterwards.
 
@@ -154,3 +158,18 @@ def command(
         echo_json(result.to_dict())
     else:
         click.echo(format_tables(result))
+        click.echo(_models_line(result.models))
+
+
+def _models_line(replayed: tuple[str, ...]) -> str:
+    """Which models the replay chose among: the active ones only, as the router does. Said in
+    the output because a pool narrowed by `models select --apply` scores lower than the full
+    pool's published figures."""
+    inactive = [m.name for m in list_models() if not m.active]
+    line = f"models: the {len(replayed)} active models ({', '.join(replayed)})"
+    if inactive:
+        line += (
+            f"; {len(inactive)} inactive, left out ({', '.join(inactive)}); to replay with "
+            f"them: avengers models activate {' '.join(inactive)}"
+        )
+    return line

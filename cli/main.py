@@ -14,7 +14,7 @@ from avengers_store import __version__
 from avengers_store.errors import AvengersError
 
 # One module per top-level command or group, each defining it as ``command``, in the order of
-# the recipe (the README's command table follows it).
+# the recipe (the CLI reference, docs/reference/cli.md, follows it).
 COMMAND_MODULES = [
     "avengers_store.cli.db",
     "avengers_store.cli.demo",

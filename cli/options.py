@@ -128,39 +128,63 @@ def stratify(*, default: str | None, help: str) -> Callable[[F], F]:
 # command decorated with ``routing`` receives them as ``routing``, a dict of the Policy fields
 # given (what ``client.route(..., **routing)`` and the gateway's default policy take).
 ROUTING_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("--method", "method", {
-        "type": click.Choice(sorted(METHODS)),
-        "help": "Routing rule: avengers (16 nearest clusters, weighted, shrunk toward each "
-        "model's prior; the default) or paper (the nearest cluster's means).",
-    }),
-    ("--tradeoff", "tradeoff", {
-        "type": click.FloatRange(0, 1),
-        "help": "Rank by TRADEOFF x expected quality + (1 - TRADEOFF) x low expected cost, "
-        "both normalised over the candidates: 1 is the plain ranking (with costs shown), 0 the "
-        "cheapest model.",
-    }),
-    ("--max-cost", "max_cost", {
-        "type": click.FloatRange(min=0),
-        "help": "Keep to models whose expected cost of the request is at most this (in the "
-        "models' price currency); when none is, the cheapest is used and flagged over budget.",
-    }),
-    ("--max-latency-ms", "max_latency_ms", {
-        "type": click.FloatRange(min=0),
-        "help": "Keep to models whose expected latency (measured from the route log near the "
-        "query) is at most this many milliseconds; when none is, the cheapest is used and "
-        "flagged over budget.",
-    }),
-    ("--latency-weight", "latency_weight", {
-        "type": click.FloatRange(0, 1),
-        "help": "The trade-off's share for low expected latency: (1 - W) x the quality-cost "
-        "utility + W x (1 - normalised latency).",
-    }),
-    ("--ood-policy", "ood_policy", {
-        "type": click.Choice(OOD_POLICIES),
-        "help": "What a query unlike the calibration queries gets: flag (route as usual, marked "
-        "ood; the default), best-overall (the best models over all calibration data) or widen "
-        "(Model-Switch over the top models when answering).",
-    }),
+    (
+        "--method",
+        "method",
+        {
+            "type": click.Choice(sorted(METHODS)),
+            "help": "Routing rule: avengers (16 nearest clusters, weighted, shrunk toward each "
+            "model's prior; the default) or paper (the nearest cluster's means).",
+        },
+    ),
+    (
+        "--tradeoff",
+        "tradeoff",
+        {
+            "type": click.FloatRange(0, 1),
+            "help": "Rank by TRADEOFF x expected quality + (1 - TRADEOFF) x low expected cost, "
+            "both normalised over the candidates: 1 is the plain ranking (with costs shown), 0 the "
+            "cheapest model.",
+        },
+    ),
+    (
+        "--max-cost",
+        "max_cost",
+        {
+            "type": click.FloatRange(min=0),
+            "help": "Keep to models whose expected cost of the request is at most this (in the "
+            "models' price currency); when none is, the cheapest is used and flagged over budget.",
+        },
+    ),
+    (
+        "--max-latency-ms",
+        "max_latency_ms",
+        {
+            "type": click.FloatRange(min=0),
+            "help": "Keep to models whose expected latency (measured from the route log near the "
+            "query) is at most this many milliseconds; when none is, the cheapest is used and "
+            "flagged over budget.",
+        },
+    ),
+    (
+        "--latency-weight",
+        "latency_weight",
+        {
+            "type": click.FloatRange(0, 1),
+            "help": "The trade-off's share for low expected latency: (1 - W) x the quality-cost "
+            "utility + W x (1 - normalised latency).",
+        },
+    ),
+    (
+        "--ood-policy",
+        "ood_policy",
+        {
+            "type": click.Choice(OOD_POLICIES),
+            "help": "What a query unlike the calibration queries gets: flag (route as usual, marked "
+            "ood; the default), best-overall (the best models over all calibration data) or widen "
+            "(Model-Switch over the top models when answering).",
+        },
+    ),
 )
 
 

@@ -1,10 +1,11 @@
-"""The README's command table, generated from the commands themselves: one row per command, in
-the order they are registered, with its usage (arguments and required options) and the first
-sentence of its help. README.md holds the table between two marker lines; a test regenerates it
-and compares, so a command added, renamed or re-documented without the table fails the suite.
+"""The CLI reference, generated from the commands themselves: a table with one row per command,
+in the order they are registered, with its usage (arguments and required options) and the first
+sentence of its help, then every command's full ``--help``. docs/reference/cli.md holds it
+between two marker lines; a test regenerates it and compares, so a command added, renamed or
+re-documented without the page fails the suite.
 
-    python -m avengers_store.cli.reference                     # print the table
-    python -m avengers_store.cli.reference --write README.md   # rewrite it between the markers
+    python -m avengers_store.cli.reference                                # print it
+    python -m avengers_store.cli.reference --write docs/reference/cli.md  # rewrite the page
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from pathlib import Path
 import click
 from avengers_store.cli.main import cli
 
-START = "<!-- command table: python -m avengers_store.cli.reference --write README.md -->"
-END = "<!-- end of command table -->"
+START = "<!-- generated: python -m avengers_store.cli.reference --write docs/reference/cli.md -->"
+END = "<!-- end of generated reference -->"
+HELP_WIDTH = 100  # columns of the help text, fixed so the page does not depend on the terminal
+# The names `avengers` gives its help option. Every context made here uses them: click keeps the
+# first help option it builds for a command, so a context without them would make the output
+# depend on which ran first.
+HELP_NAMES = cli.context_settings.get("help_option_names", ["--help"])
 SUMMARY_LIMIT = 200  # characters: the first sentence of every command fits
 
 
@@ -36,7 +42,7 @@ def commands(
 def usage(path: tuple[str, ...], command: click.Command) -> str:
     """``avengers datasets add NAME FILE [OPTIONS]``: arguments and required options spelled
     out, any other option as ``[OPTIONS]``."""
-    ctx = click.Context(command, info_name=path[-1])
+    ctx = click.Context(command, info_name=path[-1], help_option_names=HELP_NAMES)
     words = list(path)
     optional = False
     for param in command.get_params(ctx):
@@ -69,8 +75,43 @@ def render(root: click.Group | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def help_text(path: tuple[str, ...], root: click.Group | None = None) -> str:
+    """The ``--help`` of the command at ``path`` (``("avengers", "db", "upgrade")``), as a
+    terminal HELP_WIDTH wide shows it."""
+    command: click.Command = cli if root is None else root
+    ctx = click.Context(
+        command,
+        info_name=path[0],
+        max_content_width=HELP_WIDTH,
+        terminal_width=HELP_WIDTH,
+        help_option_names=HELP_NAMES,
+    )
+    for name in path[1:]:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+        ctx = click.Context(command, info_name=name, parent=ctx)
+    return command.get_help(ctx)
+
+
+def render_page(root: click.Group | None = None) -> str:
+    """The table, then each command's ``--help`` under a heading of its own."""
+    root = cli if root is None else root
+    parts = [
+        render(root).rstrip("\n"),
+        "",
+        "## avengers",
+        "",
+        "```text",
+        help_text(("avengers",), root),
+        "```",
+    ]
+    for path, _ in commands(root):
+        parts += ["", f"## {' '.join(path)}", "", "```text", help_text(path, root), "```"]
+    return "\n".join(parts) + "\n"
+
+
 def replace_table(text: str, table: str) -> str:
-    """``text`` (a README) with the lines between the markers replaced by ``table``."""
+    """``text`` (the reference page) with the lines between the markers replaced by ``table``."""
     head, start, rest = text.partition(START + "\n")
     _, end, tail = rest.partition(END)
     if not start or not end:
@@ -85,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m avengers_store.cli.reference", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--write", metavar="README", type=Path, help="rewrite the table between the markers"
+        "--write", metavar="PAGE", type=Path, help="rewrite the reference between the markers"
     )
     args = parser.parse_args(argv)
-    table = render()
+    table = render_page()
     if args.write is None:
         sys.stdout.write(table)
         return 0
@@ -96,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     updated = replace_table(text, table)
     if updated != text:
         args.write.write_text(updated, encoding="utf-8")
-        print(f"rewrote the command table in {args.write}")
+        print(f"rewrote the CLI reference in {args.write}")
     else:
-        print(f"the command table in {args.write} is current")
+        print(f"the CLI reference in {args.write} is current")
     return 0
 
 

@@ -30,7 +30,7 @@ def command(
 
     Text is embedded with the serving space's embedder; nothing is sent to a model. With
     --tradeoff or --max-cost every candidate shows its expected cost of one answer (prices x
-    tokens, or measured costs; README.md "Cost-aware routing"). The decision says how novel the
+    tokens, or measured costs; docs/cost-aware-routing.md). The decision says how novel the
     query is against the calibration queries (ood: true beyond the clustering's threshold) and
     what --ood-policy did about it.
 

@@ -33,13 +33,14 @@
 --     asked), by utility (by score when alpha = 1 and no latency weight), then score, then
 --     tie_rank (overall calibration score, then name);
 --     when none fits, the cheapest alone, flagged over_budget.
---   first place: a pinned model (a conversation's) when it is among the ranked candidates; else
---     exploration's choice among them: epsilon, with probability share, a uniformly drawn one;
---     thompson, the one with the highest draw from its posterior (a normal approximation of
---     Beta(1 + score * evidence, 1 + (1 - score) * evidence)). The others follow in the plain
---     order. Draws come from the seed (hashed with the model id), so a decision is reproducible
---     from its seed. propensity is the probability the candidate had of going first (1 and 0
---     without exploration; NULL under thompson, which has no closed form).
+--   first place: a pinned model (a conversation's; it turns exploration off) when it is among
+--     the ranked candidates; else, when exploring, the candidates within the ceiling are asked
+--     in the order of their draws: epsilon, with probability share, a uniform order (so the
+--     first is drawn uniformly); thompson, by a draw from each one's posterior (a normal
+--     approximation of Beta(1 + score * evidence, 1 + (1 - score) * evidence)). Otherwise the
+--     plain order. Draws come from the seed (hashed with the model id), so a decision is
+--     reproducible from its seed. propensity is the probability the candidate had of going
+--     first (1 and 0 without exploration; NULL under thompson, which has no closed form).
 --
 -- Scoring reads routing_models: each model's per-cluster sums as sparse vectors, pooled with one
 -- inner product each against the query's neighbour weights (pgvector, float32: scores carry
@@ -163,6 +164,12 @@ CREATE TYPE avengers.pooled_costs AS (
   wl double precision, wln double precision);
 COMMENT ON TYPE avengers.pooled_costs IS
   'A model''s measurements over a query''s neighbours, weighted: completion tokens (wo over wa answers), costs (wc over wca answers) and latency (wl milliseconds over wln requests).';
+COMMENT ON COLUMN avengers.pooled_costs.wo IS 'Weighted sum of measured completion tokens.';
+COMMENT ON COLUMN avengers.pooled_costs.wa IS 'Weighted count of answers behind wo.';
+COMMENT ON COLUMN avengers.pooled_costs.wc IS 'Weighted sum of measured costs.';
+COMMENT ON COLUMN avengers.pooled_costs.wca IS 'Weighted count of answers behind wc.';
+COMMENT ON COLUMN avengers.pooled_costs.wl IS 'Weighted sum of measured request latencies, in milliseconds.';
+COMMENT ON COLUMN avengers.pooled_costs.wln IS 'Weighted count of requests behind wl.';
 
 -- The error of the first field out of range (called only when policy_valid's check fails).
 CREATE FUNCTION avengers.policy_error(p avengers.routing_policy)
@@ -609,8 +616,7 @@ BEGIN ATOMIC
   LEFT JOIN LATERAL (
     -- Ranked in one sort: the pinned model first, then, when exploring, the candidates by
     -- their draws; then within the ceiling before outside it, the cheapest first outside it;
-    -- then by pk: utility (or score) with the tie-break folded in (tie_rank at 1e-12 a step,
-    -- below what float32 scores can tell apart). The window over all of it also counts the
+    -- then by utility (or score), score, tie_rank. The window over all of it also counts the
     -- candidates within the ceiling and finds the plain order's best, so the decision knows
     -- whether exploration changed its first.
     SELECT f.*,
@@ -619,7 +625,10 @@ BEGIN ATOMIC
            max(f.pk) FILTER (WHERE f.fits) OVER w AS best_pk,
            first_value(f.pk) OVER w AS first_pk
     FROM (
-      SELECT c.*, k.fits, k.utility, k.k2 - c.tie_rank * 1e-12 AS pk,
+      SELECT c.*, k.fits, k.utility, k.k2,
+             -- The plain order as one number (what finds its best): utility or score, then
+             -- score, then tie_rank, each step far below what the one before tells apart.
+             k.k2 + c.score * 1e-9 - c.tie_rank * 1e-12 AS pk,
              -- First: the pinned model, else, when exploring, the candidates within the ceiling
              -- by their draws (thompson's sample of each one's posterior; epsilon's uniform
              -- number, when its coin says so).
@@ -649,7 +658,8 @@ BEGIN ATOMIC
                      END AS utility) AS j) AS k
       OFFSET 0
     ) AS f
-    WINDOW w AS (ORDER BY f.first DESC NULLS LAST, f.within DESC, f.pk DESC
+    WINDOW w AS (ORDER BY f.first DESC NULLS LAST, f.within DESC, f.k2 DESC, f.score DESC,
+                          f.tie_rank
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
   ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN top_n ELSE 1 END
             AND (r.fits OR r.fitting = 0);

@@ -2,7 +2,7 @@
 
 For each seed the store is calibrated as in ``evaluate`` (``recluster`` on the calibration split,
 inside one transaction that is rolled back), then the test split is streamed in a seeded order,
-``batch`` queries at a time. Each batch is routed through ``avengers.route_many`` (the client's
+``batch`` queries at a time. Each batch is routed through ``avengers.decide_many`` (the client's
 statement) with the profiles as they stand, and scored with the routed model's recorded outcome;
 then only that outcome is fed back the way production feeds it (a route-log row and a feedback
 row per query, counted by the store's triggers) and the production profiles are refreshed. A
@@ -231,7 +231,14 @@ def evaluate_online(
                         )
                         streams[name].append(
                             _stream(
-                                c, rp, fitted.id, order, batch, arm, feed, t0,
+                                c,
+                                rp,
+                                fitted.id,
+                                order,
+                                batch,
+                                arm,
+                                feed,
+                                t0,
                                 np.random.default_rng(seed),
                             )  # fmt: skip
                         )

@@ -2,7 +2,7 @@
 
 For each seed the store is re-calibrated on its calibration split (``reclustering.recluster``:
 cluster + profile), every test query (OOD datasets included: routed, never clustered) is routed
-through ``avengers.route_many`` — the statement the client uses — and scored with the recorded
+through ``avengers.decide_many`` — the statement the client uses — and scored with the recorded
 outcome of the model it was routed to. Everything runs in ONE transaction that is rolled back at
 the end, so the served clustering, profiles, model flags and splits are unchanged afterwards
 (other writers that touch ``avengers.clusterings`` wait for the evaluation to finish).
@@ -80,7 +80,7 @@ def evaluate(
     progress: bool | None = None,
 ) -> Evaluation:
     """Replay the stored outcomes: calibrate per seed, route every test query through
-    ``avengers.route_many``, score the routed model's recorded outcome, compare with the
+    ``avengers.decide_many``, score the routed model's recorded outcome, compare with the
     baselines. Runs in one transaction that is rolled back: the store is unchanged afterwards.
 
     ``datasets``: test datasets to report (default: all with test queries); ``ood_macro``: the OOD

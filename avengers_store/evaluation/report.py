@@ -74,7 +74,7 @@ def format_tables(result: Evaluation) -> str:
     m = result.method
     lines.append(
         f"method {m.name} (neighbours {m.neighbours}, temperature {m.temperature}, shrinkage "
-        f"{m.shrinkage}, dataset prior {m.dataset_prior}); {result.algorithm} k={result.k} "
+        f"{m.shrinkage}); {result.algorithm} k={result.k} "
         f"stratify={result.stratify} "
         f"(clusters kept: {', '.join(map(str, result.clusters))}); seeds "
         f"{', '.join(map(str, result.seeds))}; top-{result.top_n}, strategy {result.strategy}"

@@ -110,8 +110,12 @@ def statement(
         )
     matrix = query_matrix(vectors)
     if matrix is None:  # the per-vector checks name the first bad one
-        checked = [as_query_vector(v, location=f"query vector {i + 1}") for i, v in enumerate(vectors)]
-        matrix = np.array([v.to_numpy() for v in checked], dtype=np.float32)
+        rows = [
+            as_query_vector(v, location=f"query vector {i + 1}").to_numpy()
+            for i, v in enumerate(vectors)
+        ]
+        _same_length(rows)
+        matrix = np.array(rows, dtype=np.float32)
     scores = _novelty(novelty, matrix)
     options = {
         "seeds": _none_if_all(seeds), "prompt_chars": _none_if_all(chars),
@@ -175,15 +179,37 @@ def decisions_from_rows(
          weight) = heads[i]  # fmt: skip
         out.append(
             RouteDecision(
-                clustering_id, cluster, distance, tuple(picks[i]), policy, exploration, explored,
-                novelty, ood, ood_policy, weight,
+                clustering_id,
+                cluster,
+                distance,
+                tuple(picks[i]),
+                policy,
+                exploration,
+                explored,
+                novelty,
+                ood,
+                ood_policy,
+                weight,
             )  # fmt: skip
         )
     return out
 
 
+def _same_length(rows: Sequence[np.ndarray]) -> None:
+    """Refuse a batch of vectors of different lengths, naming the first that differs (one
+    batch is one matrix; the store names a length that is not the clustering's)."""
+    for i, row in enumerate(rows):
+        if row.size != rows[0].size:
+            raise InputError(
+                f"query vector {i + 1} has {row.size} dimensions where query vector 1 has "
+                f"{rows[0].size}: a batch's vectors come from one embedding space",
+                location=f"query vector {i + 1}",
+            )
+
+
 def _novelty(model: NoveltyModel | None, matrix: np.ndarray) -> list[float | None]:
-    if model is None:
+    # Vectors of another dimension than the model's are not measured: the store names them.
+    if model is None or matrix.shape[1] != model.mean.size:
         return [None] * len(matrix)
     return [float(x) for x in model.distances(matrix)]
 
@@ -193,7 +219,9 @@ def _per_query(values: Sequence[Any] | None, count: int, location: str) -> list[
         return [None] * count
     out = list(values)
     if len(out) != count:
-        raise InputError(f"expected {count} values, one per query, got {len(out)}", location=location)
+        raise InputError(
+            f"expected {count} values, one per query, got {len(out)}", location=location
+        )
     return out
 
 

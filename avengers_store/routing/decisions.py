@@ -186,4 +186,3 @@ class RouteDecision:
                     cost += " (over budget)"
             lines.append(f"  {c.rank}. {c.model}: {score}{here}{production}{cost}{where}")
         return "\n".join(lines)
-

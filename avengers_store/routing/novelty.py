@@ -140,8 +140,9 @@ WHERE p.clustering_id = %s
 
 
 def load_statement(clustering_id: int) -> Statement:
-    """The statement reading a version's novelty model (``model_from_row`` reads its row)."""
-    return Statement(LOAD_SQL, (clustering_id,))
+    """The statement reading a version's novelty model (``model_from_row`` reads its row);
+    binary, as its d x d floats read as text take several times as long."""
+    return Statement(LOAD_SQL, (clustering_id,), binary=True)
 
 
 def model_from_row(row: Any) -> NoveltyModel | None:

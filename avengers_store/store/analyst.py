@@ -1,5 +1,5 @@
-"""Read-only access for analysts: ``grant_analyst`` gives an existing role what the README's
-"SQL for analysts" needs and nothing else.
+"""Read-only access for analysts: ``grant_analyst`` gives an existing role what docs/sql.md,
+"SQL for analysts", needs and nothing else.
 
 Granted: USAGE on the schema, SELECT on the relations listed in ``ANALYST_RELATIONS`` (the data,
 the profiles, the route log), EXECUTE on the routing functions (``avengers.route*``, every
@@ -52,10 +52,10 @@ ANALYST_RELATIONS = (
     "clustering_scale",
     "routing_state",
     "routing_centroids",
+    "routing_entries",
     "routing_models",
     "cluster_costs",
     "model_costs",
-    "routing_costs",
     "production_profiles",
     "traffic_drift",
     "ood_daily",

@@ -62,7 +62,8 @@ _INSUFFICIENT_PRIVILEGE = "42501"
 
 def translate(exc: psycopg.Error, *, location: str | None = None) -> AvengersError | None:
     """The library error that ``exc`` means, or None when it has no meaning for the library.
-    ``location`` names the argument an ``InputError`` is about."""
+    ``location`` names the argument an ``InputError`` is about when the store does not (its
+    own RAISEs name the field they refuse, which wins)."""
     state = exc.sqlstate or ""
     diag = exc.diag
     known = _BY_CONSTRAINT.get(diag.constraint_name or "")
@@ -79,7 +80,7 @@ def translate(exc: psycopg.Error, *, location: str | None = None) -> AvengersErr
             message = f"{message}. {diag.message_hint}"
     if cls is InputError:
         # The store's own RAISEs name the argument they refuse (USING COLUMN = ...).
-        return InputError(message, location=location or diag.column_name)
+        return InputError(message, location=diag.column_name or location)
     return cls(message)
 
 

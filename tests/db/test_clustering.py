@@ -265,10 +265,11 @@ def test_large_inputs_fit_kmeans_as_minibatch(conn, seeded, monkeypatch):
 def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, monkeypatch):
     old = recluster(k=4, seed=1, url=db_url)
     seen = {}
-    real_prepare = clusterings.prepare_centroid_index
+    real_write = clusterings._write_assignments
 
-    def observe(c, clustering_id):
-        real_prepare(c, clustering_id)
+    # Called in the switch transaction, once the new version's centroids are written.
+    def observe(c, clustering_id, *args):
+        real_write(c, clustering_id, *args)
         with connections.connect(db_url) as reader:
             seen["active"] = reader.execute(
                 "SELECT id FROM avengers.clusterings WHERE status = 'active'"
@@ -281,7 +282,7 @@ def test_concurrent_reader_sees_the_old_version_until_commit(db_url, seeded, mon
                 (clustering_id,),
             ).fetchone()[0]
 
-    monkeypatch.setattr(clusterings, "prepare_centroid_index", observe)
+    monkeypatch.setattr(clusterings, "_write_assignments", observe)
     new = recluster(k=3, seed=2, url=db_url)
     assert seen == {"active": old.id, "profiles": {old.id}, "centroids": 0}
     with connections.connect(db_url) as reader:

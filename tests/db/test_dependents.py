@@ -100,9 +100,8 @@ def test_analyst_views_and_grants_survive_a_definition_upgrade(db_url, analyst):
             "GRANT SELECT ON public.my_view TO {}",
             "GRANT SELECT (model) ON public.my_best TO {}",
             "ALTER VIEW public.my_best_count OWNER TO {}",
-            "GRANT EXECUTE ON FUNCTION avengers.route(vector, integer, boolean, integer, "
-            "double precision, double precision, double precision, double precision, "
-            "double precision, integer, integer) TO {}",
+            "GRANT EXECUTE ON FUNCTION avengers.route(vector, integer, double precision, "
+            "double precision, integer) TO {}",
         ):
             c.execute(sql.SQL(statement).format(role))
         c.execute(f"REVOKE EXECUTE ON FUNCTION {WILSON} FROM PUBLIC")

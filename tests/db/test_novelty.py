@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from avengers_store import AvengersClient, demo
+from avengers_store.errors import InputError
 from avengers_store.routing import novelty
 from avengers_store.store import connections
 
@@ -70,19 +71,34 @@ def test_threshold_is_the_quantile_of_held_out_distances(sample):
 
 def test_a_versions_model_is_read_once_by_clustering_id(sample):
     url, cid = sample
+    with AvengersClient(url) as client:
+        before = client.route("lol")
+        with connections.connect(url) as conn:
+            # Without its axes, a client that read the model now finds none (and the store
+            # cannot measure the distance either); this client computes it from its copy.
+            conn.execute("DELETE FROM avengers.novelty_axes WHERE clustering_id = %s", (cid,))
+            cached = client.route("lol", conn=conn)
+            with AvengersClient(url) as fresh:
+                reread = fresh.route("lol", conn=conn)
+            conn.rollback()
+    assert before.novelty is not None and before.novelty > 1
+    assert cached.novelty == pytest.approx(before.novelty, rel=1e-9)
+    assert reread.novelty is None
     cache = novelty.NoveltyCache(size=2)
-    conn = psycopg.connect(url)
-    first = cache.model(conn, cid)
-    conn.close()
-    # Read before, served from the cache now: the closed connection is never used.
-    assert cache.model(conn, cid) is first
-    assert first is not None and first.axes.shape == (384, 384)
-    with pytest.raises(psycopg.OperationalError):
-        novelty.NoveltyCache().model(conn, cid)
+    cache.put(cid, None)
     cache.put(cid + 1, None)
     cache.put(cid + 2, None)
     assert cache.get(cid) == (False, None)
     assert cache.get(cid + 2) == (True, None)
+
+
+def test_a_vector_of_another_dimension_is_named_not_measured(sample):
+    with AvengersClient(sample[0]) as client:
+        with pytest.raises(InputError, match="384 dimensions") as err:
+            client.route([1.0, 0.0, 0.0])
+        assert err.value.location == "query vector"
+        with pytest.raises(InputError, match="384 dimensions"):
+            client.route_many(np.ones((2, 3), dtype=np.float32))
 
 
 def test_a_version_without_a_model_falls_back_to_cluster_distances(sample):
@@ -91,6 +107,8 @@ def test_a_version_without_a_model_falls_back_to_cluster_distances(sample):
         modelled = client.route("lol")
     with psycopg.connect(url) as conn:
         conn.execute("DELETE FROM avengers.novelty_profiles WHERE clustering_id = %s", (cid,))
+        # Routing reads the threshold from routing_state: served data changes by a refresh.
+        conn.execute("CALL avengers.refresh_profiles()")
     with AvengersClient(url) as client:
         fallback = client.route("lol")
     with psycopg.connect(url) as conn:

@@ -155,17 +155,64 @@ def test_evaluate_measures_the_detector_on_replay(store):
     assert ood.policies["widen"].ood_macro.mean >= ood.policies["flag"].ood_macro.mean
 
 
-def test_loop_data_is_reused_for_loop_ttl_seconds(store):
+def test_a_setting_change_applies_to_the_next_decision(store):
     url, syn = store
-    with AvengersClient(url, loop_ttl=600) as cached, AvengersClient(url, loop_ttl=0) as fresh:
-        assert cached.route(inside(syn)).exploration is None
+    with AvengersClient(url) as client:
+        assert client.route(inside(syn)).exploration is None
         configure(exploration="epsilon", url=url)
         try:
-            # Within its ttl the client serves what it read; a ttl of 0 reads every time.
-            assert cached.route(inside(syn)).exploration is None
-            assert fresh.route(inside(syn)).exploration == "epsilon"
+            # The decision reads the clustering's settings in its own statement: no cache.
+            assert client.route(inside(syn)).exploration == "epsilon"
         finally:
             configure(exploration="off", url=url)
-    with pytest.raises(InputError) as err:
-        AvengersClient(url, loop_ttl=-1)
-    assert err.value.location == "loop_ttl"
+        assert client.route(inside(syn)).exploration is None
+    with pytest.raises(TypeError):
+        AvengersClient(url, loop_ttl=60)
+
+
+PRICES = {"model-0": 0.1, "model-1": 0.2, "model-2": 0.9, "model-3": 0.9, "model-4": 0.9,
+          "model-5": 0.9, "model-6": 0.9}  # fmt: skip
+
+
+def test_best_overall_keeps_the_ceiling_and_prices_every_candidate(store):
+    """The named case: a prompt injection routed with --top-n 3 --max-cost --ood-policy
+    best-overall gets candidates priced and within the ceiling, ranked by their prior."""
+    url, syn = store
+    with connections.connect(url) as conn:
+        for name, price in PRICES.items():
+            conn.execute(
+                "UPDATE avengers.models SET cost_in_per_m = %s, cost_out_per_m = %s "
+                "WHERE name = %s",
+                (price, price, name),
+            )
+        priors = dict(
+            conn.execute(
+                "SELECT m.name, mp.prior_score FROM avengers.model_priors mp "
+                "JOIN avengers.models m ON m.id = mp.model_id"
+            ).fetchall()
+        )
+        with AvengersClient(url) as client:
+            everything = client.route(outside(syn), 7, conn=conn, tradeoff=1.0,
+                                      ood_policy="best-overall")  # fmt: skip
+            costs = sorted(c.expected_cost for c in everything.candidates)
+            ceiling = costs[2]  # room for three, not for the rest
+            far = client.route(outside(syn), 3, conn=conn, max_cost=ceiling,
+                               ood_policy="best-overall")  # fmt: skip
+            flagged = client.route(outside(syn), 3, conn=conn, max_cost=ceiling)
+            broke = client.route(outside(syn), 3, conn=conn, max_cost=0.0,
+                                 ood_policy="best-overall")  # fmt: skip
+        conn.rollback()
+    assert everything.ood and everything.ood_policy == "best-overall"
+    # Ranked by the prior alone, every model priced.
+    assert [c.model for c in everything.candidates] == sorted(priors, key=lambda m: -priors[m])
+    assert all(c.score == pytest.approx(priors[c.model]) for c in everything.candidates)
+    assert far.ood_policy == "best-overall" and not far.over_budget
+    assert all(c.expected_cost is not None and c.expected_cost <= ceiling
+               for c in far.candidates)  # fmt: skip
+    fitting = [c.model for c in everything.candidates if c.expected_cost <= ceiling]
+    assert [c.model for c in far.candidates] == fitting[:3]
+    # flag keeps the ceiling too (its ranking is the neighbourhood's).
+    assert all(c.expected_cost <= ceiling for c in flagged.candidates)
+    # Nothing fits: the cheapest alone, flagged over budget.
+    assert broke.over_budget and len(broke.candidates) == 1
+    assert broke.model == min(everything.candidates, key=lambda c: c.expected_cost).model

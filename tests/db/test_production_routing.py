@@ -1,5 +1,6 @@
-"""The served score pools production outcomes at the clustering's weight, on both routing paths;
-weight 0 routes exactly as the static router; the decision explains the pooling."""
+"""The decision's score pools production outcomes at the policy's weight (the clustering's unless
+the policy sets one), in the single and the batch decision alike; weight 0 routes exactly as the
+static router; the decision explains the pooling."""
 
 from __future__ import annotations
 
@@ -11,15 +12,13 @@ import pytest
 
 from avengers_store import AvengersClient, routing
 from avengers_store.production.settings import configure
-from avengers_store.routing import RoutingMethod
+from avengers_store.routing import Policy, RoutingMethod
 from avengers_store.store import connections
 from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model
 
 NEAR_0 = np.array([1.0, 0.05, 0.0, 0.0], dtype=np.float32)
 # The nearest cluster's means only: score = (S + w x decayed sum) / (n + w x decayed n).
-NEAREST = RoutingMethod("nearest", neighbours=1, temperature=0.1, shrinkage=0.0, dataset_prior=0)
-# The same rule through route_many_general (a dataset prior sends it there).
-GENERAL = RoutingMethod("general", neighbours=1, temperature=0.1, shrinkage=0.0, dataset_prior=1)
+NEAREST = RoutingMethod("nearest", neighbours=1, temperature=0.1, shrinkage=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -53,36 +52,43 @@ def feed(url: str, cid: int, model: str, score: float, times: int) -> None:
         conn.execute("CALL avengers.refresh_production()")
 
 
-def scores(url: str, method: RoutingMethod) -> dict[str, float]:
+def scores(url: str, weight: float | None = None) -> dict[str, float]:
+    """The models' scores near cluster 0, in order, checked equal in the single and the batch
+    decision."""
+    policy = Policy(method=NEAREST, top_n=2, production_weight=weight)
     with connections.connect(url) as conn:
-        decision = routing.route_vector(conn, NEAR_0, 2, method=method)
-    return {c.model: c.score for c in decision.candidates}
+        (single,) = routing.decide(conn, [NEAR_0], policy)
+        batch = routing.decide(conn, np.stack([NEAR_0, NEAR_0]), policy)
+    assert batch == [single, single]
+    return {c.model: c.score for c in single.candidates}
 
 
 def test_feedback_moves_the_served_score_and_weight_zero_restores_it(store):
     url, cid = store
-    static = scores(url, NEAREST)
+    static = scores(url)
     assert static == pytest.approx({"alpha": 1.0, "bravo": 0.5}, abs=1e-6)
-    general_static = scores(url, GENERAL)
+    assert list(static) == ["alpha", "bravo"]
     feed(url, cid, "bravo", 1.0, 3)
     feed(url, cid, "alpha", 0.0, 3)
-    pooled = scores(url, NEAREST)
+    pooled = scores(url)
     # Fresh feedback decays by a hair only (half-life 14 days).
     assert pooled["bravo"] == pytest.approx(4 / 5, abs=1e-5)
     assert pooled["alpha"] == pytest.approx(2 / 5, abs=1e-5)
-    general = scores(url, GENERAL)
-    assert list(general) == ["bravo", "alpha"]
-    assert list(general_static) == ["alpha", "bravo"]
+    assert list(pooled) == ["bravo", "alpha"]
+    # Weight 0, from the policy or the clustering's setting: the static router exactly.
+    assert scores(url, 0.0) == static and list(scores(url, 0.0)) == list(static)
     configure(production_weight=0.0, url=url)
     try:
-        assert scores(url, NEAREST) == static
-        assert scores(url, GENERAL) == general_static
+        assert scores(url) == static
+        # (configure refreshes production: the decay moves by a hair.)
+        assert scores(url, 1.0) == pytest.approx(pooled, abs=1e-6)
     finally:
         configure(production_weight=1.0, url=url)
+    assert scores(url, 0.5)["bravo"] == pytest.approx(2.5 / 3.5, abs=1e-5)
     half = configure(production_weight=0.5, url=url)
     try:
         assert half.production_weight == 0.5
-        assert scores(url, NEAREST)["bravo"] == pytest.approx(2.5 / 3.5, abs=1e-5)
+        assert scores(url)["bravo"] == pytest.approx(2.5 / 3.5, abs=1e-5)
     finally:
         configure(production_weight=1.0, url=url)
 
@@ -94,8 +100,15 @@ def test_the_decision_shows_both_kinds_of_evidence(store):
     bravo = next(c for c in decision.candidates if c.model == "bravo")
     assert (bravo.n, bravo.mean_score) == (2, 0.5)  # calibration, as stored
     assert bravo.production_n == 3 and bravo.production_mean == pytest.approx(1.0)
-    assert bravo.evidence == pytest.approx(2 + 3 + 1, abs=1e-4)
+    # The score's denominator: 2 calibration + 3 production outcomes (+ shrinkage 0).
+    assert bravo.evidence == pytest.approx(2 + 3, abs=1e-4)
     assert decision.production_weight == 1.0
     text = decision.explain()
-    assert "pool production outcomes at weight 1 (half-life 14 days)" in text
+    assert "scores pool production outcomes at weight 1" in text
     assert "production 1.000 over 3 feedback rows" in text
+    with AvengersClient(url) as client:
+        static = client.route(NEAR_0, 2, method=NEAREST, production_weight=0)
+    assert static.production_weight == 0.0
+    assert [c.model for c in static.candidates] == ["alpha", "bravo"]
+    assert static.candidates[1].evidence == pytest.approx(2, abs=1e-6)
+    assert "calibration outcomes only (production weight 0)" in static.explain()

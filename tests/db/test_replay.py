@@ -13,6 +13,7 @@ from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
 from avengers_store.evaluation import replay
+from avengers_store.ingest.model_pool import list_models
 from avengers_store.store import connections
 from avengers_store.testing import (
     ROUTERDC,
@@ -207,6 +208,21 @@ def test_cli_json_with_sweeps_and_plots(tiny, cli_env, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = run_cli("evaluate", "--k", "2", "--seeds", "1", "--method", "paper").output
     assert "ID macro" in table and "alpha" in table and "OOD macro" in table
+
+
+def test_cli_table_names_the_models_it_replays_and_those_left_out(tiny, cli_env):
+    names = [m.name for m in list_models(url=tiny)]
+    line = run_cli("evaluate", "--k", "2", "--seeds", "1").output.strip().splitlines()[-1]
+    assert line.startswith(f"models: the {len(names)} active models (") and "inactive" not in line
+    run_cli("models", "deactivate", names[0])
+    try:
+        line = run_cli("evaluate", "--k", "2", "--seeds", "1").output.strip().splitlines()[-1]
+    finally:
+        run_cli("models", "activate", names[0])
+    assert line.startswith(f"models: the {len(names) - 1} active models (")
+    assert (
+        f"1 inactive, left out ({names[0]}); to replay with them: avengers models activate " in line
+    )
 
 
 @pytest.mark.skipif(not (ROUTERDC / "routerdc_7models.parquet").exists(), reason="no shared data")

@@ -1,5 +1,5 @@
-"""route_vectors sends a batch of numeric vectors as one numpy-encoded vector[]: the same decisions
-as the per-vector path, and the per-vector path still names a bad vector."""
+"""routing.decide sends a batch of numeric vectors as one numpy-encoded vector[]: the same
+decisions as the per-vector path, and the per-vector path still names a bad vector."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pgvector import Vector
 
 from avengers_store import routing
 from avengers_store.errors import InputError
-from avengers_store.routing import adapters
+from avengers_store.routing import Policy, adapters
 from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model, unit_rows
 
 
@@ -24,11 +24,13 @@ def test_matrix_batch_equals_per_vector_path(conn):
     queries = unit_rows(rng, 300, 24) * 3.0  # scale: SQL normalises either way
     assert adapters.query_matrix(queries) is not None
     assert adapters.query_matrix([Vector(q) for q in queries]) is None
-    fast = routing.route_vectors(conn, queries, 2)
-    slow = routing.route_vectors(conn, [Vector(q) for q in queries], 2)
+    top2 = Policy(top_n=2)
+    fast = routing.decide(conn, queries, top2)
+    slow = routing.decide(conn, [Vector(q) for q in queries], top2)
     assert fast == slow
-    assert routing.route_vectors(conn, queries.tolist(), 2) == fast
-    assert routing.route_vector(conn, queries[0], 2) == fast[0]
+    assert routing.decide(conn, queries.tolist(), top2) == fast
+    assert routing.decide(conn, [queries[0]], top2) == fast[:1]
+    assert routing.decide(conn, queries[:1], top2) == fast[:1]  # a matrix of one row
 
 
 def test_a_bad_row_falls_back_and_is_named(conn):
@@ -38,7 +40,7 @@ def test_a_bad_row_falls_back_and_is_named(conn):
     batch[2, 1] = np.nan
     assert adapters.query_matrix(batch) is None
     with pytest.raises(InputError, match="query vector 3.*finite and non-zero"):
-        routing.route_vectors(conn, batch)
+        routing.decide(conn, batch, Policy())
     batch[2] = 0.0
     with pytest.raises(InputError, match="query vector 3.*finite and non-zero"):
-        routing.route_vectors(conn, batch)
+        routing.decide(conn, batch, Policy())

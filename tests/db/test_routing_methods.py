@@ -1,6 +1,6 @@
-"""The routing score in avengers.route_many against a small numpy re-implementation of its formula:
-soft pooling over the L nearest centroids, shrinkage toward the dataset-balanced prior, the
-dataset-mixture prior, and the paper's nearest-cluster rule as the special case L=1, a=b=0."""
+"""The routing score of avengers.decide / decide_many against a small numpy re-implementation of
+its formula: soft pooling over the L nearest centroids, shrinkage toward the dataset-balanced
+prior, and the paper's nearest-cluster rule as the special case L=1, a=0."""
 
 from __future__ import annotations
 
@@ -12,19 +12,26 @@ import pytest
 from avengers_store import routing
 from avengers_store.calibration import reclustering
 from avengers_store.errors import InputError
-from avengers_store.routing import adapters, methods, statements
+from avengers_store.routing import Policy
+from avengers_store.routing.decide import statement as decide_statement
 from avengers_store.testing import MODELS, seed_store, unit
 
 N_QUERIES = 500
-# route / route_many pool in pgvector's float32 (sql/040_routing_functions.sql): ~1e-7 relative
-# rounding.
-# The dataset-mixture prior is served by route_many_general, in double precision.
+# decide pools in pgvector's float32 (sql/040_decide.sql): ~1e-7 relative rounding.
 SERVED_TOLERANCE = 2e-6
-GENERAL_TOLERANCE = 1e-9
+# Pooling over 4 neighbours at temperature 0.3, the prior at full weight, every model ranked.
+WIDE = routing.RoutingMethod("wide", neighbours=4, temperature=0.3)
+HARD = routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0)
+# Weights down to e^-700: those below float32's range are left out of the sparse vector.
+SHARP = routing.RoutingMethod("sharp", neighbours=16, temperature=1e-6)
 
 
-def tolerance(method: routing.RoutingMethod) -> float:
-    return GENERAL_TOLERANCE if method.dataset_prior else SERVED_TOLERANCE
+def decide(conn, vectors, **policy):
+    return routing.decide(conn, vectors, Policy(**policy))
+
+
+def decide_one(conn, vector, **policy):
+    return routing.decide(conn, [vector], Policy(**policy))[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +89,7 @@ class Reference:
         M, D = len(self.model_ids), len(datasets)
         self.n = np.zeros((self.k, M))
         self.S = np.zeros((self.k, M))
-        self.count = np.zeros((self.k, D))
         dn, ds = np.zeros((D, M)), np.zeros((D, M))
-        for qid, c in cluster_of.items():
-            self.count[c, dataset_of[qid]] += 1
         for qid, mid, score in conn.execute(
             "SELECT query_id, model_id, score FROM avengers.outcomes"
         ).fetchall():
@@ -100,12 +104,17 @@ class Reference:
         self.overall = self.S.sum(0) / self.n.sum(0)
 
     def neighbours(self, conn, queries: np.ndarray, L: int):
-        """(clusters, distances) of the L nearest centroids, from the same SQL function routing
-        uses: pgvector computes distances in float32, which the 1e-9 comparison must not see."""
+        """(clusters, distances) of the L nearest centroids, read as decide reads them (the
+        normalised query against routing_centroids): pgvector computes distances in float32."""
         L = min(L, self.k)
         rows = conn.execute(
-            "SELECT ord, cluster, distance FROM avengers.nearest_centroids(%s::vector[], %s) "
-            "ORDER BY ord, neighbour",
+            """SELECT x.ord, n.cluster, n.distance
+               FROM unnest(%s::vector[]) WITH ORDINALITY AS x(v, ord)
+               CROSS JOIN LATERAL (
+                 SELECT c.cluster, c.centroid <-> l2_normalize(x.v) AS distance
+                 FROM avengers.routing_centroids c
+                 ORDER BY 2, 1 LIMIT %s) AS n
+               ORDER BY x.ord, n.distance, n.cluster""",
             (list(queries), L),
         ).fetchall()
         idx = np.array([r[1] for r in rows]).reshape(len(queries), L)
@@ -119,17 +128,14 @@ class Reference:
             w = np.exp(-(d2 - d2[:, :1]) / (method.temperature * self.rho))
         else:
             w = (d2 == d2[:, :1]).astype(float)
-        a, b = method.shrinkage, method.dataset_prior
+        a = method.shrinkage
         ws = np.einsum("ql,qlm->qm", w, self.S[idx])
         wn = np.einsum("ql,qlm->qm", w, self.n[idx])
-        pi = np.einsum("ql,qld->qd", w, self.count[idx])  # (q, D)
-        has = ~np.isnan(self.dmean)  # (D, M)
-        dprior = (pi @ np.nan_to_num(self.dmean)) / (pi @ has)
-        num = ws + a * self.prior + b * dprior
-        den = wn + a + b
+        num = ws + a * self.prior
+        den = wn + a
         with np.errstate(invalid="ignore", divide="ignore"):
             out = num / den
-        out[(den == 0) | ((wn == 0) & (a + b == 0))] = np.nan
+        out[(den == 0) | ((wn == 0) & (a == 0))] = np.nan
         return out
 
     def order(self, row: np.ndarray) -> list[int]:
@@ -142,9 +148,9 @@ def _check_against_reference(conn, queries, method, *, top_n=1):
     ref = Reference(conn)
     idx, dist = ref.neighbours(conn, queries, method.neighbours)
     expected = ref.scores(idx, dist, method)
-    got = routing.route_vectors(conn, queries, top_n=top_n, method=method)
+    got = decide(conn, queries, top_n=top_n, method=method)
     mismatched_near_ties = 0
-    tol = tolerance(method)
+    tol = SERVED_TOLERANCE
     for q, decision in enumerate(got):
         order = ref.order(expected[q])
         assert decision.cluster == idx[q, 0]
@@ -166,36 +172,27 @@ def test_avengers_method_equals_the_numpy_formula(store, conn):
     ref, expected, ties = _check_against_reference(conn, store, routing.AVENGERS)
     assert ref.rho > 0 and ties <= 2
     # Soft pooling changes decisions: not every query goes to its nearest cluster's best model.
-    paper = [d.model for d in routing.route_vectors(conn, store, method=routing.PAPER)]
-    soft = [d.model for d in routing.route_vectors(conn, store)]  # default = AVENGERS
+    paper = [d.model for d in decide(conn, store, method=routing.PAPER)]
+    soft = [d.model for d in decide(conn, store)]  # default = AVENGERS
     assert 0 < sum(p != s for p, s in zip(paper, soft, strict=True)) < len(store)
 
 
-def test_full_ranking_and_the_dataset_mixture_prior(store, conn):
-    mixture = routing.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0)
-    _check_against_reference(conn, store[:120], mixture, top_n=len(MODELS))
-    no_prior = routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0)
-    _check_against_reference(conn, store[:120], no_prior, top_n=3)
+@pytest.mark.parametrize("method", [WIDE, HARD, SHARP], ids=lambda m: m.name)
+def test_full_ranking_and_other_methods(store, conn, method):
+    _check_against_reference(conn, store[:120], method, top_n=len(MODELS))
+    _check_against_reference(conn, store[:120], method, top_n=3)
 
 
 @pytest.mark.parametrize(
-    "method",
-    [
-        routing.AVENGERS,
-        routing.PAPER,
-        routing.RoutingMethod("mixture", neighbours=4, temperature=0.3, dataset_prior=2.0),
-        routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
-        # Sent as literals by the single-route path: 1e-06 must survive the round trip.
-        routing.RoutingMethod("sharp", neighbours=16, temperature=1e-6),
-    ],
-    ids=lambda m: m.name,
+    "method", [routing.AVENGERS, routing.PAPER, WIDE, HARD, SHARP], ids=lambda m: m.name
 )
 def test_single_route_equals_the_batch_form(store, conn, method):
-    # avengers.route is its own SQL function (the single-vector path): same rule, same decisions.
+    # decide (one vector, a prepared statement) and decide_many (LATERAL over the batch) run the
+    # same body: the same decisions.
     queries = store[:60]
-    batch = routing.route_vectors(conn, queries, top_n=len(MODELS), method=method)
+    batch = decide(conn, queries, top_n=len(MODELS), method=method)
     for q, expected in zip(queries, batch, strict=True):
-        got = routing.route_vector(conn, q, top_n=len(MODELS), method=method)
+        got = decide_one(conn, q, top_n=len(MODELS), method=method)
         assert (got.clustering_id, got.cluster) == (expected.clustering_id, expected.cluster)
         assert got.distance == pytest.approx(expected.distance, abs=1e-12)
         assert [(c.model, c.rank) for c in got.candidates] == [
@@ -215,7 +212,7 @@ def test_single_route_equals_the_batch_form(store, conn, method):
                 b.served_name,
                 b.model_id,
             )
-    one = routing.route_vector(conn, queries[0], top_n=2, method=method)
+    one = decide_one(conn, queries[0], top_n=2, method=method)
     assert [c.rank for c in one.candidates] == [1, 2]
 
 
@@ -230,9 +227,7 @@ def test_paper_method_is_the_nearest_clusters_argmax(store, conn):
     nearest = (((q[:, None, :] - c[None]) ** 2).sum(-1)).argmin(1)
     with np.errstate(invalid="ignore"):
         means = ref.S / ref.n  # the profile's mean per cluster and model
-    for i, decision in enumerate(
-        routing.route_vectors(conn, store, top_n=len(MODELS), method="paper")
-    ):
+    for i, decision in enumerate(decide(conn, store, top_n=len(MODELS), method="paper")):
         assert decision.cluster == nearest[i]
         want = ref.order(means[nearest[i]])
         assert [cand.model for cand in decision.candidates] == [ref.names[j] for j in want]
@@ -244,39 +239,39 @@ def test_paper_method_is_the_nearest_clusters_argmax(store, conn):
         "SELECT model FROM avengers.cluster_profiles WHERE cluster = %s ORDER BY active_rank",
         (int(nearest[0]),),
     ).fetchall()
-    first = routing.route_vector(conn, store[0], top_n=len(MODELS), method=routing.PAPER)
+    first = decide_one(conn, store[0], top_n=len(MODELS), method=routing.PAPER)
     assert [cand.model for cand in first.candidates] == [r[0] for r in rows]
 
 
 def test_inactive_models_and_endpoints_in_the_soft_rule(store, conn):
-    before = routing.route_vectors(conn, store[:50])
+    before = decide(conn, store[:50])
     winners = {d.model for d in before}
     conn.execute("UPDATE avengers.models SET active = false WHERE name = ANY(%s)", (list(winners),))
-    after = routing.route_vectors(conn, store[:50], top_n=len(MODELS))
+    after = decide(conn, store[:50], top_n=len(MODELS))
     assert all(winners.isdisjoint(c.model for c in d.candidates) for d in after)
     conn.execute("UPDATE avengers.models SET active = true")
     conn.execute("UPDATE avengers.models SET endpoint = 'http://127.0.0.1:1/v1' WHERE name = %s",
                  (MODELS[6],))  # fmt: skip
-    only = routing.route_vectors(conn, store[:20], top_n=3, require_endpoint=True)
+    only = decide(conn, store[:20], top_n=3, require_endpoint=True)
     assert all([c.model for c in d.candidates] == [MODELS[6]] for d in only)
     # The single route reads the model columns from routing_models, which a trigger on
     # avengers.models keeps current within the transaction.
-    one = routing.route_vector(conn, store[0], top_n=3, require_endpoint=True)
+    one = decide_one(conn, store[0], top_n=3, require_endpoint=True)
     assert [(c.model, c.endpoint) for c in one.candidates] == [(MODELS[6], "http://127.0.0.1:1/v1")]
     conn.execute("UPDATE avengers.models SET active = false WHERE name = %s", (MODELS[6],))
-    assert routing.route_vector(conn, store[0], require_endpoint=True).candidates == ()
+    assert decide_one(conn, store[0], require_endpoint=True).candidates == ()
 
 
 def test_sql_defaults_are_the_avengers_preset(conn):
-    args = conn.execute(
-        "SELECT pg_get_function_arguments('avengers.route_many'::regproc)"
-    ).fetchone()[0]
+    args = conn.execute("SELECT pg_get_function_arguments('avengers.policy'::regproc)").fetchone()[
+        0
+    ]
     defaults = dict(re.findall(r"(\w+) (?:integer|double precision) DEFAULT ([0-9.]+)", args))
     a = routing.AVENGERS
     assert int(defaults["neighbours"]) == a.neighbours
     assert float(defaults["temperature"]) == a.temperature
     assert float(defaults["shrinkage"]) == a.shrinkage
-    assert float(defaults["dataset_prior"]) == a.dataset_prior == methods.DATASET_PRIOR
+    assert int(defaults["top_n"]) == Policy().top_n and int(defaults["completions"]) == 1
     assert routing.routing_method(None) is a and routing.routing_method("PAPER") is routing.PAPER
     with pytest.raises(InputError, match="unknown routing method"):
         routing.routing_method("nearest")
@@ -286,7 +281,8 @@ def test_sql_defaults_are_the_avengers_preset(conn):
 
 def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, conn):
     views = ["clustering_scale", "dataset_profiles", "cluster_datasets", "model_priors",
-             "routing_state", "routing_centroids", "routing_models"]  # fmt: skip
+             "routing_state", "routing_centroids", "routing_entries",
+             "routing_models"]  # fmt: skip
     for view in views:
         assert conn.execute(
             "SELECT obj_description(%s::regclass, 'pg_class')", (f"avengers.{view}",)
@@ -315,78 +311,34 @@ def test_routing_aggregates_are_documented_and_refreshed_concurrently(store, con
                              'routing_models')"""
     ).fetchall()
     assert len(analyzed) == 4
-    # The routing tables follow the switch: route = route_many.
+    # The routing tables follow the switch: decide = decide_many.
     queries = unit(np.random.default_rng(5).standard_normal((20, store.shape[1])))
-    batch = routing.route_vectors(conn, queries, top_n=3)
-    singles = [routing.route_vector(conn, q, top_n=3) for q in queries]
+    batch = decide(conn, queries, top_n=3)
+    singles = [decide_one(conn, q, top_n=3) for q in queries]
     assert [(d.clustering_id, d.cluster) for d in singles] == [(new.id, d.cluster) for d in batch]
     assert [[c.model for c in d.candidates] for d in singles] == [
         [c.model for c in d.candidates] for d in batch
     ]
 
 
-GENERAL_SQL = f"""
-SELECT {statements.ROUTE_COLUMNS}
-FROM avengers.route_many_general(%s::vector[], %s, %s, %s, %s, %s, %s)
-"""
-
-
-@pytest.mark.parametrize(
-    "method",
-    [
-        routing.AVENGERS,
-        routing.PAPER,
-        routing.RoutingMethod("hard", neighbours=3, temperature=0.0, shrinkage=0.0),
-        # Weights down to e^-700: those below float32's range are left out of the sparse vector.
-        routing.RoutingMethod("sharp", neighbours=16, temperature=1e-6),
-    ],
-    ids=lambda m: m.name,
-)
-def test_served_path_equals_the_general_path(store, conn, method):
-    # route_many's float32 sparse-vector pooling against the same rule in double precision.
-    state = conn.execute("SELECT pooled, indexed FROM avengers.routing_state").fetchone()
-    assert state == (True, False)
-    queries = list(store[:150])
-    served = routing.route_vectors(conn, queries, top_n=len(MODELS), method=method)
-    rows = conn.execute(GENERAL_SQL, (queries, len(MODELS), False, *method.sql_args())).fetchall()
-    general = statements.decisions_from_rows(rows, len(queries))
-    flipped = 0
-    for a, b in zip(served, general, strict=True):
-        assert (a.clustering_id, a.cluster) == (b.clustering_id, b.cluster)
-        assert a.distance == b.distance
-        assert len(a.candidates) == len(b.candidates) > 0
-        scores = {c.model: c.score for c in b.candidates}
-        for x in a.candidates:
-            assert x.score == pytest.approx(scores[x.model], abs=SERVED_TOLERANCE)
-        for x, y in zip(a.candidates, b.candidates, strict=True):
-            if x.model != y.model:  # only models tied within float32 rounding may swap
-                assert abs(x.score - y.score) < SERVED_TOLERANCE
-                flipped += 1
-            else:
-                assert (x.mean_score, x.n, x.wilson_low, x.wilson_high) == (
-                    y.mean_score, y.n, y.wilson_low, y.wilson_high)  # fmt: skip
-    assert flipped <= 4
-
-
-def test_single_route_inlines_the_served_body_or_falls_back_unprepared(store, conn):
-    # route_pooled has no SET clause, so the client's statement plans its body as one plan
-    # (no function scan), prepared on first use.
+def test_single_route_inlines_the_decision_into_its_statement(store, conn):
+    # decide has no SET clause, so the client's statement plans its body as one plan (no
+    # function scan), prepared on first use.
     queries = store[:20]
-    prepared = [routing.route_vector(conn, q, top_n=3) for q in queries]
-    statement = statements.route_sql(3, False, routing.AVENGERS, pooled=True)
+    prepared = [decide_one(conn, q, top_n=3) for q in queries]
+    statement = decide_statement([store[0]], Policy(top_n=3))
     plan = conn.execute(
-        "EXPLAIN (COSTS OFF) " + statement, (adapters.query_vector(store[0]),), binary=True
+        "EXPLAIN (COSTS OFF) " + statement.sql, statement.params, binary=True
     ).fetchall()
     assert any("routing_centroids" in line for (line,) in plan)
-    assert not any("route_pooled" in line for (line,) in plan)
+    assert not any("Function Scan" in line and "decide" in line for (line,) in plan)
     names = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
-    assert any("avengers.route_pooled(" in s for (s,) in names)
-    # A connection that prepares nothing would plan that body on every call: it is routed
-    # through avengers.route (its plan cached in the function), with the same decisions.
+    assert any("avengers.decide(" in s for (s,) in names)
+    # A connection that prepares nothing plans it on every call, with the same decisions.
     threshold = conn.prepare_threshold
     conn.prepare_threshold = None
     try:
-        unprepared = [routing.route_vector(conn, q, top_n=3) for q in queries]
+        unprepared = [decide_one(conn, q, top_n=3) for q in queries]
     finally:
         conn.prepare_threshold = threshold
     for a, b in zip(prepared, unprepared, strict=True):

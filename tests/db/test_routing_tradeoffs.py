@@ -1,6 +1,6 @@
 """Cost-aware routing: the expected cost against a numpy re-computation of the cost model
 (sql/025_costs.sql), tradeoff 1 against the plain routing, the utility's order, max_cost's
-ceiling and its over-budget fallback, and the served path against the general one."""
+ceiling and its over-budget fallback, and the single decision against the batch form."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from avengers_store import routing
 from avengers_store.calibration import reclustering
 from avengers_store.errors import InputError
-from avengers_store.routing import statements
+from avengers_store.routing import Policy
 from avengers_store.store import connections, driver_errors
 from avengers_store.testing import MODELS, seed_store, unit
 
@@ -27,7 +27,14 @@ PRICES = {  # per 1M tokens (in, out); model-6 has none
 TOKENS_OUT = {"model-1": 100, "model-3": 40}  # measured per answer on calibration outcomes
 COST = {"model-4": 0.002}  # measured cost per outcome (2 samples)
 TOKENS_IN = {"model-3": 3.0}  # prompt tokens per character of the query text
-SERVED_TOLERANCE = 2e-6
+
+
+def decide(conn, vectors, *, prompt_chars=None, **policy):
+    return routing.decide(conn, vectors, Policy(**policy), prompt_chars=prompt_chars)
+
+
+def decide_one(conn, vector, *, prompt_chars=None, **policy):
+    return decide(conn, [vector], prompt_chars=[prompt_chars], **policy)[0]
 
 
 @pytest.fixture(scope="module")
@@ -131,33 +138,29 @@ def _same(a, b, *, scores_exact: bool = True):
 @pytest.mark.parametrize("method", [routing.AVENGERS, routing.PAPER], ids=lambda m: m.name)
 def test_tradeoff_one_is_exactly_the_plain_routing(store, conn, method):
     chars = [len(f"question {i}") * 7 for i in range(len(store))]
-    plain = routing.route_vectors(conn, store, top_n=len(MODELS), method=method)
-    one = routing.route_vectors(
-        conn, store, top_n=len(MODELS), method=method, policy=routing.cost_policy(1.0),
-        prompt_chars=chars,
-    )  # fmt: skip
+    plain = decide(conn, store, top_n=len(MODELS), method=method)
+    one = decide(conn, store, top_n=len(MODELS), method=method, tradeoff=1.0, prompt_chars=chars)
     for a, b in zip(plain, one, strict=True):
         _same(a, b)
         assert not a.costed and all(c.expected_cost is None for c in a.candidates)
         assert b.costed and b.tradeoff == 1.0 and not b.over_budget
         assert all(c.expected_cost is not None for c in b.candidates if c.model != "model-6")
-    # The single route: the same decisions through route_pooled's cost-aware branch.
-    for q, expected in zip(store[:30], one[:30], strict=True):
-        got = routing.route_vector(
-            conn, q, top_n=len(MODELS), method=method, policy=routing.cost_policy(1.0),
-            prompt_chars=chars[0],
-        )  # fmt: skip
+    # The single decision: the same decisions.
+    for q, n, expected in zip(store[:30], chars[:30], one[:30], strict=True):
+        got = decide_one(conn, q, top_n=len(MODELS), method=method, tradeoff=1.0, prompt_chars=n)
         _same(got, expected)
+        assert [c.expected_cost for c in got.candidates] == [
+            c.expected_cost for c in expected.candidates
+        ]
 
 
 def test_expected_cost_is_the_documented_cost_model(store, conn):
     ref = CostReference(conn)
     chars = [10 + 7 * i for i in range(len(store))]
     for completions in (1, 3):
-        policy = routing.cost_policy(0.5, completions=completions)
-        decisions = routing.route_vectors(
-            conn, store, top_n=len(MODELS), method=routing.PAPER, policy=policy,
-            prompt_chars=chars,
+        decisions = decide(
+            conn, store, top_n=len(MODELS), method=routing.PAPER, tradeoff=0.5,
+            completions=completions, prompt_chars=chars,
         )  # fmt: skip
         for d, n in zip(decisions, chars, strict=True):
             for c in d.candidates:
@@ -168,9 +171,7 @@ def test_expected_cost_is_the_documented_cost_model(store, conn):
                     assert c.expected_cost == pytest.approx(want, rel=1e-5)
     # Without its text a vector is priced at the calibration texts' mean length.
     mean_chars = conn.execute("SELECT mean_chars FROM avengers.routing_state").fetchone()[0]
-    d = routing.route_vector(
-        conn, store[0], top_n=len(MODELS), method=routing.PAPER, policy=routing.cost_policy(0.5)
-    )
+    d = decide_one(conn, store[0], top_n=len(MODELS), method=routing.PAPER, tradeoff=0.5)
     priced = {c.model: c.expected_cost for c in d.candidates}
     assert priced["model-0"] == pytest.approx(ref.cost("model-0", d.cluster, mean_chars), 1e-6)
 
@@ -182,11 +183,8 @@ def _normalised(values):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.7])
 def test_utility_orders_the_candidates(store, conn, alpha):
-    policy = routing.cost_policy(alpha)
     chars = [50] * len(store)
-    for d in routing.route_vectors(
-        conn, store, top_n=len(MODELS), policy=policy, prompt_chars=chars
-    ):
+    for d in decide(conn, store, top_n=len(MODELS), tradeoff=alpha, prompt_chars=chars):
         cands = d.candidates
         q = _normalised([c.score for c in cands])
         known = [c.expected_cost for c in cands if c.expected_cost is not None]
@@ -206,15 +204,10 @@ def test_utility_orders_the_candidates(store, conn, alpha):
 
 def test_max_cost_keeps_to_the_budget_or_flags_the_cheapest(store, conn):
     chars = [40] * len(store)
-    everything = routing.route_vectors(
-        conn, store, top_n=len(MODELS), policy=routing.cost_policy(1.0), prompt_chars=chars
-    )
+    everything = decide(conn, store, top_n=len(MODELS), tradeoff=1.0, prompt_chars=chars)
     costs = sorted(c.expected_cost for c in everything[0].candidates if c.expected_cost)
     ceiling = costs[len(costs) // 2]
-    capped = routing.route_vectors(
-        conn, store, top_n=len(MODELS), policy=routing.cost_policy(max_cost=ceiling),
-        prompt_chars=chars,
-    )  # fmt: skip
+    capped = decide(conn, store, top_n=len(MODELS), max_cost=ceiling, prompt_chars=chars)
     for full, d in zip(everything, capped, strict=True):
         fits = [c for c in full.candidates if c.expected_cost is not None and
                 c.expected_cost <= ceiling]  # fmt: skip
@@ -225,17 +218,14 @@ def test_max_cost_keeps_to_the_budget_or_flags_the_cheapest(store, conn):
         else:
             assert len(d.candidates) == 1 and d.over_budget
     # Below every model: the cheapest one alone, flagged.
-    below = routing.route_vectors(
-        conn, store[:10], top_n=3, policy=routing.cost_policy(0.8, max_cost=0.0),
-        prompt_chars=chars[:10],
-    )  # fmt: skip
+    below = decide(conn, store[:10], top_n=3, tradeoff=0.8, max_cost=0.0, prompt_chars=chars[:10])
     for d in below:
         assert d.over_budget and len(d.candidates) == 1
         assert d.model == "model-0" and d.candidates[0].over_budget
         assert "no candidate fits max cost 0" in d.explain()
         assert "(over budget)" in d.explain()
-    one = routing.route_vector(conn, store[0], 3, policy=routing.cost_policy(max_cost=0.0))
-    full = routing.route_vector(conn, store[0], len(MODELS), policy=routing.cost_policy(1.0))
+    one = decide_one(conn, store[0], top_n=3, max_cost=0.0)
+    full = decide_one(conn, store[0], top_n=len(MODELS), tradeoff=1.0)
     cheapest = min(
         (c for c in full.candidates if c.expected_cost is not None),
         key=lambda c: c.expected_cost,
@@ -244,48 +234,39 @@ def test_max_cost_keeps_to_the_budget_or_flags_the_cheapest(store, conn):
 
 
 @pytest.mark.parametrize("policy", [
-    routing.cost_policy(1.0), routing.cost_policy(0.4), routing.cost_policy(0.0, completions=4),
-    routing.cost_policy(0.6, max_cost=2e-4),
-], ids=["one", "0.4", "zero", "ceiling"])  # fmt: skip
-def test_served_path_equals_the_general_path_with_costs(store, conn, policy):
+    Policy(tradeoff=1.0), Policy(tradeoff=0.4), Policy(tradeoff=0.0, completions=4),
+    Policy(tradeoff=0.6, max_cost=2e-4), Policy(max_cost=0.0),
+], ids=["one", "0.4", "zero", "ceiling", "nothing-fits"])  # fmt: skip
+def test_single_decision_equals_the_batch_form_with_costs(store, conn, policy):
     queries = list(store[:80])
     chars = [30 + i for i in range(len(queries))]
-    served = routing.route_vectors(
-        conn, queries, top_n=len(MODELS), policy=policy, prompt_chars=chars
-    )
-    rows = conn.execute(
-        f"SELECT {statements.ROUTE_COLUMNS} FROM avengers.route_many_general("
-        "%s::vector[], %s, false, 16, 0.1, 1, 0, %s, %s, %s, %s)",
-        (queries, len(MODELS), policy.tradeoff, policy.max_cost, chars, policy.completions),
-    ).fetchall()
-    general = statements.decisions_from_rows(rows, len(queries), policy)
-    flipped = 0
-    for a, b in zip(served, general, strict=True):
-        assert (a.cluster, len(a.candidates)) == (b.cluster, len(b.candidates))
-        other = {c.model: c for c in b.candidates}
-        for x in a.candidates:
-            y = other[x.model]
-            assert x.score == pytest.approx(y.score, abs=SERVED_TOLERANCE)
-            if y.expected_cost is None:
-                assert x.expected_cost is None
-            else:
-                assert x.expected_cost == pytest.approx(y.expected_cost, rel=1e-5)
-            assert x.utility == pytest.approx(y.utility, abs=1e-4)
-            assert x.over_budget == y.over_budget
-        flipped += [c.model for c in a.candidates] != [c.model for c in b.candidates]
-    assert flipped <= 3
+    policy = policy.replace(top_n=len(MODELS))
+    batch = routing.decide(conn, queries, policy, prompt_chars=chars)
+    for q, n, b in zip(queries, chars, batch, strict=True):
+        (a,) = routing.decide(conn, [q], policy, prompt_chars=[n])
+        assert a == b
+        assert a.costed and a.policy == policy
+        if policy.max_cost is not None:
+            fits = all(c.expected_cost <= policy.max_cost for c in a.candidates)
+            assert fits != a.over_budget
 
 
 def test_bad_trade_off_arguments_are_named(store, conn):
     with pytest.raises(InputError) as err:
-        routing.cost_policy(1.5)
+        Policy(tradeoff=1.5)
     assert err.value.location == "tradeoff"
     with pytest.raises(InputError) as err:
-        routing.cost_policy(max_cost=-1)
+        Policy(max_cost=-1)
     assert err.value.location == "max_cost"
     with pytest.raises(InputError) as err:
-        routing.route_vectors(conn, store[:2], policy=routing.cost_policy(0.5), prompt_chars=[1])
+        Policy(completions=0)
+    assert err.value.location == "completions"
+    with pytest.raises(InputError) as err:
+        decide(conn, store[:2], tradeoff=0.5, prompt_chars=[1])
     assert err.value.location == "prompt_chars"
+    with pytest.raises(InputError) as err:
+        decide(conn, store[:2], tradeoff=0.5, prompt_chars=[1, -3])
+    assert err.value.location == "prompt_chars 2"
     # Called directly, the SQL checks them too (SQLSTATE VA422).
     with (
         pytest.raises(InputError, match="tradeoff must be between 0 and 1"),
@@ -297,18 +278,19 @@ def test_bad_trade_off_arguments_are_named(store, conn):
         )
     conn.rollback()
     with (
-        pytest.raises(InputError, match="max_cost must be >= 0"),
-        driver_errors.translated("query"),
+        pytest.raises(InputError, match="max_cost must be a finite number >= 0") as err,
+        driver_errors.translated(),
     ):
         conn.execute(
-            "SELECT * FROM avengers.route_many(%s::vector[], 1, max_cost => -1)",
+            "SELECT * FROM avengers.decide_many(%s::vector[], avengers.policy(max_cost => -1))",
             ([store[0]],),
         )
+    assert err.value.location == "max_cost"
     conn.rollback()
 
 
 def test_route_log_usage_feeds_the_completion_tokens(store, conn):
-    cluster = routing.route_vector(conn, store[0], method=routing.PAPER).cluster
+    cluster = decide_one(conn, store[0], method=routing.PAPER).cluster
     cid = conn.execute("SELECT id FROM avengers.active_clustering").fetchone()[0]
     before = conn.execute(
         "SELECT answers, tokens_out_sum FROM avengers.cluster_costs c JOIN avengers.models m "
@@ -329,25 +311,20 @@ def test_route_log_usage_feeds_the_completion_tokens(store, conn):
         (cluster,),
     ).fetchone()
     assert after == (4.0, 400.0)
-    d = routing.route_vector(
-        conn, store[0], top_n=len(MODELS), method=routing.PAPER,
-        policy=routing.cost_policy(0.5), prompt_chars=0,
-    )  # fmt: skip
+    d = decide_one(
+        conn, store[0], top_n=len(MODELS), method=routing.PAPER, tradeoff=0.5, prompt_chars=0
+    )
     five = next(c for c in d.candidates if c.model == "model-5")
     assert five.expected_cost == pytest.approx(0.3 * 100 / 1e6)  # price_out x 400 / 4 tokens
 
 
-def test_unprepared_cost_aware_route_goes_through_avengers_route(store, conn):
-    policy = routing.cost_policy(0.4, max_cost=3e-4)
-    prepared = [
-        routing.route_vector(conn, q, 3, policy=policy, prompt_chars=50) for q in store[:20]
-    ]
+def test_unprepared_cost_aware_decision_is_the_prepared_one(store, conn):
+    policy = {"top_n": 3, "tradeoff": 0.4, "max_cost": 3e-4}
+    prepared = [decide_one(conn, q, prompt_chars=50, **policy) for q in store[:20]]
     threshold = conn.prepare_threshold
     conn.prepare_threshold = None
     try:
-        unprepared = [
-            routing.route_vector(conn, q, 3, policy=policy, prompt_chars=50) for q in store[:20]
-        ]
+        unprepared = [decide_one(conn, q, prompt_chars=50, **policy) for q in store[:20]]
     finally:
         conn.prepare_threshold = threshold
     for a, b in zip(prepared, unprepared, strict=True):

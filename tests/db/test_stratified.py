@@ -78,7 +78,7 @@ def overlapping(db_url) -> tuple[str, np.ndarray]:
 
 
 def _route(conn, vector) -> str:
-    decision = routing.route_vector(conn, vector.astype(np.float32), method=routing.PAPER)
+    (decision,) = routing.decide(conn, [vector], routing.Policy(method=routing.PAPER))
     return decision.candidates[0].model
 
 

@@ -25,9 +25,12 @@ def distances(store) -> Iterator[None]:
         # The hand-made clustering has no assignments: its statistics are empty until set here.
         conn.execute("UPDATE avengers.cluster_distances SET scale = 0.25, ood_distance = %s",
                      (OOD_DISTANCE,))  # fmt: skip
+        # Routing reads them from routing_centroids: served data changes by a refresh.
+        conn.execute("CALL avengers.refresh_profiles()")
     yield
     with psycopg.connect(store) as conn:
         conn.execute("UPDATE avengers.cluster_distances SET scale = NULL, ood_distance = NULL")
+        conn.execute("CALL avengers.refresh_profiles()")
 
 
 def test_route_and_headers_show_ood(store, endpoints, distances, scripted_server):

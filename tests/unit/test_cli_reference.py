@@ -1,5 +1,6 @@
-"""The CLI documents itself: README's command table is generated from the commands' help and
-must be current, and every command and group has help with an example of its own use."""
+"""The CLI documents itself: the CLI reference page (docs/reference/cli.md) is generated from the
+commands' help and must be current, and every command and group has help with an example of its
+own use."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from avengers_store.testing import REPO
 
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "reference" / "cli.md"
 
 
 def every_command(group=cli, path=("avengers",)):
@@ -23,12 +24,28 @@ def every_command(group=cli, path=("avengers",)):
             yield from every_command(command, (*path, name))
 
 
-def test_readme_command_table_is_current():
-    text = README.read_text(encoding="utf-8")
-    assert reference.replace_table(text, reference.render()) == text, (
-        "README's command table is stale: run "
-        "`python -m avengers_store.cli.reference --write README.md`"
+def test_reference_page_is_current():
+    text = PAGE.read_text(encoding="utf-8")
+    assert reference.replace_table(text, reference.render_page()) == text, (
+        "docs/reference/cli.md is stale: run "
+        "`python -m avengers_store.cli.reference --write docs/reference/cli.md`"
     )
+
+
+def test_reference_page_holds_every_command_s_full_help():
+    page = reference.render_page()
+    for path, _ in reference.commands(cli):
+        heading = f"\n## {' '.join(path)}\n"
+        assert heading in page, path
+        section = page.split(heading, 1)[1].split("\n## ", 1)[0]
+        assert f"Usage: {' '.join(path)}" in section and "Example:" in section, path
+
+
+def test_help_width_does_not_depend_on_the_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = reference.render_page()
+    monkeypatch.setenv("COLUMNS", "250")
+    assert reference.render_page() == narrow
 
 
 def test_a_command_without_a_row_fails_the_check():
@@ -39,8 +56,8 @@ def test_a_command_without_a_row_fails_the_check():
     root = Group(commands={**cli.commands, "calibrate-twice": extra})
     table = reference.render(root)
     assert "| `avengers calibrate-twice` | Do it all again. |" in table
-    text = README.read_text(encoding="utf-8")
-    assert reference.replace_table(text, table) != text
+    text = PAGE.read_text(encoding="utf-8")
+    assert reference.replace_table(text, reference.render_page(root)) != text
 
 
 def test_every_runnable_command_has_a_row():
@@ -69,7 +86,7 @@ def test_write_rewrites_only_the_table(tmp_path):
     written = readme.read_text(encoding="utf-8")
     assert (
         written
-        == f"# title\n\n{reference.START}\n{reference.render()}{reference.END}\n\nthe rest\n"
+        == f"# title\n\n{reference.START}\n{reference.render_page()}{reference.END}\n\nthe rest\n"
     )
     with pytest.raises(ValueError, match="markers are missing"):
         reference.replace_table("# no markers\n", reference.render())

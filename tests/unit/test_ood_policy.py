@@ -1,57 +1,44 @@
-"""OOD policies on decisions: flag keeps the ranking, best-overall swaps in the calibration-wide
-ranking, widen marks the decision for Model-Switch; in-distribution decisions are untouched."""
+"""The routing policy's OOD and production fields, checked where a Policy is made, and a decision
+that explains its novelty, the OOD policy applied and its production evidence. (What each OOD
+policy does to a decision is in avengers.decide: tests/db/test_ood.py.)"""
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 import pytest
 
 from avengers_store.errors import InputError
-from avengers_store.routing import ood
+from avengers_store.routing import OOD_POLICIES, Policy
 from avengers_store.routing.decisions import Candidate, RouteDecision
 
 
-def decision(cluster: int, novelty: float | None) -> RouteDecision:
-    candidates = (
-        Candidate("near-best", 1, 0.9, 10, 0.6, 0.98, None, None, score=0.8),
-        Candidate("near-second", 2, 0.7, 10, 0.4, 0.9, None, None, score=0.6),
-    )
-    return RouteDecision(
-        3, cluster, 0.5, candidates, novelty=novelty,
-        ood=None if novelty is None else novelty > 1,
-    )  # fmt: skip
-
-
-RANKED = {
-    1: (Candidate("overall-best", 1, 0.5, 4, 0.2, 0.8, None, None, score=0.66),),
-}
-
-
-@pytest.mark.parametrize("policy", ood.POLICIES)
-def test_in_distribution_decisions_are_untouched(policy):
-    inside = [decision(0, 0.7), decision(2, None)]
-    assert ood.apply(inside, policy, RANKED) == inside
-    assert ood.lookups(inside, policy) == []
-
-
-def test_each_policy_on_an_ood_decision():
-    out = decision(1, 1.8)
-    flagged = ood.apply([out], "flag")[0]
-    assert flagged.candidates == out.candidates and flagged.ood_policy == "flag"
-    widened = ood.apply([out], "widen")[0]
-    assert widened.candidates == out.candidates and widened.ood_policy == "widen"
-    assert ood.lookups([out, decision(1, 3.0), decision(0, 0.2)], "best-overall") == [1]
-    best = ood.apply([out], "best-overall", RANKED)[0]
-    assert [c.model for c in best.candidates] == ["overall-best"]
-    assert (best.ood_policy, best.cluster, best.novelty) == ("best-overall", 1, 1.8)
-
-
 def test_policy_names_are_checked():
-    assert ood.ood_policy(None) == "flag"
+    assert Policy().ood_policy == "flag" and OOD_POLICIES == ("flag", "best-overall", "widen")
+    for name in OOD_POLICIES:
+        assert Policy(ood_policy=name).ood_policy == name
     with pytest.raises(InputError) as caught:
-        ood.ood_policy("ignore")
+        Policy(ood_policy="ignore")
     assert caught.value.location == "ood_policy"
+    with pytest.raises(InputError) as caught:
+        Policy().replace(ood_policy="sometimes")
+    assert caught.value.location == "ood_policy"
+    with pytest.raises(InputError) as caught:
+        Policy(production_weight=float("inf"))
+    assert caught.value.location == "production_weight"
+    with pytest.raises(InputError) as caught:
+        Policy().replace(latency=3)
+    assert caught.value.location == "latency"
+
+
+def test_a_policy_round_trips_through_its_dict():
+    policy = Policy(method="paper", top_n=3, models=["a", "b"], tradeoff=0.4, max_cost=1e-3,
+                    ood_policy="widen", exploration="epsilon", exploration_share=0.2,
+                    production_weight=0.5)  # fmt: skip
+    assert policy.models == ("a", "b")
+    assert Policy.from_dict(policy.to_dict()) == policy
+    assert Policy.from_dict({}) == Policy()
+    with pytest.raises(InputError) as caught:
+        Policy.from_dict({"top_n": 2, "speed": 1})
+    assert caught.value.location == "speed"
 
 
 def test_explanation_names_novelty_policy_and_production():
@@ -59,11 +46,14 @@ def test_explanation_names_novelty_policy_and_production():
         3, 1, 0.5,
         (Candidate("m", 1, 0.9, 10, 0.6, 0.98, None, None, score=0.8, production_n=4,
                    production_mean=0.25),),
-        novelty=1.8, ood=True, ood_policy="best-overall", production_weight=0.5,
-        half_life=timedelta(days=14),
+        Policy(ood_policy="best-overall"), novelty=1.8, ood=True, ood_policy="best-overall",
+        production_weight=0.5,
     )  # fmt: skip
     text = d.explain()
     assert "novelty 1.80: out of distribution; policy best-overall" in text
-    assert "weight 0.5 (half-life 14 days" in text
+    assert "scores pool production outcomes at weight 0.5" in text
     assert "production 0.250 over 4 feedback rows" in text
-    assert d.to_dict()["half_life"] == 14 * 86400.0
+    assert d.to_dict()["policy"]["ood_policy"] == "best-overall"
+    inside = RouteDecision(3, 1, 0.5, d.candidates, novelty=0.4, ood=False, production_weight=0)
+    assert "novelty 0.40: in distribution" in inside.explain()
+    assert "calibration outcomes only (production weight 0)" in inside.explain()
