@@ -132,6 +132,11 @@ async def passthrough(
                     yield chunk
         except EndpointError as exc:
             error = exc
+        except BaseException:
+            # The caller went away mid-stream: the route id it was given still gets its row.
+            done((streamed.tokens_in, streamed.tokens_out), time.perf_counter() - asked,
+                 streaming.CLOSED)  # fmt: skip
+            raise
         used = (streamed.tokens_in, streamed.tokens_out)
         done(used, time.perf_counter() - asked, str(error) if error else None)
         if error is not None:

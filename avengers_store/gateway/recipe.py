@@ -290,19 +290,41 @@ class Recipe:
                     yield chunk
         except EndpointError as exc:
             error = exc
-        took = time.perf_counter() - opened.asked
-        self.gw.metrics.stage("upstream", took)
-        completion = streamed.completion(streaming.ERROR_FINISH if error else None)
-        batch = SampleBatch(
-            endpoint, (completion,), streamed.tokens_in, streamed.tokens_out, took * 1000.0, 1
-        )
-        try:
-            plan.send(batch)
-        except StopIteration as stop:
-            await self.finish(stop.value, error)
+        except BaseException:
+            # The caller went away mid-stream: the route id it was given still gets its row.
+            answer = self.settle(plan, opened, streamed, failed=True)
+            if answer is not None:
+                self.gw.metrics.answered(answer)
+                self.gw.log_rows([self.row(self.decision, answer, error=streaming.CLOSED)])
+            raise
+        answer = self.settle(plan, opened, streamed, failed=error is not None)
+        if answer is not None:
+            await self.finish(answer, error)
         if error is not None:
             for chunk in streaming.broken(self.completion_id, endpoint.model, error):
                 yield chunk
+
+    def settle(
+        self,
+        plan: strategies.Plan,
+        opened: streaming.OpenStream,
+        streamed: StreamedCompletion,
+        *,
+        failed: bool,
+    ) -> strategies.Answer | None:
+        """The relayed sample (cut short when ``failed``) handed to the plan: its Answer."""
+        took = time.perf_counter() - opened.asked
+        self.gw.metrics.stage("upstream", took)
+        completion = streamed.completion(streaming.ERROR_FINISH if failed else None)
+        batch = SampleBatch(
+            opened.endpoint, (completion,), streamed.tokens_in, streamed.tokens_out,
+            took * 1000.0, 1,
+        )  # fmt: skip
+        try:
+            plan.send(batch)
+        except StopIteration as stop:
+            return stop.value
+        return None
 
     def voted_stream(self, plan: strategies.Plan) -> Response:
         """Several samples: keep-alive comments while they are drawn and voted, then the

@@ -38,6 +38,8 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
 # The finish reason of a stream an upstream failure ended after its first token.
 ERROR_FINISH = "error"
+# What the route log says of a stream its caller closed before its end.
+CLOSED = "the caller closed the stream before its end"
 
 Chunks = AsyncIterator[dict[str, Any] | None]
 

@@ -242,6 +242,23 @@ def test_gateway_stream_cut_after_its_first_token_ends_with_an_error_and_says_so
     assert "closed the stream before its end" in row[5]["error"]
 
 
+@pytest.mark.parametrize("model", ["avengers", "alpha"])
+def test_a_stream_its_caller_closes_still_gets_its_route_log_row(healthy, llm, model):
+    llm.script("alpha", {"texts": ["one two three four five six"], "chunk_delay": 0.5})
+    chat = {"model": model, "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
+    with gateway_server(GatewaySettings(auth=False), database_url=healthy) as gw:
+        with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=chat, timeout=30) as r:
+            for line in r.iter_lines():
+                if '"content"' in line:
+                    break  # the first token came: the caller goes away
+            route_id = r.headers["x-avengers-route-id"]
+        deadline = time.monotonic() + 15
+        while not (rows := log_rows(healthy, [route_id])) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    (row,) = rows.values()
+    assert row[1] == ["alpha"] and row[5]["error"] == "the caller closed the stream before its end"
+
+
 # What a model that answered 200 to a stream can do before its first token: stall, drip bytes,
 # send a body that is not server-sent events (text, or a whole JSON completion).
 STREAM_FAULTS = {
