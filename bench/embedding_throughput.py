@@ -1,24 +1,36 @@
-"""Embedding throughput of the default embedder (all-MiniLM-L6-v2 via
-``embedders.get_embedder()``, CPU, max_seq_length 128): texts/s for short (~10 words) and long
-(~120 words) texts in batches, and the latency of embedding one short text (what ``ask`` pays per
-question), with torch's default thread count and with 1 thread. Texts are real questions from ../shared/data when present, synthetic otherwise.
+"""Embedding speed of each backend of the default embedder in one run: sentence-transformers on
+torch, ONNX Runtime fp32 (the default where onnxruntime is installed: same vectors), ONNX
+Runtime int8 (``all-MiniLM-L6-v2-int8``, its own space) and, with ``--model2vec DIR``, a static
+Model2Vec model. CPU, max_seq_length 128. For each: texts/s for short (~10 words) and long
+(~120 words) texts in batches, and the latency of embedding one short text (what ``ask`` pays
+per question), with the runtime's default thread count and with 1 thread. One-text calls and
+batch repeats are timed round-robin across backends so machine noise falls on all alike; figures
+are also given as ratios to torch's in the same run. Texts are real questions from ../shared/data when
+present, synthetic otherwise.
 
 Example:
     .venv/bin/python bench/embedding_throughput.py
     .venv/bin/python bench/embedding_throughput.py --short 1024 --long 256 --repeat 3
+    .venv/bin/python bench/embedding_throughput.py --model2vec minilm-m2v
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import SHARED_DATA, Timer, finish, median, parser, say, summary_us
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from avengers_store.calibration.embedders import get_embedder  # noqa: E402
+from avengers_store.calibration.embedders import (  # noqa: E402
+    MINILM,
+    MINILM_INT8,
+    SentenceTransformerEmbedder,
+    get_embedder,
+)
 
 
 def real_questions() -> list[str]:
@@ -55,19 +67,58 @@ def pick_texts(n_short: int, n_long: int, seed: int) -> tuple[list[str], list[st
     return short, long, source
 
 
-def throughput(embedder, texts: list[str], repeat: int, batch_size: int) -> dict:
-    rates = []
+def rate(embedder, texts: list[str], batch_size: int) -> float:
+    t0 = time.perf_counter()
+    vectors = embedder.embed(texts, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    assert vectors.shape == (len(texts), embedder.dimension)
+    return len(texts) / seconds
+
+
+def throughput(embedders: dict, texts: list[str], repeat: int, batch_size: int) -> dict:
+    """texts/s of each embedder, the repeats round-robin across embedders."""
+    rates: dict[str, list[float]] = {label: [] for label in embedders}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        vectors = embedder.embed(texts, batch_size=batch_size)
-        rates.append(len(texts) / (time.perf_counter() - t0))
-        assert vectors.shape == (len(texts), embedder.dimension)
+        for label, emb in embedders.items():
+            rates[label].append(rate(emb, texts, batch_size))
     words = float(np.mean([len(t.split()) for t in texts]))
     return {
-        "texts": len(texts),
-        "mean_words": round(words, 1),
-        "texts_per_s": round(median(rates), 1),
-        "runs": [round(r, 1) for r in rates],
+        label: {
+            "texts": len(texts),
+            "mean_words": round(words, 1),
+            "texts_per_s": round(median(r), 1),
+            "runs": [round(x, 1) for x in r],
+        }
+        for label, r in rates.items()
+    }
+
+
+def backends(model2vec: str | None) -> dict:
+    """Label -> a fresh embedder (each loads its own engine)."""
+    out = {
+        "torch": lambda: SentenceTransformerEmbedder(MINILM, backend="torch", dimension=384),
+        "onnx-fp32": lambda: SentenceTransformerEmbedder(MINILM, backend="onnx", dimension=384),
+        "onnx-int8": lambda: get_embedder(MINILM_INT8),
+    }
+    if model2vec:
+        out["model2vec"] = lambda: get_embedder(f"model2vec:{model2vec}")
+    return out
+
+
+def single_latency(embedders: dict, texts: list[str], n: int) -> dict[str, dict]:
+    """One short text at a time, round-robin across the embedders."""
+    times: dict[str, list[float]] = {label: [] for label in embedders}
+    for i in range(n + 5):
+        for label, emb in embedders.items():
+            t0 = time.perf_counter()
+            emb.embed([texts[i % len(texts)]])
+            if i >= 5:  # warm-up calls are not counted
+                times[label].append(time.perf_counter() - t0)
+    return {
+        label: {
+            k.removesuffix("_us"): round(v / 1000, 2) for k, v in summary_us(t).items() if k != "n"
+        }
+        for label, t in times.items()
     }
 
 
@@ -77,64 +128,79 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=64, help="long texts per run")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--single", type=int, default=30, help="one-text calls timed")
-    ap.add_argument(
-        "--threads", type=int, nargs="*", default=[1], help="torch thread counts also measured"
-    )
+    ap.add_argument("--single", type=int, default=60, help="one-text calls timed per backend")
+    ap.add_argument("--model2vec", default=None, help="a Model2Vec model directory to measure too")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     short, long, source = pick_texts(args.short, args.long, args.seed)
     say(f"texts: {source}")
-    embedder = get_embedder()
-    with Timer() as load:
-        embedder.embed(["warm up the model"])
-    say(f"{embedder.name}: loaded in {load.seconds:.1f} s")
     import torch
 
     default_threads = torch.get_num_threads()
-    by_threads = []
-    for threads in dict.fromkeys([default_threads, *args.threads]):
-        # torch's intra-op threads spin-wait: on a shared 2-core machine fewer can be faster.
-        torch.set_num_threads(threads)
-        short_fig = throughput(embedder, short, args.repeat, args.batch_size)
-        long_fig = throughput(embedder, long, args.repeat, args.batch_size)
-        single = []
-        for i in range(args.single):
-            t0 = time.perf_counter()
-            embedder.embed([short[i % len(short)]])
-            single.append(time.perf_counter() - t0)
-        one = summary_us(single)
-        by_threads.append(
-            {
-                "torch_threads": threads,
-                "short": short_fig,
-                "long": long_fig,
-                "single_short_ms": {
-                    k.removesuffix("_us"): round(v / 1000, 2) for k, v in one.items() if k != "n"
-                },
+    makers = backends(args.model2vec)
+    loaded: dict[str, dict] = {}
+    for threads in (None, 1):
+        embedders = {}
+        for label, make in makers.items():
+            emb = make()
+            with Timer() as load:
+                emb.load()
+                if threads:
+                    emb.set_threads(threads)
+                elif label == "torch":
+                    torch.set_num_threads(default_threads)
+                emb.embed(["warm up the model"])
+            embedders[label] = emb
+            # A Model2Vec model is named by its directory's name: results name no machine path.
+            name = f"model2vec:{Path(args.model2vec).name}" if label == "model2vec" else emb.name
+            loaded.setdefault(label, {"name": name, "load_seconds": round(load.seconds, 2)})
+        tag = f"{threads} thread" if threads else "default threads"
+        # torch's thread count is process-wide: the one this pass set holds for all of it.
+        torch.set_num_threads(threads or default_threads)
+        one = single_latency(embedders, short, args.single)
+        short_fig = throughput(embedders, short, args.repeat, args.batch_size)
+        long_fig = throughput(embedders, long, args.repeat, args.batch_size)
+        for label in embedders:
+            loaded[label][tag] = {
+                "short": short_fig[label],
+                "long": long_fig[label],
+                "single_short_ms": one[label],
             }
-        )
-        say(
-            f"torch threads {threads}: short (~{short_fig['mean_words']:.0f} words) "
-            f"{short_fig['texts_per_s']:,.0f} texts/s, long (~{long_fig['mean_words']:.0f} words) "
-            f"{long_fig['texts_per_s']:,.0f} texts/s, one short text p50 "
-            f"{one['p50_us'] / 1000:.1f} ms (p99 {one['p99_us'] / 1000:.1f} ms)"
-        )
+        base = loaded["torch"][tag]
+        for label in embedders:
+            fig = loaded[label][tag]
+            fig["vs_torch"] = {
+                "short_texts_per_s": round(
+                    fig["short"]["texts_per_s"] / base["short"]["texts_per_s"], 2
+                ),
+                "long_texts_per_s": round(
+                    fig["long"]["texts_per_s"] / base["long"]["texts_per_s"], 2
+                ),
+                "single_short_p50_speedup": round(
+                    base["single_short_ms"]["p50"] / fig["single_short_ms"]["p50"], 2
+                ),
+            }
+            say(
+                f"{label:>10} ({tag}): short {fig['short']['texts_per_s']:,.0f} texts/s "
+                f"(x{fig['vs_torch']['short_texts_per_s']:.2f} torch), long "
+                f"{fig['long']['texts_per_s']:,.0f} texts/s (x{fig['vs_torch']['long_texts_per_s']:.2f}), "
+                f"one short text p50 {fig['single_short_ms']['p50']:.1f} ms "
+                f"(x{fig['vs_torch']['single_short_p50_speedup']:.2f} faster; p99 "
+                f"{fig['single_short_ms']['p99']:.1f} ms)"
+            )
     torch.set_num_threads(default_threads)
-    head = by_threads[0]
+    default = get_embedder()
+    default.load()
     finish(
         "embedding_throughput",
         {
-            "embedder": embedder.name,
+            "default_embedder": default.name,
+            "default_runtime": default.runtime,
             "texts_source": source,
             "batch_size": args.batch_size,
-            "load_seconds": round(load.seconds, 2),
-            "default_threads": default_threads,
-            "short_texts_per_s": head["short"]["texts_per_s"],
-            "long_texts_per_s": head["long"]["texts_per_s"],
-            "single_short_ms_p50": head["single_short_ms"]["p50"],
-            "by_threads": by_threads,
+            "torch_default_threads": default_threads,
+            "backends": loaded,
         },
     )
 

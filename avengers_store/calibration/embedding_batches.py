@@ -2,9 +2,9 @@
 
 While the worker embeds one batch, the texts of requests that arrive meanwhile wait together and
 go in the next batch (micro-batching without a timer: a lone request never waits for company).
-A local model runs with ``threads`` torch threads (default 1): for one short query on a shared
-CPU, one thread was 4x faster than two (bench/embedding_throughput.py); torch's setting is
-process-wide.
+A local model runs with ``threads`` compute threads (default 1; ``Embedder.set_threads``): for
+one short query on a shared CPU, one thread was 4x faster than two (bench/embedding_throughput.py);
+torch's setting is process-wide, ONNX Runtime's is the session's.
 
 One request's bad input never fails its batch-mates: texts are checked when they arrive
 (``check_texts``: a lone surrogate is refused before it joins a batch), and a batch that still
@@ -15,17 +15,14 @@ to.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from avengers_store.calibration.embedders import (
-    Embedder,
-    SentenceTransformerEmbedder,
-    check_texts,
-)
+from avengers_store.calibration.embedders import Embedder, check_texts
 from avengers_store.errors import ConfigurationError
 
 
@@ -50,7 +47,8 @@ class EmbeddingBatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="avengers-embed")
         self._pending: list[_Request] = []
         self._running = False
-        self._threads_set = False
+        # Embedders whose threads were set: ONNX Runtime's count is per embedder (its session).
+        self._threaded: weakref.WeakSet = weakref.WeakSet()
         self.batches = 0  # batches embedded, for callers that want to see the batching
 
     async def embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
@@ -114,13 +112,10 @@ class EmbeddingBatcher:
         return batch
 
     def _embed(self, embedder: Embedder, texts: list[str]) -> Any:
-        if (
-            not self._threads_set
-            and self.threads
-            and isinstance(embedder, SentenceTransformerEmbedder)
-        ):
-            import torch
-
-            torch.set_num_threads(self.threads)
-            self._threads_set = True
+        if self.threads and embedder not in self._threaded:
+            # An embedder given to a client needs only ``embed``; local models have set_threads.
+            set_threads = getattr(embedder, "set_threads", None)
+            if set_threads is not None:
+                set_threads(self.threads)
+            self._threaded.add(embedder)
         return embedder.embed(texts, batch_size=max(len(texts), 1))

@@ -22,9 +22,9 @@ class GatewaySettings:
     bodies get 400; ``samples``/``strategy``/``top_n``/``method``/``threshold``/``route_on``:
     recipe defaults a request may override; ``policy``: the fields of the routing policy
     (``routing.Policy``: ``method``, ``tradeoff``, ``max_cost``, ``ood_policy``, ...) that
-    requests route with unless they set their own (expected costs are computed when a
-    trade-off or a ceiling is in force: ``{"tradeoff": 1}`` prices every answer without
-    changing the ranking); ``max_tokens``: default completion cap;
+    requests route with unless they set their own (without a ``tradeoff`` the gateway routes at
+    α = 1, which ranks as the plain routing and prices every answer for the cost header);
+    ``max_tokens``: default completion cap;
     ``session_ttl_s``: how long a conversation keeps its model; ``keepalive_s``: SSE comment
     interval while samples are drawn; ``upstream_timeout_s``/``upstream_retries``: per model
     call; ``timeout_s``: the deadline of one request as a whole (routing, every model call,
@@ -96,7 +96,8 @@ class GatewaySettings:
     @property
     def routing_policy(self) -> Policy:
         """The default routing policy requests route with (their own fields override it)."""
-        return Policy.from_dict(self.policy)
+        # alpha = 1 decides as the plain routing but computes each answer's expected cost.
+        return Policy.from_dict({"tradeoff": 1.0, **self.policy})
 
     def to_env(self) -> str:
         """JSON for worker processes (holds no secret: the database URL comes from the

@@ -138,10 +138,18 @@ class Policy:
         }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (the method by its numbers and name)."""
-        out = dataclasses.asdict(self)
-        out["method"] = dataclasses.asdict(self.method)
-        out["models"] = list(self.models) if self.models is not None else None
+        """JSON-ready fields that differ from the defaults, plus ``top_n`` (the method by its
+        numbers and name): what a route-log row keeps, and all ``from_dict`` needs."""
+        out: dict[str, Any] = {"top_n": self.top_n}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "top_n" or value == _DEFAULT_FIELDS[f.name]:
+                continue
+            if f.name == "method":
+                value = dataclasses.asdict(value)
+            elif f.name == "models":
+                value = list(value)
+            out[f.name] = value
         return out
 
     @classmethod
@@ -182,3 +190,4 @@ def _whole(value: Any, name: str, least: int) -> None:
 
 
 DEFAULT = Policy()
+_DEFAULT_FIELDS = {f.name: getattr(DEFAULT, f.name) for f in dataclasses.fields(Policy)}

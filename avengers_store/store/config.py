@@ -9,6 +9,7 @@ DATABASE_URL_ENV = "AVENGERS_DATABASE_URL"
 HOME_ENV = "AVENGERS_HOME"
 REPLICA_URL_ENV = "AVENGERS_READ_DATABASE_URL"
 EMBEDDER_ENV = "AVENGERS_EMBEDDER"
+EMBEDDING_BACKEND_ENV = "AVENGERS_EMBEDDING_BACKEND"
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 EMBEDDED_DATABASE = "avengers"
@@ -44,3 +45,9 @@ def read_database_url() -> str | None:
 
 def embedder_name() -> str:
     return os.environ.get(EMBEDDER_ENV) or DEFAULT_EMBEDDER
+
+
+def embedding_backend() -> str:
+    """How a local sentence-transformers model runs: ``auto`` (ONNX Runtime, else torch),
+    ``onnx`` or ``torch``."""
+    return (os.environ.get(EMBEDDING_BACKEND_ENV) or "auto").strip().lower()
