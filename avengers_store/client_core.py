@@ -557,9 +557,6 @@ class ClientCore:
         ``endpoints``): Model-Switch for an out-of-distribution question under ``widen``."""
         if decision.ood and decision.ood_policy == "widen":
             strategy = "model-switch"
-        options: dict[str, Any] = {}
-        if question.temperature is not None:
-            options["temperature"] = question.temperature
         return strategies.answer_plan(
             question.text,
             endpoints if endpoints is not None else endpoints_for(decision),
@@ -572,7 +569,7 @@ class ClientCore:
             messages=question.messages,
             extra=question.extra,
             deadline=deadline,
-            **options,
+            temperature=question.temperature,
         )
 
     def _answer(

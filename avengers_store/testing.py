@@ -696,7 +696,11 @@ class Script:
 
     A step is one of:
       ``{"texts": [...]}``          choices cycle through these texts (``n`` of them, or
-                                    ``"max_choices"`` if smaller);
+                                    ``"max_choices"`` if smaller); an item may also be an
+                                    answer of its own: ``{"text": ..., "tool_calls": [{"name":
+                                    ..., "arguments": {...}}], "finish_reason": "length"}``
+                                    (``reply``); with ``"usage_as_one": True`` the usage is
+                                    one choice's and carries llama.cpp's ``timings`` report;
       ``{"status": 500}``           an error status with a JSON error body (``"retry_after"``:
                                     a ``Retry-After`` header; ``"echo_auth"``: the error message
                                     quotes the request's Authorization header, as careless
@@ -709,8 +713,11 @@ class Script:
       ``{"drip": 0.2, ...}``        send the answer in 8 pieces, ``drip`` seconds apart.
 
     A request with ``"stream": true`` gets the next text as server-sent events, one word per
-    ``chat.completion.chunk`` (``"chunk_delay"`` seconds apart), then ``data: [DONE]``; with
-    ``"cut_after": k`` the connection is closed after k events, without ``[DONE]``.
+    ``chat.completion.chunk`` (``"chunk_delay"`` seconds apart; tool calls as a name, then their
+    arguments in two pieces), then ``data: [DONE]``; with ``"cut_after": k`` the connection is
+    closed after k events, without ``[DONE]``; ``"first_delay"`` seconds pass before the first
+    event (after the headers). A request asking for ``logprobs`` gets one entry per word (with
+    ``top_logprobs`` alternatives).
 
     ``POST /v1/embeddings`` answers with one unit vector per input text, the same for the same
     text, for any model name (``"dim"`` of the model's step if scripted, else 16; ``delay`` and
@@ -724,6 +731,46 @@ class Script:
         step = self.steps[min(self.position, len(self.steps) - 1)]
         self.position += 1
         return step
+
+
+def reply(item: str | dict[str, Any], body: dict[str, Any], serial: int) -> dict[str, Any]:
+    """The message, finish reason and logprobs of one scripted answer (``Script``): a text, or
+    ``{"text", "tool_calls", "finish_reason"}``; tool calls get ids ``call_<serial>_<i>``."""
+    spec = {"text": item} if isinstance(item, str) else dict(item)
+    calls = [
+        {
+            "id": f"call_{serial}_{i}",
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))},
+        }
+        for i, c in enumerate(spec.get("tool_calls") or [])
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": spec.get("text")}
+    if calls:
+        message["tool_calls"] = calls
+    reason = spec.get("finish_reason") or ("tool_calls" if calls else "stop")
+    out: dict[str, Any] = {"message": message, "finish_reason": reason}
+    if body.get("logprobs") and message["content"]:
+        alternatives = int(body.get("top_logprobs") or 0)
+        out["logprobs"] = {
+            "content": [
+                {
+                    "token": word,
+                    "logprob": -0.5,
+                    "bytes": list(word.encode()),
+                    "top_logprobs": [
+                        {"token": word, "logprob": -0.5, "bytes": list(word.encode())}
+                    ][:alternatives],
+                }
+                for word in _words(message["content"])
+            ]
+        }
+    return out
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
 def text_vector(text: str, dim: int) -> list[float]:
@@ -810,28 +857,49 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
-        def _stream(self, body: dict[str, Any], text: str, step: dict[str, Any]) -> None:
+        def _stream(self, body: dict[str, Any], item: Any, step: dict[str, Any]) -> None:
             """One choice as server-sent events, a word per chunk (``chunk_delay`` apart)."""
             with state.lock:
-                step["_served"] = step.get("_served", 0) + 1
+                serial = step.get("_served", 0)
+                step["_served"] = serial + 1
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            words = text.split(" ")
-            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+            answer = reply(item, body, serial)
+            message = answer["message"]
+            pieces = _words(message["content"]) if message["content"] else []
+            logprobs = (answer.get("logprobs") or {}).get("content") or []
             base = {"id": "scripted", "object": "chat.completion.chunk", "model": body.get("model")}
             events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
-            events += [
-                {**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
-                for p in pieces
-            ]
-            events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            for k, piece in enumerate(pieces):
+                choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}}
+                if logprobs:
+                    choice["logprobs"] = {"content": [logprobs[k]]}
+                events.append({**base, "choices": [{**choice, "finish_reason": None}]})
+            for i, call in enumerate(message.get("tool_calls") or []):
+                head = {"index": i, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                arguments = call["function"]["arguments"]
+                half = len(arguments) // 2
+                events += [
+                    {**base, "choices": [{"index": 0, "delta": {"tool_calls": [head]}}]},
+                    *(
+                        {**base, "choices": [{"index": 0, "delta": {"tool_calls": [
+                            {"index": i, "function": {"arguments": part}}]}}]}
+                        for part in (arguments[:half], arguments[half:])
+                    ),
+                ]  # fmt: skip
+            events.append(
+                {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": answer["finish_reason"]}]}
+            )  # fmt: skip
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": 10, "completion_tokens": len(pieces)}
+                usage = {"prompt_tokens": 10, "completion_tokens": max(1, len(pieces))}
                 events.append({**base, "choices": [], "usage": usage})
             cut_after = step.get("cut_after")
+            if step.get("first_delay") and state.stopping.wait(step["first_delay"]):
+                return
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 for sent, event in enumerate(events):
                     if cut_after is not None and sent >= cut_after:
@@ -927,11 +995,7 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 offset = step.setdefault("_served", 0)
                 step["_served"] = offset + count
             choices = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": texts[(offset + i) % len(texts)]},
-                    "finish_reason": "stop",
-                }
+                {"index": i, **reply(texts[(offset + i) % len(texts)], body, offset + i)}
                 for i in range(count)
             ]
             payload = {
@@ -941,6 +1005,9 @@ def _make_handler(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 "choices": choices,
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5 * count},
             }
+            if step.get("usage_as_one"):  # as llama.cpp's server reports n choices
+                payload["usage"] = {"prompt_tokens": 10, "completion_tokens": 5}
+                payload["timings"] = {"prompt_n": 10, "predicted_n": 5}
             self._send(200, json.dumps(payload).encode(), drip=drip)
 
     return Handler

@@ -64,16 +64,22 @@ from avengers_store.gateway.settings import GatewaySettings
               show_default=True,
               help="Largest spool per worker, in MiB; when it is full and the store is "
               "unreachable, requests get 503.")  # fmt: skip
+@click.option("--no-access-log", is_flag=True,
+              help="Do not print the access log (one JSON line per request on stdout: route "
+              "id, key name, model, status, latency, tokens; never a key or a prompt).")  # fmt: skip
 def command(
     host, port, workers, no_auth, max_in_flight, samples, strategy, top_n, routing, threshold,
     route_on, max_tokens, upstream_timeout, upstream_retries, timeout, session_ttl, grace,
-    max_body, log_vectors, log_texts, feedback_refresh, spool_dir, spool_max_mb,
+    max_body, log_vectors, log_texts, feedback_refresh, spool_dir, spool_max_mb, no_access_log,
 ) -> None:  # fmt: skip
     """Serve the router as an OpenAI-compatible API: point any OpenAI SDK at it with
-    model="avengers" (route, sample, vote) or a pool model's name (passed straight through).
+    model="avengers" (route, sample, vote) or a pool model's name (passed straight through),
+    on POST /v1/chat/completions or the Responses API, POST /v1/responses.
 
     Requests need an API key (`avengers keys create NAME`) unless --no-auth, which only a
-    loopback address allows. GET /health, /ready and /metrics need no key. The routing options
+    loopback address allows; a key's policy (spend limits, models, samples, requests per
+    minute, default routing options: `avengers keys set`) is enforced before any model is
+    called. GET /health, /ready and /metrics need no key. The routing options
     (--method, --tradeoff, --max-cost, --max-latency-ms, ...) are defaults a request may
     override with the body fields of the same names; with a trade-off or a ceiling in force
     (--tradeoff 1 prices every answer without changing the ranking) routed answers name their
@@ -120,6 +126,7 @@ def command(
             feedback_refresh_s=feedback_refresh,
             spool_dir=spool_dir,
             spool_max_bytes=max(1, int(spool_max_mb * 1024 * 1024)),
+            access_log=not no_access_log,
         )
     except (ConfigurationError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc

@@ -31,6 +31,7 @@ from avengers_store.answering.sampling import (
     attempt_timeout,
     auth_headers,
     bounded,
+    has_content,
     post_steps,
     sample_steps,
     without_credentials,
@@ -78,7 +79,7 @@ class AsyncChatClient:
         messages: Messages,
         n: int = 1,
         *,
-        temperature: float = 0.7,
+        temperature: float | None = 0.7,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         deadline: Deadline | None = None,
         **extra: Any,
@@ -115,21 +116,24 @@ class AsyncChatClient:
         body: Mapping[str, Any],
         *,
         deadline: Deadline | None = None,
-        connect_by: Deadline | None = None,
+        first_token_by: Deadline | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """A streamed completion: the events (``chat.completion.chunk`` objects) as they arrive.
 
-        Connecting is retried like any request, until ``connect_by`` (default: ``deadline``);
-        once the upstream answered 200 the events are relayed, and a failure mid-stream, a
-        stream closed before ``data: [DONE]`` or the ``deadline`` passing raises EndpointError."""
+        Connecting is retried like any request, and the first event with content
+        (``sampling.has_content``) must come, by ``first_token_by`` (default: ``deadline``);
+        a failure mid-stream, a body that is not server-sent JSON events, a stream closed before
+        ``data: [DONE]`` or the ``deadline`` passing raises EndpointError (``timed_out`` for the
+        deadlines)."""
         payload = {**_served(endpoint, body), "stream": True}
+        first_by = _earliest(first_token_by, deadline)
         steps = post_steps(
             endpoint, payload, auth_headers(endpoint), self.policy, stream=True,
-            deadline=_earliest(connect_by, deadline),
+            deadline=first_by,
         )  # fmt: skip
         response = await self._open(steps)
         try:
-            yield _events(endpoint, response, deadline)
+            yield _events(endpoint, response, deadline, first_by)
         finally:
             await response.aclose()
 
@@ -171,13 +175,18 @@ def _earliest(*deadlines: Deadline | None) -> Deadline | None:
 
 
 async def _events(
-    endpoint: Endpoint, response: httpx.Response, deadline: Deadline | None
+    endpoint: Endpoint,
+    response: httpx.Response,
+    deadline: Deadline | None,
+    first_by: Deadline | None,
 ) -> AsyncIterator[dict[str, Any]]:
     lines = response.aiter_lines()
+    started = False  # an event with content came: the rest is bounded by ``deadline`` only
     try:
         while True:
+            bound = deadline if started else first_by
             try:
-                async with bounded(deadline.remaining() if deadline else None):
+                async with bounded(bound.remaining() if bound else None):
                     line = await anext(lines)
             except StopAsyncIteration:
                 # OpenAI-compatible servers end every stream with [DONE]: without it the
@@ -196,12 +205,16 @@ async def _events(
                 raise EndpointError(
                     f"{endpoint.describe()} sent a malformed stream event: {data[:200]!r}"
                 ) from exc
-            if isinstance(event, dict):
-                yield event
+            if not isinstance(event, dict):
+                raise EndpointError(
+                    f"{endpoint.describe()} sent a malformed stream event: {data[:200]!r}"
+                )
+            started = started or has_content(event)
+            yield event
     except httpx.TimeoutException as exc:
+        what = "finish the stream" if started else "send the answer's first token"
         raise EndpointError(
-            f"{endpoint.describe()} did not finish the stream in time "
-            f"({type(exc).__name__}: {exc})",
+            f"{endpoint.describe()} did not {what} in time ({type(exc).__name__}: {exc})",
             timed_out=True,
         ) from exc
     except httpx.TransportError as exc:

@@ -88,15 +88,15 @@ class ChatClient:
         messages: Messages,
         n: int = 1,
         *,
-        temperature: float = 0.7,
+        temperature: float | None = 0.7,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         deadline: Deadline | None = None,
         **extra: Any,
     ) -> SampleBatch:
         """Draw ``n`` completions of ``messages`` from ``endpoint``.
 
-        ``extra`` is merged into the request body (``top_p``, ``seed``, ``stop``, ...).
-        ``deadline`` (e.g. ``Deadline.after(10)``) bounds the call, retries included; when it
+        ``temperature`` None sends none (the server's default); ``extra`` is merged into the
+        request body (``top_p``, ``seed``, ``stop``, ``tools``, ...). ``deadline`` (e.g. ``Deadline.after(10)``) bounds the call, retries included; when it
         passes after some choices came, the batch holds those. Raises EndpointError when the
         endpoint still fails after retries or by the deadline, answers malformed or has no key.
         """
@@ -119,7 +119,7 @@ class ChatClient:
         conversations: Sequence[Messages],
         n: int = 1,
         *,
-        temperature: float = 0.7,
+        temperature: float | None = 0.7,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         return_exceptions: bool = False,
         on_done: Callable[[int, SampleBatch | EndpointError], None] | None = None,

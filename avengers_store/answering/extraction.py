@@ -27,28 +27,83 @@ code
     contains a ``def``), normalised: comments, blank lines and trailing whitespace removed. Voting on
     code picks the most common normalised program; it is NOT graded by execution, so equivalent
     programs written differently count as different answers.
+
+Structured answers, whatever the task type (``extract_completion``):
+
+tool calls
+    A completion that calls tools votes for its calls: each as ``name(arguments)`` with the
+    arguments in canonical JSON (keys sorted, no spaces), several calls sorted and joined by
+    ``; ``; arguments that are not a JSON object make it unparseable. Its ``kind`` is
+    ``tool_calls`` (a text answer's is ``text``), and the vote counts kinds first (``voting``).
+JSON
+    Under a JSON ``response_format`` (``AnswerFormat``), the text is parsed as JSON and votes in
+    canonical JSON; text that is not JSON, or (with a schema) does not validate against it, is
+    unparseable.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import string
 import tokenize
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 from avengers_store.answering.prompts import check_task_type
+from avengers_store.answering.sampling import Completion
+from avengers_store.errors import InputError
+
+TEXT = "text"
+TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True)
 class ExtractedAnswer:
-    """One sample's canonical answer (None: unparseable, does not vote) and where it came from."""
+    """One sample's canonical answer (None: unparseable, does not vote) and where it came from:
+    its text (``raw``), model, ``kind`` (``text`` or ``tool_calls``), why it stopped, the tool
+    calls it made and its logprobs (as the model sent them)."""
 
     value: str | None
     raw: str = ""
     model: str | None = None
+    kind: str = TEXT
+    finish_reason: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    logprobs: Mapping[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """What the caller asked the answer to be: free text (extracted by task type) or JSON
+    (``json``), valid against ``schema`` when one is given."""
+
+    json: bool = False
+    schema: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_request(cls, extra: Mapping[str, Any] | None) -> AnswerFormat:
+        """The format an OpenAI ``response_format`` among a request's fields asks for (text
+        when there is none); a schema that is not a valid JSON Schema is an InputError."""
+        spec = (extra or {}).get("response_format")
+        if not isinstance(spec, Mapping) or spec.get("type") not in ("json_object", "json_schema"):
+            return cls()
+        if spec["type"] == "json_object":
+            return cls(json=True)
+        schema = (spec.get("json_schema") or {}).get("schema")
+        if schema is None:
+            return cls(json=True)
+        if not isinstance(schema, Mapping):
+            raise InputError(
+                "response_format.json_schema.schema must be a JSON Schema object",
+                location="response_format.json_schema.schema",
+            )
+        check_schema(schema)
+        return cls(json=True, schema=schema)
 
 
 def extract(task_type: str, text: str) -> str | None:
@@ -59,6 +114,103 @@ def extract(task_type: str, text: str) -> str | None:
 
 def extract_answer(task_type: str, text: str, model: str | None = None) -> ExtractedAnswer:
     return ExtractedAnswer(value=extract(task_type, text), raw=text, model=model)
+
+
+def extract_completion(
+    task_type: str,
+    completion: Completion,
+    model: str | None = None,
+    answer_format: AnswerFormat | None = None,
+) -> ExtractedAnswer:
+    """What one completion votes for: its tool calls when it made any, else its text as JSON
+    (under a JSON ``answer_format``) or as ``task_type``'s answer."""
+    fmt = answer_format or AnswerFormat()
+    if completion.tool_calls:
+        kind, value = TOOL_CALLS, canonical_tool_calls(completion.tool_calls)
+    elif fmt.json:
+        kind, value = TEXT, canonical_json(completion.text, fmt.schema)
+    else:
+        kind, value = TEXT, extract(task_type, completion.text)
+    return ExtractedAnswer(
+        value=value,
+        raw=completion.text,
+        model=model,
+        kind=kind,
+        finish_reason=completion.finish_reason,
+        tool_calls=completion.tool_calls,
+        logprobs=completion.logprobs,
+    )
+
+
+# -- structured answers --------------------------------------------------------------------
+
+
+def dumps_canonical(value: Any) -> str:
+    """One spelling per JSON value: keys sorted, no spaces, text as is (not escaped)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_JSON_FENCE = re.compile(r"```[\w-]*[ \t]*\n(.*?)\n?```", re.S)
+
+
+def canonical_json(text: str, schema: Mapping[str, Any] | None = None) -> str | None:
+    """``text`` as canonical JSON, or None when it is not JSON or not valid against ``schema``.
+    A reply that is one fenced block (```json ... ```) is read inside the fence."""
+    body = text.strip()
+    fenced = _JSON_FENCE.fullmatch(body)
+    if fenced:
+        body = fenced.group(1)
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if schema is not None and not schema_valid(value, schema):
+        return None
+    return dumps_canonical(value)
+
+
+def canonical_tool_calls(calls: Sequence[Mapping[str, Any]]) -> str | None:
+    """``name(arguments)`` per call, arguments in canonical JSON, calls sorted and joined by
+    ``; ``; None when a call has no name or arguments that are not a JSON object."""
+    out = []
+    for call in calls:
+        function = call.get("function")
+        if not isinstance(function, Mapping):
+            return None
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(name, str) or not name:
+            return None
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                return None
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            return None
+        out.append(f"{name}({dumps_canonical(arguments)})")
+    return "; ".join(sorted(out)) or None
+
+
+def check_schema(schema: Mapping[str, Any]) -> None:
+    """An InputError naming the schema when it is not a valid JSON Schema."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InputError(
+            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}",
+            location="response_format.json_schema.schema",
+        ) from None
+
+
+def schema_valid(value: Any, schema: Mapping[str, Any]) -> bool:
+    """Whether ``value`` is valid against ``schema`` (checked with ``check_schema``)."""
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema)(schema).is_valid(value)
 
 
 # -- math ----------------------------------------------------------------------------------

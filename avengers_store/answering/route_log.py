@@ -59,6 +59,7 @@ def entry(
             valid=answer.valid,
             usage=[asdict(u) for u in answer.usage],
             fallbacks=[asdict(f) for f in answer.fallbacks],
+            finish_reason=answer.finish_reason,
         )
     if error is not None:
         metadata["error"] = error

@@ -132,17 +132,36 @@ def without_credentials(text: str, url: str) -> str:
 
 
 @dataclass(frozen=True)
+class Completion:
+    """One choice of a chat completion: its text (``""`` when it only calls tools), why it
+    stopped (``stop``, ``length``, ``tool_calls``, ...), the tool calls it asks for (OpenAI's
+    ``message.tool_calls`` objects, as the model sent them) and its ``logprobs`` object."""
+
+    text: str
+    finish_reason: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    logprobs: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class SampleBatch:
     """The completions drawn from one endpoint for one conversation."""
 
     endpoint: Endpoint
-    texts: tuple[str, ...]
+    completions: tuple[Completion, ...]
     tokens_in: int
     tokens_out: int
     latency_ms: float
     requests: int
     retries: int = 0
-    finish_reasons: tuple[str | None, ...] = ()
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(c.text for c in self.completions)
+
+    @property
+    def finish_reasons(self) -> tuple[str | None, ...]:
+        return tuple(c.finish_reason for c in self.completions)
 
 
 @dataclass(frozen=True)
@@ -225,8 +244,7 @@ class _Attempt:
     retries: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
-    texts: list[str] = field(default_factory=list)
-    finish_reasons: list[str | None] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list)
 
 
 def api_key(endpoint: Endpoint) -> str | None:
@@ -258,30 +276,31 @@ def sample_steps(
     *,
     policy: RetryPolicy,
     limits: NLimits,
-    temperature: float = 0.7,
+    temperature: float | None = 0.7,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     extra: Mapping[str, Any] | None = None,
     deadline: Deadline | None = None,
 ) -> Steps:
     """Draw ``n`` completions of ``messages`` from ``endpoint`` (returns a SampleBatch).
 
-    ``extra`` is merged into the request body (``top_p``, ``seed``, ``stop``, ...); ``deadline``
-    bounds the whole call (retries and top-ups included). Raises EndpointError when the endpoint
-    still fails after retries, answers malformed or has no key; when the deadline passes after
-    some choices arrived, returns those."""
+    ``temperature`` None sends none (the server's default applies); ``extra`` is merged into
+    the request body (``top_p``, ``seed``, ``stop``, ``tools``, ``response_format``, ...);
+    ``deadline`` bounds the whole call (retries and top-ups included). Raises EndpointError
+    when the endpoint still fails after retries, answers malformed or has no key; when the
+    deadline passes after some choices arrived, returns those."""
     if n < 1:
         raise ConfigurationError(f"n must be >= 1, got {n}")
     headers = auth_headers(endpoint)
     started = time.perf_counter()
     state = _Attempt()
-    while len(state.texts) < n:
-        ask = min(n - len(state.texts), limits.limit(endpoint))
+    while len(state.completions) < n:
+        ask = min(n - len(state.completions), limits.limit(endpoint))
         body = {
             "model": endpoint.served_name,
             "messages": [dict(m) for m in messages],
             "n": ask,
-            "temperature": temperature,
             "max_tokens": max_tokens,
+            **({"temperature": temperature} if temperature is not None else {}),
             **(extra or {}),
         }
         try:
@@ -289,7 +308,7 @@ def sample_steps(
                 endpoint, body, headers, policy, state, limits=limits, deadline=deadline
             )
         except EndpointError as exc:
-            if exc.timed_out and state.texts and deadline is not None and deadline.passed:
+            if exc.timed_out and state.completions and deadline is not None and deadline.passed:
                 break  # out of time during a top-up: vote with the choices that came
             raise
         if response.status_code >= 400:  # a refusal of n that named a lower limit: learned
@@ -297,21 +316,18 @@ def sample_steps(
         payload = json_payload(endpoint, response)
         choices = parse_choices(endpoint, payload)
         # Keep only what was asked for: a server may send more than n.
-        for text, reason in choices[: n - len(state.texts)]:
-            state.texts.append(text)
-            state.finish_reasons.append(reason)
-        tokens_in, tokens_out = usage_tokens(payload.get("usage"))
+        state.completions.extend(choices[: n - len(state.completions)])
+        tokens_in, tokens_out = response_tokens(payload, len(choices))
         state.tokens_in += tokens_in
         state.tokens_out += tokens_out
     return SampleBatch(
         endpoint=endpoint,
-        texts=tuple(state.texts),
+        completions=tuple(state.completions),
         tokens_in=state.tokens_in,
         tokens_out=state.tokens_out,
         latency_ms=(time.perf_counter() - started) * 1000.0,
         requests=state.requests,
         retries=state.retries,
-        finish_reasons=tuple(state.finish_reasons),
     )
 
 
@@ -435,7 +451,7 @@ def json_payload(endpoint: Endpoint, response: httpx.Response) -> dict[str, Any]
     return payload
 
 
-def parse_choices(endpoint: Endpoint, payload: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+def parse_choices(endpoint: Endpoint, payload: Mapping[str, Any]) -> list[Completion]:
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices:
         error = payload.get("error")
@@ -446,7 +462,7 @@ def parse_choices(endpoint: Endpoint, payload: Mapping[str, Any]) -> list[tuple[
     # Servers may answer out of order; 'index' restores the order they were generated in.
     if all(isinstance(c, Mapping) and isinstance(c.get("index"), int) for c in choices):
         choices = sorted(choices, key=lambda c: c["index"])
-    out: list[tuple[str, str | None]] = []
+    out: list[Completion] = []
     for position, choice in enumerate(choices):
         message = choice.get("message") if isinstance(choice, Mapping) else None
         if not isinstance(message, Mapping):
@@ -456,15 +472,105 @@ def parse_choices(endpoint: Endpoint, payload: Mapping[str, Any]) -> list[tuple[
             )
         content = message.get("content")
         if content is None:
-            content = ""  # e.g. a tool call: a sample with no answer, not a protocol error
+            content = ""  # e.g. a tool call: a sample with no text, not a protocol error
         if not isinstance(content, str):
             raise EndpointError(
                 f"{endpoint.describe()} sent a malformed response: choices[{position}].message"
                 f".content is {type(content).__name__}, expected a string."
             )
+        calls = message.get("tool_calls") or []
+        if not isinstance(calls, list) or not all(isinstance(c, Mapping) for c in calls):
+            raise EndpointError(
+                f"{endpoint.describe()} sent a malformed response: choices[{position}].message"
+                ".tool_calls is not a list of objects."
+            )
         reason = choice.get("finish_reason")
-        out.append((content, reason if isinstance(reason, str) else None))
+        logprobs = choice.get("logprobs")
+        out.append(
+            Completion(
+                content,
+                reason if isinstance(reason, str) else None,
+                tuple(calls),
+                logprobs if isinstance(logprobs, Mapping) else None,
+            )
+        )
     return out
+
+
+def has_content(event: Mapping[str, Any]) -> bool:
+    """Whether a ``chat.completion.chunk`` carries the answer itself: a delta with anything
+    but the role (text, tool calls, ...) or a finish reason."""
+    for choice in event.get("choices") or ():
+        if not isinstance(choice, Mapping):
+            continue
+        delta = choice.get("delta")
+        if choice.get("finish_reason") or (
+            isinstance(delta, Mapping) and any(v for k, v in delta.items() if k != "role")
+        ):
+            return True
+    return False
+
+
+class StreamedCompletion:
+    """One streamed choice put back together from its ``chat.completion.chunk`` events: the
+    text, the tool calls (their deltas joined by index), the logprobs, why it stopped, and the
+    usage the stream reported (its last ``usage`` object)."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._logprobs: list[Any] = []
+        self.finish_reason: str | None = None
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        if event.get("usage"):
+            self.tokens_in, self.tokens_out = usage_tokens(event["usage"])
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, Mapping):
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), Mapping) else {}
+            if isinstance(delta.get("content"), str):
+                self._text.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, Mapping):
+                    self._add_call(call)
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, Mapping) and isinstance(logprobs.get("content"), list):
+                self._logprobs.extend(logprobs["content"])
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish_reason = choice["finish_reason"]
+
+    def _add_call(self, delta: Mapping[str, Any]) -> None:
+        index = delta.get("index") if isinstance(delta.get("index"), int) else len(self._calls)
+        call = self._calls.setdefault(
+            index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if isinstance(delta.get("id"), str):
+            call["id"] = delta["id"]
+        function = delta.get("function") if isinstance(delta.get("function"), Mapping) else {}
+        if isinstance(function.get("name"), str):
+            call["function"]["name"] += function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["function"]["arguments"] += function["arguments"]
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def completion(self, finish_reason: str | None = None) -> Completion:
+        """The choice so far; ``finish_reason`` overrides the stream's (e.g. ``error``)."""
+        calls = tuple(
+            {k: v for k, v in call.items() if v is not None}
+            for _, call in sorted(self._calls.items())
+        )
+        return Completion(
+            self.text,
+            finish_reason or self.finish_reason,
+            calls,
+            {"content": list(self._logprobs)} if self._logprobs else None,
+        )
 
 
 def usage_tokens(usage: object) -> tuple[int, int]:
@@ -472,6 +578,17 @@ def usage_tokens(usage: object) -> tuple[int, int]:
     if not isinstance(usage, Mapping):
         return 0, 0
     return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+
+
+def response_tokens(payload: Mapping[str, Any], choices: int) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) one response used for its ``choices``. OpenAI and
+    vLLM sum every choice in ``usage``; llama.cpp's server (recognised by its ``timings``
+    report) gives one choice's usage for ``n`` of them, each drawn in its own slot with its own
+    prompt, so its figures count once per choice."""
+    tokens_in, tokens_out = usage_tokens(payload.get("usage"))
+    if choices > 1 and isinstance(payload.get("timings"), Mapping):
+        return tokens_in * choices, tokens_out * choices
+    return tokens_in, tokens_out
 
 
 # -- drivers ----------------------------------------------------------------------------------

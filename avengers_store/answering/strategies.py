@@ -8,6 +8,16 @@ Strategies:
                       run out.
     direct            one completion at temperature 0.
 
+Temperature: a caller's is sent as given. Without one, Self-Consistency and Model-Switch draw
+at ``DEFAULT_TEMPERATURE`` (0.7) when a candidate is asked for several samples (they must differ
+to be worth voting on) and send none for a single sample, so the server's own default applies.
+
+Answers: a sample votes for its tool calls when it made any, else for its text as JSON under a
+JSON ``response_format`` in ``extra``, else for the answer extracted for the task type
+(``extraction.extract_completion``); kinds are counted first (``voting``). The Answer carries
+the returned sample (``chosen``: the winner's first sample, else the first sample drawn) with its
+text, tool calls, logprobs and finish reason.
+
 Fallback: a candidate whose endpoint fails (after the client's retries, or for want of its API
 key) is recorded in ``Answer.fallbacks`` and the next-ranked candidate takes its place. When every
 candidate fails, AllEndpointsFailed names each endpoint and its error (``exc.failures``;
@@ -38,7 +48,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from avengers_store.answering.chat import ChatClient
-from avengers_store.answering.extraction import ExtractedAnswer, extract_answer
+from avengers_store.answering.extraction import (
+    AnswerFormat,
+    ExtractedAnswer,
+    extract_completion,
+)
 from avengers_store.answering.prompts import (
     DEFAULT_PROMPTS,
     PromptSet,
@@ -62,6 +76,8 @@ if TYPE_CHECKING:
 STRATEGIES: tuple[str, ...] = ("self-consistency", "model-switch", "direct")
 DEFAULT_SAMPLES = 10
 DEFAULT_THRESHOLD = 0.8
+# Sent when a candidate is asked for several samples and the caller set no temperature.
+DEFAULT_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
@@ -104,16 +120,35 @@ class Answer:
     valid: int
     latency_ms: float
     decision: object | None = field(default=None, compare=False)
-    finish_reason: str | None = None  # of the sample whose text is returned
+    finish_reason: str | None = None  # of the returned sample
     route_id: uuid.UUID | None = None  # the id of its route_log row, once logged
+    chosen: int | None = None  # the returned sample: the winner's first, else the first drawn
+
+    @property
+    def returned(self) -> ExtractedAnswer | None:
+        """The sample the caller gets: the first that gave the winner, else the first drawn
+        (None: no sample)."""
+        return self.samples[self.chosen] if self.chosen is not None else None
 
     @property
     def model(self) -> str | None:
-        """The model whose sample gave the returned text."""
-        for sample in self.samples:
-            if sample.raw == self.text:
-                return sample.model
+        """The model whose sample is returned."""
+        sample = self.returned
+        if sample is not None and sample.model is not None:
+            return sample.model
         return self.models[0] if self.models else None
+
+    @property
+    def tool_calls(self) -> tuple[Mapping[str, Any], ...]:
+        """The returned sample's tool calls (OpenAI ``tool_calls`` objects), if it made any."""
+        sample = self.returned
+        return sample.tool_calls if sample is not None else ()
+
+    @property
+    def logprobs(self) -> Mapping[str, Any] | None:
+        """The returned sample's ``logprobs`` object, when the request asked for them."""
+        sample = self.returned
+        return sample.logprobs if sample is not None else None
 
     @property
     def tokens_in(self) -> int:
@@ -137,6 +172,8 @@ class Answer:
             "models": list(self.models),
             "usage": [asdict(u) for u in self.usage],
             "fallbacks": [asdict(f) for f in self.fallbacks],
+            "finish_reason": self.finish_reason,
+            "tool_calls": [dict(c) for c in self.tool_calls],
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "latency_ms": round(self.latency_ms, 1),
@@ -155,7 +192,7 @@ class SampleCall:
     endpoint: Endpoint
     messages: Messages
     n: int
-    temperature: float
+    temperature: float | None  # None: send none
     max_tokens: int
     extra: Mapping[str, Any] = field(default_factory=dict)
     deadline: Deadline | None = None
@@ -173,15 +210,16 @@ def answer_plan(
     task_type: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     prompts: PromptSet | None = None,
-    temperature: float = 0.7,
+    temperature: float | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     messages: Messages | None = None,
     extra: Mapping[str, Any] | None = None,
     deadline: Deadline | None = None,
 ) -> Plan:
     """The plan answering ``question`` with the ranked ``candidates`` (best first) under
-    ``strategy``; options are checked now. ``messages`` replaces the prompt template (a
-    caller's conversation, sent as is); ``extra`` is merged into every request body;
+    ``strategy``; options are checked now. ``temperature`` None: see the module docstring.
+    ``messages`` replaces the prompt template (a caller's conversation, sent as is); ``extra``
+    is merged into every request body (its ``response_format`` decides how answers vote);
     ``deadline`` bounds the answer (see the module docstring for how it is shared)."""
     if strategy not in STRATEGIES:
         raise ConfigurationError(
@@ -192,8 +230,11 @@ def answer_plan(
     if not 0.0 < threshold <= 1.0:
         raise ConfigurationError(f"threshold must be in (0, 1], got {threshold}")
     task_type = check_task_type(task_type) if task_type else guess_task_type(question)
+    answer_format = AnswerFormat.from_request(extra)
     if strategy == "direct":
         samples, temperature = 1, 0.0
+    elif temperature is None and samples > 1:
+        temperature = DEFAULT_TEMPERATURE
     if not candidates:
         raise AllEndpointsFailed(
             "no candidate endpoints to ask: the routed models have no endpoint configured "
@@ -212,6 +253,7 @@ def answer_plan(
         temperature=temperature,
         max_tokens=max_tokens,
         extra=dict(extra or {}),
+        answer_format=answer_format,
         deadline=deadline,
     )
 
@@ -362,14 +404,14 @@ def _steps(
     strategy: str,
     task_type: str,
     threshold: float,
-    temperature: float,
+    temperature: float | None,
     max_tokens: int,
     extra: dict[str, Any],
+    answer_format: AnswerFormat,
     deadline: Deadline | None,
 ) -> Plan:
     started = time.perf_counter()
     pooled: list[ExtractedAnswer] = []
-    reasons: list[str | None] = []
     used: list[str] = []
     usage: list[ModelUsage] = []
     failures: list[tuple[int, str, str]] = []
@@ -402,7 +444,7 @@ def _steps(
         usage.append(
             ModelUsage(
                 model=endpoint.model,
-                samples=len(batch.texts),
+                samples=len(batch.completions),
                 tokens_in=batch.tokens_in,
                 tokens_out=batch.tokens_out,
                 latency_ms=batch.latency_ms,
@@ -410,8 +452,10 @@ def _steps(
                 errors=batch.retries,
             )
         )
-        pooled.extend(extract_answer(task_type, text, endpoint.model) for text in batch.texts)
-        reasons.extend(batch.finish_reasons or [None] * len(batch.texts))
+        pooled.extend(
+            extract_completion(task_type, c, endpoint.model, answer_format)
+            for c in batch.completions
+        )
         result = vote(pooled)
         if strategy != "model-switch" or result.share >= threshold:
             break
@@ -436,12 +480,11 @@ def _steps(
             timed_out=out_of_time or timeouts == len(failures),
             failures=fallbacks,
         )
-    chosen = result.winner_index
-    winner_text = pooled[chosen].raw if chosen is not None else None
+    chosen = result.winner_index if result.winner_index is not None else (0 if pooled else None)
     return Answer(
         question=question,
         answer=result.winner,
-        text=winner_text,
+        text=pooled[result.winner_index].raw if result.winner_index is not None else None,
         votes=dict(result.counts),
         share=result.share,
         strategy=strategy,
@@ -452,7 +495,8 @@ def _steps(
         samples=tuple(pooled),
         valid=result.valid,
         latency_ms=(time.perf_counter() - started) * 1000.0,
-        finish_reason=reasons[chosen] if chosen is not None and chosen < len(reasons) else None,
+        finish_reason=pooled[chosen].finish_reason if chosen is not None else None,
+        chosen=chosen,
     )
 
 

@@ -5,6 +5,7 @@ message, or all of it with ``route_on: "conversation"``), samples and votes with
 answers a standard ``chat.completion`` whose ``model`` is the pool model whose answer won and whose
 ``usage`` sums every sample; the ``x-avengers-*`` headers (and the body's ``avengers`` object) say
 what the router decided. A pool model's name passes the request straight to its endpoint.
+``POST /v1/responses`` is the Responses API over the same recipe and pool (``responses``).
 ``POST /v1/route`` returns the decision only; ``POST /v1/feedback`` scores an answer by its route
 id; ``GET /v1/models``, ``/health``, ``/ready`` and ``/metrics`` describe the gateway. Route-log
 rows are written in the background, and feedback is served by one refresh per
@@ -29,6 +30,7 @@ from avengers_store.gateway.handlers import (
     list_models,
     metrics,
     ready,
+    responses,
     route_only,
 )
 from avengers_store.gateway.settings import ENV, GatewaySettings
@@ -52,6 +54,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", openai_errors(chat_completions), methods=["POST"]),
+            Route("/v1/responses", openai_errors(responses), methods=["POST"]),
             Route("/v1/route", openai_errors(route_only), methods=["POST"]),
             Route("/v1/feedback", openai_errors(feedback), methods=["POST"]),
             Route("/v1/models", openai_errors(list_models), methods=["GET"]),

@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from avengers_store.errors import (
-    AllEndpointsFailed,
     AvengersError,
     ConnectionFailed,
     EndpointError,
@@ -66,15 +65,15 @@ def from_validation(exc: ValidationError) -> GatewayError:
 
 def from_library(exc: AvengersError) -> GatewayError:
     """The status and body for an error the library raised."""
-    if isinstance(exc, AllEndpointsFailed):
+    if isinstance(exc, EndpointError):
+        # Every candidate of a routed request, or the one model a passthrough names: a model
+        # that timed out is a 504 either way.
         return GatewayError(
             504 if exc.timed_out else 502,
             str(exc),
             type="upstream_error",
             code="upstream_timeout" if exc.timed_out else "upstream_failed",
         )
-    if isinstance(exc, EndpointError):
-        return GatewayError(502, str(exc), type="upstream_error", code="upstream_failed")
     if isinstance(exc, InputError):
         return bad_request(str(exc), param=exc.location)
     if isinstance(exc, NotFound):

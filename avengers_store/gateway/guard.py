@@ -1,6 +1,7 @@
 """What wraps every handler: ``openai_errors`` answers errors the OpenAI way, and ``Guard`` (ASGI
 middleware) holds the in-flight limit, keeps each response until its route-log rows are kept
-(in the store or the spool), and counts requests and their latency."""
+(in the store or the spool), counts requests and their latency, and writes each request's
+access-log line (``access``)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avengers_store.errors import AvengersError
+from avengers_store.gateway import access
 from avengers_store.gateway.errors import GatewayError, from_library
 from avengers_store.gateway.state import Gateway, pending_logs
 from avengers_store.store import availability
 
 log = logging.getLogger("avengers.gateway")
 
-LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/route", "/v1/feedback"})
+LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/route", "/v1/feedback"})
 KNOWN_PATHS = LIMITED_PATHS | {"/v1/models", "/health", "/ready", "/metrics"}
 
 
@@ -30,20 +32,23 @@ def openai_errors(handler: Any) -> Any:
         try:
             return await handler(request)
         except GatewayError as exc:
-            return exc.response()
+            error = exc
         except AvengersError as exc:
-            return from_library(exc).response()
+            error = from_library(exc)
         except Exception as exc:
             if availability.is_lost(exc, None):
                 # A driver or pool error that means the store went away mid-call: a 503 to
                 # retry, like StoreUnavailable, never a 500.
                 log.warning("the store was lost answering %s: %s", request.url.path, exc)
                 url = request.app.state.gateway.settings.database_url
-                return from_library(availability.unavailable(url, exc)).response()
-            log.exception("unexpected error answering %s", request.url.path)
-            return GatewayError(
-                500, "internal error (see the gateway's log)", type="server_error"
-            ).response()
+                error = from_library(availability.unavailable(url, exc))
+            else:
+                log.exception("unexpected error answering %s", request.url.path)
+                error = GatewayError(
+                    500, "internal error (see the gateway's log)", type="server_error"
+                )
+        access.note(error=error.code or error.type)
+        return error.response()
 
     return wrapped
 
@@ -66,6 +71,8 @@ class Guard:
         path = scope["path"]
         label = path if path in KNOWN_PATHS else "other"
         limited = path in LIMITED_PATHS
+        record = access.AccessRecord(scope.get("method", ""), path)
+        access.current.set(record)
         if limited and gw.in_flight >= gw.settings.max_in_flight:
             gw.metrics.rejected.inc()
             gw.metrics.requests.labels(label, "429").inc()
@@ -77,6 +84,8 @@ class Guard:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": "1"},
             )
+            record.status, record.error = 429, error.code
+            access.log.info(record.line())
             await error.response()(scope, receive, send)
             return
         if limited and gw.spool_full:
@@ -89,6 +98,8 @@ class Guard:
                 code="not_ready",
                 headers={"Retry-After": "5"},
             )
+            record.status, record.error = 503, error.code
+            access.log.info(record.line())
             await error.response()(scope, receive, send)
             return
         status = 500
@@ -112,5 +123,9 @@ class Guard:
             if limited:
                 gw.in_flight -= 1
                 gw.metrics.in_flight.dec()
+            took = time.perf_counter() - started
             gw.metrics.requests.labels(label, str(status)).inc()
-            gw.metrics.latency.labels(label).observe(time.perf_counter() - started)
+            gw.metrics.latency.labels(label).observe(took)
+            if label not in ("/health", "/metrics"):  # probes would drown the requests
+                record.status, record.latency_ms = status, took * 1000.0
+                access.log.info(record.line())

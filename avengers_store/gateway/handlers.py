@@ -1,5 +1,6 @@
-"""The endpoint handlers: ``/v1/chat/completions`` (the recipe or a passthrough), ``/v1/route``,
-``/v1/feedback``, ``/v1/models``, ``/health``, ``/ready`` and ``/metrics``."""
+"""The endpoint handlers: ``/v1/chat/completions`` and ``/v1/responses`` (the recipe or a
+passthrough, on either wire), ``/v1/route``, ``/v1/feedback``, ``/v1/models``, ``/health``,
+``/ready`` and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from avengers_store import client_core as core
+from avengers_store.gateway import access
 from avengers_store.gateway.errors import GatewayError, bad_request, from_validation
 from avengers_store.gateway.headers import decision_headers
-from avengers_store.gateway.inputs import routed_text
+from avengers_store.gateway.inputs import check_model, policy_changes, routed_text
+from avengers_store.gateway.keys import Admission
 from avengers_store.gateway.passthrough import passthrough
 from avengers_store.gateway.protocol import (
     ChatCompletionRequest,
@@ -29,7 +32,9 @@ from avengers_store.gateway.protocol import (
     finite,
 )
 from avengers_store.gateway.recipe import RECIPE_MODEL, Recipe
+from avengers_store.gateway.responses import ResponsesRequest, ResponsesWire, to_chat
 from avengers_store.gateway.state import Gateway
+from avengers_store.gateway.streaming import ChatWire
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -50,10 +55,37 @@ async def _parsed(gw: Gateway, request: Request, kind: type[Body]) -> tuple[Body
 async def chat_completions(request: Request) -> Response:
     gw = _gateway(request)
     started = time.perf_counter()
-    key_id = await gw.authorize(request)
+    grant = await gw.authorize(request)
     req, body = await _parsed(gw, request, ChatCompletionRequest)
+    return await _complete(gw, req, body, request, grant, started, ChatWire(req.include_usage))
+
+
+async def responses(request: Request) -> Response:
+    gw = _gateway(request)
+    started = time.perf_counter()
+    grant = await gw.authorize(request)
+    given, body = await _parsed(gw, request, ResponsesRequest)
+    chat = to_chat(given, body)
+    try:
+        req = ChatCompletionRequest.model_validate(chat)
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+    return await _complete(gw, req, chat, request, grant, started, ResponsesWire(given, body))
+
+
+async def _complete(
+    gw: Gateway,
+    req: ChatCompletionRequest,
+    body: dict[str, Any],
+    request: Request,
+    grant: Admission | None,
+    started: float,
+    wire: Any,
+) -> Response:
+    """A completion on ``wire``: routed and voted for ``avengers``, else passed to the pool
+    model it names (one the key may use)."""
     if req.model == RECIPE_MODEL:
-        return await Recipe(gw, req, request, key_id, started).respond()
+        return await Recipe(gw, req, body, request, grant, started, wire).respond()
     pool = await gw.pool_models()
     endpoint = pool.get(req.model)
     if endpoint is None:
@@ -64,13 +96,14 @@ async def chat_completions(request: Request) -> Response:
             param="model",
             code="model_not_found",
         )
-    return await passthrough(gw, req, body, endpoint, key_id, started)
+    check_model(req.model, grant)
+    return await passthrough(gw, req, body, endpoint, grant, started, wire)
 
 
 async def route_only(request: Request) -> Response:
     gw = _gateway(request)
     started = time.perf_counter()
-    key_id = await gw.authorize(request)
+    grant = await gw.authorize(request)
     req, _ = await _parsed(gw, request, RouteRequest)
     if req.vector is not None:
         query: Any = np.asarray(req.vector, dtype=np.float32)
@@ -84,9 +117,10 @@ async def route_only(request: Request) -> Response:
     else:
         raise bad_request("give input (a text), messages or vector", param="input")
     decision, vector = await gw.client.route_with_vector(
-        query, req.top_n, seed=req.seed, **req.policy_changes()
+        query, req.top_n, seed=req.seed, **policy_changes(req, grant)
     )
     route_id = uuid.uuid4()
+    access.note(route_id=str(route_id))
     gw.log_rows(
         [
             core.log_row(
@@ -96,7 +130,7 @@ async def route_only(request: Request) -> Response:
                 route_id=route_id,
                 strategy="route",
                 latency_ms=(time.perf_counter() - started) * 1000.0,
-                api_key_id=key_id,
+                api_key_id=grant.key_id if grant is not None else None,
                 extra={"gateway": True, "vector": question is None},
                 **gw.logged(vector, question),
             )
@@ -145,10 +179,13 @@ async def route_only(request: Request) -> Response:
 
 async def feedback(request: Request) -> Response:
     gw = _gateway(request)
-    await gw.authorize(request)
+    await gw.authorize(request, admit=False)
     req, _ = await _parsed(gw, request, FeedbackRequest)
     now = gw.settings.feedback_refresh_s == 0
-    stored = await gw.client.feedback(req.route_id, req.score, req.model, req.source, refresh=now)
+    route_id = req.route_id.removeprefix("resp_")  # a Responses id is its route id
+    access.note(route_id=route_id)
+    stored = await gw.client.feedback(route_id, req.score, req.model, req.source, refresh=now)
+    gw.metrics.fed_back(stored.source, stored.score, stored.replaced)
     if not now:
         gw.serve_feedback_soon()
     out = FeedbackResponse(
@@ -164,8 +201,9 @@ async def feedback(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     gw = _gateway(request)
-    await gw.authorize(request)
-    names = [RECIPE_MODEL, *(await gw.pool_models())]
+    grant = await gw.authorize(request, admit=False)
+    allowed = grant.policy.models if grant is not None else None
+    names = [RECIPE_MODEL, *(m for m in await gw.pool_models() if allowed is None or m in allowed)]
     return JSONResponse(ModelList(data=[ModelCard(id=n) for n in names]).model_dump())
 
 

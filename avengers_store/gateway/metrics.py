@@ -1,7 +1,7 @@
 """Prometheus metrics of the gateway (``GET /metrics``): requests by status, latency histograms
 per stage (embed, route, upstream, vote), fallbacks, samples and tokens per model, vote shares,
-the route-log rows waiting for the store, written, spooled, replayed and given up on, and the
-size of the route-log spool.
+requests keys' policies refused, feedback received, the route-log rows waiting for the store,
+written, spooled, replayed and given up on, and the size of the route-log spool.
 
 Each app has its own registry (several apps in one process stay apart). With several uvicorn
 workers, ``PROMETHEUS_MULTIPROC_DIR`` set by ``avengers serve`` makes ``/metrics`` add up every
@@ -26,11 +26,13 @@ from avengers_store.answering.strategies import Answer
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SHARE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_MAX_SOURCES = 16
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._sources: set[str] = set()
         r = self.registry
         self.requests = Counter(
             "avengers_gateway_requests", "Requests answered, by path and status.",
@@ -86,6 +88,22 @@ class Metrics:
             "1 while the spool is full and the store unreachable (new requests get 503).",
             registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.refused = Counter(
+            "avengers_gateway_key_refusals",
+            "Requests a key's policy refused with 429, by reason: day or month (spend limit), "
+            "rate (requests per minute).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.feedback = Counter(
+            "avengers_gateway_feedback",
+            "Feedback recorded (POST /v1/feedback), by source and whether it replaced an earlier "
+            "score of the same source.",
+            ["source", "replaced"], registry=r,
+        )  # fmt: skip
+        self.feedback_score = Histogram(
+            "avengers_gateway_feedback_score", "Scores of the feedback recorded.",
+            buckets=_SHARE_BUCKETS, registry=r,
+        )  # fmt: skip
         self.vote_share = Histogram(
             "avengers_gateway_vote_share", "Share of valid votes the returned answer received.",
             buckets=_SHARE_BUCKETS, registry=r,
@@ -123,6 +141,15 @@ class Metrics:
             self.fallbacks.labels(fallback.model).inc()
         if answer.valid:
             self.vote_share.observe(answer.share)
+
+    def fed_back(self, source: str, score: float, replaced: bool) -> None:
+        # Sources are the callers' words: past the first few, they are counted as "other" so a
+        # caller cannot grow the exposition without bound.
+        if source not in self._sources and len(self._sources) < _MAX_SOURCES:
+            self._sources.add(source)
+        label = source if source in self._sources else "other"
+        self.feedback.labels(label, "true" if replaced else "false").inc()
+        self.feedback_score.observe(score)
 
     def exposition(self) -> tuple[bytes, str]:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

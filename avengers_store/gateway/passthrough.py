@@ -1,9 +1,10 @@
-"""A chat completion that names a pool model: the request goes to that model's endpoint as it
-is, plain or streamed, and is counted and logged."""
+"""A completion that names a pool model: the request goes to that model's endpoint as it is
+(the recipe's options are refused, since nothing is routed or voted), plain or streamed, and is
+counted and logged with its usage. A stream is answered once its first token came, so a model
+that fails before it gets the same 502 / 504 a routed request gets."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,12 +13,13 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from avengers_store import client_core as core
-from avengers_store.answering.sampling import Endpoint
+from avengers_store.answering.sampling import Endpoint, StreamedCompletion, response_tokens
 from avengers_store.errors import EndpointError
-from avengers_store.gateway import streaming
-from avengers_store.gateway.errors import GatewayError, from_library
+from avengers_store.gateway import access, streaming
+from avengers_store.gateway.errors import GatewayError, bad_request
 from avengers_store.gateway.inputs import request_deadline
-from avengers_store.gateway.protocol import ChatCompletionRequest, token_counts
+from avengers_store.gateway.keys import Admission
+from avengers_store.gateway.protocol import RECIPE_ONLY, ChatCompletionRequest
 from avengers_store.gateway.state import Gateway
 
 
@@ -26,20 +28,43 @@ async def passthrough(
     req: ChatCompletionRequest,
     body: dict[str, Any],
     endpoint: Endpoint,
-    key_id: int | None,
+    grant: Admission | None,
     started: float,
+    wire: Any,
 ) -> Response:
     """A pool model named directly: the request goes to its endpoint as it is."""
+    given = [name for name in RECIPE_ONLY if body.get(name) is not None]
+    if given:
+        raise bad_request(
+            f"{given[0]}: a recipe option of model 'avengers'; a request naming the pool model "
+            f"{endpoint.model!r} goes to it as it is",
+            param=given[0],
+        )
     route_id = uuid.uuid4()
+    wire.bind(route_id)
     deadline = request_deadline(req, gw.settings, started)
     headers = {
         "x-avengers-route-id": str(route_id),
         "x-avengers-models": endpoint.model,
         "x-avengers-strategy": "passthrough",
     }
+    access.note(route_id=str(route_id), model=endpoint.model, stream=req.stream)
     question = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
+    forwarded = {k: v for k, v in body.items() if k != "timeout"}
 
-    def row(usage: tuple[int, int], error: str | None = None) -> dict[str, Any]:
+    def row(used: tuple[int, int], took: float, error: str | None = None) -> dict[str, Any]:
+        usage = {
+            "model": endpoint.model,
+            "samples": 1 if error is None else 0,
+            "tokens_in": used[0],
+            "tokens_out": used[1],
+            "latency_ms": took * 1000.0,
+            "requests": 1,
+            "errors": 0 if error is None else 1,
+        }
+        extra: dict[str, Any] = {"gateway": True, "usage": [usage], "stream": req.stream}
+        if wire.name != "chat":
+            extra["api"] = wire.name
         return core.log_row(
             question or "(no user message)",
             None,
@@ -48,57 +73,78 @@ async def passthrough(
             strategy="passthrough",
             latency_ms=(time.perf_counter() - started) * 1000.0,
             error=error,
-            api_key_id=key_id,
+            api_key_id=grant.key_id if grant is not None else None,
             models=[endpoint.model],
-            extra={"gateway": True, "tokens_in": usage[0], "tokens_out": usage[1]},
+            extra=extra,
         )
 
+    def done(used: tuple[int, int], took: float, error: str | None = None) -> None:
+        gw.metrics.stage("upstream", took)
+        gw.metrics.drawn(endpoint.model, 1 if error is None else 0, *used)
+        gw.log_rows([row(used, took, error)])
+        access.note(tokens_in=used[0], tokens_out=used[1])
+
+    asked = time.perf_counter()
     if not req.stream:
-        asked = time.perf_counter()
         try:
-            response = await gw.client.chat.forward(endpoint, body, deadline=deadline)
+            response = await gw.client.chat.forward(endpoint, forwarded, deadline=deadline)
             payload = response.json()
         except EndpointError as exc:
-            gw.log_rows([row((0, 0), str(exc))])
+            done((0, 0), time.perf_counter() - asked, str(exc))
             raise
         except ValueError as exc:
-            gw.log_rows([row((0, 0), "not JSON")])
-            raise GatewayError(502, f"{endpoint.describe()} answered with no JSON") from exc
-        gw.metrics.stage("upstream", time.perf_counter() - asked)
-        used = token_counts(payload.get("usage"))
-        gw.metrics.drawn(endpoint.model, 1, *used)
-        gw.log_rows([row(used)])
-        if isinstance(payload, dict):
-            payload["model"] = endpoint.model
-        return JSONResponse(payload, headers=headers)
+            done((0, 0), time.perf_counter() - asked, "not JSON")
+            raise GatewayError(
+                502, f"{endpoint.describe()} answered with no JSON", type="upstream_error"
+            ) from exc
+        if not isinstance(payload, dict):
+            done((0, 0), time.perf_counter() - asked, "not a JSON object")
+            raise GatewayError(
+                502, f"{endpoint.describe()} answered with no JSON object", type="upstream_error"
+            )
+        choices = payload.get("choices")
+        used = response_tokens(payload, len(choices) if isinstance(choices, list) else 1)
+        done(used, time.perf_counter() - asked)
+        payload["model"] = endpoint.model
+        return JSONResponse(wire.body(payload), headers=headers)
 
-    stack = contextlib.AsyncExitStack()
+    options = forwarded.get("stream_options")
+    forwarded["stream_options"] = {**(options if isinstance(options, dict) else {})}
+    forwarded["stream_options"]["include_usage"] = True  # spend is counted from it
     try:
-        events = await stack.enter_async_context(
-            gw.client.chat.stream(endpoint, body, deadline=deadline)
+        opened = await streaming.open_stream(
+            gw.client.chat, endpoint, forwarded, deadline=deadline, first_token_by=deadline
         )
     except EndpointError as exc:
-        gw.log_rows([row((0, 0), str(exc))])
+        done((0, 0), time.perf_counter() - asked, str(exc))
         raise
 
-    async def body_iter() -> AsyncIterator[bytes]:
-        used = (0, 0)
+    async def chunks() -> AsyncIterator[dict[str, Any] | None]:
+        streamed = StreamedCompletion()
+        error: EndpointError | None = None
+        chunk_id = f"chatcmpl-{route_id.hex}"
         try:
-            async with stack:
-                async for event in events:
-                    if event.get("usage"):
-                        used = token_counts(event["usage"])
-                    event["model"] = endpoint.model
-                    yield streaming.event(event)
+            async with opened.stack:
+                async for chunk in opened.events:
+                    streamed.add(chunk)
+                    chunk_id = chunk.get("id") or chunk_id
+                    chunk["model"] = endpoint.model
+                    yield chunk
         except EndpointError as exc:
-            gw.log_rows([row(used, str(exc))])
-            yield streaming.event(from_library(exc).body())
-            yield streaming.DONE
-            return
-        gw.metrics.drawn(endpoint.model, 1, *used)
-        gw.log_rows([row(used)])
-        yield streaming.DONE
+            error = exc
+        except BaseException:
+            # The caller went away mid-stream: the route id it was given still gets its row.
+            done((streamed.tokens_in, streamed.tokens_out), time.perf_counter() - asked,
+                 streaming.CLOSED)  # fmt: skip
+            raise
+        used = (streamed.tokens_in, streamed.tokens_out)
+        done(used, time.perf_counter() - asked, str(error) if error else None)
+        if error is not None:
+            for chunk in streaming.broken(chunk_id, endpoint.model, error):
+                yield chunk
 
     return StreamingResponse(
-        body_iter(), media_type=streaming.MEDIA_TYPE, headers={**streaming.HEADERS, **headers}
+        wire.events(chunks()),
+        media_type=streaming.MEDIA_TYPE,
+        headers={**streaming.HEADERS, **headers},
     )

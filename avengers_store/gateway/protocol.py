@@ -1,18 +1,25 @@
 """The OpenAI wire format the gateway speaks, declared once: request and response bodies of
 ``/v1/chat/completions`` (plain and streamed), ``/v1/models``, ``/v1/route``, ``/v1/feedback``
-and error bodies.
+and error bodies (the Responses API's are in ``responses``).
 
-Unknown request fields are accepted and ignored, as OpenAI-compatible servers do; the recipe's
-options (``samples``, ``strategy``, ``top_n``, ``method``, ``threshold``, ``route_on``,
-``task_type``, ``tradeoff``, ``max_cost``, ``ood_policy``, ``timeout``) are extra body fields,
-which OpenAI SDKs send with ``extra_body``.
+Every field of a chat request is honoured or refused with a 400 naming it, never dropped. The
+OpenAI sampling and output fields (``tools``, ``tool_choice``, ``parallel_tool_calls``,
+``response_format``, ``logprobs``, ``top_logprobs``, ``top_p``, ``presence_penalty``,
+``frequency_penalty``, ``stop``, ``seed``, ``user``) and fields the gateway does not know (a
+server's own, such as vLLM's ``top_k``) are sent to the model as the caller gave them;
+``max_completion_tokens`` is the token cap (sent as ``max_tokens``), ``metadata`` is kept in the
+request's route-log row. The legacy ``functions`` / ``function_call`` are refused for
+``avengers`` (send ``tools``). The recipe's options (``samples``, ``strategy``, ``top_n``,
+``method``, ``threshold``, ``route_on``, ``task_type``, ``tradeoff``, ``max_cost``,
+``ood_policy``, ...) are extra body fields, which OpenAI SDKs send with ``extra_body``; a
+request naming a pool model (a passthrough) is refused them, and sent the rest as it is.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +55,64 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     include_usage: bool = False
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    """A tool the model may call (OpenAI's chat format: a function and its JSON Schema)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text``, ``json_object`` or ``json_schema`` (with its ``json_schema`` object)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+# Recipe options: meaningful for ``model: "avengers"`` only, refused on a passthrough.
+RECIPE_ONLY = (
+    "samples", "strategy", "top_n", "threshold", "route_on", "task_type", "method",
+    "ood_policy", "tradeoff", "max_cost", "max_latency_ms", "latency_weight", "exploration",
+    "exploration_share", "production_weight", "models",
+)  # fmt: skip
+# Fields the gateway reads itself and does not send to a routed model as they are.
+OWN_FIELDS = frozenset(
+    {
+        *RECIPE_ONLY, "timeout", "model", "messages", "stream", "stream_options", "n",
+        "temperature", "max_tokens", "max_completion_tokens", "metadata",
+    }
+)  # fmt: skip
 
 
 class PolicyOptions(BaseModel):
@@ -92,20 +157,37 @@ class ChatCompletionRequest(RecipeOptions):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: int | None = None
     user: str | None = None
     n: int | None = Field(None, ge=1, le=1)
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
 
-    def passed_on(self) -> dict[str, Any]:
-        """Sampling fields sent to the models as the caller gave them."""
-        return {k: v for k, v in (("stop", self.stop), ("seed", self.seed)) if v is not None}
+    def passed_on(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The fields sent to a routed model as the caller gave them (in ``body``, the request
+        as it came): OpenAI's sampling and output fields and those the gateway does not know."""
+        return {k: v for k, v in body.items() if k not in OWN_FIELDS and v is not None}
 
     @property
     def token_cap(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class Usage(BaseModel):
@@ -122,14 +204,15 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None = "stop"
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class RouteInfo(BaseModel):
@@ -168,13 +251,14 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

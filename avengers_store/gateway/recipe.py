@@ -1,10 +1,9 @@
-"""One ``model: "avengers"`` chat completion (``Recipe``): route, sample, vote, answer (plain or
-streamed) and log; ``reply`` picks the text and model the caller gets."""
+"""One ``model: "avengers"`` completion (``Recipe``): route, sample, vote, answer (plain or
+streamed, on the wire it was asked on: chat completions or the Responses API) and log."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -15,62 +14,73 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from avengers_store import client_core as core
 from avengers_store.answering import strategies
-from avengers_store.answering.sampling import SampleBatch
+from avengers_store.answering.extraction import AnswerFormat
+from avengers_store.answering.sampling import SampleBatch, StreamedCompletion
 from avengers_store.errors import AvengersError, EndpointError
-from avengers_store.gateway import sessions, streaming
-from avengers_store.gateway.errors import from_library
+from avengers_store.gateway import access, answers, sessions, streaming
+from avengers_store.gateway.errors import bad_request, from_library
 from avengers_store.gateway.headers import decision_headers
-from avengers_store.gateway.inputs import request_deadline, routed_text
-from avengers_store.gateway.protocol import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Choice,
-    ChunkChoice,
-    Delta,
-    RouteInfo,
-    Usage,
-    finite,
-    token_counts,
+from avengers_store.gateway.inputs import (
+    policy_changes,
+    request_deadline,
+    routed_text,
+    samples_for,
 )
+from avengers_store.gateway.keys import Admission
+from avengers_store.gateway.protocol import ChatCompletionRequest, RouteInfo, finite
 from avengers_store.gateway.state import Gateway
 from avengers_store.routing import RouteDecision
 
 RECIPE_MODEL = "avengers"
-_DEFAULT_TEMPERATURE = 0.7
 
 
 class Recipe:
-    """One ``model: "avengers"`` request: route, sample, vote, answer, log."""
+    """One ``model: "avengers"`` request: route, sample, vote, answer, log. ``body`` is the
+    request as it came (its fields are passed to the models as given); ``wire`` encodes the
+    answer (``streaming.ChatWire`` or ``responses.ResponsesWire``)."""
 
     def __init__(
         self,
         gw: Gateway,
         req: ChatCompletionRequest,
+        body: dict[str, Any],
         request: Request,
-        key_id: int | None,
+        grant: Admission | None,
         started: float,
+        wire: Any,
     ) -> None:
-        self.gw, self.req, self.key_id, self.started = gw, req, key_id, started
+        self.gw, self.req, self.grant, self.started, self.wire = gw, req, grant, started, wire
         s = gw.settings
+        for legacy in ("functions", "function_call"):
+            if getattr(req, legacy) is not None:
+                raise bad_request(
+                    f"{legacy}: the legacy function-calling fields are not routed; send tools "
+                    "(and tool_choice) instead",
+                    param=legacy,
+                )
+        self.extra = req.passed_on(body)
+        self.messages = body["messages"]  # sent as the caller gave them (validated in ``req``)
+        AnswerFormat.from_request(self.extra)  # a bad JSON Schema is refused before routing
         self.text = routed_text(req.messages, req.route_on or s.route_on)
         self.strategy = req.strategy or s.strategy
-        self.samples = req.samples or s.samples
+        self.samples = samples_for(req, s, grant)
+        self.changes = policy_changes(req, grant)
         self.top_n = req.top_n or s.top_n or core.DEFAULT_TOP_N[self.strategy]
         self.route_id = uuid.uuid4()
+        wire.bind(self.route_id)
         self.vector: Any = None  # the embedding the request was routed with
         self.session = request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
         self.deadline = request_deadline(req, s, started)
+        access.note(route_id=str(self.route_id), stream=req.stream)
 
     def plan(self) -> strategies.Plan:
         req, s = self.req, self.gw.settings
         question = core.Question(
             self.text,
-            messages=[m.model_dump(exclude_none=True) for m in req.messages],
-            extra=req.passed_on(),
-            temperature=req.temperature if req.temperature is not None else _DEFAULT_TEMPERATURE,
+            messages=self.messages,
+            extra=self.extra,
+            temperature=req.temperature,
             max_tokens=req.token_cap or s.max_tokens,
         )
         return self.gw.client.plan(
@@ -101,7 +111,7 @@ class Recipe:
                 require_endpoint=True,
                 completions=core.completions_for(self.strategy, self.samples),
                 pinned=await self.pinned(),
-                **req.policy_changes(),
+                **self.changes,
             )
             if self.decision.ood and self.decision.ood_policy == "widen":
                 self.strategy = "model-switch"
@@ -120,29 +130,25 @@ class Recipe:
             self.log_failure(exc, self.decision)
             raise
         await self.finish(answer)
-        text, model = reply(answer)
-        body = ChatCompletion(
-            id=self.completion_id,
-            model=model,
-            choices=[
-                Choice(
-                    message=AssistantMessage(content=text),
-                    finish_reason=answer.finish_reason or "stop",
-                )
-            ],
-            usage=Usage.of(answer.tokens_in, answer.tokens_out),
-            avengers=self.info(answer),
+        body = answers.completion(
+            answer, self.completion_id, self.model_of(answer), self.info(answer)
         )
-        return JSONResponse(body.model_dump(exclude_none=True), headers=self.headers(answer=answer))
+        return JSONResponse(self.wire.body(body), headers=self.headers(answer=answer))
 
     @property
     def completion_id(self) -> str:
         return f"chatcmpl-{self.route_id.hex}"
 
-    async def finish(self, answer: strategies.Answer) -> None:
+    def model_of(self, answer: strategies.Answer) -> str:
+        return answer.model or answer.models[0]
+
+    async def finish(self, answer: strategies.Answer, error: AvengersError | None = None) -> None:
         gw = self.gw
         gw.metrics.answered(answer)
-        gw.log_rows([self.row(self.decision, answer)])
+        gw.log_rows([self.row(self.decision, answer, error=str(error) if error else None)])
+        access.note(
+            model=self.model_of(answer), tokens_in=answer.tokens_in, tokens_out=answer.tokens_out
+        )
         if self.session and answer.model:
             await gw.client.execute(
                 sessions.pin_statement(
@@ -167,7 +173,13 @@ class Recipe:
         error: str | None = None,
     ) -> dict[str, Any]:
         """The request's route-log row: answered, or failed with ``error`` (before routing when
-        ``decision`` is None, so no embedding is kept)."""
+        ``decision`` is None, so no embedding is kept; an answer with an error is a stream its
+        upstream broke off after the first token)."""
+        extra: dict[str, Any] = {"gateway": True, "stream": self.req.stream}
+        if self.req.metadata:
+            extra["request_metadata"] = dict(self.req.metadata)
+        if self.wire.name != "chat":
+            extra["api"] = self.wire.name
         return core.log_row(
             self.text,
             decision,
@@ -176,8 +188,8 @@ class Recipe:
             strategy=self.strategy,
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             error=error,
-            api_key_id=self.key_id,
-            extra={"gateway": True, "stream": self.req.stream},
+            api_key_id=self.grant.key_id if self.grant is not None else None,
+            extra=extra,
             **self.gw.logged(self.vector if decision is not None else None, self.text),
         )
 
@@ -225,11 +237,18 @@ class Recipe:
 
     # -- streaming ---------------------------------------------------------------------------
 
+    def stream_body(self, call: strategies.SampleCall) -> dict[str, Any]:
+        """A sample's request, streamed: usage is always asked for (the wire drops it unless
+        the caller asked), since spend is counted from it."""
+        body: dict[str, Any] = {"messages": call.messages, "max_tokens": call.max_tokens}
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
+        return {**body, **call.extra, "stream_options": {"include_usage": True}}
+
     async def relay(self, plan: strategies.Plan) -> Response:
-        """One sample: open the upstream stream (falling back past endpoints that fail to
-        answer), then relay its tokens as they arrive."""
-        gw, req = self.gw, self.req
-        stack = contextlib.AsyncExitStack()
+        """One sample: open the candidates' streams in turn until one sends its first token
+        (each within its share of the deadline), then answer with it and relay the rest."""
+        gw = self.gw
         result: SampleBatch | EndpointError | None = None
         while True:
             try:
@@ -237,133 +256,105 @@ class Recipe:
             except AvengersError as exc:
                 self.log_failure(exc, self.decision)
                 raise
-            body = {
-                "messages": call.messages,
-                "temperature": call.temperature,
-                "max_tokens": call.max_tokens,
-                "stream_options": {"include_usage": True},
-                **call.extra,
-            }
             asked = time.perf_counter()
             try:
-                events = await stack.enter_async_context(
-                    gw.client.chat.stream(
-                        call.endpoint, body, deadline=self.deadline, connect_by=call.deadline
-                    )
+                opened = await streaming.open_stream(
+                    gw.client.chat,
+                    call.endpoint,
+                    self.stream_body(call),
+                    deadline=self.deadline,
+                    first_token_by=call.deadline,
                 )
                 break
             except EndpointError as exc:
                 gw.metrics.stage("upstream", time.perf_counter() - asked)
                 self.failed.append(call.endpoint.model)
                 result = exc
-        endpoint = call.endpoint
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        async def body_iter() -> AsyncIterator[bytes]:
-            text: list[str] = []
-            reason: str | None = None
-            usage = (0, 0)
-            try:
-                async with stack:
-                    async for event in events:
-                        if event.get("usage"):
-                            usage = token_counts(event["usage"])
-                        choices = event.get("choices") or []
-                        for choice in choices:
-                            text.append((choice.get("delta") or {}).get("content") or "")
-                            reason = choice.get("finish_reason") or reason
-                        if not choices and not include_usage:
-                            continue  # the usage event the caller did not ask for
-                        event["id"], event["model"] = self.completion_id, endpoint.model
-                        if not include_usage:
-                            event.pop("usage", None)
-                        yield streaming.event(event)
-            except EndpointError as exc:
-                self.log_failure(exc, self.decision)
-                yield streaming.event(from_library(exc).body())
-                yield streaming.DONE
-                return
-            gw.metrics.stage("upstream", time.perf_counter() - asked)
-            batch = SampleBatch(
-                endpoint,
-                ("".join(text),),
-                usage[0],
-                usage[1],
-                (time.perf_counter() - asked) * 1000.0,
-                1,
-                finish_reasons=(reason,),
-            )
-            try:
-                plan.send(batch)
-            except StopIteration as stop:
-                await self.finish(stop.value)
-            yield streaming.DONE
-
         return StreamingResponse(
-            body_iter(),
+            self.wire.events(self.relayed(plan, opened)),
             media_type=streaming.MEDIA_TYPE,
-            headers={**streaming.HEADERS, **self.headers(models=[endpoint.model])},
+            headers={**streaming.HEADERS, **self.headers(models=[call.endpoint.model])},
         )
+
+    async def relayed(
+        self, plan: strategies.Plan, opened: streaming.OpenStream
+    ) -> AsyncIterator[dict[str, Any] | None]:
+        endpoint = opened.endpoint
+        streamed = StreamedCompletion()
+        error: EndpointError | None = None
+        try:
+            async with opened.stack:
+                async for chunk in opened.events:
+                    streamed.add(chunk)
+                    chunk["id"], chunk["model"] = self.completion_id, endpoint.model
+                    yield chunk
+        except EndpointError as exc:
+            error = exc
+        except BaseException:
+            # The caller went away mid-stream: the route id it was given still gets its row.
+            answer = self.settle(plan, opened, streamed, failed=True)
+            if answer is not None:
+                self.gw.metrics.answered(answer)
+                self.gw.log_rows([self.row(self.decision, answer, error=streaming.CLOSED)])
+            raise
+        answer = self.settle(plan, opened, streamed, failed=error is not None)
+        if answer is not None:
+            await self.finish(answer, error)
+        if error is not None:
+            for chunk in streaming.broken(self.completion_id, endpoint.model, error):
+                yield chunk
+
+    def settle(
+        self,
+        plan: strategies.Plan,
+        opened: streaming.OpenStream,
+        streamed: StreamedCompletion,
+        *,
+        failed: bool,
+    ) -> strategies.Answer | None:
+        """The relayed sample (cut short when ``failed``) handed to the plan: its Answer."""
+        took = time.perf_counter() - opened.asked
+        self.gw.metrics.stage("upstream", took)
+        completion = streamed.completion(streaming.ERROR_FINISH if failed else None)
+        batch = SampleBatch(
+            opened.endpoint, (completion,), streamed.tokens_in, streamed.tokens_out,
+            took * 1000.0, 1,
+        )  # fmt: skip
+        try:
+            plan.send(batch)
+        except StopIteration as stop:
+            return stop.value
+        return None
 
     def voted_stream(self, plan: strategies.Plan) -> Response:
         """Several samples: keep-alive comments while they are drawn and voted, then the
         winning completion as chunks."""
-        gw, req = self.gw, self.req
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        gw = self.gw
 
-        async def body_iter() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[dict[str, Any] | None]:
             task = asyncio.create_task(gw.client.run_plan(plan))
             try:
                 while True:
                     done, _ = await asyncio.wait({task}, timeout=gw.settings.keepalive_s)
                     if done:
                         break
-                    yield streaming.KEEPALIVE
+                    yield None
                 try:
                     answer = task.result()
                 except AvengersError as exc:
                     self.log_failure(exc, self.decision)
-                    yield streaming.event(from_library(exc).body())
-                    yield streaming.DONE
+                    yield from_library(exc).body()
                     return
             finally:
                 if not task.done():
                     task.cancel()
             await self.finish(answer)
-            text, model = reply(answer)
-
-            def chunk(delta: Delta, reason: str | None = None, **more: Any) -> bytes:
-                return streaming.event(
-                    ChatCompletionChunk(
-                        id=self.completion_id,
-                        model=model,
-                        choices=[ChunkChoice(delta=delta, finish_reason=reason)],
-                        **more,
-                    )
-                )
-
-            yield chunk(Delta(role="assistant", content=""))
-            for piece in streaming.pieces(text):
-                yield chunk(Delta(content=piece))
-            yield chunk(Delta(), answer.finish_reason or "stop", avengers=self.info(answer))
-            if include_usage:
-                usage = Usage.of(answer.tokens_in, answer.tokens_out)
-                yield streaming.event(
-                    ChatCompletionChunk(id=self.completion_id, model=model, choices=[], usage=usage)
-                )
-            yield streaming.DONE
+            info = self.info(answer)
+            for chunk in answers.chunks(answer, self.completion_id, self.model_of(answer), info):
+                yield chunk
 
         return StreamingResponse(
-            body_iter(),
+            self.wire.events(chunks()),
             media_type=streaming.MEDIA_TYPE,
             headers={**streaming.HEADERS, **self.headers()},
         )
-
-
-def reply(answer: strategies.Answer) -> tuple[str, str]:
-    """(text, model) the caller gets: the winning sample, or the first one when none parsed."""
-    if answer.text is not None:
-        return answer.text, answer.model or answer.models[0]
-    if answer.samples:
-        return answer.samples[0].raw, answer.samples[0].model or answer.models[0]
-    return "", answer.models[0]

@@ -34,7 +34,7 @@ class GatewaySettings:
     is served at most this long after it arrives (one refresh for all that arrived meanwhile;
     0: refresh on every feedback request); ``spool_dir``: where route-log rows the store cannot
     take are kept (None: ``$AVENGERS_HOME/route-log-spool``), at most ``spool_max_bytes`` per
-    worker process."""
+    worker process; ``access_log``: one JSON line per request on stdout."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -63,6 +63,7 @@ class GatewaySettings:
     feedback_refresh_s: float = 1.0
     spool_dir: str | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_BYTES
+    access_log: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

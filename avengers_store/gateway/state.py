@@ -26,7 +26,7 @@ from avengers_store.answering.route_log_writer import RouteLogWriter
 from avengers_store.answering.sampling import Endpoint
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.errors import AvengersError
-from avengers_store.gateway import bodies, keys
+from avengers_store.gateway import access, bodies, keys
 from avengers_store.gateway.errors import GatewayError, bad_request
 from avengers_store.gateway.metrics import Metrics
 from avengers_store.gateway.settings import GatewaySettings
@@ -124,8 +124,11 @@ class Gateway:
 
     # -- shared steps ----------------------------------------------------------------------
 
-    async def authorize(self, request: Request) -> int | None:
-        """The id of the request's live API key (None without auth); 401 otherwise."""
+    async def authorize(self, request: Request, *, admit: bool = True) -> keys.Admission | None:
+        """The request's live API key and its policy (None without auth); 401 without one.
+        With ``admit`` (a request that calls models or routes), a key past its spend limit gets
+        429 ``insufficient_quota`` and one past its requests per minute 429
+        ``rate_limit_exceeded``, with Retry-After, before anything else is done."""
         if not self.settings.auth:
             return None
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
@@ -137,12 +140,16 @@ class Gateway:
                 code="invalid_api_key",
             )
         async with self.client.connection("write") as conn:
-            key_id = await keys.verify(conn, key.strip())
-        if key_id is None:
+            grant = await keys.admit(conn, key.strip(), calls_models=admit)
+        if grant is None:
             raise GatewayError(
                 401, "the API key is not valid or was revoked", code="invalid_api_key"
             )
-        return key_id
+        access.note(key=grant.name)
+        if grant.refused is not None:
+            self.metrics.refused.labels(grant.refused).inc()
+            raise refusal(grant)
+        return grant
 
     async def read_json(self, request: Request) -> Any:
         limit = self.settings.max_body_bytes
@@ -246,6 +253,31 @@ class Gateway:
         if not callable_models:
             problems.append("models: no active model has an endpoint")
         return problems
+
+
+def refusal(grant: keys.Admission) -> GatewayError:
+    """The 429 for a key its policy refuses now: past its spend limit (``insufficient_quota``,
+    which retrying before the period ends cannot help: ``x-should-retry: false`` tells OpenAI
+    SDKs not to) or its requests per minute (``rate_limit_exceeded``)."""
+    retry = {"Retry-After": str(max(1, grant.retry_after or 1))}
+    if grant.refused == "rate":
+        return GatewayError(
+            429,
+            f"key {grant.name!r} made its {grant.quota:g} requests of this minute: retry in "
+            f"{retry['Retry-After']} s",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers=retry,
+        )
+    period = "today (UTC)" if grant.refused == "day" else "this month (UTC)"
+    return GatewayError(
+        429,
+        f"key {grant.name!r} has spent {grant.spent:.6g} of its {grant.quota:g} limit for "
+        f"{period}: no model is called until the period ends (`avengers keys set` raises it)",
+        type="insufficient_quota",
+        code="insufficient_quota",
+        headers={**retry, "x-should-retry": "false"},
+    )
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -3,9 +3,9 @@
 
 Granted: USAGE on the schema, SELECT on the relations listed in ``ANALYST_RELATIONS`` (the data,
 the profiles, the route log), EXECUTE on the routing functions (``avengers.route*``, every
-overload). Never granted: ``api_keys`` and ``gateway_sessions`` (``PRIVATE_RELATIONS``), any
-write, DDL or procedure. A relation the store gains later is granted to nobody until it is added
-to one of the two lists (a test makes that choice explicit). Grants on the ``sql/`` definitions
+overload). Never granted: ``api_keys``, ``gateway_sessions`` and ``api_key_minutes``
+(``PRIVATE_RELATIONS``), any write, DDL or procedure. A relation the store gains later is granted
+to nobody until it is added to one of the two lists (a test makes that choice explicit). Grants on the ``sql/`` definitions
 are kept by ``db upgrade`` (``store.dependents``); tables are never dropped by it.
 """
 
@@ -40,6 +40,7 @@ ANALYST_RELATIONS = (
     "route_vectors",
     "novelty_profiles",
     "novelty_axes",
+    "api_key_usage",
     # views and materialized views
     "active_clustering",
     "cluster_profiles",
@@ -61,9 +62,11 @@ ANALYST_RELATIONS = (
     "traffic_drift",
     "ood_daily",
     "outcome_drift",
+    "key_spend",
 )
-# Hold key hashes and conversation pins: for the gateway's own user only.
-PRIVATE_RELATIONS = ("api_keys", "gateway_sessions")
+# Hold key hashes, conversation pins and the keys' request counters: for the gateway's own
+# user only (key_spend shows analysts each key's name and spend, never its hash).
+PRIVATE_RELATIONS = ("api_keys", "gateway_sessions", "api_key_minutes")
 
 _ROUTE_FUNCTIONS = """
 SELECT p.oid::regprocedure::text FROM pg_proc p

@@ -283,6 +283,8 @@ TABLES = (
     "outcomes",
     "route_log",
     "api_keys",
+    "api_key_usage",
+    "api_key_minutes",
     "gateway_sessions",
     "feedback",
     "production_stats",

@@ -28,6 +28,7 @@ from avengers_store.testing import (
     add_scripted_store,
     closed_port_url,
     gateway_server,
+    log_rows,
     run_process,
     scripted_server,
 )
@@ -214,7 +215,7 @@ def test_gateway_deadline_plain_streamed_and_per_request(healthy, llm, record):
     record("gateway, every model hung, timeout 1", bound_s=1.0, measured_s=round(late_s, 3))
 
 
-def test_gateway_stream_cut_mid_way_ends_with_an_error_event(healthy, llm):
+def test_gateway_stream_cut_after_its_first_token_ends_with_an_error_and_says_so(healthy, llm):
     llm.script("alpha", {"texts": ["one two three four five"], "cut_after": 3})
     chat = {
         "model": "avengers",
@@ -226,10 +227,94 @@ def test_gateway_stream_cut_mid_way_ends_with_an_error_event(healthy, llm):
         httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=chat, timeout=30) as r,
     ):
         events = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+    assert r.status_code == 200  # the first tokens were relayed: too late for another model
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert "closed the stream before its end" in error["message"]
     assert error["type"] == "upstream_error"
+    last = json.loads(events[-3])["choices"][0]
+    assert last["finish_reason"] == "error"
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-3])
+    assert text == "one two"
+    route_id = r.headers["x-avengers-route-id"]
+    (row,) = log_rows(healthy, [route_id]).values()
+    assert row[1] == ["alpha"] and row[5]["finish_reason"] == "error"
+    assert "closed the stream before its end" in row[5]["error"]
+
+
+@pytest.mark.parametrize("model", ["avengers", "alpha"])
+def test_a_stream_its_caller_closes_still_gets_its_route_log_row(healthy, llm, model):
+    llm.script("alpha", {"texts": ["one two three four five six"], "chunk_delay": 0.5})
+    chat = {"model": model, "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
+    with gateway_server(GatewaySettings(auth=False), database_url=healthy) as gw:
+        with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=chat, timeout=30) as r:
+            for line in r.iter_lines():
+                if '"content"' in line:
+                    break  # the first token came: the caller goes away
+            route_id = r.headers["x-avengers-route-id"]
+        deadline = time.monotonic() + 15
+        while not (rows := log_rows(healthy, [route_id])) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    (row,) = rows.values()
+    assert row[1] == ["alpha"] and row[5]["error"] == "the caller closed the stream before its end"
+
+
+# What a model that answered 200 to a stream can do before its first token: stall, drip bytes,
+# send a body that is not server-sent events (text, or a whole JSON completion).
+STREAM_FAULTS = {
+    "stall": {"texts": [r"\boxed{41}"], "first_delay": 60},
+    # its first event in 8 pieces 0.3 s apart: complete after 2.1 s, past the 1.5 s share
+    "drip": {"raw": 'data: {"choices": [{"delta": {"content": "41"}}]}\n\n', "drip": 0.3},
+    "not sse": {"raw": "not an event stream"},
+    "json body": {"json": {"choices": [{"message": {"content": "41"}}]}},
+}
+
+
+@pytest.mark.parametrize("fault", list(STREAM_FAULTS))
+def test_gateway_stream_falls_back_until_its_first_token(healthy, llm, fault, record):
+    llm.script("alpha", STREAM_FAULTS[fault])
+    settings = GatewaySettings(auth=False, timeout_s=3.0)
+    chat = {
+        "model": "avengers",
+        "stream": True,
+        "messages": [{"role": "user", "content": QUESTION}],
+    }
+    with gateway_server(settings, database_url=healthy) as gw:
+        url = gw.base_url + "/v1/chat/completions"
+        httpx.post(url, json={**chat, "stream": False, "model": "bravo"}, timeout=30)  # warm
+        started = time.perf_counter()
+        with httpx.stream("POST", url, json=chat, timeout=30) as streamed:
+            first = time.perf_counter() - started
+            events = [
+                line[5:].strip() for line in streamed.iter_lines() if line.startswith("data:")
+            ]
+    assert streamed.status_code == 200
+    assert streamed.headers["x-avengers-fallbacks"] == "alpha"
+    assert streamed.headers["x-avengers-models"] == "bravo"
+    text = "".join(
+        (json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for e in events[:-1]
+    )
+    assert text == r"\boxed{42}" and events[-1] == "[DONE]" and '"error"' not in "".join(events)
+    # The first candidate had half the 3 s deadline to send its first token.
+    assert first < 3.0 + SLACK
+    record(f"gateway stream, first model: {fault}", bound_s=3.0, measured_s=round(first, 3))
+
+
+def test_a_passthrough_that_times_out_answers_504_like_a_routed_request(healthy, llm):
+    llm.script("alpha", {"hang": True})
+    llm.script("bravo", {"texts": [r"\boxed{42}"], "first_delay": 60})
+    settings = GatewaySettings(auth=False, timeout_s=1.0)
+    messages = [{"role": "user", "content": QUESTION}]
+    with gateway_server(settings, database_url=healthy) as gw:
+        url = gw.base_url + "/v1/chat/completions"
+        plain = httpx.post(url, json={"model": "alpha", "messages": messages}, timeout=30)
+        streamed = httpx.post(
+            url, json={"model": "bravo", "messages": messages, "stream": True}, timeout=30
+        )
+    for response in (plain, streamed):
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == "upstream_timeout"
 
 
 class SlowToLoad:

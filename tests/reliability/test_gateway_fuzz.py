@@ -1,8 +1,8 @@
-"""Fuzzing the gateway: generated chat, route and feedback bodies, valid and broken (encodings,
-lone surrogates, depth, sizes, wrong types, unknown fields), sent to a live gateway on loopback
-while a steady stream of valid requests runs beside them. Every valid request is answered 200,
-every broken one a 4xx with an OpenAI error body (``{"error": {message, type, param, code}}``),
-anything else never a 5xx, and ``/health`` stays up throughout.
+"""Fuzzing the gateway: generated chat, responses, route and feedback bodies, valid and broken
+(encodings, lone surrogates, depth, sizes, wrong types, unknown fields), sent to a live gateway
+on loopback while a steady stream of valid requests runs beside them. Every valid request is
+answered 200, every broken one a 4xx with an OpenAI error body (``{"error": {message, type,
+param, code}}``), anything else never a 5xx, and ``/health`` stays up throughout.
 
 The store routes real text (all-MiniLM-L6-v2, two clusters) to a scripted model server. Bounded
 like the importer fuzzer: derandomized, 60 examples per property, a deadline per example.
@@ -52,7 +52,12 @@ PROFILE = settings.get_profile(
 pytestmark = pytest.mark.timeout(420)
 
 MAX_BODY = 100_000
-PATHS = {"chat": "/v1/chat/completions", "route": "/v1/route", "feedback": "/v1/feedback"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "responses": "/v1/responses",
+    "route": "/v1/route",
+    "feedback": "/v1/feedback",
+}
 
 
 class Live:
@@ -182,9 +187,14 @@ JSON = st.recursive(
 
 @st.composite
 def valid_bodies(draw, live: Live) -> tuple[str, dict]:
-    kind = draw(st.sampled_from(["chat", "route", "feedback"]))
+    kind = draw(st.sampled_from(["chat", "responses", "route", "feedback"]))
     extra = draw(UNKNOWN_FIELDS)
-    if kind == "chat":
+    if kind == "responses":
+        body = {"model": "avengers", "input": draw(TEXT), "stream": draw(st.booleans())}
+        body["max_output_tokens"] = draw(st.integers(1, 512))
+        if draw(st.booleans()):
+            body["instructions"] = draw(TEXT)
+    elif kind == "chat":
         body = chat_body(draw(TEXT))
         body["temperature"] = draw(st.floats(0.0, 2.0))
         body["max_tokens"] = draw(st.integers(1, 512))
@@ -239,7 +249,9 @@ def broken_bodies(draw, live: Live) -> tuple[str, str, bytes]:
         data += b"}"
     elif fault == "surrogate":
         escape = draw(st.sampled_from(["\\ud800", "\\udfff", "\\udbff"]))
-        field = {"chat": "model", "route": "top_n", "feedback": "route_id"}[kind]
+        field = {"chat": "model", "responses": "model", "route": "top_n", "feedback": "route_id"}[
+            kind
+        ]
         # Into a string the gateway reads, or a key: a lone surrogate anywhere is refused.
         if draw(st.booleans()) and kind != "route":
             data = text.replace(f'"{field}": "', f'"{field}": "{escape}', 1).encode()
@@ -258,6 +270,7 @@ def broken_bodies(draw, live: Live) -> tuple[str, str, bytes]:
         # top_n): messages, top_n and score of the wrong kind.
         field, wrongs = {
             "chat": ("messages", ["text", 7, None, {"a": 1}, [1, 2], True]),
+            "responses": ("input", [7, None, {"a": 1}, [1, 2], True, []]),
             "route": ("top_n", ["text", None, {"a": 1}, [1, 2], 2.5]),
             "feedback": ("score", ["text", None, {"a": 1}, [1, 2], 7]),
         }[kind]
@@ -267,6 +280,7 @@ def broken_bodies(draw, live: Live) -> tuple[str, str, bytes]:
             st.sampled_from(
                 {
                     "chat": [("samples", 0), ("samples", 65), ("top_n", 99), ("temperature", 9)],
+                    "responses": [("samples", 0), ("max_output_tokens", 0), ("top_p", 1.5)],
                     "route": [("top_n", 0), ("top_n", 17), ("tradeoff", 2.0)],
                     "feedback": [("score", -0.5), ("score", 1.5)],
                 }[kind]
@@ -274,7 +288,9 @@ def broken_bodies(draw, live: Live) -> tuple[str, str, bytes]:
         )
         data = json.dumps({**body, field: value}).encode()
     elif fault == "missing":
-        required = {"chat": "model", "route": None, "feedback": "route_id"}[kind]
+        required = {"chat": "model", "responses": "input", "route": None, "feedback": "route_id"}[
+            kind
+        ]
         if required is None:  # a route needs input, messages or vector
             body = {k: v for k, v in body.items() if k not in ("input", "messages")}
         else:
@@ -297,7 +313,14 @@ def test_valid_bodies_are_answered_200(live, data):
     event(kind)
     response = post(live, kind, body)
     assert response.status_code == 200, (kind, body, response.text[:500])
-    if body.get("stream"):
+    if kind == "responses" and body["stream"]:
+        assert "event: response.completed" in response.text or (
+            "event: response.incomplete" in response.text
+        )
+        assert "response.failed" not in response.text, response.text[:500]
+    elif kind == "responses":
+        assert response.json()["error"] is None and response.json()["status"] != "failed"
+    elif body.get("stream"):
         assert response.text.rstrip().endswith("data: [DONE]")
         assert '"error"' not in response.text, response.text[:500]
     else:

@@ -173,7 +173,7 @@ def test_a_full_spool_turns_new_requests_away_until_the_store_is_back(server, ll
         llm.script(name, {"gate": gate, "texts": [r"\boxed{42}"]})
     chat = {"model": "avengers", "messages": [{"role": "user", "content": QUESTION}]}
     settings = GatewaySettings(auth=False)
-    overrides = {"database_url": server.url, "spool_dir": str(tmp_path), "spool_max_bytes": 1200}
+    overrides = {"database_url": server.url, "spool_dir": str(tmp_path), "spool_max_bytes": 1500}
     try:
         with gateway_server(settings, **overrides) as gw:
             url = gw.base_url + "/v1/chat/completions"

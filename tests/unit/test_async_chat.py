@@ -10,6 +10,7 @@ import pytest
 
 from avengers_store.answering.async_chat import AsyncChatClient
 from avengers_store.answering.chat import ChatClient, Deadline, Endpoint
+from avengers_store.answering.sampling import StreamedCompletion
 from avengers_store.answering.strategies import aanswer, answer
 from avengers_store.errors import EndpointError
 
@@ -147,6 +148,47 @@ def test_a_stream_cut_before_done_or_past_its_deadline_is_an_error(scripted_serv
     with pytest.raises(EndpointError, match=r"closed the stream before its end"):
         run(drain("cut"))
     started = time.perf_counter()
-    with pytest.raises(EndpointError, match="did not finish the stream in time") as late:
+    # (On a loaded machine the deadline may pass before the first word: named as such.)
+    with pytest.raises(
+        EndpointError, match="did not (finish the stream|send the answer's first token) in time"
+    ) as late:
         run(drain("slow", Deadline.after(0.6)))
     assert late.value.timed_out and time.perf_counter() - started < 1.2
+
+
+def test_the_first_token_has_its_own_bound_and_a_stream_is_put_back_together(scripted_server):
+    call = {"name": "lookup", "arguments": {"q": "weather", "days": 2}}
+    scripted_server.script("late", {"texts": ["one two"], "first_delay": 1.0})
+    scripted_server.answers("tools", {"text": None, "tool_calls": [call]})
+    scripted_server.answers("text", {"text": "cut off here", "finish_reason": "length"})
+
+    async def drain(name, **bounds):
+        async with (
+            AsyncChatClient() as chat,
+            chat.stream(
+                scripted_server.endpoint(name),
+                {"messages": MESSAGES, "logprobs": True, "stream_options": {"include_usage": True}},
+                **bounds,
+            ) as events,
+        ):
+            streamed = StreamedCompletion()
+            async for event in events:
+                streamed.add(event)
+            return streamed
+
+    started = time.perf_counter()
+    with pytest.raises(EndpointError, match="did not send the answer's first token") as late:
+        run(drain("late", first_token_by=Deadline.after(0.3), deadline=Deadline.after(5)))
+    assert late.value.timed_out and time.perf_counter() - started < 0.9
+    tools = run(drain("tools")).completion()
+    assert tools.text == "" and tools.finish_reason == "tool_calls"
+    assert tools.tool_calls == (
+        {"id": "call_0_0", "type": "function",
+         "function": {"name": "lookup", "arguments": '{"q": "weather", "days": 2}'}},
+    )  # fmt: skip
+    streamed = run(drain("text"))
+    text = streamed.completion()
+    assert (text.text, text.finish_reason) == ("cut off here", "length")
+    assert [e["token"] for e in text.logprobs["content"]] == ["cut", " off", " here"]
+    assert (streamed.tokens_in, streamed.tokens_out) == (10, 3)
+    assert streamed.completion("error").finish_reason == "error"

@@ -317,3 +317,134 @@ def test_a_missing_api_key_falls_back_to_the_next_model(scripted_server, monkeyp
     assert result.answer == "42" and result.models == ("m2",)
     assert "$AVENGERS_UNSET_KEY, which is not set" in result.fallbacks[0].error
     assert scripted_server.requests_for("m1") == []
+
+
+# -- structured answers, finish reasons, usage, temperature -----------------------------------
+
+WEATHER = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}
+
+
+def test_tool_calls_vote_by_name_and_canonical_arguments(scripted_server, client):
+    same_call_other_order = {"name": "get_weather", "arguments": {"unit": "c", "city": "Paris"}}
+    scripted_server.answers(
+        "m1",
+        {"tool_calls": [WEATHER]},
+        {"text": r"\boxed{4}"},
+        {"tool_calls": [same_call_other_order]},
+    )
+    result = answer(
+        "Weather in Paris?", [scripted_server.endpoint("m1")], samples=3, client=client,
+        extra={"tools": [{"type": "function", "function": {"name": "get_weather"}}]},
+    )  # fmt: skip
+    assert result.answer == 'get_weather({"city":"Paris","unit":"c"})'
+    assert result.votes[result.answer] == 2 and result.share == pytest.approx(2 / 3)
+    assert result.finish_reason == "tool_calls" and result.chosen == 0
+    assert result.tool_calls[0]["id"] == "call_0_0"
+    assert json.loads(result.tool_calls[0]["function"]["arguments"]) == WEATHER["arguments"]
+    sent = scripted_server.requests_for("m1")[0]["body"]
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_a_kind_is_voted_first_then_the_answer_within_it(scripted_server, client):
+    # Three text answers that all differ beat two identical tool calls: text is the kind most
+    # samples gave, so the winner is its earliest answer, though the tool call has 2 votes.
+    scripted_server.answers(
+        "m1",
+        {"tool_calls": [WEATHER]},
+        r"\boxed{1}",
+        {"tool_calls": [WEATHER]},
+        r"\boxed{2}",
+        r"\boxed{3}",
+    )
+    result = answer(
+        "What is x?", [scripted_server.endpoint("m1")], samples=5, task_type="math", client=client
+    )
+    assert result.answer == "1" and result.votes == {
+        'get_weather({"city":"Paris","unit":"c"})': 2,
+        "1": 1,
+        "2": 1,
+        "3": 1,
+    }
+    assert result.tool_calls == () and result.finish_reason == "stop"
+
+
+def test_json_answers_vote_canonically_and_only_valid_ones_against_a_schema(
+    scripted_server, client
+):
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "string"}},
+        "required": ["capital"],
+    }
+    scripted_server.answers(
+        "m1",
+        '{"capital": "Rome"}',  # valid, but outvoted
+        '{ "capital" : "Paris" }',
+        '{"city": "Paris"}',  # not valid against the schema: no vote
+        '```json\n{"capital":"Paris"}\n```',
+        "Paris",  # not JSON: no vote
+    )
+    fmt = {"type": "json_schema", "json_schema": {"name": "capital", "schema": schema}}
+    result = answer(
+        "Capital of France?", [scripted_server.endpoint("m1")], samples=5, client=client,
+        extra={"response_format": fmt},
+    )  # fmt: skip
+    assert result.answer == '{"capital":"Paris"}' and result.valid == 3
+    assert result.votes == {'{"capital":"Paris"}': 2, '{"capital":"Rome"}': 1}
+    assert result.text == '{ "capital" : "Paris" }'  # the winner's first sample, as it was sent
+    loose = answer(
+        "Capital of France?", [scripted_server.endpoint("m1")], samples=5, client=client,
+        extra={"response_format": {"type": "json_object"}},
+    )  # fmt: skip
+    assert loose.valid == 4  # without a schema, any JSON votes
+
+
+def test_a_bad_json_schema_is_refused_before_any_call(scripted_server, client):
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}
+    with pytest.raises(InputError) as caught:
+        answer(
+            "Q?", [scripted_server.endpoint("m1")], client=client, extra={"response_format": fmt}
+        )
+    assert caught.value.location == "response_format.json_schema.schema"
+    assert scripted_server.requests == []
+
+
+def test_finish_reason_is_the_returned_samples_even_without_a_winner(scripted_server, client):
+    scripted_server.answers("m1", {"text": "The answer is", "finish_reason": "length"})
+    result = answer("What is 7*6?", [scripted_server.endpoint("m1")], samples=1, client=client)
+    assert result.answer is None and result.finish_reason == "length"
+    assert result.returned.raw == "The answer is" and result.model == "m1"
+
+
+def test_a_single_sample_sends_no_temperature_several_send_the_default(scripted_server, client):
+    scripted_server.answers("m1", *boxed("1"))
+    endpoints = [scripted_server.endpoint("m1")]
+    answer("Q?", endpoints, samples=1, client=client)
+    answer("Q?", endpoints, samples=3, client=client)
+    answer("Q?", endpoints, samples=1, temperature=0.2, client=client)
+    answer("Q?", endpoints, samples=2, strategy="model-switch", client=client)
+    sent = [r["body"] for r in scripted_server.requests_for("m1")]
+    assert "temperature" not in sent[0]
+    assert sent[1]["temperature"] == 0.7 and sent[2]["temperature"] == 0.2
+    assert sent[3]["temperature"] == 0.7
+
+
+def test_usage_counts_every_choice_when_the_server_reports_one(scripted_server, client):
+    scripted_server.script("one", {"texts": boxed("1"), "usage_as_one": True})
+    scripted_server.answers("summed", *boxed("1"))
+    as_one = answer("Q?", [scripted_server.endpoint("one")], samples=3, client=client)
+    summed = answer("Q?", [scripted_server.endpoint("summed")], samples=3, client=client)
+    # llama.cpp's report (with its timings) is one choice's: counted once per choice.
+    assert (as_one.tokens_in, as_one.tokens_out) == (30, 15)
+    assert (summed.tokens_in, summed.tokens_out) == (10, 15)
+
+
+def test_logprobs_of_the_returned_sample(scripted_server, client):
+    scripted_server.answers("m1", r"so \boxed{4}", r"so \boxed{5}", r"so \boxed{5}")
+    result = answer(
+        "Q?", [scripted_server.endpoint("m1")], samples=3, task_type="math", client=client,
+        extra={"logprobs": True, "top_logprobs": 1},
+    )  # fmt: skip
+    assert result.answer == "5" and result.chosen == 1
+    tokens = [entry["token"] for entry in result.logprobs["content"]]
+    assert "".join(tokens) == r"so \boxed{5}"
