@@ -14,7 +14,7 @@ COMPILE := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-ind
 	--no-emit-find-links
 
 .PHONY: demo test test-latest install install-test lint docs docs-serve bench lock \
-	lock-upgrade clean-venv
+	lock-upgrade clean-venv chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,17 @@ $(VENV)/.installed-test: $(BIN)/python $(LOCKS) pyproject.toml setup.py
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# Debian's Chromium, which the console's browser tests drive through Playwright (never a
+# browser build of Playwright's own); installed once, as root, when it is missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
+
 demo: install
 	$(BIN)/avengers demo
 
-# ruff, the Dockerfile's lint, then the suite (which builds the docs site with --strict, runs
+# ruff, the Dockerfile's lint, then the suite (Chromium first, for the console's pages) (which builds the docs site with --strict, runs
 # the docs' examples and tests the built wheel in a venv of its own).
-test: install-test
+test: install-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
 	$(TEST_CMD)

@@ -820,6 +820,10 @@ def log_row(
         fields["top_n"] = decision.policy.top_n if decision.policy else len(decision.candidates)
         if decision.policy is not None:
             fields["policy"] = decision.policy.to_dict()
+        # Each candidate's routing score as decided, so the request's page can explain it later.
+        fields["scores"] = [
+            round(c.score, 4) if c.score is not None else None for c in decision.candidates
+        ]
         fields.update(cost_fields(decision))
     return route_log.entry(
         question,

@@ -84,8 +84,11 @@ def command() -> None:
 @command.command("create", cls=Command)
 @click.argument("name")
 @policy_options
+@click.option("--console-only", is_flag=True,
+              help="The key opens the console's read-only pages (/console) and nothing else: "
+              "the API refuses it with 403.")  # fmt: skip
 @options.json_output
-def create_cmd(name: str, policy: dict[str, Any], as_json: bool) -> None:
+def create_cmd(name: str, policy: dict[str, Any], console_only: bool, as_json: bool) -> None:
     """Create a key called NAME and print it (the only time it is shown), with the policy the
     options give (none: no limits).
 
@@ -95,8 +98,11 @@ def create_cmd(name: str, policy: dict[str, Any], as_json: bool) -> None:
       avengers keys create team-a --spend-limit-day 5 --spend-limit-month 100 \\
         --models alpha,bravo --max-samples 5 --requests-per-minute 60 --tradeoff 0.8
       export OPENAI_API_KEY=$(avengers keys create ci-runner | head -1)
+      avengers keys create ops-dashboard --console-only
     """
-    record, key = api_keys.create_key(name, api_keys.KeyPolicy().changed(policy))
+    record, key = api_keys.create_key(
+        name, api_keys.KeyPolicy().changed(policy), console_only=console_only
+    )
     if as_json:
         echo_json({"key": key, **record.to_dict()})
         return

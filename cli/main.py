@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "avengers_store.cli.evaluate",
     "avengers_store.cli.keys",
     "avengers_store.cli.serve",
+    "avengers_store.cli.console",
 ]
 
 

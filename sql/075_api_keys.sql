@@ -24,7 +24,8 @@ CREATE FUNCTION avengers.admit_key(
   hash text, admit boolean DEFAULT true, at timestamptz DEFAULT now())
 RETURNS TABLE (
   key_id integer, key_name text, models text[], max_samples integer, routing jsonb,
-  refused text, spent double precision, quota double precision, retry_after integer)
+  refused text, spent double precision, quota double precision, retry_after integer,
+  console_only boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -44,9 +45,9 @@ BEGIN
     UPDATE avengers.api_keys SET last_used_at = admit_key.at WHERE id = k.id;
   END IF;
   key_id := k.id; key_name := k.name; models := k.models; max_samples := k.max_samples;
-  routing := k.routing;
-  IF NOT admit THEN
-    RETURN NEXT;  -- a request that calls no model: the key alone
+  routing := k.routing; console_only := k.console_only;
+  IF NOT admit OR k.console_only THEN
+    RETURN NEXT;  -- a request that calls no model, or a console key: the key alone
     RETURN;
   END IF;
   IF k.spend_limit_day IS NOT NULL OR k.spend_limit_month IS NOT NULL THEN
@@ -86,4 +87,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION avengers.admit_key(text, boolean, timestamptz) IS
-  'Admit one gateway request with the key whose sha256 is `hash`: no row when no live key has it; else the key and its policy, with `refused` = day or month (its spend in that UTC period, `spent`, reached its limit, `quota`) or rate (its requests this minute reached `quota` = requests_per_minute), and `retry_after` seconds until the period ends. An admitted request is counted in its minute. With `admit` false (a request that calls no model, such as feedback) only the key is looked up.';
+  'Admit one gateway request with the key whose sha256 is `hash`: no row when no live key has it; else the key and its policy, with `refused` = day or month (its spend in that UTC period, `spent`, reached its limit, `quota`) or rate (its requests this minute reached `quota` = requests_per_minute), and `retry_after` seconds until the period ends. An admitted request is counted in its minute. With `admit` false (a request that calls no model, such as feedback) only the key is looked up; a console-only key (console_only) is looked up only, never counted, and the gateway refuses it.';

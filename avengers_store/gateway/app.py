@@ -7,7 +7,8 @@ answers a standard ``chat.completion`` whose ``model`` is the pool model whose a
 what the router decided. A pool model's name passes the request straight to its endpoint.
 ``POST /v1/responses`` is the Responses API over the same recipe and pool (``responses``).
 ``POST /v1/route`` returns the decision only; ``POST /v1/feedback`` scores an answer by its route
-id; ``GET /v1/models``, ``/health``, ``/ready`` and ``/metrics`` describe the gateway. Route-log
+id; ``GET /v1/models``, ``/health``, ``/ready`` and ``/metrics`` describe the gateway; ``/console`` is its read-only console
+(``avengers_store.console``). Route-log
 rows are written in the background, and feedback is served by one refresh per
 ``feedback_refresh_s``. This module holds the route table; the handlers live in ``handlers``,
 ``recipe`` and ``passthrough``.
@@ -22,6 +23,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from avengers_store.async_client import AsyncAvengersClient
+from avengers_store.console import access as console_access
+from avengers_store.console import app as console
 from avengers_store.gateway.guard import Guard, openai_errors
 from avengers_store.gateway.handlers import (
     chat_completions,
@@ -61,10 +64,23 @@ def create_app(
             Route("/health", health, methods=["GET"]),
             Route("/ready", openai_errors(ready), methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *console.routes(),
         ],
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    settings = gateway.settings
+    app.state.console = console_access.ConsoleState(
+        lambda: gateway.client.connection("read"),
+        settings.auth,
+        gateway_defaults={
+            "strategy": settings.strategy,
+            "samples": settings.samples,
+            "top_n": settings.top_n,
+            "threshold": settings.threshold,
+            "routing": settings.routing_policy.to_dict(),
+        },
+    )
     app.add_middleware(Guard, gateway=gateway)
     return app
 

@@ -131,6 +131,7 @@ class ApiKey:
     last_used_at: datetime | None
     revoked_at: datetime | None
     policy: KeyPolicy = field(default_factory=KeyPolicy)
+    console_only: bool = False
 
     @property
     def live(self) -> bool:
@@ -144,22 +145,23 @@ class ApiKey:
             "created_at": self.created_at.isoformat(),
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "console_only": self.console_only,
             **self.policy.to_dict(),
         }
 
 
 _COLUMNS = (
     "id, name, prefix, created_at, last_used_at, revoked_at, spend_limit_day, "
-    "spend_limit_month, models, max_samples, requests_per_minute, routing"
+    "spend_limit_month, models, max_samples, requests_per_minute, routing, console_only"
 )
 
 
 def _record(row: Sequence[Any]) -> ApiKey:
-    day, month, models, samples, rpm, routing = row[6:]
+    day, month, models, samples, rpm, routing, console_only = row[6:]
     policy = KeyPolicy(
         day, month, tuple(models) if models is not None else None, samples, rpm, routing or {}
     )
-    return ApiKey(*row[:6], policy=policy)
+    return ApiKey(*row[:6], policy=policy, console_only=console_only)
 
 
 def key_hash(key: str) -> str:
@@ -199,11 +201,13 @@ def create_key(
     name: str,
     policy: KeyPolicy | None = None,
     *,
+    console_only: bool = False,
     url: str | None = None,
     conn: psycopg.Connection | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key for ``name`` with ``policy`` (default: no limits): (its record, the key). The
-    key is not stored and cannot be shown again."""
+    key is not stored and cannot be shown again. A ``console_only`` key opens the console's
+    pages and nothing else."""
     name = name.strip()
     if not name:
         raise InputError("the key needs a name", location="name")
@@ -217,9 +221,9 @@ def create_key(
                 row = c.execute(
                     f"""INSERT INTO avengers.api_keys
                           (name, key_hash, prefix, spend_limit_day, spend_limit_month, models,
-                           max_samples, requests_per_minute, routing)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
-                    (name, key_hash(key), key[:_SHOWN], *_policy_values(policy)),
+                           max_samples, requests_per_minute, routing, console_only)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
+                    (name, key_hash(key), key[:_SHOWN], *_policy_values(policy), console_only),
                 ).fetchone()
         except psycopg.errors.UniqueViolation as exc:
             raise InputError(
@@ -362,7 +366,8 @@ class Admission:
     """A live key presented with a request, and whether its policy admits it now:
     ``refused`` is None, ``day`` or ``month`` (its spend in that period, ``spent``, reached its
     limit, ``quota``) or ``rate`` (its requests this minute reached ``quota``);
-    ``retry_after``: seconds until the period ends."""
+    ``retry_after``: seconds until the period ends. ``console_only``: the key may read the
+    console and nothing else (never counted against its limits)."""
 
     key_id: int
     name: str
@@ -371,6 +376,7 @@ class Admission:
     spent: float | None = None
     quota: float | None = None
     retry_after: int | None = None
+    console_only: bool = False
 
 
 ADMIT_SQL = "SELECT * FROM avengers.admit_key(%s, %s)"
@@ -387,10 +393,10 @@ async def admit(
     row = await cursor.fetchone()
     if row is None:
         return None
-    key_id, name, models, max_samples, routing, refused, spent, quota, retry_after = row
+    key_id, name, models, max_samples, routing, refused, spent, quota, retry_after, console = row
     policy = KeyPolicy(
         models=tuple(models) if models is not None else None,
         max_samples=max_samples,
         routing=routing or {},
     )
-    return Admission(key_id, name, policy, refused, spent, quota, retry_after)
+    return Admission(key_id, name, policy, refused, spent, quota, retry_after, console)

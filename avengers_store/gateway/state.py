@@ -146,6 +146,13 @@ class Gateway:
                 401, "the API key is not valid or was revoked", code="invalid_api_key"
             )
         access.note(key=grant.name)
+        if grant.console_only:
+            raise GatewayError(
+                403,
+                f"the key {grant.name!r} may read the console (/console) only, not the API",
+                type="permission_error",
+                code="console_only_key",
+            )
         if grant.refused is not None:
             self.metrics.refused.labels(grant.refused).inc()
             raise refusal(grant)
