@@ -14,7 +14,7 @@ COMPILE := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-ind
 	--no-emit-find-links
 
 .PHONY: demo test test-latest install install-test lint docs docs-serve bench lock \
-	lock-upgrade clean-venv chromium
+	lock-upgrade clean-venv chromium screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +43,15 @@ install-test: $(VENV)/.installed-test
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
 
+# The console's screenshots in docs/img, retaken by its browser tests.
+screenshots: install-test chromium
+	AVENGERS_SCREENSHOTS=docs/img $(TEST_CMD) tests/console
+
 demo: install
 	$(BIN)/avengers demo
 
-# ruff, the Dockerfile's lint, then the suite (Chromium first, for the console's pages) (which builds the docs site with --strict, runs
-# the docs' examples and tests the built wheel in a venv of its own).
+# ruff, the Dockerfile's lint, then the suite (which drives the console in Chromium, builds the
+# docs site with --strict, runs the docs' examples and tests the built wheel in a venv of its own).
 test: install-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile

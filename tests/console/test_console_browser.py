@@ -2,11 +2,14 @@
 live gateway (keys on) over the demo store, with traffic and feedback the test sends through the
 OpenAI SDK. Every page loads with no console error; the heatmap's cells are
 avengers.cluster_profiles; a filter narrows the request list; a request's page shows what the
-route log holds. A screenshot of each page goes to docs/img/console-*.png for the docs."""
+route log holds. A screenshot of each page is taken (`make screenshots` keeps them in docs/img,
+where the docs show them)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,11 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]  # fmt: skip
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+# Screenshots go where AVENGERS_SCREENSHOTS says (`make screenshots`: the docs' images), else to
+# a temporary folder, so a test run leaves the checkout as it found it.
+IMAGES = Path(
+    os.environ.get("AVENGERS_SCREENSHOTS") or tempfile.mkdtemp(prefix="avengers-console-")
+)
 PAGES = {
     "overview": "/console/",
     "profiles": "/console/profiles",
