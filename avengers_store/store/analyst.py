@@ -63,6 +63,10 @@ ANALYST_RELATIONS = (
     "ood_daily",
     "outcome_drift",
     "key_spend",
+    # the console's pages (sql/080_console.sql), so analysts can run what a page shows
+    "request_log",
+    "model_spend_daily",
+    "pool_health",
 )
 # Hold key hashes, conversation pins and the keys' request counters: for the gateway's own
 # user only (key_spend shows analysts each key's name and spend, never its hash).
