@@ -211,7 +211,7 @@ def _novelty(model: NoveltyModel | None, matrix: np.ndarray) -> list[float | Non
     # Vectors of another dimension than the model's are not measured: the store names them.
     if model is None or matrix.shape[1] != model.mean.size:
         return [None] * len(matrix)
-    return [float(x) for x in model.distances(matrix)]
+    return [float(x) for x in model.query_distances(matrix)]
 
 
 def _per_query(values: Sequence[Any] | None, count: int, location: str) -> list[Any]:
