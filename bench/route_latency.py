@@ -243,7 +243,7 @@ def measure_k(
             rounds.append(stats)
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
-                f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, pooled {stats['route_via_pool']['p50_us']:.0f}"
+                f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, via pool {stats['route_via_pool']['p50_us']:.0f}"
                 f", bare SQL {stats['route_sql']['p50_us']:.0f} (avengers.route {stats['route_wrapper']['p50_us']:.0f}, decide_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
