@@ -44,6 +44,9 @@ DEFAULT_TOP_N = {"self-consistency": 3, "model-switch": 3, "direct": 3}
 
 Query = str | Sequence[float] | np.ndarray
 
+# Exploration seeds drawn at a time for small requests (``ClientCore.seeds``).
+SEED_BLOCK = 256
+
 # Seconds an ``ask`` may take as a whole by default: embedding, routing, every model call, retry
 # and fallback (None: only each HTTP request's own timeout bounds it).
 DEFAULT_TIMEOUT = 120.0
@@ -232,6 +235,8 @@ class ClientCore:
         self.log_vectors = log_vectors or log_texts
         self.log_texts = log_texts
         self._rng = np.random.default_rng(seed)
+        self._seed_pool: list[int] = []
+        self._seed_next = 0
         self._embedder_override = embedder
         self._embedders: dict[int, Embedder] = {}
         self._serving_cache: tuple[int | None, Space] | None = None
@@ -261,7 +266,18 @@ class ClientCore:
     def seeds(self, count: int) -> list[int]:
         """Exploration's seeds for ``count`` decisions, from the client's generator."""
         with self._state_lock:
-            return [int(x) for x in self._rng.integers(0, 2**62, size=count)]
+            # Drawn ahead in blocks: the same sequence as a draw per call (each seed is one
+            # 64-bit draw of the generator), without numpy's ~13 µs per call on every route.
+            out = self._seed_pool[self._seed_next : self._seed_next + count]
+            self._seed_next += len(out)
+            if len(out) < count:
+                more = count - len(out)
+                self._seed_pool = [
+                    int(x) for x in self._rng.integers(0, 2**62, size=max(more, SEED_BLOCK))
+                ]
+                out += self._seed_pool[:more]
+                self._seed_next = more
+            return out
 
     # -- serving space and novelty ---------------------------------------------------------
 

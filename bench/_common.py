@@ -235,15 +235,16 @@ def serve_k(
     the library's re-cluster; otherwise (where a full K-means fit takes minutes, or the clustering
     is only setup) through one K-means step from k calibration vectors as seeds, stored with the
     same write path and activated with the same CALL avengers.activate_clustering."""
-    from avengers_store.calibration import fit, reclustering
+    from avengers_store.calibration import fit as fitting
+    from avengers_store.calibration import reclustering
 
     if fit if fit is not None else k <= 256:
         found = reclustering.recluster(k=k, seed=seed, conn=conn)
         return found.id, f"reclustering.recluster (kmeans, k={k})"
     rng = np.random.default_rng(seed + k)
     seeds = store.vectors[rng.choice(len(store.vectors), k, replace=False)]
-    labels, _ = fit.nearest_centroids(store.vectors, seeds)
-    part = fit.partition(store.vectors, labels)
+    labels, _ = fitting.nearest_centroids(store.vectors, seeds)
+    part = fitting.partition(store.vectors, labels)
     cid = install_clustering(conn, store.space_id, store.query_ids, part, algorithm="kmeans")
     return cid, "one K-means step from k calibration vectors + CALL avengers.activate_clustering"
 

@@ -15,6 +15,15 @@
     (bench/gateway_app.py adds that route). (c) with the embedding excluded (a vector in the
     request) and included (a text). Rounds alternate floor / vector / text; medians over rounds.
 
+(d) The gateway's own tail: ``POST /v1/chat/completions`` in front of an upstream that answers
+    at once (bench/instant_upstream.py, its own process; no model queue), closed loop at 1, 8,
+    32 and 128 clients, against a floor in the same run: a bare Starlette proxy served the same
+    way with the same HTTP client (httpx) forwarding to the same upstream. requests/s against
+    the floor's, p50 and p99: the gateway with the embedding included (its real embedder) and
+    excluded (every text at one fixed vector), and the excluded one on two worker processes.
+    Targets: p99 <= 3x p50 at 32 clients; >= 0.5x the floor's requests/s, embedding excluded;
+    two workers >= 1.6x one. ``--only-tail`` runs it alone (no SmolLM2 needed).
+
 The gateway runs as its own process (bench/gateway_app.py = the app of ``avengers serve``), the
 load comes from httpx in this one. Targets: (a) p50 overhead <= 5 ms + the embedding at one
 client, p99 overhead <= 3x p50 at 32; (b) vector >= 0.5x the floor.
@@ -22,6 +31,7 @@ client, p99 overhead <= 3x p50 at 32; (b) vector >= 0.5x the floor.
 Example:
     .venv/bin/python bench/gateway.py
     .venv/bin/python bench/gateway.py --pairs 20 --route-requests 400 --rounds 3
+    .venv/bin/python bench/gateway.py --only-tail --tail-clients 1 8 32 128
 """
 
 from __future__ import annotations
@@ -64,13 +74,15 @@ QUESTIONS = [
 ]
 
 
-def start_gateway(url: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
+def start_gateway(url: str | None, max_tokens: int, *extra: str) -> tuple[subprocess.Popen, str]:
+    """bench/gateway_app.py in a process of its own (``extra``: its other options), once ready."""
     port = free_port()
     # A file, not a pipe nobody reads: a gateway that logs a lot would block on a full pipe.
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the process)
+    store = ["--url", url] if url else []
     process = subprocess.Popen(
-        [sys.executable, str(BENCH / "gateway_app.py"), "--port", str(port), "--url", url,
-         "--max-tokens", str(max_tokens)],
+        [sys.executable, str(BENCH / "gateway_app.py"), "--port", str(port), *store,
+         "--max-tokens", str(max_tokens), *extra],
         stdout=subprocess.DEVNULL, stderr=log, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -202,6 +214,154 @@ async def throughput(url: str, bodies: list[dict | None], clients: int) -> float
         return len(bodies) / (time.perf_counter() - t0)
 
 
+def start_upstream() -> tuple[subprocess.Popen, str]:
+    """bench/instant_upstream.py in a process of its own; its base URL once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "instant_upstream.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(base + "/chat/completions", json={}, timeout=2).raise_for_status()
+            return process, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the instant upstream did not answer in 30 s")
+
+
+async def closed_loop(url: str, clients: int, requests: int) -> dict:
+    """``clients`` concurrent clients sending chat requests back to back until ``requests`` are
+    answered (after one warm-up request each): requests/s and latency percentiles (ms)."""
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+
+        async def one(i: int) -> float:
+            body = {
+                "model": "avengers",
+                "messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} #{i}"}],
+                "max_tokens": 4,
+            }
+            t0 = time.perf_counter()
+            response = await http.post(url, json=body)
+            response.raise_for_status()
+            return (time.perf_counter() - t0) * 1000.0
+
+        await asyncio.gather(*(one(i) for i in range(clients)))  # connections, caches
+        left = requests
+
+        async def client() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                try:
+                    latencies.append(await one(left))
+                except httpx.HTTPError:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        seconds = time.perf_counter() - t0
+    return {
+        "rps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "errors": errors,
+    }
+
+
+def tail_phase(url: str, args) -> dict:
+    """The gateway's own latency and throughput in front of an upstream that answers at once
+    (bench/instant_upstream.py), against a bare proxy to the same upstream (the floor), at each
+    client count: the gateway with its real embedder (embedding included), with a fixed one
+    (excluded), and the excluded one again on two worker processes. Rounds alternate the
+    servers; medians over rounds."""
+    upstream, upstream_url = start_upstream()
+    with connections.connect(url) as conn:
+        conn.execute(
+            "UPDATE avengers.models SET endpoint = %s, served_name = %s", (upstream_url, "instant")
+        )
+        conn.commit()
+    servers = {
+        "floor": ("--floor-upstream", upstream_url),
+        "excluded": ("--fixed-embedding",),
+        "excluded_2_workers": ("--fixed-embedding", "--workers", "2"),
+        "included": (),
+    }
+    running: dict[str, tuple[subprocess.Popen, str]] = {}
+    try:
+        for name, extra in servers.items():
+            store = None if name == "floor" else url
+            running[name] = start_gateway(store, args.max_tokens, *extra)
+        say(f"tail phase: instant upstream at {upstream_url}; " + ", ".join(
+            f"{name} {base}" for name, (_, base) in running.items()))  # fmt: skip
+        by_clients = []
+        for clients in args.tail_clients:
+            rounds: dict[str, list[dict]] = {name: [] for name in servers}
+            for _ in range(args.tail_rounds):
+                for name, (_, base) in running.items():
+                    # The embedding bounds the included server's rate: fewer requests there.
+                    n = (
+                        max(args.tail_requests // 4, 2 * clients)
+                        if name == "included"
+                        else max(args.tail_requests, 4 * clients)
+                    )
+                    rounds[name].append(
+                        asyncio.run(closed_loop(base + "/v1/chat/completions", clients, n))
+                    )
+            row: dict = {"clients": clients}
+            for name, rs in rounds.items():
+                row[name] = {
+                    k: round(median([r[k] for r in rs]), 2) for k in ("rps", "p50_ms", "p99_ms")
+                }
+                row[name]["errors"] = sum(r["errors"] for r in rs)
+            floor = row["floor"]["rps"]
+            row["ratio_excluded"] = round(row["excluded"]["rps"] / floor, 3)
+            row["ratio_included"] = round(row["included"]["rps"] / floor, 3)
+            row["workers_2_over_1"] = round(
+                row["excluded_2_workers"]["rps"] / row["excluded"]["rps"], 3
+            )
+            row["p99_over_p50_excluded"] = round(
+                row["excluded"]["p99_ms"] / row["excluded"]["p50_ms"], 2
+            )
+            row["p99_over_p50_included"] = round(
+                row["included"]["p99_ms"] / row["included"]["p50_ms"], 2
+            )
+            by_clients.append(row)
+            say(
+                f"(d) {clients:>3} clients: floor {floor:.0f}/s (p50 {row['floor']['p50_ms']:.1f}"
+                f" ms, p99 {row['floor']['p99_ms']:.1f}); gateway, embedding excluded "
+                f"{row['excluded']['rps']:.0f}/s ({row['ratio_excluded']:.2f}x; p50 "
+                f"{row['excluded']['p50_ms']:.1f} ms, p99 {row['excluded']['p99_ms']:.1f}), two "
+                f"workers {row['excluded_2_workers']['rps']:.0f}/s "
+                f"({row['workers_2_over_1']:.2f}x one); included {row['included']['rps']:.0f}/s "
+                f"({row['ratio_included']:.2f}x; p50 {row['included']['p50_ms']:.1f} ms, p99 "
+                f"{row['included']['p99_ms']:.1f})"
+            )
+    finally:
+        for process, _ in running.values():
+            process.terminate()
+        for process, _ in running.values():
+            process.wait(timeout=60)
+        upstream.terminate()
+        upstream.wait(timeout=30)
+    at32 = next((r for r in by_clients if r["clients"] == 32), by_clients[-1])
+    return {
+        "by_clients": by_clients,
+        "met": {
+            "p99_within_3x_p50_at_32": at32["p99_over_p50_excluded"] <= 3.0,
+            "half_the_floor_excluded_at_32": at32["ratio_excluded"] >= 0.5,
+            "two_workers_1_6x_at_32": at32["workers_2_over_1"] >= 1.6,
+        },
+        "cores": os.cpu_count(),
+    }
+
+
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--pairs", type=int, nargs=3, default=[60, 6, 3],
@@ -210,7 +370,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tail-clients", type=int, nargs="+", default=[1, 8, 32, 128],
+                    help="client counts of the tail phase (d)")  # fmt: skip
+    ap.add_argument("--tail-requests", type=int, default=600,
+                    help="requests per measurement in (d) (a quarter with the embedding)")  # fmt: skip
+    ap.add_argument("--tail-rounds", type=int, default=2)
+    ap.add_argument("--only-tail", action="store_true",
+                    help="run phase (d) alone, written to bench/results/gateway_tail.json")  # fmt: skip
     args = ap.parse_args()
+    if args.only_tail:
+        with fresh_database("gateway") as url:
+            server = describe_server(url)
+            with connections.connect(url) as conn:
+                store = build_store(conn, n_queries=2000, n_blobs=16, n_models=4, seed=args.seed)
+                serve_k(conn, store, 16, args.seed)
+                conn.commit()
+            tail = tail_phase(url, args)
+        finish("gateway_tail", {**tail, "server": server})
+        return
     with fresh_database("gateway") as url, serve_smol() as endpoint:
         server = describe_server(url)
         with connections.connect(url) as conn:
@@ -273,6 +450,7 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=60)
+        tail = tail_phase(url, args)
     one, _, many = by_clients
     met_a1 = one["overhead_ms_p50"] <= 5.0 + embed_ms
     met_a32 = many["overhead_ms_p99"] <= 3.0 * many["overhead_ms_p50"]
@@ -292,6 +470,7 @@ def main() -> None:
             "route_ratio_vector": round(rps["vector"] / rps["floor"], 3),
             "route_ratio_text": round(rps["text"] / rps["floor"], 3),
             "met": {"a_p50_1_client": met_a1, "a_p99_32_clients": met_a32, "b_route": met_b},
+            "tail": tail,
             "server": server,
         },
     )

@@ -7,7 +7,7 @@ routing policy ("avengers" method: 16 nearest centroids pooled) on the same conn
 floors (one round trip: ``avengers.decide``). The three are timed round-robin per iteration, so
 machine noise falls on all of them alike. A second interleaved pass, with its own two floors, times
 the variants: the "paper" method (the nearest cluster only), the same call through the client's
-pool ("route_pooled"), the bare statement without the Python around it ("route_sql": the client's
+pool ("route_via_pool"), the bare statement without the Python around it ("route_sql": the client's
 ``routing.decide`` statement, built beforehand with the same seed and novelty distance, run
 directly), the ``avengers.route`` wrapper SQL users call ("route_wrapper") and the same vector
 through ``avengers.decide_many`` ("route_many_sql"). Kept out of the ratio's pass: a router repeats
@@ -48,7 +48,13 @@ from avengers_store.routing import novelty
 from avengers_store.routing.decide import statement as decide_statement
 from avengers_store.store import connections
 
-TARGET_RATIO = 2.0
+# The targets: k = 64 against numpy argmin + SELECT 1 as scheduled; larger k the same way.
+TARGET_RATIO = 1.5
+TARGET_RATIO_LARGE_K = 2.0
+
+
+def target(k: int) -> float:
+    return TARGET_RATIO if k <= 64 else TARGET_RATIO_LARGE_K
 
 
 def numpy_router(centroids: np.ndarray, best_model: np.ndarray):
@@ -169,7 +175,7 @@ def measure_k(
         def route_paper(i: int) -> object:
             return paper.route(queries[i], conn=conn)
 
-        def route_pooled(i: int) -> object:
+        def route_via_pool(i: int) -> object:
             return client.route(queries[i])
 
         def route_sql(i: int) -> object:
@@ -195,7 +201,7 @@ def measure_k(
         t0 = time.perf_counter()
         for i in range(20):
             route(i)
-            route_pooled(i)
+            route_via_pool(i)
         per_iteration = (time.perf_counter() - t0) / 20
         n = max(100, min(n, int(budget_s / repeat / per_iteration)))
         rounds = []
@@ -211,7 +217,7 @@ def measure_k(
                 variants = interleaved(
                     {
                         "route_paper": route_paper,
-                        "route_pooled": route_pooled,
+                        "route_via_pool": route_via_pool,
                         "route_sql": route_sql,
                         "route_wrapper": route_wrapper,
                         "route_many_sql": route_many_one,
@@ -226,7 +232,7 @@ def measure_k(
             stats["ratio"] = round(stats["route"]["p50_us"] / floor, 2)
             diag = {name: summary_us(t) for name, t in variants.items()}
             floor_v = diag["numpy"]["p50_us"] + diag["select1"]["p50_us"]
-            for name in ("route_paper", "route_pooled", "route_sql", "route_wrapper",
+            for name in ("route_paper", "route_via_pool", "route_sql", "route_wrapper",
                          "route_many_sql"):  # fmt: skip
                 stats[name] = diag[name]
                 stats["ratio_" + name.removeprefix("route_")] = round(
@@ -237,7 +243,7 @@ def measure_k(
             rounds.append(stats)
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
-                f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, pooled {stats['route_pooled']['p50_us']:.0f}"
+                f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, via pool {stats['route_via_pool']['p50_us']:.0f}"
                 f", bare SQL {stats['route_sql']['p50_us']:.0f} (avengers.route {stats['route_wrapper']['p50_us']:.0f}, decide_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
@@ -261,7 +267,7 @@ def measure_k(
             for name in (
                 "route",
                 "route_paper",
-                "route_pooled",
+                "route_via_pool",
                 "route_sql",
                 "route_wrapper",
                 "route_many_sql",
@@ -274,7 +280,7 @@ def measure_k(
         },
         "ratio": round(median([s["ratio"] for s in rounds]), 2),
         "ratio_sql": round(median([s["ratio_sql"] for s in rounds]), 2),
-        "ratio_pooled": round(median([s["ratio_pooled"] for s in rounds]), 2),
+        "ratio_via_pool": round(median([s["ratio_via_pool"] for s in rounds]), 2),
         "ratio_paper": round(median([s["ratio_paper"] for s in rounds]), 2),
         "ratio_route_many_sql": round(median([s["ratio_many_sql"] for s in rounds]), 2),
         "ratio_wrapper": round(median([s["ratio_wrapper"] for s in rounds]), 2),
@@ -285,8 +291,8 @@ def measure_k(
     say(
         f"k={k}: route p50 {result['route_p50_us']:.0f} µs p99 {result['route_p99_us']:.0f} µs | "
         f"numpy p50 {result['numpy_p50_us']:.1f} µs | SELECT 1 p50 {result['select1_p50_us']:.0f}"
-        f" µs | ratio {result['ratio']:.2f} (target <= {TARGET_RATIO}; bare SQL "
-        f"{result['ratio_sql']:.2f}, pooled client {result['ratio_pooled']:.2f}, method paper "
+        f" µs | ratio {result['ratio']:.2f} (target <= {target(k)}; bare SQL "
+        f"{result['ratio_sql']:.2f}, through the pool {result['ratio_via_pool']:.2f}, method paper "
         f"{result['ratio_paper']:.2f}) | agreement with numpy {agree:.1%}"
     )
     return result
@@ -339,6 +345,8 @@ def main() -> None:
         "route_latency",
         {
             "target_ratio": TARGET_RATIO,
+            "target_ratio_large_k": TARGET_RATIO_LARGE_K,
+            "met_by_k": {r["k"]: r["ratio"] <= target(r["k"]) for r in results},
             "ratio_k64": head["ratio"] if head["k"] == 64 else None,
             # The target as specified: k = 64, the two processes where the scheduler puts them.
             "met": head["ratio"] <= TARGET_RATIO if head["k"] == 64 else None,

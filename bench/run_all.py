@@ -41,6 +41,10 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+# A SELECT 1 round trip slower than this (p50, µs) is the machine's load, not a floor.
+VOID_SELECT1_US = 1000
+
+
 def mark(met: bool | None) -> str:
     return "—" if met is None else ("met" if met else "**missed**")
 
@@ -58,18 +62,23 @@ def table() -> str:
                 else ""
             )
             # The target is the ratio as scheduled; the pinned placements are reported beside it.
+            goal = 1.5 if b["k"] <= 64 else 2.0
             rows.append(
                 (
                     f"Single route, k = {b['k']:,} (client, default method {b.get('method', '?')}, vector in)",
                     f"p50 {b['route_p50_us'] / 1000:.2f} ms, p99 {b['route_p99_us'] / 1000:.2f} ms;"
                     f" numpy {b['numpy_p50_us']:.0f} µs, SELECT 1 {b['select1_p50_us']:.0f} µs; "
-                    f"**ratio {b['ratio']:.2f}** (bare SQL {b['ratio_sql']:.2f}, pooled "
-                    f"{b['ratio_pooled']:.2f}; method paper {b['ratio_paper']:.2f}){pinned}",
-                    "ratio ≤ 2",
-                    mark(b["ratio"] <= 2.0)
+                    f"**ratio {b['ratio']:.2f}** (bare SQL {b['ratio_sql']:.2f}, through the "
+                    f"pool {b.get('ratio_via_pool', float('nan')):.2f}; method paper "
+                    f"{b['ratio_paper']:.2f}){pinned}",
+                    f"ratio ≤ {goal:g}",
+                    # A floor the machine's load starved (SELECT 1 in milliseconds) voids the ratio.
+                    f"void: `SELECT 1` took {b['select1_p50_us'] / 1000:.1f} ms (the machine's load)"
+                    if b["select1_p50_us"] > VOID_SELECT1_US
+                    else mark(b["ratio"] <= goal)
                     + (
                         " (one core: **missed**)"
-                        if any(p["ratio"] > 2.0 for p in placed.values())
+                        if any(p["ratio"] > goal for p in placed.values())
                         else ""
                     ),
                 )
@@ -80,10 +89,14 @@ def table() -> str:
             rows.append(
                 (
                     f"Batch routing, 10k vectors in one statement, k = {b['k']:,}",
-                    f"**{b['client_qps']:,} queries/s** (method paper {b['paper_qps']:,}; "
-                    f"bare SQL {b['sql_qps']:,}; numpy {b['numpy_qps']:,})",
-                    "≥ 20,000/s" if b["k"] == 64 else "",
-                    mark(b["client_qps"] >= 20_000) if b["k"] == 64 else "",
+                    f"**{b['client_qps']:,} queries/s** through the client (method paper "
+                    f"{b['paper_qps']:,}; bare SQL {b['sql_qps']:,}, **×"
+                    f"{b['client_qps'] / b['sql_qps']:.2f}**; numpy {b['numpy_qps']:,}, "
+                    f"**1/{b['numpy_qps'] / b['client_qps']:.0f}**)",
+                    "≥ 0.9× bare SQL and ≥ 1/10 numpy",
+                    mark(b["client_qps"] >= 0.9 * b["sql_qps"])
+                    + " / "
+                    + mark(b["client_qps"] >= b["numpy_qps"] / 10),
                 )
             )
     r = load("tradeoff")
@@ -287,6 +300,36 @@ def table() -> str:
                 mark(r["met"]["b_route"]),
             )
         )
+    # The tail phase: gateway.json's when the full script ran last, else gateway_tail.json.
+    tail = (load("gateway") or {}).get("tail") or load("gateway_tail")
+    if tail:
+        for b in tail["by_clients"]:
+            at32 = b["clients"] == 32
+            ex, inc, fl, two = b["excluded"], b["included"], b["floor"], b["excluded_2_workers"]
+            rows.append(
+                (
+                    f"Gateway `/v1/chat/completions` in front of an instant upstream, "
+                    f"{b['clients']} client{'s' if b['clients'] > 1 else ''} (closed loop)",
+                    f"embedding excluded **{ex['rps']:,.0f}/s** (**{b['ratio_excluded']:.2f}×** "
+                    f"the floor's {fl['rps']:,.0f}/s), p50 {ex['p50_ms']:.1f} ms, p99 "
+                    f"{ex['p99_ms']:.1f} ms (**p99/p50 {b['p99_over_p50_excluded']:.1f}**; floor "
+                    f"p50 {fl['p50_ms']:.1f}, p99 {fl['p99_ms']:.1f}); two workers "
+                    f"{two['rps']:,.0f}/s (**{b['workers_2_over_1']:.2f}×** one); embedding "
+                    f"included {inc['rps']:,.0f}/s ({b['ratio_included']:.2f}×), p50 "
+                    f"{inc['p50_ms']:.1f} ms, p99 {inc['p99_ms']:.1f} ms",
+                    "p99 ≤ 3× p50; ≥ 0.5× floor; 2 workers ≥ 1.6×" if at32 else "",
+                    " / ".join(
+                        mark(v)
+                        for v in (
+                            b["p99_over_p50_excluded"] <= 3.0,
+                            b["ratio_excluded"] >= 0.5,
+                            b["workers_2_over_1"] >= 1.6,
+                        )
+                    )
+                    if at32
+                    else "",
+                )
+            )
     r = load("feedback")
     if r:
         one, f, bulk = r["one_at_a_time"], r["file_import"], r["bulk_insert"]

@@ -389,20 +389,16 @@ COMMENT ON FUNCTION avengers.novelty(integer, vector) IS
 -- A query's candidates in a clustering: every eligible model (active; with an endpoint when
 -- the policy requires one; among the policy's models when it names some) with its score and
 -- the evidence behind it (pooled over the neighbours in `weights`, production outcomes at
--- weight lambda), its expected cost (only when `costed`) and its entry in the nearest cluster
--- (the sparse vectors' entry at `onehot`). The one place a candidate is scored: decide inlines
--- it, candidate_ranges reads it again.
+-- weight lambda) and its expected cost (only when `costed`). The one place a candidate is
+-- scored: decide inlines it, candidate_ranges reads it again.
 CREATE FUNCTION avengers.candidates(
-  clustering integer, weights sparsevec, onehot sparsevec, lambda double precision,
+  clustering integer, weights sparsevec, lambda double precision,
   shrinkage double precision, completions integer, require_endpoint boolean, models text[],
   chars double precision, costed boolean, best_overall boolean)
 RETURNS TABLE (model_id integer, name text, endpoint text, served_name text,
                api_key_env text, overall_score double precision, tie_rank integer,
                score double precision, evidence double precision, cost double precision,
-               latency double precision,
-               entry_sum double precision, entry_n double precision,
-               entry_wilson_low double precision, entry_wilson_high double precision,
-               entry_feedback double precision, entry_production_mean double precision)
+               latency double precision)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT m.model_id, m.name, m.endpoint, m.served_name, m.api_key_env, m.overall_score,
@@ -418,9 +414,7 @@ BEGIN ATOMIC
          END,
          CASE WHEN costed THEN
            avengers.pooled_mean((m.cost_sums).wl, (m.cost_sums).wln, m.mean_latency_ms, shrinkage)
-         END,
-         m.entry_sum, m.entry_n, m.entry_wilson_low, m.entry_wilson_high, m.entry_feedback,
-         m.entry_production_mean
+         END
   FROM (
     SELECT rm.model_id, rm.name, rm.endpoint, rm.served_name, rm.api_key_env,
            rm.overall_score, rm.tie_rank, rm.prior_score, rm.price_in, rm.price_out,
@@ -434,13 +428,7 @@ BEGIN ATOMIC
                  -(rm.cost_sums <#> weights), -(rm.cost_ns <#> weights),
                  -(rm.latency_sums <#> weights), -(rm.latency_ns <#> weights)
              )::avengers.pooled_costs
-           END AS cost_sums,
-           -- Its entry in the nearest cluster.
-           -(rm.score_sums <#> onehot) AS entry_sum, -(rm.ns <#> onehot) AS entry_n,
-           -(rm.wilson_lows <#> onehot) AS entry_wilson_low,
-           -(rm.wilson_highs <#> onehot) AS entry_wilson_high,
-           -(rm.production_counts <#> onehot) AS entry_feedback,
-           -(rm.production_means <#> onehot) AS entry_production_mean
+           END AS cost_sums
     FROM avengers.routing_models rm
     WHERE rm.clustering_id = clustering
       AND rm.active
@@ -455,14 +443,33 @@ BEGIN ATOMIC
     AND CASE WHEN best_overall THEN m.prior_score IS NOT NULL
              ELSE m.wn + lambda * m.pwn + shrinkage > 0 END;
 END;
-COMMENT ON FUNCTION avengers.candidates(integer, sparsevec, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean, boolean) IS
-  'A query''s candidate models in a clustering under a policy: score, evidence, expected cost and entry in the nearest cluster of each eligible model (what avengers.decide ranks).';
+COMMENT ON FUNCTION avengers.candidates(integer, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean, boolean) IS
+  'A query''s candidate models in a clustering under a policy: score, evidence and expected cost of each eligible model (what avengers.decide ranks).';
+
+-- A candidate's entry in the query's nearest cluster (the entry at `onehot` of its sparse
+-- vectors). Read only for the candidates a decision returns, after the ranking: six inner
+-- products per model, each a pass over the model's clusters, were a fifth of a plain route's
+-- server time at k = 64 and most of it at k = 4,096 (docs/benchmarks.md).
+CREATE FUNCTION avengers.candidate_entry(clustering integer, model integer, onehot sparsevec)
+RETURNS TABLE (entry_sum double precision, entry_n double precision,
+               entry_wilson_low double precision, entry_wilson_high double precision,
+               entry_feedback double precision, entry_production_mean double precision)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT -(rm.score_sums <#> onehot), -(rm.ns <#> onehot), -(rm.wilson_lows <#> onehot),
+         -(rm.wilson_highs <#> onehot), -(rm.production_counts <#> onehot),
+         -(rm.production_means <#> onehot)
+  FROM avengers.routing_models rm
+  WHERE rm.clustering_id = clustering AND rm.model_id = model;
+END;
+COMMENT ON FUNCTION avengers.candidate_entry(integer, integer, sparsevec) IS
+  'A model''s entry in one cluster of a clustering (onehot: the cluster''s routing_centroids.onehot), from routing_models: calibration outcome sum and count, Wilson bounds, feedback counted and its decayed mean.';
 
 -- The score and cost ranges of a query's candidates: what the trade-off normalises by. A
 -- function of its own (a second pass over the candidates) that only a cost-aware decision
 -- calls, so a plain one plans no more than it runs.
 CREATE FUNCTION avengers.candidate_ranges(
-  clustering integer, weights sparsevec, onehot sparsevec, lambda double precision,
+  clustering integer, weights sparsevec, lambda double precision,
   shrinkage double precision, completions integer, require_endpoint boolean, models text[],
   chars double precision, best_overall boolean)
 RETURNS double precision[]
@@ -471,10 +478,10 @@ SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
   SELECT ARRAY[min(c.score), max(c.score), min(c.cost), max(c.cost), min(c.latency),
                max(c.latency)]
-  FROM avengers.candidates(clustering, weights, onehot, lambda, shrinkage, completions,
+  FROM avengers.candidates(clustering, weights, lambda, shrinkage, completions,
                            require_endpoint, models, chars, true, best_overall) AS c;
 END;
-COMMENT ON FUNCTION avengers.candidate_ranges(integer, sparsevec, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean) IS
+COMMENT ON FUNCTION avengers.candidate_ranges(integer, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean) IS
   'min and max of the candidates'' scores, expected costs and expected latencies for one query (avengers.candidates): the ranges a trade-off normalises by.';
 
 -- What a decision needs of its clustering, and the policy resolved against it: defaults for
@@ -543,11 +550,11 @@ BEGIN ATOMIC
               WHEN st.explore = 'epsilon' THEN
                 CASE WHEN r.pk = r.best_pk THEN 1 - share ELSE 0 END + share / r.fitting
          END,
-         CASE WHEN r.entry_n > 0 THEN r.entry_sum / r.entry_n END, r.entry_n::integer,
-         CASE WHEN r.entry_n > 0 THEN r.entry_wilson_low END,
-         CASE WHEN r.entry_n > 0 THEN r.entry_wilson_high END,
-         r.overall_score, r.entry_feedback::integer,
-         CASE WHEN r.entry_feedback > 0 THEN r.entry_production_mean END, r.cost,
+         CASE WHEN e.entry_n > 0 THEN e.entry_sum / e.entry_n END, e.entry_n::integer,
+         CASE WHEN e.entry_n > 0 THEN e.entry_wilson_low END,
+         CASE WHEN e.entry_n > 0 THEN e.entry_wilson_high END,
+         r.overall_score, e.entry_feedback::integer,
+         CASE WHEN e.entry_feedback > 0 THEN e.entry_production_mean END, r.cost,
          CASE WHEN r.model_id IS NOT NULL AND costed THEN NOT r.fits END, r.utility,
          r.latency
   FROM (
@@ -570,7 +577,7 @@ BEGIN ATOMIC
     -- ranges.
     SELECT v.*,
            CASE WHEN costed THEN
-             avengers.candidate_ranges(clustering_id, v.weights, v.onehot, lambda,
+             avengers.candidate_ranges(clustering_id, v.weights, lambda,
                                        shrinkage, completions, require_endpoint,
                                        models, coalesce(prompt_chars, mean_chars),
                                        v.best_overall)
@@ -644,7 +651,7 @@ BEGIN ATOMIC
              -- Then within the ceiling, else the cheapest.
              CASE WHEN k.fits THEN 'Infinity'::double precision
                   ELSE -coalesce(c.cost, 'Infinity') END AS within
-      FROM avengers.candidates(clustering_id, p.weights, p.onehot, lambda, shrinkage,
+      FROM avengers.candidates(clustering_id, p.weights, lambda, shrinkage,
                                completions, require_endpoint, models,
                                coalesce(prompt_chars, mean_chars), costed,
                                p.best_overall) AS c
@@ -664,7 +671,9 @@ BEGIN ATOMIC
                           f.tie_rank
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
   ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN top_n ELSE 1 END
-            AND (r.fits OR r.fitting = 0);
+            AND (r.fits OR r.fitting = 0)
+  -- The nearest cluster's entry, for the candidates returned only.
+  LEFT JOIN LATERAL avengers.candidate_entry(clustering_id, r.model_id, p.onehot) AS e ON true;
 END;
 COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, double precision, double precision, vector, integer, bigint, integer, text, double precision, integer) IS
   'The decision for one query in a routing context (avengers.routing_context): the body avengers.decide and avengers.decide_many share.';
@@ -688,7 +697,9 @@ BEGIN ATOMIC
     c.lambda, c.explore, c.share, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
     c.completions, c.require_endpoint, c.models, c.ood_policy, c.neighbours, c.temperature,
     c.latency_ceiling, c.latency_weight,
-    query, 1, seed, prompt_chars, pinned, mahalanobis, novelty_clustering) AS d;
+    query, 1, seed, prompt_chars, pinned, mahalanobis, novelty_clustering) AS d
+  -- In rank order whatever the plan's join order (the entry lookup joins after the ranking).
+  ORDER BY d.rank;
 END;
 COMMENT ON FUNCTION avengers.decide(vector, avengers.routing_policy, bigint, integer, text, double precision, integer) IS
   'The routing decision for one query vector under a policy (avengers.policy(...)): one row per candidate, in rank order (model NULL: no eligible model; no row: no clustering to route with). seed makes exploration''s draws reproducible; prompt_chars is the query''s length for its expected cost (NULL: the calibration texts'' mean); pinned is a model to ask first when it is a candidate (a conversation''s; it turns exploration off); mahalanobis, the query''s distance to the calibration Gaussian of novelty_clustering (routing.novelty), spares computing it. SELECT * FROM avengers.decide(v, avengers.policy(3, tradeoff => 0.5)).';

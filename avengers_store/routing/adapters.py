@@ -69,6 +69,8 @@ def _register_query_dumpers(conn: psycopg.Connection | psycopg.AsyncConnection) 
         {"oid": info.array_oid, "vector_oid": info.oid},
     )
     conn.adapters.register_dumper(VectorBatch, dumper)
+    conn.adapters.register_dumper(IntArray, _IntArrayDumper)
+    conn.adapters.register_dumper(FloatArray, _FloatArrayDumper)
     conn.adapters.register_dumper(
         _QueryVector, type("QueryVectorDumper", (_QueryVectorDumper,), {"oid": info.oid})
     )
@@ -140,6 +142,61 @@ class _VectorBatchDumper(Dumper):
         rows["x"] = obj.matrix
         # Array header: 1 dimension, no NULLs, element type, length n, lower bound 1.
         return struct.pack(">iiIii", 1, 0, self.vector_oid, n, 1) + rows.tobytes()
+
+
+class NumberArray:
+    """A batch's per-query numbers without NULLs (bigint seeds, float8 distances) as one numpy
+    array, sent as one binary ``bigint[]`` (``IntArray``) or ``float8[]`` (``FloatArray``):
+    psycopg's list dumper costs ~10 µs per thousand elements (20 ms of a 10,000-query batch for
+    its two arrays)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+
+class IntArray(NumberArray):
+    __slots__ = ()
+
+
+class FloatArray(NumberArray):
+    __slots__ = ()
+
+
+class _NumberArrayDumper(Dumper):
+    format = Format.BINARY
+    element_oid = 0
+    element = ""
+
+    def dump(self, obj: NumberArray) -> bytes:
+        n = len(obj.values)
+        rows = np.empty(n, dtype=[("size", ">i4"), ("x", self.element)])
+        rows["size"] = 8
+        rows["x"] = obj.values
+        # Array header: 1 dimension, no NULLs, element type, length n, lower bound 1.
+        return struct.pack(">iiIii", 1, 0, self.element_oid, n, 1) + rows.tobytes()
+
+
+class _IntArrayDumper(_NumberArrayDumper):
+    oid, element_oid, element = 1016, 20, ">i8"  # bigint[]
+
+
+class _FloatArrayDumper(_NumberArrayDumper):
+    oid, element_oid, element = 1022, 701, ">f8"  # float8[]
+
+
+def number_array(values: Sequence[Any]) -> NumberArray | list[Any]:
+    """``values`` as an ``IntArray`` or a ``FloatArray`` when they are all ints or all floats;
+    as they are otherwise (NULLs, text: psycopg's list dumper)."""
+    if all(type(v) is int for v in values):
+        try:
+            return IntArray(np.fromiter(values, dtype=np.int64, count=len(values)))
+        except OverflowError:  # beyond bigint: the server names it
+            return list(values)
+    if all(type(v) is float for v in values):
+        return FloatArray(np.fromiter(values, dtype=np.float64, count=len(values)))
+    return list(values)
 
 
 def query_matrix(vectors: Sequence[Any]) -> np.ndarray | None:

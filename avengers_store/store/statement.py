@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus
 
 from avengers_store.store import driver_errors
 
@@ -34,7 +35,7 @@ def run(conn: psycopg.Connection, statement: Statement) -> list[Any]:
         cursor = conn.execute(
             statement.sql, statement.params, prepare=statement.prepare, binary=statement.binary
         )
-        return cursor.fetchall() if cursor.description is not None else []
+        return cursor.fetchall() if _has_rows(cursor) else []
     except psycopg.Error as exc:
         driver_errors.reraise(exc, location=statement.location)
 
@@ -45,6 +46,13 @@ async def arun(conn: psycopg.AsyncConnection, statement: Statement) -> list[Any]
         cursor = await conn.execute(
             statement.sql, statement.params, prepare=statement.prepare, binary=statement.binary
         )
-        return await cursor.fetchall() if cursor.description is not None else []
+        return await cursor.fetchall() if _has_rows(cursor) else []
     except psycopg.Error as exc:
         driver_errors.reraise(exc, location=statement.location)
+
+
+def _has_rows(cursor: psycopg.Cursor | psycopg.AsyncCursor) -> bool:
+    # The result's status, not ``cursor.description``: that builds a Column object per column on
+    # every call (~15 µs for a decision's 30 columns, a tenth of a route).
+    result = cursor.pgresult
+    return result is not None and result.status == ExecStatus.TUPLES_OK

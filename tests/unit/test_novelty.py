@@ -21,6 +21,19 @@ def test_distance_is_mahalanobis_under_the_shrunk_covariance():
     assert model.distances(v) == pytest.approx(expected, rel=1e-6)
 
 
+def test_routing_distances_equal_the_fitted_ones_to_float32():
+    # What the clients send with a query (float32, pre-scaled axes) against the float64 form
+    # the threshold is measured with: the same distances to float32 rounding.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2000, 64)) * np.linspace(0.02, 1.0, 64)
+    model = novelty.gaussian(x)
+    queries = rng.normal(size=(50, 64)).astype(np.float32)
+    fast = model.query_distances(queries)
+    assert fast.dtype == np.float64
+    assert fast == pytest.approx(model.distances(queries), rel=2e-6)
+    assert model.query_distances(queries[:1])[0] == pytest.approx(fast[0], rel=1e-6)
+
+
 def test_threshold_comes_from_held_out_vectors():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 40))
