@@ -19,6 +19,7 @@ ALTER TABLE avengers.clusterings
     CHECK (change_threshold > 0 AND change_threshold <> 'Infinity'),
   ADD COLUMN exploration_overlap double precision NOT NULL DEFAULT 0.2
     CHECK (exploration_overlap >= 0 AND exploration_overlap < 1),
+  ALTER COLUMN exploration_share SET DEFAULT 0.02,
   DROP CONSTRAINT clusterings_exploration_check,
   ADD CONSTRAINT clusterings_exploration_check
     CHECK (exploration IN ('off', 'thompson', 'epsilon', 'targeted'));
@@ -34,6 +35,7 @@ ALTER TABLE avengers.clusterings
   DROP CONSTRAINT clusterings_exploration_check,
   ADD CONSTRAINT clusterings_exploration_check
     CHECK (exploration IN ('off', 'thompson', 'epsilon')),
+  ALTER COLUMN exploration_share SET DEFAULT 0.05,
   DROP COLUMN exploration_overlap,
   DROP COLUMN change_threshold;
 """

@@ -16,7 +16,7 @@ SHIPPED = {
     "0005_novelty.py": "8eb1c3c3922de34c804f8728cfad44a76f78e7290060708f531b134e8971453f",
     "0006_decisions.py": "9ef0d5109ae3cd0a5629e2148180347b979c61c23c500f7edcfc06887e8317ce",
     "0007_key_policies.py": "7c021534ff4ac4fdee5822738d011f15cc44fd18bb68cd0692da198a0ec79fcd",
-    "0008_production_rule.py": "47063709b470c5ba9d9eee262698e713993f5ae89969d1aee42204e47e6c1d92",
+    "0008_production_rule.py": "3a93c84f69be1112183bea33bfa8a677f94c508ae3e9f1729b33fbd366527bcf",
 }
 
 
