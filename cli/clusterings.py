@@ -98,17 +98,22 @@ def remove_cmd(clustering_id: int, yes: bool) -> None:
               "only, the static router).")  # fmt: skip
 @click.option("--half-life", type=Duration(), help="Half-life of feedback rows, e.g. 14d.")
 @click.option("--exploration", type=click.Choice(loop.EXPLORATION),
-              help="off, thompson (rank by Beta posterior draws) or epsilon (a random candidate "
-              "first for --exploration-share of requests).")  # fmt: skip
-@click.option("--exploration-share", type=float, help="epsilon's share of requests, in [0,1].")
+              help="off, targeted (a plausibly better candidate first for up to "
+              "--exploration-share of requests), thompson (rank by Beta posterior draws) or "
+              "epsilon (a random candidate first for --exploration-share of requests).")  # fmt: skip
+@click.option("--exploration-share", type=float,
+              help="targeted's and epsilon's share of requests, in [0,1].")  # fmt: skip
+@click.option("--exploration-overlap", type=float,
+              help="targeted: the chance of beating the leader from which a candidate is "
+              "plausible, in [0,1).")  # fmt: skip
 @click.option("--ood-quantile", type=float,
               help="Calibration quantile of scaled distances above which a query is OOD.")  # fmt: skip
 @click.option("--change-threshold", type=float,
               help="z-score above which a model's feedback says it changed (default 3).")  # fmt: skip
 @options.json_output
 def configure_cmd(
-    clustering_id, production_weight, half_life, exploration, exploration_share, ood_quantile,
-    change_threshold, as_json,
+    clustering_id, production_weight, half_life, exploration, exploration_share,
+    exploration_overlap, ood_quantile, change_threshold, as_json,
 ) -> None:  # fmt: skip
     """Show or change the loop's settings of version CLUSTERING_ID (default: the active one).
 
@@ -128,6 +133,7 @@ def configure_cmd(
         half_life=half_life,
         exploration=exploration,
         exploration_share=exploration_share,
+        exploration_overlap=exploration_overlap,
         ood_quantile=ood_quantile,
         change_threshold=change_threshold,
     )
@@ -137,6 +143,8 @@ def configure_cmd(
     explore = result.exploration
     if explore == "epsilon":
         explore += f" (share {result.exploration_share:g})"
+    elif explore == "targeted":
+        explore += f" (share {result.exploration_share:g}, overlap {result.exploration_overlap:g})"
     click.echo(
         f"clustering {result.clustering_id}: production weight {result.production_weight:g}, "
         f"half-life {result.half_life}, change threshold {result.change_threshold:g}, "

@@ -4,7 +4,7 @@
 CREATE VIEW avengers.active_clustering AS
 SELECT k.id, k.space_id, s.dimension, k.algorithm, k.k, k.seed, k.params, k.status, k.n_queries,
        k.inertia, k.created_at, k.activated_at, k.production_weight, k.half_life, k.exploration,
-       k.exploration_share, k.ood_quantile, k.change_threshold
+       k.exploration_share, k.ood_quantile, k.change_threshold, k.exploration_overlap
 FROM avengers.clusterings k
 JOIN avengers.embedding_spaces s ON s.id = k.space_id
 WHERE k.status = 'active';
@@ -24,7 +24,8 @@ COMMENT ON COLUMN avengers.active_clustering.created_at IS 'When the fit started
 COMMENT ON COLUMN avengers.active_clustering.activated_at IS 'When this version was made active.';
 COMMENT ON COLUMN avengers.active_clustering.production_weight IS 'Weight of one production outcome against one calibration outcome in the served score (0: calibration only).';
 COMMENT ON COLUMN avengers.active_clustering.half_life IS 'Half-life of production outcomes.';
-COMMENT ON COLUMN avengers.active_clustering.exploration IS 'Exploration policy: off, thompson or epsilon.';
-COMMENT ON COLUMN avengers.active_clustering.exploration_share IS 'epsilon: share of requests sent to a random candidate.';
+COMMENT ON COLUMN avengers.active_clustering.exploration IS 'Exploration policy: off, targeted, thompson or epsilon.';
+COMMENT ON COLUMN avengers.active_clustering.exploration_share IS 'targeted and epsilon: the share of requests that may go to another candidate than the best-ranked.';
 COMMENT ON COLUMN avengers.active_clustering.ood_quantile IS 'Calibration quantile of scaled distances beyond which a query is out of distribution.';
 COMMENT ON COLUMN avengers.active_clustering.change_threshold IS 'z-score of the production update rule''s change test (avengers.production_evidence).';
+COMMENT ON COLUMN avengers.active_clustering.exploration_overlap IS 'targeted: the chance of beating the leader above which a candidate is plausible.';

@@ -52,6 +52,7 @@ SELECT k.id AS clustering_id,
        k.production_weight,
        k.exploration,
        k.exploration_share,
+       k.exploration_overlap,
        nv.threshold AS novelty_threshold
 FROM avengers.active_clustering k
 LEFT JOIN avengers.clustering_scale sc ON sc.clustering_id = k.id
@@ -77,6 +78,7 @@ COMMENT ON COLUMN avengers.routing_state.mean_chars IS 'Mean length in character
 COMMENT ON COLUMN avengers.routing_state.production_weight IS 'clusterings.production_weight: what a policy without a production weight uses.';
 COMMENT ON COLUMN avengers.routing_state.exploration IS 'clusterings.exploration: what a policy without an exploration uses.';
 COMMENT ON COLUMN avengers.routing_state.exploration_share IS 'clusterings.exploration_share.';
+COMMENT ON COLUMN avengers.routing_state.exploration_overlap IS 'clusterings.exploration_overlap.';
 COMMENT ON COLUMN avengers.routing_state.novelty_threshold IS 'novelty_profiles.threshold: the Mahalanobis distance at novelty 1 (NULL: the version has no novelty model, and novelty is the nearest cluster''s distance over its ood_distance).';
 
 -- The active clustering's centroids with the sparse-vector key of each cluster, scanned once per

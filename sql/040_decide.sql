@@ -37,12 +37,21 @@
 --     when none fits, the cheapest alone, flagged over_budget.
 --   first place: a pinned model (a conversation's; it turns exploration off) when it is among
 --     the ranked candidates; else, when exploring, the candidates within the ceiling are asked
---     in the order of their draws: epsilon, with probability share, a uniform order (so the
---     first is drawn uniformly); thompson, by a draw from each one's posterior (a normal
---     approximation of Beta(1 + score * evidence, 1 + (1 - score) * evidence)). Otherwise the
---     plain order. Draws come from the seed (hashed with the model id), so a decision is
---     reproducible from its seed. propensity is the probability the candidate had of going
---     first (1 and 0 without exploration; NULL under thompson, which has no closed form).
+--     in the order of their draws: targeted, with probability share, one of the plausible
+--     candidates (below) and the plain order's best otherwise; epsilon, with probability share,
+--     a uniform order (so the first is drawn uniformly); thompson, by a draw from each one's
+--     posterior (a normal approximation of Beta(1 + score * evidence, 1 + (1 - score) *
+--     evidence)). Otherwise the plain order. Draws come from the seed (hashed with the model id;
+--     targeted's one draw u from md5('<seed>:targeted')), so a decision is reproducible from its
+--     seed. propensity is the probability the candidate had of going first (1 and 0 without
+--     exploration; NULL under thompson, which has no closed form).
+--   targeted (production/exploration_rule.py is its reference): a candidate within the ceiling
+--     is plausible when its chance of beating the plain order's best (the leader) is at least
+--     the overlap: score_0 - score_i <= Phi^-1(1 - overlap) * sqrt(v_0 + v_i), v = score (1 -
+--     score) / (evidence + 1); every candidate is plausible when the query's nearest cluster
+--     moved (production_evidence.cluster_moved). With plausible candidates P (in the plain
+--     order) and u < share the floor(u / share * |P|)-th of P goes first, else the leader: the
+--     leader's propensity is 1 - share (1 when P is empty), each plausible one's share / |P|.
 --
 -- Scoring reads routing_models: each model's per-cluster sums as sparse vectors, pooled with one
 -- inner product each against the query's neighbour weights (pgvector, float32: scores carry
@@ -59,8 +68,9 @@
 -- per query (LATERAL), so both forms are one text.
 
 -- A routing policy: everything a decision depends on besides the query. NULL fields take the
--- defaults of avengers.policy(); exploration, exploration_share and production_weight NULL take
--- the clustering's settings (avengers.clusterings), clustering_id NULL the active clustering.
+-- defaults of avengers.policy(); exploration, exploration_share, exploration_overlap and
+-- production_weight NULL take the clustering's settings (avengers.clusterings), clustering_id
+-- NULL the active clustering.
 CREATE TYPE avengers.routing_policy AS (
   clustering_id integer,
   neighbours integer,
@@ -77,7 +87,8 @@ CREATE TYPE avengers.routing_policy AS (
   exploration_share double precision,
   production_weight double precision,
   max_latency_ms double precision,
-  latency_weight double precision
+  latency_weight double precision,
+  exploration_overlap double precision
 );
 COMMENT ON TYPE avengers.routing_policy IS
   'What avengers.decide routes by besides the query: the clustering, the scoring method, how many candidates, the candidate filter, the quality-cost trade-off and ceiling, the out-of-distribution policy, exploration and the production weight. Build one with avengers.policy(...).';
@@ -92,8 +103,9 @@ COMMENT ON COLUMN avengers.routing_policy.tradeoff IS 'alpha in [0, 1]: 1 ranks 
 COMMENT ON COLUMN avengers.routing_policy.max_cost IS 'Highest expected cost a candidate may have (NULL: no ceiling).';
 COMMENT ON COLUMN avengers.routing_policy.completions IS 'Answers the request draws from its first model: its expected cost counts them (default 1).';
 COMMENT ON COLUMN avengers.routing_policy.ood_policy IS 'What an out-of-distribution query gets: flag (routed as usual, default), best-overall (ranked by the models'' dataset-balanced calibration means) or widen (routed as usual; answered with Model-Switch).';
-COMMENT ON COLUMN avengers.routing_policy.exploration IS 'off, thompson or epsilon (NULL: the clustering''s).';
-COMMENT ON COLUMN avengers.routing_policy.exploration_share IS 'epsilon: the share of decisions that put a drawn candidate first (NULL: the clustering''s).';
+COMMENT ON COLUMN avengers.routing_policy.exploration IS 'off, targeted, thompson or epsilon (NULL: the clustering''s).';
+COMMENT ON COLUMN avengers.routing_policy.exploration_share IS 'targeted and epsilon: the share of decisions that may put a drawn candidate first (NULL: the clustering''s).';
+COMMENT ON COLUMN avengers.routing_policy.exploration_overlap IS 'targeted: the chance of beating the leader from which a candidate is plausible, in [0, 1) (NULL: the clustering''s).';
 COMMENT ON COLUMN avengers.routing_policy.production_weight IS 'How much a production outcome counts against a calibration one (>= 0; 0: the static router; NULL: the clustering''s).';
 COMMENT ON COLUMN avengers.routing_policy.max_latency_ms IS 'Highest expected latency of a model request a candidate may have, in milliseconds (NULL: no ceiling).';
 COMMENT ON COLUMN avengers.routing_policy.latency_weight IS 'beta in [0, 1]: the share of the trade-off given to low expected latency (NULL: none).';
@@ -106,13 +118,15 @@ CREATE FUNCTION avengers.policy(
   exploration text DEFAULT NULL, exploration_share double precision DEFAULT NULL,
   production_weight double precision DEFAULT NULL, require_endpoint boolean DEFAULT false,
   models text[] DEFAULT NULL, clustering_id integer DEFAULT NULL,
-  max_latency_ms double precision DEFAULT NULL, latency_weight double precision DEFAULT NULL)
+  max_latency_ms double precision DEFAULT NULL, latency_weight double precision DEFAULT NULL,
+  exploration_overlap double precision DEFAULT NULL)
 RETURNS avengers.routing_policy
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ROW(clustering_id, neighbours, temperature, shrinkage, top_n, require_endpoint, models,
            tradeoff, max_cost, completions, ood_policy, exploration, exploration_share,
-           production_weight, max_latency_ms, latency_weight)::avengers.routing_policy;
-COMMENT ON FUNCTION avengers.policy(integer, integer, double precision, double precision, double precision, double precision, integer, text, text, double precision, double precision, boolean, text[], integer, double precision, double precision) IS
+           production_weight, max_latency_ms, latency_weight,
+           exploration_overlap)::avengers.routing_policy;
+COMMENT ON FUNCTION avengers.policy(integer, integer, double precision, double precision, double precision, double precision, integer, text, text, double precision, double precision, boolean, text[], integer, double precision, double precision, double precision) IS
   'A routing policy with the defaults of the "avengers" method: avengers.policy(3), avengers.policy(3, tradeoff => 0.5), avengers.policy(1, neighbours => 1, temperature => 0, shrinkage => 0) (the paper''s rule).';
 
 -- One row of a decision: one candidate of one query, best first; the decision's own fields
@@ -206,11 +220,14 @@ BEGIN
   IF NOT coalesce(p.ood_policy IN ('flag', 'best-overall', 'widen'), true) THEN
     RAISE EXCEPTION '%', format('unknown OOD policy %L; choose one of flag, best-overall, widen', p.ood_policy) USING ERRCODE = 'VA422', COLUMN = 'ood_policy';
   END IF;
-  IF NOT coalesce(p.exploration IN ('off', 'thompson', 'epsilon'), true) THEN
-    RAISE EXCEPTION '%', format('unknown exploration %L; choose one of off, thompson, epsilon', p.exploration) USING ERRCODE = 'VA422', COLUMN = 'exploration';
+  IF NOT coalesce(p.exploration IN ('off', 'targeted', 'thompson', 'epsilon'), true) THEN
+    RAISE EXCEPTION '%', format('unknown exploration %L; choose one of off, targeted, thompson, epsilon', p.exploration) USING ERRCODE = 'VA422', COLUMN = 'exploration';
   END IF;
   IF NOT coalesce(p.exploration_share BETWEEN 0 AND 1, true) THEN
     RAISE EXCEPTION '%', format('exploration_share must be in [0, 1], got %s', p.exploration_share) USING ERRCODE = 'VA422', COLUMN = 'exploration_share';
+  END IF;
+  IF NOT coalesce(p.exploration_overlap >= 0 AND p.exploration_overlap < 1, true) THEN
+    RAISE EXCEPTION '%', format('exploration_overlap must be in [0, 1), got %s', p.exploration_overlap) USING ERRCODE = 'VA422', COLUMN = 'exploration_overlap';
   END IF;
   IF NOT coalesce(p.production_weight >= 0 AND p.production_weight < 'Infinity', true) THEN
     RAISE EXCEPTION '%', format('production_weight must be a finite number >= 0, got %s', p.production_weight) USING ERRCODE = 'VA422', COLUMN = 'production_weight';
@@ -240,8 +257,9 @@ RETURN CASE WHEN p IS NOT NULL
                  AND coalesce(p.max_cost >= 0 AND p.max_cost < 'Infinity', true)
                  AND coalesce(p.completions >= 1, true)
                  AND coalesce(p.ood_policy IN ('flag', 'best-overall', 'widen'), true)
-                 AND coalesce(p.exploration IN ('off', 'thompson', 'epsilon'), true)
+                 AND coalesce(p.exploration IN ('off', 'targeted', 'thompson', 'epsilon'), true)
                  AND coalesce(p.exploration_share BETWEEN 0 AND 1, true)
+                 AND coalesce(p.exploration_overlap >= 0 AND p.exploration_overlap < 1, true)
                  AND coalesce(p.production_weight >= 0 AND p.production_weight < 'Infinity', true)
                  AND coalesce(p.max_latency_ms >= 0 AND p.max_latency_ms < 'Infinity', true)
                  AND coalesce(p.latency_weight BETWEEN 0 AND 1, true)
@@ -345,6 +363,165 @@ END
 $$;
 COMMENT ON FUNCTION avengers.exploration_draw(text, bigint, integer, double precision, double precision) IS
   'Exploration''s draw for a candidate: epsilon, a uniform number from (seed, model); thompson, a sample of the normal approximation of Beta(1 + score * evidence, 1 + (1 - score) * evidence) at that number.';
+
+-- Targeted exploration's draw: a uniform number in [0, 1) from the first 52 bits of
+-- md5('<seed>:<key>'), what production/exploration_rule.hash_uniform computes in Python.
+CREATE FUNCTION avengers.hash_uniform(seed bigint, key text)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ('x' || substr(md5(seed::text || ':' || key), 1, 13))::bit(52)::bigint
+       / 4503599627370496.0::double precision;
+COMMENT ON FUNCTION avengers.hash_uniform(bigint, text) IS
+  'A uniform number in [0, 1) from (seed, key): the first 13 hex digits of md5(''<seed>:<key>'') over 16^13 (targeted exploration''s draw, key ''targeted'').';
+
+-- The normal quantile Phi^-1(p) by Wichura's AS241 (the algorithm and coefficients of Python's
+-- statistics.NormalDist.inv_cdf, evaluated in the same order, so both give the same double).
+CREATE FUNCTION avengers.normal_quantile(p double precision)
+RETURNS double precision
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+  q double precision := p - 0.5;
+  r double precision;
+  num double precision;
+  den double precision;
+  a double precision[];
+  b double precision[];
+  i integer;
+BEGIN
+  IF p <= 0 OR p >= 1 THEN
+    RAISE EXCEPTION 'the normal quantile needs p in (0, 1), got %', p USING ERRCODE = 'VA422';
+  END IF;
+  IF abs(q) <= 0.425 THEN
+    r := 0.180625 - q * q;
+    a := '{2.5090809287301226727e+3, 3.3430575583588128105e+4, 6.7265770927008700853e+4, 4.5921953931549871457e+4, 1.3731693765509461125e+4, 1.9715909503065514427e+3, 1.3314166789178437745e+2, 3.3871328727963666080e+0}';
+    b := '{5.2264952788528545610e+3, 2.8729085735721942674e+4, 3.9307895800092710610e+4, 2.1213794301586595867e+4, 5.3941960214247511077e+3, 6.8718700749205790830e+2, 4.2313330701600911252e+1, 1.0}';
+  ELSE
+    r := sqrt(-ln(CASE WHEN q <= 0 THEN p ELSE 1 - p END));
+    IF r <= 5 THEN
+      r := r - 1.6;
+      a := '{7.74545014278341407640e-4, 2.27238449892691845833e-2, 2.41780725177450611770e-1, 1.27045825245236838258e+0, 3.64784832476320460504e+0, 5.76949722146069140550e+0, 4.63033784615654529590e+0, 1.42343711074968357734e+0}';
+      b := '{1.05075007164441684324e-9, 5.47593808499534494600e-4, 1.51986665636164571966e-2, 1.48103976427480074590e-1, 6.89767334985100004550e-1, 1.67638483018380384940e+0, 2.05319162663775882187e+0, 1.0}';
+    ELSE
+      r := r - 5;
+      a := '{2.01033439929228813265e-7, 2.71155556874348757815e-5, 1.24266094738807843860e-3, 2.65321895265761230930e-2, 2.96560571828504891230e-1, 1.78482653991729133580e+0, 5.46378491116411436990e+0, 6.65790464350110377720e+0}';
+      b := '{2.04426310338993978564e-15, 1.42151175831644588870e-7, 1.84631831751005468180e-5, 7.86869131145613259100e-4, 1.48753612908506148525e-2, 1.36929880922735805310e-1, 5.99832206555887937690e-1, 1.0}';
+    END IF;
+  END IF;
+  num := a[1];
+  den := b[1];
+  FOR i IN 2..8 LOOP
+    num := num * r + a[i];
+    den := den * r + b[i];
+  END LOOP;
+  IF abs(q) <= 0.425 THEN
+    RETURN num * q / den;
+  END IF;
+  RETURN CASE WHEN q < 0 THEN -(num / den) ELSE num / den END;
+END
+$$;
+COMMENT ON FUNCTION avengers.normal_quantile(double precision) IS
+  'The standard normal quantile Phi^-1(p) for p in (0, 1) (Wichura''s AS241, as Python''s statistics.NormalDist.inv_cdf).';
+
+-- How far behind the leader, in standard deviations of the difference, a candidate may be and
+-- still be plausible: Phi^-1(1 - overlap); every candidate is plausible at overlap 0.
+CREATE FUNCTION avengers.plausibility_gap(overlap double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN overlap <= 0 THEN 'Infinity'::double precision
+            ELSE -avengers.normal_quantile(overlap) END;
+COMMENT ON FUNCTION avengers.plausibility_gap(double precision) IS
+  'Phi^-1(1 - overlap): a candidate is plausible when the leader''s score minus its own is at most this many standard deviations of the difference (Infinity at overlap 0: every candidate).';
+
+-- Targeted exploration's candidates: given each candidate within the ceiling as [model id,
+-- ranking key, score, tie_rank, evidence, gap] (concatenated, in any order), the plain order's
+-- best (the leader) and then the plausible candidates in the plain order, as model ids.
+CREATE FUNCTION avengers.targeted_candidates_final(cells double precision[])
+RETURNS integer[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+  n integer := coalesce(cardinality(cells), 0) / 6;
+  ranked integer[] := '{}';
+  out integer[];
+  i integer;
+  j integer;
+  at integer;
+  a integer;
+  b integer;
+  p0 double precision;
+  v0 double precision;
+  p double precision;
+  spread double precision;
+  behind double precision;
+  gap double precision;
+BEGIN
+  IF n = 0 THEN
+    RETURN NULL;
+  END IF;
+  -- The plain order (ranking key, then score, both descending, then tie_rank): insertion.
+  FOR i IN 1..n LOOP
+    at := cardinality(ranked) + 1;
+    FOR j IN 1..cardinality(ranked) LOOP
+      a := 6 * (i - 1);
+      b := 6 * (ranked[j] - 1);
+      IF coalesce(cells[a + 2], 'Infinity') > coalesce(cells[b + 2], 'Infinity')
+         OR (coalesce(cells[a + 2], 'Infinity') = coalesce(cells[b + 2], 'Infinity')
+             AND (cells[a + 3] > cells[b + 3]
+                  OR (cells[a + 3] = cells[b + 3] AND cells[a + 4] < cells[b + 4]))) THEN
+        at := j;
+        EXIT;
+      END IF;
+    END LOOP;
+    ranked := ranked[1:at - 1] || i || ranked[at:];
+  END LOOP;
+  a := 6 * (ranked[1] - 1);
+  out := ARRAY[cells[a + 1]::integer];
+  gap := cells[a + 6];
+  p0 := least(greatest(cells[a + 3], 0), 1);
+  v0 := p0 * (1 - p0) / (greatest(cells[a + 5], 0) + 1);
+  FOR j IN 2..n LOOP
+    b := 6 * (ranked[j] - 1);
+    p := least(greatest(cells[b + 3], 0), 1);
+    spread := sqrt(p * (1 - p) / (greatest(cells[b + 5], 0) + 1) + v0);
+    behind := cells[a + 3] - cells[b + 3];
+    IF gap = 'Infinity' OR behind <= gap * spread OR (spread = 0 AND behind <= 0) THEN
+      out := out || cells[b + 1]::integer;
+    END IF;
+  END LOOP;
+  RETURN out;
+END
+$$;
+COMMENT ON FUNCTION avengers.targeted_candidates_final(double precision[]) IS
+  'avengers.targeted_candidates'' result from its cells: the leader''s model id, then the plausible candidates'' in the plain order.';
+
+CREATE AGGREGATE avengers.targeted_candidates(double precision[]) (
+  SFUNC = array_cat, STYPE = double precision[],
+  FINALFUNC = avengers.targeted_candidates_final);
+COMMENT ON AGGREGATE avengers.targeted_candidates(double precision[]) IS
+  'Over a decision''s candidates within the ceiling, each ARRAY[model id, ranking key, score, tie_rank, evidence, gap]: the leader''s model id, then those of the candidates plausibly better than it (targeted exploration; gap Infinity: all of them).';
+
+-- The candidate targeted exploration puts first: with u < share, the floor(u / share * |P|)-th
+-- of the plausible candidates P (avengers.targeted_candidates, after the leader); NULL: the leader.
+CREATE FUNCTION avengers.targeted_pick(ids integer[], u double precision, share double precision)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN u < share AND cardinality(ids) > 1 THEN
+         ids[2 + least(floor(u / share * (cardinality(ids) - 1))::integer, cardinality(ids) - 2)]
+       END;
+COMMENT ON FUNCTION avengers.targeted_pick(integer[], double precision, double precision) IS
+  'The model id targeted exploration puts first for draw u and share (NULL: the leader keeps its place).';
+
+-- The probability a candidate had of going first under targeted exploration.
+CREATE FUNCTION avengers.targeted_propensity(ids integer[], model integer, share double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN cardinality(ids) < 2 OR share = 0 THEN (model = ids[1])::integer::double precision
+            WHEN model = ids[1] THEN 1 - share
+            WHEN model = ANY (ids[2:]) THEN share / (cardinality(ids) - 1)
+            ELSE 0 END;
+COMMENT ON FUNCTION avengers.targeted_propensity(integer[], integer, double precision) IS
+  'Targeted exploration''s propensity of a model: 1 - share for the leader (1 with no plausible rival), share / |P| for each plausible candidate, 0 otherwise.';
 
 -- A candidate's expected cost from its prices, measured means and the sums pooled around the
 -- query (sql/025_costs.sql). plpgsql: one step in a decision that asks no cost.
@@ -484,13 +661,73 @@ END;
 COMMENT ON FUNCTION avengers.candidate_ranges(integer, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean) IS
   'min and max of the candidates'' scores, expected costs and expected latencies for one query (avengers.candidates): the ranges a trade-off normalises by.';
 
+-- What a candidate is ranked by: whether it fits the ceilings, its utility under a trade-off
+-- (only when costed) and the plain order's key (utility, or the score when quality alone
+-- counts). Inlined where it is called: the one place these rules are written.
+CREATE FUNCTION avengers.rank_keys(
+  costed boolean, alpha double precision, ceiling double precision,
+  latency_ceiling double precision, latency_weight double precision, score double precision,
+  cost double precision, latency double precision, ranges double precision[])
+RETURNS TABLE (fits boolean, utility double precision, k2 double precision)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+  SELECT j.fits, j.utility,
+         CASE WHEN alpha = 1 AND latency_weight IS NULL THEN score ELSE j.utility END
+  FROM (SELECT coalesce(ceiling IS NULL OR cost <= ceiling, false)
+                 AND coalesce(latency_ceiling IS NULL OR latency <= latency_ceiling, false)
+                 AS fits,
+               CASE WHEN costed THEN
+                 avengers.tradeoff_utility(alpha, latency_weight, score, cost, latency, ranges)
+               END AS utility) AS j;
+END;
+COMMENT ON FUNCTION avengers.rank_keys(boolean, double precision, double precision, double precision, double precision, double precision, double precision, double precision, double precision[]) IS
+  'A candidate''s ranking keys: whether it fits max_cost and max_latency_ms, its trade-off utility (costed decisions only) and the plain order''s key (the utility, or the score when alpha = 1 without a latency weight).';
+
+-- Targeted exploration's leader and plausible candidates for one query: a second pass over its
+-- candidates (avengers.candidates, ranked by avengers.rank_keys), called only by a decision that
+-- explores this way. Every candidate is plausible when the nearest cluster moved.
+CREATE FUNCTION avengers.targeted_candidates_of(
+  clustering integer, cluster integer, weights sparsevec, onehot sparsevec,
+  lambda double precision, shrinkage double precision, completions integer,
+  require_endpoint boolean, models text[], chars double precision, best_overall boolean,
+  costed boolean, alpha double precision, ceiling double precision,
+  latency_ceiling double precision, latency_weight double precision, gap double precision)
+RETURNS integer[]
+LANGUAGE sql STABLE
+SET plan_cache_mode = force_generic_plan
+BEGIN ATOMIC
+  WITH x AS MATERIALIZED (
+    SELECT CASE WHEN costed THEN
+             avengers.candidate_ranges(clustering, weights, onehot, lambda, shrinkage,
+                                       completions, require_endpoint, models, chars,
+                                       best_overall)
+           END AS ranges,
+           CASE WHEN EXISTS (SELECT 1 FROM avengers.production_evidence e
+                             WHERE e.cluster = targeted_candidates_of.cluster
+                               AND e.clustering_id = clustering AND e.cluster_moved)
+                THEN 'Infinity'::double precision ELSE gap END AS gap)
+  SELECT avengers.targeted_candidates(
+           ARRAY[c.model_id, k.k2, c.score, c.tie_rank, c.evidence, x.gap])
+  FROM x
+  CROSS JOIN avengers.candidates(clustering, weights, onehot, lambda, shrinkage, completions,
+                                 require_endpoint, models, chars, costed, best_overall) AS c
+  CROSS JOIN LATERAL avengers.rank_keys(costed, alpha, ceiling, latency_ceiling,
+                                        latency_weight, c.score, c.cost, c.latency,
+                                        x.ranges) AS k
+  WHERE k.fits;
+END;
+COMMENT ON FUNCTION avengers.targeted_candidates_of(integer, integer, sparsevec, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean, boolean, double precision, double precision, double precision, double precision, double precision) IS
+  'Targeted exploration''s candidates for one query (avengers.targeted_candidates over its candidates within the ceilings): the leader''s model id, then the plausible ones'' in the plain order; every candidate is plausible when the nearest cluster moved (production_evidence.cluster_moved).';
+
 -- What a decision needs of its clustering, and the policy resolved against it: defaults for
--- unset fields, the clustering's production weight and exploration for unset ones. Checked once
+-- unset fields, the clustering's production weight and exploration for unset ones (targeted
+-- exploration's overlap as the plausibility gap it sets). Checked once
 -- per statement: the policy's fields, the clustering's size.
 CREATE FUNCTION avengers.routing_context(policy avengers.routing_policy)
 RETURNS TABLE (clustering_id integer, dimension integer, clusters integer, rho double precision,
                mean_chars double precision, novelty_threshold double precision,
-               lambda double precision, explore text, share double precision, costed boolean,
+               lambda double precision, explore text, share double precision,
+               gap double precision, costed boolean,
                alpha double precision, ceiling double precision, top_n integer,
                shrinkage double precision, completions integer, require_endpoint boolean,
                models text[], ood_policy text, neighbours integer, temperature double precision,
@@ -501,6 +738,10 @@ BEGIN ATOMIC
          coalesce((policy).production_weight, s.production_weight),
          coalesce((policy).exploration, s.exploration),
          coalesce((policy).exploration_share, s.exploration_share),
+         -- Targeted exploration's plausibility gap, once per statement.
+         CASE WHEN coalesce((policy).exploration, s.exploration) = 'targeted' THEN
+           avengers.plausibility_gap(coalesce((policy).exploration_overlap, s.exploration_overlap))
+         END,
          (policy).tradeoff IS NOT NULL OR (policy).max_cost IS NOT NULL
            OR (policy).max_latency_ms IS NOT NULL OR (policy).latency_weight IS NOT NULL,
          coalesce((policy).tradeoff, 1), (policy).max_cost, coalesce((policy).top_n, 1),
@@ -525,8 +766,8 @@ COMMENT ON FUNCTION avengers.routing_context(avengers.routing_policy) IS
 CREATE FUNCTION avengers.decide_query(
   clustering_id integer, dimension integer, clusters integer, rho double precision,
   mean_chars double precision, novelty_threshold double precision, lambda double precision,
-  explore text, share double precision, costed boolean, alpha double precision,
-  ceiling double precision, top_n integer, shrinkage double precision, completions integer,
+  explore text, share double precision, gap double precision, costed boolean,
+  alpha double precision, ceiling double precision, top_n integer, shrinkage double precision, completions integer,
   require_endpoint boolean, models text[], ood_policy text, neighbours integer,
   temperature double precision, latency_ceiling double precision, latency_weight double precision,
   query vector, ord integer, seed bigint, prompt_chars integer, pinned text,
@@ -545,10 +786,12 @@ BEGIN ATOMIC
          -- The probability the candidate had of going first: 1 or 0 without exploration (with a
          -- pin, or nothing within the ceiling); under epsilon, the plain order's best keeps its
          -- place with 1 - share, and each of the candidates within the ceiling is drawn with
-         -- share / their number.
+         -- share / their number; under targeted, 1 - share and share / |P| (see the top).
          CASE WHEN st.explore = 'off' OR r.fitting = 0 THEN (r.rank = 1)::integer::double precision
               WHEN st.explore = 'epsilon' THEN
                 CASE WHEN r.pk = r.best_pk THEN 1 - share ELSE 0 END + share / r.fitting
+              WHEN st.explore = 'targeted' THEN
+                avengers.targeted_propensity(p.targeted, r.model_id, share)
          END,
          CASE WHEN e.entry_n > 0 THEN e.entry_sum / e.entry_n END, e.entry_n::integer,
          CASE WHEN e.entry_n > 0 THEN e.entry_wilson_low END,
@@ -576,6 +819,19 @@ BEGIN ATOMIC
     -- by the models' calibration priors; and, for a cost-aware decision, the candidates'
     -- ranges.
     SELECT v.*,
+           -- Targeted exploration's draw, and its leader and plausible candidates (a second
+           -- pass over the candidates, only when targeted, as candidate_ranges is only when
+           -- costed).
+           CASE WHEN st.explore = 'targeted' THEN
+             avengers.hash_uniform(st.draw_seed, 'targeted')
+           END AS draw,
+           CASE WHEN st.explore = 'targeted' THEN
+             avengers.targeted_candidates_of(clustering_id, v.cluster, v.weights, v.onehot,
+                                             lambda, shrinkage, completions, require_endpoint,
+                                             models, coalesce(prompt_chars, mean_chars),
+                                             v.best_overall, costed, alpha, ceiling,
+                                             latency_ceiling, latency_weight, gap)
+           END AS targeted,
            CASE WHEN costed THEN
              avengers.candidate_ranges(clustering_id, v.weights, lambda,
                                        shrinkage, completions, require_endpoint,
@@ -639,10 +895,13 @@ BEGIN ATOMIC
              -- score, then tie_rank, each step far below what the one before tells apart.
              k.k2 + c.score * 1e-9 - c.tie_rank * 1e-12 AS pk,
              -- First: the pinned model, else, when exploring, the candidates within the ceiling
-             -- by their draws (thompson's sample of each one's posterior; epsilon's uniform
-             -- number, when its coin says so).
+             -- by their draws (targeted's pick, when its draw says so; thompson's sample of each
+             -- one's posterior; epsilon's uniform number, when its coin says so).
              CASE WHEN NOT k.fits THEN NULL
                   WHEN c.name = pinned THEN 'Infinity'::double precision
+                  WHEN st.explore = 'targeted' THEN
+                    CASE WHEN c.model_id = avengers.targeted_pick(p.targeted, p.draw, share)
+                      THEN 'Infinity'::double precision END
                   WHEN st.explore = 'thompson'
                     OR (st.explore = 'epsilon' AND avengers.uniform(st.draw_seed, -1) < share)
                     THEN avengers.exploration_draw(st.explore, st.draw_seed, c.model_id, c.score,
@@ -655,16 +914,9 @@ BEGIN ATOMIC
                                completions, require_endpoint, models,
                                coalesce(prompt_chars, mean_chars), costed,
                                p.best_overall) AS c
-      CROSS JOIN LATERAL (
-        SELECT j.*, CASE WHEN alpha = 1 AND latency_weight IS NULL THEN c.score
-                         ELSE j.utility END AS k2
-        FROM (SELECT coalesce(ceiling IS NULL OR c.cost <= ceiling, false)
-                       AND coalesce(latency_ceiling IS NULL OR c.latency <= latency_ceiling,
-                                    false) AS fits,
-                     CASE WHEN costed THEN
-                       avengers.tradeoff_utility(alpha, latency_weight, c.score, c.cost,
-                                                 c.latency, p.ranges)
-                     END AS utility) AS j) AS k
+      CROSS JOIN LATERAL avengers.rank_keys(costed, alpha, ceiling, latency_ceiling,
+                                            latency_weight, c.score, c.cost, c.latency,
+                                            p.ranges) AS k
       OFFSET 0
     ) AS f
     WINDOW w AS (ORDER BY f.first DESC NULLS LAST, f.within DESC, f.k2 DESC, f.score DESC,
@@ -675,7 +927,7 @@ BEGIN ATOMIC
   -- The nearest cluster's entry, for the candidates returned only.
   LEFT JOIN LATERAL avengers.candidate_entry(clustering_id, r.model_id, p.onehot) AS e ON true;
 END;
-COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, double precision, double precision, vector, integer, bigint, integer, text, double precision, integer) IS
+COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, double precision, double precision, vector, integer, bigint, integer, text, double precision, integer) IS
   'The decision for one query in a routing context (avengers.routing_context): the body avengers.decide and avengers.decide_many share.';
 
 -- The decision for one query vector. See the top of this file for the rule.
@@ -694,7 +946,7 @@ BEGIN ATOMIC
   FROM avengers.routing_context(policy) AS c
   CROSS JOIN LATERAL avengers.decide_query(
     c.clustering_id, c.dimension, c.clusters, c.rho, c.mean_chars, c.novelty_threshold,
-    c.lambda, c.explore, c.share, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
+    c.lambda, c.explore, c.share, c.gap, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
     c.completions, c.require_endpoint, c.models, c.ood_policy, c.neighbours, c.temperature,
     c.latency_ceiling, c.latency_weight,
     query, 1, seed, prompt_chars, pinned, mahalanobis, novelty_clustering) AS d
@@ -726,7 +978,7 @@ BEGIN ATOMIC
   CROSS JOIN unnest(queries) WITH ORDINALITY AS x(v, ord)
   CROSS JOIN LATERAL avengers.decide_query(
     c.clustering_id, c.dimension, c.clusters, c.rho, c.mean_chars, c.novelty_threshold,
-    c.lambda, c.explore, c.share, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
+    c.lambda, c.explore, c.share, c.gap, c.costed, c.alpha, c.ceiling, c.top_n, c.shrinkage,
     c.completions, c.require_endpoint, c.models, c.ood_policy, c.neighbours, c.temperature,
     c.latency_ceiling, c.latency_weight,
     x.v, x.ord::integer,

@@ -225,7 +225,8 @@ def store_partition(
         """UPDATE avengers.clusterings k
            SET production_weight = a.production_weight, half_life = a.half_life,
                exploration = a.exploration, exploration_share = a.exploration_share,
-               ood_quantile = a.ood_quantile, change_threshold = a.change_threshold
+               ood_quantile = a.ood_quantile, change_threshold = a.change_threshold,
+               exploration_overlap = a.exploration_overlap
            FROM avengers.active_clustering a
            WHERE k.id = %s""",
         (clustering_id,),

@@ -17,7 +17,8 @@ in its own savepoint, rolled back):
 - ``online``: feedback served at ``production_weight`` through the update rule
   (``avengers.production_evidence``), no exploration.
 - ``online + targeted`` (and ``+ thompson`` / ``+ epsilon`` when asked): the same with
-  exploration; targeted is ``production.exploration_rule``, whose propensities are recorded.
+  exploration, routed by ``avengers.decide`` under that exploration policy (targeted: the
+  rule of ``production.exploration_rule``), each decision's propensity recorded.
 - ``best single``: the model with the best dataset-balanced calibration mean, every query.
 - ``recalibrated`` (moving streams only): the static router calibrated on the world after the
   change, a reference no online arm can beat by more than luck.
@@ -160,8 +161,6 @@ INSERT INTO avengers.feedback (route_id, source, model_id, score, at)
 SELECT x.r, 'replay', x.m, x.s, x.t
 FROM unnest(%s::uuid[], %s::integer[], %s::float8[], %s::timestamptz[]) AS x(r, m, s, t)
 """
-# The clusters where feedback left calibration: targeted exploration asks every candidate there.
-_MOVED_SQL = "SELECT DISTINCT cluster FROM avengers.production_evidence WHERE cluster_moved"
 
 
 def evaluate_online(
@@ -419,8 +418,8 @@ def _static(conn: psycopg.Connection, rp: Replay, stream: Stream) -> _Run:
     missing = 0
     for start in range(0, n, 4096):
         chunk = np.arange(start, min(start + 4096, n))
-        decided = _decide(conn, rp, stream.rows[chunk], _Plan("static", 0.0, "off", False), 0,
-                          chunk, 0.0, None)  # fmt: skip
+        decided = _decide(conn, rp, stream.rows[chunk], _Plan("static", 0.0, "off", False), 0.0,
+                          None)  # fmt: skip
         for at, (col, *_rest) in zip(chunk, decided, strict=True):
             if col < 0:
                 continue
@@ -436,41 +435,18 @@ def _decide(
     rp: Replay,
     rows: np.ndarray,
     arm: _Plan,
-    seed: int,
-    positions: np.ndarray,
     overlap: float,
     rng: np.random.Generator | None,
 ) -> list[tuple[int, int | None, float | None, bool, float | None]]:
     """One decision per query: (the answering model's column or -1, nearest cluster, its
-    distance, explored, propensity). The one place the replay calls ``avengers.decide``."""
-    vectors = rp.X[rows]
-    base = rp.policy.replace(production_weight=arm.weight, exploration="off")
-    if arm.policy == "targeted":
-        # Every candidate, ranked by score: the rule reads each one's score and evidence.
-        decisions = routing.decide(conn, vectors, base.replace(top_n=len(rp.models)))
-        moved = {r[0] for r in conn.execute(_MOVED_SQL)}
-        out = []
-        for d, at in zip(decisions, positions, strict=True):
-            if not d.candidates:
-                out.append((-1, d.cluster, d.distance, False, None))
-                continue
-            cands = d.candidates
-            choice = exploration_rule.choose(
-                [float(c.score or 0.0) for c in cands],
-                [float(c.evidence or 0.0) for c in cands],
-                exploration_rule.hash_uniform(seed, str(int(at))),
-                arm.share,
-                overlap,
-                d.cluster in moved,
-            )
-            model = cands[choice.index].model
-            out.append((rp.column[model], d.cluster, d.distance, choice.explored,
-                        choice.propensity))  # fmt: skip
-        return out
-    policy = base.replace(top_n=1)
+    distance, explored, propensity). The one place the replay calls ``avengers.decide``; an
+    exploring arm's draws come from a seed per query, as a client's do."""
+    policy = rp.policy.replace(production_weight=arm.weight, exploration="off", top_n=1)
     seeds = None
     if arm.policy != "off":
         policy = policy.replace(exploration=arm.policy, exploration_share=arm.share)
+        if arm.policy == "targeted":
+            policy = policy.replace(exploration_overlap=overlap)
         assert rng is not None
         seeds = [int(x) for x in rng.integers(0, 2**62, size=len(rows))]
     return [
@@ -478,7 +454,7 @@ def _decide(
          d.candidates[0].propensity if arm.policy != "off" else 1.0)
         if d.candidates
         else (-1, d.cluster, d.distance, False, None)
-        for d in routing.decide(conn, vectors, policy, seeds=seeds)
+        for d in routing.decide(conn, rp.X[rows], policy, seeds=seeds)
     ]  # fmt: skip
 
 
@@ -512,7 +488,7 @@ def _stream(
             conn.execute("UPDATE avengers.models SET active = true WHERE name = %s",
                          (scenario.target,))  # fmt: skip
         positions = np.arange(start, end)
-        decided = _decide(conn, rp, stream.rows[positions], arm, seed, positions, overlap, rng)
+        decided = _decide(conn, rp, stream.rows[positions], arm, overlap, rng)
         log: list[tuple[Any, ...]] = []
         back: list[tuple[Any, ...]] = []
         for at, (col, cluster, distance, was_explored, propensity) in zip(

@@ -104,7 +104,7 @@ class ResponseFormat(BaseModel):
 RECIPE_ONLY = (
     "samples", "strategy", "top_n", "threshold", "route_on", "task_type", "method",
     "ood_policy", "tradeoff", "max_cost", "max_latency_ms", "latency_weight", "exploration",
-    "exploration_share", "production_weight", "models",
+    "exploration_share", "exploration_overlap", "production_weight", "models",
 )  # fmt: skip
 # Fields the gateway reads itself and does not send to a routed model as they are.
 OWN_FIELDS = frozenset(
@@ -124,8 +124,9 @@ class PolicyOptions(BaseModel):
     max_cost: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     max_latency_ms: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     latency_weight: float | None = Field(None, ge=0.0, le=1.0)
-    exploration: Literal["off", "thompson", "epsilon"] | None = None
+    exploration: Literal["off", "targeted", "thompson", "epsilon"] | None = None
     exploration_share: float | None = Field(None, ge=0.0, le=1.0)
+    exploration_overlap: float | None = Field(None, ge=0.0, lt=1.0)
     production_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     models: list[str] | None = Field(None, min_length=1)
 

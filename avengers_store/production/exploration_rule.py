@@ -10,7 +10,12 @@ posterior is read off its routing score (the mean) and the evidence behind it (t
 denominator: pooled outcome count plus the prior's pseudo-count), ``sd^2 = mean (1 - mean) /
 (count + 1)``. In a cluster that moved (a calibrated model's feedback there left its
 calibration mean: ``production_evidence.cluster_moved``) every candidate is plausible, since
-the feedback cannot say whether the model or the traffic changed until the others are asked.
+the feedback cannot say whether the model or the traffic changed until the others are asked;
+so is every candidate at overlap 0.
+
+``avengers.decide`` (sql/040_decide.sql) applies this rule under ``exploration = 'targeted'``
+with ``u = hash_uniform(seed, "targeted")``, the candidates within the ceiling in the plain
+order; a test pins the two together decision for decision.
 One uniform draw ``u`` decides: with plausible candidates P and ``u < share`` the
 ``floor(u / share * |P|)``-th of P (in rank order) answers, else the leader. So
 
@@ -58,10 +63,15 @@ def hash_uniform(seed: int, key: str) -> float:
     return int(digest[:13], 16) / _SCALE
 
 
+def posterior_variance(mean: float, count: float) -> float:
+    """Variance of a Beta-like posterior of this mean over count outcomes."""
+    p = min(max(float(mean), 0.0), 1.0)
+    return p * (1.0 - p) / (max(float(count), 0.0) + 1.0)
+
+
 def posterior_sd(mean: float, count: float) -> float:
     """Standard deviation of a Beta-like posterior of this mean over count outcomes."""
-    p = min(max(float(mean), 0.0), 1.0)
-    return math.sqrt(p * (1.0 - p) / (max(float(count), 0.0) + 1.0))
+    return math.sqrt(posterior_variance(mean, count))
 
 
 def plausibility_gap(overlap: float) -> float:
@@ -92,10 +102,13 @@ def plausible(
     if len(means) < 2:
         return ()
     gap = plausibility_gap(overlap)
-    lead, lead_sd = float(means[0]), posterior_sd(means[0], counts[0])
+    if gap == math.inf:
+        return tuple(range(1, len(means)))
+    lead, lead_variance = float(means[0]), posterior_variance(means[0], counts[0])
     found = []
     for i in range(1, len(means)):
-        spread = math.hypot(posterior_sd(means[i], counts[i]), lead_sd)
+        # The same operations in the same order as avengers.targeted_candidates_final.
+        spread = math.sqrt(posterior_variance(means[i], counts[i]) + lead_variance)
         behind = lead - float(means[i])
         if behind <= gap * spread or (spread == 0.0 and behind <= 0.0):
             found.append(i)

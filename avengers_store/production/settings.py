@@ -11,8 +11,16 @@ Defaults, and why:
   model sooner on the replays but cost 0.2-0.5 points on the i.i.d. stream; docs/evaluation.md).
 - ``half_life`` 14 days: a row counts half after two weeks, so a cluster's production evidence
   follows the traffic of about the last month and a model that got worse is seen within weeks.
-- ``exploration`` off: every request goes to the best-scored model until an operator opts in.
-- ``exploration_share`` 0.05: epsilon's share of requests sent to a random candidate.
+- ``exploration`` off: a default route stays the same route for the same question until an
+  operator opts in; on the replays targeted exploration moved quality by less than its noise.
+  ``targeted`` (recommended where feedback flows) sends up to ``exploration_share`` of requests
+  to a candidate that could plausibly be best (``production.exploration_rule``), with exact
+  propensities for off-policy estimates.
+- ``exploration_share`` 0.02 (0.05 for versions made before migration 0008): targeted's and
+  epsilon's share of requests; 0.05 and 0.10 cost more on the calibration splits for no
+  measurable gain.
+- ``exploration_overlap`` 0.2: targeted's plausibility threshold (the chance of beating the
+  leader).
 - ``ood_quantile`` 0.99: about 1 in 100 calibration queries would be called out of
   distribution.
 
@@ -32,11 +40,11 @@ import psycopg
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections, driver_errors
 
-EXPLORATION = ("off", "thompson", "epsilon")
+EXPLORATION = ("off", "targeted", "thompson", "epsilon")
 
 _COLUMNS = (
     "id, production_weight, half_life, exploration, exploration_share, ood_quantile, "
-    "change_threshold"
+    "change_threshold, exploration_overlap"
 )
 
 
@@ -49,6 +57,7 @@ class LoopSettings:
     exploration_share: float
     ood_quantile: float
     change_threshold: float
+    exploration_overlap: float
 
 
 def _target(conn: psycopg.Connection, clustering_id: int | None) -> int:
@@ -91,6 +100,7 @@ def configure(
     exploration_share: float | None = None,
     ood_quantile: float | None = None,
     change_threshold: float | None = None,
+    exploration_overlap: float | None = None,
     url: str | None = None,
     conn: psycopg.Connection | None = None,
 ) -> LoopSettings:
@@ -138,6 +148,13 @@ def configure(
                 location="change_threshold",
             )
         changes["change_threshold"] = float(change_threshold)
+    if exploration_overlap is not None:
+        if not 0.0 <= float(exploration_overlap) < 1.0:
+            raise InputError(
+                f"exploration_overlap must be in [0, 1), got {exploration_overlap}",
+                location="exploration_overlap",
+            )
+        changes["exploration_overlap"] = float(exploration_overlap)
     with connections.connection(url, conn=conn) as c, driver_errors.translated(), c.transaction():
         target = _target(c, clustering_id)
         if changes:

@@ -3,7 +3,8 @@
 ``Policy`` mirrors ``avengers.routing_policy`` (sql/040_decide.sql), the one value
 ``avengers.decide`` takes; the rule itself lives there. The method's numbers (``neighbours``,
 ``temperature``, ``shrinkage``) come from a ``RoutingMethod`` preset; ``exploration``,
-``exploration_share`` and ``production_weight`` left None take the clustering's settings,
+``exploration_share``, ``exploration_overlap`` and ``production_weight`` left None take the
+clustering's settings,
 ``clustering_id`` None the active clustering.
 """
 
@@ -20,7 +21,7 @@ from avengers_store.errors import InputError
 from avengers_store.routing.methods import RoutingMethod, routing_method
 
 OOD_POLICIES = ("flag", "best-overall", "widen")
-EXPLORATIONS = ("off", "thompson", "epsilon")
+EXPLORATIONS = ("off", "targeted", "thompson", "epsilon")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class Policy:
     over budget) make the decision cost-aware; ``completions``: answers the request draws from
     its first model (its expected cost counts them); ``ood_policy``: what an out-of-distribution
     query gets (``flag``, ``best-overall`` or ``widen``); ``exploration`` (``off``,
-    ``thompson``, ``epsilon``) and ``exploration_share``; ``production_weight``: how much a
+    ``targeted``, ``thompson``, ``epsilon``), ``exploration_share`` and ``exploration_overlap``
+    (targeted: the chance of beating the leader from which a candidate is plausible);
+    ``production_weight``: how much a
     production outcome counts against a calibration one (0: the static router);
     ``max_latency_ms`` (a ceiling on a candidate's expected latency, measured from the route
     log) and ``latency_weight`` (β in [0, 1]: the trade-off's share for low latency) make it
@@ -52,6 +55,7 @@ class Policy:
     clustering_id: int | None = None
     max_latency_ms: float | None = None
     latency_weight: float | None = None
+    exploration_overlap: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -87,6 +91,12 @@ class Policy:
             raise InputError(
                 f"latency_weight must be between 0 and 1, got {self.latency_weight}",
                 location="latency_weight",
+            )
+        overlap = self.exploration_overlap
+        if overlap is not None and not 0.0 <= overlap < 1.0:
+            raise InputError(
+                f"exploration_overlap must be in [0, 1), got {overlap}",
+                location="exploration_overlap",
             )
         share = self.exploration_share
         if share is not None and not 0.0 <= share <= 1.0:
@@ -135,6 +145,7 @@ class Policy:
             "models": list(self.models) if self.models is not None else None,
             "clustering_id": self.clustering_id, "max_latency_ms": self.max_latency_ms,
             "latency_weight": self.latency_weight,
+            "exploration_overlap": self.exploration_overlap,
         }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +186,7 @@ POLICY_ARGS: tuple[tuple[str, str, Any], ...] = (
     ("production_weight", "float8", None), ("require_endpoint", "boolean", False),
     ("models", "text[]", None), ("clustering_id", "integer", None),
     ("max_latency_ms", "float8", None), ("latency_weight", "float8", None),
+    ("exploration_overlap", "float8", None),
 )  # fmt: skip
 _TYPES = {name: kind for name, kind, _ in POLICY_ARGS}
 

@@ -34,7 +34,11 @@ def test_defaults_changes_and_carry_over(store):
         timedelta(days=14),
         "off",
     )
-    assert (found.exploration_share, found.ood_quantile) == (0.05, 0.99)
+    assert (found.exploration_share, found.exploration_overlap, found.ood_quantile) == (
+        0.02,
+        0.2,
+        0.99,
+    )
     changed = configure(
         production_weight=0.25, half_life=timedelta(hours=36), exploration="thompson", url=store
     )
