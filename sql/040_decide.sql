@@ -687,7 +687,7 @@ COMMENT ON FUNCTION avengers.rank_keys(boolean, double precision, double precisi
 -- candidates (avengers.candidates, ranked by avengers.rank_keys), called only by a decision that
 -- explores this way. Every candidate is plausible when the nearest cluster moved.
 CREATE FUNCTION avengers.targeted_candidates_of(
-  clustering integer, cluster integer, weights sparsevec, onehot sparsevec,
+  clustering integer, cluster integer, weights sparsevec,
   lambda double precision, shrinkage double precision, completions integer,
   require_endpoint boolean, models text[], chars double precision, best_overall boolean,
   costed boolean, alpha double precision, ceiling double precision,
@@ -698,7 +698,7 @@ SET plan_cache_mode = force_generic_plan
 BEGIN ATOMIC
   WITH x AS MATERIALIZED (
     SELECT CASE WHEN costed THEN
-             avengers.candidate_ranges(clustering, weights, onehot, lambda, shrinkage,
+             avengers.candidate_ranges(clustering, weights, lambda, shrinkage,
                                        completions, require_endpoint, models, chars,
                                        best_overall)
            END AS ranges,
@@ -709,14 +709,14 @@ BEGIN ATOMIC
   SELECT avengers.targeted_candidates(
            ARRAY[c.model_id, k.k2, c.score, c.tie_rank, c.evidence, x.gap])
   FROM x
-  CROSS JOIN avengers.candidates(clustering, weights, onehot, lambda, shrinkage, completions,
+  CROSS JOIN avengers.candidates(clustering, weights, lambda, shrinkage, completions,
                                  require_endpoint, models, chars, costed, best_overall) AS c
   CROSS JOIN LATERAL avengers.rank_keys(costed, alpha, ceiling, latency_ceiling,
                                         latency_weight, c.score, c.cost, c.latency,
                                         x.ranges) AS k
   WHERE k.fits;
 END;
-COMMENT ON FUNCTION avengers.targeted_candidates_of(integer, integer, sparsevec, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean, boolean, double precision, double precision, double precision, double precision, double precision) IS
+COMMENT ON FUNCTION avengers.targeted_candidates_of(integer, integer, sparsevec, double precision, double precision, integer, boolean, text[], double precision, boolean, boolean, double precision, double precision, double precision, double precision, double precision) IS
   'Targeted exploration''s candidates for one query (avengers.targeted_candidates over its candidates within the ceilings): the leader''s model id, then the plausible ones'' in the plain order; every candidate is plausible when the nearest cluster moved (production_evidence.cluster_moved).';
 
 -- What a decision needs of its clustering, and the policy resolved against it: defaults for
@@ -826,10 +826,9 @@ BEGIN ATOMIC
              avengers.hash_uniform(st.draw_seed, 'targeted')
            END AS draw,
            CASE WHEN st.explore = 'targeted' THEN
-             avengers.targeted_candidates_of(clustering_id, v.cluster, v.weights, v.onehot,
-                                             lambda, shrinkage, completions, require_endpoint,
-                                             models, coalesce(prompt_chars, mean_chars),
-                                             v.best_overall, costed, alpha, ceiling,
+             avengers.targeted_candidates_of(clustering_id, v.cluster, v.weights, lambda,
+                                             shrinkage, completions, require_endpoint, models,
+                                             coalesce(prompt_chars, mean_chars), v.best_overall, costed, alpha, ceiling,
                                              latency_ceiling, latency_weight, gap)
            END AS targeted,
            CASE WHEN costed THEN
