@@ -20,9 +20,9 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from avengers_store.calibration import novelty
 from avengers_store.calibration.fit import Partition
 from avengers_store.errors import InputError, NotFound, StoreStateError
-from avengers_store.routing import novelty
 from avengers_store.store import connections, driver_errors
 
 _COLUMNS = (

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.store import connections
+from avengers_store.store.refresh import refresh_profiles
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,6 @@ from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections
 
 
-def refresh_profiles(conn: psycopg.Connection) -> None:
-    """Recompute the served profiles inside the caller's transaction (readers see the old rows
-    until it commits). Call after anything that changes outcomes, models' active flags or the
-    active clustering."""
-    conn.execute("CALL avengers.refresh_profiles()")
-
-
 @dataclass(frozen=True)
 class ProfileEntry:
     """One cell of the capability profile: a model on the calibration queries of one cluster

@@ -22,11 +22,11 @@ import psycopg
 from psycopg.rows import class_row
 
 from avengers_store.arguments import as_string_map, check_name
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest.readers import Table, read_table
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections
+from avengers_store.store.refresh import refresh_profiles
 
 TASK_TYPES = ("math", "multiple_choice", "code", "text")
 TASK_TYPE_ALIASES = {"mc": "multiple_choice", "multiple-choice": "multiple_choice"}

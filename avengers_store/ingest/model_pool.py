@@ -18,9 +18,9 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from avengers_store.arguments import as_list, check_name
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
+from avengers_store.store.refresh import refresh_profiles
 
 COLUMNS = (
     "id, name, endpoint, served_name, api_key_env, cost_in_per_m, cost_out_per_m, active, added_at"

@@ -14,13 +14,13 @@ import numpy as np
 import psycopg
 
 from avengers_store.arguments import check_name, shown_column
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError
 from avengers_store.ingest.datasets import get_dataset, query_lookup
 from avengers_store.ingest.model_pool import model_ids
 from avengers_store.ingest.readers import Table, read_table, row_label
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections, driver_errors
+from avengers_store.store.refresh import refresh_profiles
 
 SHOWN_OFFENDERS = 5
 # Column names tried, in order, when the caller names none.
@@ -85,7 +85,7 @@ def upsert_outcomes(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int
 
     Rows for the same query and model within one call are pooled first: the score is their mean
     weighted by samples, samples are summed (so merged duplicate queries count once). Profiles are
-    not refreshed: call ``profiles.refresh_profiles(conn)`` once after the last batch. Returns the
+    not refreshed: call ``store.refresh.refresh_profiles(conn)`` once after the last batch. Returns the
     number of (query, model) rows written.
     """
     if conn.autocommit:

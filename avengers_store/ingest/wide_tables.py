@@ -13,7 +13,6 @@ import numpy as np
 import psycopg
 
 from avengers_store.arguments import as_list, as_string_map, check_name, shown_column
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError
 from avengers_store.ingest.datasets import (
     SKIP,
@@ -29,6 +28,7 @@ from avengers_store.ingest.model_pool import model_ids
 from avengers_store.ingest.outcomes import OutcomeRow, upsert_outcomes
 from avengers_store.ingest.readers import read_table
 from avengers_store.store import connections
+from avengers_store.store.refresh import refresh_profiles
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.model_selection import select_models
@@ -16,7 +17,6 @@ from avengers_store.testing import (
     add_dataset,
     add_models,
     add_outcomes,
-    run_cli,
     seed_store,
     throwaway_database,
     unit,

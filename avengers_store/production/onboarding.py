@@ -20,10 +20,10 @@ from avengers_store.answering import grading
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
 from avengers_store.answering.extraction import extract
 from avengers_store.answering.prompts import PromptSet, messages
-from avengers_store.calibration import profiles
 from avengers_store.errors import ConfigurationError, EndpointError, InputError
 from avengers_store.ingest import model_pool, outcomes
 from avengers_store.store import connections
+from avengers_store.store.refresh import refresh_profiles
 
 DEFAULT_SAMPLES = 10
 DEFAULT_BATCH = 20
@@ -153,7 +153,7 @@ def evaluate_model(
                         ) from errors[0]
                     if rows:
                         outcomes.upsert_outcomes(c, rows)
-                        profiles.refresh_profiles(c)
+                        refresh_profiles(c)
                         if conn is None:
                             c.commit()
                     totals.add(rows, len(errors))
