@@ -24,6 +24,21 @@ from avengers_store.calibration import novelty
 from avengers_store.calibration.fit import Partition
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections, driver_errors
+from avengers_store.store.bulk import copy_rows
+
+# Column types of the binary COPY writes.
+CENTROID_COLUMNS = {
+    "clustering_id": "integer",
+    "cluster": "integer",
+    "centroid": "vector",
+    "size": "integer",
+}
+_ASSIGNMENTS_COLUMNS = {
+    "clustering_id": "integer",
+    "query_id": "bigint",
+    "cluster": "integer",
+    "distance": "real",
+}
 
 _COLUMNS = (
     "id, space_id, k, algorithm, seed, n_queries, inertia, status, created_at, activated_at, params"
@@ -145,35 +160,33 @@ def prune_clusterings(
 
 
 def _write_centroids(conn: psycopg.Connection, clustering_id: int, part: Partition) -> None:
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY avengers.centroids (clustering_id, cluster, centroid, size) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["integer", "integer", "vector", "integer"])
-        for cluster_index, (centroid, size) in enumerate(
-            zip(part.centroids, part.sizes.tolist(), strict=True)
-        ):
-            copy.write_row((clustering_id, cluster_index, centroid, size))
+    copy_rows(
+        conn,
+        ("avengers", "centroids"),
+        CENTROID_COLUMNS,
+        (
+            (clustering_id, i, centroid, size)
+            for i, (centroid, size) in enumerate(
+                zip(part.centroids, part.sizes.tolist(), strict=True)
+            )
+        ),
+    )
 
 
 def _write_assignments(
     conn: psycopg.Connection, clustering_id: int, query_ids: np.ndarray, part: Partition
 ) -> None:
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY avengers.assignments (clustering_id, query_id, cluster, distance) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["integer", "bigint", "integer", "real"])
-        for qid, lab, dist in zip(
-            query_ids.tolist(), part.labels.tolist(), part.distances.tolist(), strict=True
-        ):
-            copy.write_row((clustering_id, qid, lab, dist))
+    copy_rows(
+        conn,
+        ("avengers", "assignments"),
+        _ASSIGNMENTS_COLUMNS,
+        (
+            (clustering_id, qid, label, distance)
+            for qid, label, distance in zip(
+                query_ids.tolist(), part.labels.tolist(), part.distances.tolist(), strict=True
+            )
+        ),
+    )
 
 
 def store_partition(

@@ -25,6 +25,16 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from avengers_store.store.bulk import copy_rows
+
+# Column types of the binary COPY writes.
+_NOVELTY_AXES_COLUMNS = {
+    "clustering_id": "integer",
+    "axis": "integer",
+    "direction": "vector",
+    "variance": "float8",
+}
+
 # At most this many calibration vectors are fitted on (each half of them): enough for a covariance
 # of a few hundred dimensions, and a re-cluster of millions of queries stays quick.
 MAX_FIT = 20_000
@@ -102,13 +112,12 @@ def store(conn: psycopg.Connection, clustering_id: int, fitted: NoveltyFit, seed
             seed,
         ),
     )
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY avengers.novelty_axes (clustering_id, axis, direction, variance) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["integer", "integer", "vector", "float8"])
-        for i, (axis, variance) in enumerate(zip(model.axes, model.variances, strict=True)):
-            copy.write_row((clustering_id, i, axis.astype(np.float32), float(variance)))
+    copy_rows(
+        conn,
+        ("avengers", "novelty_axes"),
+        _NOVELTY_AXES_COLUMNS,
+        (
+            (clustering_id, i, axis.astype(np.float32), float(variance))
+            for i, (axis, variance) in enumerate(zip(model.axes, model.variances, strict=True))
+        ),
+    )

@@ -24,6 +24,10 @@ from avengers_store.calibration.embedders import (
 )
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
+from avengers_store.store.bulk import copy_rows
+
+# Column types of the binary COPY writes.
+_LOAD_COLUMNS = {"space_id": "integer", "query_id": "bigint", "embedding": "vector"}
 
 
 @dataclass(frozen=True)
@@ -69,16 +73,12 @@ def store_vectors(
            SELECT space_id, query_id, embedding FROM avengers.query_embeddings WITH NO DATA"""
     )
     conn.execute("TRUNCATE avengers_embedding_load")
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY avengers_embedding_load (space_id, query_id, embedding) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["integer", "bigint", "vector"])
-        for qid, vec in zip(query_ids, vectors, strict=True):
-            copy.write_row((space_id, int(qid), vec))
+    copy_rows(
+        conn,
+        "avengers_embedding_load",
+        _LOAD_COLUMNS,
+        ((space_id, int(qid), vec) for qid, vec in zip(query_ids, vectors, strict=True)),
+    )
     inserted = conn.execute(
         """INSERT INTO avengers.query_embeddings (space_id, query_id, embedding)
            SELECT space_id, query_id, embedding FROM avengers_embedding_load

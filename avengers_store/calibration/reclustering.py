@@ -36,6 +36,7 @@ import sys
 import numpy as np
 import psycopg
 
+from avengers_store.arguments import one_of
 from avengers_store.calibration import embedding_spaces
 from avengers_store.calibration.clusterings import (
     Clustering,
@@ -184,16 +185,8 @@ def recluster(
     right when re-clusters run at once (they switch one after the other).
     ``with_production``: fit on the logged embeddings of routed queries too (module docstring).
     """
-    if stratify not in STRATIFY:
-        raise InputError(
-            f"unknown stratify {stratify!r}; choose one of {', '.join(STRATIFY)}",
-            location="stratify",
-        )
-    if algorithm not in ALGORITHMS:
-        raise InputError(
-            f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}",
-            location="algorithm",
-        )
+    one_of(stratify, STRATIFY, "stratify", "stratify")
+    one_of(algorithm, ALGORITHMS, "algorithm", "algorithm")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}", location="k")
     if keep is not None and keep < 0:

@@ -14,7 +14,8 @@ import numpy as np
 import psycopg
 
 from avengers_store import routing
-from avengers_store.calibration import embedding_spaces, reclustering
+from avengers_store.arguments import one_of
+from avengers_store.calibration import embedding_spaces, fit, reclustering
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.evaluation.results import (
     DatasetResult,
@@ -367,6 +368,14 @@ def summarise(
 
 def _gap(value: float, base: float, oracle: float) -> float:
     return (value - base) / (oracle - base) if oracle > base else float("nan")
+
+
+def stratify_for(method: RoutingMethod, stratify: str | None) -> str:
+    """The calibration split a replay fits with: ``stratify`` if given (checked), else
+    ``none`` for the paper's method (as the paper does) and ``dataset`` for the others."""
+    if stratify is None:
+        return "none" if method == routing.PAPER else "dataset"
+    return one_of(stratify, fit.STRATIFY, "stratify", "stratify")
 
 
 def progress_bar(total: int, desc: str, progress: bool | None):

@@ -48,11 +48,11 @@ import numpy as np
 import psycopg
 
 from avengers_store import routing
-from avengers_store.arguments import as_list
+from avengers_store.arguments import as_list, one_of
 from avengers_store.calibration import fit, reclustering
 from avengers_store.errors import InputError
 from avengers_store.evaluation import scenarios
-from avengers_store.evaluation.harness import Replay, progress_bar
+from avengers_store.evaluation.harness import Replay, progress_bar, stratify_for
 from avengers_store.evaluation.results import Stat
 from avengers_store.evaluation.scenarios import IID, Scenario, Stream
 from avengers_store.production import exploration_rule
@@ -207,11 +207,7 @@ def evaluate_online(
         raise InputError(f"the batch size must be >= 1, got {batch}", location="batch")
     if windows < 1:
         raise InputError(f"windows must be >= 1, got {windows}", location="windows")
-    if algorithm not in fit.ALGORITHMS:
-        raise InputError(
-            f"unknown algorithm {algorithm!r}; choose one of {', '.join(fit.ALGORITHMS)}",
-            location="algorithm",
-        )
+    one_of(algorithm, fit.ALGORITHMS, "algorithm", "algorithm")
     if isinstance(exploration, str):
         exploration = [exploration]
     policies = as_list(exploration, "exploration", str) or ["targeted"]
@@ -225,13 +221,7 @@ def evaluate_online(
     if not isinstance(scenario, Scenario):
         raise InputError("scenario must be a Scenario (evaluation.scenarios)", location="scenario")
     chosen = routing.routing_method(method)
-    if stratify is None:
-        stratify = "none" if chosen == routing.PAPER else "dataset"
-    if stratify not in fit.STRATIFY:
-        raise InputError(
-            f"unknown stratify {stratify!r}; choose one of {', '.join(fit.STRATIFY)}",
-            location="stratify",
-        )
+    stratify = stratify_for(chosen, stratify)
     datasets = as_list(datasets, "datasets", str) or None
     ood_macro = as_list(ood_macro, "ood_macro", str) or None
     with connections.connection(url, conn=conn) as c, c.transaction() as tx:

@@ -320,17 +320,6 @@ def _resolve_queries(
     return out
 
 
-def _score_check(table: Table, column: str, values: np.ndarray) -> None:
-    bad = np.flatnonzero(~np.isnan(values) & ((values < 0) | (values > 1)))
-    if bad.size:
-        i = int(bad[0])
-        raise InputError(
-            f"score {float(values[i])!r} is outside [0, 1]"
-            + (f" ({bad.size} such cells in the column)" if bad.size > 1 else ""),
-            location=table.where(i, column),
-        )
-
-
 def _wide_rows(
     table: Table,
     prefix: str,
@@ -349,9 +338,7 @@ def _wide_rows(
     names = [c[len(prefix) :] for c in columns]
     for column, name in zip(columns, names, strict=True):
         check_name(name, "model", shown_column(table.path, column))
-    scores = {c: table.numbers(c) for c in columns}
-    for column, values in scores.items():
-        _score_check(table, column, values)
+    scores = {c: table.unit_scores(c) for c in columns}
     ids = model_ids(conn, names, create=create_models)
     rows: list[OutcomeRow] = []
     skipped = 0
@@ -386,8 +373,7 @@ def _long_rows(
     models = table.labels(model_col, required=True)
     for i, name in enumerate(models):
         check_name(name, "model", table.where(i, model_col))
-    scores = table.numbers(score_col)
-    _score_check(table, score_col, scores)
+    scores = table.unit_scores(score_col)
     answers = (
         [None if v is None else str(v) for v in table.values(extra["answer"])]
         if extra["answer"]

@@ -187,16 +187,7 @@ def load_table(
         task_types.append(task)
 
     # Outcome cells: validated before anything is written.
-    scores = {c: table.numbers(c) for c in outcome_cols}
-    for column, values in scores.items():
-        bad = np.flatnonzero(~np.isnan(values) & ((values < 0) | (values > 1)))
-        if bad.size:
-            i = int(bad[0])
-            raise InputError(
-                f"outcome {float(values[i])!r} is outside [0, 1]"
-                + (f" ({bad.size} such cells in the column)" if bad.size > 1 else ""),
-                location=table.where(i, column),
-            )
+    scores = {c: table.unit_scores(c, "outcome") for c in outcome_cols}
 
     rows_by_dataset: dict[str, list[int]] = {}
     for i, name in enumerate(names):

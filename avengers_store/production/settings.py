@@ -29,6 +29,7 @@ from datetime import timedelta
 
 import psycopg
 
+from avengers_store.arguments import one_of
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections, driver_errors
 
@@ -112,12 +113,7 @@ def configure(
             )
         changes["half_life"] = half_life
     if exploration is not None:
-        if exploration not in EXPLORATION:
-            raise InputError(
-                f"unknown exploration {exploration!r}; choose one of {', '.join(EXPLORATION)}",
-                location="exploration",
-            )
-        changes["exploration"] = exploration
+        changes["exploration"] = one_of(exploration, EXPLORATION, "exploration", "exploration")
     if exploration_share is not None:
         if not 0.0 <= float(exploration_share) <= 1.0:
             raise InputError(

@@ -13,8 +13,10 @@ import numpy as np
 import psycopg
 
 from avengers_store.calibration import embedding_spaces
+from avengers_store.calibration.clusterings import CENTROID_COLUMNS
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.ingest.text_identity import content_hash
+from avengers_store.store.bulk import copy_rows
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -61,13 +63,12 @@ def add_clustering(
         "VALUES (%s, 'kmeans', %s, 0, 'ready') RETURNING id",
         (space_id, k),
     ).fetchone()[0]
-    with conn.cursor().copy(
-        "COPY avengers.centroids (clustering_id, cluster, centroid, size) FROM STDIN "
-        "WITH (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["integer", "integer", "vector", "integer"])
-        for i, c in enumerate(centroids):
-            copy.write_row((cid, i, c, 1))
+    copy_rows(
+        conn,
+        ("avengers", "centroids"),
+        CENTROID_COLUMNS,
+        ((cid, i, c, 1) for i, c in enumerate(centroids)),
+    )
     return cid
 
 
