@@ -251,7 +251,7 @@ def answer_plan(
     if not candidates:
         raise AllEndpointsFailed(
             "no candidate endpoints to ask: the routed models have no endpoint configured "
-            "(set one with `avengers models set NAME --endpoint URL`)."
+            "(give one an endpoint: `avengers models set NAME`, model_pool.set_model)."
         )
     if messages is None:
         messages = (prompts or DEFAULT_PROMPTS).messages(task_type, question)

@@ -25,6 +25,7 @@ from avengers_store.calibration.fit import Partition
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections, driver_errors
 from avengers_store.store.bulk import copy_rows
+from avengers_store.store.queries import query
 
 # Column types of the binary COPY writes.
 CENTROID_COLUMNS = {
@@ -149,11 +150,7 @@ def prune_clusterings(
         raise InputError(f"keep must be 0 or more, got {keep}", location="keep")
     with connections.connection(url, conn=conn) as c:
         rows = c.execute(
-            """DELETE FROM avengers.clusterings
-               WHERE id IN (SELECT id FROM avengers.clusterings
-                            WHERE status <> 'active' AND id <> ALL(%s)
-                            ORDER BY id DESC OFFSET %s)
-               RETURNING id""",
+            query("calibration", "prune_versions"),
             (list(exclude), keep),
         ).fetchall()
     return sorted(r[0] for r in rows)
@@ -206,7 +203,7 @@ def store_partition(
     clustering version of embedding space ``space_id``, in the caller's transaction: the version
     row (with the served version's loop settings), its centroids and assignments, their distance
     statistics (``avengers.cluster_distances``), with ``vectors`` (the calibration vectors of
-    ``query_ids``, in order) its novelty model (``routing.novelty``), the centroid index; then
+    ``query_ids``, in order) its novelty model (``calibration.novelty``), the centroid index; then
     mark it ready and, with
     ``activate``, serve it (``replaced``: the version it took over from). Returns the stored
     version. ``timings``, if given, receives the seconds of each step (write,
@@ -235,12 +232,7 @@ def store_partition(
     clustering_id = row[0]
     # The loop's settings carry over from the served version: an operator sets them once.
     conn.execute(
-        """UPDATE avengers.clusterings k
-           SET production_weight = a.production_weight, half_life = a.half_life,
-               exploration = a.exploration, exploration_share = a.exploration_share,
-               ood_quantile = a.ood_quantile, change_threshold = a.change_threshold
-           FROM avengers.active_clustering a
-           WHERE k.id = %s""",
+        query("calibration", "copy_loop_settings"),
         (clustering_id,),
     )
     step = _Steps(timings)

@@ -25,6 +25,7 @@ from avengers_store.evaluation.results import (
     SweepPoint,
 )
 from avengers_store.routing import Policy, RoutingMethod, novelty
+from avengers_store.store.queries import query
 
 # Vectors per route_many statement: big enough to amortise the round trip, small enough to keep
 # the statement's working set modest.
@@ -79,11 +80,7 @@ class Replay:
         self.model_ids = np.array([m[0] for m in models])
         self.models = tuple(m[1] for m in models)
         self.column = {m[1]: j for j, m in enumerate(models)}
-        rows = conn.execute(
-            """SELECT q.id, d.name, d.is_ood, q.split, q.content_hash, char_length(q.text)
-               FROM avengers.queries q JOIN avengers.datasets d ON d.id = q.dataset_id
-               ORDER BY q.id"""
-        ).fetchall()
+        rows = conn.execute(query("evaluation", "replay_queries")).fetchall()
         self.query_ids = np.array([r[0] for r in rows], dtype=np.int64)
         self.dataset = np.array([r[1] for r in rows], dtype=object)
         self.is_ood = np.array([r[2] for r in rows], dtype=bool)

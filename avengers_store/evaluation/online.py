@@ -60,6 +60,7 @@ from avengers_store.production.settings import configure
 from avengers_store.production.update_rule import CHANGE_THRESHOLD
 from avengers_store.routing import RoutingMethod
 from avengers_store.store import connections
+from avengers_store.store.queries import query
 
 DEFAULT_BATCH = 256
 DEFAULT_WINDOWS = 10
@@ -148,13 +149,7 @@ class _Run:
     clusters: np.ndarray | None = None  # nearest cluster per position (routed arms)
 
 
-_LOG_SQL = """
-INSERT INTO avengers.route_log (route_id, at, query_hash, clustering_id, cluster, distance,
-                                models, strategy, answer_model, exploration, explored, propensity)
-SELECT x.r, x.t, x.h, %s, x.c, x.d, ARRAY[x.m], 'replay', x.m, %s, x.e, x.p
-FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[], %s::integer[], %s::float8[], %s::text[],
-            %s::boolean[], %s::float8[]) AS x(r, t, h, c, d, m, e, p)
-"""
+_LOG_SQL = query("evaluation", "replay_log_row")
 _FEEDBACK_SQL = """
 INSERT INTO avengers.feedback (route_id, source, model_id, score, at)
 SELECT x.r, 'replay', x.m, x.s, x.t
@@ -280,7 +275,7 @@ def evaluate_online(
         streams: list[Stream] = []
         t0 = c.execute("SELECT now()").fetchone()[0]
         steps = len(seeds) * (len(plan) + (1 if scenario.moves else 0))
-        with progress_bar(steps, "evaluate --online", progress) as bar:
+        with progress_bar(steps, "online replay", progress) as bar:
             for seed in seeds:
                 stream = scenarios.build(
                     scenario, seed, rp.Y, rp.dataset, rp.split, test_rows, cal_rows, rp.column

@@ -52,7 +52,7 @@ STRATEGIES = ("best", "model-switch")
 MODEL_SWITCH_REFUSED = (
     "strategy model-switch cannot be replayed: it votes on sampled answers, and the store holds "
     "one score per query and model, not answers. Replay scores the routed model (strategy best); "
-    "measure model-switch live with `avengers ask --strategy model-switch --file questions.jsonl`."
+    "measure model-switch live: ask the questions with that strategy (`avengers ask`)."
 )
 
 

@@ -20,6 +20,7 @@ from avengers_store.ingest.model_pool import model_ids
 from avengers_store.ingest.readers import Table, read_table, row_label
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections, driver_errors
+from avengers_store.store.queries import query
 from avengers_store.store.refresh import refresh_profiles
 
 SHOWN_OFFENDERS = 5
@@ -96,14 +97,7 @@ def upsert_outcomes(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int
 
 
 def _upsert(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int:
-    conn.execute(
-        """CREATE TEMP TABLE IF NOT EXISTS avengers_outcomes_in (
-             ord bigint GENERATED ALWAYS AS IDENTITY,
-             query_id bigint, model_id integer, score double precision, samples integer,
-             answer text, tokens_in integer, tokens_out integer, cost double precision,
-             latency_ms double precision, source text
-           ) ON COMMIT DROP"""
-    )
+    conn.execute(query("ingest", "stage_outcomes"))
     conn.execute("TRUNCATE avengers_outcomes_in")
     n_in = 0
     buffer: list[str] = []
@@ -132,27 +126,7 @@ def _upsert(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int:
     if n_in == 0:
         return 0
     try:
-        written = conn.execute(
-            """
-            INSERT INTO avengers.outcomes AS o
-              (query_id, model_id, score, samples, answer, tokens_in, tokens_out, cost,
-               latency_ms, source, recorded_at)
-            SELECT query_id, model_id,
-                   least(1.0, sum(score * samples) / sum(samples)),
-                   sum(samples),
-                   (array_agg(answer ORDER BY ord) FILTER (WHERE answer IS NOT NULL))[1],
-                   sum(tokens_in), sum(tokens_out), sum(cost), avg(latency_ms),
-                   (array_agg(source ORDER BY ord))[1],
-                   now()
-            FROM avengers_outcomes_in
-            GROUP BY query_id, model_id
-            ON CONFLICT (query_id, model_id) DO UPDATE SET
-              score = excluded.score, samples = excluded.samples, answer = excluded.answer,
-              tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out,
-              cost = excluded.cost, latency_ms = excluded.latency_ms, source = excluded.source,
-              recorded_at = excluded.recorded_at
-            """
-        ).rowcount
+        written = conn.execute(query("ingest", "upsert_outcomes")).rowcount
     except psycopg.Error as exc:
         driver_errors.reraise(exc)
     conn.execute("TRUNCATE avengers_outcomes_in")
@@ -266,7 +240,7 @@ def _key_column(table: Table, id_col: str | None, text_col: str | None) -> tuple
         if name in table.columns:
             return name, True
     raise InputError(
-        "cannot tell which column names the query: pass --text-col or --id-col; the file has: "
+        "cannot tell which column names the query: pass `text_col` or `id_col`; the file has: "
         + ", ".join(repr(c) for c in table.columns),
         location=str(table.path),
     )
@@ -296,7 +270,7 @@ def _resolve_queries(
         qid = lookup.get(lookup_key)
         if qid is None and lookup_key in lookup:
             raise InputError(
-                f"id {key!r} names several queries of the dataset: match by text (--text-col)",
+                f"id {key!r} names several queries of the dataset: match by text (`text_col`)",
                 location=table.where(i, key_col),
             )
         if qid is None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
+from psycopg import sql
 
 from avengers_store.arguments import one_of
 from avengers_store.errors import InputError, NotFound, StoreStateError
@@ -137,9 +138,12 @@ def configure(
     with connections.connection(url, conn=conn) as c, driver_errors.translated(), c.transaction():
         target = _target(c, clustering_id)
         if changes:
-            assignments = ", ".join(f"{name} = %({name})s" for name in changes)
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name))
+                for name in changes
+            )
             c.execute(
-                f"UPDATE avengers.clusterings SET {assignments} WHERE id = %(id)s",
+                sql.SQL("UPDATE avengers.clusterings SET {} WHERE id = %(id)s").format(assignments),
                 {**changes, "id": target},
             )
         return loop_settings(target, conn=c)

@@ -15,6 +15,7 @@ import numpy as np
 import psycopg
 
 from avengers_store.calibration.novelty import NoveltyModel
+from avengers_store.store.queries import query
 from avengers_store.store.statement import Statement, run
 
 # Versions whose axes a client keeps (a client serves one, a switch briefly two).
@@ -28,15 +29,7 @@ def novelty(distance: float, threshold: float) -> float:
     return float("inf") if distance > 0 else 0.0
 
 
-LOAD_SQL = """
-SELECT p.mean::real[], a.directions, a.variances
-FROM avengers.novelty_profiles p
-CROSS JOIN LATERAL (
-  SELECT array_agg(x.direction::real[] ORDER BY x.axis) AS directions,
-         array_agg(x.variance ORDER BY x.axis) AS variances
-  FROM avengers.novelty_axes x WHERE x.clustering_id = p.clustering_id) AS a
-WHERE p.clustering_id = %s
-"""
+LOAD_SQL = query("routing", "novelty_model")
 
 
 def load_statement(clustering_id: int) -> Statement:

@@ -157,7 +157,7 @@ def test_price_ceiling_ranks_the_affordable_models_among_themselves(cli_env, sto
         assert set(out["priced_out"]) == set(names) - affordable  # dearer, or without a price
         text = run_cli("models", "select", "--budget", "2", "--max-price", str(ceiling)).stdout
         assert "left out by --max-price 0.45" in text and names[-1] in text
-        with pytest.raises(StoreStateError, match="--max-price"):
+        with pytest.raises(StoreStateError, match="`max_price`"):
             select_models(2, max_price=0.01, url=store)
         with pytest.raises(InputError) as err:
             select_models(2, max_price=-1, url=store)
