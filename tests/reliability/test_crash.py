@@ -161,7 +161,7 @@ def old_version_serves(url: str, server: OwnServer, active: int) -> None:
 RECLUSTER_PHASES = {
     # phase -> the statement that marks it
     "fit": "%FROM avengers.query_embeddings%",
-    "copy": "COPY avengers.%",
+    "copy": 'COPY "avengers".%',  # store.bulk.copy_rows quotes the names it composes
     "activation": "%activate_clustering%",
 }
 
