@@ -97,3 +97,15 @@ def check_name(name: str, kind: str, location: str) -> str:
 def shown_column(path: object, column: str) -> str:
     """Where a column of a file is, for a message: its name cut short if it is long."""
     return f"{path} column {_shown(column)}"
+
+
+def one_of(value: T, choices: Iterable[T], what: str, location: str) -> T:
+    """``value`` if it is one of ``choices``; else an ``InputError`` at ``location`` naming
+    them (``what``: how the message calls the value, e.g. "routing method")."""
+    listed = list(choices)
+    if value not in listed:
+        raise InputError(
+            f"unknown {what} {value!r}; choose one of {', '.join(map(str, listed))}",
+            location=location,
+        )
+    return value

@@ -304,13 +304,9 @@ class AsyncAvengersClient(core.ClientCore):
             self._observe("embed", time.perf_counter() - started)
             return found
         if isinstance(step, core.Sample):
-            call = step.call
             started = time.perf_counter()
             try:
-                return await self.chat.sample(
-                    call.endpoint, call.messages, call.n, temperature=call.temperature,
-                    max_tokens=call.max_tokens, deadline=call.deadline, **call.extra,
-                )  # fmt: skip
+                return await step.call.ask(self.chat)
             except EndpointError as exc:
                 return exc
             finally:

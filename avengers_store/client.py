@@ -265,12 +265,8 @@ class AvengersClient(core.ClientCore):
         if isinstance(step, core.Embed):
             return step.embedder.embed(list(step.texts))
         if isinstance(step, core.Sample):
-            call = step.call
             try:
-                return self.chat.sample(
-                    call.endpoint, call.messages, call.n, temperature=call.temperature,
-                    max_tokens=call.max_tokens, deadline=call.deadline, **call.extra,
-                )  # fmt: skip
+                return step.call.ask(self.chat)
             except EndpointError as exc:
                 return exc
         if isinstance(step, core.Gather):

@@ -36,6 +36,7 @@ from avengers_store.routing.decide import statement as decide_statement
 from avengers_store.routing.decisions import RouteDecision
 from avengers_store.routing.methods import RoutingMethod
 from avengers_store.routing.policy import Policy
+from avengers_store.store.queries import query
 from avengers_store.store.statement import Statement
 
 # Candidates handed to the ensemble. Self-Consistency and Direct sample one model; the others
@@ -51,14 +52,7 @@ SEED_BLOCK = 256
 # and fallback (None: only each HTTP request's own timeout bounds it).
 DEFAULT_TIMEOUT = 120.0
 
-# The active clustering and the space routing embeds in (its space; the active space when
-# nothing is clustered yet), in one round trip.
-SERVING_SQL = """
-SELECT k.id, s.id, s.embedder, s.dimension, s.active, s.params, s.created_at
-FROM avengers.embedding_spaces s
-LEFT JOIN avengers.active_clustering k ON true
-WHERE s.id = coalesce(k.space_id, (SELECT a.id FROM avengers.embedding_spaces a WHERE a.active))
-"""
+SERVING_SQL = query("clients", "serving")
 
 NO_SPACE = (
     "the store has no embedding space yet: run `avengers embed` and `avengers recluster` before "
@@ -762,7 +756,7 @@ def endpoints_for(decision: RouteDecision) -> list[Endpoint]:
         raise StoreStateError(
             f"no active model with an endpoint has a profile for cluster {decision.cluster} "
             f"of clustering {decision.clustering_id}: give a model an endpoint "
-            "(`avengers models add NAME --endpoint URL`) or activate one "
+            "(`avengers models set NAME`, model_pool.set_model) or activate one "
             "(`avengers models activate NAME`)."
         )
     return [

@@ -33,6 +33,7 @@ from avengers_store.evaluation.results import ModelScore
 from avengers_store.ingest.model_pool import list_models
 from avengers_store.routing import RouteDecision
 from avengers_store.store import config, connections, schema
+from avengers_store.store.queries import query
 
 SAMPLE_FILE = "llmrouter_sample.parquet"
 VECTORS_FILE = "llmrouter_sample_minilm.npy"
@@ -141,9 +142,7 @@ def _load_sample(url: str, parquet: Path) -> tuple[bool, int, int]:
 
     with connections.connection(url) as c:
         have = c.execute(
-            """SELECT count(DISTINCT d.id), count(q.id) FROM avengers.datasets d
-               LEFT JOIN avengers.queries q ON q.dataset_id = d.id
-               WHERE d.metadata->>'source_file' = %s""",
+            query("demo", "sample_loaded"),
             (str(parquet),),
         ).fetchone()
     if have[0] == len(TASK_TYPES):
@@ -175,13 +174,7 @@ def _matching_active(url: str, k: int) -> Clustering | None:
         return None
     with connections.connection(url) as c:
         space = c.execute("SELECT id FROM avengers.embedding_spaces WHERE active").fetchone()
-        current = dict(
-            c.execute(
-                """SELECT d.name, count(*) FROM avengers.queries q
-                   JOIN avengers.datasets d ON d.id = q.dataset_id AND NOT d.is_ood
-                   WHERE q.split = 'calibration' GROUP BY d.name"""
-            ).fetchall()
-        )
+        current = dict(c.execute(query("demo", "calibration_queries_by_dataset")).fetchall())
     if space is None or space[0] != active.space_id:
         return None
     return active if active.params.get("datasets") == current else None
@@ -192,14 +185,7 @@ def cluster_summaries(
 ) -> tuple[ClusterSummary, ...]:
     """Per cluster: its most common datasets and its models best first."""
     with connections.connection(url) as c:
-        rows = c.execute(
-            """SELECT a.cluster, d.name, count(*) AS n
-               FROM avengers.assignments a
-               JOIN avengers.active_clustering k ON k.id = a.clustering_id
-               JOIN avengers.queries q ON q.id = a.query_id
-               JOIN avengers.datasets d ON d.id = q.dataset_id
-               GROUP BY a.cluster, d.name ORDER BY a.cluster, n DESC, d.name"""
-        ).fetchall()
+        rows = c.execute(query("demo", "cluster_datasets")).fetchall()
     composition: dict[int, list[tuple[str, int]]] = {}
     for cluster, name, n in rows:
         composition.setdefault(cluster, []).append((name, n))
@@ -275,13 +261,7 @@ def route_sample_questions(url: str, count: int = ROUTED_QUESTIONS) -> tuple[Rou
 
     with connections.connection(url) as c, c.cursor(binary=True) as cur:
         cur.execute(
-            """SELECT q.id, d.name, q.text, e.embedding
-               FROM avengers.queries q
-               JOIN avengers.datasets d ON d.id = q.dataset_id
-               CROSS JOIN avengers.active_clustering k
-               JOIN avengers.query_embeddings e ON e.query_id = q.id AND e.space_id = k.space_id
-               WHERE q.split = 'test' AND d.name LIKE %s
-               ORDER BY q.id""",
+            query("demo", "test_questions"),
             (DATASET_PREFIX + "%",),
         )
         rows = cur.fetchall()
@@ -313,9 +293,7 @@ def replay_sample(url: str, k: int, *, progress: bool = False) -> ReplaySummary:
         names = [
             row[0]
             for row in c.execute(
-                """SELECT DISTINCT d.name FROM avengers.datasets d
-                   JOIN avengers.queries q ON q.dataset_id = d.id AND q.split = 'test'
-                   WHERE d.name LIKE %s ORDER BY d.name""",
+                query("demo", "test_datasets"),
                 (DATASET_PREFIX + "%",),
             )
         ]

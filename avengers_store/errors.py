@@ -4,7 +4,18 @@ from __future__ import annotations
 
 
 class AvengersError(Exception):
-    """Base class. The message is meant for a person: it says what failed and what to do."""
+    """Base class. The message is meant for a person: it says what failed and what to do.
+
+    It speaks the library's language: ``location`` names the argument (the function's parameter,
+    ``"k"``) or the file, row and column an error is about, and a message that tells the caller
+    to set another parameter writes its name in backquotes (``pass `create_models```). The CLI
+    shows both as the flags that fill those parameters (``--k``, ``--create-models``).
+    """
+
+    def __init__(self, message: str = "", *, location: str | None = None) -> None:
+        super().__init__(f"{location}: {message}" if location else message)
+        self.message = message
+        self.location = location
 
 
 class ConfigurationError(AvengersError):
@@ -36,11 +47,6 @@ class InputError(AvengersError):
     ``location`` names where (e.g. ``"data.csv row 17 column 'score'"``) so it can be shown alone;
     for a bad argument it is the name of the function's parameter (``"k"``, ``"split_map"``).
     """
-
-    def __init__(self, message: str, *, location: str | None = None) -> None:
-        super().__init__(f"{location}: {message}" if location else message)
-        self.message = message
-        self.location = location
 
 
 class NotFound(AvengersError):

@@ -183,6 +183,19 @@ class _AsyncBody(httpx.AsyncByteStream):
         await self._response.aclose()
 
 
+def _redacted(response: httpx.Response, request: httpx.Request, body: type) -> httpx.Response:
+    """``response`` with its headers redacted and its body read through ``body`` (the sync or
+    async redacting stream)."""
+    response.request = request
+    return httpx.Response(
+        response.status_code,
+        headers=_headers(response),
+        stream=body(response),
+        extensions=response.extensions,
+        request=request,
+    )
+
+
 class RedactingTransport(httpx.BaseTransport):
     """An ``httpx`` transport whose responses come redacted (headers and body)."""
 
@@ -190,15 +203,7 @@ class RedactingTransport(httpx.BaseTransport):
         self._inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self._inner.handle_request(request)
-        response.request = request
-        return httpx.Response(
-            response.status_code,
-            headers=_headers(response),
-            stream=_SyncBody(response),
-            extensions=response.extensions,
-            request=request,
-        )
+        return _redacted(self._inner.handle_request(request), request, _SyncBody)
 
     def close(self) -> None:
         self._inner.close()
@@ -211,15 +216,7 @@ class AsyncRedactingTransport(httpx.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        response.request = request
-        return httpx.Response(
-            response.status_code,
-            headers=_headers(response),
-            stream=_AsyncBody(response),
-            extensions=response.extensions,
-            request=request,
-        )
+        return _redacted(await self._inner.handle_async_request(request), request, _AsyncBody)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -231,10 +228,8 @@ def sync_client(*, timeout: float, max_connections: int = 4) -> httpx.Client:
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx.Client(
-        timeout=httpx.Timeout(timeout),
-        transport=RedactingTransport(httpx.HTTPTransport(limits=limits)),
-    )
+    inner = httpx.HTTPTransport(limits=limits)
+    return httpx.Client(timeout=httpx.Timeout(timeout), transport=RedactingTransport(inner))
 
 
 def async_client(*, timeout: float, max_connections: int = 64) -> httpx.AsyncClient:
@@ -242,7 +237,7 @@ def async_client(*, timeout: float, max_connections: int = 64) -> httpx.AsyncCli
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
+    inner = httpx.AsyncHTTPTransport(limits=limits)
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout),
-        transport=AsyncRedactingTransport(httpx.AsyncHTTPTransport(limits=limits)),
+        timeout=httpx.Timeout(timeout), transport=AsyncRedactingTransport(inner)
     )

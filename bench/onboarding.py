@@ -3,7 +3,7 @@ clustering of ``--base`` calibration queries (all scored by ``--models`` models)
 
 1. New model: its ``--outcomes`` outcomes on stored calibration queries, plus the profile refresh,
    in one transaction — through the library (``outcomes.upsert_outcomes`` +
-   ``profiles.refresh_profiles``, rows in memory) and through a file import
+   ``refresh.refresh_profiles``, rows in memory) and through a file import
    (``outcomes.import_outcomes``: what ``avengers outcomes import`` runs). Target <= 10 s.
 2. New dataset: ``--queries`` queries from a Parquet file (``datasets.add_dataset``), their
    precomputed vectors (``query_vectors.import_npy``: binary COPY), then ``reclustering.recluster``
@@ -36,7 +36,7 @@ from _common import (
     serve_k,
 )
 
-from avengers_store.calibration import embedding_spaces, fit, profiles, query_vectors, reclustering
+from avengers_store.calibration import embedding_spaces, fit, query_vectors, reclustering
 from avengers_store.ingest import datasets, outcomes
 from avengers_store.ingest.model_pool import add_model
 from avengers_store.store import connections
@@ -57,7 +57,7 @@ def new_model_in_memory(url: str, store, n: int, seed: int) -> dict:
             with Timer() as upsert:
                 written = outcomes.upsert_outcomes(conn, rows)
             with Timer() as refresh:
-                profiles.refresh_profiles(conn)
+                refresh.refresh_profiles(conn)
             conn.commit()
     return {
         "outcomes": written,

@@ -1,8 +1,9 @@
 """The click classes behind every ``avengers`` command.
 
 ``Command`` makes library errors speak the command line's language: the library names its own
-parameters in ``InputError.location`` (``k``, ``split_map``), and a command re-raises such an
-error naming the option or argument that fills that parameter (``--k``, ``--split-map``); a text
+parameters in an error's ``location`` (``k``, ``split_map``) and in backquotes in its message
+(``pass `create_models```), and a command re-raises such an error naming the options or
+arguments that fill those parameters (``--k``, ``--split-map``, ``--create-models``); a text
 value holding a NUL byte is refused before the command runs.
 ``Group`` also answers to hidden aliases of its subcommands (the singular names scripts used
 before groups were plural).
@@ -10,12 +11,16 @@ before groups were plural).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
 
-from avengers_store.errors import InputError
+from avengers_store.errors import AvengersError, EndpointError, InputError
+
+# A parameter named in a library message: `name` (the errors' convention, errors.AvengersError).
+_NAMED_PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
 
 
 class Command(click.Command):
@@ -51,11 +56,25 @@ class Command(click.Command):
                 )
         try:
             return super().invoke(ctx)
-        except InputError as exc:
-            flag = self.flag_for(exc.location) if exc.location else None
-            if flag is None:
+        except AvengersError as exc:
+            mapped = self.in_flags(exc)
+            if mapped is None:
                 raise
-            raise InputError(exc.message, location=flag) from exc
+            raise mapped from exc
+
+    def in_flags(self, exc: AvengersError) -> AvengersError | None:
+        """``exc`` again, its location and the parameters its message names shown as this
+        command's flags; None when it names none of them (or is an endpoint's error, whose text
+        is the upstream's)."""
+        if isinstance(exc, EndpointError):
+            return None
+        flag = self.flag_for(exc.location) if exc.location else None
+        message = _NAMED_PARAMETER.sub(
+            lambda m: f"`{self.flag_for(m.group(1)) or m.group(1)}`", exc.message
+        )
+        if flag is None and message == exc.message:
+            return None
+        return type(exc)(message, location=flag or exc.location)
 
 
 class Group(click.Group):

@@ -12,8 +12,8 @@ from avengers_store.cli.commands import Group
 from avengers_store.cli.output import echo_json, echo_table, emit
 
 from avengers_store.calibration.model_selection import select_models
-from avengers_store.calibration.onboarding import DEFAULT_SAMPLES, evaluate_model
 from avengers_store.ingest import model_pool as pool
+from avengers_store.production.onboarding import DEFAULT_SAMPLES, evaluate_model
 
 
 @click.group("models", cls=Group)

@@ -10,22 +10,24 @@ JOIN avengers.embedding_spaces s ON s.id = k.space_id
 WHERE k.status = 'active';
 COMMENT ON VIEW avengers.active_clustering IS
   'The served clustering version, with the dimension of its embedding space; no row before the first re-cluster. Switch it with CALL avengers.activate_clustering(id).';
-COMMENT ON COLUMN avengers.active_clustering.id IS 'Version number (avengers.clusterings.id).';
-COMMENT ON COLUMN avengers.active_clustering.space_id IS 'Embedding space that was clustered.';
-COMMENT ON COLUMN avengers.active_clustering.dimension IS 'Dimension of that space: query vectors must match it.';
-COMMENT ON COLUMN avengers.active_clustering.algorithm IS 'Clustering algorithm.';
-COMMENT ON COLUMN avengers.active_clustering.k IS 'Number of clusters requested.';
-COMMENT ON COLUMN avengers.active_clustering.seed IS 'Random seed of the fit.';
-COMMENT ON COLUMN avengers.active_clustering.params IS 'Other fit parameters.';
-COMMENT ON COLUMN avengers.active_clustering.status IS 'Always active.';
-COMMENT ON COLUMN avengers.active_clustering.n_queries IS 'Number of calibration queries clustered.';
-COMMENT ON COLUMN avengers.active_clustering.inertia IS 'Sum of squared distances of queries to their centroid.';
-COMMENT ON COLUMN avengers.active_clustering.created_at IS 'When the fit started.';
-COMMENT ON COLUMN avengers.active_clustering.activated_at IS 'When this version was made active.';
-COMMENT ON COLUMN avengers.active_clustering.production_weight IS 'Weight of one production outcome against one calibration outcome in the served score (0: calibration only).';
-COMMENT ON COLUMN avengers.active_clustering.half_life IS 'Half-life of production outcomes.';
-COMMENT ON COLUMN avengers.active_clustering.exploration IS 'Exploration policy: off, targeted, thompson or epsilon.';
-COMMENT ON COLUMN avengers.active_clustering.exploration_share IS 'targeted and epsilon: the share of requests that may go to another candidate than the best-ranked.';
-COMMENT ON COLUMN avengers.active_clustering.ood_quantile IS 'Calibration quantile of scaled distances beyond which a query is out of distribution.';
-COMMENT ON COLUMN avengers.active_clustering.change_threshold IS 'z-score of the production update rule''s change test (avengers.production_evidence).';
-COMMENT ON COLUMN avengers.active_clustering.exploration_overlap IS 'targeted: the chance of beating the leader above which a candidate is plausible.';
+CALL avengers.comment_columns('avengers.active_clustering', $$
+id: Version number (avengers.clusterings.id).
+space_id: Embedding space that was clustered.
+dimension: Dimension of that space: query vectors must match it.
+algorithm: Clustering algorithm.
+k: Number of clusters requested.
+seed: Random seed of the fit.
+params: Other fit parameters.
+status: Always active.
+n_queries: Number of calibration queries clustered.
+inertia: Sum of squared distances of queries to their centroid.
+created_at: When the fit started.
+activated_at: When this version was made active.
+production_weight: Weight of one production outcome against one calibration outcome in the served score (0: calibration only).
+half_life: Half-life of production outcomes.
+exploration: Exploration policy: off, targeted, thompson or epsilon.
+exploration_share: targeted and epsilon: the share of requests that may go to another candidate than the best-ranked.
+ood_quantile: Calibration quantile of scaled distances beyond which a query is out of distribution.
+change_threshold: z-score of the production update rule's change test (avengers.production_evidence).
+exploration_overlap: targeted: the chance of beating the leader above which a candidate is plausible.
+$$);

@@ -77,22 +77,24 @@ CREATE INDEX cluster_profiles_route_idx ON avengers.cluster_profiles (cluster, a
 
 COMMENT ON MATERIALIZED VIEW avengers.cluster_profiles IS
   'Capability profiles served for routing: active clustering x cluster x model. Refreshed (CONCURRENTLY) after outcome imports, model changes and clustering switches: CALL avengers.refresh_profiles().';
-COMMENT ON COLUMN avengers.cluster_profiles.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.cluster_profiles.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.cluster_profiles.cluster_size IS 'Calibration queries in the cluster.';
-COMMENT ON COLUMN avengers.cluster_profiles.model_id IS 'Model id.';
-COMMENT ON COLUMN avengers.cluster_profiles.model IS 'Model name.';
-COMMENT ON COLUMN avengers.cluster_profiles.active IS 'Whether the model was active at the last refresh.';
-COMMENT ON COLUMN avengers.cluster_profiles.n IS 'Calibration queries of the cluster with an outcome for the model.';
-COMMENT ON COLUMN avengers.cluster_profiles.mean_score IS 'Mean outcome of the model on them: the capability profile entry.';
-COMMENT ON COLUMN avengers.cluster_profiles.score_sum IS 'Sum of those outcomes (routing pools the sums of the nearest clusters; score_sum / n = mean_score exactly).';
-COMMENT ON COLUMN avengers.cluster_profiles.wilson_low IS 'Lower Wilson 95% bound of mean_score.';
-COMMENT ON COLUMN avengers.cluster_profiles.wilson_high IS 'Upper Wilson 95% bound of mean_score.';
-COMMENT ON COLUMN avengers.cluster_profiles.overall_score IS 'Mean outcome of the model over all clustered calibration queries (tie-breaker).';
-COMMENT ON COLUMN avengers.cluster_profiles.overall_n IS 'Number of outcomes behind overall_score.';
-COMMENT ON COLUMN avengers.cluster_profiles.tie_rank IS 'Place of the model in the tie-break order (overall_score descending, then name); rankings order by their score, then tie_rank.';
-COMMENT ON COLUMN avengers.cluster_profiles.rank IS 'Rank of the model in the cluster among all models (1 = best).';
-COMMENT ON COLUMN avengers.cluster_profiles.active_rank IS 'Rank among active models; NULL for inactive ones. Routing takes active_rank <= top_n.';
+CALL avengers.comment_columns('avengers.cluster_profiles', $$
+clustering_id: The active clustering version.
+cluster: Cluster index.
+cluster_size: Calibration queries in the cluster.
+model_id: Model id.
+model: Model name.
+active: Whether the model was active at the last refresh.
+n: Calibration queries of the cluster with an outcome for the model.
+mean_score: Mean outcome of the model on them: the capability profile entry.
+score_sum: Sum of those outcomes (routing pools the sums of the nearest clusters; score_sum / n = mean_score exactly).
+wilson_low: Lower Wilson 95% bound of mean_score.
+wilson_high: Upper Wilson 95% bound of mean_score.
+overall_score: Mean outcome of the model over all clustered calibration queries (tie-breaker).
+overall_n: Number of outcomes behind overall_score.
+tie_rank: Place of the model in the tie-break order (overall_score descending, then name); rankings order by their score, then tie_rank.
+rank: Rank of the model in the cluster among all models (1 = best).
+active_rank: Rank among active models; NULL for inactive ones. Routing takes active_rank <= top_n.
+$$);
 
 -- The profile aggregates the soft routing rule needs besides cluster_profiles, for the active
 -- clustering only: each model's dataset-balanced calibration mean (the prior scores are shrunk
@@ -116,11 +118,13 @@ WITH DATA;
 CREATE UNIQUE INDEX dataset_profiles_key ON avengers.dataset_profiles (dataset_id, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.dataset_profiles IS
   'Mean outcome of each model on the clustered calibration queries of each dataset (active clustering).';
-COMMENT ON COLUMN avengers.dataset_profiles.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.dataset_profiles.dataset_id IS 'Dataset.';
-COMMENT ON COLUMN avengers.dataset_profiles.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.dataset_profiles.n IS 'Clustered calibration queries of the dataset with an outcome for the model.';
-COMMENT ON COLUMN avengers.dataset_profiles.mean_score IS 'Mean outcome of the model on them.';
+CALL avengers.comment_columns('avengers.dataset_profiles', $$
+clustering_id: The active clustering version.
+dataset_id: Dataset.
+model_id: Model.
+n: Clustered calibration queries of the dataset with an outcome for the model.
+mean_score: Mean outcome of the model on them.
+$$);
 
 CREATE MATERIALIZED VIEW avengers.cluster_datasets AS
 SELECT a.clustering_id, a.cluster, q.dataset_id, count(*)::integer AS n
@@ -132,10 +136,12 @@ WITH DATA;
 CREATE UNIQUE INDEX cluster_datasets_key ON avengers.cluster_datasets (cluster, dataset_id);
 COMMENT ON MATERIALIZED VIEW avengers.cluster_datasets IS
   'Dataset make-up of each cluster of the active clustering: calibration queries of each dataset in it.';
-COMMENT ON COLUMN avengers.cluster_datasets.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.cluster_datasets.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.cluster_datasets.dataset_id IS 'Dataset.';
-COMMENT ON COLUMN avengers.cluster_datasets.n IS 'Calibration queries of the dataset assigned to the cluster.';
+CALL avengers.comment_columns('avengers.cluster_datasets', $$
+clustering_id: The active clustering version.
+cluster: Cluster index.
+dataset_id: Dataset.
+n: Calibration queries of the dataset assigned to the cluster.
+$$);
 
 -- Built from the two views above, so avengers.refresh_profiles() refreshes it after them.
 CREATE MATERIALIZED VIEW avengers.model_priors AS
@@ -157,10 +163,12 @@ WITH DATA;
 CREATE UNIQUE INDEX model_priors_key ON avengers.model_priors (model_id);
 COMMENT ON MATERIALIZED VIEW avengers.model_priors IS
   'Per model, over the clustered calibration queries of the active clustering: the dataset-balanced mean outcome (the prior routing shrinks cluster scores toward) and the query-weighted overall score (the tie-breaker).';
-COMMENT ON COLUMN avengers.model_priors.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.model_priors.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.model_priors.prior_score IS 'Mean over calibration datasets of the model''s mean outcome on the dataset (each dataset counts once, whatever its size).';
-COMMENT ON COLUMN avengers.model_priors.datasets IS 'Calibration datasets with an outcome for the model.';
-COMMENT ON COLUMN avengers.model_priors.overall_score IS 'Mean outcome over all clustered calibration queries (= cluster_profiles.overall_score).';
-COMMENT ON COLUMN avengers.model_priors.overall_n IS 'Number of outcomes behind overall_score.';
-COMMENT ON COLUMN avengers.model_priors.tie_rank IS 'cluster_profiles.tie_rank (the tie-break order).';
+CALL avengers.comment_columns('avengers.model_priors', $$
+clustering_id: The active clustering version.
+model_id: Model.
+prior_score: Mean over calibration datasets of the model's mean outcome on the dataset (each dataset counts once, whatever its size).
+datasets: Calibration datasets with an outcome for the model.
+overall_score: Mean outcome over all clustered calibration queries (= cluster_profiles.overall_score).
+overall_n: Number of outcomes behind overall_score.
+tie_rank: cluster_profiles.tie_rank (the tie-break order).
+$$);

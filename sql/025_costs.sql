@@ -91,17 +91,19 @@ WITH DATA;
 CREATE UNIQUE INDEX cluster_costs_key ON avengers.cluster_costs (cluster, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.cluster_costs IS
   'Per cluster of the active clustering and model: measured prompt and completion tokens and costs of its calibration outcomes (outcomes.tokens_in / tokens_out / cost) and of the requests the route log answered there (usage). Only clusters and models with a measurement have a row.';
-COMMENT ON COLUMN avengers.cluster_costs.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.cluster_costs.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.cluster_costs.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.cluster_costs.tokens_in_sum IS 'Prompt tokens of the outcomes with tokens_in.';
-COMMENT ON COLUMN avengers.cluster_costs.chars_sum IS 'Characters of those outcomes'' query texts.';
-COMMENT ON COLUMN avengers.cluster_costs.answers IS 'Answers (samples) behind tokens_out_sum.';
-COMMENT ON COLUMN avengers.cluster_costs.tokens_out_sum IS 'Completion tokens of those answers.';
-COMMENT ON COLUMN avengers.cluster_costs.cost_answers IS 'Answers (samples) behind cost_sum.';
-COMMENT ON COLUMN avengers.cluster_costs.latency_requests IS 'Model requests the route log timed here.';
-COMMENT ON COLUMN avengers.cluster_costs.latency_sum IS 'Their summed wall time, in milliseconds.';
-COMMENT ON COLUMN avengers.cluster_costs.cost_sum IS 'Measured cost of those answers (outcomes.cost).';
+CALL avengers.comment_columns('avengers.cluster_costs', $$
+clustering_id: The active clustering version.
+cluster: Cluster index.
+model_id: Model.
+tokens_in_sum: Prompt tokens of the outcomes with tokens_in.
+chars_sum: Characters of those outcomes' query texts.
+answers: Answers (samples) behind tokens_out_sum.
+tokens_out_sum: Completion tokens of those answers.
+cost_answers: Answers (samples) behind cost_sum.
+latency_requests: Model requests the route log timed here.
+latency_sum: Their summed wall time, in milliseconds.
+cost_sum: Measured cost of those answers (outcomes.cost).
+$$);
 
 -- Per model: the same measurements over all clusters, as means (what a route falls back to).
 CREATE MATERIALIZED VIEW avengers.model_costs AS
@@ -119,12 +121,14 @@ WITH DATA;
 CREATE UNIQUE INDEX model_costs_key ON avengers.model_costs (model_id);
 COMMENT ON MATERIALIZED VIEW avengers.model_costs IS
   'Per model with a measurement in the active clustering (cluster_costs): prompt tokens per character of query text, completion tokens per answer and measured cost per answer; NULL where nothing of the kind was measured.';
-COMMENT ON COLUMN avengers.model_costs.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.model_costs.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.model_costs.tokens_per_char IS 'Prompt tokens per character of the query text (prompt template included), from outcomes.tokens_in.';
-COMMENT ON COLUMN avengers.model_costs.answers IS 'Answers behind tokens_out.';
-COMMENT ON COLUMN avengers.model_costs.tokens_out IS 'Mean completion tokens per answer.';
-COMMENT ON COLUMN avengers.model_costs.cost_answers IS 'Answers behind cost.';
-COMMENT ON COLUMN avengers.model_costs.latency_requests IS 'Model requests the route log timed.';
-COMMENT ON COLUMN avengers.model_costs.latency_ms IS 'Their mean wall time, in milliseconds (NULL: none timed).';
-COMMENT ON COLUMN avengers.model_costs.cost IS 'Mean measured cost per answer.';
+CALL avengers.comment_columns('avengers.model_costs', $$
+clustering_id: The active clustering version.
+model_id: Model.
+tokens_per_char: Prompt tokens per character of the query text (prompt template included), from outcomes.tokens_in.
+answers: Answers behind tokens_out.
+tokens_out: Mean completion tokens per answer.
+cost_answers: Answers behind cost.
+latency_requests: Model requests the route log timed.
+latency_ms: Their mean wall time, in milliseconds (NULL: none timed).
+cost: Mean measured cost per answer.
+$$);

@@ -220,16 +220,18 @@ WITH DATA;
 CREATE UNIQUE INDEX production_profiles_key ON avengers.production_profiles (cluster, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.production_profiles IS
   'Production outcomes of the active clustering per cluster and model (avengers.production_stats decayed to as_of). Refreshed by CALL avengers.refresh_production() (cheap: clusters x models rows) and with the profiles.';
-COMMENT ON COLUMN avengers.production_profiles.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.production_profiles.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.production_profiles.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.production_profiles.model IS 'Model name.';
-COMMENT ON COLUMN avengers.production_profiles.n IS 'Feedback rows counted in the cell.';
-COMMENT ON COLUMN avengers.production_profiles.mean_score IS 'Their mean score (undecayed).';
-COMMENT ON COLUMN avengers.production_profiles.decayed_n IS 'Effective count at as_of: each row weighs 0.5 ^ (age / half_life).';
-COMMENT ON COLUMN avengers.production_profiles.decayed_sum IS 'Decayed sum of the scores at as_of.';
-COMMENT ON COLUMN avengers.production_profiles.decayed_mean IS 'decayed_sum / decayed_n: the mean that weighs recent feedback more.';
-COMMENT ON COLUMN avengers.production_profiles.as_of IS 'The time everything is decayed to: the refresh time, or the newest feedback if later.';
+CALL avengers.comment_columns('avengers.production_profiles', $$
+clustering_id: The active clustering version.
+cluster: Cluster index.
+model_id: Model.
+model: Model name.
+n: Feedback rows counted in the cell.
+mean_score: Their mean score (undecayed).
+decayed_n: Effective count at as_of: each row weighs 0.5 ^ (age / half_life).
+decayed_sum: Decayed sum of the scores at as_of.
+decayed_mean: decayed_sum / decayed_n: the mean that weighs recent feedback more.
+as_of: The time everything is decayed to: the refresh time, or the newest feedback if later.
+$$);
 
 -- The production update rule: what production outcomes add to the calibration evidence routing
 -- pools, per cell (cluster, model) of the active clustering, as an outcome sum and a count that
@@ -400,31 +402,19 @@ WITH DATA;
 CREATE UNIQUE INDEX production_evidence_key ON avengers.production_evidence (cluster, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.production_evidence IS
   'The production update rule per cluster and model of the active clustering: what production outcomes add to the calibration outcome sum (delta_sum) and count (delta_n) that routing pools at the production weight, and why (the model''s, the cell''s and the cluster''s measured change). Refreshed by CALL avengers.refresh_production() and with the profiles.';
-COMMENT ON COLUMN avengers.production_evidence.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.production_evidence.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.production_evidence.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.production_evidence.calibration_n IS 'Calibration outcomes of the model in the cluster (cluster_profiles.n; 0: none).';
-COMMENT ON COLUMN avengers.production_evidence.calibration_sum IS 'Their sum (cluster_profiles.score_sum).';
-COMMENT ON COLUMN avengers.production_evidence.production_n IS 'Decayed count of the feedback counted here (production_profiles.decayed_n; 0: none).';
-COMMENT ON COLUMN avengers.production_evidence.production_sum IS 'Decayed sum of those feedback scores.';
-COMMENT ON COLUMN avengers.production_evidence.model_effect IS 'The model''s change against the other models of its clusters, applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.';
-COMMENT ON COLUMN avengers.production_evidence.model_changed IS 'The model''s change test passed (|effect| > change_threshold x standard error, and > 0.05).';
-COMMENT ON COLUMN avengers.production_evidence.cell_effect IS 'The model''s change in this cluster beyond model_effect (0 unless that cell''s own test passed).';
-COMMENT ON COLUMN avengers.production_evidence.cluster_effect IS 'Change of the cluster shared by all its candidates: what the models'' changes leave of the residuals of the models with feedback here, shrunk toward 0.';
-COMMENT ON COLUMN avengers.production_evidence.delta_sum IS 'What the cell''s outcome sum gains at production weight 1 (may be negative): the calibration mean moved by the model''s, the cell''s and the cluster''s change (clamped to [0, 1]) times the calibration count, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean plus its decayed feedback sum.';
-COMMENT ON COLUMN avengers.production_evidence.cluster_moved IS 'A calibrated model''s feedback in the cluster left its calibration mean (its own change test passed): targeted exploration compares every candidate there.';
-COMMENT ON COLUMN avengers.production_evidence.delta_n IS 'What the cell''s outcome count gains at production weight 1: 0 for a calibrated model (feedback moves its mean, not its confidence), 2 pseudo-outcomes plus the decayed feedback count for a model without calibration outcomes.';
-
-CREATE PROCEDURE avengers.refresh_production()
-LANGUAGE plpgsql
-AS $$
-BEGIN
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
-  -- routing_entries and routing_models carry the evidence to decisions.
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_entries;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
-END
-$$;
-COMMENT ON PROCEDURE avengers.refresh_production() IS
-  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, production_evidence, routing_entries, routing_models: clusters x models rows each) without re-reading calibration outcomes.';
+CALL avengers.comment_columns('avengers.production_evidence', $$
+clustering_id: The active clustering version.
+cluster: Cluster index.
+model_id: Model.
+calibration_n: Calibration outcomes of the model in the cluster (cluster_profiles.n; 0: none).
+calibration_sum: Their sum (cluster_profiles.score_sum).
+production_n: Decayed count of the feedback counted here (production_profiles.decayed_n; 0: none).
+production_sum: Decayed sum of those feedback scores.
+model_effect: The model's change against the other models of its clusters, applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.
+model_changed: The model's change test passed (|effect| > change_threshold x standard error, and > 0.05).
+cell_effect: The model's change in this cluster beyond model_effect (0 unless that cell's own test passed).
+cluster_effect: Change of the cluster shared by all its candidates: what the models' changes leave of the residuals of the models with feedback here, shrunk toward 0.
+delta_sum: What the cell's outcome sum gains at production weight 1 (may be negative): the calibration mean moved by the model's, the cell's and the cluster's change (clamped to [0, 1]) times the calibration count, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean plus its decayed feedback sum.
+cluster_moved: A calibrated model's feedback in the cluster left its calibration mean (its own change test passed): targeted exploration compares every candidate there.
+delta_n: What the cell's outcome count gains at production weight 1: 0 for a calibrated model (feedback moves its mean, not its confidence), 2 pseudo-outcomes plus the decayed feedback count for a model without calibration outcomes.
+$$);

@@ -14,9 +14,11 @@ WITH DATA;
 CREATE UNIQUE INDEX clustering_scale_key ON avengers.clustering_scale (clustering_id);
 COMMENT ON MATERIALIZED VIEW avengers.clustering_scale IS
   'Scale of the active clustering: rho = median squared Euclidean distance of its calibration queries to their own centroid. Routing weighs the nearest centroids by exp(-(d_j^2 - d_1^2) / (temperature * rho)), so the temperature does not depend on the embedder.';
-COMMENT ON COLUMN avengers.clustering_scale.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.clustering_scale.rho IS 'Median of assignments.distance^2 (0 when every query sits on its centroid: routing then weighs only the nearest centroids).';
-COMMENT ON COLUMN avengers.clustering_scale.n IS 'Assignments behind the median.';
+CALL avengers.comment_columns('avengers.clustering_scale', $$
+clustering_id: The active clustering version.
+rho: Median of assignments.distance^2 (0 when every query sits on its centroid: routing then weighs only the nearest centroids).
+n: Assignments behind the median.
+$$);
 
 -- What avengers.decide (sql/040_decide.sql) reads on every call, shaped so that a decision is one
 -- scan of k centroids plus one pass over the models, with no per-(cluster, model) rows: the pooled
@@ -28,16 +30,20 @@ COMMENT ON COLUMN avengers.clustering_scale.n IS 'Assignments behind the median.
 -- clusters ("pooled"); larger ones are scored from routing_entries, one row per neighbour.
 
 -- A sparse vector over clusters from parallel arrays of clusters and values (entry cluster + 1):
--- how routing_models stores per-cluster sums. No entries: the zero vector of that dimension.
+-- how routing_models stores per-cluster sums. Entries whose value is NULL or below 1e-30 in
+-- magnitude are left out (float32 cannot hold them and they add nothing to a pooled sum), so the
+-- callers aggregate every cluster's value and say which entries exist once, here. No entries:
+-- the zero vector of that dimension.
 CREATE FUNCTION avengers.sparse_sums(clusters integer[], vals double precision[], dims integer)
 RETURNS sparsevec
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN format('{%s}/%s',
               (SELECT string_agg((x.c + 1)::text || ':' || x.v::text, ',' ORDER BY x.c)
-               FROM unnest(clusters, vals) AS x(c, v)),
+               FROM unnest(clusters, vals) AS x(c, v)
+               WHERE abs(x.v) >= 1e-30),
               dims)::sparsevec;
 COMMENT ON FUNCTION avengers.sparse_sums(integer[], double precision[], integer) IS
-  'Sparse vector of dimension dims with vals[i] at entry clusters[i] + 1 (routing_models'' per-cluster sums).';
+  'Sparse vector of dimension dims with vals[i] at entry clusters[i] + 1 (routing_models'' per-cluster sums); NULL values and values below 1e-30 in magnitude are left out.';
 
 -- One row per routed clustering (the active one): what a decision checks, scales by and
 -- defaults to.
@@ -68,18 +74,20 @@ WITH DATA;
 CREATE UNIQUE INDEX routing_state_key ON avengers.routing_state (clustering_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_state IS
   'The served clustering as avengers.decide sees it: dimension, number of clusters, scale, whether it is scored from sparse vectors (pooled), and the defaults a routing policy falls back to (production weight, exploration, novelty threshold). Refreshed with the profiles and when the clustering''s settings change.';
-COMMENT ON COLUMN avengers.routing_state.clustering_id IS 'The clustering version.';
-COMMENT ON COLUMN avengers.routing_state.active IS 'Whether it is the active clustering (what a policy without a clustering routes with).';
-COMMENT ON COLUMN avengers.routing_state.dimension IS 'Dimension of its embedding space (query vectors must match).';
-COMMENT ON COLUMN avengers.routing_state.clusters IS 'Highest cluster index + 1: the dimension of the sparse vectors in routing_models.';
-COMMENT ON COLUMN avengers.routing_state.rho IS 'clustering_scale.rho (NULL without assignments).';
-COMMENT ON COLUMN avengers.routing_state.pooled IS 'At most 16,000 clusters: decide pools from routing_models'' sparse vectors; otherwise it reads routing_entries per neighbour.';
-COMMENT ON COLUMN avengers.routing_state.mean_chars IS 'Mean length in characters of the clustered calibration texts: the prompt length a cost-aware decision assumes for a vector routed without its text.';
-COMMENT ON COLUMN avengers.routing_state.production_weight IS 'clusterings.production_weight: what a policy without a production weight uses.';
-COMMENT ON COLUMN avengers.routing_state.exploration IS 'clusterings.exploration: what a policy without an exploration uses.';
-COMMENT ON COLUMN avengers.routing_state.exploration_share IS 'clusterings.exploration_share.';
-COMMENT ON COLUMN avengers.routing_state.exploration_overlap IS 'clusterings.exploration_overlap.';
-COMMENT ON COLUMN avengers.routing_state.novelty_threshold IS 'novelty_profiles.threshold: the Mahalanobis distance at novelty 1 (NULL: the version has no novelty model, and novelty is the nearest cluster''s distance over its ood_distance).';
+CALL avengers.comment_columns('avengers.routing_state', $$
+clustering_id: The clustering version.
+active: Whether it is the active clustering (what a policy without a clustering routes with).
+dimension: Dimension of its embedding space (query vectors must match).
+clusters: Highest cluster index + 1: the dimension of the sparse vectors in routing_models.
+rho: clustering_scale.rho (NULL without assignments).
+pooled: At most 16,000 clusters: decide pools from routing_models' sparse vectors; otherwise it reads routing_entries per neighbour.
+mean_chars: Mean length in characters of the clustered calibration texts: the prompt length a cost-aware decision assumes for a vector routed without its text.
+production_weight: clusterings.production_weight: what a policy without a production weight uses.
+exploration: clusterings.exploration: what a policy without an exploration uses.
+exploration_share: clusterings.exploration_share.
+exploration_overlap: clusterings.exploration_overlap.
+novelty_threshold: novelty_profiles.threshold: the Mahalanobis distance at novelty 1 (NULL: the version has no novelty model, and novelty is the nearest cluster's distance over its ood_distance).
+$$);
 
 -- The active clustering's centroids with the sparse-vector key of each cluster, scanned once per
 -- routed query (a copy, so the scan reads no other version's rows and formats no integers), and
@@ -97,12 +105,14 @@ WITH DATA;
 CREATE UNIQUE INDEX routing_centroids_key ON avengers.routing_centroids (clustering_id, cluster);
 COMMENT ON MATERIALIZED VIEW avengers.routing_centroids IS
   'Centroids of the served clustering, as avengers.decide scans them.';
-COMMENT ON COLUMN avengers.routing_centroids.clustering_id IS 'The clustering version.';
-COMMENT ON COLUMN avengers.routing_centroids.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.routing_centroids.centroid IS 'The centroid (avengers.centroids.centroid).';
-COMMENT ON COLUMN avengers.routing_centroids.weight_key IS '''<cluster + 1>:'', the cluster''s entry key in a sparsevec literal.';
-COMMENT ON COLUMN avengers.routing_centroids.ood_distance IS 'cluster_distances.ood_distance (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_centroids.onehot IS 'The sparsevec with 1 at the cluster''s entry: its inner product with a model''s per-cluster sums (routing_models) reads the model''s entry for the cluster.';
+CALL avengers.comment_columns('avengers.routing_centroids', $$
+clustering_id: The clustering version.
+cluster: Cluster index.
+centroid: The centroid (avengers.centroids.centroid).
+weight_key: '<cluster + 1>:', the cluster's entry key in a sparsevec literal.
+ood_distance: cluster_distances.ood_distance (NULL: not measured).
+onehot: The sparsevec with 1 at the cluster's entry: its inner product with a model's per-cluster sums (routing_models) reads the model's entry for the cluster.
+$$);
 
 -- One row per cluster and model of the served clustering: the calibration profile entry, the
 -- feedback counted there and what the production update rule adds (production_evidence, which
@@ -132,18 +142,20 @@ WITH DATA;
 CREATE UNIQUE INDEX routing_entries_key ON avengers.routing_entries (clustering_id, cluster, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_entries IS
   'Per cluster and model of the served clustering: its calibration profile entry (cluster_profiles), the feedback counted there (production_profiles) and what the production update rule adds (production_evidence): what routing_models'' per-cluster vectors are built from.';
-COMMENT ON COLUMN avengers.routing_entries.clustering_id IS 'The clustering version.';
-COMMENT ON COLUMN avengers.routing_entries.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.routing_entries.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.routing_entries.mean_score IS 'cluster_profiles.mean_score (NULL: no calibration outcome here).';
-COMMENT ON COLUMN avengers.routing_entries.n IS 'cluster_profiles.n.';
-COMMENT ON COLUMN avengers.routing_entries.score_sum IS 'cluster_profiles.score_sum.';
-COMMENT ON COLUMN avengers.routing_entries.wilson_low IS 'cluster_profiles.wilson_low.';
-COMMENT ON COLUMN avengers.routing_entries.wilson_high IS 'cluster_profiles.wilson_high.';
-COMMENT ON COLUMN avengers.routing_entries.production_n IS 'Feedback rows counted here (production_profiles.n; 0: none).';
-COMMENT ON COLUMN avengers.routing_entries.production_mean IS 'Their decayed mean (NULL: none).';
-COMMENT ON COLUMN avengers.routing_entries.production_delta_n IS 'production_evidence.delta_n: what the update rule adds to the outcome count at production weight 1 (0 for a calibrated model).';
-COMMENT ON COLUMN avengers.routing_entries.production_delta_sum IS 'production_evidence.delta_sum: what the update rule adds to the outcome sum at production weight 1 (may be negative).';
+CALL avengers.comment_columns('avengers.routing_entries', $$
+clustering_id: The clustering version.
+cluster: Cluster index.
+model_id: Model.
+mean_score: cluster_profiles.mean_score (NULL: no calibration outcome here).
+n: cluster_profiles.n.
+score_sum: cluster_profiles.score_sum.
+wilson_low: cluster_profiles.wilson_low.
+wilson_high: cluster_profiles.wilson_high.
+production_n: Feedback rows counted here (production_profiles.n; 0: none).
+production_mean: Their decayed mean (NULL: none).
+production_delta_n: production_evidence.delta_n: what the update rule adds to the outcome count at production weight 1 (0 for a calibrated model).
+production_delta_sum: production_evidence.delta_sum: what the update rule adds to the outcome sum at production weight 1 (may be negative).
+$$);
 
 -- Per model of model_priors, and per model of the pool without calibration outcomes in the
 -- clustering (added since: scored on the update rule's evidence alone, so only at a production
@@ -154,11 +166,10 @@ COMMENT ON COLUMN avengers.routing_entries.production_delta_sum IS 'production_e
 -- and its measured tokens and costs; with its prices and the model's row of avengers.models, so
 -- a decision reads one relation for its candidates. Production is kept apart from calibration so
 -- that a policy's production weight applies at decision time (weight 0 reads calibration only).
--- Sums below 1e-30 in magnitude are left out: float32 cannot hold them and they add nothing
--- visible. A
--- statement trigger on avengers.models (sql/060_procedures_and_triggers.sql) refreshes this view
--- in the same transaction as any change there, so routing never sees an outdated flag, endpoint
--- or price; avengers.refresh_production refreshes it too (clusters x models rows).
+-- Sums below 1e-30 in magnitude are left out (avengers.sparse_sums). A statement trigger on
+-- avengers.models (sql/060_procedures_and_triggers.sql) refreshes this view in the same
+-- transaction as any change there, so routing never sees an outdated flag, endpoint or price;
+-- avengers.refresh_production refreshes it too (clusters x models rows).
 -- toast_tuple_target: the vectors stay in the row (a few KB at k = 64) instead of being
 -- compressed or moved out of line, which every decision would pay to undo.
 CREATE MATERIALIZED VIEW avengers.routing_models WITH (toast_tuple_target = 8160) AS
@@ -202,59 +213,39 @@ JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id
 JOIN avengers.models m ON m.id = mp.model_id
 LEFT JOIN avengers.model_costs mc ON mc.model_id = mp.model_id
 CROSS JOIN LATERAL (
-  SELECT avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.score_sum >= 1e-30),
-                              array_agg(e.score_sum) FILTER (WHERE e.score_sum >= 1e-30),
-                              st.clusters) AS score_sums,
-         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.n > 0),
-                              array_agg(e.n) FILTER (WHERE e.n > 0), st.clusters) AS ns,
-         avengers.sparse_sums(
-           array_agg(e.cluster) FILTER (WHERE abs(e.production_delta_sum) >= 1e-30),
-           array_agg(e.production_delta_sum) FILTER (WHERE abs(e.production_delta_sum) >= 1e-30),
-           st.clusters) AS production_sums,
-         avengers.sparse_sums(
-           array_agg(e.cluster) FILTER (WHERE abs(e.production_delta_n) >= 1e-30),
-           array_agg(e.production_delta_n) FILTER (WHERE abs(e.production_delta_n) >= 1e-30),
-           st.clusters) AS production_ns,
-         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.production_n > 0),
-                              array_agg(e.production_n) FILTER (WHERE e.production_n > 0),
-                              st.clusters) AS production_counts,
-         avengers.sparse_sums(
-           array_agg(e.cluster) FILTER (WHERE e.production_n > 0 AND e.production_mean >= 1e-30),
-           array_agg(e.production_mean) FILTER (WHERE e.production_n > 0
-                                                  AND e.production_mean >= 1e-30),
-           st.clusters) AS production_means,
-         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.wilson_low >= 1e-30),
-                              array_agg(e.wilson_low) FILTER (WHERE e.wilson_low >= 1e-30),
-                              st.clusters) AS wilson_lows,
-         avengers.sparse_sums(array_agg(e.cluster) FILTER (WHERE e.wilson_high >= 1e-30),
-                              array_agg(e.wilson_high) FILTER (WHERE e.wilson_high >= 1e-30),
-                              st.clusters) AS wilson_highs
+  SELECT avengers.sparse_sums(array_agg(e.cluster), array_agg(e.score_sum), st.clusters)
+           AS score_sums,
+         avengers.sparse_sums(array_agg(e.cluster), array_agg(e.n), st.clusters) AS ns,
+         avengers.sparse_sums(array_agg(e.cluster), array_agg(e.production_delta_sum), st.clusters)
+           AS production_sums,
+         avengers.sparse_sums(array_agg(e.cluster), array_agg(e.production_delta_n), st.clusters)
+           AS production_ns,
+         avengers.sparse_sums(array_agg(e.cluster), array_agg(e.production_n), st.clusters)
+           AS production_counts,
+         avengers.sparse_sums(array_agg(e.cluster),
+                              array_agg(CASE WHEN e.production_n > 0 THEN e.production_mean END),
+                              st.clusters) AS production_means,
+         avengers.sparse_sums(array_agg(e.cluster), array_agg(e.wilson_low), st.clusters)
+           AS wilson_lows,
+         avengers.sparse_sums(array_agg(e.cluster), array_agg(e.wilson_high), st.clusters)
+           AS wilson_highs
   FROM avengers.routing_entries e
   WHERE e.clustering_id = mp.clustering_id AND e.model_id = mp.model_id AND st.pooled
 ) AS v
 CROSS JOIN LATERAL (
-  SELECT avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.tokens_out_sum >= 1e-30),
-                              array_agg(cc.tokens_out_sum) FILTER (WHERE cc.tokens_out_sum >= 1e-30),
-                              st.clusters) AS tokens_out_sums,
-         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.answers > 0),
-                              array_agg(cc.answers) FILTER (WHERE cc.answers > 0),
-                              st.clusters) AS answer_ns,
-         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.cost_answers > 0
-                                                             AND cc.cost_sum >= 1e-30),
-                              array_agg(cc.cost_sum) FILTER (WHERE cc.cost_answers > 0
-                                                             AND cc.cost_sum >= 1e-30),
-                              st.clusters) AS cost_sums,
-         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.cost_answers > 0),
-                              array_agg(cc.cost_answers) FILTER (WHERE cc.cost_answers > 0),
-                              st.clusters) AS cost_ns,
-         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.latency_requests > 0
-                                                             AND cc.latency_sum >= 1e-30),
-                              array_agg(cc.latency_sum) FILTER (WHERE cc.latency_requests > 0
-                                                                AND cc.latency_sum >= 1e-30),
-                              st.clusters) AS latency_sums,
-         avengers.sparse_sums(array_agg(cc.cluster) FILTER (WHERE cc.latency_requests > 0),
-                              array_agg(cc.latency_requests) FILTER (WHERE cc.latency_requests > 0),
-                              st.clusters) AS latency_ns
+  -- A cost or latency sum is 0 wherever its count is, so the sums need no filter of their own.
+  SELECT avengers.sparse_sums(array_agg(cc.cluster), array_agg(cc.tokens_out_sum), st.clusters)
+           AS tokens_out_sums,
+         avengers.sparse_sums(array_agg(cc.cluster), array_agg(cc.answers), st.clusters)
+           AS answer_ns,
+         avengers.sparse_sums(array_agg(cc.cluster), array_agg(cc.cost_sum), st.clusters)
+           AS cost_sums,
+         avengers.sparse_sums(array_agg(cc.cluster), array_agg(cc.cost_answers), st.clusters)
+           AS cost_ns,
+         avengers.sparse_sums(array_agg(cc.cluster), array_agg(cc.latency_sum), st.clusters)
+           AS latency_sums,
+         avengers.sparse_sums(array_agg(cc.cluster), array_agg(cc.latency_requests), st.clusters)
+           AS latency_ns
   FROM avengers.cluster_costs cc
   WHERE cc.clustering_id = mp.clustering_id AND cc.model_id = mp.model_id AND st.pooled
 ) AS c
@@ -262,34 +253,36 @@ WITH DATA;
 CREATE UNIQUE INDEX routing_models_key ON avengers.routing_models (clustering_id, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.routing_models IS
   'Per model of the served clustering (of model_priors, and of the pool without calibration outcomes there): the prior score and tie-break order; as sparse vectors over clusters (entry cluster + 1, NULL when the clustering is not pooled) the calibration outcome sums and counts of cluster_profiles, what the production update rule adds to them (production_evidence), the feedback counted and its decayed mean (production_profiles) and the measured tokens and costs of cluster_costs, what avengers.decide pools with one inner product each; the model''s row of avengers.models (kept current by a trigger on that table) and its measured means (model_costs).';
-COMMENT ON COLUMN avengers.routing_models.clustering_id IS 'The clustering version.';
-COMMENT ON COLUMN avengers.routing_models.model_id IS 'Model.';
-COMMENT ON COLUMN avengers.routing_models.prior_score IS 'model_priors.prior_score: the dataset-balanced calibration mean scores are shrunk toward (a model without calibration outcomes: the calibrated models'' average).';
-COMMENT ON COLUMN avengers.routing_models.overall_score IS 'model_priors.overall_score (NULL without calibration outcomes).';
-COMMENT ON COLUMN avengers.routing_models.tie_rank IS 'model_priors.tie_rank (the tie-break order; models without calibration outcomes after all others, by name).';
-COMMENT ON COLUMN avengers.routing_models.calibrated IS 'Whether the model has calibration outcomes in the clustering (false: scored on the update rule''s evidence alone, so never at production weight 0).';
-COMMENT ON COLUMN avengers.routing_models.name IS 'models.name.';
-COMMENT ON COLUMN avengers.routing_models.active IS 'models.active (routing skips inactive models).';
-COMMENT ON COLUMN avengers.routing_models.endpoint IS 'models.endpoint.';
-COMMENT ON COLUMN avengers.routing_models.served_name IS 'models.served_name, else the name.';
-COMMENT ON COLUMN avengers.routing_models.api_key_env IS 'models.api_key_env.';
-COMMENT ON COLUMN avengers.routing_models.score_sums IS 'cluster_profiles.score_sum per cluster (float32).';
-COMMENT ON COLUMN avengers.routing_models.ns IS 'cluster_profiles.n per cluster.';
-COMMENT ON COLUMN avengers.routing_models.production_sums IS 'production_evidence.delta_sum per cluster, unweighted (float32, may be negative).';
-COMMENT ON COLUMN avengers.routing_models.production_ns IS 'production_evidence.delta_n per cluster, unweighted (float32).';
-COMMENT ON COLUMN avengers.routing_models.production_means IS 'production_profiles.decayed_mean per cluster with feedback (float32).';
-COMMENT ON COLUMN avengers.routing_models.wilson_lows IS 'cluster_profiles.wilson_low per cluster (float32).';
-COMMENT ON COLUMN avengers.routing_models.wilson_highs IS 'cluster_profiles.wilson_high per cluster (float32).';
-COMMENT ON COLUMN avengers.routing_models.production_counts IS 'production_profiles.n (feedback rows, not decayed) per cluster.';
-COMMENT ON COLUMN avengers.routing_models.price_in IS 'models.cost_in_per_m (price per 1M prompt tokens).';
-COMMENT ON COLUMN avengers.routing_models.price_out IS 'models.cost_out_per_m (price per 1M completion tokens).';
-COMMENT ON COLUMN avengers.routing_models.tokens_per_char IS 'model_costs.tokens_per_char (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_models.mean_tokens_out IS 'model_costs.tokens_out (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_models.mean_cost IS 'model_costs.cost (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_models.tokens_out_sums IS 'cluster_costs.tokens_out_sum per cluster (float32).';
-COMMENT ON COLUMN avengers.routing_models.answer_ns IS 'cluster_costs.answers per cluster.';
-COMMENT ON COLUMN avengers.routing_models.cost_sums IS 'cluster_costs.cost_sum per cluster (float32).';
-COMMENT ON COLUMN avengers.routing_models.cost_ns IS 'cluster_costs.cost_answers per cluster.';
-COMMENT ON COLUMN avengers.routing_models.mean_latency_ms IS 'model_costs.latency_ms (NULL: not measured).';
-COMMENT ON COLUMN avengers.routing_models.latency_sums IS 'cluster_costs.latency_sum per cluster (float32; milliseconds).';
-COMMENT ON COLUMN avengers.routing_models.latency_ns IS 'cluster_costs.latency_requests per cluster.';
+CALL avengers.comment_columns('avengers.routing_models', $$
+clustering_id: The clustering version.
+model_id: Model.
+prior_score: model_priors.prior_score: the dataset-balanced calibration mean scores are shrunk toward (a model without calibration outcomes: the calibrated models' average).
+overall_score: model_priors.overall_score (NULL without calibration outcomes).
+tie_rank: model_priors.tie_rank (the tie-break order; models without calibration outcomes after all others, by name).
+calibrated: Whether the model has calibration outcomes in the clustering (false: scored on the update rule's evidence alone, so never at production weight 0).
+name: models.name.
+active: models.active (routing skips inactive models).
+endpoint: models.endpoint.
+served_name: models.served_name, else the name.
+api_key_env: models.api_key_env.
+score_sums: cluster_profiles.score_sum per cluster (float32).
+ns: cluster_profiles.n per cluster.
+production_sums: production_evidence.delta_sum per cluster, unweighted (float32, may be negative).
+production_ns: production_evidence.delta_n per cluster, unweighted (float32).
+production_means: production_profiles.decayed_mean per cluster with feedback (float32).
+wilson_lows: cluster_profiles.wilson_low per cluster (float32).
+wilson_highs: cluster_profiles.wilson_high per cluster (float32).
+production_counts: production_profiles.n (feedback rows, not decayed) per cluster.
+price_in: models.cost_in_per_m (price per 1M prompt tokens).
+price_out: models.cost_out_per_m (price per 1M completion tokens).
+tokens_per_char: model_costs.tokens_per_char (NULL: not measured).
+mean_tokens_out: model_costs.tokens_out (NULL: not measured).
+mean_cost: model_costs.cost (NULL: not measured).
+tokens_out_sums: cluster_costs.tokens_out_sum per cluster (float32).
+answer_ns: cluster_costs.answers per cluster.
+cost_sums: cluster_costs.cost_sum per cluster (float32).
+cost_ns: cluster_costs.cost_answers per cluster.
+mean_latency_ms: model_costs.latency_ms (NULL: not measured).
+latency_sums: cluster_costs.latency_sum per cluster (float32; milliseconds).
+latency_ns: cluster_costs.latency_requests per cluster.
+$$);

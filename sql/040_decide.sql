@@ -92,23 +92,25 @@ CREATE TYPE avengers.routing_policy AS (
 );
 COMMENT ON TYPE avengers.routing_policy IS
   'What avengers.decide routes by besides the query: the clustering, the scoring method, how many candidates, the candidate filter, the quality-cost trade-off and ceiling, the out-of-distribution policy, exploration and the production weight. Build one with avengers.policy(...).';
-COMMENT ON COLUMN avengers.routing_policy.clustering_id IS 'Clustering version to route with (NULL: the active one).';
-COMMENT ON COLUMN avengers.routing_policy.neighbours IS 'Nearest centroids pooled (L >= 1; default 16).';
-COMMENT ON COLUMN avengers.routing_policy.temperature IS 'Weight decay over the neighbours, in units of the clustering''s median squared distance (>= 0; default 0.1).';
-COMMENT ON COLUMN avengers.routing_policy.shrinkage IS 'Pseudo-outcomes of the model''s calibration prior added to every score (>= 0; default 1).';
-COMMENT ON COLUMN avengers.routing_policy.top_n IS 'Candidates returned (>= 1; default 1).';
-COMMENT ON COLUMN avengers.routing_policy.require_endpoint IS 'Only models with an endpoint (default false).';
-COMMENT ON COLUMN avengers.routing_policy.models IS 'Only these models (names; NULL: every active model).';
-COMMENT ON COLUMN avengers.routing_policy.tradeoff IS 'alpha in [0, 1]: 1 ranks by expected quality, 0 by expected cost (NULL: no trade-off).';
-COMMENT ON COLUMN avengers.routing_policy.max_cost IS 'Highest expected cost a candidate may have (NULL: no ceiling).';
-COMMENT ON COLUMN avengers.routing_policy.completions IS 'Answers the request draws from its first model: its expected cost counts them (default 1).';
-COMMENT ON COLUMN avengers.routing_policy.ood_policy IS 'What an out-of-distribution query gets: flag (routed as usual, default), best-overall (ranked by the models'' dataset-balanced calibration means) or widen (routed as usual; answered with Model-Switch).';
-COMMENT ON COLUMN avengers.routing_policy.exploration IS 'off, targeted, thompson or epsilon (NULL: the clustering''s).';
-COMMENT ON COLUMN avengers.routing_policy.exploration_share IS 'targeted and epsilon: the share of decisions that may put a drawn candidate first (NULL: the clustering''s).';
-COMMENT ON COLUMN avengers.routing_policy.exploration_overlap IS 'targeted: the chance of beating the leader from which a candidate is plausible, in [0, 1) (NULL: the clustering''s).';
-COMMENT ON COLUMN avengers.routing_policy.production_weight IS 'How much a production outcome counts against a calibration one (>= 0; 0: the static router; NULL: the clustering''s).';
-COMMENT ON COLUMN avengers.routing_policy.max_latency_ms IS 'Highest expected latency of a model request a candidate may have, in milliseconds (NULL: no ceiling).';
-COMMENT ON COLUMN avengers.routing_policy.latency_weight IS 'beta in [0, 1]: the share of the trade-off given to low expected latency (NULL: none).';
+CALL avengers.comment_columns('avengers.routing_policy', $$
+clustering_id: Clustering version to route with (NULL: the active one).
+neighbours: Nearest centroids pooled (L >= 1; default 16).
+temperature: Weight decay over the neighbours, in units of the clustering's median squared distance (>= 0; default 0.1).
+shrinkage: Pseudo-outcomes of the model's calibration prior added to every score (>= 0; default 1).
+top_n: Candidates returned (>= 1; default 1).
+require_endpoint: Only models with an endpoint (default false).
+models: Only these models (names; NULL: every active model).
+tradeoff: alpha in [0, 1]: 1 ranks by expected quality, 0 by expected cost (NULL: no trade-off).
+max_cost: Highest expected cost a candidate may have (NULL: no ceiling).
+completions: Answers the request draws from its first model: its expected cost counts them (default 1).
+ood_policy: What an out-of-distribution query gets: flag (routed as usual, default), best-overall (ranked by the models' dataset-balanced calibration means) or widen (routed as usual; answered with Model-Switch).
+exploration: off, targeted, thompson or epsilon (NULL: the clustering's).
+exploration_share: targeted and epsilon: the share of decisions that may put a drawn candidate first (NULL: the clustering's).
+exploration_overlap: targeted: the chance of beating the leader from which a candidate is plausible, in [0, 1) (NULL: the clustering's).
+production_weight: How much a production outcome counts against a calibration one (>= 0; 0: the static router; NULL: the clustering's).
+max_latency_ms: Highest expected latency of a model request a candidate may have, in milliseconds (NULL: no ceiling).
+latency_weight: beta in [0, 1]: the share of the trade-off given to low expected latency (NULL: none).
+$$);
 
 CREATE FUNCTION avengers.policy(
   top_n integer DEFAULT 1, neighbours integer DEFAULT 16,
@@ -143,36 +145,38 @@ CREATE TYPE avengers.decision AS (
   over_budget boolean, utility double precision, expected_latency_ms double precision);
 COMMENT ON TYPE avengers.decision IS
   'A row of a routing decision (avengers.decide): one candidate model of one query, best first, with the decision''s fields. model NULL: no eligible model.';
-COMMENT ON COLUMN avengers.decision.ord IS 'Position of the query in the batch (1 for a single vector).';
-COMMENT ON COLUMN avengers.decision.clustering_id IS 'The clustering version that routed it.';
-COMMENT ON COLUMN avengers.decision.cluster IS 'The nearest cluster.';
-COMMENT ON COLUMN avengers.decision.distance IS 'Euclidean distance of the normalised query to its centroid.';
-COMMENT ON COLUMN avengers.decision.novelty IS 'Mahalanobis distance to the clustering''s calibration Gaussian over its threshold (avengers.novelty_profiles), else the distance over the nearest cluster''s ood_distance; NULL: neither is stored.';
-COMMENT ON COLUMN avengers.decision.ood IS 'novelty > 1: out of distribution.';
-COMMENT ON COLUMN avengers.decision.ood_policy IS 'The out-of-distribution policy applied (NULL when the query is in distribution).';
-COMMENT ON COLUMN avengers.decision.exploration IS 'The exploration policy in force (NULL: off).';
-COMMENT ON COLUMN avengers.decision.explored IS 'Exploration put another candidate first than the best-ranked one (NULL: off).';
-COMMENT ON COLUMN avengers.decision.production_weight IS 'The production weight the scores pooled production outcomes at.';
-COMMENT ON COLUMN avengers.decision.rank IS 'Rank of the model for this query (1: the one asked first).';
-COMMENT ON COLUMN avengers.decision.model_id IS 'Model id.';
-COMMENT ON COLUMN avengers.decision.model IS 'Model name.';
-COMMENT ON COLUMN avengers.decision.endpoint IS 'models.endpoint.';
-COMMENT ON COLUMN avengers.decision.served_name IS 'models.served_name, else the name.';
-COMMENT ON COLUMN avengers.decision.api_key_env IS 'models.api_key_env.';
-COMMENT ON COLUMN avengers.decision.score IS 'The routing score (expected quality) of the model.';
-COMMENT ON COLUMN avengers.decision.evidence IS 'The pseudo-count behind the score: pooled outcomes (calibration, and production at its weight) plus the shrinkage.';
-COMMENT ON COLUMN avengers.decision.propensity IS 'Probability the model had of being asked first under this policy (1 or 0 without exploration; NULL under thompson).';
-COMMENT ON COLUMN avengers.decision.mean_score IS 'The model''s calibration mean in the nearest cluster (cluster_profiles; NULL: no outcome there).';
-COMMENT ON COLUMN avengers.decision.n IS 'Outcomes behind mean_score.';
-COMMENT ON COLUMN avengers.decision.wilson_low IS 'Lower Wilson 95% bound of mean_score.';
-COMMENT ON COLUMN avengers.decision.wilson_high IS 'Upper Wilson 95% bound of mean_score.';
-COMMENT ON COLUMN avengers.decision.overall_score IS 'The model''s mean outcome over all clustered calibration queries.';
-COMMENT ON COLUMN avengers.decision.production_n IS 'Feedback rows of the model in the nearest cluster.';
-COMMENT ON COLUMN avengers.decision.production_mean IS 'Their decayed mean (NULL: none).';
-COMMENT ON COLUMN avengers.decision.expected_cost IS 'Expected cost of the request on the model (NULL when no trade-off or ceiling was asked, or the model has neither a price nor a measured cost).';
-COMMENT ON COLUMN avengers.decision.over_budget IS 'True when max_cost was asked and no candidate fits it: the row is the cheapest candidate (NULL when no trade-off or ceiling was asked).';
-COMMENT ON COLUMN avengers.decision.expected_latency_ms IS 'Expected latency of a request to the model, in milliseconds (measured from the route log, pooled like the score; NULL when no trade-off or ceiling was asked, or nothing was measured).';
-COMMENT ON COLUMN avengers.decision.utility IS 'What the model was ranked by under a trade-off (NULL when no trade-off or ceiling was asked).';
+CALL avengers.comment_columns('avengers.decision', $$
+ord: Position of the query in the batch (1 for a single vector).
+clustering_id: The clustering version that routed it.
+cluster: The nearest cluster.
+distance: Euclidean distance of the normalised query to its centroid.
+novelty: Mahalanobis distance to the clustering's calibration Gaussian over its threshold (avengers.novelty_profiles), else the distance over the nearest cluster's ood_distance; NULL: neither is stored.
+ood: novelty > 1: out of distribution.
+ood_policy: The out-of-distribution policy applied (NULL when the query is in distribution).
+exploration: The exploration policy in force (NULL: off).
+explored: Exploration put another candidate first than the best-ranked one (NULL: off).
+production_weight: The production weight the scores pooled production outcomes at.
+rank: Rank of the model for this query (1: the one asked first).
+model_id: Model id.
+model: Model name.
+endpoint: models.endpoint.
+served_name: models.served_name, else the name.
+api_key_env: models.api_key_env.
+score: The routing score (expected quality) of the model.
+evidence: The pseudo-count behind the score: pooled outcomes (calibration, and production at its weight) plus the shrinkage.
+propensity: Probability the model had of being asked first under this policy (1 or 0 without exploration; NULL under thompson).
+mean_score: The model's calibration mean in the nearest cluster (cluster_profiles; NULL: no outcome there).
+n: Outcomes behind mean_score.
+wilson_low: Lower Wilson 95% bound of mean_score.
+wilson_high: Upper Wilson 95% bound of mean_score.
+overall_score: The model's mean outcome over all clustered calibration queries.
+production_n: Feedback rows of the model in the nearest cluster.
+production_mean: Their decayed mean (NULL: none).
+expected_cost: Expected cost of the request on the model (NULL when no trade-off or ceiling was asked, or the model has neither a price nor a measured cost).
+over_budget: True when max_cost was asked and no candidate fits it: the row is the cheapest candidate (NULL when no trade-off or ceiling was asked).
+expected_latency_ms: Expected latency of a request to the model, in milliseconds (measured from the route log, pooled like the score; NULL when no trade-off or ceiling was asked, or nothing was measured).
+utility: What the model was ranked by under a trade-off (NULL when no trade-off or ceiling was asked).
+$$);
 
 -- What a cost-aware decision pools for a candidate over a query's neighbours.
 CREATE TYPE avengers.pooled_costs AS (
@@ -180,12 +184,14 @@ CREATE TYPE avengers.pooled_costs AS (
   wl double precision, wln double precision);
 COMMENT ON TYPE avengers.pooled_costs IS
   'A model''s measurements over a query''s neighbours, weighted: completion tokens (wo over wa answers), costs (wc over wca answers) and latency (wl milliseconds over wln requests).';
-COMMENT ON COLUMN avengers.pooled_costs.wo IS 'Weighted sum of measured completion tokens.';
-COMMENT ON COLUMN avengers.pooled_costs.wa IS 'Weighted count of answers behind wo.';
-COMMENT ON COLUMN avengers.pooled_costs.wc IS 'Weighted sum of measured costs.';
-COMMENT ON COLUMN avengers.pooled_costs.wca IS 'Weighted count of answers behind wc.';
-COMMENT ON COLUMN avengers.pooled_costs.wl IS 'Weighted sum of measured request latencies, in milliseconds.';
-COMMENT ON COLUMN avengers.pooled_costs.wln IS 'Weighted count of requests behind wl.';
+CALL avengers.comment_columns('avengers.pooled_costs', $$
+wo: Weighted sum of measured completion tokens.
+wa: Weighted count of answers behind wo.
+wc: Weighted sum of measured costs.
+wca: Weighted count of answers behind wc.
+wl: Weighted sum of measured request latencies, in milliseconds.
+wln: Weighted count of requests behind wl.
+$$);
 
 -- The error of the first field out of range (called only when policy_valid's check fails).
 CREATE FUNCTION avengers.policy_error(p avengers.routing_policy)

@@ -18,13 +18,15 @@ LEFT JOIN avengers.production_profiles pp ON pp.cluster = p.cluster AND pp.model
 LEFT JOIN avengers.production_evidence e ON e.cluster = p.cluster AND e.model_id = p.model_id;
 COMMENT ON VIEW avengers.cluster_ranks IS
   'Models ranked per cluster of the active clustering (rank among all models, active_rank among active ones, both by calibration mean), with the production outcomes beside them and the two pooled.';
-COMMENT ON COLUMN avengers.cluster_ranks.mean_score IS 'Calibration: mean outcome on the cluster''s calibration queries.';
-COMMENT ON COLUMN avengers.cluster_ranks.n IS 'Calibration: outcomes behind mean_score.';
-COMMENT ON COLUMN avengers.cluster_ranks.production_n IS 'Production: feedback rows counted in the cluster (served at the last refresh).';
-COMMENT ON COLUMN avengers.cluster_ranks.production_mean IS 'Production: their mean score, undecayed (NULL: none).';
-COMMENT ON COLUMN avengers.cluster_ranks.production_decayed_n IS 'Production: their effective count after decay.';
-COMMENT ON COLUMN avengers.cluster_ranks.production_decayed_mean IS 'Production: their decayed mean (recent rows weigh more).';
-COMMENT ON COLUMN avengers.cluster_ranks.pooled_mean IS '(calibration sum + production_weight x production_evidence.delta_sum) / (calibration n + production_weight x production_evidence.delta_n): the cluster''s evidence as routing pools it.';
+CALL avengers.comment_columns('avengers.cluster_ranks', $$
+mean_score: Calibration: mean outcome on the cluster's calibration queries.
+n: Calibration: outcomes behind mean_score.
+production_n: Production: feedback rows counted in the cluster (served at the last refresh).
+production_mean: Production: their mean score, undecayed (NULL: none).
+production_decayed_n: Production: their effective count after decay.
+production_decayed_mean: Production: their decayed mean (recent rows weigh more).
+pooled_mean: (calibration sum + production_weight x production_evidence.delta_sum) / (calibration n + production_weight x production_evidence.delta_n): the cluster's evidence as routing pools it.
+$$);
 
 -- s(m) = sum over clusters of 1 / rank_m(c). Ties: tie_rank; models without profiles last, by name.
 CREATE VIEW avengers.model_selection_scores AS

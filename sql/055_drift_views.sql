@@ -41,15 +41,17 @@ CREATE VIEW avengers.traffic_drift AS
 SELECT * FROM avengers.traffic_drift(now() - interval '7 days');
 COMMENT ON VIEW avengers.traffic_drift IS
   'avengers.traffic_drift(since) over the last 7 days: each cluster''s calibration share against its share of routed requests.';
-COMMENT ON COLUMN avengers.traffic_drift.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.traffic_drift.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.traffic_drift.calibration_queries IS 'Calibration queries in the cluster (centroids.size).';
-COMMENT ON COLUMN avengers.traffic_drift.calibration_share IS 'Their share of all calibration queries clustered.';
-COMMENT ON COLUMN avengers.traffic_drift.routed IS 'Requests routed to the cluster in the window (route_log).';
-COMMENT ON COLUMN avengers.traffic_drift.routed_share IS 'Their share of all requests routed in the window.';
-COMMENT ON COLUMN avengers.traffic_drift.share_ratio IS 'routed_share / calibration_share: above 1, production asks more of this kind than calibration had.';
-COMMENT ON COLUMN avengers.traffic_drift.ood IS 'Requests of the cluster flagged out of distribution.';
-COMMENT ON COLUMN avengers.traffic_drift.mean_distance IS 'Mean distance of the cluster''s requests to its centroid (compare cluster_distances.median).';
+CALL avengers.comment_columns('avengers.traffic_drift', $$
+clustering_id: The active clustering version.
+cluster: Cluster index.
+calibration_queries: Calibration queries in the cluster (centroids.size).
+calibration_share: Their share of all calibration queries clustered.
+routed: Requests routed to the cluster in the window (route_log).
+routed_share: Their share of all requests routed in the window.
+share_ratio: routed_share / calibration_share: above 1, production asks more of this kind than calibration had.
+ood: Requests of the cluster flagged out of distribution.
+mean_distance: Mean distance of the cluster's requests to its centroid (compare cluster_distances.median).
+$$);
 
 CREATE VIEW avengers.ood_daily AS
 SELECT date_trunc('day', r.at)                                     AS day,
@@ -65,13 +67,15 @@ WHERE r.clustering_id IS NOT NULL
 GROUP BY 1, 2;
 COMMENT ON VIEW avengers.ood_daily IS
   'Per day and clustering version: requests routed, how many were out of distribution, and their mean distance and novelty. A rising ood_rate or mean_distance is traffic the calibration did not cover.';
-COMMENT ON COLUMN avengers.ood_daily.day IS 'The day (start, in the session''s time zone).';
-COMMENT ON COLUMN avengers.ood_daily.clustering_id IS 'Clustering version that routed the requests.';
-COMMENT ON COLUMN avengers.ood_daily.routed IS 'Requests routed.';
-COMMENT ON COLUMN avengers.ood_daily.ood IS 'Requests flagged out of distribution.';
-COMMENT ON COLUMN avengers.ood_daily.ood_rate IS 'ood / requests with a novelty score.';
-COMMENT ON COLUMN avengers.ood_daily.mean_distance IS 'Mean distance to the nearest centroid.';
-COMMENT ON COLUMN avengers.ood_daily.mean_novelty IS 'Mean novelty (route_log.novelty: above 1 is out of distribution).';
+CALL avengers.comment_columns('avengers.ood_daily', $$
+day: The day (start, in the session's time zone).
+clustering_id: Clustering version that routed the requests.
+routed: Requests routed.
+ood: Requests flagged out of distribution.
+ood_rate: ood / requests with a novelty score.
+mean_distance: Mean distance to the nearest centroid.
+mean_novelty: Mean novelty (route_log.novelty: above 1 is out of distribution).
+$$);
 
 CREATE FUNCTION avengers.outcome_drift(since timestamptz)
 RETURNS TABLE (
@@ -114,15 +118,17 @@ CREATE VIEW avengers.outcome_drift AS
 SELECT * FROM avengers.outcome_drift(now() - interval '7 days');
 COMMENT ON VIEW avengers.outcome_drift IS
   'avengers.outcome_drift(since) over the last 7 days: production mean per cluster and model against its calibration interval.';
-COMMENT ON COLUMN avengers.outcome_drift.clustering_id IS 'The active clustering version.';
-COMMENT ON COLUMN avengers.outcome_drift.cluster IS 'Cluster index.';
-COMMENT ON COLUMN avengers.outcome_drift.model IS 'Model.';
-COMMENT ON COLUMN avengers.outcome_drift.calibration_n IS 'Calibration outcomes of the model in the cluster (NULL: none).';
-COMMENT ON COLUMN avengers.outcome_drift.calibration_mean IS 'Their mean.';
-COMMENT ON COLUMN avengers.outcome_drift.wilson_low IS 'Lower Wilson 95% bound of the calibration mean.';
-COMMENT ON COLUMN avengers.outcome_drift.wilson_high IS 'Upper Wilson 95% bound of the calibration mean.';
-COMMENT ON COLUMN avengers.outcome_drift.production_n IS 'Feedback rows observed in the window.';
-COMMENT ON COLUMN avengers.outcome_drift.production_mean IS 'Their mean score.';
-COMMENT ON COLUMN avengers.outcome_drift.production_low IS 'Lower Wilson 95% bound of the production mean.';
-COMMENT ON COLUMN avengers.outcome_drift.production_high IS 'Upper Wilson 95% bound of the production mean.';
-COMMENT ON COLUMN avengers.outcome_drift.outside IS 'The production mean is outside the calibration interval.';
+CALL avengers.comment_columns('avengers.outcome_drift', $$
+clustering_id: The active clustering version.
+cluster: Cluster index.
+model: Model.
+calibration_n: Calibration outcomes of the model in the cluster (NULL: none).
+calibration_mean: Their mean.
+wilson_low: Lower Wilson 95% bound of the calibration mean.
+wilson_high: Upper Wilson 95% bound of the calibration mean.
+production_n: Feedback rows observed in the window.
+production_mean: Their mean score.
+production_low: Lower Wilson 95% bound of the production mean.
+production_high: Upper Wilson 95% bound of the production mean.
+outside: The production mean is outside the calibration interval.
+$$);

@@ -2,6 +2,32 @@
 -- and what storing or changing a clustering version brings along (distance statistics, production
 -- outcomes).
 
+-- What carries production evidence to decisions, in the order each reads the one before:
+-- production_evidence (from cluster_profiles and production_profiles), routing_entries,
+-- routing_models. Every refresh that changes one of its inputs ends with it.
+CREATE PROCEDURE avengers.refresh_evidence()
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_entries;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
+END
+$$;
+COMMENT ON PROCEDURE avengers.refresh_evidence() IS
+  'Refresh production_evidence, routing_entries and routing_models (in that order): what the other refreshes and the models trigger end with.';
+
+CREATE PROCEDURE avengers.refresh_production()
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
+  CALL avengers.refresh_evidence();
+END
+$$;
+COMMENT ON PROCEDURE avengers.refresh_production() IS
+  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, production_evidence, routing_entries, routing_models: clusters x models rows each) without re-reading calibration outcomes.';
+
 CREATE PROCEDURE avengers.refresh_profiles()
 LANGUAGE plpgsql
 AS $$
@@ -13,8 +39,6 @@ BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_datasets;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_priors;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
-  -- production_evidence reads cluster_profiles and production_profiles.
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
   -- model_costs reads cluster_costs.
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.cluster_costs;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.model_costs;
@@ -22,8 +46,7 @@ BEGIN
   -- routing_entries).
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_state;
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_centroids;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_entries;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
+  CALL avengers.refresh_evidence();
   -- Fresh statistics for what routing reads: a refresh leaves none, and the prepared decision
   -- statements' plans are built from them (and replanned when ANALYZE changes them).
   ANALYZE avengers.cluster_profiles, avengers.routing_state, avengers.routing_centroids,
@@ -174,9 +197,7 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
   -- A model added without calibration outcomes gets its starting evidence there.
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_evidence;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_entries;
-  REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.routing_models;
+  CALL avengers.refresh_evidence();
   RETURN NULL;
 END
 $$;

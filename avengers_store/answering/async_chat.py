@@ -7,7 +7,6 @@ checks), driven by one pooled ``httpx.AsyncClient``. It also opens streamed comp
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,11 +21,9 @@ from avengers_store.answering.sampling import (
     Endpoint,
     Messages,
     NLimits,
-    Outcome,
     Post,
     RetryPolicy,
     SampleBatch,
-    Sleep,
     adrive,
     attempt_timeout,
     auth_headers,
@@ -138,31 +135,21 @@ class AsyncChatClient:
             await response.aclose()
 
     async def _open(self, steps: Any) -> httpx.Response:
-        outcome: Outcome = None
-        while True:
-            try:
-                action = steps.send(outcome)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(action, Sleep):
-                await asyncio.sleep(action.seconds)
-                outcome = None
-                continue
-            assert isinstance(action, Post)
-            request = self._http.build_request(
-                "POST", action.url, json=action.body, headers=action.headers,
-                timeout=attempt_timeout(action),
-            )  # fmt: skip
-            try:
-                async with bounded(action.timeout):
-                    outcome = await self._http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                outcome = exc
-                continue
-            if outcome.status_code >= 400:
-                # The protocol reads the error text; a stream has to be read first.
-                await outcome.aread()
-                await outcome.aclose()
+        return await adrive(steps, self._http, self._open_attempt)
+
+    async def _open_attempt(self, action: Post) -> httpx.Response:
+        """One attempt at opening a stream: the response with its body unread, unless it is an
+        error (the protocol reads the error text, so it is read and closed here)."""
+        request = self._http.build_request(
+            "POST", action.url, json=action.body, headers=action.headers,
+            timeout=attempt_timeout(action),
+        )  # fmt: skip
+        async with bounded(action.timeout):
+            response = await self._http.send(request, stream=True)
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+        return response
 
 
 def _served(endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,13 @@ lost to a top-up that ran out of time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -639,9 +640,15 @@ def _post_within(http: httpx.Client, action: Post) -> httpx.Response:
     )
 
 
-async def adrive(steps: Steps, http: httpx.AsyncClient) -> Any:
-    """Run ``steps`` with an async HTTP client; returns what the generator returns. An attempt
-    is bounded as a whole by its timeout (a server dripping bytes cannot stretch it)."""
+async def adrive(
+    steps: Steps,
+    http: httpx.AsyncClient,
+    attempt: Callable[[Post], Awaitable[httpx.Response]] | None = None,
+) -> Any:
+    """Run ``steps`` with an async HTTP client; returns what the generator returns. ``attempt``
+    makes one POST (default: the whole answer, bounded as a whole by its timeout, so a server
+    dripping bytes cannot stretch it)."""
+    attempt = attempt or functools.partial(_apost_within, http)
     outcome: Outcome = None
     while True:
         try:
@@ -653,15 +660,16 @@ async def adrive(steps: Steps, http: httpx.AsyncClient) -> Any:
             outcome = None
             continue
         try:
-            async with bounded(action.timeout):
-                outcome = await http.post(
-                    action.url,
-                    json=action.body,
-                    headers=action.headers,
-                    timeout=attempt_timeout(action),
-                )
+            outcome = await attempt(action)
         except httpx.TransportError as exc:
             outcome = exc
+
+
+async def _apost_within(http: httpx.AsyncClient, action: Post) -> httpx.Response:
+    async with bounded(action.timeout):
+        return await http.post(
+            action.url, json=action.body, headers=action.headers, timeout=attempt_timeout(action)
+        )
 
 
 class AttemptTimeout(httpx.TimeoutException):

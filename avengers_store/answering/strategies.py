@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -197,6 +197,19 @@ class SampleCall:
     extra: Mapping[str, Any] = field(default_factory=dict)
     deadline: Deadline | None = None
 
+    def ask(self, chat: ChatClient | AsyncChatClient) -> Any:
+        """This call on ``chat``: a ``SampleBatch`` from a ``ChatClient``, an awaitable of one
+        from an ``AsyncChatClient``."""
+        return chat.sample(
+            self.endpoint,
+            self.messages,
+            self.n,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            deadline=self.deadline,
+            **self.extra,
+        )
+
 
 Plan = Generator[SampleCall, SampleBatch | EndpointError, Answer]
 
@@ -238,7 +251,7 @@ def answer_plan(
     if not candidates:
         raise AllEndpointsFailed(
             "no candidate endpoints to ask: the routed models have no endpoint configured "
-            "(set one with `avengers models set NAME --endpoint URL`)."
+            "(give one an endpoint: `avengers models set NAME`, model_pool.set_model)."
         )
     if messages is None:
         messages = (prompts or DEFAULT_PROMPTS).messages(task_type, question)
@@ -267,51 +280,23 @@ def run_plan(plan: Plan, chat: ChatClient) -> Answer:
         except StopIteration as stop:
             return stop.value
         try:
-            result = chat.sample(
-                call.endpoint,
-                call.messages,
-                call.n,
-                temperature=call.temperature,
-                max_tokens=call.max_tokens,
-                deadline=call.deadline,
-                **call.extra,
-            )
+            result = call.ask(chat)
         except EndpointError as exc:
             result = exc
 
 
-async def arun_plan(
-    plan: Plan, chat: AsyncChatClient, *, observe: Callable[[str, float], None] | None = None
-) -> Answer:
-    """Drive a plan with the async client. ``observe(stage, seconds)`` hears each model call
-    (``upstream``) and, at the end, the plan's own time (``vote``: extraction and voting)."""
-    started = time.perf_counter()
-    upstream = 0.0
+async def arun_plan(plan: Plan, chat: AsyncChatClient) -> Answer:
+    """Drive a plan with the async client."""
     result: SampleBatch | EndpointError | None = None
     while True:
         try:
             call = plan.send(result)  # type: ignore[arg-type]
         except StopIteration as stop:
-            if observe is not None:
-                observe("vote", max(0.0, time.perf_counter() - started - upstream))
             return stop.value
-        asked = time.perf_counter()
         try:
-            result = await chat.sample(
-                call.endpoint,
-                call.messages,
-                call.n,
-                temperature=call.temperature,
-                max_tokens=call.max_tokens,
-                deadline=call.deadline,
-                **call.extra,
-            )
+            result = await call.ask(chat)
         except EndpointError as exc:
             result = exc
-        if observe is not None:
-            spent = time.perf_counter() - asked
-            upstream += spent
-            observe("upstream", spent)
 
 
 def answer(

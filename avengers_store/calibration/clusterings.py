@@ -20,10 +20,26 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from avengers_store.calibration import novelty
 from avengers_store.calibration.fit import Partition
 from avengers_store.errors import InputError, NotFound, StoreStateError
-from avengers_store.routing import novelty
 from avengers_store.store import connections, driver_errors
+from avengers_store.store.bulk import copy_rows
+from avengers_store.store.queries import query
+
+# Column types of the binary COPY writes.
+CENTROID_COLUMNS = {
+    "clustering_id": "integer",
+    "cluster": "integer",
+    "centroid": "vector",
+    "size": "integer",
+}
+_ASSIGNMENTS_COLUMNS = {
+    "clustering_id": "integer",
+    "query_id": "bigint",
+    "cluster": "integer",
+    "distance": "real",
+}
 
 _COLUMNS = (
     "id, space_id, k, algorithm, seed, n_queries, inertia, status, created_at, activated_at, params"
@@ -134,46 +150,40 @@ def prune_clusterings(
         raise InputError(f"keep must be 0 or more, got {keep}", location="keep")
     with connections.connection(url, conn=conn) as c:
         rows = c.execute(
-            """DELETE FROM avengers.clusterings
-               WHERE id IN (SELECT id FROM avengers.clusterings
-                            WHERE status <> 'active' AND id <> ALL(%s)
-                            ORDER BY id DESC OFFSET %s)
-               RETURNING id""",
+            query("calibration", "prune_versions"),
             (list(exclude), keep),
         ).fetchall()
     return sorted(r[0] for r in rows)
 
 
 def _write_centroids(conn: psycopg.Connection, clustering_id: int, part: Partition) -> None:
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY avengers.centroids (clustering_id, cluster, centroid, size) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["integer", "integer", "vector", "integer"])
-        for cluster_index, (centroid, size) in enumerate(
-            zip(part.centroids, part.sizes.tolist(), strict=True)
-        ):
-            copy.write_row((clustering_id, cluster_index, centroid, size))
+    copy_rows(
+        conn,
+        ("avengers", "centroids"),
+        CENTROID_COLUMNS,
+        (
+            (clustering_id, i, centroid, size)
+            for i, (centroid, size) in enumerate(
+                zip(part.centroids, part.sizes.tolist(), strict=True)
+            )
+        ),
+    )
 
 
 def _write_assignments(
     conn: psycopg.Connection, clustering_id: int, query_ids: np.ndarray, part: Partition
 ) -> None:
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY avengers.assignments (clustering_id, query_id, cluster, distance) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["integer", "bigint", "integer", "real"])
-        for qid, lab, dist in zip(
-            query_ids.tolist(), part.labels.tolist(), part.distances.tolist(), strict=True
-        ):
-            copy.write_row((clustering_id, qid, lab, dist))
+    copy_rows(
+        conn,
+        ("avengers", "assignments"),
+        _ASSIGNMENTS_COLUMNS,
+        (
+            (clustering_id, qid, label, distance)
+            for qid, label, distance in zip(
+                query_ids.tolist(), part.labels.tolist(), part.distances.tolist(), strict=True
+            )
+        ),
+    )
 
 
 def store_partition(
@@ -193,7 +203,7 @@ def store_partition(
     clustering version of embedding space ``space_id``, in the caller's transaction: the version
     row (with the served version's loop settings), its centroids and assignments, their distance
     statistics (``avengers.cluster_distances``), with ``vectors`` (the calibration vectors of
-    ``query_ids``, in order) its novelty model (``routing.novelty``), the centroid index; then
+    ``query_ids``, in order) its novelty model (``calibration.novelty``), the centroid index; then
     mark it ready and, with
     ``activate``, serve it (``replaced``: the version it took over from). Returns the stored
     version. ``timings``, if given, receives the seconds of each step (write,
@@ -222,13 +232,7 @@ def store_partition(
     clustering_id = row[0]
     # The loop's settings carry over from the served version: an operator sets them once.
     conn.execute(
-        """UPDATE avengers.clusterings k
-           SET production_weight = a.production_weight, half_life = a.half_life,
-               exploration = a.exploration, exploration_share = a.exploration_share,
-               ood_quantile = a.ood_quantile, change_threshold = a.change_threshold,
-               exploration_overlap = a.exploration_overlap
-           FROM avengers.active_clustering a
-           WHERE k.id = %s""",
+        query("calibration", "copy_loop_settings"),
         (clustering_id,),
     )
     step = _Steps(timings)

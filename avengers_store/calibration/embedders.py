@@ -494,7 +494,7 @@ def get_embedder(name: str | None = None, **params: Any) -> Embedder:
     raise ConfigurationError(
         f"unknown embedder {name!r}: use {MINILM}, {MINILM_INT8}, {ST_PREFIX}<model dir>, "
         f"{M2V_PREFIX}<model dir> or "
-        f"{OPENAI_PREFIX}<base_url>#<model> (`avengers embed --embedder` or ${config.EMBEDDER_ENV})"
+        f"{OPENAI_PREFIX}<base_url>#<model> (the `embedder` argument or ${config.EMBEDDER_ENV})"
     )
 
 

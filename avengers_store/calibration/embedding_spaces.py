@@ -16,6 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from avengers_store.errors import InputError, NotFound
+from avengers_store.store.queries import query
 
 _COLUMNS = "id, embedder, dimension, active, params, created_at"
 
@@ -72,10 +73,7 @@ def active_space(conn: psycopg.Connection) -> Space | None:
 def serving_space(conn: psycopg.Connection) -> Space | None:
     """The space of the active clustering (what routing must embed queries in); the active
     space when nothing is clustered yet."""
-    row = conn.execute(
-        f"""SELECT {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}
-            FROM avengers.active_clustering k JOIN avengers.embedding_spaces s ON s.id = k.space_id"""
-    ).fetchone()
+    row = conn.execute(query("calibration", "serving_space")).fetchone()
     return space_from_row(row) if row else active_space(conn)
 
 

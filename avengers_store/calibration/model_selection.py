@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.store import connections
+from avengers_store.store.queries import query
+from avengers_store.store.refresh import refresh_profiles
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,7 @@ def select_models(
                 "no active clustering: run `avengers recluster` before selecting models"
             )
         if max_price is None:
-            rows = c.execute(
-                """SELECT s.model, s.active, s.selection_score, s.clusters_won,
-                          s.clusters_ranked, s.overall_score, s.selection_rank,
-                          m.cost_in_per_m, m.cost_out_per_m
-                   FROM avengers.model_selection_scores s
-                   JOIN avengers.models m ON m.id = s.model_id
-                   ORDER BY s.selection_rank"""
-            ).fetchall()
+            rows = c.execute(query("calibration", "selection_scores")).fetchall()
             priced_out: tuple[str, ...] = ()
         else:
             rows = c.execute(
@@ -95,7 +89,7 @@ def select_models(
             if max_price is not None:
                 raise StoreStateError(
                     f"no model priced at most {max_price:g} per 1M tokens has outcomes on the "
-                    "clustered calibration queries: raise --max-price or set prices "
+                    "clustered calibration queries: raise `max_price` or set prices "
                     "(avengers.models.cost_in_per_m, cost_out_per_m)"
                 )
             raise StoreStateError(

@@ -12,13 +12,7 @@ import psycopg
 from avengers_store import figures
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections
-
-
-def refresh_profiles(conn: psycopg.Connection) -> None:
-    """Recompute the served profiles inside the caller's transaction (readers see the old rows
-    until it commits). Call after anything that changes outcomes, models' active flags or the
-    active clustering."""
-    conn.execute("CALL avengers.refresh_profiles()")
+from avengers_store.store.queries import query
 
 
 @dataclass(frozen=True)
@@ -44,13 +38,6 @@ class ProfileEntry:
     production_mean: float | None = None
     production_decayed_n: float = 0.0
     pooled_mean: float | None = None
-
-
-_FIELDS = (
-    "p.clustering_id, p.cluster, p.cluster_size, p.model, p.active, p.n, p.mean_score, "
-    "p.wilson_low, p.wilson_high, p.rank, p.active_rank, p.overall_score, r.production_n, "
-    "r.production_mean, r.production_decayed_n, r.pooled_mean"
-)
 
 
 def _require_active(conn: psycopg.Connection) -> int:
@@ -90,12 +77,7 @@ def get_profiles(
         ):
             raise NotFound(f"model {model!r} is not in the pool (see `avengers models list`)")
         rows = c.execute(
-            f"""SELECT {_FIELDS} FROM avengers.cluster_profiles p
-                JOIN avengers.cluster_ranks r ON r.cluster = p.cluster AND r.model = p.model
-                WHERE (%(cluster)s::integer IS NULL OR p.cluster = %(cluster)s)
-                  AND (%(model)s::text IS NULL OR p.model = %(model)s)
-                ORDER BY p.cluster, p.rank""",
-            {"cluster": cluster, "model": model},
+            query("calibration", "profile_entries"), {"cluster": cluster, "model": model}
         ).fetchall()
     return [ProfileEntry(*row) for row in rows]
 

@@ -24,6 +24,11 @@ from avengers_store.calibration.embedders import (
 )
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
+from avengers_store.store.bulk import copy_rows
+from avengers_store.store.queries import query
+
+# Column types of the binary COPY writes.
+_LOAD_COLUMNS = {"space_id": "integer", "query_id": "bigint", "embedding": "vector"}
 
 
 @dataclass(frozen=True)
@@ -69,16 +74,12 @@ def store_vectors(
            SELECT space_id, query_id, embedding FROM avengers.query_embeddings WITH NO DATA"""
     )
     conn.execute("TRUNCATE avengers_embedding_load")
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY avengers_embedding_load (space_id, query_id, embedding) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["integer", "bigint", "vector"])
-        for qid, vec in zip(query_ids, vectors, strict=True):
-            copy.write_row((space_id, int(qid), vec))
+    copy_rows(
+        conn,
+        "avengers_embedding_load",
+        _LOAD_COLUMNS,
+        ((space_id, int(qid), vec) for qid, vec in zip(query_ids, vectors, strict=True)),
+    )
     inserted = conn.execute(
         """INSERT INTO avengers.query_embeddings (space_id, query_id, embedding)
            SELECT space_id, query_id, embedding FROM avengers_embedding_load
@@ -165,11 +166,7 @@ def embed_queries(
         ) as bar:
             while True:
                 rows = c.execute(
-                    """SELECT q.id, q.text FROM avengers.queries q
-                       WHERE q.id > %s AND NOT EXISTS (
-                           SELECT 1 FROM avengers.query_embeddings e
-                           WHERE e.space_id = %s AND e.query_id = q.id)
-                       ORDER BY q.id LIMIT %s""",
+                    query("calibration", "unembedded_queries"),
                     (last_id, space.id, batch_size),
                 ).fetchall()
                 if not rows:
@@ -268,7 +265,7 @@ def import_npy(
         if not datasets:
             raise NotFound(
                 f"no dataset was loaded from {source}: load it first (`avengers load-table` or "
-                "`avengers dataset add`) and pass the same file to --source"
+                "`avengers datasets add`) and pass the same file as `source`"
             )
         for name, rows in datasets:
             if rows is None or int(rows) != file_rows:
@@ -282,24 +279,19 @@ def import_npy(
         if existing is not None and existing.dimension != dimension:
             raise InputError(
                 f"{dimension}-d vectors, but space {existing.id} ({existing.embedder}) is "
-                f"{existing.dimension}-d; pass --embedder naming the model that made them",
+                f"{existing.dimension}-d; pass `embedder` naming the model that made them",
                 location=str(npy),
             )
         declared = getattr(emb, "_dimension", None)  # known without running the model
         if declared is not None and declared != dimension:
             raise InputError(
                 f"{dimension}-d vectors, but {emb.name} makes {declared}-d ones; pass "
-                "--embedder naming the model that made them",
+                "`embedder` naming the model that made them",
                 location=str(npy),
             )
         space = _space_for(c, emb, dimension)
         rows = c.execute(
-            """SELECT q.id, (q.metadata->>'source_row')::bigint
-               FROM avengers.queries q
-               WHERE q.metadata->>'source_file' = %s
-                 AND NOT EXISTS (SELECT 1 FROM avengers.query_embeddings e
-                                 WHERE e.space_id = %s AND e.query_id = q.id)
-               ORDER BY q.id""",
+            query("calibration", "file_queries"),
             (source, space.id),
         ).fetchall()
         total = c.execute(

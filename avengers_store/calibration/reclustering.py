@@ -36,6 +36,7 @@ import sys
 import numpy as np
 import psycopg
 
+from avengers_store.arguments import one_of
 from avengers_store.calibration import embedding_spaces
 from avengers_store.calibration.clusterings import (
     Clustering,
@@ -54,6 +55,7 @@ from avengers_store.calibration.fit import (
 )
 from avengers_store.errors import AvengersError, InputError, StoreStateError
 from avengers_store.store import connections
+from avengers_store.store.queries import query
 
 
 def _as_array(value) -> np.ndarray:
@@ -68,12 +70,7 @@ def calibration_vectors(
     in a space."""
     with conn.cursor(binary=True) as cur:
         cur.execute(
-            """SELECT q.id, e.embedding, d.name
-               FROM avengers.queries q
-               JOIN avengers.datasets d ON d.id = q.dataset_id AND NOT d.is_ood
-               JOIN avengers.query_embeddings e ON e.query_id = q.id AND e.space_id = %s
-               WHERE q.split = 'calibration'
-               ORDER BY q.id""",
+            query("calibration", "calibration_vectors"),
             (space_id,),
         )
         rows = cur.fetchall()
@@ -106,15 +103,7 @@ def _check_calibration_set(
     conn: psycopg.Connection, space: embedding_spaces.Space
 ) -> dict[str, int]:
     row = conn.execute(
-        """SELECT count(*) AS n,
-                  count(*) FILTER (WHERE NOT EXISTS (
-                      SELECT 1 FROM avengers.query_embeddings e
-                      WHERE e.query_id = q.id AND e.space_id = %(s)s)) AS missing,
-                  count(*) FILTER (WHERE EXISTS (
-                      SELECT 1 FROM avengers.outcomes o WHERE o.query_id = q.id)) AS scored
-           FROM avengers.queries q
-           JOIN avengers.datasets d ON d.id = q.dataset_id AND NOT d.is_ood
-           WHERE q.split = 'calibration'""",
+        query("calibration", "stratify_counts"),
         {"s": space.id},
     ).fetchone()
     n, missing, scored = row
@@ -184,16 +173,8 @@ def recluster(
     right when re-clusters run at once (they switch one after the other).
     ``with_production``: fit on the logged embeddings of routed queries too (module docstring).
     """
-    if stratify not in STRATIFY:
-        raise InputError(
-            f"unknown stratify {stratify!r}; choose one of {', '.join(STRATIFY)}",
-            location="stratify",
-        )
-    if algorithm not in ALGORITHMS:
-        raise InputError(
-            f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}",
-            location="algorithm",
-        )
+    one_of(stratify, STRATIFY, "stratify", "stratify")
+    one_of(algorithm, ALGORITHMS, "algorithm", "algorithm")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}", location="k")
     if keep is not None and keep < 0:

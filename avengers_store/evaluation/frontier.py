@@ -27,27 +27,11 @@ from avengers_store.evaluation.results import (
     SinglePoint,
     Stat,
 )
+from avengers_store.store.queries import query
 
 COST_UNIT = "per 1M queries"
 
-# Per (test query, active model): the cost of answering it, from the outcome row when it
-# measured one, else the store's cost model on the query's text.
-COST_SQL = """
-SELECT q.id, m.id,
-       CASE WHEN o.cost IS NOT NULL THEN o.cost / o.samples
-            ELSE avengers.expected_cost(
-                   m.cost_in_per_m, m.cost_out_per_m,
-                   coalesce(o.tokens_in::double precision,
-                            avengers.prompt_tokens(char_length(q.text), mc.tokens_per_char)),
-                   coalesce(o.tokens_out::double precision / o.samples, mc.tokens_out),
-                   NULL, 1)
-       END
-FROM avengers.queries q
-CROSS JOIN avengers.models m
-LEFT JOIN avengers.outcomes o ON o.query_id = q.id AND o.model_id = m.id
-LEFT JOIN avengers.model_costs mc ON mc.model_id = m.id
-WHERE q.id = ANY(%s) AND m.id = ANY(%s)
-"""
+COST_SQL = query("evaluation", "cost_matrix")
 
 
 @dataclass

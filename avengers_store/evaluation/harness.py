@@ -14,7 +14,8 @@ import numpy as np
 import psycopg
 
 from avengers_store import routing
-from avengers_store.calibration import embedding_spaces, reclustering
+from avengers_store.arguments import one_of
+from avengers_store.calibration import embedding_spaces, fit, reclustering
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.evaluation.results import (
     DatasetResult,
@@ -24,6 +25,7 @@ from avengers_store.evaluation.results import (
     SweepPoint,
 )
 from avengers_store.routing import Policy, RoutingMethod, novelty
+from avengers_store.store.queries import query
 
 # Vectors per route_many statement: big enough to amortise the round trip, small enough to keep
 # the statement's working set modest.
@@ -78,11 +80,7 @@ class Replay:
         self.model_ids = np.array([m[0] for m in models])
         self.models = tuple(m[1] for m in models)
         self.column = {m[1]: j for j, m in enumerate(models)}
-        rows = conn.execute(
-            """SELECT q.id, d.name, d.is_ood, q.split, q.content_hash, char_length(q.text)
-               FROM avengers.queries q JOIN avengers.datasets d ON d.id = q.dataset_id
-               ORDER BY q.id"""
-        ).fetchall()
+        rows = conn.execute(query("evaluation", "replay_queries")).fetchall()
         self.query_ids = np.array([r[0] for r in rows], dtype=np.int64)
         self.dataset = np.array([r[1] for r in rows], dtype=object)
         self.is_ood = np.array([r[2] for r in rows], dtype=bool)
@@ -367,6 +365,14 @@ def summarise(
 
 def _gap(value: float, base: float, oracle: float) -> float:
     return (value - base) / (oracle - base) if oracle > base else float("nan")
+
+
+def stratify_for(method: RoutingMethod, stratify: str | None) -> str:
+    """The calibration split a replay fits with: ``stratify`` if given (checked), else
+    ``none`` for the paper's method (as the paper does) and ``dataset`` for the others."""
+    if stratify is None:
+        return "none" if method == routing.PAPER else "dataset"
+    return one_of(stratify, fit.STRATIFY, "stratify", "stratify")
 
 
 def progress_bar(total: int, desc: str, progress: bool | None):

@@ -49,11 +49,11 @@ import numpy as np
 import psycopg
 
 from avengers_store import routing
-from avengers_store.arguments import as_list
+from avengers_store.arguments import as_list, one_of
 from avengers_store.calibration import fit, reclustering
 from avengers_store.errors import InputError
 from avengers_store.evaluation import scenarios
-from avengers_store.evaluation.harness import Replay, progress_bar
+from avengers_store.evaluation.harness import Replay, progress_bar, stratify_for
 from avengers_store.evaluation.results import Stat
 from avengers_store.evaluation.scenarios import IID, Scenario, Stream
 from avengers_store.production import exploration_rule
@@ -61,6 +61,7 @@ from avengers_store.production.settings import configure
 from avengers_store.production.update_rule import CHANGE_THRESHOLD
 from avengers_store.routing import RoutingMethod
 from avengers_store.store import connections
+from avengers_store.store.queries import query
 
 DEFAULT_BATCH = 256
 DEFAULT_WINDOWS = 10
@@ -149,13 +150,7 @@ class _Run:
     clusters: np.ndarray | None = None  # nearest cluster per position (routed arms)
 
 
-_LOG_SQL = """
-INSERT INTO avengers.route_log (route_id, at, query_hash, clustering_id, cluster, distance,
-                                models, strategy, answer_model, exploration, explored, propensity)
-SELECT x.r, x.t, x.h, %s, x.c, x.d, ARRAY[x.m], 'replay', x.m, %s, x.e, x.p
-FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[], %s::integer[], %s::float8[], %s::text[],
-            %s::boolean[], %s::float8[]) AS x(r, t, h, c, d, m, e, p)
-"""
+_LOG_SQL = query("evaluation", "replay_log_row")
 _FEEDBACK_SQL = """
 INSERT INTO avengers.feedback (route_id, source, model_id, score, at)
 SELECT x.r, 'replay', x.m, x.s, x.t
@@ -206,11 +201,7 @@ def evaluate_online(
         raise InputError(f"the batch size must be >= 1, got {batch}", location="batch")
     if windows < 1:
         raise InputError(f"windows must be >= 1, got {windows}", location="windows")
-    if algorithm not in fit.ALGORITHMS:
-        raise InputError(
-            f"unknown algorithm {algorithm!r}; choose one of {', '.join(fit.ALGORITHMS)}",
-            location="algorithm",
-        )
+    one_of(algorithm, fit.ALGORITHMS, "algorithm", "algorithm")
     if isinstance(exploration, str):
         exploration = [exploration]
     policies = as_list(exploration, "exploration", str) or ["targeted"]
@@ -224,13 +215,7 @@ def evaluate_online(
     if not isinstance(scenario, Scenario):
         raise InputError("scenario must be a Scenario (evaluation.scenarios)", location="scenario")
     chosen = routing.routing_method(method)
-    if stratify is None:
-        stratify = "none" if chosen == routing.PAPER else "dataset"
-    if stratify not in fit.STRATIFY:
-        raise InputError(
-            f"unknown stratify {stratify!r}; choose one of {', '.join(fit.STRATIFY)}",
-            location="stratify",
-        )
+    stratify = stratify_for(chosen, stratify)
     datasets = as_list(datasets, "datasets", str) or None
     ood_macro = as_list(ood_macro, "ood_macro", str) or None
     with connections.connection(url, conn=conn) as c, c.transaction() as tx:
@@ -289,7 +274,7 @@ def evaluate_online(
         streams: list[Stream] = []
         t0 = c.execute("SELECT now()").fetchone()[0]
         steps = len(seeds) * (len(plan) + (1 if scenario.moves else 0))
-        with progress_bar(steps, "evaluate --online", progress) as bar:
+        with progress_bar(steps, "online replay", progress) as bar:
             for seed in seeds:
                 stream = scenarios.build(
                     scenario, seed, rp.Y, rp.dataset, rp.split, test_rows, cal_rows, rp.column

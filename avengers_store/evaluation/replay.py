@@ -35,13 +35,13 @@ import numpy as np
 import psycopg
 
 from avengers_store import routing
-from avengers_store.arguments import as_list
+from avengers_store.arguments import as_list, one_of
 from avengers_store.calibration import fit
 from avengers_store.errors import InputError
 from avengers_store.evaluation import frontier as frontiers
 from avengers_store.evaluation import ood as ood_detection
 from avengers_store.evaluation import sweeps as sweeping
-from avengers_store.evaluation.harness import Replay, progress_bar, summarise
+from avengers_store.evaluation.harness import Replay, progress_bar, stratify_for, summarise
 from avengers_store.evaluation.results import Evaluation, Sweep
 from avengers_store.routing import RoutingMethod
 from avengers_store.store import connections
@@ -52,7 +52,7 @@ STRATEGIES = ("best", "model-switch")
 MODEL_SWITCH_REFUSED = (
     "strategy model-switch cannot be replayed: it votes on sampled answers, and the store holds "
     "one score per query and model, not answers. Replay scores the routed model (strategy best); "
-    "measure model-switch live with `avengers ask --strategy model-switch --file questions.jsonl`."
+    "measure model-switch live: ask the questions with that strategy (`avengers ask`)."
 )
 
 
@@ -95,11 +95,7 @@ def evaluate(
     recipe is one K-means over all calibration queries.
     """
     started = time.perf_counter()
-    if strategy not in STRATEGIES:
-        raise InputError(
-            f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}",
-            location="strategy",
-        )
+    one_of(strategy, STRATEGIES, "strategy", "strategy")
     if strategy == "model-switch":
         raise InputError(MODEL_SWITCH_REFUSED, location="strategy")
     if k < 1:
@@ -127,11 +123,7 @@ def evaluate(
         if value < 1:
             raise InputError(f"k must be at least 1, got {value}", location="sweep_k")
     for name in algorithms or ():
-        if name not in fit.ALGORITHMS:
-            raise InputError(
-                f"unknown algorithm {name!r}; choose among {', '.join(fit.ALGORITHMS)}",
-                location="algorithms",
-            )
+        one_of(name, fit.ALGORITHMS, "algorithm", "algorithms")
     for f in calibration_fractions or ():
         if not 0 < f < 1:
             raise InputError(
@@ -142,13 +134,7 @@ def evaluate(
         if b < 1:
             raise InputError(f"budgets must be >= 1, got {b}", location="budgets")
     chosen = routing.routing_method(method)
-    if stratify is None:
-        stratify = "none" if chosen == routing.PAPER else "dataset"
-    if stratify not in fit.STRATIFY:
-        raise InputError(
-            f"unknown stratify {stratify!r}; choose one of {', '.join(fit.STRATIFY)}",
-            location="stratify",
-        )
+    stratify = stratify_for(chosen, stratify)
     with connections.connection(url, conn=conn) as c, c.transaction() as tx:
         rp = Replay(
             c,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 
+from avengers_store.arguments import one_of
 from avengers_store.errors import InputError
 
 KINDS = ("iid", "degrade", "new-model", "shift")
@@ -47,11 +48,7 @@ class Scenario:
     mix: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InputError(
-                f"unknown scenario {self.kind!r}; choose one of {', '.join(KINDS)}",
-                location="scenario",
-            )
+        one_of(self.kind, KINDS, "scenario", "scenario")
         if self.kind != "iid" and not self.target:
             raise InputError(f"scenario {self.kind} needs a target", location="scenario")
         if self.at is not None and not 0.0 <= self.at < 1.0:

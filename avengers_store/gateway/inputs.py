@@ -74,7 +74,7 @@ def request_deadline(req: RecipeOptions, settings: GatewaySettings, started: flo
     if req.timeout is not None:
         if req.timeout > settings.timeout_s:
             raise bad_request(
-                f"timeout: at most {settings.timeout_s:g} seconds (the gateway's --timeout), "
+                f"timeout: at most {settings.timeout_s:g} seconds (the gateway's own timeout), "
                 f"got {req.timeout:g}",
                 param="timeout",
             )

@@ -27,6 +27,7 @@ from avengers_store.arguments import check_name
 from avengers_store.errors import InputError, NotFound
 from avengers_store.gateway.protocol import PolicyOptions
 from avengers_store.store import connections
+from avengers_store.store.queries import query
 
 KEY_PREFIX = "avk-"
 _SHOWN = 8  # characters of a key kept to tell keys apart (the prefix and 4 random ones)
@@ -319,17 +320,7 @@ class KeyUsage:
         }
 
 
-USAGE_SQL = """
-SELECT s.key_name, s.period, s.period_start, s.requests, s.tokens_in, s.tokens_out, s.cost,
-       s.spend_limit
-FROM avengers.key_spend s
-JOIN avengers.api_keys k ON k.id = s.key_id
-WHERE s.period = %(period)s
-  AND (%(name)s::text IS NULL OR s.key_name = %(name)s)
-  AND (%(since)s::date IS NULL OR s.period_start >= %(since)s)
-  AND (%(revoked)s OR k.revoked_at IS NULL)
-ORDER BY s.period_start DESC, s.key_name
-"""
+USAGE_SQL = query("gateway", "key_usage")
 
 
 def key_usage(

@@ -7,25 +7,12 @@ from __future__ import annotations
 
 import hashlib
 
+from avengers_store.store.queries import query
 from avengers_store.store.statement import Statement
 
-PINNED_SQL = """
-SELECT m.name FROM avengers.gateway_sessions s JOIN avengers.models m ON m.id = s.model_id
-WHERE s.session_hash = %s AND s.last_seen_at > now() - make_interval(secs => %s)
-"""
+PINNED_SQL = query("gateway", "pinned_model")
 
-PIN_SQL = """
-INSERT INTO avengers.gateway_sessions AS s (session_hash, model_id, clustering_id, cluster)
-SELECT %s, m.id, %s, %s FROM avengers.models m WHERE m.name = %s
-ON CONFLICT (session_hash) DO UPDATE
-  SET last_seen_at = now(),
-      model_id = CASE WHEN s.last_seen_at > now() - make_interval(secs => %s) THEN s.model_id
-                      ELSE excluded.model_id END,
-      clustering_id = CASE WHEN s.last_seen_at > now() - make_interval(secs => %s)
-                           THEN s.clustering_id ELSE excluded.clustering_id END,
-      cluster = CASE WHEN s.last_seen_at > now() - make_interval(secs => %s) THEN s.cluster
-                     ELSE excluded.cluster END
-"""
+PIN_SQL = query("gateway", "pin_session")
 
 
 def session_hash(session_id: str) -> str:

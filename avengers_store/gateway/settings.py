@@ -89,8 +89,8 @@ class GatewaySettings:
             raise ConfigurationError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
         if not self.auth and not is_loopback(self.host):
             raise ConfigurationError(
-                f"--no-auth is only allowed on a loopback address, not {self.host}: create a key "
-                "with `avengers keys create NAME` instead"
+                f"serving without API keys is only allowed on a loopback address, not "
+                f"{self.host}: create a key with `avengers keys create NAME` instead"
             )
 
     @property

@@ -31,6 +31,7 @@ from avengers_store.gateway.errors import GatewayError, bad_request
 from avengers_store.gateway.metrics import Metrics
 from avengers_store.gateway.settings import GatewaySettings
 from avengers_store.store import schema
+from avengers_store.store.queries import query
 
 log = logging.getLogger("avengers.gateway")
 
@@ -241,11 +242,7 @@ class Gateway:
         try:
             async with self.client.connection("read") as conn:
                 cursor = await conn.execute(
-                    """SELECT (SELECT version_num FROM public.avengers_alembic_version),
-                              (SELECT value FROM avengers.meta WHERE key = %s),
-                              (SELECT id FROM avengers.active_clustering),
-                              (SELECT count(*) FROM avengers.models
-                               WHERE active AND endpoint IS NOT NULL)""",
+                    query("gateway", "store_revision"),
                     (schema.SQL_HASH_KEY,),
                 )
                 revision, applied, active, callable_models = await cursor.fetchone()

@@ -22,11 +22,12 @@ import psycopg
 from psycopg.rows import class_row
 
 from avengers_store.arguments import as_string_map, check_name
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.ingest.readers import Table, read_table
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections
+from avengers_store.store.queries import query
+from avengers_store.store.refresh import refresh_profiles
 
 TASK_TYPES = ("math", "multiple_choice", "code", "text")
 TASK_TYPE_ALIASES = {"mc": "multiple_choice", "multiple-choice": "multiple_choice"}
@@ -203,7 +204,7 @@ def ingest_queries(
     if existing and not replace:
         raise InputError(
             f"dataset(s) already in the store: {', '.join(existing)}. Remove them first "
-            "(`avengers dataset remove NAME`) or pass --replace to reload them"
+            "(`avengers datasets remove NAME`) or pass `replace` to reload them"
         )
     if existing:
         conn.execute("DELETE FROM avengers.datasets WHERE name = ANY(%s)", (existing,))
@@ -418,18 +419,7 @@ def add_dataset(
     )
 
 
-_DATASET_SQL = """
-SELECT d.id, d.name, d.category, d.is_ood, d.split_seed, d.calibration_fraction, d.source,
-       d.added_at, d.metadata,
-       count(q.id)::integer AS n_queries,
-       (count(q.id) FILTER (WHERE q.split = 'calibration'))::integer AS n_calibration,
-       (count(q.id) FILTER (WHERE q.split = 'test'))::integer AS n_test
-FROM avengers.datasets d
-LEFT JOIN avengers.queries q ON q.dataset_id = d.id
-{where}
-GROUP BY d.id
-ORDER BY d.name
-"""
+_DATASET_SQL = query("ingest", "dataset_summary")
 
 
 def list_datasets(
@@ -485,12 +475,7 @@ def query_lookup(
         return out
     named: dict[str, dict[int, str]] = {}
     rows = conn.execute(
-        """SELECT q.id, q.content_hash, q.external_id, m.ext
-           FROM avengers.queries q
-           LEFT JOIN LATERAL jsonb_array_elements_text(
-               coalesce(q.metadata -> 'merged_external_ids', '[]'::jsonb)) AS m(ext) ON true
-           WHERE q.dataset_id = %s
-           ORDER BY q.id""",
+        query("ingest", "query_keys"),
         (dataset_id,),
     ).fetchall()
     for qid, h, ext, merged in rows:

@@ -18,9 +18,9 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from avengers_store.arguments import as_list, check_name
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
+from avengers_store.store.refresh import refresh_profiles
 
 COLUMNS = (
     "id, name, endpoint, served_name, api_key_env, cost_in_per_m, cost_out_per_m, active, added_at"
@@ -65,14 +65,14 @@ def check_endpoint(endpoint: str, parameter: str = "endpoint") -> str:
     if not value:
         raise InputError(
             "an endpoint must not be empty: give the base URL of an OpenAI-compatible API, "
-            "e.g. http://vllm:8000/v1 (to remove one: `avengers models set NAME --clear-endpoint`)",
+            "e.g. http://vllm:8000/v1 (to remove one, clear the field instead)",
             location=parameter,
         )
     parts = urlsplit(value)
     if "@" in parts.netloc:
         raise InputError(
             "credentials in the URL (user:password@) are never stored: put the API key in an "
-            "environment variable and name it with api_key_env (--api-key-env VAR)",
+            "environment variable and name it with `api_key_env`",
             location=parameter,
         )
     if any(ch.isspace() or not ch.isprintable() for ch in value):
@@ -297,7 +297,7 @@ def model_ids(
         more = f" and {len(missing) - SHOWN_NAMES} more" if len(missing) > SHOWN_NAMES else ""
         raise NotFound(
             f"{len(missing)} unknown model(s): {shown}{more}. Add them with `avengers models add "
-            f"NAME` or pass --create-models; {_known(conn)}"
+            f"NAME` or pass `create_models`; {_known(conn)}"
         )
     return found
 

@@ -14,13 +14,14 @@ import numpy as np
 import psycopg
 
 from avengers_store.arguments import check_name, shown_column
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError
 from avengers_store.ingest.datasets import get_dataset, query_lookup
 from avengers_store.ingest.model_pool import model_ids
 from avengers_store.ingest.readers import Table, read_table, row_label
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections, driver_errors
+from avengers_store.store.queries import query
+from avengers_store.store.refresh import refresh_profiles
 
 SHOWN_OFFENDERS = 5
 # Column names tried, in order, when the caller names none.
@@ -85,7 +86,7 @@ def upsert_outcomes(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int
 
     Rows for the same query and model within one call are pooled first: the score is their mean
     weighted by samples, samples are summed (so merged duplicate queries count once). Profiles are
-    not refreshed: call ``profiles.refresh_profiles(conn)`` once after the last batch. Returns the
+    not refreshed: call ``store.refresh.refresh_profiles(conn)`` once after the last batch. Returns the
     number of (query, model) rows written.
     """
     if conn.autocommit:
@@ -96,14 +97,7 @@ def upsert_outcomes(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int
 
 
 def _upsert(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int:
-    conn.execute(
-        """CREATE TEMP TABLE IF NOT EXISTS avengers_outcomes_in (
-             ord bigint GENERATED ALWAYS AS IDENTITY,
-             query_id bigint, model_id integer, score double precision, samples integer,
-             answer text, tokens_in integer, tokens_out integer, cost double precision,
-             latency_ms double precision, source text
-           ) ON COMMIT DROP"""
-    )
+    conn.execute(query("ingest", "stage_outcomes"))
     conn.execute("TRUNCATE avengers_outcomes_in")
     n_in = 0
     buffer: list[str] = []
@@ -132,27 +126,7 @@ def _upsert(conn: psycopg.Connection, rows: Iterable[OutcomeRow]) -> int:
     if n_in == 0:
         return 0
     try:
-        written = conn.execute(
-            """
-            INSERT INTO avengers.outcomes AS o
-              (query_id, model_id, score, samples, answer, tokens_in, tokens_out, cost,
-               latency_ms, source, recorded_at)
-            SELECT query_id, model_id,
-                   least(1.0, sum(score * samples) / sum(samples)),
-                   sum(samples),
-                   (array_agg(answer ORDER BY ord) FILTER (WHERE answer IS NOT NULL))[1],
-                   sum(tokens_in), sum(tokens_out), sum(cost), avg(latency_ms),
-                   (array_agg(source ORDER BY ord))[1],
-                   now()
-            FROM avengers_outcomes_in
-            GROUP BY query_id, model_id
-            ON CONFLICT (query_id, model_id) DO UPDATE SET
-              score = excluded.score, samples = excluded.samples, answer = excluded.answer,
-              tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out,
-              cost = excluded.cost, latency_ms = excluded.latency_ms, source = excluded.source,
-              recorded_at = excluded.recorded_at
-            """
-        ).rowcount
+        written = conn.execute(query("ingest", "upsert_outcomes")).rowcount
     except psycopg.Error as exc:
         driver_errors.reraise(exc)
     conn.execute("TRUNCATE avengers_outcomes_in")
@@ -266,7 +240,7 @@ def _key_column(table: Table, id_col: str | None, text_col: str | None) -> tuple
         if name in table.columns:
             return name, True
     raise InputError(
-        "cannot tell which column names the query: pass --text-col or --id-col; the file has: "
+        "cannot tell which column names the query: pass `text_col` or `id_col`; the file has: "
         + ", ".join(repr(c) for c in table.columns),
         location=str(table.path),
     )
@@ -296,7 +270,7 @@ def _resolve_queries(
         qid = lookup.get(lookup_key)
         if qid is None and lookup_key in lookup:
             raise InputError(
-                f"id {key!r} names several queries of the dataset: match by text (--text-col)",
+                f"id {key!r} names several queries of the dataset: match by text (`text_col`)",
                 location=table.where(i, key_col),
             )
         if qid is None:
@@ -320,17 +294,6 @@ def _resolve_queries(
     return out
 
 
-def _score_check(table: Table, column: str, values: np.ndarray) -> None:
-    bad = np.flatnonzero(~np.isnan(values) & ((values < 0) | (values > 1)))
-    if bad.size:
-        i = int(bad[0])
-        raise InputError(
-            f"score {float(values[i])!r} is outside [0, 1]"
-            + (f" ({bad.size} such cells in the column)" if bad.size > 1 else ""),
-            location=table.where(i, column),
-        )
-
-
 def _wide_rows(
     table: Table,
     prefix: str,
@@ -349,9 +312,7 @@ def _wide_rows(
     names = [c[len(prefix) :] for c in columns]
     for column, name in zip(columns, names, strict=True):
         check_name(name, "model", shown_column(table.path, column))
-    scores = {c: table.numbers(c) for c in columns}
-    for column, values in scores.items():
-        _score_check(table, column, values)
+    scores = {c: table.unit_scores(c) for c in columns}
     ids = model_ids(conn, names, create=create_models)
     rows: list[OutcomeRow] = []
     skipped = 0
@@ -386,8 +347,7 @@ def _long_rows(
     models = table.labels(model_col, required=True)
     for i, name in enumerate(models):
         check_name(name, "model", table.where(i, model_col))
-    scores = table.numbers(score_col)
-    _score_check(table, score_col, scores)
+    scores = table.unit_scores(score_col)
     answers = (
         [None if v is None else str(v) for v in table.values(extra["answer"])]
         if extra["answer"]

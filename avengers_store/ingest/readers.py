@@ -201,6 +201,21 @@ class Table:
                 raise InputError(f"{value!r} is not a number", location=self.where(i, column))
         return out
 
+    def unit_scores(self, column: str, what: str = "score") -> np.ndarray:
+        """``numbers(column)``, every present value in [0, 1] (an outcome); else an
+        ``InputError`` at the first cell outside, counting the others (``what``: the cells'
+        name in the message)."""
+        values = self.numbers(column)
+        bad = np.flatnonzero(~np.isnan(values) & ((values < 0) | (values > 1)))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"{what} {float(values[i])!r} is outside [0, 1]"
+                + (f" ({bad.size} such cells in the column)" if bad.size > 1 else ""),
+                location=self.where(i, column),
+            )
+        return values
+
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None) -> Table:
     """Read ``path`` (format from its extension), keeping file row order.

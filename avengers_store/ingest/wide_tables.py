@@ -13,7 +13,6 @@ import numpy as np
 import psycopg
 
 from avengers_store.arguments import as_list, as_string_map, check_name, shown_column
-from avengers_store.calibration.profiles import refresh_profiles
 from avengers_store.errors import InputError
 from avengers_store.ingest.datasets import (
     SKIP,
@@ -29,6 +28,7 @@ from avengers_store.ingest.model_pool import model_ids
 from avengers_store.ingest.outcomes import OutcomeRow, upsert_outcomes
 from avengers_store.ingest.readers import read_table
 from avengers_store.store import connections
+from avengers_store.store.refresh import refresh_profiles
 
 
 @dataclass(frozen=True)
@@ -187,16 +187,7 @@ def load_table(
         task_types.append(task)
 
     # Outcome cells: validated before anything is written.
-    scores = {c: table.numbers(c) for c in outcome_cols}
-    for column, values in scores.items():
-        bad = np.flatnonzero(~np.isnan(values) & ((values < 0) | (values > 1)))
-        if bad.size:
-            i = int(bad[0])
-            raise InputError(
-                f"outcome {float(values[i])!r} is outside [0, 1]"
-                + (f" ({bad.size} such cells in the column)" if bad.size > 1 else ""),
-                location=table.where(i, column),
-            )
+    scores = {c: table.unit_scores(c, "outcome") for c in outcome_cols}
 
     rows_by_dataset: dict[str, list[int]] = {}
     for i, name in enumerate(names):

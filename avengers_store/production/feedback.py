@@ -23,6 +23,7 @@ import psycopg
 from avengers_store.errors import InputError
 from avengers_store.ingest.readers import Table, read_table
 from avengers_store.store import connections, driver_errors
+from avengers_store.store.queries import query
 from avengers_store.store.statement import Statement, run
 
 DEFAULT_SOURCE = "user"
@@ -139,39 +140,9 @@ CREATE TEMP TABLE avengers_feedback_in (
 ) ON COMMIT DROP
 """
 
-# The first row the store would refuse, in file order, and why.
-_FIRST_PROBLEM = """
-SELECT i.ord, p.field, p.message
-FROM avengers_feedback_in i
-CROSS JOIN LATERAL avengers.feedback_problem(i.route_id, i.score, i.model, i.source) AS p
-WHERE p.field IS NOT NULL
-ORDER BY i.ord
-LIMIT 1
-"""
+_FIRST_PROBLEM = query("production", "first_problem")
 
-# The last row per (route, source) wins, as if the rows had been recorded one by one.
-_STORE = """
-WITH latest AS (
-  SELECT DISTINCT ON (i.route_id, i.source) i.*
-  FROM avengers_feedback_in i
-  ORDER BY i.route_id, i.source, i.ord DESC
-),
-earlier AS (
-  SELECT count(*) AS n FROM latest l
-  JOIN avengers.feedback f ON f.route_id = l.route_id AND f.source = l.source
-),
-stored AS (
-  INSERT INTO avengers.feedback AS f (route_id, source, model_id, score, at)
-  SELECT l.route_id, l.source, m.id, l.score, coalesce(l.at, now())
-  FROM latest l
-  CROSS JOIN LATERAL avengers.route_models(l.route_id) AS r
-  JOIN avengers.models m ON m.name = coalesce(l.model, r.answer_model)
-  ON CONFLICT (route_id, source) DO UPDATE
-    SET model_id = excluded.model_id, score = excluded.score, at = excluded.at
-  RETURNING 1
-)
-SELECT (SELECT count(*) FROM stored), (SELECT n FROM earlier)
-"""
+_STORE = query("production", "store_feedback")
 
 
 def import_feedback(

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
+from psycopg import sql
 
+from avengers_store.arguments import one_of
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.store import connections, driver_errors
 
@@ -122,12 +124,7 @@ def configure(
             )
         changes["half_life"] = half_life
     if exploration is not None:
-        if exploration not in EXPLORATION:
-            raise InputError(
-                f"unknown exploration {exploration!r}; choose one of {', '.join(EXPLORATION)}",
-                location="exploration",
-            )
-        changes["exploration"] = exploration
+        changes["exploration"] = one_of(exploration, EXPLORATION, "exploration", "exploration")
     if exploration_share is not None:
         if not 0.0 <= float(exploration_share) <= 1.0:
             raise InputError(
@@ -158,9 +155,12 @@ def configure(
     with connections.connection(url, conn=conn) as c, driver_errors.translated(), c.transaction():
         target = _target(c, clustering_id)
         if changes:
-            assignments = ", ".join(f"{name} = %({name})s" for name in changes)
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name))
+                for name in changes
+            )
             c.execute(
-                f"UPDATE avengers.clusterings SET {assignments} WHERE id = %(id)s",
+                sql.SQL("UPDATE avengers.clusterings SET {} WHERE id = %(id)s").format(assignments),
                 {**changes, "id": target},
             )
         return loop_settings(target, conn=c)

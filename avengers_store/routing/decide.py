@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from avengers_store.calibration.novelty import NoveltyModel
 from avengers_store.errors import InputError, StoreStateError
 from avengers_store.routing.adapters import (
     VectorBatch,
@@ -30,7 +31,6 @@ from avengers_store.routing.adapters import (
     query_vector,
 )
 from avengers_store.routing.decisions import Candidate, RouteDecision
-from avengers_store.routing.novelty import NoveltyModel
 from avengers_store.routing.policy import Policy
 from avengers_store.store.statement import Statement, run
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from avengers_store.arguments import one_of
 from avengers_store.errors import InputError
 from avengers_store.routing.methods import RoutingMethod, routing_method
 
@@ -76,17 +77,9 @@ class Policy:
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise InputError(f"{name} must be a finite number >= 0, got {value}", location=name)
-        if self.ood_policy not in OOD_POLICIES:
-            raise InputError(
-                f"unknown OOD policy {self.ood_policy!r}; choose one of {', '.join(OOD_POLICIES)}",
-                location="ood_policy",
-            )
-        if self.exploration is not None and self.exploration not in EXPLORATIONS:
-            raise InputError(
-                f"unknown exploration {self.exploration!r}; "
-                f"choose one of {', '.join(EXPLORATIONS)}",
-                location="exploration",
-            )
+        one_of(self.ood_policy, OOD_POLICIES, "OOD policy", "ood_policy")
+        if self.exploration is not None:
+            one_of(self.exploration, EXPLORATIONS, "exploration", "exploration")
         if self.latency_weight is not None and not 0.0 <= self.latency_weight <= 1.0:
             raise InputError(
                 f"latency_weight must be between 0 and 1, got {self.latency_weight}",

@@ -17,31 +17,16 @@ import psycopg
 from psycopg import sql
 
 from avengers_store.errors import InputError
-from avengers_store.store import connections
+from avengers_store.store import connections, schema
 
 SCHEMA = "avengers"
 
-ANALYST_RELATIONS = (
-    # tables
-    "models",
-    "datasets",
-    "queries",
-    "embedding_spaces",
-    "query_embeddings",
-    "clusterings",
-    "centroids",
-    "assignments",
-    "outcomes",
-    "route_log",
-    "meta",
-    "cluster_distances",
-    "feedback",
-    "production_stats",
-    "route_vectors",
-    "novelty_profiles",
-    "novelty_axes",
-    "api_key_usage",
-    # views and materialized views
+# Hold key hashes, conversation pins and the keys' request counters: for the gateway's own
+# user only (key_spend shows analysts each key's name and spend, never its hash).
+PRIVATE_RELATIONS = ("api_keys", "gateway_sessions", "api_key_minutes")
+# Tables beside the data tables ``db status`` counts (schema.TABLES).
+_OTHER_TABLES = ("meta", "novelty_profiles", "novelty_axes")
+VIEWS = (
     "active_clustering",
     "cluster_profiles",
     "cluster_ranks",
@@ -68,9 +53,11 @@ ANALYST_RELATIONS = (
     "model_spend_daily",
     "pool_health",
 )
-# Hold key hashes, conversation pins and the keys' request counters: for the gateway's own
-# user only (key_spend shows analysts each key's name and spend, never its hash).
-PRIVATE_RELATIONS = ("api_keys", "gateway_sessions", "api_key_minutes")
+# Every table but the private ones, and every view and materialized view.
+ANALYST_RELATIONS = (
+    *(t for t in (*schema.TABLES, *_OTHER_TABLES) if t not in PRIVATE_RELATIONS),
+    *VIEWS,
+)
 
 _ROUTE_FUNCTIONS = """
 SELECT p.oid::regprocedure::text FROM pg_proc p

@@ -21,34 +21,13 @@ from dataclasses import dataclass
 import psycopg
 
 from avengers_store.errors import StoreStateError
+from avengers_store.store.queries import query
 
 SCHEMA = "avengers"
 # avengers.meta key: the (type, identity) of every object the sql/ files created.
 OBJECTS_KEY = "sql_objects"
 
-# Every view, materialized view, routine, composite type and trigger in the schema, by
-# (catalog, oid), with pg_identify_object's type and fully qualified identity.
-_SCHEMA_OBJECTS = """
-SELECT o.classid::oid, o.objid, i.type, i.identity
-FROM (
-  SELECT 'pg_class'::regclass AS classid, c.oid AS objid FROM pg_class c
-  WHERE c.relnamespace = to_regnamespace(%(s)s) AND c.relkind IN ('v', 'm', 'c')
-  UNION ALL
-  SELECT 'pg_type'::regclass, t.oid FROM pg_type t
-  JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
-  WHERE t.typnamespace = to_regnamespace(%(s)s)
-  UNION ALL
-  SELECT 'pg_proc'::regclass, p.oid FROM pg_proc p
-  WHERE p.pronamespace = to_regnamespace(%(s)s)
-    AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                    WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
-  UNION ALL
-  SELECT 'pg_trigger'::regclass, g.oid FROM pg_trigger g
-  JOIN pg_class c ON c.oid = g.tgrelid
-  WHERE c.relnamespace = to_regnamespace(%(s)s) AND NOT g.tgisinternal
-) AS o
-CROSS JOIN LATERAL pg_identify_object(o.classid, o.objid, 0) AS i
-"""
+_SCHEMA_OBJECTS = query("store", "schema_objects")
 
 _GRANTEE = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END"
 _OPTION = "CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END"
@@ -135,28 +114,7 @@ def record(conn: psycopg.Connection) -> Kept:
     return Kept(views, grants)
 
 
-_DEPENDENT_VIEWS = """
-WITH RECURSIVE own(classid, objid) AS (
-  SELECT * FROM unnest(%(classids)s::oid[], %(objids)s::oid[])
-),
-found(oid, depth) AS (
-  SELECT r.ev_class, 1
-  FROM pg_depend d
-  JOIN own o ON o.classid = d.refclassid AND o.objid = d.refobjid
-  JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-  JOIN pg_class c ON c.oid = r.ev_class AND c.relkind IN ('v', 'm')
-  WHERE NOT EXISTS (SELECT 1 FROM own x
-                    WHERE x.classid = 'pg_class'::regclass AND x.objid = r.ev_class)
-  UNION
-  SELECT r.ev_class, f.depth + 1
-  FROM found f
-  JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = f.oid
-  JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-  JOIN pg_class c ON c.oid = r.ev_class AND c.relkind IN ('v', 'm')
-  WHERE r.ev_class <> f.oid AND f.depth < 100
-)
-SELECT f.oid, max(f.depth) FROM found f GROUP BY f.oid ORDER BY 2, 1
-"""
+_DEPENDENT_VIEWS = query("store", "dependent_views")
 
 
 def _dependent_views(conn: psycopg.Connection, own: list[tuple[int, int]]) -> tuple[KeptView, ...]:
@@ -170,11 +128,7 @@ def _dependent_views(conn: psycopg.Connection, own: list[tuple[int, int]]) -> tu
 
 def _kept_view(conn: psycopg.Connection, oid: int, kept: set[int]) -> KeptView:
     name, relkind, owner, definition, options, populated, comment = conn.execute(
-        """SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind,
-                  pg_get_userbyid(c.relowner), pg_get_viewdef(c.oid),
-                  array_to_string(c.reloptions, ', '), c.relispopulated,
-                  obj_description(c.oid, 'pg_class')
-           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s""",
+        query("store", "view_definition"),
         (oid,),
     ).fetchone()
     kind = "MATERIALIZED VIEW" if relkind == "m" else "VIEW"
@@ -198,13 +152,7 @@ def _kept_view(conn: psycopg.Connection, oid: int, kept: set[int]) -> KeptView:
     after += [
         r[0]
         for r in conn.execute(
-            """SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %(o)s
-               UNION ALL
-               SELECT pg_get_triggerdef(g.oid) FROM pg_trigger g
-               WHERE g.tgrelid = %(o)s AND NOT g.tgisinternal
-               UNION ALL
-               SELECT pg_get_ruledef(r.oid) FROM pg_rewrite r
-               WHERE r.ev_class = %(o)s AND r.rulename <> '_RETURN'""",
+            query("store", "index_definitions"),
             {"o": oid},
         ).fetchall()
     ]
@@ -212,9 +160,7 @@ def _kept_view(conn: psycopg.Connection, oid: int, kept: set[int]) -> KeptView:
     reads = {
         r[0]
         for r in conn.execute(
-            """SELECT DISTINCT d.refobjid FROM pg_rewrite r
-               JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-               WHERE r.ev_class = %s AND d.refclassid = 'pg_class'::regclass""",
+            query("store", "views_read"),
             (oid,),
         ).fetchall()
     }
@@ -227,17 +173,7 @@ def _relation_grants(conn: psycopg.Connection, oid: int, name: str) -> list[str]
     return [
         r[0]
         for r in conn.execute(
-            f"""SELECT format('GRANT %%s ON TABLE %%s TO %%s%%s', a.privilege_type, %(n)s::text,
-                              {_GRANTEE}, {_OPTION})
-                FROM pg_class c, aclexplode(c.relacl) a
-                WHERE c.oid = %(o)s AND a.grantee <> c.relowner
-                UNION ALL
-                SELECT format('GRANT %%s (%%I) ON TABLE %%s TO %%s%%s', a.privilege_type,
-                              t.attname, %(n)s::text, {_GRANTEE}, {_OPTION})
-                FROM pg_class c
-                JOIN pg_attribute t ON t.attrelid = c.oid AND t.attnum > 0 AND NOT t.attisdropped
-                CROSS JOIN LATERAL aclexplode(t.attacl) a
-                WHERE c.oid = %(o)s AND a.grantee <> c.relowner""",
+            query("store", "relation_grants"),
             {"o": oid, "n": name},
         ).fetchall()
     ]
@@ -284,28 +220,7 @@ def _refuse_other_dependents(
     conn: psycopg.Connection, own: list[tuple[int, int]], views: list[int]
 ) -> None:
     rows = conn.execute(
-        """
-        WITH own(classid, objid) AS (
-          SELECT * FROM unnest(%(classids)s::oid[], %(objids)s::oid[])
-        ),
-        kept(classid, objid) AS (
-          SELECT * FROM own
-          UNION ALL SELECT 'pg_class'::regclass::oid, v FROM unnest(%(views)s::oid[]) AS v
-        )
-        SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid),
-                        pg_describe_object(d.refclassid, d.refobjid, 0)
-        FROM pg_depend d
-        JOIN kept k ON k.classid = d.refclassid AND k.objid = d.refobjid
-        WHERE d.deptype = 'n'
-          AND NOT EXISTS (SELECT 1 FROM own o WHERE o.classid = d.classid AND o.objid = d.objid)
-          AND NOT EXISTS (SELECT 1 FROM pg_rewrite r JOIN kept x
-                            ON x.classid = 'pg_class'::regclass AND x.objid = r.ev_class
-                          WHERE d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid)
-          AND NOT EXISTS (SELECT 1 FROM pg_trigger g JOIN kept x
-                            ON x.classid = 'pg_class'::regclass AND x.objid = g.tgrelid
-                          WHERE d.classid = 'pg_trigger'::regclass AND g.oid = d.objid)
-        ORDER BY 1, 2
-        """,
+        query("store", "other_dependents"),
         {
             "classids": [o[0] for o in own],
             "objids": [o[1] for o in own],

@@ -115,6 +115,7 @@ def _start(home: Path | None) -> str:
 
 def _ensure_database(admin_url: str, name: str, pgdata: Path) -> None:
     import psycopg
+    from psycopg import sql
 
     ends = time.monotonic() + _CONNECT_WAIT_S
     while True:
@@ -124,7 +125,7 @@ def _ensure_database(admin_url: str, name: str, pgdata: Path) -> None:
                     "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
                 ).fetchone()
                 if not exists:
-                    conn.execute(f'CREATE DATABASE "{name}"')
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 _sync_with_syncfs(conn)
             return
         except psycopg.OperationalError as exc:

@@ -95,7 +95,9 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     exists = conn.execute("SELECT to_regclass(%s)", (f"public.{VERSION_TABLE}",)).fetchone()[0]
     if not exists:
         return None
-    row = conn.execute(f"SELECT version_num FROM public.{VERSION_TABLE}").fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT version_num FROM {}").format(sql.Identifier("public", VERSION_TABLE))
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -326,7 +328,7 @@ def status(url: str | None = None) -> StoreStatus:
             for table in TABLES:
                 if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{table}",)).fetchone()[0]:
                     counts[table] = conn.execute(
-                        f"SELECT count(*) FROM {SCHEMA}.{table}"
+                        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, table))
                     ).fetchone()[0]
             # The table, not avengers.active_clustering: status reads databases whose sql/
             # definitions may predate this library.

@@ -1,7 +1,8 @@
 """The fingerprint of the ``sql/`` definitions: what they define, not how they are written.
 
 Comments (``--`` and ``/* */``, also inside dollar-quoted function bodies, never inside string
-literals), whitespace and ``COMMENT ON`` statements do not count, so editing them does not make a
+literals), whitespace, ``COMMENT ON`` statements and the ``avengers.comment_columns`` calls that
+comment columns do not count, so editing them does not make a
 client's revision check fail; ``db upgrade`` compares the full text and still applies them.
 Hand-written because SQL tokenizers (sqlparse, pygments) read a dollar-quoted PL/pgSQL body as one
 string literal and leave the comments inside it.
@@ -127,13 +128,19 @@ def statements(text: str) -> list[list[str]]:
     return [s for s in found if s]
 
 
+# sql/005_column_comments.sql: the sql/ files comment columns with this procedure.
+_COMMENT_COLUMNS = ["CALL", "avengers", ".", "comment_columns"]
+
+
 def is_comment_statement(statement: list[str]) -> bool:
-    return [t.upper() for t in statement[:2]] == ["COMMENT", "ON"]
+    """``COMMENT ON ...``, or ``CALL avengers.comment_columns(...)``: comments either way."""
+    head = [t.upper() for t in statement[:2]]
+    return head == ["COMMENT", "ON"] or [head[0], *statement[1:4]] == _COMMENT_COLUMNS
 
 
 def fingerprint(files: Iterable[tuple[str, str]]) -> str:
     """SHA-256 of the definitions in ``(name, text)`` files, in order: their tokens, without
-    comments, whitespace, ``COMMENT ON`` statements or file names."""
+    comments, whitespace, ``COMMENT ON`` statements (and column-comment calls) or file names."""
     return _fingerprint(tuple(text for _, text in files))
 
 

@@ -8,12 +8,13 @@ import uuid
 import numpy as np
 import psycopg
 import pytest
+from avengers_store.cli.testing import run_cli, run_cli_error
 from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
 from avengers_store.errors import InputError
 from avengers_store.store import analyst, connections, schema
-from avengers_store.testing import add_scripted_store, run_cli, run_cli_error
+from avengers_store.testing import add_scripted_store
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from avengers_store.cli.testing import run_cli, run_process
 
 from avengers_store.store import schema
-from avengers_store.testing import free_port, run_cli, run_process
+from avengers_store.testing import free_port
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 

@@ -205,7 +205,7 @@ def empty_store_url(pg_admin_url, template_db):
 def test_cli_recluster_list_activate_remove(cli_env, seeded):
     import json
 
-    from avengers_store.testing import run_cli, run_cli_error
+    from avengers_store.cli.testing import run_cli, run_cli_error
 
     first = json.loads(run_cli("recluster", "--k", "4", "--json").stdout)
     assert first["status"] == "active" and first["k"] == 4

@@ -186,11 +186,15 @@ def test_file_errors(db_url, tmp_path):
         datasets.add_dataset("cols", path, text_col="question", task_type="essay", url=db_url)
 
 
-def test_existing_dataset_needs_replace_and_remove_deletes(db_url, tmp_path):
+def test_existing_dataset_needs_replace_and_remove_deletes(db_url, tmp_path, monkeypatch):
     path = write_rows(tmp_path / "r.jsonl", [{"text": t} for t in _texts(5)])
     datasets.add_dataset("again", path, url=db_url)
-    with pytest.raises(InputError, match="already in the store.*--replace"):
+    with pytest.raises(InputError, match="already in the store.*pass `replace`"):
         datasets.add_dataset("again", path, url=db_url)
+    # The CLI names the flag that fills the parameter.
+    monkeypatch.setenv("AVENGERS_DATABASE_URL", db_url)
+    refused = CliRunner().invoke(cli, ["datasets", "add", "again", str(path)])
+    assert "pass `--replace` to reload" in str(refused.exception)
     path2 = write_rows(tmp_path / "r2.jsonl", [{"text": t} for t in _texts(8)])
     report = datasets.add_dataset("again", path2, replace=True, url=db_url)
     assert report.dataset.queries == 8

@@ -17,14 +17,15 @@ import uuid
 import httpx
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store import AsyncAvengersClient, AvengersClient, demo, routing
 from avengers_store.answering import route_log
 from avengers_store.evaluation.harness import Replay
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.routing import Policy
 from avengers_store.store import connections
-from avengers_store.testing import gateway_server, run_cli
 
 METHODS = ("avengers", "paper")
 COSTS = {"plain": {}, "tradeoff": {"tradeoff": 0.5}, "ceiling": {"max_cost": 0.00002}}

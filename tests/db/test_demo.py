@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store import demo, evaluate
 from avengers_store.calibration import clusterings, reclustering
 from avengers_store.store import connections
-from avengers_store.testing import LLMROUTER, run_cli
+from avengers_store.testing import LLMROUTER
 
 
 def test_bundled_sample_is_aligned_and_small():

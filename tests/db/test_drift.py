@@ -10,16 +10,11 @@ from datetime import timedelta
 import numpy as np
 import psycopg
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store.production.drift import drift
 from avengers_store.store import connections
-from avengers_store.testing import (
-    activate,
-    add_clustering,
-    add_profiles,
-    ensure_model,
-    run_cli,
-)
+from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model
 
 
 @pytest.fixture(scope="module")

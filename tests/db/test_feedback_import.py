@@ -10,19 +10,12 @@ import uuid
 import numpy as np
 import psycopg
 import pytest
+from avengers_store.cli.testing import run_cli, run_cli_error
 
 from avengers_store.errors import InputError
 from avengers_store.production.feedback import import_feedback
 from avengers_store.store import connections
-from avengers_store.testing import (
-    activate,
-    add_clustering,
-    add_profiles,
-    ensure_model,
-    run_cli,
-    run_cli_error,
-    write_rows,
-)
+from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model, write_rows
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,13 @@ from datetime import timedelta
 
 import pytest
 from avengers_store.cli.main import cli
+from avengers_store.cli.testing import run_cli, run_cli_error
 from click.testing import CliRunner
 
 from avengers_store.calibration.reclustering import recluster
 from avengers_store.errors import InputError, NotFound
 from avengers_store.production.settings import configure, loop_settings
-from avengers_store.testing import run_cli, run_cli_error, seed_store
+from avengers_store.testing import seed_store
 
 
 @pytest.fixture(scope="module")

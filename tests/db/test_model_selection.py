@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.model_selection import select_models
@@ -16,7 +17,6 @@ from avengers_store.testing import (
     add_dataset,
     add_models,
     add_outcomes,
-    run_cli,
     seed_store,
     throwaway_database,
     unit,
@@ -157,7 +157,7 @@ def test_price_ceiling_ranks_the_affordable_models_among_themselves(cli_env, sto
         assert set(out["priced_out"]) == set(names) - affordable  # dearer, or without a price
         text = run_cli("models", "select", "--budget", "2", "--max-price", str(ceiling)).stdout
         assert "left out by --max-price 0.45" in text and names[-1] in text
-        with pytest.raises(StoreStateError, match="--max-price"):
+        with pytest.raises(StoreStateError, match="`max_price`"):
             select_models(2, max_price=0.01, url=store)
         with pytest.raises(InputError) as err:
             select_models(2, max_price=-1, url=store)

@@ -11,8 +11,8 @@ import pytest
 from avengers_store.cli.main import cli
 from click.testing import CliRunner
 
-from avengers_store.calibration.onboarding import evaluate_model
 from avengers_store.errors import ConfigurationError, NotFound
+from avengers_store.production.onboarding import evaluate_model
 from avengers_store.store import connections
 from avengers_store.testing import activate, add_clustering, add_profiles, ensure_model
 

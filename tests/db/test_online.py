@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store.errors import InputError
 from avengers_store.evaluation.online import evaluate_online
 from avengers_store.evaluation.replay import evaluate
 from avengers_store.store import connections
-from avengers_store.testing import run_cli, seed_store, table_counts
+from avengers_store.testing import seed_store, table_counts
 
 
 @pytest.fixture(scope="module")

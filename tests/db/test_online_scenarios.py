@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from avengers_store.cli.main import cli
+from avengers_store.cli.testing import run_cli
 from click.testing import CliRunner
 
 from avengers_store.errors import InputError
@@ -17,7 +18,7 @@ from avengers_store.evaluation import scenarios
 from avengers_store.evaluation.online import evaluate_online
 from avengers_store.evaluation.scenarios import Scenario
 from avengers_store.store import connections
-from avengers_store.testing import run_cli, seed_store, table_counts
+from avengers_store.testing import seed_store, table_counts
 
 
 @pytest.fixture(scope="module")

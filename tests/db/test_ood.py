@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store import AvengersClient
 from avengers_store.calibration.reclustering import recluster
 from avengers_store.errors import InputError
 from avengers_store.production.settings import configure
 from avengers_store.store import connections
-from avengers_store.testing import run_cli, seed_store, unit
+from avengers_store.testing import seed_store, unit
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_unknown_queries_and_models_are_listed(store, tmp_path):
         ],
     )
     before = table_counts(store)
-    with pytest.raises(NotFound, match=r"2 unknown model\(s\): 'm9', 'm8'.*--create-models"):
+    with pytest.raises(NotFound, match=r"2 unknown model\(s\): 'm9', 'm8'.*`create_models`"):
         import_outcomes(path, dataset="qs", url=store)
     assert table_counts(store) == before
     report = import_outcomes(path, dataset="qs", create_models=True, url=store)

@@ -7,20 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli, run_cli_error
 
 from avengers_store.calibration import clusterings, reclustering
 from avengers_store.calibration.profiles import get_profiles, plot_profiles, profile_matrix
 from avengers_store.errors import InputError, NotFound, StoreStateError
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import connections
-from avengers_store.testing import (
-    MODELS,
-    ROUTERDC,
-    run_cli,
-    run_cli_error,
-    seed_store,
-    throwaway_database,
-)
+from avengers_store.testing import MODELS, ROUTERDC, seed_store, throwaway_database
 
 ROUTERDC_ARGS = [
     "--dataset-col", "benchmark", "--text-col", "question", "--outcome-prefix", "acc|",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli, run_process
 
 from avengers_store.calibration import embedding_spaces, reclustering
 from avengers_store.calibration.embedders import Embedder, normalize_rows
@@ -20,8 +21,6 @@ from avengers_store.testing import (
     add_models,
     add_outcomes,
     ensure_space,
-    run_cli,
-    run_process,
     table_counts,
     throwaway_database,
 )

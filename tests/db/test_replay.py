@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli, run_cli_error
 
 import avengers_store
 from avengers_store.calibration import embedding_spaces, reclustering
@@ -15,14 +16,7 @@ from avengers_store.errors import InputError
 from avengers_store.evaluation import replay
 from avengers_store.ingest.model_pool import list_models
 from avengers_store.store import connections
-from avengers_store.testing import (
-    ROUTERDC,
-    add_dataset,
-    add_models,
-    add_outcomes,
-    run_cli,
-    run_cli_error,
-)
+from avengers_store.testing import ROUTERDC, add_dataset, add_models, add_outcomes
 
 # Outcomes per dataset, split and model (one list entry per query). alpha and gamma (OOD) sit on
 # e1, beta on e2, so k = 2 separates alpha from beta and gamma routes like alpha.

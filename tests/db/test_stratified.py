@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store import routing
 from avengers_store.calibration import embedding_spaces, fit, reclustering
 from avengers_store.calibration.query_vectors import store_vectors
 from avengers_store.errors import InputError
 from avengers_store.store import connections
-from avengers_store.testing import add_dataset, add_models, add_outcomes, run_cli, unit
+from avengers_store.testing import add_dataset, add_models, add_outcomes, unit
 
 DIM = 8
 E0, E1 = np.eye(DIM)[0], np.eye(DIM)[1]

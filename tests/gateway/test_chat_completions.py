@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, set_endpoints
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, LITERATURE, log_rows, set_endpoints
 
 pytestmark = pytest.mark.llm
 SETTINGS = GatewaySettings(

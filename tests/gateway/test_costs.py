@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import ARITHMETIC, gateway_server, set_endpoints
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, set_endpoints
 
 SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 PRICES = {"alpha": (3.0, 3.0), "bravo": (1.0, 1.0), "charlie": (0.1, 0.1)}

@@ -14,7 +14,8 @@ import pytest
 
 from avengers_store.gateway import keys
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, set_endpoints
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, LITERATURE, log_rows, set_endpoints
 
 SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0)
 QUESTION = [{"role": "user", "content": LITERATURE}]

@@ -12,7 +12,8 @@ import openai
 import psycopg
 
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, set_endpoints
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, LITERATURE, set_endpoints
 
 SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 

@@ -14,10 +14,12 @@ import httpx
 import openai
 import psycopg
 import pytest
+from avengers_store.cli.testing import run_cli
 
 from avengers_store.gateway import keys
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, run_cli
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, LITERATURE, log_rows
 from avengers_store.testing import set_endpoints as point
 
 SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0)

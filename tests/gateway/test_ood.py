@@ -12,7 +12,8 @@ import pytest
 
 from avengers_store.calibration.embedders import get_embedder
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import ARITHMETIC, gateway_server, set_endpoints
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, set_endpoints
 
 SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 OOD_DISTANCE = 0.5

@@ -17,14 +17,8 @@ import psycopg
 
 from avengers_store.calibration.embedders import get_embedder
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import (
-    ARITHMETIC,
-    LITERATURE,
-    free_port,
-    gateway_server,
-    log_rows,
-    set_endpoints,
-)
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, LITERATURE, free_port, log_rows, set_endpoints
 
 SETTINGS = GatewaySettings(policy={"method": "paper"}, upstream_retries=0, auth=False)
 

@@ -15,7 +15,8 @@ import pytest
 from pydantic import BaseModel
 
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import ARITHMETIC, LITERATURE, gateway_server, log_rows, set_endpoints
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import ARITHMETIC, LITERATURE, log_rows, set_endpoints
 
 SETTINGS = GatewaySettings(
     auth=False, policy={"method": "paper"}, upstream_retries=0, keepalive_s=0.2

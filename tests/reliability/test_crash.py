@@ -24,17 +24,17 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from avengers_store.cli.testing import run_process
 
 from avengers_store import AvengersClient
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.store import connections, schema
 from avengers_store.testing import (
     MODELS,
     OwnServer,
     free_port,
-    gateway_server,
     own_postgres_server,
-    run_process,
     scripted_server,
     seed_store,
 )
@@ -161,7 +161,7 @@ def old_version_serves(url: str, server: OwnServer, active: int) -> None:
 RECLUSTER_PHASES = {
     # phase -> the statement that marks it
     "fit": "%FROM avengers.query_embeddings%",
-    "copy": "COPY avengers.%",
+    "copy": 'COPY "avengers".%',  # store.bulk.copy_rows quotes the names it composes
     "activation": "%activate_clustering%",
 }
 

@@ -28,13 +28,9 @@ import pytest
 from avengers_store import AvengersClient
 from avengers_store.errors import StoreUnavailable
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.store import connections, embedded, schema
-from avengers_store.testing import (
-    RANKED_MODELS,
-    add_scripted_store,
-    gateway_server,
-    scripted_server,
-)
+from avengers_store.testing import RANKED_MODELS, add_scripted_store, scripted_server
 
 pytestmark = pytest.mark.timeout(240)
 

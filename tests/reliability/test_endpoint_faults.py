@@ -17,19 +17,19 @@ import time
 import httpx
 import psycopg
 import pytest
+from avengers_store.cli.testing import run_process
 
 from avengers_store import AvengersClient
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.errors import AllEndpointsFailed
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.store import connections
 from avengers_store.testing import (
     RANKED_MODELS,
     add_scripted_store,
     closed_port_url,
-    gateway_server,
     log_rows,
-    run_process,
     scripted_server,
 )
 

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 
 from avengers_store.gateway.bodies import MAX_DEPTH
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.testing import (
     ARITHMETIC,
     LITERATURE,
-    gateway_server,
     scripted_server,
     set_endpoints,
     two_topic_store,

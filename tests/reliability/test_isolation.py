@@ -18,14 +18,9 @@ from avengers_store.calibration.embedders import Embedder, get_embedder
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
 from avengers_store.errors import InputError
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.routing import RouteDecision
-from avengers_store.testing import (
-    ARITHMETIC,
-    LITERATURE,
-    gateway_server,
-    set_endpoints,
-    two_topic_store,
-)
+from avengers_store.testing import ARITHMETIC, LITERATURE, set_endpoints, two_topic_store
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 import pytest
+from avengers_store.cli.testing import run_process
 
 from avengers_store.arguments import MAX_NAME_LENGTH
 from avengers_store.calibration.query_vectors import import_npy
@@ -18,7 +19,7 @@ from avengers_store.ingest.datasets import add_dataset
 from avengers_store.ingest.model_pool import add_model
 from avengers_store.ingest.outcomes import import_outcomes
 from avengers_store.ingest.wide_tables import load_table
-from avengers_store.testing import run_process, table_counts, write_rows
+from avengers_store.testing import table_counts, write_rows
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,12 +20,12 @@ from avengers_store import AvengersClient
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.errors import StoreUnavailable
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.store import connections
 from avengers_store.testing import (
     RANKED_MODELS,
     OwnServer,
     add_scripted_store,
-    gateway_server,
     own_postgres_server,
     scripted_server,
 )

@@ -21,14 +21,9 @@ from psycopg.conninfo import make_conninfo
 from avengers_store import AvengersClient
 from avengers_store.errors import AvengersError
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.store import analyst, connections
-from avengers_store.testing import (
-    RANKED_MODELS,
-    add_scripted_store,
-    gateway_server,
-    pg_bin,
-    scripted_server,
-)
+from avengers_store.testing import RANKED_MODELS, add_scripted_store, pg_bin, scripted_server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,13 +22,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from avengers_store.gateway.settings import GatewaySettings
+from avengers_store.gateway.testing import gateway_server
 from avengers_store.store import connections
 from avengers_store.testing import (
     RANKED_MODELS,
     OwnServer,
     add_scripted_store,
     free_port,
-    gateway_server,
     log_rows,
     own_postgres_server,
     scripted_server,

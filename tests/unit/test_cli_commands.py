@@ -9,7 +9,7 @@ from avengers_store.cli.commands import Command, Group
 from avengers_store.cli.main import cli, main
 from click.testing import CliRunner
 
-from avengers_store.errors import InputError
+from avengers_store.errors import EndpointError, InputError, NotFound
 from avengers_store.evaluation.replay import evaluate
 
 
@@ -38,6 +38,26 @@ def test_input_error_location_becomes_the_flag(location, shown):
     assert error.location == shown and str(error) == f"{shown}: bad value"
     if shown != location:
         assert error.__cause__.location == location
+
+
+@click.command(cls=Command, flags={"max_concurrency": "--concurrency"})
+@click.option("--split-map")
+@click.option("--concurrency")
+@click.option("--endpoint-error", is_flag=True)
+def naming(split_map, concurrency, endpoint_error):
+    message = "pass `split_map` or `max_concurrency`, not `other`"
+    raise EndpointError(message) if endpoint_error else NotFound(message)
+
+
+def test_parameters_named_in_a_message_become_flags():
+    """Any library error: its message's backquoted parameters are the command's flags; an
+    endpoint's error (an upstream's text) is left as it came."""
+    error = CliRunner().invoke(naming, []).exception
+    assert isinstance(error, NotFound)
+    assert str(error) == "pass `--split-map` or `--concurrency`, not `other`"
+    assert error.__cause__.message == "pass `split_map` or `max_concurrency`, not `other`"
+    upstream = CliRunner().invoke(naming, ["--endpoint-error"]).exception
+    assert isinstance(upstream, EndpointError) and "`split_map`" in str(upstream)
 
 
 def test_input_error_without_location_is_left_alone():

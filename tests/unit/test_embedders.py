@@ -313,7 +313,7 @@ def embedding_server() -> Iterator[str]:
         import xllamacpp
     except ImportError:
         pytest.skip("xllamacpp is not installed")
-    from avengers_store.testing import _wait_ready, smol_gguf
+    from avengers_store.testing import smol_gguf, wait_ready
 
     gguf = smol_gguf()
     if gguf is None:
@@ -332,7 +332,7 @@ def embedding_server() -> Iterator[str]:
         base = server.listening_address
         if not base.startswith("http"):
             base = "http://" + base
-        _wait_ready(base, 60.0)
+        wait_ready(base, 60.0)
         yield base + "/v1"
     finally:
         del server

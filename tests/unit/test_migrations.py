@@ -17,6 +17,7 @@ SHIPPED = {
     "0006_decisions.py": "9ef0d5109ae3cd0a5629e2148180347b979c61c23c500f7edcfc06887e8317ce",
     "0007_key_policies.py": "7c021534ff4ac4fdee5822738d011f15cc44fd18bb68cd0692da198a0ec79fcd",
     "0008_production_rule.py": "3a93c84f69be1112183bea33bfa8a677f94c508ae3e9f1729b33fbd366527bcf",
+    "0009_console_keys.py": "a54c63db13421e02814ecbea1fe33e581c16b8ca44241ae30c9ce8bd8741b877",
 }
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from avengers_store.routing import novelty
+from avengers_store.calibration import novelty
+from avengers_store.routing.novelty import novelty as novelty_of
 
 
 def test_distance_is_mahalanobis_under_the_shrunk_covariance():
@@ -56,6 +57,6 @@ def test_far_vectors_are_novel_and_tiny_sets_get_no_model():
     fitted = novelty.fit(x, 0.99)
     assert fitted is not None
     far = fitted.model.distances(np.full((1, 8), 10.0))[0]
-    assert novelty.novelty(far, fitted.threshold) > 1
+    assert novelty_of(far, fitted.threshold) > 1
     assert novelty.fit(x[:3], 0.99) is None
-    assert novelty.novelty(0.0, 0.0) == 0.0 and novelty.novelty(1.0, 0.0) == float("inf")
+    assert novelty_of(0.0, 0.0) == 0.0 and novelty_of(1.0, 0.0) == float("inf")

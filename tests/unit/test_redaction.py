@@ -90,12 +90,15 @@ def test_a_streamed_answer_is_redacted_word_by_word(scripted_server):
 
 def test_every_upstream_http_client_is_made_by_redaction():
     """No other module makes an httpx client or calls httpx.get/post: an upstream's text can
-    only arrive through the redacting transport."""
+    only arrive through the redacting transport (test support, which polls its own loopback
+    servers, aside)."""
     package = Path(redaction.__file__).parent
     made = re.compile(r"httpx\.(Client|AsyncClient|post|get|stream|request)\(")
     offenders = [
         str(path.relative_to(package))
         for path in package.rglob("*.py")
-        if path.name not in ("redaction.py", "testing.py") and made.search(path.read_text())
+        if path.name != "redaction.py"
+        and path.relative_to(package).parts[0] != "testing"
+        and made.search(path.read_text())
     ]
     assert offenders == []

@@ -20,35 +20,18 @@ from avengers_store.answering import grading
 from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient, Endpoint
 from avengers_store.answering.extraction import extract
 from avengers_store.answering.prompts import PromptSet, messages
-from avengers_store.calibration import profiles
 from avengers_store.errors import ConfigurationError, EndpointError, InputError
 from avengers_store.ingest import model_pool, outcomes
 from avengers_store.store import connections
+from avengers_store.store.queries import query
+from avengers_store.store.refresh import refresh_profiles
 
 DEFAULT_SAMPLES = 10
 DEFAULT_BATCH = 20
 
-PENDING_SQL = """
-SELECT q.id, q.text, q.task_type, q.reference_answer
-FROM avengers.queries q
-JOIN avengers.datasets d ON d.id = q.dataset_id
-WHERE q.split = 'calibration' AND NOT d.is_ood
-  AND q.reference_answer IS NOT NULL
-  AND (%(dataset)s::text IS NULL OR d.name = %(dataset)s)
-  AND NOT EXISTS (SELECT 1 FROM avengers.outcomes o
-                  WHERE o.query_id = q.id AND o.model_id = %(model)s)
-ORDER BY q.id
-LIMIT %(limit)s
-"""
+PENDING_SQL = query("production", "pending")
 
-UNGRADABLE_SQL = """
-SELECT count(*)
-FROM avengers.queries q JOIN avengers.datasets d ON d.id = q.dataset_id
-WHERE q.split = 'calibration' AND NOT d.is_ood AND q.reference_answer IS NULL
-  AND (%(dataset)s::text IS NULL OR d.name = %(dataset)s)
-  AND NOT EXISTS (SELECT 1 FROM avengers.outcomes o
-                  WHERE o.query_id = q.id AND o.model_id = %(model)s)
-"""
+UNGRADABLE_SQL = query("production", "ungradable")
 
 
 @dataclass(frozen=True)
@@ -115,8 +98,8 @@ def evaluate_model(
             model = model_pool.get_model(name, conn=c)
             if not model.endpoint:
                 raise ConfigurationError(
-                    f"model {name!r} has no endpoint to evaluate through: "
-                    f"`avengers models add {name} --endpoint URL` (or update it)."
+                    f"model {name!r} has no endpoint to evaluate through: give it one "
+                    f"(`avengers models set {name}`, model_pool.set_model) first."
                 )
             endpoint = Endpoint(
                 model.name, model.endpoint, model.served_name or model.name, model.api_key_env
@@ -153,7 +136,7 @@ def evaluate_model(
                         ) from errors[0]
                     if rows:
                         outcomes.upsert_outcomes(c, rows)
-                        profiles.refresh_profiles(c)
+                        refresh_profiles(c)
                         if conn is None:
                             c.commit()
                     totals.add(rows, len(errors))
