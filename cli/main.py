@@ -26,11 +26,13 @@ COMMAND_MODULES = [
     "avengers_store.cli.clusterings",
     "avengers_store.cli.profile",
     "avengers_store.cli.models",
+    "avengers_store.cli.policies",
     "avengers_store.cli.route",
     "avengers_store.cli.ask",
     "avengers_store.cli.feedback",
     "avengers_store.cli.drift",
     "avengers_store.cli.evaluate",
+    "avengers_store.cli.shadow",
     "avengers_store.cli.keys",
     "avengers_store.cli.serve",
 ]

@@ -28,3 +28,20 @@ COMMENT ON COLUMN avengers.active_clustering.exploration IS 'Exploration policy:
 COMMENT ON COLUMN avengers.active_clustering.exploration_share IS 'epsilon: share of requests sent to a random candidate.';
 COMMENT ON COLUMN avengers.active_clustering.ood_quantile IS 'Calibration quantile of scaled distances beyond which a query is out of distribution.';
 COMMENT ON COLUMN avengers.active_clustering.change_threshold IS 'z-score of the production update rule''s change test (avengers.production_evidence).';
+
+-- The clusterings routing serves: the active one, and every ready version a stored policy names
+-- (avengers.policies), so that a policy can be shadowed or promoted with another clustering.
+-- The profile and routing views are built for these; a query of the active clustering reads
+-- its own rows by clustering_id, so the others cost it nothing but disk.
+CREATE VIEW avengers.routed_clusterings AS
+SELECT k.id, k.status = 'active' AS active
+FROM avengers.clusterings k
+WHERE k.status = 'active'
+   OR (k.status = 'ready'
+       AND k.id IN (SELECT (p.policy ->> 'clustering_id')::integer
+                    FROM avengers.policies p
+                    WHERE jsonb_typeof(p.policy -> 'clustering_id') = 'number'));
+COMMENT ON VIEW avengers.routed_clusterings IS
+  'The clustering versions routing serves: the active one and every ready one a stored policy names (clustering_id in avengers.policies.policy). The profile and routing views cover these.';
+COMMENT ON COLUMN avengers.routed_clusterings.id IS 'Clustering version (avengers.clusterings.id).';
+COMMENT ON COLUMN avengers.routed_clusterings.active IS 'Whether it is the active clustering.';

@@ -92,7 +92,8 @@ def get_profiles(
         rows = c.execute(
             f"""SELECT {_FIELDS} FROM avengers.cluster_profiles p
                 JOIN avengers.cluster_ranks r ON r.cluster = p.cluster AND r.model = p.model
-                WHERE (%(cluster)s::integer IS NULL OR p.cluster = %(cluster)s)
+                WHERE p.clustering_id = r.clustering_id
+                  AND (%(cluster)s::integer IS NULL OR p.cluster = %(cluster)s)
                   AND (%(model)s::text IS NULL OR p.model = %(model)s)
                 ORDER BY p.cluster, p.rank""",
             {"cluster": cluster, "model": model},

@@ -41,6 +41,10 @@ ANALYST_RELATIONS = (
     "novelty_profiles",
     "novelty_axes",
     "api_key_usage",
+    "policies",
+    "policy_roles",
+    "shadow_decisions",
+    "shadow_samples",
     # views and materialized views
     "active_clustering",
     "cluster_profiles",
@@ -63,6 +67,9 @@ ANALYST_RELATIONS = (
     "ood_daily",
     "outcome_drift",
     "key_spend",
+    "routed_clusterings",
+    "shadow_comparison",
+    "shadow_agreement",
 )
 # Hold key hashes, conversation pins and the keys' request counters: for the gateway's own
 # user only (key_spend shows analysts each key's name and spend, never its hash).
