@@ -680,20 +680,20 @@ class ClientCore:
     def shadow_flow(self, items: Sequence[shadow_work.ShadowItem]) -> Flow[int]:
         """The shadow policy's decisions for a batch of served requests, stored in one
         statement, then the sampled disagreements asked of its top model one by one while the
-        day's spend cap allows: run by the drivers in the background, never on a response's
+        day's spend cap allows (each reserves its most before it is asked): run by the drivers in the background, never on a response's
         path. Returns the answers sampled."""
         if not items:
             return 0
         rows = yield run(shadow_work.decide_statement(items), role="write", stage="shadow")
         by_id = {i.route_id: i for i in items}
         sampled = 0
-        for route_id, model, endpoint, served_name, key_env, expected in rows:
+        for route_id, model, endpoint, served_name, key_env, _expected in rows:
             found = by_id.get(str(route_id))
             if found is None or found.text is None:
                 continue
-            budget = (yield run(Statement(shadow_work.BUDGET_SQL)))[0][0]
-            if budget is not None and budget - (expected or 0.0) < 0:
-                break  # the day's cap: no further sample today
+            reserve = shadow_work.reserve_statement(found, model, self.prompts, self.max_tokens)
+            if not (yield run(reserve, role="write"))[0][0]:
+                continue  # the day's cap (or the shadow stopped): this one is not asked
             answer, error = None, None
             if endpoint is None:
                 error = f"model {model} has no endpoint"

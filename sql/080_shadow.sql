@@ -141,6 +141,41 @@ RETURN (SELECT r.max_spend_per_day
 COMMENT ON FUNCTION avengers.shadow_budget() IS
   'What sampled shadow answers may still spend today (UTC): the shadow role''s max_spend_per_day less what shadow_samples cost since midnight; NULL without a cap or without a shadow.';
 
+-- Reserve the most a sampled answer can cost against the day's cap, before it is asked: the
+-- shadow role's row is locked, so clients and gateways reserving at once never pass the cap
+-- together. The bound is the request's usage at the model's prices with tokens_in (every prompt
+-- byte a token, plus the template's) and tokens_out = max_tokens; an unpriced model's bound is 0.
+-- True: reserved (a shadow_samples row holds it until the answer's cost replaces it).
+CREATE FUNCTION avengers.shadow_reserve(
+  route_id uuid, model text, tokens_in bigint, tokens_out bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  cap double precision;
+  bound double precision;
+BEGIN
+  SELECT r.max_spend_per_day INTO cap FROM avengers.policy_roles r
+  WHERE r.role = 'shadow' FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN false;  -- the shadow was stopped meanwhile
+  END IF;
+  bound := coalesce((SELECT u.cost FROM avengers.request_usage(jsonb_build_array(
+             jsonb_build_object('model', shadow_reserve.model,
+                                'tokens_in', shadow_reserve.tokens_in,
+                                'tokens_out', shadow_reserve.tokens_out))) u), 0);
+  IF cap IS NOT NULL AND avengers.shadow_budget() < bound THEN
+    RETURN false;
+  END IF;
+  INSERT INTO avengers.shadow_samples AS s (route_id, model, cost, reserved)
+  VALUES (shadow_reserve.route_id, shadow_reserve.model, bound, bound)
+  ON CONFLICT ON CONSTRAINT shadow_samples_pkey DO NOTHING;
+  RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION avengers.shadow_reserve(uuid, text, bigint, bigint) IS
+  'Reserve, against the shadow role''s daily cap, the most a sampled shadow answer can cost (its usage bound at the model''s prices; 0 when unpriced), under a lock on the role so concurrent reservations never pass the cap together; true when reserved (a shadow_samples row holds the reservation until the answer''s cost replaces it).';
+
 -- Per shadowed request: both decisions, the served feedback and what the off-policy estimates
 -- add up.
 CREATE VIEW avengers.shadow_comparison AS

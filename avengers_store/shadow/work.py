@@ -13,7 +13,12 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 from avengers_store.answering import strategies
-from avengers_store.answering.prompts import PromptSet
+from avengers_store.answering.prompts import (
+    DEFAULT_PROMPTS,
+    PromptSet,
+    check_task_type,
+    guess_task_type,
+)
 from avengers_store.answering.route_log import plain
 from avengers_store.answering.sampling import Endpoint
 from avengers_store.store.statement import Statement
@@ -22,14 +27,17 @@ DECIDE_SQL = (
     "SELECT route_id, model, endpoint, served_name, api_key_env, expected_cost "
     "FROM avengers.shadow_decide(%s)"
 )
-BUDGET_SQL = "SELECT avengers.shadow_budget()"
+RESERVE_SQL = "SELECT avengers.shadow_reserve(%s, %s, %s, %s)"
 SAMPLE_SQL = """
-INSERT INTO avengers.shadow_samples
-  (route_id, model, answer, served_answer, agrees, score, cost, error)
-SELECT %(route_id)s, %(model)s, %(answer)s, %(served)s, %(agrees)s, %(score)s,
-       coalesce((SELECT u.cost FROM avengers.request_usage(%(usage)s) u), 0), %(error)s
-ON CONFLICT (route_id) DO NOTHING
+UPDATE avengers.shadow_samples
+SET answer = %(answer)s, served_answer = %(served)s, agrees = %(agrees)s, score = %(score)s,
+    cost = coalesce((SELECT u.cost FROM avengers.request_usage(%(usage)s) u), 0),
+    error = %(error)s, at = now()
+WHERE route_id = %(route_id)s
 """
+
+# Tokens a chat template may add per message (role markers, separators) over its text's bytes.
+TEMPLATE_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,24 @@ def decide_statement(items: Sequence[ShadowItem]) -> Statement:
     return Statement(DECIDE_SQL, (Jsonb([i.entry() for i in items]),))
 
 
+def prompt_messages(found: ShadowItem, prompts: PromptSet | None) -> list[dict[str, str]]:
+    """The messages a sample sends: the request's question in its task type's template."""
+    text = found.text or ""
+    task = check_task_type(found.task_type) if found.task_type else guess_task_type(text)
+    return (prompts or DEFAULT_PROMPTS).messages(task, text)
+
+
+def reserve_statement(
+    found: ShadowItem, model: str, prompts: PromptSet | None, max_tokens: int
+) -> Statement:
+    """Reserve the most the sample can cost against the day's cap (``avengers.shadow_reserve``):
+    a tokenizer makes at most one token of a prompt byte, plus the template's markers, and the
+    model answers at most ``max_tokens``."""
+    messages = prompt_messages(found, prompts)
+    tokens_in = sum(len(m["content"].encode()) + TEMPLATE_TOKENS for m in messages)
+    return Statement(RESERVE_SQL, (found.route_id, model, tokens_in, max_tokens))
+
+
 def sample_plan(
     found: ShadowItem,
     endpoint: Endpoint,
@@ -94,10 +120,10 @@ def sample_plan(
     return strategies.answer_plan(
         found.text or "",
         [endpoint],
+        messages=prompt_messages(found, prompts),
         samples=1,
         strategy="direct",
         task_type=found.task_type,
-        prompts=prompts,
         max_tokens=max_tokens,
     )
 
@@ -105,7 +131,8 @@ def sample_plan(
 def sample_statement(
     found: ShadowItem, model: str, answer: strategies.Answer | None, error: str | None
 ) -> Statement:
-    """Store the sampled answer (or why there is none) beside the served one."""
+    """Store the sampled answer (or why there is none) beside the served one, its cost in
+    place of the reservation."""
     got = answer.answer if answer is not None else None
     served = found.served_answer
     agrees = None

@@ -40,7 +40,7 @@ COMMENT ON TABLE avengers.policy_roles IS 'Which stored policy is served and whi
 COMMENT ON COLUMN avengers.policy_roles.role IS 'served: what clients and the gateway route with unless a call or key sets its own fields; shadow: what every decision is also computed under, off the response path.';
 COMMENT ON COLUMN avengers.policy_roles.name IS 'The stored policy (avengers.policies.name).';
 COMMENT ON COLUMN avengers.policy_roles.sample_share IS 'shadow: the share of disagreeing requests whose question is also asked of the shadow''s top model (0: none).';
-COMMENT ON COLUMN avengers.policy_roles.max_spend_per_day IS 'shadow: the most those sampled answers may cost in a UTC day (NULL: no cap; sampling then needs prices or stops at the first unpriced answer).';
+COMMENT ON COLUMN avengers.policy_roles.max_spend_per_day IS 'shadow: the most those sampled answers may cost in a UTC day, at the models'' prices (NULL: no cap; an unpriced model costs nothing and is sampled within the share whatever the cap).';
 COMMENT ON COLUMN avengers.policy_roles.previous IS 'served: the policy served before the last promotion (what `avengers policies promote --back` returns to).';
 COMMENT ON COLUMN avengers.policy_roles.since IS 'When the role was given to this policy.';
 
@@ -88,6 +88,7 @@ CREATE TABLE avengers.shadow_samples (
   agrees       boolean,
   score        double precision CHECK (score >= 0 AND score <= 1),
   cost         double precision NOT NULL DEFAULT 0 CHECK (cost >= 0),
+  reserved     double precision NOT NULL DEFAULT 0 CHECK (reserved >= 0),
   error        text
 );
 CREATE INDEX shadow_samples_at_idx ON avengers.shadow_samples (at);
@@ -99,7 +100,8 @@ COMMENT ON COLUMN avengers.shadow_samples.answer IS 'Its extracted answer (NULL:
 COMMENT ON COLUMN avengers.shadow_samples.served_answer IS 'The served request''s voted answer it is compared with.';
 COMMENT ON COLUMN avengers.shadow_samples.agrees IS 'Whether the two extracted answers agree (NULL: one is missing).';
 COMMENT ON COLUMN avengers.shadow_samples.score IS 'A grader''s or replay''s score of the shadow answer in [0, 1] (NULL: not scored).';
-COMMENT ON COLUMN avengers.shadow_samples.cost IS 'What the shadow answer cost (usage at the model''s prices; 0 when unpriced).';
+COMMENT ON COLUMN avengers.shadow_samples.cost IS 'What the shadow answer cost (usage at the model''s prices; 0 when unpriced); until it answers, what was reserved.';
+COMMENT ON COLUMN avengers.shadow_samples.reserved IS 'The most the answer could cost (every prompt byte a token, max_tokens out, at the model''s prices), reserved against the day''s cap before asking (avengers.shadow_reserve).';
 COMMENT ON COLUMN avengers.shadow_samples.error IS 'Why the shadow model gave no answer (NULL: it answered).';
 """
 

@@ -17,7 +17,7 @@ SHIPPED = {
     "0006_decisions.py": "9ef0d5109ae3cd0a5629e2148180347b979c61c23c500f7edcfc06887e8317ce",
     "0007_key_policies.py": "7c021534ff4ac4fdee5822738d011f15cc44fd18bb68cd0692da198a0ec79fcd",
     "0008_production_rule.py": "b996505713291118dbb597c35c2b13ad04851b8a7c94489f05d642df144ba076",
-    "0009_shadow.py": "9b4401ad0c24a63045f4fd8391dbab6103ca84e172bac84874e93abc468c7d0a",
+    "0009_shadow.py": "aac3a302e15c0d1f6ad4b4993d5b8e32fd21dbae76b5a3167c5a11a1476cbbc7",
 }
 
 
