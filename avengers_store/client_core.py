@@ -238,7 +238,8 @@ class ClientCore:
         self.policy = base.replace(**changes)
         # Without a policy of its own the client routes with the store's served policy (when
         # one is stored), changed as its own options and ``policy_changes`` say; ``policy_fill``
-        # sets fields the result leaves None (the gateway's trade-off of 1, for costs).
+        # sets fields the result leaves None and no change names (the gateway's trade-off of 1,
+        # for costs: a server policy with ``"tradeoff": None`` turns pricing off).
         self._own_policy = policy is not None
         self._served_changes = {**changes, **(policy_changes or {})}
         self._policy_fill = dict(policy_fill or {})
@@ -282,7 +283,11 @@ class ClientCore:
 
     def _with_changes(self, served: Policy) -> Policy:
         chosen = served.replace(**self._served_changes)
-        fill = {k: v for k, v in self._policy_fill.items() if getattr(chosen, k) is None}
+        fill = {
+            k: v
+            for k, v in self._policy_fill.items()
+            if k not in self._served_changes and getattr(chosen, k) is None
+        }
         return chosen.replace(**fill)
 
     @property
