@@ -16,12 +16,12 @@ from avengers_store.routing import stored_policies
 from avengers_store.routing.decide import decide
 from avengers_store.routing.policy import Policy
 from avengers_store.shadow import control, work
-from tests.db.test_replay import _build
+from avengers_store.testing import build_replay_store
 
 
 @pytest.fixture
 def store(conn):
-    _build(conn)
+    build_replay_store(conn)
     reclustering.recluster(2, "kmeans", 42, stratify="none", conn=conn)
     other = reclustering.recluster(1, "kmeans", 42, stratify="none", activate=False, conn=conn)
     return conn, other.id

@@ -17,8 +17,7 @@ from avengers_store.routing import stored_policies
 from avengers_store.routing.policy import Policy
 from avengers_store.shadow import control
 from avengers_store.store import connections
-from avengers_store.testing import FixedEmbedder, set_endpoints
-from tests.db.test_replay import _build
+from avengers_store.testing import FixedEmbedder, build_replay_store, set_endpoints
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def store(db_url):
     """The replay store (three models, three topics) with two ready clusterings: k = 2 active
     and k = 1 beside it; returns (url, active id, other id)."""
     with connections.connect(db_url) as c:
-        _build(c)
+        build_replay_store(c)
         active = reclustering.recluster(2, "kmeans", 42, stratify="none", conn=c).id
         other = reclustering.recluster(1, "kmeans", 42, stratify="none", activate=False, conn=c).id
         c.commit()
