@@ -17,8 +17,9 @@ instead of before ``ask`` returns; ``aclose()`` writes every queued row before c
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -44,8 +45,11 @@ from avengers_store.errors import (
 from avengers_store.routing import RoutingMethod
 from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.routing.policy import Policy
+from avengers_store.shadow.batches import ShadowBatches
 from avengers_store.store import availability, config, connections, schema
 from avengers_store.store.statement import arun
+
+log = logging.getLogger(__name__)
 
 StageObserver = Callable[[str, float], None]
 # Longest ``feedback`` waits for this client's queued route-log rows (its route's among them).
@@ -93,6 +97,8 @@ class AsyncAvengersClient(core.ClientCore):
         on_stage: StageObserver | None = None,
         on_log: Callable[[str, int], None] | None = None,
         log_writer: RouteLogWriter | None = None,
+        policy_changes: Mapping[str, Any] | None = None,
+        policy_fill: Mapping[str, Any] | None = None,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -100,6 +106,7 @@ class AsyncAvengersClient(core.ClientCore):
             embedder=embedder, prompts=prompts, threshold=threshold, max_tokens=max_tokens,
             max_concurrency=max_concurrency, timeout=timeout, policy=policy, method=method,
             ood_policy=ood_policy, log_vectors=log_vectors, log_texts=log_texts, seed=seed,
+            policy_changes=policy_changes, policy_fill=policy_fill,
         )  # fmt: skip
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
@@ -119,6 +126,8 @@ class AsyncAvengersClient(core.ClientCore):
         self._log_queue = log_queue
         self._writer: RouteLogWriter | None = log_writer
         self.background_log = background_log
+        self._shadows = ShadowBatches()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # -- connections -----------------------------------------------------------------------
 
@@ -253,6 +262,7 @@ class AsyncAvengersClient(core.ClientCore):
         if self._shutting_down:
             return
         self._shutting_down = True
+        await self.flush_shadow(10.0)
         # Closed only once the writer is done: rows waiting out an outage need a pool to go to.
         if self._writer is not None:
             await self._writer.aclose()
@@ -266,6 +276,34 @@ class AsyncAvengersClient(core.ClientCore):
             await self._chat.aclose()
         self._chat = None
         await asyncio.to_thread(self._batcher.close)
+
+    async def flush_shadow(self, timeout: float | None = 10.0) -> bool:
+        """Wait until the requests handed to shadowing so far are shadowed (their decisions
+        stored, their samples asked); False when ``timeout`` seconds passed first."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._shadows.idle():
+            if end is not None and time.monotonic() >= end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _shadow(self, items: tuple[Any, ...]) -> None:
+        """Hand shadow items to the background task (started when none runs): off the
+        response's path, after its route-log rows were handed to the writer."""
+        if items and self._shadows.add(items):
+            task = asyncio.get_running_loop().create_task(
+                self._shadow_worker(), name="avengers-shadow"
+            )
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_worker(self) -> None:
+        while batch := self._shadows.take():
+            try:
+                await self._drive(self.shadow_flow(batch))
+            except Exception:  # an observation failing never reaches a caller
+                log.warning("shadow: a batch of %d request(s) failed", len(batch), exc_info=True)
+            self._shadows.finished(len(batch))
 
     async def __aenter__(self) -> AsyncAvengersClient:
         return self
@@ -321,6 +359,7 @@ class AsyncAvengersClient(core.ClientCore):
             return list(await asyncio.gather(*(one(f) for f in step.flows)))
         if isinstance(step, core.Log):
             await self._log(step.rows, step.conn)
+            self._shadow(step.shadow)
         elif isinstance(step, core.LoadModel):
             await asyncio.to_thread(core.load_embedder, step.embedder)
         elif isinstance(step, core.Flush):

@@ -17,8 +17,9 @@ holds only the sync I/O that runs them (``_drive``).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -42,8 +43,11 @@ from avengers_store.errors import (
 from avengers_store.routing import RoutingMethod
 from avengers_store.routing.adapters import ensure_vector_types
 from avengers_store.routing.policy import Policy
+from avengers_store.shadow.batches import ShadowBatches
 from avengers_store.store import availability, config, connections, schema
 from avengers_store.store.statement import run as run_statement
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TOP_N", "AvengersClient", "Query"]
 
@@ -83,6 +87,8 @@ class AvengersClient(core.ClientCore):
         log_vectors: bool = False,
         log_texts: bool = False,
         seed: int | None = None,
+        policy_changes: Mapping[str, Any] | None = None,
+        policy_fill: Mapping[str, Any] | None = None,
     ) -> None:
         if pool_size < 1:
             raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
@@ -90,6 +96,7 @@ class AvengersClient(core.ClientCore):
             embedder=embedder, prompts=prompts, threshold=threshold, max_tokens=max_tokens,
             max_concurrency=max_concurrency, timeout=timeout, policy=policy, method=method,
             ood_policy=ood_policy, log_vectors=log_vectors, log_texts=log_texts, seed=seed,
+            policy_changes=policy_changes, policy_fill=policy_fill,
         )  # fmt: skip
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
@@ -101,6 +108,8 @@ class AvengersClient(core.ClientCore):
         self._replica = availability.ReplicaState()
         self._lock = threading.Lock()
         self._closed = False
+        self._shadows = ShadowBatches()
+        self._shadow_thread: ThreadPoolExecutor | None = None
 
     # -- connections -----------------------------------------------------------------------
 
@@ -224,8 +233,35 @@ class AvengersClient(core.ClientCore):
                 self._chat = ChatClient(max_concurrency=max(self.max_concurrency, 4))
             return self._chat
 
+    def flush_shadow(self, timeout: float | None = 10.0) -> bool:
+        """Wait until the requests handed to shadowing so far are shadowed (their decisions
+        stored, their samples asked); False when ``timeout`` seconds passed first."""
+        return self._shadows.wait_idle(timeout)
+
+    def _shadow(self, items: tuple[Any, ...]) -> None:
+        """Hand shadow items to the background thread (started when none runs)."""
+        if items and self._shadows.add(items):
+            with self._lock:
+                if self._shadow_thread is None:
+                    self._shadow_thread = ThreadPoolExecutor(1, "avengers-shadow")
+                self._shadow_thread.submit(self._shadow_worker)
+
+    def _shadow_worker(self) -> None:
+        while batch := self._shadows.take():
+            try:
+                self._drive(self.shadow_flow(batch))
+            except Exception:  # an observation failing never reaches a caller
+                log.warning("shadow: a batch of %d request(s) failed", len(batch), exc_info=True)
+            self._shadows.finished(len(batch))
+
     def close(self) -> None:
-        """Close the pools (and the ChatClient this client made). Idempotent."""
+        """Close the pools (and the ChatClient this client made), once the shadow work handed
+        over so far is done (at most 10 s). Idempotent."""
+        self._shadows.wait_idle(10.0)
+        with self._lock:
+            shadow, self._shadow_thread = self._shadow_thread, None
+        if shadow is not None:
+            shadow.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._closed = True
             pools, self._pools = {id(p): p for p in self._pools.values()}, {}
@@ -277,7 +313,9 @@ class AvengersClient(core.ClientCore):
                 return list(pool.map(self._drive, step.flows))
         if isinstance(step, core.Log):
             with self._connection(step.conn, "write") as c:
-                run_statement(c, route_log.statement(step.rows))
+                if step.rows:
+                    run_statement(c, route_log.statement(step.rows))
+            self._shadow(step.shadow)
             return None
         if isinstance(step, core.LoadModel):
             core.load_embedder(step.embedder)

@@ -36,6 +36,8 @@ from avengers_store.routing.decide import statement as decide_statement
 from avengers_store.routing.decisions import RouteDecision
 from avengers_store.routing.methods import RoutingMethod
 from avengers_store.routing.policy import Policy
+from avengers_store.routing.stored_policies import ROLES_SQL, Roles, roles_from_rows
+from avengers_store.shadow import work as shadow_work
 from avengers_store.store.queries import query
 from avengers_store.store.statement import Statement
 
@@ -51,6 +53,11 @@ SEED_BLOCK = 256
 # Seconds an ``ask`` may take as a whole by default: embedding, routing, every model call, retry
 # and fallback (None: only each HTTP request's own timeout bounds it).
 DEFAULT_TIMEOUT = 120.0
+
+# Seconds a client keeps the served and shadow policies it read (avengers.policy_roles) before
+# reading them again: a promotion reaches every client within this, each decision under one
+# whole policy.
+ROLES_TTL = 2.0
 
 SERVING_SQL = query("clients", "serving")
 
@@ -110,10 +117,13 @@ class Gather:
 @dataclass(frozen=True)
 class Log:
     """Write route-log rows (``route_log.entry``), on ``conn`` when given; a driver may queue
-    them for a background writer instead."""
+    them for a background writer instead. ``shadow``: the requests' items for the shadow
+    policy, which the driver hands to ``ClientCore.shadow_flow`` in the background, off the
+    response path."""
 
     rows: tuple[dict[str, Any], ...]
     conn: Any = None
+    shadow: tuple[shadow_work.ShadowItem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,8 @@ class ClientCore:
         log_vectors: bool,
         log_texts: bool,
         seed: int | None,
+        policy_changes: Mapping[str, Any] | None = None,
+        policy_fill: Mapping[str, Any] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise InputError(
@@ -221,6 +233,17 @@ class ClientCore:
         if ood_policy is not None:
             changes["ood_policy"] = ood_policy
         self.policy = base.replace(**changes)
+        # Without a policy of its own the client routes with the store's served policy (when
+        # one is stored), changed as its own options and ``policy_changes`` say; ``policy_fill``
+        # sets fields the result leaves None and no change names (the gateway's trade-off of 1,
+        # for costs: a server policy with ``"tradeoff": None`` turns pricing off).
+        self._own_policy = policy is not None
+        self._served_changes = {**changes, **(policy_changes or {})}
+        self._policy_fill = dict(policy_fill or {})
+        if not self._own_policy:
+            self.policy = self._with_changes(Policy())
+        self._roles = Roles()
+        self._roles_at: float | None = None
         self.prompts = prompts
         self.threshold = threshold
         self.max_tokens = max_tokens
@@ -251,11 +274,42 @@ class ClientCore:
     # -- policies --------------------------------------------------------------------------
 
     def policy_for(self, policy: Policy | None = None, **changes: Any) -> Policy:
-        """``policy`` (default: the client's) with ``changes``; a change given as None keeps
-        the policy's value."""
+        """``policy`` (default: the client's, or the store's served policy with the client's
+        changes) with ``changes``; a change given as None keeps the policy's value."""
         return (policy or self.policy).replace(
             **{k: v for k, v in changes.items() if v is not None}
         )
+
+    def _with_changes(self, served: Policy) -> Policy:
+        chosen = served.replace(**self._served_changes)
+        fill = {
+            k: v
+            for k, v in self._policy_fill.items()
+            if k not in self._served_changes and getattr(chosen, k) is None
+        }
+        return chosen.replace(**fill)
+
+    @property
+    def roles(self) -> Roles:
+        """The served and shadow policies as last read (``ROLES_TTL``)."""
+        return self._roles
+
+    def _read_roles(self, conn: Any) -> Flow[Roles]:
+        """The store's served and shadow policies, read again when older than ``ROLES_TTL``; a
+        client without a policy of its own routes with the served one from then on."""
+        now = time.monotonic()
+        with self._state_lock:
+            fresh = self._roles_at is not None and now - self._roles_at < ROLES_TTL
+            found = self._roles
+        if fresh:
+            return found
+        rows = yield run(Statement(ROLES_SQL), conn=conn)
+        found = roles_from_rows(rows)
+        with self._state_lock:
+            self._roles, self._roles_at = found, time.monotonic()
+            if not self._own_policy:
+                self.policy = self._with_changes(found.served or Policy())
+        return found
 
     def seeds(self, count: int) -> list[int]:
         """Exploration's seeds for ``count`` decisions, from the client's generator."""
@@ -374,6 +428,7 @@ class ClientCore:
         candidate; ``seed``: exploration's draws (default: from the client's generator)."""
         if isinstance(query, np.ndarray) and query.ndim == 2:
             raise InputError("route takes one query; use route_many for a matrix", location="query")
+        yield from self._read_roles(conn)
         chosen = self.policy_for(policy, top_n=top_n, **changes)
         decisions, _ = yield from self._decide(
             [query], chosen, prompt_chars=[prompt_chars], pinned=[pinned],
@@ -395,6 +450,7 @@ class ClientCore:
         **changes: Any,
     ) -> Flow[tuple[RouteDecision, Any]]:
         """``route``, and the vector it was routed with (a text's embedding)."""
+        yield from self._read_roles(conn)
         chosen = self.policy_for(policy, top_n=top_n, **changes)
         decisions, vectors = yield from self._decide(
             [query], chosen, prompt_chars=[prompt_chars], pinned=[pinned],
@@ -420,6 +476,7 @@ class ClientCore:
         check_route_many(queries)
         if len(queries) == 0:
             return []
+        yield from self._read_roles(conn)
         chosen = self.policy_for(policy, top_n=top_n, **changes)
         decisions, _ = yield from self._decide(
             queries, chosen, prompt_chars=prompt_chars, seeds=seeds, conn=conn
@@ -527,6 +584,7 @@ class ClientCore:
         _, space = yield from self._serving(conn)
         yield LoadModel(self._embedder(space))
         started = time.perf_counter()
+        roles = yield from self._read_roles(conn)
         n = top_n or DEFAULT_TOP_N[strategy]
         chosen = self.policy_for(
             policy, top_n=n, require_endpoint=True,
@@ -548,7 +606,16 @@ class ClientCore:
             vectors=vectors if self.log_vectors else None,
             keep_texts=self.log_texts,
         )
-        yield Log(tuple(rows), conn)
+        items: list[shadow_work.ShadowItem] = []
+        if roles.shadow is not None:
+            for q, d, v, row, ans in zip(questions, decisions, vectors, rows, out, strict=True):
+                found = shadow_work.item(
+                    row["route_id"], v, d, text=q.text,
+                    answer=ans if isinstance(ans, strategies.Answer) else None,
+                )  # fmt: skip
+                if found is not None:
+                    items.append(found)
+        yield Log(tuple(rows), conn, tuple(items))
         return out
 
     def plan(
@@ -610,10 +677,53 @@ class ClientCore:
         return (yield from drive_plan(plan))
 
     @operation
-    def log(self, rows: Sequence[dict[str, Any]], *, conn: Any = None) -> Flow[None]:
-        """Write route-log rows (``route_log.entry``), or queue them for a background writer."""
-        if rows:
-            yield Log(tuple(rows), conn)
+    def log(
+        self,
+        rows: Sequence[dict[str, Any]],
+        *,
+        conn: Any = None,
+        shadow: Sequence[shadow_work.ShadowItem] = (),
+    ) -> Flow[None]:
+        """Write route-log rows (``route_log.entry``), or queue them for a background writer;
+        ``shadow``: the requests' shadow items (``shadow.work.item``), handled in the
+        background when a shadow policy is set."""
+        if rows or shadow:
+            yield Log(tuple(rows), conn, tuple(shadow))
+
+    # -- shadowing -------------------------------------------------------------------------
+
+    def shadow_flow(self, items: Sequence[shadow_work.ShadowItem]) -> Flow[int]:
+        """The shadow policy's decisions for a batch of served requests, stored in one
+        statement, then the sampled disagreements asked of its top model one by one while the
+        day's spend cap allows (each reserves its most before it is asked): run by the drivers in the background, never on a response's
+        path. Returns the answers sampled."""
+        if not items:
+            return 0
+        rows = yield run(shadow_work.decide_statement(items), role="write", stage="shadow")
+        by_id = {i.route_id: i for i in items}
+        sampled = 0
+        for route_id, model, endpoint, served_name, key_env, _expected in rows:
+            found = by_id.get(str(route_id))
+            if found is None or found.text is None:
+                continue
+            reserve = shadow_work.reserve_statement(found, model, self.prompts, self.max_tokens)
+            if not (yield run(reserve, role="write"))[0][0]:
+                continue  # the day's cap (or the shadow stopped): this one is not asked
+            answer, error = None, None
+            if endpoint is None:
+                error = f"model {model} has no endpoint"
+            else:
+                plan = shadow_work.sample_plan(
+                    found, Endpoint(model, endpoint, served_name or model, key_env),
+                    prompts=self.prompts, max_tokens=self.max_tokens,
+                )  # fmt: skip
+                try:
+                    answer = yield from drive_plan(plan)
+                    sampled += 1
+                except AvengersError as exc:
+                    error = str(exc)
+            yield run(shadow_work.sample_statement(found, model, answer, error), role="write")
+        return sampled
 
     # -- feedback --------------------------------------------------------------------------
 

@@ -43,9 +43,11 @@ from _common import (
 from pgvector import Vector
 from threadpoolctl import threadpool_limits
 
+from avengers_store.calibration import reclustering
 from avengers_store.client import AvengersClient
-from avengers_store.routing import novelty
+from avengers_store.routing import novelty, stored_policies
 from avengers_store.routing.decide import statement as decide_statement
+from avengers_store.routing.policy import Policy
 from avengers_store.store import connections
 
 # The targets: k = 64 against numpy argmin + SELECT 1 as scheduled; larger k the same way.
@@ -316,6 +318,14 @@ def main() -> None:
     )
     ap.add_argument("--models", type=int, default=8, help="models in the pool (default 8)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--also-routed",
+        type=int,
+        metavar="K",
+        help="first store a policy naming a ready K-cluster version, so the routing views cover "
+        "it beside the served one (as when shadowing a re-cluster); written to "
+        "route_latency_also_routed.json",
+    )
     args = ap.parse_args()
 
     n_queries = max(10_000, 4 * max(args.k))
@@ -335,6 +345,14 @@ def main() -> None:
             f"store: {n_queries:,} calibration queries x {args.models} models (synthetic, 384-d; "
             f"built in {took.seconds:.1f} s)"
         )
+        if args.also_routed:
+            with connections.connect(url) as conn:
+                other = reclustering.recluster(
+                    k=args.also_routed, seed=args.seed + 1, activate=False, conn=conn
+                )
+                stored_policies.create("also-routed", Policy(clustering_id=other.id), conn=conn)
+                conn.commit()
+            say(f"also routed: clustering {other.id} (k = {args.also_routed}), named by a policy")
         for k in args.k:
             placement = k == 64 and not args.no_placement
             results.append(
@@ -342,7 +360,7 @@ def main() -> None:
             )
     head = next((r for r in results if r["k"] == 64), results[0])
     finish(
-        "route_latency",
+        "route_latency_also_routed" if args.also_routed else "route_latency",
         {
             "target_ratio": TARGET_RATIO,
             "target_ratio_large_k": TARGET_RATIO_LARGE_K,

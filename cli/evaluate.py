@@ -19,6 +19,7 @@ from avengers_store.evaluation.online import (
 from avengers_store.evaluation.replay import DEFAULT_SEEDS, STRATEGIES, evaluate
 from avengers_store.evaluation.report import format_online, format_tables
 from avengers_store.evaluation.scenarios import IID
+from avengers_store.evaluation.shadow_replay import evaluate_shadow
 from avengers_store.ingest.model_pool import list_models
 
 
@@ -94,12 +95,18 @@ from avengers_store.ingest.model_pool import list_models
               help="--online: a stream that moves: degrade:MODEL@FRACTION[,as=OTHER|,flip=RATE], "
               "new-model:MODEL[@FRACTION], shift:DATASET[@FRACTION][,mix=SHARE] "
               "(docs/evaluation.md).")  # fmt: skip
+@click.option("--shadow", "shadow", metavar="NAME",
+              help="--online: stream the test split as production (epsilon exploration at "
+              "--exploration-share, default 0.2) with the stored policy NAME shadowed, and print "
+              "the shadow report's estimates beside the truth.")  # fmt: skip
+@click.option("--shadow-plot", type=click.Path(dir_okay=False),
+              help="--shadow: the last seed's report picture, to this PNG.")  # fmt: skip
 @options.json_output
 def command(
     k, algorithm, stratify, seeds, top_n, strategy, method, datasets, ood_macro, sweep_k,
     algorithms, budgets, calibration_fractions, sweep_seeds, tradeoffs, plot_dir, frontier_plot,
     online, batch, windows, production_weight, half_life, change_threshold, exploration,
-    exploration_share, exploration_overlap, scenario, as_json,
+    exploration_share, exploration_overlap, scenario, shadow, shadow_plot, as_json,
 ) -> None:  # fmt: skip
     """Replay the stored outcomes to measure the routing; no model is called.
 
@@ -134,7 +141,11 @@ def command(
       avengers evaluate --online --scenario degrade:meta-llama/Meta-Llama-3-8B@0.3,flip=0.5
       avengers evaluate --online --scenario shift:gsm8k --batch 64
       avengers evaluate --tradeoffs 0,0.25,0.5,0.75,1 --json   # writes frontier.png
+      avengers evaluate --online --shadow paper --seeds 42,999   # shadow report vs truth
     """
+    if online and shadow:
+        _shadow_replay(shadow, k, seeds, exploration_share, method, shadow_plot, as_json)
+        return
     if online:
         streamed = evaluate_online(
             k=k,
@@ -200,3 +211,42 @@ def _models_line(replayed: tuple[str, ...]) -> str:
             f"them: avengers models activate {' '.join(inactive)}"
         )
     return line
+
+
+def _shadow_replay(name, k, seeds, share, method, plot, as_json) -> None:
+    found = evaluate_shadow(
+        name,
+        k=k,
+        seeds=[int(x) for x in seeds],
+        share=0.2 if share is None else share,
+        method=method,
+        plot=plot,
+    )
+    rows = []
+    for s in found:
+        r, dr, ips = s.summary, s.summary.dr_estimate, s.summary.ips_estimate
+        rows.append({
+            "seed": s.seed, "requests": r.requests, "agreement (store)": r.agreement,
+            "agreement (direct)": s.agreement_direct, "truth": s.truth,
+            "ips": None if ips is None else [ips.value, ips.low, ips.high],
+            "dr": None if dr is None else [dr.value, dr.low, dr.high],
+            "dr covers truth": s.covered, "overlap": r.overlap,
+        })  # fmt: skip
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(
+            f"seed {row['seed']}: {row['requests']} requests, agreement "
+            f"{100 * row['agreement (store)']:.2f}% (direct {100 * row['agreement (direct)']:.2f}%); "
+            f"shadow - served: truth {row['truth']:+.4f}, "
+            + (
+                f"IPS {row['ips'][0]:+.4f} [{row['ips'][1]:+.4f}, {row['ips'][2]:+.4f}], "
+                f"DR {row['dr'][0]:+.4f} [{row['dr'][1]:+.4f}, {row['dr'][2]:+.4f}] "
+                f"{'covers' if row['dr covers truth'] else 'misses'}"
+                if row["dr"] is not None
+                else str(row["overlap"])
+            )
+        )
+    covered = sum(1 for s in found if s.covered)
+    click.echo(f"doubly-robust interval covers the truth in {covered} of {len(found)} seeds")

@@ -31,3 +31,22 @@ ood_quantile: Calibration quantile of scaled distances beyond which a query is o
 change_threshold: z-score of the production update rule's change test (avengers.production_evidence).
 exploration_overlap: targeted: the chance of beating the leader above which a candidate is plausible.
 $$);
+
+-- The clusterings routing serves: the active one, and every ready version a stored policy names
+-- (avengers.policies), so that a policy can be shadowed or promoted with another clustering.
+-- The profile and routing views are built for these; a query of the active clustering reads
+-- its own rows by clustering_id, so the others cost it nothing but disk.
+CREATE VIEW avengers.routed_clusterings AS
+SELECT k.id, k.status = 'active' AS active
+FROM avengers.clusterings k
+WHERE k.status = 'active'
+   OR (k.status = 'ready'
+       AND k.id IN (SELECT (p.policy ->> 'clustering_id')::integer
+                    FROM avengers.policies p
+                    WHERE jsonb_typeof(p.policy -> 'clustering_id') = 'number'));
+COMMENT ON VIEW avengers.routed_clusterings IS
+  'The clustering versions routing serves: the active one and every ready one a stored policy names (clustering_id in avengers.policies.policy). The profile and routing views cover these.';
+CALL avengers.comment_columns('avengers.routed_clusterings', $$
+id: Clustering version (avengers.clusterings.id).
+active: Whether it is the active clustering.
+$$);

@@ -36,13 +36,15 @@ CREATE MATERIALIZED VIEW avengers.cluster_profiles AS
 WITH stats AS (
   SELECT s.*
   FROM avengers.cluster_profile_stats s
-  JOIN avengers.active_clustering k ON k.id = s.clustering_id
+  JOIN avengers.routed_clusterings k ON k.id = s.clustering_id
 ),
 overall AS (
-  SELECT o.model_id, o.overall_score, o.overall_n,
-         row_number() OVER (ORDER BY o.overall_score DESC, m.name)::integer AS tie_rank
-  FROM (SELECT model_id, sum(score_sum) / sum(n) AS overall_score, sum(n)::integer AS overall_n
-        FROM stats GROUP BY model_id) AS o
+  SELECT o.clustering_id, o.model_id, o.overall_score, o.overall_n,
+         row_number() OVER (PARTITION BY o.clustering_id
+                            ORDER BY o.overall_score DESC, m.name)::integer AS tie_rank
+  FROM (SELECT clustering_id, model_id, sum(score_sum) / sum(n) AS overall_score,
+               sum(n)::integer AS overall_n
+        FROM stats GROUP BY clustering_id, model_id) AS o
   JOIN avengers.models m ON m.id = o.model_id
 )
 SELECT s.clustering_id,
@@ -59,26 +61,27 @@ SELECT s.clustering_id,
        o.overall_score,
        o.overall_n,
        o.tie_rank,
-       row_number() OVER (PARTITION BY s.cluster ORDER BY s.mean_score DESC, o.tie_rank)::integer
+       row_number() OVER (PARTITION BY s.clustering_id, s.cluster
+                          ORDER BY s.mean_score DESC, o.tie_rank)::integer
                                                       AS rank,
        CASE WHEN m.active THEN
-         row_number() OVER (PARTITION BY s.cluster, m.active
+         row_number() OVER (PARTITION BY s.clustering_id, s.cluster, m.active
                             ORDER BY s.mean_score DESC, o.tie_rank)::integer
        END                                            AS active_rank
 FROM stats s
 JOIN avengers.models m    ON m.id = s.model_id
-JOIN overall o            ON o.model_id = s.model_id
+JOIN overall o            ON o.clustering_id = s.clustering_id AND o.model_id = s.model_id
 JOIN avengers.centroids c ON c.clustering_id = s.clustering_id AND c.cluster = s.cluster
 WITH DATA;
 
-CREATE UNIQUE INDEX cluster_profiles_key ON avengers.cluster_profiles (cluster, model_id);
-CREATE INDEX cluster_profiles_route_idx ON avengers.cluster_profiles (cluster, active_rank)
+CREATE UNIQUE INDEX cluster_profiles_key ON avengers.cluster_profiles (clustering_id, cluster, model_id);
+CREATE INDEX cluster_profiles_route_idx ON avengers.cluster_profiles (clustering_id, cluster, active_rank)
   WHERE active_rank IS NOT NULL;
 
 COMMENT ON MATERIALIZED VIEW avengers.cluster_profiles IS
-  'Capability profiles served for routing: active clustering x cluster x model. Refreshed (CONCURRENTLY) after outcome imports, model changes and clustering switches: CALL avengers.refresh_profiles().';
+  'Capability profiles served for routing: routed clustering (the active one, and those stored policies name) x cluster x model. Refreshed (CONCURRENTLY) after outcome imports, model changes and clustering switches: CALL avengers.refresh_profiles().';
 CALL avengers.comment_columns('avengers.cluster_profiles', $$
-clustering_id: The active clustering version.
+clustering_id: The clustering version (avengers.routed_clusterings: the active one unless a stored policy names another).
 cluster: Cluster index.
 cluster_size: Calibration queries in the cluster.
 model_id: Model id.
@@ -110,12 +113,12 @@ SELECT a.clustering_id,
        count(*)::integer AS n,
        avg(o.score)      AS mean_score
 FROM avengers.assignments a
-JOIN avengers.active_clustering k ON k.id = a.clustering_id
+JOIN avengers.routed_clusterings k ON k.id = a.clustering_id
 JOIN avengers.queries q     ON q.id = a.query_id
 JOIN avengers.outcomes o    ON o.query_id = a.query_id
 GROUP BY a.clustering_id, q.dataset_id, o.model_id
 WITH DATA;
-CREATE UNIQUE INDEX dataset_profiles_key ON avengers.dataset_profiles (dataset_id, model_id);
+CREATE UNIQUE INDEX dataset_profiles_key ON avengers.dataset_profiles (clustering_id, dataset_id, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.dataset_profiles IS
   'Mean outcome of each model on the clustered calibration queries of each dataset (active clustering).';
 CALL avengers.comment_columns('avengers.dataset_profiles', $$
@@ -129,11 +132,11 @@ $$);
 CREATE MATERIALIZED VIEW avengers.cluster_datasets AS
 SELECT a.clustering_id, a.cluster, q.dataset_id, count(*)::integer AS n
 FROM avengers.assignments a
-JOIN avengers.active_clustering k ON k.id = a.clustering_id
+JOIN avengers.routed_clusterings k ON k.id = a.clustering_id
 JOIN avengers.queries q     ON q.id = a.query_id
 GROUP BY a.clustering_id, a.cluster, q.dataset_id
 WITH DATA;
-CREATE UNIQUE INDEX cluster_datasets_key ON avengers.cluster_datasets (cluster, dataset_id);
+CREATE UNIQUE INDEX cluster_datasets_key ON avengers.cluster_datasets (clustering_id, cluster, dataset_id);
 COMMENT ON MATERIALIZED VIEW avengers.cluster_datasets IS
   'Dataset make-up of each cluster of the active clustering: calibration queries of each dataset in it.';
 CALL avengers.comment_columns('avengers.cluster_datasets', $$
@@ -160,7 +163,7 @@ FROM overall o
 JOIN avengers.dataset_profiles d ON d.model_id = o.model_id AND d.clustering_id = o.clustering_id
 GROUP BY o.clustering_id, o.model_id, o.overall_score, o.overall_n, o.tie_rank
 WITH DATA;
-CREATE UNIQUE INDEX model_priors_key ON avengers.model_priors (model_id);
+CREATE UNIQUE INDEX model_priors_key ON avengers.model_priors (clustering_id, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.model_priors IS
   'Per model, over the clustered calibration queries of the active clustering: the dataset-balanced mean outcome (the prior routing shrinks cluster scores toward) and the query-weighted overall score (the tie-breaker).';
 CALL avengers.comment_columns('avengers.model_priors', $$

@@ -54,7 +54,7 @@ WITH measured AS (
          o.tokens_in, char_length(q.text) AS chars, o.tokens_out, o.cost,
          NULL::double precision AS latency_ms, NULL::integer AS requests
   FROM avengers.assignments a
-  JOIN avengers.active_clustering k ON k.id = a.clustering_id
+  JOIN avengers.routed_clusterings k ON k.id = a.clustering_id
   JOIN avengers.outcomes o ON o.query_id = a.query_id
   JOIN avengers.queries q ON q.id = a.query_id
   WHERE o.tokens_in IS NOT NULL OR o.tokens_out IS NOT NULL OR o.cost IS NOT NULL
@@ -65,7 +65,7 @@ WITH measured AS (
   SELECT r.clustering_id, r.cluster, m.id, u.samples, NULL, NULL, u.tokens_out, NULL,
          u.latency_ms, u.requests
   FROM avengers.route_log r
-  JOIN avengers.active_clustering k ON k.id = r.clustering_id
+  JOIN avengers.routed_clusterings k ON k.id = r.clustering_id
   CROSS JOIN LATERAL jsonb_to_recordset(
     CASE WHEN jsonb_typeof(r.metadata -> 'usage') = 'array' THEN r.metadata -> 'usage'
          ELSE '[]'::jsonb END)
@@ -88,7 +88,7 @@ SELECT clustering_id, cluster, model_id,
 FROM measured
 GROUP BY clustering_id, cluster, model_id
 WITH DATA;
-CREATE UNIQUE INDEX cluster_costs_key ON avengers.cluster_costs (cluster, model_id);
+CREATE UNIQUE INDEX cluster_costs_key ON avengers.cluster_costs (clustering_id, cluster, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.cluster_costs IS
   'Per cluster of the active clustering and model: measured prompt and completion tokens and costs of its calibration outcomes (outcomes.tokens_in / tokens_out / cost) and of the requests the route log answered there (usage). Only clusters and models with a measurement have a row.';
 CALL avengers.comment_columns('avengers.cluster_costs', $$
@@ -118,7 +118,7 @@ SELECT cc.clustering_id, cc.model_id,
 FROM avengers.cluster_costs cc
 GROUP BY cc.clustering_id, cc.model_id
 WITH DATA;
-CREATE UNIQUE INDEX model_costs_key ON avengers.model_costs (model_id);
+CREATE UNIQUE INDEX model_costs_key ON avengers.model_costs (clustering_id, model_id);
 COMMENT ON MATERIALIZED VIEW avengers.model_costs IS
   'Per model with a measurement in the active clustering (cluster_costs): prompt tokens per character of query text, completion tokens per answer and measured cost per answer; NULL where nothing of the kind was measured.';
 CALL avengers.comment_columns('avengers.model_costs', $$

@@ -272,6 +272,7 @@ WITH k AS (
 cal AS (
   SELECT c.cluster, c.model_id, c.n::double precision AS n, c.score_sum::double precision AS s
   FROM avengers.cluster_profiles c
+  WHERE c.clustering_id = (SELECT k.id FROM k)
 ),
 prod AS (
   SELECT p.cluster, p.model_id, p.decayed_n AS a, p.decayed_sum AS b

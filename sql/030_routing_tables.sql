@@ -7,7 +7,7 @@ SELECT a.clustering_id,
          ::double precision AS rho,
        count(*)::integer AS n
 FROM avengers.assignments a
-JOIN avengers.active_clustering k ON k.id = a.clustering_id
+JOIN avengers.routed_clusterings k ON k.id = a.clustering_id
 WHERE a.distance IS NOT NULL
 GROUP BY a.clustering_id
 WITH DATA;
@@ -50,7 +50,7 @@ COMMENT ON FUNCTION avengers.sparse_sums(integer[], double precision[], integer)
 CREATE MATERIALIZED VIEW avengers.routing_state AS
 SELECT k.id AS clustering_id,
        k.status = 'active' AS active,
-       k.dimension,
+       es.dimension,
        x.clusters,
        sc.rho,
        coalesce(x.clusters <= 16000, false) AS pooled,
@@ -60,7 +60,9 @@ SELECT k.id AS clustering_id,
        k.exploration_share,
        k.exploration_overlap,
        nv.threshold AS novelty_threshold
-FROM avengers.active_clustering k
+FROM avengers.clusterings k
+JOIN avengers.routed_clusterings r ON r.id = k.id
+JOIN avengers.embedding_spaces es ON es.id = k.space_id
 LEFT JOIN avengers.clustering_scale sc ON sc.clustering_id = k.id
 LEFT JOIN avengers.novelty_profiles nv ON nv.clustering_id = k.id
 CROSS JOIN LATERAL (
@@ -99,7 +101,6 @@ SELECT c.clustering_id, c.cluster, c.centroid, (c.cluster + 1)::text || ':' AS w
        END AS onehot
 FROM avengers.centroids c
 JOIN avengers.routing_state st ON st.clustering_id = c.clustering_id
-JOIN avengers.active_clustering k ON k.id = c.clustering_id
 LEFT JOIN avengers.cluster_distances d ON d.clustering_id = c.clustering_id AND d.cluster = c.cluster
 WITH DATA;
 CREATE UNIQUE INDEX routing_centroids_key ON avengers.routing_centroids (clustering_id, cluster);
@@ -211,7 +212,7 @@ SELECT mp.clustering_id, mp.model_id, mp.prior_score, mp.overall_score, mp.tie_r
 FROM pool mp
 JOIN avengers.routing_state st ON st.clustering_id = mp.clustering_id
 JOIN avengers.models m ON m.id = mp.model_id
-LEFT JOIN avengers.model_costs mc ON mc.model_id = mp.model_id
+LEFT JOIN avengers.model_costs mc ON mc.clustering_id = mp.clustering_id AND mc.model_id = mp.model_id
 CROSS JOIN LATERAL (
   SELECT avengers.sparse_sums(array_agg(e.cluster), array_agg(e.score_sum), st.clusters)
            AS score_sums,

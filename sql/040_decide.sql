@@ -867,7 +867,7 @@ BEGIN ATOMIC
               SELECT c.cluster, c.weight_key, c.ood_distance, c.onehot,
                      c.centroid <-> st.u AS distance
               FROM avengers.routing_centroids c
-              WHERE c.clustering_id = clustering_id
+              WHERE c.clustering_id = decide_query.clustering_id
               ORDER BY 5, 1
               LIMIT greatest(neighbours, 1)) AS o
             WINDOW w AS (ORDER BY o.distance, o.cluster)) AS l) AS w) AS n

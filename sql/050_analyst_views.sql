@@ -40,7 +40,8 @@ SELECT m.id                                         AS model_id,
        row_number() OVER (ORDER BY coalesce(sum(1.0 / p.rank), 0) DESC,
                                    min(p.tie_rank), m.name)::integer AS selection_rank
 FROM avengers.models m
-LEFT JOIN avengers.cluster_profiles p ON p.model_id = m.id
+LEFT JOIN avengers.cluster_profiles p
+  ON p.model_id = m.id AND p.clustering_id = (SELECT a.id FROM avengers.active_clustering a)
 GROUP BY m.id, m.name, m.active;
 COMMENT ON VIEW avengers.model_selection_scores IS
   'Model-set selection score s(m) = sum over clusters of 1/rank (paper); keep the top N by selection_rank.';
@@ -66,6 +67,7 @@ BEGIN ATOMIC
              AS rank
     FROM avengers.cluster_profiles p
     JOIN affordable a ON a.id = p.model_id
+    WHERE p.clustering_id = (SELECT k.id FROM avengers.active_clustering k)
   )
   SELECT a.id, a.name, a.active, a.cost_in_per_m, a.cost_out_per_m,
          coalesce(sum(1.0 / r.rank), 0)::double precision,

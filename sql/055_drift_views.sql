@@ -108,7 +108,8 @@ BEGIN ATOMIC
   FROM production p
   CROSS JOIN k
   JOIN avengers.models m ON m.id = p.model_id
-  LEFT JOIN avengers.cluster_profiles cp ON cp.cluster = p.cluster AND cp.model_id = p.model_id
+  LEFT JOIN avengers.cluster_profiles cp
+    ON cp.clustering_id = k.id AND cp.cluster = p.cluster AND cp.model_id = p.model_id
   ORDER BY p.cluster, m.name;
 END;
 COMMENT ON FUNCTION avengers.outcome_drift(timestamptz) IS

@@ -30,6 +30,7 @@ from avengers_store.gateway.keys import Admission
 from avengers_store.gateway.protocol import ChatCompletionRequest, RouteInfo, finite
 from avengers_store.gateway.state import Gateway
 from avengers_store.routing import RouteDecision
+from avengers_store.shadow import work as shadow_work
 
 RECIPE_MODEL = "avengers"
 
@@ -145,7 +146,10 @@ class Recipe:
     async def finish(self, answer: strategies.Answer, error: AvengersError | None = None) -> None:
         gw = self.gw
         gw.metrics.answered(answer)
-        gw.log_rows([self.row(self.decision, answer, error=str(error) if error else None)])
+        gw.log_rows(
+            [self.row(self.decision, answer, error=str(error) if error else None)],
+            self.shadow_items(answer),
+        )
         access.note(
             model=self.model_of(answer), tokens_in=answer.tokens_in, tokens_out=answer.tokens_out
         )
@@ -160,6 +164,15 @@ class Recipe:
                 ),
                 "write",
             )
+
+    def shadow_items(self, answer: strategies.Answer | None) -> list[Any]:
+        """The request's item for the shadow policy, when one is shadowed (none otherwise)."""
+        if self.gw.client.roles.shadow is None:
+            return []
+        found = shadow_work.item(
+            self.route_id, self.vector, self.decision, text=self.text, answer=answer
+        )
+        return [found] if found is not None else []
 
     def log_failure(self, exc: AvengersError, decision: RouteDecision | None) -> None:
         self.gw.log_rows([self.row(decision, None, error=str(exc))])

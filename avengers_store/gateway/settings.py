@@ -94,6 +94,13 @@ class GatewaySettings:
             )
 
     @property
+    def policy_changes(self) -> dict[str, Any]:
+        """The routing fields the server sets over the store's served policy (``policy``, as
+        Policy field values)."""
+        own = Policy.from_dict(self.policy)
+        return {name: getattr(own, name) for name in self.policy}
+
+    @property
     def routing_policy(self) -> Policy:
         """The default routing policy requests route with (their own fields override it)."""
         # alpha = 1 decides as the plain routing but computes each answer's expected cost.

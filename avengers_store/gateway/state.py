@@ -62,7 +62,10 @@ class Gateway:
             ),
             pool_size=settings.pool_size,
             max_concurrency=settings.max_in_flight,
-            policy=settings.routing_policy,
+            # The store's served policy, with the server's own fields over it; alpha = 1 where
+            # neither sets a trade-off: the plain ranking, with each answer's expected cost.
+            policy_changes=settings.policy_changes,
+            policy_fill={"tradeoff": 1.0},
             threshold=settings.threshold,
             max_tokens=settings.max_tokens,
             embed_threads=settings.embed_threads,
@@ -208,10 +211,11 @@ class Gateway:
             return {}
         return {"vector": vector, "text": text if self.settings.log_texts else None}
 
-    def log_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+    def log_rows(self, rows: Sequence[dict[str, Any]], shadow: Sequence[Any] = ()) -> None:
         """Hand rows to the background writer; the response waits for them (``rows_kept``)
-        only at the moment it is sent."""
-        task = asyncio.get_running_loop().create_task(self.client.log(rows))
+        only at the moment it is sent. ``shadow``: the requests' shadow items, computed in
+        the background, never waited for."""
+        task = asyncio.get_running_loop().create_task(self.client.log(rows, shadow=shadow))
         task.add_done_callback(_log_failure)
         pending = pending_logs.get()
         if pending is not None:

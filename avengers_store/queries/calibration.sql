@@ -70,6 +70,7 @@ SELECT p.clustering_id, p.cluster, p.cluster_size, p.model, p.active, p.n, p.mea
        r.production_mean, r.production_decayed_n, r.pooled_mean
 FROM avengers.cluster_profiles p
 JOIN avengers.cluster_ranks r ON r.cluster = p.cluster AND r.model = p.model
-WHERE (%(cluster)s::integer IS NULL OR p.cluster = %(cluster)s)
+WHERE p.clustering_id = r.clustering_id
+  AND (%(cluster)s::integer IS NULL OR p.cluster = %(cluster)s)
   AND (%(model)s::text IS NULL OR p.model = %(model)s)
 ORDER BY p.cluster, p.rank

@@ -20,7 +20,8 @@ SELECT q.id, m.id,
 FROM avengers.queries q
 CROSS JOIN avengers.models m
 LEFT JOIN avengers.outcomes o ON o.query_id = q.id AND o.model_id = m.id
-LEFT JOIN avengers.model_costs mc ON mc.model_id = m.id
+LEFT JOIN avengers.model_costs mc
+  ON mc.model_id = m.id AND mc.clustering_id = (SELECT k.id FROM avengers.active_clustering k)
 WHERE q.id = ANY(%s) AND m.id = ANY(%s)
 
 -- name: replay_queries

@@ -25,7 +25,15 @@ SCHEMA = "avengers"
 # user only (key_spend shows analysts each key's name and spend, never its hash).
 PRIVATE_RELATIONS = ("api_keys", "gateway_sessions", "api_key_minutes")
 # Tables beside the data tables ``db status`` counts (schema.TABLES).
-_OTHER_TABLES = ("meta", "novelty_profiles", "novelty_axes")
+_OTHER_TABLES = (
+    "meta",
+    "novelty_profiles",
+    "novelty_axes",
+    "policies",
+    "policy_roles",
+    "shadow_decisions",
+    "shadow_samples",
+)
 VIEWS = (
     "active_clustering",
     "cluster_profiles",
@@ -52,6 +60,10 @@ VIEWS = (
     "request_log",
     "model_spend_daily",
     "pool_health",
+    # shadow routing's (sql/085_shadow.sql and the migration 0010 tables)
+    "routed_clusterings",
+    "shadow_comparison",
+    "shadow_agreement",
 )
 # Every table but the private ones, and every view and materialized view.
 ANALYST_RELATIONS = (

@@ -53,6 +53,8 @@ from avengers_store.testing.stores import (
     LITERATURE,
     MODELS,
     RANKED_MODELS,
+    REPLAY_AXIS,
+    REPLAY_PLAN,
     SCRIPTED_EMBEDDER,
     SPACE,
     FixedEmbedder,
@@ -64,6 +66,7 @@ from avengers_store.testing.stores import (
     add_outcomes,
     add_profiles,
     add_scripted_store,
+    build_replay_store,
     ensure_model,
     ensure_space,
     exact_argmin,
@@ -79,6 +82,9 @@ from avengers_store.testing.stores import (
 
 __all__ = [
     "ARITHMETIC",
+    "REPLAY_AXIS",
+    "REPLAY_PLAN",
+    "build_replay_store",
     "FixedEmbedder",
     "LITERATURE",
     "LLMROUTER",

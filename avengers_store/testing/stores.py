@@ -408,3 +408,43 @@ def log_rows(url: str, route_ids: list[str]) -> dict[str, tuple]:
             (route_ids,),
         ).fetchall()
     return {r[0]: r[1:] for r in rows}
+
+
+# Outcomes per dataset, split and model (one list entry per query). alpha and gamma (OOD) sit on
+# e1, beta on e2, so k = 2 separates alpha from beta and gamma routes like alpha.
+REPLAY_PLAN = {
+    ("alpha", "calibration"): {"m1": [1, 1, 1, 1, 1], "m2": [0, 0, 0, 0, 0], "m3": [1, 1, 0, 0, 0]},
+    ("beta", "calibration"): {"m1": [0, 0], "m2": [1, 1], "m3": [1, 1]},
+    ("alpha", "test"): {"m1": [1, None], "m2": [1, 1], "m3": [0, 0]},  # None: not evaluated
+    ("beta", "test"): {"m1": [1, 1], "m2": [0, 1], "m3": [1, 0]},
+    ("gamma", "test"): {"m1": [0, 0], "m2": [1, 0], "m3": [1, 1]},
+}
+REPLAY_AXIS = {"alpha": 0, "beta": 1, "gamma": 0}
+
+
+def build_replay_store(conn: psycopg.Connection) -> None:
+    """A tiny store with hand-computable replays: 3 models, datasets alpha and beta (in
+    distribution) and gamma (OOD) on a 4-d space, outcomes as ``REPLAY_PLAN`` says."""
+    ids = add_models(conn, ["m1", "m2", "m3"])
+    rng = np.random.default_rng(0)
+    all_ids, vectors, outcomes = [], [], []
+    for name in ("alpha", "beta", "gamma"):
+        parts = [(split, REPLAY_PLAN[(n, split)]) for (n, split) in REPLAY_PLAN if n == name]
+        texts, splits, cells = [], [], []
+        for split, per_model in parts:
+            for i in range(len(per_model["m1"])):
+                texts.append(f"{name} {split} question {i}")
+                splits.append(split)
+                cells.append({m: per_model[m][i] for m in per_model})
+        qids = add_dataset(conn, name, texts, splits, is_ood=name == "gamma")
+        for qid, cell in zip(qids, cells, strict=True):
+            v = np.zeros(4)
+            v[REPLAY_AXIS[name]] = 1.0
+            v += 0.01 * rng.normal(size=4)
+            vectors.append(v / np.linalg.norm(v))
+            all_ids.append(qid)
+            outcomes += [(qid, ids[m], float(s)) for m, s in cell.items() if s is not None]
+    add_outcomes(conn, outcomes)
+    space = embedding_spaces.get_or_create_space(conn, "tiny-4", 4, {})
+    embedding_spaces.activate_space(conn, space.id)
+    store_vectors(conn, space.id, all_ids, np.stack(vectors).astype(np.float32))

@@ -10,56 +10,18 @@ import pytest
 from avengers_store.cli.testing import run_cli, run_cli_error
 
 import avengers_store
-from avengers_store.calibration import embedding_spaces, reclustering
-from avengers_store.calibration.query_vectors import store_vectors
+from avengers_store.calibration import reclustering
 from avengers_store.errors import InputError
 from avengers_store.evaluation import replay
 from avengers_store.ingest.model_pool import list_models
 from avengers_store.store import connections
-from avengers_store.testing import ROUTERDC, add_dataset, add_models, add_outcomes
-
-# Outcomes per dataset, split and model (one list entry per query). alpha and gamma (OOD) sit on
-# e1, beta on e2, so k = 2 separates alpha from beta and gamma routes like alpha.
-PLAN = {
-    ("alpha", "calibration"): {"m1": [1, 1, 1, 1, 1], "m2": [0, 0, 0, 0, 0], "m3": [1, 1, 0, 0, 0]},
-    ("beta", "calibration"): {"m1": [0, 0], "m2": [1, 1], "m3": [1, 1]},
-    ("alpha", "test"): {"m1": [1, None], "m2": [1, 1], "m3": [0, 0]},  # None: not evaluated
-    ("beta", "test"): {"m1": [1, 1], "m2": [0, 1], "m3": [1, 0]},
-    ("gamma", "test"): {"m1": [0, 0], "m2": [1, 0], "m3": [1, 1]},
-}
-AXIS = {"alpha": 0, "beta": 1, "gamma": 0}
-
-
-def _build(conn) -> None:
-    ids = add_models(conn, ["m1", "m2", "m3"])
-    rng = np.random.default_rng(0)
-    all_ids, vectors, outcomes = [], [], []
-    for name in ("alpha", "beta", "gamma"):
-        parts = [(split, PLAN[(n, split)]) for (n, split) in PLAN if n == name]
-        texts, splits, cells = [], [], []
-        for split, per_model in parts:
-            for i in range(len(per_model["m1"])):
-                texts.append(f"{name} {split} question {i}")
-                splits.append(split)
-                cells.append({m: per_model[m][i] for m in per_model})
-        qids = add_dataset(conn, name, texts, splits, is_ood=name == "gamma")
-        for qid, cell in zip(qids, cells, strict=True):
-            v = np.zeros(4)
-            v[AXIS[name]] = 1.0
-            v += 0.01 * rng.normal(size=4)
-            vectors.append(v / np.linalg.norm(v))
-            all_ids.append(qid)
-            outcomes += [(qid, ids[m], float(s)) for m, s in cell.items() if s is not None]
-    add_outcomes(conn, outcomes)
-    space = embedding_spaces.get_or_create_space(conn, "tiny-4", 4, {})
-    embedding_spaces.activate_space(conn, space.id)
-    store_vectors(conn, space.id, all_ids, np.stack(vectors).astype(np.float32))
+from avengers_store.testing import ROUTERDC, build_replay_store
 
 
 @pytest.fixture(scope="module")
 def tiny(db_url) -> str:
     with connections.connect(db_url) as c:
-        _build(c)
+        build_replay_store(c)
         reclustering.recluster(k=1, seed=0, conn=c)  # a served version the replay must not touch
         c.commit()
     return db_url

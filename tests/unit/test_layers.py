@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("calibration", ("avengers_store.calibration",)),
     ("routing", ("avengers_store.routing",)),
     ("answering", ("avengers_store.answering",)),
-    ("production", ("avengers_store.production",)),
+    # Shadow routing decides and samples live traffic beside the served policy.
+    ("production", ("avengers_store.production", "avengers_store.shadow")),
     ("evaluation", ("avengers_store.evaluation",)),
     (
         "clients",
