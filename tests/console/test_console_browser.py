@@ -22,7 +22,8 @@ import pytest
 from avengers_store import demo
 from avengers_store.gateway import keys
 from avengers_store.gateway.settings import GatewaySettings
-from avengers_store.testing import gateway_server, scripted_server, set_endpoints
+from avengers_store.gateway.testing import gateway_server
+from avengers_store.testing import scripted_server, set_endpoints
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root, in a sandbox without a GPU or a network beyond the loopback (see ENVIRONMENT.md).
