@@ -39,7 +39,11 @@ async def run(
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query.sql, params or None)
         rows = await cur.fetchall()
-    shown = psycopg.AsyncClientCursor(conn).mogrify(query.sql.strip(), params or None)
+    # The page shows the statement itself: its title already says what the comment line says.
+    statement = "\n".join(
+        line for line in query.sql.strip().splitlines() if not line.startswith("--")
+    )
+    shown = psycopg.AsyncClientCursor(conn).mogrify(statement, params or None)
     return Result(query, rows, shown)
 
 
