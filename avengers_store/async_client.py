@@ -34,19 +34,19 @@ from avengers_store.answering.route_log_writer import RouteLogWriter
 from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
+from avengers_store.client_pools import PooledClient
 from avengers_store.errors import (
     AvengersError,
     ConfigurationError,
     ConnectionFailed,
     EndpointError,
-    InputError,
     StoreUnavailable,
 )
+from avengers_store.flows import Done, advance
 from avengers_store.routing import RoutingMethod
 from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.routing.policy import Policy
-from avengers_store.shadow.batches import ShadowBatches
-from avengers_store.store import availability, config, connections, schema
+from avengers_store.store import availability, connections, schema
 from avengers_store.store.statement import arun
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ StageObserver = Callable[[str, float], None]
 FEEDBACK_FLUSH_S = 5.0
 
 
-class AsyncAvengersClient(core.ClientCore):
+class AsyncAvengersClient(PooledClient):
     """Route and answer queries with the store at ``url`` from asyncio.
 
     Options as ``AvengersClient`` (``read_url``, ``policy``, ``method``, ``ood_policy``,
@@ -100,33 +100,23 @@ class AsyncAvengersClient(core.ClientCore):
         policy_changes: Mapping[str, Any] | None = None,
         policy_fill: Mapping[str, Any] | None = None,
     ) -> None:
-        if pool_size < 1:
-            raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
         super().__init__(
-            embedder=embedder, prompts=prompts, threshold=threshold, max_tokens=max_tokens,
-            max_concurrency=max_concurrency, timeout=timeout, policy=policy, method=method,
-            ood_policy=ood_policy, log_vectors=log_vectors, log_texts=log_texts, seed=seed,
+            url, read_url=read_url, pool_size=pool_size, chat=chat,
+            prepared_statements=prepared_statements, embedder=embedder, prompts=prompts,
+            threshold=threshold, max_tokens=max_tokens, max_concurrency=max_concurrency,
+            timeout=timeout, policy=policy, method=method, ood_policy=ood_policy,
+            log_vectors=log_vectors, log_texts=log_texts, seed=seed,
             policy_changes=policy_changes, policy_fill=policy_fill,
         )  # fmt: skip
-        self.url = url
-        self.read_url = read_url if read_url is not None else config.read_database_url()
-        self.pool_size = pool_size
-        self.prepared_statements = prepared_statements
         self.on_stage = on_stage
         self.on_log = on_log
-        self._chat = chat
-        self._own_chat = chat is None
+        self.background_log = background_log
         self._batcher = EmbeddingBatcher(threads=embed_threads, max_batch=max_embed_batch)
-        self._pools: dict[str, AsyncConnectionPool] = {}
-        self._replica = availability.ReplicaState()
         self._closing: set[asyncio.Task[None]] = set()
         self._pool_lock: asyncio.Lock | None = None
-        self._closed = False
         self._shutting_down = False
         self._log_queue = log_queue
         self._writer: RouteLogWriter | None = log_writer
-        self.background_log = background_log
-        self._shadows = ShadowBatches()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # -- connections -----------------------------------------------------------------------
@@ -138,18 +128,11 @@ class AsyncAvengersClient(core.ClientCore):
         if self._pool_lock is None:
             self._pool_lock = asyncio.Lock()
         async with self._pool_lock:
-            if self._closed:
-                raise AvengersError("this AsyncAvengersClient is closed: make a new one")
-            pool = self._pools.get(role)
-            if pool is not None:
-                return pool
-            if role == "read" and self.read_url is None:
-                pool = self._pools.get("write") or await self._new_pool(await self._primary_url())
-                self._pools["write"] = pool
-            else:
-                target = self.read_url if role == "read" else await self._primary_url()
-                pool = await self._new_pool(target, role)
-            self._pools[role] = pool
+            pool = self._known_pool(role)
+            if pool is None:
+                serving = self._pool_role(role)
+                target = self.read_url if serving == "read" else await self._primary_url()
+                pool = self._keep(role, await self._new_pool(target, serving))
             return pool
 
     async def _primary_url(self) -> str:
@@ -169,31 +152,15 @@ class AsyncAvengersClient(core.ClientCore):
             await asyncio.to_thread(probe)
         except ConnectionFailed as exc:
             raise self._unavailable(role, exc) from exc
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if not self.prepared_statements:
-            kwargs["prepare_threshold"] = None
         pool = AsyncConnectionPool(
-            target,
-            min_size=1,
-            max_size=self.pool_size,
-            kwargs=kwargs,
-            configure=aensure_vector_types,
-            open=False,
-            name=f"avengers-async-{connections.redact(target)}",
-            timeout=availability.CHECKOUT_TIMEOUT_S,
+            target, configure=aensure_vector_types, **self._pool_options(target, "avengers-async")
         )
         await pool.open(wait=True, timeout=30)
         return pool
 
-    def _unavailable(self, role: str, exc: BaseException) -> StoreUnavailable:
-        if role == "read" and self.read_url is not None:
-            return availability.unavailable(self.read_url, exc, role="replica")
-        return availability.unavailable(self.url, exc)
-
     def _forget(self, pool: AsyncConnectionPool) -> None:
         """Stop using ``pool`` (its server was lost), as ``AvengersClient._forget`` does."""
-        for role in [r for r, p in self._pools.items() if p is pool]:
-            del self._pools[role]
+        self._drop(pool)
         task = asyncio.get_running_loop().create_task(pool.close(timeout=5))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -208,25 +175,17 @@ class AsyncAvengersClient(core.ClientCore):
         if conn is not None:
             yield conn
             return
-        if role == "read" and self.read_url is not None and not self._replica.usable():
-            role = "write"
+        role = self._routed_role(role)
         try:
             pooled, pool = await self._checkout(role)
         except StoreUnavailable:
-            if role != "read" or self.read_url is None:
+            if not self._falls_back(role):
                 raise
-            self._replica.failed()  # reads fall back to the primary for a moment
             role = "write"
             pooled, pool = await self._checkout(role)
         try:
-            yield pooled
-        except (psycopg.OperationalError, ConnectionFailed) as exc:
-            if not availability.is_lost(exc, pooled):
-                raise
-            self._forget(pool)
-            if role == "read" and self.read_url is not None:
-                self._replica.failed()
-            raise self._unavailable(role, exc) from exc
+            with self._watching(pool, role, pooled):
+                yield pooled
         finally:
             await pool.putconn(pooled)
 
@@ -239,8 +198,7 @@ class AsyncAvengersClient(core.ClientCore):
             except PoolClosed:
                 continue  # another task found the server lost and replaced the pool
             except PoolTimeout as exc:
-                self._forget(pool)
-                raise self._unavailable(role, exc) from exc
+                raise self._lost(pool, role, exc) from exc
             try:
                 await AsyncConnectionPool.check_connection(pooled)
             except psycopg.Error:
@@ -317,16 +275,13 @@ class AsyncAvengersClient(core.ClientCore):
         """Run a flow (``client_core``) to its result, doing each step it yields."""
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                return stop.value
+        while not isinstance(step := advance(flow, value, error), Done):
             value, error = None, None
             try:
                 value = await self._step(step)
             except AvengersError as exc:
                 error = exc
+        return step.value
 
     async def _step(self, step: core.Step) -> Any:
         if isinstance(step, core.Run):

@@ -33,18 +33,13 @@ from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient
 from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.client_core import DEFAULT_TOP_N, Query
-from avengers_store.errors import (
-    AvengersError,
-    ConnectionFailed,
-    EndpointError,
-    InputError,
-    StoreUnavailable,
-)
+from avengers_store.client_pools import PooledClient
+from avengers_store.errors import AvengersError, ConnectionFailed, EndpointError, StoreUnavailable
+from avengers_store.flows import Done, advance
 from avengers_store.routing import RoutingMethod
 from avengers_store.routing.adapters import ensure_vector_types
 from avengers_store.routing.policy import Policy
-from avengers_store.shadow.batches import ShadowBatches
-from avengers_store.store import availability, config, connections, schema
+from avengers_store.store import availability, connections, schema
 from avengers_store.store.statement import run as run_statement
 
 log = logging.getLogger(__name__)
@@ -52,7 +47,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_TOP_N", "AvengersClient", "Query"]
 
 
-class AvengersClient(core.ClientCore):
+class AvengersClient(PooledClient):
     """Route and answer queries with the store at ``url`` (default: the configured database).
 
     ``policy`` is the default routing policy (``routing.Policy``; ``method`` and
@@ -90,43 +85,26 @@ class AvengersClient(core.ClientCore):
         policy_changes: Mapping[str, Any] | None = None,
         policy_fill: Mapping[str, Any] | None = None,
     ) -> None:
-        if pool_size < 1:
-            raise InputError(f"pool_size must be >= 1, got {pool_size}", location="pool_size")
         super().__init__(
-            embedder=embedder, prompts=prompts, threshold=threshold, max_tokens=max_tokens,
-            max_concurrency=max_concurrency, timeout=timeout, policy=policy, method=method,
-            ood_policy=ood_policy, log_vectors=log_vectors, log_texts=log_texts, seed=seed,
+            url, read_url=read_url, pool_size=pool_size, chat=chat,
+            prepared_statements=prepared_statements, embedder=embedder, prompts=prompts,
+            threshold=threshold, max_tokens=max_tokens, max_concurrency=max_concurrency,
+            timeout=timeout, policy=policy, method=method, ood_policy=ood_policy,
+            log_vectors=log_vectors, log_texts=log_texts, seed=seed,
             policy_changes=policy_changes, policy_fill=policy_fill,
         )  # fmt: skip
-        self.url = url
-        self.read_url = read_url if read_url is not None else config.read_database_url()
-        self.pool_size = pool_size
-        self.prepared_statements = prepared_statements
-        self._chat = chat
-        self._own_chat = chat is None
-        self._pools: dict[str, ConnectionPool] = {}
-        self._replica = availability.ReplicaState()
         self._lock = threading.Lock()
-        self._closed = False
-        self._shadows = ShadowBatches()
         self._shadow_thread: ThreadPoolExecutor | None = None
 
     # -- connections -----------------------------------------------------------------------
 
     def _open_pool(self, role: str) -> ConnectionPool:
         with self._lock:
-            if self._closed:
-                raise AvengersError("this AvengersClient is closed: make a new one")
-            pool = self._pools.get(role)
-            if pool is not None:
-                return pool
-            if role == "read" and self.read_url is None:
-                pool = self._pools.get("write") or self._new_pool(self._primary_url())
-                self._pools["write"] = pool
-            else:
-                target = self.read_url if role == "read" else self._primary_url()
-                pool = self._new_pool(target, role)
-            self._pools[role] = pool
+            pool = self._known_pool(role)
+            if pool is None:
+                serving = self._pool_role(role)
+                target = self.read_url if serving == "read" else self._primary_url()
+                pool = self._keep(role, self._new_pool(target, serving))
             return pool
 
     def _primary_url(self) -> str:
@@ -145,32 +123,18 @@ class AvengersClient(core.ClientCore):
             raise self._unavailable(role, exc) from exc
         pool = ConnectionPool(
             target,
-            min_size=1,
-            max_size=self.pool_size,
-            kwargs={"autocommit": True}
-            if self.prepared_statements
-            else {"autocommit": True, "prepare_threshold": None},
             configure=lambda c: connections.register_vector(c, target),
-            open=False,
-            name=f"avengers-{connections.redact(target)}",
-            timeout=availability.CHECKOUT_TIMEOUT_S,
+            **self._pool_options(target, "avengers"),
         )
         pool.open(wait=True, timeout=30)
         return pool
-
-    def _unavailable(self, role: str, exc: BaseException) -> StoreUnavailable:
-        if role == "read" and self.read_url is not None:
-            return availability.unavailable(self.read_url, exc, role="replica")
-        return availability.unavailable(self.url, exc)
 
     def _forget(self, pool: ConnectionPool) -> None:
         """Stop using ``pool`` (its server was lost): the next call makes a new one, which
         probes the server first, so a server that is back serves at once and one still down
         is reported at once, instead of waiting out the pool's reconnection backoff."""
         with self._lock:
-            roles = [r for r, p in self._pools.items() if p is pool]
-            for r in roles:
-                del self._pools[r]
+            self._drop(pool)
         # Closed aside: closing waits for its workers, and in-use connections return to it.
         threading.Thread(target=pool.close, kwargs={"timeout": 5}, daemon=True).start()
 
@@ -183,25 +147,17 @@ class AvengersClient(core.ClientCore):
         if conn is not None:
             yield conn
             return
-        if role == "read" and self.read_url is not None and not self._replica.usable():
-            role = "write"
+        role = self._routed_role(role)
         try:
             pooled, pool, release = self._checkout(role)
         except StoreUnavailable:
-            if role != "read" or self.read_url is None:
+            if not self._falls_back(role):
                 raise
-            self._replica.failed()  # reads fall back to the primary for a moment
             role = "write"
             pooled, pool, release = self._checkout(role)
         try:
-            yield pooled
-        except (psycopg.OperationalError, ConnectionFailed) as exc:
-            if not availability.is_lost(exc, pooled):
-                raise
-            self._forget(pool)
-            if role == "read" and self.read_url is not None:
-                self._replica.failed()
-            raise self._unavailable(role, exc) from exc
+            with self._watching(pool, role, pooled):
+                yield pooled
         finally:
             release()
 
@@ -215,8 +171,7 @@ class AvengersClient(core.ClientCore):
             except PoolClosed:
                 continue  # another thread found the server lost and replaced the pool
             except PoolTimeout as exc:
-                self._forget(pool)
-                raise self._unavailable(role, exc) from exc
+                raise self._lost(pool, role, exc) from exc
             try:
                 ConnectionPool.check_connection(pooled)
             except psycopg.Error:
@@ -283,16 +238,13 @@ class AvengersClient(core.ClientCore):
         """Run a flow (``client_core``) to its result, doing each step it yields."""
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                return stop.value
+        while not isinstance(step := advance(flow, value, error), Done):
             value, error = None, None
             try:
                 value = self._step(step)
             except AvengersError as exc:
                 error = exc
+        return step.value
 
     def _step(self, step: core.Step) -> Any:
         if isinstance(step, core.Run):

@@ -37,6 +37,7 @@ import httpx
 
 from avengers_store import redaction
 from avengers_store.errors import ConfigurationError, EndpointError
+from avengers_store.flows import Done, advance
 
 Message = Mapping[str, str]
 Messages = Sequence[Message]
@@ -598,11 +599,7 @@ def response_tokens(payload: Mapping[str, Any], choices: int) -> tuple[int, int]
 def drive(steps: Steps, http: httpx.Client) -> Any:
     """Run ``steps`` with a sync HTTP client; returns what the generator returns."""
     outcome: Outcome = None
-    while True:
-        try:
-            action = steps.send(outcome)
-        except StopIteration as stop:
-            return stop.value
+    while not isinstance(action := advance(steps, outcome), Done):
         if isinstance(action, Sleep):
             time.sleep(action.seconds)
             outcome = None
@@ -611,6 +608,7 @@ def drive(steps: Steps, http: httpx.Client) -> Any:
             outcome = _post_within(http, action)
         except httpx.TransportError as exc:
             outcome = exc
+    return action.value
 
 
 def _post_within(http: httpx.Client, action: Post) -> httpx.Response:
@@ -650,11 +648,7 @@ async def adrive(
     dripping bytes cannot stretch it)."""
     attempt = attempt or functools.partial(_apost_within, http)
     outcome: Outcome = None
-    while True:
-        try:
-            action = steps.send(outcome)
-        except StopIteration as stop:
-            return stop.value
+    while not isinstance(action := advance(steps, outcome), Done):
         if isinstance(action, Sleep):
             await asyncio.sleep(action.seconds)
             outcome = None
@@ -663,6 +657,7 @@ async def adrive(
             outcome = await attempt(action)
         except httpx.TransportError as exc:
             outcome = exc
+    return action.value
 
 
 async def _apost_within(http: httpx.AsyncClient, action: Post) -> httpx.Response:

@@ -69,6 +69,7 @@ from avengers_store.answering.sampling import (
 )
 from avengers_store.answering.voting import Vote, vote
 from avengers_store.errors import AllEndpointsFailed, ConfigurationError, EndpointError
+from avengers_store.flows import Done, advance
 
 if TYPE_CHECKING:
     from avengers_store.answering.async_chat import AsyncChatClient
@@ -274,29 +275,23 @@ def answer_plan(
 def run_plan(plan: Plan, chat: ChatClient) -> Answer:
     """Drive a plan with the sync client."""
     result: SampleBatch | EndpointError | None = None
-    while True:
-        try:
-            call = plan.send(result)  # type: ignore[arg-type]
-        except StopIteration as stop:
-            return stop.value
+    while not isinstance(call := advance(plan, result), Done):
         try:
             result = call.ask(chat)
         except EndpointError as exc:
             result = exc
+    return call.value
 
 
 async def arun_plan(plan: Plan, chat: AsyncChatClient) -> Answer:
     """Drive a plan with the async client."""
     result: SampleBatch | EndpointError | None = None
-    while True:
-        try:
-            call = plan.send(result)  # type: ignore[arg-type]
-        except StopIteration as stop:
-            return stop.value
+    while not isinstance(call := advance(plan, result), Done):
         try:
             result = await call.ask(chat)
         except EndpointError as exc:
             result = exc
+    return call.value
 
 
 def answer(

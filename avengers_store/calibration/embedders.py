@@ -84,9 +84,16 @@ class Embedder:
     """Base class. ``name`` identifies the space; ``params`` (JSON) rebuild the same embedder."""
 
     name: str
+    _dimension: int | None = None
 
     @property
     def dimension(self) -> int:
+        """The vectors' length, found once (``_probe_dimension``) unless it was given."""
+        if self._dimension is None:
+            self._dimension = self._probe_dimension()
+        return self._dimension
+
+    def _probe_dimension(self) -> int:
         raise NotImplementedError
 
     @property
@@ -98,6 +105,13 @@ class Embedder:
         self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
     ) -> np.ndarray:
         """Vectors for ``texts``: float32, shape (len(texts), dimension), unit-norm rows."""
+        texts = check_texts(texts)
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._embed(texts, batch_size=batch_size, progress=progress)
+
+    def _embed(self, texts: Sequence[str], *, batch_size: int, progress: bool) -> np.ndarray:
+        """``embed`` for checked, non-empty ``texts``."""
         raise NotImplementedError
 
     def load(self) -> None:
@@ -266,15 +280,11 @@ class SentenceTransformerEmbedder(Embedder):
             torch.set_num_threads(self.threads)
         del engine
 
-    @property
-    def dimension(self) -> int:
-        if self._dimension is None:
-            engine = self._model()
-            if self.runtime == "torch":
-                self._dimension = int(engine.get_sentence_embedding_dimension())
-            else:
-                self._dimension = int(engine.encode(["dimension probe"]).shape[1])
-        return self._dimension
+    def _probe_dimension(self) -> int:
+        engine = self._model()
+        if self.runtime == "torch":
+            return int(engine.get_sentence_embedding_dimension())
+        return int(engine.encode(["dimension probe"]).shape[1])
 
     @property
     def params(self) -> dict[str, Any]:
@@ -283,12 +293,7 @@ class SentenceTransformerEmbedder(Embedder):
             out["path"] = self.path
         return out
 
-    def embed(
-        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
-    ) -> np.ndarray:
-        texts = check_texts(texts)
-        if len(texts) == 0:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+    def _embed(self, texts: Sequence[str], *, batch_size: int, progress: bool) -> np.ndarray:
         engine = self._model()
         if self.runtime == "torch":
             vectors = engine.encode(
@@ -339,22 +344,14 @@ class Model2VecEmbedder(Embedder):
     def load(self) -> None:
         self._model()
 
-    @property
-    def dimension(self) -> int:
-        if self._dimension is None:
-            self._dimension = int(self._model().dim)
-        return self._dimension
+    def _probe_dimension(self) -> int:
+        return int(self._model().dim)
 
     @property
     def params(self) -> dict[str, Any]:
         return {"normalize": True}
 
-    def embed(
-        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
-    ) -> np.ndarray:
-        texts = check_texts(texts)
-        if len(texts) == 0:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+    def _embed(self, texts: Sequence[str], *, batch_size: int, progress: bool) -> np.ndarray:
         vectors = self._model().encode(
             list(texts), batch_size=max(batch_size, 1), show_progress_bar=progress
         )
@@ -384,11 +381,8 @@ class OpenAIEmbedder(Embedder):
         self._dimension = dimension
         self.name = f"{OPENAI_PREFIX}{self.base_url}#{model}"
 
-    @property
-    def dimension(self) -> int:
-        if self._dimension is None:
-            self._dimension = int(self._post(["dimension probe"]).shape[1])
-        return self._dimension
+    def _probe_dimension(self) -> int:
+        return int(self._post(["dimension probe"]).shape[1])
 
     @property
     def params(self) -> dict[str, Any]:
@@ -444,12 +438,7 @@ class OpenAIEmbedder(Embedder):
             )
         return vectors
 
-    def embed(
-        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
-    ) -> np.ndarray:
-        texts = check_texts(texts)
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+    def _embed(self, texts: Sequence[str], *, batch_size: int, progress: bool) -> np.ndarray:
         step = max(1, min(batch_size, self.request_batch))
         parts = [self._post(texts[i : i + step]) for i in range(0, len(texts), step)]
         vectors = normalize_rows(np.concatenate(parts))

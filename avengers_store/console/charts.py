@@ -66,13 +66,7 @@ def line_chart(
         f'aria-label="{escape(title)}" preserveAspectRatio="xMidYMid meet">',
         f"<title>{escape(title)}</title>",
     ]
-    for frac in (0, 0.5, 1):
-        gy = top + plot_h * (1 - frac)
-        parts.append(
-            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{gy:.1f}" y2="{gy:.1f}"/>'
-            f'<text class="axis" x="{left - 6}" y="{gy + 4:.1f}" text-anchor="end">'
-            f"{escape(fmt(top_value * frac))}</text>"
-        )
+    parts += _grid(left, width - right, top, plot_h, top_value, fmt)
     step = max(1, math.ceil(n / 6))
     for i in range(0, n, step):
         parts.append(
@@ -112,6 +106,21 @@ def line_chart(
     return Markup("".join(parts))
 
 
+def _grid(
+    left: float, right_x: float, top: float, plot_h: float, top_value: float, fmt: Callable
+) -> list[str]:
+    """The horizontal grid lines at 0, half and all of ``top_value``, each with its value."""
+    parts = []
+    for frac in (0, 0.5, 1):
+        gy = top + plot_h * (1 - frac)
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{right_x}" y1="{gy:.1f}" y2="{gy:.1f}"/>'
+            f'<text class="axis" x="{left - 6}" y="{gy + 4:.1f}" text-anchor="end">'
+            f"{escape(fmt(top_value * frac))}</text>"
+        )
+    return parts
+
+
 def paired_bars(
     labels: Sequence[str],
     first: tuple[str, Sequence[float | None]],
@@ -134,13 +143,7 @@ def paired_bars(
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(title)}"><title>{escape(title)}</title>',
     ]
-    for frac in (0, 0.5, 1):
-        gy = top + plot_h * (1 - frac)
-        parts.append(
-            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{gy:.1f}" y2="{gy:.1f}"/>'
-            f'<text class="axis" x="{left - 6}" y="{gy + 4:.1f}" text-anchor="end">'
-            f"{escape(fmt(top_value * frac))}</text>"
-        )
+    parts += _grid(left, width - right, top, plot_h, top_value, fmt)
     for s, (name, vs) in enumerate((first, second)):
         colour = f"var(--series-{s})"
         for i, v in enumerate(vs):

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "avengers_store.arguments",
             "avengers_store.figures",
             "avengers_store.redaction",
+            "avengers_store.flows",
         ),
     ),
     ("store", ("avengers_store.store",)),
@@ -37,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "avengers_store.client_core",
             "avengers_store.client",
             "avengers_store.async_client",
+            "avengers_store.client_pools",
             # The package's front door re-exports the clients and the replay.
             "avengers_store",
         ),
