@@ -250,7 +250,8 @@ $$);
 --   with feedback in the same cluster (variance v + 1 / their total precision);
 -- * model change: the random-effects mean of the model's relative residuals over its clusters
 --   (DerSimonian-Laird: residuals that differ from cluster to cluster count as heterogeneity),
---   applied in every cluster when |effect| > change_threshold x se and |effect| > 0.05;
+--   applied in every cluster when |effect| > change_threshold x se and |effect| > 0.05, and the
+--   random-effects mean of its own residuals passes the same test with the same sign;
 -- * cell change: what is left of a relative residual, applied in that cell alone when it passes
 --   the same test on its own;
 -- * cluster change: the precision-weighted mean of what the models' changes leave of the
@@ -325,35 +326,49 @@ compared AS (
   WHERE r.a > 0 AND NOT r.uncalibrated AND t.sw - 1 / r.v > 0
 ),
 -- Random-effects means (DerSimonian-Laird) per model: of the relative residuals of calibrated
--- models, of the plain residuals of models without calibration outcomes.
+-- models, of the plain residuals of models without calibration outcomes ('relative'), and of
+-- calibrated models' own residuals against their calibration ('own').
 observed AS (
-  SELECT c.model_id, c.rel AS y, c.rel_v AS v FROM compared c
+  SELECT c.model_id, 'relative' AS kind, c.rel AS y, c.rel_v AS v FROM compared c
   UNION ALL
-  SELECT r.model_id, r.y, r.v FROM residuals r WHERE r.a > 0 AND r.uncalibrated
+  SELECT r.model_id, 'relative', r.y, r.v FROM residuals r WHERE r.a > 0 AND r.uncalibrated
+  UNION ALL
+  SELECT r.model_id, 'own', r.y, r.v FROM residuals r WHERE r.a > 0 AND NOT r.uncalibrated
 ),
 fixed AS (
-  SELECT o.model_id, count(*) AS cells, sum(1 / o.v) AS sw, sum(1 / (o.v * o.v)) AS sw2,
+  SELECT o.model_id, o.kind, count(*) AS cells, sum(1 / o.v) AS sw, sum(1 / (o.v * o.v)) AS sw2,
          sum(o.y / o.v) / sum(1 / o.v) AS fe
-  FROM observed o GROUP BY o.model_id
+  FROM observed o GROUP BY o.model_id, o.kind
 ),
 spread AS (
-  SELECT f.model_id,
+  SELECT f.model_id, f.kind,
          CASE WHEN f.cells > 1 AND f.sw - f.sw2 / f.sw > 0 THEN
            greatest(0, (sum((o.y - f.fe) ^ 2 / o.v) - (f.cells - 1)) / (f.sw - f.sw2 / f.sw))
          ELSE 0 END AS tau2
-  FROM fixed f JOIN observed o ON o.model_id = f.model_id
-  GROUP BY f.model_id, f.cells, f.sw, f.sw2, f.fe
+  FROM fixed f JOIN observed o ON o.model_id = f.model_id AND o.kind = f.kind
+  GROUP BY f.model_id, f.kind, f.cells, f.sw, f.sw2, f.fe
 ),
-model_effects AS (
-  SELECT s.model_id, e.effect, e.se, u.model_id IS NOT NULL AS uncalibrated,
-         u.model_id IS NULL AND abs(e.effect) > k.z * e.se AND abs(e.effect) > 0.05 AS changed
+effects AS (
+  SELECT s.model_id, s.kind, e.effect, e.se
   FROM spread s
   CROSS JOIN LATERAL (
     SELECT sum(o.y / (o.v + s.tau2)) / sum(1 / (o.v + s.tau2)) AS effect,
            1 / sqrt(sum(1 / (o.v + s.tau2))) AS se
-    FROM observed o WHERE o.model_id = s.model_id) AS e
+    FROM observed o WHERE o.model_id = s.model_id AND o.kind = s.kind) AS e
+),
+-- A model changed when its relative effect passes the change test and its own residuals move
+-- the same way, as significantly: the others' feedback comes from the queries routing gave
+-- them, so the comparison alone can call a model changed that did not move.
+model_effects AS (
+  SELECT r.model_id, r.effect, r.se, u.model_id IS NOT NULL AS uncalibrated,
+         u.model_id IS NULL AND abs(r.effect) > k.z * r.se AND abs(r.effect) > 0.05
+           AND coalesce(abs(o.effect) > k.z * o.se AND sign(o.effect) = sign(r.effect), false)
+           AS changed
+  FROM effects r
   CROSS JOIN k
-  LEFT JOIN uncalibrated u ON u.model_id = s.model_id
+  LEFT JOIN effects o ON o.model_id = r.model_id AND o.kind = 'own'
+  LEFT JOIN uncalibrated u ON u.model_id = r.model_id
+  WHERE r.kind = 'relative'
 ),
 cell_effects AS (
   SELECT c.cluster, c.model_id,
@@ -412,7 +427,7 @@ calibration_sum: Their sum (cluster_profiles.score_sum).
 production_n: Decayed count of the feedback counted here (production_profiles.decayed_n; 0: none).
 production_sum: Decayed sum of those feedback scores.
 model_effect: The model's change against the other models of its clusters, applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.
-model_changed: The model's change test passed (|effect| > change_threshold x standard error, and > 0.05).
+model_changed: The model's change test passed: |effect| > change_threshold x standard error and > 0.05, and its own residuals against its calibration moved the same way past the same threshold.
 cell_effect: The model's change in this cluster beyond model_effect (0 unless that cell's own test passed).
 cluster_effect: Change of the cluster shared by all its candidates: what the models' changes leave of the residuals of the models with feedback here, shrunk toward 0.
 delta_sum: What the cell's outcome sum gains at production weight 1 (may be negative): the calibration mean moved by the model's, the cell's and the cluster's change (clamped to [0, 1]) times the calibration count, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean plus its decayed feedback sum.

@@ -7,7 +7,7 @@ Defaults, and why:
   outcome of the same cluster before decay. 0 serves calibration outcomes only (the static
   router, exactly).
 - ``change_threshold`` 3: the z-score above which a model's feedback, compared with that of
-  the other models of its clusters, says the model changed (a lower one caught a degraded
+  the other models of its clusters and with its own calibration, says the model changed (a lower one caught a degraded
   model sooner on the replays but cost 0.2-0.5 points on the i.i.d. stream; docs/evaluation.md).
 - ``half_life`` 14 days: a row counts half after two weeks, so a cluster's production evidence
   follows the traffic of about the last month and a model that got worse is seen within weeks.

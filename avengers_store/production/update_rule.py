@@ -17,8 +17,11 @@ calibration means and never adds one model's feedback to its counts:
   model's residual is compared with those of the other calibrated models with feedback in the
   same cluster (what the traffic did to all of them);
 - a model changed when the random-effects mean of those relative residuals over its clusters
-  passes the change test (``|effect| > change_threshold x se`` and ``> MIN_CHANGE``): its
-  calibration mean moves by it in every cluster;
+  passes the change test (``|effect| > change_threshold x se`` and ``> MIN_CHANGE``) and the
+  random-effects mean of its own residuals (against its calibration) passes it too, with the
+  same sign: its calibration mean moves by the relative effect in every cluster. The others'
+  feedback comes from the queries routing gave them (where their calibration looked lucky), so
+  the comparison alone can call a model changed that did not move;
 - a model changed in one cluster when what is left there passes the same test on its own;
 - the cluster changed by the precision-weighted mean of what the models' changes leave of the
   residuals, shrunk toward 0, for all its calibrated candidates alike, so it reorders none.
@@ -136,8 +139,18 @@ def evidence(
     effect, se = _random_effects(model[compared], relative[compared], relative_v[compared], m)
     has = ~np.isnan(effect)
     effect = np.nan_to_num(effect)
+    # The same change must show in the model's own outcomes against its calibration: the
+    # others' feedback comes from the queries routing gave them, so a comparison with them alone
+    # can call a model changed because of how its rivals were chosen.
+    own, own_se = _random_effects(model[calibrated_fed], y[calibrated_fed], v[calibrated_fed], m)
+    with np.errstate(invalid="ignore"):
+        own_changed = (np.abs(own) > change_threshold * own_se) & (np.sign(own) == np.sign(effect))
     changed = (
-        has & ~new_model & (np.abs(effect) > change_threshold * se) & (np.abs(effect) > MIN_CHANGE)
+        has
+        & ~new_model
+        & (np.abs(effect) > change_threshold * se)
+        & (np.abs(effect) > MIN_CHANGE)
+        & own_changed
     )
     model_shift = np.where(changed, effect, 0.0)[model]
     # What is left in one cluster: a change of the model there only.

@@ -56,14 +56,33 @@ def test_a_model_that_changed_against_the_others_moves_everywhere():
     assert ev.model_changed[model == 0].all()
     assert ev.model_effect[model == 0] == pytest.approx(-0.35, abs=0.01)
     # Against model 0's drop the others look better by half of it (each is compared with the
-    # two others): the order is right, their level overstated.
-    assert ev.model_effect[model != 0] == pytest.approx(0.175, abs=0.01)
+    # two others), but their own outcomes did not move: they are not called changed.
+    assert not ev.model_changed[model != 0].any()
+    assert ev.model_effect[model != 0] == pytest.approx(0.0)
     assert not ev.delta_n.any()  # feedback moves means, never one model's confidence
     after = means(ev, n, s).reshape(k, models)
     assert (after[:, 0] < after[:, 1]).all()  # the others now lead in every cluster
     # A higher threshold than the evidence: no model change, and the cluster takes the shift.
     strict = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool), 1000.0)
     assert not strict.model_changed.any() and not strict.cell_effect.any()
+
+
+def test_rivals_fed_on_their_lucky_queries_make_no_change_of_the_leader():
+    # The RouterDC stream's case: the leader of every cluster scores its calibration mean in
+    # production, the others, fed only where routing found their calibration lucky, 0.08 below
+    # theirs. Against them the leader looks 0.08 better everywhere, but its own outcomes did not
+    # move, so nothing changes (before, the leader moved up in every cluster, also where it
+    # trailed a specialist on calibration evidence).
+    k, models = 12, 3
+    cluster, model = cells(k, models)
+    n = np.full(k * models, 100.0)
+    s = np.where(model == 0, 60.0, 55.0)
+    a = np.where(model == 0, 400.0, 150.0)
+    b = a * np.where(model == 0, 0.60, 0.47)
+    ev = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool))
+    assert not ev.model_changed.any() and not ev.model_effect.any()
+    after = means(ev, n, s).reshape(k, models)
+    assert (after[:, 0] > after[:, 1]).all()
 
 
 def test_harder_traffic_for_every_model_is_no_models_change():
