@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from avengers_store.answering.prompts import TASK_TYPES
 from avengers_store.answering.strategies import STRATEGIES
+
+if TYPE_CHECKING:
+    from avengers_store.routing import RouteDecision
 
 MAX_SAMPLES = 64
 MAX_TOP_N = 16
@@ -377,3 +381,20 @@ def finite(value: float | None) -> float | None:
     if value is None:
         return None
     return value if math.isfinite(value) else 1e300
+
+
+def decision_fields(route_id: uuid.UUID, decision: RouteDecision) -> dict[str, Any]:
+    """The fields ``RouteInfo`` and ``RouteResponse`` both take from a route decision: where
+    the query landed, the loop's flags and whether it is over budget."""
+    return {
+        "route_id": str(route_id),
+        "clustering": decision.clustering_id,
+        "cluster": decision.cluster,
+        "distance": decision.distance,
+        "novelty": finite(decision.novelty),
+        "ood": decision.ood,
+        "ood_policy": decision.ood_policy,
+        "exploration": decision.exploration,
+        "explored": decision.explored,
+        "over_budget": decision.over_budget,
+    }
