@@ -147,37 +147,39 @@ def _headers(response: httpx.Response) -> list[tuple[str, str]]:
     ]
 
 
-class _SyncBody(httpx.SyncByteStream):
+class _Body:
+    """A response's body, redacted as it is read (``_SyncBody`` and ``_AsyncBody`` read it)."""
+
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
 
+    @staticmethod
+    def _passed_on(redactor: Redactor, piece: bytes | None) -> tuple[bytes, ...]:
+        """What ``redactor`` passes on for ``piece`` (None: the body's end); never an empty
+        piece."""
+        out = redactor.finish() if piece is None else redactor.feed(piece)
+        return (out,) if out else ()
+
+
+class _SyncBody(_Body, httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         redactor = Redactor()
         for piece in self._response.iter_bytes():
-            out = redactor.feed(piece)
-            if out:
-                yield out
-        rest = redactor.finish()
-        if rest:
-            yield rest
+            yield from self._passed_on(redactor, piece)
+        yield from self._passed_on(redactor, None)
 
     def close(self) -> None:
         self._response.close()
 
 
-class _AsyncBody(httpx.AsyncByteStream):
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-
+class _AsyncBody(_Body, httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         redactor = Redactor()
         async for piece in self._response.aiter_bytes():
-            out = redactor.feed(piece)
-            if out:
+            for out in self._passed_on(redactor, piece):
                 yield out
-        rest = redactor.finish()
-        if rest:
-            yield rest
+        for out in self._passed_on(redactor, None):
+            yield out
 
     async def aclose(self) -> None:
         await self._response.aclose()

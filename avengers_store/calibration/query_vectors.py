@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
@@ -51,6 +52,23 @@ class ImportResult:
     imported: int
     already: int
     seconds: float
+
+
+Result = TypeVar("Result", EmbedResult, ImportResult)
+
+
+def _result(
+    kind: type[Result], space: embedding_spaces.Space, started: float, **counts: Any
+) -> Result:
+    """A ``kind`` result for ``space``: the space, ``counts`` and the seconds since ``started``
+    (a ``perf_counter`` reading)."""
+    return kind(
+        space_id=space.id,
+        embedder=space.embedder,
+        dimension=space.dimension,
+        seconds=time.perf_counter() - started,
+        **counts,
+    )
 
 
 def store_vectors(
@@ -182,14 +200,7 @@ def embed_queries(
                     c.commit()
                 last_id = rows[-1][0]
                 bar.update(len(rows))
-    return EmbedResult(
-        space_id=space.id,
-        embedder=space.embedder,
-        dimension=space.dimension,
-        embedded=done,
-        already=already,
-        seconds=time.perf_counter() - started,
-    )
+    return _result(EmbedResult, space, started, embedded=done, already=already)
 
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -333,13 +344,12 @@ def import_npy(
                 block = normalize_rows(raw)
                 imported += store_vectors(c, space.id, [r[0] for r in chunk], block)
                 bar.update(len(chunk))
-    return ImportResult(
-        space_id=space.id,
-        embedder=space.embedder,
-        dimension=space.dimension,
+    return _result(
+        ImportResult,
+        space,
+        started,
         source_file=source,
         file_rows=file_rows,
         imported=imported,
         already=total - len(rows),
-        seconds=time.perf_counter() - started,
     )

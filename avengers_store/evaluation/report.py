@@ -3,6 +3,7 @@ the sweeps and of the quality-cost frontier."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,13 +64,7 @@ def format_tables(result: Evaluation) -> str:
                 f"{g.random:.2f}",
             )
         )
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    lines.append("  ".join("-" * w for w in widths))
-    for i, r in enumerate(body):
-        if i == len(result.datasets):
-            lines.append("  ".join("-" * w for w in widths))
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    lines += _table(header, body, rule_at=len(result.datasets))
     lines.append("")
     m = result.method
     lines.append(
@@ -137,15 +132,9 @@ def format_frontier(frontier: Frontier) -> str:
             row += [f"{s.quality[name]:.2f}", f"{s.cost[name]:.4g}"]
         row.append("yes" if s.model in frontier.non_dominated else "")
         body.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     lines = [f"quality-cost frontier ({GROUP_TITLES.get(g, g)} for the headlines; cost "
              f"{frontier.cost_unit}, macro over datasets)"]  # fmt: skip
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    lines.append("  ".join("-" * w for w in widths))
-    for i, r in enumerate(body):
-        if i == len(frontier.points):
-            lines.append("  ".join("-" * w for w in widths))
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    lines += _table(header, body, rule_at=len(frontier.points))
     best = next(s for s in frontier.singles if s.model == frontier.best_single)
     head = frontier.quality_at_best_single_cost
     lines.append(
@@ -296,10 +285,7 @@ def format_online(result: OnlineEvaluation) -> str:
             row.append("never" if arm.recovery is None else f"{arm.recovery} q")
         row += [f"{w.mean:.2f}" for w in arm.windows]
         body.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
+    lines = _table(header, body)
     lines.append("")
     what = (
         f"scenario {result.scenario}: {result.stream_queries} queries streamed per seed, the "
@@ -374,3 +360,18 @@ def plot_frontier(frontier: Frontier, path: str | Path, *, title: str | None = N
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return figures.save(fig, path)
+
+
+def _table(
+    header: Sequence[str], body: Sequence[Sequence[str]], rule_at: int | None = None
+) -> list[str]:
+    """``body`` under ``header`` in left-aligned columns: a rule under the header, and another
+    before row ``rule_at`` (None: none)."""
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    rule = "  ".join("-" * w for w in widths)
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule]
+    for i, r in enumerate(body):
+        if i == rule_at:
+            lines.append(rule)
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return lines

@@ -18,7 +18,6 @@ from avengers_store.gateway import access
 from avengers_store.gateway.errors import GatewayError, bad_request, from_validation
 from avengers_store.gateway.headers import decision_headers
 from avengers_store.gateway.inputs import check_model, policy_changes, routed_text
-from avengers_store.gateway.keys import Admission
 from avengers_store.gateway.passthrough import passthrough
 from avengers_store.gateway.protocol import (
     ChatCompletionRequest,
@@ -29,11 +28,11 @@ from avengers_store.gateway.protocol import (
     RouteCandidate,
     RouteRequest,
     RouteResponse,
-    finite,
+    decision_fields,
 )
 from avengers_store.gateway.recipe import RECIPE_MODEL, Recipe
 from avengers_store.gateway.responses import ResponsesRequest, ResponsesWire, to_chat
-from avengers_store.gateway.state import Gateway
+from avengers_store.gateway.state import CompletionContext, Gateway
 from avengers_store.gateway.streaming import ChatWire
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -57,7 +56,8 @@ async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     grant = await gw.authorize(request)
     req, body = await _parsed(gw, request, ChatCompletionRequest)
-    return await _complete(gw, req, body, request, grant, started, ChatWire(req.include_usage))
+    ctx = CompletionContext(gw, request, grant, started, ChatWire(req.include_usage))
+    return await _complete(ctx, req, body)
 
 
 async def responses(request: Request) -> Response:
@@ -70,23 +70,18 @@ async def responses(request: Request) -> Response:
         req = ChatCompletionRequest.model_validate(chat)
     except ValidationError as exc:
         raise from_validation(exc) from exc
-    return await _complete(gw, req, chat, request, grant, started, ResponsesWire(given, body))
+    ctx = CompletionContext(gw, request, grant, started, ResponsesWire(given, body))
+    return await _complete(ctx, req, chat)
 
 
 async def _complete(
-    gw: Gateway,
-    req: ChatCompletionRequest,
-    body: dict[str, Any],
-    request: Request,
-    grant: Admission | None,
-    started: float,
-    wire: Any,
+    ctx: CompletionContext, req: ChatCompletionRequest, body: dict[str, Any]
 ) -> Response:
-    """A completion on ``wire``: routed and voted for ``avengers``, else passed to the pool
+    """A completion on ``ctx.wire``: routed and voted for ``avengers``, else passed to the pool
     model it names (one the key may use)."""
     if req.model == RECIPE_MODEL:
-        return await Recipe(gw, req, body, request, grant, started, wire).respond()
-    pool = await gw.pool_models()
+        return await Recipe(ctx, req, body).respond()
+    pool = await ctx.gw.pool_models()
     endpoint = pool.get(req.model)
     if endpoint is None:
         raise GatewayError(
@@ -96,8 +91,8 @@ async def _complete(
             param="model",
             code="model_not_found",
         )
-    check_model(req.model, grant)
-    return await passthrough(gw, req, body, endpoint, grant, started, wire)
+    check_model(req.model, ctx.grant)
+    return await passthrough(ctx, req, body, endpoint)
 
 
 async def route_only(request: Request) -> Response:
@@ -137,10 +132,7 @@ async def route_only(request: Request) -> Response:
         ]
     )
     out = RouteResponse(
-        route_id=str(route_id),
-        clustering=decision.clustering_id,
-        cluster=decision.cluster,
-        distance=decision.distance,
+        **decision_fields(route_id, decision),
         candidates=[
             RouteCandidate(
                 model=c.model,
@@ -161,15 +153,9 @@ async def route_only(request: Request) -> Response:
             )
             for c in decision.candidates
         ],
-        novelty=finite(decision.novelty),
-        ood=decision.ood,
-        ood_policy=decision.ood_policy,
         production_weight=decision.production_weight,
-        exploration=decision.exploration,
-        explored=decision.explored,
         tradeoff=decision.tradeoff,
         max_cost=decision.max_cost,
-        over_budget=decision.over_budget,
     )
     return JSONResponse(
         out.model_dump(),

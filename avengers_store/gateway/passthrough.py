@@ -18,21 +18,15 @@ from avengers_store.errors import EndpointError
 from avengers_store.gateway import access, streaming
 from avengers_store.gateway.errors import GatewayError, bad_request
 from avengers_store.gateway.inputs import request_deadline
-from avengers_store.gateway.keys import Admission
 from avengers_store.gateway.protocol import RECIPE_ONLY, ChatCompletionRequest
-from avengers_store.gateway.state import Gateway
+from avengers_store.gateway.state import CompletionContext
 
 
 async def passthrough(
-    gw: Gateway,
-    req: ChatCompletionRequest,
-    body: dict[str, Any],
-    endpoint: Endpoint,
-    grant: Admission | None,
-    started: float,
-    wire: Any,
+    ctx: CompletionContext, req: ChatCompletionRequest, body: dict[str, Any], endpoint: Endpoint
 ) -> Response:
     """A pool model named directly: the request goes to its endpoint as it is."""
+    gw, wire = ctx.gw, ctx.wire
     given = [name for name in RECIPE_ONLY if body.get(name) is not None]
     if given:
         raise bad_request(
@@ -42,7 +36,7 @@ async def passthrough(
         )
     route_id = uuid.uuid4()
     wire.bind(route_id)
-    deadline = request_deadline(req, gw.settings, started)
+    deadline = request_deadline(req, gw.settings, ctx.started)
     headers = {
         "x-avengers-route-id": str(route_id),
         "x-avengers-models": endpoint.model,
@@ -62,20 +56,17 @@ async def passthrough(
             "requests": 1,
             "errors": 0 if error is None else 1,
         }
-        extra: dict[str, Any] = {"gateway": True, "usage": [usage], "stream": req.stream}
-        if wire.name != "chat":
-            extra["api"] = wire.name
         return core.log_row(
             question or "(no user message)",
             None,
             None,
             route_id=route_id,
             strategy="passthrough",
-            latency_ms=(time.perf_counter() - started) * 1000.0,
+            latency_ms=ctx.elapsed_ms(),
             error=error,
-            api_key_id=grant.key_id if grant is not None else None,
+            api_key_id=ctx.api_key_id,
             models=[endpoint.model],
-            extra=extra,
+            extra={**ctx.log_extra(req.stream), "usage": [usage]},
         )
 
     def done(used: tuple[int, int], took: float, error: str | None = None) -> None:

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from avengers_store.answering.prompts import TASK_TYPES
 from avengers_store.answering.strategies import STRATEGIES
+
+if TYPE_CHECKING:
+    from avengers_store.routing import RouteDecision
 
 MAX_SAMPLES = 64
 MAX_TOP_N = 16
@@ -34,14 +38,19 @@ RouteOn = Literal["last_user", "conversation"]
 OodPolicy = Literal["flag", "best-overall", "widen"]
 
 
-class ContentPart(BaseModel):
+class OpenObject(BaseModel):
+    """An object of a request: fields the gateway does not know are kept, and sent to the model
+    as the caller gave them."""
+
     model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(OpenObject):
     type: str
     text: str | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ChatMessage(OpenObject):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -52,50 +61,43 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class StreamOptions(OpenObject):
     include_usage: bool = False
 
 
-class FunctionSpec(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class FunctionSpec(OpenObject):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(BaseModel):
+class Tool(OpenObject):
     """A tool the model may call (OpenAI's chat format: a function and its JSON Schema)."""
 
-    model_config = ConfigDict(extra="allow")
     type: Literal["function"]
     function: FunctionSpec
 
 
-class NamedFunction(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class NamedFunction(OpenObject):
     name: str = Field(min_length=1)
 
 
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class NamedToolChoice(OpenObject):
     type: Literal["function"]
     function: NamedFunction
 
 
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class JsonSchemaFormat(OpenObject):
     name: str = Field(min_length=1, max_length=64)
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     description: str | None = None
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(OpenObject):
     """``text``, ``json_object`` or ``json_schema`` (with its ``json_schema`` object)."""
 
-    model_config = ConfigDict(extra="allow")
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -377,3 +379,20 @@ def finite(value: float | None) -> float | None:
     if value is None:
         return None
     return value if math.isfinite(value) else 1e300
+
+
+def decision_fields(route_id: uuid.UUID, decision: RouteDecision) -> dict[str, Any]:
+    """The fields ``RouteInfo`` and ``RouteResponse`` both take from a route decision: where
+    the query landed, the loop's flags and whether it is over budget."""
+    return {
+        "route_id": str(route_id),
+        "clustering": decision.clustering_id,
+        "cluster": decision.cluster,
+        "distance": decision.distance,
+        "novelty": finite(decision.novelty),
+        "ood": decision.ood,
+        "ood_policy": decision.ood_policy,
+        "exploration": decision.exploration,
+        "explored": decision.explored,
+        "over_budget": decision.over_budget,
+    }

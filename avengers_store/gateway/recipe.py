@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from avengers_store import client_core as core
@@ -26,9 +25,8 @@ from avengers_store.gateway.inputs import (
     routed_text,
     samples_for,
 )
-from avengers_store.gateway.keys import Admission
-from avengers_store.gateway.protocol import ChatCompletionRequest, RouteInfo, finite
-from avengers_store.gateway.state import Gateway
+from avengers_store.gateway.protocol import ChatCompletionRequest, RouteInfo, decision_fields
+from avengers_store.gateway.state import CompletionContext
 from avengers_store.routing import RouteDecision
 from avengers_store.shadow import work as shadow_work
 
@@ -40,18 +38,10 @@ class Recipe:
     request as it came (its fields are passed to the models as given); ``wire`` encodes the
     answer (``streaming.ChatWire`` or ``responses.ResponsesWire``)."""
 
-    def __init__(
-        self,
-        gw: Gateway,
-        req: ChatCompletionRequest,
-        body: dict[str, Any],
-        request: Request,
-        grant: Admission | None,
-        started: float,
-        wire: Any,
-    ) -> None:
-        self.gw, self.req, self.grant, self.started, self.wire = gw, req, grant, started, wire
-        s = gw.settings
+    def __init__(self, ctx: CompletionContext, req: ChatCompletionRequest, body: dict[str, Any]):
+        self.ctx, self.req = ctx, req
+        self.gw, self.wire = gw, wire = ctx.gw, ctx.wire
+        grant, s = ctx.grant, gw.settings
         for legacy in ("functions", "function_call"):
             if getattr(req, legacy) is not None:
                 raise bad_request(
@@ -70,9 +60,9 @@ class Recipe:
         self.route_id = uuid.uuid4()
         wire.bind(self.route_id)
         self.vector: Any = None  # the embedding the request was routed with
-        self.session = request.headers.get("x-session-id") or req.user
+        self.session = ctx.request.headers.get("x-session-id") or req.user
         self.failed: list[str] = []
-        self.deadline = request_deadline(req, s, started)
+        self.deadline = request_deadline(req, s, ctx.started)
         access.note(route_id=str(self.route_id), stream=req.stream)
 
     def plan(self) -> strategies.Plan:
@@ -188,20 +178,18 @@ class Recipe:
         """The request's route-log row: answered, or failed with ``error`` (before routing when
         ``decision`` is None, so no embedding is kept; an answer with an error is a stream its
         upstream broke off after the first token)."""
-        extra: dict[str, Any] = {"gateway": True, "stream": self.req.stream}
+        extra = self.ctx.log_extra(self.req.stream)
         if self.req.metadata:
             extra["request_metadata"] = dict(self.req.metadata)
-        if self.wire.name != "chat":
-            extra["api"] = self.wire.name
         return core.log_row(
             self.text,
             decision,
             answer,
             route_id=self.route_id,
             strategy=self.strategy,
-            latency_ms=(time.perf_counter() - self.started) * 1000.0,
+            latency_ms=self.ctx.elapsed_ms(),
             error=error,
-            api_key_id=self.grant.key_id if self.grant is not None else None,
+            api_key_id=self.ctx.api_key_id,
             extra=extra,
             **self.gw.logged(self.vector if decision is not None else None, self.text),
         )
@@ -209,19 +197,10 @@ class Recipe:
     def info(self, answer: strategies.Answer | None) -> RouteInfo:
         d = self.decision
         info = RouteInfo(
-            route_id=str(self.route_id),
-            clustering=d.clustering_id,
-            cluster=d.cluster,
-            distance=d.distance,
+            **decision_fields(self.route_id, d),
             candidates=[c.model for c in d.candidates],
             strategy=self.strategy,
-            novelty=finite(d.novelty),
-            ood=d.ood,
-            ood_policy=d.ood_policy,
-            exploration=d.exploration,
-            explored=d.explored,
             expected_cost=d.expected_cost,
-            over_budget=d.over_budget,
         )
         if answer is not None:
             info.models = list(answer.models)

@@ -20,11 +20,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from avengers_store.gateway import streaming
 from avengers_store.gateway.errors import bad_request
-from avengers_store.gateway.protocol import RecipeOptions
+from avengers_store.gateway.protocol import OpenObject, RecipeOptions
 
 # Responses fields that need state this gateway does not keep, or outputs it does not make.
 REFUSED = {
@@ -44,10 +44,9 @@ TRANSLATED = frozenset(
 )  # fmt: skip
 
 
-class ResponsesFunction(BaseModel):
+class ResponsesFunction(OpenObject):
     """A function tool, the Responses way (flat: no ``function`` object)."""
 
-    model_config = ConfigDict(extra="allow")
     type: str
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str | None = None
@@ -55,8 +54,7 @@ class ResponsesFunction(BaseModel):
     strict: bool | None = None
 
 
-class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class TextFormat(OpenObject):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, min_length=1, max_length=64)
     schema_: dict[str, Any] | None = Field(None, alias="schema")
@@ -64,8 +62,7 @@ class TextFormat(BaseModel):
     strict: bool | None = None
 
 
-class TextConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class TextConfig(OpenObject):
     format: TextFormat | None = None
 
 

@@ -1,5 +1,6 @@
 """One gateway's state (``Gateway``): its settings, the async client, metrics, the requests in
-flight, and the steps every handler shares (authorizing, reading the body, the pool, logging).
+flight, and the steps every handler shares (authorizing, reading the body, the pool, logging);
+and one completion request's context (``CompletionContext``).
 
 Route-log rows go through a ``RouteLogWriter`` with a spool: a request's rows are in the store,
 or fsync'd in the spool when the store cannot take them, before its response is sent
@@ -14,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +263,36 @@ class Gateway:
         if not callable_models:
             problems.append("models: no active model has an endpoint")
         return problems
+
+
+@dataclass(frozen=True)
+class CompletionContext:
+    """One completion request as it reached the gateway, whichever answers it (the recipe or a
+    passthrough): the gateway, the HTTP request, its key's grant (None when keys are off), when
+    it arrived (a ``perf_counter`` reading) and the wire it is answered on
+    (``streaming.ChatWire`` or ``responses.ResponsesWire``)."""
+
+    gw: Gateway
+    request: Request
+    grant: keys.Admission | None
+    started: float
+    wire: Any
+
+    @property
+    def api_key_id(self) -> int | None:
+        return self.grant.key_id if self.grant is not None else None
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request arrived."""
+        return (time.perf_counter() - self.started) * 1000.0
+
+    def log_extra(self, stream: bool) -> dict[str, Any]:
+        """The route-log row's ``extra`` every completion carries (the API named when it is
+        not chat completions)."""
+        extra: dict[str, Any] = {"gateway": True, "stream": stream}
+        if self.wire.name != "chat":
+            extra["api"] = self.wire.name
+        return extra
 
 
 def refusal(grant: keys.Admission) -> GatewayError:

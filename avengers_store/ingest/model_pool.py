@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -110,6 +111,35 @@ def check_api_key_env(name: str, parameter: str = "api_key_env") -> str:
     return name
 
 
+def _checked_fields(
+    endpoint: str | None,
+    served_name: str | None,
+    api_key_env: str | None,
+    cost_in: float | None,
+    cost_out: float | None,
+    *,
+    check_served_name: bool,
+) -> dict[str, Any]:
+    """The pool fields a caller gave, checked and as they are stored, by library parameter name
+    (None: not given). ``check_served_name`` refuses a blank served name (``set_model`` only,
+    where a blank one cannot be meant as a change)."""
+    if endpoint is not None:
+        endpoint = check_endpoint(endpoint)
+    if api_key_env is not None:
+        api_key_env = check_api_key_env(api_key_env)
+    if check_served_name and served_name is not None and not served_name.strip():
+        raise InputError("a served name must not be blank", location="served_name")
+    _check_cost(cost_in, "cost_in")
+    _check_cost(cost_out, "cost_out")
+    return {
+        "endpoint": endpoint,
+        "served_name": served_name,
+        "api_key_env": api_key_env,
+        "cost_in": cost_in,
+        "cost_out": cost_out,
+    }
+
+
 def add_model(
     name: str,
     endpoint: str | None = None,
@@ -125,12 +155,9 @@ def add_model(
     if not name or not name.strip():
         raise InputError("a model name must not be blank", location="name")
     check_name(name, "model", "name")
-    if endpoint is not None:
-        endpoint = check_endpoint(endpoint)
-    if api_key_env is not None:
-        api_key_env = check_api_key_env(api_key_env)
-    _check_cost(cost_in, "cost_in")
-    _check_cost(cost_out, "cost_out")
+    values = _checked_fields(
+        endpoint, served_name, api_key_env, cost_in, cost_out, check_served_name=False
+    )
     with connections.connection(url, conn=conn) as c:
         cur = c.cursor(row_factory=class_row(Model))
         model = cur.execute(
@@ -139,7 +166,7 @@ def add_model(
                 VALUES (%s, %s, %s, %s, %s, %s)
                 ON CONFLICT (name) DO NOTHING
                 RETURNING {COLUMNS}""",
-            (name, endpoint, served_name, api_key_env, cost_in, cost_out),
+            (name, *(values[f] for f in _COLUMN)),
         ).fetchone()
         if model is None:
             raise InputError(
@@ -173,21 +200,9 @@ def set_model(
             f"cannot clear {', '.join(unknown)}: clearable fields are {', '.join(CLEARABLE)}",
             location="clear",
         )
-    if endpoint is not None:
-        endpoint = check_endpoint(endpoint)
-    if api_key_env is not None:
-        api_key_env = check_api_key_env(api_key_env)
-    if served_name is not None and not served_name.strip():
-        raise InputError("a served name must not be blank", location="served_name")
-    _check_cost(cost_in, "cost_in")
-    _check_cost(cost_out, "cost_out")
-    values = {
-        "endpoint": endpoint,
-        "served_name": served_name,
-        "api_key_env": api_key_env,
-        "cost_in": cost_in,
-        "cost_out": cost_out,
-    }
+    values = _checked_fields(
+        endpoint, served_name, api_key_env, cost_in, cost_out, check_served_name=True
+    )
     both = [f for f in CLEARABLE if f in clear and values[f] is not None]
     if both:
         raise InputError(f"{', '.join(both)} given and cleared at once", location="clear")
