@@ -117,17 +117,14 @@ def _checked_fields(
     api_key_env: str | None,
     cost_in: float | None,
     cost_out: float | None,
-    *,
-    check_served_name: bool,
 ) -> dict[str, Any]:
     """The pool fields a caller gave, checked and as they are stored, by library parameter name
-    (None: not given). ``check_served_name`` refuses a blank served name (``set_model`` only,
-    where a blank one cannot be meant as a change)."""
+    (None: not given). A blank served name is refused: requests would name no model."""
     if endpoint is not None:
         endpoint = check_endpoint(endpoint)
     if api_key_env is not None:
         api_key_env = check_api_key_env(api_key_env)
-    if check_served_name and served_name is not None and not served_name.strip():
+    if served_name is not None and not served_name.strip():
         raise InputError("a served name must not be blank", location="served_name")
     _check_cost(cost_in, "cost_in")
     _check_cost(cost_out, "cost_out")
@@ -155,9 +152,7 @@ def add_model(
     if not name or not name.strip():
         raise InputError("a model name must not be blank", location="name")
     check_name(name, "model", "name")
-    values = _checked_fields(
-        endpoint, served_name, api_key_env, cost_in, cost_out, check_served_name=False
-    )
+    values = _checked_fields(endpoint, served_name, api_key_env, cost_in, cost_out)
     with connections.connection(url, conn=conn) as c:
         cur = c.cursor(row_factory=class_row(Model))
         model = cur.execute(
@@ -200,9 +195,7 @@ def set_model(
             f"cannot clear {', '.join(unknown)}: clearable fields are {', '.join(CLEARABLE)}",
             location="clear",
         )
-    values = _checked_fields(
-        endpoint, served_name, api_key_env, cost_in, cost_out, check_served_name=True
-    )
+    values = _checked_fields(endpoint, served_name, api_key_env, cost_in, cost_out)
     both = [f for f in CLEARABLE if f in clear and values[f] is not None]
     if both:
         raise InputError(f"{', '.join(both)} given and cleared at once", location="clear")

@@ -154,6 +154,16 @@ def test_api_key_env_must_be_a_variable_name_and_is_not_echoed(conn):
     assert model_pool.add_model("m", api_key_env="VLLM_API_KEY", conn=conn).api_key_env
 
 
+@pytest.mark.parametrize("served", ["", "   "])
+def test_a_blank_served_name_is_refused_when_adding_as_when_setting(conn, served):
+    with pytest.raises(InputError, match=r"^served_name: a served name must not be blank"):
+        model_pool.add_model("m", "http://h/v1", served_name=served, conn=conn)
+    assert model_pool.list_models(conn=conn) == []
+    model_pool.add_model("m", "http://h/v1", conn=conn)
+    with pytest.raises(InputError, match=r"^served_name: a served name must not be blank"):
+        model_pool.set_model("m", served_name=served, conn=conn)
+
+
 def test_set_model_changes_fields_and_keeps_outcomes(conn):
     _tiny_active_clustering(conn)
 
