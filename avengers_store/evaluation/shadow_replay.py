@@ -121,7 +121,7 @@ def evaluate_shadow(
                             str(int(rp.query_ids[row])), decision=d, answer=None,
                             strategy="direct", latency_ms=0.0, route_id=rid, models=[model],
                         ))  # fmt: skip
-                        found = work.item(rid, vec, d, text=None)
+                        found = work.item(rid, vec, d, text=None, shadow=REPLAY_NAME)
                         if found is not None:
                             items.append(found)
                         score = float(rp.Y0[row, rp.column[model]])
@@ -136,7 +136,9 @@ def evaluate_shadow(
                             "VALUES (%s, 'replay', %s, %s)",
                             fed,
                         )
-                    c.execute(work.DECIDE_SQL, (Jsonb([i.entry() for i in items]),)).fetchall()
+                    c.execute(
+                        work.DECIDE_SQL, (Jsonb([i.entry() for i in items]), REPLAY_NAME)
+                    ).fetchall()
                 found_report = report(conn=c)
                 (view,) = c.execute(AGREEMENT_SQL, (REPLAY_NAME,)).fetchone()
                 truth = float(np.mean(outcome_shadow) - np.mean(outcome_asked))
