@@ -9,13 +9,14 @@ on the phase's upstream and a price ($0.2 per 1M tokens in and out); policies ``
 (bench/gateway_app.py, the app of ``avengers serve``, its real embedder) runs as its own
 process. One client sends ``POST /v1/chat/completions`` (model "avengers", one sample,
 temperature 0, max_tokens 4) in blocks that switch shadowing on (``shadow start k8
---sample-share S --max-spend X``) and off, waiting out the clients' roles cache (2 s) after each
-switch: every round is three blocks, off / on / off again (reversed every other round), of the
-same questions in the same order, each text under a tag of the same length (so no cache, the
-embedder's or llama.cpp's prompt cache, finds another block's prompt). Request j of the "on"
+--sample-share S --max-spend X``) and off, waiting out the shadow's lingering batch (1 s)
+before each switch and the clients' roles cache (2 s) after it: every round is three blocks,
+off / on / off again (reversed every other round), of the same questions in the same order,
+each text under a tag of the same length (so no cache, the embedder's or llama.cpp's prompt
+cache, finds another block's prompt). Request j of the "on"
 block is paired with request j of the "off" block beside it. The figures: p50 on and off, the
-paired differences' p50 (on - off) with a bootstrap 95% interval, target within 1 ms, and the
-same for the A/A control that pairs the two "off" blocks.
+paired differences' p50 (on - off) with a bootstrap 95% interval (rounds resampled), target
+within 1 ms, and the same for the A/A control that pairs the two "off" blocks.
 
 Then ``avengers shadow report`` over the phase's decisions: the shadow decisions stored (one per
 "on" request), the sampled share of the disagreements (within --sample-share) and the sampled
@@ -44,6 +45,7 @@ from avengers_store.client_core import ROLES_TTL
 from avengers_store.routing import stored_policies
 from avengers_store.routing.policy import Policy
 from avengers_store.shadow import control, report
+from avengers_store.shadow.batches import LINGER_S
 from avengers_store.store import connections
 from avengers_store.testing import serve_smol
 
@@ -72,11 +74,17 @@ def paired(a: list[list[float]], b: list[list[float]]) -> list[float]:
     return [x - y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)]
 
 
-def median_interval(diffs: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """The p50 of paired differences and its bootstrap 95% interval (pairs resampled)."""
-    x = np.asarray(diffs, dtype=np.float64)
+def median_interval(
+    a: list[list[float]], b: list[list[float]], seed: int = 0
+) -> tuple[float, float, float]:
+    """The p50 of the paired differences a - b and its bootstrap 95% interval. Rounds are
+    resampled whole, not pairs: the requests of one block share that moment's machine, so
+    pairs of one round are not independent of each other."""
+    x = np.asarray([[p - q for p, q in zip(ra, rb, strict=True)] for ra, rb in zip(a, b,
+                   strict=True)], dtype=np.float64)  # fmt: skip
     rng = np.random.default_rng(seed)
-    medians = np.median(x[rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))], axis=1)
+    picks = rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))
+    medians = np.median(x[picks].reshape(BOOTSTRAP, -1), axis=1)
     low, high = np.percentile(medians, [2.5, 97.5])
     return float(np.median(x)), float(low), float(high)
 
@@ -142,6 +150,9 @@ def measure(url: str, args, rounds_n: int, block: int, label: str) -> dict:
                         after["upstream_sum"] - before["upstream_sum"]
                     )
                     inside[state][1] += after["request_count"] - before["request_count"]
+                    # The block's shadow work runs (it lingers up to LINGER_S) before the next
+                    # switch, under the role its requests were served beside.
+                    time.sleep(LINGER_S + 0.3)
             control.stop(conn=c)
             time.sleep(3.0)  # the background shadow work of the last requests
     finally:
@@ -160,9 +171,8 @@ def measure(url: str, args, rounds_n: int, block: int, label: str) -> dict:
             (began,),
         ).fetchone()
     diff = paired(rounds["on"], rounds["off"])
-    control_diff = paired(rounds["off2"], rounds["off"])
-    p50, low, high = median_interval(diff, seed=1)
-    c50, clow, chigh = median_interval(control_diff, seed=2)
+    p50, low, high = median_interval(rounds["on"], rounds["off"], seed=1)
+    c50, clow, chigh = median_interval(rounds["off2"], rounds["off"], seed=2)
     flat = {s: [x for block_ms in rounds[s] for x in block_ms] for s in STATES}
     on_requests = len(flat["on"])
     mean_inside = {s: 1000 * inside[s][0] / inside[s][1] for s in STATES}
