@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 StageObserver = Callable[[str, float], None]
 # Longest ``feedback`` waits for this client's queued route-log rows (its route's among them).
 FEEDBACK_FLUSH_S = 5.0
+# Seconds the shadow task naps while its batch lingers (``ShadowBatches.due``).
+SHADOW_NAP_S = 0.05
 
 
 class AsyncAvengersClient(PooledClient):
@@ -239,11 +241,15 @@ class AsyncAvengersClient(PooledClient):
         """Wait until the requests handed to shadowing so far are shadowed (their decisions
         stored, their samples asked); False when ``timeout`` seconds passed first."""
         end = None if timeout is None else time.monotonic() + timeout
-        while not self._shadows.idle():
-            if end is not None and time.monotonic() >= end:
-                return False
-            await asyncio.sleep(0.01)
-        return True
+        self._shadows.hurry(True)
+        try:
+            while not self._shadows.idle():
+                if end is not None and time.monotonic() >= end:
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+        finally:
+            self._shadows.hurry(False)
 
     def _shadow(self, items: tuple[Any, ...]) -> None:
         """Hand shadow items to the background task (started when none runs): off the
@@ -256,7 +262,13 @@ class AsyncAvengersClient(PooledClient):
             task.add_done_callback(self._shadow_tasks.discard)
 
     async def _shadow_worker(self) -> None:
-        while batch := self._shadows.take():
+        while True:
+            # Short naps rather than the whole linger: a flush makes the batch due at once.
+            if (wait := self._shadows.due()) > 0:
+                await asyncio.sleep(min(wait, SHADOW_NAP_S))
+                continue
+            if not (batch := self._shadows.take()):
+                return
             try:
                 await self._drive(self.shadow_flow(batch))
             except Exception:  # an observation failing never reaches a caller

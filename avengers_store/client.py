@@ -202,7 +202,10 @@ class AvengersClient(PooledClient):
                 self._shadow_thread.submit(self._shadow_worker)
 
     def _shadow_worker(self) -> None:
-        while batch := self._shadows.take():
+        while True:
+            self._shadows.wait_due()
+            if not (batch := self._shadows.take()):
+                return
             try:
                 self._drive(self.shadow_flow(batch))
             except Exception:  # an observation failing never reaches a caller

@@ -612,6 +612,7 @@ class ClientCore:
                 found = shadow_work.item(
                     row["route_id"], v, d, text=q.text,
                     answer=ans if isinstance(ans, strategies.Answer) else None,
+                    shadow=roles.shadow_name,
                 )  # fmt: skip
                 if found is not None:
                     items.append(found)
@@ -699,7 +700,15 @@ class ClientCore:
         path. Returns the answers sampled."""
         if not items:
             return 0
-        rows = yield run(shadow_work.decide_statement(items), role="write", stage="shadow")
+        # One statement per shadow policy the requests were served beside (a switch while
+        # they waited makes two).
+        by_shadow: dict[str | None, list[shadow_work.ShadowItem]] = {}
+        for i in items:
+            by_shadow.setdefault(i.shadow, []).append(i)
+        rows = []
+        for name, group in by_shadow.items():
+            statement = shadow_work.decide_statement(group, name)
+            rows.extend((yield run(statement, role="write", stage="shadow")))
         by_id = {i.route_id: i for i in items}
         sampled = 0
         for route_id, model, endpoint, served_name, key_env, _expected in rows:

@@ -227,10 +227,12 @@ def _shadow_replay(name, k, seeds, share, method, plot, as_json) -> None:
         r, dr, ips = s.summary, s.summary.dr_estimate, s.summary.ips_estimate
         rows.append({
             "seed": s.seed, "requests": r.requests, "agreement (store)": r.agreement,
-            "agreement (direct)": s.agreement_direct, "truth": s.truth,
+            "agreement (view)": s.agreement_view, "agreement (direct)": s.agreement_direct,
+            "truth": s.truth,
             "ips": None if ips is None else [ips.value, ips.low, ips.high],
             "dr": None if dr is None else [dr.value, dr.low, dr.high],
-            "dr covers truth": s.covered, "overlap": r.overlap,
+            "dr covers truth": s.covered, "verdict": s.verdict, "overlap": r.overlap,
+            "support": r.support, "disagreeing rewarded": r.disagreeing_rewarded,
         })  # fmt: skip
     if as_json:
         echo_json(rows)
@@ -238,15 +240,20 @@ def _shadow_replay(name, k, seeds, share, method, plot, as_json) -> None:
     for row in rows:
         click.echo(
             f"seed {row['seed']}: {row['requests']} requests, agreement "
-            f"{100 * row['agreement (store)']:.2f}% (direct {100 * row['agreement (direct)']:.2f}%); "
+            f"{100 * row['agreement (store)']:.2f}% (view {100 * row['agreement (view)']:.2f}%, "
+            f"direct {100 * row['agreement (direct)']:.2f}%); "
             f"shadow - served: truth {row['truth']:+.4f}, "
             + (
                 f"IPS {row['ips'][0]:+.4f} [{row['ips'][1]:+.4f}, {row['ips'][2]:+.4f}], "
                 f"DR {row['dr'][0]:+.4f} [{row['dr'][1]:+.4f}, {row['dr'][2]:+.4f}] "
-                f"{'covers' if row['dr covers truth'] else 'misses'}"
+                f"{row['verdict']}"
                 if row["dr"] is not None
-                else str(row["overlap"])
+                else f"declined: {row['overlap']}"
             )
         )
-    covered = sum(1 for s in found if s.covered)
-    click.echo(f"doubly-robust interval covers the truth in {covered} of {len(found)} seeds")
+    counts = {v: sum(1 for s in found if s.verdict == v) for v in ("covers", "misses", "declined")}
+    click.echo(
+        f"doubly-robust interval covers the truth in {counts['covers']} of {len(found)} seeds, "
+        f"misses it in {counts['misses']}; the report declined to estimate in "
+        f"{counts['declined']}"
+    )

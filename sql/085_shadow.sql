@@ -45,8 +45,11 @@ COMMENT ON FUNCTION avengers.shadow_policy(jsonb) IS
 -- requests chosen for sampling are returned with the shadow model's endpoint. entries: a JSON
 -- array of {route_id, embedding (the vector the request was routed with), prompt_chars,
 -- served_model (the model asked first), served_policy (its Policy.to_dict), served_propensity}.
+-- shadowed: the policy the requests were shadowed under when they were served (NULL: the shadow
+-- role's now). A batch computed after the role moved on is still decided under the policy its
+-- requests were served beside; it is sampled only while the role still names that policy.
 -- The served side is recomputed greedily under its own policy for its top model, score and cost.
-CREATE FUNCTION avengers.shadow_decide(entries jsonb)
+CREATE FUNCTION avengers.shadow_decide(entries jsonb, shadowed text DEFAULT NULL)
 RETURNS TABLE (route_id uuid, model text, endpoint text, served_name text, api_key_env text,
                expected_cost double precision)
 LANGUAGE plpgsql
@@ -55,9 +58,11 @@ AS $$
 DECLARE
   role record;
 BEGIN
-  SELECT r.name, r.sample_share, p.policy INTO role
-  FROM avengers.policy_roles r JOIN avengers.policies p ON p.name = r.name
-  WHERE r.role = 'shadow';
+  SELECT p.name, coalesce(r.sample_share, 0) AS sample_share, p.policy INTO role
+  FROM avengers.policies p
+  LEFT JOIN avengers.policy_roles r ON r.role = 'shadow' AND r.name = p.name
+  WHERE p.name = coalesce(shadow_decide.shadowed,
+                          (SELECT r2.name FROM avengers.policy_roles r2 WHERE r2.role = 'shadow'));
   IF NOT FOUND OR jsonb_array_length(coalesce(entries, '[]'::jsonb)) = 0 THEN
     RETURN;
   END IF;
@@ -127,8 +132,8 @@ BEGIN
   WHERE st.sample;
 END
 $$;
-COMMENT ON FUNCTION avengers.shadow_decide(jsonb) IS
-  'Compute and store (avengers.shadow_decisions) the shadow policy''s decision for a batch of served requests, in one decide_many over their vectors, beside the served policy''s greedy choice, score and expected cost; returns the requests chosen for sampling (the two disagree, within the sample share) with the shadow model''s endpoint and expected cost. No shadow policy: nothing.';
+COMMENT ON FUNCTION avengers.shadow_decide(jsonb, text) IS
+  'Compute and store (avengers.shadow_decisions) the decision of the shadow policy (the one named, as the requests were served beside it; NULL: the shadow role''s now) for a batch of served requests, in one decide_many over their vectors, beside the served policy''s greedy choice, score and expected cost; returns the requests chosen for sampling (the two disagree, within the sample share, while the role still names that policy) with the shadow model''s endpoint and expected cost. No such policy: nothing.';
 
 -- What the day's sampled shadow answers may still cost (UTC day).
 CREATE FUNCTION avengers.shadow_budget()

@@ -35,22 +35,34 @@ from avengers_store.shadow.report import ShadowSummary, plot_report, report
 from avengers_store.store import connections
 
 REPLAY_NAME = "replay-shadow"
+AGREEMENT_SQL = (
+    "SELECT agreement FROM avengers.shadow_agreement WHERE policy_name = %s AND cluster IS NULL"
+)
 
 
 @dataclass(frozen=True)
 class ShadowSeed:
-    """One seed: the report's overall row, the agreement computed directly, the true
-    difference and whether the doubly-robust interval covers it."""
+    """One seed: the report's overall row, the agreement the ``avengers.shadow_agreement``
+    view gives and the one computed directly from the two decisions, the true difference and
+    whether the doubly-robust interval covers it."""
 
     seed: int
     summary: ShadowSummary
+    agreement_view: float
     agreement_direct: float
     truth: float
 
     @property
     def covered(self) -> bool | None:
+        """Whether the doubly-robust interval covers the truth (None: the report declined to
+        give one, ``summary.overlap`` says why)."""
         est = self.summary.dr_estimate
         return None if est is None else est.low <= self.truth <= est.high
+
+    @property
+    def verdict(self) -> str:
+        """``covers``, ``misses``, or ``declined`` (too little overlap to estimate)."""
+        return {True: "covers", False: "misses", None: "declined"}[self.covered]
 
 
 def evaluate_shadow(
@@ -109,7 +121,7 @@ def evaluate_shadow(
                             str(int(rp.query_ids[row])), decision=d, answer=None,
                             strategy="direct", latency_ms=0.0, route_id=rid, models=[model],
                         ))  # fmt: skip
-                        found = work.item(rid, vec, d, text=None)
+                        found = work.item(rid, vec, d, text=None, shadow=REPLAY_NAME)
                         if found is not None:
                             items.append(found)
                         score = float(rp.Y0[row, rp.column[model]])
@@ -124,10 +136,13 @@ def evaluate_shadow(
                             "VALUES (%s, 'replay', %s, %s)",
                             fed,
                         )
-                    c.execute(work.DECIDE_SQL, (Jsonb([i.entry() for i in items]),)).fetchall()
+                    c.execute(
+                        work.DECIDE_SQL, (Jsonb([i.entry() for i in items]), REPLAY_NAME)
+                    ).fetchall()
                 found_report = report(conn=c)
+                (view,) = c.execute(AGREEMENT_SQL, (REPLAY_NAME,)).fetchone()
                 truth = float(np.mean(outcome_shadow) - np.mean(outcome_asked))
-                out.append(ShadowSeed(seed, found_report.overall(REPLAY_NAME),
+                out.append(ShadowSeed(seed, found_report.overall(REPLAY_NAME), float(view),
                                       float(np.mean(agree)), truth))  # fmt: skip
                 if plot is not None and seed == seeds[-1]:
                     plot_report(found_report, plot, REPLAY_NAME)

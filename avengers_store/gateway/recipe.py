@@ -157,11 +157,13 @@ class Recipe:
 
     def shadow_items(self, answer: strategies.Answer | None) -> list[Any]:
         """The request's item for the shadow policy, when one is shadowed (none otherwise)."""
-        if self.gw.client.roles.shadow is None:
+        roles = self.gw.client.roles
+        if roles.shadow is None:
             return []
         found = shadow_work.item(
-            self.route_id, self.vector, self.decision, text=self.text, answer=answer
-        )
+            self.route_id, self.vector, self.decision, text=self.text, answer=answer,
+            shadow=roles.shadow_name,
+        )  # fmt: skip
         return [found] if found is not None else []
 
     def log_failure(self, exc: AvengersError, decision: RouteDecision | None) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -155,6 +156,12 @@ def plot_report(found: ShadowReport, path: str | Path, name: str | None = None) 
             label="shadow: doubly-robust, 95%",
         )
         left.legend(loc="lower right", fontsize=8)
+    elif row.overlap is not None:
+        # The picture declines as the report does, and says why.
+        left.set_xlabel(
+            textwrap.fill(f"no off-policy interval: {row.overlap.split(' (')[0]}", 70),
+            fontsize=8,
+        )
     labels = ["served", row.policy_name]
     if all(c is not None for c in cost):
         labels = [f"{lab}\ncost {c:.3g}" for lab, c in zip(labels, cost, strict=True)]

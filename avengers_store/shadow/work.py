@@ -25,7 +25,7 @@ from avengers_store.store.statement import Statement
 
 DECIDE_SQL = (
     "SELECT route_id, model, endpoint, served_name, api_key_env, expected_cost "
-    "FROM avengers.shadow_decide(%s)"
+    "FROM avengers.shadow_decide(%s, %s)"
 )
 RESERVE_SQL = "SELECT avengers.shadow_reserve(%s, %s, %s, %s)"
 SAMPLE_SQL = """
@@ -44,7 +44,8 @@ TEMPLATE_TOKENS = 16
 class ShadowItem:
     """A served request as shadowing needs it: its route id, the vector it was routed with,
     its text (for sampling; None: a vector was routed), its length, the served decision's
-    first model, policy and propensity, and the served answer and task type."""
+    first model, policy and propensity, the served answer and task type, and the shadow
+    policy it was served beside (None: whichever is shadowed when it is computed)."""
 
     route_id: str
     vector: Any
@@ -55,6 +56,7 @@ class ShadowItem:
     served_propensity: float | None
     served_answer: str | None = None
     task_type: str | None = None
+    shadow: str | None = None
 
     def entry(self) -> dict[str, Any]:
         return plain({
@@ -68,9 +70,16 @@ class ShadowItem:
 
 
 def item(
-    route_id: Any, vector: Any, decision: Any, *, text: str | None, answer: Any = None
+    route_id: Any,
+    vector: Any,
+    decision: Any,
+    *,
+    text: str | None,
+    answer: Any = None,
+    shadow: str | None = None,
 ) -> ShadowItem | None:
-    """The shadow item of a served request (None: nothing was routed)."""
+    """The shadow item of a served request (None: nothing was routed); ``shadow``: the shadow
+    policy's name as the client read it when serving the request."""
     if decision is None or vector is None or not decision.candidates:
         return None
     return ShadowItem(
@@ -83,12 +92,14 @@ def item(
         decision.propensity,
         answer.answer if answer is not None else None,
         answer.task_type if answer is not None else None,
+        shadow,
     )
 
 
-def decide_statement(items: Sequence[ShadowItem]) -> Statement:
-    """The batch's shadow decisions, stored; its rows are the requests to sample."""
-    return Statement(DECIDE_SQL, (Jsonb([i.entry() for i in items]),))
+def decide_statement(items: Sequence[ShadowItem], shadow: str | None) -> Statement:
+    """The batch's decisions under the shadow policy ``shadow`` (None: the one shadowed now),
+    stored; its rows are the requests to sample."""
+    return Statement(DECIDE_SQL, (Jsonb([i.entry() for i in items]), shadow))
 
 
 def prompt_messages(found: ShadowItem, prompts: PromptSet | None) -> list[dict[str, str]]:

@@ -40,7 +40,7 @@ def test_shadow_decisions_match_decide(store):
     served = decide(conn, vectors, Policy())
     direct = decide(conn, vectors, Policy(clustering_id=other, exploration="off"))
     items = [work.item(uuid.uuid4(), v, d, text=None) for v, d in zip(vectors, served, strict=True)]
-    conn.execute(work.DECIDE_SQL, (Jsonb([i.entry() for i in items]),)).fetchall()
+    conn.execute(work.DECIDE_SQL, (Jsonb([i.entry() for i in items]), "one")).fetchall()
     stored = dict(conn.execute("SELECT route_id::text, model FROM avengers.shadow_decisions"))
     assert [stored[i.route_id] for i in items] == [d.model for d in direct]
     agree = np.mean([a.model == b.model for a, b in zip(served, direct, strict=True)])
@@ -60,3 +60,43 @@ def test_promote_and_back_and_remove_guard(store):
     assert stored_policies.promote(back=True, conn=conn).name == "a"
     with pytest.raises(StoreStateError, match="served"):
         stored_policies.remove("a", conn=conn)
+
+
+def test_a_batch_is_decided_under_the_policy_it_was_served_beside(store):
+    # Shadow work lingers before it runs: a batch computed after the shadow role moved on is
+    # still decided under the policy its requests were served beside, and not sampled.
+    conn, other = store
+    stored_policies.create("default", Policy(), conn=conn)
+    stored_policies.promote("default", conn=conn)
+    stored_policies.create("one", Policy(clustering_id=other), conn=conn)
+    stored_policies.create("two", Policy(top_n=2), conn=conn)
+    control.start("one", sample_share=1.0, conn=conn)
+    vectors = np.random.default_rng(2).normal(size=(12, 4)).astype(np.float32)
+    served = decide(conn, vectors, Policy())
+    direct = decide(conn, vectors, Policy(clustering_id=other, exploration="off"))
+
+    def batch(shadow):
+        items = [
+            work.item(uuid.uuid4(), v, d, text="q", shadow=shadow)
+            for v, d in zip(vectors, served, strict=True)
+        ]
+        rows = conn.execute(work.DECIDE_SQL, (Jsonb([i.entry() for i in items]), shadow))
+        return items, rows.fetchall()
+
+    control.start("two", conn=conn)  # the role moved on before the batch ran
+    items, to_sample = batch("one")
+    stored = conn.execute(
+        "SELECT route_id::text, policy_name, model, sample FROM avengers.shadow_decisions"
+    ).fetchall()
+    by_id = {r[0]: r[1:] for r in stored}
+    assert [by_id[i.route_id][:2] for i in items] == [("one", d.model) for d in direct]
+    assert to_sample == [] and not any(r[3] for r in stored)
+    disagree = sum(a.model != b.model for a, b in zip(served, direct, strict=True))
+    assert disagree > 0  # under the role's share the disagreements would have been sampled
+    control.stop(conn=conn)
+    items, _ = batch(None)  # no name and no shadow now: nothing is decided
+    found = conn.execute(
+        "SELECT count(*) FROM avengers.shadow_decisions WHERE route_id = ANY(%s::uuid[])",
+        ([i.route_id for i in items],),
+    ).fetchone()[0]
+    assert found == 0
