@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
 import psycopg
 import pytest
 
 from avengers_store import AvengersClient
 from avengers_store.errors import InputError, NotFound
 from avengers_store.store import connections
-from avengers_store.testing import (
-    FixedEmbedder,
-    activate,
-    add_clustering,
-    add_profiles,
-    ensure_model,
-)
+from avengers_store.testing import FixedEmbedder, set_endpoints, two_cluster_store
 
 SPACE = "feedback-space-4"
 NEAR_0 = [1.0, 0.1, 0.0, 0.0]
@@ -26,20 +19,9 @@ NEAR_0 = [1.0, 0.1, 0.0, 0.0]
 
 @pytest.fixture(scope="module")
 def store(db_url, scripted_server_module) -> str:
-    with connections.connect(db_url) as conn:
-        cid = add_clustering(
-            conn, np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32), embedder=SPACE
-        )
-        for name in ("alpha", "bravo"):
-            ensure_model(conn, name, endpoint=scripted_server_module.base_url, served_name=name)
-        ensure_model(conn, "charlie")
-        add_profiles(
-            conn,
-            cid,
-            {"alpha": [[1, 1], [0, 0]], "bravo": [[1, 0], [1, 1]], "charlie": [[0, 0], [1, 0]]},
-        )
-        activate(conn, cid)
-        conn.commit()
+    two_cluster_store(db_url, SPACE)
+    base = scripted_server_module.base_url
+    set_endpoints(db_url, alpha=base, bravo=base)
     return db_url
 
 
