@@ -14,11 +14,9 @@ import gc
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from avengers_store.ingest.outcomes import OutcomeRow, upsert_outcomes
 from avengers_store.ingest.text_identity import content_hash
 from avengers_store.store import config, connections, embedded
 from avengers_store.testing import shared_data, throwaway_database, unit_rows
+from avengers_store.testing.postgres import temporary_server
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -59,14 +58,8 @@ def server() -> Iterator[str]:
     if shared_home:
         yield make_conninfo(embedded.start(Path(shared_home)), dbname="postgres")
         return
-    # Not under a 0700 directory: the embedded server runs as its own user when we are root.
-    home = Path(tempfile.mkdtemp(prefix="avengers-bench-"))
-    home.chmod(0o755)
-    try:
-        yield make_conninfo(embedded.start(home), dbname="postgres")
-    finally:
-        embedded.stop(home)
-        shutil.rmtree(home, ignore_errors=True)
+    with temporary_server("avengers-bench-") as url:
+        yield url
 
 
 @contextmanager

@@ -31,6 +31,13 @@ def postgres_server(prefix: str = "avengers-test-") -> Iterator[str]:
     if external:
         yield make_conninfo(external, dbname="postgres")
         return
+    with temporary_server(prefix) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def temporary_server(prefix: str) -> Iterator[str]:
+    """Admin URL of an embedded server in a new temporary home, stopped and removed afterwards."""
     # Not under pytest's basetemp or another 0700 directory: the embedded server runs as its own
     # unprivileged user when we are root.
     home = Path(tempfile.mkdtemp(prefix=prefix))
