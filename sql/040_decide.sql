@@ -254,7 +254,7 @@ COMMENT ON FUNCTION avengers.policy_error(avengers.routing_policy) IS
 CREATE FUNCTION avengers.policy_valid(p avengers.routing_policy)
 RETURNS boolean
 LANGUAGE sql STABLE
-RETURN CASE WHEN p IS NOT NULL
+RETURN CASE WHEN p IS DISTINCT FROM NULL
                  AND coalesce(p.top_n >= 1, true)
                  AND coalesce(p.neighbours >= 1, true)
                  AND coalesce(p.temperature >= 0, true)

@@ -287,6 +287,33 @@ def test_bad_trade_off_arguments_are_named(store, conn):
         )
     assert err.value.location == "max_cost"
     conn.rollback()
+    with (
+        pytest.raises(InputError, match="the routing policy is NULL") as err,
+        driver_errors.translated(),
+    ):
+        conn.execute("SELECT * FROM avengers.decide(%s::vector, NULL)", (store[0].tolist(),))
+    assert err.value.location == "policy"
+    conn.rollback()
+
+
+def test_a_valid_policy_is_checked_when_planned_not_on_every_decision(store, conn):
+    # A composite with NULL fields is not "IS NOT NULL": the check once called the plpgsql
+    # error function on every decision. A valid constant policy now folds to nothing.
+    plan = "\n".join(
+        line
+        for (line,) in conn.execute(
+            "EXPLAIN (VERBOSE, GENERIC_PLAN) SELECT * FROM avengers.decide($1::vector, "
+            "avengers.policy(3, tradeoff => 0.5))"
+        )
+    )
+    assert "model" in plan and "policy_error" not in plan
+    # Fields left unset (a row of NULLs) route with the defaults instead of failing.
+    rows = conn.execute(
+        "SELECT model FROM avengers.decide(%s::vector, ROW(NULL, NULL, NULL, NULL, NULL, NULL, "
+        "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::avengers.routing_policy)",
+        (store[0].tolist(),),
+    ).fetchall()
+    assert len(rows) == 1 and rows[0][0] is not None
 
 
 def test_route_log_usage_feeds_the_completion_tokens(store, conn):
