@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 
+from avengers_store.upstream_http import UpstreamTransport
+
 MASK = b"***"
 # Characters a token (bearer token, API key) is made of.
 _TOKEN = rb"A-Za-z0-9._~+/=\-"
@@ -235,11 +237,12 @@ def sync_client(*, timeout: float, max_connections: int = 4) -> httpx.Client:
 
 
 def async_client(*, timeout: float, max_connections: int = 64) -> httpx.AsyncClient:
-    """``sync_client`` for asyncio."""
+    """``sync_client`` for asyncio, on aiohttp's connections (``upstream_http``: httpx's own
+    async pool slows down as concurrent requests grow)."""
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    inner = httpx.AsyncHTTPTransport(limits=limits)
+    inner = UpstreamTransport(limits=limits)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout), transport=AsyncRedactingTransport(inner)
     )

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 
+import aiohttp
 import httpx
 import numpy as np
 from _common import (
@@ -235,11 +236,15 @@ def start_upstream() -> tuple[subprocess.Popen, str]:
 
 async def closed_loop(url: str, clients: int, requests: int) -> dict:
     """``clients`` concurrent clients sending chat requests back to back until ``requests`` are
-    answered (after one warm-up request each): requests/s and latency percentiles (ms)."""
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    answered (after one warm-up request each): requests/s and latency percentiles (ms). The load
+    comes from aiohttp: httpx's async pool slows down as concurrency grows (encode/httpx#3215),
+    which at 32 clients made the load generator, not the server, set the pace and the tail."""
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients + 4)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    ) as http:
 
         async def one(i: int) -> float:
             body = {
@@ -248,8 +253,9 @@ async def closed_loop(url: str, clients: int, requests: int) -> dict:
                 "max_tokens": 4,
             }
             t0 = time.perf_counter()
-            response = await http.post(url, json=body)
-            response.raise_for_status()
+            async with http.post(url, json=body) as response:
+                response.raise_for_status()
+                await response.read()
             return (time.perf_counter() - t0) * 1000.0
 
         await asyncio.gather(*(one(i) for i in range(clients)))  # connections, caches
@@ -261,7 +267,7 @@ async def closed_loop(url: str, clients: int, requests: int) -> dict:
                 left -= 1
                 try:
                     latencies.append(await one(left))
-                except httpx.HTTPError:
+                except aiohttp.ClientError:
                     errors += 1
 
         t0 = time.perf_counter()

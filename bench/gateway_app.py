@@ -5,7 +5,7 @@ pool through the same framework: the floor of ``/v1/route``. Not part of the pro
 ``--fixed-embedding`` gives the gateway's client an embedder that puts every text at one vector
 (the embedding excluded; routing, sampling, voting and logging as usual). ``--floor-upstream
 URL`` serves instead a bare proxy in the same framework and server with the same HTTP client
-(httpx, keep-alive): ``POST /v1/chat/completions`` forwarded as it is to ``URL/chat/completions``
+(the gateway's HTTP client, redaction.async_client): ``POST /v1/chat/completions`` forwarded as it is to ``URL/chat/completions``
 and its answer returned, the floor of the gateway's chat requests. ``--workers N`` runs N
 processes on the port, as ``avengers serve --workers N`` does.
 
@@ -28,6 +28,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from avengers_store import redaction
 
 ARGS_ENV = "AVENGERS_BENCH_GATEWAY_ARGS"
 
@@ -67,10 +69,9 @@ def floor_app(upstream: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        # The limits the gateway's AsyncChatClient uses for max_in_flight 256.
-        async with httpx.AsyncClient(
-            timeout=60, limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        ) as http:
+        # The gateway's HTTP client (redaction.async_client) with the limits its AsyncChatClient
+        # uses for max_in_flight 256.
+        async with redaction.async_client(timeout=60, max_connections=256) as http:
             holder["http"] = http
             yield
 

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "avengers_store.errors",
             "avengers_store.arguments",
             "avengers_store.figures",
+            "avengers_store.upstream_http",
             "avengers_store.redaction",
             "avengers_store.flows",
         ),
