@@ -34,7 +34,7 @@ from avengers_store.answering.route_log_writer import RouteLogWriter
 from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
-from avengers_store.client_pools import PooledClient
+from avengers_store.client_pools import PooledClient, needs_check
 from avengers_store.errors import (
     AvengersError,
     ConfigurationError,
@@ -202,7 +202,8 @@ class AsyncAvengersClient(PooledClient):
             except PoolTimeout as exc:
                 raise self._lost(pool, role, exc) from exc
             try:
-                await AsyncConnectionPool.check_connection(pooled)
+                if needs_check(pooled):
+                    await AsyncConnectionPool.check_connection(pooled)
             except psycopg.Error:
                 await pool.putconn(pooled)
                 self._forget(pool)

@@ -33,7 +33,7 @@ from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient
 from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.client_core import DEFAULT_TOP_N, Query
-from avengers_store.client_pools import PooledClient
+from avengers_store.client_pools import PooledClient, needs_check
 from avengers_store.errors import AvengersError, ConnectionFailed, EndpointError, StoreUnavailable
 from avengers_store.flows import Done, advance
 from avengers_store.routing import RoutingMethod
@@ -162,8 +162,9 @@ class AvengersClient(PooledClient):
             release()
 
     def _checkout(self, role: str) -> tuple[psycopg.Connection, ConnectionPool, Any]:
-        """A pooled connection checked alive (one empty round trip), its pool, and how to give
-        it back. A dead one (the server restarted) replaces the pool once."""
+        """A pooled connection checked alive (a round trip only when the server spoke on it while
+        idle: ``client_pools.needs_check``), its pool, and how to give it back. A dead one (the
+        server restarted) replaces the pool once."""
         for _ in range(2):
             pool = self._open_pool(role)
             try:
@@ -173,7 +174,8 @@ class AvengersClient(PooledClient):
             except PoolTimeout as exc:
                 raise self._lost(pool, role, exc) from exc
             try:
-                ConnectionPool.check_connection(pooled)
+                if needs_check(pooled):
+                    ConnectionPool.check_connection(pooled)
             except psycopg.Error:
                 pool.putconn(pooled)
                 self._forget(pool)

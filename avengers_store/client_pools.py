@@ -10,6 +10,7 @@ call makes a new one, which probes the server first.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +21,20 @@ from avengers_store import client_core as core
 from avengers_store.errors import AvengersError, ConnectionFailed, InputError, StoreUnavailable
 from avengers_store.shadow.batches import ShadowBatches
 from avengers_store.store import availability, config, connections
+
+
+def needs_check(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
+    """Whether a pooled connection must be checked alive with a round trip before it is used:
+    only when the server has spoken on it while it sat idle. A server speaks unasked only to say
+    goodbye (a shutdown's FATAL, a closed socket) or to deliver a notification, and a poll of the
+    socket sees that without a round trip; checking every checkout cost one per call."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 class PooledClient(core.ClientCore):
