@@ -428,13 +428,11 @@ class ClientCore:
         candidate; ``seed``: exploration's draws (default: from the client's generator)."""
         if isinstance(query, np.ndarray) and query.ndim == 2:
             raise InputError("route takes one query; use route_many for a matrix", location="query")
-        yield from self._read_roles(conn)
-        chosen = self.policy_for(policy, top_n=top_n, **changes)
-        decisions, _ = yield from self._decide(
-            [query], chosen, prompt_chars=[prompt_chars], pinned=[pinned],
-            seeds=None if seed is None else [seed], conn=conn,
+        decision, _ = yield from ClientCore.route_with_vector.fn(
+            self, query, top_n, policy=policy, prompt_chars=prompt_chars, pinned=pinned,
+            seed=seed, conn=conn, **changes,
         )  # fmt: skip
-        return decisions[0]
+        return decision
 
     @operation
     def route_with_vector(
@@ -449,7 +447,7 @@ class ClientCore:
         conn: Any = None,
         **changes: Any,
     ) -> Flow[tuple[RouteDecision, Any]]:
-        """``route``, and the vector it was routed with (a text's embedding)."""
+        """``route``, and the vector it was routed with (a text's embedding); ``route``'s flow."""
         yield from self._read_roles(conn)
         chosen = self.policy_for(policy, top_n=top_n, **changes)
         decisions, vectors = yield from self._decide(

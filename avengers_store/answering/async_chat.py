@@ -20,23 +20,21 @@ from avengers_store.answering.sampling import (
     Deadline,
     Endpoint,
     Messages,
-    NLimits,
     Post,
-    RetryPolicy,
     SampleBatch,
+    SamplingClient,
     adrive,
     attempt_timeout,
     auth_headers,
     bounded,
     has_content,
     post_steps,
-    sample_steps,
     without_credentials,
 )
 from avengers_store.errors import ConfigurationError, EndpointError
 
 
-class AsyncChatClient:
+class AsyncChatClient(SamplingClient):
     """Async client with one pooled ``httpx.AsyncClient``; use it from one event loop.
 
     Settings as ``ChatClient``: ``timeout`` per HTTP request (for a stream: between chunks),
@@ -55,9 +53,7 @@ class AsyncChatClient:
     ) -> None:
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be >= 1, got {max_connections}")
-        self.policy = RetryPolicy(timeout, max_retries, backoff)
-        self.limits = NLimits(max_n)
-        self.timeout = timeout
+        super().__init__(timeout=timeout, max_retries=max_retries, backoff=backoff, max_n=max_n)
         # Every answer, stream and error is read through the redacting transport: no key leaves.
         self._http = redaction.async_client(timeout=timeout, max_connections=max_connections)
 
@@ -82,17 +78,7 @@ class AsyncChatClient:
         **extra: Any,
     ) -> SampleBatch:
         """Draw ``n`` completions of ``messages`` from ``endpoint`` (see ``ChatClient.sample``)."""
-        steps = sample_steps(
-            endpoint,
-            messages,
-            n,
-            policy=self.policy,
-            limits=self.limits,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            extra=extra,
-            deadline=deadline,
-        )
+        steps = self._sample_steps(endpoint, messages, n, temperature, max_tokens, extra, deadline)
         return await adrive(steps, self._http)
 
     async def forward(

@@ -23,11 +23,9 @@ from avengers_store.answering.sampling import (
     Endpoint,
     Message,
     Messages,
-    NLimits,
-    RetryPolicy,
     SampleBatch,
+    SamplingClient,
     drive,
-    sample_steps,
 )
 from avengers_store.errors import ConfigurationError, EndpointError
 
@@ -42,7 +40,7 @@ __all__ = [
 ]
 
 
-class ChatClient:
+class ChatClient(SamplingClient):
     """Sync client with one pooled ``httpx.Client``; safe to share between threads.
 
     ``timeout`` is per HTTP request in seconds; ``max_retries`` counts retries after the first
@@ -63,13 +61,8 @@ class ChatClient:
     ) -> None:
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.policy = RetryPolicy(timeout, max_retries, backoff)
-        self.limits = NLimits(max_n)
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
+        super().__init__(timeout=timeout, max_retries=max_retries, backoff=backoff, max_n=max_n)
         self.max_concurrency = max_concurrency
-        self.max_n = max_n
         # Every answer and error is read through the redacting transport: no key leaves.
         self._http = redaction.sync_client(timeout=timeout, max_connections=max(max_concurrency, 4))
 
@@ -100,17 +93,7 @@ class ChatClient:
         passes after some choices came, the batch holds those. Raises EndpointError when the
         endpoint still fails after retries or by the deadline, answers malformed or has no key.
         """
-        steps = sample_steps(
-            endpoint,
-            messages,
-            n,
-            policy=self.policy,
-            limits=self.limits,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            extra=extra,
-            deadline=deadline,
-        )
+        steps = self._sample_steps(endpoint, messages, n, temperature, max_tokens, extra, deadline)
         return drive(steps, self._http)
 
     def sample_many(

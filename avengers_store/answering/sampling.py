@@ -333,6 +333,37 @@ def sample_steps(
     )
 
 
+class SamplingClient:
+    """What the sync and async chat clients hold of the protocol: the retry policy, the choice
+    limits learned per endpoint, and the steps of one ``sample`` call under them; each client
+    adds only its HTTP client and the driver that runs the steps."""
+
+    def __init__(
+        self, *, timeout: float, max_retries: int, backoff: float, max_n: int | None
+    ) -> None:
+        self.policy = RetryPolicy(timeout, max_retries, backoff)
+        self.limits = NLimits(max_n)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_n = max_n
+
+    def _sample_steps(
+        self,
+        endpoint: Endpoint,
+        messages: Messages,
+        n: int,
+        temperature: float | None,
+        max_tokens: int,
+        extra: Mapping[str, Any],
+        deadline: Deadline | None,
+    ) -> Steps:
+        return sample_steps(
+            endpoint, messages, n, policy=self.policy, limits=self.limits,
+            temperature=temperature, max_tokens=max_tokens, extra=extra, deadline=deadline,
+        )  # fmt: skip
+
+
 def post_steps(
     endpoint: Endpoint,
     body: dict[str, Any],

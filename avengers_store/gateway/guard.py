@@ -73,34 +73,12 @@ class Guard:
         limited = path in LIMITED_PATHS
         record = access.AccessRecord(scope.get("method", ""), path)
         access.current.set(record)
-        if limited and gw.in_flight >= gw.settings.max_in_flight:
-            gw.metrics.rejected.inc()
-            gw.metrics.requests.labels(label, "429").inc()
-            error = GatewayError(
-                429,
-                f"{gw.settings.max_in_flight} requests are in flight, the gateway's limit: "
-                "retry after a second",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": "1"},
-            )
-            record.status, record.error = 429, error.code
+        refusal = _refusal(gw) if limited else None
+        if refusal is not None:
+            gw.metrics.requests.labels(label, str(refusal.status)).inc()
+            record.status, record.error = refusal.status, refusal.code
             access.log.info(record.line())
-            await error.response()(scope, receive, send)
-            return
-        if limited and gw.spool_full:
-            gw.metrics.requests.labels(label, "503").inc()
-            error = GatewayError(
-                503,
-                "the store is unreachable and the route-log spool is full, so an answer could "
-                "not be logged: retry once the store is back",
-                type="service_unavailable",
-                code="not_ready",
-                headers={"Retry-After": "5"},
-            )
-            record.status, record.error = 503, error.code
-            access.log.info(record.line())
-            await error.response()(scope, receive, send)
+            await refusal.response()(scope, receive, send)
             return
         status = 500
         pending_logs.set([])
@@ -129,3 +107,29 @@ class Guard:
             if label not in ("/health", "/metrics"):  # probes would drown the requests
                 record.status, record.latency_ms = status, took * 1000.0
                 access.log.info(record.line())
+
+
+def _refusal(gw: Gateway) -> GatewayError | None:
+    """Why a limited request is refused before it starts (None: it is not): the in-flight
+    limit is reached (429), or the route-log spool is full while the store is unreachable (503,
+    since an answer could not be logged)."""
+    if gw.in_flight >= gw.settings.max_in_flight:
+        gw.metrics.rejected.inc()
+        return GatewayError(
+            429,
+            f"{gw.settings.max_in_flight} requests are in flight, the gateway's limit: "
+            "retry after a second",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        )
+    if gw.spool_full:
+        return GatewayError(
+            503,
+            "the store is unreachable and the route-log spool is full, so an answer could "
+            "not be logged: retry once the store is back",
+            type="service_unavailable",
+            code="not_ready",
+            headers={"Retry-After": "5"},
+        )
+    return None
