@@ -34,7 +34,7 @@ from avengers_store.answering.route_log_writer import RouteLogWriter
 from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
-from avengers_store.client_pools import PooledClient, needs_check
+from avengers_store.client_pools import GENERIC_PLANS, PooledClient, needs_check
 from avengers_store.errors import (
     AvengersError,
     ConfigurationError,
@@ -154,8 +154,14 @@ class AsyncAvengersClient(PooledClient):
             await asyncio.to_thread(probe)
         except ConnectionFailed as exc:
             raise self._unavailable(role, exc) from exc
+
+        async def configure(c: psycopg.AsyncConnection) -> None:
+            await aensure_vector_types(c)
+            if self.prepared_statements:
+                await c.execute(GENERIC_PLANS)
+
         pool = AsyncConnectionPool(
-            target, configure=aensure_vector_types, **self._pool_options(target, "avengers-async")
+            target, configure=configure, **self._pool_options(target, "avengers-async")
         )
         await pool.open(wait=True, timeout=30)
         return pool

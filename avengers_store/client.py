@@ -33,7 +33,7 @@ from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient
 from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.client_core import DEFAULT_TOP_N, Query
-from avengers_store.client_pools import PooledClient, needs_check
+from avengers_store.client_pools import GENERIC_PLANS, PooledClient, needs_check
 from avengers_store.errors import AvengersError, ConnectionFailed, EndpointError, StoreUnavailable
 from avengers_store.flows import Done, advance
 from avengers_store.routing import RoutingMethod
@@ -121,11 +121,13 @@ class AvengersClient(PooledClient):
                 schema.check_revision(probe)
         except ConnectionFailed as exc:
             raise self._unavailable(role, exc) from exc
-        pool = ConnectionPool(
-            target,
-            configure=lambda c: connections.register_vector(c, target),
-            **self._pool_options(target, "avengers"),
-        )
+
+        def configure(c: psycopg.Connection) -> None:
+            connections.register_vector(c, target)
+            if self.prepared_statements:
+                c.execute(GENERIC_PLANS)
+
+        pool = ConnectionPool(target, configure=configure, **self._pool_options(target, "avengers"))
         pool.open(wait=True, timeout=30)
         return pool
 

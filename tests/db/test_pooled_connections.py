@@ -1,6 +1,7 @@
-"""A pooled connection is checked with a round trip only when the server spoke on it while it
-sat idle (client_pools.needs_check): a live idle one is used as it is, one whose backend was
-terminated is seen without a round trip, and the client replaces it before routing."""
+"""The clients' pooled connections: checked with a round trip only when the server spoke on one
+while it sat idle (client_pools.needs_check: a live idle one is used as it is, one whose backend
+was terminated is seen without a round trip and replaced), and planning prepared statements
+generically when they keep them."""
 
 from __future__ import annotations
 
@@ -48,3 +49,31 @@ def test_the_client_replaces_a_pooled_connection_whose_backend_was_terminated(db
         assert after != before
     finally:
         client.close()
+
+
+def test_pooled_connections_plan_prepared_statements_generically_unless_told_not_to(db_url):
+    for prepared, expected in ((True, "force_generic_plan"), (False, "auto")):
+        client = AvengersClient(db_url, pool_size=1, prepared_statements=prepared)
+        try:
+            with client._connection(None, "read") as pooled:
+                (mode,) = pooled.execute("SHOW plan_cache_mode").fetchone()
+            assert mode == expected
+        finally:
+            client.close()
+
+
+def test_the_async_client_plans_generically_too(db_url):
+    import asyncio
+
+    from avengers_store.async_client import AsyncAvengersClient
+
+    async def main() -> str:
+        client = AsyncAvengersClient(db_url, pool_size=1)
+        try:
+            async with client.connection("read") as pooled:
+                cursor = await pooled.execute("SHOW plan_cache_mode")
+                return (await cursor.fetchone())[0]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == "force_generic_plan"
