@@ -203,6 +203,10 @@ class ClientCore:
     """What both clients hold besides I/O: their options, the default routing policy and the
     caches (serving space, embedders, novelty models), and the operations as flows."""
 
+    # Whether the connections keep prepared statements (the pooled clients' option): which
+    # statement routes one query (``routing.decide.statement``).
+    prepared_statements: bool = True
+
     def __init__(
         self,
         *,
@@ -392,7 +396,7 @@ class ClientCore:
             model = yield from self._novelty_model(served, conn)
             statement = decide_statement(
                 vectors, policy, seeds=seeds, prompt_chars=chars, pinned=pinned, novelty=model,
-                novelty_clustering=served,
+                novelty_clustering=served, prepared=self.prepared_statements,
             )  # fmt: skip
             rows = yield run(statement, conn=conn, stage="route")
             decisions = decisions_from_rows(rows, len(queries), policy)
