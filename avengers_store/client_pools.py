@@ -30,11 +30,13 @@ def needs_check(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
     socket sees that without a round trip; checking every checkout cost one per call."""
     if conn.closed or conn.broken:
         return True
+    # poll, not select: select refuses descriptors above 1,024, which a busy gateway reaches.
+    watch = select.poll()
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        watch.register(conn.pgconn.socket, select.POLLIN)
+        return bool(watch.poll(0))
     except (OSError, ValueError, psycopg.Error):
         return True
-    return bool(readable)
 
 
 # Set on every pooled connection that keeps prepared statements. Every statement these pools
