@@ -18,14 +18,14 @@
 (d) The gateway's own tail: ``POST /v1/chat/completions`` in front of an upstream that answers
     at once (bench/instant_upstream.py, its own process; no model queue), closed loop at 1, 8,
     32 and 128 clients, against a floor in the same run: a bare Starlette proxy served the same
-    way with the same HTTP client (httpx) forwarding to the same upstream. requests/s against
+    way with the gateway's own HTTP client forwarding to the same upstream. requests/s against
     the floor's, p50 and p99: the gateway with the embedding included (its real embedder) and
     excluded (every text at one fixed vector), and the excluded one on two worker processes.
     Targets: p99 <= 3x p50 at 32 clients; >= 0.5x the floor's requests/s, embedding excluded;
     two workers >= 1.6x one. ``--only-tail`` runs it alone (no SmolLM2 needed).
 
 The gateway runs as its own process (bench/gateway_app.py = the app of ``avengers serve``), the
-load comes from httpx in this one. Targets: (a) p50 overhead <= 5 ms + the embedding at one
+load comes from httpx in this one ((d): from aiohttp). Targets: (a) p50 overhead <= 5 ms + the embedding at one
 client, p99 overhead <= 3x p50 at 32; (b) vector >= 0.5x the floor.
 
 Example:

@@ -4,9 +4,9 @@ pool through the same framework: the floor of ``/v1/route``. Not part of the pro
 
 ``--fixed-embedding`` gives the gateway's client an embedder that puts every text at one vector
 (the embedding excluded; routing, sampling, voting and logging as usual). ``--floor-upstream
-URL`` serves instead a bare proxy in the same framework and server with the same HTTP client
-(the gateway's HTTP client, redaction.async_client): ``POST /v1/chat/completions`` forwarded as it is to ``URL/chat/completions``
-and its answer returned, the floor of the gateway's chat requests. ``--workers N`` runs N
+URL`` serves instead a bare proxy in the same framework and server with the gateway's own HTTP
+client (``redaction.async_client``): ``POST /v1/chat/completions`` forwarded as it is to
+``URL/chat/completions`` and its answer returned, the floor of the gateway's chat requests. ``--workers N`` runs N
 processes on the port, as ``avengers serve --workers N`` does.
 
 Example:
