@@ -636,12 +636,15 @@ COMMENT ON FUNCTION avengers.candidates(integer, sparsevec, double precision, do
 CREATE FUNCTION avengers.candidate_entry(clustering integer, model integer, onehot sparsevec)
 RETURNS TABLE (entry_sum double precision, entry_n double precision,
                entry_wilson_low double precision, entry_wilson_high double precision,
-               entry_feedback double precision, entry_production_mean double precision)
+               entry_feedback double precision, entry_production_mean double precision,
+               endpoint text, served_name text, api_key_env text,
+               overall_score double precision)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT -(rm.score_sums <#> onehot), -(rm.ns <#> onehot), -(rm.wilson_lows <#> onehot),
          -(rm.wilson_highs <#> onehot), -(rm.production_counts <#> onehot),
-         -(rm.production_means <#> onehot)
+         -(rm.production_means <#> onehot), rm.endpoint, rm.served_name, rm.api_key_env,
+         rm.overall_score
   FROM avengers.routing_models rm
   WHERE rm.clustering_id = clustering AND rm.model_id = model;
 END;
@@ -787,7 +790,7 @@ BEGIN ATOMIC
          CASE WHEN st.explore <> 'off' AND r.model_id IS NOT NULL THEN
            r.fitting > 0 AND r.first_pk < r.best_pk END,
          lambda,
-         r.rank::integer, r.model_id, r.name, r.endpoint, r.served_name, r.api_key_env,
+         r.rank::integer, r.model_id, r.name, e.endpoint, e.served_name, e.api_key_env,
          r.score, r.evidence,
          -- The probability the candidate had of going first: 1 or 0 without exploration (with a
          -- pin, or nothing within the ceiling); under epsilon, the plain order's best keeps its
@@ -802,7 +805,7 @@ BEGIN ATOMIC
          CASE WHEN e.entry_n > 0 THEN e.entry_sum / e.entry_n END, e.entry_n::integer,
          CASE WHEN e.entry_n > 0 THEN e.entry_wilson_low END,
          CASE WHEN e.entry_n > 0 THEN e.entry_wilson_high END,
-         r.overall_score, e.entry_feedback::integer,
+         e.overall_score, e.entry_feedback::integer,
          CASE WHEN e.entry_feedback > 0 THEN e.entry_production_mean END, r.cost,
          CASE WHEN r.model_id IS NOT NULL AND costed THEN NOT r.fits END, r.utility,
          r.latency
@@ -852,23 +855,23 @@ BEGIN ATOMIC
         -- `neighbours` nearest weighed, as one sparsevec literal.
         SELECT min(w.cluster) FILTER (WHERE w.first) AS cluster, min(w.nearest) AS distance,
                min(w.ood_distance) FILTER (WHERE w.first) AS ood_distance,
-               (array_agg(w.onehot) FILTER (WHERE w.first))[1] AS onehot,
+               format('{%s:1}/%s', min(w.cluster) FILTER (WHERE w.first) + 1,
+                      clusters)::sparsevec AS onehot,
                format('{%s}/%s',
                       string_agg(w.weight_key || w.w::text, ',') FILTER (WHERE w.w >= 1e-30),
                       clusters)::sparsevec AS weights
         FROM (
-          SELECT l.cluster, l.weight_key, l.ood_distance, l.onehot, l.nearest, l.first,
+          SELECT l.cluster, l.weight_key, l.ood_distance, l.nearest, l.first,
                  avengers.neighbour_weight(l.distance, l.nearest,
                                            temperature, rho) AS w
           FROM (
             SELECT o.*, first_value(o.distance) OVER w AS nearest,
                    row_number() OVER w = 1 AS first
             FROM (
-              SELECT c.cluster, c.weight_key, c.ood_distance, c.onehot,
-                     c.centroid <-> st.u AS distance
+              SELECT c.cluster, c.weight_key, c.ood_distance, c.centroid <-> st.u AS distance
               FROM avengers.routing_centroids c
               WHERE c.clustering_id = decide_query.clustering_id
-              ORDER BY 5, 1
+              ORDER BY 4, 1
               LIMIT greatest(neighbours, 1)) AS o
             WINDOW w AS (ORDER BY o.distance, o.cluster)) AS l) AS w) AS n
       CROSS JOIN LATERAL (
@@ -895,7 +898,8 @@ BEGIN ATOMIC
            max(f.pk) FILTER (WHERE f.fits) OVER w AS best_pk,
            first_value(f.pk) OVER w AS first_pk
     FROM (
-      SELECT c.*, k.fits, k.utility, k.k2,
+      SELECT c.model_id, c.name, c.tie_rank, c.score, c.evidence, c.cost, c.latency,
+             k.fits, k.utility, k.k2,
              -- The plain order as one number (what finds its best): utility or score, then
              -- score, then tie_rank, each step far below what the one before tells apart.
              k.k2 + c.score * 1e-9 - c.tie_rank * 1e-12 AS pk,
@@ -930,7 +934,10 @@ BEGIN ATOMIC
   ) AS r ON r.rank <= CASE WHEN r.fitting > 0 THEN top_n ELSE 1 END
             AND (r.fits OR r.fitting = 0)
   -- The nearest cluster's entry, for the candidates returned only.
-  LEFT JOIN LATERAL avengers.candidate_entry(clustering_id, r.model_id, p.onehot) AS e ON true;
+  -- OFFSET 0 keeps the lookup a per-row scan: inlined, it became a hash join whose table was
+  -- built and searched for unmatched rows once per query.
+  LEFT JOIN LATERAL (SELECT * FROM avengers.candidate_entry(clustering_id, r.model_id, p.onehot)
+                     OFFSET 0) AS e ON true;
 END;
 COMMENT ON FUNCTION avengers.decide_query(integer, integer, integer, double precision, double precision, double precision, double precision, text, double precision, double precision, boolean, double precision, double precision, integer, double precision, integer, boolean, text[], text, integer, double precision, double precision, double precision, vector, integer, bigint, integer, text, double precision, integer) IS
   'The decision for one query in a routing context (avengers.routing_context): the body avengers.decide and avengers.decide_many share.';
