@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -34,7 +34,13 @@ from avengers_store.answering.route_log_writer import RouteLogWriter
 from avengers_store.answering.sampling import DEFAULT_MAX_TOKENS
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.calibration.embedding_batches import EmbeddingBatcher
-from avengers_store.client_pools import GENERIC_PLANS, PooledClient, needs_check
+from avengers_store.client_pools import (
+    GENERIC_PLANS,
+    SPARE_WAIT_S,
+    PooledClient,
+    needs_check,
+    spare_room,
+)
 from avengers_store.errors import (
     AvengersError,
     ConfigurationError,
@@ -46,7 +52,7 @@ from avengers_store.flows import Done, advance
 from avengers_store.routing import RoutingMethod
 from avengers_store.routing.adapters import aensure_vector_types
 from avengers_store.routing.policy import Policy
-from avengers_store.store import availability, connections, schema
+from avengers_store.store import availability, connections, schema, snapshots
 from avengers_store.store.statement import arun
 
 log = logging.getLogger(__name__)
@@ -183,6 +189,14 @@ class AsyncAvengersClient(PooledClient):
         if conn is not None:
             yield conn
             return
+        async with self._pooled(role) as (pooled, _):
+            yield pooled
+
+    @asynccontextmanager
+    async def _pooled(
+        self, role: str
+    ) -> AsyncIterator[tuple[psycopg.AsyncConnection, AsyncConnectionPool]]:
+        """A live pooled connection for ``role`` (as ``connection``) and its pool."""
         role = self._routed_role(role)
         try:
             pooled, pool = await self._checkout(role)
@@ -193,9 +207,46 @@ class AsyncAvengersClient(PooledClient):
             pooled, pool = await self._checkout(role)
         try:
             with self._watching(pool, role, pooled):
-                yield pooled
+                yield pooled, pool
         finally:
             await pool.putconn(pooled)
+
+    async def _run_parts(self, step: core.RunParts) -> list[Any]:
+        """``AvengersClient._run_parts``: the connections' parts run concurrently as tasks."""
+        async with self._pooled(step.role) as (first, pool), AsyncExitStack() as held:
+            conns = [first]
+            for _ in range(spare_room(pool, len(step.statements) - 1)):
+                try:
+                    spare = await pool.getconn(timeout=SPARE_WAIT_S)
+                except (PoolTimeout, PoolClosed):
+                    break
+                held.push_async_callback(pool.putconn, spare)
+                if needs_check(spare):
+                    try:
+                        await AsyncConnectionPool.check_connection(spare)
+                    except psycopg.Error:
+                        continue  # the pool replaces it; this batch does without
+                conns.append(spare)
+            for c in conns:
+                await aensure_vector_types(c)
+            try:
+                await first.execute(snapshots.BEGIN)
+                if conns[1:]:
+                    snapshot = (await (await first.execute(snapshots.EXPORT)).fetchone())[0]
+                for c in conns[1:]:
+                    await c.execute(snapshots.BEGIN)
+                    await c.execute(snapshots.adopt(snapshot))
+                shares = snapshots.shares(len(step.statements), len(conns))
+
+                async def run_share(c: psycopg.AsyncConnection, share: list[int]) -> list[Any]:
+                    return [await arun(c, step.statements[i]) for i in share]
+
+                done = await asyncio.gather(*map(run_share, conns, shares))
+            finally:
+                for c in conns:
+                    with suppress(psycopg.Error):
+                        await c.execute(snapshots.END)
+            return snapshots.in_order(shares, done, len(step.statements))
 
     async def _checkout(self, role: str) -> tuple[psycopg.AsyncConnection, AsyncConnectionPool]:
         """A pooled connection checked alive and its pool (see ``AvengersClient._checkout``)."""
@@ -307,6 +358,12 @@ class AsyncAvengersClient(PooledClient):
             started = time.perf_counter()
             async with self.connection(step.role, step.conn) as c:
                 found = await self._run(c, step)
+            if step.stage is not None:
+                self._observe(step.stage, time.perf_counter() - started)
+            return found
+        if isinstance(step, core.RunParts):
+            started = time.perf_counter()
+            found = await self._run_parts(step)
             if step.stage is not None:
                 self._observe(step.stage, time.perf_counter() - started)
             return found

@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -33,13 +33,19 @@ from avengers_store.answering.chat import DEFAULT_MAX_TOKENS, ChatClient
 from avengers_store.answering.prompts import PromptSet
 from avengers_store.calibration.embedders import Embedder
 from avengers_store.client_core import DEFAULT_TOP_N, Query
-from avengers_store.client_pools import GENERIC_PLANS, PooledClient, needs_check
+from avengers_store.client_pools import (
+    GENERIC_PLANS,
+    SPARE_WAIT_S,
+    PooledClient,
+    needs_check,
+    spare_room,
+)
 from avengers_store.errors import AvengersError, ConnectionFailed, EndpointError, StoreUnavailable
 from avengers_store.flows import Done, advance
 from avengers_store.routing import RoutingMethod
 from avengers_store.routing.adapters import ensure_vector_types
 from avengers_store.routing.policy import Policy
-from avengers_store.store import availability, connections, schema
+from avengers_store.store import availability, connections, schema, snapshots
 from avengers_store.store.statement import run as run_statement
 
 log = logging.getLogger(__name__)
@@ -149,6 +155,12 @@ class AvengersClient(PooledClient):
         if conn is not None:
             yield conn
             return
+        with self._pooled(role) as (pooled, _):
+            yield pooled
+
+    @contextmanager
+    def _pooled(self, role: str) -> Iterator[tuple[psycopg.Connection, ConnectionPool]]:
+        """A live pooled connection for ``role`` (as ``_connection``) and its pool."""
         role = self._routed_role(role)
         try:
             pooled, pool, release = self._checkout(role)
@@ -159,9 +171,49 @@ class AvengersClient(PooledClient):
             pooled, pool, release = self._checkout(role)
         try:
             with self._watching(pool, role, pooled):
-                yield pooled
+                yield pooled, pool
         finally:
             release()
+
+    def _run_parts(self, step: core.RunParts) -> list[Any]:
+        """A batch's parts on the pooled connections free now (the first waits for one, the
+        others take only what is free, so two batches never wait on each other), in one
+        snapshot; a connection runs its parts in turn, the connections at once."""
+        with self._pooled(step.role) as (first, pool), ExitStack() as held:
+            conns = [first]
+            for _ in range(spare_room(pool, len(step.statements) - 1)):
+                try:
+                    spare = pool.getconn(timeout=SPARE_WAIT_S)
+                except (PoolTimeout, PoolClosed):
+                    break
+                held.callback(pool.putconn, spare)
+                if needs_check(spare):
+                    try:
+                        ConnectionPool.check_connection(spare)
+                    except psycopg.Error:
+                        continue  # the pool replaces it; this batch does without
+                conns.append(spare)
+            for c in conns:
+                ensure_vector_types(c)
+            try:
+                first.execute(snapshots.BEGIN)
+                if conns[1:]:
+                    snapshot = first.execute(snapshots.EXPORT).fetchone()[0]
+                for c in conns[1:]:
+                    c.execute(snapshots.BEGIN)
+                    c.execute(snapshots.adopt(snapshot))
+                shares = snapshots.shares(len(step.statements), len(conns))
+
+                def run_share(c: psycopg.Connection, share: list[int]) -> list[Any]:
+                    return [run_statement(c, step.statements[i]) for i in share]
+
+                with ThreadPoolExecutor(len(conns)) as workers:
+                    done = list(workers.map(run_share, conns, shares))
+            finally:
+                for c in conns:
+                    with suppress(psycopg.Error):
+                        c.execute(snapshots.END)
+            return snapshots.in_order(shares, done, len(step.statements))
 
     def _checkout(self, role: str) -> tuple[psycopg.Connection, ConnectionPool, Any]:
         """A pooled connection checked alive (a round trip only when the server spoke on it while
@@ -257,6 +309,8 @@ class AvengersClient(PooledClient):
         if isinstance(step, core.Run):
             with self._connection(step.conn, step.role) as c:
                 return self._run(c, step)
+        if isinstance(step, core.RunParts):
+            return self._run_parts(step)
         if isinstance(step, core.Embed):
             return step.embedder.embed(list(step.texts))
         if isinstance(step, core.Sample):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import threading
 import time
 import uuid
@@ -61,6 +62,10 @@ ROLES_TTL = 2.0
 
 SERVING_SQL = query("clients", "serving")
 
+# Queries per part, at the least, when a batch is split over pooled connections: a part then
+# takes ~0.1 s of one core at k = 64, so the snapshot's round trips cost nothing against it.
+BATCH_PART = 2048
+
 NO_SPACE = (
     "the store has no embedding space yet: run `avengers embed` and `avengers recluster` before "
     "routing text."
@@ -80,6 +85,17 @@ class Run:
     statements: tuple[Statement, ...]
     role: str = "read"
     conn: Any = None
+    stage: str | None = None
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """Run a batch's ``statements`` (its parts) with connections of ``role``, as many as the
+    pool has free up to one each, in one snapshot (``store.snapshots``): the result is each
+    statement's rows, in order."""
+
+    statements: tuple[Statement, ...]
+    role: str = "read"
     stage: str | None = None
 
 
@@ -139,7 +155,7 @@ class Note:
     seconds: float
 
 
-Step = Run | Embed | LoadModel | Sample | Gather | Log | Flush | Note
+Step = Run | RunParts | Embed | LoadModel | Sample | Gather | Log | Flush | Note
 T = TypeVar("T")
 Flow = Generator[Step, Any, T]
 
@@ -206,6 +222,9 @@ class ClientCore:
     # Whether the connections keep prepared statements (the pooled clients' option): which
     # statement routes one query (``routing.decide.statement``).
     prepared_statements: bool = True
+    # How many parts a large batch may be split into, each on a connection of its own (the
+    # pooled clients': their pool size); a caller's connection always takes the whole batch.
+    batch_parts: int = 1
 
     def __init__(
         self,
@@ -394,12 +413,30 @@ class ClientCore:
                 for (i, _), v in zip(texts, found, strict=True):
                     vectors[i] = v
             model = yield from self._novelty_model(served, conn)
-            statement = decide_statement(
-                vectors, policy, seeds=seeds, prompt_chars=chars, pinned=pinned, novelty=model,
-                novelty_clustering=served, prepared=self.prepared_statements,
-            )  # fmt: skip
-            rows = yield run(statement, conn=conn, stage="route")
-            decisions = decisions_from_rows(rows, len(queries), policy)
+            bounds = part_bounds(len(queries), 1 if conn is not None else self.batch_parts)
+            statements = tuple(
+                decide_statement(
+                    vectors[a:b],
+                    policy,
+                    seeds=seeds[a:b],
+                    prompt_chars=part(chars, a, b),
+                    pinned=part(pinned, a, b),
+                    novelty=model,
+                    novelty_clustering=served,
+                    prepared=self.prepared_statements,
+                )
+                for a, b in bounds
+            )
+            if len(statements) == 1:
+                rows = yield run(statements[0], conn=conn, stage="route")
+                decisions = decisions_from_rows(rows, len(queries), policy)
+            else:
+                found = yield RunParts(statements, stage="route")
+                decisions = [
+                    d
+                    for rows, (a, b) in zip(found, bounds, strict=True)
+                    for d in decisions_from_rows(rows, b - a, policy)
+                ]
             if all(d.clustering_id == served for d in decisions) or attempt == 1:
                 return decisions, vectors
             # Another clustering serves now (maybe in another space): look it up again; texts
@@ -823,6 +860,20 @@ def prompt_lengths(
         len(q) if isinstance(q, str) else (given[i] if given is not None else None)
         for i, q in enumerate(queries)
     ]
+
+
+def part_bounds(count: int, most: int) -> list[tuple[int, int]]:
+    """[start, end) of each part of a batch of ``count`` queries: at most ``most`` parts of at
+    least ``BATCH_PART`` queries each (one part below twice that)."""
+    parts = max(1, min(most, count // BATCH_PART))
+    if parts == 1:
+        return [(0, count)]
+    edges = [count * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def part(values: Sequence[Any] | None, start: int, end: int) -> Sequence[Any] | None:
+    return None if values is None else values[start:end]
 
 
 def check_route_many(queries: object) -> None:

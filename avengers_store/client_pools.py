@@ -47,6 +47,19 @@ def needs_check(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
 GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
 
 
+# How long a batch's part waits for a pooled connection of its own before it takes its turn
+# on one already held: long enough for the pool to open one, short against a part's work.
+SPARE_WAIT_S = 0.1
+
+
+def spare_room(pool: Any, wanted: int) -> int:
+    """How many more connections a batch may take from ``pool`` (at most ``wanted``): those idle
+    and those it may still open."""
+    stats = pool.get_stats()
+    room = stats.get("pool_available", 0) + stats["pool_max"] - stats["pool_size"]
+    return max(0, min(wanted, room))
+
+
 class PooledClient(core.ClientCore):
     """``ClientCore`` with the options and state of a client's connection pools: ``url`` (the
     primary, default: the configured database), ``read_url`` (a replica, default:
@@ -70,6 +83,7 @@ class PooledClient(core.ClientCore):
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
         self.pool_size = pool_size
+        self.batch_parts = pool_size
         self.prepared_statements = prepared_statements
         self._chat = chat
         self._own_chat = chat is None

@@ -10,9 +10,10 @@ import time
 import psycopg
 import pytest
 
-from avengers_store import AvengersClient
+from avengers_store import AvengersClient, client_core
 from avengers_store.async_client import AsyncAvengersClient
 from avengers_store.store import availability, connections
+from avengers_store.store.statement import Statement
 from avengers_store.testing import (
     RANKED_MODELS,
     add_scripted_store,
@@ -122,3 +123,23 @@ def test_the_replica_serves_what_the_primary_writes(servers):
         assert r.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             r.execute("INSERT INTO avengers.datasets (name) VALUES ('x')")
+
+
+def test_a_split_batch_reads_one_snapshot_on_the_replica(servers, monkeypatch):
+    primary, replica = servers
+    replica.start()
+    replica.wait_for(primary.url)
+    monkeypatch.setattr(client_core, "BATCH_PART", 2)
+    texts = [f"{QUESTION} ({i})" for i in range(8)]
+    with AvengersClient(primary.url, read_url=replica.url, pool_size=3) as client:
+        split = client.route_many(texts, 2)
+        with psycopg.connect(primary.url, autocommit=True) as conn:
+            whole = client.route_many(texts, 2, conn=conn)
+        found = client._run_parts(
+            client_core.RunParts(
+                (Statement("SELECT pg_is_in_recovery(), pg_current_snapshot()::text"),) * 3
+            )
+        )
+    assert [(d.cluster, d.candidates) for d in split] == [(d.cluster, d.candidates) for d in whole]
+    assert all(rows[0][0] for rows in found)  # the standby's
+    assert len({rows[0][1] for rows in found}) == 1  # exported there, shared
