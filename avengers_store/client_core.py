@@ -511,6 +511,8 @@ class ClientCore:
     ) -> Flow[list[RouteDecision]]:
         """Route many texts and/or vectors in one ``avengers.decide_many`` statement (one
         snapshot); input order kept. A 2-D numpy array is taken as one vector per row, as is.
+        Without ``conn``, a batch of at least twice ``BATCH_PART`` queries is split into parts
+        run at once on the pool's free connections, all in one snapshot (``store.snapshots``).
         ``policy``, ``changes``, ``prompt_chars`` (per query) and ``seeds`` as in ``route``."""
         check_route_many(queries)
         if len(queries) == 0:

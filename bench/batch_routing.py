@@ -1,8 +1,11 @@
 """Batch routing throughput: 10k query vectors routed in one statement (``avengers.decide_many``).
 
-Timed four ways, round-robin per repeat: the client with its default routing policy
+Timed five ways, round-robin per repeat: the client with its default routing policy
 (``AvengersClient.route_many(vectors, conn=conn)``: vectors checked, novelty distances computed,
-sent in binary, decisions built), the same with method "paper" (nearest cluster only), the bare
+sent in binary, decisions built), the same client through a pool of four connections (no
+``conn``: the batch split into parts run at once in one snapshot; "pooled", beside the targets,
+which compare like with like on one connection), the same with method "paper" (nearest cluster
+only), the bare
 statement (the client's ``routing.decide`` statement for the batch, built once beforehand, run
 directly: rows only), and numpy's argmin over the same centroids as the floor. queries/s = batch
 size / median seconds over repeats.
@@ -41,6 +44,8 @@ from avengers_store.store import connections
 # over the same matrix (each k).
 TARGET_OF_SQL = 0.9
 TARGET_OF_NUMPY = 0.1
+# The pooled client's connections (parts of one batch run at once).
+POOLED = 4
 
 
 def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> dict:
@@ -73,6 +78,9 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
     conn = connections.connect(url, autocommit=True)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")
+    # The same client through a pool of POOLED connections: the batch split into parts run at
+    # once, in one snapshot (client_core.part_bounds, store/snapshots.py).
+    pooled = AvengersClient(url, pool_size=POOLED)
     try:
         # What the client sends for this batch (its policy, seeds, the novelty distances).
         bare = decide_statement(
@@ -82,6 +90,9 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
 
         def run_client() -> int:
             return len(client.route_many(queries, conn=conn))
+
+        def run_pooled() -> int:
+            return len(pooled.route_many(queries))
 
         def run_paper() -> int:
             return len(paper.route_many(queries, conn=conn))
@@ -98,12 +109,16 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
                 return len(np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1))
 
         run_client()  # warm-up: plans, caches
+        run_pooled()  # and the pool's connections
         settle(url)
         freeze_setup_heap()
-        times: dict[str, list[float]] = {"client": [], "paper": [], "sql": [], "numpy": []}
+        times: dict[str, list[float]] = {
+            "client": [], "pooled": [], "paper": [], "sql": [], "numpy": []
+        }  # fmt: skip
         for r in range(repeat):
             for name, fn in (
                 ("client", run_client),
+                ("pooled", run_pooled),
                 ("paper", run_paper),
                 ("sql", run_sql),
                 ("numpy", run_numpy),
@@ -113,12 +128,14 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
                 times[name].append(time.perf_counter() - t0)
             say(
                 f"  repeat {r + 1}: client {batch / times['client'][-1]:,.0f} q/s, "
+                f"pooled {batch / times['pooled'][-1]:,.0f} q/s, "
                 f"method paper {batch / times['paper'][-1]:,.0f} q/s, "
                 f"bare SQL {batch / times['sql'][-1]:,.0f} q/s, "
                 f"numpy {batch / times['numpy'][-1]:,.0f} q/s"
             )
     finally:
         client.close()
+        pooled.close()
         paper.close()
         conn.close()
     result = {
@@ -126,6 +143,8 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
         "k_served": k_served,
         "batch": batch,
         "client_qps": round(batch / median(times["client"])),
+        "pooled_qps": round(batch / median(times["pooled"])),
+        "pooled_connections": POOLED,
         "paper_qps": round(batch / median(times["paper"])),
         "sql_qps": round(batch / median(times["sql"])),
         "method": client.method.name,
@@ -135,6 +154,7 @@ def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> di
     }
     say(
         f"k={k}: {result['client_qps']:,} queries/s through the client ({client.method.name}), "
+        f"{result['pooled_qps']:,} through a pool of {POOLED}, "
         f"{result['paper_qps']:,} with method paper, {result['sql_qps']:,} bare SQL, {result['numpy_qps']:,} numpy; client/SQL {result['client_qps'] / result['sql_qps']:.2f} (target >= {TARGET_OF_SQL}), client/numpy {result['client_qps'] / result['numpy_qps']:.3f} (target >= {TARGET_OF_NUMPY})"
     )
     return result
@@ -168,6 +188,7 @@ def main() -> None:
             "target_of_sql": TARGET_OF_SQL,
             "target_of_numpy": TARGET_OF_NUMPY,
             "qps_k64": head["client_qps"] if head else None,
+            "pooled_qps_k64": head["pooled_qps"] if head else None,
             "met": {
                 r["k"]: {
                     "of_sql": r["client_qps"] >= TARGET_OF_SQL * r["sql_qps"],
