@@ -239,7 +239,8 @@ class AsyncAvengersClient(PooledClient):
                 shares = snapshots.shares(len(step.statements), len(conns))
 
                 async def run_share(c: psycopg.AsyncConnection, share: list[int]) -> list[Any]:
-                    return [await arun(c, step.statements[i]) for i in share]
+                    read = step.read or (lambda _, rows: rows)
+                    return [read(i, await arun(c, step.statements[i])) for i in share]
 
                 done = await asyncio.gather(*map(run_share, conns, shares))
             finally:

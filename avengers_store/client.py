@@ -205,7 +205,8 @@ class AvengersClient(PooledClient):
                 shares = snapshots.shares(len(step.statements), len(conns))
 
                 def run_share(c: psycopg.Connection, share: list[int]) -> list[Any]:
-                    return [run_statement(c, step.statements[i]) for i in share]
+                    read = step.read or (lambda _, rows: rows)
+                    return [read(i, run_statement(c, step.statements[i])) for i in share]
 
                 with ThreadPoolExecutor(len(conns)) as workers:
                     done = list(workers.map(run_share, conns, shares))

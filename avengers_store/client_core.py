@@ -91,12 +91,14 @@ class Run:
 @dataclass(frozen=True)
 class RunParts:
     """Run a batch's ``statements`` (its parts) with connections of ``role``, as many as the
-    pool has free up to one each, in one snapshot (``store.snapshots``): the result is each
-    statement's rows, in order."""
+    pool has free up to one each, in one snapshot (``store.snapshots``): the result is, for
+    each statement in order, ``read(i, rows)`` of its rows (the rows when None), made as soon
+    as they arrive so the other parts' server time covers it."""
 
     statements: tuple[Statement, ...]
     role: str = "read"
     stage: str | None = None
+    read: Callable[[int, list[Any]], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -431,12 +433,9 @@ class ClientCore:
                 rows = yield run(statements[0], conn=conn, stage="route")
                 decisions = decisions_from_rows(rows, len(queries), policy)
             else:
-                found = yield RunParts(statements, stage="route")
-                decisions = [
-                    d
-                    for rows, (a, b) in zip(found, bounds, strict=True)
-                    for d in decisions_from_rows(rows, b - a, policy)
-                ]
+                read = functools.partial(part_decisions, bounds, policy)
+                found = yield RunParts(statements, stage="route", read=read)
+                decisions = [d for part_found in found for d in part_found]
             if all(d.clustering_id == served for d in decisions) or attempt == 1:
                 return decisions, vectors
             # Another clustering serves now (maybe in another space): look it up again; texts
@@ -876,6 +875,14 @@ def part_bounds(count: int, most: int) -> list[tuple[int, int]]:
 
 def part(values: Sequence[Any] | None, start: int, end: int) -> Sequence[Any] | None:
     return None if values is None else values[start:end]
+
+
+def part_decisions(
+    bounds: Sequence[tuple[int, int]], policy: Policy, i: int, rows: list[Any]
+) -> list[RouteDecision]:
+    """The decisions of part ``i`` of a batch from its rows."""
+    start, end = bounds[i]
+    return decisions_from_rows(rows, end - start, policy)
 
 
 def check_route_many(queries: object) -> None:
