@@ -15,6 +15,7 @@ import pytest
 
 from avengers_store import AsyncAvengersClient, AvengersClient
 from avengers_store import client_core as core
+from avengers_store.errors import InputError
 from avengers_store.store import snapshots
 from avengers_store.store.statement import Statement
 from avengers_store.testing import two_cluster_store
@@ -163,3 +164,16 @@ def test_the_async_parts_read_one_snapshot_on_connections_of_their_own(store):
 
     found, before = asyncio.run(go())
     check_one_snapshot(store, found, before)
+
+
+def test_a_part_that_fails_names_the_query_and_leaves_the_pool_clean(store, small_parts):
+    wrong = np.ones((50, 5), dtype=np.float32)  # the store's space has 4 dimensions
+    vectors = np.random.default_rng(5).standard_normal((50, 4)).astype(np.float32)
+    with AvengersClient(store, pool_size=PARTS) as client:
+        with pytest.raises(InputError, match="query vector 1\\b"):
+            client.route_many(wrong)
+        assert len(client.route_many(vectors)) == 50
+        pool = client._pools["read"]
+        for _ in range(pool.get_stats()["pool_size"]):
+            with pool.connection() as c:
+                assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
