@@ -63,8 +63,8 @@ ROLES_TTL = 2.0
 SERVING_SQL = query("clients", "serving")
 
 # Queries per part, at the least, when a batch is split over pooled connections: a part then
-# takes ~0.1 s of one core at k = 64, so the snapshot's round trips cost nothing against it.
-BATCH_PART = 2048
+# takes ~0.05 s of one core at k = 64, so the snapshot's round trips cost nothing against it.
+BATCH_PART = 1024
 
 NO_SPACE = (
     "the store has no embedding space yet: run `avengers embed` and `avengers recluster` before "
@@ -224,8 +224,8 @@ class ClientCore:
     # Whether the connections keep prepared statements (the pooled clients' option): which
     # statement routes one query (``routing.decide.statement``).
     prepared_statements: bool = True
-    # How many parts a large batch may be split into, each on a connection of its own (the
-    # pooled clients': their pool size); a caller's connection always takes the whole batch.
+    # How many parts a large batch may be split into, run on connections of their own (the
+    # pooled clients': two per pooled connection); a caller's connection takes the whole batch.
     batch_parts: int = 1
 
     def __init__(

@@ -42,14 +42,16 @@ def keys(decisions) -> list[tuple]:
 
 
 def test_part_bounds_cover_the_batch_in_parts_of_at_least_batch_part():
-    for count, most in ((10_000, 4), (4_095, 8), (4_096, 8), (2_047, 4), (1, 4), (50_000, 3)):
+    part = core.BATCH_PART
+    for count, most in ((10_000, 4), (4 * part - 1, 8), (4 * part, 8), (2 * part - 1, 4), (1, 4)):
         bounds = core.part_bounds(count, most)
         assert bounds[0][0] == 0 and bounds[-1][1] == count
         assert all(a < b and b == c for (a, b), (c, _) in itertools.pairwise(bounds))
         assert len(bounds) <= most
         assert len(bounds) == 1 or min(b - a for a, b in bounds) >= core.BATCH_PART
-    assert len(core.part_bounds(10_000, 4)) == 4
-    assert core.part_bounds(4_095, 8) == [(0, 4_095)]
+    assert len(core.part_bounds(100 * part, 4)) == 4
+    assert len(core.part_bounds(4 * part, 8)) == 4
+    assert core.part_bounds(2 * part - 1, 8) == [(0, 2 * part - 1)]
 
 
 def test_shares_give_every_part_once_and_in_order_restores_them():
@@ -76,7 +78,7 @@ def test_a_split_batch_routes_as_one_statement(store, small_parts, monkeypatch):
     ):
         whole = client.route_many(vectors, 2, seeds=seeds, conn=conn)
         split = client.route_many(vectors, 2, seeds=seeds)
-    assert seen == [PARTS]
+    assert seen == [2 * PARTS]  # two per connection
     assert len(split) == 50
     assert keys(split) == keys(whole)
 
