@@ -50,13 +50,16 @@ GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
 # How long a batch's part waits for a pooled connection of its own before it takes its turn
 # on one already held: long enough for the pool to open one, short against a part's work.
 SPARE_WAIT_S = 0.1
+# Connections of a pool a batch leaves to the client's other callers.
+RESERVED = 1
 
 
 def spare_room(pool: Any, wanted: int) -> int:
     """How many more connections a batch may take from ``pool`` (at most ``wanted``): those idle
-    and those it may still open."""
+    and those it may still open, but one, so that a route asked meanwhile by another caller of
+    the client finds a connection instead of waiting out the batch."""
     stats = pool.get_stats()
-    room = stats.get("pool_available", 0) + stats["pool_max"] - stats["pool_size"]
+    room = stats.get("pool_available", 0) + stats["pool_max"] - stats["pool_size"] - RESERVED
     return max(0, min(wanted, room))
 
 

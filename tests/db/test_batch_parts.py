@@ -13,7 +13,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from avengers_store import AsyncAvengersClient, AvengersClient
+from avengers_store import AsyncAvengersClient, AvengersClient, client_pools
 from avengers_store import client_core as core
 from avengers_store.errors import InputError
 from avengers_store.store import snapshots
@@ -22,6 +22,8 @@ from avengers_store.testing import two_cluster_store
 
 SPACE = "test-space-4"
 PARTS = 3
+# A pool that lends a batch PARTS connections: one more stays with the client's other callers.
+POOL = PARTS + client_pools.RESERVED
 
 # Each part: the backend that ran it and the snapshot it read, after a moment for others to commit.
 PART_SQL = "SELECT pg_backend_pid(), pg_current_snapshot()::text FROM pg_sleep(0.05)"
@@ -70,16 +72,16 @@ def test_a_split_batch_routes_as_one_statement(store, small_parts, monkeypatch):
         return run_parts(self, step)
 
     monkeypatch.setattr(AvengersClient, "_run_parts", counted)
-    vectors = np.random.default_rng(3).standard_normal((50, 4)).astype(np.float32)
-    seeds = list(range(50))
+    vectors = np.random.default_rng(3).standard_normal((70, 4)).astype(np.float32)
+    seeds = list(range(70))
     with (
         psycopg.connect(store, autocommit=True) as conn,
-        AvengersClient(store, pool_size=PARTS) as client,
+        AvengersClient(store, pool_size=POOL) as client,
     ):
         whole = client.route_many(vectors, 2, seeds=seeds, conn=conn)
         split = client.route_many(vectors, 2, seeds=seeds)
-    assert seen == [2 * PARTS]  # two per connection
-    assert len(split) == 50
+    assert seen == [2 * POOL]  # two per pooled connection
+    assert len(split) == 70
     assert keys(split) == keys(whole)
 
 
@@ -90,7 +92,7 @@ def test_the_async_client_splits_alike(store, small_parts):
         whole = sync.route_many(vectors, 2, seeds=seeds)
 
     async def go():
-        async with AsyncAvengersClient(store, pool_size=PARTS) as client:
+        async with AsyncAvengersClient(store, pool_size=POOL) as client:
             return await client.route_many(vectors, 2, seeds=seeds)
 
     assert keys(asyncio.run(go())) == keys(whole)
@@ -141,7 +143,7 @@ def check_one_snapshot(store: str, found: list[list[tuple]], before: int) -> Non
 
 def test_the_parts_read_one_snapshot_on_connections_of_their_own(store):
     step = core.RunParts(tuple(Statement(PART_SQL) for _ in range(PARTS)))
-    with AvengersClient(store, pool_size=PARTS) as client:
+    with AvengersClient(store, pool_size=POOL) as client:
         client._run_parts(step)  # the pool opens its connections
         grown(client._pools["read"], PARTS)
         with Committer(store):
@@ -154,7 +156,7 @@ def test_the_async_parts_read_one_snapshot_on_connections_of_their_own(store):
     step = core.RunParts(tuple(Statement(PART_SQL) for _ in range(PARTS)))
 
     async def go():
-        async with AsyncAvengersClient(store, pool_size=PARTS) as client:
+        async with AsyncAvengersClient(store, pool_size=POOL) as client:
             await client._run_parts(step)
             deadline = time.monotonic() + 10
             pool = client._pools["read"]
@@ -171,7 +173,7 @@ def test_the_async_parts_read_one_snapshot_on_connections_of_their_own(store):
 def test_a_part_that_fails_names_the_query_and_leaves_the_pool_clean(store, small_parts):
     wrong = np.ones((50, 5), dtype=np.float32)  # the store's space has 4 dimensions
     vectors = np.random.default_rng(5).standard_normal((50, 4)).astype(np.float32)
-    with AvengersClient(store, pool_size=PARTS) as client:
+    with AvengersClient(store, pool_size=POOL) as client:
         with pytest.raises(InputError, match="query vector 1\\b"):
             client.route_many(wrong)
         assert len(client.route_many(vectors)) == 50
@@ -179,3 +181,18 @@ def test_a_part_that_fails_names_the_query_and_leaves_the_pool_clean(store, smal
         for _ in range(pool.get_stats()["pool_size"]):
             with pool.connection() as c:
                 assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_batch_leaves_a_connection_to_the_clients_other_callers(store):
+    slow = core.RunParts(tuple(Statement("SELECT pg_sleep(2)") for _ in range(POOL)))
+    with AvengersClient(store, pool_size=POOL) as client:
+        client._run_parts(core.RunParts(tuple(Statement("SELECT 1") for _ in range(POOL))))
+        grown(client._pools["read"], POOL)
+        batch = threading.Thread(target=client._run_parts, args=(slow,))
+        batch.start()
+        time.sleep(0.3)  # the batch holds its connections
+        began = time.perf_counter()
+        assert client.route_many([[1.0, 0.1, 0, 0]])[0].cluster == 0
+        waited = time.perf_counter() - began
+        batch.join()
+    assert waited < 1.0  # not the batch's 2 s
