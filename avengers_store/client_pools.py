@@ -86,9 +86,11 @@ class PooledClient(core.ClientCore):
         self.url = url
         self.read_url = read_url if read_url is not None else config.read_database_url()
         self.pool_size = pool_size
-        # Two parts per connection: a part's decisions are built while the server runs the
-        # connection's next part (10k vectors at k = 64: 1.11-1.13x four parts on four).
-        self.batch_parts = 2 * pool_size if pool_size > 1 else 1
+        # Two parts per connection a batch may take (all but RESERVED): a part's decisions are
+        # built while the server runs the connection's next part (10k vectors at k = 64:
+        # 1.11-1.13x four parts on four connections).
+        lendable = pool_size - RESERVED
+        self.batch_parts = 2 * lendable if lendable > 1 else 1
         self.prepared_statements = prepared_statements
         self._chat = chat
         self._own_chat = chat is None

@@ -2,8 +2,8 @@
 
 Timed five ways, round-robin per repeat: the client with its default routing policy
 (``AvengersClient.route_many(vectors, conn=conn)``: vectors checked, novelty distances computed,
-sent in binary, decisions built), the same client through a pool of four connections (no
-``conn``: the batch split into parts run at once in one snapshot; "pooled", beside the targets,
+sent in binary, decisions built), the same client through a pool of five connections (no
+``conn``: the batch split into parts run at once on four of them in one snapshot; "pooled", beside the targets,
 which compare like with like on one connection), the same with method "paper" (nearest cluster
 only), the bare
 statement (the client's ``routing.decide`` statement for the batch, built once beforehand, run
@@ -44,8 +44,9 @@ from avengers_store.store import connections
 # over the same matrix (each k).
 TARGET_OF_SQL = 0.9
 TARGET_OF_NUMPY = 0.1
-# The pooled client's connections (parts of one batch run at once).
-POOLED = 4
+# The pooled client's connections: a batch's parts run at once on all but one (the one kept for
+# the client's other callers, client_pools.RESERVED).
+POOLED = 5
 
 
 def measure_k(url: str, store, k: int, batch: int, repeat: int, seed: int) -> dict:
