@@ -3,12 +3,11 @@
 Timed five ways, round-robin per repeat: the client with its default routing policy
 (``AvengersClient.route_many(vectors, conn=conn)``: vectors checked, novelty distances computed,
 sent in binary, decisions built), the same client through a pool of five connections (no
-``conn``: the batch split into parts run at once on four of them in one snapshot; "pooled", beside the targets,
-which compare like with like on one connection), the same with method "paper" (nearest cluster
-only), the bare
-statement (the client's ``routing.decide`` statement for the batch, built once beforehand, run
-directly: rows only), and numpy's argmin over the same centroids as the floor. queries/s = batch
-size / median seconds over repeats.
+``conn``: the batch split into parts run at once on four of them, in one snapshot; "pooled",
+reported beside the targets, which compare like with like on one connection), the same with
+method "paper" (nearest cluster only), the bare statement (the client's ``routing.decide``
+statement for the batch, built once beforehand, run directly: rows only), and numpy's argmin over
+the same centroids as the floor. queries/s = batch size / median seconds over repeats.
 
 Example:
     .venv/bin/python bench/batch_routing.py
