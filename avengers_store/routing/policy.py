@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from avengers_store.arguments import one_of
@@ -108,6 +108,8 @@ class Policy:
 
     def replace(self, **changes: Any) -> Policy:
         """A copy with ``changes`` (fields of Policy; None values are kept as None)."""
+        if not changes:
+            return self
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise InputError(
@@ -115,13 +117,18 @@ class Policy:
                 f"expected some of {', '.join(f.name for f in dataclasses.fields(self))}",
                 location=unknown[0],
             )
-        return dataclasses.replace(self, **changes) if changes else self
+        return dataclasses.replace(self, **changes)
 
     def sql(self) -> tuple[str, tuple[Any, ...]]:
         """The ``avengers.policy(...)`` call naming only the fields that differ from its SQL
         defaults, and their values (bound, never in the text). The fields left out are
         constants in the statement, so a plain policy's plan folds away the rules it does not
         use; each set of fields is one statement text (and one prepared plan)."""
+        return self._sql_call
+
+    @cached_property
+    def _sql_call(self) -> tuple[str, tuple[Any, ...]]:
+        # Once per policy: a client routes every query with the same one (it is frozen).
         values = self._sql_values()
         given = tuple(name for name, _, default in POLICY_ARGS if values[name] != default)
         return _policy_sql(given), tuple(values[name] for name in given)
