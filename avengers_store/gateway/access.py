@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("avengers.gateway.access")
@@ -32,7 +32,8 @@ class AccessRecord:
     error: str | None = None  # the error code answered, if any
 
     def line(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        # The fields are plain values: a shallow copy (asdict deep-copies each of them).
+        fields = {k: v for k, v in vars(self).items() if v is not None}
         fields["latency_ms"] = round(self.latency_ms, 1)
         return json.dumps(fields, separators=(",", ":"))
 
