@@ -108,7 +108,7 @@ class Policy:
 
     def replace(self, **changes: Any) -> Policy:
         """A copy with ``changes`` (fields of Policy; None values are kept as None)."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        unknown = sorted(set(changes) - _FIELD_NAMES)
         if unknown:
             raise InputError(
                 f"unknown routing option(s) {', '.join(unknown)}; "
@@ -196,3 +196,5 @@ def _whole(value: Any, name: str, least: int) -> None:
 
 DEFAULT = Policy()
 _DEFAULT_FIELDS = {f.name: getattr(DEFAULT, f.name) for f in dataclasses.fields(Policy)}
+# Checked on every route's policy changes: the names once, not dataclasses.fields each time.
+_FIELD_NAMES = frozenset(_DEFAULT_FIELDS)
