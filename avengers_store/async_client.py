@@ -439,6 +439,23 @@ class AsyncAvengersClient(PooledClient):
             return
         await self._write_rows(rows, conn)
 
+    def log_nowait(
+        self, rows: Sequence[dict[str, Any]], shadow: Sequence[Any] = ()
+    ) -> asyncio.Future[bool] | None:
+        """``log(rows, shadow=shadow)`` for a client with ``background_log`` and a writer whose
+        queue has room: the rows queued at once, without a task to drive ``log``'s flow. The
+        writer's future (done when they are kept, ``RouteLogWriter.submit_nowait``); None when
+        they could not be queued so (``log`` then waits for room, or raises)."""
+        if not self.background_log or self._writer is None or not rows:
+            return None
+        kept = self._writer.submit_nowait(rows)
+        if kept is None:
+            return None
+        if self.on_log is not None:
+            self.on_log("queued", len(rows))
+        self._shadow(tuple(shadow))
+        return kept
+
     async def _write_rows(self, rows: Sequence[dict[str, Any]], conn: Any = None) -> None:
         async with self.connection("write", conn) as c:
             await arun(c, route_log.statement(rows))
