@@ -15,7 +15,6 @@ from avengers_store.gateway.protocol import (
     ChatCompletionChunk,
     ChunkChoice,
     Delta,
-    RouteInfo,
     Usage,
 )
 
@@ -51,7 +50,7 @@ def answer_text(answer: strategies.Answer) -> str:
 
 
 def completion(
-    answer: strategies.Answer, completion_id: str, model: str, info: RouteInfo | None
+    answer: strategies.Answer, completion_id: str, model: str, info: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The answer as a ``chat.completion`` body: ``ChatCompletion``'s fields, None left out,
     built as the dict it dumps to (the models' validation and dump took more time than the
@@ -80,12 +79,12 @@ def completion(
         "usage": Usage.of(answer.tokens_in, answer.tokens_out).model_dump(),
     }
     if info is not None:
-        body["avengers"] = info.model_dump(exclude_none=True)
+        body["avengers"] = info
     return body
 
 
 def chunks(
-    answer: strategies.Answer, completion_id: str, model: str, info: RouteInfo | None
+    answer: strategies.Answer, completion_id: str, model: str, info: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
     """The answer as the chunks of a streamed completion: the role, the text in pieces (in one
     piece with its logprobs when they were asked for), each tool call whole, the finish reason
