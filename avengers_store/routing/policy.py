@@ -115,7 +115,14 @@ class Policy:
                 f"expected some of {', '.join(f.name for f in dataclasses.fields(self))}",
                 location=unknown[0],
             )
-        return dataclasses.replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        try:
+            # Keyed by each value's type too: 1 and 1.0 are equal keys, not equal policies.
+            key = tuple(sorted((k, type(v), v) for k, v in changes.items()))
+            return _replaced(self, key)
+        except TypeError:  # an unhashable value (a list of models): made anew
+            return dataclasses.replace(self, **changes)
 
     def sql(self) -> tuple[str, tuple[Any, ...]]:
         """The ``avengers.policy(...)`` call naming only the fields that differ from its SQL
@@ -192,6 +199,13 @@ def _policy_sql(given: tuple[str, ...]) -> str:
 def _whole(value: Any, name: str, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise InputError(f"{name} must be a whole number >= {least}, got {value!r}", location=name)
+
+
+@lru_cache(maxsize=1024)
+def _replaced(policy: Policy, changes: tuple[tuple[str, type, Any], ...]) -> Policy:
+    """``policy.replace`` made once per policy and changes: a router asks the same few on every
+    route, and each copy validated every field again."""
+    return dataclasses.replace(policy, **{k: v for k, _, v in changes})
 
 
 DEFAULT = Policy()
