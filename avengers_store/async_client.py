@@ -357,8 +357,11 @@ class AsyncAvengersClient(PooledClient):
     async def _step(self, step: core.Step) -> Any:
         if isinstance(step, core.Run):
             started = time.perf_counter()
-            async with self.connection(step.role, step.conn) as c:
-                found = await self._run(c, step)
+            if step.conn is not None:
+                found = await self._run(step.conn, step)
+            else:  # ``connection``'s pooled branch, one context manager fewer per statement
+                async with self._pooled(step.role) as (c, _):
+                    found = await self._run(c, step)
             if step.stage is not None:
                 self._observe(step.stage, time.perf_counter() - started)
             return found
@@ -438,6 +441,23 @@ class AsyncAvengersClient(PooledClient):
                 raise
             return
         await self._write_rows(rows, conn)
+
+    def log_nowait(
+        self, rows: Sequence[dict[str, Any]], shadow: Sequence[Any] = ()
+    ) -> asyncio.Future[bool] | None:
+        """``log(rows, shadow=shadow)`` for a client with ``background_log`` and a writer whose
+        queue has room: the rows queued at once, without a task to drive ``log``'s flow. The
+        writer's future (done when they are kept, ``RouteLogWriter.submit_nowait``); None when
+        they could not be queued so (``log`` then waits for room, or raises)."""
+        if not self.background_log or self._writer is None or not rows:
+            return None
+        kept = self._writer.submit_nowait(rows)
+        if kept is None:
+            return None
+        if self.on_log is not None:
+            self.on_log("queued", len(rows))
+        self._shadow(tuple(shadow))
+        return kept
 
     async def _write_rows(self, rows: Sequence[dict[str, Any]], conn: Any = None) -> None:
         async with self.connection("write", conn) as c:

@@ -189,8 +189,8 @@ class operation:  # noqa: N801 (used as a decorator)
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        # A method object, as a function's would be: its signature and docstring are the
-        # flow's (update_wrapper above), without wrapping anew on every call.
+        # A bound method of ``__call__``: made on every call of a client's method, where a
+        # wrapper copying the flow's name and doc each time cost microseconds.
         return types.MethodType(self, obj)
 
 

@@ -20,7 +20,8 @@
     32 and 128 clients, against a floor in the same run: a bare Starlette proxy served the same
     way with the gateway's own HTTP client forwarding to the same upstream. requests/s against
     the floor's, p50 and p99: the gateway with the embedding included (its real embedder) and
-    excluded (every text at one fixed vector), and the excluded one on two worker processes.
+    excluded (every text at one fixed vector, computed on the event loop: the embedding
+    thread's hop is excluded with the embedding), and the excluded one on two worker processes.
     Targets: p99 <= 3x p50 at 32 clients; >= 0.5x the floor's requests/s, embedding excluded;
     two workers >= 1.6x one. ``--only-tail`` runs it alone (no SmolLM2 needed).
 

@@ -2,8 +2,9 @@
 plus one extra route, ``GET /bench/select1``, that answers one ``SELECT 1`` from the gateway's own
 pool through the same framework: the floor of ``/v1/route``. Not part of the product.
 
-``--fixed-embedding`` gives the gateway's client an embedder that puts every text at one vector
-(the embedding excluded; routing, sampling, voting and logging as usual). ``--floor-upstream
+``--fixed-embedding`` gives the gateway's client an embedder that puts every text at one vector,
+on the event loop (the embedding excluded, its worker thread's hop with it; routing, sampling,
+voting and logging as usual). ``--floor-upstream
 URL`` serves instead a bare proxy in the same framework and server with the gateway's own HTTP
 client (``redaction.async_client``): ``POST /v1/chat/completions`` forwarded as it is to
 ``URL/chat/completions`` and its answer returned, the floor of the gateway's chat requests. ``--workers N`` runs N
@@ -51,8 +52,9 @@ def gateway_app(args: dict) -> Starlette:
     gateway = app.state.gateway
     if args["fixed_embedding"]:
         # The client's own override hook (AvengersClient(embedder=...)), set after the fact:
-        # the gateway builds its client from settings, which name no embedder.
-        gateway.client._embedder_override = FixedEmbedder(text_vector("bench", 384))
+        # the gateway builds its client from settings, which name no embedder. Inline: the
+        # embedding thread's hop is the embedding's cost, excluded with it.
+        gateway.client._embedder_override = FixedEmbedder(text_vector("bench", 384), inline=True)
 
     async def select1(request: Request) -> Response:
         async with gateway.client.connection("read") as conn:

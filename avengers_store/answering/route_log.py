@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -57,8 +57,8 @@ def entry(
             task_type=answer.task_type,
             votes=dict(answer.votes),
             valid=answer.valid,
-            usage=[asdict(u) for u in answer.usage],
-            fallbacks=[asdict(f) for f in answer.fallbacks],
+            usage=[_flat(u) for u in answer.usage],
+            fallbacks=[_flat(f) for f in answer.fallbacks],
             finish_reason=answer.finish_reason,
         )
     if error is not None:
@@ -101,9 +101,23 @@ def statement(rows: Sequence[Mapping[str, Any]]) -> Statement:
     return Statement(LOG_SQL, (Jsonb([plain(dict(r)) for r in rows]),))
 
 
+def _flat(record: Any) -> dict[str, Any]:
+    """A dataclass of plain values (``ModelUsage``, ``Fallback``) as a dict: ``asdict`` without
+    its deep copy of each value."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
 def plain(value: Any) -> Any:
     """``value`` as JSON can hold it: numpy scalars as numbers, a non-finite number as its
     text (Postgres reads ``"Infinity"`` back into a float column), ids and times as text."""
+    kind = type(value)
+    if kind in _AS_IS:  # most of a row: taken as they are before the checks below
+        return value
+    if kind is float and math.isfinite(value):
+        return value
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

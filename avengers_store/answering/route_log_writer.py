@@ -146,6 +146,24 @@ class RouteLogWriter:
         if ticket is not None:
             await ticket.done
 
+    def submit_nowait(self, rows: Sequence[Row]) -> asyncio.Future[bool] | None:
+        """``submit`` when the queue has room for every row at once, without a coroutine: a
+        future done when they are kept (with a spool; at once without one), True when each is.
+        None when the queue has no room or the writer is closed (``submit`` then waits, or
+        raises)."""
+        if self._closed or self._queue.maxsize - self._queue.qsize() < len(rows):
+            return None
+        self.start()
+        ticket = _Ticket(len(rows)) if self.spool is not None and rows else None
+        for row in rows:
+            self._queue.put_nowait((row, ticket))
+            self.submitted += 1
+        if ticket is not None:
+            return ticket.done
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        return done
+
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every row submitted before the call is written (or given up on), at most
         ``timeout`` seconds; a batch waiting out a backoff (or a spool waiting to be replayed) is

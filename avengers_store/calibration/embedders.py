@@ -85,6 +85,9 @@ class Embedder:
 
     name: str
     _dimension: int | None = None
+    # True for an embedder cheap enough to run on the event loop (a table lookup): a worker
+    # thread's hop costs more than such an embedding (``embedding_batches``).
+    inline: bool = False
 
     @property
     def dimension(self) -> int:

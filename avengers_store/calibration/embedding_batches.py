@@ -10,6 +10,9 @@ One request's bad input never fails its batch-mates: texts are checked when they
 (``check_texts``: a lone surrogate is refused before it joins a batch), and a batch that still
 fails is embedded again one request at a time, so the error reaches only the request it belongs
 to.
+
+An embedder that says it is ``inline`` (a fixed vector, a lookup) is called on the event loop
+at once: the thread's hop would cost more than its embedding.
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ class EmbeddingBatcher:
         self.batches = 0  # batches embedded, for callers that want to see the batching
 
     async def embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
+        checked = check_texts(texts, "text")
+        if getattr(embedder, "inline", False):
+            self.batches += 1
+            return embedder.embed(checked, batch_size=max(len(checked), 1))
         loop = asyncio.get_running_loop()
-        request = _Request(embedder, check_texts(texts, "text"), loop.create_future())
+        request = _Request(embedder, checked, loop.create_future())
         self._pending.append(request)
         if not self._running:
             self._running = True

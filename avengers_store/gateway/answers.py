@@ -4,6 +4,7 @@ a streamed one."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -11,13 +12,9 @@ from typing import Any
 from avengers_store.answering import strategies
 from avengers_store.gateway import streaming
 from avengers_store.gateway.protocol import (
-    AssistantMessage,
-    ChatCompletion,
     ChatCompletionChunk,
-    Choice,
     ChunkChoice,
     Delta,
-    RouteInfo,
     Usage,
 )
 
@@ -53,32 +50,41 @@ def answer_text(answer: strategies.Answer) -> str:
 
 
 def completion(
-    answer: strategies.Answer, completion_id: str, model: str, info: RouteInfo | None
+    answer: strategies.Answer, completion_id: str, model: str, info: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The answer as a ``chat.completion`` body."""
+    """The answer as a ``chat.completion`` body: ``ChatCompletion``'s fields, None left out,
+    built as the dict it dumps to (the models' validation and dump took more time than the
+    rest of the answer's encoding)."""
     calls = tool_calls(answer)
     text = answer_text(answer)
-    body = ChatCompletion(
-        id=completion_id,
-        model=model,
-        choices=[
-            Choice(
-                message=AssistantMessage(
-                    content=text if text or not calls else None, tool_calls=calls or None
-                ),
-                finish_reason=finish_reason(answer, calls),
-                logprobs=dict(answer.logprobs) if answer.logprobs is not None else None,
-            )
-        ],
-        usage=Usage.of(answer.tokens_in, answer.tokens_out),
-        avengers=info,
-    ).model_dump(exclude_none=True)
-    body["choices"][0]["message"].setdefault("content", None)  # OpenAI sends null beside calls
+    message: dict[str, Any] = {"role": "assistant"}
+    if text or not calls:
+        message["content"] = text
+    if calls:
+        message["tool_calls"] = calls
+    message.setdefault("content", None)  # OpenAI sends null beside calls
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        "finish_reason": finish_reason(answer, calls),
+    }
+    if answer.logprobs is not None:
+        choice["logprobs"] = dict(answer.logprobs)
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": Usage.of(answer.tokens_in, answer.tokens_out).model_dump(),
+    }
+    if info is not None:
+        body["avengers"] = info
     return body
 
 
 def chunks(
-    answer: strategies.Answer, completion_id: str, model: str, info: RouteInfo | None
+    answer: strategies.Answer, completion_id: str, model: str, info: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
     """The answer as the chunks of a streamed completion: the role, the text in pieces (in one
     piece with its logprobs when they were asked for), each tool call whole, the finish reason

@@ -40,7 +40,10 @@ def parse(body: bytes) -> Any:
     except ValueError as exc:
         # ValueError covers JSONDecodeError and integers longer than Python reads (4,300 digits).
         raise bad_request(f"the body is not JSON: {exc}", code="invalid_json") from None
-    check(value)
+    # Walked only when it could fail: a lone surrogate comes only from a \u escape (strict
+    # UTF-8 holds none), and a text with at most MAX_DEPTH brackets nests no deeper.
+    if "\\u" in text or text.count("[") + text.count("{") > MAX_DEPTH:
+        check(value)
     return value
 
 

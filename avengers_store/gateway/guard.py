@@ -75,7 +75,7 @@ class Guard:
         access.current.set(record)
         refusal = _refusal(gw) if limited else None
         if refusal is not None:
-            gw.metrics.requests.labels(label, str(refusal.status)).inc()
+            gw.metrics.request(label, refusal.status)
             record.status, record.error = refusal.status, refusal.code
             access.log.info(record.line())
             await refusal.response()(scope, receive, send)
@@ -102,9 +102,9 @@ class Guard:
                 gw.in_flight -= 1
                 gw.metrics.in_flight.dec()
             took = time.perf_counter() - started
-            gw.metrics.requests.labels(label, str(status)).inc()
-            gw.metrics.latency.labels(label).observe(took)
-            if label not in ("/health", "/metrics"):  # probes would drown the requests
+            gw.metrics.request(label, status, took)
+            # Probes would drown the requests; a line nobody logs is not built.
+            if label not in ("/health", "/metrics") and access.log.isEnabledFor(logging.INFO):
                 record.status, record.latency_ms = status, took * 1000.0
                 access.log.info(record.line())
 

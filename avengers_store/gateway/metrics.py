@@ -3,7 +3,9 @@ per stage (embed, route, upstream, vote), fallbacks, samples and tokens per mode
 requests keys' policies refused, feedback received, the route-log rows waiting for the store,
 written, spooled, replayed and given up on, and the size of the route-log spool.
 
-Each app has its own registry (several apps in one process stay apart). With several uvicorn
+Each app has its own registry (several apps in one process stay apart). The labelled series a
+request touches are looked up once and kept (``_child``): prometheus-client's ``labels`` builds
+and locks on every call, a dozen times a request. With several uvicorn
 workers, ``PROMETHEUS_MULTIPROC_DIR`` set by ``avengers serve`` makes ``/metrics`` add up every
 worker's values (prometheus-client's multiprocess mode).
 """
@@ -11,6 +13,7 @@ worker's values (prometheus-client's multiprocess mode).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +36,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._sources: set[str] = set()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "avengers_gateway_requests", "Requests answered, by path and status.",
@@ -109,8 +113,23 @@ class Metrics:
             buckets=_SHARE_BUCKETS, registry=r,
         )  # fmt: skip
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, made once (the label values a request uses are few:
+        paths, statuses, stages, pool models)."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, path: str, status: int, seconds: float | None = None) -> None:
+        """A request answered (``seconds``: how long it took, when it was not refused)."""
+        self._child(self.requests, path, str(status)).inc()
+        if seconds is not None:
+            self._child(self.latency, path).observe(seconds)
+
     def stage(self, stage: str, seconds: float) -> None:
-        self.stages.labels(stage).observe(seconds)
+        self._child(self.stages, stage).observe(seconds)
 
     def route_log(self, event: str, rows: int) -> None:
         """``AsyncAvengersClient(on_log=...)``: rows queued, written or dropped."""
@@ -118,21 +137,21 @@ class Metrics:
             self.log_waiting.inc(rows)
             return
         self.log_waiting.dec(rows)
-        self.log_rows.labels(event).inc(rows)
+        self._child(self.log_rows, event).inc(rows)
 
     def spool(self, event: str, rows: int, held_bytes: int, full: bool) -> None:
         """Rows ``spooled`` or ``replayed`` (None: only the spool's state changed)."""
         if rows:
-            self.log_rows.labels(event).inc(rows)
+            self._child(self.log_rows, event).inc(rows)
         self.spool_bytes.set(held_bytes)
         self.spool_full.set(1 if full else 0)
 
     def drawn(self, model: str, samples: int, tokens_in: int, tokens_out: int) -> None:
         """Completions drawn from one model and the tokens they used."""
         if samples:
-            self.samples.labels(model).inc(samples)
-        self.tokens.labels(model, "prompt").inc(tokens_in)
-        self.tokens.labels(model, "completion").inc(tokens_out)
+            self._child(self.samples, model).inc(samples)
+        self._child(self.tokens, model, "prompt").inc(tokens_in)
+        self._child(self.tokens, model, "completion").inc(tokens_out)
 
     def answered(self, answer: Answer) -> None:
         for usage in answer.usage:

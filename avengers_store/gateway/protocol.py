@@ -17,6 +17,7 @@ request naming a pool model (a passthrough) is refused them, and sent the rest a
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import uuid
@@ -239,6 +240,31 @@ class RouteInfo(BaseModel):
     explored: bool | None = None
     expected_cost: float | None = None  # of the request on the first candidate
     over_budget: bool = False
+
+
+# RouteInfo's numeric and flag fields taken from the decision, as its validation converts them
+# (a Decimal cost, an int distance): what ``route_info`` does in its place.
+_INFO_KINDS: dict[str, type] = {
+    "clustering": int, "cluster": int, "distance": float, "novelty": float,
+    "expected_cost": float, "ood": bool, "explored": bool, "over_budget": bool,
+}  # fmt: skip
+
+
+def route_info(fields: dict[str, Any]) -> dict[str, Any]:
+    """``RouteInfo(**fields).model_dump(exclude_none=True)`` built directly (a response's
+    encoding spent more time validating and dumping the model than on the rest): its fields in
+    order, defaults for those not given, None left out."""
+    out: dict[str, Any] = {}
+    for name, field in RouteInfo.model_fields.items():
+        if name in fields:
+            value = fields[name]
+        else:  # a copy, as the model's own: the default list or dict is the class's
+            value = copy.copy(field.get_default(call_default_factory=True))
+        if value is None:
+            continue
+        kind = _INFO_KINDS.get(name)
+        out[name] = kind(value) if kind is not None else value
+    return out
 
 
 class ChatCompletion(BaseModel):

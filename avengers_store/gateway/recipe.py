@@ -25,7 +25,7 @@ from avengers_store.gateway.inputs import (
     routed_text,
     samples_for,
 )
-from avengers_store.gateway.protocol import ChatCompletionRequest, RouteInfo, decision_fields
+from avengers_store.gateway.protocol import ChatCompletionRequest, decision_fields, route_info
 from avengers_store.gateway.state import CompletionContext
 from avengers_store.routing import RouteDecision
 from avengers_store.shadow import work as shadow_work
@@ -196,21 +196,22 @@ class Recipe:
             **self.gw.logged(self.vector if decision is not None else None, self.text),
         )
 
-    def info(self, answer: strategies.Answer | None) -> RouteInfo:
+    def info(self, answer: strategies.Answer | None) -> dict[str, Any]:
+        """The answer's ``avengers`` object: ``RouteInfo`` as it dumps (``route_info``)."""
         d = self.decision
-        info = RouteInfo(
+        fields = {
             **decision_fields(self.route_id, d),
-            candidates=[c.model for c in d.candidates],
-            strategy=self.strategy,
-            expected_cost=d.expected_cost,
-        )
+            "candidates": [c.model for c in d.candidates],
+            "strategy": self.strategy,
+            "expected_cost": d.expected_cost,
+        }
         if answer is not None:
-            info.models = list(answer.models)
-            info.vote_share = answer.share
-            info.votes = dict(answer.votes)
-            info.fallbacks = [f.model for f in answer.fallbacks]
-            info.samples = len(answer.samples)
-        return info
+            fields["models"] = list(answer.models)
+            fields["vote_share"] = answer.share
+            fields["votes"] = dict(answer.votes)
+            fields["fallbacks"] = [f.model for f in answer.fallbacks]
+            fields["samples"] = len(answer.samples)
+        return route_info(fields)
 
     def headers(
         self, *, answer: strategies.Answer | None = None, models: Sequence[str] = ()

@@ -42,8 +42,9 @@ _POOL_TTL_S = 2.0
 # write is spooled after a second, so this is only reached if the disk itself hangs.
 LOG_HOLD_S = 10.0
 
-# The route-log tasks of the request being answered (set by the Guard middleware).
-pending_logs: ContextVar[list[asyncio.Task[None]] | None] = ContextVar(
+# The route-log rows of the request being answered: each batch's future, or the task queueing
+# it (set by the Guard middleware).
+pending_logs: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar(
     "avengers_pending_logs", default=None
 )
 
@@ -217,11 +218,13 @@ class Gateway:
         """Hand rows to the background writer; the response waits for them (``rows_kept``)
         only at the moment it is sent. ``shadow``: the requests' shadow items, computed in
         the background, never waited for."""
-        task = asyncio.get_running_loop().create_task(self.client.log(rows, shadow=shadow))
-        task.add_done_callback(_log_failure)
+        kept: asyncio.Future[Any] | None = self.client.log_nowait(rows, shadow)
+        if kept is None:  # the writer's queue is full (or closed): a task waits for room
+            kept = asyncio.get_running_loop().create_task(self.client.log(rows, shadow=shadow))
+            kept.add_done_callback(_log_failure)
         pending = pending_logs.get()
         if pending is not None:
-            pending.append(task)
+            pending.append(kept)
 
     async def rows_kept(self) -> None:
         """Wait until the route-log rows of the request being answered are in the store or the
@@ -232,7 +235,9 @@ class Gateway:
         tasks = list(pending)
         pending.clear()
         began = time.perf_counter()
-        _, late = await asyncio.wait(tasks, timeout=LOG_HOLD_S)
+        late: Any = ()
+        if not all(t.done() for t in tasks):  # no timer to arm for rows kept already
+            _, late = await asyncio.wait(tasks, timeout=LOG_HOLD_S)
         self.metrics.stage("log", time.perf_counter() - began)
         if late:
             log.error("route_log: %d row batch(es) not kept within %g s", len(late), LOG_HOLD_S)

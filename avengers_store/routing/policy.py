@@ -110,14 +110,19 @@ class Policy:
         """A copy with ``changes`` (fields of Policy; None values are kept as None)."""
         if not changes:
             return self
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        unknown = sorted(set(changes) - _FIELD_NAMES)
         if unknown:
             raise InputError(
                 f"unknown routing option(s) {', '.join(unknown)}; "
                 f"expected some of {', '.join(f.name for f in dataclasses.fields(self))}",
                 location=unknown[0],
             )
-        return dataclasses.replace(self, **changes)
+        try:
+            # Keyed by each value's type too: 1 and 1.0 are equal keys, not equal policies.
+            key = tuple(sorted((k, type(v), v) for k, v in changes.items()))
+            return _replaced(self, key)
+        except TypeError:  # an unhashable value (a list of models): made anew
+            return dataclasses.replace(self, **changes)
 
     def sql(self) -> tuple[str, tuple[Any, ...]]:
         """The ``avengers.policy(...)`` call naming only the fields that differ from its SQL
@@ -201,5 +206,14 @@ def _whole(value: Any, name: str, least: int) -> None:
         raise InputError(f"{name} must be a whole number >= {least}, got {value!r}", location=name)
 
 
+@lru_cache(maxsize=1024)
+def _replaced(policy: Policy, changes: tuple[tuple[str, type, Any], ...]) -> Policy:
+    """``policy.replace`` made once per policy and changes: a router asks the same few on every
+    route, and each copy validated every field again."""
+    return dataclasses.replace(policy, **{k: v for k, _, v in changes})
+
+
 DEFAULT = Policy()
 _DEFAULT_FIELDS = {f.name: getattr(DEFAULT, f.name) for f in dataclasses.fields(Policy)}
+# Checked on every route's policy changes: the names once, not dataclasses.fields each time.
+_FIELD_NAMES = frozenset(_DEFAULT_FIELDS)

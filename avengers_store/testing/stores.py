@@ -182,9 +182,13 @@ def exact_argmin(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 class FixedEmbedder:
     """An embedder that puts every text at one unit vector (``direction``), for tests where the
-    text's content does not matter; counts the batches it was asked to embed."""
+    text's content does not matter; counts the batches it was asked to embed. ``inline``: called
+    on the event loop (``EmbeddingBatcher`` then skips its worker thread and its batching)."""
 
-    def __init__(self, direction: Sequence[float], name: str = "fixed") -> None:
+    def __init__(
+        self, direction: Sequence[float], name: str = "fixed", *, inline: bool = False
+    ) -> None:
+        self.inline = inline
         row = np.asarray(direction, dtype=np.float32)
         self.row = row / np.linalg.norm(row)
         self.name = name

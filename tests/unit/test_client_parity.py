@@ -10,9 +10,10 @@ from avengers_store.client import AvengersClient
 from avengers_store.client_core import ClientCore
 
 # What only one of them has, and why: closing is sync on one and a coroutine on the other; the
-# async client lends pooled connections to the gateway and runs a background route-log writer.
+# async client lends pooled connections to the gateway and runs a background route-log writer
+# (which the gateway hands rows to without a task: log_nowait).
 SYNC_ONLY = {"close"}
-ASYNC_ONLY = {"aclose", "connection", "log_writer"}
+ASYNC_ONLY = {"aclose", "connection", "log_writer", "log_nowait"}
 
 
 def public(cls: type) -> set[str]:
