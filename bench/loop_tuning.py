@@ -142,13 +142,13 @@ class Prod:
         self.t = t_end
 
 
-def deltas(cal: Calib, p: Prod, z: float):
+def deltas(cal: Calib, p: Prod, z: float, min_own: float = update_rule.MIN_OWN_CHANGE):
     k, M = cal.S.shape
     uncal_m = cal.n.sum(0) == 0
     cells = (cal.n > 0) | (p.a > 0) | uncal_m[None, :]
     ci, mi = np.nonzero(cells)
     ev = update_rule.evidence(
-        ci, mi, cal.n[ci, mi], cal.S[ci, mi], p.a[ci, mi], p.b[ci, mi], uncal_m[mi], z
+        ci, mi, cal.n[ci, mi], cal.S[ci, mi], p.a[ci, mi], p.b[ci, mi], uncal_m[mi], z, min_own
     )
     dS = np.zeros((k, M))
     dn = np.zeros((k, M))
@@ -171,6 +171,7 @@ def run(
     share=exploration_rule.SHARE,
     overlap=exploration_rule.OVERLAP,
     z=3.0,
+    min_own=update_rule.MIN_OWN_CHANGE,
     seed=0,
     joins=None,
     moved_share=0.1,
@@ -245,7 +246,7 @@ def run(
             fed = np.arange(start, end)
             okv = ~np.isnan(stream.outcomes[fed, picks[fed]])
             prod.add(nearest[fed][okv], picks[fed][okv], values[fed][okv], fed[okv].astype(float))
-            dS, dn, hot = deltas(cal, prod, z)
+            dS, dn, hot = deltas(cal, prod, z, min_own)
     return online._Run(values, picks, explored, 0, nearest)
 
 

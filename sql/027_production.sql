@@ -251,7 +251,10 @@ $$);
 -- * model change: the random-effects mean of the model's relative residuals over its clusters
 --   (DerSimonian-Laird: residuals that differ from cluster to cluster count as heterogeneity),
 --   applied in every cluster when |effect| > change_threshold x se and |effect| > 0.05, and the
---   random-effects mean of its own residuals passes the same test with the same sign;
+--   random-effects mean of its own residuals passes the same test with the same sign; when the
+--   comparison cannot decide (no relative residual, or |own effect| <= change_threshold x the
+--   relative se: the model was routed nearly alone), the own test alone, applied when
+--   |own effect| >= 0.15 (its own effect is then the change);
 -- * cell change: what is left of a relative residual, applied in that cell alone when it passes
 --   the same test on its own;
 -- * cluster change: the precision-weighted mean of what the models' changes leave of the
@@ -358,27 +361,40 @@ effects AS (
 ),
 -- A model changed when its relative effect passes the change test and its own residuals move
 -- the same way, as significantly: the others' feedback comes from the queries routing gave
--- them, so the comparison alone can call a model changed that did not move.
-model_effects AS (
-  SELECT r.model_id, r.effect, r.se, u.model_id IS NOT NULL AS uncalibrated,
-         u.model_id IS NULL AND abs(r.effect) > k.z * r.se AND abs(r.effect) > 0.05
-           AND coalesce(abs(o.effect) > k.z * o.se AND sign(o.effect) = sign(r.effect), false)
-           AS changed
-  FROM effects r
+-- them, so the comparison alone can call a model changed that did not move. A model routed
+-- (nearly) alone in its clusters leaves its rivals without feedback there, and the comparison
+-- cannot decide (it could not pass on a change as large as its own residuals show): its own
+-- test then decides alone, for a material change only (at least 0.15; the winner's curse moves
+-- a routed model's own residuals by a few points).
+tests AS (
+  SELECT coalesce(r.model_id, o.model_id) AS model_id, r.effect, o.effect AS own,
+         u.model_id IS NOT NULL AS uncalibrated,
+         coalesce(abs(r.effect) > k.z * r.se AND abs(r.effect) > 0.05
+                  AND abs(o.effect) > k.z * o.se AND sign(o.effect) = sign(r.effect), false)
+           AS compared_changed,
+         coalesce(abs(o.effect) > k.z * o.se AND abs(o.effect) >= 0.15
+                  AND NOT coalesce(abs(o.effect) > k.z * r.se, false), false) AS alone_changed
+  FROM (SELECT * FROM effects WHERE kind = 'relative') AS r
+  FULL JOIN (SELECT * FROM effects WHERE kind = 'own') AS o ON o.model_id = r.model_id
   CROSS JOIN k
-  LEFT JOIN effects o ON o.model_id = r.model_id AND o.kind = 'own'
-  LEFT JOIN uncalibrated u ON u.model_id = r.model_id
-  WHERE r.kind = 'relative'
+  LEFT JOIN uncalibrated u ON u.model_id = coalesce(r.model_id, o.model_id)
+),
+model_effects AS (
+  SELECT t.model_id, t.effect, t.uncalibrated,
+         NOT t.uncalibrated AND (t.compared_changed OR t.alone_changed) AS changed,
+         CASE WHEN t.uncalibrated THEN 0
+              WHEN t.compared_changed THEN t.effect
+              WHEN t.alone_changed THEN t.own
+              ELSE 0 END AS shift
+  FROM tests t
 ),
 cell_effects AS (
-  SELECT c.cluster, c.model_id,
-         c.rel - CASE WHEN coalesce(me.changed, false) THEN me.effect ELSE 0 END AS left_over,
-         c.rel_v
+  SELECT c.cluster, c.model_id, c.rel - coalesce(me.shift, 0) AS left_over, c.rel_v
   FROM compared c LEFT JOIN model_effects me ON me.model_id = c.model_id
 ),
 shifts AS (
   SELECT r.*,
-         CASE WHEN coalesce(me.changed, false) THEN me.effect ELSE 0 END AS model_shift,
+         coalesce(me.shift, 0) AS model_shift,
          coalesce(me.changed, false) AS changed,
          CASE WHEN r.uncalibrated THEN coalesce(me.effect, 0) ELSE 0 END AS offset,
          CASE WHEN abs(ce.left_over) > k.z * sqrt(ce.rel_v) AND abs(ce.left_over) > 0.05
@@ -426,8 +442,8 @@ calibration_n: Calibration outcomes of the model in the cluster (cluster_profile
 calibration_sum: Their sum (cluster_profiles.score_sum).
 production_n: Decayed count of the feedback counted here (production_profiles.decayed_n; 0: none).
 production_sum: Decayed sum of those feedback scores.
-model_effect: The model's change against the other models of its clusters, applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.
-model_changed: The model's change test passed: |effect| > change_threshold x standard error and > 0.05, and its own residuals against its calibration moved the same way past the same threshold.
+model_effect: The model's change against the other models of its clusters (against its own calibration when the comparison could not decide), applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.
+model_changed: The model's change test passed: |effect| > change_threshold x standard error and > 0.05, and its own residuals against its calibration moved the same way past the same threshold; or, where the comparison could not decide (the model routed nearly alone), its own residuals alone past the threshold and at least 0.15.
 cell_effect: The model's change in this cluster beyond model_effect (0 unless that cell's own test passed).
 cluster_effect: Change of the cluster shared by all its candidates: what the models' changes leave of the residuals of the models with feedback here, shrunk toward 0.
 delta_sum: What the cell's outcome sum gains at production weight 1 (may be negative): the calibration mean moved by the model's, the cell's and the cluster's change (clamped to [0, 1]) times the calibration count, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean plus its decayed feedback sum.

@@ -22,6 +22,10 @@ calibration means and never adds one model's feedback to its counts:
   same sign: its calibration mean moves by the relative effect in every cluster. The others'
   feedback comes from the queries routing gave them (where their calibration looked lucky), so
   the comparison alone can call a model changed that did not move;
+- a model routed nearly alone in its clusters leaves the others without feedback there, so the
+  comparison cannot decide (it could not pass on a change as large as the model's own residuals
+  show): then its own test decides alone, for a change of at least ``MIN_OWN_CHANGE``, and its
+  calibration mean moves by its own effect;
 - a model changed in one cluster when what is left there passes the same test on its own;
 - the cluster changed by the precision-weighted mean of what the models' changes leave of the
   residuals, shrunk toward 0, for all its calibrated candidates alike, so it reorders none.
@@ -39,6 +43,9 @@ import numpy as np
 
 # A change smaller than this (in mean outcome) is never called a change, however certain.
 MIN_CHANGE = 0.05
+# A model whose rivals' feedback is too thin to compare it with is called changed on its own
+# outcomes alone only when they moved at least this far from its calibration.
+MIN_OWN_CHANGE = 0.15
 # Floor of p(1 - p) in residual variances: a cell whose outcomes are all 0 or all 1 so far is
 # not taken as certain.
 VARIANCE_FLOOR = 0.05
@@ -96,6 +103,7 @@ def evidence(
     production_sum: np.ndarray,
     uncalibrated: np.ndarray,
     change_threshold: float = CHANGE_THRESHOLD,
+    min_own_change: float = MIN_OWN_CHANGE,
 ) -> Evidence:
     """The rule over a clustering's cells. ``cluster`` and ``model`` are small non-negative
     integer codes per cell; ``calibration_*`` the calibration outcome count and sum,
@@ -144,15 +152,24 @@ def evidence(
     # can call a model changed because of how its rivals were chosen.
     own, own_se = _random_effects(model[calibrated_fed], y[calibrated_fed], v[calibrated_fed], m)
     with np.errstate(invalid="ignore"):
-        own_changed = (np.abs(own) > change_threshold * own_se) & (np.sign(own) == np.sign(effect))
-    changed = (
-        has
-        & ~new_model
-        & (np.abs(effect) > change_threshold * se)
-        & (np.abs(effect) > MIN_CHANGE)
-        & own_changed
-    )
-    model_shift = np.where(changed, effect, 0.0)[model]
+        own_passed = np.abs(own) > change_threshold * own_se
+        compared_changed = (
+            has
+            & ~new_model
+            & (np.abs(effect) > change_threshold * se)
+            & (np.abs(effect) > MIN_CHANGE)
+            & own_passed
+            & (np.sign(own) == np.sign(effect))
+        )
+        # A model routed (nearly) alone in its clusters leaves its rivals without feedback there,
+        # and the comparison cannot decide: it could not pass on a change as large as the one its
+        # own outcomes show. Its own test then decides alone, for a material change only (the
+        # winner's curse moves a routed model's own residuals by a few points, never this much).
+        thin = ~has | ~(np.abs(own) > change_threshold * np.where(has, se, np.inf))
+        alone = ~compared_changed & ~new_model & own_passed & thin
+        alone &= np.abs(own) >= min_own_change
+    changed = compared_changed | alone
+    model_shift = np.where(compared_changed, effect, np.where(alone, own, 0.0))[model]
     # What is left in one cluster: a change of the model there only.
     left = relative - model_shift
     local = (

@@ -31,10 +31,10 @@ def store(db_url) -> str:
     return db_url
 
 
-def feed(conn, seed: int, rows: int) -> None:
+def feed(conn, seed: int, rows: int, alone: bool = False) -> None:
     """Random feedback on random cells: model-0 always fails where it was weak (a model that
     changed the same way in every cluster), the others score their calibration means, the
-    newcomer 0.9."""
+    newcomer 0.9. ``alone``: model-0 is the only model fed, in every cluster."""
     rng = np.random.default_rng(seed)
     models = dict(conn.execute("SELECT name, id FROM avengers.models").fetchall())
     clusters = [r[0] for r in conn.execute("SELECT cluster FROM avengers.routing_centroids")]
@@ -53,8 +53,8 @@ def feed(conn, seed: int, rows: int) -> None:
     names = sorted(models)
     for i in range(rows):
         # A third of the feedback on model-0, the rest on any model.
-        name = "model-0" if i % 3 == 0 else names[int(rng.integers(len(names)))]
-        cluster = int(rng.choice(weak if name == "model-0" else clusters))
+        name = "model-0" if alone or i % 3 == 0 else names[int(rng.integers(len(names)))]
+        cluster = int(rng.choice(weak if name == "model-0" and not alone else clusters))
         route = uuid.uuid4()
         conn.execute(
             "INSERT INTO avengers.route_log (route_id, at, query_hash, clustering_id, cluster, "
@@ -69,27 +69,25 @@ def feed(conn, seed: int, rows: int) -> None:
     conn.execute("CALL avengers.refresh_production()")
 
 
-def test_sql_equals_the_python_reference(store):
-    with connections.connect(store) as conn:
-        feed(conn, 1, 900)
-        rows = conn.execute(
-            """SELECT e.cluster, e.model_id, e.calibration_n, e.calibration_sum, e.production_n,
-                      e.production_sum, e.model_effect, e.model_changed, e.cell_effect,
-                      e.cluster_effect, e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
-                      coalesce(pp.decayed_n, 0), coalesce(pp.decayed_sum, 0),
-                      NOT EXISTS (SELECT 1 FROM avengers.cluster_profiles c
-                                  WHERE c.model_id = e.model_id), e.cluster_moved
-               FROM avengers.production_evidence e
-               LEFT JOIN avengers.cluster_profiles cp
-                 ON cp.cluster = e.cluster AND cp.model_id = e.model_id
-               LEFT JOIN avengers.production_profiles pp
-                 ON pp.cluster = e.cluster AND pp.model_id = e.model_id
-               ORDER BY 1, 2"""
-        ).fetchall()
-        threshold = conn.execute(
-            "SELECT change_threshold FROM avengers.active_clustering"
-        ).fetchone()[0]
-        conn.rollback()
+def served_and_reference(conn):
+    """The served evidence (SQL) and the Python reference's, on the same served inputs."""
+    rows = conn.execute(
+        """SELECT e.cluster, e.model_id, e.calibration_n, e.calibration_sum, e.production_n,
+                  e.production_sum, e.model_effect, e.model_changed, e.cell_effect,
+                  e.cluster_effect, e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
+                  coalesce(pp.decayed_n, 0), coalesce(pp.decayed_sum, 0),
+                  NOT EXISTS (SELECT 1 FROM avengers.cluster_profiles c
+                              WHERE c.model_id = e.model_id), e.cluster_moved
+           FROM avengers.production_evidence e
+           LEFT JOIN avengers.cluster_profiles cp
+             ON cp.cluster = e.cluster AND cp.model_id = e.model_id
+           LEFT JOIN avengers.production_profiles pp
+             ON pp.cluster = e.cluster AND pp.model_id = e.model_id
+           ORDER BY 1, 2"""
+    ).fetchall()
+    threshold = conn.execute("SELECT change_threshold FROM avengers.active_clustering").fetchone()[
+        0
+    ]
     x = np.array(
         [r[:7] + (float(r[7]),) + r[8:16] + (float(r[16]), float(r[17])) for r in rows], dtype=float
     )
@@ -108,13 +106,35 @@ def test_sql_equals_the_python_reference(store):
     assert x[:, 9] == pytest.approx(ref.cluster_effect, abs=1e-9)
     assert x[:, 10] == pytest.approx(ref.delta_sum, abs=1e-9)
     assert x[:, 11] == pytest.approx(ref.delta_n, abs=1e-9)
-    assert (x[:, 17] > 0).tolist() == ref.cluster_moved.tolist() and ref.cluster_moved.any()
+    assert (x[:, 17] > 0).tolist() == ref.cluster_moved.tolist()
+    return x, ref
+
+
+def test_sql_equals_the_python_reference(store):
+    with connections.connect(store) as conn:
+        feed(conn, 1, 900)
+        x, ref = served_and_reference(conn)
+        conn.rollback()
+    new = x[:, 16] > 0
+    assert ref.cluster_moved.any()
     # The data make the rule's branches run: model-0 changed, the newcomer learned its offset,
     # clusters moved, and calibrated models gained no counts.
     assert ref.model_changed.any() and ref.model_effect[ref.model_changed].max() < -0.1
     assert (ref.model_effect[new] > 0.2).all()
     assert np.abs(ref.cluster_effect).max() > 0.01
     assert not ref.delta_n[~new].any()
+
+
+def test_sql_equals_the_python_reference_for_a_model_fed_alone(store):
+    # No rival has feedback to compare model-0 with: its own outcomes decide alone.
+    with connections.connect(store) as conn:
+        feed(conn, 2, 300, alone=True)
+        x, ref = served_and_reference(conn)
+        conn.rollback()
+    fed = x[:, 4] > 0
+    assert (
+        ref.model_changed[fed].all() and (ref.model_effect[fed] < -update_rule.MIN_OWN_CHANGE).all()
+    )
 
 
 def test_routing_models_serves_the_evidence_and_the_decision_weighs_it(store):

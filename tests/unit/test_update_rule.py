@@ -85,6 +85,32 @@ def test_rivals_fed_on_their_lucky_queries_make_no_change_of_the_leader():
     assert (after[:, 0] > after[:, 1]).all()
 
 
+def test_a_model_routed_alone_that_drops_sharply_is_changed_on_its_own_outcomes():
+    # LLMRouter's flip degrade: the leader of every cluster is routed (nearly) alone, so its
+    # rivals have no feedback to compare it with; its own outcomes fall 0.35 below calibration.
+    k, models = 10, 3
+    cluster, model = cells(k, models)
+    n = np.full(k * models, 40.0)
+    s = np.where(model == 0, 30.0, 24.0)  # model 0 at 0.75, the others at 0.6
+    a = np.where(model == 0, 25.0, 0.0)
+    b = a * 0.40
+    ev = rule.evidence(cluster, model, n, s, a, b, np.zeros(k * models, bool))
+    assert ev.model_changed[model == 0].all() and not ev.model_changed[model != 0].any()
+    assert ev.model_effect[model == 0] == pytest.approx(-0.35, abs=0.01)
+    after = means(ev, n, s).reshape(k, models)
+    assert (after[:, 0] < after[:, 1]).all()  # the others lead now
+    # The winner's curse moves a routed model's own outcomes by a few points: with as much
+    # evidence, a drop of 0.08 passes the threshold but not the material change.
+    curse = rule.evidence(cluster, model, n, s, a * 8, a * 8 * 0.67, np.zeros(k * models, bool))
+    assert not curse.model_changed.any()
+    # One rival fed in every cluster at its calibration mean, enough to compare: the comparison
+    # decides again, and it agrees.
+    a_rival = np.where(model == 1, 25.0, a)
+    b_rival = np.where(model == 1, 15.0, b)
+    both = rule.evidence(cluster, model, n, s, a_rival, b_rival, np.zeros(k * models, bool))
+    assert both.model_changed[model == 0].all()
+
+
 def test_harder_traffic_for_every_model_is_no_models_change():
     k, models = 8, 3
     cluster, model = cells(k, models)
