@@ -19,6 +19,9 @@ from avengers_store.store import connections
 from avengers_store.testing import ensure_model, seed_store
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
+# Feedback stamped ahead of the clock, as a replay's is: each refresh is then its own point in
+# time (production_history.at), although now() stays fixed within a test's transaction.
+AHEAD = int(timedelta(days=3650).total_seconds())
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,15 @@ def store(db_url) -> str:
     return db_url
 
 
-def feed(conn, seed: int, rows: int, alone: bool = False) -> None:
+def feed(
+    conn, seed: int, rows: int, alone: bool = False, model0: float | None = 0.0, start: int = 0
+) -> None:
     """Random feedback on random cells: model-0 always fails where it was weak (a model that
     changed the same way in every cluster), the others score their calibration means, the
-    newcomer 0.9. ``alone``: model-0 is the only model fed, in every cluster."""
+    newcomer 0.9; then a refresh. ``alone``: model-0 is the only model fed, in the clusters
+    where it was strong (those it leads);
+    ``model0``: its success rate (None: its calibration means); ``start``: the first row's
+    second after T0."""
     rng = np.random.default_rng(seed)
     models = dict(conn.execute("SELECT name, id FROM avengers.models").fetchall())
     clusters = [r[0] for r in conn.execute("SELECT cluster FROM avengers.routing_centroids")]
@@ -49,24 +57,52 @@ def feed(conn, seed: int, rows: int, alone: bool = False) -> None:
             "AND mean_score < 0.5"
         )
     ]
+    strong = [
+        r[0]
+        for r in conn.execute(
+            "SELECT cluster FROM avengers.cluster_profiles WHERE model = 'model-0' "
+            "AND mean_score >= 0.5"
+        )
+    ]
     cid = conn.execute("SELECT id FROM avengers.active_clustering").fetchone()[0]
     names = sorted(models)
     for i in range(rows):
         # A third of the feedback on model-0, the rest on any model.
         name = "model-0" if alone or i % 3 == 0 else names[int(rng.integers(len(names)))]
-        cluster = int(rng.choice(weak if name == "model-0" and not alone else clusters))
+        cluster = int(rng.choice(strong if alone else weak if name == "model-0" else clusters))
         route = uuid.uuid4()
         conn.execute(
             "INSERT INTO avengers.route_log (route_id, at, query_hash, clustering_id, cluster, "
             "models, strategy, answer_model) VALUES (%s, %s, 'h', %s, %s, %s, 'replay', %s)",
-            (route, T0 + timedelta(seconds=i), cid, cluster, [name], name),
+            (route, T0 + timedelta(seconds=start + i), cid, cluster, [name], name),
         )
-        p = 0.0 if name == "model-0" else 0.9 if name == "newcomer" else means[cluster, name]
+        p = 0.9 if name == "newcomer" else means[cluster, name]
+        if name == "model-0" and model0 is not None:
+            p = model0
         conn.execute(
             "INSERT INTO avengers.feedback (route_id, model_id, score, at) VALUES (%s, %s, %s, %s)",
-            (route, models[name], float(rng.random() < p), T0 + timedelta(seconds=i)),
+            (route, models[name], float(rng.random() < p), T0 + timedelta(seconds=start + i)),
         )
     conn.execute("CALL avengers.refresh_production()")
+
+
+def history(conn, clusters, models, rows) -> update_rule.History:
+    """The refreshes kept in production_history, over the given cells, decayed to the served
+    production's time."""
+    kept = conn.execute(
+        """SELECT h.at, h.cluster, h.model_id, h.n, h.decayed_n, h.decayed_sum,
+                  extract(epoch FROM (SELECT max(p.as_of) FROM avengers.production_profiles p)
+                                     - h.at) / extract(epoch FROM a.half_life)
+           FROM avengers.production_history h
+           JOIN avengers.active_clustering a ON a.id = h.clustering_id"""
+    ).fetchall()
+    times = sorted({r[0] for r in kept})
+    index = {(int(c), int(m)): i for i, (c, m) in enumerate(zip(clusters, models, strict=True))}
+    before = np.zeros((3, len(times), len(clusters)))
+    for at, cluster, model, n, decayed_n, decayed_sum, age in kept:
+        j, i = times.index(at), index[cluster, model]
+        before[:, j, i] = n, decayed_n * 0.5 ** float(age), decayed_sum * 0.5 ** float(age)
+    return update_rule.History(rows, *before)
 
 
 def served_and_reference(conn):
@@ -77,7 +113,7 @@ def served_and_reference(conn):
                   e.cluster_effect, e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
                   coalesce(pp.decayed_n, 0), coalesce(pp.decayed_sum, 0),
                   NOT EXISTS (SELECT 1 FROM avengers.cluster_profiles c
-                              WHERE c.model_id = e.model_id), e.cluster_moved
+                              WHERE c.model_id = e.model_id), e.cluster_moved, coalesce(pp.n, 0)
            FROM avengers.production_evidence e
            LEFT JOIN avengers.cluster_profiles cp
              ON cp.cluster = e.cluster AND cp.model_id = e.model_id
@@ -89,7 +125,8 @@ def served_and_reference(conn):
         0
     ]
     x = np.array(
-        [r[:7] + (float(r[7]),) + r[8:16] + (float(r[16]), float(r[17])) for r in rows], dtype=float
+        [r[:7] + (float(r[7]),) + r[8:16] + (float(r[16]), float(r[17]), r[18]) for r in rows],
+        dtype=float,
     )
     cal_n, cal_s, prod_n, prod_s, new = x[:, 12], x[:, 13], x[:, 14], x[:, 15], x[:, 16] > 0
     # The inputs are the served calibration and production profiles, unchanged.
@@ -98,7 +135,7 @@ def served_and_reference(conn):
     models = {m: i for i, m in enumerate(sorted(set(x[:, 1].astype(int))))}
     ref = update_rule.evidence(
         x[:, 0].astype(int), np.array([models[int(m)] for m in x[:, 1]]), cal_n, cal_s, prod_n,
-        prod_s, new, threshold,
+        prod_s, new, threshold, history=history(conn, x[:, 0], x[:, 1], x[:, 18]),
     )  # fmt: skip
     assert x[:, 6] == pytest.approx(ref.model_effect, abs=1e-9)
     assert x[:, 7].astype(bool).tolist() == ref.model_changed.tolist()
@@ -125,16 +162,34 @@ def test_sql_equals_the_python_reference(store):
     assert not ref.delta_n[~new].any()
 
 
-def test_sql_equals_the_python_reference_for_a_model_fed_alone(store):
-    # No rival has feedback to compare model-0 with: its own outcomes decide alone.
+def test_sql_equals_the_python_reference_for_a_model_fed_alone_that_changed(store):
+    # No rival has feedback to compare model-0 with: its own outcomes decide alone, since they
+    # fell after a refresh (its calibration means before, always 0 after).
     with connections.connect(store) as conn:
-        feed(conn, 2, 300, alone=True)
+        feed(conn, 2, 150, alone=True, model0=None, start=AHEAD)
+        feed(conn, 3, 150, alone=True, start=AHEAD + 150)
         x, ref = served_and_reference(conn)
         conn.rollback()
     fed = x[:, 4] > 0
     assert (
         ref.model_changed[fed].all() and (ref.model_effect[fed] < -update_rule.MIN_OWN_CHANGE).all()
     )
+
+
+def test_sql_equals_the_python_reference_for_a_model_fed_alone_below_calibration_throughout(
+    store,
+):
+    # The same model failing from the first refresh on (traffic it was never calibrated on, as
+    # far as its own outcomes can tell): its own test passes alone, but nothing changed in time.
+    with connections.connect(store) as conn:
+        feed(conn, 2, 150, alone=True, start=AHEAD)
+        feed(conn, 3, 150, alone=True, start=AHEAD + 150)
+        x, ref = served_and_reference(conn)
+        conn.rollback()
+    fed = x[:, 4] > 0
+    own = x[fed, 5] / x[fed, 4] - x[fed, 3] / x[fed, 2]
+    assert (own < -update_rule.MIN_OWN_CHANGE).all() and fed.sum() > 1
+    assert not ref.model_changed.any()
 
 
 def test_routing_models_serves_the_evidence_and_the_decision_weighs_it(store):
