@@ -16,10 +16,17 @@ the SQL replay, never from here.
 The store is the one in AVENGERS_HOME (or AVENGERS_DATABASE_URL), loaded as in
 docs/evaluation.md; nothing is written to it.
 
+``--test-stream`` streams the test split instead, as the SQL replay does (for reading a rule's
+figures beside the replay's, never for tuning); ``gate: false`` in an arm runs the rule without
+the production history, so a model routed nearly alone is never called changed on its own
+outcomes (the rule before it).
+
 Example:
     AVENGERS_HOME=... .venv/bin/python bench/loop_tuning.py --table llmrouter --seeds 5
     AVENGERS_HOME=... .venv/bin/python bench/loop_tuning.py --table routerdc --seeds 3 \\
         --arms '{"z2": {"z": 2.0}, "z3": {"z": 3.0}}'
+    AVENGERS_HOME=... .venv/bin/python bench/loop_tuning.py --table llmrouter --test-stream \\
+        --batch 25 --scenarios 1 --seed-list 42,999,2024 --arms '{"before": {"gate": false}, "now": {}}'
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The production counted at each refresh (avengers.production_history): a model routed nearly
 alone is called changed only when its own outcomes after some past refresh differ from those
-before it, and the update rule reads that split from here.
+before it, and the update rule reads that split from here. The change threshold's comment says
+so.
 
 Revision ID: 0012
 Revises: 0011
@@ -35,10 +36,12 @@ COMMENT ON COLUMN avengers.production_history.model_id IS 'Model.';
 COMMENT ON COLUMN avengers.production_history.n IS 'Feedback rows counted in the cell by then.';
 COMMENT ON COLUMN avengers.production_history.decayed_n IS 'Their decayed count at `at`.';
 COMMENT ON COLUMN avengers.production_history.decayed_sum IS 'Their decayed score sum at `at`.';
+COMMENT ON COLUMN avengers.clusterings.change_threshold IS 'z-score a model''s production outcomes must pass, with the same sign, both against the other models of its clusters and against its own calibration, over all its clusters or in one, for the model to count as changed; a model routed nearly alone (too little feedback on the others to compare with): against its own calibration and, after one of the past refreshes, against its own outcomes before it. Its calibration mean then moves by the measured change (avengers.production_evidence).';
 """
 
 DOWNGRADE = r"""
 DROP TABLE avengers.production_history;
+COMMENT ON COLUMN avengers.clusterings.change_threshold IS 'z-score a model''s production outcomes must pass, with the same sign, both against the other models of its clusters and against its own calibration, over all its clusters or in one, for the model to count as changed: its calibration mean then moves by the measured change (avengers.production_evidence).';
 """
 
 
