@@ -238,6 +238,9 @@ $$);
 CREATE PROCEDURE avengers.record_production_history()
 LANGUAGE plpgsql
 AS $$
+DECLARE
+  active integer := (SELECT a.id FROM avengers.active_clustering a);
+  oldest timestamptz;
 BEGIN
   -- A refresh at the same time as the one before (no feedback newer than the clock) replaces it.
   INSERT INTO avengers.production_history AS h
@@ -247,13 +250,14 @@ BEGIN
   ON CONFLICT (clustering_id, model_id, at, cluster) DO UPDATE SET
     n = excluded.n, decayed_n = excluded.decayed_n, decayed_sum = excluded.decayed_sum;
   -- The update rule scans every kept refresh for a model routed nearly alone: the 256 latest
-  -- bound its cost (a replay's longest stream has about 50).
-  DELETE FROM avengers.production_history h
-  USING avengers.active_clustering a
-  WHERE h.clustering_id = a.id
-    AND h.at < (SELECT x.at FROM (SELECT DISTINCT y.at FROM avengers.production_history y
-                                  WHERE y.clustering_id = a.id) AS x
-                ORDER BY x.at DESC OFFSET 255 LIMIT 1);
+  -- bound its cost (a replay's longest stream has about 50). The cut is found once, not per row.
+  SELECT x.at INTO oldest
+  FROM (SELECT DISTINCT h.at FROM avengers.production_history h
+        WHERE h.clustering_id = active) AS x
+  ORDER BY x.at DESC OFFSET 255 LIMIT 1;
+  IF oldest IS NOT NULL THEN
+    DELETE FROM avengers.production_history h WHERE h.clustering_id = active AND h.at < oldest;
+  END IF;
 END
 $$;
 COMMENT ON PROCEDURE avengers.record_production_history() IS

@@ -264,3 +264,26 @@ def test_the_exploration_draw_is_computable_in_sql(store):
             for key in keys
         ]
     assert found == [exploration_rule.hash_uniform(s, k) for s in (42, 3407) for k in keys]
+
+
+def test_the_history_keeps_the_latest_256_refreshes(store):
+    with connections.connect(store) as conn:
+        cid, cluster, model = conn.execute(
+            "SELECT clustering_id, cluster, model_id FROM avengers.cluster_profiles LIMIT 1"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO avengers.production_history "
+            "(clustering_id, at, cluster, model_id, n, decayed_n, decayed_sum) "
+            "SELECT %s, %s + i * interval '1 second', %s, %s, 1, 1, 1 "
+            "FROM generate_series(1, 300) AS i",
+            (cid, T0, cluster, model),
+        )
+        conn.execute("CALL avengers.record_production_history()")
+        kept = conn.execute(
+            "SELECT count(DISTINCT at), min(at) FROM avengers.production_history "
+            "WHERE clustering_id = %s",
+            (cid,),
+        ).fetchone()
+        conn.rollback()
+    # No feedback in the store: the refresh adds no rows, and the 44 oldest go.
+    assert kept == (256, T0 + timedelta(seconds=45))
