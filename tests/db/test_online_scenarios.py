@@ -1,7 +1,8 @@
 """Streams that move, on a synthetic store: a degraded model is routed around by the online arms
-(also where it was routed alone) and never by the static one, a new model is only ever routed by the online arms, a shifted
-dataset arrives only after the change; the recalibrated reference, regret and recovery are
-reported, the store is unchanged afterwards, and the CLI parses the scenario syntax."""
+(also where it was routed alone) and never by the static one, a new model is only ever routed by
+the online arms, a shifted dataset arrives only after the change; the recalibrated reference,
+regret and recovery are reported, the store is unchanged afterwards, and the CLI parses the
+scenario syntax."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def test_a_degraded_model_routed_alone_is_routed_around_without_exploration(stor
     # Model 0 (best on blob 0, which the OOD gamma queries sit near too) now always fails.
     assert static.regret.mean > 10
     # Routed alone on its clusters, its rivals have no feedback to compare it with; its own
-    # outcomes fell far past the material change, and that decides: the loop routes around it
-    # without exploring.
+    # outcomes fell far past the material change, after a point of the stream, and that decides:
+    # the loop routes around it without exploring.
     assert online.routed_after_change["model-0"] < static.routed_after_change["model-0"] - 5
     assert online.regret.mean < static.regret.mean - 2
     # With exploration too.
