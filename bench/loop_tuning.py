@@ -16,10 +16,17 @@ the SQL replay, never from here.
 The store is the one in AVENGERS_HOME (or AVENGERS_DATABASE_URL), loaded as in
 docs/evaluation.md; nothing is written to it.
 
+``--test-stream`` streams the test split instead, as the SQL replay does (for reading a rule's
+figures beside the replay's, never for tuning); ``gate: false`` in an arm runs the rule without
+the production history, so a model routed nearly alone is never called changed on its own
+outcomes (the rule before it).
+
 Example:
     AVENGERS_HOME=... .venv/bin/python bench/loop_tuning.py --table llmrouter --seeds 5
     AVENGERS_HOME=... .venv/bin/python bench/loop_tuning.py --table routerdc --seeds 3 \\
         --arms '{"z2": {"z": 2.0}, "z3": {"z": 3.0}}'
+    AVENGERS_HOME=... .venv/bin/python bench/loop_tuning.py --table llmrouter --test-stream \\
+        --batch 25 --scenarios 1 --seed-list 42,999,2024 --arms '{"before": {"gate": false}, "now": {}}'
 """
 
 from __future__ import annotations
@@ -128,8 +135,11 @@ class Prod:
     def __init__(self, k, M, h):
         self.a = np.zeros((k, M))
         self.b = np.zeros((k, M))
+        self.rows = np.zeros((k, M))
         self.h = h
         self.t = 0.0
+        # What the store's production_history keeps: the sums as of each refresh.
+        self.snapshots: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, cells, models, ys, times):
         t_end = max(self.t, float(times.max()))
@@ -139,16 +149,44 @@ class Prod:
         dec = 0.5 ** ((t_end - times) / self.h)
         np.add.at(self.a, (cells, models), dec)
         np.add.at(self.b, (cells, models), dec * ys)
+        np.add.at(self.rows, (cells, models), 1.0)
         self.t = t_end
 
+    def snapshot(self):
+        self.snapshots.append((self.t, self.a.copy(), self.b.copy(), self.rows.copy()))
 
-def deltas(cal: Calib, p: Prod, z: float):
+    def history(self, ci, mi):
+        """The refreshes before now as update_rule.History over the cells (ci, mi)."""
+        if not self.snapshots:
+            shape = (0, len(ci))
+            return update_rule.History(self.rows[ci, mi], *(np.zeros(shape),) * 3)
+        f = np.array([0.5 ** ((self.t - t) / self.h) for t, *_ in self.snapshots])
+        return update_rule.History(
+            self.rows[ci, mi],
+            np.array([r[ci, mi] for *_, r in self.snapshots]),
+            np.array([a[ci, mi] for _, a, _, _ in self.snapshots]) * f[:, None],
+            np.array([b[ci, mi] for _, _, b, _ in self.snapshots]) * f[:, None],
+        )
+
+
+def deltas(
+    cal: Calib, p: Prod, z: float, min_own: float = update_rule.MIN_OWN_CHANGE, gate: bool = True
+):
     k, M = cal.S.shape
     uncal_m = cal.n.sum(0) == 0
     cells = (cal.n > 0) | (p.a > 0) | uncal_m[None, :]
     ci, mi = np.nonzero(cells)
     ev = update_rule.evidence(
-        ci, mi, cal.n[ci, mi], cal.S[ci, mi], p.a[ci, mi], p.b[ci, mi], uncal_m[mi], z
+        ci,
+        mi,
+        cal.n[ci, mi],
+        cal.S[ci, mi],
+        p.a[ci, mi],
+        p.b[ci, mi],
+        uncal_m[mi],
+        z,
+        min_own,
+        p.history(ci, mi) if gate else None,
     )
     dS = np.zeros((k, M))
     dn = np.zeros((k, M))
@@ -171,6 +209,8 @@ def run(
     share=exploration_rule.SHARE,
     overlap=exploration_rule.OVERLAP,
     z=3.0,
+    min_own=update_rule.MIN_OWN_CHANGE,
+    gate=True,
     seed=0,
     joins=None,
     moved_share=0.1,
@@ -245,7 +285,8 @@ def run(
             fed = np.arange(start, end)
             okv = ~np.isnan(stream.outcomes[fed, picks[fed]])
             prod.add(nearest[fed][okv], picks[fed][okv], values[fed][okv], fed[okv].astype(float))
-            dS, dn, hot = deltas(cal, prod, z)
+            dS, dn, hot = deltas(cal, prod, z, min_own, gate)
+            prod.snapshot()
     return online._Run(values, picks, explored, 0, nearest)
 
 
@@ -367,12 +408,24 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--arms", type=json.loads, default=ARMS, help="JSON: name -> run() options")
+    ap.add_argument(
+        "--test-stream", action="store_true",
+        help="stream the test split as the SQL replay does (reporting, not tuning)",
+    )  # fmt: skip
+    ap.add_argument("--scenarios", help="comma-separated indexes into the table's scenarios")
+    ap.add_argument("--seed-list", help="comma-separated seeds (instead of the first --seeds)")
     args = ap.parse_args()
     w = World.load()
-    for spec in SCENARIOS[args.table]:
+    specs = SCENARIOS[args.table]
+    if args.scenarios:
+        specs = [specs[int(i)] for i in args.scenarios.split(",")]
+    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else SEEDS[: args.seeds]
+    for spec in specs:
         started = time.time()
         sc = Scenario(**spec)
-        out, post = experiment(w, sc, args.arms, SEEDS[: args.seeds], batch=args.batch)
+        out, post = experiment(
+            w, sc, args.arms, seeds, tuning=not args.test_stream, batch=args.batch
+        )
         show(out, post, f"{sc.label()} {time.time() - started:.0f}s")
 
 

@@ -180,6 +180,8 @@ DECLARE
   ats timestamptz[];
 BEGIN
   DELETE FROM avengers.production_stats WHERE clustering_id = clustering;
+  -- The history's sums were decayed the old way: its splits would compare unlike with like.
+  DELETE FROM avengers.production_history WHERE clustering_id = clustering;
   -- Only feedback that can count here: routes of this version, and routes with a logged vector.
   SELECT array_agg(f.route_id), array_agg(f.model_id), array_agg(f.score), array_agg(f.at)
   INTO routes, models, scores, ats
@@ -191,7 +193,7 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE avengers.rebuild_production(integer) IS
-  'Recount every feedback row that counts in a clustering version (its own routes, and routes whose vector was logged) into avengers.production_stats: run when the version is activated or its half_life changes.';
+  'Recount every feedback row that counts in a clustering version (its own routes, and routes whose vector was logged) into avengers.production_stats, and clear its production_history: run when the version is activated or its half_life changes.';
 
 -- What routing and the profile views read: the active clustering's cells, decayed to one time.
 CREATE MATERIALIZED VIEW avengers.production_profiles AS
@@ -233,6 +235,34 @@ decayed_mean: decayed_sum / decayed_n: the mean that weighs recent feedback more
 as_of: The time everything is decayed to: the refresh time, or the newest feedback if later.
 $$);
 
+CREATE PROCEDURE avengers.record_production_history()
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  active integer := (SELECT a.id FROM avengers.active_clustering a);
+  oldest timestamptz;
+BEGIN
+  -- A refresh at the same time as the one before (no feedback newer than the clock) replaces it.
+  INSERT INTO avengers.production_history AS h
+    (clustering_id, at, cluster, model_id, n, decayed_n, decayed_sum)
+  SELECT p.clustering_id, p.as_of, p.cluster, p.model_id, p.n, p.decayed_n, p.decayed_sum
+  FROM avengers.production_profiles p
+  ON CONFLICT (clustering_id, model_id, at, cluster) DO UPDATE SET
+    n = excluded.n, decayed_n = excluded.decayed_n, decayed_sum = excluded.decayed_sum;
+  -- The update rule scans every kept refresh for a model routed nearly alone: the 256 latest
+  -- bound its cost (a replay's longest stream has about 50). The cut is found once, not per row.
+  SELECT x.at INTO oldest
+  FROM (SELECT DISTINCT h.at FROM avengers.production_history h
+        WHERE h.clustering_id = active) AS x
+  ORDER BY x.at DESC OFFSET 255 LIMIT 1;
+  IF oldest IS NOT NULL THEN
+    DELETE FROM avengers.production_history h WHERE h.clustering_id = active AND h.at < oldest;
+  END IF;
+END
+$$;
+COMMENT ON PROCEDURE avengers.record_production_history() IS
+  'Keep production_profiles as of this refresh in avengers.production_history (the 256 latest refreshes of the active clustering): the points where the update rule splits a model''s production into before and after. Called by refresh_production.';
+
 -- The production update rule: what production outcomes add to the calibration evidence routing
 -- pools, per cell (cluster, model) of the active clustering, as an outcome sum and a count that
 -- routing adds at the production weight lambda:
@@ -251,7 +281,13 @@ $$);
 -- * model change: the random-effects mean of the model's relative residuals over its clusters
 --   (DerSimonian-Laird: residuals that differ from cluster to cluster count as heterogeneity),
 --   applied in every cluster when |effect| > change_threshold x se and |effect| > 0.05, and the
---   random-effects mean of its own residuals passes the same test with the same sign;
+--   random-effects mean of its own residuals passes the same test with the same sign; when the
+--   comparison cannot decide (no relative residual, or |own effect| <= change_threshold x the
+--   relative se: the model was routed nearly alone), the own test alone, applied when
+--   |own effect| >= 0.15 and the own residuals changed in time (its own effect is then the
+--   change): split at each refresh kept in production_history, the random-effects mean of the
+--   residuals of what came after minus that of what came before, past change_threshold x its
+--   standard error with the own effect's sign, at the refresh where it passes best;
 -- * cell change: what is left of a relative residual, applied in that cell alone when it passes
 --   the same test on its own;
 -- * cluster change: the precision-weighted mean of what the models' changes leave of the
@@ -268,7 +304,7 @@ $$);
 -- computes the same in Python, and a test pins the two together.
 CREATE MATERIALIZED VIEW avengers.production_evidence AS
 WITH k AS (
-  SELECT a.id, a.change_threshold AS z FROM avengers.active_clustering a
+  SELECT a.id, a.change_threshold AS z, a.half_life FROM avengers.active_clustering a
 ),
 cal AS (
   SELECT c.cluster, c.model_id, c.n::double precision AS n, c.score_sum::double precision AS s
@@ -276,7 +312,7 @@ cal AS (
   WHERE c.clustering_id = (SELECT k.id FROM k)
 ),
 prod AS (
-  SELECT p.cluster, p.model_id, p.decayed_n AS a, p.decayed_sum AS b
+  SELECT p.cluster, p.model_id, p.decayed_n AS a, p.decayed_sum AS b, p.n AS rows, p.as_of
   FROM avengers.production_profiles p
   WHERE p.decayed_n > 0
 ),
@@ -290,11 +326,11 @@ uncalibrated AS (
 cells AS (
   SELECT coalesce(c.cluster, p.cluster) AS cluster, coalesce(c.model_id, p.model_id) AS model_id,
          coalesce(c.n, 0) AS n, coalesce(c.s, 0) AS s, coalesce(p.a, 0) AS a,
-         coalesce(p.b, 0) AS b
+         coalesce(p.b, 0) AS b, coalesce(p.rows, 0) AS rows
   FROM cal c FULL JOIN prod p ON p.cluster = c.cluster AND p.model_id = c.model_id
   UNION ALL
   -- Every other cluster of a model without calibration outcomes: its starting evidence.
-  SELECT ce.cluster, u.model_id, 0, 0, 0, 0
+  SELECT ce.cluster, u.model_id, 0, 0, 0, 0, 0
   FROM uncalibrated u
   CROSS JOIN k
   JOIN avengers.centroids ce ON ce.clustering_id = k.id
@@ -302,6 +338,7 @@ cells AS (
 ),
 residuals AS (
   SELECT x.*, coalesce(cm.mu, 0) AS mu, u.model_id IS NOT NULL AS uncalibrated,
+         CASE WHEN x.n > 0 THEN x.s / x.n ELSE coalesce(cm.mu, 0) END AS expected,
          CASE WHEN x.a > 0 THEN
            x.b / x.a - CASE WHEN x.n > 0 THEN x.s / x.n ELSE coalesce(cm.mu, 0) END
          END AS y,
@@ -358,34 +395,125 @@ effects AS (
 ),
 -- A model changed when its relative effect passes the change test and its own residuals move
 -- the same way, as significantly: the others' feedback comes from the queries routing gave
--- them, so the comparison alone can call a model changed that did not move.
-model_effects AS (
-  SELECT r.model_id, r.effect, r.se, u.model_id IS NOT NULL AS uncalibrated,
-         u.model_id IS NULL AND abs(r.effect) > k.z * r.se AND abs(r.effect) > 0.05
-           AND coalesce(abs(o.effect) > k.z * o.se AND sign(o.effect) = sign(r.effect), false)
-           AS changed
-  FROM effects r
+-- them, so the comparison alone can call a model changed that did not move. A model routed
+-- (nearly) alone in its clusters leaves its rivals without feedback there, and the comparison
+-- cannot decide (it could not pass on a change as large as its own residuals show): its own
+-- test then decides alone, for a material change only (at least 0.15; the winner's curse moves
+-- a routed model's own residuals by a few points) that also happened in time (below).
+tests AS (
+  SELECT coalesce(r.model_id, o.model_id) AS model_id, r.effect, o.effect AS own,
+         u.model_id IS NOT NULL AS uncalibrated,
+         coalesce(abs(r.effect) > k.z * r.se AND abs(r.effect) > 0.05
+                  AND abs(o.effect) > k.z * o.se AND sign(o.effect) = sign(r.effect), false)
+           AS compared_changed,
+         u.model_id IS NULL
+           AND coalesce(abs(o.effect) > k.z * o.se AND abs(o.effect) >= 0.15
+                        AND NOT coalesce(abs(o.effect) > k.z * r.se, false), false)
+           AS alone_candidate
+  FROM (SELECT * FROM effects WHERE kind = 'relative') AS r
+  FULL JOIN (SELECT * FROM effects WHERE kind = 'own') AS o ON o.model_id = r.model_id
   CROSS JOIN k
-  LEFT JOIN effects o ON o.model_id = r.model_id AND o.kind = 'own'
-  LEFT JOIN uncalibrated u ON u.model_id = r.model_id
-  WHERE r.kind = 'relative'
+  LEFT JOIN uncalibrated u ON u.model_id = coalesce(r.model_id, o.model_id)
+),
+-- A model's own outcomes cannot tell its change from traffic it was never calibrated on, which
+-- is there from the first refresh; a change of the model happens at a point of the stream. So
+-- for the few models whose own test passes alone, their production is split at each refresh
+-- kept in production_history: before = the sums then (decayed to now), after = the rest, the
+-- rows counted deciding which cells have feedback on each side (a difference of decayed sums is
+-- rarely exactly 0). Residuals and variances as above, on each side's sums.
+split_cells AS (
+  SELECT r.model_id, s.at, r.n, r.s, r.expected, s.direction,
+         coalesce(h.n, 0) AS rows_before,
+         coalesce(h.decayed_n, 0) * s.f AS a_before, coalesce(h.decayed_sum, 0) * s.f AS b_before,
+         r.rows - coalesce(h.n, 0) AS rows_after,
+         r.a - coalesce(h.decayed_n, 0) * s.f AS a_after,
+         r.b - coalesce(h.decayed_sum, 0) * s.f AS b_after
+  FROM (SELECT DISTINCT t.model_id, sign(t.own) AS direction, h.at,
+               avengers.decay(h.at, (SELECT max(p.as_of) FROM prod p), k.half_life) AS f
+        FROM tests t
+        CROSS JOIN k
+        JOIN avengers.production_history h ON h.clustering_id = k.id AND h.model_id = t.model_id
+        WHERE t.alone_candidate) AS s
+  JOIN residuals r ON r.model_id = s.model_id AND r.a > 0
+  CROSS JOIN k
+  LEFT JOIN avengers.production_history h
+    ON h.clustering_id = k.id AND h.model_id = s.model_id AND h.at = s.at AND h.cluster = r.cluster
+),
+split_observed AS (
+  SELECT x.model_id, x.at, x.direction, x.side,
+         x.b / x.a - x.expected AS y,
+         greatest(0.05, ((x.s + x.b + 1) / (x.n + x.a + 2)) * (1 - (x.s + x.b + 1) / (x.n + x.a + 2)))
+         * (1 / x.a + CASE WHEN x.n > 0 THEN 1 / x.n ELSE 0 END) AS v
+  FROM (SELECT c.model_id, c.at, c.direction, c.n, c.s, c.expected, 'before' AS side,
+               c.rows_before AS rows, c.a_before AS a, c.b_before AS b
+        FROM split_cells c
+        UNION ALL
+        SELECT c.model_id, c.at, c.direction, c.n, c.s, c.expected, 'after',
+               c.rows_after, c.a_after, c.b_after
+        FROM split_cells c) AS x
+  WHERE x.rows > 0 AND x.a > 0
+),
+split_fixed AS (
+  SELECT o.model_id, o.at, o.side, count(*) AS cells, sum(1 / o.v) AS sw,
+         sum(1 / (o.v * o.v)) AS sw2, sum(o.y / o.v) / sum(1 / o.v) AS fe
+  FROM split_observed o GROUP BY o.model_id, o.at, o.side
+),
+split_spread AS (
+  SELECT f.model_id, f.at, f.side,
+         CASE WHEN f.cells > 1 AND f.sw - f.sw2 / f.sw > 0 THEN
+           greatest(0, (sum((o.y - f.fe) ^ 2 / o.v) - (f.cells - 1)) / (f.sw - f.sw2 / f.sw))
+         ELSE 0 END AS tau2
+  FROM split_fixed f
+  JOIN split_observed o ON o.model_id = f.model_id AND o.at = f.at AND o.side = f.side
+  GROUP BY f.model_id, f.at, f.side, f.cells, f.sw, f.sw2, f.fe
+),
+split_effects AS (
+  SELECT o.model_id, o.at, o.side, min(o.direction) AS direction,
+         sum(o.y / (o.v + s.tau2)) / sum(1 / (o.v + s.tau2)) AS effect,
+         1 / sqrt(sum(1 / (o.v + s.tau2))) AS se
+  FROM split_observed o
+  JOIN split_spread s ON s.model_id = o.model_id AND s.at = o.at AND s.side = o.side
+  GROUP BY o.model_id, o.at, o.side
+),
+-- The largest z over the splits, in the own effect's direction.
+in_time AS (
+  SELECT a.model_id,
+         max(a.direction * (a.effect - b.effect) / sqrt(a.se ^ 2 + b.se ^ 2)) AS z
+  FROM split_effects a
+  JOIN split_effects b ON b.model_id = a.model_id AND b.at = a.at AND b.side = 'before'
+  WHERE a.side = 'after'
+  GROUP BY a.model_id
+),
+model_effects AS (
+  SELECT t.model_id, t.effect, t.uncalibrated, t.compared_changed,
+         t.alone_candidate AND coalesce(it.z > k.z, false) AS alone_changed
+  FROM tests t
+  CROSS JOIN k
+  LEFT JOIN in_time it ON it.model_id = t.model_id
+),
+model_shifts AS (
+  SELECT me.model_id, me.effect,
+         NOT me.uncalibrated AND (me.compared_changed OR me.alone_changed) AS changed,
+         CASE WHEN me.uncalibrated THEN 0
+              WHEN me.compared_changed THEN me.effect
+              WHEN me.alone_changed THEN t.own
+              ELSE 0 END AS shift
+  FROM model_effects me JOIN tests t ON t.model_id = me.model_id
 ),
 cell_effects AS (
-  SELECT c.cluster, c.model_id,
-         c.rel - CASE WHEN coalesce(me.changed, false) THEN me.effect ELSE 0 END AS left_over,
-         c.rel_v
-  FROM compared c LEFT JOIN model_effects me ON me.model_id = c.model_id
+  SELECT c.cluster, c.model_id, c.rel - coalesce(me.shift, 0) AS left_over, c.rel_v
+  FROM compared c LEFT JOIN model_shifts me ON me.model_id = c.model_id
 ),
 shifts AS (
   SELECT r.*,
-         CASE WHEN coalesce(me.changed, false) THEN me.effect ELSE 0 END AS model_shift,
+         coalesce(me.shift, 0) AS model_shift,
          coalesce(me.changed, false) AS changed,
          CASE WHEN r.uncalibrated THEN coalesce(me.effect, 0) ELSE 0 END AS offset,
          CASE WHEN abs(ce.left_over) > k.z * sqrt(ce.rel_v) AND abs(ce.left_over) > 0.05
               THEN ce.left_over ELSE 0 END AS cell_shift
   FROM residuals r
   CROSS JOIN k
-  LEFT JOIN model_effects me ON me.model_id = r.model_id
+  LEFT JOIN model_shifts me ON me.model_id = r.model_id
   LEFT JOIN cell_effects ce ON ce.cluster = r.cluster AND ce.model_id = r.model_id
 ),
 -- The cluster's change: what the models' changes leave of its calibrated models' residuals;
@@ -426,8 +554,8 @@ calibration_n: Calibration outcomes of the model in the cluster (cluster_profile
 calibration_sum: Their sum (cluster_profiles.score_sum).
 production_n: Decayed count of the feedback counted here (production_profiles.decayed_n; 0: none).
 production_sum: Decayed sum of those feedback scores.
-model_effect: The model's change against the other models of its clusters, applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.
-model_changed: The model's change test passed: |effect| > change_threshold x standard error and > 0.05, and its own residuals against its calibration moved the same way past the same threshold.
+model_effect: The model's change against the other models of its clusters (against its own calibration when the comparison could not decide), applied in every cluster (0 unless its change test passed); for a model without calibration outcomes, its offset from the cluster means.
+model_changed: The model's change test passed: |effect| > change_threshold x standard error and > 0.05, and its own residuals against its calibration moved the same way past the same threshold; or, where the comparison could not decide (the model routed nearly alone), its own residuals alone past the threshold and at least 0.15, and what came after one of the refreshes in production_history past the threshold against what came before, the same way.
 cell_effect: The model's change in this cluster beyond model_effect (0 unless that cell's own test passed).
 cluster_effect: Change of the cluster shared by all its candidates: what the models' changes leave of the residuals of the models with feedback here, shrunk toward 0.
 delta_sum: What the cell's outcome sum gains at production weight 1 (may be negative): the calibration mean moved by the model's, the cell's and the cluster's change (clamped to [0, 1]) times the calibration count, minus the calibration sum. For a model without calibration outcomes: 2 pseudo-outcomes of the moved cluster mean plus its decayed feedback sum.

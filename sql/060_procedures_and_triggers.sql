@@ -23,10 +23,12 @@ AS $$
 BEGIN
   REFRESH MATERIALIZED VIEW CONCURRENTLY avengers.production_profiles;
   CALL avengers.refresh_evidence();
+  -- After the evidence: the rule splits only at refreshes before this one.
+  CALL avengers.record_production_history();
 END
 $$;
 COMMENT ON PROCEDURE avengers.refresh_production() IS
-  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, production_evidence, routing_entries, routing_models: clusters x models rows each) without re-reading calibration outcomes.';
+  'Serve the feedback recorded since the last refresh: recompute what routing reads of production outcomes (production_profiles, production_evidence, routing_entries, routing_models: clusters x models rows each) without re-reading calibration outcomes, and keep production_profiles as of this refresh in production_history.';
 
 CREATE PROCEDURE avengers.refresh_profiles()
 LANGUAGE plpgsql

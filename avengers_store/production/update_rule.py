@@ -22,6 +22,13 @@ calibration means and never adds one model's feedback to its counts:
   same sign: its calibration mean moves by the relative effect in every cluster. The others'
   feedback comes from the queries routing gave them (where their calibration looked lucky), so
   the comparison alone can call a model changed that did not move;
+- a model routed nearly alone in its clusters leaves the others without feedback there, so the
+  comparison cannot decide (it could not pass on a change as large as the model's own residuals
+  show): then its own test decides alone, for a change of at least ``MIN_OWN_CHANGE`` that also
+  happened in time (``History``: its own residuals after a past refresh against those before
+  it pass the change test the same way, at the refresh where they pass best), and its
+  calibration mean moves by its own effect. Traffic the model was never calibrated on lowers
+  its own outcomes from the first refresh on; a changed model's fall at a point of the stream;
 - a model changed in one cluster when what is left there passes the same test on its own;
 - the cluster changed by the precision-weighted mean of what the models' changes leave of the
   residuals, shrunk toward 0, for all its calibrated candidates alike, so it reorders none.
@@ -39,6 +46,9 @@ import numpy as np
 
 # A change smaller than this (in mean outcome) is never called a change, however certain.
 MIN_CHANGE = 0.05
+# A model whose rivals' feedback is too thin to compare it with is called changed on its own
+# outcomes alone only when they moved at least this far from its calibration.
+MIN_OWN_CHANGE = 0.15
 # Floor of p(1 - p) in residual variances: a cell whose outcomes are all 0 or all 1 so far is
 # not taken as certain.
 VARIANCE_FLOOR = 0.05
@@ -48,6 +58,20 @@ CLUSTER_PRIOR = 100.0
 NEW_MODEL_PRIOR = 2.0
 # The default change threshold (a z-score); a clustering's own is its change_threshold.
 CHANGE_THRESHOLD = 3.0
+
+
+@dataclass(frozen=True)
+class History:
+    """Production counted before each past refresh (the candidate points where a model may have
+    changed), per cell in the cells' order: ``rows`` the feedback rows counted now, and per
+    refresh (first axis) ``before_rows`` those counted by then and ``before_n`` /
+    ``before_sum`` their decayed count and sum, decayed to the same time as the production
+    sums. What came after a refresh is the difference."""
+
+    rows: np.ndarray
+    before_rows: np.ndarray
+    before_n: np.ndarray
+    before_sum: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,60 @@ def _random_effects(groups: np.ndarray, y: np.ndarray, v: np.ndarray, size: int)
     return mean, se
 
 
+def _side(n, s, expected, a, b, rows, keep):
+    """Residuals and variances of one side of a split (decayed count a, sum b, raw rows), as
+    the cells' own: the rows decide which cells have feedback there, since a difference of
+    decayed sums is rarely exactly 0."""
+    on = keep & (rows > 0) & (a > 0)
+    safe = np.where(on, a, 1.0)
+    p = (s + b + 1.0) / (n + a + 2.0)
+    y = b / safe - expected
+    v = np.maximum(VARIANCE_FLOOR, p * (1.0 - p)) * (
+        1.0 / safe + np.where(n > 0, 1.0 / np.where(n > 0, n, 1.0), 0.0)
+    )
+    return on, y, v
+
+
+def changed_in_time(
+    model: np.ndarray,
+    n: np.ndarray,
+    s: np.ndarray,
+    expected: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    history: History,
+    candidates: np.ndarray,
+    direction: np.ndarray,
+    change_threshold: float,
+) -> np.ndarray:
+    """Per model: whether its own residuals after some past refresh differ from those before it
+    by more than ``change_threshold`` standard errors in ``direction`` (random-effects means
+    over its cells on each side), at the refresh where that z is largest. Only ``candidates``
+    (models) are scanned; every other is False."""
+    m = len(candidates)
+    best = np.full(m, -np.inf)
+    keep = candidates[model]
+    if not keep.any():
+        return best > change_threshold
+    rows = np.asarray(history.rows, dtype=np.float64)
+    for before_rows, before_n, before_sum in zip(
+        np.asarray(history.before_rows, dtype=np.float64),
+        np.asarray(history.before_n, dtype=np.float64),
+        np.asarray(history.before_sum, dtype=np.float64),
+        strict=True,
+    ):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            on_b, y_b, v_b = _side(n, s, expected, before_n, before_sum, before_rows, keep)
+            on_a, y_a, v_a = _side(
+                n, s, expected, a - before_n, b - before_sum, rows - before_rows, keep
+            )
+            mean_b, se_b = _random_effects(model[on_b], y_b[on_b], v_b[on_b], m)
+            mean_a, se_a = _random_effects(model[on_a], y_a[on_a], v_a[on_a], m)
+            z = direction * (mean_a - mean_b) / np.hypot(se_a, se_b)
+        best = np.fmax(best, np.where(np.isnan(z), -np.inf, z))
+    return candidates & (best > change_threshold)
+
+
 def evidence(
     cluster: np.ndarray,
     model: np.ndarray,
@@ -96,12 +174,16 @@ def evidence(
     production_sum: np.ndarray,
     uncalibrated: np.ndarray,
     change_threshold: float = CHANGE_THRESHOLD,
+    min_own_change: float = MIN_OWN_CHANGE,
+    history: History | None = None,
 ) -> Evidence:
     """The rule over a clustering's cells. ``cluster`` and ``model`` are small non-negative
     integer codes per cell; ``calibration_*`` the calibration outcome count and sum,
     ``production_*`` the decayed feedback count and sum (0: none); ``uncalibrated`` per cell,
     whether its model has no calibration outcome in the clustering (such a model needs a cell
-    in every cluster). The cluster mean is over the cells given."""
+    in every cluster). The cluster mean is over the cells given. ``history``: the production
+    before each past refresh, which a model routed nearly alone needs to be called changed (none:
+    it never is)."""
     cluster = np.asarray(cluster, dtype=np.int64)
     model = np.asarray(model, dtype=np.int64)
     n = np.asarray(calibration_n, dtype=np.float64)
@@ -144,15 +226,33 @@ def evidence(
     # can call a model changed because of how its rivals were chosen.
     own, own_se = _random_effects(model[calibrated_fed], y[calibrated_fed], v[calibrated_fed], m)
     with np.errstate(invalid="ignore"):
-        own_changed = (np.abs(own) > change_threshold * own_se) & (np.sign(own) == np.sign(effect))
-    changed = (
-        has
-        & ~new_model
-        & (np.abs(effect) > change_threshold * se)
-        & (np.abs(effect) > MIN_CHANGE)
-        & own_changed
-    )
-    model_shift = np.where(changed, effect, 0.0)[model]
+        own_passed = np.abs(own) > change_threshold * own_se
+        compared_changed = (
+            has
+            & ~new_model
+            & (np.abs(effect) > change_threshold * se)
+            & (np.abs(effect) > MIN_CHANGE)
+            & own_passed
+            & (np.sign(own) == np.sign(effect))
+        )
+        # A model routed (nearly) alone in its clusters leaves its rivals without feedback there,
+        # and the comparison cannot decide: it could not pass on a change as large as the one its
+        # own outcomes show. Its own test then decides alone, for a material change only (the
+        # winner's curse moves a routed model's own residuals by a few points, never this much).
+        thin = ~has | ~(np.abs(own) > change_threshold * np.where(has, se, np.inf))
+        alone = ~compared_changed & ~new_model & own_passed & thin
+        alone &= np.abs(own) >= min_own_change
+    # Its own outcomes cannot tell it from traffic it was never calibrated on, which is there
+    # from the first refresh: a change it made shows as a change in time too.
+    if history is None:
+        alone[:] = False
+    else:
+        alone = changed_in_time(
+            model, n, s, expected, a, b, history, alone, np.sign(np.nan_to_num(own)),
+            change_threshold,
+        )  # fmt: skip
+    changed = compared_changed | alone
+    model_shift = np.where(compared_changed, effect, np.where(alone, own, 0.0))[model]
     # What is left in one cluster: a change of the model there only.
     left = relative - model_shift
     local = (

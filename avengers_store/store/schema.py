@@ -290,6 +290,7 @@ TABLES = (
     "gateway_sessions",
     "feedback",
     "production_stats",
+    "production_history",
     "route_vectors",
     "cluster_distances",
 )

@@ -1,7 +1,8 @@
-"""Streams that move, on a synthetic store: a degraded model is routed around by the online arm
-and never by the static one, a new model is only ever routed by the online arms, a shifted
-dataset arrives only after the change; the recalibrated reference, regret and recovery are
-reported, the store is unchanged afterwards, and the CLI parses the scenario syntax."""
+"""Streams that move, on a synthetic store: a degraded model is routed around by the online arms
+(also where it was routed alone) and never by the static one, a new model is only ever routed by
+the online arms, a shifted dataset arrives only after the change; the recalibrated reference,
+regret and recovery are reported, the store is unchanged afterwards, and the CLI parses the
+scenario syntax."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def store(db_url) -> str:
     return db_url
 
 
-def test_a_degraded_model_is_routed_around_once_exploration_compares_it(store):
+def test_a_degraded_model_routed_alone_is_routed_around_without_exploration(store):
     before = table_counts(store)
     result = evaluate_online(
         k=4, seeds=[1, 2], batch=16, scenario=Scenario("degrade", "model-0", 0.3, flip=1.0),
@@ -46,10 +47,12 @@ def test_a_degraded_model_is_routed_around_once_exploration_compares_it(store):
     ref = arms["recalibrated"]
     # Model 0 (best on blob 0, which the OOD gamma queries sit near too) now always fails.
     assert static.regret.mean > 10
-    # Routed alone on its clusters, its failures cannot be told from harder traffic: without
-    # exploration the loop keeps the calibration order there.
-    assert online.routed_after_change["model-0"] == static.routed_after_change["model-0"]
-    # Explored rivals show that only model 0 fell: the loop routes around it.
+    # Routed alone on its clusters, its rivals have no feedback to compare it with; its own
+    # outcomes fell far past the material change, after a point of the stream, and that decides:
+    # the loop routes around it without exploring.
+    assert online.routed_after_change["model-0"] < static.routed_after_change["model-0"] - 5
+    assert online.regret.mean < static.regret.mean - 2
+    # With exploration too.
     assert explored.routed_after_change["model-0"] < static.routed_after_change["model-0"] - 5
     assert explored.regret.mean < static.regret.mean - 2
     assert ref.regret.mean < explored.regret.mean

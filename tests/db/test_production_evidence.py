@@ -19,6 +19,9 @@ from avengers_store.store import connections
 from avengers_store.testing import ensure_model, seed_store
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
+# Feedback stamped ahead of the clock, as a replay's is: each refresh is then its own point in
+# time (production_history.at), although now() stays fixed within a test's transaction.
+AHEAD = int(timedelta(days=3650).total_seconds())
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,15 @@ def store(db_url) -> str:
     return db_url
 
 
-def feed(conn, seed: int, rows: int) -> None:
+def feed(
+    conn, seed: int, rows: int, alone: bool = False, model0: float | None = 0.0, start: int = 0
+) -> None:
     """Random feedback on random cells: model-0 always fails where it was weak (a model that
     changed the same way in every cluster), the others score their calibration means, the
-    newcomer 0.9."""
+    newcomer 0.9; then a refresh. ``alone``: model-0 is the only model fed, in the clusters
+    where it was strong (those it leads);
+    ``model0``: its success rate (None: its calibration means); ``start``: the first row's
+    second after T0."""
     rng = np.random.default_rng(seed)
     models = dict(conn.execute("SELECT name, id FROM avengers.models").fetchall())
     clusters = [r[0] for r in conn.execute("SELECT cluster FROM avengers.routing_centroids")]
@@ -49,49 +57,76 @@ def feed(conn, seed: int, rows: int) -> None:
             "AND mean_score < 0.5"
         )
     ]
+    strong = [
+        r[0]
+        for r in conn.execute(
+            "SELECT cluster FROM avengers.cluster_profiles WHERE model = 'model-0' "
+            "AND mean_score >= 0.5"
+        )
+    ]
     cid = conn.execute("SELECT id FROM avengers.active_clustering").fetchone()[0]
     names = sorted(models)
     for i in range(rows):
         # A third of the feedback on model-0, the rest on any model.
-        name = "model-0" if i % 3 == 0 else names[int(rng.integers(len(names)))]
-        cluster = int(rng.choice(weak if name == "model-0" else clusters))
+        name = "model-0" if alone or i % 3 == 0 else names[int(rng.integers(len(names)))]
+        cluster = int(rng.choice(strong if alone else weak if name == "model-0" else clusters))
         route = uuid.uuid4()
         conn.execute(
             "INSERT INTO avengers.route_log (route_id, at, query_hash, clustering_id, cluster, "
             "models, strategy, answer_model) VALUES (%s, %s, 'h', %s, %s, %s, 'replay', %s)",
-            (route, T0 + timedelta(seconds=i), cid, cluster, [name], name),
+            (route, T0 + timedelta(seconds=start + i), cid, cluster, [name], name),
         )
-        p = 0.0 if name == "model-0" else 0.9 if name == "newcomer" else means[cluster, name]
+        p = 0.9 if name == "newcomer" else means[cluster, name]
+        if name == "model-0" and model0 is not None:
+            p = model0
         conn.execute(
             "INSERT INTO avengers.feedback (route_id, model_id, score, at) VALUES (%s, %s, %s, %s)",
-            (route, models[name], float(rng.random() < p), T0 + timedelta(seconds=i)),
+            (route, models[name], float(rng.random() < p), T0 + timedelta(seconds=start + i)),
         )
     conn.execute("CALL avengers.refresh_production()")
 
 
-def test_sql_equals_the_python_reference(store):
-    with connections.connect(store) as conn:
-        feed(conn, 1, 900)
-        rows = conn.execute(
-            """SELECT e.cluster, e.model_id, e.calibration_n, e.calibration_sum, e.production_n,
-                      e.production_sum, e.model_effect, e.model_changed, e.cell_effect,
-                      e.cluster_effect, e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
-                      coalesce(pp.decayed_n, 0), coalesce(pp.decayed_sum, 0),
-                      NOT EXISTS (SELECT 1 FROM avengers.cluster_profiles c
-                                  WHERE c.model_id = e.model_id), e.cluster_moved
-               FROM avengers.production_evidence e
-               LEFT JOIN avengers.cluster_profiles cp
-                 ON cp.cluster = e.cluster AND cp.model_id = e.model_id
-               LEFT JOIN avengers.production_profiles pp
-                 ON pp.cluster = e.cluster AND pp.model_id = e.model_id
-               ORDER BY 1, 2"""
-        ).fetchall()
-        threshold = conn.execute(
-            "SELECT change_threshold FROM avengers.active_clustering"
-        ).fetchone()[0]
-        conn.rollback()
+def history(conn, clusters, models, rows) -> update_rule.History:
+    """The refreshes kept in production_history, over the given cells, decayed to the served
+    production's time."""
+    kept = conn.execute(
+        """SELECT h.at, h.cluster, h.model_id, h.n, h.decayed_n, h.decayed_sum,
+                  extract(epoch FROM (SELECT max(p.as_of) FROM avengers.production_profiles p)
+                                     - h.at) / extract(epoch FROM a.half_life)
+           FROM avengers.production_history h
+           JOIN avengers.active_clustering a ON a.id = h.clustering_id"""
+    ).fetchall()
+    times = sorted({r[0] for r in kept})
+    index = {(int(c), int(m)): i for i, (c, m) in enumerate(zip(clusters, models, strict=True))}
+    before = np.zeros((3, len(times), len(clusters)))
+    for at, cluster, model, n, decayed_n, decayed_sum, age in kept:
+        j, i = times.index(at), index[cluster, model]
+        before[:, j, i] = n, decayed_n * 0.5 ** float(age), decayed_sum * 0.5 ** float(age)
+    return update_rule.History(rows, *before)
+
+
+def served_and_reference(conn):
+    """The served evidence (SQL) and the Python reference's, on the same served inputs."""
+    rows = conn.execute(
+        """SELECT e.cluster, e.model_id, e.calibration_n, e.calibration_sum, e.production_n,
+                  e.production_sum, e.model_effect, e.model_changed, e.cell_effect,
+                  e.cluster_effect, e.delta_sum, e.delta_n, coalesce(cp.n, 0), coalesce(cp.score_sum, 0),
+                  coalesce(pp.decayed_n, 0), coalesce(pp.decayed_sum, 0),
+                  NOT EXISTS (SELECT 1 FROM avengers.cluster_profiles c
+                              WHERE c.model_id = e.model_id), e.cluster_moved, coalesce(pp.n, 0)
+           FROM avengers.production_evidence e
+           LEFT JOIN avengers.cluster_profiles cp
+             ON cp.cluster = e.cluster AND cp.model_id = e.model_id
+           LEFT JOIN avengers.production_profiles pp
+             ON pp.cluster = e.cluster AND pp.model_id = e.model_id
+           ORDER BY 1, 2"""
+    ).fetchall()
+    threshold = conn.execute("SELECT change_threshold FROM avengers.active_clustering").fetchone()[
+        0
+    ]
     x = np.array(
-        [r[:7] + (float(r[7]),) + r[8:16] + (float(r[16]), float(r[17])) for r in rows], dtype=float
+        [r[:7] + (float(r[7]),) + r[8:16] + (float(r[16]), float(r[17]), r[18]) for r in rows],
+        dtype=float,
     )
     cal_n, cal_s, prod_n, prod_s, new = x[:, 12], x[:, 13], x[:, 14], x[:, 15], x[:, 16] > 0
     # The inputs are the served calibration and production profiles, unchanged.
@@ -100,7 +135,7 @@ def test_sql_equals_the_python_reference(store):
     models = {m: i for i, m in enumerate(sorted(set(x[:, 1].astype(int))))}
     ref = update_rule.evidence(
         x[:, 0].astype(int), np.array([models[int(m)] for m in x[:, 1]]), cal_n, cal_s, prod_n,
-        prod_s, new, threshold,
+        prod_s, new, threshold, history=history(conn, x[:, 0], x[:, 1], x[:, 18]),
     )  # fmt: skip
     assert x[:, 6] == pytest.approx(ref.model_effect, abs=1e-9)
     assert x[:, 7].astype(bool).tolist() == ref.model_changed.tolist()
@@ -108,13 +143,53 @@ def test_sql_equals_the_python_reference(store):
     assert x[:, 9] == pytest.approx(ref.cluster_effect, abs=1e-9)
     assert x[:, 10] == pytest.approx(ref.delta_sum, abs=1e-9)
     assert x[:, 11] == pytest.approx(ref.delta_n, abs=1e-9)
-    assert (x[:, 17] > 0).tolist() == ref.cluster_moved.tolist() and ref.cluster_moved.any()
+    assert (x[:, 17] > 0).tolist() == ref.cluster_moved.tolist()
+    return x, ref
+
+
+def test_sql_equals_the_python_reference(store):
+    with connections.connect(store) as conn:
+        feed(conn, 1, 900)
+        x, ref = served_and_reference(conn)
+        conn.rollback()
+    new = x[:, 16] > 0
+    assert ref.cluster_moved.any()
     # The data make the rule's branches run: model-0 changed, the newcomer learned its offset,
     # clusters moved, and calibrated models gained no counts.
     assert ref.model_changed.any() and ref.model_effect[ref.model_changed].max() < -0.1
     assert (ref.model_effect[new] > 0.2).all()
     assert np.abs(ref.cluster_effect).max() > 0.01
     assert not ref.delta_n[~new].any()
+
+
+def test_sql_equals_the_python_reference_for_a_model_fed_alone_that_changed(store):
+    # No rival has feedback to compare model-0 with: its own outcomes decide alone, since they
+    # fell after a refresh (its calibration means before, always 0 after).
+    with connections.connect(store) as conn:
+        feed(conn, 2, 150, alone=True, model0=None, start=AHEAD)
+        feed(conn, 3, 150, alone=True, start=AHEAD + 150)
+        x, ref = served_and_reference(conn)
+        conn.rollback()
+    fed = x[:, 4] > 0
+    assert (
+        ref.model_changed[fed].all() and (ref.model_effect[fed] < -update_rule.MIN_OWN_CHANGE).all()
+    )
+
+
+def test_sql_equals_the_python_reference_for_a_model_fed_alone_below_calibration_throughout(
+    store,
+):
+    # The same model failing from the first refresh on (traffic it was never calibrated on, as
+    # far as its own outcomes can tell): its own test passes alone, but nothing changed in time.
+    with connections.connect(store) as conn:
+        feed(conn, 2, 150, alone=True, start=AHEAD)
+        feed(conn, 3, 150, alone=True, start=AHEAD + 150)
+        x, ref = served_and_reference(conn)
+        conn.rollback()
+    fed = x[:, 4] > 0
+    own = x[fed, 5] / x[fed, 4] - x[fed, 3] / x[fed, 2]
+    assert (own < -update_rule.MIN_OWN_CHANGE).all() and fed.sum() > 1
+    assert not ref.model_changed.any()
 
 
 def test_routing_models_serves_the_evidence_and_the_decision_weighs_it(store):
@@ -189,3 +264,26 @@ def test_the_exploration_draw_is_computable_in_sql(store):
             for key in keys
         ]
     assert found == [exploration_rule.hash_uniform(s, k) for s in (42, 3407) for k in keys]
+
+
+def test_the_history_keeps_the_latest_256_refreshes(store):
+    with connections.connect(store) as conn:
+        cid, cluster, model = conn.execute(
+            "SELECT clustering_id, cluster, model_id FROM avengers.cluster_profiles LIMIT 1"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO avengers.production_history "
+            "(clustering_id, at, cluster, model_id, n, decayed_n, decayed_sum) "
+            "SELECT %s, %s + i * interval '1 second', %s, %s, 1, 1, 1 "
+            "FROM generate_series(1, 300) AS i",
+            (cid, T0, cluster, model),
+        )
+        conn.execute("CALL avengers.record_production_history()")
+        kept = conn.execute(
+            "SELECT count(DISTINCT at), min(at) FROM avengers.production_history "
+            "WHERE clustering_id = %s",
+            (cid,),
+        ).fetchone()
+        conn.rollback()
+    # No feedback in the store: the refresh adds no rows, and the 44 oldest go.
+    assert kept == (256, T0 + timedelta(seconds=45))

@@ -20,6 +20,7 @@ SHIPPED = {
     "0009_console_keys.py": "a54c63db13421e02814ecbea1fe33e581c16b8ca44241ae30c9ce8bd8741b877",
     "0010_shadow.py": "62f4011f30e7db30e15abf21638119874dbc0ee16554efa7092cc8a858d5485a",
     "0011_change_test_comment.py": "fe9e5e0592b64e377ad243c84b843347e53f045e11fae6c6f255dfa441e17412",
+    "0012_production_history.py": "9fca80b5746fef859f6a9421f29606f093798cbb314f49e8d7043a84c90ce3e3",
 }
 
 

@@ -85,6 +85,54 @@ def test_rivals_fed_on_their_lucky_queries_make_no_change_of_the_leader():
     assert (after[:, 0] > after[:, 1]).all()
 
 
+def one_refresh(model, before_rows, before_mean, rows):
+    """A history of one past refresh: model 0 had ``before_rows`` rows per cluster scoring
+    ``before_mean`` by then, of ``rows`` now."""
+    on = model == 0
+    before = np.where(on, before_rows, 0.0)
+    return rule.History(
+        np.where(on, rows, 0.0), before[None], before[None], before[None] * before_mean
+    )
+
+
+def test_a_model_routed_alone_that_drops_sharply_is_changed_on_its_own_outcomes():
+    # LLMRouter's flip degrade: the leader of every cluster is routed (nearly) alone, so its
+    # rivals have no feedback to compare it with. Model 0 scored its calibration mean (0.75) on
+    # its first 10 queries per cluster, then 0.30 on the next 25: 0.43 overall.
+    k, models = 10, 3
+    cluster, model = cells(k, models)
+    n = np.full(k * models, 40.0)
+    s = np.where(model == 0, 30.0, 24.0)  # model 0 at 0.75, the others at 0.6
+    a = np.where(model == 0, 35.0, 0.0)
+    b = np.where(model == 0, 10 * 0.75 + 25 * 0.30, 0.0)
+    new = np.zeros(k * models, bool)
+    dropped = one_refresh(model, 10, 0.75, 35)
+    ev = rule.evidence(cluster, model, n, s, a, b, new, history=dropped)
+    assert ev.model_changed[model == 0].all() and not ev.model_changed[model != 0].any()
+    assert ev.model_effect[model == 0] == pytest.approx(b[0] / a[0] - 0.75, abs=0.01)
+    after = means(ev, n, s).reshape(k, models)
+    assert (after[:, 0] < after[:, 1]).all()  # the others lead now
+    # The same outcomes, 0.43 from the first query on (traffic it was never calibrated on): no
+    # change in time, no change. Nor without a history to tell.
+    constant = one_refresh(model, 10, b[0] / a[0], 35)
+    assert not rule.evidence(cluster, model, n, s, a, b, new, history=constant).model_changed.any()
+    assert not rule.evidence(cluster, model, n, s, a, b, new).model_changed.any()
+    # The winner's curse moves a routed model's own outcomes by a few points: with as much
+    # evidence, a drop of 0.08 after the refresh passes the threshold but not the material
+    # change.
+    curse = rule.evidence(
+        cluster, model, n, s, a * 8, np.where(model == 0, 7.5 + 270 * 0.67, 0.0), new,
+        history=one_refresh(model, 10, 0.75, 280),
+    )  # fmt: skip
+    assert not curse.model_changed.any()
+    # One rival fed in every cluster at its calibration mean, enough to compare: the comparison
+    # decides again, and it agrees (no history needed).
+    a_rival = np.where(model == 1, 25.0, a)
+    b_rival = np.where(model == 1, 15.0, b)
+    both = rule.evidence(cluster, model, n, s, a_rival, b_rival, new)
+    assert both.model_changed[model == 0].all()
+
+
 def test_harder_traffic_for_every_model_is_no_models_change():
     k, models = 8, 3
     cluster, model = cells(k, models)
