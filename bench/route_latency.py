@@ -9,8 +9,11 @@ machine noise falls on all of them alike. A second interleaved pass, with its ow
 the variants: the "paper" method (the nearest cluster only), the same call through the client's
 pool ("route_via_pool"), the bare statement without the Python around it ("route_sql": the client's
 ``routing.decide`` statement, built beforehand with the same seed and novelty distance, run
-directly), the ``avengers.route`` wrapper SQL users call ("route_wrapper") and the same vector
-through ``avengers.decide_many`` ("route_many_sql"). Kept out of the ratio's pass: a router repeats
+directly), the ``avengers.route`` wrapper SQL users call ("route_wrapper"), the same vector
+through ``avengers.decide_many`` ("route_many_sql") and the recipe's core alone ("route_core_sql":
+``CORE_SQL``, the nearest 16 centroids weighed and each model's pooled score ranked, in the
+fewest plan nodes; no policy, cost, exploration, production or entries, so what any SQL route of
+this recipe costs at the least). Kept out of the ratio's pass: a router repeats
 one statement, and five other statements between two routes evict the caches the route would find
 warm. Each repeat runs both passes; reported figures are medians over repeats.
 
@@ -53,6 +56,27 @@ from avengers_store.store import connections
 # The targets: k = 64 against numpy argmin + SELECT 1 as scheduled; larger k the same way.
 TARGET_RATIO = 1.5
 TARGET_RATIO_LARGE_K = 2.0
+
+
+# The recipe's core as one lean statement: the default method's top model (16 nearest
+# centroids, weights exp(-(d^2 - d_1^2) / (0.1 rho)), scores shrunk to each model's prior with
+# weight 1) and nothing else. Not a router: the floor under any SQL route of this recipe.
+CORE_SQL = """
+WITH s AS (SELECT clustering_id, clusters, rho FROM avengers.routing_state WHERE active),
+o AS (SELECT c.weight_key, c.centroid <-> l2_normalize(%b::vector) AS distance
+      FROM s JOIN avengers.routing_centroids c USING (clustering_id)
+      ORDER BY 2, c.cluster LIMIT 16),
+w AS (SELECT format('{%%s}/%%s', string_agg(o.weight_key || exp(greatest(-700.0,
+               -(o.distance * o.distance - m.d * m.d) / (0.1 * s.rho)))::text, ','),
+               s.clusters)::sparsevec AS weights
+      FROM o CROSS JOIN s CROSS JOIN (SELECT min(distance) AS d FROM o) AS m
+      GROUP BY s.clusters)
+SELECT rm.model_id
+FROM w CROSS JOIN s JOIN avengers.routing_models rm USING (clustering_id)
+WHERE rm.active
+ORDER BY (-(rm.score_sums <#> w.weights) + rm.prior_score) / (-(rm.ns <#> w.weights) + 1) DESC,
+         rm.tie_rank
+LIMIT 1"""
 
 
 def target(k: int) -> float:
@@ -157,6 +181,11 @@ def measure_k(
         argmin = np.argmin(c_sq[None, :] - 2.0 * (u @ c.T), axis=1)
         agree = float(np.mean([d.cluster == a for d, a in zip(decisions, argmin, strict=True)]))
         vectors = [Vector(q) for q in queries]
+        # The core statement picks the decision's first model (rounding aside): said, not timed.
+        core_agree = float(np.mean([
+            conn.execute(CORE_SQL, (v,), binary=True).fetchone()[0] == d.candidates[0].model_id
+            for v, d in zip(vectors[:200], decisions, strict=False)
+        ]))  # fmt: skip
         # What the client sends for each query (its policy, a seed, the query's novelty distance
         # computed with numpy), built before timing: "route_sql" times the statement alone.
         model = novelty.load(conn, cid)
@@ -186,6 +215,9 @@ def measure_k(
 
         def route_wrapper(i: int) -> object:
             return conn.execute("SELECT * FROM avengers.route(%s, 1)", (vectors[i],)).fetchall()
+
+        def route_core(i: int) -> object:
+            return conn.execute(CORE_SQL, (vectors[i],), prepare=True, binary=True).fetchall()
 
         def route_many_one(i: int) -> object:
             s = batches_of_one[i]
@@ -223,6 +255,7 @@ def measure_k(
                         "route_sql": route_sql,
                         "route_wrapper": route_wrapper,
                         "route_many_sql": route_many_one,
+                        "route_core_sql": route_core,
                         "numpy": numpy_argmin,
                         "select1": select1,
                     },
@@ -235,7 +268,7 @@ def measure_k(
             diag = {name: summary_us(t) for name, t in variants.items()}
             floor_v = diag["numpy"]["p50_us"] + diag["select1"]["p50_us"]
             for name in ("route_paper", "route_via_pool", "route_sql", "route_wrapper",
-                         "route_many_sql"):  # fmt: skip
+                         "route_many_sql", "route_core_sql"):  # fmt: skip
                 stats[name] = diag[name]
                 stats["ratio_" + name.removeprefix("route_")] = round(
                     diag[name]["p50_us"] / floor_v, 2
@@ -246,7 +279,7 @@ def measure_k(
             say(
                 f"  repeat {r + 1}: route p50 {stats['route']['p50_us']:.0f} µs "
                 f"(p99 {stats['route']['p99_us']:.0f}), paper {stats['route_paper']['p50_us']:.0f}, via pool {stats['route_via_pool']['p50_us']:.0f}"
-                f", bare SQL {stats['route_sql']['p50_us']:.0f} (avengers.route {stats['route_wrapper']['p50_us']:.0f}, decide_many {stats['route_many_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
+                f", bare SQL {stats['route_sql']['p50_us']:.0f} (avengers.route {stats['route_wrapper']['p50_us']:.0f}, decide_many {stats['route_many_sql']['p50_us']:.0f}, core {stats['route_core_sql']['p50_us']:.0f}), numpy {stats['numpy']['p50_us']:.1f}, SELECT 1 "
                 f"{stats['select1']['p50_us']:.0f} -> ratio {stats['ratio']:.2f}"
             )
         placed = measure_placement(conn, route, numpy_argmin, select1, n) if placement else {}
@@ -273,6 +306,7 @@ def measure_k(
                 "route_sql",
                 "route_wrapper",
                 "route_many_sql",
+                "route_core_sql",
                 "numpy",
                 "select1",
                 "numpy_variants",
@@ -286,6 +320,8 @@ def measure_k(
         "ratio_paper": round(median([s["ratio_paper"] for s in rounds]), 2),
         "ratio_route_many_sql": round(median([s["ratio_many_sql"] for s in rounds]), 2),
         "ratio_wrapper": round(median([s["ratio_wrapper"] for s in rounds]), 2),
+        "ratio_core_sql": round(median([s["ratio_core_sql"] for s in rounds]), 2),
+        "core_agreement": core_agree,
         "method": client.method.name,
         "ratios": [s["ratio"] for s in rounds],
         "placement": placed,
@@ -295,7 +331,8 @@ def measure_k(
         f"numpy p50 {result['numpy_p50_us']:.1f} µs | SELECT 1 p50 {result['select1_p50_us']:.0f}"
         f" µs | ratio {result['ratio']:.2f} (target <= {target(k)}; bare SQL "
         f"{result['ratio_sql']:.2f}, through the pool {result['ratio_via_pool']:.2f}, method paper "
-        f"{result['ratio_paper']:.2f}) | agreement with numpy {agree:.1%}"
+        f"{result['ratio_paper']:.2f}, the core alone {result['ratio_core_sql']:.2f}) | agreement with "
+        f"numpy {agree:.1%}"
     )
     return result
 
