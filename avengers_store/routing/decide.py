@@ -210,17 +210,20 @@ def _builder(cls: type) -> Callable[[tuple[Any, ...]], Any]:
     """A constructor of the frozen, slotted dataclass ``cls`` from all its fields in order,
     setting the slots directly: a frozen dataclass's ``__init__`` sets each field through
     ``object.__setattr__``, which made building a batch's decisions a third of its client-side
-    time (10,000 decisions: ~19 µs each, 1.5x faster this way)."""
-    setters = tuple(getattr(cls, f.name).__set__ for f in dataclasses.fields(cls))
-    new = object.__new__
-
-    def build(values: tuple[Any, ...]) -> Any:
-        obj = new(cls)
-        for put, value in zip(setters, values, strict=True):
-            put(obj, value)
-        return obj
-
-    return build
+    time (10,000 decisions: ~19 µs each). Generated with one line per slot, as dataclasses
+    generates ``__init__``: a loop over the slots took twice as long (2.5 against 1.3 µs a
+    candidate)."""
+    fields = dataclasses.fields(cls)
+    scope: dict[str, Any] = {f"set{i}": getattr(cls, f.name).__set__ for i, f in enumerate(fields)}
+    scope |= {"new": object.__new__, "cls": cls}
+    given = ", ".join(f"v{i}" for i in range(len(fields)))
+    source = (
+        f"def build(values):\n    {given}, = values\n    obj = new(cls)\n"
+        + "".join(f"    set{i}(obj, v{i})\n" for i in range(len(fields)))
+        + "    return obj\n"
+    )
+    exec(source, scope)  # numbered names only: the text holds nothing from outside
+    return scope["build"]
 
 
 _CANDIDATE = _builder(Candidate)
