@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from avengers_store.calibration import reclustering
 from avengers_store.client import AvengersClient
+from avengers_store.client_pools import GENERIC_PLANS
 from avengers_store.routing import novelty, stored_policies
 from avengers_store.routing.decide import statement as decide_statement
 from avengers_store.routing.policy import Policy
@@ -172,6 +173,9 @@ def measure_k(
     # snapshot. The ratio uses the client on this same connection (conn=), so route, bare SQL and
     # SELECT 1 share one connection; the pooled call (checkout + return) is reported beside it.
     conn = connections.connect(url, autocommit=True)
+    # Planned as on the client's pooled connections: otherwise a statement whose generic plan
+    # the planner prices high (method paper's LIMIT 1, the core's) is planned on every call.
+    conn.execute(GENERIC_PLANS)
     client = AvengersClient(url, pool_size=1)  # the default routing method ("avengers")
     paper = AvengersClient(url, pool_size=1, method="paper")  # the nearest-cluster rule only
     try:
