@@ -61,11 +61,15 @@ TARGET_RATIO_LARGE_K = 2.0
 
 # The recipe's core as one lean statement: the default method's top model (16 nearest
 # centroids, weights exp(-(d^2 - d_1^2) / (0.1 rho)), scores shrunk to each model's prior with
-# weight 1) and nothing else. Not a router: the floor under any SQL route of this recipe.
+# weight 1) and nothing else. Not a router: the floor under any SQL route of this recipe. The
+# query is normalised once (q), not once per centroid compared with.
 CORE_SQL = """
-WITH s AS (SELECT clustering_id, clusters, rho FROM avengers.routing_state WHERE active),
-o AS (SELECT c.weight_key, c.centroid <-> l2_normalize(%b::vector) AS distance
-      FROM s JOIN avengers.routing_centroids c USING (clustering_id)
+WITH s AS MATERIALIZED (
+  SELECT clustering_id, clusters, rho FROM avengers.routing_state WHERE active),
+q AS MATERIALIZED (SELECT l2_normalize(%b::vector) AS u),
+o AS (SELECT c.weight_key, c.centroid <-> q.u AS distance
+      FROM q CROSS JOIN avengers.routing_centroids c
+      WHERE c.clustering_id = (SELECT clustering_id FROM s)
       ORDER BY 2, c.cluster LIMIT 16),
 w AS (SELECT format('{%%s}/%%s', string_agg(o.weight_key || exp(greatest(-700.0,
                -(o.distance * o.distance - m.d * m.d) / (0.1 * s.rho)))::text, ','),
@@ -73,8 +77,8 @@ w AS (SELECT format('{%%s}/%%s', string_agg(o.weight_key || exp(greatest(-700.0,
       FROM o CROSS JOIN s CROSS JOIN (SELECT min(distance) AS d FROM o) AS m
       GROUP BY s.clusters)
 SELECT rm.model_id
-FROM w CROSS JOIN s JOIN avengers.routing_models rm USING (clustering_id)
-WHERE rm.active
+FROM w CROSS JOIN avengers.routing_models rm
+WHERE rm.clustering_id = (SELECT clustering_id FROM s) AND rm.active
 ORDER BY (-(rm.score_sums <#> w.weights) + rm.prior_score) / (-(rm.ns <#> w.weights) + 1) DESC,
          rm.tie_rank
 LIMIT 1"""
